@@ -1,0 +1,5 @@
+//! File formats. GGUF (llama.cpp's container) is read zero-copy from a memory map and can be written.
+
+pub mod gguf;
+
+pub use gguf::{GgmlType, GgufError, GgufFile, MetaValue, TensorInfo};
