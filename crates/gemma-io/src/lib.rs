@@ -2,4 +2,4 @@
 
 pub mod gguf;
 
-pub use gguf::{GgmlType, GgufError, GgufFile, MetaValue, TensorInfo};
+pub use gguf::{GgmlType, GgufError, GgufFile, GgufWriter, MetaValue, TensorInfo, ValueType};

@@ -1,4 +1,9 @@
 //! GGUF parsing with bounds checks on every read.
+//!
+//! The checks follow llama.cpp's own loader (`ggml/src/gguf.cpp`): sizes and counts are bounded by the bytes
+//! left in the file, shapes must not overflow, and the tensor data must be packed in table order, each tensor
+//! padded to the alignment. That last rule is what turns a damaged type id, dimension or offset into an error
+//! instead of a silently wrong view of the weights.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -8,9 +13,19 @@ use super::value::{MetaValue, ValueType};
 use super::{DEFAULT_ALIGNMENT, GGUF_MAGIC};
 
 /// Most dimensions a GGML tensor can have.
-const MAX_DIMS: u32 = 4;
-/// Nesting limit for arrays of arrays, so a hostile file cannot exhaust the stack.
-const MAX_ARRAY_DEPTH: u32 = 4;
+pub(crate) const MAX_DIMS: usize = 4;
+/// Nesting limit for arrays of arrays (an array at depth 0 may hold arrays down to depth 3), so a hostile file
+/// cannot exhaust the stack.
+pub(crate) const MAX_ARRAY_DEPTH: u32 = 4;
+/// Longest tensor name ggml accepts (`GGML_MAX_NAME` is 64 including the terminating NUL).
+pub(crate) const MAX_TENSOR_NAME_LEN: usize = 63;
+/// Most elements in one metadata array. Each element becomes a 32-byte [`MetaValue`], so without a cap a damaged
+/// count over a large file could make parsing allocate many gigabytes; real vocabularies are below 2^20.
+pub(crate) const MAX_ARRAY_LEN: u64 = 1 << 24;
+/// Elements reserved up front for an array; more are added only as they are actually parsed.
+const ARRAY_PREALLOC: usize = 1 << 16;
+/// Metadata entries and tensor infos reserved up front, likewise.
+const TABLE_PREALLOC: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
@@ -20,11 +35,20 @@ pub enum GgufError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: not a GGUF file (first bytes {found:02x?}, expected \"GGUF\")")]
+    #[error("{path}: not a GGUF file (it starts with \"{}\", expected \"GGUF\")", .found.escape_ascii())]
     BadMagic { path: PathBuf, found: Vec<u8> },
-    #[error("{path}: unsupported GGUF version {version} (this reader handles versions 2 and 3)")]
-    UnsupportedVersion { path: PathBuf, version: u32 },
-    #[error("{path}: file is truncated: {what} at byte {offset} needs {needed} bytes, but the file has {len}")]
+    #[error(
+        "{path}: unsupported GGUF version {version} (this reader handles versions 2 and 3{hint})"
+    )]
+    UnsupportedVersion {
+        path: PathBuf,
+        version: u32,
+        hint: &'static str,
+    },
+    #[error(
+        "{path}: file is truncated or damaged: {what} (at byte {offset}): {needed} bytes needed, \
+         but the file ends at byte {len}"
+    )]
     Truncated {
         path: PathBuf,
         what: String,
@@ -33,8 +57,15 @@ pub enum GgufError {
         len: u64,
     },
     #[error("{path}: tensor '{tensor}' has unknown type id {id}")]
-    UnknownTensorType { path: PathBuf, tensor: String, id: u32 },
-    #[error("{path}: tensor '{tensor}' data ({start}..{end}) runs past the end of the file ({len} bytes)")]
+    UnknownTensorType {
+        path: PathBuf,
+        tensor: String,
+        id: u32,
+    },
+    #[error(
+        "{path}: file is truncated: tensor '{tensor}' data (bytes {start}..{end}) runs past the end of the file \
+         ({len} bytes)"
+    )]
     TensorOutOfBounds {
         path: PathBuf,
         tensor: String,
@@ -44,6 +75,15 @@ pub enum GgufError {
     },
     #[error("{path}: malformed file: {what}")]
     Malformed { path: PathBuf, what: String },
+    /// The writer was asked for something a GGUF file cannot hold (or this reader would reject).
+    #[error("cannot write GGUF: {what}")]
+    InvalidWrite { what: String },
+    #[error("{path}: cannot write file: {source}")]
+    WriteFailed {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// One tensor's description; its bytes are at [`GgufFile::tensor_data`].
@@ -60,14 +100,74 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
-    /// Row length (`dims[0]`).
+    /// Row length (`dims[0]`); saturates at `usize::MAX` where it does not fit (32-bit targets).
     pub fn row_len(&self) -> usize {
-        self.dims.first().copied().unwrap_or(1) as usize
+        usize::try_from(self.dims.first().copied().unwrap_or(1)).unwrap_or(usize::MAX)
     }
-    /// Number of rows (product of all dims but the first).
+    /// Number of rows (product of all dims but the first); saturates at `usize::MAX` rather than overflowing,
+    /// which a tensor with a zero row length and huge other dims could otherwise do.
     pub fn n_rows(&self) -> usize {
-        self.dims.iter().skip(1).product::<u64>() as usize
+        self.dims
+            .iter()
+            .skip(1)
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(usize::MAX)
     }
+}
+
+/// Element count and byte size of a tensor of shape `dims` and type `ty`, or why the shape is invalid.
+///
+/// Shared by the reader and the writer so that the writer never produces a file the reader rejects.
+pub(crate) fn tensor_geometry(dims: &[u64], ty: GgmlType) -> Result<(u64, u64), String> {
+    if dims.is_empty() || dims.len() > MAX_DIMS {
+        return Err(format!(
+            "has {} dimensions (1 to {MAX_DIMS} allowed)",
+            dims.len()
+        ));
+    }
+    // ggml stores dims as int64: anything above i64::MAX is a negative dimension there.
+    if let Some((j, d)) = dims.iter().enumerate().find(|(_, &d)| d > i64::MAX as u64) {
+        return Err(format!(
+            "dimension {j} is {d}, beyond ggml's limit of {}",
+            i64::MAX
+        ));
+    }
+    // Zero dims make the element count 0, but the other dims must still multiply without overflow, or the
+    // row count of a zero-length-row tensor would overflow later.
+    let nonzero_product = dims
+        .iter()
+        .filter(|&&d| d != 0)
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= i64::MAX as u64);
+    if nonzero_product.is_none() {
+        return Err(format!(
+            "shape {dims:?} overflows: its element count exceeds {}",
+            i64::MAX
+        ));
+    }
+    let n_elements = if dims.contains(&0) {
+        0
+    } else {
+        nonzero_product.unwrap_or(0)
+    };
+    let block = ty.block_size() as u64;
+    if !dims[0].is_multiple_of(block) {
+        return Err(format!(
+            "row length {} is not a multiple of the {ty} block size {block}",
+            dims[0]
+        ));
+    }
+    let n_bytes = (n_elements / block)
+        .checked_mul(ty.type_size() as u64)
+        .filter(|&n| n <= i64::MAX as u64)
+        .ok_or_else(|| format!("shape {dims:?} of type {ty} has a byte size that overflows"))?;
+    Ok((n_elements, n_bytes))
+}
+
+/// `n` rounded up to a multiple of `alignment` (a power of two), or `None` on overflow.
+pub(crate) fn align_up(n: u64, alignment: u64) -> Option<u64> {
+    n.checked_add(alignment - 1).map(|v| v & !(alignment - 1))
 }
 
 enum Storage {
@@ -112,7 +212,10 @@ impl GgufFile {
     /// Memory-maps and parses a file.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile, GgufError> {
         let path = path.as_ref().to_path_buf();
-        let io = |source| GgufError::Io { path: path.clone(), source };
+        let io = |source| GgufError::Io {
+            path: path.clone(),
+            source,
+        };
         let file = std::fs::File::open(&path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         let storage = if len == 0 {
@@ -131,104 +234,170 @@ impl GgufFile {
     }
 
     fn parse(path: PathBuf, storage: Storage) -> Result<GgufFile, GgufError> {
-        let mut r = Cursor { buf: storage.bytes(), pos: 0, path: &path };
-        let magic = r.take(4, "magic")?;
+        let mut r = Cursor {
+            buf: storage.bytes(),
+            pos: 0,
+            path: &path,
+        };
+        let magic = r.take(4, || "magic".into())?;
         if magic != GGUF_MAGIC {
-            return Err(GgufError::BadMagic { path: path.clone(), found: magic.to_vec() });
+            return Err(GgufError::BadMagic {
+                path: path.clone(),
+                found: magic.to_vec(),
+            });
         }
-        let version = r.u32("version")?;
+        let version = r.u32(|| "version".into())?;
         if version != 2 && version != 3 {
-            return Err(GgufError::UnsupportedVersion { path: path.clone(), version });
+            // A big-endian file read on a little-endian host shows its version in the high half.
+            let hint = if version != 0 && version & 0xFFFF == 0 {
+                "; the version looks byte-swapped: is this a big-endian file?"
+            } else {
+                ""
+            };
+            return Err(GgufError::UnsupportedVersion {
+                path: path.clone(),
+                version,
+                hint,
+            });
         }
-        let n_tensors = r.u64("tensor count")?;
-        let n_kv = r.u64("metadata count")?;
-        // Each metadata entry takes at least 12 bytes and each tensor info at least 24: a count that could
-        // not fit in the rest of the file is damage, and must not drive an allocation.
-        r.check_count(n_kv, 12, "metadata count")?;
-        r.check_count(n_tensors, 24, "tensor count")?;
+        let n_tensors = r.u64(|| "tensor count".into())?;
+        let n_kv = r.u64(|| "metadata count".into())?;
+        // Each metadata entry takes at least 13 bytes (key length, a one-byte key, type) and each tensor info at
+        // least 32: a count that could not fit in the rest of the file is damage, and must not drive an
+        // allocation.
+        r.check_count(n_kv, 13, || "metadata entries".into())?;
+        r.check_count(n_tensors, 32, || "tensor infos".into())?;
 
-        let mut metadata = Vec::with_capacity(n_kv as usize);
-        let mut meta_index = HashMap::with_capacity(n_kv as usize);
+        // Counts are only bounds until the entries actually parse, so reserve modestly.
+        let mut metadata = Vec::with_capacity((n_kv as usize).min(TABLE_PREALLOC));
+        let mut meta_index = HashMap::with_capacity((n_kv as usize).min(TABLE_PREALLOC));
         for i in 0..n_kv {
-            let key = r.string(&format!("key of metadata entry {i}"))?;
-            let ty = r.value_type(&format!("type of metadata '{key}'"))?;
-            let value = r.value(ty, &key, 0)?;
-            if meta_index.insert(key.clone(), metadata.len()).is_some() {
-                return Err(r.malformed(format!("duplicate metadata key '{key}'")));
+            let key_pos = r.pos;
+            let key = r.string(|| format!("key of metadata entry {i}"))?;
+            if key.is_empty() {
+                return Err(r.malformed(format!(
+                    "metadata entry {i} (at byte {key_pos}) has an empty key"
+                )));
             }
+            if meta_index.contains_key(&key) {
+                return Err(r.malformed(format!(
+                    "duplicate metadata key '{key}' (entry {i}, at byte {key_pos})"
+                )));
+            }
+            let ty = r.value_type(|| format!("type of metadata '{key}'"))?;
+            let value = r.value(ty, &key, 0)?;
+            meta_index.insert(key.clone(), metadata.len());
             metadata.push((key, value));
         }
 
-        let alignment = match meta_index.get("general.alignment").map(|&i| &metadata[i].1) {
+        let alignment = match meta_index
+            .get("general.alignment")
+            .and_then(|&i| metadata.get(i))
+        {
             None => DEFAULT_ALIGNMENT,
-            Some(MetaValue::U32(a)) if a.is_power_of_two() => *a as u64,
-            Some(other) => {
-                return Err(r.malformed(format!("general.alignment must be a power-of-two u32, found {other}")))
+            Some((_, MetaValue::U32(a))) if a.is_power_of_two() => *a as u64,
+            Some((_, other)) => {
+                return Err(r.malformed(format!(
+                    "general.alignment must be a power-of-two u32, found {} {other}",
+                    other.value_type().name()
+                )))
             }
         };
 
-        let mut tensors = Vec::with_capacity(n_tensors as usize);
-        let mut tensor_index = HashMap::with_capacity(n_tensors as usize);
+        let mut tensors: Vec<TensorInfo> =
+            Vec::with_capacity((n_tensors as usize).min(TABLE_PREALLOC));
+        let mut tensor_index = HashMap::with_capacity((n_tensors as usize).min(TABLE_PREALLOC));
         for i in 0..n_tensors {
-            let name = r.string(&format!("name of tensor {i}"))?;
-            let n_dims = r.u32(&format!("dimension count of tensor '{name}'"))?;
-            if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(r.malformed(format!("tensor '{name}' has {n_dims} dimensions (1 to {MAX_DIMS} allowed)")));
-            }
-            let mut dims = Vec::with_capacity(n_dims as usize);
-            for _ in 0..n_dims {
-                dims.push(r.u64(&format!("dimensions of tensor '{name}'"))?);
-            }
-            let type_id = r.u32(&format!("type of tensor '{name}'"))?;
-            let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| GgufError::UnknownTensorType {
-                path: path.clone(),
-                tensor: name.clone(),
-                id: type_id,
-            })?;
-            let offset = r.u64(&format!("offset of tensor '{name}'"))?;
-            let n_elements = dims
-                .iter()
-                .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-                .filter(|&n| n <= i64::MAX as u64)
-                .ok_or_else(|| r.malformed(format!("tensor '{name}' shape {dims:?} overflows")))?;
-            if dims[0] % ggml_type.block_size() as u64 != 0 {
+            let name_pos = r.pos;
+            let name = r.string(|| format!("name of tensor {i}"))?;
+            if name.len() > MAX_TENSOR_NAME_LEN {
                 return Err(r.malformed(format!(
-                    "tensor '{name}' row length {} is not a multiple of the {} block size {}",
-                    dims[0],
-                    ggml_type,
-                    ggml_type.block_size()
+                    "tensor {i} (at byte {name_pos}) has a {}-byte name, longer than ggml's limit of \
+                     {MAX_TENSOR_NAME_LEN}",
+                    name.len()
                 )));
             }
-            let n_bytes = (n_elements / ggml_type.block_size() as u64)
-                .checked_mul(ggml_type.type_size() as u64)
-                .ok_or_else(|| r.malformed(format!("tensor '{name}' byte size overflows")))?;
+            if tensor_index.contains_key(&name) {
+                return Err(r.malformed(format!(
+                    "duplicate tensor name '{name}' (tensor {i}, at byte {name_pos})"
+                )));
+            }
+            let n_dims = r.u32(|| format!("dimension count of tensor '{name}'"))?;
+            if n_dims == 0 || n_dims as usize > MAX_DIMS {
+                return Err(r.malformed(format!(
+                    "tensor '{name}' has {n_dims} dimensions (1 to {MAX_DIMS} allowed)"
+                )));
+            }
+            let mut dims = Vec::with_capacity(n_dims as usize);
+            for j in 0..n_dims {
+                dims.push(r.u64(|| format!("dimension {j} of tensor '{name}'"))?);
+            }
+            let type_id = r.u32(|| format!("type of tensor '{name}'"))?;
+            let ggml_type =
+                GgmlType::from_id(type_id).ok_or_else(|| GgufError::UnknownTensorType {
+                    path: path.clone(),
+                    tensor: name.clone(),
+                    id: type_id,
+                })?;
+            let offset = r.u64(|| format!("offset of tensor '{name}'"))?;
+            let (n_elements, n_bytes) = tensor_geometry(&dims, ggml_type)
+                .map_err(|why| r.malformed(format!("tensor '{name}' {why}")))?;
             if offset % alignment != 0 {
                 return Err(r.malformed(format!(
                     "tensor '{name}' offset {offset} is not a multiple of the alignment {alignment}"
                 )));
             }
-            if tensor_index.insert(name.clone(), tensors.len()).is_some() {
-                return Err(r.malformed(format!("duplicate tensor name '{name}'")));
-            }
-            tensors.push(TensorInfo { name, dims, ggml_type, offset, n_elements, n_bytes });
+            tensor_index.insert(name.clone(), tensors.len());
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                ggml_type,
+                offset,
+                n_elements,
+                n_bytes,
+            });
         }
 
+        let header_end = r.pos as u64;
         let len = r.buf.len() as u64;
-        let data_offset = (r.pos as u64).div_ceil(alignment) * alignment;
-        if data_offset > len && !tensors.is_empty() {
+        let data_offset = align_up(header_end, alignment).unwrap_or(u64::MAX);
+
+        // The data section is the tensors back to back in table order, each padded to the alignment; llama.cpp
+        // rejects anything else, and so a wrong type or shape (which changes a size) cannot go unnoticed.
+        let mut expected = 0u64;
+        for (i, t) in tensors.iter().enumerate() {
+            if t.offset != expected {
+                return Err(r.malformed(format!(
+                    "tensor '{}' (tensor {i}) has data offset {}, expected {expected}: tensor data must follow \
+                     the tensor table in order, each tensor padded to {alignment} bytes",
+                    t.name, t.offset
+                )));
+            }
+            expected = align_up(t.n_bytes, alignment)
+                .and_then(|padded| expected.checked_add(padded))
+                .ok_or_else(|| {
+                    r.malformed(format!(
+                        "tensor '{}' (tensor {i}): data section size overflows",
+                        t.name
+                    ))
+                })?;
+        }
+
+        if !tensors.is_empty() && data_offset > len {
             return Err(GgufError::Truncated {
                 path: path.clone(),
-                what: "padding before tensor data".into(),
-                offset: r.pos as u64,
-                needed: data_offset - r.pos as u64,
+                what: "padding before the tensor data".into(),
+                offset: header_end,
+                needed: data_offset.saturating_sub(header_end),
                 len,
             });
         }
+        // The data section must hold every tensor (padding after the last one is not required).
         for t in &tensors {
             let start = data_offset.checked_add(t.offset);
             let end = start.and_then(|s| s.checked_add(t.n_bytes));
-            match (start, end) {
-                (Some(_), Some(end)) if end <= len => {}
+            match end {
+                Some(end) if end <= len => {}
                 _ => {
                     return Err(GgufError::TensorOutOfBounds {
                         path: path.clone(),
@@ -275,22 +444,55 @@ impl GgufFile {
         &self.metadata
     }
     pub fn get(&self, key: &str) -> Option<&MetaValue> {
-        self.meta_index.get(key).map(|&i| &self.metadata[i].1)
+        self.meta_index
+            .get(key)
+            .and_then(|&i| self.metadata.get(i))
+            .map(|(_, v)| v)
     }
     /// Tensor infos in file order.
     pub fn tensors(&self) -> &[TensorInfo] {
         &self.tensors
     }
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
-        self.tensor_index.get(name).map(|&i| &self.tensors[i])
+        self.tensor_index
+            .get(name)
+            .and_then(|&i| self.tensors.get(i))
     }
+
     /// The tensor's bytes (bounds were checked when the file was opened).
+    ///
+    /// # Panics
+    /// If `t` is not a tensor of this file and its range lies outside the file: that is a bug in the caller,
+    /// not damage in the file. [`GgufFile::tensor_bytes`] never panics.
     pub fn tensor_data(&self, t: &TensorInfo) -> &[u8] {
-        let start = (self.data_offset + t.offset) as usize;
-        &self.storage.bytes()[start..start + t.n_bytes as usize]
+        match self.data_range(t) {
+            Some(bytes) => bytes,
+            None => panic!(
+                "{}: tensor '{}' (offset {}, {} bytes) does not belong to this file",
+                self.path.display(),
+                t.name,
+                t.offset,
+                t.n_bytes
+            ),
+        }
+    }
+
+    /// The bytes of the tensor called `name`, if the file has one.
+    pub fn tensor_bytes(&self, name: &str) -> Option<&[u8]> {
+        self.tensor(name).and_then(|t| self.data_range(t))
+    }
+
+    fn data_range(&self, t: &TensorInfo) -> Option<&[u8]> {
+        let start = self.data_offset.checked_add(t.offset)?;
+        let end = start.checked_add(t.n_bytes)?;
+        self.storage
+            .bytes()
+            .get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
     }
 }
 
+/// A read position over the file image. Descriptions of what is being read are built lazily (closures), since
+/// they are only needed for error messages and the vocabulary arrays have hundreds of thousands of elements.
 struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -299,86 +501,140 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn malformed(&self, what: String) -> GgufError {
-        GgufError::Malformed { path: self.path.to_path_buf(), what }
+        GgufError::Malformed {
+            path: self.path.to_path_buf(),
+            what,
+        }
     }
 
-    fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8], GgufError> {
-        let remaining = (self.buf.len() - self.pos) as u64;
-        if n > remaining {
-            return Err(GgufError::Truncated {
+    fn remaining(&self) -> u64 {
+        self.buf.len().saturating_sub(self.pos) as u64
+    }
+
+    fn take(&mut self, n: u64, what: impl FnOnce() -> String) -> Result<&'a [u8], GgufError> {
+        let slice = usize::try_from(n)
+            .ok()
+            .and_then(|n| self.pos.checked_add(n).map(|end| (n, end)))
+            .and_then(|(n, end)| self.buf.get(self.pos..end).map(|s| (n, s)));
+        match slice {
+            Some((n, s)) => {
+                self.pos += n;
+                Ok(s)
+            }
+            None => Err(GgufError::Truncated {
                 path: self.path.to_path_buf(),
-                what: what.to_string(),
+                what: what(),
                 offset: self.pos as u64,
                 needed: n,
                 len: self.buf.len() as u64,
-            });
+            }),
         }
-        let s = &self.buf[self.pos..self.pos + n as usize];
-        self.pos += n as usize;
-        Ok(s)
     }
 
-    fn check_count(&self, count: u64, min_each: u64, what: &str) -> Result<(), GgufError> {
-        let remaining = (self.buf.len() - self.pos) as u64;
-        if count.checked_mul(min_each).is_none_or(|b| b > remaining) {
-            return Err(self.malformed(format!(
-                "{what} {count} cannot fit in the {remaining} bytes left in the file"
-            )));
+    /// Errs when `count` items of at least `min_each` bytes cannot fit in the rest of the file.
+    fn check_count(
+        &self,
+        count: u64,
+        min_each: u64,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), GgufError> {
+        let needed = count.saturating_mul(min_each);
+        if needed > self.remaining() {
+            return Err(GgufError::Truncated {
+                path: self.path.to_path_buf(),
+                what: format!("{count} {}", what()),
+                offset: self.pos as u64,
+                needed,
+                len: self.buf.len() as u64,
+            });
         }
         Ok(())
     }
 
-    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], GgufError> {
+    fn array<const N: usize>(
+        &mut self,
+        what: impl FnOnce() -> String,
+    ) -> Result<[u8; N], GgufError> {
         let s = self.take(N as u64, what)?;
         let mut a = [0u8; N];
         a.copy_from_slice(s);
         Ok(a)
     }
 
-    fn u32(&mut self, what: &str) -> Result<u32, GgufError> {
+    fn u32(&mut self, what: impl FnOnce() -> String) -> Result<u32, GgufError> {
         Ok(u32::from_le_bytes(self.array(what)?))
     }
 
-    fn u64(&mut self, what: &str) -> Result<u64, GgufError> {
+    fn u64(&mut self, what: impl FnOnce() -> String) -> Result<u64, GgufError> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
 
-    fn string(&mut self, what: &str) -> Result<String, GgufError> {
-        let len = self.u64(what)?;
-        let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| self.malformed(format!("{what} is not valid UTF-8")))
+    fn string(&mut self, what: impl Fn() -> String) -> Result<String, GgufError> {
+        let start = self.pos;
+        let len = self.u64(|| format!("length of {}", what()))?;
+        let bytes = self.take(len, &what)?;
+        match std::str::from_utf8(bytes) {
+            Ok(s) => Ok(s.to_owned()),
+            Err(e) => Err(self.malformed(format!(
+                "{} (string at byte {start}) is not valid UTF-8 (bad byte at string offset {})",
+                what(),
+                e.valid_up_to()
+            ))),
+        }
     }
 
-    fn value_type(&mut self, what: &str) -> Result<ValueType, GgufError> {
-        let id = self.u32(what)?;
-        ValueType::from_id(id).ok_or_else(|| self.malformed(format!("{what}: unknown value type id {id}")))
+    fn value_type(&mut self, what: impl Fn() -> String) -> Result<ValueType, GgufError> {
+        let at = self.pos;
+        let id = self.u32(&what)?;
+        ValueType::from_id(id).ok_or_else(|| {
+            self.malformed(format!(
+                "{} at byte {at}: unknown value type id {id}",
+                what()
+            ))
+        })
     }
 
     fn value(&mut self, ty: ValueType, key: &str, depth: u32) -> Result<MetaValue, GgufError> {
         let what = || format!("value of metadata '{key}'");
         Ok(match ty {
-            ValueType::U8 => MetaValue::U8(self.array::<1>(&what())?[0]),
-            ValueType::I8 => MetaValue::I8(self.array::<1>(&what())?[0] as i8),
-            ValueType::U16 => MetaValue::U16(u16::from_le_bytes(self.array(&what())?)),
-            ValueType::I16 => MetaValue::I16(i16::from_le_bytes(self.array(&what())?)),
-            ValueType::U32 => MetaValue::U32(u32::from_le_bytes(self.array(&what())?)),
-            ValueType::I32 => MetaValue::I32(i32::from_le_bytes(self.array(&what())?)),
-            ValueType::F32 => MetaValue::F32(f32::from_le_bytes(self.array(&what())?)),
-            ValueType::U64 => MetaValue::U64(u64::from_le_bytes(self.array(&what())?)),
-            ValueType::I64 => MetaValue::I64(i64::from_le_bytes(self.array(&what())?)),
-            ValueType::F64 => MetaValue::F64(f64::from_le_bytes(self.array(&what())?)),
-            ValueType::Bool => match self.array::<1>(&what())?[0] {
-                0 => MetaValue::Bool(false),
-                1 => MetaValue::Bool(true),
-                b => return Err(self.malformed(format!("metadata '{key}': bool byte {b} is neither 0 nor 1"))),
-            },
-            ValueType::String => MetaValue::String(self.string(&what())?),
+            ValueType::U8 => MetaValue::U8(u8::from_le_bytes(self.array(what)?)),
+            ValueType::I8 => MetaValue::I8(i8::from_le_bytes(self.array(what)?)),
+            ValueType::U16 => MetaValue::U16(u16::from_le_bytes(self.array(what)?)),
+            ValueType::I16 => MetaValue::I16(i16::from_le_bytes(self.array(what)?)),
+            ValueType::U32 => MetaValue::U32(u32::from_le_bytes(self.array(what)?)),
+            ValueType::I32 => MetaValue::I32(i32::from_le_bytes(self.array(what)?)),
+            ValueType::F32 => MetaValue::F32(f32::from_le_bytes(self.array(what)?)),
+            ValueType::U64 => MetaValue::U64(u64::from_le_bytes(self.array(what)?)),
+            ValueType::I64 => MetaValue::I64(i64::from_le_bytes(self.array(what)?)),
+            ValueType::F64 => MetaValue::F64(f64::from_le_bytes(self.array(what)?)),
+            ValueType::Bool => {
+                let at = self.pos;
+                match self.array::<1>(what)? {
+                    [0] => MetaValue::Bool(false),
+                    [1] => MetaValue::Bool(true),
+                    [b] => {
+                        return Err(self.malformed(format!(
+                            "metadata '{key}': bool byte {b} at byte {at} is neither 0 nor 1"
+                        )))
+                    }
+                }
+            }
+            ValueType::String => MetaValue::String(self.string(what)?),
             ValueType::Array => {
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(self.malformed(format!("metadata '{key}': arrays nested too deeply")));
+                    return Err(self.malformed(format!(
+                        "metadata '{key}': arrays nested more than {MAX_ARRAY_DEPTH} deep (at byte {})",
+                        self.pos
+                    )));
                 }
-                let elem = self.value_type(&format!("element type of metadata '{key}'"))?;
-                let count = self.u64(&format!("element count of metadata '{key}'"))?;
+                let elem = self.value_type(|| format!("element type of metadata '{key}'"))?;
+                let count = self.u64(|| format!("element count of metadata '{key}'"))?;
+                if count > MAX_ARRAY_LEN {
+                    return Err(self.malformed(format!(
+                        "metadata '{key}': array of {count} elements is longer than the limit of {MAX_ARRAY_LEN}"
+                    )));
+                }
+                // Smallest encoding of one element: a bound on how many can possibly follow.
                 let min_size = match elem {
                     ValueType::U8 | ValueType::I8 | ValueType::Bool => 1,
                     ValueType::U16 | ValueType::I16 => 2,
@@ -386,8 +642,8 @@ impl<'a> Cursor<'a> {
                     ValueType::U64 | ValueType::I64 | ValueType::F64 | ValueType::String => 8,
                     ValueType::Array => 12,
                 };
-                self.check_count(count, min_size, &format!("element count of metadata '{key}'"))?;
-                let mut items = Vec::with_capacity(count as usize);
+                self.check_count(count, min_size, || format!("elements of metadata '{key}'"))?;
+                let mut items = Vec::with_capacity((count as usize).min(ARRAY_PREALLOC));
                 for _ in 0..count {
                     items.push(self.value(elem, key, depth + 1)?);
                 }

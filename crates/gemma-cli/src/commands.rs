@@ -1,0 +1,362 @@
+//! What each command does.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use gemma_core::{GenerationOptions, Model, SamplingParams, Session, Tokenizer};
+use gemma_ops::ThreadPool;
+
+use crate::args::{Cli, Command, DetokenizeArgs, GenerateArgs, LogitsArgs, PullArgs, TokenizeArgs};
+
+/// A mistake in how the command was called (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
+}
+
+/// The model and what runs it, loaded once per command.
+struct Loaded {
+    model: Model,
+    tokenizer: Tokenizer,
+    pool: ThreadPool,
+    ctx: usize,
+}
+
+struct Common {
+    model: Option<String>,
+    threads: Option<usize>,
+    ctx: Option<usize>,
+}
+
+impl Common {
+    fn model_path(&self) -> Result<PathBuf> {
+        let name = self.model.as_deref().unwrap_or(gemma_fetch::DEFAULT_MODEL);
+        gemma_fetch::resolve_model(name).with_context(|| format!("cannot find model '{name}'"))
+    }
+
+    fn threads(&self) -> Result<usize> {
+        match self.threads {
+            Some(0) => Err(usage("--threads must be at least 1")),
+            Some(n) => Ok(n),
+            None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        }
+    }
+
+    fn load(&self) -> Result<Loaded> {
+        let path = self.model_path()?;
+        let model =
+            Model::open(&path).with_context(|| format!("cannot load model {}", path.display()))?;
+        let tokenizer = Tokenizer::from_gguf(&model.file)
+            .with_context(|| format!("cannot load the tokenizer of {}", path.display()))?;
+        let ctx = match self.ctx {
+            Some(0) => return Err(usage("--ctx must be at least 1")),
+            Some(c) => c.min(model.config.context_length),
+            None => model.config.context_length,
+        };
+        Ok(Loaded {
+            model,
+            tokenizer,
+            pool: ThreadPool::new(self.threads()?),
+            ctx,
+        })
+    }
+
+    fn load_tokenizer(&self) -> Result<Tokenizer> {
+        let path = self.model_path()?;
+        let file = gemma_io::GgufFile::open(&path)
+            .with_context(|| format!("cannot read model {}", path.display()))?;
+        Tokenizer::from_gguf(&file)
+            .with_context(|| format!("cannot load the tokenizer of {}", path.display()))
+    }
+}
+
+pub fn dispatch(cli: Cli) -> Result<()> {
+    let common = Common {
+        model: cli.model.clone(),
+        threads: cli.threads,
+        ctx: cli.ctx,
+    };
+    match cli.command {
+        Some(Command::Run(args)) => generate(&common, &args),
+        Some(Command::Tokenize(args)) => tokenize(&common, &args),
+        Some(Command::Detokenize(args)) => detokenize(&common, &args),
+        Some(Command::Info) => info(&common),
+        Some(Command::Pull(args)) => pull(&args),
+        Some(Command::Logits(args)) => logits(&common, &args),
+        None => {
+            if let Some(text) = &cli.encode {
+                let tok = common.load_tokenizer()?;
+                let ids = tok.encode(text, tok.add_bos(), true);
+                println!(
+                    "{}",
+                    ids.iter()
+                        .map(|i| i.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+                Ok(())
+            } else if let Some(ids) = &cli.decode {
+                let tok = common.load_tokenizer()?;
+                println!(
+                    "{}",
+                    tok.decode(&parse_ids(std::slice::from_ref(ids))?, false)
+                );
+                Ok(())
+            } else if cli.print_config {
+                let path = common.model_path()?;
+                let model = Model::open(&path)
+                    .with_context(|| format!("cannot load model {}", path.display()))?;
+                println!("{}", model.config.summary());
+                Ok(())
+            } else if cli.print_backend {
+                print_backend(&common)
+            } else if cli.generate.prompt.is_some() || cli.generate.prompt_file.is_some() {
+                generate(&common, &cli.generate)
+            } else {
+                Err(usage("nothing to do: give --prompt (or a subcommand such as `gemma run`); see `gemma --help`"))
+            }
+        }
+    }
+}
+
+fn print_backend(common: &Common) -> Result<()> {
+    println!("device: cpu");
+    println!("simd: {}", gemma_compression::simd_level());
+    println!("threads: {}", common.threads()?);
+    Ok(())
+}
+
+fn read_prompt(args: &GenerateArgs) -> Result<String> {
+    match (&args.prompt, &args.prompt_file) {
+        (Some(p), _) => Ok(p.clone()),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read prompt file {}", f.display())),
+        (None, None) => Err(usage(
+            "give a prompt with --prompt TEXT or --prompt-file FILE",
+        )),
+    }
+}
+
+fn generate(common: &Common, args: &GenerateArgs) -> Result<()> {
+    let prompt = read_prompt(args)?;
+    if !(args.top_p > 0.0 && args.top_p <= 1.0) {
+        return Err(usage("--top-p must be in (0, 1]"));
+    }
+    if !(0.0..=1.0).contains(&args.min_p) || args.temperature.is_nan() {
+        return Err(usage(
+            "--min-p must be in [0, 1] and --temperature a number",
+        ));
+    }
+    let m = common.load()?;
+    let prompt_ids = m.tokenizer.encode(&prompt, m.tokenizer.add_bos(), true);
+    if prompt_ids.is_empty() {
+        bail!("the prompt is empty and the model adds no BOS token: nothing to continue from");
+    }
+    if prompt_ids.len() >= m.ctx {
+        bail!(
+            "the prompt is {} tokens long but the context holds {} (raise --ctx, up to the model's {})",
+            prompt_ids.len(),
+            m.ctx,
+            m.model.config.context_length
+        );
+    }
+    let opts = GenerationOptions {
+        max_tokens: args.max_tokens,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            min_p: args.min_p,
+            seed: args.seed,
+        },
+    };
+    let stream = !args.no_stream && !args.json;
+    let mut session = Session::new(&m.model, m.ctx);
+    let mut stdout = std::io::stdout().lock();
+    let mut on_text = |piece: &str| {
+        if stream {
+            let _ = stdout.write_all(piece.as_bytes());
+            let _ = stdout.flush();
+        }
+    };
+    let out = session.generate(&m.tokenizer, &prompt_ids, &opts, &m.pool, &mut on_text)?;
+    drop(on_text);
+    if args.json {
+        let obj = serde_json::json!({
+            "prompt_ids": out.prompt_ids,
+            "gen_ids": out.gen_ids,
+            "text": out.text,
+            "prefill_tok_s": out.prefill_tok_s(),
+            "decode_tok_s": out.decode_tok_s(),
+        });
+        writeln!(stdout, "{obj}")?;
+    } else {
+        if !stream {
+            stdout.write_all(out.text.as_bytes())?;
+        }
+        writeln!(stdout)?;
+        eprintln!(
+            "[prompt: {} tokens, {:.1} tok/s | generated: {} tokens, {:.1} tok/s | stop: {}]",
+            out.prompt_ids.len(),
+            out.prefill_tok_s(),
+            out.gen_ids.len(),
+            out.decode_tok_s(),
+            out.stop_reason.as_str()
+        );
+    }
+    Ok(())
+}
+
+fn tokenize(common: &Common, args: &TokenizeArgs) -> Result<()> {
+    let text = match (&args.text, &args.file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?
+        }
+        (None, None) => return Err(usage("give TEXT or --file FILE")),
+    };
+    let tok = common.load_tokenizer()?;
+    let ids = tok.encode(&text, !args.no_bos && tok.add_bos(), !args.no_special);
+    println!("{}", serde_json::to_string(&ids)?);
+    Ok(())
+}
+
+/// Accepts `[1, 2, 3]`, `1 2 3`, `1,2,3`, or the ids as separate arguments.
+fn parse_ids(parts: &[String]) -> Result<Vec<u32>> {
+    let joined = parts.join(" ");
+    let trimmed = joined.trim().trim_start_matches('[').trim_end_matches(']');
+    trimmed
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<u32>()
+                .map_err(|_| usage(format!("'{s}' is not a token id")))
+        })
+        .collect()
+}
+
+fn detokenize(common: &Common, args: &DetokenizeArgs) -> Result<()> {
+    let ids = parse_ids(&args.ids)?;
+    let tok = common.load_tokenizer()?;
+    if let Some(bad) = ids.iter().find(|&&id| id as usize >= tok.vocab_size()) {
+        return Err(usage(format!(
+            "token id {bad} is outside the vocabulary of {} tokens",
+            tok.vocab_size()
+        )));
+    }
+    println!("{}", tok.decode(&ids, args.special));
+    Ok(())
+}
+
+fn info(common: &Common) -> Result<()> {
+    let path = common.model_path()?;
+    let file = gemma_io::GgufFile::open(&path)
+        .with_context(|| format!("cannot read model {}", path.display()))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "file: {} (GGUF v{}, {} bytes)",
+        path.display(),
+        file.version(),
+        file.file_size()
+    )?;
+    match gemma_core::ModelConfig::from_gguf(&file) {
+        Ok(cfg) => writeln!(out, "\n{}", cfg.summary())?,
+        Err(e) => writeln!(out, "\narchitecture not supported for running: {e}")?,
+    }
+    writeln!(out, "\nmetadata ({} keys):", file.metadata().len())?;
+    for (k, v) in file.metadata() {
+        writeln!(out, "  {k} = {v}")?;
+    }
+    writeln!(out, "\ntensors ({}):", file.tensors().len())?;
+    writeln!(
+        out,
+        "  {:<40} {:<6} {:<20} {:>12}",
+        "name", "type", "shape", "bytes"
+    )?;
+    let mut total = 0u64;
+    for t in file.tensors() {
+        let shape = format!("{:?}", t.dims);
+        writeln!(
+            out,
+            "  {:<40} {:<6} {:<20} {:>12}",
+            t.name,
+            t.ggml_type.name(),
+            shape,
+            t.n_bytes
+        )?;
+        total += t.n_bytes;
+    }
+    writeln!(out, "  total tensor bytes: {total}")?;
+    Ok(())
+}
+
+fn pull(args: &PullArgs) -> Result<()> {
+    let name = args.name.as_deref().unwrap_or(gemma_fetch::DEFAULT_MODEL);
+    let opts = gemma_fetch::PullOptions {
+        verify: args.verify,
+        ..Default::default()
+    };
+    let path = gemma_fetch::pull(name, &opts).with_context(|| format!("cannot pull '{name}'"))?;
+    println!("{}", path.display());
+    Ok(())
+}
+
+fn logits(common: &Common, args: &LogitsArgs) -> Result<()> {
+    let m = common.load()?;
+    let ids = match (&args.ids, &args.prompt) {
+        (Some(ids), _) => parse_ids(std::slice::from_ref(ids))?,
+        (None, Some(p)) => m.tokenizer.encode(p, m.tokenizer.add_bos(), true),
+        (None, None) => return Err(usage("give --ids or --prompt")),
+    };
+    if ids.is_empty() {
+        return Err(usage("no input tokens"));
+    }
+    if ids.len() > m.ctx {
+        bail!(
+            "{} input tokens do not fit in the context of {} (raise --ctx)",
+            ids.len(),
+            m.ctx
+        );
+    }
+    let mut cache = m.model.new_cache(m.ctx);
+    let mut out = std::io::stdout().lock();
+    let mut start = 0;
+    for chunk in ids.chunks(gemma_core::generate::PREFILL_CHUNK) {
+        let batch = gemma_core::Batch::sequence(chunk, start, 0, true);
+        let logits = m
+            .model
+            .forward(&batch, std::slice::from_mut(&mut cache), &m.pool)?;
+        for i in 0..logits.len() {
+            let top = top_k(logits.row(i), args.top_k);
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({ "pos": start + i, "top": top })
+            )?;
+        }
+        start += chunk.len();
+    }
+    Ok(())
+}
+
+/// The `k` best `(id, logit)` pairs, best first.
+fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut v: Vec<(u32, f32)> = row
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, l))
+        .collect();
+    let k = k.min(v.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    v.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
+    v.truncate(k);
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v
+}

@@ -1,0 +1,73 @@
+//! AVX2 (+FMA, F16C) kernels for x86-64. Each one has a scalar twin in its format's module, and the tests at
+//! the bottom of this file check every kernel against its twin at every SIMD level the CPU reports.
+//!
+//! Every kernel is an `unsafe fn` whose only safety requirement is that the CPU supports avx2, fma and f16c
+//! (what `SimdLevel::Avx2` and above guarantee); slice lengths are checked inside, before any raw load.
+//! AVX-512 machines run these same kernels (no 512-bit versions yet).
+
+pub(crate) mod activations;
+pub(crate) mod k_quants;
+pub(crate) mod legacy;
+
+use std::arch::x86_64::*;
+
+/// Loads 32 bytes from the start of `b` (panics if `b` is shorter, so the raw load never reads past it).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_32(b: &[u8]) -> __m256i {
+    let b = &b[..32];
+    _mm256_loadu_si256(b.as_ptr().cast())
+}
+
+/// Loads 16 bytes from the start of `b` (panics if shorter).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_16(b: &[u8]) -> __m128i {
+    let b = &b[..16];
+    _mm_loadu_si128(b.as_ptr().cast())
+}
+
+/// The little-endian f16 at the start of `b`, converted with F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_at(b: &[u8]) -> f32 {
+    let bits = u16::from_le_bytes([b[0], b[1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum_f32x8(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum_i32x8(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s)
+}
+
+/// Products of 32 unsigned bytes `u` (0..=255, here at most 128) with 32 signed bytes `y`, summed in groups of
+/// four into 8 i32 lanes. Pair sums stay within i16 because |u| <= 128 and |y| <= 127.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_u8_i8(u: __m256i, y: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, y), _mm256_set1_epi16(1))
+}
+
+/// Products of 32 signed bytes, summed in groups of four into 8 i32 lanes. Moves the sign of `x` onto `y` so
+/// `maddubs` (unsigned x signed) can be used; exact unless `y` holds -128, which quantized activations never do.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_i8(x: __m256i, y: __m256i) -> __m256i {
+    dot_u8_i8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
+}
+
+#[cfg(test)]
+mod tests;

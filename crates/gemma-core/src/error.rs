@@ -1,0 +1,40 @@
+//! Errors of the model layer.
+
+use gemma_compression::QuantError;
+use gemma_ops::MatrixError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    File(#[from] gemma_io::GgufError),
+    #[error("model metadata lacks '{0}'")]
+    MissingMetadata(String),
+    #[error("model metadata '{key}' is unusable: {why}")]
+    BadMetadata { key: String, why: String },
+    #[error("architecture '{0}' is not supported (supported: gemma3)")]
+    UnsupportedArchitecture(String),
+    #[error("model lacks tensor '{0}'")]
+    MissingTensor(String),
+    #[error("tensor '{name}' has shape {found:?}, expected {expected:?}")]
+    TensorShape {
+        name: String,
+        found: Vec<u64>,
+        expected: Vec<u64>,
+    },
+    #[error("tensor '{name}': {source}")]
+    TensorFormat {
+        name: String,
+        #[source]
+        source: MatrixError,
+    },
+    #[error(transparent)]
+    Quant(#[from] QuantError),
+    #[error("token id {id} is outside the vocabulary of {vocab} tokens")]
+    TokenOutOfRange { id: u32, vocab: usize },
+    #[error("the context is full: position {pos} does not fit in a context of {ctx} tokens")]
+    ContextFull { pos: usize, ctx: usize },
+    #[error("batch is malformed: {0}")]
+    BadBatch(String),
+    #[error(transparent)]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
+}

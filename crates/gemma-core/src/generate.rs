@@ -1,0 +1,190 @@
+//! Generation sessions: a sequence's KV cache plus the prefill / decode loop, streaming text as it comes.
+
+use std::time::Instant;
+
+use gemma_ops::ThreadPool;
+
+use crate::batch::Batch;
+use crate::error::ModelError;
+use crate::kv_cache::KvCache;
+use crate::model::Model;
+use crate::sampling::{Sampler, SamplingParams};
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+
+/// Prompt tokens per forward pass during prefill: bounds the activation memory of long prompts.
+pub const PREFILL_CHUNK: usize = 512;
+
+#[derive(Clone, Debug)]
+pub struct GenerationOptions {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model produced an end-of-generation token (EOS, `<end_of_turn>`).
+    EndOfGeneration,
+    /// `max_tokens` were generated.
+    MaxTokens,
+    /// The context is full.
+    ContextFull,
+}
+
+impl StopReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::EndOfGeneration => "stop",
+            StopReason::MaxTokens => "length",
+            StopReason::ContextFull => "context_full",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct GenerationOutput {
+    pub prompt_ids: Vec<u32>,
+    /// Generated ids, the end-of-generation token excluded.
+    pub gen_ids: Vec<u32>,
+    pub text: String,
+    pub stop_reason: StopReason,
+    pub prefill_secs: f64,
+    pub decode_secs: f64,
+}
+
+impl GenerationOutput {
+    pub fn prefill_tok_s(&self) -> f64 {
+        rate(self.prompt_ids.len(), self.prefill_secs)
+    }
+    /// Decode speed over the tokens after the first (the first comes out of the prefill).
+    pub fn decode_tok_s(&self) -> f64 {
+        rate(self.gen_ids.len().saturating_sub(1), self.decode_secs)
+    }
+}
+
+fn rate(n: usize, secs: f64) -> f64 {
+    if secs > 0.0 {
+        n as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+/// One sequence being generated.
+pub struct Session<'m> {
+    model: &'m Model,
+    cache: KvCache,
+}
+
+impl<'m> Session<'m> {
+    /// A session whose context holds up to `ctx` tokens (capped at the model's context length).
+    pub fn new(model: &'m Model, ctx: usize) -> Session<'m> {
+        Session {
+            model,
+            cache: model.new_cache(ctx),
+        }
+    }
+
+    pub fn context_len(&self) -> usize {
+        self.cache.capacity()
+    }
+    /// Tokens in the cache.
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+    pub fn reset(&mut self) {
+        self.cache.clear();
+    }
+
+    /// Appends `ids` to the sequence and returns the logits after the last one.
+    pub fn prefill(&mut self, ids: &[u32], pool: &ThreadPool) -> Result<Vec<f32>, ModelError> {
+        if ids.is_empty() {
+            return Err(ModelError::BadBatch("nothing to prefill".into()));
+        }
+        let end = self.cache.len() + ids.len();
+        if end > self.cache.capacity() {
+            return Err(ModelError::ContextFull {
+                pos: end - 1,
+                ctx: self.cache.capacity(),
+            });
+        }
+        let mut last = Vec::new();
+        for chunk in ids.chunks(PREFILL_CHUNK) {
+            let batch = Batch::sequence(chunk, self.cache.len(), 0, false);
+            let logits = self
+                .model
+                .forward(&batch, std::slice::from_mut(&mut self.cache), pool)?;
+            last = logits.row(0).to_vec();
+        }
+        Ok(last)
+    }
+
+    /// Runs the prompt and samples up to `max_tokens` tokens, calling `on_text` with each piece of
+    /// complete UTF-8 text as soon as it exists.
+    pub fn generate(
+        &mut self,
+        tokenizer: &Tokenizer,
+        prompt_ids: &[u32],
+        opts: &GenerationOptions,
+        pool: &ThreadPool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<GenerationOutput, ModelError> {
+        let ctx = self.cache.capacity();
+        if self.cache.len() + prompt_ids.len() > ctx {
+            return Err(ModelError::ContextFull {
+                pos: self.cache.len() + prompt_ids.len() - 1,
+                ctx,
+            });
+        }
+        let mut sampler = Sampler::new(opts.sampling.clone());
+        let mut decoder = StreamDecoder::new(tokenizer);
+        let mut text = String::new();
+        let mut emit = |piece: String, text: &mut String| {
+            if !piece.is_empty() {
+                on_text(&piece);
+                text.push_str(&piece);
+            }
+        };
+
+        let t0 = Instant::now();
+        let mut logits = self.prefill(prompt_ids, pool)?;
+        let prefill_secs = t0.elapsed().as_secs_f64();
+
+        let t1 = Instant::now();
+        let mut gen_ids = Vec::new();
+        let stop_reason = loop {
+            if gen_ids.len() >= opts.max_tokens {
+                break StopReason::MaxTokens;
+            }
+            let id = sampler.sample(&logits);
+            if tokenizer.is_end_of_generation(id) {
+                break StopReason::EndOfGeneration;
+            }
+            gen_ids.push(id);
+            emit(decoder.push(id), &mut text);
+            if gen_ids.len() >= opts.max_tokens {
+                break StopReason::MaxTokens;
+            }
+            if self.cache.len() >= ctx {
+                break StopReason::ContextFull;
+            }
+            let batch = Batch::sequence(&[id], self.cache.len(), 0, true);
+            logits = self
+                .model
+                .forward(&batch, std::slice::from_mut(&mut self.cache), pool)?
+                .row(0)
+                .to_vec();
+        };
+        emit(decoder.finish(), &mut text);
+        Ok(GenerationOutput {
+            prompt_ids: prompt_ids.to_vec(),
+            gen_ids,
+            text,
+            stop_reason,
+            prefill_secs,
+            decode_secs: t1.elapsed().as_secs_f64(),
+        })
+    }
+}

@@ -1,0 +1,200 @@
+//! Gemma 3 (decoder-only, as in the Gemma 3 technical report):
+//!
+//! ```text
+//! x = embed(token) * sqrt(d_model)
+//! per layer:  h = RMSNorm(x)
+//!             q, k, v = h Wq, h Wk, h Wv;  q, k = RMSNorm per head (QK-norm);  q, k = RoPE(q, k)
+//!             a = softmax(q k^T / sqrt(query_pre_attn_scalar)) v   (grouped-query; sliding window on local layers)
+//!             x = x + RMSNorm(a Wo)                                 (post-attention norm)
+//!             h = RMSNorm(x);  x = x + RMSNorm((GELU(h Wgate) * h Wup) Wdown)   (post-FFN norm)
+//! logits = RMSNorm(x) E^T   (tied embedding)
+//! ```
+//! Local (sliding-window) layers use RoPE base 10,000; global layers the file's base.
+
+use gemma_io::GgufFile;
+use gemma_ops::rope::{rope_inv_freq, rope_neox};
+use gemma_ops::vector::{add_assign, gelu_mul, rms_norm, scale};
+use gemma_ops::{matmul, QuantizedActs, ThreadPool};
+
+use super::attention::{causal_attention, AttentionShape};
+use crate::batch::{Batch, Logits};
+use crate::config::ModelConfig;
+use crate::error::ModelError;
+use crate::kv_cache::KvCache;
+use crate::weights::{matrix, vector, Matrix};
+
+pub struct Gemma3Layer {
+    attn_norm: Vec<f32>,
+    wq: Matrix,
+    wk: Matrix,
+    wv: Matrix,
+    wo: Matrix,
+    q_norm: Vec<f32>,
+    k_norm: Vec<f32>,
+    post_attn_norm: Vec<f32>,
+    ffn_norm: Vec<f32>,
+    w_gate: Matrix,
+    w_up: Matrix,
+    w_down: Matrix,
+    post_ffn_norm: Vec<f32>,
+    /// RoPE inverse frequencies for this layer (local or global).
+    inv_freq: Vec<f32>,
+}
+
+pub struct Gemma3Weights {
+    embedding: Matrix,
+    output_norm: Vec<f32>,
+    /// The output projection: the embedding itself unless the file has a separate `output.weight`.
+    output: Matrix,
+    layers: Vec<Gemma3Layer>,
+}
+
+impl Gemma3Weights {
+    pub fn load(file: &GgufFile, c: &ModelConfig) -> Result<Gemma3Weights, ModelError> {
+        let (d, hd, ff) = (c.d_model, c.head_dim, c.ffn_dim);
+        let embedding = matrix(file, "token_embd.weight", c.vocab_size, d)?;
+        let output = match file.tensor("output.weight") {
+            Some(_) => matrix(file, "output.weight", c.vocab_size, d)?,
+            None => embedding.clone(),
+        };
+        let inv_local = rope_inv_freq(hd, c.rope_base_local, 1.0);
+        let inv_global = rope_inv_freq(hd, c.rope_base, c.rope_freq_scale);
+        let layers = (0..c.n_layers)
+            .map(|l| {
+                let n = |s: &str| format!("blk.{l}.{s}.weight");
+                Ok(Gemma3Layer {
+                    attn_norm: vector(file, &n("attn_norm"), d)?,
+                    wq: matrix(file, &n("attn_q"), c.n_heads * hd, d)?,
+                    wk: matrix(file, &n("attn_k"), c.n_kv_heads * hd, d)?,
+                    wv: matrix(file, &n("attn_v"), c.n_kv_heads * hd, d)?,
+                    wo: matrix(file, &n("attn_output"), d, c.n_heads * hd)?,
+                    q_norm: vector(file, &n("attn_q_norm"), hd)?,
+                    k_norm: vector(file, &n("attn_k_norm"), hd)?,
+                    post_attn_norm: vector(file, &n("post_attention_norm"), d)?,
+                    ffn_norm: vector(file, &n("ffn_norm"), d)?,
+                    w_gate: matrix(file, &n("ffn_gate"), ff, d)?,
+                    w_up: matrix(file, &n("ffn_up"), ff, d)?,
+                    w_down: matrix(file, &n("ffn_down"), d, ff)?,
+                    post_ffn_norm: vector(file, &n("post_ffw_norm"), d)?,
+                    inv_freq: if c.layer_is_local[l] {
+                        inv_local.clone()
+                    } else {
+                        inv_global.clone()
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        Ok(Gemma3Weights {
+            embedding,
+            output_norm: vector(file, "output_norm.weight", d)?,
+            output,
+            layers,
+        })
+    }
+}
+
+/// RMS-normalises each `width`-wide row of `x` with weight `w`.
+fn rms_norm_rows(x: &mut [f32], w: &[f32], eps: f32) {
+    for row in x.chunks_exact_mut(w.len()) {
+        rms_norm(row, w, eps);
+    }
+}
+
+pub(crate) fn forward(
+    file: &GgufFile,
+    c: &ModelConfig,
+    w: &Gemma3Weights,
+    batch: &Batch,
+    caches: &mut [KvCache],
+    pool: &ThreadPool,
+) -> Result<Logits, ModelError> {
+    let n = batch.len();
+    let (d, hd) = (c.d_model, c.head_dim);
+    let (q_width, kv_width) = (c.n_heads * hd, c.n_kv_heads * hd);
+    for t in &batch.tokens {
+        caches[t.seq].reserve_to(t.pos + 1)?;
+    }
+
+    // Embedding, scaled by sqrt(d_model).
+    let emb = w.embedding.view(file);
+    let mut x = vec![0f32; n * d];
+    for (t, row) in batch.tokens.iter().zip(x.chunks_exact_mut(d)) {
+        emb.dequantize_row(t.token as usize, row);
+        scale(row, c.embedding_scale);
+    }
+
+    let mut acts = QuantizedActs::default();
+    let mut h = vec![0f32; n * d];
+    let mut q = vec![0f32; n * q_width];
+    let mut k = vec![0f32; n * kv_width];
+    let mut v = vec![0f32; n * kv_width];
+    let mut attn = vec![0f32; n * q_width];
+    let mut proj = vec![0f32; n * d];
+    let mut gate = vec![0f32; n * c.ffn_dim];
+    let mut up = vec![0f32; n * c.ffn_dim];
+
+    for (l, lw) in w.layers.iter().enumerate() {
+        // Attention block.
+        h.copy_from_slice(&x);
+        rms_norm_rows(&mut h, &lw.attn_norm, c.rms_eps);
+        matmul(pool, &lw.wq.view(file), &h, &mut q, &mut acts)?;
+        matmul(pool, &lw.wk.view(file), &h, &mut k, &mut acts)?;
+        matmul(pool, &lw.wv.view(file), &h, &mut v, &mut acts)?;
+        for (i, t) in batch.tokens.iter().enumerate() {
+            for head in q[i * q_width..(i + 1) * q_width].chunks_exact_mut(hd) {
+                rms_norm(head, &lw.q_norm, c.rms_eps);
+                rope_neox(head, t.pos, &lw.inv_freq);
+                scale(head, c.query_scale);
+            }
+            for head in k[i * kv_width..(i + 1) * kv_width].chunks_exact_mut(hd) {
+                rms_norm(head, &lw.k_norm, c.rms_eps);
+                rope_neox(head, t.pos, &lw.inv_freq);
+            }
+        }
+        let shape = AttentionShape {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: hd,
+            window: if c.layer_is_local[l] {
+                c.sliding_window
+            } else {
+                None
+            },
+        };
+        causal_attention(pool, l, &shape, batch, caches, &q, &k, &v, &mut attn);
+        matmul(pool, &lw.wo.view(file), &attn, &mut proj, &mut acts)?;
+        rms_norm_rows(&mut proj, &lw.post_attn_norm, c.rms_eps);
+        add_assign(&mut x, &proj);
+
+        // Feed-forward block.
+        h.copy_from_slice(&x);
+        rms_norm_rows(&mut h, &lw.ffn_norm, c.rms_eps);
+        matmul(pool, &lw.w_gate.view(file), &h, &mut gate, &mut acts)?;
+        matmul(pool, &lw.w_up.view(file), &h, &mut up, &mut acts)?;
+        gelu_mul(&mut gate, &up);
+        matmul(pool, &lw.w_down.view(file), &gate, &mut proj, &mut acts)?;
+        rms_norm_rows(&mut proj, &lw.post_ffn_norm, c.rms_eps);
+        add_assign(&mut x, &proj);
+    }
+    for t in &batch.tokens {
+        caches[t.seq].set_len(t.pos + 1);
+    }
+
+    // Final norm and output projection, only for the tokens whose logits are wanted.
+    let batch_index: Vec<usize> = (0..n).filter(|&i| batch.tokens[i].logits).collect();
+    let mut last = Vec::with_capacity(batch_index.len() * d);
+    for &i in &batch_index {
+        last.extend_from_slice(&x[i * d..(i + 1) * d]);
+    }
+    rms_norm_rows(&mut last, &w.output_norm, c.rms_eps);
+    let mut data = vec![0f32; batch_index.len() * c.vocab_size];
+    matmul(pool, &w.output.view(file), &last, &mut data, &mut acts)?;
+    if let Some(cap) = c.final_logit_softcap {
+        data.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
+    }
+    Ok(Logits {
+        vocab_size: c.vocab_size,
+        batch_index,
+        data,
+    })
+}

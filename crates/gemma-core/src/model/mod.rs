@@ -1,0 +1,99 @@
+//! Models: loading weights and running the forward pass. One file per architecture.
+
+mod attention;
+pub mod gemma3;
+
+use std::path::Path;
+
+use gemma_io::GgufFile;
+use gemma_ops::ThreadPool;
+
+use crate::batch::{Batch, Logits};
+use crate::config::{Architecture, ModelConfig};
+use crate::error::ModelError;
+use crate::kv_cache::KvCache;
+
+/// A loaded model: the memory-mapped file, its configuration and its weights.
+pub struct Model {
+    pub file: GgufFile,
+    pub config: ModelConfig,
+    weights: Weights,
+}
+
+enum Weights {
+    Gemma3(gemma3::Gemma3Weights),
+}
+
+impl Model {
+    pub fn open(path: impl AsRef<Path>) -> Result<Model, ModelError> {
+        Self::from_gguf(GgufFile::open(path)?)
+    }
+
+    pub fn from_gguf(file: GgufFile) -> Result<Model, ModelError> {
+        let config = ModelConfig::from_gguf(&file)?;
+        let weights = match config.arch {
+            Architecture::Gemma3 => Weights::Gemma3(gemma3::Gemma3Weights::load(&file, &config)?),
+        };
+        Ok(Model {
+            file,
+            config,
+            weights,
+        })
+    }
+
+    /// A KV cache for one sequence of up to `capacity` tokens (capped at the model's context length).
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        let c = &self.config;
+        KvCache::new(
+            c.n_layers,
+            c.n_kv_heads * c.head_dim,
+            capacity.min(c.context_length),
+        )
+    }
+
+    /// Runs `batch` through the model. Token `t` reads and extends `caches[t.seq]`; each sequence's tokens
+    /// must continue its cache at consecutive positions. Returns the logits of the tokens that asked for them.
+    pub fn forward(
+        &self,
+        batch: &Batch,
+        caches: &mut [KvCache],
+        pool: &ThreadPool,
+    ) -> Result<Logits, ModelError> {
+        validate_batch(batch, caches, self.config.vocab_size)?;
+        match &self.weights {
+            Weights::Gemma3(w) => gemma3::forward(&self.file, &self.config, w, batch, caches, pool),
+        }
+    }
+}
+
+/// Checks token ids and that every sequence's tokens extend its cache at consecutive positions.
+fn validate_batch(batch: &Batch, caches: &[KvCache], vocab: usize) -> Result<(), ModelError> {
+    let mut next: Vec<Option<usize>> = vec![None; caches.len()];
+    for t in &batch.tokens {
+        if t.token as usize >= vocab {
+            return Err(ModelError::TokenOutOfRange { id: t.token, vocab });
+        }
+        let cache = caches.get(t.seq).ok_or_else(|| {
+            ModelError::BadBatch(format!(
+                "sequence {} has no cache ({} given)",
+                t.seq,
+                caches.len()
+            ))
+        })?;
+        let expected = next[t.seq].unwrap_or(cache.len());
+        if t.pos != expected {
+            return Err(ModelError::BadBatch(format!(
+                "sequence {} continues at position {expected}, got a token at position {}",
+                t.seq, t.pos
+            )));
+        }
+        if t.pos >= cache.capacity() {
+            return Err(ModelError::ContextFull {
+                pos: t.pos,
+                ctx: cache.capacity(),
+            });
+        }
+        next[t.seq] = Some(t.pos + 1);
+    }
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! The vocabulary: token texts, scores and attributes, indexed both ways.
+
+use std::collections::HashMap;
+
+/// Token attributes, the bits llama.cpp keeps per token (`llama_token_attr`). A token may carry several:
+/// e.g. an end-of-turn marker stored as a normal token is promoted to `NORMAL | CONTROL`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TokenAttrs(u16);
+
+impl TokenAttrs {
+    pub const UNDEFINED: TokenAttrs = TokenAttrs(0);
+    pub const UNKNOWN: TokenAttrs = TokenAttrs(1 << 0);
+    pub const UNUSED: TokenAttrs = TokenAttrs(1 << 1);
+    pub const NORMAL: TokenAttrs = TokenAttrs(1 << 2);
+    pub const CONTROL: TokenAttrs = TokenAttrs(1 << 3);
+    pub const USER_DEFINED: TokenAttrs = TokenAttrs(1 << 4);
+    pub const BYTE: TokenAttrs = TokenAttrs(1 << 5);
+    /// Swallow whitespace to the left of the token when it is matched as a special token.
+    pub const LSTRIP: TokenAttrs = TokenAttrs(1 << 7);
+    /// Swallow whitespace to the right of the token when it is matched as a special token.
+    pub const RSTRIP: TokenAttrs = TokenAttrs(1 << 8);
+
+    /// The attributes implied by a `tokenizer.ggml.token_type` entry
+    /// (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte; anything else undefined).
+    pub fn from_gguf_token_type(token_type: i64) -> TokenAttrs {
+        match token_type {
+            1 => TokenAttrs::NORMAL,
+            2 => TokenAttrs::UNKNOWN,
+            3 => TokenAttrs::CONTROL,
+            4 => TokenAttrs::USER_DEFINED,
+            5 => TokenAttrs::UNUSED,
+            6 => TokenAttrs::BYTE,
+            _ => TokenAttrs::UNDEFINED,
+        }
+    }
+
+    pub fn bits(self) -> u16 {
+        self.0
+    }
+
+    /// True when at least one bit of `other` is set here.
+    pub fn intersects(self, other: TokenAttrs) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    pub fn with(self, other: TokenAttrs) -> TokenAttrs {
+        TokenAttrs(self.0 | other.0)
+    }
+
+    pub fn without(self, other: TokenAttrs) -> TokenAttrs {
+        TokenAttrs(self.0 & !other.0)
+    }
+}
+
+impl std::ops::BitOr for TokenAttrs {
+    type Output = TokenAttrs;
+    fn bitor(self, rhs: TokenAttrs) -> TokenAttrs {
+        self.with(rhs)
+    }
+}
+
+/// Token texts, scores and attributes. Ids are positions; `id_of` maps text back to id.
+#[derive(Clone)]
+pub(crate) struct Vocab {
+    pieces: Vec<String>,
+    scores: Vec<f32>,
+    attrs: Vec<TokenAttrs>,
+    ids: HashMap<String, u32>,
+}
+
+impl Vocab {
+    /// `scores` and `attrs` must be as long as `pieces` (the caller checks; extra entries are ignored,
+    /// missing ones read as score 0 / undefined). Empty texts get a unique placeholder so that every id
+    /// has a distinct text, and for duplicated texts the later id wins the text → id map, both as
+    /// llama.cpp does.
+    pub(crate) fn new(mut pieces: Vec<String>, scores: Vec<f32>, attrs: Vec<TokenAttrs>) -> Vocab {
+        let mut ids = HashMap::with_capacity(pieces.len());
+        for (id, piece) in pieces.iter_mut().enumerate() {
+            if piece.is_empty() {
+                *piece = format!("[EMPTY_{id}]");
+            }
+            // Ids fit in u32: the caller rejects larger vocabularies.
+            ids.insert(piece.clone(), id as u32);
+        }
+        let n = pieces.len();
+        let mut scores = scores;
+        scores.resize(n, 0.0);
+        let mut attrs = attrs;
+        attrs.resize(n, TokenAttrs::UNDEFINED);
+        Vocab {
+            pieces,
+            scores,
+            attrs,
+            ids,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.pieces.len()
+    }
+
+    pub(crate) fn piece(&self, id: u32) -> Option<&str> {
+        self.pieces.get(id as usize).map(String::as_str)
+    }
+
+    pub(crate) fn score(&self, id: u32) -> Option<f32> {
+        self.scores.get(id as usize).copied()
+    }
+
+    pub(crate) fn attrs(&self, id: u32) -> Option<TokenAttrs> {
+        self.attrs.get(id as usize).copied()
+    }
+
+    pub(crate) fn set_attrs(&mut self, id: u32, attrs: TokenAttrs) {
+        if let Some(slot) = self.attrs.get_mut(id as usize) {
+            *slot = attrs;
+        }
+    }
+
+    pub(crate) fn add_attrs(&mut self, id: u32, attrs: TokenAttrs) {
+        if let Some(slot) = self.attrs.get_mut(id as usize) {
+            *slot = slot.with(attrs);
+        }
+    }
+
+    pub(crate) fn id_of(&self, text: &str) -> Option<u32> {
+        self.ids.get(text).copied()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &str, TokenAttrs)> {
+        self.pieces
+            .iter()
+            .zip(&self.attrs)
+            .enumerate()
+            .map(|(id, (piece, attrs))| (id as u32, piece.as_str(), *attrs))
+    }
+}

@@ -1,0 +1,113 @@
+//! Scaled dot-product attention of one query head over cached keys and values.
+
+use crate::pool::{SharedMut, ThreadPool};
+use crate::vector::{axpy, dot, softmax};
+
+/// Keys and values of one layer for one sequence: position-major rows of `row_len` floats
+/// (all KV heads of a position side by side).
+pub struct KvView<'a> {
+    pub keys: &'a [f32],
+    pub values: &'a [f32],
+    pub row_len: usize,
+}
+
+/// `out = softmax(q · K[p] for p in positions) · V`, reading KV head `kv_head` (of width `q.len()`).
+/// The query is expected pre-scaled. `scores` is scratch space.
+pub fn attend(
+    q: &[f32],
+    kv: &KvView,
+    kv_head: usize,
+    positions: std::ops::Range<usize>,
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
+    let d = q.len();
+    let off = kv_head * d;
+    scores.clear();
+    for p in positions.clone() {
+        let k = &kv.keys[p * kv.row_len + off..p * kv.row_len + off + d];
+        scores.push(dot(q, k));
+    }
+    softmax(scores);
+    out.fill(0.0);
+    for (p, &w) in positions.zip(scores.iter()) {
+        let v = &kv.values[p * kv.row_len + off..p * kv.row_len + off + d];
+        axpy(w, v, out);
+    }
+}
+
+/// What one query token attends to: its sequence's cached keys/values and the positions it may see.
+pub struct AttnSpan<'a> {
+    pub kv: KvView<'a>,
+    pub positions: std::ops::Range<usize>,
+}
+
+/// Grouped-query attention for a batch: `q` holds one row of `n_heads * head_dim` per token (pre-scaled),
+/// `spans[i]` says what token `i` sees; query head `h` reads KV head `h / (n_heads / n_kv_heads)`.
+/// Writes `out`, one row of `n_heads * head_dim` per token. Heads of all tokens run in parallel.
+pub fn grouped_query_attention(
+    pool: &ThreadPool,
+    q: &[f32],
+    spans: &[AttnSpan],
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    out: &mut [f32],
+) {
+    let q_row = n_heads * head_dim;
+    assert_eq!(
+        q.len(),
+        spans.len() * q_row,
+        "query rows do not match the spans"
+    );
+    assert_eq!(out.len(), q.len(), "output rows do not match the queries");
+    let group = n_heads / n_kv_heads.max(1);
+    let out_shared = SharedMut::new(out);
+    pool.run(spans.len() * n_heads, &|task| {
+        let (i, h) = (task / n_heads, task % n_heads);
+        let span = &spans[i];
+        let head = i * q_row + h * head_dim..i * q_row + (h + 1) * head_dim;
+        let mut scores = Vec::with_capacity(span.positions.len());
+        // SAFETY: task (i, h) alone writes this head's slice of row i.
+        let o = unsafe { out_shared.slice(head.clone()) };
+        attend(
+            &q[head],
+            &span.kv,
+            h / group,
+            span.positions.clone(),
+            o,
+            &mut scores,
+        );
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attends_to_the_matching_key() {
+        // Two heads of width 2 per position; head 1 has one key aligned with the query.
+        let keys = vec![
+            0., 0., 1., 0., /* pos 1 */ 0., 0., 0., 1., /* pos 2 */ 0., 0., -1., 0.,
+        ];
+        let values = vec![
+            0., 0., 10., 20., /* */ 0., 0., 30., 40., /* */ 0., 0., 50., 60.,
+        ];
+        let kv = KvView {
+            keys: &keys,
+            values: &values,
+            row_len: 4,
+        };
+        let q = [0.0, 50.0];
+        let mut out = [0.0; 2];
+        attend(&q, &kv, 1, 0..3, &mut out, &mut Vec::new());
+        assert!(
+            (out[0] - 30.0).abs() < 1e-3 && (out[1] - 40.0).abs() < 1e-3,
+            "{out:?}"
+        );
+        // With equal scores the result is the mean of the values in range.
+        attend(&[0.0, 0.0], &kv, 1, 1..3, &mut out, &mut Vec::new());
+        assert!((out[0] - 40.0).abs() < 1e-4 && (out[1] - 50.0).abs() < 1e-4);
+    }
+}
