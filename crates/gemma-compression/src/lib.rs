@@ -92,6 +92,31 @@ pub trait QuantFormat: Sync + Send {
     /// Q8_1 and Q8_K are activation formats; their dots (with themselves) are scalar only and exist for
     /// completeness and tests, not for model weights.
     fn vec_dot(&self, n: usize, w: &[u8], act: &[u8]) -> f32;
+
+    /// Every dot product of a slab of weight rows with a set of activation rows: for `r < rows` and
+    /// `t < n_tokens`, `out[r * n_tokens + t]` = the dot of weight row `r` with activation row `t`, where weight
+    /// rows lie `row_bytes(n)` apart in `w` and activation rows `vec_dot_type().row_bytes(n)` apart in `acts`.
+    ///
+    /// This is the matmul kernel (decode is `n_tokens == 1`). Implementations tile rows x tokens so one load
+    /// feeds several products, but each result must be bitwise the same whatever `rows` and `n_tokens` are and
+    /// equal to `vec_dot` of that pair: batching sequences together must never change their results.
+    fn dot_rows(&self, n: usize, w: &[u8], rows: usize, acts: &[u8], n_tokens: usize, out: &mut [f32]) {
+        let w_bytes = w.len() / rows.max(1);
+        let a_bytes = acts.len() / n_tokens.max(1);
+        assert!(
+            w_bytes * rows == w.len() && a_bytes * n_tokens == acts.len() && out.len() == rows * n_tokens,
+            "dot_rows: {rows} rows in {} bytes, {n_tokens} tokens in {} bytes, {} outputs",
+            w.len(),
+            acts.len(),
+            out.len()
+        );
+        for r in 0..rows {
+            let wr = &w[r * w_bytes..(r + 1) * w_bytes];
+            for t in 0..n_tokens {
+                out[r * n_tokens + t] = self.vec_dot(n, wr, &acts[t * a_bytes..(t + 1) * a_bytes]);
+            }
+        }
+    }
 }
 
 /// The implementation for a type. Returns [`QuantError::Unsupported`] for the plain integer types and F64.

@@ -110,7 +110,7 @@ impl QuantizedActs {
     }
 }
 
-/// Rows of the weight matrix each task takes: enough work to amortise the hand-out, few enough to balance.
+/// Fewest weight rows a task takes: enough work to amortise the hand-out.
 const ROWS_PER_TASK: usize = 16;
 
 /// `out[t][r] = W[r] · x[t]` for every token `t` of `x` (`n` rows of `w.cols`) and weight row `r`.
@@ -134,13 +134,19 @@ pub fn matmul(
     let out_shared = SharedMut::new(out);
     let m = w.rows;
     pool.for_ranges(m, ROWS_PER_TASK, &|rows| {
-        // Weight rows outer so each row stays in cache while every token passes over it.
-        for r in rows {
-            let wr = w.row(r);
-            for t in 0..n {
-                let v = w.format.vec_dot(w.cols, wr, acts.row(t));
-                // SAFETY: each task owns a disjoint set of rows `r`; element (t, r) is written by one task only.
-                unsafe { out_shared.slice(t * m + r..t * m + r + 1)[0] = v };
+        let mut tile = vec![0f32; rows.len() * n];
+        let w_slab = &w.data[rows.start * w.row_bytes..rows.end * w.row_bytes];
+        w.format.dot_rows(w.cols, w_slab, rows.len(), &acts.data, n, &mut tile);
+        if n == 1 {
+            // SAFETY: tasks own disjoint row ranges, and with one token those are disjoint ranges of `out`.
+            unsafe { out_shared.slice(rows.clone()) }.copy_from_slice(&tile);
+            return;
+        }
+        for t in 0..n {
+            // SAFETY: this task alone writes columns `rows` of every token's output row.
+            let dst = unsafe { out_shared.slice(t * m + rows.start..t * m + rows.end) };
+            for (k, v) in dst.iter_mut().enumerate() {
+                *v = tile[k * n + t];
             }
         }
     });
