@@ -1,31 +1,33 @@
 //! A persistent pool of worker threads. Threads are spawned once; each parallel region hands out task
 //! indices from an atomic counter, and the calling thread works too, so `ThreadPool::new(1)` spawns nothing.
+//!
+//! Between regions a worker spins for a short while before it parks: a decode step runs about a hundred
+//! small regions, and waking a parked thread costs more than most of them take.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// The work of one parallel region, with its lifetime erased (see `ThreadPool::run`).
 type Job = &'static (dyn Fn(usize) + Sync);
 
-struct Region {
-    job: Job,
-    n_tasks: usize,
-    next: Arc<AtomicUsize>,
-}
-
-struct State {
-    generation: u64,
-    region: Option<Region>,
-    /// Workers still inside the current region.
-    busy: usize,
-    shutdown: bool,
-}
+/// How long an idle worker spins before parking.
+const SPIN: Duration = Duration::from_micros(300);
 
 struct Shared {
-    state: Mutex<State>,
-    start: Condvar,
-    done: Condvar,
+    /// Bumped (SeqCst) to start a region.
+    generation: AtomicU64,
+    /// The current region's work; set by the caller before the bump.
+    region: Mutex<Option<(Job, usize)>>,
+    next: AtomicUsize,
+    /// Workers still inside the current region.
+    busy: AtomicUsize,
+    /// Workers parked on `wake` (changed under `park_lock`).
+    parked: AtomicUsize,
+    park_lock: Mutex<()>,
+    wake: Condvar,
+    shutdown: AtomicBool,
 }
 
 pub struct ThreadPool {
@@ -39,14 +41,14 @@ impl ThreadPool {
     /// A pool that runs regions on `n_threads` threads in all (the caller plus `n_threads - 1` workers).
     pub fn new(n_threads: usize) -> ThreadPool {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                generation: 0,
-                region: None,
-                busy: 0,
-                shutdown: false,
-            }),
-            start: Condvar::new(),
-            done: Condvar::new(),
+            generation: AtomicU64::new(0),
+            region: Mutex::new(None),
+            next: AtomicUsize::new(0),
+            busy: AtomicUsize::new(0),
+            parked: AtomicUsize::new(0),
+            park_lock: Mutex::new(()),
+            wake: Condvar::new(),
+            shutdown: AtomicBool::new(false),
         });
         let workers = (1..n_threads.max(1))
             .map(|i| {
@@ -57,11 +59,7 @@ impl ThreadPool {
                     .expect("failed to spawn a worker thread")
             })
             .collect();
-        ThreadPool {
-            shared,
-            workers,
-            entry: Mutex::new(()),
-        }
+        ThreadPool { shared, workers, entry: Mutex::new(()) }
     }
 
     /// Threads taking part in each region.
@@ -79,37 +77,34 @@ impl ThreadPool {
             return;
         }
         let _entry = self.entry.lock().unwrap_or_else(|e| e.into_inner());
-        // SAFETY: the reference is only used by workers between here and the wait below, which does not
-        // return until every worker has left the region (`busy == 0`), so `f` outlives every use.
+        let sh = &*self.shared;
+        // SAFETY: workers use the reference only inside this region, and this function does not return before
+        // every worker has left it (`busy == 0` below), so `f` outlives every use.
         let job: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(f) };
-        let next = Arc::new(AtomicUsize::new(0));
-        {
-            let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.generation += 1;
-            st.region = Some(Region {
-                job,
-                n_tasks,
-                next: next.clone(),
-            });
-            st.busy = self.workers.len();
-            self.shared.start.notify_all();
+        *sh.region.lock().unwrap_or_else(|e| e.into_inner()) = Some((job, n_tasks));
+        sh.next.store(0, Ordering::SeqCst);
+        sh.busy.store(self.workers.len(), Ordering::SeqCst);
+        sh.generation.fetch_add(1, Ordering::SeqCst);
+        if sh.parked.load(Ordering::SeqCst) > 0 {
+            let _g = sh.park_lock.lock().unwrap_or_else(|e| e.into_inner());
+            sh.wake.notify_all();
         }
-        drain(job, n_tasks, &next);
-        let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        while st.busy > 0 {
-            st = self.shared.done.wait(st).unwrap_or_else(|e| e.into_inner());
+        drain(job, n_tasks, &sh.next);
+        let mut spins = 0u32;
+        while sh.busy.load(Ordering::Acquire) > 0 {
+            spins += 1;
+            if spins < 1 << 16 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
         }
-        st.region = None;
+        *sh.region.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
-    /// Splits `0..n` into about `chunks_per_thread * n_threads` contiguous ranges of at least `min_chunk` and
-    /// runs `f(range)` on each.
-    pub fn for_ranges(
-        &self,
-        n: usize,
-        min_chunk: usize,
-        f: &(dyn Fn(std::ops::Range<usize>) + Sync),
-    ) {
+    /// Splits `0..n` into about `4 * n_threads` contiguous ranges of at least `min_chunk` and runs `f(range)` on
+    /// each.
+    pub fn for_ranges(&self, n: usize, min_chunk: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
         let target = self.n_threads() * 4;
         let chunk = n.div_ceil(target).max(min_chunk.max(1));
         let n_chunks = n.div_ceil(chunk);
@@ -127,38 +122,52 @@ fn drain(job: Job, n_tasks: usize, next: &AtomicUsize) {
     }
 }
 
-fn worker_loop(shared: &Shared) {
-    let mut seen = 0u64;
+/// Waits until the generation moves past `seen` (spinning first, then parked). `None` on shutdown.
+fn wait_for_region(sh: &Shared, seen: u64) -> Option<u64> {
+    let start = Instant::now();
+    let mut spins = 0u32;
     loop {
-        let (job, n_tasks, next) = {
-            let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            while !st.shutdown && st.generation == seen {
-                st = shared.start.wait(st).unwrap_or_else(|e| e.into_inner());
-            }
-            if st.shutdown {
-                return;
-            }
-            seen = st.generation;
-            match &st.region {
-                Some(r) => (r.job, r.n_tasks, r.next.clone()),
-                None => continue,
-            }
-        };
-        drain(job, n_tasks, &next);
-        let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.busy -= 1;
-        if st.busy == 0 {
-            shared.done.notify_all();
+        if sh.shutdown.load(Ordering::Acquire) {
+            return None;
         }
+        let g = sh.generation.load(Ordering::SeqCst);
+        if g != seen {
+            return Some(g);
+        }
+        spins += 1;
+        if spins % 64 != 0 || start.elapsed() < SPIN {
+            std::hint::spin_loop();
+            continue;
+        }
+        let mut guard = sh.park_lock.lock().unwrap_or_else(|e| e.into_inner());
+        sh.parked.fetch_add(1, Ordering::SeqCst);
+        // The caller bumps the generation before reading `parked`, so either we see the new generation here
+        // or the caller sees us parked and notifies under the lock.
+        while sh.generation.load(Ordering::SeqCst) == seen && !sh.shutdown.load(Ordering::SeqCst) {
+            guard = sh.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+        }
+        sh.parked.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn worker_loop(sh: &Shared) {
+    let mut seen = 0u64;
+    while let Some(g) = wait_for_region(sh, seen) {
+        seen = g;
+        let region = *sh.region.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((job, n_tasks)) = region {
+            drain(job, n_tasks, &sh.next);
+        }
+        sh.busy.fetch_sub(1, Ordering::Release);
     }
 }
 
 impl Drop for ThreadPool {
     fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
         {
-            let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.shutdown = true;
-            self.shared.start.notify_all();
+            let _g = self.shared.park_lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.wake.notify_all();
         }
         for w in self.workers.drain(..) {
             let _ = w.join();
@@ -220,6 +229,22 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn many_back_to_back_regions_and_parked_workers() {
+        let pool = ThreadPool::new(2);
+        let total = AtomicUsize::new(0);
+        for round in 0..5_000 {
+            pool.run(5, &|i| {
+                total.fetch_add(i + 1, Ordering::Relaxed);
+            });
+            if round % 1_000 == 0 {
+                // Let the workers park, then wake them with the next region.
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }
+        assert_eq!(total.load(Ordering::Relaxed), 5_000 * 15);
     }
 
     #[test]
