@@ -46,6 +46,22 @@ pub struct Cli {
     /// Print the compute backend in use (SIMD level, threads) and exit.
     #[arg(long)]
     pub print_backend: bool,
+
+    /// Benchmark generation of --prompt (--max-tokens tokens) instead of printing it.
+    #[arg(long)]
+    pub bench: bool,
+
+    /// Untimed runs before measuring (with --bench).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub bench_warmup: usize,
+
+    /// Timed runs (with --bench).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub bench_iters: usize,
+
+    /// Also write the --bench report as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub bench_json: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -60,6 +76,8 @@ pub enum Command {
     Info,
     /// Download a known model into the model cache.
     Pull(PullArgs),
+    /// Measure prompt processing (pp) and generation (tg) speed, in llama-bench's terms.
+    Bench(BenchArgs),
     /// Run one teacher-forced pass and print the best logits after every input position, one JSON line each.
     Logits(LogitsArgs),
 }
@@ -163,4 +181,36 @@ pub struct LogitsArgs {
     /// Logits to print per position.
     #[arg(long, default_value_t = 10, value_name = "K")]
     pub top_k: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Prompt lengths to time (prompt processing, "pp").
+    #[arg(short = 'p', long = "n-prompt", value_delimiter = ',', default_values_t = [256usize], value_name = "N,..")]
+    pub n_prompt: Vec<usize>,
+    /// Generation lengths to time (one token per step, "tg").
+    #[arg(short = 'n', long = "n-gen", value_delimiter = ',', default_values_t = [64usize], value_name = "N,..")]
+    pub n_gen: Vec<usize>,
+    /// Thread counts to run each test with (default: --threads, or all cores).
+    #[arg(
+        short = 't',
+        long = "bench-threads",
+        value_delimiter = ',',
+        value_name = "N,.."
+    )]
+    pub thread_counts: Vec<usize>,
+    /// Timed repetitions of each test (after one untimed warm-up).
+    #[arg(
+        short = 'r',
+        long = "repetitions",
+        default_value_t = 5,
+        value_name = "N"
+    )]
+    pub repetitions: usize,
+    /// Tokens already in the context before each test starts.
+    #[arg(short = 'd', long, default_value_t = 0, value_name = "D")]
+    pub depth: usize,
+    /// Write the results as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }

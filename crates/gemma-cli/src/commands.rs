@@ -14,7 +14,7 @@ use crate::args::{Cli, Command, DetokenizeArgs, GenerateArgs, LogitsArgs, PullAr
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-fn usage(msg: impl Into<String>) -> anyhow::Error {
+pub(crate) fn usage(msg: impl Into<String>) -> anyhow::Error {
     UsageError(msg.into()).into()
 }
 
@@ -26,19 +26,19 @@ struct Loaded {
     ctx: usize,
 }
 
-struct Common {
-    model: Option<String>,
-    threads: Option<usize>,
-    ctx: Option<usize>,
+pub(crate) struct Common {
+    pub model: Option<String>,
+    pub threads: Option<usize>,
+    pub ctx: Option<usize>,
 }
 
 impl Common {
-    fn model_path(&self) -> Result<PathBuf> {
+    pub(crate) fn model_path(&self) -> Result<PathBuf> {
         let name = self.model.as_deref().unwrap_or(gemma_fetch::DEFAULT_MODEL);
         gemma_fetch::resolve_model(name).with_context(|| format!("cannot find model '{name}'"))
     }
 
-    fn threads(&self) -> Result<usize> {
+    pub(crate) fn threads(&self) -> Result<usize> {
         match self.threads {
             Some(0) => Err(usage("--threads must be at least 1")),
             Some(n) => Ok(n),
@@ -87,6 +87,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Info) => info(&common),
         Some(Command::Pull(args)) => pull(&args),
         Some(Command::Logits(args)) => logits(&common, &args),
+        Some(Command::Bench(args)) => crate::bench::bench(&common, &args),
         None => {
             if let Some(text) = &cli.encode {
                 let tok = common.load_tokenizer()?;
@@ -112,6 +113,8 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                     .with_context(|| format!("cannot load model {}", path.display()))?;
                 println!("{}", model.config.summary());
                 Ok(())
+            } else if cli.bench {
+                crate::bench::guide_bench(&common, &cli)
             } else if cli.print_backend {
                 print_backend(&common)
             } else if cli.generate.prompt.is_some() || cli.generate.prompt_file.is_some() {
@@ -130,7 +133,7 @@ fn print_backend(common: &Common) -> Result<()> {
     Ok(())
 }
 
-fn read_prompt(args: &GenerateArgs) -> Result<String> {
+pub(crate) fn read_prompt(args: &GenerateArgs) -> Result<String> {
     match (&args.prompt, &args.prompt_file) {
         (Some(p), _) => Ok(p.clone()),
         (None, Some(f)) => std::fs::read_to_string(f)

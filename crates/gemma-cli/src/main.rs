@@ -5,6 +5,7 @@
 //! cargo (`gemma run`, `gemma tokenize`, `gemma info`, `gemma logits`, `gemma pull`, ...).
 
 mod args;
+mod bench;
 mod commands;
 
 use std::process::ExitCode;

@@ -259,3 +259,71 @@ fn bad_input_gives_clear_errors_and_exit_codes() {
     let o = gemma(&["detokenize", "-m", &m, "999999999"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn bench_reports_pp_tg_and_machine() {
+    let m = model();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let out = ok(&[
+        "bench",
+        "-m",
+        &m,
+        "-p",
+        "16",
+        "-n",
+        "4",
+        "-t",
+        "1,2",
+        "-r",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains("| 1 | pp16 |") && out.contains("| 2 | tg4 |") && out.contains("peak RSS"),
+        "{out}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["results"].as_array().unwrap().len(), 4);
+    assert!(
+        report["results"][0]["tokens_per_second"]["mean"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert!(
+        report["peak_rss_bytes"].as_u64().unwrap() > 100 << 20,
+        "the model is mapped and touched"
+    );
+    assert_eq!(report["machine"]["device"], "cpu");
+    assert!(report["commit"].as_str().is_some_and(|c| !c.is_empty()));
+
+    // The user guide's form.
+    let guide = dir.path().join("guide.json");
+    let out = ok(&[
+        "--bench",
+        "--prompt",
+        "hello",
+        "--max-tokens",
+        "8",
+        "--weights",
+        &m,
+        "--bench-warmup",
+        "1",
+        "--bench-iters",
+        "2",
+        "--bench-json",
+        guide.to_str().unwrap(),
+    ]);
+    assert!(out.contains("decode:") && out.contains("prefill:"), "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&guide).unwrap()).unwrap();
+    for key in ["mean", "p50", "p90"] {
+        assert!(report["tok_s"][key].as_f64().unwrap() > 0.0, "{key}");
+    }
+    assert_eq!(report["device"]["device"], "cpu");
+    assert!(report["device"]["simd"].as_str().is_some());
+    assert!(report["threads"].as_u64().unwrap() >= 1);
+}
