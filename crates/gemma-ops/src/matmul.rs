@@ -136,7 +136,8 @@ pub fn matmul(
     pool.for_ranges(m, ROWS_PER_TASK, &|rows| {
         let mut tile = vec![0f32; rows.len() * n];
         let w_slab = &w.data[rows.start * w.row_bytes..rows.end * w.row_bytes];
-        w.format.dot_rows(w.cols, w_slab, rows.len(), &acts.data, n, &mut tile);
+        w.format
+            .dot_rows(w.cols, w_slab, rows.len(), &acts.data, n, &mut tile);
         if n == 1 {
             // SAFETY: tasks own disjoint row ranges, and with one token those are disjoint ranges of `out`.
             unsafe { out_shared.slice(rows.clone()) }.copy_from_slice(&tile);

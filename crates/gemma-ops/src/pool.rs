@@ -59,7 +59,11 @@ impl ThreadPool {
                     .expect("failed to spawn a worker thread")
             })
             .collect();
-        ThreadPool { shared, workers, entry: Mutex::new(()) }
+        ThreadPool {
+            shared,
+            workers,
+            entry: Mutex::new(()),
+        }
     }
 
     /// Threads taking part in each region.
@@ -104,11 +108,31 @@ impl ThreadPool {
 
     /// Splits `0..n` into about `4 * n_threads` contiguous ranges of at least `min_chunk` and runs `f(range)` on
     /// each.
-    pub fn for_ranges(&self, n: usize, min_chunk: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+    pub fn for_ranges(
+        &self,
+        n: usize,
+        min_chunk: usize,
+        f: &(dyn Fn(std::ops::Range<usize>) + Sync),
+    ) {
         let target = self.n_threads() * 4;
         let chunk = n.div_ceil(target).max(min_chunk.max(1));
         let n_chunks = n.div_ceil(chunk);
         self.run(n_chunks, &|c| f(c * chunk..((c + 1) * chunk).min(n)));
+    }
+}
+
+impl ThreadPool {
+    /// Splits `data` into consecutive pieces of `chunk` elements (the last may be shorter) and runs
+    /// `f(piece_index, piece)` on each, in parallel.
+    pub fn for_chunks_mut<T: Send>(&self, data: &mut [T], chunk: usize, f: &(dyn Fn(usize, &mut [T]) + Sync)) {
+        let chunk = chunk.max(1);
+        let len = data.len();
+        let shared = SharedMut::new(data);
+        self.run(len.div_ceil(chunk), &|i| {
+            // SAFETY: piece i covers [i*chunk, min((i+1)*chunk, len)), disjoint from every other piece.
+            let piece = unsafe { shared.slice(i * chunk..((i + 1) * chunk).min(len)) };
+            f(i, piece);
+        });
     }
 }
 
@@ -166,7 +190,11 @@ impl Drop for ThreadPool {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, Ordering::SeqCst);
         {
-            let _g = self.shared.park_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let _g = self
+                .shared
+                .park_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             self.shared.wake.notify_all();
         }
         for w in self.workers.drain(..) {

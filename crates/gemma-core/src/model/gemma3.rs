@@ -93,11 +93,9 @@ impl Gemma3Weights {
     }
 }
 
-/// RMS-normalises each `width`-wide row of `x` with weight `w`.
-fn rms_norm_rows(x: &mut [f32], w: &[f32], eps: f32) {
-    for row in x.chunks_exact_mut(w.len()) {
-        rms_norm(row, w, eps);
-    }
+/// RMS-normalises each `w.len()`-wide row of `x` with weight `w`.
+fn rms_norm_rows(pool: &ThreadPool, x: &mut [f32], w: &[f32], eps: f32) {
+    pool.for_chunks_mut(x, w.len(), &|_, row| rms_norm(row, w, eps));
 }
 
 pub(crate) fn forward(
@@ -136,21 +134,23 @@ pub(crate) fn forward(
     for (l, lw) in w.layers.iter().enumerate() {
         // Attention block.
         h.copy_from_slice(&x);
-        rms_norm_rows(&mut h, &lw.attn_norm, c.rms_eps);
+        rms_norm_rows(pool, &mut h, &lw.attn_norm, c.rms_eps);
         matmul(pool, &lw.wq.view(file), &h, &mut q, &mut acts)?;
         matmul(pool, &lw.wk.view(file), &h, &mut k, &mut acts)?;
         matmul(pool, &lw.wv.view(file), &h, &mut v, &mut acts)?;
-        for (i, t) in batch.tokens.iter().enumerate() {
-            for head in q[i * q_width..(i + 1) * q_width].chunks_exact_mut(hd) {
+        pool.for_chunks_mut(&mut q, q_width, &|i, row| {
+            for head in row.chunks_exact_mut(hd) {
                 rms_norm(head, &lw.q_norm, c.rms_eps);
-                rope_neox(head, t.pos, &lw.inv_freq);
+                rope_neox(head, batch.tokens[i].pos, &lw.inv_freq);
                 scale(head, c.query_scale);
             }
-            for head in k[i * kv_width..(i + 1) * kv_width].chunks_exact_mut(hd) {
+        });
+        pool.for_chunks_mut(&mut k, kv_width, &|i, row| {
+            for head in row.chunks_exact_mut(hd) {
                 rms_norm(head, &lw.k_norm, c.rms_eps);
-                rope_neox(head, t.pos, &lw.inv_freq);
+                rope_neox(head, batch.tokens[i].pos, &lw.inv_freq);
             }
-        }
+        });
         let shape = AttentionShape {
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,
@@ -163,17 +163,18 @@ pub(crate) fn forward(
         };
         causal_attention(pool, l, &shape, batch, caches, &q, &k, &v, &mut attn);
         matmul(pool, &lw.wo.view(file), &attn, &mut proj, &mut acts)?;
-        rms_norm_rows(&mut proj, &lw.post_attn_norm, c.rms_eps);
+        rms_norm_rows(pool, &mut proj, &lw.post_attn_norm, c.rms_eps);
         add_assign(&mut x, &proj);
 
         // Feed-forward block.
         h.copy_from_slice(&x);
-        rms_norm_rows(&mut h, &lw.ffn_norm, c.rms_eps);
+        rms_norm_rows(pool, &mut h, &lw.ffn_norm, c.rms_eps);
         matmul(pool, &lw.w_gate.view(file), &h, &mut gate, &mut acts)?;
         matmul(pool, &lw.w_up.view(file), &h, &mut up, &mut acts)?;
-        gelu_mul(&mut gate, &up);
+        let ff = c.ffn_dim;
+        pool.for_chunks_mut(&mut gate, ff, &|i, g| gelu_mul(g, &up[i * ff..(i + 1) * ff]));
         matmul(pool, &lw.w_down.view(file), &gate, &mut proj, &mut acts)?;
-        rms_norm_rows(&mut proj, &lw.post_ffn_norm, c.rms_eps);
+        rms_norm_rows(pool, &mut proj, &lw.post_ffn_norm, c.rms_eps);
         add_assign(&mut x, &proj);
     }
     for t in &batch.tokens {
@@ -186,7 +187,7 @@ pub(crate) fn forward(
     for &i in &batch_index {
         last.extend_from_slice(&x[i * d..(i + 1) * d]);
     }
-    rms_norm_rows(&mut last, &w.output_norm, c.rms_eps);
+    rms_norm_rows(pool, &mut last, &w.output_norm, c.rms_eps);
     let mut data = vec![0f32; batch_index.len() * c.vocab_size];
     matmul(pool, &w.output.view(file), &last, &mut data, &mut acts)?;
     if let Some(cap) = c.final_logit_softcap {
