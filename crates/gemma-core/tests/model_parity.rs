@@ -366,3 +366,28 @@ fn a_prompt_longer_than_the_context_is_an_error() {
         .unwrap_err();
     assert!(err.to_string().contains("context is full"), "{err}");
 }
+
+#[test]
+fn sliding_window_ring_gives_the_same_logits_however_the_prompt_is_fed() {
+    // The 1,110-token prompt wraps the ring of the sliding-window layers (512 + 512 rows): feeding it in one
+    // call (split into passes of 512) or in uneven pieces must give the same final logits.
+    let f = fixture();
+    let ids = &f.goldens[12].prompt_ids;
+    assert!(ids.len() > 1024);
+    let last_logits = |piece: usize| {
+        let mut cache = f.model.new_cache(4096);
+        assert!(cache.layer(0).ring > 0 && cache.layer(5).ring == 0, "local layers use a ring, global ones do not");
+        let mut last = Vec::new();
+        for (k, chunk) in ids.chunks(piece).enumerate() {
+            let logits = f
+                .model
+                .forward(&Batch::sequence(chunk, k * piece, 0, false), std::slice::from_mut(&mut cache), &f.pool)
+                .unwrap();
+            last = logits.row(0).to_vec();
+        }
+        last
+    };
+    let (whole, pieces) = (last_logits(ids.len()), last_logits(300));
+    let max_diff = whole.iter().zip(&pieces).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(max_diff < 1e-3, "max diff {max_diff}");
+}

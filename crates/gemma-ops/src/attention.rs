@@ -9,6 +9,18 @@ pub struct KvView<'a> {
     pub keys: &'a [f32],
     pub values: &'a [f32],
     pub row_len: usize,
+    /// Rows in a ring buffer: position `p` lives in row `p % ring` (`0`: row `p`).
+    pub ring: usize,
+}
+
+impl KvView<'_> {
+    fn row(&self, p: usize) -> usize {
+        if self.ring == 0 {
+            p
+        } else {
+            p % self.ring
+        }
+    }
 }
 
 /// `out = softmax(q · K[p] for p in positions) · V`, reading KV head `kv_head` (of width `q.len()`).
@@ -25,13 +37,15 @@ pub fn attend(
     let off = kv_head * d;
     scores.clear();
     for p in positions.clone() {
-        let k = &kv.keys[p * kv.row_len + off..p * kv.row_len + off + d];
+        let r = kv.row(p) * kv.row_len + off;
+        let k = &kv.keys[r..r + d];
         scores.push(dot(q, k));
     }
     softmax(scores);
     out.fill(0.0);
     for (p, &w) in positions.zip(scores.iter()) {
-        let v = &kv.values[p * kv.row_len + off..p * kv.row_len + off + d];
+        let r = kv.row(p) * kv.row_len + off;
+        let v = &kv.values[r..r + d];
         axpy(w, v, out);
     }
 }

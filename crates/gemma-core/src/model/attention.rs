@@ -31,7 +31,8 @@ pub(crate) fn causal_attention(
     let kv_row = shape.n_kv_heads * shape.head_dim;
     for (i, t) in batch.tokens.iter().enumerate() {
         let layer_kv = caches[t.seq].layer_mut(layer);
-        let dst = t.pos * kv_row..(t.pos + 1) * kv_row;
+        let slot = layer_kv.slot(t.pos);
+        let dst = slot * kv_row..(slot + 1) * kv_row;
         layer_kv.keys[dst.clone()].copy_from_slice(&k[i * kv_row..(i + 1) * kv_row]);
         layer_kv.values[dst].copy_from_slice(&v[i * kv_row..(i + 1) * kv_row]);
     }
@@ -46,6 +47,7 @@ pub(crate) fn causal_attention(
                     keys: &lkv.keys,
                     values: &lkv.values,
                     row_len: kv_row,
+                    ring: lkv.ring,
                 },
                 positions: first..t.pos + 1,
             }

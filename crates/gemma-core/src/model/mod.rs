@@ -11,7 +11,7 @@ use gemma_ops::ThreadPool;
 use crate::batch::{Batch, Logits};
 use crate::config::{Architecture, ModelConfig};
 use crate::error::ModelError;
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, MAX_UBATCH};
 
 /// A loaded model: the memory-mapped file, its configuration and its weights.
 pub struct Model {
@@ -44,11 +44,9 @@ impl Model {
     /// A KV cache for one sequence of up to `capacity` tokens (capped at the model's context length).
     pub fn new_cache(&self, capacity: usize) -> KvCache {
         let c = &self.config;
-        KvCache::new(
-            c.n_layers,
-            c.n_kv_heads * c.head_dim,
-            capacity.min(c.context_length),
-        )
+        let windows: Vec<Option<usize>> =
+            c.layer_is_local.iter().map(|&local| if local { c.sliding_window } else { None }).collect();
+        KvCache::new(&windows, c.n_kv_heads * c.head_dim, capacity.min(c.context_length))
     }
 
     /// Runs `batch` through the model. Token `t` reads and extends `caches[t.seq]`; each sequence's tokens
@@ -60,6 +58,20 @@ impl Model {
         pool: &ThreadPool,
     ) -> Result<Logits, ModelError> {
         validate_batch(batch, caches, self.config.vocab_size)?;
+        if batch.len() <= MAX_UBATCH {
+            return self.forward_ubatch(batch, caches, pool);
+        }
+        // Bounded passes keep activation memory small and let sliding-window layers use a fixed ring.
+        let mut all = Logits { vocab_size: self.config.vocab_size, batch_index: Vec::new(), data: Vec::new() };
+        for (k, chunk) in batch.tokens.chunks(MAX_UBATCH).enumerate() {
+            let part = self.forward_ubatch(&Batch { tokens: chunk.to_vec() }, caches, pool)?;
+            all.batch_index.extend(part.batch_index.iter().map(|i| i + k * MAX_UBATCH));
+            all.data.extend_from_slice(&part.data);
+        }
+        Ok(all)
+    }
+
+    fn forward_ubatch(&self, batch: &Batch, caches: &mut [KvCache], pool: &ThreadPool) -> Result<Logits, ModelError> {
         match &self.weights {
             Weights::Gemma3(w) => gemma3::forward(&self.file, &self.config, w, batch, caches, pool),
         }
