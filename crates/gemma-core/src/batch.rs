@@ -46,7 +46,7 @@ impl Batch {
 }
 
 /// Logits of the batch tokens that asked for them, in batch order.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Logits {
     pub vocab_size: usize,
     /// Index into the batch of each row.

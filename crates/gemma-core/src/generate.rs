@@ -7,7 +7,7 @@ use gemma_ops::ThreadPool;
 use crate::batch::Batch;
 use crate::error::ModelError;
 use crate::kv_cache::KvCache;
-use crate::model::Model;
+use crate::model::{Model, Scratch};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
@@ -73,15 +73,13 @@ fn rate(n: usize, secs: f64) -> f64 {
 pub struct Session<'m> {
     model: &'m Model,
     cache: KvCache,
+    scratch: Scratch,
 }
 
 impl<'m> Session<'m> {
     /// A session whose context holds up to `ctx` tokens (capped at the model's context length).
     pub fn new(model: &'m Model, ctx: usize) -> Session<'m> {
-        Session {
-            model,
-            cache: model.new_cache(ctx),
-        }
+        Session { model, cache: model.new_cache(ctx), scratch: Scratch::default() }
     }
 
     pub fn context_len(&self) -> usize {
@@ -99,7 +97,7 @@ impl<'m> Session<'m> {
     }
 
     /// Appends `ids` to the sequence and returns the logits after the last one.
-    pub fn prefill(&mut self, ids: &[u32], pool: &ThreadPool) -> Result<Vec<f32>, ModelError> {
+    pub fn prefill(&mut self, ids: &[u32], pool: &ThreadPool) -> Result<&[f32], ModelError> {
         if ids.is_empty() {
             return Err(ModelError::BadBatch("nothing to prefill".into()));
         }
@@ -110,15 +108,11 @@ impl<'m> Session<'m> {
                 ctx: self.cache.capacity(),
             });
         }
-        let mut last = Vec::new();
         for chunk in ids.chunks(PREFILL_CHUNK) {
             let batch = Batch::sequence(chunk, self.cache.len(), 0, false);
-            let logits = self
-                .model
-                .forward(&batch, std::slice::from_mut(&mut self.cache), pool)?;
-            last = logits.row(0).to_vec();
+            self.model.forward_with(&batch, std::slice::from_mut(&mut self.cache), pool, &mut self.scratch)?;
         }
-        Ok(last)
+        Ok(self.scratch.logits.row(0))
     }
 
     /// Runs the prompt and samples up to `max_tokens` tokens, calling `on_text` with each piece of
@@ -149,7 +143,7 @@ impl<'m> Session<'m> {
         };
 
         let t0 = Instant::now();
-        let mut logits = self.prefill(prompt_ids, pool)?;
+        self.prefill(prompt_ids, pool)?;
         let prefill_secs = t0.elapsed().as_secs_f64();
 
         let t1 = Instant::now();
@@ -158,7 +152,7 @@ impl<'m> Session<'m> {
             if gen_ids.len() >= opts.max_tokens {
                 break StopReason::MaxTokens;
             }
-            let id = sampler.sample(&logits);
+            let id = sampler.sample(self.scratch.logits.row(0));
             if tokenizer.is_end_of_generation(id) {
                 break StopReason::EndOfGeneration;
             }
@@ -171,11 +165,7 @@ impl<'m> Session<'m> {
                 break StopReason::ContextFull;
             }
             let batch = Batch::sequence(&[id], self.cache.len(), 0, true);
-            logits = self
-                .model
-                .forward(&batch, std::slice::from_mut(&mut self.cache), pool)?
-                .row(0)
-                .to_vec();
+            self.model.forward_with(&batch, std::slice::from_mut(&mut self.cache), pool, &mut self.scratch)?;
         };
         emit(decoder.finish(), &mut text);
         Ok(GenerationOutput {

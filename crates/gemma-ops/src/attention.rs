@@ -50,6 +50,11 @@ pub fn attend(
     }
 }
 
+thread_local! {
+    /// Per-thread attention scores, kept so decoding allocates nothing once warm.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// What one query token attends to: its sequence's cached keys/values and the positions it may see.
 pub struct AttnSpan<'a> {
     pub kv: KvView<'a>,
@@ -81,17 +86,9 @@ pub fn grouped_query_attention(
         let (i, h) = (task / n_heads, task % n_heads);
         let span = &spans[i];
         let head = i * q_row + h * head_dim..i * q_row + (h + 1) * head_dim;
-        let mut scores = Vec::with_capacity(span.positions.len());
         // SAFETY: task (i, h) alone writes this head's slice of row i.
         let o = unsafe { out_shared.slice(head.clone()) };
-        attend(
-            &q[head],
-            &span.kv,
-            h / group,
-            span.positions.clone(),
-            o,
-            &mut scores,
-        );
+        SCORES.with_borrow_mut(|scores| attend(&q[head], &span.kv, h / group, span.positions.clone(), o, scores));
     });
 }
 
@@ -108,11 +105,7 @@ mod tests {
         let values = vec![
             0., 0., 10., 20., /* */ 0., 0., 30., 40., /* */ 0., 0., 50., 60.,
         ];
-        let kv = KvView {
-            keys: &keys,
-            values: &values,
-            row_len: 4,
-        };
+        let kv = KvView { keys: &keys, values: &values, row_len: 4, ring: 0 };
         let q = [0.0, 50.0];
         let mut out = [0.0; 2];
         attend(&q, &kv, 1, 0..3, &mut out, &mut Vec::new());
@@ -123,5 +116,17 @@ mod tests {
         // With equal scores the result is the mean of the values in range.
         attend(&[0.0, 0.0], &kv, 1, 1..3, &mut out, &mut Vec::new());
         assert!((out[0] - 40.0).abs() < 1e-4 && (out[1] - 50.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn ring_rows_wrap_around() {
+        // A ring of 2 rows holding positions 2 (row 0) and 3 (row 1), one head of width 1.
+        let (keys, values) = (vec![1.0, 1.0], vec![5.0, 7.0]);
+        let kv = KvView { keys: &keys, values: &values, row_len: 1, ring: 2 };
+        let mut out = [0.0];
+        attend(&[0.0], &kv, 0, 3..4, &mut out, &mut Vec::new());
+        assert_eq!(out[0], 7.0);
+        attend(&[0.0], &kv, 0, 2..4, &mut out, &mut Vec::new());
+        assert!((out[0] - 6.0).abs() < 1e-6);
     }
 }

@@ -110,6 +110,11 @@ impl QuantizedActs {
     }
 }
 
+thread_local! {
+    /// Per-thread results of one task (rows x tokens), kept so matmuls allocate nothing once warm.
+    static TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Fewest weight rows a task takes: enough work to amortise the hand-out.
 const ROWS_PER_TASK: usize = 16;
 
@@ -134,22 +139,24 @@ pub fn matmul(
     let out_shared = SharedMut::new(out);
     let m = w.rows;
     pool.for_ranges(m, ROWS_PER_TASK, &|rows| {
-        let mut tile = vec![0f32; rows.len() * n];
         let w_slab = &w.data[rows.start * w.row_bytes..rows.end * w.row_bytes];
-        w.format
-            .dot_rows(w.cols, w_slab, rows.len(), &acts.data, n, &mut tile);
         if n == 1 {
             // SAFETY: tasks own disjoint row ranges, and with one token those are disjoint ranges of `out`.
-            unsafe { out_shared.slice(rows.clone()) }.copy_from_slice(&tile);
+            let dst = unsafe { out_shared.slice(rows.clone()) };
+            w.format.dot_rows(w.cols, w_slab, rows.len(), &acts.data, 1, dst);
             return;
         }
-        for t in 0..n {
-            // SAFETY: this task alone writes columns `rows` of every token's output row.
-            let dst = unsafe { out_shared.slice(t * m + rows.start..t * m + rows.end) };
-            for (k, v) in dst.iter_mut().enumerate() {
-                *v = tile[k * n + t];
+        TILE.with_borrow_mut(|tile| {
+            tile.resize(rows.len() * n, 0.0);
+            w.format.dot_rows(w.cols, w_slab, rows.len(), &acts.data, n, tile);
+            for t in 0..n {
+                // SAFETY: this task alone writes columns `rows` of every token's output row.
+                let dst = unsafe { out_shared.slice(t * m + rows.start..t * m + rows.end) };
+                for (k, v) in dst.iter_mut().enumerate() {
+                    *v = tile[k * n + t];
+                }
             }
-        }
+        });
     });
     Ok(())
 }

@@ -14,10 +14,11 @@
 use gemma_io::GgufFile;
 use gemma_ops::rope::{rope_inv_freq, rope_neox};
 use gemma_ops::vector::{add_assign, gelu_mul, rms_norm, scale};
-use gemma_ops::{matmul, QuantizedActs, ThreadPool};
+use gemma_ops::{matmul, ThreadPool};
 
 use super::attention::{causal_attention, AttentionShape};
-use crate::batch::{Batch, Logits};
+use super::Scratch;
+use crate::batch::Batch;
 use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::kv_cache::KvCache;
@@ -98,6 +99,12 @@ fn rms_norm_rows(pool: &ThreadPool, x: &mut [f32], w: &[f32], eps: f32) {
     pool.for_chunks_mut(x, w.len(), &|_, row| rms_norm(row, w, eps));
 }
 
+/// `buf` resized to `n` values (keeps its allocation between passes).
+fn sized(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    buf.resize(n, 0.0);
+    buf
+}
+
 pub(crate) fn forward(
     file: &GgufFile,
     c: &ModelConfig,
@@ -105,47 +112,40 @@ pub(crate) fn forward(
     batch: &Batch,
     caches: &mut [KvCache],
     pool: &ThreadPool,
-) -> Result<Logits, ModelError> {
+    s: &mut Scratch,
+) -> Result<(), ModelError> {
     let n = batch.len();
-    let (d, hd) = (c.d_model, c.head_dim);
+    let (d, hd, ff) = (c.d_model, c.head_dim, c.ffn_dim);
     let (q_width, kv_width) = (c.n_heads * hd, c.n_kv_heads * hd);
     for t in &batch.tokens {
         caches[t.seq].reserve_to(t.pos + 1)?;
     }
+    let Scratch { x, h, q, k, v, attn, proj, gate, up, last, acts, logits } = s;
+    let (x, h, q, k, v) = (sized(x, n * d), sized(h, n * d), sized(q, n * q_width), sized(k, n * kv_width), sized(v, n * kv_width));
+    let (attn, proj, gate, up) = (sized(attn, n * q_width), sized(proj, n * d), sized(gate, n * ff), sized(up, n * ff));
 
     // Embedding, scaled by sqrt(d_model).
     let emb = w.embedding.view(file);
-    let mut x = vec![0f32; n * d];
     for (t, row) in batch.tokens.iter().zip(x.chunks_exact_mut(d)) {
         emb.dequantize_row(t.token as usize, row);
         scale(row, c.embedding_scale);
     }
 
-    let mut acts = QuantizedActs::default();
-    let mut h = vec![0f32; n * d];
-    let mut q = vec![0f32; n * q_width];
-    let mut k = vec![0f32; n * kv_width];
-    let mut v = vec![0f32; n * kv_width];
-    let mut attn = vec![0f32; n * q_width];
-    let mut proj = vec![0f32; n * d];
-    let mut gate = vec![0f32; n * c.ffn_dim];
-    let mut up = vec![0f32; n * c.ffn_dim];
-
     for (l, lw) in w.layers.iter().enumerate() {
         // Attention block.
-        h.copy_from_slice(&x);
-        rms_norm_rows(pool, &mut h, &lw.attn_norm, c.rms_eps);
-        matmul(pool, &lw.wq.view(file), &h, &mut q, &mut acts)?;
-        matmul(pool, &lw.wk.view(file), &h, &mut k, &mut acts)?;
-        matmul(pool, &lw.wv.view(file), &h, &mut v, &mut acts)?;
-        pool.for_chunks_mut(&mut q, q_width, &|i, row| {
+        h.copy_from_slice(x);
+        rms_norm_rows(pool, h, &lw.attn_norm, c.rms_eps);
+        matmul(pool, &lw.wq.view(file), h, q, acts)?;
+        matmul(pool, &lw.wk.view(file), h, k, acts)?;
+        matmul(pool, &lw.wv.view(file), h, v, acts)?;
+        pool.for_chunks_mut(q, q_width, &|i, row| {
             for head in row.chunks_exact_mut(hd) {
                 rms_norm(head, &lw.q_norm, c.rms_eps);
                 rope_neox(head, batch.tokens[i].pos, &lw.inv_freq);
                 scale(head, c.query_scale);
             }
         });
-        pool.for_chunks_mut(&mut k, kv_width, &|i, row| {
+        pool.for_chunks_mut(k, kv_width, &|i, row| {
             for head in row.chunks_exact_mut(hd) {
                 rms_norm(head, &lw.k_norm, c.rms_eps);
                 rope_neox(head, batch.tokens[i].pos, &lw.inv_freq);
@@ -155,47 +155,41 @@ pub(crate) fn forward(
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,
             head_dim: hd,
-            window: if c.layer_is_local[l] {
-                c.sliding_window
-            } else {
-                None
-            },
+            window: if c.layer_is_local[l] { c.sliding_window } else { None },
         };
-        causal_attention(pool, l, &shape, batch, caches, &q, &k, &v, &mut attn);
-        matmul(pool, &lw.wo.view(file), &attn, &mut proj, &mut acts)?;
-        rms_norm_rows(pool, &mut proj, &lw.post_attn_norm, c.rms_eps);
-        add_assign(&mut x, &proj);
+        causal_attention(pool, l, &shape, batch, caches, q, k, v, attn);
+        matmul(pool, &lw.wo.view(file), attn, proj, acts)?;
+        rms_norm_rows(pool, proj, &lw.post_attn_norm, c.rms_eps);
+        add_assign(x, proj);
 
         // Feed-forward block.
-        h.copy_from_slice(&x);
-        rms_norm_rows(pool, &mut h, &lw.ffn_norm, c.rms_eps);
-        matmul(pool, &lw.w_gate.view(file), &h, &mut gate, &mut acts)?;
-        matmul(pool, &lw.w_up.view(file), &h, &mut up, &mut acts)?;
-        let ff = c.ffn_dim;
-        pool.for_chunks_mut(&mut gate, ff, &|i, g| gelu_mul(g, &up[i * ff..(i + 1) * ff]));
-        matmul(pool, &lw.w_down.view(file), &gate, &mut proj, &mut acts)?;
-        rms_norm_rows(pool, &mut proj, &lw.post_ffn_norm, c.rms_eps);
-        add_assign(&mut x, &proj);
+        h.copy_from_slice(x);
+        rms_norm_rows(pool, h, &lw.ffn_norm, c.rms_eps);
+        matmul(pool, &lw.w_gate.view(file), h, gate, acts)?;
+        matmul(pool, &lw.w_up.view(file), h, up, acts)?;
+        let up = &*up;
+        pool.for_chunks_mut(gate, ff, &|i, g| gelu_mul(g, &up[i * ff..(i + 1) * ff]));
+        matmul(pool, &lw.w_down.view(file), gate, proj, acts)?;
+        rms_norm_rows(pool, proj, &lw.post_ffn_norm, c.rms_eps);
+        add_assign(x, proj);
     }
     for t in &batch.tokens {
         caches[t.seq].set_len(t.pos + 1);
     }
 
     // Final norm and output projection, only for the tokens whose logits are wanted.
-    let batch_index: Vec<usize> = (0..n).filter(|&i| batch.tokens[i].logits).collect();
-    let mut last = Vec::with_capacity(batch_index.len() * d);
-    for &i in &batch_index {
+    logits.vocab_size = c.vocab_size;
+    logits.batch_index.clear();
+    logits.batch_index.extend((0..n).filter(|&i| batch.tokens[i].logits));
+    last.clear();
+    for &i in &logits.batch_index {
         last.extend_from_slice(&x[i * d..(i + 1) * d]);
     }
-    rms_norm_rows(pool, &mut last, &w.output_norm, c.rms_eps);
-    let mut data = vec![0f32; batch_index.len() * c.vocab_size];
-    matmul(pool, &w.output.view(file), &last, &mut data, &mut acts)?;
+    rms_norm_rows(pool, last, &w.output_norm, c.rms_eps);
+    let data = sized(&mut logits.data, logits.batch_index.len() * c.vocab_size);
+    matmul(pool, &w.output.view(file), last, data, acts)?;
     if let Some(cap) = c.final_logit_softcap {
         data.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
     }
-    Ok(Logits {
-        vocab_size: c.vocab_size,
-        batch_index,
-        data,
-    })
+    Ok(())
 }

@@ -6,7 +6,7 @@ pub mod gemma3;
 use std::path::Path;
 
 use gemma_io::GgufFile;
-use gemma_ops::ThreadPool;
+use gemma_ops::{QuantizedActs, ThreadPool};
 
 use crate::batch::{Batch, Logits};
 use crate::config::{Architecture, ModelConfig};
@@ -51,31 +51,66 @@ impl Model {
 
     /// Runs `batch` through the model. Token `t` reads and extends `caches[t.seq]`; each sequence's tokens
     /// must continue its cache at consecutive positions. Returns the logits of the tokens that asked for them.
-    pub fn forward(
+    pub fn forward(&self, batch: &Batch, caches: &mut [KvCache], pool: &ThreadPool) -> Result<Logits, ModelError> {
+        let mut scratch = Scratch::default();
+        self.forward_with(batch, caches, pool, &mut scratch)?;
+        Ok(std::mem::take(&mut scratch.logits))
+    }
+
+    /// [`Model::forward`] working in `scratch`, whose buffers are reused from pass to pass (a decode loop that
+    /// keeps one `Scratch` allocates nothing per token). The logits are left in `scratch.logits`.
+    pub fn forward_with<'s>(
         &self,
         batch: &Batch,
         caches: &mut [KvCache],
         pool: &ThreadPool,
-    ) -> Result<Logits, ModelError> {
+        scratch: &'s mut Scratch,
+    ) -> Result<&'s Logits, ModelError> {
         validate_batch(batch, caches, self.config.vocab_size)?;
         if batch.len() <= MAX_UBATCH {
-            return self.forward_ubatch(batch, caches, pool);
+            self.forward_ubatch(batch, caches, pool, scratch)?;
+            return Ok(&scratch.logits);
         }
         // Bounded passes keep activation memory small and let sliding-window layers use a fixed ring.
-        let mut all = Logits { vocab_size: self.config.vocab_size, batch_index: Vec::new(), data: Vec::new() };
+        let mut all = Logits { vocab_size: self.config.vocab_size, ..Default::default() };
         for (k, chunk) in batch.tokens.chunks(MAX_UBATCH).enumerate() {
-            let part = self.forward_ubatch(&Batch { tokens: chunk.to_vec() }, caches, pool)?;
-            all.batch_index.extend(part.batch_index.iter().map(|i| i + k * MAX_UBATCH));
-            all.data.extend_from_slice(&part.data);
+            self.forward_ubatch(&Batch { tokens: chunk.to_vec() }, caches, pool, scratch)?;
+            all.batch_index.extend(scratch.logits.batch_index.iter().map(|i| i + k * MAX_UBATCH));
+            all.data.extend_from_slice(&scratch.logits.data);
         }
-        Ok(all)
+        scratch.logits = all;
+        Ok(&scratch.logits)
     }
 
-    fn forward_ubatch(&self, batch: &Batch, caches: &mut [KvCache], pool: &ThreadPool) -> Result<Logits, ModelError> {
+    fn forward_ubatch(
+        &self,
+        batch: &Batch,
+        caches: &mut [KvCache],
+        pool: &ThreadPool,
+        scratch: &mut Scratch,
+    ) -> Result<(), ModelError> {
         match &self.weights {
-            Weights::Gemma3(w) => gemma3::forward(&self.file, &self.config, w, batch, caches, pool),
+            Weights::Gemma3(w) => gemma3::forward(&self.file, &self.config, w, batch, caches, pool, scratch),
         }
     }
+}
+
+/// The buffers a forward pass works in, kept between passes.
+#[derive(Default)]
+pub struct Scratch {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    proj: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    last: Vec<f32>,
+    acts: QuantizedActs,
+    /// The logits of the last pass.
+    pub logits: Logits,
 }
 
 /// Checks token ids and that every sequence's tokens extend its cache at consecutive positions.
