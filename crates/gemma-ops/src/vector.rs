@@ -1,9 +1,25 @@
 //! Element-wise and reduction kernels on f32 vectors. Plain loops written so the compiler vectorises them
 //! (several independent accumulators), no intrinsics.
 
-/// Dot product of two equal-length vectors.
+/// Dot product of two equal-length vectors (AVX-512 or AVX2+FMA when the CPU has them).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
+    assert_eq!(a.len(), b.len(), "dot of vectors of different lengths");
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F; the kernel reads only within the two equal-length slices.
+            return unsafe { x86::dot_avx512(a, b) };
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: as above, for AVX2 and FMA.
+            return unsafe { x86::dot_avx2(a, b) };
+        }
+    }
+    dot_scalar(a, b)
+}
+
+/// The scalar twin of [`dot`].
+pub fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (ac, ar) = a.split_at(a.len() / 16 * 16);
     let (bc, br) = b.split_at(ac.len());
@@ -19,11 +35,111 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// `y += a * x`.
+/// `y += a * x` (AVX-512 or AVX2+FMA when the CPU has them).
 pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    debug_assert_eq!(x.len(), y.len());
+    assert_eq!(x.len(), y.len(), "axpy of vectors of different lengths");
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F; the kernel stays within the two equal-length slices.
+            return unsafe { x86::axpy_avx512(a, x, y) };
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: as above, for AVX2 and FMA.
+            return unsafe { x86::axpy_avx2(a, x, y) };
+        }
+    }
+    axpy_scalar(a, x, y)
+}
+
+/// The scalar twin of [`axpy`].
+pub fn axpy_scalar(a: f32, x: &[f32], y: &mut [f32]) {
     for (yi, xi) in y.iter_mut().zip(x) {
         *yi += a * xi;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len() / 32 * 32;
+        let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let mut i = 0;
+        while i < n {
+            // SAFETY: i + 32 <= n <= len of both slices.
+            unsafe {
+                s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a.as_ptr().add(i)), _mm512_loadu_ps(b.as_ptr().add(i)), s0);
+                s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a.as_ptr().add(i + 16)), _mm512_loadu_ps(b.as_ptr().add(i + 16)), s1);
+            }
+            i += 32;
+        }
+        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+        for j in n..a.len() {
+            s += a[j] * b[j];
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len() / 16 * 16;
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i < n {
+            // SAFETY: i + 16 <= n <= len of both slices.
+            unsafe {
+                s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), s0);
+                s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i + 8)), _mm256_loadu_ps(b.as_ptr().add(i + 8)), s1);
+            }
+            i += 16;
+        }
+        let v = _mm256_add_ps(s0, s1);
+        let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        let mut s = _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
+        for j in n..a.len() {
+            s += a[j] * b[j];
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn axpy_avx512(a: f32, x: &[f32], y: &mut [f32]) {
+        let n = x.len() / 16 * 16;
+        let av = _mm512_set1_ps(a);
+        let mut i = 0;
+        while i < n {
+            // SAFETY: i + 16 <= n <= len of both slices.
+            unsafe {
+                let p = y.as_mut_ptr().add(i);
+                _mm512_storeu_ps(p, _mm512_fmadd_ps(av, _mm512_loadu_ps(x.as_ptr().add(i)), _mm512_loadu_ps(p)));
+            }
+            i += 16;
+        }
+        for j in n..x.len() {
+            y[j] += a * x[j];
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy_avx2(a: f32, x: &[f32], y: &mut [f32]) {
+        let n = x.len() / 8 * 8;
+        let av = _mm256_set1_ps(a);
+        let mut i = 0;
+        while i < n {
+            // SAFETY: i + 8 <= n <= len of both slices.
+            unsafe {
+                let p = y.as_mut_ptr().add(i);
+                _mm256_storeu_ps(p, _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(p)));
+            }
+            i += 8;
+        }
+        for j in n..x.len() {
+            y[j] += a * x[j];
+        }
     }
 }
 
@@ -128,6 +244,46 @@ mod tests {
             let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
             let naive: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
             assert!((dot(&a, &b) as f64 - naive).abs() < 1e-3, "n={n}");
+        }
+    }
+
+    #[test]
+    fn simd_dot_and_axpy_equal_their_scalar_twins() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let levels = [
+                ("avx512", is_x86_feature_detected!("avx512f")),
+                ("avx2+fma", is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")),
+            ];
+            for n in [0, 1, 7, 8, 15, 16, 31, 32, 33, 256, 1000] {
+                let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+                let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+                let want = dot_scalar(&a, &b);
+                let mut y_want = b.clone();
+                axpy_scalar(0.3, &a, &mut y_want);
+                for (name, present) in levels {
+                    if !present {
+                        println!("{name}: not on this CPU");
+                        continue;
+                    }
+                    println!("{name}: checked n={n}");
+                    let mut y = b.clone();
+                    // SAFETY: the feature was just detected.
+                    let got = unsafe {
+                        if name == "avx512" {
+                            x86::axpy_avx512(0.3, &a, &mut y);
+                            x86::dot_avx512(&a, &b)
+                        } else {
+                            x86::axpy_avx2(0.3, &a, &mut y);
+                            x86::dot_avx2(&a, &b)
+                        }
+                    };
+                    assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{name} dot n={n}: {got} vs {want}");
+                    for (g, w) in y.iter().zip(&y_want) {
+                        assert!((g - w).abs() <= 1e-6 * (1.0 + w.abs()), "{name} axpy n={n}");
+                    }
+                }
+            }
         }
     }
 
