@@ -94,10 +94,12 @@ impl ThreadPool {
             sh.wake.notify_all();
         }
         drain(job, n_tasks, &sh.next);
+        // A worker still busy is usually a few microseconds from done; if it was descheduled (more threads than
+        // cores), yielding lets it finish instead of burning its core.
         let mut spins = 0u32;
         while sh.busy.load(Ordering::Acquire) > 0 {
             spins += 1;
-            if spins < 1 << 16 {
+            if spins < 1 << 10 {
                 std::hint::spin_loop();
             } else {
                 std::thread::yield_now();
@@ -159,8 +161,13 @@ fn wait_for_region(sh: &Shared, seen: u64) -> Option<u64> {
             return Some(g);
         }
         spins += 1;
-        if spins % 64 != 0 || start.elapsed() < SPIN {
+        if spins < 1 << 10 {
             std::hint::spin_loop();
+            continue;
+        }
+        if start.elapsed() < SPIN {
+            // Past a short spin, yield between checks so an oversubscribed core still runs the threads we wait on.
+            std::thread::yield_now();
             continue;
         }
         let mut guard = sh.park_lock.lock().unwrap_or_else(|e| e.into_inner());
