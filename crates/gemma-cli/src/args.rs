@@ -11,13 +11,7 @@ pub struct Cli {
     pub command: Option<Command>,
 
     /// Model file (GGUF) or known model name; the default model is used (and pulled) when absent.
-    #[arg(
-        long = "weights",
-        visible_alias = "model",
-        short = 'm',
-        global = true,
-        value_name = "PATH|NAME"
-    )]
+    #[arg(long = "weights", visible_alias = "model", short = 'm', global = true, value_name = "PATH|NAME")]
     pub model: Option<String>,
 
     /// Worker threads (default: all cores).
@@ -128,11 +122,7 @@ pub struct GenerateArgs {
 #[derive(Args, Debug)]
 pub struct TokenizeArgs {
     /// The text to tokenize.
-    #[arg(
-        value_name = "TEXT",
-        required_unless_present = "file",
-        conflicts_with = "file"
-    )]
+    #[arg(value_name = "TEXT", required_unless_present = "file", conflicts_with = "file")]
     pub text: Option<String>,
     /// Read the text from a file.
     #[arg(long, value_name = "FILE")]
@@ -168,12 +158,7 @@ pub struct PullArgs {
 #[derive(Args, Debug)]
 pub struct LogitsArgs {
     /// Input token ids, comma separated (e.g. 2,651,...).
-    #[arg(
-        long,
-        value_name = "IDS",
-        required_unless_present = "prompt",
-        conflicts_with = "prompt"
-    )]
+    #[arg(long, value_name = "IDS", required_unless_present = "prompt", conflicts_with = "prompt")]
     pub ids: Option<String>,
     /// Input text (tokenized with BOS and special tokens).
     #[arg(long, short = 'p', value_name = "TEXT")]
@@ -192,20 +177,10 @@ pub struct BenchArgs {
     #[arg(short = 'n', long = "n-gen", value_delimiter = ',', default_values_t = [64usize], value_name = "N,..")]
     pub n_gen: Vec<usize>,
     /// Thread counts to run each test with (default: --threads, or all cores).
-    #[arg(
-        short = 't',
-        long = "bench-threads",
-        value_delimiter = ',',
-        value_name = "N,.."
-    )]
+    #[arg(short = 't', long = "bench-threads", value_delimiter = ',', value_name = "N,..")]
     pub thread_counts: Vec<usize>,
     /// Timed repetitions of each test (after one untimed warm-up).
-    #[arg(
-        short = 'r',
-        long = "repetitions",
-        default_value_t = 5,
-        value_name = "N"
-    )]
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5, value_name = "N")]
     pub repetitions: usize,
     /// Tokens already in the context before each test starts.
     #[arg(short = 'd', long, default_value_t = 0, value_name = "D")]

@@ -26,18 +26,8 @@ impl Stats {
         let var = samples.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
         let mut sorted = samples.to_vec();
         sorted.sort_by(f64::total_cmp);
-        let pct = |p: f64| {
-            sorted
-                .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
-                .copied()
-                .unwrap_or(0.0)
-        };
-        Stats {
-            mean,
-            sd: var.sqrt(),
-            p50: pct(0.5),
-            p90: pct(0.9),
-        }
+        let pct = |p: f64| sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
+        Stats { mean, sd: var.sqrt(), p50: pct(0.5), p90: pct(0.9) }
     }
 
     fn json(&self) -> Value {
@@ -59,16 +49,7 @@ fn machine() -> Value {
         macro_rules! detect {
             ($($f:tt),*) => { $( if is_x86_feature_detected!($f) { features.push($f); } )* };
         }
-        detect!(
-            "avx2",
-            "fma",
-            "f16c",
-            "avx512f",
-            "avx512bw",
-            "avx512vl",
-            "avx512vnni",
-            "avxvnni"
-        );
+        detect!("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "avxvnni");
     }
     json!({
         "device": "cpu",
@@ -83,11 +64,7 @@ fn machine() -> Value {
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace()
-        .nth(1)?
-        .parse::<u64>()
-        .ok()
-        .map(|kb| kb * 1024)
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
 }
 
 /// Deterministic stand-in tokens (llama-bench times random tokens too).
@@ -113,23 +90,11 @@ fn prefill(model: &Model, cache: &mut KvCache, ids: &[u32], pool: &ThreadPool) -
 
 /// One timed run of test `pp` (prompt processing of `n` tokens) or `tg` (`n` single-token steps), after
 /// `depth` untimed tokens. Returns (tokens/s, seconds).
-fn run_test(
-    model: &Model,
-    pool: &ThreadPool,
-    kind: &str,
-    n: usize,
-    depth: usize,
-    rep: u64,
-) -> Result<(f64, f64)> {
+fn run_test(model: &Model, pool: &ThreadPool, kind: &str, n: usize, depth: usize, rep: u64) -> Result<(f64, f64)> {
     let vocab = model.config.vocab_size;
     let mut cache = model.new_cache(depth + n + 1);
     if depth > 0 {
-        prefill(
-            model,
-            &mut cache,
-            &bench_tokens(depth, vocab, 7 + rep),
-            pool,
-        )?;
+        prefill(model, &mut cache, &bench_tokens(depth, vocab, 7 + rep), pool)?;
     }
     let ids = bench_tokens(n, vocab, 1000 + rep);
     let t0 = Instant::now();
@@ -151,49 +116,25 @@ pub fn bench(common: &Common, args: &BenchArgs) -> Result<()> {
     }
     let path = common.model_path()?;
     let t0 = Instant::now();
-    let model =
-        Model::open(&path).with_context(|| format!("cannot load model {}", path.display()))?;
+    let model = Model::open(&path).with_context(|| format!("cannot load model {}", path.display()))?;
     let load_secs = t0.elapsed().as_secs_f64();
-    let threads = if args.thread_counts.is_empty() {
-        vec![common.threads()?]
-    } else {
-        args.thread_counts.clone()
-    };
+    let threads = if args.thread_counts.is_empty() { vec![common.threads()?] } else { args.thread_counts.clone() };
     if threads.contains(&0) {
         return Err(usage("thread counts must be at least 1"));
     }
     let ctx = model.config.context_length;
-    let longest = args
-        .n_prompt
-        .iter()
-        .chain(&args.n_gen)
-        .max()
-        .copied()
-        .unwrap_or(0);
+    let longest = args.n_prompt.iter().chain(&args.n_gen).max().copied().unwrap_or(0);
     if args.depth + longest + 1 > ctx {
-        return Err(usage(format!(
-            "depth {} + {longest} tokens exceed the model's context of {ctx}",
-            args.depth
-        )));
+        return Err(usage(format!("depth {} + {longest} tokens exceed the model's context of {ctx}", args.depth)));
     }
-    let name = path
-        .file_name()
-        .map_or("model".into(), |n| n.to_string_lossy().to_string());
-    println!(
-        "model: {name} (loaded in {:.0} ms)   commit: {}",
-        load_secs * 1e3,
-        env!("GEMMA_COMMIT")
-    );
+    let name = path.file_name().map_or("model".into(), |n| n.to_string_lossy().to_string());
+    println!("model: {name} (loaded in {:.0} ms)   commit: {}", load_secs * 1e3, env!("GEMMA_COMMIT"));
     println!("| threads | test | t/s (mean ± sd) | p50 | p90 | ttft ms |");
     println!("|---|---|---|---|---|---|");
     let mut results = Vec::new();
     for &t in &threads {
         let pool = ThreadPool::new(t);
-        let tests = args
-            .n_prompt
-            .iter()
-            .map(|&n| ("pp", n))
-            .chain(args.n_gen.iter().map(|&n| ("tg", n)));
+        let tests = args.n_prompt.iter().map(|&n| ("pp", n)).chain(args.n_gen.iter().map(|&n| ("tg", n)));
         for (kind, n) in tests.filter(|&(_, n)| n > 0) {
             run_test(&model, &pool, kind, n, args.depth, 0)?; // warm-up
             let mut rates = Vec::new();
@@ -205,11 +146,7 @@ pub fn bench(common: &Common, args: &BenchArgs) -> Result<()> {
             }
             let st = Stats::of(&rates);
             let ttft = (kind == "pp").then(|| Stats::of(&secs).mean * 1e3);
-            let test = if args.depth > 0 {
-                format!("{kind}{n} @ d{}", args.depth)
-            } else {
-                format!("{kind}{n}")
-            };
+            let test = if args.depth > 0 { format!("{kind}{n} @ d{}", args.depth) } else { format!("{kind}{n}") };
             println!(
                 "| {t} | {test} | {:.2} ± {:.2} | {:.2} | {:.2} | {} |",
                 st.mean,
@@ -225,13 +162,7 @@ pub fn bench(common: &Common, args: &BenchArgs) -> Result<()> {
         }
     }
     let rss = peak_rss_bytes();
-    println!(
-        "peak RSS: {}",
-        rss.map_or("unknown".into(), |b| format!(
-            "{:.1} MiB",
-            b as f64 / (1 << 20) as f64
-        ))
-    );
+    println!("peak RSS: {}", rss.map_or("unknown".into(), |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)));
     if let Some(file) = &args.json {
         let report = json!({
             "model": path.display().to_string(), "commit": env!("GEMMA_COMMIT"), "machine": machine(),
@@ -252,8 +183,7 @@ pub fn guide_bench(common: &Common, cli: &Cli) -> Result<()> {
     }
     let path = common.model_path()?;
     let t0 = Instant::now();
-    let model =
-        Model::open(&path).with_context(|| format!("cannot load model {}", path.display()))?;
+    let model = Model::open(&path).with_context(|| format!("cannot load model {}", path.display()))?;
     let tokenizer = Tokenizer::from_gguf(&model.file)?;
     let load_secs = t0.elapsed().as_secs_f64();
     let threads = common.threads()?;
@@ -285,19 +215,9 @@ pub fn guide_bench(common: &Common, cli: &Cli) -> Result<()> {
         machine()["cpu_model"].as_str().unwrap_or("?"),
         gemma_compression::simd_level()
     );
-    println!(
-        "prompt: {} tokens, generated: {generated} tokens, iterations: {}",
-        ids.len(),
-        cli.bench_iters
-    );
-    println!(
-        "decode:  mean {:.2} tok/s  p50 {:.2}  p90 {:.2}",
-        d.mean, d.p50, d.p90
-    );
-    println!(
-        "prefill: mean {:.2} tok/s  p50 {:.2}  p90 {:.2}",
-        p.mean, p.p50, p.p90
-    );
+    println!("prompt: {} tokens, generated: {generated} tokens, iterations: {}", ids.len(), cli.bench_iters);
+    println!("decode:  mean {:.2} tok/s  p50 {:.2}  p90 {:.2}", d.mean, d.p50, d.p90);
+    println!("prefill: mean {:.2} tok/s  p50 {:.2}  p90 {:.2}", p.mean, p.p50, p.p90);
     if let Some(file) = &cli.bench_json {
         let report = json!({
             "device": machine(), "threads": threads, "model": path.display().to_string(), "commit": env!("GEMMA_COMMIT"),

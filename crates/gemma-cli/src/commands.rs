@@ -48,8 +48,7 @@ impl Common {
 
     fn load(&self) -> Result<Loaded> {
         let path = self.model_path()?;
-        let model =
-            Model::open(&path).with_context(|| format!("cannot load model {}", path.display()))?;
+        let model = Model::open(&path).with_context(|| format!("cannot load model {}", path.display()))?;
         let tokenizer = Tokenizer::from_gguf(&model.file)
             .with_context(|| format!("cannot load the tokenizer of {}", path.display()))?;
         let ctx = match self.ctx {
@@ -57,29 +56,18 @@ impl Common {
             Some(c) => c.min(model.config.context_length),
             None => model.config.context_length,
         };
-        Ok(Loaded {
-            model,
-            tokenizer,
-            pool: ThreadPool::new(self.threads()?),
-            ctx,
-        })
+        Ok(Loaded { model, tokenizer, pool: ThreadPool::new(self.threads()?), ctx })
     }
 
     fn load_tokenizer(&self) -> Result<Tokenizer> {
         let path = self.model_path()?;
-        let file = gemma_io::GgufFile::open(&path)
-            .with_context(|| format!("cannot read model {}", path.display()))?;
-        Tokenizer::from_gguf(&file)
-            .with_context(|| format!("cannot load the tokenizer of {}", path.display()))
+        let file = gemma_io::GgufFile::open(&path).with_context(|| format!("cannot read model {}", path.display()))?;
+        Tokenizer::from_gguf(&file).with_context(|| format!("cannot load the tokenizer of {}", path.display()))
     }
 }
 
 pub fn dispatch(cli: Cli) -> Result<()> {
-    let common = Common {
-        model: cli.model.clone(),
-        threads: cli.threads,
-        ctx: cli.ctx,
-    };
+    let common = Common { model: cli.model.clone(), threads: cli.threads, ctx: cli.ctx };
     match cli.command {
         Some(Command::Run(args)) => generate(&common, &args),
         Some(Command::Tokenize(args)) => tokenize(&common, &args),
@@ -92,25 +80,15 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             if let Some(text) = &cli.encode {
                 let tok = common.load_tokenizer()?;
                 let ids = tok.encode(text, tok.add_bos(), true);
-                println!(
-                    "{}",
-                    ids.iter()
-                        .map(|i| i.to_string())
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                );
+                println!("{}", ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" "));
                 Ok(())
             } else if let Some(ids) = &cli.decode {
                 let tok = common.load_tokenizer()?;
-                println!(
-                    "{}",
-                    tok.decode(&parse_ids(std::slice::from_ref(ids))?, false)
-                );
+                println!("{}", tok.decode(&parse_ids(std::slice::from_ref(ids))?, false));
                 Ok(())
             } else if cli.print_config {
                 let path = common.model_path()?;
-                let model = Model::open(&path)
-                    .with_context(|| format!("cannot load model {}", path.display()))?;
+                let model = Model::open(&path).with_context(|| format!("cannot load model {}", path.display()))?;
                 println!("{}", model.config.summary());
                 Ok(())
             } else if cli.bench {
@@ -136,11 +114,10 @@ fn print_backend(common: &Common) -> Result<()> {
 pub(crate) fn read_prompt(args: &GenerateArgs) -> Result<String> {
     match (&args.prompt, &args.prompt_file) {
         (Some(p), _) => Ok(p.clone()),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .with_context(|| format!("cannot read prompt file {}", f.display())),
-        (None, None) => Err(usage(
-            "give a prompt with --prompt TEXT or --prompt-file FILE",
-        )),
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("cannot read prompt file {}", f.display()))
+        }
+        (None, None) => Err(usage("give a prompt with --prompt TEXT or --prompt-file FILE")),
     }
 }
 
@@ -150,9 +127,7 @@ fn generate(common: &Common, args: &GenerateArgs) -> Result<()> {
         return Err(usage("--top-p must be in (0, 1]"));
     }
     if !(0.0..=1.0).contains(&args.min_p) || args.temperature.is_nan() {
-        return Err(usage(
-            "--min-p must be in [0, 1] and --temperature a number",
-        ));
+        return Err(usage("--min-p must be in [0, 1] and --temperature a number"));
     }
     let m = common.load()?;
     let prompt_ids = m.tokenizer.encode(&prompt, m.tokenizer.add_bos(), true);
@@ -217,9 +192,7 @@ fn generate(common: &Common, args: &GenerateArgs) -> Result<()> {
 fn tokenize(common: &Common, args: &TokenizeArgs) -> Result<()> {
     let text = match (&args.text, &args.file) {
         (Some(t), _) => t.clone(),
-        (None, Some(f)) => {
-            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?
-        }
+        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?,
         (None, None) => return Err(usage("give TEXT or --file FILE")),
     };
     let tok = common.load_tokenizer()?;
@@ -235,10 +208,7 @@ fn parse_ids(parts: &[String]) -> Result<Vec<u32>> {
     trimmed
         .split(|c: char| c == ',' || c.is_whitespace())
         .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<u32>()
-                .map_err(|_| usage(format!("'{s}' is not a token id")))
-        })
+        .map(|s| s.parse::<u32>().map_err(|_| usage(format!("'{s}' is not a token id"))))
         .collect()
 }
 
@@ -246,10 +216,7 @@ fn detokenize(common: &Common, args: &DetokenizeArgs) -> Result<()> {
     let ids = parse_ids(&args.ids)?;
     let tok = common.load_tokenizer()?;
     if let Some(bad) = ids.iter().find(|&&id| id as usize >= tok.vocab_size()) {
-        return Err(usage(format!(
-            "token id {bad} is outside the vocabulary of {} tokens",
-            tok.vocab_size()
-        )));
+        return Err(usage(format!("token id {bad} is outside the vocabulary of {} tokens", tok.vocab_size())));
     }
     println!("{}", tok.decode(&ids, args.special));
     Ok(())
@@ -257,16 +224,9 @@ fn detokenize(common: &Common, args: &DetokenizeArgs) -> Result<()> {
 
 fn info(common: &Common) -> Result<()> {
     let path = common.model_path()?;
-    let file = gemma_io::GgufFile::open(&path)
-        .with_context(|| format!("cannot read model {}", path.display()))?;
+    let file = gemma_io::GgufFile::open(&path).with_context(|| format!("cannot read model {}", path.display()))?;
     let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "file: {} (GGUF v{}, {} bytes)",
-        path.display(),
-        file.version(),
-        file.file_size()
-    )?;
+    writeln!(out, "file: {} (GGUF v{}, {} bytes)", path.display(), file.version(), file.file_size())?;
     match gemma_core::ModelConfig::from_gguf(&file) {
         Ok(cfg) => writeln!(out, "\n{}", cfg.summary())?,
         Err(e) => writeln!(out, "\narchitecture not supported for running: {e}")?,
@@ -276,22 +236,11 @@ fn info(common: &Common) -> Result<()> {
         writeln!(out, "  {k} = {v}")?;
     }
     writeln!(out, "\ntensors ({}):", file.tensors().len())?;
-    writeln!(
-        out,
-        "  {:<40} {:<6} {:<20} {:>12}",
-        "name", "type", "shape", "bytes"
-    )?;
+    writeln!(out, "  {:<40} {:<6} {:<20} {:>12}", "name", "type", "shape", "bytes")?;
     let mut total = 0u64;
     for t in file.tensors() {
         let shape = format!("{:?}", t.dims);
-        writeln!(
-            out,
-            "  {:<40} {:<6} {:<20} {:>12}",
-            t.name,
-            t.ggml_type.name(),
-            shape,
-            t.n_bytes
-        )?;
+        writeln!(out, "  {:<40} {:<6} {:<20} {:>12}", t.name, t.ggml_type.name(), shape, t.n_bytes)?;
         total += t.n_bytes;
     }
     writeln!(out, "  total tensor bytes: {total}")?;
@@ -300,10 +249,7 @@ fn info(common: &Common) -> Result<()> {
 
 fn pull(args: &PullArgs) -> Result<()> {
     let name = args.name.as_deref().unwrap_or(gemma_fetch::DEFAULT_MODEL);
-    let opts = gemma_fetch::PullOptions {
-        verify: args.verify,
-        ..Default::default()
-    };
+    let opts = gemma_fetch::PullOptions { verify: args.verify, ..Default::default() };
     let path = gemma_fetch::pull(name, &opts).with_context(|| format!("cannot pull '{name}'"))?;
     println!("{}", path.display());
     Ok(())
@@ -320,27 +266,17 @@ fn logits(common: &Common, args: &LogitsArgs) -> Result<()> {
         return Err(usage("no input tokens"));
     }
     if ids.len() > m.ctx {
-        bail!(
-            "{} input tokens do not fit in the context of {} (raise --ctx)",
-            ids.len(),
-            m.ctx
-        );
+        bail!("{} input tokens do not fit in the context of {} (raise --ctx)", ids.len(), m.ctx);
     }
     let mut cache = m.model.new_cache(m.ctx);
     let mut out = std::io::stdout().lock();
     let mut start = 0;
     for chunk in ids.chunks(gemma_core::generate::PREFILL_CHUNK) {
         let batch = gemma_core::Batch::sequence(chunk, start, 0, true);
-        let logits = m
-            .model
-            .forward(&batch, std::slice::from_mut(&mut cache), &m.pool)?;
+        let logits = m.model.forward(&batch, std::slice::from_mut(&mut cache), &m.pool)?;
         for i in 0..logits.len() {
             let top = top_k(logits.row(i), args.top_k);
-            writeln!(
-                out,
-                "{}",
-                serde_json::json!({ "pos": start + i, "top": top })
-            )?;
+            writeln!(out, "{}", serde_json::json!({ "pos": start + i, "top": top }))?;
         }
         start += chunk.len();
     }
@@ -349,11 +285,7 @@ fn logits(common: &Common, args: &LogitsArgs) -> Result<()> {
 
 /// The `k` best `(id, logit)` pairs, best first.
 fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
-    let mut v: Vec<(u32, f32)> = row
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (i as u32, l))
-        .collect();
+    let mut v: Vec<(u32, f32)> = row.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
     let k = k.min(v.len());
     if k == 0 {
         return Vec::new();

@@ -18,11 +18,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // clap prints help/version to stdout with success, usage errors to stderr with code 2.
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
     match commands::dispatch(cli) {

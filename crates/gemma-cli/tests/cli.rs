@@ -3,17 +3,11 @@
 use std::process::{Command, Output};
 
 fn model() -> String {
-    gemma_fetch::resolve_model(gemma_fetch::DEFAULT_MODEL)
-        .expect("default model")
-        .display()
-        .to_string()
+    gemma_fetch::resolve_model(gemma_fetch::DEFAULT_MODEL).expect("default model").display().to_string()
 }
 
 fn gemma(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gemma"))
-        .args(args)
-        .output()
-        .expect("run gemma")
+    Command::new(env!("CARGO_BIN_EXE_gemma")).args(args).output().expect("run gemma")
 }
 
 fn stdout(o: &Output) -> String {
@@ -22,41 +16,17 @@ fn stdout(o: &Output) -> String {
 
 fn ok(args: &[&str]) -> String {
     let o = gemma(args);
-    assert!(
-        o.status.success(),
-        "gemma {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "gemma {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
     stdout(&o)
 }
 
 #[test]
 fn user_guide_generation_is_greedy_by_default_and_sensible() {
     let m = model();
-    let out = ok(&[
-        "--weights",
-        &m,
-        "--prompt",
-        "The capital of France is",
-        "--max-tokens",
-        "8",
-    ]);
-    assert!(
-        out.contains("Paris") || out.contains("the capital"),
-        "unexpected continuation: {out:?}"
-    );
+    let out = ok(&["--weights", &m, "--prompt", "The capital of France is", "--max-tokens", "8"]);
+    assert!(out.contains("Paris") || out.contains("the capital"), "unexpected continuation: {out:?}");
     // Same again: greedy is deterministic.
-    assert_eq!(
-        out,
-        ok(&[
-            "--weights",
-            &m,
-            "--prompt",
-            "The capital of France is",
-            "--max-tokens",
-            "8"
-        ])
-    );
+    assert_eq!(out, ok(&["--weights", &m, "--prompt", "The capital of France is", "--max-tokens", "8"]));
     // `--temperature 0` is greedy too, and the explicit flags of the guide are accepted.
     let explicit = ok(&[
         "--weights",
@@ -80,29 +50,14 @@ fn user_guide_generation_is_greedy_by_default_and_sensible() {
 #[test]
 fn run_json_prints_one_object_with_ids_text_and_speeds() {
     let m = model();
-    let out = ok(&[
-        "run",
-        "-m",
-        &m,
-        "--prompt",
-        "The capital of France is",
-        "--max-tokens",
-        "6",
-        "--json",
-    ]);
-    let v: serde_json::Value =
-        serde_json::from_str(out.trim()).expect("stdout is exactly one JSON object");
-    assert_eq!(
-        v["prompt_ids"],
-        serde_json::json!([2, 818, 5279, 529, 7001, 563])
-    );
+    let out = ok(&["run", "-m", &m, "--prompt", "The capital of France is", "--max-tokens", "6", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("stdout is exactly one JSON object");
+    assert_eq!(v["prompt_ids"], serde_json::json!([2, 818, 5279, 529, 7001, 563]));
     // llama.cpp's greedy continuation starts " the capital of the" (margins well above the near-tie bound).
     assert_eq!(v["gen_ids"].as_array().unwrap().len(), 6);
     assert_eq!(v["gen_ids"][1], 5279);
     assert!(v["text"].as_str().unwrap().contains("capital"));
-    assert!(
-        v["prefill_tok_s"].as_f64().unwrap() > 0.0 && v["decode_tok_s"].as_f64().unwrap() > 0.0
-    );
+    assert!(v["prefill_tok_s"].as_f64().unwrap() > 0.0 && v["decode_tok_s"].as_f64().unwrap() > 0.0);
 }
 
 #[test]
@@ -132,83 +87,39 @@ fn same_seed_same_sampled_text() {
 #[test]
 fn encode_decode_tokenize_detokenize() {
     let m = model();
-    assert_eq!(
-        ok(&["--weights", &m, "--encode", "The capital of France is"]).trim(),
-        "2 818 5279 529 7001 563"
-    );
+    assert_eq!(ok(&["--weights", &m, "--encode", "The capital of France is"]).trim(), "2 818 5279 529 7001 563");
     assert_eq!(
         ok(&["--weights", &m, "--decode", "818 5279 529 7001 563"]).trim_end_matches('\n'),
         "The capital of France is"
     );
-    assert_eq!(
-        ok(&["tokenize", "-m", &m, "The capital of France is"]).trim(),
-        "[2,818,5279,529,7001,563]"
-    );
-    assert_eq!(
-        ok(&["tokenize", "-m", &m, "--no-bos", "<start_of_turn>user"]).trim(),
-        "[105,2364]"
-    );
-    let plain: Vec<u32> = serde_json::from_str(&ok(&[
-        "tokenize",
-        "-m",
-        &m,
-        "--no-bos",
-        "--no-special",
-        "<start_of_turn>",
-    ]))
-    .unwrap();
-    assert_ne!(
-        plain,
-        vec![105],
-        "with --no-special the marker is plain text"
-    );
-    assert_eq!(
-        ok(&["detokenize", "-m", &m, "[818, 5279, 529]"]).trim_end_matches('\n'),
-        "The capital of"
-    );
+    assert_eq!(ok(&["tokenize", "-m", &m, "The capital of France is"]).trim(), "[2,818,5279,529,7001,563]");
+    assert_eq!(ok(&["tokenize", "-m", &m, "--no-bos", "<start_of_turn>user"]).trim(), "[105,2364]");
+    let plain: Vec<u32> =
+        serde_json::from_str(&ok(&["tokenize", "-m", &m, "--no-bos", "--no-special", "<start_of_turn>"])).unwrap();
+    assert_ne!(plain, vec![105], "with --no-special the marker is plain text");
+    assert_eq!(ok(&["detokenize", "-m", &m, "[818, 5279, 529]"]).trim_end_matches('\n'), "The capital of");
 }
 
 #[test]
 fn print_config_backend_and_info() {
     let m = model();
     let cfg = ok(&["--weights", &m, "--print-config"]);
-    assert!(
-        cfg.contains("architecture: gemma3")
-            && cfg.contains("layers: 18 (15 sliding-window, 3 global)"),
-        "{cfg}"
-    );
+    assert!(cfg.contains("architecture: gemma3") && cfg.contains("layers: 18 (15 sliding-window, 3 global)"), "{cfg}");
     let backend = ok(&["--weights", &m, "--print-backend", "--threads", "2"]);
     assert!(
-        backend.contains("device: cpu")
-            && backend.contains("threads: 2")
-            && backend.contains("simd: "),
+        backend.contains("device: cpu") && backend.contains("threads: 2") && backend.contains("simd: "),
         "{backend}"
     );
     let info = ok(&["info", "-m", &m]);
-    assert!(
-        info.contains("token_embd.weight")
-            && info.contains("q8_0")
-            && info.contains("262144 string items")
-    );
+    assert!(info.contains("token_embd.weight") && info.contains("q8_0") && info.contains("262144 string items"));
     assert!(info.contains("tensors (236)"));
 }
 
 #[test]
 fn logits_prints_one_json_line_per_position() {
     let m = model();
-    let out = ok(&[
-        "logits",
-        "-m",
-        &m,
-        "--ids",
-        "2,818,5279,529,7001,563",
-        "--top-k",
-        "3",
-    ]);
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let out = ok(&["logits", "-m", &m, "--ids", "2,818,5279,529,7001,563", "--top-k", "3"]);
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 6);
     assert_eq!(lines[5]["pos"], 5);
     assert_eq!(lines[5]["top"].as_array().unwrap().len(), 3);
@@ -228,10 +139,7 @@ fn bad_input_gives_clear_errors_and_exit_codes() {
     let o = gemma(&["--weights", "/nonexistent/model.gguf", "--prompt", "hi"]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("/nonexistent/model.gguf") && err.lines().count() == 1,
-        "{err}"
-    );
+    assert!(err.contains("/nonexistent/model.gguf") && err.lines().count() == 1, "{err}");
     // A file that is not a model.
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.gguf");
@@ -240,21 +148,9 @@ fn bad_input_gives_clear_errors_and_exit_codes() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not a GGUF file"));
     // A prompt longer than the context.
-    let o = gemma(&[
-        "run",
-        "-m",
-        &m,
-        "--ctx",
-        "4",
-        "--prompt",
-        "one two three four five six seven",
-    ]);
+    let o = gemma(&["run", "-m", &m, "--ctx", "4", "--prompt", "one two three four five six seven"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("context"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("context"), "{}", String::from_utf8_lossy(&o.stderr));
     // A token id outside the vocabulary.
     let o = gemma(&["detokenize", "-m", &m, "999999999"]);
     assert_eq!(o.status.code(), Some(2));
@@ -265,38 +161,12 @@ fn bench_reports_pp_tg_and_machine() {
     let m = model();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
-    let out = ok(&[
-        "bench",
-        "-m",
-        &m,
-        "-p",
-        "16",
-        "-n",
-        "4",
-        "-t",
-        "1,2",
-        "-r",
-        "2",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    assert!(
-        out.contains("| 1 | pp16 |") && out.contains("| 2 | tg4 |") && out.contains("peak RSS"),
-        "{out}"
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let out = ok(&["bench", "-m", &m, "-p", "16", "-n", "4", "-t", "1,2", "-r", "2", "--json", json.to_str().unwrap()]);
+    assert!(out.contains("| 1 | pp16 |") && out.contains("| 2 | tg4 |") && out.contains("peak RSS"), "{out}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["results"].as_array().unwrap().len(), 4);
-    assert!(
-        report["results"][0]["tokens_per_second"]["mean"]
-            .as_f64()
-            .unwrap()
-            > 0.0
-    );
-    assert!(
-        report["peak_rss_bytes"].as_u64().unwrap() > 100 << 20,
-        "the model is mapped and touched"
-    );
+    assert!(report["results"][0]["tokens_per_second"]["mean"].as_f64().unwrap() > 0.0);
+    assert!(report["peak_rss_bytes"].as_u64().unwrap() > 100 << 20, "the model is mapped and touched");
     assert_eq!(report["machine"]["device"], "cpu");
     assert!(report["commit"].as_str().is_some_and(|c| !c.is_empty()));
 
@@ -318,8 +188,7 @@ fn bench_reports_pp_tg_and_machine() {
         guide.to_str().unwrap(),
     ]);
     assert!(out.contains("decode:") && out.contains("prefill:"), "{out}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&guide).unwrap()).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&guide).unwrap()).unwrap();
     for key in ["mean", "p50", "p90"] {
         assert!(report["tok_s"][key].as_f64().unwrap() > 0.0, "{key}");
     }

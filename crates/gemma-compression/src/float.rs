@@ -1,9 +1,6 @@
 //! Float "formats": F32, F16 and BF16 weights, dotted with plain little-endian f32 activations in f32.
 
-use crate::{
-    assert_dequantize_lengths, assert_dot_lengths, check_quantize_lengths, GgmlType, QuantError,
-    QuantFormat,
-};
+use crate::{assert_dequantize_lengths, assert_dot_lengths, check_quantize_lengths, GgmlType, QuantError, QuantFormat};
 
 /// Conversion between one stored element and f32.
 pub(crate) trait FloatCodec: Send + Sync + 'static {
@@ -117,30 +114,15 @@ mod tests {
 
     #[test]
     fn hand_built_values_decode_exactly() {
-        let f32b: Vec<u8> = [1.5f32, -2.25, 0.0, 1e-30]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
-        let f16b: Vec<u8> = [0x3e00u16, 0xc080, 0x0000, 0x7bff]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
-        let bf16b: Vec<u8> = [0x3fc0u16, 0xc010, 0x8000, 0x4049]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
+        let f32b: Vec<u8> = [1.5f32, -2.25, 0.0, 1e-30].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f16b: Vec<u8> = [0x3e00u16, 0xc080, 0x0000, 0x7bff].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bf16b: Vec<u8> = [0x3fc0u16, 0xc010, 0x8000, 0x4049].iter().flat_map(|v| v.to_le_bytes()).collect();
         let mut out = [0.0f32; 4];
-        quant_format(GgmlType::F32)
-            .unwrap()
-            .dequantize_row(&f32b, &mut out);
+        quant_format(GgmlType::F32).unwrap().dequantize_row(&f32b, &mut out);
         assert_eq!(out, [1.5, -2.25, 0.0, 1e-30]);
-        quant_format(GgmlType::F16)
-            .unwrap()
-            .dequantize_row(&f16b, &mut out);
+        quant_format(GgmlType::F16).unwrap().dequantize_row(&f16b, &mut out);
         assert_eq!(out, [1.5, -2.25, 0.0, 65504.0]);
-        quant_format(GgmlType::BF16)
-            .unwrap()
-            .dequantize_row(&bf16b, &mut out);
+        quant_format(GgmlType::BF16).unwrap().dequantize_row(&bf16b, &mut out);
         assert_eq!(out, [1.5, -2.25, -0.0, 3.140625]);
     }
 
@@ -149,11 +131,7 @@ mod tests {
         let f = quant_format(GgmlType::BF16).unwrap();
         let mut b = [0u8; 8];
         // 1 + 2^-8 is a tie between 1.0 (even) and 1 + 2^-7; 1 + 3*2^-8 ties up to 1 + 2^-6.
-        f.quantize_row(
-            &[1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, f32::NAN, -0.0],
-            &mut b,
-        )
-        .unwrap();
+        f.quantize_row(&[1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, f32::NAN, -0.0], &mut b).unwrap();
         assert_eq!(u16::from_le_bytes([b[0], b[1]]), 0x3f80);
         assert_eq!(u16::from_le_bytes([b[2], b[3]]), 0x3f82);
         assert!(f32::from_bits((u16::from_le_bytes([b[4], b[5]]) as u32) << 16).is_nan());
@@ -163,11 +141,7 @@ mod tests {
     #[test]
     fn round_trips_and_dots() {
         let mut rng = TestRng::new(42);
-        for (ty, rel) in [
-            (GgmlType::F32, 0.0),
-            (GgmlType::F16, 1.0 / 2048.0),
-            (GgmlType::BF16, 1.0 / 256.0),
-        ] {
+        for (ty, rel) in [(GgmlType::F32, 0.0), (GgmlType::F16, 1.0 / 2048.0), (GgmlType::BF16, 1.0 / 256.0)] {
             let f = quant_format(ty).unwrap();
             for n in [1, 7, 8, 33, 640] {
                 let x: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
@@ -181,16 +155,8 @@ mod tests {
                 }
                 let act: Vec<u8> = y.iter().flat_map(|v| v.to_le_bytes()).collect();
                 let got = f.vec_dot(n, &w, &act);
-                let want: f64 = back
-                    .iter()
-                    .zip(&y)
-                    .map(|(&a, &b)| a as f64 * b as f64)
-                    .sum();
-                let abs: f64 = back
-                    .iter()
-                    .zip(&y)
-                    .map(|(&a, &b)| (a as f64 * b as f64).abs())
-                    .sum();
+                let want: f64 = back.iter().zip(&y).map(|(&a, &b)| a as f64 * b as f64).sum();
+                let abs: f64 = back.iter().zip(&y).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
                 assert_close(got, want as f32, 1e-6, abs as f32, &format!("{ty} n={n}"));
             }
         }

@@ -10,8 +10,8 @@ use std::marker::PhantomData;
 
 use crate::rounding::nearest_int;
 use crate::{
-    assert_dequantize_lengths, assert_dot_lengths, check_quantize_lengths, f16_le, put_f16_le,
-    GgmlType, QuantError, QuantFormat,
+    assert_dequantize_lengths, assert_dot_lengths, check_quantize_lengths, f16_le, put_f16_le, GgmlType, QuantError,
+    QuantFormat,
 };
 
 pub(crate) const QK_K: usize = 256;
@@ -35,14 +35,7 @@ pub(crate) struct Block256 {
 
 impl Block256 {
     fn new(n_sub: usize, d: f32, dmin: f32) -> Block256 {
-        Block256 {
-            q: [0; QK_K],
-            scale: [0; 16],
-            min: [0; 16],
-            n_sub,
-            d,
-            dmin,
-        }
+        Block256 { q: [0; QK_K], scale: [0; 16], min: [0; 16], n_sub, d, dmin }
     }
 }
 
@@ -54,11 +47,7 @@ pub(crate) struct ActBlock256 {
 }
 
 pub(crate) fn decode_q8_k(b: &[u8]) -> ActBlock256 {
-    let mut a = ActBlock256 {
-        d: f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-        q: [0; QK_K],
-        bsums: [0; 16],
-    };
+    let mut a = ActBlock256 { d: f32::from_le_bytes([b[0], b[1], b[2], b[3]]), q: [0; QK_K], bsums: [0; 16] };
     for (o, &v) in a.q.iter_mut().zip(&b[Q8K_QS..Q8K_BSUMS]) {
         *o = v as i8;
     }
@@ -74,9 +63,10 @@ pub(crate) trait KCodec: Send + Sync + 'static {
     fn decode(block: &[u8]) -> Block256;
     /// `x` holds one super-block (256 values); `block` its bytes.
     fn encode(x: &[f32], block: &mut [u8]);
-    /// The SIMD dot for this machine's [`simd_level`](crate::simd_level), if this format has one.
-    fn dot_simd(_n: usize, _w: &[u8], _act: &[u8]) -> Option<f32> {
-        None
+    /// `dot_rows` with this machine's best SIMD kernel, if this format has one; returns whether it ran.
+    /// Lengths are already checked.
+    fn dot_rows_simd(_n: usize, _w: &[u8], _rows: usize, _acts: &[u8], _n_tokens: usize, _out: &mut [f32]) -> bool {
+        false
     }
     /// A SIMD row encoder for this machine producing the same bytes as `encode`; returns whether it ran.
     fn quantize_simd(_src: &[f32], _dst: &mut [u8]) -> bool {
@@ -118,25 +108,56 @@ impl<C: KCodec> QuantFormat for KFormat<C> {
 
     fn vec_dot(&self, n: usize, w: &[u8], act: &[u8]) -> f32 {
         assert_dot_lengths(C::TY, GgmlType::Q8K, n, w, act);
-        match C::dot_simd(n, w, act) {
-            Some(v) => v,
-            None => dot_scalar::<C>(w, act),
+        // a 1 x 1 dot_rows, so a pair's result never depends on how it was batched
+        let mut out = [0f32];
+        if C::dot_rows_simd(n, w, 1, act, 1, &mut out) {
+            out[0]
+        } else {
+            dot_scalar::<C>(w, act)
+        }
+    }
+
+    fn dot_rows(&self, n: usize, w: &[u8], rows: usize, acts: &[u8], n_tokens: usize, out: &mut [f32]) {
+        let (w_row, a_row) = (C::TY.row_bytes(n), GgmlType::Q8K.row_bytes(n));
+        assert!(
+            w_row.is_some_and(|b| b * rows == w.len())
+                && a_row.is_some_and(|b| b * n_tokens == acts.len())
+                && out.len() == rows * n_tokens,
+            "{} dot_rows of {n} elements: {rows} rows in {} bytes, {n_tokens} tokens in {} bytes, {} outputs",
+            C::TY,
+            w.len(),
+            acts.len(),
+            out.len()
+        );
+        if !C::dot_rows_simd(n, w, rows, acts, n_tokens, out) {
+            dot_rows_scalar::<C>(n, w, rows, acts, n_tokens, out);
+        }
+    }
+}
+
+/// Scalar `dot_rows` (the twin of the tiled SIMD kernels): [`dot_scalar`] for every (row, token) pair.
+pub(crate) fn dot_rows_scalar<C: KCodec>(
+    n: usize,
+    w: &[u8],
+    rows: usize,
+    acts: &[u8],
+    n_tokens: usize,
+    out: &mut [f32],
+) {
+    let w_row = w.len() / rows.max(1);
+    let a_row = GgmlType::Q8K.row_bytes(n).unwrap_or(0);
+    for (wr, o) in w.chunks_exact(w_row.max(1)).zip(out.chunks_exact_mut(n_tokens.max(1))) {
+        for (a, y) in acts.chunks_exact(a_row.max(1)).zip(o.iter_mut()) {
+            *y = dot_scalar::<C>(wr, a);
         }
     }
 }
 
 pub(crate) fn dequantize_scalar<C: KCodec>(src: &[u8], dst: &mut [f32]) {
-    for (block, out) in src
-        .chunks_exact(C::TY.type_size())
-        .zip(dst.chunks_exact_mut(QK_K))
-    {
+    for (block, out) in src.chunks_exact(C::TY.type_size()).zip(dst.chunks_exact_mut(QK_K)) {
         let b = C::decode(block);
         let sub_len = QK_K / b.n_sub;
-        for (s, (o, q)) in out
-            .chunks_exact_mut(sub_len)
-            .zip(b.q.chunks_exact(sub_len))
-            .enumerate()
-        {
+        for (s, (o, q)) in out.chunks_exact_mut(sub_len).zip(b.q.chunks_exact(sub_len)).enumerate() {
             let dl = b.d * b.scale[s] as f32;
             let ml = b.dmin * b.min[s] as f32;
             for (y, &v) in o.iter_mut().zip(q) {
@@ -147,10 +168,7 @@ pub(crate) fn dequantize_scalar<C: KCodec>(src: &[u8], dst: &mut [f32]) {
 }
 
 pub(crate) fn quantize_scalar<C: KCodec>(src: &[f32], dst: &mut [u8]) {
-    for (x, block) in src
-        .chunks_exact(QK_K)
-        .zip(dst.chunks_exact_mut(C::TY.type_size()))
-    {
+    for (x, block) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(C::TY.type_size())) {
         C::encode(x, block);
     }
 }
@@ -159,10 +177,7 @@ pub(crate) fn quantize_scalar<C: KCodec>(src: &[f32], dst: &mut [u8]) {
 /// `d*d8 * sum_s scale[s] * sum(q*q8) - dmin*d8 * sum_s min[s] * bsums(s)`, all sums integer.
 pub(crate) fn dot_scalar<C: KCodec>(w: &[u8], act: &[u8]) -> f32 {
     let mut sum = 0.0f32;
-    for (wb, ab) in w
-        .chunks_exact(C::TY.type_size())
-        .zip(act.chunks_exact(GgmlType::Q8K.type_size()))
-    {
+    for (wb, ab) in w.chunks_exact(C::TY.type_size()).zip(act.chunks_exact(GgmlType::Q8K.type_size())) {
         let b = C::decode(wb);
         let a = decode_q8_k(ab);
         let sub_len = QK_K / b.n_sub;
@@ -170,11 +185,7 @@ pub(crate) fn dot_scalar<C: KCodec>(w: &[u8], act: &[u8]) -> f32 {
         let mut summs = 0i32;
         for s in 0..b.n_sub {
             let range = s * sub_len..(s + 1) * sub_len;
-            let dot: i32 = b.q[range.clone()]
-                .iter()
-                .zip(&a.q[range])
-                .map(|(&x, &y)| x as i32 * y as i32)
-                .sum();
+            let dot: i32 = b.q[range.clone()].iter().zip(&a.q[range]).map(|(&x, &y)| x as i32 * y as i32).sum();
             isum += b.scale[s] as i32 * dot;
             let groups = s * sub_len / 16..(s + 1) * sub_len / 16;
             let bsum: i32 = a.bsums[groups].iter().map(|&v| v as i32).sum();
@@ -190,11 +201,22 @@ pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        (
-            (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
+        ((q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
     }
+}
+
+/// The eight 6-bit scales and eight mins of a Q4_K/Q5_K block as bytes of two u64 (byte `j` = sub-block `j`),
+/// with word operations: scales 0..4 and mins 0..4 are the low 6 bits of bytes 0..4 and 4..8; scales and mins
+/// 4..8 take their low 4 bits from the nibbles of bytes 8..12 and their high 2 bits from the top of bytes 0..8.
+pub(crate) fn k4_scales_mins_packed(q: &[u8; 12]) -> (u64, u64) {
+    let word = |i: usize| u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]]);
+    let (w0, w1, w2) = (word(0), word(1), word(2));
+    let sc_lo = w0 & 0x3f3f_3f3f;
+    let mn_lo = w1 & 0x3f3f_3f3f;
+    // (byte >> 6) << 4 for every byte at once: bits 6, 7 of each byte move to bits 4, 5 of the same byte
+    let sc_hi = (w2 & 0x0f0f_0f0f) | ((w0 >> 2) & 0x3030_3030);
+    let mn_hi = ((w2 >> 4) & 0x0f0f_0f0f) | ((w1 >> 2) & 0x3030_3030);
+    (sc_lo as u64 | (sc_hi as u64) << 32, mn_lo as u64 | (mn_hi as u64) << 32)
 }
 
 /// All eight (scale, min) pairs of a Q4_K/Q5_K block.
@@ -247,8 +269,7 @@ fn scales_q3_k(q: &[u8]) -> [i16; 16] {
 fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8]) {
     for j in (0..QK_K).step_by(128) {
         for k in 0..32 {
-            qs[j / 4 + k] =
-                l[j + k] | (l[j + k + 32] << 2) | (l[j + k + 64] << 4) | (l[j + k + 96] << 6);
+            qs[j / 4 + k] = l[j + k] | (l[j + k + 32] << 2) | (l[j + k + 64] << 4) | (l[j + k + 96] << 6);
         }
     }
 }
@@ -461,24 +482,11 @@ fn encode_k4_scales(x: &[f32], block: &mut [u8], nmax: i32, rmin: f32, nstep: i3
         for (w, v) in weights.iter_mut().zip(xs) {
             *w = av_x + v.abs();
         }
-        (scales[j], mins[j]) = make_qkx2_quants(
-            nmax,
-            xs,
-            &weights,
-            &mut l[32 * j..],
-            rmin,
-            0.1,
-            nstep,
-            false,
-        );
+        (scales[j], mins[j]) = make_qkx2_quants(nmax, xs, &weights, &mut l[32 * j..], rmin, 0.1, nstep, false);
         max_scale = max_scale.max(scales[j]);
         max_min = max_min.max(mins[j]);
     }
-    let inv_scale = if max_scale > 0.0 {
-        63.0 / max_scale
-    } else {
-        0.0
-    };
+    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
     for j in 0..8 {
@@ -530,8 +538,7 @@ impl KCodec for Q2K {
             for (w, v) in weights.iter_mut().zip(xs) {
                 *w = v.abs();
             }
-            (scales[j], mins[j]) =
-                make_qkx2_quants(3, xs, &weights, &mut l[16 * j..], -0.5, 0.1, 15, true);
+            (scales[j], mins[j]) = make_qkx2_quants(3, xs, &weights, &mut l[16 * j..], -0.5, 0.1, 15, true);
             max_scale = max_scale.max(scales[j]);
             max_min = max_min.max(mins[j]);
         }
@@ -663,8 +670,17 @@ impl KCodec for Q4K {
             }
         }
     }
-    fn dot_simd(n: usize, w: &[u8], act: &[u8]) -> Option<f32> {
-        crate::x86_dispatch!(k_quants::dot_q4_k(n, w, act))
+    fn dot_rows_simd(n: usize, w: &[u8], rows: usize, acts: &[u8], n_tokens: usize, out: &mut [f32]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::x86::k_quants as k;
+            dispatch_dot_rows(k::dot_rows_q4_k_avx512, k::dot_rows_q4_k_avx2, (n, w, rows, acts, n_tokens, out))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (n, w, rows, acts, n_tokens, out);
+            false
+        }
     }
 }
 
@@ -710,11 +726,7 @@ impl KCodec for Q6K {
         for (i, q) in out.q.iter_mut().enumerate() {
             let (half, k, l) = (i / 128, (i % 128) / 32, i % 32);
             let low_byte = ql[64 * half + 32 * (k % 2) + l];
-            let low = if k < 2 {
-                low_byte & 0x0f
-            } else {
-                low_byte >> 4
-            };
+            let low = if k < 2 { low_byte & 0x0f } else { low_byte >> 4 };
             let high = (qh[32 * half + l] >> (2 * k)) & 3;
             *q = (low | (high << 4)) as i8 - 32;
         }
@@ -755,13 +767,47 @@ impl KCodec for Q6K {
                 let q = |o: usize| l[128 * half + k + o] as u8;
                 ql[64 * half + k] = (q(0) & 0x0f) | ((q(64) & 0x0f) << 4);
                 ql[64 * half + 32 + k] = (q(32) & 0x0f) | ((q(96) & 0x0f) << 4);
-                qh[32 * half + k] =
-                    (q(0) >> 4) | ((q(32) >> 4) << 2) | ((q(64) >> 4) << 4) | ((q(96) >> 4) << 6);
+                qh[32 * half + k] = (q(0) >> 4) | ((q(32) >> 4) << 2) | ((q(64) >> 4) << 4) | ((q(96) >> 4) << 6);
             }
         }
     }
-    fn dot_simd(n: usize, w: &[u8], act: &[u8]) -> Option<f32> {
-        crate::x86_dispatch!(k_quants::dot_q6_k(n, w, act))
+    fn dot_rows_simd(n: usize, w: &[u8], rows: usize, acts: &[u8], n_tokens: usize, out: &mut [f32]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::x86::k_quants as k;
+            dispatch_dot_rows(k::dot_rows_q6_k_avx512, k::dot_rows_q6_k_avx2, (n, w, rows, acts, n_tokens, out))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (n, w, rows, acts, n_tokens, out);
+            false
+        }
+    }
+}
+
+/// A `dot_rows` kernel of one format and SIMD level (`unsafe`: the CPU must support the level).
+#[cfg(target_arch = "x86_64")]
+type DotRowsKernel = unsafe fn(usize, &[u8], usize, &[u8], usize, &mut [f32]);
+
+/// Runs the AVX-512 VNNI kernel where [`has_avx512_vnni`](crate::has_avx512_vnni), else the AVX2 one where
+/// [`simd_level`](crate::simd_level) allows; returns whether either ran.
+#[cfg(target_arch = "x86_64")]
+fn dispatch_dot_rows(
+    avx512: DotRowsKernel,
+    avx2: DotRowsKernel,
+    (n, w, rows, acts, n_tokens, out): (usize, &[u8], usize, &[u8], usize, &mut [f32]),
+) -> bool {
+    if crate::has_avx512_vnni() {
+        // SAFETY: has_avx512_vnni() is true only when the CPU reports avx512f/bw/vl/vnni and simd_level() is
+        // Avx512, which also requires avx2, fma and f16c.
+        unsafe { avx512(n, w, rows, acts, n_tokens, out) };
+        true
+    } else if crate::simd_level() >= crate::SimdLevel::Avx2 {
+        // SAFETY: simd_level() is at least Avx2 only when the CPU reports avx2, fma and f16c.
+        unsafe { avx2(n, w, rows, acts, n_tokens, out) };
+        true
+    } else {
+        false
     }
 }
 
@@ -911,11 +957,7 @@ mod tests {
         b.extend(f16_bytes(0.5));
         let v = dequant(GgmlType::Q6K, &b);
         for (i, &x) in v.iter().enumerate() {
-            assert_eq!(
-                x,
-                (0.5 * ((i / 16) as f32 - 8.0)) * ((i % 64) as f32 - 32.0),
-                "element {i}"
-            );
+            assert_eq!(x, (0.5 * ((i / 16) as f32 - 8.0)) * ((i % 64) as f32 - 32.0), "element {i}");
         }
     }
 
@@ -993,12 +1035,7 @@ mod tests {
                 }
             }
         }
-        assert!(
-            dequant(ty, &quant(ty, &[0.0; QK_K]))
-                .iter()
-                .all(|&v| v == 0.0),
-            "{ty} zero block"
-        );
+        assert!(dequant(ty, &quant(ty, &[0.0; QK_K])).iter().all(|&v| v == 0.0), "{ty} zero block");
         println!("{ty}: worst error {worst:.3} of the bound");
     }
 
@@ -1045,36 +1082,18 @@ mod tests {
             let (wd, ad) = (dequant(ty, &w), dequant(GgmlType::Q8K, &a));
             let got = f.vec_dot(n, &w, &a);
             let exact: f64 = wd.iter().zip(&ad).map(|(&p, &q)| p as f64 * q as f64).sum();
-            let abs: f64 = wd
-                .iter()
-                .zip(&ad)
-                .map(|(&p, &q)| (p as f64 * q as f64).abs())
-                .sum();
+            let abs: f64 = wd.iter().zip(&ad).map(|(&p, &q)| (p as f64 * q as f64).abs()).sum();
             // the dot's mins term is a separate product, so allow rounding relative to it as well
             let mins: f64 = wd.iter().map(|v| v.abs() as f64).sum::<f64>() * amax(&ad) as f64;
-            assert_close(
-                got,
-                exact as f32,
-                1.0,
-                (3e-6 * (abs + mins)) as f32 + 1e-30,
-                &format!("{ty} n={n} formula"),
-            );
+            assert_close(got, exact as f32, 1.0, (3e-6 * (abs + mins)) as f32 + 1e-30, &format!("{ty} n={n} formula"));
 
             let truth: f64 = wd.iter().zip(&x).map(|(&p, &q)| p as f64 * q as f64).sum();
             let act_err: f64 = wd
                 .chunks(QK_K)
                 .zip(x.chunks(QK_K))
-                .map(|(wc, xc)| {
-                    wc.iter().map(|v| v.abs() as f64).sum::<f64>() * amax(xc) as f64 * 0.5 / 127.0
-                })
+                .map(|(wc, xc)| wc.iter().map(|v| v.abs() as f64).sum::<f64>() * amax(xc) as f64 * 0.5 / 127.0)
                 .sum();
-            assert_close(
-                got,
-                truth as f32,
-                1.0,
-                (act_err * 1.01 + 1e-5 * (abs + mins)) as f32,
-                &format!("{ty} n={n}"),
-            );
+            assert_close(got, truth as f32, 1.0, (act_err * 1.01 + 1e-5 * (abs + mins)) as f32, &format!("{ty} n={n}"));
         }
     }
 

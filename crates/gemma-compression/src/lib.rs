@@ -53,12 +53,7 @@ pub enum QuantError {
     BadLength { ty: GgmlType, n: usize },
     /// The destination buffer of `quantize_row` is not `row_bytes(src.len())` long.
     #[error("{ty} row of {n} elements needs {expected} bytes, the buffer has {got}")]
-    BadBufferLength {
-        ty: GgmlType,
-        n: usize,
-        expected: usize,
-        got: usize,
-    },
+    BadBufferLength { ty: GgmlType, n: usize, expected: usize, got: usize },
 }
 
 /// One GGML number format. Model code never branches on the weight type; it calls these.
@@ -169,10 +164,7 @@ impl SimdLevel {
         let mut levels = vec![SimdLevel::Scalar];
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c")
-            {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
                 levels.push(SimdLevel::Avx2);
                 if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
                     levels.push(SimdLevel::Avx512);
@@ -188,10 +180,7 @@ impl SimdLevel {
 pub fn simd_level() -> SimdLevel {
     static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
     *LEVEL.get_or_init(|| {
-        let best = SimdLevel::supported()
-            .last()
-            .copied()
-            .unwrap_or(SimdLevel::Scalar);
+        let best = SimdLevel::supported().last().copied().unwrap_or(SimdLevel::Scalar);
         let requested = match std::env::var("GEMMA_SIMD").ok().as_deref() {
             Some("scalar") => SimdLevel::Scalar,
             Some("avx2") => SimdLevel::Avx2,
@@ -201,17 +190,35 @@ pub fn simd_level() -> SimdLevel {
     })
 }
 
+/// Whether the CPU reports AVX-512 F, BW, VL and VNNI (the 512-bit integer dot kernels' features), whatever
+/// `GEMMA_SIMD` says. Tests use it to run every kernel level the CPU has.
+pub fn cpu_has_avx512_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether kernels with an AVX-512 VNNI version should run it: [`simd_level`] is `Avx512` (so `GEMMA_SIMD`
+/// can still lower it) and [`cpu_has_avx512_vnni`]. Detected once, cached.
+pub fn has_avx512_vnni() -> bool {
+    static VNNI: OnceLock<bool> = OnceLock::new();
+    *VNNI.get_or_init(|| simd_level() >= SimdLevel::Avx512 && cpu_has_avx512_vnni())
+}
+
 /// Checks a `quantize_row` call's lengths and returns the number of blocks.
 fn check_quantize_lengths(ty: GgmlType, src: &[f32], dst: &[u8]) -> Result<usize, QuantError> {
     let n = src.len();
     let expected = ty.row_bytes(n).ok_or(QuantError::BadLength { ty, n })?;
     if dst.len() != expected {
-        return Err(QuantError::BadBufferLength {
-            ty,
-            n,
-            expected,
-            got: dst.len(),
-        });
+        return Err(QuantError::BadBufferLength { ty, n, expected, got: dst.len() });
     }
     Ok(n / ty.block_size())
 }
@@ -265,14 +272,7 @@ mod tests {
                 }
                 Err(QuantError::Unsupported(u)) => {
                     assert_eq!(u, t);
-                    assert!(matches!(
-                        t,
-                        GgmlType::I8
-                            | GgmlType::I16
-                            | GgmlType::I32
-                            | GgmlType::I64
-                            | GgmlType::F64
-                    ));
+                    assert!(matches!(t, GgmlType::I8 | GgmlType::I16 | GgmlType::I32 | GgmlType::I64 | GgmlType::F64));
                 }
                 Err(e) => panic!("unexpected error for {t}: {e}"),
             }
@@ -308,18 +308,11 @@ mod tests {
     fn quantize_rejects_bad_lengths() {
         let f = quant_format(GgmlType::Q4_0).unwrap();
         let mut dst = vec![0u8; 18];
-        assert!(matches!(
-            f.quantize_row(&[0.0; 31], &mut dst),
-            Err(QuantError::BadLength { n: 31, .. })
-        ));
+        assert!(matches!(f.quantize_row(&[0.0; 31], &mut dst), Err(QuantError::BadLength { n: 31, .. })));
         let mut short = vec![0u8; 17];
         assert!(matches!(
             f.quantize_row(&[0.0; 32], &mut short),
-            Err(QuantError::BadBufferLength {
-                expected: 18,
-                got: 17,
-                ..
-            })
+            Err(QuantError::BadBufferLength { expected: 18, got: 17, .. })
         ));
     }
 
@@ -330,9 +323,6 @@ mod tests {
         assert_eq!(SimdLevel::Scalar.to_string(), "scalar");
         assert_eq!(SimdLevel::Avx2.to_string(), "avx2+fma");
         assert_eq!(SimdLevel::Avx512.to_string(), "avx512");
-        println!(
-            "simd level: {level}, supported: {:?}",
-            SimdLevel::supported()
-        );
+        println!("simd level: {level}, supported: {:?}", SimdLevel::supported());
     }
 }

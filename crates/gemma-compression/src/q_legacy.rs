@@ -9,8 +9,8 @@ use std::marker::PhantomData;
 
 use crate::rounding::round_away;
 use crate::{
-    assert_dequantize_lengths, assert_dot_lengths, check_quantize_lengths, f16_le, put_f16_le,
-    GgmlType, QuantError, QuantFormat,
+    assert_dequantize_lengths, assert_dot_lengths, check_quantize_lengths, f16_le, put_f16_le, GgmlType, QuantError,
+    QuantFormat,
 };
 
 pub(crate) const QK: usize = 32;
@@ -39,9 +39,10 @@ pub(crate) trait LegacyCodec: Send + Sync + 'static {
     fn decode(block: &[u8]) -> Block32;
     /// `x` holds one block (32 values); `block` its bytes.
     fn encode(x: &[f32], block: &mut [u8]);
-    /// The SIMD dot for this machine's [`simd_level`](crate::simd_level), if this format has one.
-    fn dot_simd(_n: usize, _w: &[u8], _act: &[u8]) -> Option<f32> {
-        None
+    /// `dot_rows` with this machine's SIMD kernels, if this format has them; returns whether they ran (else
+    /// the caller runs the scalar twin). `vec_dot` is this with one row and one token, so both share one path.
+    fn dot_rows_simd(_n: usize, _w: &[u8], _rows: usize, _acts: &[u8], _n_tokens: usize, _out: &mut [f32]) -> bool {
+        false
     }
     /// A SIMD row decoder for this machine, if this format has one; returns whether it ran.
     fn dequantize_simd(_src: &[u8], _dst: &mut [f32]) -> bool {
@@ -89,19 +90,89 @@ impl<C: LegacyCodec> QuantFormat for Legacy<C> {
 
     fn vec_dot(&self, n: usize, w: &[u8], act: &[u8]) -> f32 {
         assert_dot_lengths(C::TY, C::ACT, n, w, act);
-        match C::dot_simd(n, w, act) {
-            Some(v) => v,
-            None => dot_scalar::<C>(w, act),
+        let mut out = [0.0f32];
+        if C::dot_rows_simd(n, w, 1, act, 1, &mut out) {
+            out[0]
+        } else {
+            dot_scalar::<C>(w, act)
+        }
+    }
+
+    fn dot_rows(&self, n: usize, w: &[u8], rows: usize, acts: &[u8], n_tokens: usize, out: &mut [f32]) {
+        if !C::dot_rows_simd(n, w, rows, acts, n_tokens, out) {
+            dot_rows_scalar::<C>(n, w, rows, acts, n_tokens, out);
         }
     }
 }
 
+/// Scalar `dot_rows` (the twin of the tiled kernels): [`dot_scalar`] for every pair. Panics unless the slices
+/// hold exactly `rows` weight rows, `n_tokens` activation rows and `rows * n_tokens` outputs (caller contract).
+pub(crate) fn dot_rows_scalar<C: LegacyCodec>(
+    n: usize,
+    w: &[u8],
+    rows: usize,
+    acts: &[u8],
+    n_tokens: usize,
+    out: &mut [f32],
+) {
+    let strides = C::TY.row_bytes(n).zip(C::ACT.row_bytes(n));
+    let fits = |(ws, a): (usize, usize)| {
+        Some(w.len()) == ws.checked_mul(rows)
+            && Some(acts.len()) == a.checked_mul(n_tokens)
+            && Some(out.len()) == rows.checked_mul(n_tokens)
+    };
+    let (w_stride, a_stride) = match strides {
+        Some(st) if fits(st) => st,
+        _ => panic!(
+            "dot_rows {}x{} of {n} elements: {rows} rows in {} bytes, {n_tokens} tokens in {} bytes, {} outputs",
+            C::TY,
+            C::ACT,
+            w.len(),
+            acts.len(),
+            out.len()
+        ),
+    };
+    if n == 0 {
+        out.fill(0.0); // every dot is an empty sum
+        return;
+    }
+    for (r, wr) in w.chunks_exact(w_stride).enumerate() {
+        for (t, a) in acts.chunks_exact(a_stride).enumerate() {
+            out[r * n_tokens + t] = dot_scalar::<C>(wr, a);
+        }
+    }
+}
+
+/// The tiled SIMD kernels at this machine's level ([`TileLevel::best`](crate::x86::legacy_tiles::TileLevel));
+/// false when the level is scalar.
+#[cfg(target_arch = "x86_64")]
+fn tiled_dot_rows<C: crate::x86::legacy_tiles::TiledBlock>(
+    n: usize,
+    w: &[u8],
+    rows: usize,
+    acts: &[u8],
+    n_tokens: usize,
+    out: &mut [f32],
+) -> bool {
+    use crate::x86::legacy_tiles::{dot_rows, TileLevel};
+    match TileLevel::best() {
+        Some(level) => {
+            // SAFETY: `best` only returns levels whose features the CPU reports; `dot_rows` checks lengths.
+            unsafe { dot_rows::<C>(level, n, w, rows, acts, n_tokens, out) };
+            true
+        }
+        None => false,
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn tiled_dot_rows<C>(_n: usize, _w: &[u8], _rows: usize, _acts: &[u8], _n_tokens: usize, _out: &mut [f32]) -> bool {
+    false
+}
+
 /// Scalar decoder (the twin of any SIMD decoder).
 pub(crate) fn dequantize_scalar<C: LegacyCodec>(src: &[u8], dst: &mut [f32]) {
-    for (block, out) in src
-        .chunks_exact(C::TY.type_size())
-        .zip(dst.chunks_exact_mut(QK))
-    {
+    for (block, out) in src.chunks_exact(C::TY.type_size()).zip(dst.chunks_exact_mut(QK)) {
         let b = C::decode(block);
         for (o, &q) in out.iter_mut().zip(b.q.iter()) {
             *o = q as f32 * b.d + b.m;
@@ -111,10 +182,7 @@ pub(crate) fn dequantize_scalar<C: LegacyCodec>(src: &[u8], dst: &mut [f32]) {
 
 /// Scalar encoder (the twin of any SIMD encoder).
 pub(crate) fn quantize_scalar<C: LegacyCodec>(src: &[f32], dst: &mut [u8]) {
-    for (x, block) in src
-        .chunks_exact(QK)
-        .zip(dst.chunks_exact_mut(C::TY.type_size()))
-    {
+    for (x, block) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(C::TY.type_size())) {
         C::encode(x, block);
     }
 }
@@ -124,17 +192,10 @@ pub(crate) fn quantize_scalar<C: LegacyCodec>(src: &[f32], dst: &mut [u8]) {
 pub(crate) fn dot_scalar<C: LegacyCodec>(w: &[u8], act: &[u8]) -> f32 {
     let act_bytes = C::ACT.type_size();
     let mut sum = 0.0f32;
-    for (wb, ab) in w
-        .chunks_exact(C::TY.type_size())
-        .zip(act.chunks_exact(act_bytes))
-    {
+    for (wb, ab) in w.chunks_exact(C::TY.type_size()).zip(act.chunks_exact(act_bytes)) {
         let wq = C::decode(wb);
         let aq = decode_act(C::ACT, ab);
-        let isum: i32 =
-            wq.q.iter()
-                .zip(aq.q.iter())
-                .map(|(&x, &y)| x as i32 * y as i32)
-                .sum();
+        let isum: i32 = wq.q.iter().zip(aq.q.iter()).map(|(&x, &y)| x as i32 * y as i32).sum();
         sum += (wq.d * aq.d) * isum as f32 + wq.m * aq.s;
     }
     sum
@@ -146,11 +207,7 @@ pub(crate) fn decode_act(act_ty: GgmlType, block: &[u8]) -> ActBlock32 {
         GgmlType::Q8_1 => (f16_le(&block[2..]), &block[4..4 + QK]),
         _ => (0.0, &block[2..2 + QK]),
     };
-    ActBlock32 {
-        q: i8_array(qs),
-        d: f16_le(block),
-        s,
-    }
+    ActBlock32 { q: i8_array(qs), d: f16_le(block), s }
 }
 
 fn i8_array(bytes: &[u8]) -> [i8; QK] {
@@ -180,9 +237,7 @@ fn pack_nibbles(q: &[u8; QK], qs: &mut [u8]) {
 
 /// Bit 4 of each of 32 quants, as the 5-bit formats store it.
 fn pack_high_bits(q: &[u8; QK]) -> u32 {
-    q.iter()
-        .enumerate()
-        .fold(0u32, |acc, (j, &v)| acc | (((v as u32 >> 4) & 1) << j))
+    q.iter().enumerate().fold(0u32, |acc, (j, &v)| acc | (((v as u32 >> 4) & 1) << j))
 }
 
 fn u32_le(bytes: &[u8]) -> u32 {
@@ -255,19 +310,15 @@ impl LegacyCodec for Q4_0 {
         for (o, v) in q.iter_mut().zip(unpack_nibbles(&b[2..18])) {
             *o = v as i8 - 8;
         }
-        Block32 {
-            q,
-            d: f16_le(b),
-            m: 0.0,
-        }
+        Block32 { q, d: f16_le(b), m: 0.0 }
     }
     fn encode(x: &[f32], b: &mut [u8]) {
         let (d, q) = quantize_symmetric(x, 8.0);
         put_f16_le(b, d);
         pack_nibbles(&q, &mut b[2..18]);
     }
-    fn dot_simd(n: usize, w: &[u8], act: &[u8]) -> Option<f32> {
-        crate::x86_dispatch!(legacy::dot_q4_0(n, w, act))
+    fn dot_rows_simd(n: usize, w: &[u8], rows: usize, acts: &[u8], n_tokens: usize, out: &mut [f32]) -> bool {
+        tiled_dot_rows::<Self>(n, w, rows, acts, n_tokens, out)
     }
 }
 
@@ -281,11 +332,7 @@ impl LegacyCodec for Q4_1 {
         for (o, v) in q.iter_mut().zip(unpack_nibbles(&b[4..20])) {
             *o = v as i8;
         }
-        Block32 {
-            q,
-            d: f16_le(b),
-            m: f16_le(&b[2..]),
-        }
+        Block32 { q, d: f16_le(b), m: f16_le(&b[2..]) }
     }
     fn encode(x: &[f32], b: &mut [u8]) {
         let (d, min, q) = quantize_affine(x, 15);
@@ -293,8 +340,8 @@ impl LegacyCodec for Q4_1 {
         put_f16_le(&mut b[2..], min);
         pack_nibbles(&q, &mut b[4..20]);
     }
-    fn dot_simd(n: usize, w: &[u8], act: &[u8]) -> Option<f32> {
-        crate::x86_dispatch!(legacy::dot_q4_1(n, w, act))
+    fn dot_rows_simd(n: usize, w: &[u8], rows: usize, acts: &[u8], n_tokens: usize, out: &mut [f32]) -> bool {
+        tiled_dot_rows::<Self>(n, w, rows, acts, n_tokens, out)
     }
 }
 
@@ -308,11 +355,7 @@ impl LegacyCodec for Q5_0 {
         for (o, v) in q.iter_mut().zip(unpack_5bit(&b[6..22], u32_le(&b[2..]))) {
             *o = v as i8 - 16;
         }
-        Block32 {
-            q,
-            d: f16_le(b),
-            m: 0.0,
-        }
+        Block32 { q, d: f16_le(b), m: 0.0 }
     }
     fn encode(x: &[f32], b: &mut [u8]) {
         let (d, q) = quantize_symmetric(x, 16.0);
@@ -320,8 +363,8 @@ impl LegacyCodec for Q5_0 {
         b[2..6].copy_from_slice(&pack_high_bits(&q).to_le_bytes());
         pack_nibbles(&q, &mut b[6..22]);
     }
-    fn dot_simd(n: usize, w: &[u8], act: &[u8]) -> Option<f32> {
-        crate::x86_dispatch!(legacy::dot_q5_0(n, w, act))
+    fn dot_rows_simd(n: usize, w: &[u8], rows: usize, acts: &[u8], n_tokens: usize, out: &mut [f32]) -> bool {
+        tiled_dot_rows::<Self>(n, w, rows, acts, n_tokens, out)
     }
 }
 
@@ -335,11 +378,7 @@ impl LegacyCodec for Q5_1 {
         for (o, v) in q.iter_mut().zip(unpack_5bit(&b[8..24], u32_le(&b[4..]))) {
             *o = v as i8;
         }
-        Block32 {
-            q,
-            d: f16_le(b),
-            m: f16_le(&b[2..]),
-        }
+        Block32 { q, d: f16_le(b), m: f16_le(&b[2..]) }
     }
     fn encode(x: &[f32], b: &mut [u8]) {
         let (d, min, q) = quantize_affine(x, 31);
@@ -348,8 +387,8 @@ impl LegacyCodec for Q5_1 {
         b[4..8].copy_from_slice(&pack_high_bits(&q).to_le_bytes());
         pack_nibbles(&q, &mut b[8..24]);
     }
-    fn dot_simd(n: usize, w: &[u8], act: &[u8]) -> Option<f32> {
-        crate::x86_dispatch!(legacy::dot_q5_1(n, w, act))
+    fn dot_rows_simd(n: usize, w: &[u8], rows: usize, acts: &[u8], n_tokens: usize, out: &mut [f32]) -> bool {
+        tiled_dot_rows::<Self>(n, w, rows, acts, n_tokens, out)
     }
 }
 
@@ -359,18 +398,14 @@ impl LegacyCodec for Q8_0 {
     const TY: GgmlType = GgmlType::Q8_0;
     const ACT: GgmlType = GgmlType::Q8_0;
     fn decode(b: &[u8]) -> Block32 {
-        Block32 {
-            q: i8_array(&b[2..34]),
-            d: f16_le(b),
-            m: 0.0,
-        }
+        Block32 { q: i8_array(&b[2..34]), d: f16_le(b), m: 0.0 }
     }
     fn encode(x: &[f32], b: &mut [u8]) {
         let d = quantize_q8(x, &mut b[2..34]);
         put_f16_le(b, d);
     }
-    fn dot_simd(n: usize, w: &[u8], act: &[u8]) -> Option<f32> {
-        crate::x86_dispatch!(legacy::dot_q8_0(n, w, act))
+    fn dot_rows_simd(n: usize, w: &[u8], rows: usize, acts: &[u8], n_tokens: usize, out: &mut [f32]) -> bool {
+        tiled_dot_rows::<Self>(n, w, rows, acts, n_tokens, out)
     }
     fn dequantize_simd(src: &[u8], dst: &mut [f32]) -> bool {
         crate::x86_dispatch!(activations::dequantize_q8_0(src, dst)).is_some()
@@ -387,11 +422,7 @@ impl LegacyCodec for Q8_1 {
     const TY: GgmlType = GgmlType::Q8_1;
     const ACT: GgmlType = GgmlType::Q8_1;
     fn decode(b: &[u8]) -> Block32 {
-        Block32 {
-            q: i8_array(&b[4..36]),
-            d: f16_le(b),
-            m: 0.0,
-        }
+        Block32 { q: i8_array(&b[4..36]), d: f16_le(b), m: 0.0 }
     }
     fn encode(x: &[f32], b: &mut [u8]) {
         let d = quantize_q8(x, &mut b[4..36]);
@@ -463,12 +494,7 @@ mod tests {
             let hi_lo = if j == 1 || j == 3 { 16 } else { 0 };
             assert_eq!(v[j], ((j as i32 | hi_lo) - 16) as f32 * 2.0, "element {j}");
             let hi_hi = if j == 2 { 16 } else { 0 };
-            assert_eq!(
-                v[j + 16],
-                ((5 | hi_hi) - 16) as f32 * 2.0,
-                "element {}",
-                j + 16
-            );
+            assert_eq!(v[j + 16], ((5 | hi_hi) - 16) as f32 * 2.0, "element {}", j + 16);
         }
     }
 
@@ -550,9 +576,7 @@ mod tests {
             }
         }
         // an all-zero block stays zero
-        assert!(dequant(ty, &quant(ty, &[0.0; 32]))
-            .iter()
-            .all(|&v| v == 0.0));
+        assert!(dequant(ty, &quant(ty, &[0.0; 32])).iter().all(|&v| v == 0.0));
     }
 
     fn amax(x: &[f32]) -> f32 {
@@ -612,11 +636,7 @@ mod tests {
             let got = f.vec_dot(n, &w, &a);
 
             let exact: f64 = wd.iter().zip(&ad).map(|(&p, &q)| p as f64 * q as f64).sum();
-            let abs: f64 = wd
-                .iter()
-                .zip(&ad)
-                .map(|(&p, &q)| (p as f64 * q as f64).abs())
-                .sum();
+            let abs: f64 = wd.iter().zip(&ad).map(|(&p, &q)| (p as f64 * q as f64).abs()).sum();
             // Q8_1 carries s = d * sum(q) rounded to f16; the offset formats multiply it by m.
             // (2^-10 covers rounding s to f16 and using the f32 d for it where the decode uses the f16 d)
             let s_err: f64 = w
@@ -627,13 +647,7 @@ mod tests {
                     (offset_of(ty, wb) as f64 * s).abs() / 1024.0
                 })
                 .sum();
-            assert_close(
-                got,
-                exact as f32,
-                1.0,
-                (2e-6 * abs + s_err) as f32 + 1e-30,
-                &format!("{ty} n={n} formula"),
-            );
+            assert_close(got, exact as f32, 1.0, (2e-6 * abs + s_err) as f32 + 1e-30, &format!("{ty} n={n} formula"));
 
             let truth: f64 = wd.iter().zip(&x).map(|(&p, &q)| p as f64 * q as f64).sum();
             // per element the activation error is at most its block's step (amax/127) over 2, plus f16 of d
@@ -645,13 +659,7 @@ mod tests {
                     wc.iter().map(|v| v.abs() as f64).sum::<f64>() * step
                 })
                 .sum();
-            assert_close(
-                got,
-                truth as f32,
-                1.0,
-                (act_err + s_err + 1e-5 * abs) as f32,
-                &format!("{ty} n={n} truth"),
-            );
+            assert_close(got, truth as f32, 1.0, (act_err + s_err + 1e-5 * abs) as f32, &format!("{ty} n={n} truth"));
         }
     }
 

@@ -21,16 +21,7 @@ mod tests {
 
     #[test]
     fn nearest_int_rounds_ties_to_even() {
-        let cases = [
-            (0.5, 0),
-            (1.5, 2),
-            (2.5, 2),
-            (-0.5, 0),
-            (-1.5, -2),
-            (-2.5, -2),
-            (0.49999997, 0),
-            (3.7, 4),
-        ];
+        let cases = [(0.5, 0), (1.5, 2), (2.5, 2), (-0.5, 0), (-1.5, -2), (-2.5, -2), (0.49999997, 0), (3.7, 4)];
         for (x, want) in cases {
             assert_eq!(nearest_int(x), want, "{x}");
             assert_eq!(nearest_int(x), x.round_ties_even() as i32, "{x}");
@@ -41,14 +32,7 @@ mod tests {
 
     #[test]
     fn round_away_rounds_ties_away_from_zero() {
-        let cases = [
-            (0.5, 1.0),
-            (1.5, 2.0),
-            (2.5, 3.0),
-            (-0.5, -1.0),
-            (-2.5, -3.0),
-            (0.49999997, 0.0),
-        ];
+        let cases = [(0.5, 1.0), (1.5, 2.0), (2.5, 3.0), (-0.5, -1.0), (-2.5, -3.0), (0.49999997, 0.0)];
         for (x, want) in cases {
             assert_eq!(round_away(x), want, "{x}");
         }

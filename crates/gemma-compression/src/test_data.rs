@@ -39,11 +39,7 @@ impl TestRng {
         for i in 0..n {
             if i % 32 == 0 {
                 scale = 10f32.powf(self.uniform() * 1.5);
-                shift = if self.next_u64().is_multiple_of(4) {
-                    scale
-                } else {
-                    0.0
-                };
+                shift = if self.next_u64().is_multiple_of(4) { scale } else { 0.0 };
             }
             let r = self.next_u64() % 64;
             let v = match r {

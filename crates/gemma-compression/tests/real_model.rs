@@ -32,16 +32,8 @@ fn check_model(path: &std::path::Path, want: &[GgmlType]) {
     let file = GgufFile::open(path).expect("open model");
     println!("{}: simd level {}", path.display(), simd_level());
     for &ty in want {
-        let tensors: Vec<_> = file
-            .tensors()
-            .iter()
-            .filter(|t| t.ggml_type == ty && t.dims.len() == 2)
-            .collect();
-        assert!(
-            !tensors.is_empty(),
-            "{}: no 2-D tensor of type {ty}",
-            path.display()
-        );
+        let tensors: Vec<_> = file.tensors().iter().filter(|t| t.ggml_type == ty && t.dims.len() == 2).collect();
+        assert!(!tensors.is_empty(), "{}: no 2-D tensor of type {ty}", path.display());
         let format = quant_format(ty).expect("format");
         let act_format = quant_format(format.vec_dot_type()).expect("activation format");
         let mut worst_formula = 0.0f64;
@@ -54,42 +46,23 @@ fn check_model(path: &std::path::Path, want: &[GgmlType]) {
             assert_eq!(data.len(), row_bytes * n_rows, "{}", t.name);
             let x = activations(n, n as u64 + n_rows as u64);
             let mut a = vec![0u8; format.vec_dot_type().row_bytes(n).unwrap()];
-            act_format
-                .quantize_row(&x, &mut a)
-                .expect("quantize activations");
+            act_format.quantize_row(&x, &mut a).expect("quantize activations");
             let mut ad = vec![0.0f32; n];
             act_format.dequantize_row(&a, &mut ad);
             for r in [0, n_rows / 3, 2 * n_rows / 3, n_rows - 1] {
                 let w = &data[r * row_bytes..(r + 1) * row_bytes];
                 let mut wd = vec![0.0f32; n];
                 format.dequantize_row(w, &mut wd);
-                assert!(
-                    wd.iter().all(|v| v.is_finite()),
-                    "{} row {r}: non-finite weight",
-                    t.name
-                );
+                assert!(wd.iter().all(|v| v.is_finite()), "{} row {r}: non-finite weight", t.name);
                 let max = wd.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                assert!(
-                    max > 0.0 && max < 1e3,
-                    "{} row {r}: max |w| = {max}",
-                    t.name
-                );
+                assert!(max > 0.0 && max < 1e3, "{} row {r}: max |w| = {max}", t.name);
 
                 let got = format.vec_dot(n, w, &a) as f64;
                 let formula: f64 = wd.iter().zip(&ad).map(|(&p, &q)| p as f64 * q as f64).sum();
-                let abs: f64 = wd
-                    .iter()
-                    .zip(&ad)
-                    .map(|(&p, &q)| (p as f64 * q as f64).abs())
-                    .sum();
+                let abs: f64 = wd.iter().zip(&ad).map(|(&p, &q)| (p as f64 * q as f64).abs()).sum();
                 let truth: f64 = wd.iter().zip(&x).map(|(&p, &q)| p as f64 * q as f64).sum();
                 // the Q8_1 partner carries s = d * sum(q) in f16, multiplied by each block's min
-                let tol_formula = 1e-5 * abs
-                    + if ty == GgmlType::Q4_1 {
-                        2e-3 * abs
-                    } else {
-                        0.0
-                    };
+                let tol_formula = 1e-5 * abs + if ty == GgmlType::Q4_1 { 2e-3 * abs } else { 0.0 };
                 assert!(
                     (got - formula).abs() <= tol_formula,
                     "{} row {r}: vec_dot {got} vs decoded dot {formula} (sum |terms| {abs})",
@@ -121,20 +94,14 @@ fn check_model(path: &std::path::Path, want: &[GgmlType]) {
         let x = activations(n, 1);
         let mut a = vec![0u8; format.vec_dot_type().row_bytes(n).unwrap()];
         let start = std::time::Instant::now();
-        act_format
-            .quantize_row(&x, &mut a)
-            .expect("quantize activations");
+        act_format.quantize_row(&x, &mut a).expect("quantize activations");
         let quantize_time = start.elapsed();
         // best of five runs: the first one also pays for faulting the mapped pages in
         let mut secs = f64::MAX;
         let mut checksum = 0.0f32;
         for _ in 0..5 {
             let start = std::time::Instant::now();
-            checksum = file
-                .tensor_data(t)
-                .chunks_exact(row_bytes)
-                .map(|w| format.vec_dot(n, w, &a))
-                .sum();
+            checksum = file.tensor_data(t).chunks_exact(row_bytes).map(|w| format.vec_dot(n, w, &a)).sum();
             secs = secs.min(start.elapsed().as_secs_f64());
         }
         assert!(checksum.is_finite());
@@ -156,15 +123,11 @@ fn check_model(path: &std::path::Path, want: &[GgmlType]) {
 #[test]
 fn gemma_3_270m_weight_types() {
     let path = gemma_fetch::resolve_model("gemma-3-270m").expect("Gemma 3 270M in the model cache");
-    check_model(
-        &path,
-        &[GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q4K, GgmlType::Q6K],
-    );
+    check_model(&path, &[GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q4K, GgmlType::Q6K]);
 }
 
 #[test]
 fn smollm2_135m_weight_types() {
-    let path = gemma_fetch::resolve_model("smollm2-135m-instruct")
-        .expect("SmolLM2 135M in the model cache");
+    let path = gemma_fetch::resolve_model("smollm2-135m-instruct").expect("SmolLM2 135M in the model cache");
     check_model(&path, &[GgmlType::Q4_1]);
 }

@@ -24,12 +24,7 @@ impl Batch {
             tokens: ids
                 .iter()
                 .enumerate()
-                .map(|(i, &token)| BatchToken {
-                    token,
-                    pos: start + i,
-                    seq,
-                    logits: all_logits || i + 1 == n,
-                })
+                .map(|(i, &token)| BatchToken { token, pos: start + i, seq, logits: all_logits || i + 1 == n })
                 .collect(),
         }
     }
@@ -67,9 +62,6 @@ impl Logits {
     }
     /// The row of batch token `b`, if it asked for logits.
     pub fn for_batch_index(&self, b: usize) -> Option<&[f32]> {
-        self.batch_index
-            .iter()
-            .position(|&x| x == b)
-            .map(|i| self.row(i))
+        self.batch_index.iter().position(|&x| x == b).map(|i| self.row(i))
     }
 }

@@ -62,32 +62,23 @@ impl Meta<'_> {
         self.file.get(&self.key(k))
     }
     fn usize(&self, k: &str) -> Result<usize, ModelError> {
-        self.opt_usize(k)?
-            .ok_or_else(|| ModelError::MissingMetadata(self.key(k)))
+        self.opt_usize(k)?.ok_or_else(|| ModelError::MissingMetadata(self.key(k)))
     }
     fn opt_usize(&self, k: &str) -> Result<Option<usize>, ModelError> {
         match self.get(k) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .and_then(|v| usize::try_from(v).ok())
-                .map(Some)
-                .ok_or_else(|| ModelError::BadMetadata {
-                    key: self.key(k),
-                    why: format!("expected an unsigned integer, found {v}"),
-                }),
+            Some(v) => v.as_u64().and_then(|v| usize::try_from(v).ok()).map(Some).ok_or_else(|| {
+                ModelError::BadMetadata { key: self.key(k), why: format!("expected an unsigned integer, found {v}") }
+            }),
         }
     }
     fn opt_f32(&self, k: &str) -> Result<Option<f32>, ModelError> {
         match self.get(k) {
             None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(|v| Some(v as f32))
-                .ok_or_else(|| ModelError::BadMetadata {
-                    key: self.key(k),
-                    why: format!("expected a number, found {v}"),
-                }),
+            Some(v) => v.as_f64().map(|v| Some(v as f32)).ok_or_else(|| ModelError::BadMetadata {
+                key: self.key(k),
+                why: format!("expected a number, found {v}"),
+            }),
         }
     }
 }
@@ -102,10 +93,7 @@ impl ModelConfig {
             "gemma3" => Architecture::Gemma3,
             other => return Err(ModelError::UnsupportedArchitecture(other.to_string())),
         };
-        let m = Meta {
-            file,
-            arch: arch_name,
-        };
+        let m = Meta { file, arch: arch_name };
         let d_model = m.usize("embedding_length")?;
         let n_layers = m.usize("block_count")?;
         let n_heads = m.usize("attention.head_count")?;
@@ -119,9 +107,7 @@ impl ModelConfig {
             if v != head_dim {
                 return Err(ModelError::BadMetadata {
                     key: m.key("attention.value_length"),
-                    why: format!(
-                        "value length {v} differs from key length {head_dim}; not supported"
-                    ),
+                    why: format!("value length {v} differs from key length {head_dim}; not supported"),
                 });
             }
         }
@@ -148,19 +134,12 @@ impl ModelConfig {
         };
         let sliding_window = m.opt_usize("attention.sliding_window")?.filter(|&w| w > 0);
         // Gemma 3: five sliding-window layers, then one global (llama.cpp's default pattern of 6).
-        let pattern = m
-            .opt_usize("attention.sliding_window_pattern")?
-            .unwrap_or(6);
-        let layer_is_local = (0..n_layers)
-            .map(|l| sliding_window.is_some() && (pattern == 0 || l % pattern < pattern - 1))
-            .collect();
+        let pattern = m.opt_usize("attention.sliding_window_pattern")?.unwrap_or(6);
+        let layer_is_local =
+            (0..n_layers).map(|l| sliding_window.is_some() && (pattern == 0 || l % pattern < pattern - 1)).collect();
         Ok(ModelConfig {
             arch,
-            name: file
-                .get("general.name")
-                .and_then(|v| v.as_str())
-                .unwrap_or(arch_name)
-                .to_string(),
+            name: file.get("general.name").and_then(|v| v.as_str()).unwrap_or(arch_name).to_string(),
             n_layers,
             d_model,
             ffn_dim: m.usize("feed_forward_length")?,
@@ -169,9 +148,7 @@ impl ModelConfig {
             head_dim,
             vocab_size,
             context_length: m.opt_usize("context_length")?.unwrap_or(8192),
-            rms_eps: m
-                .opt_f32("attention.layer_norm_rms_epsilon")?
-                .unwrap_or(1e-6),
+            rms_eps: m.opt_f32("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-6),
             rope_base: m.opt_f32("rope.freq_base")?.unwrap_or(10_000.0),
             rope_freq_scale,
             rope_base_local: m.opt_f32("rope.freq_base_swa")?.unwrap_or(10_000.0),

@@ -16,11 +16,7 @@ pub enum ModelError {
     #[error("model lacks tensor '{0}'")]
     MissingTensor(String),
     #[error("tensor '{name}' has shape {found:?}, expected {expected:?}")]
-    TensorShape {
-        name: String,
-        found: Vec<u64>,
-        expected: Vec<u64>,
-    },
+    TensorShape { name: String, found: Vec<u64>, expected: Vec<u64> },
     #[error("tensor '{name}': {source}")]
     TensorFormat {
         name: String,

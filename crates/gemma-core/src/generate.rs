@@ -103,10 +103,7 @@ impl<'m> Session<'m> {
         }
         let end = self.cache.len() + ids.len();
         if end > self.cache.capacity() {
-            return Err(ModelError::ContextFull {
-                pos: end - 1,
-                ctx: self.cache.capacity(),
-            });
+            return Err(ModelError::ContextFull { pos: end - 1, ctx: self.cache.capacity() });
         }
         for chunk in ids.chunks(PREFILL_CHUNK) {
             let batch = Batch::sequence(chunk, self.cache.len(), 0, false);
@@ -127,10 +124,7 @@ impl<'m> Session<'m> {
     ) -> Result<GenerationOutput, ModelError> {
         let ctx = self.cache.capacity();
         if self.cache.len() + prompt_ids.len() > ctx {
-            return Err(ModelError::ContextFull {
-                pos: self.cache.len() + prompt_ids.len() - 1,
-                ctx,
-            });
+            return Err(ModelError::ContextFull { pos: self.cache.len() + prompt_ids.len() - 1, ctx });
         }
         let mut sampler = Sampler::new(opts.sampling.clone());
         let mut decoder = StreamDecoder::new(tokenizer);

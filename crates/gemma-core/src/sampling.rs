@@ -15,22 +15,13 @@ pub struct SamplingParams {
 impl Default for SamplingParams {
     /// The user guide's defaults: temperature 1.0, top-k 1 (so greedy), top-p 1.0.
     fn default() -> Self {
-        SamplingParams {
-            temperature: 1.0,
-            top_k: 1,
-            top_p: 1.0,
-            min_p: 0.0,
-            seed: None,
-        }
+        SamplingParams { temperature: 1.0, top_k: 1, top_p: 1.0, min_p: 0.0, seed: None }
     }
 }
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        SamplingParams {
-            temperature: 0.0,
-            ..Default::default()
-        }
+        SamplingParams { temperature: 0.0, ..Default::default() }
     }
     pub fn is_greedy(&self) -> bool {
         self.temperature <= 0.0 || self.top_k == 1
@@ -53,9 +44,7 @@ impl Rng {
             x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             x ^ (x >> 31)
         };
-        Rng {
-            s: [next(), next(), next(), next()],
-        }
+        Rng { s: [next(), next(), next(), next()] }
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -85,15 +74,9 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(params: SamplingParams) -> Sampler {
         let seed = params.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
         });
-        Sampler {
-            params,
-            rng: Rng::new(seed),
-            candidates: Vec::new(),
-        }
+        Sampler { params, rng: Rng::new(seed), candidates: Vec::new() }
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -108,18 +91,11 @@ impl Sampler {
         let p = &self.params;
         let c = &mut self.candidates;
         c.clear();
-        c.extend(
-            logits
-                .iter()
-                .enumerate()
-                .filter(|(_, v)| !v.is_nan())
-                .map(|(i, &v)| (i as u32, v)),
-        );
+        c.extend(logits.iter().enumerate().filter(|(_, v)| !v.is_nan()).map(|(i, &v)| (i as u32, v)));
         if c.is_empty() {
             return 0;
         }
-        let by_logit_desc =
-            |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        let by_logit_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if p.top_k > 0 && p.top_k < c.len() {
             c.select_nth_unstable_by(p.top_k - 1, by_logit_desc);
             c.truncate(p.top_k);
@@ -182,72 +158,35 @@ mod tests {
         let mut s = Sampler::new(SamplingParams::greedy());
         assert_eq!(s.sample(&logits()), 1);
         // top_k 1 is greedy whatever the temperature.
-        let mut s = Sampler::new(SamplingParams {
-            temperature: 5.0,
-            top_k: 1,
-            ..Default::default()
-        });
+        let mut s = Sampler::new(SamplingParams { temperature: 5.0, top_k: 1, ..Default::default() });
         assert_eq!(s.sample(&logits()), 1);
     }
 
     #[test]
     fn same_seed_same_choices_and_top_k_restricts() {
-        let params = SamplingParams {
-            temperature: 1.5,
-            top_k: 3,
-            top_p: 1.0,
-            min_p: 0.0,
-            seed: Some(42),
-        };
+        let params = SamplingParams { temperature: 1.5, top_k: 3, top_p: 1.0, min_p: 0.0, seed: Some(42) };
         let draw = |params: &SamplingParams| {
             let mut s = Sampler::new(params.clone());
             (0..200).map(|_| s.sample(&logits())).collect::<Vec<_>>()
         };
         let a = draw(&params);
         assert_eq!(a, draw(&params));
-        assert!(
-            a.iter().all(|t| [1, 3, 2].contains(t)),
-            "top-k 3 allows only the 3 best"
-        );
-        assert!(
-            [1, 3, 2].iter().all(|t| a.contains(t)),
-            "each of the 3 best is drawn sometimes"
-        );
-        let other = draw(&SamplingParams {
-            seed: Some(43),
-            ..params
-        });
+        assert!(a.iter().all(|t| [1, 3, 2].contains(t)), "top-k 3 allows only the 3 best");
+        assert!([1, 3, 2].iter().all(|t| a.contains(t)), "each of the 3 best is drawn sometimes");
+        let other = draw(&SamplingParams { seed: Some(43), ..params });
         assert_ne!(a, other);
     }
 
     #[test]
     fn top_p_and_min_p_cut_the_tail() {
         // The best token alone has probability 0.48: top-p 0.4 keeps only it, top-p 0.6 also the runner-up.
-        let mut s = Sampler::new(SamplingParams {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 0.4,
-            min_p: 0.0,
-            seed: Some(1),
-        });
+        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.4, min_p: 0.0, seed: Some(1) });
         assert!((0..100).all(|_| s.sample(&logits()) == 1));
-        let mut s = Sampler::new(SamplingParams {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 0.6,
-            min_p: 0.0,
-            seed: Some(1),
-        });
+        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.6, min_p: 0.0, seed: Some(1) });
         let drawn: Vec<u32> = (0..300).map(|_| s.sample(&logits())).collect();
         assert!(drawn.iter().all(|t| *t == 1 || *t == 3) && drawn.contains(&3));
         // min-p 0.5 keeps tokens within ln(2) of the best logit: 5.0 and 4.9.
-        let mut s = Sampler::new(SamplingParams {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.5,
-            seed: Some(1),
-        });
+        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.5, seed: Some(1) });
         let drawn: Vec<u32> = (0..300).map(|_| s.sample(&logits())).collect();
         assert!(drawn.iter().all(|t| *t == 1 || *t == 3));
         assert!(drawn.contains(&1) && drawn.contains(&3));
@@ -257,13 +196,7 @@ mod tests {
     fn frequencies_follow_the_distribution() {
         // Two tokens with logits differing by ln(3): expect a 3:1 split.
         let l = vec![(3.0f32).ln(), 0.0];
-        let mut s = Sampler::new(SamplingParams {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.0,
-            seed: Some(7),
-        });
+        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0, seed: Some(7) });
         let n = 20_000;
         let zeros = (0..n).filter(|_| s.sample(&l) == 0).count() as f64 / n as f64;
         assert!((zeros - 0.75).abs() < 0.02, "{zeros}");

@@ -19,19 +19,13 @@ impl Matrix {
     /// The matrix as a kernel operand, borrowing its bytes from `file`.
     pub fn view<'a>(&self, file: &'a GgufFile) -> QMatrix<'a> {
         // Shape and format were checked in `matrix()`, so this cannot fail for a matrix made there.
-        QMatrix::new(
-            file.tensor_data(&self.info),
-            self.rows,
-            self.cols,
-            self.info.ggml_type,
-        )
-        .unwrap_or_else(|e| unreachable!("matrix {} was validated at load: {e}", self.info.name))
+        QMatrix::new(file.tensor_data(&self.info), self.rows, self.cols, self.info.ggml_type)
+            .unwrap_or_else(|e| unreachable!("matrix {} was validated at load: {e}", self.info.name))
     }
 }
 
 fn tensor<'a>(file: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, ModelError> {
-    file.tensor(name)
-        .ok_or_else(|| ModelError::MissingTensor(name.to_string()))
+    file.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))
 }
 
 /// Loads `name` as a `rows x cols` matrix (GGUF dims `[cols, rows]`), checking shape and number format.
@@ -44,17 +38,9 @@ pub fn matrix(file: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<M
             expected: vec![cols as u64, rows as u64],
         });
     }
-    QMatrix::new(file.tensor_data(info), rows, cols, info.ggml_type).map_err(|source| {
-        ModelError::TensorFormat {
-            name: name.into(),
-            source,
-        }
-    })?;
-    Ok(Matrix {
-        info: info.clone(),
-        rows,
-        cols,
-    })
+    QMatrix::new(file.tensor_data(info), rows, cols, info.ggml_type)
+        .map_err(|source| ModelError::TensorFormat { name: name.into(), source })?;
+    Ok(Matrix { info: info.clone(), rows, cols })
 }
 
 /// Loads `name` as a vector of `len` values, decoded to f32.

@@ -37,16 +37,13 @@ struct Top2 {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let path = gemma_fetch::resolve_model(gemma_fetch::DEFAULT_MODEL)
-            .expect("default model available");
+        let path = gemma_fetch::resolve_model(gemma_fetch::DEFAULT_MODEL).expect("default model available");
         let model = Model::open(&path).expect("model loads");
         let tokenizer = Tokenizer::from_gguf(&model.file).expect("tokenizer loads");
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/goldens/");
         let read = |name: &str| -> Vec<Golden> {
-            serde_json::from_str(
-                &std::fs::read_to_string(format!("{dir}{name}")).expect("golden file"),
-            )
-            .expect("golden json")
+            serde_json::from_str(&std::fs::read_to_string(format!("{dir}{name}")).expect("golden file"))
+                .expect("golden json")
         };
         Fixture {
             model,
@@ -55,8 +52,7 @@ fn fixture() -> &'static Fixture {
             goldens: read("gemma3_270m_goldens_shared.json"),
             reference_f64: read("gemma3_270m_ref_f64_shared.json"),
             llama_top2: serde_json::from_str(
-                &std::fs::read_to_string(format!("{dir}gemma3_270m_llama_top2.json"))
-                    .expect("top-2 file"),
+                &std::fs::read_to_string(format!("{dir}gemma3_270m_llama_top2.json")).expect("top-2 file"),
             )
             .expect("top-2 json"),
         }
@@ -66,40 +62,23 @@ fn fixture() -> &'static Fixture {
 /// Logits at the positions that predict `gen_ids`, feeding `prompt_ids + gen_ids[..n-1]` in one pass.
 fn teacher_forced(f: &Fixture, g: &Golden) -> Vec<Vec<f32>> {
     let n_gen = g.gen_ids.len();
-    let ids: Vec<u32> = g
-        .prompt_ids
-        .iter()
-        .chain(&g.gen_ids[..n_gen - 1])
-        .copied()
-        .collect();
+    let ids: Vec<u32> = g.prompt_ids.iter().chain(&g.gen_ids[..n_gen - 1]).copied().collect();
     let first_predicting = g.prompt_ids.len() - 1;
     let batch = Batch {
         tokens: ids
             .iter()
             .enumerate()
-            .map(|(pos, &token)| BatchToken {
-                token,
-                pos,
-                seq: 0,
-                logits: pos >= first_predicting,
-            })
+            .map(|(pos, &token)| BatchToken { token, pos, seq: 0, logits: pos >= first_predicting })
             .collect(),
     };
     let mut cache = f.model.new_cache(ids.len());
-    let logits = f
-        .model
-        .forward(&batch, std::slice::from_mut(&mut cache), &f.pool)
-        .expect("forward");
+    let logits = f.model.forward(&batch, std::slice::from_mut(&mut cache), &f.pool).expect("forward");
     assert_eq!(logits.len(), n_gen);
     (0..n_gen).map(|i| logits.row(i).to_vec()).collect()
 }
 
 fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
-    let mut v: Vec<(u32, f32)> = row
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (i as u32, l))
-        .collect();
+    let mut v: Vec<(u32, f32)> = row.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
     v.sort_by(|a, b| b.1.total_cmp(&a.1));
     v.truncate(k);
     v
@@ -109,12 +88,7 @@ fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
 fn prompts_tokenize_to_the_golden_ids() {
     let f = fixture();
     for g in &f.goldens {
-        assert_eq!(
-            f.tokenizer.encode(&g.prompt, true, true),
-            g.prompt_ids,
-            "prompt {:?}",
-            g.prompt
-        );
+        assert_eq!(f.tokenizer.encode(&g.prompt, true, true), g.prompt_ids, "prompt {:?}", g.prompt);
     }
 }
 
@@ -129,10 +103,8 @@ fn teacher_forced_argmax_matches_llama_cpp() {
             let ours = greedy(row);
             let margin = g.gen_top1_top2_margin[i];
             if margin >= 1.0 && ours != g.gen_ids[i] {
-                failures.push(format!(
-                    "prompt {p} step {i}: ours {ours}, llama.cpp {} (margin {margin})",
-                    g.gen_ids[i]
-                ));
+                failures
+                    .push(format!("prompt {p} step {i}: ours {ours}, llama.cpp {} (margin {margin})", g.gen_ids[i]));
             }
             if margin >= 0.5 {
                 confident += 1;
@@ -140,20 +112,10 @@ fn teacher_forced_argmax_matches_llama_cpp() {
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "argmax differs where llama.cpp's margin >= 1.0:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "argmax differs where llama.cpp's margin >= 1.0:\n{}", failures.join("\n"));
     let share = confident_ok as f64 / confident as f64;
-    eprintln!(
-        "teacher-forced agreement at margin >= 0.5: {confident_ok}/{confident} ({:.1}%)",
-        share * 100.0
-    );
-    assert!(
-        share >= 0.98,
-        "only {confident_ok}/{confident} steps with margin >= 0.5 agree"
-    );
+    eprintln!("teacher-forced agreement at margin >= 0.5: {confident_ok}/{confident} ({:.1}%)", share * 100.0);
+    assert!(share >= 0.98, "only {confident_ok}/{confident} steps with margin >= 0.5 agree");
 }
 
 #[test]
@@ -189,23 +151,11 @@ fn first_step_logits_are_close_to_llama_cpp() {
 fn free_running_greedy_follows_llama_cpp_until_a_near_tie() {
     let f = fixture();
     for (p, g) in f.goldens.iter().enumerate() {
-        assert_eq!(
-            f.llama_top2[p].prompt_ids, g.prompt_ids,
-            "top-2 file out of step with the goldens"
-        );
+        assert_eq!(f.llama_top2[p].prompt_ids, g.prompt_ids, "top-2 file out of step with the goldens");
         let mut session = Session::new(&f.model, 4096);
-        let opts = GenerationOptions {
-            max_tokens: g.gen_ids.len(),
-            sampling: SamplingParams::greedy(),
-        };
-        let out = session
-            .generate(&f.tokenizer, &g.prompt_ids, &opts, &f.pool, &mut |_| {})
-            .expect("generate");
-        let first_tie = g
-            .gen_top1_top2_margin
-            .iter()
-            .position(|&m| m < 0.75)
-            .unwrap_or(g.gen_ids.len());
+        let opts = GenerationOptions { max_tokens: g.gen_ids.len(), sampling: SamplingParams::greedy() };
+        let out = session.generate(&f.tokenizer, &g.prompt_ids, &opts, &f.pool, &mut |_| {}).expect("generate");
+        let first_tie = g.gen_top1_top2_margin.iter().position(|&m| m < 0.75).unwrap_or(g.gen_ids.len());
         let stop = first_tie.min(out.gen_ids.len());
         assert_eq!(
             out.gen_ids[..stop],
@@ -215,10 +165,7 @@ fn free_running_greedy_follows_llama_cpp_until_a_near_tie() {
         if first_tie < g.gen_ids.len() && first_tie < out.gen_ids.len() {
             // At the first near-tie our token must be one of llama.cpp's two best there (recorded by
             // scripts/llama_top2_goldens.py, teacher-forced on the same context).
-            let two_best: Vec<u32> = f.llama_top2[p].top2_logprobs[first_tie]
-                .iter()
-                .map(|x| x.0)
-                .collect();
+            let two_best: Vec<u32> = f.llama_top2[p].top2_logprobs[first_tie].iter().map(|x| x.0).collect();
             let ours = out.gen_ids[first_tie];
             assert!(
                 ours == g.gen_ids[first_tie] || two_best.contains(&ours),
@@ -234,37 +181,19 @@ fn a_batch_of_two_prompts_gives_each_its_own_logits() {
     let (a, b) = (&f.goldens[1].prompt_ids, &f.goldens[2].prompt_ids);
     let alone = |ids: &[u32]| {
         let mut cache = f.model.new_cache(64);
-        let logits = f
-            .model
-            .forward(
-                &Batch::sequence(ids, 0, 0, true),
-                std::slice::from_mut(&mut cache),
-                &f.pool,
-            )
-            .unwrap();
-        (0..logits.len())
-            .map(|i| logits.row(i).to_vec())
-            .collect::<Vec<_>>()
+        let logits =
+            f.model.forward(&Batch::sequence(ids, 0, 0, true), std::slice::from_mut(&mut cache), &f.pool).unwrap();
+        (0..logits.len()).map(|i| logits.row(i).to_vec()).collect::<Vec<_>>()
     };
     let (la, lb) = (alone(a), alone(b));
     // Interleave the two sequences in one batch.
     let mut batch = Batch::default();
     for i in 0..a.len().max(b.len()) {
         if let Some(&t) = a.get(i) {
-            batch.push(BatchToken {
-                token: t,
-                pos: i,
-                seq: 0,
-                logits: true,
-            });
+            batch.push(BatchToken { token: t, pos: i, seq: 0, logits: true });
         }
         if let Some(&t) = b.get(i) {
-            batch.push(BatchToken {
-                token: t,
-                pos: i,
-                seq: 1,
-                logits: true,
-            });
+            batch.push(BatchToken { token: t, pos: i, seq: 1, logits: true });
         }
     }
     let mut caches = vec![f.model.new_cache(64), f.model.new_cache(64)];
@@ -278,36 +207,16 @@ fn a_batch_of_two_prompts_gives_each_its_own_logits() {
         } else {
             ib += 1
         }
-        let max_diff = logits
-            .row(row)
-            .iter()
-            .zip(want)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
-        assert!(
-            max_diff < 1e-3,
-            "seq {} pos {}: max diff {max_diff}",
-            t.seq,
-            t.pos
-        );
+        let max_diff = logits.row(row).iter().zip(want).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(max_diff < 1e-3, "seq {} pos {}: max diff {max_diff}", t.seq, t.pos);
     }
     assert_eq!((ia, ib), (a.len(), b.len()));
     // Decoding one more token for both sequences in one batch matches decoding each alone.
     let next = [greedy(&la[a.len() - 1]), greedy(&lb[b.len() - 1])];
     let step = Batch {
         tokens: vec![
-            BatchToken {
-                token: next[0],
-                pos: a.len(),
-                seq: 0,
-                logits: true,
-            },
-            BatchToken {
-                token: next[1],
-                pos: b.len(),
-                seq: 1,
-                logits: true,
-            },
+            BatchToken { token: next[0], pos: a.len(), seq: 0, logits: true },
+            BatchToken { token: next[1], pos: b.len(), seq: 1, logits: true },
         ],
     };
     let both = f.model.forward(&step, &mut caches, &f.pool).unwrap();
@@ -315,16 +224,8 @@ fn a_batch_of_two_prompts_gives_each_its_own_logits() {
         let mut extended = ids.to_vec();
         extended.push(next[s]);
         let single = alone(&extended);
-        let max_diff = both
-            .row(s)
-            .iter()
-            .zip(single.last().unwrap())
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
-        assert!(
-            max_diff < 1e-3,
-            "decode step of seq {s}: max diff {max_diff}"
-        );
+        let max_diff = both.row(s).iter().zip(single.last().unwrap()).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(max_diff < 1e-3, "decode step of seq {s}: max diff {max_diff}");
     }
 }
 
@@ -335,14 +236,8 @@ fn threads_do_not_change_greedy_tokens() {
     let run = |threads: usize| {
         let pool = ThreadPool::new(threads);
         let mut session = Session::new(&f.model, 256);
-        let opts = GenerationOptions {
-            max_tokens: 16,
-            sampling: SamplingParams::greedy(),
-        };
-        session
-            .generate(&f.tokenizer, &g.prompt_ids, &opts, &pool, &mut |_| {})
-            .unwrap()
-            .gen_ids
+        let opts = GenerationOptions { max_tokens: 16, sampling: SamplingParams::greedy() };
+        session.generate(&f.tokenizer, &g.prompt_ids, &opts, &pool, &mut |_| {}).unwrap().gen_ids
     };
     assert_eq!(run(1), run(2));
 }
@@ -351,19 +246,8 @@ fn threads_do_not_change_greedy_tokens() {
 fn a_prompt_longer_than_the_context_is_an_error() {
     let f = fixture();
     let mut session = Session::new(&f.model, 8);
-    let opts = GenerationOptions {
-        max_tokens: 4,
-        sampling: SamplingParams::greedy(),
-    };
-    let err = session
-        .generate(
-            &f.tokenizer,
-            &f.goldens[1].prompt_ids,
-            &opts,
-            &f.pool,
-            &mut |_| {},
-        )
-        .unwrap_err();
+    let opts = GenerationOptions { max_tokens: 4, sampling: SamplingParams::greedy() };
+    let err = session.generate(&f.tokenizer, &f.goldens[1].prompt_ids, &opts, &f.pool, &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("context is full"), "{err}");
 }
 

@@ -30,8 +30,7 @@ fn load_tokenizer(model: &str) -> Result<(Tokenizer, f64), TokenizerError> {
 fn gemma() -> &'static (Tokenizer, f64) {
     static GEMMA: OnceLock<(Tokenizer, f64)> = OnceLock::new();
     GEMMA.get_or_init(|| {
-        load_tokenizer(gemma_fetch::DEFAULT_MODEL)
-            .unwrap_or_else(|e| panic!("loading the tokenizer: {e}"))
+        load_tokenizer(gemma_fetch::DEFAULT_MODEL).unwrap_or_else(|e| panic!("loading the tokenizer: {e}"))
     })
 }
 
@@ -61,21 +60,12 @@ struct PromptGolden {
 
 /// First index where two id lists differ, for readable failures.
 fn first_difference(a: &[u32], b: &[u32]) -> Option<usize> {
-    a.iter()
-        .zip(b)
-        .position(|(x, y)| x != y)
-        .or((a.len() != b.len()).then(|| a.len().min(b.len())))
+    a.iter().zip(b).position(|(x, y)| x != y).or((a.len() != b.len()).then(|| a.len().min(b.len())))
 }
 
 fn assert_ids(label: &str, got: &[u32], expected: &[u32]) {
     if let Some(at) = first_difference(got, expected) {
-        let window = |ids: &[u32]| {
-            ids.iter()
-                .skip(at.saturating_sub(3))
-                .take(8)
-                .copied()
-                .collect::<Vec<_>>()
-        };
+        let window = |ids: &[u32]| ids.iter().skip(at.saturating_sub(3)).take(8).copied().collect::<Vec<_>>();
         panic!(
             "{label}: ids differ at {at} (got {} ids, expected {}): got ..{:?}.. expected ..{:?}..",
             got.len(),
@@ -90,11 +80,7 @@ fn assert_ids(label: &str, got: &[u32], expected: &[u32]) {
 fn vocabulary_metadata_matches_gemma3() {
     let (t, load_seconds) = gemma();
     let load_seconds = *load_seconds;
-    eprintln!(
-        "Tokenizer::from_gguf took {:.1} ms for {} tokens",
-        load_seconds * 1e3,
-        t.vocab_size()
-    );
+    eprintln!("Tokenizer::from_gguf took {:.1} ms for {} tokens", load_seconds * 1e3, t.vocab_size());
     assert_eq!(t.vocab_size(), 262_144);
     assert_eq!(t.model_name(), "llama");
     assert_eq!(t.bos_id(), Some(2));
@@ -110,27 +96,17 @@ fn vocabulary_metadata_matches_gemma3() {
     assert_eq!(t.piece(262_144), None);
     assert_eq!(t.special_ids().eot, Some(106));
     // llama.cpp's end-of-generation set for this vocabulary: <eos>, <end_of_turn> and </s>.
-    assert_eq!(
-        t.end_of_generation_ids().collect::<Vec<_>>(),
-        vec![1, 106, 212]
-    );
+    assert_eq!(t.end_of_generation_ids().collect::<Vec<_>>(), vec![1, 106, 212]);
     assert!(t.is_end_of_generation(1) && t.is_end_of_generation(106));
     assert!(!t.is_end_of_generation(2) && !t.is_end_of_generation(105));
-    assert!(
-        load_seconds < 2.0,
-        "loading the vocabulary took {load_seconds:.2} s"
-    );
+    assert!(load_seconds < 2.0, "loading the vocabulary took {load_seconds:.2} s");
 }
 
 #[test]
 fn whole_corpus_with_bos_and_special_parsing_matches_llama_cpp() {
     let (text, corpus) = corpus();
     let t = tokenizer();
-    assert_ids(
-        "whole corpus",
-        &t.encode(&text, true, true),
-        &corpus.whole_special,
-    );
+    assert_ids("whole corpus", &t.encode(&text, true, true), &corpus.whole_special);
 }
 
 #[test]
@@ -143,31 +119,20 @@ fn corpus_lines_without_bos_or_special_parsing_match_llama_cpp() {
     assert_eq!(lines.len(), corpus.lines.len());
     assert_eq!(lines.len(), corpus.lines_plain.len());
     let t = tokenizer();
-    for ((line, expected_text), expected_ids) in
-        lines.iter().zip(&corpus.lines).zip(&corpus.lines_plain)
-    {
+    for ((line, expected_text), expected_ids) in lines.iter().zip(&corpus.lines).zip(&corpus.lines_plain) {
         assert_eq!(line, expected_text);
-        assert_ids(
-            &format!("line {line:?}"),
-            &t.encode(line, false, false),
-            expected_ids,
-        );
+        assert_ids(&format!("line {line:?}"), &t.encode(line, false, false), expected_ids);
     }
 }
 
 #[test]
 fn shared_golden_prompts_match_llama_cpp() {
-    let goldens: Vec<PromptGolden> =
-        serde_json::from_str(&read_golden("gemma3_270m_goldens_shared.json"))
-            .unwrap_or_else(|e| panic!("gemma3_270m_goldens_shared.json: {e}"));
+    let goldens: Vec<PromptGolden> = serde_json::from_str(&read_golden("gemma3_270m_goldens_shared.json"))
+        .unwrap_or_else(|e| panic!("gemma3_270m_goldens_shared.json: {e}"));
     assert!(!goldens.is_empty());
     let t = tokenizer();
     for golden in &goldens {
-        assert_ids(
-            &format!("prompt {:?}", golden.prompt),
-            &t.encode(&golden.prompt, true, true),
-            &golden.prompt_ids,
-        );
+        assert_ids(&format!("prompt {:?}", golden.prompt), &t.encode(&golden.prompt, true, true), &golden.prompt_ids);
     }
 }
 
@@ -187,17 +152,8 @@ fn long_text_encodes_in_linear_time() {
         expected.extend_from_slice(per_copy);
     }
     assert_ids("repeated corpus", &ids, &expected);
-    eprintln!(
-        "encoded {} bytes into {} ids in {:.1} ms",
-        long.len(),
-        ids.len(),
-        seconds * 1e3
-    );
-    assert!(
-        seconds < 5.0,
-        "encoding {} bytes took {seconds:.2} s",
-        long.len()
-    );
+    eprintln!("encoded {} bytes into {} ids in {:.1} ms", long.len(), ids.len(), seconds * 1e3);
+    assert!(seconds < 5.0, "encoding {} bytes took {seconds:.2} s", long.len());
 }
 
 /// Strings that stress the byte fallback, normalisation-free handling, markers and whitespace.
@@ -235,28 +191,16 @@ fn decode_inverts_encode() {
     let t = tokenizer();
     for text in round_trip_texts() {
         // Plain text: nothing is a control token, so nothing needs rendering.
-        assert_eq!(
-            t.decode(&t.encode(&text, false, false), false),
-            text,
-            "plain round trip"
-        );
+        assert_eq!(t.decode(&t.encode(&text, false, false), false), text, "plain round trip");
         // Parsed specials come back only when rendered; BOS renders as "<bos>".
         let parsed = t.encode(&text, true, true);
-        assert_eq!(
-            t.decode(&parsed, true),
-            format!("<bos>{text}"),
-            "special round trip"
-        );
+        assert_eq!(t.decode(&parsed, true), format!("<bos>{text}"), "special round trip");
     }
     // Without rendering, control tokens vanish from the text.
     let ids = t.encode("<start_of_turn>user\nHi<end_of_turn>\n", true, true);
     for marker in ["<start_of_turn>", "<end_of_turn>"] {
         let id = t.token_id(marker).unwrap_or(u32::MAX);
-        assert_eq!(
-            ids.iter().filter(|&&i| i == id).count(),
-            1,
-            "{marker} should be one token in {ids:?}"
-        );
+        assert_eq!(ids.iter().filter(|&&i| i == id).count(), 1, "{marker} should be one token in {ids:?}");
     }
     assert_eq!(t.decode(&ids, false), "user\nHi\n");
 }
@@ -274,11 +218,7 @@ fn stream_decoder_matches_decode_and_never_splits_a_character() {
                 streamed.push_str(&stream.push(id));
             }
             streamed.push_str(&stream.finish());
-            assert_eq!(
-                streamed,
-                t.decode(&ids, render_special),
-                "streaming {text:?}"
-            );
+            assert_eq!(streamed, t.decode(&ids, render_special), "streaming {text:?}");
         }
     }
 }
@@ -288,15 +228,8 @@ fn emoji_made_of_byte_tokens_appears_only_when_complete() {
     let t = tokenizer();
     // U+1FAE8 has no token in this vocabulary, so it is spelled with its four UTF-8 byte tokens.
     let ids = t.encode("a🫨b", false, false);
-    let bytes: Vec<u32> = "🫨"
-        .bytes()
-        .map(|b| t.token_id(&format!("<0x{b:02X}>")).unwrap_or(u32::MAX))
-        .collect();
-    assert_eq!(
-        ids.get(1..5),
-        Some(&bytes[..]),
-        "the emoji should be byte tokens: {ids:?}"
-    );
+    let bytes: Vec<u32> = "🫨".bytes().map(|b| t.token_id(&format!("<0x{b:02X}>")).unwrap_or(u32::MAX)).collect();
+    assert_eq!(ids.get(1..5), Some(&bytes[..]), "the emoji should be byte tokens: {ids:?}");
     let mut stream = t.stream_decoder(false);
     let chunks: Vec<String> = ids.iter().map(|&id| stream.push(id)).collect();
     assert_eq!(chunks, vec!["a", "", "", "", "🫨", "b"]);

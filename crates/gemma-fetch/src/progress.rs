@@ -29,18 +29,12 @@ impl Progress {
             (true, false) => Mode::Lines,
             (true, true) => Mode::Bars,
         };
-        Progress {
-            mode,
-            bar: RefCell::new(None),
-        }
+        Progress { mode, bar: RefCell::new(None) }
     }
 
     /// No output at all.
     pub fn silent() -> Progress {
-        Progress {
-            mode: Mode::Silent,
-            bar: RefCell::new(None),
-        }
+        Progress { mode: Mode::Silent, bar: RefCell::new(None) }
     }
 
     /// Starts a phase of unknown length: its line, then a spinner with the phase's details on a terminal.

@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::{
-    known_model, known_model_names, models_dir, FetchError, KnownModel, PipSource, Progress,
-};
+use crate::{known_model, known_model_names, models_dir, FetchError, KnownModel, PipSource, Progress};
 
 /// How [`pull`] behaves.
 #[derive(Debug, Clone)]
@@ -25,12 +23,7 @@ pub struct PullOptions {
 
 impl Default for PullOptions {
     fn default() -> Self {
-        PullOptions {
-            verify: false,
-            models_dir: None,
-            python: PathBuf::from("python3"),
-            progress: true,
-        }
+        PullOptions { verify: false, models_dir: None, python: PathBuf::from("python3"), progress: true }
     }
 }
 
@@ -38,12 +31,7 @@ impl Default for PullOptions {
 pub trait ChunkSource {
     /// Makes the chunks of `model` available, using `work_dir` (a fresh folder removed after the pull) for any
     /// files, e.g. downloaded wheels. Called once per pull, before any [`write_chunk`](Self::write_chunk).
-    fn prepare(
-        &self,
-        model: &KnownModel,
-        work_dir: &Path,
-        progress: &Progress,
-    ) -> Result<(), FetchError>;
+    fn prepare(&self, model: &KnownModel, work_dir: &Path, progress: &Progress) -> Result<(), FetchError>;
 
     /// Writes chunk `index` of `model` to `sink`. Chunks are asked for in order, each once.
     fn write_chunk(
@@ -58,19 +46,13 @@ pub trait ChunkSource {
 /// Pulls the known model called `name` into the cache with pip, or returns the cached file at once when its size
 /// is right (and, with `verify`, its sha256). Returns the cached file's path.
 pub fn pull(name: &str, options: &PullOptions) -> Result<PathBuf, FetchError> {
-    let model = known_model(name).ok_or_else(|| FetchError::UnknownModel {
-        name: name.to_string(),
-        known: known_model_names(),
-    })?;
+    let model = known_model(name)
+        .ok_or_else(|| FetchError::UnknownModel { name: name.to_string(), known: known_model_names() })?;
     pull_model(model, options, &PipSource::new(&options.python))
 }
 
 /// [`pull`] for any model description and chunk source.
-pub fn pull_model(
-    model: &KnownModel,
-    options: &PullOptions,
-    source: &dyn ChunkSource,
-) -> Result<PathBuf, FetchError> {
+pub fn pull_model(model: &KnownModel, options: &PullOptions, source: &dyn ChunkSource) -> Result<PathBuf, FetchError> {
     let dir = options.models_dir.clone().unwrap_or_else(models_dir);
     let target = dir.join(model.file_name);
     let progress = Progress::stderr(options.progress);
@@ -116,14 +98,7 @@ pub fn pull_model(
         .tempfile_in(&dir)
         .map_err(FetchError::io("cannot create a temporary file in", &dir))?;
     let temp_path = temp.path().to_path_buf();
-    progress.bytes_phase(
-        &format!(
-            "assembling {} from {} chunk(s)",
-            model.file_name,
-            model.chunks.len()
-        ),
-        model.size,
-    );
+    progress.bytes_phase(&format!("assembling {} from {} chunk(s)", model.file_name, model.chunks.len()), model.size);
     let (written, digest) = {
         let mut sink = HashingWriter {
             inner: BufWriter::with_capacity(1 << 20, temp.as_file()),
@@ -138,15 +113,12 @@ pub fn pull_model(
                 break; // a wrong chunk: no need to assemble the rest before saying so
             }
         }
-        sink.inner
-            .flush()
-            .map_err(FetchError::io("cannot write", &temp_path))?;
+        sink.inner.flush().map_err(FetchError::io("cannot write", &temp_path))?;
         (sink.written, sink.hasher.finalize())
     };
     // The wheels are no longer needed; free their space before the file is kept.
     let work_path = work.path().to_path_buf();
-    work.close()
-        .map_err(FetchError::io("cannot remove the work folder", work_path))?;
+    work.close().map_err(FetchError::io("cannot remove the work folder", work_path))?;
 
     if written != model.size {
         return Err(FetchError::SizeMismatch {
@@ -166,9 +138,7 @@ pub fn pull_model(
         });
     }
 
-    temp.as_file()
-        .sync_all()
-        .map_err(FetchError::io("cannot sync", &temp_path))?;
+    temp.as_file().sync_all().map_err(FetchError::io("cannot sync", &temp_path))?;
     #[cfg(unix)]
     {
         // Temporary files are created private (0600); a cached model is an ordinary readable file.
@@ -181,11 +151,7 @@ pub fn pull_model(
         path: target.clone(),
         source: e.error,
     })?;
-    progress.note(&format!(
-        "saved {} ({} bytes, sha256 {got})",
-        target.display(),
-        model.size
-    ));
+    progress.note(&format!("saved {} ({} bytes, sha256 {got})", target.display(), model.size));
     Ok(target)
 }
 
@@ -199,9 +165,7 @@ fn sha256_file_with(path: &Path, progress: &Progress) -> Result<String, FetchErr
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(FetchError::io("cannot read", path))?;
+        let n = file.read(&mut buf).map_err(FetchError::io("cannot read", path))?;
         if n == 0 {
             break;
         }
@@ -226,9 +190,10 @@ struct HashingWriter<'a, W: Write> {
 
 impl<W: Write> Write for HashingWriter<'_, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("writing {}: {e}", self.path.display()))
-        })?;
+        let n = self
+            .inner
+            .write(buf)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("writing {}: {e}", self.path.display())))?;
         self.hasher.update(&buf[..n]);
         self.written += n as u64;
         self.progress.advance(n as u64);
@@ -257,11 +222,7 @@ mod tests {
 
     impl LocalChunks {
         fn new(chunks: Vec<Vec<u8>>) -> LocalChunks {
-            LocalChunks {
-                chunks,
-                prepared: Cell::new(0),
-                fail_at: None,
-            }
+            LocalChunks { chunks, prepared: Cell::new(0), fail_at: None }
         }
     }
 
@@ -274,13 +235,7 @@ mod tests {
             Ok(())
         }
 
-        fn write_chunk(
-            &self,
-            m: &KnownModel,
-            index: usize,
-            _: &Path,
-            sink: &mut dyn Write,
-        ) -> Result<(), FetchError> {
+        fn write_chunk(&self, m: &KnownModel, index: usize, _: &Path, sink: &mut dyn Write) -> Result<(), FetchError> {
             let chunk = &self.chunks[index];
             if self.fail_at == Some(index) {
                 sink.write_all(&chunk[..chunk.len() / 2]).unwrap();
@@ -290,37 +245,18 @@ mod tests {
                     detail: "connection reset".into(),
                 });
             }
-            sink.write_all(chunk)
-                .map_err(FetchError::io("test sink", "-"))
+            sink.write_all(chunk).map_err(FetchError::io("test sink", "-"))
         }
     }
 
     const CHUNKS: &[WheelChunk] = &[
-        WheelChunk {
-            package: "test-part1",
-            version: "1.0",
-            member: "test_part1/data/m.bin.part00",
-        },
-        WheelChunk {
-            package: "test-part2",
-            version: "1.0",
-            member: "test_part2/data/m.bin.part01",
-        },
-        WheelChunk {
-            package: "test-part3",
-            version: "1.0",
-            member: "test_part3/data/m.bin.part02",
-        },
+        WheelChunk { package: "test-part1", version: "1.0", member: "test_part1/data/m.bin.part00" },
+        WheelChunk { package: "test-part2", version: "1.0", member: "test_part2/data/m.bin.part01" },
+        WheelChunk { package: "test-part3", version: "1.0", member: "test_part3/data/m.bin.part02" },
     ];
 
     fn test_chunks() -> Vec<Vec<u8>> {
-        (0..3u32)
-            .map(|c| {
-                (0..100_000u32)
-                    .map(|i| (i.wrapping_mul(7919) ^ c) as u8)
-                    .collect()
-            })
-            .collect()
+        (0..3u32).map(|c| (0..100_000u32).map(|i| (i.wrapping_mul(7919) ^ c) as u8).collect()).collect()
     }
 
     /// A model whose expected size and sha256 are computed here from the chunk data.
@@ -337,18 +273,12 @@ mod tests {
     }
 
     fn options(dir: &Path) -> PullOptions {
-        PullOptions {
-            models_dir: Some(dir.to_path_buf()),
-            progress: false,
-            ..PullOptions::default()
-        }
+        PullOptions { models_dir: Some(dir.to_path_buf()), progress: false, ..PullOptions::default() }
     }
 
     fn dir_entries(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        let mut v: Vec<String> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         v.sort();
         v
     }
@@ -363,18 +293,11 @@ mod tests {
         assert_eq!(path, dir.path().join("test-model.bin"));
         assert_eq!(fs::read(&path).unwrap(), chunks.concat());
         assert_eq!(sha256_file(&path).unwrap(), model.sha256);
-        assert_eq!(
-            dir_entries(dir.path()),
-            ["test-model.bin"],
-            "no temp file or work folder left"
-        );
+        assert_eq!(dir_entries(dir.path()), ["test-model.bin"], "no temp file or work folder left");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(
-                fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-                0o644
-            );
+            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
         }
         assert_eq!(source.prepared.get(), 1);
 
@@ -391,33 +314,19 @@ mod tests {
         // Same sizes, one byte different in the middle chunk.
         let mut damaged = chunks.clone();
         damaged[1][500] ^= 1;
-        let err = pull_model(
-            &model,
-            &options(dir.path()),
-            &LocalChunks::new(damaged.clone()),
-        )
-        .unwrap_err();
+        let err = pull_model(&model, &options(dir.path()), &LocalChunks::new(damaged.clone())).unwrap_err();
         let got = hex(&Sha256::digest(damaged.concat()));
         match &err {
-            FetchError::ChecksumMismatch {
-                expected, got: g, ..
-            } => {
+            FetchError::ChecksumMismatch { expected, got: g, .. } => {
                 assert_eq!(expected, model.sha256);
                 assert_eq!(g, &got);
             }
             other => panic!("expected a checksum mismatch, got {other}"),
         }
         let msg = err.to_string();
-        assert!(
-            msg.contains(&format!("expected {}, got {got}", model.sha256)),
-            "{msg}"
-        );
+        assert!(msg.contains(&format!("expected {}, got {got}", model.sha256)), "{msg}");
         assert!(msg.contains("nothing was saved"), "{msg}");
-        assert!(
-            dir_entries(dir.path()).is_empty(),
-            "{:?}",
-            dir_entries(dir.path())
-        );
+        assert!(dir_entries(dir.path()).is_empty(), "{:?}", dir_entries(dir.path()));
     }
 
     #[test]
@@ -427,13 +336,8 @@ mod tests {
         let model = model_for(&chunks);
         let mut short = chunks.clone();
         short[2].pop();
-        let err = pull_model(&model, &options(dir.path()), &LocalChunks::new(short))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("assembled to 299999 bytes, expected 300000"),
-            "{err}"
-        );
+        let err = pull_model(&model, &options(dir.path()), &LocalChunks::new(short)).unwrap_err().to_string();
+        assert!(err.contains("assembled to 299999 bytes, expected 300000"), "{err}");
         // Right bytes in the wrong order: only the hash can tell.
         let mut swapped = chunks.clone();
         swapped.swap(0, 2);
@@ -449,13 +353,8 @@ mod tests {
         let model = model_for(&chunks);
         let mut source = LocalChunks::new(chunks.clone());
         source.fail_at = Some(1);
-        let err = pull_model(&model, &options(dir.path()), &source)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("test_part2/data/m.bin.part01") && err.contains("connection reset"),
-            "{err}"
-        );
+        let err = pull_model(&model, &options(dir.path()), &source).unwrap_err().to_string();
+        assert!(err.contains("test_part2/data/m.bin.part01") && err.contains("connection reset"), "{err}");
         assert!(dir_entries(dir.path()).is_empty());
     }
 
@@ -472,10 +371,7 @@ mod tests {
         fs::write(&path, &bytes).unwrap();
         pull_model(&model, &options(dir.path()), &source).unwrap();
         assert_eq!(source.prepared.get(), 1, "size-only check trusts the cache");
-        let verify = PullOptions {
-            verify: true,
-            ..options(dir.path())
-        };
+        let verify = PullOptions { verify: true, ..options(dir.path()) };
         pull_model(&model, &verify, &source).unwrap();
         assert_eq!(source.prepared.get(), 2, "verify pulled again");
         assert_eq!(sha256_file(&path).unwrap(), model.sha256);
@@ -493,12 +389,9 @@ mod tests {
     #[test]
     fn unknown_name_is_refused_before_any_work() {
         let dir = tempfile::tempdir().unwrap();
-        let err = pull("gemma-7b", &options(dir.path()))
-            .unwrap_err()
-            .to_string();
+        let err = pull("gemma-7b", &options(dir.path())).unwrap_err().to_string();
         assert!(
-            err.contains("'gemma-7b'")
-                && err.contains("known models: gemma-3-270m, smollm2-135m-instruct"),
+            err.contains("'gemma-7b'") && err.contains("known models: gemma-3-270m, smollm2-135m-instruct"),
             "{err}"
         );
         assert!(dir_entries(dir.path()).is_empty());
@@ -511,16 +404,8 @@ mod tests {
         fs::write(&blocker, b"file").unwrap();
         let chunks = test_chunks();
         let model = model_for(&chunks);
-        let err = pull_model(
-            &model,
-            &options(&blocker.join("models")),
-            &LocalChunks::new(chunks),
-        )
-        .unwrap_err();
+        let err = pull_model(&model, &options(&blocker.join("models")), &LocalChunks::new(chunks)).unwrap_err();
         let msg = err.to_string();
-        assert!(
-            msg.contains("cannot create the models folder") && msg.contains("not-a-folder/models"),
-            "{msg}"
-        );
+        assert!(msg.contains("cannot create the models folder") && msg.contains("not-a-folder/models"), "{msg}");
     }
 }

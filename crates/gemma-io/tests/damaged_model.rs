@@ -116,40 +116,19 @@ fn walk(b: &[u8]) -> Layout {
         let type_id = w.u32();
         let offset_at = w.pos;
         w.u64();
-        infos.push(InfoPos {
-            name,
-            dims,
-            type_id,
-            dims_at,
-            type_at,
-            offset_at,
-        });
+        infos.push(InfoPos { name, dims, type_id, dims_at, type_at, offset_at });
     }
-    Layout {
-        first_key_len_at,
-        tokens,
-        middle_token_len_at,
-        scores,
-        table_start,
-        table_end: w.pos,
-        infos,
-    }
+    Layout { first_key_len_at, tokens, middle_token_len_at, scores, table_start, table_end: w.pos, infos }
 }
 
 /// Parses a damaged image; it must be an error naming the file and containing each of `parts`.
 fn expect_error(image: Vec<u8>, path: &Path, case: &str, parts: &[&str]) {
     match GgufFile::from_bytes(image, path) {
-        Ok(f) => panic!(
-            "{case}: damaged model parsed ({} tensors)",
-            f.tensors().len()
-        ),
+        Ok(f) => panic!("{case}: damaged model parsed ({} tensors)", f.tensors().len()),
         Err(e) => {
             let msg = e.to_string();
             eprintln!("{case}: {msg}");
-            assert!(
-                msg.contains(&path.display().to_string()),
-                "{case}: message does not name the file: {msg}"
-            );
+            assert!(msg.contains(&path.display().to_string()), "{case}: message does not name the file: {msg}");
             for part in parts {
                 assert!(msg.contains(part), "{case}: message lacks {part:?}: {msg}");
             }
@@ -172,10 +151,7 @@ fn truncated_and_corrupted_real_model_is_always_an_error() {
         assert_eq!(f.version(), 3);
         assert_eq!(f.alignment(), 32);
         let last = f.tensors().last().unwrap();
-        (
-            f.data_offset() as usize,
-            (f.data_offset() + last.offset + last.n_bytes) as usize,
-        )
+        (f.data_offset() as usize, (f.data_offset() + last.offset + last.n_bytes) as usize)
     };
     assert_eq!(data_offset, layout.table_end.div_ceil(32) * 32);
     assert_eq!(last_end, len, "the last tensor ends the file");
@@ -185,61 +161,17 @@ fn truncated_and_corrupted_real_model_is_always_an_error() {
         ("empty file", 0, vec!["magic"]),
         ("inside the magic", 3, vec!["magic"]),
         ("inside the version", 6, vec!["version (at byte 4)"]),
-        (
-            "inside the tensor count",
-            12,
-            vec!["tensor count (at byte 8)"],
-        ),
-        (
-            "inside the metadata count",
-            20,
-            vec!["metadata count (at byte 16)"],
-        ),
-        (
-            "inside the first key",
-            layout.first_key_len_at + 8 + 5,
-            vec!["metadata entries (at byte 24)"],
-        ),
-        (
-            "middle of the tokens array",
-            (layout.tokens.0 + layout.tokens.1) / 2,
-            vec!["tokenizer.ggml.tokens"],
-        ),
-        (
-            "middle of the scores array",
-            (layout.scores.0 + layout.scores.1) / 2,
-            vec!["tokenizer.ggml.scores"],
-        ),
-        (
-            "end of the metadata",
-            layout.table_start,
-            vec!["name of tensor 0"],
-        ),
-        (
-            "middle of the tensor table",
-            (layout.table_start + layout.table_end) / 2,
-            vec!["tensor"],
-        ),
-        (
-            "last byte of the tensor table",
-            layout.table_end - 1,
-            vec!["offset of tensor"],
-        ),
-        (
-            "start of the data section",
-            data_offset,
-            vec!["runs past the end of the file"],
-        ),
-        (
-            "middle of the data",
-            data_offset + (len - data_offset) / 2,
-            vec!["runs past the end of the file"],
-        ),
-        (
-            "one byte short of the end",
-            len - 1,
-            vec!["runs past the end of the file", &short_len],
-        ),
+        ("inside the tensor count", 12, vec!["tensor count (at byte 8)"]),
+        ("inside the metadata count", 20, vec!["metadata count (at byte 16)"]),
+        ("inside the first key", layout.first_key_len_at + 8 + 5, vec!["metadata entries (at byte 24)"]),
+        ("middle of the tokens array", (layout.tokens.0 + layout.tokens.1) / 2, vec!["tokenizer.ggml.tokens"]),
+        ("middle of the scores array", (layout.scores.0 + layout.scores.1) / 2, vec!["tokenizer.ggml.scores"]),
+        ("end of the metadata", layout.table_start, vec!["name of tensor 0"]),
+        ("middle of the tensor table", (layout.table_start + layout.table_end) / 2, vec!["tensor"]),
+        ("last byte of the tensor table", layout.table_end - 1, vec!["offset of tensor"]),
+        ("start of the data section", data_offset, vec!["runs past the end of the file"]),
+        ("middle of the data", data_offset + (len - data_offset) / 2, vec!["runs past the end of the file"]),
+        ("one byte short of the end", len - 1, vec!["runs past the end of the file", &short_len]),
     ];
     for (case, cut, parts) in truncations {
         let mut all = vec!["truncated"];
@@ -258,107 +190,41 @@ fn truncated_and_corrupted_real_model_is_always_an_error() {
     // Damage to one field at a time. The flipped byte is one whose change is certainly detectable: a high byte
     // (a count or length beyond the file, an unknown type id, a dimension beyond int64), or one that changes a
     // tensor's size or position (which the packing of the data section pins down).
-    let embd = layout
-        .infos
-        .iter()
-        .position(|t| t.name == "token_embd.weight")
-        .unwrap();
+    let embd = layout.infos.iter().position(|t| t.name == "token_embd.weight").unwrap();
     let embd_info = &layout.infos[embd];
-    assert!(
-        embd + 1 < layout.infos.len(),
-        "token_embd is not the last tensor"
-    );
+    assert!(embd + 1 < layout.infos.len(), "token_embd is not the last tensor");
     let last = layout.infos.last().unwrap();
     // A weight matrix in the middle of the table (not a 1-D norm).
     let matrices: Vec<&InfoPos> = layout.infos.iter().filter(|t| t.dims.len() == 2).collect();
     let mid = matrices[matrices.len() / 2];
-    let retype_to = if embd_info.type_id == GgmlType::Q8_0.id() {
-        GgmlType::Q4_0
-    } else {
-        GgmlType::Q8_0
-    };
+    let retype_to = if embd_info.type_id == GgmlType::Q8_0.id() { GgmlType::Q4_0 } else { GgmlType::Q8_0 };
     let next_name = layout.infos[embd + 1].name.clone();
 
     let flips: Vec<(&str, usize, u8, Vec<&str>)> = vec![
-        (
-            "tensor count, high byte",
-            8 + 7,
-            0xFF,
-            vec!["tensor infos (at byte 24)", "truncated or damaged"],
-        ),
-        (
-            "metadata count, high byte",
-            16 + 7,
-            0xFF,
-            vec!["metadata entries (at byte 24)", "truncated or damaged"],
-        ),
-        (
-            "first key's length, high byte",
-            layout.first_key_len_at + 7,
-            0xFF,
-            vec!["key of metadata entry 0"],
-        ),
+        ("tensor count, high byte", 8 + 7, 0xFF, vec!["tensor infos (at byte 24)", "truncated or damaged"]),
+        ("metadata count, high byte", 16 + 7, 0xFF, vec!["metadata entries (at byte 24)", "truncated or damaged"]),
+        ("first key's length, high byte", layout.first_key_len_at + 7, 0xFF, vec!["key of metadata entry 0"]),
         (
             "a token's string length, high byte",
             layout.middle_token_len_at + 7,
             0xFF,
             vec!["value of metadata 'tokenizer.ggml.tokens'"],
         ),
-        (
-            "token_embd type id, high byte",
-            embd_info.type_at + 3,
-            0xFF,
-            vec!["token_embd.weight", "unknown type id"],
-        ),
+        ("token_embd type id, high byte", embd_info.type_at + 3, 0xFF, vec!["token_embd.weight", "unknown type id"]),
         (
             "token_embd type id, another valid type",
             embd_info.type_at,
             (embd_info.type_id ^ retype_to.id()) as u8,
             vec![&next_name, "has data offset", "expected"],
         ),
-        (
-            "token_embd row count, high byte",
-            embd_info.dims_at[1] + 7,
-            0xFF,
-            vec!["token_embd.weight", "dimension 1"],
-        ),
-        (
-            "token_embd row count, low byte",
-            embd_info.dims_at[1],
-            0xFF,
-            vec![&next_name, "has data offset"],
-        ),
+        ("token_embd row count, high byte", embd_info.dims_at[1] + 7, 0xFF, vec!["token_embd.weight", "dimension 1"]),
+        ("token_embd row count, low byte", embd_info.dims_at[1], 0xFF, vec![&next_name, "has data offset"]),
         // Depending on the type, the new row length breaks the block size or shifts the next tensor.
-        (
-            "a middle matrix's row length, byte 1",
-            mid.dims_at[0] + 1,
-            0xFF,
-            vec!["malformed file: tensor '"],
-        ),
-        (
-            "a middle matrix's offset, high byte",
-            mid.offset_at + 7,
-            0xFF,
-            vec![&mid.name, "has data offset"],
-        ),
-        (
-            "a middle matrix's offset, by one alignment",
-            mid.offset_at,
-            32,
-            vec![&mid.name, "has data offset"],
-        ),
-        (
-            "the last tensor's offset, low byte",
-            last.offset_at,
-            0xFF,
-            vec![&last.name, "alignment 32"],
-        ),
-        (
-            "the last tensor's length, byte 1",
-            last.dims_at[0] + 1,
-            0xFF,
-            vec![&last.name, "runs past the end"],
-        ),
+        ("a middle matrix's row length, byte 1", mid.dims_at[0] + 1, 0xFF, vec!["malformed file: tensor '"]),
+        ("a middle matrix's offset, high byte", mid.offset_at + 7, 0xFF, vec![&mid.name, "has data offset"]),
+        ("a middle matrix's offset, by one alignment", mid.offset_at, 32, vec![&mid.name, "has data offset"]),
+        ("the last tensor's offset, low byte", last.offset_at, 0xFF, vec![&last.name, "alignment 32"]),
+        ("the last tensor's length, byte 1", last.dims_at[0] + 1, 0xFF, vec![&last.name, "runs past the end"]),
     ];
     for (case, at, xor, parts) in flips {
         let mut image = original.clone();
@@ -373,22 +239,12 @@ fn truncated_and_corrupted_real_model_is_always_an_error() {
 fn writer_reproduces_the_real_model_byte_for_byte() {
     let path = model_path();
     let f = GgufFile::open(&path).unwrap();
-    let mut w = GgufWriter::new()
-        .version(f.version())
-        .unwrap()
-        .alignment(f.alignment() as u32)
-        .unwrap();
+    let mut w = GgufWriter::new().version(f.version()).unwrap().alignment(f.alignment() as u32).unwrap();
     for (key, value) in f.metadata() {
         w.add_metadata(key.as_str(), value.clone()).unwrap();
     }
     for t in f.tensors() {
-        w.add_tensor(
-            t.name.as_str(),
-            &t.dims,
-            t.ggml_type,
-            f.tensor_data(t).to_vec(),
-        )
-        .unwrap();
+        w.add_tensor(t.name.as_str(), &t.dims, t.ggml_type, f.tensor_data(t).to_vec()).unwrap();
     }
     let rewritten = w.to_bytes();
     drop(w);

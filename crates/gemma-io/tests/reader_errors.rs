@@ -7,33 +7,22 @@ const NAME: &str = "sample-under-test.gguf";
 
 /// Deterministic filler bytes (tensor contents do not matter to the container).
 fn filler(n: usize, seed: u8) -> Vec<u8> {
-    (0..n)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
+    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
 }
 
 /// A small valid file: several metadata kinds and three tensors, the last one leaving trailing padding.
 fn sample_writer() -> GgufWriter {
     let mut w = GgufWriter::new();
-    w.add_metadata("general.architecture", MetaValue::String("test".into()))
-        .unwrap();
+    w.add_metadata("general.architecture", MetaValue::String("test".into())).unwrap();
     w.add_metadata("test.flag", MetaValue::Bool(true)).unwrap();
-    w.add_metadata("test.text", MetaValue::String("h\u{e9}llo".into()))
-        .unwrap();
-    w.add_metadata(
-        "test.list",
-        MetaValue::Array(ValueType::U32, vec![MetaValue::U32(1), MetaValue::U32(2)]),
-    )
-    .unwrap();
+    w.add_metadata("test.text", MetaValue::String("h\u{e9}llo".into())).unwrap();
+    w.add_metadata("test.list", MetaValue::Array(ValueType::U32, vec![MetaValue::U32(1), MetaValue::U32(2)])).unwrap();
     w.add_metadata("test.dupA", MetaValue::U8(1)).unwrap();
     w.add_metadata("test.dupB", MetaValue::U8(2)).unwrap();
     // Q8_0: 2 rows of 64 elements = 2 * 2 blocks * 34 bytes = 136 bytes, padded to 160.
-    w.add_tensor("first.weight", &[64, 2], GgmlType::Q8_0, filler(136, 1))
-        .unwrap();
-    w.add_tensor("second.weight", &[8], GgmlType::F32, filler(32, 2))
-        .unwrap();
-    w.add_tensor("third.weight", &[3], GgmlType::F16, filler(6, 3))
-        .unwrap();
+    w.add_tensor("first.weight", &[64, 2], GgmlType::Q8_0, filler(136, 1)).unwrap();
+    w.add_tensor("second.weight", &[8], GgmlType::F32, filler(32, 2)).unwrap();
+    w.add_tensor("third.weight", &[3], GgmlType::F16, filler(6, 3)).unwrap();
     w
 }
 
@@ -43,18 +32,9 @@ fn sample() -> Vec<u8> {
 
 /// Position of the only occurrence of `needle`.
 fn find(haystack: &[u8], needle: &[u8]) -> usize {
-    let hits: Vec<usize> = haystack
-        .windows(needle.len())
-        .enumerate()
-        .filter(|(_, w)| *w == needle)
-        .map(|(i, _)| i)
-        .collect();
-    assert_eq!(
-        hits.len(),
-        1,
-        "marker {:?} should occur exactly once",
-        String::from_utf8_lossy(needle)
-    );
+    let hits: Vec<usize> =
+        haystack.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle).map(|(i, _)| i).collect();
+    assert_eq!(hits.len(), 1, "marker {:?} should occur exactly once", String::from_utf8_lossy(needle));
     hits[0]
 }
 
@@ -71,12 +51,7 @@ fn info_at(bytes: &[u8], name: &str, n_dims: usize) -> InfoAt {
     let n_dims_at = name_start + name.len();
     let dims = n_dims_at + 4;
     let type_id = dims + 8 * n_dims;
-    InfoAt {
-        n_dims: n_dims_at,
-        dims,
-        type_id,
-        offset: type_id + 4,
-    }
+    InfoAt { n_dims: n_dims_at, dims, type_id, offset: type_id + 4 }
 }
 
 /// Position of a scalar metadata value, found by its key.
@@ -113,10 +88,7 @@ fn expect_error(bytes: Vec<u8>, parts: &[&str]) -> String {
 fn sample_is_valid() {
     let f = GgufFile::from_bytes(sample(), NAME).unwrap();
     assert_eq!(f.tensors().len(), 3);
-    assert_eq!(
-        f.get("test.text").and_then(|v| v.as_str()),
-        Some("h\u{e9}llo")
-    );
+    assert_eq!(f.get("test.text").and_then(|v| v.as_str()), Some("h\u{e9}llo"));
     assert_eq!(f.tensor("first.weight").unwrap().n_bytes, 136);
     assert_eq!(f.tensor("second.weight").unwrap().offset, 160);
     assert_eq!(f.tensor("third.weight").unwrap().offset, 192);
@@ -126,18 +98,8 @@ fn sample_is_valid() {
 fn bad_magic() {
     let mut b = sample();
     b[..4].copy_from_slice(b"GGML");
-    expect_error(
-        b,
-        &["not a GGUF file (it starts with \"GGML\", expected \"GGUF\")"],
-    );
-    expect_error(
-        Vec::new(),
-        &[
-            "truncated",
-            "magic (at byte 0): 4 bytes needed",
-            "ends at byte 0",
-        ],
-    );
+    expect_error(b, &["not a GGUF file (it starts with \"GGML\", expected \"GGUF\")"]);
+    expect_error(Vec::new(), &["truncated", "magic (at byte 0): 4 bytes needed", "ends at byte 0"]);
 }
 
 #[test]
@@ -157,18 +119,8 @@ fn unknown_version() {
 fn truncated_header() {
     let b = sample();
     expect_error(b[..6].to_vec(), &["truncated", "version (at byte 4)"]);
-    expect_error(
-        b[..10].to_vec(),
-        &[
-            "truncated",
-            "tensor count (at byte 8): 8 bytes needed",
-            "ends at byte 10",
-        ],
-    );
-    expect_error(
-        b[..20].to_vec(),
-        &["truncated", "metadata count (at byte 16)"],
-    );
+    expect_error(b[..10].to_vec(), &["truncated", "tensor count (at byte 8): 8 bytes needed", "ends at byte 10"]);
+    expect_error(b[..20].to_vec(), &["truncated", "metadata count (at byte 16)"]);
 }
 
 #[test]
@@ -176,61 +128,28 @@ fn truncated_metadata() {
     let b = sample();
     // Inside the string value of test.text: its length is read, its bytes are cut.
     let cut = value_at(&b, "test.text") + 8 + 2;
-    expect_error(
-        b[..cut].to_vec(),
-        &[
-            "truncated",
-            "value of metadata 'test.text'",
-            "6 bytes needed",
-        ],
-    );
+    expect_error(b[..cut].to_vec(), &["truncated", "value of metadata 'test.text'", "6 bytes needed"]);
     // Inside the key of the fourth entry.
     let cut = find(&b, b"test.list") + 3;
     expect_error(b[..cut].to_vec(), &["truncated", "key of metadata entry 3"]);
     // Inside the array elements.
     let cut = value_at(&b, "test.list") + 12 + 5;
-    expect_error(
-        b[..cut].to_vec(),
-        &[
-            "truncated",
-            "2 elements of metadata 'test.list'",
-            "8 bytes needed",
-        ],
-    );
+    expect_error(b[..cut].to_vec(), &["truncated", "2 elements of metadata 'test.list'", "8 bytes needed"]);
 }
 
 #[test]
 fn truncated_tensor_table() {
     let b = sample();
     let second = info_at(&b, "second.weight", 1);
-    expect_error(
-        b[..second.n_dims - 3].to_vec(),
-        &["truncated", "name of tensor 1"],
-    );
-    expect_error(
-        b[..second.dims + 4].to_vec(),
-        &["truncated", "dimension 0 of tensor 'second.weight'"],
-    );
-    expect_error(
-        b[..second.offset + 1].to_vec(),
-        &["truncated", "offset of tensor 'second.weight'"],
-    );
+    expect_error(b[..second.n_dims - 3].to_vec(), &["truncated", "name of tensor 1"]);
+    expect_error(b[..second.dims + 4].to_vec(), &["truncated", "dimension 0 of tensor 'second.weight'"]);
+    expect_error(b[..second.offset + 1].to_vec(), &["truncated", "offset of tensor 'second.weight'"]);
     let third = info_at(&b, "third.weight", 1);
-    expect_error(
-        b[..third.type_id].to_vec(),
-        &["truncated", "type of tensor 'third.weight'"],
-    );
+    expect_error(b[..third.type_id].to_vec(), &["truncated", "type of tensor 'third.weight'"]);
     // Table complete, but the padding before the data is missing.
     let table_end = third.offset + 8;
-    assert_ne!(
-        table_end % 32,
-        0,
-        "the sample's table must need padding for this case"
-    );
-    expect_error(
-        b[..table_end].to_vec(),
-        &["truncated", "padding before the tensor data"],
-    );
+    assert_ne!(table_end % 32, 0, "the sample's table must need padding for this case");
+    expect_error(b[..table_end].to_vec(), &["truncated", "padding before the tensor data"]);
 }
 
 #[test]
@@ -238,27 +157,10 @@ fn truncated_data() {
     let b = sample();
     let f = GgufFile::from_bytes(b.clone(), NAME).unwrap();
     let data = f.data_offset() as usize;
-    expect_error(
-        b[..data].to_vec(),
-        &[
-            "truncated",
-            "tensor 'first.weight'",
-            "runs past the end of the file",
-        ],
-    );
-    expect_error(
-        b[..data + 100].to_vec(),
-        &["truncated", "tensor 'first.weight' data (bytes"],
-    );
+    expect_error(b[..data].to_vec(), &["truncated", "tensor 'first.weight'", "runs past the end of the file"]);
+    expect_error(b[..data + 100].to_vec(), &["truncated", "tensor 'first.weight' data (bytes"]);
     let third_end = data + 192 + 6;
-    expect_error(
-        b[..third_end - 1].to_vec(),
-        &[
-            "truncated",
-            "tensor 'third.weight'",
-            &format!("{}", third_end - 1),
-        ],
-    );
+    expect_error(b[..third_end - 1].to_vec(), &["truncated", "tensor 'third.weight'", &format!("{}", third_end - 1)]);
     // Only the padding after the last tensor is missing: the data is all there, as llama.cpp's mmap loader accepts.
     let f = GgufFile::from_bytes(b[..third_end].to_vec(), NAME).unwrap();
     assert_eq!(f.tensor_bytes("third.weight").unwrap(), &filler(6, 3)[..]);
@@ -270,13 +172,7 @@ fn tensor_past_the_end() {
     let mut b = sample();
     let third = info_at(&b, "third.weight", 1);
     put_u64(&mut b, third.dims, 1000);
-    expect_error(
-        b,
-        &[
-            "tensor 'third.weight' data (bytes",
-            "runs past the end of the file",
-        ],
-    );
+    expect_error(b, &["tensor 'third.weight' data (bytes", "runs past the end of the file"]);
 }
 
 #[test]
@@ -284,36 +180,23 @@ fn overflowing_dims_product() {
     let mut b = sample();
     let first = info_at(&b, "first.weight", 2);
     put_u64(&mut b, first.dims + 8, 1 << 62);
-    expect_error(
-        b,
-        &["tensor 'first.weight' shape [64, 4611686018427387904] overflows"],
-    );
+    expect_error(b, &["tensor 'first.weight' shape [64, 4611686018427387904] overflows"]);
     // A dimension that is negative as ggml's int64.
     let mut b = sample();
     put_u64(&mut b, first.dims + 8, u64::MAX - 1);
-    expect_error(
-        b,
-        &["tensor 'first.weight' dimension 1 is 18446744073709551614"],
-    );
+    expect_error(b, &["tensor 'first.weight' dimension 1 is 18446744073709551614"]);
     // An empty tensor (row length 0) whose other dims still multiply past i64::MAX: its row count would
     // overflow, so both the writer and the reader refuse it.
     let mut w = GgufWriter::new();
-    let err = w
-        .add_tensor("cube", &[0, 1 << 40, 1 << 40], GgmlType::F32, Vec::new())
-        .unwrap_err()
-        .to_string();
+    let err = w.add_tensor("cube", &[0, 1 << 40, 1 << 40], GgmlType::F32, Vec::new()).unwrap_err().to_string();
     assert!(err.contains("overflows"), "{err}");
-    w.add_tensor("cube", &[32, 1, 1], GgmlType::F32, vec![0; 128])
-        .unwrap();
+    w.add_tensor("cube", &[32, 1, 1], GgmlType::F32, vec![0; 128]).unwrap();
     let mut b = w.to_bytes();
     let cube = info_at(&b, "cube", 3);
     put_u64(&mut b, cube.dims, 0);
     put_u64(&mut b, cube.dims + 8, 1 << 40);
     put_u64(&mut b, cube.dims + 16, 1 << 40);
-    expect_error(
-        b,
-        &["tensor 'cube' shape [0, 1099511627776, 1099511627776] overflows"],
-    );
+    expect_error(b, &["tensor 'cube' shape [0, 1099511627776, 1099511627776] overflows"]);
 }
 
 #[test]
@@ -323,19 +206,11 @@ fn too_many_or_no_dims_and_bad_row_length() {
     for n in [0u32, 5, u32::MAX] {
         let mut d = b.clone();
         put_u32(&mut d, first.n_dims, n);
-        expect_error(
-            d,
-            &[&format!(
-                "tensor 'first.weight' has {n} dimensions (1 to 4 allowed)"
-            )],
-        );
+        expect_error(d, &[&format!("tensor 'first.weight' has {n} dimensions (1 to 4 allowed)")]);
     }
     let mut d = b.clone();
     put_u64(&mut d, first.dims, 48);
-    expect_error(
-        d,
-        &["tensor 'first.weight' row length 48 is not a multiple of the q8_0 block size 32"],
-    );
+    expect_error(d, &["tensor 'first.weight' row length 48 is not a multiple of the q8_0 block size 32"]);
 }
 
 #[test]
@@ -352,10 +227,7 @@ fn misaligned_offset() {
     let second = info_at(&b, "second.weight", 1);
     assert_eq!(get_u64(&b, second.offset), 160);
     put_u64(&mut b, second.offset, 161);
-    expect_error(
-        b,
-        &["tensor 'second.weight' offset 161 is not a multiple of the alignment 32"],
-    );
+    expect_error(b, &["tensor 'second.weight' offset 161 is not a multiple of the alignment 32"]);
 }
 
 #[test]
@@ -366,53 +238,30 @@ fn non_contiguous_offsets() {
     // first tensor, so the second no longer follows it).
     let mut gap = b.clone();
     put_u64(&mut gap, second.offset, 192);
-    expect_error(
-        gap,
-        &[
-            "tensor 'second.weight' (tensor 1) has data offset 192, expected 160",
-            "in order",
-        ],
-    );
+    expect_error(gap, &["tensor 'second.weight' (tensor 1) has data offset 192, expected 160", "in order"]);
     let mut overlap = b.clone();
     put_u64(&mut overlap, second.offset, 0);
-    expect_error(
-        overlap,
-        &["tensor 'second.weight' (tensor 1) has data offset 0, expected 160"],
-    );
+    expect_error(overlap, &["tensor 'second.weight' (tensor 1) has data offset 0, expected 160"]);
     let mut retyped = b.clone();
     let first = info_at(&b, "first.weight", 2);
     put_u32(&mut retyped, first.type_id, GgmlType::Q4_0.id());
-    expect_error(
-        retyped,
-        &["tensor 'second.weight' (tensor 1) has data offset 160, expected 96"],
-    );
+    expect_error(retyped, &["tensor 'second.weight' (tensor 1) has data offset 160, expected 96"]);
 }
 
 #[test]
 fn bad_alignment_value() {
     let b = sample_writer().alignment(64).unwrap().to_bytes();
-    assert_eq!(
-        GgufFile::from_bytes(b.clone(), NAME).unwrap().alignment(),
-        64
-    );
+    assert_eq!(GgufFile::from_bytes(b.clone(), NAME).unwrap().alignment(), 64);
     let at = value_at(&b, "general.alignment");
     for bad in [0u32, 48, 3] {
         let mut d = b.clone();
         put_u32(&mut d, at, bad);
-        expect_error(
-            d,
-            &[&format!(
-                "general.alignment must be a power-of-two u32, found u32 {bad}"
-            )],
-        );
+        expect_error(d, &[&format!("general.alignment must be a power-of-two u32, found u32 {bad}")]);
     }
     // Right value, wrong type (i32 instead of u32).
     let mut d = b.clone();
     put_u32(&mut d, at - 4, ValueType::I32.id());
-    expect_error(
-        d,
-        &["general.alignment must be a power-of-two u32, found i32 64"],
-    );
+    expect_error(d, &["general.alignment must be a power-of-two u32, found i32 64"]);
 }
 
 #[test]
@@ -474,25 +323,16 @@ fn nested_array_depth() {
     assert_eq!(f.get("test.nested"), Some(&value));
 
     let mut w = sample_writer();
-    let err = w
-        .add_metadata("test.deeper", nested(value.clone()))
-        .unwrap_err()
-        .to_string();
+    let err = w.add_metadata("test.deeper", nested(value.clone())).unwrap_err().to_string();
     assert!(err.contains("arrays nested more than 4 deep"), "{err}");
 
     let mut d = b.clone();
     // key, type (array), then three levels of (element type array, count 1), then the innermost header.
     let innermost_at = value_at(&b, "test.nested") + 3 * 12;
-    assert_eq!(
-        u32::from_le_bytes(d[innermost_at..innermost_at + 4].try_into().unwrap()),
-        ValueType::U8.id()
-    );
+    assert_eq!(u32::from_le_bytes(d[innermost_at..innermost_at + 4].try_into().unwrap()), ValueType::U8.id());
     put_u32(&mut d, innermost_at, ValueType::Array.id());
     put_u64(&mut d, innermost_at + 4, 1);
-    expect_error(
-        d,
-        &["metadata 'test.nested': arrays nested more than 4 deep"],
-    );
+    expect_error(d, &["metadata 'test.nested': arrays nested more than 4 deep"]);
 }
 
 #[test]
@@ -500,20 +340,11 @@ fn bad_value_type() {
     let mut b = sample();
     let at = value_at(&b, "test.flag") - 4;
     put_u32(&mut b, at, 13);
-    expect_error(
-        b,
-        &["type of metadata 'test.flag'", "unknown value type id 13"],
-    );
+    expect_error(b, &["type of metadata 'test.flag'", "unknown value type id 13"]);
     let mut b = sample();
     let at = value_at(&b, "test.list");
     put_u32(&mut b, at, 0x8000_0000);
-    expect_error(
-        b,
-        &[
-            "element type of metadata 'test.list'",
-            "unknown value type id 2147483648",
-        ],
-    );
+    expect_error(b, &["element type of metadata 'test.list'", "unknown value type id 2147483648"]);
 }
 
 #[test]
@@ -524,36 +355,17 @@ fn counts_that_cannot_fit() {
     expect_error(d, &["truncated or damaged: 1099511627776 tensor infos (at byte 24): 35184372088832 bytes needed"]);
     let mut d = b.clone();
     put_u64(&mut d, 16, u64::MAX);
-    expect_error(
-        d,
-        &["18446744073709551615 metadata entries (at byte 24): 18446744073709551615 bytes needed"],
-    );
+    expect_error(d, &["18446744073709551615 metadata entries (at byte 24): 18446744073709551615 bytes needed"]);
     let mut d = b.clone();
     put_u64(&mut d, value_at(&b, "test.list") + 4, 1 << 20);
-    expect_error(
-        d,
-        &[
-            "truncated or damaged: 1048576 elements of metadata 'test.list'",
-            "4194304 bytes needed",
-        ],
-    );
+    expect_error(d, &["truncated or damaged: 1048576 elements of metadata 'test.list'", "4194304 bytes needed"]);
     let mut d = b.clone();
     put_u64(&mut d, value_at(&b, "test.list") + 4, 1 << 40);
-    expect_error(
-        d,
-        &["metadata 'test.list': array of 1099511627776 elements is longer than the limit"],
-    );
+    expect_error(d, &["metadata 'test.list': array of 1099511627776 elements is longer than the limit"]);
     // A string length far beyond the file.
     let mut d = b.clone();
     put_u64(&mut d, value_at(&b, "test.text"), u64::MAX);
-    expect_error(
-        d,
-        &[
-            "truncated or damaged",
-            "value of metadata 'test.text'",
-            "18446744073709551615 bytes needed",
-        ],
-    );
+    expect_error(d, &["truncated or damaged", "value of metadata 'test.text'", "18446744073709551615 bytes needed"]);
 }
 
 /// Everything a caller may do with a parsed file, to be sure none of it panics on what the parser accepted.
@@ -578,10 +390,7 @@ fn every_truncation_is_an_error() {
         match GgufFile::from_bytes(b[..n].to_vec(), NAME) {
             Err(e) => assert!(e.to_string().contains(NAME), "{e}"),
             Ok(f) => {
-                assert!(
-                    n >= data_end,
-                    "truncation to {n} bytes (data ends at {data_end}) parsed"
-                );
+                assert!(n >= data_end, "truncation to {n} bytes (data ends at {data_end}) parsed");
                 exercise(&f);
             }
         }
@@ -614,9 +423,5 @@ fn every_single_byte_corruption_parses_or_errors() {
         }
     }
     // Most bytes are structure; only values, padding and tensor data can change without notice.
-    assert!(
-        detected > b.len() / 3,
-        "only {detected} of {} corruptions detected",
-        b.len()
-    );
+    assert!(detected > b.len() / 3, "only {detected} of {} corruptions detected", b.len());
 }

@@ -10,10 +10,7 @@ impl Lcg {
     fn bytes(&mut self, n: usize) -> Vec<u8> {
         (0..n)
             .map(|_| {
-                self.0 = self
-                    .0
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 (self.0 >> 56) as u8
             })
             .collect()
@@ -35,10 +32,7 @@ fn all_values() -> Vec<(String, MetaValue)> {
         ("t.f32.inf", V::F32(f32::INFINITY)),
         ("t.bool.true", V::Bool(true)),
         ("t.bool.false", V::Bool(false)),
-        (
-            "t.string",
-            V::String("Gemma \u{2014} \u{1F600} <start_of_turn>".into()),
-        ),
+        ("t.string", V::String("Gemma \u{2014} \u{1F600} <start_of_turn>".into())),
         ("t.string.empty", V::String(String::new())),
         ("t.u64", V::U64(u64::MAX)),
         ("t.i64", V::I64(i64::MIN)),
@@ -54,25 +48,12 @@ fn all_values() -> Vec<(String, MetaValue)> {
         if arrays.iter().any(|(k, _): &(String, MetaValue)| *k == key) {
             continue;
         }
-        let items: Vec<MetaValue> = scalars
-            .iter()
-            .filter(|s| s.value_type() == ty)
-            .cloned()
-            .cycle()
-            .take(3)
-            .collect();
+        let items: Vec<MetaValue> = scalars.iter().filter(|s| s.value_type() == ty).cloned().cycle().take(3).collect();
         arrays.push((key, V::Array(ty, items)));
-        arrays.push((
-            format!("t.array.{}.empty", ty.name()),
-            V::Array(ty, Vec::new()),
-        ));
+        arrays.push((format!("t.array.{}.empty", ty.name()), V::Array(ty, Vec::new())));
     }
-    v.push((
-        "t.array.of.arrays.empty",
-        V::Array(ValueType::Array, Vec::new()),
-    ));
-    let mut out: Vec<(String, MetaValue)> =
-        v.into_iter().map(|(k, x)| (k.to_string(), x)).collect();
+    v.push(("t.array.of.arrays.empty", V::Array(ValueType::Array, Vec::new())));
+    let mut out: Vec<(String, MetaValue)> = v.into_iter().map(|(k, x)| (k.to_string(), x)).collect();
     out.extend(arrays);
     // Nested arrays: inner arrays of different element types, an empty inner array, and the deepest nesting.
     out.push((
@@ -80,10 +61,7 @@ fn all_values() -> Vec<(String, MetaValue)> {
         V::Array(
             ValueType::Array,
             vec![
-                V::Array(
-                    ValueType::String,
-                    vec![V::String("a".into()), V::String("bc".into())],
-                ),
+                V::Array(ValueType::String, vec![V::String("a".into()), V::String("bc".into())]),
                 V::Array(ValueType::I16, vec![V::I16(-1)]),
                 V::Array(ValueType::F64, Vec::new()),
             ],
@@ -93,13 +71,7 @@ fn all_values() -> Vec<(String, MetaValue)> {
         ValueType::Array,
         vec![V::Array(
             ValueType::Array,
-            vec![V::Array(
-                ValueType::Array,
-                vec![V::Array(
-                    ValueType::Bool,
-                    vec![V::Bool(true), V::Bool(false)],
-                )],
-            )],
+            vec![V::Array(ValueType::Array, vec![V::Array(ValueType::Bool, vec![V::Bool(true), V::Bool(false)])])],
         )],
     );
     out.push(("t.nested.deepest".into(), deepest));
@@ -130,12 +102,7 @@ fn all_tensors(rng: &mut Lcg) -> Vec<(String, Vec<u64>, GgmlType, Vec<u8>)> {
         .map(|(i, (ty, dims))| {
             let n: u64 = dims.iter().product();
             let bytes = n as usize / ty.block_size() * ty.type_size();
-            (
-                format!("blk.{i}.{}", ty.name()),
-                dims.to_vec(),
-                *ty,
-                rng.bytes(bytes),
-            )
+            (format!("blk.{i}.{}", ty.name()), dims.to_vec(), *ty, rng.bytes(bytes))
         })
         .collect()
 }
@@ -145,19 +112,14 @@ fn every_value_type_version_and_alignment_round_trips() {
     let mut rng = Lcg(7);
     for version in [2u32, 3] {
         for alignment in [32u32, 64, 256, 8192] {
-            let mut w = GgufWriter::new()
-                .version(version)
-                .unwrap()
-                .alignment(alignment)
-                .unwrap();
+            let mut w = GgufWriter::new().version(version).unwrap().alignment(alignment).unwrap();
             let values = all_values();
             for (k, v) in &values {
                 w.add_metadata(k.as_str(), v.clone()).unwrap();
             }
             let tensors = all_tensors(&mut rng);
             for (name, dims, ty, data) in &tensors {
-                w.add_tensor(name.as_str(), dims, *ty, data.clone())
-                    .unwrap();
+                w.add_tensor(name.as_str(), dims, *ty, data.clone()).unwrap();
             }
             let bytes = w.to_bytes();
             let label = format!("v{version}-a{alignment}.gguf");
@@ -177,11 +139,7 @@ fn every_value_type_version_and_alignment_round_trips() {
             assert_eq!(f.tensors().len(), tensors.len());
             let mut end = 0;
             for (t, (name, dims, ty, data)) in f.tensors().iter().zip(&tensors) {
-                assert_eq!(
-                    (&t.name, &t.dims, t.ggml_type),
-                    (name, dims, *ty),
-                    "{label}"
-                );
+                assert_eq!((&t.name, &t.dims, t.ggml_type), (name, dims, *ty), "{label}");
                 assert_eq!(t.n_bytes, data.len() as u64);
                 assert_eq!(t.n_elements, dims.iter().product::<u64>());
                 assert_eq!(t.offset % alignment as u64, 0);
@@ -190,10 +148,7 @@ fn every_value_type_version_and_alignment_round_trips() {
                 end = f.data_offset() + t.offset + t.n_bytes;
             }
             // The file ends with the last tensor padded to the alignment, as llama.cpp writes it.
-            assert_eq!(
-                bytes.len() as u64,
-                end.div_ceil(alignment as u64) * alignment as u64
-            );
+            assert_eq!(bytes.len() as u64, end.div_ceil(alignment as u64) * alignment as u64);
 
             // write_to produces the same bytes as to_bytes.
             let mut streamed = Vec::new();
@@ -211,21 +166,16 @@ fn metadata_only_and_empty_files_round_trip() {
     assert!(f.metadata().is_empty() && f.tensors().is_empty());
 
     let mut w = GgufWriter::new().version(2).unwrap();
-    w.add_metadata("general.name", MetaValue::String("only metadata".into()))
-        .unwrap();
+    w.add_metadata("general.name", MetaValue::String("only metadata".into())).unwrap();
     let f = GgufFile::from_bytes(w.to_bytes(), "meta.gguf").unwrap();
     assert_eq!(f.version(), 2);
-    assert_eq!(
-        f.get("general.name").and_then(|v| v.as_str()),
-        Some("only metadata")
-    );
+    assert_eq!(f.get("general.name").and_then(|v| v.as_str()), Some("only metadata"));
 }
 
 #[test]
 fn alignment_via_metadata_key_and_reset() {
     let mut w = GgufWriter::new();
-    w.add_metadata("general.alignment", MetaValue::U32(128))
-        .unwrap();
+    w.add_metadata("general.alignment", MetaValue::U32(128)).unwrap();
     let f = GgufFile::from_bytes(w.to_bytes(), "a128.gguf").unwrap();
     assert_eq!(f.alignment(), 128);
     // Back to the default: the entry disappears again.
@@ -241,40 +191,29 @@ fn write_file_replaces_atomically_and_leaves_no_temp_files() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.gguf");
     let mut w = GgufWriter::new();
-    w.add_metadata("general.name", MetaValue::String("first".into()))
-        .unwrap();
+    w.add_metadata("general.name", MetaValue::String("first".into())).unwrap();
     w.add_tensor("x", &[4], GgmlType::F32, vec![1; 16]).unwrap();
     w.write_file(&path).unwrap();
     std::fs::write(dir.path().join("unrelated.txt"), b"keep me").unwrap();
 
     let mut w2 = GgufWriter::new().alignment(64).unwrap();
-    w2.add_metadata("general.name", MetaValue::String("second".into()))
-        .unwrap();
-    w2.add_tensor("y", &[8], GgmlType::F16, vec![2; 16])
-        .unwrap();
+    w2.add_metadata("general.name", MetaValue::String("second".into())).unwrap();
+    w2.add_tensor("y", &[8], GgmlType::F16, vec![2; 16]).unwrap();
     w2.write_file(&path).unwrap();
 
     let f = GgufFile::open(&path).unwrap();
-    assert_eq!(
-        f.get("general.name").and_then(|v| v.as_str()),
-        Some("second")
-    );
+    assert_eq!(f.get("general.name").and_then(|v| v.as_str()), Some("second"));
     assert_eq!(f.tensor_bytes("y"), Some(&[2u8; 16][..]));
     assert_eq!(std::fs::read(&path).unwrap(), w2.to_bytes());
-    let mut names: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     assert_eq!(names, ["model.gguf", "unrelated.txt"]);
 
     // A folder that does not exist: an error naming the target, and nothing created.
     let missing = dir.path().join("no-such-dir").join("m.gguf");
     let err = w2.write_file(&missing).unwrap_err().to_string();
-    assert!(
-        err.contains("no-such-dir/m.gguf") && err.contains("cannot write file"),
-        "{err}"
-    );
+    assert!(err.contains("no-such-dir/m.gguf") && err.contains("cannot write file"), "{err}");
     assert!(!missing.exists());
 }
 
@@ -282,10 +221,7 @@ fn write_file_replaces_atomically_and_leaves_no_temp_files() {
 fn writer_refuses_what_the_reader_would_reject() {
     let refused = |r: Result<(), gemma_io::GgufError>, part: &str| {
         let msg = r.unwrap_err().to_string();
-        assert!(
-            msg.contains("cannot write GGUF") && msg.contains(part),
-            "{msg}"
-        );
+        assert!(msg.contains("cannot write GGUF") && msg.contains(part), "{msg}");
     };
     for bad in [0, 1, 4] {
         let msg = GgufWriter::new().version(bad).err().unwrap().to_string();
@@ -298,66 +234,29 @@ fn writer_refuses_what_the_reader_would_reject() {
     let mut w = GgufWriter::new();
     refused(w.add_metadata("", MetaValue::U8(0)), "empty metadata key");
     w.add_metadata("k", MetaValue::U8(0)).unwrap();
+    refused(w.add_metadata("k", MetaValue::U8(1)), "duplicate metadata key 'k'");
+    refused(w.add_metadata("general.alignment", MetaValue::U64(64)), "must be a u32");
+    refused(w.add_metadata("general.alignment", MetaValue::U32(96)), "not a power of two");
     refused(
-        w.add_metadata("k", MetaValue::U8(1)),
-        "duplicate metadata key 'k'",
-    );
-    refused(
-        w.add_metadata("general.alignment", MetaValue::U64(64)),
-        "must be a u32",
-    );
-    refused(
-        w.add_metadata("general.alignment", MetaValue::U32(96)),
-        "not a power of two",
-    );
-    refused(
-        w.add_metadata(
-            "mixed",
-            MetaValue::Array(ValueType::U32, vec![MetaValue::U32(1), MetaValue::I32(2)]),
-        ),
+        w.add_metadata("mixed", MetaValue::Array(ValueType::U32, vec![MetaValue::U32(1), MetaValue::I32(2)])),
         "item 1 is a i32, but the array holds u32",
     );
     refused(
         w.add_metadata(
             "inner.mixed",
-            MetaValue::Array(
-                ValueType::Array,
-                vec![MetaValue::Array(ValueType::U8, vec![MetaValue::Bool(true)])],
-            ),
+            MetaValue::Array(ValueType::Array, vec![MetaValue::Array(ValueType::U8, vec![MetaValue::Bool(true)])]),
         ),
         "item 0 is a bool, but the array holds u8",
     );
 
-    w.add_tensor("t", &[32], GgmlType::Q8_0, vec![0; 34])
-        .unwrap();
-    refused(
-        w.add_tensor("t", &[32], GgmlType::Q8_0, vec![0; 34]),
-        "duplicate tensor name 't'",
-    );
-    refused(
-        w.add_tensor("u", &[32], GgmlType::Q8_0, vec![0; 33]),
-        "takes 34 bytes, but 33 were given",
-    );
-    refused(
-        w.add_tensor("u", &[16], GgmlType::Q8_0, vec![0; 17]),
-        "row length 16 is not a multiple",
-    );
-    refused(
-        w.add_tensor("u", &[], GgmlType::F32, vec![]),
-        "has 0 dimensions",
-    );
-    refused(
-        w.add_tensor("u", &[1, 1, 1, 1, 1], GgmlType::F32, vec![0; 4]),
-        "has 5 dimensions",
-    );
-    refused(
-        w.add_tensor("u", &[1 << 63], GgmlType::I8, vec![]),
-        "beyond ggml's limit",
-    );
-    refused(
-        w.add_tensor("n".repeat(64), &[1], GgmlType::F32, vec![0; 4]),
-        "longer than ggml's limit of 63",
-    );
+    w.add_tensor("t", &[32], GgmlType::Q8_0, vec![0; 34]).unwrap();
+    refused(w.add_tensor("t", &[32], GgmlType::Q8_0, vec![0; 34]), "duplicate tensor name 't'");
+    refused(w.add_tensor("u", &[32], GgmlType::Q8_0, vec![0; 33]), "takes 34 bytes, but 33 were given");
+    refused(w.add_tensor("u", &[16], GgmlType::Q8_0, vec![0; 17]), "row length 16 is not a multiple");
+    refused(w.add_tensor("u", &[], GgmlType::F32, vec![]), "has 0 dimensions");
+    refused(w.add_tensor("u", &[1, 1, 1, 1, 1], GgmlType::F32, vec![0; 4]), "has 5 dimensions");
+    refused(w.add_tensor("u", &[1 << 63], GgmlType::I8, vec![]), "beyond ggml's limit");
+    refused(w.add_tensor("n".repeat(64), &[1], GgmlType::F32, vec![0; 4]), "longer than ggml's limit of 63");
     // Nothing refused was recorded.
     let f = GgufFile::from_bytes(w.to_bytes(), "refusals.gguf").unwrap();
     assert_eq!(f.metadata().len(), 1);

@@ -61,7 +61,12 @@ fn matmul_shapes(c: &mut Criterion) {
     let mut g = c.benchmark_group("matmul_2threads");
     g.sample_size(10);
     // (type, rows, cols): the Gemma 3 270M output matrix and FFN matrices.
-    for (ty, rows, cols) in [(GgmlType::Q8_0, 262_144, 640), (GgmlType::Q5_0, 2048, 640), (GgmlType::Q6K, 640, 2048), (GgmlType::Q4K, 640, 1024)] {
+    for (ty, rows, cols) in [
+        (GgmlType::Q8_0, 262_144, 640),
+        (GgmlType::Q5_0, 2048, 640),
+        (GgmlType::Q6K, 640, 2048),
+        (GgmlType::Q4K, 640, 1024),
+    ] {
         let data = quantized(ty, rows, cols);
         let w = QMatrix::new(&data, rows, cols, ty).unwrap();
         for n in [1usize, 256] {
@@ -95,7 +100,8 @@ fn attention(c: &mut Criterion) {
     g.throughput(Throughput::Bytes((2 * ctx * hd * 4) as u64));
     g.bench_function("decode_4heads_ctx1024", |b| {
         b.iter(|| {
-            let spans = [AttnSpan { kv: KvView { keys: &keys, values: &values, row_len: hd, ring: 0 }, positions: 0..ctx }];
+            let spans =
+                [AttnSpan { kv: KvView { keys: &keys, values: &values, row_len: hd, ring: 0 }, positions: 0..ctx }];
             grouped_query_attention(&pool, &q, &spans, n_heads, 1, hd, &mut out);
         })
     });

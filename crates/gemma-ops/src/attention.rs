@@ -74,11 +74,7 @@ pub fn grouped_query_attention(
     out: &mut [f32],
 ) {
     let q_row = n_heads * head_dim;
-    assert_eq!(
-        q.len(),
-        spans.len() * q_row,
-        "query rows do not match the spans"
-    );
+    assert_eq!(q.len(), spans.len() * q_row, "query rows do not match the spans");
     assert_eq!(out.len(), q.len(), "output rows do not match the queries");
     let group = n_heads / n_kv_heads.max(1);
     let out_shared = SharedMut::new(out);
@@ -99,20 +95,13 @@ mod tests {
     #[test]
     fn attends_to_the_matching_key() {
         // Two heads of width 2 per position; head 1 has one key aligned with the query.
-        let keys = vec![
-            0., 0., 1., 0., /* pos 1 */ 0., 0., 0., 1., /* pos 2 */ 0., 0., -1., 0.,
-        ];
-        let values = vec![
-            0., 0., 10., 20., /* */ 0., 0., 30., 40., /* */ 0., 0., 50., 60.,
-        ];
+        let keys = vec![0., 0., 1., 0., /* pos 1 */ 0., 0., 0., 1., /* pos 2 */ 0., 0., -1., 0.];
+        let values = vec![0., 0., 10., 20., /* */ 0., 0., 30., 40., /* */ 0., 0., 50., 60.];
         let kv = KvView { keys: &keys, values: &values, row_len: 4, ring: 0 };
         let q = [0.0, 50.0];
         let mut out = [0.0; 2];
         attend(&q, &kv, 1, 0..3, &mut out, &mut Vec::new());
-        assert!(
-            (out[0] - 30.0).abs() < 1e-3 && (out[1] - 40.0).abs() < 1e-3,
-            "{out:?}"
-        );
+        assert!((out[0] - 30.0).abs() < 1e-3 && (out[1] - 40.0).abs() < 1e-3, "{out:?}");
         // With equal scores the result is the mean of the values in range.
         attend(&[0.0, 0.0], &kv, 1, 1..3, &mut out, &mut Vec::new());
         assert!((out[0] - 40.0).abs() < 1e-4 && (out[1] - 50.0).abs() < 1e-4);

@@ -22,26 +22,13 @@ pub enum MatrixError {
     #[error(transparent)]
     Quant(#[from] QuantError),
     #[error("matrix of {rows}x{cols} {ty} needs {expected} bytes, got {got}")]
-    Size {
-        rows: usize,
-        cols: usize,
-        ty: GgmlType,
-        expected: usize,
-        got: usize,
-    },
+    Size { rows: usize, cols: usize, ty: GgmlType, expected: usize, got: usize },
 }
 
 impl<'a> QMatrix<'a> {
-    pub fn new(
-        data: &'a [u8],
-        rows: usize,
-        cols: usize,
-        ty: GgmlType,
-    ) -> Result<Self, MatrixError> {
+    pub fn new(data: &'a [u8], rows: usize, cols: usize, ty: GgmlType) -> Result<Self, MatrixError> {
         let format = quant_format(ty)?;
-        let row_bytes = ty
-            .row_bytes(cols)
-            .ok_or(QuantError::BadLength { ty, n: cols })?;
+        let row_bytes = ty.row_bytes(cols).ok_or(QuantError::BadLength { ty, n: cols })?;
         let expected = row_bytes.checked_mul(rows);
         if expected != Some(data.len()) {
             return Err(MatrixError::Size {
@@ -52,13 +39,7 @@ impl<'a> QMatrix<'a> {
                 got: data.len(),
             });
         }
-        Ok(QMatrix {
-            data,
-            rows,
-            cols,
-            format,
-            row_bytes,
-        })
+        Ok(QMatrix { data, rows, cols, format, row_bytes })
     }
 
     pub fn ggml_type(&self) -> GgmlType {
@@ -88,15 +69,10 @@ impl QuantizedActs {
     /// Quantizes `x` (`n_rows` rows of `cols`) to `ty`, reusing this buffer.
     pub fn quantize(&mut self, ty: GgmlType, x: &[f32], cols: usize) -> Result<(), QuantError> {
         let format = quant_format(ty)?;
-        let row_bytes = ty
-            .row_bytes(cols)
-            .ok_or(QuantError::BadLength { ty, n: cols })?;
+        let row_bytes = ty.row_bytes(cols).ok_or(QuantError::BadLength { ty, n: cols })?;
         let n_rows = x.len() / cols;
         self.data.resize(row_bytes * n_rows, 0);
-        for (src, dst) in x
-            .chunks_exact(cols)
-            .zip(self.data.chunks_exact_mut(row_bytes))
-        {
+        for (src, dst) in x.chunks_exact(cols).zip(self.data.chunks_exact_mut(row_bytes)) {
             format.quantize_row(src, dst)?;
         }
         self.ty = Some(ty);
@@ -128,11 +104,7 @@ pub fn matmul(
     scratch: &mut QuantizedActs,
 ) -> Result<(), QuantError> {
     let n = x.len() / w.cols;
-    assert_eq!(
-        x.len(),
-        n * w.cols,
-        "activation length is not a multiple of the matrix width"
-    );
+    assert_eq!(x.len(), n * w.cols, "activation length is not a multiple of the matrix width");
     assert_eq!(out.len(), n * w.rows, "output length does not match");
     scratch.quantize(w.format.vec_dot_type(), x, w.cols)?;
     let acts = &*scratch;
@@ -166,9 +138,7 @@ mod tests {
     use super::*;
 
     fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 
@@ -195,24 +165,14 @@ mod tests {
                 for r in 0..rows {
                     w.dequantize_row(r, &mut deq);
                     for t in 0..n {
-                        let want: f32 = deq
-                            .iter()
-                            .zip(&x[t * cols..(t + 1) * cols])
-                            .map(|(a, b)| a * b)
-                            .sum();
+                        let want: f32 = deq.iter().zip(&x[t * cols..(t + 1) * cols]).map(|(a, b)| a * b).sum();
                         let got = out[t * rows + r];
-                        assert!(
-                            (want - got).abs() < 0.05 * (1.0 + want.abs()),
-                            "{ty} r{r} t{t}: {want} vs {got}"
-                        );
+                        assert!((want - got).abs() < 0.05 * (1.0 + want.abs()), "{ty} r{r} t{t}: {want} vs {got}");
                     }
                 }
                 results.push(out);
             }
-            assert_eq!(
-                results[0], results[1],
-                "{ty}: thread count changed the result"
-            );
+            assert_eq!(results[0], results[1], "{ty}: thread count changed the result");
         }
     }
 }

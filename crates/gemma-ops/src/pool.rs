@@ -59,11 +59,7 @@ impl ThreadPool {
                     .expect("failed to spawn a worker thread")
             })
             .collect();
-        ThreadPool {
-            shared,
-            workers,
-            entry: Mutex::new(()),
-        }
+        ThreadPool { shared, workers, entry: Mutex::new(()) }
     }
 
     /// Threads taking part in each region.
@@ -110,12 +106,7 @@ impl ThreadPool {
 
     /// Splits `0..n` into about `4 * n_threads` contiguous ranges of at least `min_chunk` and runs `f(range)` on
     /// each.
-    pub fn for_ranges(
-        &self,
-        n: usize,
-        min_chunk: usize,
-        f: &(dyn Fn(std::ops::Range<usize>) + Sync),
-    ) {
+    pub fn for_ranges(&self, n: usize, min_chunk: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
         let target = self.n_threads() * 4;
         let chunk = n.div_ceil(target).max(min_chunk.max(1));
         let n_chunks = n.div_ceil(chunk);
@@ -197,11 +188,7 @@ impl Drop for ThreadPool {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, Ordering::SeqCst);
         {
-            let _g = self
-                .shared
-                .park_lock
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let _g = self.shared.park_lock.lock().unwrap_or_else(|e| e.into_inner());
             self.shared.wake.notify_all();
         }
         for w in self.workers.drain(..) {
@@ -224,24 +211,16 @@ unsafe impl<T: Send> Sync for SharedMut<T> {}
 
 impl<T> SharedMut<T> {
     pub fn new(s: &mut [T]) -> Self {
-        SharedMut {
-            ptr: s.as_mut_ptr(),
-            len: s.len(),
-        }
+        SharedMut { ptr: s.as_mut_ptr(), len: s.len() }
     }
 
     /// # Safety
     /// No two live slices obtained from the same `SharedMut` may overlap, and the original buffer must outlive them.
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn slice(&self, range: std::ops::Range<usize>) -> &mut [T] {
-        assert!(
-            range.start <= range.end && range.end <= self.len,
-            "SharedMut range out of bounds"
-        );
+        assert!(range.start <= range.end && range.end <= self.len, "SharedMut range out of bounds");
         // SAFETY: bounds checked above; disjointness is the caller's contract.
-        unsafe {
-            std::slice::from_raw_parts_mut(self.ptr.add(range.start), range.end - range.start)
-        }
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(range.start), range.end - range.start) }
     }
 }
 
@@ -258,10 +237,7 @@ mod tests {
                 pool.run(n, &|i| {
                     counts[i].fetch_add(1, Ordering::Relaxed);
                 });
-                assert!(
-                    counts.iter().all(|c| c.load(Ordering::Relaxed) == 1),
-                    "threads {threads} n {n}"
-                );
+                assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1), "threads {threads} n {n}");
             }
         }
     }

@@ -2,9 +2,7 @@
 
 /// Inverse frequencies `scale * base^(-2i/d)` for the `d/2` rotated pairs of a head of `dim` values.
 pub fn rope_inv_freq(dim: usize, base: f32, freq_scale: f32) -> Vec<f32> {
-    (0..dim / 2)
-        .map(|i| (freq_scale as f64 * (base as f64).powf(-2.0 * i as f64 / dim as f64)) as f32)
-        .collect()
+    (0..dim / 2).map(|i| (freq_scale as f64 * (base as f64).powf(-2.0 * i as f64 / dim as f64)) as f32).collect()
 }
 
 /// Rotates one head in place, "rotate-half" (NeoX) pairing: element `i` pairs with `i + d/2`.

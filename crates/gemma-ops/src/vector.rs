@@ -72,7 +72,11 @@ mod x86 {
             // SAFETY: i + 32 <= n <= len of both slices.
             unsafe {
                 s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a.as_ptr().add(i)), _mm512_loadu_ps(b.as_ptr().add(i)), s0);
-                s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a.as_ptr().add(i + 16)), _mm512_loadu_ps(b.as_ptr().add(i + 16)), s1);
+                s1 = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(a.as_ptr().add(i + 16)),
+                    _mm512_loadu_ps(b.as_ptr().add(i + 16)),
+                    s1,
+                );
             }
             i += 32;
         }
@@ -92,7 +96,8 @@ mod x86 {
             // SAFETY: i + 16 <= n <= len of both slices.
             unsafe {
                 s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), s0);
-                s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i + 8)), _mm256_loadu_ps(b.as_ptr().add(i + 8)), s1);
+                s1 =
+                    _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i + 8)), _mm256_loadu_ps(b.as_ptr().add(i + 8)), s1);
             }
             i += 16;
         }
@@ -304,7 +309,8 @@ mod tests {
                 // Rounding of x * log2(e) grows with |x|.
                 assert!(((got - want) / want).abs() < 3e-7 * (1.0 + x.abs()), "exp({x}): {got} vs {want}");
             }
-            let exact = 0.5 * x as f64 * (1.0 + (0.797_884_560_8 * x as f64 * (1.0 + 0.044715 * (x * x) as f64)).tanh());
+            let exact =
+                0.5 * x as f64 * (1.0 + (0.797_884_560_8 * x as f64 * (1.0 + 0.044715 * (x * x) as f64)).tanh());
             let g = gelu_tanh(x) as f64;
             assert!((g - exact).abs() <= 1e-6 * exact.abs() + 1e-8, "gelu({x}): {g} vs {exact}");
             x += 0.01;

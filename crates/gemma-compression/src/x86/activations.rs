@@ -81,10 +81,7 @@ unsafe fn quantize_block_q8(x: &[f32], qs: &mut [u8]) -> (f32, i32) {
     for (k, v) in q.iter_mut().enumerate() {
         *v = _mm256_cvttps_epi32(round_away_f32x8(_mm256_mul_ps(load_f32x8(&x[8 * k..]), id)));
     }
-    let sum = hsum_i32x8(_mm256_add_epi32(
-        _mm256_add_epi32(q[0], q[1]),
-        _mm256_add_epi32(q[2], q[3]),
-    ));
+    let sum = hsum_i32x8(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
     store_32(pack_i32x32(q), qs);
     (d, sum)
 }
@@ -92,10 +89,7 @@ unsafe fn quantize_block_q8(x: &[f32], qs: &mut [u8]) -> (f32, i32) {
 /// # Safety: the CPU supports avx2, fma and f16c.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn quantize_q8_0(src: &[f32], dst: &mut [u8]) {
-    for (x, b) in src
-        .chunks_exact(32)
-        .zip(dst.chunks_exact_mut(GgmlType::Q8_0.type_size()))
-    {
+    for (x, b) in src.chunks_exact(32).zip(dst.chunks_exact_mut(GgmlType::Q8_0.type_size())) {
         let (d, _) = quantize_block_q8(x, &mut b[2..]);
         put_f16_le(b, d);
     }
@@ -104,10 +98,7 @@ pub(crate) unsafe fn quantize_q8_0(src: &[f32], dst: &mut [u8]) {
 /// # Safety: the CPU supports avx2, fma and f16c.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn quantize_q8_1(src: &[f32], dst: &mut [u8]) {
-    for (x, b) in src
-        .chunks_exact(32)
-        .zip(dst.chunks_exact_mut(GgmlType::Q8_1.type_size()))
-    {
+    for (x, b) in src.chunks_exact(32).zip(dst.chunks_exact_mut(GgmlType::Q8_1.type_size())) {
         let (d, sum) = quantize_block_q8(x, &mut b[4..]);
         put_f16_le(b, d);
         put_f16_le(&mut b[2..], sum as f32 * d);
@@ -117,10 +108,7 @@ pub(crate) unsafe fn quantize_q8_1(src: &[f32], dst: &mut [u8]) {
 /// # Safety: the CPU supports avx2, fma and f16c.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn quantize_q8_k(src: &[f32], dst: &mut [u8]) {
-    for (x, b) in src
-        .chunks_exact(256)
-        .zip(dst.chunks_exact_mut(GgmlType::Q8K.type_size()))
-    {
+    for (x, b) in src.chunks_exact(256).zip(dst.chunks_exact_mut(GgmlType::Q8K.type_size())) {
         let amax = amax(x);
         if amax == 0.0 {
             b.fill(0);
@@ -130,8 +118,7 @@ pub(crate) unsafe fn quantize_q8_k(src: &[f32], dst: &mut [u8]) {
         let target = _mm256_set1_ps(amax);
         let mut max = amax;
         for (k, c) in x.chunks_exact(8).enumerate() {
-            let hits =
-                _mm256_movemask_ps(_mm256_cmp_ps(abs_f32x8(load_f32x8(c)), target, _CMP_EQ_OQ));
+            let hits = _mm256_movemask_ps(_mm256_cmp_ps(abs_f32x8(load_f32x8(c)), target, _CMP_EQ_OQ));
             if hits != 0 {
                 max = x[8 * k + hits.trailing_zeros() as usize];
                 break;
@@ -145,8 +132,7 @@ pub(crate) unsafe fn quantize_q8_k(src: &[f32], dst: &mut [u8]) {
             let mut q = [_mm256_setzero_si256(); 4];
             for (k, v) in q.iter_mut().enumerate() {
                 let scaled = _mm256_mul_ps(load_f32x8(&xc[8 * k..]), vscale);
-                let rounded =
-                    _mm256_round_ps(scaled, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                let rounded = _mm256_round_ps(scaled, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
                 *v = _mm256_min_epi32(_mm256_cvtps_epi32(rounded), top);
             }
             let s0 = hsum_i32x8(_mm256_add_epi32(q[0], q[1])) as i16;
@@ -162,10 +148,7 @@ pub(crate) unsafe fn quantize_q8_k(src: &[f32], dst: &mut [u8]) {
 /// # Safety: the CPU supports avx2, fma and f16c.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn dequantize_q8_0(src: &[u8], dst: &mut [f32]) {
-    for (b, out) in src
-        .chunks_exact(GgmlType::Q8_0.type_size())
-        .zip(dst.chunks_exact_mut(32))
-    {
+    for (b, out) in src.chunks_exact(GgmlType::Q8_0.type_size()).zip(dst.chunks_exact_mut(32)) {
         let d = _mm256_set1_ps(f16_at(b));
         let qs = &b[2..34];
         let out = &mut out[..32];

@@ -1,31 +1,17 @@
-//! AVX2 (+FMA, F16C) kernels for x86-64. Each one has a scalar twin in its format's module, and the tests at
-//! the bottom of this file check every kernel against its twin at every SIMD level the CPU reports.
+//! x86-64 kernels: AVX2 (+FMA, F16C) everywhere, and AVX-512 VNNI tiles for the formats the models use
+//! (`legacy_tiles`: Q8_0 Q5_0 Q4_0 Q4_1 Q5_1; `k_tiles`: Q4_K Q6_K). Each has a scalar twin in its format's
+//! module; the tests beside each kernel check it against the twin at every SIMD level the CPU reports.
 //!
-//! Every kernel is an `unsafe fn` whose only safety requirement is that the CPU supports avx2, fma and f16c
-//! (what `SimdLevel::Avx2` and above guarantee); slice lengths are checked inside, before any raw load.
-//! AVX-512 machines run these same kernels (no 512-bit versions yet).
+//! Every kernel is an `unsafe fn` whose safety requirement is the CPU feature set it is compiled for; slice
+//! lengths are checked before any raw load.
 
 pub(crate) mod activations;
 pub(crate) mod k_quants;
+pub(crate) mod k_tiles;
 pub(crate) mod legacy;
+pub(crate) mod legacy_tiles;
 
 use std::arch::x86_64::*;
-
-/// Loads 32 bytes from the start of `b` (panics if `b` is shorter, so the raw load never reads past it).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load_32(b: &[u8]) -> __m256i {
-    let b = &b[..32];
-    _mm256_loadu_si256(b.as_ptr().cast())
-}
-
-/// Loads 16 bytes from the start of `b` (panics if shorter).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load_16(b: &[u8]) -> __m128i {
-    let b = &b[..16];
-    _mm_loadu_si128(b.as_ptr().cast())
-}
 
 /// The little-endian f16 at the start of `b`, converted with F16C.
 #[inline]
@@ -59,14 +45,6 @@ unsafe fn hsum_i32x8(v: __m256i) -> i32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_u8_i8(u: __m256i, y: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(u, y), _mm256_set1_epi16(1))
-}
-
-/// Products of 32 signed bytes, summed in groups of four into 8 i32 lanes. Moves the sign of `x` onto `y` so
-/// `maddubs` (unsigned x signed) can be used; exact unless `y` holds -128, which quantized activations never do.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_i8(x: __m256i, y: __m256i) -> __m256i {
-    dot_u8_i8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
 }
 
 #[cfg(test)]

@@ -11,16 +11,13 @@ use crate::{quant_format, GgmlType, SimdLevel};
 /// The levels whose kernels can run here, each named; levels without their own kernels are reported, not run.
 fn levels_to_run() -> Vec<SimdLevel> {
     let mut run = Vec::new();
-    if is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
-    {
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
         run.push(SimdLevel::Avx2);
     } else {
         println!("skipping avx2+fma: not supported by this CPU");
     }
     if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
-        println!("avx512 reported: it dispatches to the avx2 kernels checked here (no 512-bit kernels yet)");
+        println!("avx512 reported: the AVX2 kernels are checked here; the VNNI tiles are checked in legacy_tiles and k_quants");
     }
     println!("SIMD levels checked against scalar: {run:?}");
     run
@@ -52,12 +49,7 @@ fn f16_bytes(v: f32) -> [u8; 2] {
 }
 
 /// Random weight row of `nb` blocks: random quant bytes, then the scale fields overwritten by `scales`.
-fn weight_row(
-    rng: &mut TestRng,
-    ty: GgmlType,
-    nb: usize,
-    scales: &mut dyn FnMut(&mut TestRng, &mut [u8]),
-) -> Vec<u8> {
+fn weight_row(rng: &mut TestRng, ty: GgmlType, nb: usize, scales: &mut dyn FnMut(&mut TestRng, &mut [u8])) -> Vec<u8> {
     let mut w = rng.bytes(nb * ty.type_size());
     for b in w.chunks_exact_mut(ty.type_size()) {
         scales(rng, b);
@@ -76,12 +68,8 @@ fn unit_activations(rng: &mut TestRng, act_ty: GgmlType, n: usize) -> Vec<u8> {
                     *q = ((rng.next_u64() % 255) as i32 - 127) as i8 as u8;
                 }
                 for g in 0..16 {
-                    let s: i32 = b[Q8K_QS + 16 * g..Q8K_QS + 16 * g + 16]
-                        .iter()
-                        .map(|&q| q as i8 as i32)
-                        .sum();
-                    b[Q8K_BSUMS + 2 * g..Q8K_BSUMS + 2 * g + 2]
-                        .copy_from_slice(&(s as i16).to_le_bytes());
+                    let s: i32 = b[Q8K_QS + 16 * g..Q8K_QS + 16 * g + 16].iter().map(|&q| q as i8 as i32).sum();
+                    b[Q8K_BSUMS + 2 * g..Q8K_BSUMS + 2 * g + 2].copy_from_slice(&(s as i16).to_le_bytes());
                 }
             }
             _ => {
@@ -206,21 +194,14 @@ fn dot_kernels_equal_their_scalar_twins() {
                 let want = (case.scalar)(&w, &a);
                 // SAFETY: `level` is only listed when the CPU reports avx2, fma and f16c.
                 let got = unsafe { (case.simd)(bs, &w, &a) };
-                assert_eq!(
-                    got, want,
-                    "{} {level} block {i}: integer sums differ",
-                    case.ty
-                );
+                assert_eq!(got, want, "{} {level} block {i}: integer sums differ", case.ty);
             }
             for n_blocks in [1usize, 2, 3, 10, 40] {
                 let n = n_blocks * bs;
                 // float part: realistic scales, activations quantized from real-shaped data
                 let w = weight_row(&mut rng, case.ty, n_blocks, &mut |r, b| (case.real)(r, b));
                 let mut a = vec![0u8; act_ty.row_bytes(n).unwrap()];
-                quant_format(act_ty)
-                    .unwrap()
-                    .quantize_row(&rng.row(n), &mut a)
-                    .unwrap();
+                quant_format(act_ty).unwrap().quantize_row(&rng.row(n), &mut a).unwrap();
                 let (mut wd, mut ad) = (vec![0.0f32; n], vec![0.0f32; n]);
                 f.dequantize_row(&w, &mut wd);
                 quant_format(act_ty).unwrap().dequantize_row(&a, &mut ad);
@@ -257,9 +238,7 @@ fn activation_quantizers_equal_their_scalar_twins() {
     for level in levels_to_run() {
         let mut rng = TestRng::new(77);
         for x in quantizer_inputs(&mut rng, 1024) {
-            let run = |ty: GgmlType,
-                       simd: unsafe fn(&[f32], &mut [u8]),
-                       scalar: fn(&[f32], &mut [u8])| {
+            let run = |ty: GgmlType, simd: unsafe fn(&[f32], &mut [u8]), scalar: fn(&[f32], &mut [u8])| {
                 let mut got = vec![0u8; ty.row_bytes(x.len()).unwrap()];
                 let mut want = vec![0xaau8; got.len()];
                 // SAFETY: `level` is only listed when the CPU reports avx2, fma and f16c.
@@ -267,21 +246,9 @@ fn activation_quantizers_equal_their_scalar_twins() {
                 scalar(&x, &mut want);
                 assert_eq!(got, want, "{ty} {level}: quantized bytes differ");
             };
-            run(
-                GgmlType::Q8_0,
-                activations::quantize_q8_0,
-                q_legacy::quantize_scalar::<Q8_0>,
-            );
-            run(
-                GgmlType::Q8_1,
-                activations::quantize_q8_1,
-                q_legacy::quantize_scalar::<Q8_1>,
-            );
-            run(
-                GgmlType::Q8K,
-                activations::quantize_q8_k,
-                k_quants::quantize_scalar::<k_quants::Q8K>,
-            );
+            run(GgmlType::Q8_0, activations::quantize_q8_0, q_legacy::quantize_scalar::<Q8_0>);
+            run(GgmlType::Q8_1, activations::quantize_q8_1, q_legacy::quantize_scalar::<Q8_1>);
+            run(GgmlType::Q8K, activations::quantize_q8_k, k_quants::quantize_scalar::<k_quants::Q8K>);
         }
         println!("Q8_0/Q8_1/Q8_K quantizers {level}: bytes equal scalar");
     }

@@ -43,23 +43,10 @@ pub(crate) fn causal_attention(
             let lkv = caches[t.seq].layer(layer);
             let first = shape.window.map_or(0, |w| (t.pos + 1).saturating_sub(w));
             AttnSpan {
-                kv: KvView {
-                    keys: &lkv.keys,
-                    values: &lkv.values,
-                    row_len: kv_row,
-                    ring: lkv.ring,
-                },
+                kv: KvView { keys: &lkv.keys, values: &lkv.values, row_len: kv_row, ring: lkv.ring },
                 positions: first..t.pos + 1,
             }
         })
         .collect();
-    grouped_query_attention(
-        pool,
-        q,
-        &spans,
-        shape.n_heads,
-        shape.n_kv_heads,
-        shape.head_dim,
-        out,
-    );
+    grouped_query_attention(pool, q, &spans, shape.n_heads, shape.n_kv_heads, shape.head_dim, out);
 }

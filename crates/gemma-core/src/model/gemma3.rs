@@ -77,20 +77,11 @@ impl Gemma3Weights {
                     w_up: matrix(file, &n("ffn_up"), ff, d)?,
                     w_down: matrix(file, &n("ffn_down"), d, ff)?,
                     post_ffn_norm: vector(file, &n("post_ffw_norm"), d)?,
-                    inv_freq: if c.layer_is_local[l] {
-                        inv_local.clone()
-                    } else {
-                        inv_global.clone()
-                    },
+                    inv_freq: if c.layer_is_local[l] { inv_local.clone() } else { inv_global.clone() },
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
-        Ok(Gemma3Weights {
-            embedding,
-            output_norm: vector(file, "output_norm.weight", d)?,
-            output,
-            layers,
-        })
+        Ok(Gemma3Weights { embedding, output_norm: vector(file, "output_norm.weight", d)?, output, layers })
     }
 }
 
@@ -121,7 +112,8 @@ pub(crate) fn forward(
         caches[t.seq].reserve_to(t.pos + 1)?;
     }
     let Scratch { x, h, q, k, v, attn, proj, gate, up, last, acts, logits } = s;
-    let (x, h, q, k, v) = (sized(x, n * d), sized(h, n * d), sized(q, n * q_width), sized(k, n * kv_width), sized(v, n * kv_width));
+    let (x, h, q, k, v) =
+        (sized(x, n * d), sized(h, n * d), sized(q, n * q_width), sized(k, n * kv_width), sized(v, n * kv_width));
     let (attn, proj, gate, up) = (sized(attn, n * q_width), sized(proj, n * d), sized(gate, n * ff), sized(up, n * ff));
 
     // Embedding, scaled by sqrt(d_model).

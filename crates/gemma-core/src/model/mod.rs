@@ -34,11 +34,7 @@ impl Model {
         let weights = match config.arch {
             Architecture::Gemma3 => Weights::Gemma3(gemma3::Gemma3Weights::load(&file, &config)?),
         };
-        Ok(Model {
-            file,
-            config,
-            weights,
-        })
+        Ok(Model { file, config, weights })
     }
 
     /// A KV cache for one sequence of up to `capacity` tokens (capped at the model's context length).
@@ -120,13 +116,9 @@ fn validate_batch(batch: &Batch, caches: &[KvCache], vocab: usize) -> Result<(),
         if t.token as usize >= vocab {
             return Err(ModelError::TokenOutOfRange { id: t.token, vocab });
         }
-        let cache = caches.get(t.seq).ok_or_else(|| {
-            ModelError::BadBatch(format!(
-                "sequence {} has no cache ({} given)",
-                t.seq,
-                caches.len()
-            ))
-        })?;
+        let cache = caches
+            .get(t.seq)
+            .ok_or_else(|| ModelError::BadBatch(format!("sequence {} has no cache ({} given)", t.seq, caches.len())))?;
         let expected = next[t.seq].unwrap_or(cache.len());
         if t.pos != expected {
             return Err(ModelError::BadBatch(format!(
@@ -135,10 +127,7 @@ fn validate_batch(batch: &Batch, caches: &[KvCache], vocab: usize) -> Result<(),
             )));
         }
         if t.pos >= cache.capacity() {
-            return Err(ModelError::ContextFull {
-                pos: t.pos,
-                ctx: cache.capacity(),
-            });
+            return Err(ModelError::ContextFull { pos: t.pos, ctx: cache.capacity() });
         }
         next[t.seq] = Some(t.pos + 1);
     }

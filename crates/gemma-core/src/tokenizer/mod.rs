@@ -32,18 +32,11 @@ pub enum TokenizerError {
     #[error("tokenizer metadata lacks '{0}'")]
     MissingKey(&'static str),
     #[error("tokenizer metadata '{key}' is not {expected}")]
-    WrongType {
-        key: &'static str,
-        expected: &'static str,
-    },
+    WrongType { key: &'static str, expected: &'static str },
     #[error("tokenizer kind '{0}' is not supported yet (supported: 'llama', the SentencePiece tokenizer)")]
     UnsupportedModel(String),
     #[error("tokenizer metadata '{key}' has {found} entries, fewer than the {expected} tokens")]
-    TooFewEntries {
-        key: &'static str,
-        found: usize,
-        expected: usize,
-    },
+    TooFewEntries { key: &'static str, found: usize, expected: usize },
     #[error("the vocabulary is empty")]
     EmptyVocab,
     #[error("the vocabulary has {0} tokens, more than 32-bit token ids can address")]
@@ -199,20 +192,8 @@ const AUTO_DETECTED_ROLES: [(SpecialRole, &[&str]); 8] = [
             "<|middle|>",
         ],
     ),
-    (
-        SpecialRole::FimPad,
-        &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"],
-    ),
-    (
-        SpecialRole::FimRep,
-        &[
-            "<|fim_repo|>",
-            "<|repo_name|>",
-            "<fim-repo>",
-            "<REPO>",
-            "<reponame>",
-        ],
-    ),
+    (SpecialRole::FimPad, &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"]),
+    (SpecialRole::FimRep, &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"]),
     (SpecialRole::FimSep, &["<|file_sep|>"]),
 ];
 
@@ -311,13 +292,7 @@ fn string_key(file: &GgufFile, key: &'static str) -> Result<Option<String>, Toke
     match file.get(key) {
         None => Ok(None),
         Some(value) => {
-            value
-                .as_str()
-                .map(|s| Some(s.to_owned()))
-                .ok_or(TokenizerError::WrongType {
-                    key,
-                    expected: "a string",
-                })
+            value.as_str().map(|s| Some(s.to_owned())).ok_or(TokenizerError::WrongType { key, expected: "a string" })
         }
     }
 }
@@ -325,23 +300,14 @@ fn string_key(file: &GgufFile, key: &'static str) -> Result<Option<String>, Toke
 fn bool_key(file: &GgufFile, key: &'static str) -> Result<Option<bool>, TokenizerError> {
     match file.get(key) {
         None => Ok(None),
-        Some(value) => value.as_bool().map(Some).ok_or(TokenizerError::WrongType {
-            key,
-            expected: "a bool",
-        }),
+        Some(value) => value.as_bool().map(Some).ok_or(TokenizerError::WrongType { key, expected: "a bool" }),
     }
 }
 
-fn array_key<'f>(
-    file: &'f GgufFile,
-    key: &'static str,
-) -> Result<Option<&'f [MetaValue]>, TokenizerError> {
+fn array_key<'f>(file: &'f GgufFile, key: &'static str) -> Result<Option<&'f [MetaValue]>, TokenizerError> {
     match file.get(key) {
         None => Ok(None),
-        Some(value) => value.as_array().map(Some).ok_or(TokenizerError::WrongType {
-            key,
-            expected: "an array",
-        }),
+        Some(value) => value.as_array().map(Some).ok_or(TokenizerError::WrongType { key, expected: "an array" }),
     }
 }
 
@@ -363,20 +329,14 @@ impl Tokenizer {
             .iter()
             .map(|v| v.as_str().map(str::to_owned))
             .collect::<Option<Vec<String>>>()
-            .ok_or(TokenizerError::WrongType {
-                key: TOKENS,
-                expected: "an array of strings",
-            })?;
+            .ok_or(TokenizerError::WrongType { key: TOKENS, expected: "an array of strings" })?;
         let scores = array_key(file, SCORES)?
             .map(|values| {
                 values
                     .iter()
                     .map(|v| v.as_f64().map(|s| s as f32))
                     .collect::<Option<Vec<f32>>>()
-                    .ok_or(TokenizerError::WrongType {
-                        key: SCORES,
-                        expected: "an array of numbers",
-                    })
+                    .ok_or(TokenizerError::WrongType { key: SCORES, expected: "an array of numbers" })
             })
             .transpose()?;
         let token_types = array_key(file, TYPES)?
@@ -385,10 +345,7 @@ impl Tokenizer {
                     .iter()
                     .map(MetaValue::as_i64)
                     .collect::<Option<Vec<i64>>>()
-                    .ok_or(TokenizerError::WrongType {
-                        key: TYPES,
-                        expected: "an array of integers",
-                    })
+                    .ok_or(TokenizerError::WrongType { key: TYPES, expected: "an array of integers" })
             })
             .transpose()?;
         let mut special_ids = Vec::new();
@@ -399,10 +356,7 @@ impl Tokenizer {
                 let id = value
                     .as_u64()
                     .or_else(|| value.as_i64().map(|_| u64::MAX))
-                    .ok_or(TokenizerError::WrongType {
-                        key,
-                        expected: "a token id",
-                    })?;
+                    .ok_or(TokenizerError::WrongType { key, expected: "a token id" })?;
                 special_ids.push((index, id));
             }
         }
@@ -454,22 +408,15 @@ impl Tokenizer {
                     expected: n,
                 })
             }
-            Some(types) => types
-                .into_iter()
-                .map(TokenAttrs::from_gguf_token_type)
-                .collect(),
+            Some(types) => types.into_iter().map(TokenAttrs::from_gguf_token_type).collect(),
             None => vec![TokenAttrs::NORMAL; n],
         };
         let mut vocab = Vocab::new(source.tokens, scores, attrs);
         let in_range = |id: u64| u32::try_from(id).ok().filter(|&id| (id as usize) < n);
 
         // SentencePiece defaults, then whatever the metadata names (out-of-range ids are ignored).
-        let mut ids = SpecialTokenIds {
-            bos: in_range(1),
-            eos: in_range(2),
-            unk: in_range(0),
-            ..SpecialTokenIds::default()
-        };
+        let mut ids =
+            SpecialTokenIds { bos: in_range(1), eos: in_range(2), unk: in_range(0), ..SpecialTokenIds::default() };
         for &(key_index, id) in &source.special_ids {
             if let (Some(&(_, role)), Some(id)) = (SPECIAL_ID_KEYS.get(key_index), in_range(id)) {
                 *ids.slot(role) = Some(id);
@@ -489,9 +436,7 @@ impl Tokenizer {
 
         let unused: Vec<u32> = vocab
             .iter()
-            .filter(|(_, piece, attrs)| {
-                attrs.intersects(TokenAttrs::CONTROL) && piece.contains("unused")
-            })
+            .filter(|(_, piece, attrs)| attrs.intersects(TokenAttrs::CONTROL) && piece.contains("unused"))
             .map(|(id, _, _)| id)
             .collect();
         for id in unused {
@@ -599,10 +544,7 @@ impl Tokenizer {
         }
         let mut escaped = String::new();
         let mut after_special = true;
-        for fragment in self
-            .special_matcher
-            .partition(text, &self.vocab, parse_special)
-        {
+        for fragment in self.special_matcher.partition(text, &self.vocab, parse_special) {
             match fragment {
                 Fragment::Token(id) => {
                     ids.push(id);
@@ -659,11 +601,7 @@ impl Tokenizer {
     /// from the first token (the space encoding added).
     fn append_piece(&self, id: u32, render_special: bool, first: bool, out: &mut Vec<u8>) {
         let Some(piece) = self.token_piece_bytes(id, render_special) else {
-            out.extend_from_slice(
-                char::REPLACEMENT_CHARACTER
-                    .encode_utf8(&mut [0u8; 4])
-                    .as_bytes(),
-            );
+            out.extend_from_slice(char::REPLACEMENT_CHARACTER.encode_utf8(&mut [0u8; 4]).as_bytes());
             return;
         };
         let piece = match piece {
@@ -678,10 +616,7 @@ impl Tokenizer {
 /// end-of-generation text — promoted to control — then EOS, EOT, EOM), including its fix-ups for
 /// vocabularies where `<|end|>` or `</s>` are ordinary tokens.
 fn end_of_generation_ids(vocab: &mut Vocab, ids: &SpecialTokenIds) -> BTreeSet<u32> {
-    let mut eog: BTreeSet<u32> = [ids.fim_pad, ids.fim_rep, ids.fim_sep]
-        .into_iter()
-        .flatten()
-        .collect();
+    let mut eog: BTreeSet<u32> = [ids.fim_pad, ids.fim_rep, ids.fim_sep].into_iter().flatten().collect();
     for text in END_OF_GENERATION_TEXTS {
         if let Some(id) = vocab.id_of(text) {
             eog.insert(id);
@@ -696,13 +631,12 @@ fn end_of_generation_ids(vocab: &mut Vocab, ids: &SpecialTokenIds) -> BTreeSet<u
     }
     eog.extend([ids.eos, ids.eot, ids.eom].into_iter().flatten());
 
-    let eog_with_text = |vocab: &Vocab, eog: &BTreeSet<u32>, text: &str| {
-        vocab.id_of(text).filter(|id| eog.contains(id))
-    };
+    let eog_with_text =
+        |vocab: &Vocab, eog: &BTreeSet<u32>, text: &str| vocab.id_of(text).filter(|id| eog.contains(id));
     // Harmony / solar-open: `<|end|>` ends a message there, not generation.
     let has_return = eog_with_text(vocab, &eog, "<|return|>").is_some();
-    let has_call = eog_with_text(vocab, &eog, "<|call|>").is_some()
-        || eog_with_text(vocab, &eog, "<|calls|>").is_some();
+    let has_call =
+        eog_with_text(vocab, &eog, "<|call|>").is_some() || eog_with_text(vocab, &eog, "<|calls|>").is_some();
     let has_flush = eog_with_text(vocab, &eog, "<|flush|>").is_some();
     if let Some(end) = eog_with_text(vocab, &eog, "<|end|>") {
         if has_call && (has_return || has_flush) {
@@ -730,10 +664,8 @@ fn apply_model_strip_flags(
     tokenizer_pre: &Option<String>,
     general_architecture: &Option<String>,
 ) {
-    let contains_any = |s: &Option<String>, needles: &[&str]| {
-        s.as_deref()
-            .is_some_and(|s| needles.iter().any(|n| s.contains(n)))
-    };
+    let contains_any =
+        |s: &Option<String>, needles: &[&str]| s.as_deref().is_some_and(|s| needles.iter().any(|n| s.contains(n)));
     let name = general_name.as_ref().map(|s| s.to_ascii_lowercase());
     if contains_any(tokenizer_pre, &["jina-v2-de", "jina-v2-es", "jina-v2-code"])
         || contains_any(general_architecture, &["nomic-bert-moe", "jina-bert-v3"])
@@ -750,10 +682,7 @@ fn apply_model_strip_flags(
         }
         for text in ["<unk>", "<s>", "<|endoftext|>"] {
             if let Some(id) = vocab.id_of(text) {
-                let attrs = vocab
-                    .attrs(id)
-                    .unwrap_or_default()
-                    .without(TokenAttrs::RSTRIP);
+                let attrs = vocab.attrs(id).unwrap_or_default().without(TokenAttrs::RSTRIP);
                 vocab.set_attrs(id, attrs);
             }
         }
@@ -780,10 +709,7 @@ fn render_pieces(vocab: &Vocab) -> Result<PieceBytes, TokenizerError> {
             bytes.extend_from_slice(unescaped.as_bytes());
         } else if attrs.intersects(TokenAttrs::BYTE) {
             bytes.push(
-                parse_byte_token(piece).ok_or_else(|| TokenizerError::BadByteToken {
-                    id,
-                    text: piece.to_owned(),
-                })?,
+                parse_byte_token(piece).ok_or_else(|| TokenizerError::BadByteToken { id, text: piece.to_owned() })?,
             );
         }
         // Unused and undefined tokens render as nothing.

@@ -123,28 +123,15 @@ impl SpecialTokenMatcher {
     }
 
     /// Splits `text` into raw-text fragments and special tokens, in order.
-    pub(crate) fn partition(
-        &self,
-        text: &str,
-        vocab: &Vocab,
-        parse_special: bool,
-    ) -> Vec<Fragment> {
+    pub(crate) fn partition(&self, text: &str, vocab: &Vocab, parse_special: bool) -> Vec<Fragment> {
         let mut fragments = Vec::new();
         if text.is_empty() {
             return fragments;
         }
-        fragments.push(Fragment::Text {
-            start: 0,
-            end: text.len(),
-        });
+        fragments.push(Fragment::Text { start: 0, end: text.len() });
         let present = self.occurring(text.as_bytes());
         let skipped_unless_parsing = TokenAttrs::CONTROL | TokenAttrs::UNKNOWN;
-        for (&id, _) in self
-            .ordered
-            .iter()
-            .zip(&present)
-            .filter(|(_, present)| **present)
-        {
+        for (&id, _) in self.ordered.iter().zip(&present).filter(|(_, present)| **present) {
             let (Some(piece), Some(attrs)) = (vocab.piece(id), vocab.attrs(id)) else {
                 continue;
             };
@@ -159,13 +146,7 @@ impl SpecialTokenMatcher {
 
 /// One pass of the partition: every raw fragment is cut at each leftmost non-overlapping occurrence of
 /// `piece`, honouring the token's lstrip/rstrip flags.
-fn split_at_token(
-    text: &str,
-    fragments: &[Fragment],
-    id: u32,
-    piece: &str,
-    attrs: TokenAttrs,
-) -> Vec<Fragment> {
+fn split_at_token(text: &str, fragments: &[Fragment], id: u32, piece: &str, attrs: TokenAttrs) -> Vec<Fragment> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(fragments.len() + 2);
     for &fragment in fragments {
@@ -190,10 +171,7 @@ fn split_at_token(
                 }
             }
             if left_end > base {
-                out.push(Fragment::Text {
-                    start: base,
-                    end: left_end,
-                });
+                out.push(Fragment::Text { start: base, end: left_end });
             }
             out.push(Fragment::Token(id));
             let mut right = at + piece.len();

@@ -85,17 +85,11 @@ impl SpmModel {
             let hex = format!("<0x{byte:02X}>");
             *slot = vocab.id_of(&hex).or_else(|| {
                 // Only an ASCII byte can be a one-character token text (texts are valid UTF-8).
-                let c = u8::try_from(byte)
-                    .ok()
-                    .filter(u8::is_ascii)
-                    .map(char::from)?;
+                let c = u8::try_from(byte).ok().filter(u8::is_ascii).map(char::from)?;
                 vocab.id_of(c.encode_utf8(&mut [0u8; 4]))
             });
         }
-        SpmModel {
-            byte_tokens,
-            unknown,
-        }
+        SpmModel { byte_tokens, unknown }
     }
 
     /// The fallback token for one byte.
@@ -110,25 +104,15 @@ impl SpmModel {
         }
         let mut symbols: Vec<Symbol> = escaped
             .char_indices()
-            .map(|(start, c)| Symbol {
-                prev: None,
-                next: None,
-                start,
-                len: c.len_utf8(),
-            })
+            .map(|(start, c)| Symbol { prev: None, next: None, start, len: c.len_utf8() })
             .collect();
         let n = symbols.len();
         for (i, symbol) in symbols.iter_mut().enumerate() {
             symbol.prev = i.checked_sub(1);
             symbol.next = if i + 1 < n { Some(i + 1) } else { None };
         }
-        let mut merger = Merger {
-            vocab,
-            text: escaped,
-            symbols,
-            candidates: BinaryHeap::new(),
-            merged_from: HashMap::new(),
-        };
+        let mut merger =
+            Merger { vocab, text: escaped, symbols, candidates: BinaryHeap::new(), merged_from: HashMap::new() };
         for i in 1..n {
             merger.add_candidate(i - 1, i);
         }
@@ -190,21 +174,14 @@ impl<'a> Merger<'a> {
         let Some(score) = self.vocab.score(id) else {
             return;
         };
-        self.candidates.push(Candidate {
-            left,
-            right,
-            score,
-            size,
-        });
+        self.candidates.push(Candidate { left, right, score, size });
         self.merged_from.insert(joined, (l.start, l.len, r.len));
     }
 
     fn merge_all(&mut self) {
         while let Some(candidate) = self.candidates.pop() {
-            let (Some(&left), Some(&right)) = (
-                self.symbols.get(candidate.left),
-                self.symbols.get(candidate.right),
-            ) else {
+            let (Some(&left), Some(&right)) = (self.symbols.get(candidate.left), self.symbols.get(candidate.right))
+            else {
                 continue;
             };
             // Stale: one side was merged away, or grew, since this candidate was queued.

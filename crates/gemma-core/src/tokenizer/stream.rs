@@ -23,22 +23,13 @@ impl<'t> StreamDecoder<'t> {
     }
 
     /// A decoder that, with `render_special`, also shows control tokens as their text.
-    pub fn with_special_rendering(
-        tokenizer: &'t Tokenizer,
-        render_special: bool,
-    ) -> StreamDecoder<'t> {
-        StreamDecoder {
-            tokenizer,
-            render_special,
-            pending: Vec::new(),
-            at_start: true,
-        }
+    pub fn with_special_rendering(tokenizer: &'t Tokenizer, render_special: bool) -> StreamDecoder<'t> {
+        StreamDecoder { tokenizer, render_special, pending: Vec::new(), at_start: true }
     }
 
     /// Adds one token and returns the text it completes (often empty while a character is pending).
     pub fn push(&mut self, id: u32) -> String {
-        self.tokenizer
-            .append_piece(id, self.render_special, self.at_start, &mut self.pending);
+        self.tokenizer.append_piece(id, self.render_special, self.at_start, &mut self.pending);
         self.at_start = false;
         self.take_complete()
     }

@@ -15,18 +15,13 @@ fn byte_id(byte: u8) -> u32 {
 
 /// Index of a key in `SPECIAL_ID_KEYS`.
 fn key_index(key: &str) -> usize {
-    SPECIAL_ID_KEYS
-        .iter()
-        .position(|(k, _)| *k == key)
-        .unwrap_or(usize::MAX)
+    SPECIAL_ID_KEYS.iter().position(|(k, _)| *k == key).unwrap_or(usize::MAX)
 }
 
 /// `<pad> <eos> <bos> <unk>`, the 256 byte tokens, then `specials` (text, GGUF token type), then
 /// `normal` (text, score). Ids follow that order.
 fn source(specials: &[(&str, i64)], normal: &[(&str, f32)]) -> TokenizerSource {
-    let mut tokens: Vec<String> = ["<pad>", "<eos>", "<bos>", "<unk>"]
-        .map(String::from)
-        .to_vec();
+    let mut tokens: Vec<String> = ["<pad>", "<eos>", "<bos>", "<unk>"].map(String::from).to_vec();
     let mut scores = vec![0.0f32; 4];
     let mut types = vec![3i64, 3, 3, 2];
     for byte in 0..=255u8 {
@@ -69,8 +64,7 @@ fn build(specials: &[(&str, i64)], normal: &[(&str, f32)]) -> Tokenizer {
 }
 
 fn id(t: &Tokenizer, text: &str) -> u32 {
-    t.token_id(text)
-        .unwrap_or_else(|| panic!("'{text}' is not in the test vocabulary"))
+    t.token_id(text).unwrap_or_else(|| panic!("'{text}' is not in the test vocabulary"))
 }
 
 fn ids(t: &Tokenizer, texts: &[&str]) -> Vec<u32> {
@@ -79,43 +73,16 @@ fn ids(t: &Tokenizer, texts: &[&str]) -> Vec<u32> {
 
 #[test]
 fn highest_scoring_pair_merges_first() {
-    let t = build(
-        &[],
-        &[
-            ("a", -1.0),
-            ("b", -1.0),
-            ("c", -1.0),
-            ("ab", -2.0),
-            ("bc", -1.5),
-        ],
-    );
+    let t = build(&[], &[("a", -1.0), ("b", -1.0), ("c", -1.0), ("ab", -2.0), ("bc", -1.5)]);
     assert_eq!(t.encode("abc", false, false), ids(&t, &["a", "bc"]));
 
-    let t = build(
-        &[],
-        &[
-            ("a", -1.0),
-            ("b", -1.0),
-            ("c", -1.0),
-            ("ab", -1.5),
-            ("bc", -2.0),
-        ],
-    );
+    let t = build(&[], &[("a", -1.0), ("b", -1.0), ("c", -1.0), ("ab", -1.5), ("bc", -2.0)]);
     assert_eq!(t.encode("abc", false, false), ids(&t, &["ab", "c"]));
 }
 
 #[test]
 fn equal_scores_merge_leftmost_first() {
-    let t = build(
-        &[],
-        &[
-            ("a", -1.0),
-            ("b", -1.0),
-            ("c", -1.0),
-            ("ab", -2.0),
-            ("bc", -2.0),
-        ],
-    );
+    let t = build(&[], &[("a", -1.0), ("b", -1.0), ("c", -1.0), ("ab", -2.0), ("bc", -2.0)]);
     assert_eq!(t.encode("abc", false, false), ids(&t, &["ab", "c"]));
 }
 
@@ -124,32 +91,14 @@ fn greedy_merge_order_decides_the_segmentation() {
     // "abcd" is a token, but only reachable as "ab" + "cd". When "bc" scores best it is merged first,
     // and neither "abc" nor "bcd" exists, so the whole-word token is never formed.
     let normal = |bc: f32| {
-        vec![
-            ("a", -1.0),
-            ("b", -1.0),
-            ("c", -1.0),
-            ("d", -1.0),
-            ("ab", -1.0),
-            ("cd", -1.0),
-            ("bc", bc),
-            ("abcd", -0.1),
-        ]
+        vec![("a", -1.0), ("b", -1.0), ("c", -1.0), ("d", -1.0), ("ab", -1.0), ("cd", -1.0), ("bc", bc), ("abcd", -0.1)]
     };
     let t = build(&[], &normal(-0.5));
     assert_eq!(t.encode("abcd", false, false), ids(&t, &["a", "bc", "d"]));
     let t = build(&[], &normal(-2.0));
     assert_eq!(t.encode("abcd", false, false), ids(&t, &["abcd"]));
     // Merges continue through newly formed symbols: "ab" + "c" → "abc" after "ab" formed.
-    let t = build(
-        &[],
-        &[
-            ("a", -1.0),
-            ("b", -1.0),
-            ("c", -1.0),
-            ("ab", -1.0),
-            ("abc", -9.0),
-        ],
-    );
+    let t = build(&[], &[("a", -1.0), ("b", -1.0), ("c", -1.0), ("ab", -1.0), ("abc", -9.0)]);
     assert_eq!(t.encode("abcabc", false, false), ids(&t, &["abc", "abc"]));
 }
 
@@ -173,10 +122,7 @@ fn spaces_are_escaped_and_optionally_prefixed() {
 fn characters_outside_the_vocabulary_fall_back_to_bytes() {
     let t = build(&[], &[("a", -1.0), ("é", -1.0)]);
     assert_eq!(t.encode("aé", false, false), ids(&t, &["a", "é"]));
-    assert_eq!(
-        t.encode("aè", false, false),
-        vec![id(&t, "a"), byte_id(0xC3), byte_id(0xA8)]
-    );
+    assert_eq!(t.encode("aè", false, false), vec![id(&t, "a"), byte_id(0xC3), byte_id(0xA8)]);
     let robot = "\u{1F916}";
     let expected: Vec<u32> = robot.bytes().map(byte_id).collect();
     assert_eq!(t.encode(robot, false, false), expected);
@@ -201,10 +147,7 @@ fn special_tokens_are_tried_longest_first_not_leftmost() {
     assert_eq!(t.encode("abab", false, false), ids(&t, &["ab", "ab"]));
 
     let t = build(&[("\n", 4), ("\n\n", 4)], &[("a", -1.0)]);
-    assert_eq!(
-        t.encode("\n\n\na\n", false, false),
-        ids(&t, &["\n\n", "\n", "a", "\n"])
-    );
+    assert_eq!(t.encode("\n\n\na\n", false, false), ids(&t, &["\n\n", "\n", "a", "\n"]));
 }
 
 #[test]
@@ -212,10 +155,7 @@ fn control_tokens_need_special_parsing_but_user_defined_do_not() {
     let t = build(&[("<ctl>", 3), ("<ud>", 4)], &[("x", -1.0)]);
     let ctl = id(&t, "<ctl>");
     let ud = id(&t, "<ud>");
-    assert_eq!(
-        t.encode("x<ctl>x<ud>", false, true),
-        vec![id(&t, "x"), ctl, id(&t, "x"), ud]
-    );
+    assert_eq!(t.encode("x<ctl>x<ud>", false, true), vec![id(&t, "x"), ctl, id(&t, "x"), ud]);
     let plain = t.encode("x<ctl>x<ud>", false, false);
     let mut expected = vec![id(&t, "x")];
     expected.extend(b"<ctl>".iter().map(|&b| byte_id(b)));
@@ -229,10 +169,7 @@ fn control_tokens_need_special_parsing_but_user_defined_do_not() {
 fn end_of_generation_tokens_are_found_by_text_and_become_control() {
     // As in Gemma 3: <end_of_turn> is control already, </s> is user-defined, and llama.cpp promotes
     // both end-of-generation texts to control tokens.
-    let t = build(
-        &[("<end_of_turn>", 3), ("</s>", 4), ("<s>", 4)],
-        &[("x", -1.0)],
-    );
+    let t = build(&[("<end_of_turn>", 3), ("</s>", 4), ("<s>", 4)], &[("x", -1.0)]);
     let eot = id(&t, "<end_of_turn>");
     let close_s = id(&t, "</s>");
     let open_s = id(&t, "<s>");
@@ -264,10 +201,7 @@ fn decoding_renders_pieces_by_kind() {
     assert_eq!(t.token_piece_bytes(BOS, true), Some(&b"<bos>"[..]));
     assert_eq!(t.token_piece_bytes(u32::MAX, true), None);
     assert_eq!(t.decode(&[BOS, hi, tab, ctl, hi], false), " hi\t hi");
-    assert_eq!(
-        t.decode(&[BOS, hi, tab, ctl, hi], true),
-        "<bos> hi\t<ctl> hi"
-    );
+    assert_eq!(t.decode(&[BOS, hi, tab, ctl, hi], true), "<bos> hi\t<ctl> hi");
     // A dangling partial character and an unknown id become U+FFFD.
     assert_eq!(t.decode(&[hi, byte_id(0xE2)], false), " hi\u{FFFD}");
     assert_eq!(t.decode(&[u32::MAX], false), "\u{FFFD}");
@@ -297,14 +231,8 @@ fn rstrip_tokens_swallow_following_whitespace() {
     let mut phi = source(&[("<|user|>", 3)], &[("x", -1.0), ("▁x", -1.0)]);
     phi.general_name = Some("Phi-3 mini".to_owned());
     let t = Tokenizer::from_source(phi).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        t.encode("<|user|>  \n x", false, true),
-        ids(&t, &["<|user|>", "x"])
-    );
-    let t = build(
-        &[("<|user|>", 3)],
-        &[("x", -1.0), ("▁x", -1.0), ("▁", -1.0)],
-    );
+    assert_eq!(t.encode("<|user|>  \n x", false, true), ids(&t, &["<|user|>", "x"]));
+    let t = build(&[("<|user|>", 3)], &[("x", -1.0), ("▁x", -1.0), ("▁", -1.0)]);
     assert_eq!(
         t.encode("<|user|> x", false, true),
         ids(&t, &["<|user|>", "▁x"]),
@@ -316,59 +244,32 @@ fn rstrip_tokens_swallow_following_whitespace() {
 fn unsupported_or_malformed_vocabularies_are_typed_errors() {
     let mut bpe = source(&[], &[]);
     bpe.model = "gpt2".to_owned();
-    assert!(
-        matches!(Tokenizer::from_source(bpe), Err(TokenizerError::UnsupportedModel(m)) if m == "gpt2")
-    );
+    assert!(matches!(Tokenizer::from_source(bpe), Err(TokenizerError::UnsupportedModel(m)) if m == "gpt2"));
 
     let mut short = source(&[], &[("a", -1.0)]);
     if let Some(scores) = short.scores.as_mut() {
         scores.pop();
     }
-    assert!(matches!(
-        Tokenizer::from_source(short),
-        Err(TokenizerError::TooFewEntries { .. })
-    ));
+    assert!(matches!(Tokenizer::from_source(short), Err(TokenizerError::TooFewEntries { .. })));
 
     let mut bad_byte = source(&[], &[]);
     if let Some(t) = bad_byte.tokens.get_mut(FIRST_BYTE as usize) {
         *t = "<0xZZ>".to_owned();
     }
-    assert!(matches!(
-        Tokenizer::from_source(bad_byte),
-        Err(TokenizerError::BadByteToken { .. })
-    ));
+    assert!(matches!(Tokenizer::from_source(bad_byte), Err(TokenizerError::BadByteToken { .. })));
 
-    let empty = TokenizerSource {
-        model: "llama".to_owned(),
-        ..TokenizerSource::default()
-    };
-    assert!(matches!(
-        Tokenizer::from_source(empty),
-        Err(TokenizerError::EmptyVocab)
-    ));
+    let empty = TokenizerSource { model: "llama".to_owned(), ..TokenizerSource::default() };
+    assert!(matches!(Tokenizer::from_source(empty), Err(TokenizerError::EmptyVocab)));
 }
 
 #[test]
 fn long_input_is_not_quadratic() {
     // 200k characters of a text that merges heavily; a quadratic merge loop would take minutes.
-    let t = build(
-        &[],
-        &[
-            ("a", -1.0),
-            ("b", -1.0),
-            ("ab", -1.0),
-            ("abab", -1.0),
-            ("abababab", -1.0),
-        ],
-    );
+    let t = build(&[], &[("a", -1.0), ("b", -1.0), ("ab", -1.0), ("abab", -1.0), ("abababab", -1.0)]);
     let text = "ab".repeat(100_000);
     let started = std::time::Instant::now();
     let encoded = t.encode(&text, false, false);
     assert_eq!(encoded.len(), 25_000);
     assert!(encoded.iter().all(|&i| i == id(&t, "abababab")));
-    assert!(
-        started.elapsed().as_secs_f64() < 5.0,
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed().as_secs_f64() < 5.0, "took {:?}", started.elapsed());
 }

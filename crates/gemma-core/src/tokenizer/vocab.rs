@@ -87,12 +87,7 @@ impl Vocab {
         scores.resize(n, 0.0);
         let mut attrs = attrs;
         attrs.resize(n, TokenAttrs::UNDEFINED);
-        Vocab {
-            pieces,
-            scores,
-            attrs,
-            ids,
-        }
+        Vocab { pieces, scores, attrs, ids }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -128,10 +123,6 @@ impl Vocab {
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &str, TokenAttrs)> {
-        self.pieces
-            .iter()
-            .zip(&self.attrs)
-            .enumerate()
-            .map(|(id, (piece, attrs))| (id as u32, piece.as_str(), *attrs))
+        self.pieces.iter().zip(&self.attrs).enumerate().map(|(id, (piece, attrs))| (id as u32, piece.as_str(), *attrs))
     }
 }

@@ -37,42 +37,20 @@ pub enum GgufError {
     },
     #[error("{path}: not a GGUF file (it starts with \"{}\", expected \"GGUF\")", .found.escape_ascii())]
     BadMagic { path: PathBuf, found: Vec<u8> },
-    #[error(
-        "{path}: unsupported GGUF version {version} (this reader handles versions 2 and 3{hint})"
-    )]
-    UnsupportedVersion {
-        path: PathBuf,
-        version: u32,
-        hint: &'static str,
-    },
+    #[error("{path}: unsupported GGUF version {version} (this reader handles versions 2 and 3{hint})")]
+    UnsupportedVersion { path: PathBuf, version: u32, hint: &'static str },
     #[error(
         "{path}: file is truncated or damaged: {what} (at byte {offset}): {needed} bytes needed, \
          but the file ends at byte {len}"
     )]
-    Truncated {
-        path: PathBuf,
-        what: String,
-        offset: u64,
-        needed: u64,
-        len: u64,
-    },
+    Truncated { path: PathBuf, what: String, offset: u64, needed: u64, len: u64 },
     #[error("{path}: tensor '{tensor}' has unknown type id {id}")]
-    UnknownTensorType {
-        path: PathBuf,
-        tensor: String,
-        id: u32,
-    },
+    UnknownTensorType { path: PathBuf, tensor: String, id: u32 },
     #[error(
         "{path}: file is truncated: tensor '{tensor}' data (bytes {start}..{end}) runs past the end of the file \
          ({len} bytes)"
     )]
-    TensorOutOfBounds {
-        path: PathBuf,
-        tensor: String,
-        start: u64,
-        end: u64,
-        len: u64,
-    },
+    TensorOutOfBounds { path: PathBuf, tensor: String, start: u64, end: u64, len: u64 },
     #[error("{path}: malformed file: {what}")]
     Malformed { path: PathBuf, what: String },
     /// The writer was asked for something a GGUF file cannot hold (or this reader would reject).
@@ -121,42 +99,23 @@ impl TensorInfo {
 /// Shared by the reader and the writer so that the writer never produces a file the reader rejects.
 pub(crate) fn tensor_geometry(dims: &[u64], ty: GgmlType) -> Result<(u64, u64), String> {
     if dims.is_empty() || dims.len() > MAX_DIMS {
-        return Err(format!(
-            "has {} dimensions (1 to {MAX_DIMS} allowed)",
-            dims.len()
-        ));
+        return Err(format!("has {} dimensions (1 to {MAX_DIMS} allowed)", dims.len()));
     }
     // ggml stores dims as int64: anything above i64::MAX is a negative dimension there.
     if let Some((j, d)) = dims.iter().enumerate().find(|(_, &d)| d > i64::MAX as u64) {
-        return Err(format!(
-            "dimension {j} is {d}, beyond ggml's limit of {}",
-            i64::MAX
-        ));
+        return Err(format!("dimension {j} is {d}, beyond ggml's limit of {}", i64::MAX));
     }
     // Zero dims make the element count 0, but the other dims must still multiply without overflow, or the
     // row count of a zero-length-row tensor would overflow later.
-    let nonzero_product = dims
-        .iter()
-        .filter(|&&d| d != 0)
-        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-        .filter(|&n| n <= i64::MAX as u64);
+    let nonzero_product =
+        dims.iter().filter(|&&d| d != 0).try_fold(1u64, |acc, &d| acc.checked_mul(d)).filter(|&n| n <= i64::MAX as u64);
     if nonzero_product.is_none() {
-        return Err(format!(
-            "shape {dims:?} overflows: its element count exceeds {}",
-            i64::MAX
-        ));
+        return Err(format!("shape {dims:?} overflows: its element count exceeds {}", i64::MAX));
     }
-    let n_elements = if dims.contains(&0) {
-        0
-    } else {
-        nonzero_product.unwrap_or(0)
-    };
+    let n_elements = if dims.contains(&0) { 0 } else { nonzero_product.unwrap_or(0) };
     let block = ty.block_size() as u64;
     if !dims[0].is_multiple_of(block) {
-        return Err(format!(
-            "row length {} is not a multiple of the {ty} block size {block}",
-            dims[0]
-        ));
+        return Err(format!("row length {} is not a multiple of the {ty} block size {block}", dims[0]));
     }
     let n_bytes = (n_elements / block)
         .checked_mul(ty.type_size() as u64)
@@ -212,10 +171,7 @@ impl GgufFile {
     /// Memory-maps and parses a file.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile, GgufError> {
         let path = path.as_ref().to_path_buf();
-        let io = |source| GgufError::Io {
-            path: path.clone(),
-            source,
-        };
+        let io = |source| GgufError::Io { path: path.clone(), source };
         let file = std::fs::File::open(&path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         let storage = if len == 0 {
@@ -234,17 +190,10 @@ impl GgufFile {
     }
 
     fn parse(path: PathBuf, storage: Storage) -> Result<GgufFile, GgufError> {
-        let mut r = Cursor {
-            buf: storage.bytes(),
-            pos: 0,
-            path: &path,
-        };
+        let mut r = Cursor { buf: storage.bytes(), pos: 0, path: &path };
         let magic = r.take(4, || "magic".into())?;
         if magic != GGUF_MAGIC {
-            return Err(GgufError::BadMagic {
-                path: path.clone(),
-                found: magic.to_vec(),
-            });
+            return Err(GgufError::BadMagic { path: path.clone(), found: magic.to_vec() });
         }
         let version = r.u32(|| "version".into())?;
         if version != 2 && version != 3 {
@@ -254,11 +203,7 @@ impl GgufFile {
             } else {
                 ""
             };
-            return Err(GgufError::UnsupportedVersion {
-                path: path.clone(),
-                version,
-                hint,
-            });
+            return Err(GgufError::UnsupportedVersion { path: path.clone(), version, hint });
         }
         let n_tensors = r.u64(|| "tensor count".into())?;
         let n_kv = r.u64(|| "metadata count".into())?;
@@ -275,14 +220,10 @@ impl GgufFile {
             let key_pos = r.pos;
             let key = r.string(|| format!("key of metadata entry {i}"))?;
             if key.is_empty() {
-                return Err(r.malformed(format!(
-                    "metadata entry {i} (at byte {key_pos}) has an empty key"
-                )));
+                return Err(r.malformed(format!("metadata entry {i} (at byte {key_pos}) has an empty key")));
             }
             if meta_index.contains_key(&key) {
-                return Err(r.malformed(format!(
-                    "duplicate metadata key '{key}' (entry {i}, at byte {key_pos})"
-                )));
+                return Err(r.malformed(format!("duplicate metadata key '{key}' (entry {i}, at byte {key_pos})")));
             }
             let ty = r.value_type(|| format!("type of metadata '{key}'"))?;
             let value = r.value(ty, &key, 0)?;
@@ -290,10 +231,7 @@ impl GgufFile {
             metadata.push((key, value));
         }
 
-        let alignment = match meta_index
-            .get("general.alignment")
-            .and_then(|&i| metadata.get(i))
-        {
+        let alignment = match meta_index.get("general.alignment").and_then(|&i| metadata.get(i)) {
             None => DEFAULT_ALIGNMENT,
             Some((_, MetaValue::U32(a))) if a.is_power_of_two() => *a as u64,
             Some((_, other)) => {
@@ -304,8 +242,7 @@ impl GgufFile {
             }
         };
 
-        let mut tensors: Vec<TensorInfo> =
-            Vec::with_capacity((n_tensors as usize).min(TABLE_PREALLOC));
+        let mut tensors: Vec<TensorInfo> = Vec::with_capacity((n_tensors as usize).min(TABLE_PREALLOC));
         let mut tensor_index = HashMap::with_capacity((n_tensors as usize).min(TABLE_PREALLOC));
         for i in 0..n_tensors {
             let name_pos = r.pos;
@@ -318,44 +255,32 @@ impl GgufFile {
                 )));
             }
             if tensor_index.contains_key(&name) {
-                return Err(r.malformed(format!(
-                    "duplicate tensor name '{name}' (tensor {i}, at byte {name_pos})"
-                )));
+                return Err(r.malformed(format!("duplicate tensor name '{name}' (tensor {i}, at byte {name_pos})")));
             }
             let n_dims = r.u32(|| format!("dimension count of tensor '{name}'"))?;
             if n_dims == 0 || n_dims as usize > MAX_DIMS {
-                return Err(r.malformed(format!(
-                    "tensor '{name}' has {n_dims} dimensions (1 to {MAX_DIMS} allowed)"
-                )));
+                return Err(r.malformed(format!("tensor '{name}' has {n_dims} dimensions (1 to {MAX_DIMS} allowed)")));
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for j in 0..n_dims {
                 dims.push(r.u64(|| format!("dimension {j} of tensor '{name}'"))?);
             }
             let type_id = r.u32(|| format!("type of tensor '{name}'"))?;
-            let ggml_type =
-                GgmlType::from_id(type_id).ok_or_else(|| GgufError::UnknownTensorType {
-                    path: path.clone(),
-                    tensor: name.clone(),
-                    id: type_id,
-                })?;
+            let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| GgufError::UnknownTensorType {
+                path: path.clone(),
+                tensor: name.clone(),
+                id: type_id,
+            })?;
             let offset = r.u64(|| format!("offset of tensor '{name}'"))?;
-            let (n_elements, n_bytes) = tensor_geometry(&dims, ggml_type)
-                .map_err(|why| r.malformed(format!("tensor '{name}' {why}")))?;
+            let (n_elements, n_bytes) =
+                tensor_geometry(&dims, ggml_type).map_err(|why| r.malformed(format!("tensor '{name}' {why}")))?;
             if offset % alignment != 0 {
                 return Err(r.malformed(format!(
                     "tensor '{name}' offset {offset} is not a multiple of the alignment {alignment}"
                 )));
             }
             tensor_index.insert(name.clone(), tensors.len());
-            tensors.push(TensorInfo {
-                name,
-                dims,
-                ggml_type,
-                offset,
-                n_elements,
-                n_bytes,
-            });
+            tensors.push(TensorInfo { name, dims, ggml_type, offset, n_elements, n_bytes });
         }
 
         let header_end = r.pos as u64;
@@ -375,12 +300,7 @@ impl GgufFile {
             }
             expected = align_up(t.n_bytes, alignment)
                 .and_then(|padded| expected.checked_add(padded))
-                .ok_or_else(|| {
-                    r.malformed(format!(
-                        "tensor '{}' (tensor {i}): data section size overflows",
-                        t.name
-                    ))
-                })?;
+                .ok_or_else(|| r.malformed(format!("tensor '{}' (tensor {i}): data section size overflows", t.name)))?;
         }
 
         if !tensors.is_empty() && data_offset > len {
@@ -410,17 +330,7 @@ impl GgufFile {
             }
         }
 
-        Ok(GgufFile {
-            path,
-            storage,
-            version,
-            alignment,
-            metadata,
-            meta_index,
-            tensors,
-            tensor_index,
-            data_offset,
-        })
+        Ok(GgufFile { path, storage, version, alignment, metadata, meta_index, tensors, tensor_index, data_offset })
     }
 
     pub fn path(&self) -> &Path {
@@ -444,19 +354,14 @@ impl GgufFile {
         &self.metadata
     }
     pub fn get(&self, key: &str) -> Option<&MetaValue> {
-        self.meta_index
-            .get(key)
-            .and_then(|&i| self.metadata.get(i))
-            .map(|(_, v)| v)
+        self.meta_index.get(key).and_then(|&i| self.metadata.get(i)).map(|(_, v)| v)
     }
     /// Tensor infos in file order.
     pub fn tensors(&self) -> &[TensorInfo] {
         &self.tensors
     }
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
-        self.tensor_index
-            .get(name)
-            .and_then(|&i| self.tensors.get(i))
+        self.tensor_index.get(name).and_then(|&i| self.tensors.get(i))
     }
 
     /// The tensor's bytes (bounds were checked when the file was opened).
@@ -485,9 +390,7 @@ impl GgufFile {
     fn data_range(&self, t: &TensorInfo) -> Option<&[u8]> {
         let start = self.data_offset.checked_add(t.offset)?;
         let end = start.checked_add(t.n_bytes)?;
-        self.storage
-            .bytes()
-            .get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
+        self.storage.bytes().get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
     }
 }
 
@@ -501,10 +404,7 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn malformed(&self, what: String) -> GgufError {
-        GgufError::Malformed {
-            path: self.path.to_path_buf(),
-            what,
-        }
+        GgufError::Malformed { path: self.path.to_path_buf(), what }
     }
 
     fn remaining(&self) -> u64 {
@@ -532,12 +432,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Errs when `count` items of at least `min_each` bytes cannot fit in the rest of the file.
-    fn check_count(
-        &self,
-        count: u64,
-        min_each: u64,
-        what: impl FnOnce() -> String,
-    ) -> Result<(), GgufError> {
+    fn check_count(&self, count: u64, min_each: u64, what: impl FnOnce() -> String) -> Result<(), GgufError> {
         let needed = count.saturating_mul(min_each);
         if needed > self.remaining() {
             return Err(GgufError::Truncated {
@@ -551,10 +446,7 @@ impl<'a> Cursor<'a> {
         Ok(())
     }
 
-    fn array<const N: usize>(
-        &mut self,
-        what: impl FnOnce() -> String,
-    ) -> Result<[u8; N], GgufError> {
+    fn array<const N: usize>(&mut self, what: impl FnOnce() -> String) -> Result<[u8; N], GgufError> {
         let s = self.take(N as u64, what)?;
         let mut a = [0u8; N];
         a.copy_from_slice(s);
@@ -586,12 +478,8 @@ impl<'a> Cursor<'a> {
     fn value_type(&mut self, what: impl Fn() -> String) -> Result<ValueType, GgufError> {
         let at = self.pos;
         let id = self.u32(&what)?;
-        ValueType::from_id(id).ok_or_else(|| {
-            self.malformed(format!(
-                "{} at byte {at}: unknown value type id {id}",
-                what()
-            ))
-        })
+        ValueType::from_id(id)
+            .ok_or_else(|| self.malformed(format!("{} at byte {at}: unknown value type id {id}", what())))
     }
 
     fn value(&mut self, ty: ValueType, key: &str, depth: u32) -> Result<MetaValue, GgufError> {
@@ -613,9 +501,9 @@ impl<'a> Cursor<'a> {
                     [0] => MetaValue::Bool(false),
                     [1] => MetaValue::Bool(true),
                     [b] => {
-                        return Err(self.malformed(format!(
-                            "metadata '{key}': bool byte {b} at byte {at} is neither 0 nor 1"
-                        )))
+                        return Err(
+                            self.malformed(format!("metadata '{key}': bool byte {b} at byte {at} is neither 0 nor 1"))
+                        )
                     }
                 }
             }

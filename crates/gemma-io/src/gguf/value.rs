@@ -129,12 +129,10 @@ impl MetaValue {
 
     /// Any non-negative integer as u64.
     pub fn as_u64(&self) -> Option<u64> {
-        self.as_i64()
-            .and_then(|v| u64::try_from(v).ok())
-            .or(match *self {
-                MetaValue::U64(v) => Some(v),
-                _ => None,
-            })
+        self.as_i64().and_then(|v| u64::try_from(v).ok()).or(match *self {
+            MetaValue::U64(v) => Some(v),
+            _ => None,
+        })
     }
 
     /// Any float or integer as f64.

@@ -6,9 +6,7 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::path::Path;
 
-use super::reader::{
-    align_up, tensor_geometry, GgufError, MAX_ARRAY_DEPTH, MAX_ARRAY_LEN, MAX_TENSOR_NAME_LEN,
-};
+use super::reader::{align_up, tensor_geometry, GgufError, MAX_ARRAY_DEPTH, MAX_ARRAY_LEN, MAX_TENSOR_NAME_LEN};
 use super::types::GgmlType;
 use super::value::MetaValue;
 use super::{DEFAULT_ALIGNMENT, GGUF_MAGIC};
@@ -64,9 +62,7 @@ impl GgufWriter {
     /// Sets the format version: 2 or 3 (identical layouts for little-endian files).
     pub fn version(mut self, version: u32) -> Result<GgufWriter, GgufError> {
         if version != 2 && version != 3 {
-            return Err(invalid(format!(
-                "version {version} (only 2 and 3 can be written)"
-            )));
+            return Err(invalid(format!("version {version} (only 2 and 3 can be written)")));
         }
         self.version = version;
         Ok(self)
@@ -81,9 +77,7 @@ impl GgufWriter {
 
     fn set_alignment(&mut self, alignment: u32) -> Result<(), GgufError> {
         if !alignment.is_power_of_two() {
-            return Err(invalid(format!(
-                "alignment {alignment} is not a power of two"
-            )));
+            return Err(invalid(format!("alignment {alignment} is not a power of two")));
         }
         self.alignment = alignment;
         let existing = self.metadata.iter().position(|(k, _)| k == ALIGNMENT_KEY);
@@ -95,8 +89,7 @@ impl GgufWriter {
             (Some(i), false) => self.metadata[i].1 = MetaValue::U32(alignment),
             (None, true) => {}
             (None, false) => {
-                self.metadata
-                    .push((ALIGNMENT_KEY.to_string(), MetaValue::U32(alignment)));
+                self.metadata.push((ALIGNMENT_KEY.to_string(), MetaValue::U32(alignment)));
                 self.keys.insert(ALIGNMENT_KEY.to_string());
             }
         }
@@ -106,11 +99,7 @@ impl GgufWriter {
     /// Adds one metadata entry. Keys must be non-empty and unique; array items must all have the array's element
     /// type, arrays may nest at most 4 deep. `general.alignment` (a power-of-two u32) sets the alignment, so
     /// metadata copied from another file keeps its meaning.
-    pub fn add_metadata(
-        &mut self,
-        key: impl Into<String>,
-        value: MetaValue,
-    ) -> Result<(), GgufError> {
+    pub fn add_metadata(&mut self, key: impl Into<String>, value: MetaValue) -> Result<(), GgufError> {
         let key = key.into();
         if key.is_empty() {
             return Err(invalid("empty metadata key".to_string()));
@@ -118,10 +107,9 @@ impl GgufWriter {
         if key == ALIGNMENT_KEY {
             return match value {
                 MetaValue::U32(a) => self.set_alignment(a),
-                other => Err(invalid(format!(
-                    "{ALIGNMENT_KEY} must be a u32, got {} {other}",
-                    other.value_type().name()
-                ))),
+                other => {
+                    Err(invalid(format!("{ALIGNMENT_KEY} must be a u32, got {} {other}", other.value_type().name())))
+                }
             };
         }
         if self.keys.contains(&key) {
@@ -152,8 +140,7 @@ impl GgufWriter {
         if self.tensor_names.contains(&name) {
             return Err(invalid(format!("duplicate tensor name '{name}'")));
         }
-        let (_, n_bytes) = tensor_geometry(dims, ggml_type)
-            .map_err(|why| invalid(format!("tensor '{name}' {why}")))?;
+        let (_, n_bytes) = tensor_geometry(dims, ggml_type).map_err(|why| invalid(format!("tensor '{name}' {why}")))?;
         if data.len() as u64 != n_bytes {
             return Err(invalid(format!(
                 "tensor '{name}' of type {ggml_type} and shape {dims:?} takes {n_bytes} bytes, but {} were given",
@@ -161,12 +148,7 @@ impl GgufWriter {
             )));
         }
         self.tensor_names.insert(name.clone());
-        self.tensors.push(PendingTensor {
-            name,
-            dims: dims.to_vec(),
-            ggml_type,
-            data,
-        });
+        self.tensors.push(PendingTensor { name, dims: dims.to_vec(), ggml_type, data });
         Ok(())
     }
 
@@ -207,18 +189,12 @@ impl GgufWriter {
     /// once complete and synced, so a crash never leaves a partial file under the final name.
     pub fn write_file(&self, path: impl AsRef<Path>) -> Result<(), GgufError> {
         let path = path.as_ref();
-        let failed = |source| GgufError::WriteFailed {
-            path: path.to_path_buf(),
-            source,
-        };
+        let failed = |source| GgufError::WriteFailed { path: path.to_path_buf(), source };
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
-        let file_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let temp = tempfile::Builder::new()
             .prefix(&format!(".{file_name}."))
             .suffix(".partial")
@@ -259,8 +235,7 @@ impl GgufWriter {
             b.extend_from_slice(&t.ggml_type.id().to_le_bytes());
             b.extend_from_slice(&offset.to_le_bytes());
             // Sizes were bounded by i64::MAX when the tensor was added.
-            offset =
-                align_up(offset + t.data.len() as u64, self.alignment as u64).unwrap_or(u64::MAX);
+            offset = align_up(offset + t.data.len() as u64, self.alignment as u64).unwrap_or(u64::MAX);
         }
         b.resize(b.len() + self.padding(b.len()), 0);
         b
@@ -274,9 +249,7 @@ fn invalid(what: String) -> GgufError {
 fn check_value(key: &str, value: &MetaValue, depth: u32) -> Result<(), GgufError> {
     if let MetaValue::Array(elem, items) = value {
         if depth >= MAX_ARRAY_DEPTH {
-            return Err(invalid(format!(
-                "metadata '{key}': arrays nested more than {MAX_ARRAY_DEPTH} deep"
-            )));
+            return Err(invalid(format!("metadata '{key}': arrays nested more than {MAX_ARRAY_DEPTH} deep")));
         }
         if items.len() as u64 > MAX_ARRAY_LEN {
             return Err(invalid(format!(

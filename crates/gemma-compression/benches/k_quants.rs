@@ -1,0 +1,111 @@
+//! `dot_rows` of the k-quant weight formats with Q8_K activations, at the shapes Gemma 3 270M runs them, and the
+//! Q8_K activation quantizer.
+//!
+//! - decode: one token against a matrix. `model` shapes (attn_output Q4_K 640 x 1024, ffn_down Q6_K 640 x 2048)
+//!   stay in cache between iterations, so they show compute speed; `stream` shapes (about 40-60 MB) do not fit
+//!   the L3, so they show how close the kernel gets to memory bandwidth. Throughput: weight bytes.
+//! - prefill: a 64-row slab against 256 tokens (what one matmul task sees). Throughput: multiply-adds.
+//!
+//! Run with `cargo bench -p gemma-compression --bench k_quants`; `GEMMA_SIMD=avx2|scalar` lowers the SIMD level.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use gemma_compression::{quant_format, simd_level, GgmlType};
+
+/// SplitMix64, so the bench needs no extra crates.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+/// Random weight rows: random quant bytes, with the f16 super-scales set to small finite values (the kernels'
+/// speed does not depend on the values, and quantizing tens of MB with the reference encoder takes too long).
+fn weights(rng: &mut Rng, ty: GgmlType, rows: usize, n: usize) -> Vec<u8> {
+    let bs = ty.type_size();
+    let mut w: Vec<u8> = (0..rows * ty.row_bytes(n).unwrap()).map(|_| rng.next() as u8).collect();
+    let scale_offsets: &[usize] = match ty {
+        GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
+        GgmlType::Q6K => &[208],
+        GgmlType::Q3K => &[108],
+        GgmlType::Q2K => &[80, 82],
+        _ => &[],
+    };
+    for b in w.chunks_exact_mut(bs) {
+        for &o in scale_offsets {
+            let d = half::f16::from_f32(rng.uniform().abs() * 0.01);
+            b[o..o + 2].copy_from_slice(&d.to_bits().to_le_bytes());
+        }
+    }
+    w
+}
+
+fn activations(rng: &mut Rng, n: usize, tokens: usize) -> Vec<u8> {
+    let x: Vec<f32> = (0..n * tokens).map(|_| rng.uniform()).collect();
+    let q8k = quant_format(GgmlType::Q8K).unwrap();
+    let rb = GgmlType::Q8K.row_bytes(n).unwrap();
+    let mut a = vec![0u8; rb * tokens];
+    for (src, dst) in x.chunks_exact(n).zip(a.chunks_exact_mut(rb)) {
+        q8k.quantize_row(src, dst).unwrap();
+    }
+    a
+}
+
+fn bench_dot_rows(c: &mut Criterion) {
+    println!("simd level: {}", simd_level());
+    let mut rng = Rng(42);
+    let mut group = c.benchmark_group("k_quants");
+    group.sample_size(20);
+    let decode = [
+        ("model", GgmlType::Q4K, 640, 1024),
+        ("model", GgmlType::Q6K, 640, 2048),
+        ("stream", GgmlType::Q4K, 65536, 1024),
+        ("stream", GgmlType::Q6K, 65536, 1024),
+    ];
+    for (name, ty, rows, n) in decode {
+        let f = quant_format(ty).unwrap();
+        let w = weights(&mut rng, ty, rows, n);
+        let a = activations(&mut rng, n, 1);
+        let mut out = vec![0f32; rows];
+        group.throughput(Throughput::Bytes(w.len() as u64));
+        group.bench_function(format!("decode_{name}_{ty}_{rows}x{n}"), |b| {
+            b.iter(|| f.dot_rows(n, black_box(&w), rows, black_box(&a), 1, &mut out))
+        });
+    }
+    for (ty, n) in [(GgmlType::Q4K, 1024), (GgmlType::Q6K, 2048)] {
+        let (rows, tokens) = (64, 256);
+        let f = quant_format(ty).unwrap();
+        let w = weights(&mut rng, ty, rows, n);
+        let a = activations(&mut rng, n, tokens);
+        let mut out = vec![0f32; rows * tokens];
+        group.throughput(Throughput::Elements((rows * tokens * n) as u64));
+        group.bench_function(format!("prefill_{ty}_{rows}x{n}x{tokens}t"), |b| {
+            b.iter(|| f.dot_rows(n, black_box(&w), rows, black_box(&a), tokens, &mut out))
+        });
+    }
+    // the activation quantizer: ffn_down's input for 64 tokens
+    let (n, tokens) = (2048, 64);
+    let x: Vec<f32> = (0..n * tokens).map(|_| rng.uniform()).collect();
+    let rb = GgmlType::Q8K.row_bytes(n).unwrap();
+    let mut a = vec![0u8; rb * tokens];
+    let q8k = quant_format(GgmlType::Q8K).unwrap();
+    group.throughput(Throughput::Elements((n * tokens) as u64));
+    group.bench_function(format!("quantize_q8_k_{n}x{tokens}t"), |b| {
+        b.iter(|| {
+            for (src, dst) in black_box(&x).chunks_exact(n).zip(a.chunks_exact_mut(rb)) {
+                q8k.quantize_row(src, dst).unwrap();
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_dot_rows);
+criterion_main!(benches);
