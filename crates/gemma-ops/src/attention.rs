@@ -1,7 +1,9 @@
 //! Scaled dot-product attention of one query head over cached keys and values.
 
 use crate::pool::{SharedMut, ThreadPool};
-use crate::vector::{axpy, dot, softmax};
+#[cfg(target_arch = "x86_64")]
+use crate::vector::x86 as vector_x86;
+use crate::vector::{axpy_scalar, dot_scalar, softmax};
 
 /// Keys and values of one layer for one sequence: position-major rows of `row_len` floats
 /// (all KV heads of a position side by side).
@@ -33,21 +35,93 @@ pub fn attend(
     out: &mut [f32],
     scores: &mut Vec<f32>,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { attend_avx512(q, kv, kv_head, positions, out, scores) };
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { attend_avx2(q, kv, kv_head, positions, out, scores) };
+        }
+    }
+    attend_with(dot_scalar, axpy_scalar, q, kv, kv_head, positions, out, scores)
+}
+
+/// The attention loop over positions, with the dot and axpy kernels given (inlined into each SIMD variant so
+/// the feature check happens once per head, not once per key).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attend_with(
+    dot: impl Fn(&[f32], &[f32]) -> f32,
+    axpy: impl Fn(f32, &[f32], &mut [f32]),
+    q: &[f32],
+    kv: &KvView,
+    kv_head: usize,
+    positions: std::ops::Range<usize>,
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
     let d = q.len();
     let off = kv_head * d;
     scores.clear();
     for p in positions.clone() {
         let r = kv.row(p) * kv.row_len + off;
-        let k = &kv.keys[r..r + d];
-        scores.push(dot(q, k));
+        scores.push(dot(q, &kv.keys[r..r + d]));
     }
     softmax(scores);
     out.fill(0.0);
     for (p, &w) in positions.zip(scores.iter()) {
         let r = kv.row(p) * kv.row_len + off;
-        let v = &kv.values[r..r + d];
-        axpy(w, v, out);
+        axpy(w, &kv.values[r..r + d], out);
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn attend_avx512(
+    q: &[f32],
+    kv: &KvView,
+    kv_head: usize,
+    positions: std::ops::Range<usize>,
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
+    // SAFETY (both closures): this function only runs where the CPU has AVX-512F.
+    attend_with(
+        |a, b| unsafe { vector_x86::dot_avx512(a, b) },
+        |a, x, y| unsafe { vector_x86::axpy_avx512(a, x, y) },
+        q,
+        kv,
+        kv_head,
+        positions,
+        out,
+        scores,
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2(
+    q: &[f32],
+    kv: &KvView,
+    kv_head: usize,
+    positions: std::ops::Range<usize>,
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
+    // SAFETY (both closures): this function only runs where the CPU has AVX2 and FMA.
+    attend_with(
+        |a, b| unsafe { vector_x86::dot_avx2(a, b) },
+        |a, x, y| unsafe { vector_x86::axpy_avx2(a, x, y) },
+        q,
+        kv,
+        kv_head,
+        positions,
+        out,
+        scores,
+    )
 }
 
 thread_local! {
@@ -117,5 +191,20 @@ mod tests {
         assert_eq!(out[0], 7.0);
         attend(&[0.0], &kv, 0, 2..4, &mut out, &mut Vec::new());
         assert!((out[0] - 6.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn simd_attention_matches_the_scalar_loop() {
+        let (d, n) = (256, 300);
+        let keys: Vec<f32> = (0..n * 2 * d).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.3).collect();
+        let values: Vec<f32> = (0..n * 2 * d).map(|i| (i * 104_729 % 1000) as f32 / 500.0 - 1.0).collect();
+        let kv = KvView { keys: &keys, values: &values, row_len: 2 * d, ring: 0 };
+        let q: Vec<f32> = (0..d).map(|i| (i as f32 * 0.01).sin()).collect();
+        let (mut want, mut got) = (vec![0.0; d], vec![0.0; d]);
+        attend_with(dot_scalar, axpy_scalar, &q, &kv, 1, 17..n, &mut want, &mut Vec::new());
+        attend(&q, &kv, 1, 17..n, &mut got, &mut Vec::new());
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-4 * (1.0 + w.abs()), "{g} vs {w}");
+        }
     }
 }
