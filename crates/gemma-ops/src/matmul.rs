@@ -121,11 +121,14 @@ pub fn matmul(
         TILE.with_borrow_mut(|tile| {
             tile.resize(rows.len() * n, 0.0);
             w.format.dot_rows(w.cols, w_slab, rows.len(), &acts.data, n, tile);
-            for t in 0..n {
-                // SAFETY: this task alone writes columns `rows` of every token's output row.
-                let dst = unsafe { out_shared.slice(t * m + rows.start..t * m + rows.end) };
-                for (k, v) in dst.iter_mut().enumerate() {
-                    *v = tile[k * n + t];
+            // Transpose rows x tokens into the token-major output, 16 tokens at a time so both sides stream.
+            for t0 in (0..n).step_by(16) {
+                let t1 = (t0 + 16).min(n);
+                for (k, src) in tile.chunks_exact(n).enumerate() {
+                    for t in t0..t1 {
+                        // SAFETY: this task alone writes columns `rows` of every token's output row.
+                        unsafe { out_shared.slice(t * m + rows.start + k..t * m + rows.start + k + 1)[0] = src[t] };
+                    }
                 }
             }
         });
