@@ -403,7 +403,7 @@ mod vnni {
     /// The CPU supports the VNNI level; `s` is a checked slab with `r0 + R <= rows` and `t0 + T <= n_tokens`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,bmi2,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn tile<F: TiledBlock, const R: usize, const T: usize>(s: &Slab, r0: usize, t0: usize) {
+    unsafe fn tile<F: TiledBlock, const R: usize, const T: usize>(s: &Slab, prep: &Prepared, r0: usize, t0: usize) {
         const { assert!(R <= 8, "the scales of 8 rows fill one vector") };
         let mut acc = [[_mm512_setzero_ps(); T]; R];
         let mut acc_offset = [[0.0f32; T]; R];
@@ -430,10 +430,11 @@ mod vnni {
                     pf_next += 64;
                 }
             }
+            let pair_prep = prep.pair(i, t0);
             if 2 * i + 1 < s.nb {
-                block_pair::<F, R, T, true>(s, w0, a0, 2 * i, &mut acc, &mut acc_offset);
+                block_pair::<F, R, T, true>(s, w0, a0, &pair_prep, 2 * i, &mut acc, &mut acc_offset);
             } else {
-                block_pair::<F, R, T, false>(s, w0, a0, 2 * i, &mut acc, &mut acc_offset);
+                block_pair::<F, R, T, false>(s, w0, a0, &pair_prep, 2 * i, &mut acc, &mut acc_offset);
             }
         }
         for r in 0..R {
@@ -451,37 +452,51 @@ mod vnni {
     }
 
     /// Adds blocks `ba` and `ba + 1` (only `ba` unless `HAS_B`) of rows `w0..` x tokens `a0..` into the tile's
-    /// accumulators.
+    /// accumulators. `prepared`, unless null, holds the pair's weights as [`prepare_band`] left them.
     ///
     /// # Safety
-    /// As [`tile`]; `w0` and `a0` are the tile's first row and token, `ba + HAS_B < nb`.
+    /// As [`tile`]; `w0` and `a0` are the tile's first row and token, `ba + HAS_B < nb`; `prepared` is null or
+    /// points at the `R + 1` vectors [`prepare_band`] wrote for this pair of these rows.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,bmi2,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn block_pair<F: TiledBlock, const R: usize, const T: usize, const HAS_B: bool>(
         s: &Slab,
         w0: *const u8,
         a0: *const u8,
+        prep: &Prepared,
         ba: usize,
         acc: &mut [[__m512; T]; R],
         acc_offset: &mut [[f32; T]; R],
     ) {
+        if T == 1 {
+            decode_block_pair::<F, R, HAS_B, T>(s, w0, a0, ba, acc, acc_offset);
+            return;
+        }
         // Per row: the pair's unsigned quants, and its two f16 scales (B's zero when there is no B).
         let mut wq = [_mm512_setzero_si512(); R];
-        let mut dw_bits = [0i32; 8];
         let mut m = [[0.0f32; 2]; R];
-        for r in 0..R {
-            let pa = w0.add(r * s.w_stride + ba * F::W_BYTES);
-            // without a B block, A's quants stand in for B's: they meet zero activations
-            let pb = if HAS_B { pa.add(F::W_BYTES) } else { pa };
-            wq[r] = F::quants_pair_vnni(pa, pb);
-            dw_bits[r] = f16_pair_bits(pa, HAS_B.then_some(pb));
-            if F::OFFSET {
-                m[r] = [f16_to_f32(pa.add(2)), if HAS_B { f16_to_f32(pb.add(2)) } else { 0.0 }];
+        let dw = if prep.band.is_null() || F::OFFSET {
+            // the offset formats are never prepared (see `cover`)
+            let mut dw_bits = [0i32; 8];
+            for r in 0..R {
+                let pa = w0.add(r * s.w_stride + ba * F::W_BYTES);
+                // without a B block, A's quants stand in for B's: they meet zero activations
+                let pb = if HAS_B { pa.add(F::W_BYTES) } else { pa };
+                wq[r] = F::quants_pair_vnni(pa, pb);
+                dw_bits[r] = f16_pair_bits(pa, HAS_B.then_some(pb));
+                if F::OFFSET {
+                    m[r] = [f16_to_f32(pa.add(2)), if HAS_B { f16_to_f32(pb.add(2)) } else { 0.0 }];
+                }
             }
-        }
-        let dw = _mm512_cvtph_ps(_mm256_setr_epi32(
-            dw_bits[0], dw_bits[1], dw_bits[2], dw_bits[3], dw_bits[4], dw_bits[5], dw_bits[6], dw_bits[7],
-        ));
+            _mm512_cvtph_ps(_mm256_setr_epi32(
+                dw_bits[0], dw_bits[1], dw_bits[2], dw_bits[3], dw_bits[4], dw_bits[5], dw_bits[6], dw_bits[7],
+            ))
+        } else {
+            for (r, q) in wq.iter_mut().enumerate() {
+                *q = prep.band.add(r).read();
+            }
+            _mm512_castsi512_ps(prep.band.add(R).read())
+        };
         // Per token: the pair's activations, each lane's start value, and `d_w * d_a` of every row
         // (`prod[t][2r..2r + 2]`, read back as one 64-bit broadcast per row).
         let mut aq = [_mm512_setzero_si512(); T];
@@ -491,9 +506,15 @@ mod vnni {
         for t in 0..T {
             let pa = a0.add(t * s.a_stride + ba * F::A_BYTES);
             let pb = HAS_B.then(|| pa.add(F::A_BYTES));
-            (aq[t], start[t]) = acts_pair::<F>(pa.add(F::A_QS), pb.map(|p| p.add(F::A_QS)));
-            let da = _mm_cvtph_ps(_mm_cvtsi32_si128(f16_pair_bits(pa, pb)));
-            let da = _mm512_broadcastsd_pd(_mm_castps_pd(da));
+            let da = if F::OFFSET || prep.acts.is_null() {
+                (aq[t], start[t]) = acts_pair::<F>(pa.add(F::A_QS), pb.map(|p| p.add(F::A_QS)));
+                let da = _mm_cvtph_ps(_mm_cvtsi32_si128(f16_pair_bits(pa, pb)));
+                _mm512_broadcastsd_pd(_mm_castps_pd(da))
+            } else {
+                let q = prep.acts.add(2 * t * prep.pairs);
+                (aq[t], start[t]) = (q.read(), q.add(1).read());
+                _mm512_castsi512_pd(_mm512_set1_epi64(prep.acts_d.add(t * prep.pairs).read()))
+            };
             _mm512_storeu_pd(prod[t].as_mut_ptr(), _mm512_castps_pd(_mm512_mul_ps(dw, _mm512_castpd_ps(da))));
             if F::OFFSET {
                 sa[t] = [f16_to_f32(pa.add(2)), pb.map_or(0.0, |p| f16_to_f32(p.add(2)))];
@@ -517,6 +538,123 @@ mod vnni {
         }
     }
 
+    /// The unsigned quants of blocks `ba` and `ba + 1` (A's again without a B: they meet zero activations) of
+    /// rows `w0..w0 + R` into `wq`; returns their f16 scales as f32, lanes `2r` / `2r + 1` for row `r` (B's
+    /// zero without a B).
+    ///
+    /// # Safety
+    /// As [`block_pair`].
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,bmi2,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn weights_pair<F: TiledBlock, const R: usize, const HAS_B: bool>(
+        s: &Slab,
+        w0: *const u8,
+        ba: usize,
+        wq: &mut [__m512i; R],
+    ) -> __m512 {
+        let mut dw_bits = [0i32; 8];
+        for r in 0..R {
+            let pa = w0.add(r * s.w_stride + ba * F::W_BYTES);
+            let pb = if HAS_B { pa.add(F::W_BYTES) } else { pa };
+            wq[r] = F::quants_pair_vnni(pa, pb);
+            dw_bits[r] = f16_pair_bits(pa, HAS_B.then_some(pb));
+        }
+        _mm512_cvtph_ps(_mm256_setr_epi32(
+            dw_bits[0], dw_bits[1], dw_bits[2], dw_bits[3], dw_bits[4], dw_bits[5], dw_bits[6], dw_bits[7],
+        ))
+    }
+
+    /// Unpacks rows `w0..w0 + R` once for all the tiles of a prefill band: per block pair `i`, vectors
+    /// `band[i * (R + 1) + r]` hold row r's quants and `band[i * (R + 1) + R]` the f32 scales, exactly what
+    /// [`weights_pair`] gives the tile (so the bits do not depend on which path a tile takes).
+    ///
+    /// # Safety
+    /// As [`tile`]; `w0` is a row of the slab with `R` rows from it; `band` has `nb.div_ceil(2) * (R + 1)`
+    /// writable vectors.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,bmi2,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn prepare_band<F: TiledBlock, const R: usize>(s: &Slab, w0: *const u8, band: *mut __m512i) {
+        let mut wq = [_mm512_setzero_si512(); R];
+        for i in 0..s.nb.div_ceil(2) {
+            let dw = if 2 * i + 1 < s.nb {
+                weights_pair::<F, R, true>(s, w0, 2 * i, &mut wq)
+            } else {
+                weights_pair::<F, R, false>(s, w0, 2 * i, &mut wq)
+            };
+            let out = band.add(i * (R + 1));
+            for (r, q) in wq.iter().enumerate() {
+                out.add(r).write(*q);
+            }
+            out.add(R).write(_mm512_castps_si512(dw));
+        }
+    }
+
+    /// Prepares tokens `t0..t0 + tokens` once for all the bands of a prefill slab: for token `t` and block pair
+    /// `i`, `acts[2 * (t * pairs + i)]` holds the pair's activations, `+ 1` the lanes' start values, and
+    /// `acts_d[t * pairs + i]` the bits of the two f32 scales, exactly what [`acts_pair`] and the f16 conversion give the
+    /// tile.
+    ///
+    /// # Safety
+    /// As [`tile`] with `t0 + tokens <= n_tokens`; `acts` / `acts_d` have `2 * tokens * pairs` / `tokens *
+    /// pairs` writable entries.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,bmi2,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn prepare_acts<F: TiledBlock>(s: &Slab, t0: usize, tokens: usize, acts: *mut __m512i, acts_d: *mut i64) {
+        let pairs = s.nb.div_ceil(2);
+        for t in 0..tokens {
+            for i in 0..pairs {
+                let pa = s.a.add((t0 + t) * s.a_stride + 2 * i * F::A_BYTES);
+                let pb = (2 * i + 1 < s.nb).then(|| pa.add(F::A_BYTES));
+                let (q, start) = acts_pair::<F>(pa.add(F::A_QS), pb.map(|p| p.add(F::A_QS)));
+                let k = t * pairs + i;
+                acts.add(2 * k).write(q);
+                acts.add(2 * k + 1).write(start);
+                let da = _mm_cvtph_ps(_mm_cvtsi32_si128(f16_pair_bits(pa, pb)));
+                acts_d.add(k).write(_mm_cvtsi128_si64(_mm_castps_si128(da)));
+            }
+        }
+    }
+
+    /// [`block_pair`] for one token (decode): each row's scale pair is converted and multiplied on its own in
+    /// a 128-bit vector and broadcast, rather than gathered into an 8-row vector (scalar inserts) and stored
+    /// for broadcast loads; with one token nothing is shared that would pay for that. The products are the
+    /// same f32 `d_w * d_a`, so the bits equal those of the many-token tiles.
+    ///
+    /// # Safety
+    /// As [`block_pair`] with `T == 1`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,bmi2,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn decode_block_pair<F: TiledBlock, const R: usize, const HAS_B: bool, const T: usize>(
+        s: &Slab,
+        w0: *const u8,
+        a0: *const u8,
+        ba: usize,
+        acc: &mut [[__m512; T]; R],
+        acc_offset: &mut [[f32; T]; R],
+    ) {
+        let pa = a0.add(ba * F::A_BYTES);
+        let pb = HAS_B.then(|| pa.add(F::A_BYTES));
+        let (aq, start) = acts_pair::<F>(pa.add(F::A_QS), pb.map(|p| p.add(F::A_QS)));
+        let da = _mm_cvtph_ps(_mm_cvtsi32_si128(f16_pair_bits(pa, pb)));
+        let sa = if F::OFFSET { [f16_to_f32(pa.add(2)), pb.map_or(0.0, |p| f16_to_f32(p.add(2)))] } else { [0.0; 2] };
+        for r in 0..R {
+            let pa = w0.add(r * s.w_stride + ba * F::W_BYTES);
+            // without a B block, A's quants stand in for B's: they meet zero activations
+            let pb = if HAS_B { pa.add(F::W_BYTES) } else { pa };
+            let wq = F::quants_pair_vnni(pa, pb);
+            let dw = _mm_cvtph_ps(_mm_cvtsi32_si128(f16_pair_bits(pa, HAS_B.then_some(pb))));
+            let d = _mm512_castpd_ps(_mm512_broadcastsd_pd(_mm_castps_pd(_mm_mul_ps(dw, da))));
+            let lanes = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, wq, aq));
+            acc[r][0] = _mm512_fmadd_ps(d, lanes, acc[r][0]);
+            if F::OFFSET {
+                acc_offset[r][0] += f16_to_f32(pa.add(2)) * sa[0];
+                if HAS_B {
+                    acc_offset[r][0] += f16_to_f32(pb.add(2)) * sa[1];
+                }
+            }
+        }
+    }
+
     /// Covers rows `0..rows` x tokens `0..n_tokens` with R x T tiles, then the leftover tokens with R x 1
     /// and the leftover rows with 1 x T and 1 x 1.
     ///
@@ -524,31 +662,144 @@ mod vnni {
     /// As [`tile`].
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,bmi2,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn cover<F: TiledBlock, const R: usize, const T: usize>(s: &Slab) {
+    unsafe fn cover<F: TiledBlock, const R: usize, const T: usize>(s: &Slab, buffers: Option<&mut PrepBuffers>) {
+        let none = Prepared::NONE;
+        let full_tokens = s.n_tokens - s.n_tokens % T;
+        // The offset formats are left unprepared: measured, preparing made Q4_1 / Q5_1 slower (their scalar
+        // `m * s` terms dominate).
+        if let (Some(buf), true) = (buffers, !F::OFFSET && T > 1 && s.rows >= R && full_tokens > 0) {
+            // Token chunks keep the prepared activations in L2; each chunk re-prepares the row bands (cheap next
+            // to the chunk's tiles).
+            let pairs = s.nb.div_ceil(2);
+            let chunk = (PREP_TOKENS - PREP_TOKENS % T).max(T);
+            buf.band.clear();
+            buf.band.resize(pairs * (R + 1), _mm512_setzero_si512());
+            buf.acts.clear();
+            buf.acts.resize(2 * chunk.min(full_tokens) * pairs, _mm512_setzero_si512());
+            buf.acts_d.clear();
+            buf.acts_d.resize(chunk.min(full_tokens) * pairs, 0);
+            let mut c0 = 0;
+            while c0 < full_tokens {
+                let len = chunk.min(full_tokens - c0);
+                prepare_acts::<F>(s, c0, len, buf.acts.as_mut_ptr(), buf.acts_d.as_mut_ptr());
+                let mut r = 0;
+                while r + R <= s.rows {
+                    prepare_band::<F, R>(s, s.w.add(r * s.w_stride), buf.band.as_mut_ptr());
+                    let prep = Prepared {
+                        band: buf.band.as_ptr(),
+                        acts: buf.acts.as_ptr(),
+                        acts_d: buf.acts_d.as_ptr(),
+                        pairs,
+                        t_base: c0,
+                        band_stride: R + 1,
+                    };
+                    let mut t = c0;
+                    while t < c0 + len {
+                        tile::<F, R, T>(s, &prep, r, t);
+                        t += T;
+                    }
+                    r += R;
+                }
+                c0 += len;
+            }
+            let mut r = 0;
+            while r + R <= s.rows {
+                for t in full_tokens..s.n_tokens {
+                    tile::<F, R, 1>(s, &none, r, t);
+                }
+                r += R;
+            }
+            cover_rows::<F, T>(s, r);
+            return;
+        }
         let mut r = 0;
         while r + R <= s.rows {
             let mut t = 0;
             while t + T <= s.n_tokens {
-                tile::<F, R, T>(s, r, t);
+                tile::<F, R, T>(s, &none, r, t);
                 t += T;
             }
             while t < s.n_tokens {
-                tile::<F, R, 1>(s, r, t);
+                tile::<F, R, 1>(s, &none, r, t);
                 t += 1;
             }
             r += R;
         }
+        cover_rows::<F, T>(s, r);
+    }
+
+    /// Rows `r..rows` one at a time: 1 x T tiles, then 1 x 1.
+    ///
+    /// # Safety
+    /// As [`tile`].
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,bmi2,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn cover_rows<F: TiledBlock, const T: usize>(s: &Slab, mut r: usize) {
+        let none = Prepared::NONE;
         while r < s.rows {
             let mut t = 0;
             while t + T <= s.n_tokens {
-                tile::<F, 1, T>(s, r, t);
+                tile::<F, 1, T>(s, &none, r, t);
                 t += T;
             }
             while t < s.n_tokens {
-                tile::<F, 1, 1>(s, r, t);
+                tile::<F, 1, 1>(s, &none, r, t);
                 t += 1;
             }
             r += 1;
+        }
+    }
+
+    /// Tokens whose prepared activations one prefill chunk holds: 64 x 136 bytes per block pair, 280 KB for
+    /// 2048-element rows.
+    const PREP_TOKENS: usize = 64;
+
+    /// The thread's reusable buffers for prepared weights and activations (see [`Prepared`]).
+    struct PrepBuffers {
+        band: Vec<__m512i>,
+        acts: Vec<__m512i>,
+        acts_d: Vec<i64>,
+    }
+
+    /// Where a tile finds its weights and activations already unpacked ([`prepare_band`], [`prepare_acts`]);
+    /// null pointers: unpack them from the slab.
+    struct Prepared {
+        band: *const __m512i,
+        acts: *const __m512i,
+        acts_d: *const i64,
+        pairs: usize,
+        /// The token that `acts` starts at.
+        t_base: usize,
+        band_stride: usize,
+    }
+
+    impl Prepared {
+        const NONE: Prepared = Prepared {
+            band: std::ptr::null(),
+            acts: std::ptr::null(),
+            acts_d: std::ptr::null(),
+            pairs: 0,
+            t_base: 0,
+            band_stride: 0,
+        };
+
+        /// This at block pair `i` and token `t0` (null stays null).
+        ///
+        /// # Safety
+        /// Non-null pointers were prepared for pair `i` and token `t0`.
+        #[inline(always)]
+        unsafe fn pair(&self, i: usize, t0: usize) -> Prepared {
+            if self.band.is_null() {
+                return Prepared::NONE;
+            }
+            let k = (t0 - self.t_base) * self.pairs + i;
+            let acts_null = self.acts.is_null();
+            Prepared {
+                band: self.band.add(i * self.band_stride),
+                acts: if acts_null { self.acts } else { self.acts.add(2 * k) },
+                acts_d: if acts_null { self.acts_d } else { self.acts_d.add(k) },
+                ..*self
+            }
         }
     }
 
@@ -558,9 +809,18 @@ mod vnni {
     pub(super) unsafe fn dot_slab<F: TiledBlock>(s: &Slab) {
         if s.n_tokens < TOKENS_PREFILL {
             // decode and small batches: tall tiles, several rows share each activation load
-            cover::<F, ROWS_DECODE, 1>(s);
+            cover::<F, ROWS_DECODE, 1>(s, None);
         } else {
-            cover::<F, ROWS_PREFILL, TOKENS_PREFILL>(s);
+            // the buffers are reused by every slab this thread runs (no allocation once they are large enough)
+            thread_local! {
+                static BUFFERS: std::cell::RefCell<PrepBuffers> = const {
+                    std::cell::RefCell::new(PrepBuffers { band: Vec::new(), acts: Vec::new(), acts_d: Vec::new() })
+                };
+            }
+            BUFFERS.with_borrow_mut(|buf| {
+                // SAFETY: as this function's own contract; `cover` sizes the buffers itself.
+                unsafe { cover::<F, ROWS_PREFILL, TOKENS_PREFILL>(s, Some(buf)) }
+            });
         }
     }
 
@@ -1002,6 +1262,30 @@ mod tests {
                     }
                 }
                 println!("{} {level}: every batch shape gives the one-pair bits (n = 640, 672)", c.ty);
+            }
+        }
+    }
+
+    /// Prefill batches longer than one prepared chunk of the VNNI kernel (`PREP_TOKENS`), with leftover rows
+    /// and tokens, still give each pair the bits of its one-pair call.
+    #[test]
+    fn long_batches_give_the_one_pair_bits() {
+        for level in levels() {
+            for c in cases() {
+                let mut rng = TestRng::new(c.ty.id() as u64 * 23 + 5);
+                let (rows, tokens, n) = (9, 150, 96);
+                let (wb, ab) = (c.ty.row_bytes(n).unwrap(), c.act.row_bytes(n).unwrap());
+                let w = weights(&mut rng, c.ty, rows, n, false, &|_| 0.0);
+                let a = activations(&mut rng, c.act, tokens, n, false);
+                let got = tiled_all(&c, level, n, &w, rows, &a, tokens);
+                for r in 0..rows {
+                    for t in 0..tokens {
+                        let (wr, at) = (&w[r * wb..(r + 1) * wb], &a[t * ab..(t + 1) * ab]);
+                        let single = tiled_all(&c, level, n, wr, 1, at, 1)[0];
+                        assert_eq!(got[r * tokens + t].to_bits(), single.to_bits(), "{} {level} ({r}, {t})", c.ty);
+                    }
+                }
+                println!("{} {level}: {rows}x{tokens} batch gives the one-pair bits", c.ty);
             }
         }
     }
