@@ -1,7 +1,5 @@
 //! The vocabulary: token texts, scores and attributes, indexed both ways.
 
-use std::collections::HashMap;
-
 /// Token attributes, the bits llama.cpp keeps per token (`llama_token_attr`). A token may carry several:
 /// e.g. an end-of-turn marker stored as a normal token is promoted to `NORMAL | CONTROL`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -65,7 +63,14 @@ pub(crate) struct Vocab {
     pieces: Vec<String>,
     scores: Vec<f32>,
     attrs: Vec<TokenAttrs>,
-    ids: HashMap<String, u32>,
+    /// Open-addressing table from text to id (`id + 1`, 0 = empty), probing linearly from the text's hash.
+    /// It stores ids, not copies of the texts: a `HashMap<String, u32>` of Gemma's 262,144 pieces costs ~17 MB.
+    index: Vec<u32>,
+}
+
+/// FNV-1a: short keys, no need for DoS resistance (the keys come from the model file, not from users).
+fn text_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 impl Vocab {
@@ -74,20 +79,28 @@ impl Vocab {
     /// has a distinct text, and for duplicated texts the later id wins the text → id map, both as
     /// llama.cpp does.
     pub(crate) fn new(mut pieces: Vec<String>, scores: Vec<f32>, attrs: Vec<TokenAttrs>) -> Vocab {
-        let mut ids = HashMap::with_capacity(pieces.len());
         for (id, piece) in pieces.iter_mut().enumerate() {
             if piece.is_empty() {
                 *piece = format!("[EMPTY_{id}]");
             }
-            // Ids fit in u32: the caller rejects larger vocabularies.
-            ids.insert(piece.clone(), id as u32);
         }
         let n = pieces.len();
+        let mask = (2 * n).next_power_of_two().max(2) - 1;
+        let mut index = vec![0u32; mask + 1];
+        for (id, piece) in pieces.iter().enumerate() {
+            let mut slot = text_hash(piece) as usize & mask;
+            // A duplicated text takes the later id's value, as llama.cpp's map does.
+            while index[slot] != 0 && pieces[index[slot] as usize - 1] != *piece {
+                slot = (slot + 1) & mask;
+            }
+            // Ids fit in u32: the caller rejects larger vocabularies.
+            index[slot] = id as u32 + 1;
+        }
         let mut scores = scores;
         scores.resize(n, 0.0);
         let mut attrs = attrs;
         attrs.resize(n, TokenAttrs::UNDEFINED);
-        Vocab { pieces, scores, attrs, ids }
+        Vocab { pieces, scores, attrs, index }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -119,7 +132,15 @@ impl Vocab {
     }
 
     pub(crate) fn id_of(&self, text: &str) -> Option<u32> {
-        self.ids.get(text).copied()
+        let mask = self.index.len() - 1;
+        let mut slot = text_hash(text) as usize & mask;
+        loop {
+            match self.index[slot] {
+                0 => return None,
+                e if self.pieces[e as usize - 1] == text => return Some(e - 1),
+                _ => slot = (slot + 1) & mask,
+            }
+        }
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, &str, TokenAttrs)> {
