@@ -10,7 +10,7 @@ LLAMA_BIN=${LLAMA_BIN:-$A/llama.cpp/build/bin}
 THREADS=${1:-1,2}
 REPS=${2:-5}
 cargo build --release -q -p gemma-cli
-GEMMA=target/release/gemma
+GEMMA=${CARGO_TARGET_DIR:-target}/release/gemma
 MODEL=$($GEMMA pull gemma-3-270m)
 
 echo "== machine"
