@@ -162,7 +162,6 @@ fn generate(common: &Common, args: &GenerateArgs) -> Result<()> {
         }
     };
     let out = session.generate(&m.tokenizer, &prompt_ids, &opts, &m.pool, &mut on_text)?;
-    drop(on_text);
     if args.json {
         let obj = serde_json::json!({
             "prompt_ids": out.prompt_ids,

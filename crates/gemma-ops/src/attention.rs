@@ -78,51 +78,35 @@ fn attend_with(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn attend_avx512(
-    q: &[f32],
-    kv: &KvView,
-    kv_head: usize,
-    positions: std::ops::Range<usize>,
-    out: &mut [f32],
-    scores: &mut Vec<f32>,
-) {
-    // SAFETY (both closures): this function only runs where the CPU has AVX-512F.
-    attend_with(
-        |a, b| unsafe { vector_x86::dot_avx512(a, b) },
-        |a, x, y| unsafe { vector_x86::axpy_avx512(a, x, y) },
-        q,
-        kv,
-        kv_head,
-        positions,
-        out,
-        scores,
-    )
+/// `attend` compiled for one instruction set, with that set's dot and axpy inlined.
+macro_rules! attend_for {
+    ($name:ident, $features:literal, $dot:ident, $axpy:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name(
+            q: &[f32],
+            kv: &KvView,
+            kv_head: usize,
+            positions: std::ops::Range<usize>,
+            out: &mut [f32],
+            scores: &mut Vec<f32>,
+        ) {
+            // SAFETY (both closures): this function only runs where the CPU has these features.
+            attend_with(
+                |a, b| unsafe { vector_x86::$dot(a, b) },
+                |a, x, y| unsafe { vector_x86::$axpy(a, x, y) },
+                q,
+                kv,
+                kv_head,
+                positions,
+                out,
+                scores,
+            )
+        }
+    };
 }
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn attend_avx2(
-    q: &[f32],
-    kv: &KvView,
-    kv_head: usize,
-    positions: std::ops::Range<usize>,
-    out: &mut [f32],
-    scores: &mut Vec<f32>,
-) {
-    // SAFETY (both closures): this function only runs where the CPU has AVX2 and FMA.
-    attend_with(
-        |a, b| unsafe { vector_x86::dot_avx2(a, b) },
-        |a, x, y| unsafe { vector_x86::axpy_avx2(a, x, y) },
-        q,
-        kv,
-        kv_head,
-        positions,
-        out,
-        scores,
-    )
-}
+attend_for!(attend_avx512, "avx512f", dot_avx512, axpy_avx512);
+attend_for!(attend_avx2, "avx2,fma", dot_avx2, axpy_avx2);
 
 thread_local! {
     /// Per-thread attention scores, kept so decoding allocates nothing once warm.

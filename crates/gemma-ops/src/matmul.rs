@@ -125,9 +125,9 @@ pub fn matmul(
             for t0 in (0..n).step_by(16) {
                 let t1 = (t0 + 16).min(n);
                 for (k, src) in tile.chunks_exact(n).enumerate() {
-                    for t in t0..t1 {
+                    for (t, &v) in src.iter().enumerate().take(t1).skip(t0) {
                         // SAFETY: this task alone writes columns `rows` of every token's output row.
-                        unsafe { out_shared.slice(t * m + rows.start + k..t * m + rows.start + k + 1)[0] = src[t] };
+                        unsafe { out_shared.slice(t * m + rows.start + k..t * m + rows.start + k + 1)[0] = v };
                     }
                 }
             }
