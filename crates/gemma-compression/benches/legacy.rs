@@ -15,20 +15,8 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use gemma_compression::{quant_format, simd_level, GgmlType};
 
-/// SplitMix64, so the bench needs no extra crates.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
+mod common;
+use common::Rng;
 
 /// Random weight rows: random quant bytes with small finite f16 scales (and offsets for Q4_1/Q5_1). Speed does
 /// not depend on the values, and encoding 178 MB with the reference quantizer would take too long.
