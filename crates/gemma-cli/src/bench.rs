@@ -197,7 +197,9 @@ pub fn guide_bench(common: &Common, cli: &Cli) -> Result<()> {
             top_p: args.top_p,
             min_p: args.min_p,
             seed: args.seed.or(Some(0)),
+            ..Default::default()
         },
+        ..Default::default()
     };
     let (mut decode, mut prefill, mut generated) = (Vec::new(), Vec::new(), 0);
     for i in 0..cli.bench_warmup + cli.bench_iters {

@@ -150,7 +150,9 @@ fn generate(common: &Common, args: &GenerateArgs) -> Result<()> {
             top_p: args.top_p,
             min_p: args.min_p,
             seed: args.seed,
+            ..Default::default()
         },
+        ..Default::default()
     };
     let stream = !args.no_stream && !args.json;
     let mut session = Session::new(&m.model, m.ctx);

@@ -14,10 +14,17 @@ use crate::tokenizer::{StreamDecoder, Tokenizer};
 /// Prompt tokens per forward pass during prefill: bounds the activation memory of long prompts.
 pub const PREFILL_CHUNK: usize = 512;
 
+/// What to generate. Build it with `..Default::default()` so new fields don't break callers.
 #[derive(Clone, Debug)]
 pub struct GenerationOptions {
     pub max_tokens: usize,
     pub sampling: SamplingParams,
+}
+
+impl Default for GenerationOptions {
+    fn default() -> Self {
+        GenerationOptions { max_tokens: 256, sampling: SamplingParams::default() }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

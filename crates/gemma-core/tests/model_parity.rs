@@ -153,7 +153,7 @@ fn free_running_greedy_follows_llama_cpp_until_a_near_tie() {
     for (p, g) in f.goldens.iter().enumerate() {
         assert_eq!(f.llama_top2[p].prompt_ids, g.prompt_ids, "top-2 file out of step with the goldens");
         let mut session = Session::new(&f.model, 4096);
-        let opts = GenerationOptions { max_tokens: g.gen_ids.len(), sampling: SamplingParams::greedy() };
+        let opts = GenerationOptions { max_tokens: g.gen_ids.len(), sampling: SamplingParams::greedy(), ..Default::default() };
         let out = session.generate(&f.tokenizer, &g.prompt_ids, &opts, &f.pool, &mut |_| {}).expect("generate");
         let first_tie = g.gen_top1_top2_margin.iter().position(|&m| m < 0.75).unwrap_or(g.gen_ids.len());
         let stop = first_tie.min(out.gen_ids.len());
@@ -236,7 +236,7 @@ fn threads_do_not_change_greedy_tokens() {
     let run = |threads: usize| {
         let pool = ThreadPool::new(threads);
         let mut session = Session::new(&f.model, 256);
-        let opts = GenerationOptions { max_tokens: 16, sampling: SamplingParams::greedy() };
+        let opts = GenerationOptions { max_tokens: 16, sampling: SamplingParams::greedy(), ..Default::default() };
         session.generate(&f.tokenizer, &g.prompt_ids, &opts, &pool, &mut |_| {}).unwrap().gen_ids
     };
     assert_eq!(run(1), run(2));
@@ -246,7 +246,7 @@ fn threads_do_not_change_greedy_tokens() {
 fn a_prompt_longer_than_the_context_is_an_error() {
     let f = fixture();
     let mut session = Session::new(&f.model, 8);
-    let opts = GenerationOptions { max_tokens: 4, sampling: SamplingParams::greedy() };
+    let opts = GenerationOptions { max_tokens: 4, sampling: SamplingParams::greedy(), ..Default::default() };
     let err = session.generate(&f.tokenizer, &f.goldens[1].prompt_ids, &opts, &f.pool, &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("context is full"), "{err}");
 }

@@ -1,0 +1,1 @@
+//! OpenAI- and Gemini-compatible HTTP server (work in progress).
