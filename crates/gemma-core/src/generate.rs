@@ -1,5 +1,7 @@
 //! Generation sessions: a sequence's KV cache plus the prefill / decode loop, streaming text as it comes.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use gemma_ops::ThreadPool;
@@ -19,11 +21,13 @@ pub const PREFILL_CHUNK: usize = 512;
 pub struct GenerationOptions {
     pub max_tokens: usize,
     pub sampling: SamplingParams,
+    /// Set from another thread (Ctrl-C, a closed connection) to stop after the current token.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Default for GenerationOptions {
     fn default() -> Self {
-        GenerationOptions { max_tokens: 256, sampling: SamplingParams::default() }
+        GenerationOptions { max_tokens: 256, sampling: SamplingParams::default(), cancel: None }
     }
 }
 
@@ -35,6 +39,8 @@ pub enum StopReason {
     MaxTokens,
     /// The context is full.
     ContextFull,
+    /// [`GenerationOptions::cancel`] was set.
+    Cancelled,
 }
 
 impl StopReason {
@@ -43,6 +49,7 @@ impl StopReason {
             StopReason::EndOfGeneration => "stop",
             StopReason::MaxTokens => "length",
             StopReason::ContextFull => "context_full",
+            StopReason::Cancelled => "cancelled",
         }
     }
 }
@@ -164,6 +171,9 @@ impl<'m> Session<'m> {
             }
             if self.cache.len() >= ctx {
                 break StopReason::ContextFull;
+            }
+            if opts.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+                break StopReason::Cancelled;
             }
             let batch = Batch::sequence(&[id], self.cache.len(), 0, true);
             self.model.forward_with(&batch, std::slice::from_mut(&mut self.cache), pool, &mut self.scratch)?;
