@@ -31,9 +31,13 @@ macro_rules! x86_dispatch {
 pub(crate) use x86_dispatch;
 
 mod float;
+mod int8_groups;
 mod k_quants;
+mod nuq;
 mod q_legacy;
 mod rounding;
+mod sbs_codec;
+mod sfp;
 #[cfg(test)]
 mod test_data;
 #[cfg(target_arch = "x86_64")]
@@ -42,6 +46,10 @@ mod x86;
 use std::sync::OnceLock;
 
 pub use gemma_io::GgmlType;
+pub use int8_groups::{i8_encode, i8_packed_bytes, I8_GROUP};
+pub use nuq::{nuq_cluster, nuq_encode, nuq_packed_bytes, NuqClusterBuf, NUQ_CLUSTERS, NUQ_GROUP};
+pub use sbs_codec::{sbs_codec, scale_weights, SbsCodec, SbsCodecError, SbsCodecType};
+pub use sfp::{sfp_decode, sfp_decode_bf16, sfp_encode, sfp_encode_bf16, sfp_encode_slice, SFP_MAX};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QuantError {

@@ -7,6 +7,8 @@ pub mod pool;
 pub mod rope;
 pub mod vector;
 
-pub use attention::{attend, grouped_query_attention, AttnSpan, KvView};
+pub use attention::{
+    grouped_query_attention, grouped_query_attention_with, AttentionKernel, AttnSpan, KvView, ATTENTION_BLOCK,
+};
 pub use matmul::{matmul, MatrixError, QMatrix, QuantizedActs};
 pub use pool::{SharedMut, ThreadPool};

@@ -121,19 +121,102 @@ pub fn matmul(
         TILE.with_borrow_mut(|tile| {
             tile.resize(rows.len() * n, 0.0);
             w.format.dot_rows(w.cols, w_slab, rows.len(), &acts.data, n, tile);
-            // Transpose rows x tokens into the token-major output, 16 tokens at a time so both sides stream.
-            for t0 in (0..n).step_by(16) {
-                let t1 = (t0 + 16).min(n);
-                for (k, src) in tile.chunks_exact(n).enumerate() {
-                    for (t, &v) in src.iter().enumerate().take(t1).skip(t0) {
-                        // SAFETY: this task alone writes columns `rows` of every token's output row.
-                        unsafe { out_shared.slice(t * m + rows.start + k..t * m + rows.start + k + 1)[0] = v };
-                    }
-                }
-            }
+            // SAFETY: this task alone writes columns `rows` of every token's output row.
+            unsafe { scatter_tile(tile, rows.len(), n, &out_shared, m, rows.start) };
         });
     });
     Ok(())
+}
+
+/// Writes a task's `k_rows x n` tile (row-major) into columns `col..col + k_rows` of the token-major output
+/// (`n` rows of `m`), 16x16 blocks transposed in registers where AVX-512 is available.
+///
+/// # Safety
+/// The caller alone writes those columns of every token row of `out`.
+unsafe fn scatter_tile(tile: &[f32], k_rows: usize, n: usize, out: &SharedMut<f32>, m: usize, col: usize) {
+    let mut k0 = 0;
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") && n >= 16 {
+        while k0 + 16 <= k_rows {
+            let mut t0 = 0;
+            while t0 + 16 <= n {
+                let mut block = [0f32; 256];
+                // SAFETY: the CPU has AVX-512F.
+                unsafe { transpose16_avx512(&tile[k0 * n + t0..], n, &mut block) };
+                for (t, src) in block.chunks_exact(16).enumerate() {
+                    let at = (t0 + t) * m + col + k0;
+                    // SAFETY: the caller's contract: these columns of token row t0 + t are ours.
+                    unsafe { out.slice(at..at + 16).copy_from_slice(src) };
+                }
+                t0 += 16;
+            }
+            // SAFETY: as above.
+            unsafe { scatter_scalar(tile, k0..k0 + 16, t0..n, n, out, m, col) };
+            k0 += 16;
+        }
+    }
+    // SAFETY: as above.
+    unsafe { scatter_scalar(tile, k0..k_rows, 0..n, n, out, m, col) };
+}
+
+/// The portable twin of [`scatter_tile`] for tile rows `ks` and tokens `ts`.
+///
+/// # Safety
+/// As for [`scatter_tile`].
+unsafe fn scatter_scalar(
+    tile: &[f32],
+    ks: std::ops::Range<usize>,
+    ts: std::ops::Range<usize>,
+    n: usize,
+    out: &SharedMut<f32>,
+    m: usize,
+    col: usize,
+) {
+    if ks.is_empty() {
+        return;
+    }
+    for t in ts {
+        // SAFETY: the caller's contract.
+        let dst = unsafe { out.slice(t * m + col + ks.start..t * m + col + ks.end) };
+        for (d, k) in dst.iter_mut().zip(ks.clone()) {
+            *d = tile[k * n + t];
+        }
+    }
+}
+
+/// `dst[t * 16 + k] = src[k * stride + t]` for a 16x16 block.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16_avx512(src: &[f32], stride: usize, dst: &mut [f32; 256]) {
+    use std::arch::x86_64::*;
+    assert!(src.len() >= 15 * stride + 16, "transpose source too short");
+    // SAFETY: 16 rows of 16 floats at `stride` are inside `src` (checked above).
+    let mut r: [__m512; 16] = std::array::from_fn(|k| unsafe { _mm512_loadu_ps(src.as_ptr().add(k * stride)) });
+    let mut t = [_mm512_setzero_ps(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for i in 0..4 {
+        r[4 * i] = _mm512_shuffle_ps::<0x44>(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 1] = _mm512_shuffle_ps::<0xEE>(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 2] = _mm512_shuffle_ps::<0x44>(t[4 * i + 1], t[4 * i + 3]);
+        r[4 * i + 3] = _mm512_shuffle_ps::<0xEE>(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for h in 0..2 {
+        for i in 0..4 {
+            t[8 * h + i] = _mm512_shuffle_f32x4::<0x88>(r[8 * h + i], r[8 * h + 4 + i]);
+            t[8 * h + 4 + i] = _mm512_shuffle_f32x4::<0xDD>(r[8 * h + i], r[8 * h + 4 + i]);
+        }
+    }
+    for i in 0..8 {
+        r[i] = _mm512_shuffle_f32x4::<0x88>(t[i], t[8 + i]);
+        r[8 + i] = _mm512_shuffle_f32x4::<0xDD>(t[i], t[8 + i]);
+    }
+    for (k, v) in r.iter().enumerate() {
+        // SAFETY: row k of `dst` holds 16 floats.
+        unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add(16 * k), *v) };
+    }
 }
 
 #[cfg(test)]
@@ -143,6 +226,21 @@ mod tests {
     fn lcg(seed: &mut u64) -> f32 {
         *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    #[test]
+    fn simd_scatter_matches_the_scalar_twin() {
+        for (k_rows, n, m, col) in [(16, 16, 16, 0), (48, 37, 80, 16), (20, 300, 40, 3), (16, 5, 16, 0)] {
+            let tile: Vec<f32> = (0..k_rows * n).map(|i| i as f32).collect();
+            let (mut want, mut got) = (vec![-1.0; n * m], vec![-1.0; n * m]);
+            // SAFETY: single-threaded; the tile fits in the columns.
+            unsafe {
+                scatter_scalar(&tile, 0..k_rows, 0..n, n, &SharedMut::new(&mut want), m, col);
+                scatter_tile(&tile, k_rows, n, &SharedMut::new(&mut got), m, col);
+            }
+            assert_eq!(got, want, "{k_rows}x{n}");
+            assert_eq!(want[(n - 1) * m + col + k_rows - 1], ((k_rows - 1) * n + n - 1) as f32);
+        }
     }
 
     #[test]

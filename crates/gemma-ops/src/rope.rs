@@ -57,4 +57,30 @@ mod tests {
         rope_neox(&mut z, 0, &inv);
         assert_eq!(z, q0);
     }
+
+    #[test]
+    fn adjacent_rotation_pairs_neighbours() {
+        let inv = rope_inv_freq(8, 10_000.0, 1.0);
+        let x0: Vec<f32> = (0..8).map(|i| i as f32 * 0.25 - 0.9).collect();
+        let mut x = x0.clone();
+        rope_adjacent(&mut x, 3, &inv);
+        // Pair i = (2i, 2i+1) turns by 3 * inv[i]; the same values in NeoX order (i, i + 4) turn alike.
+        let mut neox: Vec<f32> = (0..4).map(|i| x0[2 * i]).chain((0..4).map(|i| x0[2 * i + 1])).collect();
+        rope_neox(&mut neox, 3, &inv);
+        for i in 0..4 {
+            assert!((x[2 * i] - neox[i]).abs() < 1e-6 && (x[2 * i + 1] - neox[i + 4]).abs() < 1e-6);
+            let theta = 3.0 * inv[i];
+            let want0 = x0[2 * i] * theta.cos() - x0[2 * i + 1] * theta.sin();
+            assert!((x[2 * i] - want0).abs() < 1e-6);
+        }
+        // Relative positions only, as for NeoX.
+        let k0: Vec<f32> = (0..8).map(|i| (i as f32).sin()).collect();
+        let dot_at = |pq: usize, pk: usize| {
+            let (mut q, mut k) = (x0.clone(), k0.clone());
+            rope_adjacent(&mut q, pq, &inv);
+            rope_adjacent(&mut k, pk, &inv);
+            q.iter().zip(&k).map(|(a, b)| a * b).sum::<f32>()
+        };
+        assert!((dot_at(9, 4) - dot_at(205, 200)).abs() < 1e-3);
+    }
 }

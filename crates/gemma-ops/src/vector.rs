@@ -161,13 +161,51 @@ pub fn add_assign(y: &mut [f32], x: &[f32]) {
     }
 }
 
-/// RMS normalisation in place: `x = x / sqrt(mean(x^2) + eps) * w`. (GGUF files store Gemma's `1 + w` already.)
-pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
-    debug_assert_eq!(x.len(), w.len());
-    let sum_sq: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
-    let inv = 1.0 / ((sum_sq / x.len() as f64) as f32 + eps).sqrt();
-    for (v, wi) in x.iter_mut().zip(w) {
-        *v = *v * inv * wi;
+/// Compiles an element-wise loop three times (AVX-512, AVX2, baseline) and calls the best the CPU runs. The
+/// loop is plain Rust written to auto-vectorise; no version fuses multiplies and adds, so all give the same bits.
+macro_rules! simd_versions {
+    ($(#[$meta:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        pub fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
+                match gemma_compression::simd_level() {
+                    // SAFETY: `simd_level` reports only levels the CPU has.
+                    gemma_compression::SimdLevel::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: as above.
+                    gemma_compression::SimdLevel::Avx2 => return unsafe { avx2($($arg),*) },
+                    _ => {}
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+simd_versions! {
+    /// RMS normalisation in place: `x = x / sqrt(mean(x^2) + eps) * w`. (GGUF files store Gemma's `1 + w` already.)
+    /// The sum of squares runs in f64, in 16 interleaved partial sums so it vectorises.
+    pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
+        debug_assert_eq!(x.len(), w.len());
+        let mut partial = [0f64; 16];
+        let chunks = x.chunks_exact(16);
+        let tail: f64 = chunks.remainder().iter().map(|&v| (v as f64) * (v as f64)).sum();
+        for c in chunks {
+            for (p, &v) in partial.iter_mut().zip(c) {
+                *p += (v as f64) * (v as f64);
+            }
+        }
+        let sum_sq = partial.iter().sum::<f64>() + tail;
+        let inv = 1.0 / ((sum_sq / x.len() as f64) as f32 + eps).sqrt();
+        for (v, wi) in x.iter_mut().zip(w) {
+            *v = *v * inv * wi;
+        }
     }
 }
 
@@ -187,18 +225,41 @@ pub fn exp_fast(x: f32) -> f32 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
     // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer with plain SSE2 arithmetic.
     const ROUND: f32 = 12_582_912.0;
-    let t = x.clamp(-87.0, 88.0) * LOG2_E;
+    // max/min rather than clamp: they map to single vector instructions.
+    let t = x.max(-87.0).min(88.0) * LOG2_E;
     let i = (t + ROUND) - ROUND;
     let f = (t - i) * std::f32::consts::LN_2; // e^f for f in [-ln2/2, ln2/2]
     let p = 1.0 + f * (1.0 + f * (0.5 + f * (1.0 / 6.0 + f * (1.0 / 24.0 + f * (1.0 / 120.0 + f * (1.0 / 720.0))))));
     f32::from_bits(((i as i32 + 127) << 23) as u32) * p
 }
 
-/// `gate = gelu(gate) * up`, the gated FFN's element-wise step.
-pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
-    debug_assert_eq!(gate.len(), up.len());
-    for (g, u) in gate.iter_mut().zip(up) {
-        *g = gelu_tanh(*g) * u;
+simd_versions! {
+    /// `gate = gelu(gate) * up`, the gated FFN's element-wise step.
+    pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
+        debug_assert_eq!(gate.len(), up.len());
+        for (g, u) in gate.iter_mut().zip(up) {
+            *g = gelu_tanh(*g) * u;
+        }
+    }
+}
+
+simd_versions! {
+    /// `x = e^(x - shift)` element-wise; returns the sum (in 16 interleaved partial sums, so it vectorises).
+    pub fn exp_shifted_sum(x: &mut [f32], shift: f32) -> f32 {
+        let mut partial = [0f32; 16];
+        let mut chunks = x.chunks_exact_mut(16);
+        for c in &mut chunks {
+            for (p, v) in partial.iter_mut().zip(c.iter_mut()) {
+                *v = exp_fast(*v - shift);
+                *p += *v;
+            }
+        }
+        let mut tail = 0.0;
+        for v in chunks.into_remainder() {
+            *v = exp_fast(*v - shift);
+            tail += *v;
+        }
+        partial.iter().sum::<f32>() + tail
     }
 }
 

@@ -10,6 +10,7 @@ pub(crate) mod k_quants;
 pub(crate) mod k_tiles;
 pub(crate) mod legacy;
 pub(crate) mod legacy_tiles;
+pub(crate) mod sbs_dots;
 
 use std::arch::x86_64::*;
 

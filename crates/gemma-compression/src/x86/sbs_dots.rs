@@ -1,0 +1,559 @@
+//! AVX2+FMA dot products of gemma.cpp's SBS formats (F32, BF16, SFP, NUQ, I8) with f32 or bf16 activations.
+//!
+//! Every kernel decodes eight weights at a time to f32 and accumulates with FMA in the pattern their scalar
+//! twins (`dot_scalar` / `dot_bf16_scalar` beside each format, built on `sbs_codec::dot_lanes_scalar`) use:
+//! element `i` into lane `i % 8` of accumulator `(i / 8) % 4`, zero-padded to whole lanes, reduced as
+//! `hsum((acc0 + acc1) + (acc2 + acc3))`. Decoding is exact in both, so kernel and twin agree bit for bit.
+//! There is no AVX-512 version: at that level these AVX2 kernels run.
+//!
+//! Chunks of eight that straddle a NUQ or I8 group boundary, and the last partial chunk, are decoded by the
+//! scalar element decoders into a zero-padded buffer.
+
+use std::arch::x86_64::*;
+
+use super::hsum_f32x8;
+use crate::int8_groups::{i8_group_params, i8_value_at, I8_GROUP, I8_GROUP_BYTES};
+use crate::nuq::{cluster_dp_row, nuq_value_at, ClusterCost, NUQ_CLUSTERS, NUQ_GROUP, NUQ_GROUP_BYTES};
+use crate::sbs_codec::{bf16_at, bf16_to_f32, f32_at, round_to_bf16};
+use crate::sfp::sfp_decode;
+
+/// The shared accumulation: `$n` elements; `$w`/`$a` give the eight weights/activations of a whole chunk
+/// starting at element `$i`, `$wt`/`$at` the zero-padded `$len` (< 8) of the last partial chunk.
+macro_rules! fma_dot {
+    ($n:expr, w = |$wi:ident| $w:expr, w_tail = |$wti:ident, $wtl:ident| $wt:expr,
+     a = |$ai:ident| $a:expr, a_tail = |$ati:ident, $atl:ident| $at:expr) => {{
+        let n: usize = $n;
+        let full = n / 8;
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let (mut acc0, mut acc1, mut acc2, mut acc3) = (acc[0], acc[1], acc[2], acc[3]);
+        let mut c = 0;
+        while c + 4 <= full {
+            let i = c * 8;
+            let w = {
+                let $wi = i;
+                $w
+            };
+            let a = {
+                let $ai = i;
+                $a
+            };
+            acc0 = _mm256_fmadd_ps(w, a, acc0);
+            let w = {
+                let $wi = i + 8;
+                $w
+            };
+            let a = {
+                let $ai = i + 8;
+                $a
+            };
+            acc1 = _mm256_fmadd_ps(w, a, acc1);
+            let w = {
+                let $wi = i + 16;
+                $w
+            };
+            let a = {
+                let $ai = i + 16;
+                $a
+            };
+            acc2 = _mm256_fmadd_ps(w, a, acc2);
+            let w = {
+                let $wi = i + 24;
+                $w
+            };
+            let a = {
+                let $ai = i + 24;
+                $a
+            };
+            acc3 = _mm256_fmadd_ps(w, a, acc3);
+            c += 4;
+        }
+        acc = [acc0, acc1, acc2, acc3];
+        while c < n.div_ceil(8) {
+            let i = c * 8;
+            let (w, a) = if c < full {
+                let $wi = i;
+                let w = $w;
+                let $ai = i;
+                (w, $a)
+            } else {
+                let ($wti, $wtl) = (i, n - i);
+                let w = $wt;
+                let ($ati, $atl) = (i, n - i);
+                (w, $at)
+            };
+            acc[c % 4] = _mm256_fmadd_ps(w, a, acc[c % 4]);
+            c += 1;
+        }
+        hsum_f32x8(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])))
+    }};
+}
+
+/// `len` (<= 8) values from `f`, zero-padded to eight lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tail_vec(len: usize, mut f: impl FnMut(usize) -> f32) -> __m256 {
+    let mut buf = [0.0f32; 8];
+    for (k, b) in buf.iter_mut().enumerate().take(len) {
+        *b = f(k);
+    }
+    _mm256_loadu_ps(buf.as_ptr())
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_f32x8(x: &[f32]) -> __m256 {
+    let x = &x[..8];
+    _mm256_loadu_ps(x.as_ptr())
+}
+
+/// Eight little-endian f32 from the start of `b`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_f32x8_bytes(b: &[u8]) -> __m256 {
+    let b = &b[..32];
+    _mm256_loadu_ps(b.as_ptr().cast())
+}
+
+/// Eight little-endian bf16 from the start of `b`, widened (exactly) to f32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_bf16x8_bytes(b: &[u8]) -> __m256 {
+    let b = &b[..16];
+    let h = _mm_loadu_si128(b.as_ptr().cast());
+    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+}
+
+/// Eight bf16 (bits) widened to f32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_bf16x8(a: &[u16]) -> __m256 {
+    let a = &a[..8];
+    let h = _mm_loadu_si128(a.as_ptr().cast());
+    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+}
+
+/// Eight bytes from the start of `b` as the low half of an xmm register.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_8_bytes(b: &[u8]) -> __m128i {
+    let b = &b[..8];
+    _mm_cvtsi64_si128(i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+}
+
+/// Rounds each lane to the nearest bf16 (ties to even; NaN kept NaN with the quiet bit set), as
+/// `sbs_codec::round_to_bf16`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn round_bf16x8(v: __m256) -> __m256 {
+    let u = _mm256_castps_si256(v);
+    let lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    let rounded = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), lsb);
+    let rounded = _mm256_and_si256(rounded, _mm256_set1_epi32(0xffff_0000u32 as i32));
+    let quiet_nan =
+        _mm256_or_si256(_mm256_and_si256(u, _mm256_set1_epi32(0xffff_0000u32 as i32)), _mm256_set1_epi32(0x0040_0000));
+    let is_nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    _mm256_castsi256_ps(_mm256_blendv_epi8(rounded, quiet_nan, is_nan))
+}
+
+/// Decodes eight SFP codes (in the low bytes of `b`) to f32 with the shift-based decoder: without the sign,
+/// code `e` is bf16 `0x3400 + (e << 5)` below 64 and `0x3800 + (e << 4)` from 64 on, and 0 is 0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn decode_sfp_x8(b: __m128i) -> __m256 {
+    let c = _mm256_cvtepu8_epi32(b);
+    let e = _mm256_and_si256(c, _mm256_set1_epi32(0x7f));
+    let small = _mm256_cmpgt_epi32(_mm256_set1_epi32(64), e);
+    let v_small = _mm256_add_epi32(_mm256_set1_epi32(0x3400), _mm256_slli_epi32(e, 5));
+    let v_large = _mm256_add_epi32(_mm256_set1_epi32(0x3800), _mm256_slli_epi32(e, 4));
+    let v = _mm256_blendv_epi8(v_large, v_small, small);
+    let v = _mm256_andnot_si256(_mm256_cmpeq_epi32(e, _mm256_setzero_si256()), v);
+    let sign = _mm256_slli_epi32(_mm256_and_si256(c, _mm256_set1_epi32(0x80)), 8);
+    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_or_si256(v, sign), 16))
+}
+
+/// The decoded table of the NUQ group last used.
+struct NuqTable {
+    group: usize,
+    lo: __m256,
+    hi: __m256,
+}
+
+/// Eight NUQ weights from element `$p` on (a macro so it inlines into the kernel: as a function it was not,
+/// and its vector result went through memory).
+macro_rules! nuq_load8 {
+    ($packed:expr, $p:expr, $table:expr) => {{
+        let packed: &[u8] = $packed;
+        let p: usize = $p;
+        let table: &mut NuqTable = $table;
+        if p % NUQ_GROUP + 8 > NUQ_GROUP {
+            tail_vec(8, |k| nuq_value_at(packed, p + k))
+        } else {
+            let within = p % NUQ_GROUP;
+            let g = p / NUQ_GROUP;
+            let base = g * NUQ_GROUP_BYTES;
+            if g != table.group {
+                let t = &packed[base..base + NUQ_CLUSTERS];
+                let mut centres = [0.0f32; NUQ_CLUSTERS];
+                for (c, &code) in centres.iter_mut().zip(t) {
+                    *c = sfp_decode(code);
+                }
+                table.lo = _mm256_loadu_ps(centres.as_ptr());
+                table.hi = _mm256_loadu_ps(centres[8..].as_ptr());
+                table.group = g;
+            }
+            // The eight nibbles start at bit 4 * within of the group's index bytes; an odd start needs a fifth byte.
+            let first = base + NUQ_CLUSTERS + within / 2;
+            let odd = within & 1;
+            let word = match packed.get(first..first + 8) {
+                Some(b) => u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+                None => {
+                    // near the end of the stream: only the 4 or 5 bytes these elements use
+                    let mut b = [0u8; 8];
+                    b[..4 + odd].copy_from_slice(&packed[first..first + 4 + odd]);
+                    u64::from_le_bytes(b)
+                }
+            };
+            let nibbles = (word >> (4 * odd)) as u32;
+            let idx = _mm256_and_si256(
+                _mm256_srlv_epi32(_mm256_set1_epi32(nibbles as i32), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
+                _mm256_set1_epi32(0xf),
+            );
+            let lo = _mm256_permutevar8x32_ps(table.lo, idx);
+            let hi = _mm256_permutevar8x32_ps(table.hi, idx);
+            // index bit 3 picks the upper table: move it to the sign bit for blendv
+            _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)))
+        }
+    }};
+}
+
+/// The parameters of the I8 group last used.
+struct I8Params {
+    group: usize,
+    inv_scale: __m256,
+    zero_scaled: __m256,
+}
+
+/// Eight I8 weights from element `$p` on (a macro, as `nuq_load8!`).
+macro_rules! i8_load8 {
+    ($packed:expr, $p:expr, $params:expr) => {{
+        let packed: &[u8] = $packed;
+        let p: usize = $p;
+        let params: &mut I8Params = $params;
+        if p % I8_GROUP + 8 > I8_GROUP {
+            tail_vec(8, |k| i8_value_at(packed, p + k))
+        } else {
+            let within = p % I8_GROUP;
+            let g = p / I8_GROUP;
+            let base = g * I8_GROUP_BYTES;
+            if g != params.group {
+                let (inv_scale, zero_scaled) = i8_group_params(packed, base);
+                params.inv_scale = _mm256_set1_ps(inv_scale);
+                params.zero_scaled = _mm256_set1_ps(zero_scaled);
+                params.group = g;
+            }
+            let q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(load_8_bytes(&packed[base + 4 + within..])));
+            _mm256_fmadd_ps(params.inv_scale, q, params.zero_scaled)
+        }
+    }};
+}
+
+/// Generates the f32-activation and bf16-activation kernels of one format from its eight-weight loader.
+/// `$state` is set up once per call; `$round` is applied to the weights for bf16 activations (rounding F32
+/// and I8 weights to bf16, as gemma.cpp's MatMul sees them).
+macro_rules! sbs_kernels {
+    ($f32_name:ident, $bf16_name:ident, $doc:literal,
+     state = |$packed:ident| $state:expr,
+     load8 = |$st:ident, $p:ident| $load:expr,
+     value = |$vp:ident| $value:expr,
+     round = |$rv:ident| $round:expr, round_scalar = |$rs:ident| $round_scalar:expr) => {
+        #[doc = concat!($doc, " x f32 activations. # Safety: the CPU supports avx2, fma and f16c.")]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub(crate) unsafe fn $f32_name($packed: &[u8], ofs: usize, act: &[f32]) -> f32 {
+            #[allow(unused_mut, unused_variables)]
+            let mut $st = $state;
+            fma_dot!(
+                act.len(),
+                w = |i| {
+                    let $p = ofs + i;
+                    $load
+                },
+                w_tail = |i, len| tail_vec(len, |k| {
+                    let $vp = ofs + i + k;
+                    $value
+                }),
+                a = |i| load_f32x8(&act[i..]),
+                a_tail = |i, len| tail_vec(len, |k| act[i + k])
+            )
+        }
+
+        #[doc = concat!($doc, " x bf16 activations. # Safety: the CPU supports avx2, fma and f16c.")]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        pub(crate) unsafe fn $bf16_name($packed: &[u8], ofs: usize, act: &[u16]) -> f32 {
+            #[allow(unused_mut, unused_variables)]
+            let mut $st = $state;
+            fma_dot!(
+                act.len(),
+                w = |i| {
+                    let $p = ofs + i;
+                    let $rv = $load;
+                    $round
+                },
+                w_tail = |i, len| tail_vec(len, |k| {
+                    let $vp = ofs + i + k;
+                    let $rs = $value;
+                    $round_scalar
+                }),
+                a = |i| load_bf16x8(&act[i..]),
+                a_tail = |i, len| tail_vec(len, |k| bf16_to_f32(act[i + k]))
+            )
+        }
+    };
+}
+
+sbs_kernels!(
+    dot_f32,
+    dot_f32_bf16,
+    "F32 weights",
+    state = |packed| (),
+    load8 = |st, p| load_f32x8_bytes(&packed[4 * p..]),
+    value = |p| f32_at(packed, p),
+    round = |v| round_bf16x8(v),
+    round_scalar = |v| round_to_bf16(v)
+);
+
+sbs_kernels!(
+    dot_bf16,
+    dot_bf16_bf16,
+    "BF16 weights",
+    state = |packed| (),
+    load8 = |st, p| load_bf16x8_bytes(&packed[2 * p..]),
+    value = |p| bf16_to_f32(bf16_at(packed, p)),
+    round = |v| v,
+    round_scalar = |v| v
+);
+
+sbs_kernels!(
+    dot_sfp,
+    dot_sfp_bf16,
+    "SFP weights",
+    state = |packed| (),
+    load8 = |st, p| decode_sfp_x8(load_8_bytes(&packed[p..])),
+    value = |p| sfp_decode(packed[p]),
+    round = |v| v,
+    round_scalar = |v| v
+);
+
+sbs_kernels!(
+    dot_nuq,
+    dot_nuq_bf16,
+    "NUQ weights",
+    state = |packed| NuqTable { group: usize::MAX, lo: _mm256_setzero_ps(), hi: _mm256_setzero_ps() },
+    load8 = |st, p| nuq_load8!(packed, p, &mut st),
+    value = |p| nuq_value_at(packed, p),
+    round = |v| v,
+    round_scalar = |v| v
+);
+
+sbs_kernels!(
+    dot_i8,
+    dot_i8_bf16,
+    "I8 weights",
+    state = |packed| I8Params { group: usize::MAX, inv_scale: _mm256_setzero_ps(), zero_scaled: _mm256_setzero_ps() },
+    load8 = |st, p| i8_load8!(packed, p, &mut st),
+    value = |p| i8_value_at(packed, p),
+    round = |v| round_bf16x8(v),
+    round_scalar = |v| round_to_bf16(v)
+);
+
+/// Dot of two f32 slices of equal length (the decoded-row path of `dot_rows`). # Safety: the CPU supports
+/// avx2, fma and f16c.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dot_f32_slices(w: &[f32], a: &[f32]) -> f32 {
+    let n = a.len().min(w.len());
+    fma_dot!(
+        n,
+        w = |i| load_f32x8(&w[i..]),
+        w_tail = |i, len| tail_vec(len, |k| w[i + k]),
+        a = |i| load_f32x8(&a[i..]),
+        a_tail = |i, len| tail_vec(len, |k| a[i + k])
+    )
+}
+
+/// One row of NUQ's clustering program, compiled with FMA so the lanes vectorize. # Safety: the CPU
+/// supports avx2, fma and f16c.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn cluster_dp_row_fma(
+    cc: &ClusterCost,
+    prev_costs: &[f32],
+    prev_arg: &[u32],
+    costs: &mut [f32],
+    arg: &mut [u32],
+) {
+    cluster_dp_row(cc, prev_costs, prev_arg, costs, arg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::int8_groups::I8Codec;
+    use crate::nuq::NuqCodec;
+    use crate::sbs_codec::{bf16_bits_rounded, sbs_codec, Bf16Codec, F32Codec, SbsCodecType};
+    use crate::sfp::SfpCodec;
+    use crate::test_data::TestRng;
+
+    type F32Kernel = unsafe fn(&[u8], usize, &[f32]) -> f32;
+    type Bf16Kernel = unsafe fn(&[u8], usize, &[u16]) -> f32;
+
+    struct Case {
+        ty: SbsCodecType,
+        simd: F32Kernel,
+        scalar: fn(&[u8], usize, &[f32]) -> f32,
+        simd_bf16: Bf16Kernel,
+        scalar_bf16: fn(&[u8], usize, &[u16]) -> f32,
+    }
+
+    fn cases() -> Vec<Case> {
+        vec![
+            Case {
+                ty: SbsCodecType::F32,
+                simd: dot_f32,
+                scalar: F32Codec::dot_scalar,
+                simd_bf16: dot_f32_bf16,
+                scalar_bf16: F32Codec::dot_bf16_scalar,
+            },
+            Case {
+                ty: SbsCodecType::Bf16,
+                simd: dot_bf16,
+                scalar: Bf16Codec::dot_scalar,
+                simd_bf16: dot_bf16_bf16,
+                scalar_bf16: Bf16Codec::dot_bf16_scalar,
+            },
+            Case {
+                ty: SbsCodecType::Sfp,
+                simd: dot_sfp,
+                scalar: SfpCodec::dot_scalar,
+                simd_bf16: dot_sfp_bf16,
+                scalar_bf16: SfpCodec::dot_bf16_scalar,
+            },
+            Case {
+                ty: SbsCodecType::Nuq,
+                simd: dot_nuq,
+                scalar: NuqCodec::dot_scalar,
+                simd_bf16: dot_nuq_bf16,
+                scalar_bf16: NuqCodec::dot_bf16_scalar,
+            },
+            Case {
+                ty: SbsCodecType::I8,
+                simd: dot_i8,
+                scalar: I8Codec::dot_scalar,
+                simd_bf16: dot_i8_bf16,
+                scalar_bf16: I8Codec::dot_bf16_scalar,
+            },
+        ]
+    }
+
+    /// The AVX2 kernels run here, and they are what every level from AVX2 up runs: there is no AVX-512
+    /// variant to skip. Fails loudly on a CPU without AVX2 rather than passing without checking anything.
+    fn require_avx2() {
+        assert!(
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"),
+            "this x86-64 CPU lacks avx2+fma+f16c: the SBS kernels cannot be checked here"
+        );
+        if is_x86_feature_detected!("avx512f") {
+            println!("avx512 reported: the SBS formats have no AVX-512 kernels; at that level the AVX2 ones run");
+        }
+    }
+
+    /// A stream of `n` elements of `ty`, encoded from weight-shaped values within SFP's range.
+    fn stream(ty: SbsCodecType, rng: &mut TestRng, n: usize) -> Vec<u8> {
+        let codec = sbs_codec(ty);
+        let mut x = rng.row(n);
+        crate::sbs_codec::scale_weights(&mut x);
+        let mut packed = vec![0u8; codec.packed_bytes(n)];
+        codec.encode(&x, &mut packed, 0).unwrap();
+        packed
+    }
+
+    #[test]
+    fn sbs_dot_kernels_equal_their_scalar_twins_bitwise() {
+        require_avx2();
+        let mut rng = TestRng::new(606);
+        for case in cases() {
+            // 3 rows of 640 (row starts mid-NUQ-group), plus odd lengths and offsets that straddle groups.
+            let total = 2048 + 37;
+            let packed = stream(case.ty, &mut rng, total);
+            let mut checked = 0;
+            for (ofs, n) in [(0, 640), (640, 640), (1280, 640), (3, 1), (5, 29), (120, 200), (250, 300), (1, 2083)] {
+                let act: Vec<f32> = rng.row(n);
+                let act_bf16: Vec<u16> = act.iter().map(|&v| bf16_bits_rounded(v)).collect();
+                let want = (case.scalar)(&packed, ofs, &act);
+                // SAFETY: require_avx2 checked the CPU features.
+                let got = unsafe { (case.simd)(&packed, ofs, &act) };
+                assert_eq!(got.to_bits(), want.to_bits(), "{} f32 ofs {ofs} n {n}: {got} vs {want}", case.ty);
+                let want = (case.scalar_bf16)(&packed, ofs, &act_bf16);
+                // SAFETY: as above.
+                let got = unsafe { (case.simd_bf16)(&packed, ofs, &act_bf16) };
+                assert_eq!(got.to_bits(), want.to_bits(), "{} bf16 ofs {ofs} n {n}: {got} vs {want}", case.ty);
+                // and the public entry point (dispatching at this CPU's level) gives the same
+                let codec = sbs_codec(case.ty);
+                assert_eq!(codec.dot(&packed, ofs, &act).to_bits(), (case.scalar)(&packed, ofs, &act).to_bits());
+                checked += 1;
+            }
+            println!("{}: avx2 dots equal scalar bitwise on {checked} ranges", case.ty);
+        }
+    }
+
+    #[test]
+    fn sfp_decoder_covers_every_code() {
+        require_avx2();
+        for chunk in 0..32u8 {
+            let codes: [u8; 8] = std::array::from_fn(|k| chunk * 8 + k as u8);
+            let mut got = [0.0f32; 8];
+            // SAFETY: require_avx2 checked the CPU features.
+            unsafe { _mm256_storeu_ps(got.as_mut_ptr(), decode_sfp_x8(load_8_bytes(&codes))) };
+            for (k, &c) in codes.iter().enumerate() {
+                assert_eq!(got[k].to_bits(), sfp_decode(c).to_bits(), "code {c:#04x}");
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_rounding_lanes_equal_scalar() {
+        require_avx2();
+        let mut rng = TestRng::new(17);
+        let mut vals: Vec<f32> = (0..4096).map(|_| f32::from_bits(rng.next_u64() as u32)).collect();
+        // ties, both parities, and the specials
+        vals.extend([1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, f32::INFINITY, -0.0, f32::MAX, f32::NAN]);
+        for c in vals.chunks(8) {
+            let mut buf = [0.0f32; 8];
+            buf[..c.len()].copy_from_slice(c);
+            let mut got = [0.0f32; 8];
+            // SAFETY: require_avx2 checked the CPU features.
+            unsafe { _mm256_storeu_ps(got.as_mut_ptr(), round_bf16x8(_mm256_loadu_ps(buf.as_ptr()))) };
+            for k in 0..8 {
+                assert_eq!(got[k].to_bits(), round_to_bf16(buf[k]).to_bits(), "{:e}", buf[k]);
+            }
+        }
+    }
+
+    #[test]
+    fn clustering_row_with_fma_equals_scalar() {
+        require_avx2();
+        let mut rng = TestRng::new(31);
+        for _ in 0..4 {
+            let x: Vec<f32> = (0..NUQ_GROUP).map(|_| rng.normal() * 0.3).collect();
+            let mut sorted: Vec<f32> = x.clone();
+            sorted.sort_by(f32::total_cmp);
+            let cc = ClusterCost::for_sorted(&sorted);
+            let prev: Vec<f32> = (0..NUQ_GROUP).map(|m| cc.cost_for_test(0, m)).collect();
+            let prev_arg = vec![0u32; NUQ_GROUP];
+            let (mut c1, mut a1) = (vec![0.0f32; NUQ_GROUP], vec![0u32; NUQ_GROUP]);
+            let (mut c2, mut a2) = (vec![0.0f32; NUQ_GROUP], vec![0u32; NUQ_GROUP]);
+            cluster_dp_row(&cc, &prev, &prev_arg, &mut c1, &mut a1);
+            // SAFETY: require_avx2 checked the CPU features.
+            unsafe { cluster_dp_row_fma(&cc, &prev, &prev_arg, &mut c2, &mut a2) };
+            assert_eq!(a1, a2);
+            assert!(c1.iter().zip(&c2).all(|(p, q)| p.to_bits() == q.to_bits()));
+        }
+    }
+}
