@@ -33,6 +33,18 @@ pub struct Cli {
     #[arg(long, value_name = "IDS", conflicts_with_all = ["prompt", "prompt_file"])]
     pub decode: Option<String>,
 
+    /// Chat with the model (same as `gemma chat`).
+    #[arg(long, conflicts_with_all = ["prompt", "prompt_file", "encode", "decode", "bench"])]
+    pub chat: bool,
+
+    /// Stream answers as they are generated (with --chat; the default, accepted for the user guide).
+    #[arg(long, requires = "chat")]
+    pub stream: bool,
+
+    /// System prompt (with --chat).
+    #[arg(long, value_name = "TEXT", requires = "chat")]
+    pub system: Option<String>,
+
     /// Print the model's configuration and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -74,6 +86,11 @@ pub enum Command {
     Bench(BenchArgs),
     /// Run one teacher-forced pass and print the best logits after every input position, one JSON line each.
     Logits(LogitsArgs),
+    /// Chat with the model, turn by turn, keeping the context between turns (`/help` lists the commands).
+    Chat(ChatArgs),
+    /// Show the CPU, the SIMD kernels chosen, the quantization types supported, the build features and the
+    /// cached models.
+    Sysinfo(SysinfoArgs),
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -86,6 +103,28 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "prompt")]
     pub prompt_file: Option<PathBuf>,
 
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+
+    /// Print the text only when generation is done.
+    #[arg(long)]
+    pub no_stream: bool,
+
+    /// Print one JSON object (ids, text, speeds) and nothing else on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// With --json: the log-probability of each generated token and the N most likely alternatives.
+    #[arg(long, value_name = "N", requires = "json")]
+    pub logprobs: Option<usize>,
+}
+
+/// The `--help` section of llama.cpp's sampling flags.
+const EXTRAS: &str = "Sampling extras (llama.cpp's flags)";
+
+/// How tokens are chosen (shared by `run`, `chat` and the guide's flags).
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
     /// Tokens to generate at most.
     #[arg(long, short = 'n', default_value_t = 256, value_name = "N")]
     pub max_tokens: usize,
@@ -110,11 +149,128 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
 
-    /// Print the text only when generation is done.
-    #[arg(long)]
-    pub no_stream: bool,
+    /// Penalize repeated tokens: divide their positive logits (multiply negative ones) by P; 1 is off.
+    #[arg(long, default_value_t = 1.0, value_name = "P", help_heading = EXTRAS)]
+    pub repeat_penalty: f32,
 
-    /// Print one JSON object (ids, text, speeds) and nothing else on stdout.
+    /// How many of the latest tokens the penalties look at (0 off, -1 the whole context).
+    #[arg(long, default_value_t = 64, value_name = "N", allow_negative_numbers = true, help_heading = EXTRAS)]
+    pub repeat_last_n: i64,
+
+    /// Subtract P once from the logit of every token seen in the window; 0 is off.
+    #[arg(long, default_value_t = 0.0, value_name = "P", allow_negative_numbers = true, help_heading = EXTRAS)]
+    pub presence_penalty: f32,
+
+    /// Subtract P per occurrence from the logit of every token seen in the window; 0 is off.
+    #[arg(long, default_value_t = 0.0, value_name = "P", allow_negative_numbers = true, help_heading = EXTRAS)]
+    pub frequency_penalty: f32,
+
+    /// Mirostat sampling: 0 off, 1 Mirostat, 2 Mirostat 2.0 (replaces the sampler chain).
+    #[arg(long, default_value_t = 0, value_name = "N", help_heading = EXTRAS)]
+    pub mirostat: u8,
+
+    /// Mirostat learning rate (eta).
+    #[arg(long, default_value_t = 0.1, value_name = "ETA", allow_negative_numbers = true, help_heading = EXTRAS)]
+    pub mirostat_lr: f32,
+
+    /// Mirostat target entropy (tau).
+    #[arg(long, default_value_t = 5.0, value_name = "TAU", allow_negative_numbers = true, help_heading = EXTRAS)]
+    pub mirostat_ent: f32,
+
+    /// Sampler chain, names in order separated by ';'
+    /// (default "penalties;top_n_sigma;top_k;typ_p;top_p;min_p;xtc;temperature").
+    #[arg(long, value_name = "LIST", conflicts_with = "sampling_seq", help_heading = EXTRAS)]
+    pub samplers: Option<String>,
+
+    /// Sampler chain as letters (default "eskypmxt"): e=penalties s=top_n_sigma k=top_k y=typ_p p=top_p
+    /// m=min_p x=xtc t=temperature.
+    #[arg(long, visible_alias = "sampler-seq", value_name = "LETTERS", help_heading = EXTRAS)]
+    pub sampling_seq: Option<String>,
+
+    /// Add BIAS to a token's logit, as ID+BIAS or ID-BIAS (ID-inf bans it); repeatable.
+    #[arg(long, short = 'l', value_name = "ID(+|-)BIAS", help_heading = EXTRAS)]
+    pub logit_bias: Vec<String>,
+
+    /// Locally typical sampling with parameter P; 1 is off.
+    #[arg(
+        long = "typical",
+        default_value_t = 1.0,
+        value_name = "P",
+        allow_negative_numbers = true,
+        help_heading = EXTRAS
+    )]
+    pub typical_p: f32,
+
+    /// Keep tokens within N standard deviations of the best logit; -1 is off.
+    #[arg(
+        long = "top-nsigma",
+        default_value_t = -1.0,
+        value_name = "N",
+        allow_negative_numbers = true,
+        help_heading = EXTRAS
+    )]
+    pub top_n_sigma: f32,
+
+    /// XTC: chance of removing the most likely tokens at a step; 0 is off.
+    #[arg(long, default_value_t = 0.0, value_name = "P", allow_negative_numbers = true, help_heading = EXTRAS)]
+    pub xtc_probability: f32,
+
+    /// XTC: tokens at least this likely are removed (all but the least likely of them); above 0.5 is off.
+    #[arg(long, default_value_t = 0.1, value_name = "P", allow_negative_numbers = true, help_heading = EXTRAS)]
+    pub xtc_threshold: f32,
+
+    /// Never end at an end-of-generation token (EOS, <end_of_turn>, ...): generate until another limit.
+    #[arg(long, help_heading = EXTRAS)]
+    pub ignore_eos: bool,
+
+    /// Stop where TEXT appears in the output (not shown); repeatable.
+    #[arg(long = "reverse-prompt", short = 'r', visible_alias = "stop", value_name = "TEXT", help_heading = EXTRAS)]
+    pub stop: Vec<String>,
+}
+
+impl Default for SamplingArgs {
+    /// The same defaults as the flags.
+    fn default() -> Self {
+        SamplingArgs {
+            max_tokens: 256,
+            temperature: 1.0,
+            top_k: 1,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: None,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            mirostat: 0,
+            mirostat_lr: 0.1,
+            mirostat_ent: 5.0,
+            samplers: None,
+            sampling_seq: None,
+            logit_bias: Vec::new(),
+            typical_p: 1.0,
+            top_n_sigma: -1.0,
+            xtc_probability: 0.0,
+            xtc_threshold: 0.1,
+            ignore_eos: false,
+            stop: Vec::new(),
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ChatArgs {
+    /// System prompt (for Gemma it is put before the first user message).
+    #[arg(long, short = 's', value_name = "TEXT")]
+    pub system: Option<String>,
+
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct SysinfoArgs {
+    /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
 }

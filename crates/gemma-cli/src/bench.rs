@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use gemma_core::generate::PREFILL_CHUNK;
-use gemma_core::{Batch, GenerationOptions, KvCache, Model, SamplingParams, Session, Tokenizer};
+use gemma_core::{Batch, KvCache, Model, Session, Tokenizer};
 use gemma_ops::ThreadPool;
 use serde_json::{json, Value};
 
@@ -189,18 +189,10 @@ pub fn guide_bench(common: &Common, cli: &Cli) -> Result<()> {
     let threads = common.threads()?;
     let pool = ThreadPool::new(threads);
     let ids = tokenizer.encode(&prompt, tokenizer.add_bos(), true);
-    let opts = GenerationOptions {
-        max_tokens: args.max_tokens,
-        sampling: SamplingParams {
-            temperature: args.temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-            min_p: args.min_p,
-            seed: args.seed.or(Some(0)),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let mut opts = crate::commands::generation_options(&args.sampling)?;
+    crate::commands::fit_options_to_model(&mut opts, &args.sampling, &tokenizer)?;
+    // Timed runs must all generate the same text.
+    opts.sampling.seed = opts.sampling.seed.or(Some(0));
     let (mut decode, mut prefill, mut generated) = (Vec::new(), Vec::new(), 0);
     for i in 0..cli.bench_warmup + cli.bench_iters {
         let mut session = Session::new(&model, common.ctx.unwrap_or(model.config.context_length));

@@ -4,10 +4,13 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use gemma_core::sampling::{parse_logit_bias, Mirostat, SamplerStage, SamplingError, TokenLogprob};
 use gemma_core::{GenerationOptions, Model, SamplingParams, Session, Tokenizer};
 use gemma_ops::ThreadPool;
 
-use crate::args::{Cli, Command, DetokenizeArgs, GenerateArgs, LogitsArgs, PullArgs, TokenizeArgs};
+use crate::args::{
+    ChatArgs, Cli, Command, DetokenizeArgs, GenerateArgs, LogitsArgs, PullArgs, SamplingArgs, TokenizeArgs,
+};
 
 /// A mistake in how the command was called (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -19,11 +22,11 @@ pub(crate) fn usage(msg: impl Into<String>) -> anyhow::Error {
 }
 
 /// The model and what runs it, loaded once per command.
-struct Loaded {
-    model: Model,
-    tokenizer: Tokenizer,
-    pool: ThreadPool,
-    ctx: usize,
+pub(crate) struct Loaded {
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+    pub pool: ThreadPool,
+    pub ctx: usize,
 }
 
 pub(crate) struct Common {
@@ -46,7 +49,7 @@ impl Common {
         }
     }
 
-    fn load(&self) -> Result<Loaded> {
+    pub(crate) fn load(&self) -> Result<Loaded> {
         let path = self.model_path()?;
         let model = Model::open(&path).with_context(|| format!("cannot load model {}", path.display()))?;
         let tokenizer = Tokenizer::from_gguf(&model.file)
@@ -76,8 +79,13 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Pull(args)) => pull(&args),
         Some(Command::Logits(args)) => logits(&common, &args),
         Some(Command::Bench(args)) => crate::bench::bench(&common, &args),
+        Some(Command::Chat(args)) => crate::chat::chat(&common, &args),
+        Some(Command::Sysinfo(args)) => crate::sysinfo::sysinfo(&args),
         None => {
-            if let Some(text) = &cli.encode {
+            if cli.chat {
+                let args = ChatArgs { system: cli.system.clone(), sampling: cli.generate.sampling.clone() };
+                crate::chat::chat(&common, &args)
+            } else if let Some(text) = &cli.encode {
                 let tok = common.load_tokenizer()?;
                 let ids = tok.encode(text, tok.add_bos(), true);
                 println!("{}", ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" "));
@@ -121,15 +129,106 @@ pub(crate) fn read_prompt(args: &GenerateArgs) -> Result<String> {
     }
 }
 
-fn generate(common: &Common, args: &GenerateArgs) -> Result<()> {
-    let prompt = read_prompt(args)?;
+/// Checks the sampling flags and turns them into generation options. `--ignore-eos` needs the
+/// tokenizer, so it is applied later by [`fit_options_to_model`].
+pub(crate) fn generation_options(args: &SamplingArgs) -> Result<GenerationOptions> {
     if !(args.top_p > 0.0 && args.top_p <= 1.0) {
         return Err(usage("--top-p must be in (0, 1]"));
     }
-    if !(0.0..=1.0).contains(&args.min_p) || args.temperature.is_nan() {
-        return Err(usage("--min-p must be in [0, 1] and --temperature a number"));
+    let penalty_last_n = match args.repeat_last_n {
+        // The window never holds more than the sequence, which never outgrows the context.
+        -1 => usize::MAX,
+        n => usize::try_from(n).map_err(|_| usage(format!("--repeat-last-n must be -1 or more, got {n}")))?,
+    };
+    let mirostat = Mirostat::try_from(args.mirostat).map_err(|e| usage(format!("--mirostat: {e}")))?;
+    let samplers = match (&args.samplers, &args.sampling_seq) {
+        (Some(names), _) => SamplerStage::parse_names(names).map_err(|e| usage(format!("--samplers: {e}")))?,
+        (None, Some(letters)) => {
+            SamplerStage::parse_letters(letters).map_err(|e| usage(format!("--sampling-seq: {e}")))?
+        }
+        (None, None) => SamplerStage::DEFAULT_CHAIN.to_vec(),
+    };
+    let logit_bias = args
+        .logit_bias
+        .iter()
+        .map(|b| parse_logit_bias(b).map_err(|e| usage(format!("--logit-bias: {e}"))))
+        .collect::<Result<Vec<_>>>()?;
+    let sampling = SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        seed: args.seed,
+        penalty_last_n,
+        repeat_penalty: args.repeat_penalty,
+        frequency_penalty: args.frequency_penalty,
+        presence_penalty: args.presence_penalty,
+        logit_bias,
+        typical_p: args.typical_p,
+        top_n_sigma: args.top_n_sigma,
+        xtc_probability: args.xtc_probability,
+        xtc_threshold: args.xtc_threshold,
+        mirostat,
+        mirostat_tau: args.mirostat_ent,
+        mirostat_eta: args.mirostat_lr,
+        samplers,
+        ..Default::default()
+    };
+    sampling.validate().map_err(|e| usage(flag_error(&e)))?;
+    if let Some(empty) = args.stop.iter().position(String::is_empty) {
+        return Err(usage(format!("--reverse-prompt/--stop: stop string {} is empty", empty + 1)));
     }
+    Ok(GenerationOptions { max_tokens: args.max_tokens, sampling, stop: args.stop.clone(), ..Default::default() })
+}
+
+/// Words a [`SamplingParams::validate`] error in terms of the flag the user typed.
+fn flag_error(e: &SamplingError) -> String {
+    let SamplingError::BadValue { name, requirement, value } = e else {
+        return e.to_string();
+    };
+    let flag = match *name {
+        "temperature" => "--temperature",
+        "top_p" => "--top-p",
+        "min_p" => "--min-p",
+        "repeat_penalty" => "--repeat-penalty",
+        "frequency_penalty" => "--frequency-penalty",
+        "presence_penalty" => "--presence-penalty",
+        "typical_p" => "--typical",
+        "top_n_sigma" => "--top-nsigma",
+        "xtc_probability" => "--xtc-probability",
+        "xtc_threshold" => "--xtc-threshold",
+        "mirostat_tau" => "--mirostat-ent",
+        "mirostat_eta" => "--mirostat-lr",
+        "logit_bias" => "--logit-bias",
+        other => other,
+    };
+    format!("{flag} must be {requirement}, got {value}")
+}
+
+/// The part of the sampling flags that needs the model's tokenizer: `--logit-bias` ids must be in the
+/// vocabulary (an id outside it is a typo, not something to ignore), and `--ignore-eos` bans every
+/// end-of-generation token (llama.cpp's −inf logit bias).
+pub(crate) fn fit_options_to_model(
+    opts: &mut GenerationOptions,
+    args: &SamplingArgs,
+    tokenizer: &Tokenizer,
+) -> Result<()> {
+    let vocab = tokenizer.vocab_size();
+    if let Some((id, _)) = opts.sampling.logit_bias.iter().find(|(id, _)| *id as usize >= vocab) {
+        return Err(usage(format!("--logit-bias: token id {id} is outside the vocabulary of {vocab} tokens")));
+    }
+    if args.ignore_eos {
+        opts.sampling.logit_bias.extend(tokenizer.end_of_generation_ids().map(|id| (id, f32::NEG_INFINITY)));
+    }
+    Ok(())
+}
+
+fn generate(common: &Common, args: &GenerateArgs) -> Result<()> {
+    let prompt = read_prompt(args)?;
+    let mut opts = generation_options(&args.sampling)?;
+    opts.logprobs = args.logprobs;
     let m = common.load()?;
+    fit_options_to_model(&mut opts, &args.sampling, &m.tokenizer)?;
     let prompt_ids = m.tokenizer.encode(&prompt, m.tokenizer.add_bos(), true);
     if prompt_ids.is_empty() {
         bail!("the prompt is empty and the model adds no BOS token: nothing to continue from");
@@ -142,18 +241,6 @@ fn generate(common: &Common, args: &GenerateArgs) -> Result<()> {
             m.model.config.context_length
         );
     }
-    let opts = GenerationOptions {
-        max_tokens: args.max_tokens,
-        sampling: SamplingParams {
-            temperature: args.temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-            min_p: args.min_p,
-            seed: args.seed,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
     let stream = !args.no_stream && !args.json;
     let mut session = Session::new(&m.model, m.ctx);
     let mut stdout = std::io::stdout().lock();
@@ -165,13 +252,36 @@ fn generate(common: &Common, args: &GenerateArgs) -> Result<()> {
     };
     let out = session.generate(&m.tokenizer, &prompt_ids, &opts, &m.pool, &mut on_text)?;
     if args.json {
-        let obj = serde_json::json!({
+        let mut obj = serde_json::json!({
             "prompt_ids": out.prompt_ids,
             "gen_ids": out.gen_ids,
             "text": out.text,
+            "stop_reason": out.stop_reason.as_str(),
+            "stop_string": out.stop_string,
             "prefill_tok_s": out.prefill_tok_s(),
             "decode_tok_s": out.decode_tok_s(),
         });
+        if opts.logprobs.is_some() {
+            let entry = |lp: &TokenLogprob| {
+                let piece = m.tokenizer.token_piece_bytes(lp.id, true).unwrap_or_default();
+                // −inf (a banned token) has no JSON number; null says "impossible".
+                serde_json::json!({
+                    "id": lp.id,
+                    "token": String::from_utf8_lossy(piece),
+                    "logprob": lp.logprob.is_finite().then_some(lp.logprob),
+                })
+            };
+            let per_token: Vec<serde_json::Value> = out
+                .logprobs
+                .iter()
+                .map(|t| {
+                    let mut chosen = entry(&t.chosen);
+                    chosen["top_logprobs"] = t.top.iter().map(entry).collect();
+                    chosen
+                })
+                .collect();
+            obj["logprobs"] = per_token.into();
+        }
         writeln!(stdout, "{obj}")?;
     } else {
         if !stream {

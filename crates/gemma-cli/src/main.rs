@@ -6,7 +6,9 @@
 
 mod args;
 mod bench;
+mod chat;
 mod commands;
+mod sysinfo;
 
 use std::process::ExitCode;
 

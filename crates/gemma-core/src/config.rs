@@ -7,12 +7,15 @@ use crate::error::ModelError;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Architecture {
     Gemma3,
+    /// The Llama family (Llama 1-3, SmolLM, TinyLlama, ...): GGUF architecture `llama`.
+    Llama,
 }
 
 impl Architecture {
     pub fn name(self) -> &'static str {
         match self {
             Architecture::Gemma3 => "gemma3",
+            Architecture::Llama => "llama",
         }
     }
 }
@@ -32,18 +35,21 @@ pub struct ModelConfig {
     /// Context length the model was trained for.
     pub context_length: usize,
     pub rms_eps: f32,
-    /// Rotary base and frequency scale of global (full-attention) layers.
+    /// Rotary base and frequency scale (1 / linear scaling factor) of global (full-attention) layers.
     pub rope_base: f32,
     pub rope_freq_scale: f32,
-    /// Rotary base of sliding-window layers.
-    pub rope_base_local: f32,
+    /// The file has a `rope_freqs` tensor: per-frequency divisors of the rotation angles (Llama 3 style
+    /// long-context scaling, computed by the converter).
+    pub rope_freq_factors: bool,
+    /// Rotary base of sliding-window layers; `None` when the model has none.
+    pub rope_base_local: Option<f32>,
     /// Keys a sliding-window layer sees (the query's own position included); `None`: no sliding layers.
     pub sliding_window: Option<usize>,
     /// Per layer: does it use the sliding window?
     pub layer_is_local: Vec<bool>,
-    /// Factor the queries are multiplied by before the dot products (query_pre_attn_scalar^-1/2).
+    /// Factor the queries are multiplied by before the dot products.
     pub query_scale: f32,
-    /// Factor the token embeddings are multiplied by (sqrt(d_model) for Gemma).
+    /// Factor the token embeddings are multiplied by (sqrt(d_model) for Gemma, 1 for Llama).
     pub embedding_scale: f32,
     /// `tanh` soft-capping of the final logits, when the model uses it.
     pub final_logit_softcap: Option<f32>,
@@ -81,6 +87,41 @@ impl Meta<'_> {
             }),
         }
     }
+    fn opt_str(&self, k: &str) -> Result<Option<&str>, ModelError> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => v.as_str().map(Some).ok_or_else(|| ModelError::BadMetadata {
+                key: self.key(k),
+                why: format!("expected a string, found {v}"),
+            }),
+        }
+    }
+    fn unsupported(&self, k: &str, why: String) -> ModelError {
+        ModelError::BadMetadata { key: self.key(k), why }
+    }
+}
+
+/// The rotary frequency scale (1 / factor) from `rope.scaling.*`, as llama.cpp reads it. Only plain linear
+/// interpolation changes the angles uniformly; YaRN and LongRoPE need machinery this engine does not have.
+fn rope_freq_scale(m: &Meta) -> Result<f32, ModelError> {
+    let kind = m.opt_str("rope.scaling.type")?.unwrap_or("linear");
+    let factor = match m.opt_f32("rope.scaling.factor")? {
+        Some(f) => Some(f),
+        None => m.opt_f32("rope.scale_linear")?, // the older key
+    };
+    match kind {
+        "none" => Ok(1.0),
+        "linear" => match factor {
+            // llama.cpp reads a factor of 0 as "not set".
+            None | Some(0.0) => Ok(1.0),
+            Some(f) if f > 0.0 && f.is_finite() => Ok(1.0 / f),
+            Some(f) => Err(m.unsupported("rope.scaling.factor", format!("scaling factor {f} is not positive"))),
+        },
+        "yarn" | "longrope" => {
+            Err(m.unsupported("rope.scaling.type", format!("rope scaling '{kind}' is not supported (only linear)")))
+        }
+        other => Err(m.unsupported("rope.scaling.type", format!("unknown rope scaling '{other}'"))),
+    }
 }
 
 impl ModelConfig {
@@ -91,6 +132,7 @@ impl ModelConfig {
             .ok_or_else(|| ModelError::MissingMetadata("general.architecture".into()))?;
         let arch = match arch_name {
             "gemma3" => Architecture::Gemma3,
+            "llama" => Architecture::Llama,
             other => return Err(ModelError::UnsupportedArchitecture(other.to_string())),
         };
         let m = Meta { file, arch: arch_name };
@@ -105,10 +147,10 @@ impl ModelConfig {
         };
         if let Some(v) = m.opt_usize("attention.value_length")? {
             if v != head_dim {
-                return Err(ModelError::BadMetadata {
-                    key: m.key("attention.value_length"),
-                    why: format!("value length {v} differs from key length {head_dim}; not supported"),
-                });
+                return Err(m.unsupported(
+                    "attention.value_length",
+                    format!("value length {v} differs from key length {head_dim}; not supported"),
+                ));
             }
         }
         if n_layers == 0
@@ -116,6 +158,7 @@ impl ModelConfig {
             || n_heads == 0
             || n_kv_heads == 0
             || head_dim == 0
+            || head_dim % 2 != 0
             || n_heads % n_kv_heads != 0
         {
             return Err(ModelError::BadMetadata {
@@ -123,21 +166,28 @@ impl ModelConfig {
                 why: format!("inconsistent shape: {n_layers} layers, d_model {d_model}, {n_heads} heads, {n_kv_heads} KV heads, head dim {head_dim}"),
             });
         }
-        let vocab_size = file
-            .get("tokenizer.ggml.tokens")
-            .and_then(|v| v.as_array())
-            .map(|a| a.len())
-            .ok_or_else(|| ModelError::MissingMetadata("tokenizer.ggml.tokens".into()))?;
-        let rope_freq_scale = match m.opt_f32("rope.scaling.factor")? {
-            Some(f) if f > 0.0 => 1.0 / f,
-            _ => m.opt_f32("rope.freq_scale")?.unwrap_or(1.0),
+        // Partial rotary embeddings (rotating only part of each head) are not implemented.
+        if let Some(n_rot) = m.opt_usize("rope.dimension_count")? {
+            if n_rot != head_dim {
+                return Err(m.unsupported(
+                    "rope.dimension_count",
+                    format!("rotating {n_rot} of {head_dim} head dimensions is not supported"),
+                ));
+            }
+        }
+        if let Some(experts) = m.opt_usize("expert_count")?.filter(|&e| e > 0) {
+            return Err(m.unsupported("expert_count", format!("mixture of {experts} experts is not supported")));
+        }
+        let vocab_size = match m.opt_usize("vocab_size")? {
+            Some(v) => v,
+            None => file
+                .get("tokenizer.ggml.tokens")
+                .and_then(|v| v.as_array())
+                .map(|a| a.len())
+                .ok_or_else(|| ModelError::MissingMetadata("tokenizer.ggml.tokens".into()))?,
         };
-        let sliding_window = m.opt_usize("attention.sliding_window")?.filter(|&w| w > 0);
-        // Gemma 3: five sliding-window layers, then one global (llama.cpp's default pattern of 6).
-        let pattern = m.opt_usize("attention.sliding_window_pattern")?.unwrap_or(6);
-        let layer_is_local =
-            (0..n_layers).map(|l| sliding_window.is_some() && (pattern == 0 || l % pattern < pattern - 1)).collect();
-        Ok(ModelConfig {
+        let rope_freq_scale = rope_freq_scale(&m)?;
+        let common = ModelConfig {
             arch,
             name: file.get("general.name").and_then(|v| v.as_str()).unwrap_or(arch_name).to_string(),
             n_layers,
@@ -151,33 +201,56 @@ impl ModelConfig {
             rms_eps: m.opt_f32("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-6),
             rope_base: m.opt_f32("rope.freq_base")?.unwrap_or(10_000.0),
             rope_freq_scale,
-            rope_base_local: m.opt_f32("rope.freq_base_swa")?.unwrap_or(10_000.0),
+            rope_freq_factors: file.tensor("rope_freqs.weight").is_some(),
+            rope_base_local: None,
+            sliding_window: None,
+            layer_is_local: vec![false; n_layers],
+            query_scale: 1.0 / (head_dim as f32).sqrt(),
+            embedding_scale: 1.0,
+            final_logit_softcap: None,
+        };
+        match arch {
+            Architecture::Gemma3 => Self::gemma3(&m, common),
+            Architecture::Llama => Ok(common),
+        }
+    }
+
+    /// Gemma 3's additions: sliding-window layers, embedding scaling, logit soft-capping.
+    fn gemma3(m: &Meta, c: ModelConfig) -> Result<ModelConfig, ModelError> {
+        let sliding_window = m.opt_usize("attention.sliding_window")?.filter(|&w| w > 0);
+        // Five sliding-window layers, then one global (llama.cpp's default pattern of 6).
+        let pattern = m.opt_usize("attention.sliding_window_pattern")?.unwrap_or(6);
+        let layer_is_local =
+            (0..c.n_layers).map(|l| sliding_window.is_some() && (pattern == 0 || l % pattern < pattern - 1)).collect();
+        Ok(ModelConfig {
+            rope_base_local: sliding_window
+                .map(|_| m.opt_f32("rope.freq_base_swa"))
+                .transpose()?
+                .map(|b| b.unwrap_or(10_000.0)),
             sliding_window,
             layer_is_local,
             // Gemma 3 27B scales by (d_model / n_heads)^-1/2; the other sizes by head_dim^-1/2.
-            query_scale: if n_layers == 62 {
-                1.0 / ((d_model / n_heads) as f32).sqrt()
-            } else {
-                1.0 / (head_dim as f32).sqrt()
-            },
-            embedding_scale: (d_model as f32).sqrt(),
-            final_logit_softcap: m.opt_f32("final_logit_softcapping")?.filter(|&c| c > 0.0),
+            query_scale: if c.n_layers == 62 { 1.0 / ((c.d_model / c.n_heads) as f32).sqrt() } else { c.query_scale },
+            embedding_scale: (c.d_model as f32).sqrt(),
+            final_logit_softcap: m.opt_f32("final_logit_softcapping")?.filter(|&cap| cap > 0.0),
+            ..c
         })
     }
 
-    /// A human-readable summary, one `key: value` per line.
+    /// A human-readable summary, one `key: value` per line; lines for features the model lacks are left out.
     pub fn summary(&self) -> String {
+        let mut s = format!("architecture: {}\nname: {}\n", self.arch.name(), self.name);
         let local = self.layer_is_local.iter().filter(|&&l| l).count();
-        format!(
-            "architecture: {}\nname: {}\nlayers: {} ({} sliding-window, {} global)\nd_model: {}\nffn_dim: {}\n\
-             heads: {} (kv heads: {}, head_dim: {})\nvocab_size: {}\ncontext_length: {}\nrms_eps: {:e}\n\
-             rope_base: {} (local layers: {}, freq_scale: {})\nsliding_window: {}\nquery_scale: {}\n\
-             embedding_scale: {}\nfinal_logit_softcap: {}",
-            self.arch.name(),
-            self.name,
-            self.n_layers,
-            local,
-            self.n_layers - local,
+        match self.sliding_window {
+            Some(w) => {
+                s += &format!("layers: {} ({local} sliding-window, {} global)\n", self.n_layers, self.n_layers - local);
+                s += &format!("sliding_window: {w}\n");
+            }
+            None => s += &format!("layers: {}\n", self.n_layers),
+        }
+        s += &format!(
+            "d_model: {}\nffn_dim: {}\nheads: {} (kv heads: {}, head_dim: {})\nvocab_size: {}\ncontext_length: {}\n\
+             rms_eps: {:e}\nrope_base: {} (freq_scale: {}",
             self.d_model,
             self.ffn_dim,
             self.n_heads,
@@ -187,12 +260,93 @@ impl ModelConfig {
             self.context_length,
             self.rms_eps,
             self.rope_base,
-            self.rope_base_local,
             self.rope_freq_scale,
-            self.sliding_window.map_or("none".to_string(), |w| w.to_string()),
-            self.query_scale,
-            self.embedding_scale,
-            self.final_logit_softcap.map_or("none".to_string(), |c| c.to_string()),
-        )
+        );
+        if let Some(b) = self.rope_base_local {
+            s += &format!(", local layers: {b}");
+        }
+        if self.rope_freq_factors {
+            s += ", per-frequency factors";
+        }
+        s += &format!(")\nquery_scale: {}\nembedding_scale: {}", self.query_scale, self.embedding_scale);
+        if let Some(cap) = self.final_logit_softcap {
+            s += &format!("\nfinal_logit_softcap: {cap}");
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gemma_io::GgufWriter;
+
+    use super::*;
+
+    /// A metadata-only GGUF of a small Llama, with `extra` keys added (`llama.` prefixed unless they hold a dot
+    /// already at the front, like `general.architecture`).
+    fn llama_file(extra: &[(&str, MetaValue)]) -> GgufFile {
+        let mut w = GgufWriter::new();
+        let mut keys: Vec<(String, MetaValue)> = vec![
+            ("general.architecture".into(), MetaValue::String("llama".into())),
+            ("llama.block_count".into(), MetaValue::U32(2)),
+            ("llama.embedding_length".into(), MetaValue::U32(64)),
+            ("llama.feed_forward_length".into(), MetaValue::U32(128)),
+            ("llama.attention.head_count".into(), MetaValue::U32(4)),
+            ("llama.vocab_size".into(), MetaValue::U32(100)),
+        ];
+        for (k, v) in extra {
+            let key = if k.starts_with("general.") { k.to_string() } else { format!("llama.{k}") };
+            keys.retain(|(existing, _)| *existing != key);
+            keys.push((key, v.clone()));
+        }
+        for (k, v) in keys {
+            w.add_metadata(k, v).unwrap();
+        }
+        GgufFile::from_bytes(w.to_bytes(), "test.gguf").unwrap()
+    }
+
+    #[test]
+    fn llama_defaults_follow_llama_cpp() {
+        let c = ModelConfig::from_gguf(&llama_file(&[])).unwrap();
+        assert_eq!(c.arch, Architecture::Llama);
+        // No head_count_kv: as many KV heads as heads; no key_length: d_model / heads.
+        assert_eq!((c.n_heads, c.n_kv_heads, c.head_dim, c.vocab_size), (4, 4, 16, 100));
+        assert_eq!((c.rope_base, c.rope_freq_scale, c.rope_freq_factors), (10_000.0, 1.0, false));
+        assert_eq!((c.query_scale, c.embedding_scale), (0.25, 1.0));
+        assert_eq!((c.sliding_window, c.rope_base_local, c.final_logit_softcap), (None, None, None));
+        assert_eq!(c.layer_is_local, vec![false, false]);
+        assert!(c.summary().contains("layers: 2\n"), "{}", c.summary());
+    }
+
+    #[test]
+    fn linear_rope_scaling_divides_the_frequencies() {
+        let linear = |extra: &[(&str, MetaValue)]| ModelConfig::from_gguf(&llama_file(extra)).unwrap().rope_freq_scale;
+        assert_eq!(linear(&[("rope.scaling.factor", MetaValue::F32(4.0))]), 0.25);
+        assert_eq!(linear(&[("rope.scale_linear", MetaValue::F32(2.0))]), 0.5);
+        let typed =
+            [("rope.scaling.type", MetaValue::String("linear".into())), ("rope.scaling.factor", MetaValue::F32(8.0))];
+        assert_eq!(linear(&typed), 0.125);
+        let none =
+            [("rope.scaling.type", MetaValue::String("none".into())), ("rope.scaling.factor", MetaValue::F32(8.0))];
+        assert_eq!(linear(&none), 1.0);
+    }
+
+    #[test]
+    fn unsupported_llama_variants_are_clear_errors() {
+        let err = |extra: &[(&str, MetaValue)]| ModelConfig::from_gguf(&llama_file(extra)).unwrap_err().to_string();
+        let yarn = err(&[("rope.scaling.type", MetaValue::String("yarn".into()))]);
+        assert!(yarn.contains("llama.rope.scaling.type") && yarn.contains("'yarn' is not supported"), "{yarn}");
+        let unknown = err(&[("rope.scaling.type", MetaValue::String("llama3".into()))]);
+        assert!(unknown.contains("unknown rope scaling 'llama3'"), "{unknown}");
+        let partial = err(&[("rope.dimension_count", MetaValue::U32(8))]);
+        assert!(partial.contains("rotating 8 of 16"), "{partial}");
+        let moe = err(&[("expert_count", MetaValue::U32(8))]);
+        assert!(moe.contains("mixture of 8 experts"), "{moe}");
+        let gqa = err(&[("attention.head_count_kv", MetaValue::U32(3))]);
+        assert!(gqa.contains("inconsistent shape"), "{gqa}");
+        let values = err(&[("attention.value_length", MetaValue::U32(8))]);
+        assert!(values.contains("value length 8"), "{values}");
+        let arch = err(&[("general.architecture", MetaValue::String("mamba".into()))]);
+        assert!(arch.contains("'mamba' is not supported"), "{arch}");
     }
 }

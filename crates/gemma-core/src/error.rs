@@ -11,7 +11,7 @@ pub enum ModelError {
     MissingMetadata(String),
     #[error("model metadata '{key}' is unusable: {why}")]
     BadMetadata { key: String, why: String },
-    #[error("architecture '{0}' is not supported (supported: gemma3)")]
+    #[error("architecture '{0}' is not supported (supported: gemma3, llama)")]
     UnsupportedArchitecture(String),
     #[error("model lacks tensor '{0}'")]
     MissingTensor(String),

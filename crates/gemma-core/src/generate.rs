@@ -10,7 +10,8 @@ use crate::batch::Batch;
 use crate::error::ModelError;
 use crate::kv_cache::KvCache;
 use crate::model::{Model, Scratch};
-use crate::sampling::{Sampler, SamplingParams};
+use crate::sampling::{Sampler, SamplingParams, TokenLogprobs};
+use crate::stop::StopMatcher;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// Prompt tokens per forward pass during prefill: bounds the activation memory of long prompts.
@@ -23,11 +24,22 @@ pub struct GenerationOptions {
     pub sampling: SamplingParams,
     /// Set from another thread (Ctrl-C, a closed connection) to stop after the current token.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Generation ends where one of these first appears in the text; it and what follows are not shown.
+    pub stop: Vec<String>,
+    /// `Some(n)`: report each generated token's log-probability and the `n` most likely alternatives
+    /// (see [`TokenLogprobs`]: raw model logits, before any sampling stage).
+    pub logprobs: Option<usize>,
 }
 
 impl Default for GenerationOptions {
     fn default() -> Self {
-        GenerationOptions { max_tokens: 256, sampling: SamplingParams::default(), cancel: None }
+        GenerationOptions {
+            max_tokens: 256,
+            sampling: SamplingParams::default(),
+            cancel: None,
+            stop: Vec::new(),
+            logprobs: None,
+        }
     }
 }
 
@@ -41,6 +53,8 @@ pub enum StopReason {
     ContextFull,
     /// [`GenerationOptions::cancel`] was set.
     Cancelled,
+    /// One of [`GenerationOptions::stop`] appeared in the text.
+    StopString,
 }
 
 impl StopReason {
@@ -50,17 +64,36 @@ impl StopReason {
             StopReason::MaxTokens => "length",
             StopReason::ContextFull => "context_full",
             StopReason::Cancelled => "cancelled",
+            StopReason::StopString => "stop",
         }
     }
+}
+
+/// One step of [`Session::generate_streaming`].
+#[derive(Clone, Copy, Debug)]
+pub struct TokenEvent<'a> {
+    /// The generated token; `None` for the final event after the last token.
+    pub id: Option<u32>,
+    /// Text released now. It may be empty (an unfinished character, or text that could begin a stop
+    /// string) and may include text of earlier tokens that was held back.
+    pub text: &'a str,
+    /// With [`GenerationOptions::logprobs`], this token's log-probabilities.
+    pub logprobs: Option<&'a TokenLogprobs>,
 }
 
 #[derive(Clone, Debug)]
 pub struct GenerationOutput {
     pub prompt_ids: Vec<u32>,
-    /// Generated ids, the end-of-generation token excluded.
+    /// Generated ids, the end-of-generation token excluded. After a stop string they include the
+    /// token(s) that completed it, though `text` does not.
     pub gen_ids: Vec<u32>,
+    /// The text shown: up to, not including, a stop string.
     pub text: String,
     pub stop_reason: StopReason,
+    /// The stop string that ended generation, with [`StopReason::StopString`].
+    pub stop_string: Option<String>,
+    /// One entry per id of `gen_ids` when [`GenerationOptions::logprobs`] was set, else empty.
+    pub logprobs: Vec<TokenLogprobs>,
     pub prefill_secs: f64,
     pub decode_secs: f64,
 }
@@ -109,6 +142,12 @@ impl<'m> Session<'m> {
     pub fn reset(&mut self) {
         self.cache.clear();
     }
+    /// Keeps the first `len` tokens of the cache (for a chat turn that shares a prefix with the last) and
+    /// returns how many were kept: fewer than asked (0) when a sliding-window layer has already overwritten
+    /// what that position needs.
+    pub fn truncate(&mut self, len: usize) -> usize {
+        self.cache.truncate(len)
+    }
 
     /// Appends `ids` to the sequence and returns the logits after the last one.
     pub fn prefill(&mut self, ids: &[u32], pool: &ThreadPool) -> Result<&[f32], ModelError> {
@@ -127,7 +166,7 @@ impl<'m> Session<'m> {
     }
 
     /// Runs the prompt and samples up to `max_tokens` tokens, calling `on_text` with each piece of
-    /// complete UTF-8 text as soon as it exists.
+    /// complete UTF-8 text as soon as it exists (and no stop string can begin in it).
     pub fn generate(
         &mut self,
         tokenizer: &Tokenizer,
@@ -136,19 +175,34 @@ impl<'m> Session<'m> {
         pool: &ThreadPool,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<GenerationOutput, ModelError> {
+        self.generate_streaming(tokenizer, prompt_ids, opts, pool, &mut |event| {
+            if !event.text.is_empty() {
+                on_text(event.text)
+            }
+        })
+    }
+
+    /// [`Session::generate`] that reports every generated token as it comes, with its log-probabilities
+    /// when asked for, then one last event (`id: None`) with the text still held back at the end.
+    pub fn generate_streaming(
+        &mut self,
+        tokenizer: &Tokenizer,
+        prompt_ids: &[u32],
+        opts: &GenerationOptions,
+        pool: &ThreadPool,
+        on_token: &mut dyn FnMut(&TokenEvent<'_>),
+    ) -> Result<GenerationOutput, ModelError> {
         let ctx = self.cache.capacity();
         if self.cache.len() + prompt_ids.len() > ctx {
             return Err(ModelError::ContextFull { pos: self.cache.len() + prompt_ids.len() - 1, ctx });
         }
         let mut sampler = Sampler::new(opts.sampling.clone());
+        // Penalties count the prompt too, as llama.cpp's samplers do.
+        sampler.accept_all(prompt_ids);
         let mut decoder = StreamDecoder::new(tokenizer);
+        let mut stops = StopMatcher::new(opts.stop.iter().cloned());
         let mut text = String::new();
-        let mut emit = |piece: String, text: &mut String| {
-            if !piece.is_empty() {
-                on_text(&piece);
-                text.push_str(&piece);
-            }
-        };
+        let mut logprobs = Vec::new();
 
         let t0 = Instant::now();
         self.prefill(prompt_ids, pool)?;
@@ -160,12 +214,21 @@ impl<'m> Session<'m> {
             if gen_ids.len() >= opts.max_tokens {
                 break StopReason::MaxTokens;
             }
-            let id = sampler.sample(self.scratch.logits.row(0));
+            let logits = self.scratch.logits.row(0);
+            let id = sampler.sample(logits);
             if tokenizer.is_end_of_generation(id) {
                 break StopReason::EndOfGeneration;
             }
+            let token_logprobs = opts.logprobs.map(|n| sampler.logprobs(logits, id, n));
+            sampler.accept(id);
             gen_ids.push(id);
-            emit(decoder.push(id), &mut text);
+            let step = stops.push(&decoder.push(id));
+            text.push_str(step.text);
+            on_token(&TokenEvent { id: Some(id), text: step.text, logprobs: token_logprobs.as_ref() });
+            logprobs.extend(token_logprobs);
+            if step.stopped {
+                break StopReason::StopString;
+            }
             if gen_ids.len() >= opts.max_tokens {
                 break StopReason::MaxTokens;
             }
@@ -178,12 +241,21 @@ impl<'m> Session<'m> {
             let batch = Batch::sequence(&[id], self.cache.len(), 0, true);
             self.model.forward_with(&batch, std::slice::from_mut(&mut self.cache), pool, &mut self.scratch)?;
         };
-        emit(decoder.finish(), &mut text);
+        // Bytes of an unfinished character and text held back for a stop string that never came.
+        let tail_piece = decoder.finish();
+        let mut tail = stops.push(&tail_piece).text.to_string();
+        let stop_string = stops.matched().map(str::to_string);
+        tail.push_str(stops.finish());
+        text.push_str(&tail);
+        on_token(&TokenEvent { id: None, text: &tail, logprobs: None });
+        let stop_reason = if stop_string.is_some() { StopReason::StopString } else { stop_reason };
         Ok(GenerationOutput {
             prompt_ids: prompt_ids.to_vec(),
             gen_ids,
             text,
             stop_reason,
+            stop_string,
+            logprobs,
             prefill_secs,
             decode_secs: t1.elapsed().as_secs_f64(),
         })

@@ -1,12 +1,16 @@
-//! Model layer: configuration, tokenizer, the Gemma 3 forward pass, KV cache, sampling and generation.
+//! Model layer: configuration, tokenizers, the Gemma 3 and Llama forward passes, KV cache, chat templates,
+//! sampling and generation.
 
 pub mod batch;
+pub mod chat;
 pub mod config;
+pub mod convert;
 pub mod error;
 pub mod generate;
 pub mod kv_cache;
 pub mod model;
 pub mod sampling;
+pub mod stop;
 pub mod tokenizer;
 pub mod weights;
 

@@ -58,3 +58,11 @@ pub fn vector(file: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>, Model
     format.dequantize_row(file.tensor_data(info), &mut out);
     Ok(out)
 }
+
+/// Like [`vector`], but `Ok(None)` when the file has no tensor `name` (optional biases, rope factors).
+pub fn optional_vector(file: &GgufFile, name: &str, len: usize) -> Result<Option<Vec<f32>>, ModelError> {
+    match file.tensor(name) {
+        None => Ok(None),
+        Some(_) => vector(file, name, len).map(Some),
+    }
+}

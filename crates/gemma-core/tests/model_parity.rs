@@ -24,14 +24,14 @@ struct Fixture {
     pool: ThreadPool,
     goldens: Vec<Golden>,
     reference_f64: Vec<Golden>,
-    llama_top2: Vec<Top2>,
+    llama_top: Vec<LlamaTop>,
 }
 
-/// llama.cpp's two best tokens (id, log-probability) at every teacher-forced step of each golden prompt.
+/// llama.cpp's five best tokens (id, log-probability) at every teacher-forced step of each golden prompt.
 #[derive(Deserialize)]
-struct Top2 {
+struct LlamaTop {
     prompt_ids: Vec<u32>,
-    top2_logprobs: Vec<Vec<(u32, f64)>>,
+    top_logprobs: Vec<Vec<(u32, f64)>>,
 }
 
 fn fixture() -> &'static Fixture {
@@ -51,8 +51,8 @@ fn fixture() -> &'static Fixture {
             pool: ThreadPool::new(2),
             goldens: read("gemma3_270m_goldens_shared.json"),
             reference_f64: read("gemma3_270m_ref_f64_shared.json"),
-            llama_top2: serde_json::from_str(
-                &std::fs::read_to_string(format!("{dir}gemma3_270m_llama_top2.json")).expect("top-2 file"),
+            llama_top: serde_json::from_str(
+                &std::fs::read_to_string(format!("{dir}gemma3_270m_llama_top5.json")).expect("top-5 file"),
             )
             .expect("top-2 json"),
         }
@@ -151,7 +151,7 @@ fn first_step_logits_are_close_to_llama_cpp() {
 fn free_running_greedy_follows_llama_cpp_until_a_near_tie() {
     let f = fixture();
     for (p, g) in f.goldens.iter().enumerate() {
-        assert_eq!(f.llama_top2[p].prompt_ids, g.prompt_ids, "top-2 file out of step with the goldens");
+        assert_eq!(f.llama_top[p].prompt_ids, g.prompt_ids, "top-5 file out of step with the goldens");
         let mut session = Session::new(&f.model, 4096);
         let opts = GenerationOptions { max_tokens: g.gen_ids.len(), sampling: SamplingParams::greedy(), ..Default::default() };
         let out = session.generate(&f.tokenizer, &g.prompt_ids, &opts, &f.pool, &mut |_| {}).expect("generate");
@@ -163,13 +163,15 @@ fn free_running_greedy_follows_llama_cpp_until_a_near_tie() {
             "prompt {p}: tokens before the first near-tie (step {first_tie})"
         );
         if first_tie < g.gen_ids.len() && first_tie < out.gen_ids.len() {
-            // At the first near-tie our token must be one of llama.cpp's two best there (recorded by
-            // scripts/llama_top2_goldens.py, teacher-forced on the same context).
-            let two_best: Vec<u32> = f.llama_top2[p].top2_logprobs[first_tie].iter().map(|x| x.0).collect();
+            // At the first near-tie our token must be one llama.cpp itself has tied with its best: within the
+            // near-tie margin (0.75) of it (recorded by scripts/llama_topk_goldens.py, teacher-forced on the same
+            // context). Usually that is the runner-up; prompt 3 has three tokens within 0.12 at its first tie.
+            let top = &f.llama_top[p].top_logprobs[first_tie];
+            let tied: Vec<u32> = top.iter().filter(|x| x.1 >= top[0].1 - 0.75).map(|x| x.0).collect();
             let ours = out.gen_ids[first_tie];
             assert!(
-                ours == g.gen_ids[first_tie] || two_best.contains(&ours),
-                "prompt {p} step {first_tie}: ours {ours}, llama.cpp's two best {two_best:?}"
+                ours == g.gen_ids[first_tie] || tied.contains(&ours),
+                "prompt {p} step {first_tie}: ours {ours}, llama.cpp's tokens within 0.75 of its best {top:?}"
             );
         }
     }

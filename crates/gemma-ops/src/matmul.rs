@@ -3,7 +3,7 @@
 //! Activations are quantized once per matrix into the format the weight type pairs with
 //! ([`QuantFormat::vec_dot_type`]), as llama.cpp does, then each output is one `vec_dot`.
 
-use gemma_compression::{quant_format, GgmlType, QuantError, QuantFormat};
+use gemma_compression::{quant_format, sbs_codec, GgmlType, QuantError, QuantFormat, SbsCodec, SbsCodecType};
 
 use crate::pool::{SharedMut, ThreadPool};
 
@@ -23,6 +23,8 @@ pub enum MatrixError {
     Quant(#[from] QuantError),
     #[error("matrix of {rows}x{cols} {ty} needs {expected} bytes, got {got}")]
     Size { rows: usize, cols: usize, ty: GgmlType, expected: usize, got: usize },
+    #[error("SBS matrix of {rows}x{cols} {ty}: {why}")]
+    SbsLayout { rows: usize, cols: usize, ty: SbsCodecType, why: String },
 }
 
 impl<'a> QMatrix<'a> {
@@ -126,6 +128,193 @@ pub fn matmul(
         });
     });
     Ok(())
+}
+
+/// Where the rows of a logical matrix lie in an SBS tensor's stream: logical row `r` is stream row
+/// `first + (r / block) * stride + r % block`. One block covers a contiguous slice (Q out of `qkv_ein`,
+/// the gate or up half of `gating_ein`); blocks with a stride pick K or V out of `qkv_ein`, whose K and V
+/// rows alternate per KV head. Rows are selected by index because NUQ and I8 streams cannot be sliced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowBlocks {
+    pub first: usize,
+    pub block: usize,
+    pub stride: usize,
+}
+
+impl RowBlocks {
+    /// `rows` consecutive stream rows starting at `first`.
+    pub fn contiguous(first: usize, rows: usize) -> RowBlocks {
+        RowBlocks { first, block: rows.max(1), stride: rows.max(1) }
+    }
+
+    pub fn stream_row(&self, r: usize) -> usize {
+        self.first + (r / self.block) * self.stride + r % self.block
+    }
+}
+
+/// A matrix of `rows x cols` stored in one of gemma.cpp's number formats (an SBS tensor), borrowed from the
+/// file: `stream` is the whole tensor, whose rows `map` selects. Every product is multiplied by `scale`.
+#[derive(Clone, Copy)]
+pub struct SbsMatrix<'a> {
+    pub stream: &'a [u8],
+    pub codec: &'static dyn SbsCodec,
+    pub rows: usize,
+    pub cols: usize,
+    pub map: RowBlocks,
+    pub scale: f32,
+}
+
+impl<'a> SbsMatrix<'a> {
+    /// Checks that every row `map` selects lies inside a stream of `stream_rows x cols` elements in `ty`.
+    pub fn new(
+        stream: &'a [u8],
+        ty: SbsCodecType,
+        stream_rows: usize,
+        rows: usize,
+        cols: usize,
+        map: RowBlocks,
+        scale: f32,
+    ) -> Result<Self, MatrixError> {
+        let codec = sbs_codec(ty);
+        let bad = |why: String| MatrixError::SbsLayout { rows, cols, ty, why };
+        let needed = stream_rows.checked_mul(cols).map(|n| codec.packed_bytes(n));
+        if needed != Some(stream.len()) {
+            return Err(bad(format!("{stream_rows} rows need {needed:?} bytes, the stream has {}", stream.len())));
+        }
+        if map.block == 0 || cols == 0 {
+            return Err(bad("empty rows".into()));
+        }
+        if rows > 0 && map.stream_row(rows - 1) >= stream_rows {
+            return Err(bad(format!(
+                "row {} maps to stream row {} of {stream_rows}",
+                rows - 1,
+                map.stream_row(rows - 1)
+            )));
+        }
+        if rows > map.block && map.stride < map.block {
+            return Err(bad(format!("blocks of {} rows every {} rows overlap", map.block, map.stride)));
+        }
+        if !scale.is_finite() {
+            return Err(bad(format!("scale {scale} is not finite")));
+        }
+        Ok(SbsMatrix { stream, codec, rows, cols, map, scale })
+    }
+
+    /// Decodes row `r` into `out` (`cols` values), without the scale.
+    pub fn decode_row(&self, r: usize, out: &mut [f32]) -> Result<(), gemma_compression::SbsCodecError> {
+        self.codec.decode(self.stream, self.map.stream_row(r) * self.cols, out)
+    }
+}
+
+/// A weight matrix in either family of formats, as the forward pass sees it. The format family is chosen
+/// once per matrix product, never per row.
+#[derive(Clone, Copy)]
+pub enum WeightView<'a> {
+    Ggml(QMatrix<'a>),
+    Sbs(SbsMatrix<'a>),
+}
+
+impl WeightView<'_> {
+    pub fn rows(&self) -> usize {
+        match self {
+            WeightView::Ggml(w) => w.rows,
+            WeightView::Sbs(w) => w.rows,
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        match self {
+            WeightView::Ggml(w) => w.cols,
+            WeightView::Sbs(w) => w.cols,
+        }
+    }
+
+    /// The factor every decoded value is multiplied by (1 for GGML formats).
+    pub fn scale(&self) -> f32 {
+        match self {
+            WeightView::Ggml(_) => 1.0,
+            WeightView::Sbs(w) => w.scale,
+        }
+    }
+
+    /// Decodes row `r` into `out` (`cols` values) without [`WeightView::scale`]. `r` and `out.len()` are
+    /// the caller's contract (a row index below `rows`, `cols` values), as for [`QMatrix::dequantize_row`].
+    pub fn decode_row(&self, r: usize, out: &mut [f32]) {
+        match self {
+            WeightView::Ggml(w) => w.dequantize_row(r, out),
+            WeightView::Sbs(w) => {
+                if let Err(e) = w.decode_row(r, out) {
+                    panic!("decoding row {r} of a validated SBS matrix: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// [`matmul`] or [`matmul_sbs`], whichever format family `w` is in.
+pub fn matmul_view(
+    pool: &ThreadPool,
+    w: &WeightView,
+    x: &[f32],
+    out: &mut [f32],
+    scratch: &mut QuantizedActs,
+) -> Result<(), QuantError> {
+    match w {
+        WeightView::Ggml(q) => matmul(pool, q, x, out, scratch),
+        WeightView::Sbs(s) => {
+            matmul_sbs(pool, s, x, out);
+            Ok(())
+        }
+    }
+}
+
+thread_local! {
+    /// Per-thread decoded weight row (f32, then its F32-stream bytes) for SBS products of several tokens.
+    static SBS_ROW: std::cell::RefCell<(Vec<f32>, Vec<u8>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// `out[t][r] = scale * (W[r] · x[t])` for an SBS matrix, with f32 activations as they are (gemma.cpp's
+/// codecs take them unquantized). Parallel over rows like [`matmul`]; allocates nothing once the thread-local
+/// buffers have grown. Each result is bitwise the codec's `dot` of that row and token, whatever the batch
+/// shape or thread count: with several tokens a row is decoded once and its exact f32 values dotted with
+/// each token by the F32 kernel, which accumulates in the same fixed pattern.
+pub fn matmul_sbs(pool: &ThreadPool, w: &SbsMatrix, x: &[f32], out: &mut [f32]) {
+    let (m, k) = (w.rows, w.cols);
+    let n = x.len() / k;
+    assert_eq!(x.len(), n * k, "activation length is not a multiple of the matrix width");
+    assert_eq!(out.len(), n * m, "output length does not match");
+    let out_shared = SharedMut::new(out);
+    let f32_codec = sbs_codec(SbsCodecType::F32);
+    pool.for_ranges(m, ROWS_PER_TASK, &|rows| {
+        if n == 1 {
+            // SAFETY: tasks own disjoint row ranges, and with one token those are disjoint ranges of `out`.
+            let dst = unsafe { out_shared.slice(rows.clone()) };
+            for (r, d) in rows.clone().zip(dst.iter_mut()) {
+                *d = w.codec.dot(w.stream, w.map.stream_row(r) * k, x) * w.scale;
+            }
+            return;
+        }
+        SBS_ROW.with_borrow_mut(|(row, row_bytes)| {
+            TILE.with_borrow_mut(|tile| {
+                row.resize(k, 0.0);
+                row_bytes.resize(4 * k, 0);
+                tile.resize(rows.len() * n, 0.0);
+                for (i, r) in rows.clone().enumerate() {
+                    if let Err(e) = w.codec.decode(w.stream, w.map.stream_row(r) * k, row) {
+                        panic!("matmul_sbs: row {r} of a validated matrix: {e}");
+                    }
+                    for (b, v) in row_bytes.chunks_exact_mut(4).zip(row.iter()) {
+                        b.copy_from_slice(&v.to_le_bytes());
+                    }
+                    for (d, xt) in tile[i * n..(i + 1) * n].iter_mut().zip(x.chunks_exact(k)) {
+                        *d = f32_codec.dot(row_bytes, 0, xt) * w.scale;
+                    }
+                }
+                // SAFETY: this task alone writes columns `rows` of every token's output row.
+                unsafe { scatter_tile(tile, rows.len(), n, &out_shared, m, rows.start) };
+            });
+        });
+    });
 }
 
 /// Writes a task's `k_rows x n` tile (row-major) into columns `col..col + k_rows` of the token-major output
@@ -241,6 +430,61 @@ mod tests {
             assert_eq!(got, want, "{k_rows}x{n}");
             assert_eq!(want[(n - 1) * m + col + k_rows - 1], ((k_rows - 1) * n + n - 1) as f32);
         }
+    }
+
+    #[test]
+    fn sbs_matmul_equals_the_codec_dot_bitwise_for_every_batch_shape() {
+        // A `qkv_ein`-like stream: 2 Q blocks, then K and V alternating per KV head (2 heads of 24 rows).
+        let (cols, q_rows, kv_rows, kv_heads) = (256, 48, 24, 2);
+        let stream_rows = q_rows + 2 * kv_rows * kv_heads;
+        let mut seed = 11;
+        let wf: Vec<f32> = (0..stream_rows * cols).map(|_| lcg(&mut seed) * 1.5).collect();
+        let x: Vec<f32> = (0..7 * cols).map(|_| lcg(&mut seed)).collect();
+        for ty in SbsCodecType::ALL {
+            let codec = sbs_codec(ty);
+            let mut stream = vec![0u8; codec.packed_bytes(stream_rows * cols)];
+            codec.encode(&wf, &mut stream, 0).unwrap();
+            let v_map = RowBlocks { first: q_rows + kv_rows, block: kv_rows, stride: 2 * kv_rows };
+            for (map, rows) in [(RowBlocks::contiguous(0, q_rows), q_rows), (v_map, kv_rows * kv_heads)] {
+                let w = SbsMatrix::new(&stream, ty, stream_rows, rows, cols, map, 0.75).unwrap();
+                for n in [1, 2, 7] {
+                    let xs = &x[..n * cols];
+                    let mut results = Vec::new();
+                    for threads in [1, 2] {
+                        let mut out = vec![f32::NAN; n * rows];
+                        matmul_sbs(&ThreadPool::new(threads), &w, xs, &mut out);
+                        results.push(out);
+                    }
+                    assert_eq!(results[0], results[1], "{ty}: thread count changed the result");
+                    let mut deq = vec![0f32; cols];
+                    for r in 0..rows {
+                        let ofs = map.stream_row(r) * cols;
+                        codec.decode(&stream, ofs, &mut deq).unwrap();
+                        for t in 0..n {
+                            let at = &xs[t * cols..(t + 1) * cols];
+                            let want = codec.dot(&stream, ofs, at) * 0.75;
+                            let got = results[0][t * rows + r];
+                            assert_eq!(got.to_bits(), want.to_bits(), "{ty} n{n} r{r} t{t}: {got} vs {want}");
+                            let exact: f32 = deq.iter().zip(at).map(|(a, b)| a * b).sum::<f32>() * 0.75;
+                            assert!((exact - got).abs() < 1e-3 * (1.0 + exact.abs()), "{ty}: {exact} vs {got}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sbs_matrices_outside_their_stream_are_errors() {
+        let stream = vec![0u8; 4 * 64 * 3];
+        let ok = SbsMatrix::new(&stream, SbsCodecType::F32, 3, 3, 64, RowBlocks::contiguous(0, 3), 1.0);
+        assert!(ok.is_ok());
+        let short = SbsMatrix::new(&stream[1..], SbsCodecType::F32, 3, 3, 64, RowBlocks::contiguous(0, 3), 1.0);
+        assert!(short.err().unwrap().to_string().contains("the stream has 767"));
+        let beyond = SbsMatrix::new(&stream, SbsCodecType::F32, 3, 2, 64, RowBlocks::contiguous(2, 2), 1.0);
+        assert!(beyond.err().unwrap().to_string().contains("row 1 maps to stream row 3 of 3"));
+        let nan = SbsMatrix::new(&stream, SbsCodecType::F32, 3, 3, 64, RowBlocks::contiguous(0, 3), f32::NAN);
+        assert!(nan.is_err());
     }
 
     #[test]

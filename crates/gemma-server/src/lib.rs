@@ -1,1 +1,157 @@
-//! OpenAI- and Gemini-compatible HTTP server (work in progress).
+//! `gemma-server`: an OpenAI-compatible HTTP server over gemma-rs with continuous batching, a prefix cache,
+//! SSE streaming, API keys / JWTs, rate limits and Prometheus metrics.
+//!
+//! [`serve`] runs until SIGINT/SIGTERM; [`start`] is the same server as a handle (tests, embedding).
+
+pub mod api_error;
+pub mod auth;
+pub mod config;
+pub mod engine;
+pub mod fields;
+pub mod gemini;
+pub mod metrics;
+pub mod openai;
+pub mod server;
+pub mod websocket;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::{oneshot, watch};
+
+pub use config::{ServeArgs, ServerConfig};
+
+/// A running server.
+pub struct RunningServer {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    loaded: Option<oneshot::Receiver<Result<(), String>>>,
+}
+
+impl RunningServer {
+    /// The address it listens on (the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting connections; requests in flight get the grace period to finish.
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits until the model is loaded; `Err` with the reason when it could not be.
+    pub async fn wait_loaded(&mut self) -> anyhow::Result<()> {
+        match self.loaded.take() {
+            None => Ok(()),
+            Some(rx) => match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(anyhow::anyhow!(e)),
+                Err(_) => Err(anyhow::anyhow!("the engine stopped while loading")),
+            },
+        }
+    }
+
+    /// Waits for the server to finish (after [`RunningServer::shutdown`]).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("the server task failed")?
+    }
+}
+
+/// Binds the listener, starts loading the model in the background (`/health` answers 503 meanwhile) and
+/// serves.
+pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
+    config.validate()?;
+    let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
+    let addr = listener.local_addr()?;
+    let metrics = Arc::new(metrics::Metrics::default());
+    let engine = engine::spawn(
+        engine::EngineConfig {
+            model: config.model.clone(),
+            parallel: config.parallel,
+            ctx: config.ctx,
+            threads: config.threads,
+            queue_size: config.queue_size,
+            prefix_cache_tokens: config.prefix_cache_tokens,
+            prefill_chunk: config.prefill_chunk,
+            request_timeout: Duration::from_secs(config.timeout_seconds),
+        },
+        metrics.clone(),
+    )
+    .context("cannot start the engine thread")?;
+    let app = server::router(server::AppState::new(&config, engine.handle, metrics));
+    let (stop, mut stopped) = watch::channel(false);
+    let mut deadline_rx = stop.subscribe();
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    let task = tokio::spawn(async move {
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        });
+        let deadline = async move {
+            let _ = deadline_rx.wait_for(|s| *s).await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            r = std::future::IntoFuture::into_future(server) => r.context("the HTTP server failed"),
+            _ = deadline => {
+                tracing::warn!("in-flight requests did not finish within {grace:?}; exiting anyway");
+                Ok(())
+            }
+        }
+    });
+    tracing::info!("listening on http://{addr}");
+    Ok(RunningServer { addr, stop, task, loaded: Some(engine.loaded) })
+}
+
+/// Runs the server until SIGINT or SIGTERM, then shuts down gracefully. Fails when the model cannot be
+/// loaded.
+pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
+    let mut server = start(config).await?;
+    let loaded = server.loaded.take();
+    let load_failure = async move {
+        match loaded {
+            Some(rx) => match rx.await {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) | Err(_) => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down: no new connections; waiting for requests in flight");
+            server.shutdown();
+            server.wait().await
+        }
+        e = load_failure => {
+            server.shutdown();
+            let _ = server.wait().await;
+            Err(anyhow::anyhow!("cannot load the model: {e}"))
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,4 +1,44 @@
-fn main() {
-    eprintln!("gemma-server: not built yet");
-    std::process::exit(1);
+//! `gemma-server`: the OpenAI-compatible server as its own binary (`gemma serve` runs the same thing).
+
+use clap::Parser;
+use gemma_server::{ServeArgs, ServerConfig};
+
+#[derive(Parser)]
+#[command(name = "gemma-server", version, about = "OpenAI-compatible server for Gemma models")]
+struct Cli {
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let config = match ServerConfig::from_args(&cli.args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gemma-server: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().worker_threads(2).build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gemma-server: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(gemma_server::serve(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gemma-server: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -17,7 +17,8 @@ use gemma_ops::vector::{add_assign, gelu_mul, rms_norm, scale};
 use gemma_ops::{matmul, ThreadPool};
 
 use super::attention::{causal_attention, AttentionShape};
-use super::Scratch;
+use super::output::OutputHead;
+use super::{embed_tokens, rms_norm_rows, sized, Scratch};
 use crate::batch::Batch;
 use crate::config::ModelConfig;
 use crate::error::ModelError;
@@ -44,9 +45,8 @@ pub struct Gemma3Layer {
 
 pub struct Gemma3Weights {
     embedding: Matrix,
-    output_norm: Vec<f32>,
-    /// The output projection: the embedding itself unless the file has a separate `output.weight`.
-    output: Matrix,
+    /// Final norm and output projection (tied to the embedding unless the file has `output.weight`).
+    pub(super) head: OutputHead,
     layers: Vec<Gemma3Layer>,
 }
 
@@ -54,11 +54,8 @@ impl Gemma3Weights {
     pub fn load(file: &GgufFile, c: &ModelConfig) -> Result<Gemma3Weights, ModelError> {
         let (d, hd, ff) = (c.d_model, c.head_dim, c.ffn_dim);
         let embedding = matrix(file, "token_embd.weight", c.vocab_size, d)?;
-        let output = match file.tensor("output.weight") {
-            Some(_) => matrix(file, "output.weight", c.vocab_size, d)?,
-            None => embedding.clone(),
-        };
-        let inv_local = rope_inv_freq(hd, c.rope_base_local, 1.0);
+        let head = OutputHead::load(file, c, &embedding)?;
+        let inv_local = rope_inv_freq(hd, c.rope_base_local.unwrap_or(c.rope_base), 1.0);
         let inv_global = rope_inv_freq(hd, c.rope_base, c.rope_freq_scale);
         let layers = (0..c.n_layers)
             .map(|l| {
@@ -81,21 +78,12 @@ impl Gemma3Weights {
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
-        Ok(Gemma3Weights { embedding, output_norm: vector(file, "output_norm.weight", d)?, output, layers })
+        Ok(Gemma3Weights { embedding, head, layers })
     }
 }
 
-/// RMS-normalises each `w.len()`-wide row of `x` with weight `w`.
-fn rms_norm_rows(pool: &ThreadPool, x: &mut [f32], w: &[f32], eps: f32) {
-    pool.for_chunks_mut(x, w.len(), &|_, row| rms_norm(row, w, eps));
-}
-
-/// `buf` resized to `n` values (keeps its allocation between passes).
-fn sized(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    buf.resize(n, 0.0);
-    buf
-}
-
+/// Runs the decoder layers over `batch`, leaving the final hidden states in `s.x` (the caller applies the
+/// output head). The caches must already have room for the batch's positions.
 pub(crate) fn forward(
     file: &GgufFile,
     c: &ModelConfig,
@@ -108,20 +96,13 @@ pub(crate) fn forward(
     let n = batch.len();
     let (d, hd, ff) = (c.d_model, c.head_dim, c.ffn_dim);
     let (q_width, kv_width) = (c.n_heads * hd, c.n_kv_heads * hd);
-    for t in &batch.tokens {
-        caches[t.seq].reserve_to(t.pos + 1)?;
-    }
-    let Scratch { x, h, q, k, v, attn, proj, gate, up, last, acts, logits } = s;
+    let Scratch { x, h, q, k, v, attn, proj, gate, up, acts, .. } = s;
     let (x, h, q, k, v) =
         (sized(x, n * d), sized(h, n * d), sized(q, n * q_width), sized(k, n * kv_width), sized(v, n * kv_width));
     let (attn, proj, gate, up) = (sized(attn, n * q_width), sized(proj, n * d), sized(gate, n * ff), sized(up, n * ff));
 
     // Embedding, scaled by sqrt(d_model).
-    let emb = w.embedding.view(file);
-    for (t, row) in batch.tokens.iter().zip(x.chunks_exact_mut(d)) {
-        emb.dequantize_row(t.token as usize, row);
-        scale(row, c.embedding_scale);
-    }
+    embed_tokens(file, &w.embedding, batch, x, c.embedding_scale);
 
     for (l, lw) in w.layers.iter().enumerate() {
         // Attention block.
@@ -164,24 +145,6 @@ pub(crate) fn forward(
         matmul(pool, &lw.w_down.view(file), gate, proj, acts)?;
         rms_norm_rows(pool, proj, &lw.post_ffn_norm, c.rms_eps);
         add_assign(x, proj);
-    }
-    for t in &batch.tokens {
-        caches[t.seq].set_len(t.pos + 1);
-    }
-
-    // Final norm and output projection, only for the tokens whose logits are wanted.
-    logits.vocab_size = c.vocab_size;
-    logits.batch_index.clear();
-    logits.batch_index.extend((0..n).filter(|&i| batch.tokens[i].logits));
-    last.clear();
-    for &i in &logits.batch_index {
-        last.extend_from_slice(&x[i * d..(i + 1) * d]);
-    }
-    rms_norm_rows(pool, last, &w.output_norm, c.rms_eps);
-    let data = sized(&mut logits.data, logits.batch_index.len() * c.vocab_size);
-    matmul(pool, &w.output.view(file), last, data, acts)?;
-    if let Some(cap) = c.final_logit_softcap {
-        data.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
     }
     Ok(())
 }

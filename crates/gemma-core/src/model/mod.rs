@@ -2,16 +2,20 @@
 
 mod attention;
 pub mod gemma3;
+pub mod llama;
+mod output;
 
 use std::path::Path;
 
 use gemma_io::GgufFile;
+use gemma_ops::vector::{rms_norm, scale};
 use gemma_ops::{QuantizedActs, ThreadPool};
 
 use crate::batch::{Batch, Logits};
 use crate::config::{Architecture, ModelConfig};
 use crate::error::ModelError;
 use crate::kv_cache::{KvCache, MAX_UBATCH};
+use crate::weights::Matrix;
 
 /// A loaded model: the memory-mapped file, its configuration and its weights.
 pub struct Model {
@@ -22,6 +26,7 @@ pub struct Model {
 
 enum Weights {
     Gemma3(gemma3::Gemma3Weights),
+    Llama(llama::LlamaWeights),
 }
 
 impl Model {
@@ -33,6 +38,7 @@ impl Model {
         let config = ModelConfig::from_gguf(&file)?;
         let weights = match config.arch {
             Architecture::Gemma3 => Weights::Gemma3(gemma3::Gemma3Weights::load(&file, &config)?),
+            Architecture::Llama => Weights::Llama(llama::LlamaWeights::load(&file, &config)?),
         };
         Ok(Model { file, config, weights })
     }
@@ -85,9 +91,25 @@ impl Model {
         pool: &ThreadPool,
         scratch: &mut Scratch,
     ) -> Result<(), ModelError> {
-        match &self.weights {
-            Weights::Gemma3(w) => gemma3::forward(&self.file, &self.config, w, batch, caches, pool, scratch),
+        for t in &batch.tokens {
+            caches[t.seq].reserve_to(t.pos + 1)?;
         }
+        let (file, c) = (&self.file, &self.config);
+        let head = match &self.weights {
+            Weights::Gemma3(w) => {
+                gemma3::forward(file, c, w, batch, caches, pool, scratch)?;
+                &w.head
+            }
+            Weights::Llama(w) => {
+                llama::forward(file, c, w, batch, caches, pool, scratch)?;
+                &w.head
+            }
+        };
+        for t in &batch.tokens {
+            caches[t.seq].set_len(t.pos + 1);
+        }
+        let Scratch { x, last, acts, logits, .. } = scratch;
+        head.logits(file, c, pool, batch, x, last, acts, logits)
     }
 }
 
@@ -107,6 +129,28 @@ pub struct Scratch {
     acts: QuantizedActs,
     /// The logits of the last pass.
     pub logits: Logits,
+}
+
+/// RMS-normalises each `w.len()`-wide row of `x` with weight `w`.
+fn rms_norm_rows(pool: &ThreadPool, x: &mut [f32], w: &[f32], eps: f32) {
+    pool.for_chunks_mut(x, w.len(), &|_, row| rms_norm(row, w, eps));
+}
+
+/// `buf` resized to `n` values (keeps its allocation between passes).
+fn sized(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    buf.resize(n, 0.0);
+    buf
+}
+
+/// Looks up the embedding of every batch token into `x` (one row of `d_model` each), times `factor`.
+fn embed_tokens(file: &GgufFile, embedding: &Matrix, batch: &Batch, x: &mut [f32], factor: f32) {
+    let table = embedding.view(file);
+    for (t, row) in batch.tokens.iter().zip(x.chunks_exact_mut(embedding.cols)) {
+        table.dequantize_row(t.token as usize, row);
+        if factor != 1.0 {
+            scale(row, factor);
+        }
+    }
 }
 
 /// Checks token ids and that every sequence's tokens extend its cache at consecutive positions.

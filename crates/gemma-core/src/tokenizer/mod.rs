@@ -1,15 +1,25 @@
 //! Text ↔ token ids from the vocabulary in a GGUF file, reproducing llama.cpp (`src/llama-vocab.cpp`)
 //! token for token.
 //!
-//! Encoding: the text is first split at special tokens ([`special`]), then each raw fragment has its
-//! spaces escaped to U+2581 and goes through the subword algorithm of the file's tokenizer kind
-//! ([`TokenizerModel`]; SentencePiece for Gemma). Decoding maps each id to its bytes (U+2581 back to a
-//! space, `<0xHH>` to the byte, control tokens to nothing unless asked for) and joins them;
-//! [`StreamDecoder`] does the same incrementally without ever splitting a character.
+//! Two tokenizer kinds ([`TokenizerModel`]), chosen by `tokenizer.ggml.model`:
+//! - `llama`, SentencePiece (Gemma): each raw fragment has its spaces escaped to U+2581 and is merged
+//!   by token score ([`SpmModel`]);
+//! - `gpt2`, byte-level BPE (SmolLM2, Llama 3, Qwen2, ...): each raw fragment is cut into words by the
+//!   pre-tokenizer named in `tokenizer.ggml.pre` ([`PreTokenizer`]), each word's bytes are written in
+//!   GPT-2's byte alphabet and merged by `tokenizer.ggml.merges` rank ([`BpeModel`]).
+//!
+//! Either way the text is first split at special tokens ([`special`]), which are matched whole.
+//! Decoding maps each id to its bytes (SentencePiece: U+2581 back to a space, `<0xHH>` to the byte;
+//! BPE: each character of the byte alphabet back to its byte; control tokens to nothing unless asked
+//! for) and joins them; [`StreamDecoder`] does the same incrementally without ever splitting a
+//! character.
 
+mod bpe;
+mod pretokenize;
 mod special;
 mod spm;
 mod stream;
+mod unicode_class;
 mod vocab;
 
 use std::borrow::Cow;
@@ -18,6 +28,8 @@ use std::fmt;
 
 use gemma_io::{GgufFile, MetaValue};
 
+pub use bpe::BpeModel;
+pub use pretokenize::{PreTokenizer, PreTokenizerKind};
 use special::{Fragment, SpecialTokenMatcher};
 pub use spm::SpmModel;
 pub use stream::StreamDecoder;
@@ -33,7 +45,7 @@ pub enum TokenizerError {
     MissingKey(&'static str),
     #[error("tokenizer metadata '{key}' is not {expected}")]
     WrongType { key: &'static str, expected: &'static str },
-    #[error("tokenizer kind '{0}' is not supported yet (supported: 'llama', the SentencePiece tokenizer)")]
+    #[error("tokenizer kind '{0}' is not supported (supported: 'llama', SentencePiece; 'gpt2', byte-level BPE)")]
     UnsupportedModel(String),
     #[error("tokenizer metadata '{key}' has {found} entries, fewer than the {expected} tokens")]
     TooFewEntries { key: &'static str, found: usize, expected: usize },
@@ -45,10 +57,15 @@ pub enum TokenizerError {
     BadByteToken { id: u32, text: String },
 }
 
-/// The subword algorithm. Only SentencePiece exists so far; BPE (`gpt2`) is a planned second variant.
+/// The subword algorithm, from `tokenizer.ggml.model`.
+// Both variants hold a fixed byte table (~2 kB); a tokenizer has exactly one, so boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum TokenizerModel {
+    /// `llama`: SentencePiece.
     Spm(SpmModel),
+    /// `gpt2`: byte-level BPE.
+    Bpe(BpeModel),
 }
 
 /// Ids with a special role. `None` where the model has no such token.
@@ -238,7 +255,12 @@ pub(crate) struct TokenizerSource {
     pub(crate) general_name: Option<String>,
     pub(crate) general_architecture: Option<String>,
     pub(crate) tokenizer_pre: Option<String>,
+    /// `tokenizer.ggml.merges` ("left right" per entry, by rank); BPE only.
+    pub(crate) merges: Option<Vec<String>>,
 }
+
+/// The `tokenizer.ggml.model` values this module implements.
+const SUPPORTED_MODELS: [&str; 2] = ["llama", "gpt2"];
 
 /// Index into [`SPECIAL_ID_KEYS`].
 pub(crate) type SpecialRoleKey = usize;
@@ -272,6 +294,7 @@ pub struct Tokenizer {
     special_matcher: SpecialTokenMatcher,
     end_of_generation: BTreeSet<u32>,
     pieces: PieceBytes,
+    warnings: Vec<String>,
 }
 
 impl fmt::Debug for Tokenizer {
@@ -318,9 +341,10 @@ impl Tokenizer {
         const TOKENS: &str = "tokenizer.ggml.tokens";
         const SCORES: &str = "tokenizer.ggml.scores";
         const TYPES: &str = "tokenizer.ggml.token_type";
+        const MERGES: &str = "tokenizer.ggml.merges";
 
         let model = string_key(file, MODEL)?.ok_or(TokenizerError::MissingKey(MODEL))?;
-        if model != "llama" {
+        if !SUPPORTED_MODELS.contains(&model.as_str()) {
             // Checked before reading the vocabulary: nothing else matters for an unsupported kind.
             return Err(TokenizerError::UnsupportedModel(model));
         }
@@ -348,6 +372,17 @@ impl Tokenizer {
                     .ok_or(TokenizerError::WrongType { key: TYPES, expected: "an array of integers" })
             })
             .transpose()?;
+        let merges = if model == "gpt2" {
+            let merges = array_key(file, MERGES)?
+                .ok_or(TokenizerError::MissingKey(MERGES))?
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect::<Option<Vec<String>>>()
+                .ok_or(TokenizerError::WrongType { key: MERGES, expected: "an array of strings" })?;
+            Some(merges)
+        } else {
+            None
+        };
         let mut special_ids = Vec::new();
         for (index, &(key, _)) in SPECIAL_ID_KEYS.iter().enumerate() {
             if let Some(value) = file.get(key) {
@@ -371,6 +406,7 @@ impl Tokenizer {
             general_name: string_key(file, "general.name")?,
             general_architecture: string_key(file, "general.architecture")?,
             tokenizer_pre: string_key(file, "tokenizer.ggml.pre")?,
+            merges,
         };
         Tokenizer::from_source(source)
     }
@@ -379,9 +415,11 @@ impl Tokenizer {
     /// special ids, role auto-detection, unused marking, end-of-generation set, special-token cache,
     /// per-model strip flags, piece cache.
     pub(crate) fn from_source(source: TokenizerSource) -> Result<Tokenizer, TokenizerError> {
-        if source.model != "llama" {
-            return Err(TokenizerError::UnsupportedModel(source.model));
-        }
+        let is_bpe = match source.model.as_str() {
+            "llama" => false,
+            "gpt2" => true,
+            _ => return Err(TokenizerError::UnsupportedModel(source.model)),
+        };
         let n = source.tokens.len();
         if n == 0 {
             return Err(TokenizerError::EmptyVocab);
@@ -414,9 +452,13 @@ impl Tokenizer {
         let mut vocab = Vocab::new(source.tokens, scores, attrs);
         let in_range = |id: u64| u32::try_from(id).ok().filter(|&id| (id as usize) < n);
 
-        // SentencePiece defaults, then whatever the metadata names (out-of-range ids are ignored).
-        let mut ids =
-            SpecialTokenIds { bos: in_range(1), eos: in_range(2), unk: in_range(0), ..SpecialTokenIds::default() };
+        // The kind's defaults (SentencePiece: 1, 2, 0; BPE: 11, 11, none), then whatever the metadata
+        // names (out-of-range ids are ignored).
+        let mut ids = if is_bpe {
+            SpecialTokenIds { bos: in_range(11), eos: in_range(11), ..SpecialTokenIds::default() }
+        } else {
+            SpecialTokenIds { bos: in_range(1), eos: in_range(2), unk: in_range(0), ..SpecialTokenIds::default() }
+        };
         for &(key_index, id) in &source.special_ids {
             if let (Some(&(_, role)), Some(id)) = (SPECIAL_ID_KEYS.get(key_index), in_range(id)) {
                 *ids.slot(role) = Some(id);
@@ -454,10 +496,22 @@ impl Tokenizer {
             &source.general_architecture,
         );
 
-        let add_bos = source.add_bos.unwrap_or(true);
-        let add_space_prefix = source.add_space_prefix.unwrap_or(true);
-        let model = TokenizerModel::Spm(SpmModel::new(&vocab, ids.unk));
-        let pieces = render_pieces(&vocab)?;
+        let mut warnings = Vec::new();
+        let (model, add_bos, add_space_prefix) = if is_bpe {
+            let (pre, warning) = PreTokenizer::from_name(source.tokenizer_pre.as_deref());
+            warnings.extend(warning);
+            let merges = source.merges.unwrap_or_default();
+            if merges.is_empty() {
+                warnings
+                    .push("tokenizer.ggml.merges is empty: every word is spelled character by character".to_owned());
+            }
+            let add_bos = source.add_bos.unwrap_or(pre.adds_bos_by_default());
+            (TokenizerModel::Bpe(BpeModel::new(&merges, pre)), add_bos, source.add_space_prefix.unwrap_or(false))
+        } else {
+            let model = TokenizerModel::Spm(SpmModel::new(&vocab, ids.unk));
+            (model, source.add_bos.unwrap_or(true), source.add_space_prefix.unwrap_or(true))
+        };
+        let pieces = render_pieces(&vocab, &model)?;
         Ok(Tokenizer {
             vocab,
             model,
@@ -467,14 +521,22 @@ impl Tokenizer {
             special_matcher,
             end_of_generation,
             pieces,
+            warnings,
         })
     }
 
-    /// The metadata name of the tokenizer kind (`llama` for SentencePiece).
+    /// The metadata name of the tokenizer kind (`llama` for SentencePiece, `gpt2` for byte-level BPE).
     pub fn model_name(&self) -> &'static str {
         match self.model {
             TokenizerModel::Spm(_) => "llama",
+            TokenizerModel::Bpe(_) => "gpt2",
         }
+    }
+
+    /// Things about the vocabulary that loaded but may not tokenize as the model expects (an unknown
+    /// or missing `tokenizer.ggml.pre`, no merges). Empty for a well-formed file.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     pub fn model(&self) -> &TokenizerModel {
@@ -508,7 +570,8 @@ impl Tokenizer {
         self.add_space_prefix
     }
 
-    /// The id of the token with exactly this text (as stored: spaces are U+2581).
+    /// The id of the token with exactly this text (as stored: SentencePiece spaces are U+2581, BPE
+    /// texts are in the byte alphabet, a space being U+0120).
     pub fn token_id(&self, piece: &str) -> Option<u32> {
         self.vocab.id_of(piece)
     }
@@ -551,15 +614,21 @@ impl Tokenizer {
                     after_special = true;
                 }
                 Fragment::Text { start, end } => {
+                    let fragment = text.get(start..end).unwrap_or_default();
+                    if let TokenizerModel::Bpe(bpe) = &self.model {
+                        bpe.encode(&self.vocab, fragment, &mut ids);
+                        after_special = false;
+                        continue;
+                    }
                     escaped.clear();
                     if self.add_space_prefix && after_special {
                         escaped.push(ESCAPED_SPACE);
                     }
-                    for c in text.get(start..end).unwrap_or_default().chars() {
+                    for c in fragment.chars() {
                         escaped.push(if c == ' ' { ESCAPED_SPACE } else { c });
                     }
-                    match &self.model {
-                        TokenizerModel::Spm(spm) => spm.encode(&self.vocab, &escaped, &mut ids),
+                    if let TokenizerModel::Spm(spm) = &self.model {
+                        spm.encode(&self.vocab, &escaped, &mut ids);
                     }
                     after_special = false;
                 }
@@ -568,9 +637,9 @@ impl Tokenizer {
         ids
     }
 
-    /// The bytes a token decodes to: U+2581 becomes a space, `<0xHH>` the byte itself, user-defined
-    /// tokens their text; control and unknown tokens are empty unless `render_special`. `None` for an
-    /// id outside the vocabulary.
+    /// The bytes a token decodes to: U+2581 (SentencePiece) becomes a space, a BPE text's characters
+    /// the bytes they stand for, `<0xHH>` the byte itself, user-defined tokens their text; control and
+    /// unknown tokens are empty unless `render_special`. `None` for an id outside the vocabulary.
     pub fn token_piece_bytes(&self, id: u32, render_special: bool) -> Option<&[u8]> {
         let attrs = self.vocab.attrs(id)?;
         if !render_special && attrs.intersects(TokenAttrs::CONTROL | TokenAttrs::UNKNOWN) {
@@ -694,12 +763,14 @@ fn apply_model_strip_flags(
 }
 
 /// Each token's bytes with specials shown (what llama.cpp's piece cache holds).
-fn render_pieces(vocab: &Vocab) -> Result<PieceBytes, TokenizerError> {
+fn render_pieces(vocab: &Vocab, model: &TokenizerModel) -> Result<PieceBytes, TokenizerError> {
     let mut bytes = Vec::with_capacity(vocab.len() * 8);
     let mut ends = Vec::with_capacity(vocab.len());
     for (id, piece, attrs) in vocab.iter() {
         if attrs.intersects(TokenAttrs::UNKNOWN | TokenAttrs::CONTROL | TokenAttrs::USER_DEFINED) {
             bytes.extend_from_slice(piece.as_bytes());
+        } else if let (true, TokenizerModel::Bpe(bpe)) = (attrs.intersects(TokenAttrs::NORMAL), model) {
+            bpe.alphabet().decode(piece, &mut bytes);
         } else if attrs.intersects(TokenAttrs::NORMAL) {
             let unescaped: Cow<'_, str> = if piece.contains(ESCAPED_SPACE) {
                 Cow::Owned(piece.replace(ESCAPED_SPACE, " "))

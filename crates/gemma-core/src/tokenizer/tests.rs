@@ -242,9 +242,9 @@ fn rstrip_tokens_swallow_following_whitespace() {
 
 #[test]
 fn unsupported_or_malformed_vocabularies_are_typed_errors() {
-    let mut bpe = source(&[], &[]);
-    bpe.model = "gpt2".to_owned();
-    assert!(matches!(Tokenizer::from_source(bpe), Err(TokenizerError::UnsupportedModel(m)) if m == "gpt2"));
+    let mut unigram = source(&[], &[]);
+    unigram.model = "t5".to_owned();
+    assert!(matches!(Tokenizer::from_source(unigram), Err(TokenizerError::UnsupportedModel(m)) if m == "t5"));
 
     let mut short = source(&[], &[("a", -1.0)]);
     if let Some(scores) = short.scores.as_mut() {
@@ -272,4 +272,104 @@ fn long_input_is_not_quadratic() {
     assert_eq!(encoded.len(), 25_000);
     assert!(encoded.iter().all(|&i| i == id(&t, "abababab")));
     assert!(started.elapsed().as_secs_f64() < 5.0, "took {:?}", started.elapsed());
+}
+
+/// A byte-level BPE vocabulary: `<|endoftext|>` (control), `<|im_start|>` (control), then `normal`
+/// texts (in the byte alphabet: `Ġ` is a space), merged by `merges` in rank order.
+fn bpe_source(normal: &[&str], merges: &[&str], pre: Option<&str>) -> TokenizerSource {
+    let mut tokens: Vec<String> = vec!["<|endoftext|>".to_owned(), "<|im_start|>".to_owned()];
+    let mut types = vec![3i64, 3];
+    for text in normal {
+        tokens.push((*text).to_owned());
+        types.push(1);
+    }
+    TokenizerSource {
+        model: "gpt2".to_owned(),
+        tokens,
+        token_types: Some(types),
+        special_ids: vec![(key_index("tokenizer.ggml.bos_token_id"), 0), (key_index("tokenizer.ggml.eos_token_id"), 0)],
+        tokenizer_pre: pre.map(str::to_owned),
+        merges: Some(merges.iter().map(|m| (*m).to_owned()).collect()),
+        ..TokenizerSource::default()
+    }
+}
+
+fn build_bpe(normal: &[&str], merges: &[&str]) -> Tokenizer {
+    match Tokenizer::from_source(bpe_source(normal, merges, Some("gpt-2"))) {
+        Ok(t) => t,
+        Err(e) => panic!("tiny BPE vocabulary failed to load: {e}"),
+    }
+}
+
+#[test]
+fn bpe_merges_go_in_rank_order() {
+    let normal = ["a", "b", "c", "ab", "bc"];
+    let t = build_bpe(&normal, &["b c", "a b"]);
+    assert_eq!(t.encode("abc", false, false), ids(&t, &["a", "bc"]));
+    let t = build_bpe(&normal, &["a b", "b c"]);
+    assert_eq!(t.encode("abc", false, false), ids(&t, &["ab", "c"]));
+    // Equal ranks cannot happen between different pairs; repeated pairs merge leftmost first.
+    let t = build_bpe(&["a", "aa"], &["a a"]);
+    assert_eq!(t.encode("aaa", false, false), ids(&t, &["aa", "a"]));
+}
+
+#[test]
+fn bpe_words_never_merge_across_the_pre_tokenizer_split() {
+    let t = build_bpe(&["a", "b", "Ġ", "Ġb", "aĠ", "ab"], &["a Ġ", "Ġ b", "a b"]);
+    // GPT-2's rule cuts "a b" into "a" and " b"; "aĠ" is never formed although it ranks first.
+    assert_eq!(t.encode("a b", false, false), ids(&t, &["a", "Ġb"]));
+    assert_eq!(t.decode(&t.encode("a b", false, false), false), "a b");
+}
+
+#[test]
+fn bpe_symbols_outside_the_vocabulary_fall_back_to_single_characters() {
+    // "ab" is a merge but not a token: it is spelled "a" "b". "é" (bytes C3 A9, alphabet "Ã©") has no
+    // token and no ASCII byte, so llama.cpp drops it.
+    let t = build_bpe(&["a", "b"], &["a b"]);
+    assert_eq!(t.encode("ab", false, false), ids(&t, &["a", "b"]));
+    assert_eq!(t.encode("aéb", false, false), ids(&t, &["a", "b"]));
+}
+
+#[test]
+fn bpe_special_tokens_and_bos_follow_the_metadata() {
+    let t = build_bpe(&["h", "i", "hi", "Ċ"], &["h i"]);
+    assert_eq!(t.model_name(), "gpt2");
+    assert!(!t.add_bos() && !t.add_space_prefix());
+    assert!(t.warnings().is_empty(), "{:?}", t.warnings());
+    let parsed = t.encode("<|im_start|>hi\n", true, true);
+    assert_eq!(parsed, vec![0, 1, id(&t, "hi"), id(&t, "Ċ")]);
+    assert_eq!(t.decode(&parsed, true), "<|endoftext|><|im_start|>hi\n");
+    assert_eq!(t.decode(&parsed, false), "hi\n");
+    // Without special parsing the marker is plain text, cut into "<|", "im", "_", "start", "|>" and
+    // "hi"; of its characters only "i" has a token here, the others are dropped.
+    assert_eq!(t.encode("<|im_start|>hi", false, false), ids(&t, &["i", "hi"]));
+}
+
+#[test]
+fn bpe_unknown_pre_tokenizer_warns_and_uses_gpt2() {
+    let t = match Tokenizer::from_source(bpe_source(&["a"], &[], Some("no-such-pre"))) {
+        Ok(t) => t,
+        Err(e) => panic!("{e}"),
+    };
+    match t.model() {
+        TokenizerModel::Bpe(bpe) => assert_eq!(bpe.pre_tokenizer().kind(), PreTokenizerKind::Gpt2),
+        TokenizerModel::Spm(_) => panic!("a gpt2 vocabulary must load as BPE"),
+    }
+    assert!(t.warnings().iter().any(|w| w.contains("no-such-pre")), "{:?}", t.warnings());
+    // Llama 3's pre-tokenizer also turns BOS on when the metadata is silent.
+    let t = match Tokenizer::from_source(bpe_source(&["a"], &["a a"], Some("llama-bpe"))) {
+        Ok(t) => t,
+        Err(e) => panic!("{e}"),
+    };
+    assert!(t.add_bos() && t.warnings().is_empty());
+}
+
+#[test]
+fn bpe_long_input_is_not_quadratic() {
+    let t = build_bpe(&["a", "b", "ab", "abab", "abababab"], &["a b", "ab ab", "abab abab"]);
+    // One 200k-character word: the merge loop must stay near-linear.
+    let text = "ab".repeat(100_000);
+    let encoded = t.encode(&text, false, false);
+    assert_eq!(encoded.len(), 25_000);
+    assert!(encoded.iter().all(|&i| i == id(&t, "abababab")));
 }

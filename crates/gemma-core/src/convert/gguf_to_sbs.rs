@@ -1,0 +1,276 @@
+//! GGUF (llama.cpp) to SBS (gemma.cpp) for Gemma 3 models.
+
+use std::path::Path;
+
+use gemma_compression::SbsCodecType;
+use gemma_io::sbs::model_store::BlobSink;
+use gemma_io::sbs::tensor_info::exported_tensors;
+use gemma_io::sbs::{Model, ModelConfig, PromptWrapping, SbsType, SbsWriter, TensorRecord};
+use gemma_io::{GgufFile, MetaValue};
+
+use super::gguf_names::{dequantize, gguf_name_of, is_norm, split_layer};
+use super::parallel_encode::{default_threads, encode_sbs_tensor};
+use super::tokenizer_proto::model_proto_from_gguf;
+use super::{ConvertError, ConvertProgress};
+
+/// gemma.cpp's RoPE bases for Gemma 3 (fixed in its code, not in the config): global and sliding-window layers.
+pub const GEMMA3_ROPE_BASE_GLOBAL: f64 = 1_000_000.0;
+pub const GEMMA3_ROPE_BASE_LOCAL: f64 = 10_000.0;
+
+/// How to write the SBS file.
+#[derive(Clone, Debug)]
+pub struct GgufToSbsOptions {
+    /// Type of the weight matrices. Norms are stored as BF16 (F32 when this is F32); the embedding takes this
+    /// type, except SFP instead of NUQ (its 640-wide rows do not start on NUQ's 256-element groups).
+    pub weight_type: SbsCodecType,
+    /// Prompt wrapping written in the config; `None`: instruction-tuned if the GGUF has a chat template.
+    pub wrapping: Option<PromptWrapping>,
+    /// Encoder threads (NUQ clustering is slow).
+    pub threads: usize,
+}
+
+impl Default for GgufToSbsOptions {
+    fn default() -> Self {
+        GgufToSbsOptions { weight_type: SbsCodecType::Sfp, wrapping: None, threads: default_threads() }
+    }
+}
+
+/// The SBS file type of a number format.
+pub fn sbs_type_of(codec: SbsCodecType) -> SbsType {
+    match codec {
+        SbsCodecType::F32 => SbsType::F32,
+        SbsCodecType::Bf16 => SbsType::BF16,
+        SbsCodecType::Sfp => SbsType::SFP,
+        SbsCodecType::Nuq => SbsType::NUQ,
+        SbsCodecType::I8 => SbsType::I8,
+    }
+}
+
+/// The number format the converter stores SBS tensor `base` (a name without layer suffix) in.
+pub fn tensor_codec(base: &str, requested: SbsCodecType) -> SbsCodecType {
+    if is_norm(base) {
+        // Norm scales are tiny and precision-critical, as in gemma.cpp's exporters.
+        if requested == SbsCodecType::F32 {
+            SbsCodecType::F32
+        } else {
+            SbsCodecType::Bf16
+        }
+    } else if base == "c_embedding" && requested == SbsCodecType::Nuq {
+        SbsCodecType::Sfp
+    } else {
+        requested
+    }
+}
+
+fn meta_u64(gguf: &GgufFile, key: &str) -> Result<Option<u64>, ConvertError> {
+    match gguf.get(key) {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| ConvertError::BadMetadata { key: key.into(), what: format!("not an unsigned integer: {v}") }),
+    }
+}
+
+fn require_u64(gguf: &GgufFile, key: &str) -> Result<u64, ConvertError> {
+    meta_u64(gguf, key)?.ok_or_else(|| ConvertError::BadMetadata { key: key.into(), what: "missing".into() })
+}
+
+/// The gemma.cpp config for a GGUF file: the known model whose dimensions match, with `weight` as its weight
+/// type. Checks that the file's RoPE bases and sliding window are those gemma.cpp uses for that model.
+pub fn sbs_config_for_gguf(
+    gguf: &GgufFile,
+    weight: SbsType,
+    wrapping: Option<PromptWrapping>,
+) -> Result<ModelConfig, ConvertError> {
+    let arch = gguf.get("general.architecture").and_then(MetaValue::as_str).unwrap_or("");
+    if arch != "gemma3" {
+        return Err(ConvertError::Unsupported(format!(
+            "architecture '{arch}': only gemma3 GGUF files convert to SBS"
+        )));
+    }
+    let k = |s: &str| format!("gemma3.{s}");
+    let layers = require_u64(gguf, &k("block_count"))?;
+    let model_dim = require_u64(gguf, &k("embedding_length"))?;
+    let ff = require_u64(gguf, &k("feed_forward_length"))?;
+    let heads = require_u64(gguf, &k("attention.head_count"))?;
+    let kv_heads = meta_u64(gguf, &k("attention.head_count_kv"))?.unwrap_or(heads);
+    let qkv_dim = match meta_u64(gguf, &k("attention.key_length"))? {
+        Some(q) => q,
+        None => model_dim / heads.max(1),
+    };
+    let vocab = match gguf.get("tokenizer.ggml.tokens").and_then(MetaValue::as_array) {
+        Some(tokens) => tokens.len() as u64,
+        None => gguf.tensor("token_embd.weight").and_then(|t| t.dims.get(1).copied()).unwrap_or(0),
+    };
+    let described = format!(
+        "{layers} layers, model_dim {model_dim}, ff {ff}, {heads} heads, {kv_heads} KV heads, qkv_dim {qkv_dim}, \
+         vocab {vocab}"
+    );
+    let matches = |c: &ModelConfig| {
+        let Some(l) = c.layer_configs.first() else { return false };
+        u64::from(c.num_layers) == layers
+            && u64::from(c.model_dim) == model_dim
+            && u64::from(c.vocab_size) == vocab
+            && u64::from(l.ff_hidden_dim) == ff
+            && u64::from(l.heads) == heads
+            && u64::from(l.kv_heads) == kv_heads
+            && u64::from(l.qkv_dim) == qkv_dim
+    };
+    let model = Model::known()
+        .find(|&m| ModelConfig::canonical(m).is_some_and(|c| matches(&c) && m.prefix().starts_with("gemma3")))
+        .ok_or_else(|| ConvertError::UnknownModel(described.clone()))?;
+    let pretrained = gguf.get("tokenizer.chat_template").is_none();
+    let config = ModelConfig::new(model, weight, wrapping.unwrap_or_else(|| model.choose_wrapping(Some(pretrained))));
+    if !config.vit_config.layer_configs.is_empty() {
+        return Err(ConvertError::Unsupported(format!(
+            "{} has an image encoder that a GGUF language model file does not hold",
+            model.prefix()
+        )));
+    }
+    // gemma.cpp hard-codes these; a file with others would silently run differently.
+    let rope_checks = [
+        (k("rope.freq_base"), GEMMA3_ROPE_BASE_GLOBAL),
+        (k("rope.freq_base_swa"), GEMMA3_ROPE_BASE_LOCAL),
+        (k("rope.local.freq_base"), GEMMA3_ROPE_BASE_LOCAL),
+    ];
+    for (key, want) in rope_checks {
+        if let Some(v) = gguf.get(&key) {
+            let got = v.as_f64().unwrap_or(f64::NAN);
+            if got != want {
+                return Err(ConvertError::BadMetadata {
+                    key,
+                    what: format!("{got}, but gemma.cpp runs {} with {want}", model.prefix()),
+                });
+            }
+        }
+    }
+    let window = config.attention_window_sizes.iter().copied().min().unwrap_or(0);
+    if let Some(w) = meta_u64(gguf, &k("attention.sliding_window"))? {
+        if w != u64::from(window) {
+            return Err(ConvertError::BadMetadata {
+                key: k("attention.sliding_window"),
+                what: format!("{w}, but gemma.cpp's {} uses {window}", model.prefix()),
+            });
+        }
+    }
+    Ok(config)
+}
+
+fn check_rows(name: &str, rows: usize, row_len: usize, want_rows: usize, want_len: usize) -> Result<(), ConvertError> {
+    if rows != want_rows || row_len != want_len {
+        return Err(ConvertError::BadTensor {
+            tensor: name.into(),
+            what: format!("{rows} rows of {row_len}, expected {want_rows} rows of {want_len}"),
+        });
+    }
+    Ok(())
+}
+
+/// The f32 values of SBS tensor `name` (e.g. `qkv_ein_3`) laid out as gemma.cpp expects, from the GGUF file:
+/// dequantized, fused and reordered, norms without llama.cpp's `+1`.
+pub fn sbs_layout_values(gguf: &GgufFile, config: &ModelConfig, name: &str) -> Result<Vec<f32>, ConvertError> {
+    let (base, layer) = split_layer(name);
+    let d = config.model_dim as usize;
+    let layer_config = layer.and_then(|l| config.layer_configs.get(l));
+    let unknown = || ConvertError::Unsupported(format!("tensor '{name}' has no GGUF counterpart"));
+    let blk = |s: &str| format!("blk.{}.{s}.weight", layer.unwrap_or(0));
+    match (base, layer_config) {
+        ("qkv_ein", Some(l)) => {
+            let (heads, kv, qkv) = (l.heads as usize, l.kv_heads as usize, l.qkv_dim as usize);
+            let (q, qr, ql) = dequantize(gguf, &blk("attn_q"))?;
+            check_rows(&blk("attn_q"), qr, ql, heads * qkv, d)?;
+            let (k, kr, kl) = dequantize(gguf, &blk("attn_k"))?;
+            check_rows(&blk("attn_k"), kr, kl, kv * qkv, d)?;
+            let (v, vr, vl) = dequantize(gguf, &blk("attn_v"))?;
+            check_rows(&blk("attn_v"), vr, vl, kv * qkv, d)?;
+            // All Q heads, then K and V interleaved per KV head.
+            let mut out = q;
+            out.reserve(2 * kv * qkv * d);
+            let head = qkv * d;
+            for g in 0..kv {
+                out.extend_from_slice(&k[g * head..(g + 1) * head]);
+                out.extend_from_slice(&v[g * head..(g + 1) * head]);
+            }
+            Ok(out)
+        }
+        ("att_ein", Some(l)) => {
+            let (heads, qkv) = (l.heads as usize, l.qkv_dim as usize);
+            let (o, rows, row_len) = dequantize(gguf, &blk("attn_output"))?;
+            check_rows(&blk("attn_output"), rows, row_len, d, heads * qkv)?;
+            // GGUF: row m holds all heads' inputs for output m; SBS: [heads, model_dim, qkv_dim].
+            let mut out = Vec::with_capacity(o.len());
+            for h in 0..heads {
+                for m in 0..d {
+                    let start = m * row_len + h * qkv;
+                    out.extend_from_slice(&o[start..start + qkv]);
+                }
+            }
+            Ok(out)
+        }
+        ("gating_ein", Some(l)) => {
+            let ff = l.ff_hidden_dim as usize;
+            let (gate, gr, gl) = dequantize(gguf, &blk("ffn_gate"))?;
+            check_rows(&blk("ffn_gate"), gr, gl, ff, d)?;
+            let (up, ur, ul) = dequantize(gguf, &blk("ffn_up"))?;
+            check_rows(&blk("ffn_up"), ur, ul, ff, d)?;
+            let mut out = gate;
+            out.extend_from_slice(&up);
+            Ok(out)
+        }
+        _ => {
+            let gguf_name = gguf_name_of(base, layer).ok_or_else(unknown)?;
+            let (mut values, _, _) = dequantize(gguf, &gguf_name)?;
+            if is_norm(base) {
+                for x in &mut values {
+                    *x -= 1.0;
+                }
+            }
+            Ok(values)
+        }
+    }
+}
+
+/// Converts an open GGUF file into `writer` and completes it. Returns the config written.
+pub fn write_sbs<S: BlobSink>(
+    gguf: &GgufFile,
+    options: &GgufToSbsOptions,
+    mut writer: SbsWriter<S>,
+    progress: &mut dyn FnMut(ConvertProgress<'_>),
+) -> Result<(ModelConfig, S::Output), ConvertError> {
+    let weight = sbs_type_of(options.weight_type);
+    let config = sbs_config_for_gguf(gguf, weight, options.wrapping)?;
+    let tokenizer = model_proto_from_gguf(gguf)?.encode_bytes();
+    let tensors = exported_tensors(&config);
+    let total = tensors.len();
+    for (i, (name, rows, cols)) in tensors.iter().enumerate() {
+        let mut values = sbs_layout_values(gguf, &config, name)?;
+        if values.len() as u64 != rows * cols {
+            return Err(ConvertError::BadTensor {
+                tensor: name.clone(),
+                what: format!("{} values for a {rows}x{cols} tensor", values.len()),
+            });
+        }
+        let codec = tensor_codec(split_layer(name).0, options.weight_type);
+        let (packed, scale) = encode_sbs_tensor(name, &mut values, codec, options.threads)?;
+        let mut record = TensorRecord::new(name, sbs_type_of(codec), *rows, *cols)?;
+        record.scale = scale;
+        writer.add_tensor(&record, &packed)?;
+        progress(ConvertProgress { done: i + 1, total, tensor: name });
+    }
+    let out = writer.finish(&config, Some(&tokenizer))?;
+    Ok((config, out))
+}
+
+/// Converts the GGUF file `input` to a single-file SBS checkpoint at `output` (written to a temp file that is
+/// renamed only once complete). Returns the config written.
+pub fn gguf_to_sbs(
+    input: &Path,
+    output: &Path,
+    options: &GgufToSbsOptions,
+    progress: &mut dyn FnMut(ConvertProgress<'_>),
+) -> Result<ModelConfig, ConvertError> {
+    let gguf = GgufFile::open(input)?;
+    let (config, ()) = write_sbs(&gguf, options, SbsWriter::create(output)?, progress)?;
+    Ok(config)
+}

@@ -1,0 +1,131 @@
+//! Stop strings, penalties and log-probabilities on the real Gemma 3 270M model.
+
+use std::sync::OnceLock;
+
+use gemma_core::generate::{GenerationOptions, StopReason};
+use gemma_core::{Model, SamplingParams, Session, Tokenizer};
+use gemma_ops::ThreadPool;
+
+struct Fixture {
+    model: Model,
+    tokenizer: Tokenizer,
+    pool: ThreadPool,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let path = gemma_fetch::resolve_model(gemma_fetch::DEFAULT_MODEL).expect("default model available");
+        let model = Model::open(&path).expect("model loads");
+        let tokenizer = Tokenizer::from_gguf(&model.file).expect("tokenizer loads");
+        Fixture { model, tokenizer, pool: ThreadPool::new(2) }
+    })
+}
+
+/// Generates from `prompt`, returning the output and the concatenation of everything streamed.
+fn generate(prompt: &str, opts: &GenerationOptions) -> (gemma_core::GenerationOutput, String) {
+    let f = fixture();
+    let ids = f.tokenizer.encode(prompt, f.tokenizer.add_bos(), true);
+    let mut session = Session::new(&f.model, 256);
+    let mut streamed = String::new();
+    let out = session
+        .generate(&f.tokenizer, &ids, opts, &f.pool, &mut |piece| streamed.push_str(piece))
+        .expect("generation runs");
+    (out, streamed)
+}
+
+#[test]
+fn a_stop_string_cuts_the_greedy_text_where_it_first_appears() {
+    let f = fixture();
+    let prompt = "The capital of France is";
+    let plain_opts = GenerationOptions { max_tokens: 24, sampling: SamplingParams::greedy(), ..Default::default() };
+    let (plain, _) = generate(prompt, &plain_opts);
+    assert_eq!(plain.stop_reason, StopReason::MaxTokens, "{:?}", plain.text);
+
+    // Where each generated token's text ends, to pick stop strings that straddle token boundaries.
+    let ends: Vec<usize> = (1..=plain.gen_ids.len())
+        .map(|n| f.tokenizer.decode(&plain.gen_ids[..n], false).len())
+        .filter(|&e| e > 0 && e < plain.text.len())
+        .collect();
+    assert!(ends.len() > 4, "{:?}", plain.text);
+    let mut checked = 0;
+    for &boundary in &ends[1..ends.len() - 1] {
+        let t = &plain.text;
+        if !t.is_char_boundary(boundary - 2) || !t.is_char_boundary(boundary + 2) {
+            continue;
+        }
+        let stop = &t[boundary - 2..boundary + 2];
+        // The first occurrence may come earlier than the boundary we took it from.
+        let expected = &t[..t.find(stop).unwrap()];
+        let opts = GenerationOptions { stop: vec!["never-in-the-text".into(), stop.to_string()], ..plain_opts.clone() };
+        let (out, streamed) = generate(prompt, &opts);
+        assert_eq!(out.stop_reason, StopReason::StopString, "stop {stop:?}");
+        assert_eq!(out.stop_string.as_deref(), Some(stop));
+        assert_eq!(out.text, expected, "stop {stop:?} in {t:?}");
+        assert_eq!(streamed, expected, "streamed text, stop {stop:?}");
+        // Generation went exactly as far as the token that completed the stop string.
+        assert!(plain.gen_ids.starts_with(&out.gen_ids));
+        let shown = f.tokenizer.decode(&out.gen_ids, false);
+        let before_last = f.tokenizer.decode(&out.gen_ids[..out.gen_ids.len() - 1], false);
+        assert!(shown.contains(stop) && !before_last.contains(stop), "stop {stop:?}: {shown:?}");
+        checked += 1;
+    }
+    assert!(checked >= 3, "only {checked} stop strings checked in {:?}", plain.text);
+
+    // A stop string that never appears changes nothing.
+    let opts = GenerationOptions { stop: vec!["\u{1F980}zzz".into()], ..plain_opts.clone() };
+    let (out, streamed) = generate(prompt, &opts);
+    assert_eq!(
+        (out.text.as_str(), streamed.as_str(), out.stop_reason),
+        (plain.text.as_str(), plain.text.as_str(), StopReason::MaxTokens)
+    );
+    assert_eq!(out.gen_ids, plain.gen_ids);
+}
+
+#[test]
+fn a_strong_frequency_penalty_changes_a_repetitive_greedy_text() {
+    let f = fixture();
+    let prompt = "one two three one two three one two three one two three";
+    let plain_opts = GenerationOptions { max_tokens: 24, sampling: SamplingParams::greedy(), ..Default::default() };
+    let (plain, _) = generate(prompt, &plain_opts);
+    let penalized_opts = GenerationOptions {
+        sampling: SamplingParams { frequency_penalty: 4.0, ..SamplingParams::greedy() },
+        ..plain_opts.clone()
+    };
+    let (penalized, streamed) = generate(prompt, &penalized_opts);
+    assert_eq!(streamed, penalized.text);
+    assert_ne!(penalized.text, plain.text);
+    // The greedy text keeps repeating the prompt's words; with the penalty counting the prompt (each
+    // word seen 4 times costs 16 logits) they almost vanish.
+    let ids = |text: &str| f.tokenizer.encode(text, false, false);
+    let words: Vec<u32> = ["one", " one", " two", " three"].iter().flat_map(|w| ids(w)).collect();
+    let repeats = |gen: &[u32]| gen.iter().filter(|id| words.contains(id)).count();
+    eprintln!("plain: {:?}\npenalized: {:?}", plain.text, penalized.text);
+    assert!(repeats(&plain.gen_ids) >= 6, "plain greedy repeats: {:?}", plain.text);
+    assert!(repeats(&penalized.gen_ids) < repeats(&plain.gen_ids) / 2, "{:?}", penalized.text);
+}
+
+#[test]
+fn greedy_logprobs_report_the_chosen_token_as_the_most_likely() {
+    let opts = GenerationOptions {
+        max_tokens: 8,
+        sampling: SamplingParams::greedy(),
+        logprobs: Some(5),
+        ..Default::default()
+    };
+    let (out, _) = generate("The capital of France is", &opts);
+    assert_eq!(out.logprobs.len(), out.gen_ids.len());
+    for (lp, &id) in out.logprobs.iter().zip(&out.gen_ids) {
+        assert_eq!(lp.chosen.id, id);
+        assert_eq!(lp.top.len(), 5);
+        assert_eq!(lp.top[0].id, id, "greedy picks the most likely token");
+        assert_eq!(lp.top[0].logprob, lp.chosen.logprob);
+        assert!(lp.top.windows(2).all(|w| w[0].logprob >= w[1].logprob));
+        let mass: f32 = lp.top.iter().map(|t| t.logprob.exp()).sum();
+        assert!(lp.chosen.logprob <= 0.0 && mass <= 1.0 + 1e-4, "{lp:?}");
+    }
+    // Asking for log-probabilities does not change the text.
+    let (plain, _) = generate("The capital of France is", &GenerationOptions { logprobs: None, ..opts });
+    assert_eq!(plain.gen_ids, out.gen_ids);
+    assert!(plain.logprobs.is_empty());
+}

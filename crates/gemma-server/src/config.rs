@@ -1,0 +1,366 @@
+//! Server settings: the command-line flags, the optional TOML file, and the merged [`ServerConfig`].
+//! Flags override the file; the file overrides the defaults. Defaults are safe: loopback only, no keys needed
+//! only because nothing but this machine can connect.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The flags of `gemma-server` (and `gemma serve`).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Model name (e.g. gemma-3-270m) or path to a GGUF file.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Address to listen on.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port to listen on (0: any free port).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Sequences decoded together at most.
+    #[arg(long)]
+    pub parallel: Option<usize>,
+    /// Context length of each sequence, in tokens.
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    /// Threads for the forward pass.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// An API key clients must send as `Authorization: Bearer <key>`.
+    #[arg(long, conflicts_with = "api_key_file")]
+    pub api_key: Option<String>,
+    /// A file with one API key per line (blank lines and `#` comments ignored).
+    #[arg(long)]
+    pub api_key_file: Option<PathBuf>,
+    /// A TOML file with the sections [server], [model], [inference] and [security].
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// The TOML file. Every table rejects unknown keys so that a typo is a startup error, not a silent default.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: FileServer,
+    #[serde(default)]
+    pub model: FileModel,
+    #[serde(default)]
+    pub inference: FileInference,
+    #[serde(default)]
+    pub security: FileSecurity,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileServer {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub timeout_seconds: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub max_body_bytes: Option<usize>,
+    pub shutdown_grace_seconds: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileModel {
+    pub path: Option<String>,
+    pub format: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileInference {
+    pub max_batch_size: Option<usize>,
+    pub max_sequence_length: Option<usize>,
+    pub threads: Option<usize>,
+    pub queue_size: Option<usize>,
+    pub prefix_cache_tokens: Option<usize>,
+    pub prefill_chunk: Option<usize>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSecurity {
+    pub rate_limit_enabled: Option<bool>,
+    pub max_requests_per_minute: Option<u32>,
+    pub keys: Option<Vec<String>>,
+    pub jwt_secret: Option<String>,
+}
+
+/// Everything the server needs, merged and checked.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// What was asked for: a known model name or a path; resolved when the server starts loading.
+    pub model: String,
+    pub host: String,
+    pub port: u16,
+    pub parallel: usize,
+    pub ctx: usize,
+    pub threads: usize,
+    /// Requests waiting for a free sequence slot at most; beyond that, 503.
+    pub queue_size: usize,
+    /// Tokens of finished sequences' KV caches kept for prefix reuse.
+    pub prefix_cache_tokens: usize,
+    /// Prompt tokens prefilled per step next to the decoding sequences.
+    pub prefill_chunk: usize,
+    /// Longest a request may generate, and how long in-flight streams get at shutdown.
+    pub timeout_seconds: u64,
+    pub shutdown_grace_seconds: u64,
+    /// Requests handled at once at most (beyond: 503).
+    pub max_connections: usize,
+    pub max_body_bytes: usize,
+    pub api_keys: Vec<String>,
+    pub jwt_secret: Option<String>,
+    pub rate_limit_enabled: bool,
+    pub max_requests_per_minute: u32,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    // Keys and the JWT secret never appear in logs or error messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("model", &self.model)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("parallel", &self.parallel)
+            .field("ctx", &self.ctx)
+            .field("threads", &self.threads)
+            .field("queue_size", &self.queue_size)
+            .field("prefix_cache_tokens", &self.prefix_cache_tokens)
+            .field("prefill_chunk", &self.prefill_chunk)
+            .field("timeout_seconds", &self.timeout_seconds)
+            .field("max_connections", &self.max_connections)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("api_keys", &format_args!("[{} redacted]", self.api_keys.len()))
+            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "redacted"))
+            .field("rate_limit_enabled", &self.rate_limit_enabled)
+            .field("max_requests_per_minute", &self.max_requests_per_minute)
+            .finish()
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            model: gemma_fetch::DEFAULT_MODEL.to_string(),
+            host: "127.0.0.1".to_string(),
+            port: 8080,
+            parallel: 8,
+            ctx: 4096,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            queue_size: 64,
+            prefix_cache_tokens: 16_384,
+            prefill_chunk: 256,
+            timeout_seconds: 600,
+            shutdown_grace_seconds: 10,
+            max_connections: 256,
+            max_body_bytes: 2 * 1024 * 1024,
+            api_keys: Vec::new(),
+            jwt_secret: None,
+            rate_limit_enabled: false,
+            max_requests_per_minute: 600,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid server configuration: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid setting {key}: {why}")]
+    Invalid { key: &'static str, why: String },
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        FileConfig::parse(&text).map_err(|message| ConfigError::Parse { path: path.to_path_buf(), message })
+    }
+
+    pub fn parse(text: &str) -> Result<FileConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+impl ServerConfig {
+    /// Merges defaults, the file named by `--config` (if any) and the flags, then checks the result.
+    pub fn from_args(args: &ServeArgs) -> Result<ServerConfig, ConfigError> {
+        let file = match &args.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let mut keys_from_file = None;
+        if let Some(path) = &args.api_key_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+            keys_from_file = Some(parse_key_lines(&text));
+        }
+        ServerConfig::merge(&file, args, keys_from_file)
+    }
+
+    fn merge(file: &FileConfig, args: &ServeArgs, keys_from_file: Option<Vec<String>>) -> Result<Self, ConfigError> {
+        let d = ServerConfig::default();
+        if let Some(format) = &file.model.format {
+            if !format.eq_ignore_ascii_case("gguf") {
+                return Err(ConfigError::Invalid {
+                    key: "model.format",
+                    why: format!("'{format}' is not supported (supported: gguf)"),
+                });
+            }
+        }
+        let mut api_keys = file.security.keys.clone().unwrap_or_default();
+        if let Some(k) = &args.api_key {
+            api_keys = vec![k.clone()];
+        }
+        if let Some(k) = keys_from_file {
+            api_keys = k;
+        }
+        let c = ServerConfig {
+            model: args.model.clone().or_else(|| file.model.path.clone()).unwrap_or(d.model),
+            host: args.host.clone().or_else(|| file.server.host.clone()).unwrap_or(d.host),
+            port: args.port.or(file.server.port).unwrap_or(d.port),
+            parallel: args.parallel.or(file.inference.max_batch_size).unwrap_or(d.parallel),
+            ctx: args.ctx.or(file.inference.max_sequence_length).unwrap_or(d.ctx),
+            threads: args.threads.or(file.inference.threads).unwrap_or(d.threads),
+            queue_size: file.inference.queue_size.unwrap_or(d.queue_size),
+            prefix_cache_tokens: file.inference.prefix_cache_tokens.unwrap_or(d.prefix_cache_tokens),
+            prefill_chunk: file.inference.prefill_chunk.unwrap_or(d.prefill_chunk),
+            timeout_seconds: file.server.timeout_seconds.unwrap_or(d.timeout_seconds),
+            shutdown_grace_seconds: file.server.shutdown_grace_seconds.unwrap_or(d.shutdown_grace_seconds),
+            max_connections: file.server.max_connections.unwrap_or(d.max_connections),
+            max_body_bytes: file.server.max_body_bytes.unwrap_or(d.max_body_bytes),
+            api_keys,
+            jwt_secret: file.security.jwt_secret.clone(),
+            rate_limit_enabled: file.security.rate_limit_enabled.unwrap_or(d.rate_limit_enabled),
+            max_requests_per_minute: file.security.max_requests_per_minute.unwrap_or(d.max_requests_per_minute),
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Rejects settings that cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |key: &'static str, v: usize| {
+            if v == 0 {
+                Err(ConfigError::Invalid { key, why: "must be at least 1".into() })
+            } else {
+                Ok(())
+            }
+        };
+        positive("parallel (inference.max_batch_size)", self.parallel)?;
+        positive("threads (inference.threads)", self.threads)?;
+        positive("inference.queue_size", self.queue_size)?;
+        positive("inference.prefill_chunk", self.prefill_chunk)?;
+        positive("server.max_connections", self.max_connections)?;
+        positive("server.max_body_bytes", self.max_body_bytes)?;
+        if self.ctx < 2 {
+            return Err(ConfigError::Invalid {
+                key: "ctx (inference.max_sequence_length)",
+                why: "must be at least 2".into(),
+            });
+        }
+        if self.parallel > 256 {
+            return Err(ConfigError::Invalid { key: "parallel", why: "at most 256 sequences".into() });
+        }
+        if self.timeout_seconds == 0 {
+            return Err(ConfigError::Invalid { key: "server.timeout_seconds", why: "must be at least 1".into() });
+        }
+        if self.host.parse::<std::net::IpAddr>().is_err() && self.host != "localhost" {
+            return Err(ConfigError::Invalid { key: "host", why: format!("'{}' is not an IP address", self.host) });
+        }
+        if self.rate_limit_enabled && self.max_requests_per_minute == 0 {
+            return Err(ConfigError::Invalid {
+                key: "security.max_requests_per_minute",
+                why: "must be at least 1 when the rate limit is enabled".into(),
+            });
+        }
+        if self.api_keys.iter().any(|k| k.is_empty() || k.chars().any(char::is_whitespace)) {
+            return Err(ConfigError::Invalid { key: "api keys", why: "a key is empty or contains whitespace".into() });
+        }
+        if self.jwt_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return Err(ConfigError::Invalid { key: "security.jwt_secret", why: "use at least 16 bytes".into() });
+        }
+        Ok(())
+    }
+
+    /// Whether requests must authenticate.
+    pub fn auth_required(&self) -> bool {
+        !self.api_keys.is_empty() || self.jwt_secret.is_some()
+    }
+}
+
+fn parse_key_lines(text: &str) -> Vec<String> {
+    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_sections_parse_and_flags_override() {
+        let file = FileConfig::parse(
+            r#"
+            [server]
+            host = "127.0.0.1"
+            port = 9000
+            timeout_seconds = 30
+            max_connections = 10
+            [model]
+            path = "/models/x.gguf"
+            format = "gguf"
+            [inference]
+            max_batch_size = 4
+            max_sequence_length = 1024
+            [security]
+            rate_limit_enabled = true
+            max_requests_per_minute = 60
+            keys = ["alpha", "beta"]
+            jwt_secret = "0123456789abcdef0123"
+            "#,
+        )
+        .unwrap();
+        let args = ServeArgs { port: Some(0), parallel: Some(2), ..Default::default() };
+        let c = ServerConfig::merge(&file, &args, None).unwrap();
+        assert_eq!((c.port, c.parallel, c.ctx, c.max_connections), (0, 2, 1024, 10));
+        assert_eq!(c.model, "/models/x.gguf");
+        assert_eq!(c.api_keys, ["alpha", "beta"]);
+        assert!(c.rate_limit_enabled && c.auth_required());
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("alpha") && !debug.contains("0123456789abcdef"), "{debug}");
+        let c =
+            ServerConfig::merge(&file, &ServeArgs { api_key: Some("k".into()), ..Default::default() }, None).unwrap();
+        assert_eq!(c.api_keys, ["k"]);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let e = FileConfig::parse("[server]\nhots = \"x\"\n").unwrap_err();
+        assert!(e.contains("unknown field `hots`"), "{e}");
+        let e = FileConfig::parse("[inference]\nmax_batch_size = \"eight\"\n").unwrap_err();
+        assert!(e.contains("invalid type"), "{e}");
+        assert!(FileConfig::parse("[gpu]\nx = 1\n").unwrap_err().contains("unknown field `gpu`"));
+        let bad = FileConfig::parse("[inference]\nmax_batch_size = 0\n").unwrap();
+        assert!(ServerConfig::merge(&bad, &ServeArgs::default(), None).is_err());
+        let bad = FileConfig::parse("[model]\nformat = \"sbs\"\n").unwrap();
+        let e = ServerConfig::merge(&bad, &ServeArgs::default(), None).unwrap_err().to_string();
+        assert!(e.contains("model.format"), "{e}");
+        let bad_host = ServeArgs { host: Some("not a host".into()), ..Default::default() };
+        assert!(ServerConfig::merge(&FileConfig::default(), &bad_host, None).is_err());
+    }
+
+    #[test]
+    fn key_files_skip_comments_and_blank_lines() {
+        assert_eq!(parse_key_lines("# keys\n\n  one \ntwo\n"), ["one", "two"]);
+    }
+}

@@ -1,0 +1,189 @@
+//! The Gemini dialect: `POST /v1beta/models/{model}:generateContent` and `:streamGenerateContent` (SSE), with
+//! `contents` / `parts` / `role`, `systemInstruction` and `generationConfig`, on the same engine.
+
+use std::convert::Infallible;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::stream::{self, StreamExt};
+use gemma_core::chat::ChatMessage;
+use gemma_core::SamplingParams;
+use serde_json::{json, Value};
+
+use crate::api_error::ApiError;
+use crate::engine::{Event, Finish, FinishReason, LoadedModel};
+use crate::fields::Fields;
+use crate::openai::{collect_choices, submit, Dialect, Plan, MAX_CHOICES};
+use crate::server::{read_body, AppState};
+
+pub async fn generate_content(
+    State(state): State<AppState>,
+    Path(model_action): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(state, model_action, headers, body).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn handle(state: AppState, model_action: String, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let received = Instant::now();
+    let stream = match model_action.rsplit_once(':') {
+        Some((_, "generateContent")) => false,
+        Some((_, "streamGenerateContent")) => true,
+        _ => return Err(ApiError::not_found(format!("unknown model action '{model_action}'"))),
+    };
+    let bytes = read_body(body, &headers, state.max_body_bytes()).await?;
+    let loaded = state.loaded()?;
+    let fields = Fields::parse(&bytes)?;
+    let plan = parse_plan(&fields, &loaded, stream)?;
+    let rx = submit(&state, &plan, &loaded, received)?;
+    let model = loaded.id.clone();
+    if !stream {
+        let results = collect_choices(rx, plan.n).await?;
+        let candidates: Vec<Value> = results
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                json!({"content": {"role": "model", "parts": [{"text": r.text}]},
+                       "finishReason": finish_reason(r.finish), "index": i})
+            })
+            .collect();
+        let finishes: Vec<Finish> = results.iter().filter_map(|r| r.finish).collect();
+        return Ok(Json(json!({"candidates": candidates, "usageMetadata": usage(&finishes), "modelVersion": model}))
+            .into_response());
+    }
+    let total = plan.n;
+    let state = (rx, Vec::<Finish>::new(), false);
+    let events = stream::unfold(state, move |(mut rx, mut finishes, over)| {
+        let model = model.clone();
+        async move {
+            if over {
+                return None;
+            }
+            let data = |v: Value| SseEvent::default().data(v.to_string());
+            let (out, over) = match rx.recv().await {
+                None => (vec![data(ApiError::internal("the inference engine stopped").body())], true),
+                Some((i, Event::Chunk(c))) if !c.text.is_empty() => {
+                    let v = json!({"candidates": [{"content": {"role": "model", "parts": [{"text": c.text}]}, "index": i}],
+                                   "modelVersion": model});
+                    (vec![data(v)], false)
+                }
+                Some((_, Event::Chunk(_))) => (Vec::new(), false),
+                Some((i, Event::Done(f))) => {
+                    finishes.push(f);
+                    let last = finishes.len() == total;
+                    let mut v = json!({"candidates": [{"content": {"role": "model", "parts": [{"text": ""}]},
+                                                       "finishReason": finish_reason(Some(f)), "index": i}],
+                                       "modelVersion": model});
+                    if last {
+                        v["usageMetadata"] = usage(&finishes);
+                    }
+                    (vec![data(v)], last)
+                }
+                Some((_, Event::Error(m))) => (vec![data(ApiError::internal(m).body())], true),
+            };
+            Some((stream::iter(out.into_iter().map(Ok::<_, Infallible>)), (rx, finishes, over)))
+        }
+    })
+    .flatten();
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+}
+
+fn finish_reason(f: Option<Finish>) -> &'static str {
+    match f.map(|f| f.reason) {
+        Some(FinishReason::Stop) => "STOP",
+        Some(FinishReason::Length) => "MAX_TOKENS",
+        None => "OTHER",
+    }
+}
+
+fn usage(finishes: &[Finish]) -> Value {
+    let prompt = finishes.first().map_or(0, |f| f.prompt_tokens);
+    let generated: usize = finishes.iter().map(|f| f.completion_tokens).sum();
+    let cached = finishes.first().map_or(0, |f| f.cached_tokens);
+    json!({"promptTokenCount": prompt, "candidatesTokenCount": generated, "totalTokenCount": prompt + generated,
+           "cachedContentTokenCount": cached})
+}
+
+/// The text of a `Content`'s `parts` (text parts only).
+fn parts_text(content: &Value, param: &str) -> Result<String, ApiError> {
+    let bad = || {
+        ApiError::invalid_param(param, "each content needs 'parts', a list of {\"text\": ...}")
+            .with_code("invalid_type")
+    };
+    let parts = content.get("parts").and_then(Value::as_array).ok_or_else(bad)?;
+    let texts: Result<Vec<&str>, ApiError> =
+        parts.iter().map(|p| p.get("text").and_then(Value::as_str).ok_or_else(bad)).collect();
+    Ok(texts?.concat())
+}
+
+fn parse_plan(f: &Fields, loaded: &LoadedModel, stream: bool) -> Result<Plan, ApiError> {
+    let contents = match f.raw("contents") {
+        Some(Value::Array(items)) if !items.is_empty() => items,
+        _ => {
+            return Err(
+                ApiError::invalid_param("contents", "'contents' must be a non-empty list").with_code("invalid_type")
+            )
+        }
+    };
+    let mut messages = Vec::new();
+    if let Some(system) = f.raw("systemInstruction").or(f.raw("system_instruction")) {
+        messages.push(ChatMessage::system(parts_text(system, "systemInstruction")?));
+    }
+    for c in contents {
+        let role = match c.get("role").and_then(Value::as_str) {
+            None | Some("user") => "user",
+            Some("model") => "assistant",
+            Some(other) => return Err(ApiError::invalid_param("contents", format!("unknown role '{other}'"))),
+        };
+        messages.push(ChatMessage::new(role, parts_text(c, "contents")?));
+    }
+    let prompt = loaded.chat.encode(&loaded.tokenizer, &messages, true).map_err(|e| {
+        ApiError::invalid_param("contents", format!("the chat template cannot render these contents: {e}"))
+    })?;
+    if prompt.len() >= loaded.ctx {
+        return Err(ApiError::invalid_param(
+            "contents",
+            format!("the prompt has {} tokens, but the context holds {}", prompt.len(), loaded.ctx),
+        )
+        .with_code("context_length_exceeded"));
+    }
+    let config = f.object("generationConfig")?.or(f.object("generation_config")?);
+    let empty = Fields::parse(b"{}")?;
+    let g = config.as_ref().unwrap_or(&empty);
+    let n = g.integer_in("candidateCount", 1..=MAX_CHOICES as u64)?.unwrap_or(1) as usize;
+    let max_tokens = g.integer_in("maxOutputTokens", 1..=u64::MAX)?.map(|m| m.min(usize::MAX as u64) as usize);
+    let seed =
+        match g.raw("seed") {
+            None => None,
+            Some(v) => Some(v.as_u64().or_else(|| v.as_i64().map(|s| s as u64)).ok_or_else(|| {
+                ApiError::invalid_param("seed", "'seed' must be an integer").with_code("invalid_type")
+            })?),
+        };
+    let sampling = SamplingParams {
+        temperature: g.number_in("temperature", 0.0..=100.0)?.unwrap_or(1.0) as f32,
+        top_p: g.number_in("topP", 0.0..=1.0)?.unwrap_or(1.0) as f32,
+        top_k: g.integer_in("topK", 0..=u32::MAX as u64)?.unwrap_or(0) as usize,
+        presence_penalty: g.number_in("presencePenalty", -2.0..=2.0)?.unwrap_or(0.0) as f32,
+        frequency_penalty: g.number_in("frequencyPenalty", -2.0..=2.0)?.unwrap_or(0.0) as f32,
+        seed,
+        ..SamplingParams::default()
+    };
+    let stop = g.string_or_list("stopSequences")?;
+    Ok(Plan {
+        dialect: Dialect::Chat,
+        prompts: vec![prompt],
+        n,
+        max_tokens,
+        sampling,
+        stop,
+        stream,
+        include_usage: false,
+        logprobs: None,
+    })
+}

@@ -1,0 +1,228 @@
+//! The HTTP side: shared state, the router, the middleware (request metrics, in-flight limit, keys and rate
+//! limit) and the small endpoints (health, models, metrics, tokenize, detokenize).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+use crate::api_error::ApiError;
+use crate::auth::{Authenticator, RateLimiter};
+use crate::config::ServerConfig;
+use crate::engine::{EngineHandle, LoadedModel};
+use crate::fields::Fields;
+use crate::metrics::Metrics;
+use crate::{gemini, openai, websocket};
+
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: EngineHandle,
+    metrics: Arc<Metrics>,
+    auth: Authenticator,
+    rate_limit: Option<RateLimiter>,
+    in_flight: Arc<Semaphore>,
+    max_body_bytes: usize,
+}
+
+impl AppState {
+    pub fn new(config: &ServerConfig, engine: EngineHandle, metrics: Arc<Metrics>) -> AppState {
+        AppState {
+            inner: Arc::new(Inner {
+                engine,
+                metrics,
+                auth: Authenticator::new(&config.api_keys, config.jwt_secret.as_deref()),
+                rate_limit: config.rate_limit_enabled.then(|| RateLimiter::new(config.max_requests_per_minute)),
+                in_flight: Arc::new(Semaphore::new(config.max_connections)),
+                max_body_bytes: config.max_body_bytes,
+            }),
+        }
+    }
+
+    pub fn engine(&self) -> &EngineHandle {
+        &self.inner.engine
+    }
+
+    pub fn max_body_bytes(&self) -> usize {
+        self.inner.max_body_bytes
+    }
+
+    /// The loaded model, or a 503 while it is loading (or failed to load).
+    pub fn loaded(&self) -> Result<Arc<LoadedModel>, ApiError> {
+        self.inner.engine.loaded().ok_or_else(|| ApiError::unavailable("the model is loading", 1))
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let protected = Router::new()
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/models", get(models))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
+        .route("/v1beta/models/{model_action}", post(gemini::generate_content))
+        .route("/v1/ws", get(websocket::upgrade))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .merge(protected)
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+/// Counts requests by route pattern and status, and bounds the requests in flight. The permit lives as
+/// long as the response body, so a long stream counts until it ends.
+async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
+    let metrics = state.inner.metrics.clone();
+    let Ok(permit) = state.inner.in_flight.clone().try_acquire_owned() else {
+        metrics.count_request(&route, 503);
+        return ApiError::unavailable("too many requests in flight", 1).into_response();
+    };
+    let response = next.run(req).await;
+    metrics.count_request(&route, response.status().as_u16());
+    let (parts, body) = response.into_parts();
+    let body = body.into_data_stream().map(move |chunk| {
+        let _held = &permit;
+        chunk
+    });
+    Response::from_parts(parts, Body::from_stream(body))
+}
+
+/// Checks the API key or token and the caller's rate limit. Keys are never logged.
+async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    // Gemini clients send the key as `x-goog-api-key`.
+    let goog = req.headers().get("x-goog-api-key").map(|v| [b"Bearer ".as_slice(), v.as_bytes()].concat());
+    let header = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()).or(goog.as_deref());
+    let caller = match state.inner.auth.check(header) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(path = %req.uri().path(), "unauthorised request: {e}");
+            return ApiError::unauthorized(e.to_string()).into_response();
+        }
+    };
+    if let Some(limiter) = &state.inner.rate_limit {
+        if let Err(wait) = limiter.check(&caller, Instant::now()) {
+            return ApiError::rate_limited(wait.as_secs_f64().ceil() as u64).into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Reads a request body of at most `limit` bytes: a larger declared or actual size is a 413, a body that
+/// breaks off a 400.
+pub async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::too_large(limit));
+    }
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::invalid(format!("cannot read the request body: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(ApiError::too_large(limit));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    if state.inner.engine.loaded().is_some() {
+        return (StatusCode::OK, Json(json!({"status": "ok"}))).into_response();
+    }
+    let failed = state.inner.engine.state.failed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let body = match failed {
+        Some(error) => json!({"status": "error", "error": error}),
+        None => json!({"status": "loading"}),
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.inner.metrics.render()).into_response()
+}
+
+async fn models(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let m = state.loaded()?;
+    Ok(Json(json!({
+        "object": "list",
+        "data": [{"id": m.id, "object": "model", "created": m.created, "owned_by": "gemma-rs",
+                  "meta": {"n_ctx": m.ctx, "n_vocab": m.vocab_size}}],
+    })))
+}
+
+/// llama-server's `/tokenize`: `{"content", "add_special"?, "parse_special"?, "with_pieces"?}` → `{"tokens"}`.
+async fn tokenize(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
+    let bytes = read_body(body, &headers, state.max_body_bytes()).await?;
+    let m = state.loaded()?;
+    let f = Fields::parse(&bytes)?;
+    let content = f.get::<String>("content")?.ok_or_else(|| {
+        ApiError::invalid_param("content", "'content' is required").with_code("missing_required_parameter")
+    })?;
+    let add_special = f.get::<bool>("add_special")?.unwrap_or(true);
+    let parse_special = f.get::<bool>("parse_special")?.unwrap_or(true);
+    let with_pieces = f.get::<bool>("with_pieces")?.unwrap_or(false);
+    let ids = m.tokenizer.encode(&content, add_special && m.tokenizer.add_bos(), parse_special);
+    let tokens: Value = if with_pieces {
+        ids.iter()
+            .map(|&id| {
+                let piece = m.tokenizer.token_piece_bytes(id, true).unwrap_or_default();
+                json!({"id": id, "piece": String::from_utf8_lossy(piece)})
+            })
+            .collect()
+    } else {
+        json!(ids)
+    };
+    Ok(Json(json!({"tokens": tokens})))
+}
+
+/// `{"tokens": [ids]}` → `{"content": text}`.
+async fn detokenize(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
+    let bytes = read_body(body, &headers, state.max_body_bytes()).await?;
+    let m = state.loaded()?;
+    let f = Fields::parse(&bytes)?;
+    let ids = f.get::<Vec<u32>>("tokens")?.unwrap_or_default();
+    if let Some(bad) = ids.iter().find(|&&id| id as usize >= m.vocab_size) {
+        return Err(ApiError::invalid_param("tokens", format!("token id {bad} is outside the vocabulary")));
+    }
+    Ok(Json(json!({"content": m.tokenizer.decode(&ids, false)})))
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::not_found(format!("no route for {} {}", req.method(), req.uri().path()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_are_413_even_without_a_declared_length() {
+        let ok = read_body(Body::from(vec![b'x'; 100]), &HeaderMap::new(), 100).await.unwrap();
+        assert_eq!(ok.len(), 100);
+        let chunks = futures_util::stream::iter((0..10).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 30])));
+        let e = read_body(Body::from_stream(chunks), &HeaderMap::new(), 100).await.unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        let mut declared = HeaderMap::new();
+        declared.insert(header::CONTENT_LENGTH, "101".parse().unwrap());
+        let e = read_body(Body::empty(), &declared, 100).await.unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+}
