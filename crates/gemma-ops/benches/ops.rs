@@ -1,7 +1,9 @@
 //! Micro-benchmarks of the ops layer, next to the machine's measured read bandwidth:
 //! - `read_bandwidth`: summing a 512 MiB buffer with the pool (the ceiling for decode, which streams weights);
 //! - `matmul`: quantize + dot_rows through the pool at decode (1 token) and prefill (256 tokens) shapes;
-//! - `attention`: one decode step over 1,024 cached positions.
+//! - `attention`: one decode step over 1,024 cached positions, and a 256-token causal prefill;
+//! - `pool_vs_rayon`: the same decode-shaped work (many small parallel regions, as a decode step runs about 250)
+//!   and prefill-shaped work (few large regions) on our pool and on rayon, to keep the faster.
 //!
 //! `cargo bench -p gemma-ops --bench ops`; criterion prints GB/s (bytes) or G elements/s.
 
@@ -105,8 +107,79 @@ fn attention(c: &mut Criterion) {
             grouped_query_attention(&pool, &q, &spans, n_heads, 1, hd, &mut out);
         })
     });
+    let n = 256;
+    let qp = pseudo_random(n * n_heads * hd, 4);
+    let mut outp = vec![0f32; n * n_heads * hd];
+    g.throughput(Throughput::Elements((n * (n + 1) / 2 * n_heads * hd * 2) as u64));
+    g.bench_function("prefill_4heads_256_causal", |b| {
+        b.iter(|| {
+            let spans: Vec<AttnSpan> = (0..n)
+                .map(|i| AttnSpan {
+                    kv: KvView { keys: &keys, values: &values, row_len: hd, ring: 0 },
+                    positions: 0..i + 1,
+                })
+                .collect();
+            grouped_query_attention(&pool, &qp, &spans, n_heads, 1, hd, &mut outp);
+        })
+    });
     g.finish();
 }
 
-criterion_group!(benches, read_bandwidth, matmul_shapes, attention);
+/// One parallel region: `rows` weight rows of a Q8_0 matrix against `n` quantized tokens, split in `chunks` tasks,
+/// on either scheduler.
+fn pool_vs_rayon(c: &mut Criterion) {
+    use rayon::prelude::*;
+    let threads = 2;
+    let pool = ThreadPool::new(threads);
+    let rayon_pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let ty = GgmlType::Q8_0;
+    let f = quant_format(ty).unwrap();
+    let mut g = c.benchmark_group("pool_vs_rayon");
+    g.sample_size(20);
+    // Decode: 250 regions of a 640-row matrix (1 token) per step. Prefill: 4 regions of 2048 rows x 64 tokens.
+    for (name, regions, rows, n) in [("decode_250x640", 250usize, 640usize, 1usize), ("prefill_4x2048x64", 4, 2048, 64)]
+    {
+        let cols = 640;
+        let data = quantized(ty, rows, cols);
+        let ab = f.vec_dot_type().row_bytes(cols).unwrap();
+        let mut acts = QuantizedActs::default();
+        acts.quantize(f.vec_dot_type(), &pseudo_random(n * cols, 5), cols).unwrap();
+        let rb = ty.row_bytes(cols).unwrap();
+        let chunk = rows.div_ceil(4 * threads).max(16);
+        let task = |r: std::ops::Range<usize>, out: &mut [f32]| {
+            f.dot_rows(cols, &data[r.start * rb..r.end * rb], r.len(), &acts.data[..n * ab], n, out);
+        };
+        g.throughput(Throughput::Elements((regions * rows * cols * n) as u64));
+        g.bench_function(format!("pool_{name}"), |b| {
+            b.iter(|| {
+                for _ in 0..regions {
+                    pool.for_ranges(rows, chunk, &|r| {
+                        let mut out = [0f32; 64 * 512];
+                        let len = r.len() * n;
+                        task(r, &mut out[..len]);
+                        std::hint::black_box(&out[0]);
+                    });
+                }
+            })
+        });
+        g.bench_function(format!("rayon_{name}"), |b| {
+            b.iter(|| {
+                rayon_pool.install(|| {
+                    for _ in 0..regions {
+                        (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
+                            let r = c * chunk..((c + 1) * chunk).min(rows);
+                            let mut out = [0f32; 64 * 512];
+                            let len = r.len() * n;
+                            task(r, &mut out[..len]);
+                            std::hint::black_box(&out[0]);
+                        });
+                    }
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, read_bandwidth, matmul_shapes, attention, pool_vs_rayon);
 criterion_main!(benches);

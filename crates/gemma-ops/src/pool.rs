@@ -1,8 +1,12 @@
 //! A persistent pool of worker threads. Threads are spawned once; each parallel region hands out task
-//! indices from an atomic counter, and the calling thread works too, so `ThreadPool::new(1)` spawns nothing.
+//! indices from an atomic ticket, and the calling thread works too, so `ThreadPool::new(1)` spawns nothing.
 //!
 //! Between regions a worker spins for a short while before it parks: a decode step runs about a hundred
 //! small regions, and waking a parked thread costs more than most of them take.
+//!
+//! A region waits only for the tasks, never for idle workers: a worker that is descheduled (a loaded machine)
+//! or still waking simply takes no task, and the caller does the work. The ticket carries the region's
+//! generation in its high half, so a late worker can never take a task of a later region with an earlier job.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -18,11 +22,12 @@ const SPIN: Duration = Duration::from_micros(300);
 struct Shared {
     /// Bumped (SeqCst) to start a region.
     generation: AtomicU64,
-    /// The current region's work; set by the caller before the bump.
-    region: Mutex<Option<(Job, usize)>>,
-    next: AtomicUsize,
-    /// Workers still inside the current region.
-    busy: AtomicUsize,
+    /// The current region's work and generation; set by the caller before the bump.
+    region: Mutex<Option<(Job, usize, u32)>>,
+    /// `generation << 32 | next task index` of the current region.
+    ticket: AtomicU64,
+    /// Tasks of the current region finished.
+    done: AtomicUsize,
     /// Workers parked on `wake` (changed under `park_lock`).
     parked: AtomicUsize,
     park_lock: Mutex<()>,
@@ -43,8 +48,8 @@ impl ThreadPool {
         let shared = Arc::new(Shared {
             generation: AtomicU64::new(0),
             region: Mutex::new(None),
-            next: AtomicUsize::new(0),
-            busy: AtomicUsize::new(0),
+            ticket: AtomicU64::new(0),
+            done: AtomicUsize::new(0),
             parked: AtomicUsize::new(0),
             park_lock: Mutex::new(()),
             wake: Condvar::new(),
@@ -76,24 +81,27 @@ impl ThreadPool {
             (0..n_tasks).for_each(f);
             return;
         }
+        assert!(n_tasks < 1 << 32, "{n_tasks} tasks do not fit the ticket");
         let _entry = self.entry.lock().unwrap_or_else(|e| e.into_inner());
         let sh = &*self.shared;
-        // SAFETY: workers use the reference only inside this region, and this function does not return before
-        // every worker has left it (`busy == 0` below), so `f` outlives every use.
+        // SAFETY: a worker calls the job only after claiming one of this region's tasks (`claim` checks the
+        // generation), and this function does not return before every task has finished (`done == n_tasks`
+        // below), so `f` outlives every call.
         let job: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(f) };
-        *sh.region.lock().unwrap_or_else(|e| e.into_inner()) = Some((job, n_tasks));
-        sh.next.store(0, Ordering::SeqCst);
-        sh.busy.store(self.workers.len(), Ordering::SeqCst);
-        sh.generation.fetch_add(1, Ordering::SeqCst);
+        let gen = (sh.generation.load(Ordering::SeqCst) as u32).wrapping_add(1);
+        *sh.region.lock().unwrap_or_else(|e| e.into_inner()) = Some((job, n_tasks, gen));
+        sh.done.store(0, Ordering::SeqCst);
+        sh.ticket.store((gen as u64) << 32, Ordering::SeqCst);
+        sh.generation.store(gen as u64, Ordering::SeqCst);
         if sh.parked.load(Ordering::SeqCst) > 0 {
             let _g = sh.park_lock.lock().unwrap_or_else(|e| e.into_inner());
             sh.wake.notify_all();
         }
-        drain(job, n_tasks, &sh.next);
-        // A worker still busy is usually a few microseconds from done; if it was descheduled (more threads than
-        // cores), yielding lets it finish instead of burning its core.
+        drain(sh, job, n_tasks, gen);
+        // A task still running elsewhere is usually a few microseconds from done; if its thread was descheduled
+        // (more threads than cores), yielding lets it finish instead of burning this core.
         let mut spins = 0u32;
-        while sh.busy.load(Ordering::Acquire) > 0 {
+        while sh.done.load(Ordering::Acquire) < n_tasks {
             spins += 1;
             if spins < 1 << 10 {
                 std::hint::spin_loop();
@@ -129,13 +137,26 @@ impl ThreadPool {
     }
 }
 
-fn drain(job: Job, n_tasks: usize, next: &AtomicUsize) {
-    loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        if i >= n_tasks {
-            break;
-        }
+/// Claims and runs tasks of region `gen` until none are left.
+fn drain(sh: &Shared, job: Job, n_tasks: usize, gen: u32) {
+    while let Some(i) = claim(sh, n_tasks, gen) {
         job(i);
+        sh.done.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// The next task index of region `gen`, or `None` when its tasks are all taken or a later region has begun.
+fn claim(sh: &Shared, n_tasks: usize, gen: u32) -> Option<usize> {
+    let mut t = sh.ticket.load(Ordering::Acquire);
+    loop {
+        let i = (t & 0xffff_ffff) as usize;
+        if (t >> 32) as u32 != gen || i >= n_tasks {
+            return None;
+        }
+        match sh.ticket.compare_exchange_weak(t, t + 1, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return Some(i),
+            Err(now) => t = now,
+        }
     }
 }
 
@@ -177,10 +198,9 @@ fn worker_loop(sh: &Shared) {
     while let Some(g) = wait_for_region(sh, seen) {
         seen = g;
         let region = *sh.region.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((job, n_tasks)) = region {
-            drain(job, n_tasks, &sh.next);
+        if let Some((job, n_tasks, gen)) = region {
+            drain(sh, job, n_tasks, gen);
         }
-        sh.busy.fetch_sub(1, Ordering::Release);
     }
 }
 
