@@ -1,10 +1,12 @@
 //! `dot_rows` of the k-quant weight formats with Q8_K activations, at the shapes Gemma 3 270M runs them, and the
 //! Q8_K activation quantizer.
 //!
-//! - decode: one token against a matrix. `model` shapes (attn_output Q4_K 640 x 1024, ffn_down Q6_K 640 x 2048)
-//!   stay in cache between iterations, so they show compute speed; `stream` shapes (about 40-60 MB) do not fit
-//!   the L3, so they show how close the kernel gets to memory bandwidth. Throughput: weight bytes.
-//! - prefill: a 64-row slab against 256 tokens (what one matmul task sees). Throughput: multiply-adds.
+//! - decode: one token against a matrix. `model` shapes (attn_output Q4_K 640 x 1024, ffn_down Q6_K 640 x 2048;
+//!   Q2_K, Q3_K and Q5_K, which other quantizations of the model use, at 640 x 1024) stay in cache between
+//!   iterations, so they show compute speed; `stream` shapes (about 20-60 MB) do not fit the L3, so they show
+//!   how close the kernel gets to memory bandwidth. Throughput: weight bytes.
+//! - prefill: a 64-row slab against 256 tokens (what one matmul task sees), every format. Throughput:
+//!   multiply-adds (criterion's elem/s are MAC/s).
 //!
 //! Run with `cargo bench -p gemma-compression --bench k_quants`; `GEMMA_SIMD=avx2|scalar` lowers the SIMD level.
 
@@ -54,8 +56,14 @@ fn bench_dot_rows(c: &mut Criterion) {
     let decode = [
         ("model", GgmlType::Q4K, 640, 1024),
         ("model", GgmlType::Q6K, 640, 2048),
+        ("model", GgmlType::Q5K, 640, 1024),
+        ("model", GgmlType::Q3K, 640, 1024),
+        ("model", GgmlType::Q2K, 640, 1024),
         ("stream", GgmlType::Q4K, 65536, 1024),
         ("stream", GgmlType::Q6K, 65536, 1024),
+        ("stream", GgmlType::Q5K, 65536, 1024),
+        ("stream", GgmlType::Q3K, 65536, 1024),
+        ("stream", GgmlType::Q2K, 65536, 1024),
     ];
     for (name, ty, rows, n) in decode {
         let f = quant_format(ty).unwrap();
@@ -67,7 +75,14 @@ fn bench_dot_rows(c: &mut Criterion) {
             b.iter(|| f.dot_rows(n, black_box(&w), rows, black_box(&a), 1, &mut out))
         });
     }
-    for (ty, n) in [(GgmlType::Q4K, 1024), (GgmlType::Q6K, 2048)] {
+    let prefill = [
+        (GgmlType::Q4K, 1024),
+        (GgmlType::Q6K, 2048),
+        (GgmlType::Q5K, 1024),
+        (GgmlType::Q3K, 1024),
+        (GgmlType::Q2K, 1024),
+    ];
+    for (ty, n) in prefill {
         let (rows, tokens) = (64, 256);
         let f = quant_format(ty).unwrap();
         let w = weights(&mut rng, ty, rows, n);

@@ -255,7 +255,7 @@ fn decode_k4_header(b: &[u8]) -> Block256 {
 }
 
 /// The sixteen signed 6-bit scales of a Q3_K block (stored with a +32 bias).
-fn scales_q3_k(q: &[u8]) -> [i16; 16] {
+pub(crate) fn scales_q3_k(q: &[u8]) -> [i16; 16] {
     let mut out = [0i16; 16];
     for (j, o) in out.iter_mut().enumerate() {
         let low = if j < 8 { q[j] & 0x0f } else { q[j - 8] >> 4 };
@@ -575,6 +575,18 @@ impl KCodec for Q2K {
         }
         pack_2bit(&l, &mut b[16..80]);
     }
+    fn dot_rows_simd(n: usize, w: &[u8], rows: usize, acts: &[u8], n_tokens: usize, out: &mut [f32]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::x86::k_quants as k;
+            dispatch_dot_rows(k::dot_rows_q2_k_avx512, k::dot_rows_q2_k_avx2, (n, w, rows, acts, n_tokens, out))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (n, w, rows, acts, n_tokens, out);
+            false
+        }
+    }
 }
 
 /// Q3_K: `hmask[32]` (bit 2 of each quant, inverted sense), `qs[64]` low 2 bits, `scales[12]` (16 6-bit signed
@@ -645,6 +657,18 @@ impl KCodec for Q3K {
         }
         pack_2bit(&low, &mut b[32..96]);
     }
+    fn dot_rows_simd(n: usize, w: &[u8], rows: usize, acts: &[u8], n_tokens: usize, out: &mut [f32]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::x86::k_quants as k;
+            dispatch_dot_rows(k::dot_rows_q3_k_avx512, k::dot_rows_q3_k_avx2, (n, w, rows, acts, n_tokens, out))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (n, w, rows, acts, n_tokens, out);
+            false
+        }
+    }
 }
 
 /// Q4_K: `d`, `dmin`, `scales[12]` (8 6-bit scales and mins), `qs[128]` nibbles (per 64 elements: 32 low
@@ -709,6 +733,18 @@ impl KCodec for Q5K {
                 qh[k] |= ((l1 >> 4) << (2 * c)) | ((l2 >> 4) << (2 * c + 1));
                 qs[32 * c + k] = (l1 & 0x0f) | ((l2 & 0x0f) << 4);
             }
+        }
+    }
+    fn dot_rows_simd(n: usize, w: &[u8], rows: usize, acts: &[u8], n_tokens: usize, out: &mut [f32]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::x86::k_quants as k;
+            dispatch_dot_rows(k::dot_rows_q5_k_avx512, k::dot_rows_q5_k_avx2, (n, w, rows, acts, n_tokens, out))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (n, w, rows, acts, n_tokens, out);
+            false
         }
     }
 }

@@ -3,10 +3,10 @@
 //! the sum of |terms|.
 
 use super::{activations, k_quants as simd_k, legacy as simd_legacy};
-use crate::k_quants::{self, Q4K, Q6K, Q8K_BSUMS, Q8K_QS};
+use crate::k_quants::{self, Q2K, Q3K, Q4K, Q5K, Q6K, Q8K_BSUMS, Q8K_QS};
 use crate::q_legacy::{self, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1};
 use crate::test_data::{assert_close, TestRng};
-use crate::{quant_format, GgmlType, SimdLevel};
+use crate::{cpu_has_avx512_vnni, quant_format, GgmlType, SimdLevel};
 
 /// The levels whose kernels can run here, each named; levels without their own kernels are reported, not run.
 fn levels_to_run() -> Vec<SimdLevel> {
@@ -17,7 +17,10 @@ fn levels_to_run() -> Vec<SimdLevel> {
         println!("skipping avx2+fma: not supported by this CPU");
     }
     if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
-        println!("avx512 reported: the AVX2 kernels are checked here; the VNNI tiles are checked in legacy_tiles and k_quants");
+        println!(
+            "avx512 reported: the AVX2 kernels are checked here, and the k-quant single-row dots also on AVX-512 VNNI; \
+             the VNNI tiles are checked in legacy_tiles and k_quants"
+        );
     }
     println!("SIMD levels checked against scalar: {run:?}");
     run
@@ -92,6 +95,8 @@ fn unit_activations(rng: &mut TestRng, act_ty: GgmlType, n: usize) -> Vec<u8> {
 struct DotCase {
     ty: GgmlType,
     simd: DotKernel,
+    /// The AVX-512 VNNI version, where this file checks one (the k-quants' 1 x 1 tiles).
+    simd512: Option<DotKernel>,
     scalar: fn(&[u8], &[u8]) -> f32,
     /// Writes unit scales (d = 1, dmin = 1 or m = 0) into one block.
     unit: fn(&mut [u8]),
@@ -107,6 +112,7 @@ fn dot_cases() -> Vec<DotCase> {
         DotCase {
             ty: GgmlType::Q8_0,
             simd: simd_legacy::dot_q8_0,
+            simd512: None,
             scalar: q_legacy::dot_scalar::<Q8_0>,
             unit: |b| d_at(0)(b, 1.0),
             real: |r, b| d_at(0)(b, r.uniform() * 0.01),
@@ -114,6 +120,7 @@ fn dot_cases() -> Vec<DotCase> {
         DotCase {
             ty: GgmlType::Q4_0,
             simd: simd_legacy::dot_q4_0,
+            simd512: None,
             scalar: q_legacy::dot_scalar::<Q4_0>,
             unit: |b| d_at(0)(b, 1.0),
             real: |r, b| d_at(0)(b, r.uniform() * 0.1),
@@ -121,6 +128,7 @@ fn dot_cases() -> Vec<DotCase> {
         DotCase {
             ty: GgmlType::Q5_0,
             simd: simd_legacy::dot_q5_0,
+            simd512: None,
             scalar: q_legacy::dot_scalar::<Q5_0>,
             unit: |b| d_at(0)(b, 1.0),
             real: |r, b| d_at(0)(b, r.uniform() * 0.05),
@@ -128,6 +136,7 @@ fn dot_cases() -> Vec<DotCase> {
         DotCase {
             ty: GgmlType::Q4_1,
             simd: simd_legacy::dot_q4_1,
+            simd512: None,
             scalar: q_legacy::dot_scalar::<Q4_1>,
             unit: |b| {
                 d_at(0)(b, 1.0);
@@ -141,6 +150,7 @@ fn dot_cases() -> Vec<DotCase> {
         DotCase {
             ty: GgmlType::Q5_1,
             simd: simd_legacy::dot_q5_1,
+            simd512: None,
             scalar: q_legacy::dot_scalar::<Q5_1>,
             unit: |b| {
                 d_at(0)(b, 1.0);
@@ -152,8 +162,31 @@ fn dot_cases() -> Vec<DotCase> {
             },
         },
         DotCase {
+            ty: GgmlType::Q2K,
+            simd: simd_k::dot_one_avx2::<Q2K>,
+            simd512: Some(simd_k::dot_one_avx512::<Q2K>),
+            scalar: k_quants::dot_scalar::<Q2K>,
+            unit: |b| {
+                d_at(80)(b, 1.0);
+                d_at(82)(b, 1.0)
+            },
+            real: |r, b| {
+                d_at(80)(b, r.uniform().abs() * 0.01);
+                d_at(82)(b, r.uniform().abs() * 0.01)
+            },
+        },
+        DotCase {
+            ty: GgmlType::Q3K,
+            simd: simd_k::dot_one_avx2::<Q3K>,
+            simd512: Some(simd_k::dot_one_avx512::<Q3K>),
+            scalar: k_quants::dot_scalar::<Q3K>,
+            unit: |b| d_at(108)(b, 1.0),
+            real: |r, b| d_at(108)(b, r.uniform() * 0.002),
+        },
+        DotCase {
             ty: GgmlType::Q4K,
-            simd: simd_k::dot_q4_k,
+            simd: simd_k::dot_one_avx2::<Q4K>,
+            simd512: Some(simd_k::dot_one_avx512::<Q4K>),
             scalar: k_quants::dot_scalar::<Q4K>,
             unit: |b| {
                 d_at(0)(b, 1.0);
@@ -165,13 +198,40 @@ fn dot_cases() -> Vec<DotCase> {
             },
         },
         DotCase {
+            ty: GgmlType::Q5K,
+            simd: simd_k::dot_one_avx2::<Q5K>,
+            simd512: Some(simd_k::dot_one_avx512::<Q5K>),
+            scalar: k_quants::dot_scalar::<Q5K>,
+            unit: |b| {
+                d_at(0)(b, 1.0);
+                d_at(2)(b, 1.0)
+            },
+            real: |r, b| {
+                d_at(0)(b, r.uniform().abs() * 0.001);
+                d_at(2)(b, r.uniform().abs() * 0.002)
+            },
+        },
+        DotCase {
             ty: GgmlType::Q6K,
-            simd: simd_k::dot_q6_k,
+            simd: simd_k::dot_one_avx2::<Q6K>,
+            simd512: Some(simd_k::dot_one_avx512::<Q6K>),
             scalar: k_quants::dot_scalar::<Q6K>,
             unit: |b| d_at(208)(b, 1.0),
             real: |r, b| d_at(208)(b, r.uniform() * 0.0005),
         },
     ]
+}
+
+/// The kernels of one case that this CPU runs at `level`, named: the AVX2 one, plus the AVX-512 VNNI one where the
+/// case has it and the CPU reports it (a CPU with VNNI always runs it).
+fn case_kernels(case: &DotCase, level: SimdLevel) -> Vec<(String, DotKernel)> {
+    let mut out = vec![(level.to_string(), case.simd)];
+    match case.simd512 {
+        Some(k) if cpu_has_avx512_vnni() => out.push(("avx512-vnni".to_string(), k)),
+        Some(_) => println!("{}: skipping avx512-vnni: not supported by this CPU", case.ty),
+        None => {}
+    }
+    out
 }
 
 #[test]
@@ -180,38 +240,50 @@ fn dot_kernels_equal_their_scalar_twins() {
         for case in dot_cases() {
             let f = quant_format(case.ty).unwrap();
             let act_ty = f.vec_dot_type();
-            let mut rng = TestRng::new(case.ty.id() as u64 * 31 + 5);
-            // integer part, one block per call so every partial sum is exact in f32: unit scales make the
-            // result the integer sum itself. Random blocks, then blocks of extreme quants.
             let bs = case.ty.block_size();
-            for i in 0..200 {
-                let mut w = weight_row(&mut rng, case.ty, 1, &mut |_, b| (case.unit)(b));
-                let mut a = unit_activations(&mut rng, act_ty, bs);
-                if i >= 190 {
-                    extreme_block(act_ty, i % 2 == 0, &mut w, &mut a);
-                    (case.unit)(&mut w);
+            for (name, simd) in case_kernels(&case, level) {
+                let mut rng = TestRng::new(case.ty.id() as u64 * 31 + 5);
+                // integer part, one block per call so every partial sum is exact in f32: unit scales make the
+                // result the integer sum itself. Random blocks, then blocks of extreme quants.
+                for i in 0..200 {
+                    let mut w = weight_row(&mut rng, case.ty, 1, &mut |_, b| (case.unit)(b));
+                    let mut a = unit_activations(&mut rng, act_ty, bs);
+                    if i >= 190 {
+                        extreme_block(act_ty, i % 2 == 0, &mut w, &mut a);
+                        if i >= 196 {
+                            // all-zero weight bytes: for Q3_K the most negative quants (-4) and scales (-32)
+                            w.fill(0);
+                        }
+                        (case.unit)(&mut w);
+                    }
+                    let want = (case.scalar)(&w, &a);
+                    // SAFETY: `case_kernels` lists a kernel only when the CPU reports its features.
+                    let got = unsafe { simd(bs, &w, &a) };
+                    assert_eq!(got, want, "{} {name} block {i}: integer sums differ", case.ty);
                 }
-                let want = (case.scalar)(&w, &a);
-                // SAFETY: `level` is only listed when the CPU reports avx2, fma and f16c.
-                let got = unsafe { (case.simd)(bs, &w, &a) };
-                assert_eq!(got, want, "{} {level} block {i}: integer sums differ", case.ty);
+                for n_blocks in [1usize, 2, 3, 10, 40] {
+                    let n = n_blocks * bs;
+                    // float part: realistic scales, activations quantized from real-shaped data
+                    let w = weight_row(&mut rng, case.ty, n_blocks, &mut |r, b| (case.real)(r, b));
+                    let mut a = vec![0u8; act_ty.row_bytes(n).unwrap()];
+                    quant_format(act_ty).unwrap().quantize_row(&rng.row(n), &mut a).unwrap();
+                    let (mut wd, mut ad) = (vec![0.0f32; n], vec![0.0f32; n]);
+                    f.dequantize_row(&w, &mut wd);
+                    quant_format(act_ty).unwrap().dequantize_row(&a, &mut ad);
+                    let abs: f32 = wd.iter().zip(&ad).map(|(x, y)| (x * y).abs()).sum();
+                    // formats with mins subtract a separate product: its rounding counts too
+                    let mins = if matches!(case.ty, GgmlType::Q2K | GgmlType::Q4K | GgmlType::Q5K) {
+                        wd.iter().map(|v| v.abs()).sum::<f32>() * ad.iter().fold(0f32, |m, v| m.max(v.abs()))
+                    } else {
+                        0.0
+                    };
+                    let want = (case.scalar)(&w, &a);
+                    // SAFETY: as above.
+                    let got = unsafe { simd(n, &w, &a) };
+                    assert_close(got, want, 1e-5, abs + mins, &format!("{} {name} n={n}", case.ty));
+                }
+                println!("{} {name}: dot agrees with scalar", case.ty);
             }
-            for n_blocks in [1usize, 2, 3, 10, 40] {
-                let n = n_blocks * bs;
-                // float part: realistic scales, activations quantized from real-shaped data
-                let w = weight_row(&mut rng, case.ty, n_blocks, &mut |r, b| (case.real)(r, b));
-                let mut a = vec![0u8; act_ty.row_bytes(n).unwrap()];
-                quant_format(act_ty).unwrap().quantize_row(&rng.row(n), &mut a).unwrap();
-                let (mut wd, mut ad) = (vec![0.0f32; n], vec![0.0f32; n]);
-                f.dequantize_row(&w, &mut wd);
-                quant_format(act_ty).unwrap().dequantize_row(&a, &mut ad);
-                let abs: f32 = wd.iter().zip(&ad).map(|(x, y)| (x * y).abs()).sum();
-                let want = (case.scalar)(&w, &a);
-                // SAFETY: as above.
-                let got = unsafe { (case.simd)(n, &w, &a) };
-                assert_close(got, want, 1e-5, abs, &format!("{} {level} n={n}", case.ty));
-            }
-            println!("{} {level}: dot agrees with scalar", case.ty);
         }
     }
 }
