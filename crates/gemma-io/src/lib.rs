@@ -4,3 +4,13 @@ pub mod gguf;
 pub mod sbs;
 
 pub use gguf::{GgmlType, GgufError, GgufFile, GgufWriter, MetaValue, TensorInfo, ValueType};
+
+/// A temp-file builder for outputs renamed into place when complete. Temp files are private (0600) by default;
+/// a model file should be readable like any other file the user creates (0644 less the umask).
+pub(crate) fn output_temp_builder<'a>() -> tempfile::Builder<'a, 'a> {
+    #[allow(unused_mut)]
+    let mut builder = tempfile::Builder::new();
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    builder
+}

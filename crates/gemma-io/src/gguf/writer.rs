@@ -195,7 +195,7 @@ impl GgufWriter {
             _ => Path::new("."),
         };
         let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let temp = tempfile::Builder::new()
+        let temp = crate::output_temp_builder()
             .prefix(&format!(".{file_name}."))
             .suffix(".partial")
             .tempfile_in(dir)

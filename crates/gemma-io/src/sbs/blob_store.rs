@@ -406,7 +406,7 @@ impl BlobFileWriter {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let temp = tempfile::Builder::new().prefix(".sbs-partial-").tempfile_in(&dir).map_err(failed)?;
+        let temp = crate::output_temp_builder().prefix(".sbs-partial-").tempfile_in(&dir).map_err(failed)?;
         let inner =
             BlobWriter::new(std::io::BufWriter::with_capacity(1 << 20, temp)).map_err(|e| with_path(e, &path))?;
         Ok(BlobFileWriter { path, inner })
