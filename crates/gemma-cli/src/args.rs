@@ -91,6 +91,16 @@ pub enum Command {
     /// Show the CPU, the SIMD kernels chosen, the quantization types supported, the build features and the
     /// cached models.
     Sysinfo(SysinfoArgs),
+    /// Run the OpenAI- and Gemini-compatible HTTP server (the same as the `gemma-server` binary).
+    Serve(gemma_server::ServeArgs),
+    /// Chat with a running server from the terminal (or from piped lines), streaming each answer.
+    Client(gemma_server::client::ClientArgs),
+    /// Convert a GGUF file to a gemma.cpp SBS checkpoint or back (the direction follows the input file).
+    Convert(crate::convert::ConvertArgs),
+    /// Rewrite an old multi-file gemma.cpp checkpoint as one single-file SBS checkpoint.
+    Migrate(crate::convert::MigrateArgs),
+    /// Compare two SBS files blob by blob (tensors: max/mean abs difference and number of differing values).
+    BlobCompare(crate::convert::BlobCompareArgs),
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -150,7 +160,7 @@ pub struct SamplingArgs {
     pub seed: Option<u64>,
 
     /// Penalize repeated tokens: divide their positive logits (multiply negative ones) by P; 1 is off.
-    #[arg(long, default_value_t = 1.0, value_name = "P", help_heading = EXTRAS)]
+    #[arg(long, default_value_t = 1.0, value_name = "P", allow_negative_numbers = true, help_heading = EXTRAS)]
     pub repeat_penalty: f32,
 
     /// How many of the latest tokens the penalties look at (0 off, -1 the whole context).
@@ -223,7 +233,7 @@ pub struct SamplingArgs {
     #[arg(long, help_heading = EXTRAS)]
     pub ignore_eos: bool,
 
-    /// Stop where TEXT appears in the output (not shown); repeatable.
+    /// Stop where TEXT appears in the output (not shown); `\n`, `\t`, `\xHH` escapes as in llama.cpp; repeatable.
     #[arg(long = "reverse-prompt", short = 'r', visible_alias = "stop", value_name = "TEXT", help_heading = EXTRAS)]
     pub stop: Vec<String>,
 }

@@ -52,8 +52,8 @@ impl Common {
     pub(crate) fn load(&self) -> Result<Loaded> {
         let path = self.model_path()?;
         let model = Model::open(&path).with_context(|| format!("cannot load model {}", path.display()))?;
-        let tokenizer = Tokenizer::from_gguf(&model.file)
-            .with_context(|| format!("cannot load the tokenizer of {}", path.display()))?;
+        let tokenizer =
+            model.tokenizer().with_context(|| format!("cannot load the tokenizer of {}", path.display()))?;
         let ctx = match self.ctx {
             Some(0) => return Err(usage("--ctx must be at least 1")),
             Some(c) => c.min(model.config.context_length),
@@ -64,6 +64,11 @@ impl Common {
 
     fn load_tokenizer(&self) -> Result<Tokenizer> {
         let path = self.model_path()?;
+        if gemma_core::model::is_sbs_file(&path) {
+            // gemma.cpp checkpoints carry their tokenizer as a SentencePiece blob.
+            let model = Model::open(&path).with_context(|| format!("cannot load model {}", path.display()))?;
+            return model.tokenizer().with_context(|| format!("cannot load the tokenizer of {}", path.display()));
+        }
         let file = gemma_io::GgufFile::open(&path).with_context(|| format!("cannot read model {}", path.display()))?;
         Tokenizer::from_gguf(&file).with_context(|| format!("cannot load the tokenizer of {}", path.display()))
     }
@@ -81,6 +86,11 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Bench(args)) => crate::bench::bench(&common, &args),
         Some(Command::Chat(args)) => crate::chat::chat(&common, &args),
         Some(Command::Sysinfo(args)) => crate::sysinfo::sysinfo(&args),
+        Some(Command::Serve(args)) => crate::serve::serve(&common, args),
+        Some(Command::Client(args)) => crate::serve::client(&args),
+        Some(Command::Convert(args)) => crate::convert::convert(&args),
+        Some(Command::Migrate(args)) => crate::convert::migrate_command(&args),
+        Some(Command::BlobCompare(args)) => crate::convert::blob_compare_command(&args),
         None => {
             if cli.chat {
                 let args = ChatArgs { system: cli.system.clone(), sampling: cli.generate.sampling.clone() };
@@ -178,7 +188,45 @@ pub(crate) fn generation_options(args: &SamplingArgs) -> Result<GenerationOption
     if let Some(empty) = args.stop.iter().position(String::is_empty) {
         return Err(usage(format!("--reverse-prompt/--stop: stop string {} is empty", empty + 1)));
     }
-    Ok(GenerationOptions { max_tokens: args.max_tokens, sampling, stop: args.stop.clone(), ..Default::default() })
+    let stop = args.stop.iter().map(|s| process_escapes(s)).collect();
+    Ok(GenerationOptions { max_tokens: args.max_tokens, sampling, stop, ..Default::default() })
+}
+
+/// llama.cpp's `--escape` treatment of reverse prompts, so that `--stop '\n'` typed in a shell means a
+/// newline: `\n`, `\r`, `\t`, `\'`, `\"`, `\\` and `\xHH` (ASCII only: a lone byte above 0x7F is not
+/// text); any other backslash is kept as it is.
+fn process_escapes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        let rest = chars.as_str();
+        let hex = rest
+            .strip_prefix('x')
+            .and_then(|h| h.get(..2))
+            .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match rest.chars().next() {
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('t') => out.push('\t'),
+            Some(q @ ('\'' | '"' | '\\')) => out.push(q),
+            Some('x') if hex.is_some_and(|b| b.is_ascii()) => {
+                out.push(char::from(hex.unwrap_or_default()));
+                chars.nth(2);
+                continue;
+            }
+            _ => {
+                out.push('\\');
+                continue;
+            }
+        }
+        chars.next();
+    }
+    out
 }
 
 /// Words a [`SamplingParams::validate`] error in terms of the flag the user typed.
@@ -405,4 +453,20 @@ fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
     v.truncate(k);
     v.sort_by(|a, b| b.1.total_cmp(&a.1));
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::process_escapes;
+
+    #[test]
+    fn stop_strings_take_llama_cpp_escapes() {
+        assert_eq!(process_escapes(r"\n"), "\n");
+        assert_eq!(process_escapes(r"a\tb\r\n"), "a\tb\r\n");
+        assert_eq!(process_escapes(r#"\'\"\\"#), r#"'"\"#);
+        assert_eq!(process_escapes(r"\x41\x7e!"), "A~!");
+        // Not an escape: kept as typed (unknown letter, bad or non-ASCII hex, a trailing backslash).
+        assert_eq!(process_escapes(r"\q \x4 \xzz \x+1 \xff \"), r"\q \x4 \xzz \x+1 \xff \");
+        assert_eq!(process_escapes("héllo\\nö"), "héllo\nö");
+    }
 }

@@ -8,6 +8,8 @@ mod args;
 mod bench;
 mod chat;
 mod commands;
+mod convert;
+mod serve;
 mod sysinfo;
 
 use std::process::ExitCode;

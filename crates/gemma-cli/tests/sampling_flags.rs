@@ -25,7 +25,8 @@ fn run_json(model: &str, prompt: &str, n: usize, extra: &[&str]) -> Value {
     let mut args = vec!["run", "-m", model, "--prompt", prompt, "-n", &n, "--json"];
     args.extend_from_slice(extra);
     let out = ok(&args);
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("stdout of {args:?} is not one JSON object ({e}): {out}"))
+    serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("stdout of {args:?} is not one JSON object ({e}): {out}"))
 }
 
 fn ids(v: &Value) -> Vec<u64> {
@@ -110,22 +111,32 @@ fn logit_bias_bans_and_forces_tokens() {
 
 #[test]
 fn ignore_eos_generates_max_tokens() {
-    let m = gemma_model();
-    // A chat turn the instruction-tuned model answers briefly, then ends with <end_of_turn>.
-    let prompt = "<start_of_turn>user\nSay only the word yes.<end_of_turn>\n<start_of_turn>model\n";
+    // SmolLM2 Instruct answers a ChatML turn briefly and ends it with <|im_end|>.
+    let smol = "smollm2-135m-instruct";
+    let prompt = "<|im_start|>user\nSay only the word yes.<|im_end|>\n<|im_start|>assistant\n";
     let max = 24;
-    let short = run_json(&m, prompt, max, &[]);
+    let short = run_json(smol, prompt, max, &[]);
     let n = ids(&short).len();
     assert_eq!(short["stop_reason"], "stop", "the model ends its turn: {short}");
     assert!(n < max, "{n} tokens");
-
-    let long = run_json(&m, prompt, max, &["--ignore-eos"]);
+    let long = run_json(smol, prompt, max, &["--ignore-eos"]);
     assert_eq!(ids(&long).len(), max);
     assert_eq!(long["stop_reason"], "length");
     assert_eq!(ids(&long)[..n], ids(&short)[..], "the same answer, then more instead of the end of turn");
-    let end_of_turn = 106; // Gemma 3's <end_of_turn>
-    let eos = 1;
-    assert!(!ids(&long).contains(&end_of_turn) && !ids(&long).contains(&eos));
+
+    // Gemma 3 270M is a base model that rarely ends by itself: a bias that makes its end-of-generation
+    // tokens (<eos> = 1, <end_of_turn> = 106) win at once ends it with no text; --ignore-eos bans both
+    // (the ban outweighs any bias) and gives the plain greedy text at full length.
+    let m = gemma_model();
+    let greedy = run_json(&m, STORY, 12, &[]);
+    for eog in ["1+100", "106+100"] {
+        let ended = run_json(&m, STORY, 12, &["-l", eog]);
+        assert!(ids(&ended).is_empty() && text(&ended).is_empty(), "{eog}: {ended}");
+        assert_eq!(ended["stop_reason"], "stop");
+    }
+    let ignored = run_json(&m, STORY, 12, &["-l", "1+100", "-l", "106+100", "--ignore-eos"]);
+    assert_eq!(ids(&ignored), ids(&greedy));
+    assert_eq!(ignored["stop_reason"], "length");
 }
 
 #[test]
@@ -149,7 +160,7 @@ fn penalties_change_a_repetitive_greedy_text() {
     // A window of 0 turns the penalties off; presence and frequency penalties also break the loop.
     let off = run_json(&m, prompt, n, &["--repeat-penalty", "1.5", "--repeat-last-n", "0"]);
     assert_eq!(ids(&off), ids(&greedy));
-    for flags in [["--presence-penalty", "3"], ["--frequency-penalty", "1"]] {
+    for flags in [["--presence-penalty", "5"], ["--frequency-penalty", "1"]] {
         let v = run_json(&m, prompt, n, &flags);
         assert_ne!(ids(&v), ids(&greedy), "{flags:?}");
     }
@@ -327,6 +338,9 @@ fn smollm2_run_matches_llama_cpp_up_to_the_first_near_tie() {
     assert_eq!(streamed, format!("{}\n", text(&v)));
     let stopped = run_json("smollm2-135m-instruct", prompt, agree, &["--stop", "."]);
     assert_eq!(text(&stopped), gold_text[..gold_text.find('.').unwrap()]);
+    // llama.cpp's escapes: a backslash-n typed in a shell is a newline.
+    let stopped = run_json("smollm2-135m-instruct", prompt, agree, &["-r", r"\n"]);
+    assert_eq!(text(&stopped), gold_text[..gold_text.find('\n').unwrap()]);
 }
 
 #[test]

@@ -124,6 +124,12 @@ fn rope_freq_scale(m: &Meta) -> Result<f32, ModelError> {
     }
 }
 
+/// `v` rounded to the nearest bf16 (ties to even), for finite `v`.
+fn round_to_bf16(v: f32) -> f32 {
+    let bits = v.to_bits();
+    f32::from_bits(bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) & 0xffff_0000)
+}
+
 impl ModelConfig {
     pub fn from_gguf(file: &GgufFile) -> Result<ModelConfig, ModelError> {
         let arch_name = file
@@ -237,6 +243,113 @@ impl ModelConfig {
         })
     }
 
+    /// The configuration of a gemma.cpp SBS checkpoint, from its `config` blob. Only the Gemma 3 family runs
+    /// here (QK norm, post norms, no attention soft-cap). Things gemma.cpp hard-codes rather than stores: RMS
+    /// eps 1e-6, RoPE base 10,000 on sliding-window layers and 1,000,000 on global ones (gemma.cpp itself
+    /// uses the 1M base only for the models it deems multimodal, 1B and up; Gemma 3 270M was trained with
+    /// it too, and its GGUF conversion says so), and the embedding scale sqrt(d_model) rounded to bf16.
+    pub fn from_sbs(c: &gemma_io::sbs::ModelConfig) -> Result<ModelConfig, ModelError> {
+        use gemma_io::sbs::config::{LayerAttentionType, PostNormType, PostQKType, QueryScaleType};
+        let bad = |key: &str, why: String| ModelError::BadMetadata { key: format!("config.{key}"), why };
+        let first = c.layer_configs.first().ok_or_else(|| bad("layer_configs", "the model has no layers".into()))?;
+        let n_layers = c.layer_configs.len();
+        if c.num_layers as usize != n_layers || c.attention_window_sizes.len() != n_layers {
+            return Err(bad(
+                "num_layers",
+                format!(
+                    "{} layers, {} layer configs, {} window sizes",
+                    c.num_layers,
+                    n_layers,
+                    c.attention_window_sizes.len()
+                ),
+            ));
+        }
+        for (i, l) in c.layer_configs.iter().enumerate() {
+            let gemma3_layer = l.attention_type == LayerAttentionType::Gemma
+                && l.post_norm == PostNormType::Scale
+                && l.post_qk == PostQKType::Rope
+                && l.use_qk_norm
+                && l.optimized_gating
+                && !l.ff_biases;
+            if !gemma3_layer {
+                return Err(ModelError::UnsupportedArchitecture(format!(
+                    "{} (SBS layer {i} is not a Gemma 3 layer: {l:?})",
+                    c.model.prefix()
+                )));
+            }
+            if (l.model_dim, l.ff_hidden_dim, l.heads, l.kv_heads, l.qkv_dim)
+                != (first.model_dim, first.ff_hidden_dim, first.heads, first.kv_heads, first.qkv_dim)
+            {
+                return Err(bad("layer_configs", format!("layer {i} differs in shape from layer 0")));
+            }
+        }
+        if c.att_cap != 0.0 {
+            return Err(ModelError::UnsupportedArchitecture(format!(
+                "{} (attention soft-capping at {} is not implemented)",
+                c.model.prefix(),
+                c.att_cap
+            )));
+        }
+        let (d_model, n_heads, n_kv_heads, head_dim) =
+            (c.model_dim as usize, first.heads as usize, first.kv_heads as usize, first.qkv_dim as usize);
+        if d_model == 0
+            || d_model != first.model_dim as usize
+            || n_heads == 0
+            || n_kv_heads == 0
+            || n_heads % n_kv_heads != 0
+            || head_dim == 0
+            || head_dim % 2 != 0
+            || first.ff_hidden_dim == 0
+            || c.vocab_size == 0
+            || c.max_seq_len == 0
+        {
+            return Err(bad(
+                "layer_configs",
+                format!(
+                    "inconsistent shape: d_model {d_model} (layers: {}), {n_heads} heads, {n_kv_heads} KV heads, \
+                     head dim {head_dim}, ffn {}, vocab {}, max_seq_len {}",
+                    first.model_dim, first.ff_hidden_dim, c.vocab_size, c.max_seq_len
+                ),
+            ));
+        }
+        let layer_is_local: Vec<bool> = c.attention_window_sizes.iter().map(|&w| w != c.max_seq_len).collect();
+        let mut windows = c.attention_window_sizes.iter().filter(|&&w| w != c.max_seq_len);
+        let sliding_window = windows.next().map(|&w| w as usize);
+        if let Some(w) = sliding_window {
+            if w == 0 || windows.any(|&other| other as usize != w) {
+                return Err(bad("attention_window_sizes", format!("{:?}", c.attention_window_sizes)));
+            }
+        }
+        let query_scale = match c.query_scale {
+            QueryScaleType::SqrtKeySize => 1.0 / (head_dim as f32).sqrt(),
+            QueryScaleType::SqrtModelDimDivNumHeads => 1.0 / ((d_model / n_heads) as f32).sqrt(),
+        };
+        // gemma.cpp rounds sqrt(d_model) to bf16, as Gemma's embedder casts before multiplying.
+        let embedding_scale = round_to_bf16((d_model as f32).sqrt());
+        Ok(ModelConfig {
+            arch: Architecture::Gemma3,
+            name: if c.display_name.is_empty() { c.model.prefix().to_string() } else { c.display_name.clone() },
+            n_layers,
+            d_model,
+            ffn_dim: first.ff_hidden_dim as usize,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            vocab_size: c.vocab_size as usize,
+            context_length: c.max_seq_len as usize,
+            rms_eps: 1e-6,
+            rope_base: 1_000_000.0,
+            rope_freq_scale: 1.0,
+            rope_freq_factors: false,
+            rope_base_local: sliding_window.map(|_| 10_000.0),
+            sliding_window,
+            layer_is_local,
+            query_scale,
+            embedding_scale,
+            final_logit_softcap: Some(c.final_cap).filter(|&cap| cap > 0.0),
+        })
+    }
+
     /// A human-readable summary, one `key: value` per line; lines for features the model lacks are left out.
     pub fn summary(&self) -> String {
         let mut s = format!("architecture: {}\nname: {}\n", self.arch.name(), self.name);
@@ -303,6 +416,29 @@ mod tests {
             w.add_metadata(k, v).unwrap();
         }
         GgufFile::from_bytes(w.to_bytes(), "test.gguf").unwrap()
+    }
+
+    #[test]
+    fn sbs_configs_map_onto_gemma3_with_gemma_cpp_constants() {
+        use gemma_io::sbs::config::{Model as SbsModel, QueryScaleType};
+        use gemma_io::sbs::ModelConfig as SbsConfig;
+        let small = SbsConfig::canonical(SbsModel::Gemma3_270M).unwrap();
+        let c = ModelConfig::from_sbs(&small).unwrap();
+        assert_eq!((c.n_layers, c.d_model, c.ffn_dim, c.n_heads, c.n_kv_heads, c.head_dim), (18, 640, 2048, 4, 1, 256));
+        assert_eq!((c.vocab_size, c.context_length, c.sliding_window), (262_144, 32_768, Some(512)));
+        assert_eq!(c.layer_is_local.iter().filter(|&&l| !l).count(), 3);
+        assert!(!c.layer_is_local[5] && c.layer_is_local[6]);
+        assert_eq!((c.rope_base, c.rope_base_local, c.rms_eps), (1_000_000.0, Some(10_000.0), 1e-6));
+        assert_eq!((c.query_scale, c.embedding_scale, c.final_logit_softcap), (1.0 / 16.0, 25.25, None));
+        // The query scale is the file's: gemma.cpp's own 27B config says 1/sqrt(head_dim = 128).
+        let mut big = SbsConfig::canonical(SbsModel::Gemma3_27B).unwrap();
+        assert_eq!(ModelConfig::from_sbs(&big).unwrap().query_scale, 1.0 / (128f32).sqrt());
+        big.query_scale = QueryScaleType::SqrtModelDimDivNumHeads;
+        assert_eq!(ModelConfig::from_sbs(&big).unwrap().query_scale, 1.0 / (168f32).sqrt());
+        big.attention_window_sizes[0] = 7;
+        assert!(ModelConfig::from_sbs(&big).unwrap_err().to_string().contains("attention_window_sizes"));
+        let gemma2 = ModelConfig::from_sbs(&SbsConfig::canonical(SbsModel::Gemma2_2B).unwrap()).unwrap_err();
+        assert!(matches!(gemma2, ModelError::UnsupportedArchitecture(_)), "{gemma2}");
     }
 
     #[test]

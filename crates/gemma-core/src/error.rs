@@ -7,6 +7,8 @@ use gemma_ops::MatrixError;
 pub enum ModelError {
     #[error(transparent)]
     File(#[from] gemma_io::GgufError),
+    #[error(transparent)]
+    Sbs(#[from] gemma_io::sbs::SbsError),
     #[error("model metadata lacks '{0}'")]
     MissingMetadata(String),
     #[error("model metadata '{key}' is unusable: {why}")]

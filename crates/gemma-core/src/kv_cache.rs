@@ -99,12 +99,7 @@ impl KvCache {
                 // longer than the ring needs every row.
                 let rows = if l.ring == 0 { len } else { len.min(l.ring) };
                 let n = (rows * self.row_len).min(l.keys.len());
-                LayerKv {
-                    keys: l.keys[..n].to_vec(),
-                    values: l.values[..n].to_vec(),
-                    ring: l.ring,
-                    window: l.window,
-                }
+                LayerKv { keys: l.keys[..n].to_vec(), values: l.values[..n].to_vec(), ring: l.ring, window: l.window }
             })
             .collect();
         KvCache { layers, row_len: self.row_len, len, capacity: self.capacity }

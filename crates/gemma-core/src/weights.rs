@@ -1,26 +1,70 @@
-//! Looking up and checking weight tensors in a GGUF file. Matrices stay in the memory map; small vectors
-//! (norm weights) are decoded to f32 once.
+//! Looking up and checking weight tensors, in a GGUF file or a gemma.cpp SBS file. Matrices stay in the
+//! memory map where the file's layout allows; small vectors (norm weights) are decoded to f32 once.
 
-use gemma_compression::quant_format;
+use gemma_compression::{quant_format, sbs_codec, SbsCodecType};
+use gemma_io::sbs::{SbsFile, SbsType};
 use gemma_io::{GgufFile, TensorInfo};
+use gemma_ops::matmul::{RowBlocks, SbsMatrix, WeightView};
 use gemma_ops::QMatrix;
 
 use crate::error::ModelError;
 
-/// A weight matrix of `rows` outputs by `cols` inputs, by reference into the file.
+/// The file a model's weights are read from. Matrices made from one kind are viewed through the same kind.
+#[derive(Clone, Copy)]
+pub enum WeightFile<'a> {
+    Gguf(&'a GgufFile),
+    Sbs(&'a SbsFile),
+}
+
+/// A weight matrix of `rows` outputs by `cols` inputs.
 #[derive(Clone, Debug)]
 pub struct Matrix {
-    pub info: TensorInfo,
     pub rows: usize,
     pub cols: usize,
+    storage: Storage,
+}
+
+#[derive(Clone, Debug)]
+enum Storage {
+    /// A GGUF tensor, by reference into the file.
+    Gguf(TensorInfo),
+    /// Rows `map` of the SBS tensor at index `tensor` of the file's toc.
+    Sbs { tensor: usize, ty: SbsCodecType, stream_rows: usize, map: RowBlocks, scale: f32 },
+    /// An SBS-format stream built at load (a tensor whose file layout the kernels cannot read in place).
+    Owned { stream: Vec<u8>, ty: SbsCodecType, scale: f32 },
 }
 
 impl Matrix {
-    /// The matrix as a kernel operand, borrowing its bytes from `file`.
-    pub fn view<'a>(&self, file: &'a GgufFile) -> QMatrix<'a> {
-        // Shape and format were checked in `matrix()`, so this cannot fail for a matrix made there.
-        QMatrix::new(file.tensor_data(&self.info), self.rows, self.cols, self.info.ggml_type)
-            .unwrap_or_else(|e| unreachable!("matrix {} was validated at load: {e}", self.info.name))
+    /// The matrix as a kernel operand, borrowing its bytes from `file` (or from `self`).
+    pub fn view<'a>(&'a self, file: WeightFile<'a>) -> WeightView<'a> {
+        // Shape and format were checked when the matrix was made, so these cannot fail for a matrix used
+        // with the file it came from.
+        match (&self.storage, file) {
+            (Storage::Gguf(info), WeightFile::Gguf(f)) => WeightView::Ggml(
+                QMatrix::new(f.tensor_data(info), self.rows, self.cols, info.ggml_type)
+                    .unwrap_or_else(|e| unreachable!("matrix {} was validated at load: {e}", info.name)),
+            ),
+            (&Storage::Sbs { tensor, ty, stream_rows, map, scale }, WeightFile::Sbs(f)) => {
+                let t = f.tensors().get(tensor).unwrap_or_else(|| unreachable!("SBS tensor {tensor} vanished"));
+                WeightView::Sbs(
+                    SbsMatrix::new(f.tensor_data(t), ty, stream_rows, self.rows, self.cols, map, scale)
+                        .unwrap_or_else(|e| unreachable!("SBS matrix {} was validated at load: {e}", t.key)),
+                )
+            }
+            (Storage::Owned { stream, ty, scale }, _) => WeightView::Sbs(
+                SbsMatrix::new(
+                    stream,
+                    *ty,
+                    self.rows,
+                    self.rows,
+                    self.cols,
+                    RowBlocks::contiguous(0, self.rows),
+                    *scale,
+                )
+                .unwrap_or_else(|e| unreachable!("an owned matrix is built consistent: {e}")),
+            ),
+            _ => unreachable!("a matrix is only viewed through the kind of file it was loaded from"),
+        }
     }
 }
 
@@ -40,7 +84,7 @@ pub fn matrix(file: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<M
     }
     QMatrix::new(file.tensor_data(info), rows, cols, info.ggml_type)
         .map_err(|source| ModelError::TensorFormat { name: name.into(), source })?;
-    Ok(Matrix { info: info.clone(), rows, cols })
+    Ok(Matrix { rows, cols, storage: Storage::Gguf(info.clone()) })
 }
 
 /// Loads `name` as a vector of `len` values, decoded to f32.
@@ -65,4 +109,117 @@ pub fn optional_vector(file: &GgufFile, name: &str, len: usize) -> Result<Option
         None => Ok(None),
         Some(_) => vector(file, name, len).map(Some),
     }
+}
+
+/// The kernels' codec for an SBS tensor type; `None` for types that hold no weights (F64, U32, U64).
+fn sbs_codec_type(ty: SbsType) -> Option<SbsCodecType> {
+    match ty {
+        SbsType::F32 => Some(SbsCodecType::F32),
+        SbsType::BF16 => Some(SbsCodecType::Bf16),
+        SbsType::SFP => Some(SbsCodecType::Sfp),
+        SbsType::NUQ => Some(SbsCodecType::Nuq),
+        SbsType::I8 => Some(SbsCodecType::I8),
+        SbsType::Unknown | SbsType::F64 | SbsType::U32 | SbsType::U64 => None,
+    }
+}
+
+/// An SBS tensor checked to be `rows x cols` in a weight type: its toc index, codec and scale.
+struct SbsTensorRef {
+    index: usize,
+    ty: SbsCodecType,
+    scale: f32,
+}
+
+fn sbs_tensor(file: &SbsFile, name: &str, rows: usize, cols: usize) -> Result<SbsTensorRef, ModelError> {
+    let index = file
+        .tensors()
+        .iter()
+        .position(|t| t.record.name == name)
+        .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+    let record = &file.tensors()[index].record;
+    if (record.rows as usize, record.cols as usize) != (rows, cols) {
+        return Err(ModelError::TensorShape {
+            name: name.into(),
+            found: vec![record.rows.into(), record.cols.into()],
+            expected: vec![rows as u64, cols as u64],
+        });
+    }
+    let ty = sbs_codec_type(record.ty).ok_or_else(|| ModelError::BadMetadata {
+        key: format!("toc: {name}"),
+        why: format!("type {} holds no weights", record.ty.name()),
+    })?;
+    Ok(SbsTensorRef { index, ty, scale: record.scale })
+}
+
+/// Rows of the SBS tensor `name` (a `stream_rows x cols` stream) picked by `map` as a `rows x cols` matrix.
+pub fn sbs_matrix(
+    file: &SbsFile,
+    name: &str,
+    stream_rows: usize,
+    cols: usize,
+    rows: usize,
+    map: RowBlocks,
+) -> Result<Matrix, ModelError> {
+    let t = sbs_tensor(file, name, stream_rows, cols)?;
+    let data = file.tensor_data(&file.tensors()[t.index]);
+    SbsMatrix::new(data, t.ty, stream_rows, rows, cols, map, t.scale)
+        .map_err(|source| ModelError::TensorFormat { name: name.into(), source })?;
+    Ok(Matrix { rows, cols, storage: Storage::Sbs { tensor: t.index, ty: t.ty, stream_rows, map, scale: t.scale } })
+}
+
+/// The SBS norm weight `name` (`len` raw values `w`, times the tensor's scale) as the `1 + w` the kernels
+/// multiply by (GGUF stores `1 + w` already).
+pub fn sbs_norm(file: &SbsFile, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+    let t = sbs_tensor(file, name, 1, len)?;
+    let mut out = vec![0f32; len];
+    sbs_codec(t.ty)
+        .decode(file.tensor_data(&file.tensors()[t.index]), 0, &mut out)
+        .map_err(|e| ModelError::BadMetadata { key: format!("toc: {name}"), why: e.to_string() })?;
+    for w in &mut out {
+        *w = 1.0 + *w * t.scale;
+    }
+    Ok(out)
+}
+
+/// gemma.cpp's attention output tensor `att_ein` (`[heads, d_model, head_dim]`) as the `d_model x
+/// (heads * head_dim)` output projection, in the tensor's own number format (gemma.cpp's `InitAttWeights`).
+/// Row `m` is the concatenation over heads `h` of stream rows `h * d_model + m`, which the file does not
+/// hold contiguously, so the matrix is rebuilt at load: by copying bytes for the per-element formats, by
+/// decoding and re-encoding (as gemma.cpp does) for the grouped ones.
+pub fn sbs_attention_output(
+    file: &SbsFile,
+    name: &str,
+    heads: usize,
+    d_model: usize,
+    head_dim: usize,
+) -> Result<Matrix, ModelError> {
+    let t = sbs_tensor(file, name, heads * d_model, head_dim)?;
+    let src = file.tensor_data(&file.tensors()[t.index]);
+    let codec = sbs_codec(t.ty);
+    let cols = heads * head_dim;
+    let bad = |why: String| ModelError::BadMetadata { key: format!("toc: {name}"), why };
+    let mut stream = vec![0u8; codec.packed_bytes(d_model * cols)];
+    if codec.group_size() == 1 {
+        let eb = codec.packed_bytes(1);
+        for m in 0..d_model {
+            for h in 0..heads {
+                let from = (h * d_model + m) * head_dim * eb;
+                let to = (m * cols + h * head_dim) * eb;
+                let (Some(s), Some(d)) = (src.get(from..from + head_dim * eb), stream.get_mut(to..to + head_dim * eb))
+                else {
+                    return Err(bad("tensor shorter than its shape".into()));
+                };
+                d.copy_from_slice(s);
+            }
+        }
+    } else {
+        let mut values = vec![0f32; d_model * cols];
+        for (m, row) in values.chunks_exact_mut(cols).enumerate() {
+            for (h, part) in row.chunks_exact_mut(head_dim).enumerate() {
+                codec.decode(src, (h * d_model + m) * head_dim, part).map_err(|e| bad(e.to_string()))?;
+            }
+        }
+        codec.encode(&values, &mut stream, 0).map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(Matrix { rows: d_model, cols, storage: Storage::Owned { stream, ty: t.ty, scale: t.scale } })
 }

@@ -79,6 +79,7 @@ pub struct FileInference {
     pub queue_size: Option<usize>,
     pub prefix_cache_tokens: Option<usize>,
     pub prefill_chunk: Option<usize>,
+    pub max_sessions: Option<usize>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -106,6 +107,8 @@ pub struct ServerConfig {
     pub prefix_cache_tokens: usize,
     /// Prompt tokens prefilled per step next to the decoding sequences.
     pub prefill_chunk: usize,
+    /// `POST /generate` sessions kept at most (least recently used evicted; 0: no sessions).
+    pub max_sessions: usize,
     /// Longest a request may generate, and how long in-flight streams get at shutdown.
     pub timeout_seconds: u64,
     pub shutdown_grace_seconds: u64,
@@ -131,6 +134,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("queue_size", &self.queue_size)
             .field("prefix_cache_tokens", &self.prefix_cache_tokens)
             .field("prefill_chunk", &self.prefill_chunk)
+            .field("max_sessions", &self.max_sessions)
             .field("timeout_seconds", &self.timeout_seconds)
             .field("max_connections", &self.max_connections)
             .field("max_body_bytes", &self.max_body_bytes)
@@ -154,6 +158,7 @@ impl Default for ServerConfig {
             queue_size: 64,
             prefix_cache_tokens: 16_384,
             prefill_chunk: 256,
+            max_sessions: 64,
             timeout_seconds: 600,
             shutdown_grace_seconds: 10,
             max_connections: 256,
@@ -235,6 +240,7 @@ impl ServerConfig {
             queue_size: file.inference.queue_size.unwrap_or(d.queue_size),
             prefix_cache_tokens: file.inference.prefix_cache_tokens.unwrap_or(d.prefix_cache_tokens),
             prefill_chunk: file.inference.prefill_chunk.unwrap_or(d.prefill_chunk),
+            max_sessions: file.inference.max_sessions.unwrap_or(d.max_sessions),
             timeout_seconds: file.server.timeout_seconds.unwrap_or(d.timeout_seconds),
             shutdown_grace_seconds: file.server.shutdown_grace_seconds.unwrap_or(d.shutdown_grace_seconds),
             max_connections: file.server.max_connections.unwrap_or(d.max_connections),

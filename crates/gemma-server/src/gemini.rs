@@ -86,6 +86,7 @@ async fn handle(state: AppState, model_action: String, headers: HeaderMap, body:
                     (vec![data(v)], last)
                 }
                 Some((_, Event::Error(m))) => (vec![data(ApiError::internal(m).body())], true),
+                Some((_, Event::Rejected(m))) => (vec![data(ApiError::invalid(m).body())], true),
             };
             Some((stream::iter(out.into_iter().map(Ok::<_, Infallible>)), (rx, finishes, over)))
         }

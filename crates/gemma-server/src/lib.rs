@@ -5,10 +5,12 @@
 
 pub mod api_error;
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod engine;
 pub mod fields;
 pub mod gemini;
+pub mod generate;
 pub mod metrics;
 pub mod openai;
 pub mod server;
@@ -22,6 +24,18 @@ use anyhow::Context as _;
 use tokio::sync::{oneshot, watch};
 
 pub use config::{ServeArgs, ServerConfig};
+
+/// Logs to stderr at the level of `RUST_LOG` (default `info`). Keys never reach the logs.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
 
 /// A running server.
 pub struct RunningServer {
@@ -79,6 +93,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             prefix_cache_tokens: config.prefix_cache_tokens,
             prefill_chunk: config.prefill_chunk,
             request_timeout: Duration::from_secs(config.timeout_seconds),
+            max_sessions: config.max_sessions,
         },
         metrics.clone(),
     )

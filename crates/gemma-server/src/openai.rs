@@ -300,8 +300,8 @@ fn parse_messages(f: &Fields) -> Result<Vec<ChatMessage>, ApiError> {
         .collect()
 }
 
-/// Queues one sequence per choice. When the queue is full, what was queued is cancelled (the receiver is
-/// dropped) and the client is told to retry.
+/// Queues one request per prompt, each with the plan's `n` choices (they share one prefill). When the queue
+/// is full, what was queued is cancelled (the receiver is dropped) and the client is told to retry.
 pub(crate) fn submit(
     state: &AppState,
     plan: &Plan,
@@ -311,28 +311,33 @@ pub(crate) fn submit(
     let (tx, rx) = unbounded_channel();
     for (p, prompt) in plan.prompts.iter().enumerate() {
         let room = loaded.ctx - prompt.len();
-        for i in 0..plan.n {
-            let choice = p * plan.n + i;
-            let mut sampling = plan.sampling.clone();
-            // Each choice draws differently, but reproducibly for a given seed.
-            sampling.seed = sampling.seed.map(|s| s.wrapping_add(choice as u64));
-            let req = GenerationRequest {
-                prompt_ids: prompt.clone(),
-                max_tokens: plan.max_tokens.unwrap_or(room).min(room),
-                sampling,
-                stop: plan.stop.clone(),
-                top_logprobs: plan.logprobs,
-                choice,
-                events: tx.clone(),
-                submitted: received,
-            };
-            state.engine().submit(req).map_err(|e| match e {
-                SubmitError::QueueFull => ApiError::unavailable("the server is busy: the request queue is full", 1),
-                SubmitError::Stopped => ApiError::unavailable("the server is shutting down", 5),
-            })?;
-        }
+        let choice = p * plan.n;
+        let mut sampling = plan.sampling.clone();
+        // Each choice draws differently, but reproducibly for a given seed (the engine adds the choice's
+        // place within the prompt's `n`).
+        sampling.seed = sampling.seed.map(|s| s.wrapping_add(choice as u64));
+        let req = GenerationRequest {
+            prompt_ids: prompt.clone(),
+            max_tokens: plan.max_tokens.unwrap_or(room).min(room),
+            sampling,
+            stop: plan.stop.clone(),
+            top_logprobs: plan.logprobs,
+            choice,
+            n: plan.n,
+            session: None,
+            events: tx.clone(),
+            submitted: received,
+        };
+        state.engine().submit(req).map_err(submit_error)?;
     }
     Ok(rx)
+}
+
+pub(crate) fn submit_error(e: SubmitError) -> ApiError {
+    match e {
+        SubmitError::QueueFull => ApiError::unavailable("the server is busy: the request queue is full", 1),
+        SubmitError::Stopped => ApiError::unavailable("the server is shutting down", 5),
+    }
 }
 
 pub(crate) struct ResponseMeta {
@@ -438,6 +443,7 @@ pub(crate) async fn collect_choices(
                 done += 1;
             }
             Event::Error(m) => return Err(ApiError::internal(m)),
+            Event::Rejected(m) => return Err(ApiError::invalid(m)),
         }
     }
     Ok(results)
@@ -628,6 +634,10 @@ impl StreamState {
             Event::Error(m) => {
                 self.over = true;
                 Some(vec![data(ApiError::internal(m).body()), SseEvent::default().data("[DONE]")])
+            }
+            Event::Rejected(m) => {
+                self.over = true;
+                Some(vec![data(ApiError::invalid(m).body()), SseEvent::default().data("[DONE]")])
             }
         }
     }

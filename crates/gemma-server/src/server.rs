@@ -21,7 +21,7 @@ use crate::config::ServerConfig;
 use crate::engine::{EngineHandle, LoadedModel};
 use crate::fields::Fields;
 use crate::metrics::Metrics;
-use crate::{gemini, openai, websocket};
+use crate::{gemini, generate, openai, websocket};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -74,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .route("/detokenize", post(detokenize))
         .route("/v1beta/models/{model_action}", post(gemini::generate_content))
         .route("/v1/ws", get(websocket::upgrade))
+        .route("/generate", post(generate::generate))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(protected)

@@ -95,6 +95,7 @@ async fn serve_socket(state: AppState, mut socket: WebSocket) {
                             }
                         }
                         Some((_, Event::Error(m))) => (Some(error_message(&ApiError::internal(m))), true),
+                        Some((_, Event::Rejected(m))) => (Some(error_message(&ApiError::invalid(m))), true),
                     };
                     if let Some(reply) = reply {
                         if socket.send(reply).await.is_err() {

@@ -24,9 +24,15 @@ pub struct TensorDifference {
 pub enum BlobDifference {
     Equal,
     /// Different sizes (and not two tensors of the same shape).
-    Size { a: u64, b: u64 },
+    Size {
+        a: u64,
+        b: u64,
+    },
     /// Same size, different bytes; not tensors (or of different shapes or types that cannot be decoded).
-    Bytes { differing: u64, bytes: u64 },
+    Bytes {
+        differing: u64,
+        bytes: u64,
+    },
     /// Tensors of the same shape with different bytes.
     Tensor(TensorDifference),
 }
@@ -51,14 +57,14 @@ impl BlobComparison {
 
 /// A file opened as a checkpoint (tensors known) or, failing that, as a bare blob store.
 enum Opened {
-    Checkpoint(SbsFile),
+    Checkpoint(Box<SbsFile>),
     Store(BlobStore),
 }
 
 impl Opened {
     fn open(path: &Path) -> Result<Opened, ConvertError> {
         match SbsFile::open(path) {
-            Ok(f) => Ok(Opened::Checkpoint(f)),
+            Ok(f) => Ok(Opened::Checkpoint(Box::new(f))),
             Err(_) => Ok(Opened::Store(BlobStore::open(path)?)),
         }
     }
@@ -70,7 +76,7 @@ impl Opened {
     }
     fn tensor(&self, key: &str) -> Option<(&SbsFile, &SbsTensor)> {
         match self {
-            Opened::Checkpoint(f) => f.tensors().iter().find(|t| t.key == key).map(|t| (f, t)),
+            Opened::Checkpoint(f) => f.tensors().iter().find(|t| t.key == key).map(|t| (&**f, t)),
             Opened::Store(_) => None,
         }
     }

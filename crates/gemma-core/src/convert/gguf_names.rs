@@ -24,7 +24,10 @@ pub(crate) fn gguf_name_of(base: &str, layer: Option<usize>) -> Option<String> {
 
 /// Whether an SBS base name is an RMS norm scale (stored as raw `w`; GGUF stores `1 + w`).
 pub(crate) fn is_norm(base: &str) -> bool {
-    matches!(base, "c_final_norm" | "pre_att_ns" | "pre_ff_ns" | "post_att_ns" | "post_ff_ns" | "query_norm" | "key_norm")
+    matches!(
+        base,
+        "c_final_norm" | "pre_att_ns" | "pre_ff_ns" | "post_att_ns" | "post_ff_ns" | "query_norm" | "key_norm"
+    )
 }
 
 /// Splits `qkv_ein_3` into `("qkv_ein", Some(3))`; per-model names have no layer.

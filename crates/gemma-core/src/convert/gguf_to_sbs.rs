@@ -65,10 +65,10 @@ pub fn tensor_codec(base: &str, requested: SbsCodecType) -> SbsCodecType {
 fn meta_u64(gguf: &GgufFile, key: &str) -> Result<Option<u64>, ConvertError> {
     match gguf.get(key) {
         None => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| ConvertError::BadMetadata { key: key.into(), what: format!("not an unsigned integer: {v}") }),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| ConvertError::BadMetadata {
+            key: key.into(),
+            what: format!("not an unsigned integer: {v}"),
+        }),
     }
 }
 
@@ -85,9 +85,7 @@ pub fn sbs_config_for_gguf(
 ) -> Result<ModelConfig, ConvertError> {
     let arch = gguf.get("general.architecture").and_then(MetaValue::as_str).unwrap_or("");
     if arch != "gemma3" {
-        return Err(ConvertError::Unsupported(format!(
-            "architecture '{arch}': only gemma3 GGUF files convert to SBS"
-        )));
+        return Err(ConvertError::Unsupported(format!("architecture '{arch}': only gemma3 GGUF files convert to SBS")));
     }
     let k = |s: &str| format!("gemma3.{s}");
     let layers = require_u64(gguf, &k("block_count"))?;

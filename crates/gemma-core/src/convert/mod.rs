@@ -25,8 +25,8 @@ use gemma_io::GgufError;
 
 pub use blob_compare::{blob_compare, BlobComparison, BlobDifference, TensorDifference};
 pub use gguf_to_sbs::{gguf_to_sbs, sbs_config_for_gguf, sbs_layout_values, tensor_codec, write_sbs, GgufToSbsOptions};
-pub use migrate::migrate_into;
 pub use migrate::migrate;
+pub use migrate::migrate_into;
 pub use parallel_encode::encode_sbs_tensor;
 pub use sbs_to_gguf::{build_gguf, decode_sbs_tensor, sbs_to_gguf, GgufOutputType, SbsToGgufOptions};
 pub use tokenizer_proto::{gguf_vocab_metadata, model_proto_from_gguf};

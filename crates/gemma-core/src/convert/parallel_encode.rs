@@ -12,6 +12,9 @@ use gemma_compression::{sbs_codec, scale_weights, SbsCodecError, SbsCodecType};
 
 use super::ConvertError;
 
+/// One thread's share: the chunk's first element in the tensor, its values, its bytes of the stream.
+type Job<'a> = (usize, &'a [f32], &'a mut [u8]);
+
 /// Groups per chunk handed to one thread: enough that scheduling costs nothing.
 const CHUNK_GROUPS: usize = 512;
 
@@ -40,7 +43,7 @@ pub fn encode_sbs_tensor(
     }
     // Byte ranges of whole groups; the last chunk takes what remains.
     let chunk_bytes = codec.packed_bytes(chunk);
-    let mut jobs: Vec<(usize, &[f32], &mut [u8])> = Vec::new();
+    let mut jobs: Vec<Job<'_>> = Vec::new();
     let mut rest: &mut [u8] = &mut packed;
     for (i, src) in values.chunks(chunk).enumerate() {
         let take = if src.len() == chunk { chunk_bytes.min(rest.len()) } else { rest.len() };
@@ -49,7 +52,7 @@ pub fn encode_sbs_tensor(
         rest = tail;
     }
     let next = AtomicUsize::new(0);
-    let jobs: Vec<Mutex<(usize, &[f32], &mut [u8])>> = jobs.into_iter().map(Mutex::new).collect();
+    let jobs: Vec<Mutex<Job<'_>>> = jobs.into_iter().map(Mutex::new).collect();
     let first_error: Mutex<Option<SbsCodecError>> = Mutex::new(None);
     std::thread::scope(|s| {
         for _ in 0..threads.min(jobs.len()) {

@@ -130,8 +130,13 @@ fn layer_tensors(file: &SbsFile, config: &ModelConfig, layer: usize) -> Result<V
         .layer_configs
         .get(layer)
         .ok_or_else(|| ConvertError::Unsupported(format!("layer {layer} has no config")))?;
-    let (d, heads, kv, qkv, ff) =
-        (config.model_dim as usize, l.heads as usize, l.kv_heads as usize, l.qkv_dim as usize, l.ff_hidden_dim as usize);
+    let (d, heads, kv, qkv, ff) = (
+        config.model_dim as usize,
+        l.heads as usize,
+        l.kv_heads as usize,
+        l.qkv_dim as usize,
+        l.ff_hidden_dim as usize,
+    );
     let s = |base: &str| format!("{base}_{layer}");
     let g = |suffix: &str| format!("blk.{layer}.{suffix}.weight");
     // Q, K, V: `qkv_ein` or the `qkv1_w` + `qkv2_w` pair (same rows, split after the Q heads).
@@ -243,7 +248,7 @@ fn gemma3_metadata(
     let mut m = vec![
         ("general.architecture", s("gemma3")),
         ("general.type", s("model")),
-        ("general.name", s(&config.display_name)),
+        ("general.name", s(&format!("Gemma 3 {}", size_label(config).to_ascii_lowercase()))),
         ("general.basename", s("gemma-3")),
         ("general.size_label", s(&size_label(config))),
         ("general.license", s("gemma")),
@@ -317,9 +322,9 @@ pub fn build_gguf(
             config.model.prefix()
         )));
     }
-    let proto = file.tokenizer()?.ok_or_else(|| {
-        ConvertError::Tokenizer("the file has no tokenizer; pass a tokenizer.model file".into())
-    })?;
+    let proto = file
+        .tokenizer()?
+        .ok_or_else(|| ConvertError::Tokenizer("the file has no tokenizer; pass a tokenizer.model file".into()))?;
     let mut writer = GgufWriter::new();
     for (k, v) in gemma3_metadata(config, gguf_vocab_metadata(&proto)?, options.out_type)? {
         writer.add_metadata(k, v)?;

@@ -1,9 +1,15 @@
 //! The SentencePiece `ModelProto` (gemma.cpp's tokenizer blob) from a GGUF vocabulary, and back.
 //!
 //! llama.cpp's converter copies SentencePiece's pieces, scores and piece types (same numbering) into
-//! `tokenizer.ggml.*`; what it drops is the trainer and normalizer settings, which are fixed for Gemma 3 and are
-//! restored here as Gemma 3's own `tokenizer.model` has them: a BPE model with byte fallback, digits split, the
-//! `identity` normalizer (no charsmap), no dummy prefix and no whitespace collapsing.
+//! `tokenizer.ggml.*`, with three changes that are undone here (checked against Gemma 3's own `tokenizer.model`):
+//! - pieces the Hugging Face tokenizer calls special become `control` (SentencePiece has only `<pad>`, `<eos>` and
+//!   `<bos>` as control, `<unk>` as unknown, and `<mask>`, `<start_of_turn>`, `<unusedN>`... as user-defined);
+//! - every control and user-defined piece gets the score -1000 (SentencePiece: 0);
+//! - user-defined pieces have `▁` turned back into spaces (`▁▁` is stored as two spaces).
+//!
+//! What it drops entirely is the trainer and normalizer settings, which are fixed for Gemma 3 and are restored as
+//! Gemma 3's `tokenizer.model` has them: a BPE model with byte fallback, digits split, the `identity` normalizer
+//! (no charsmap), no dummy prefix and no whitespace collapsing.
 
 use gemma_io::sbs::sentencepiece_model::{ModelType, NormalizerSpec, PieceType, SentencePiece, TrainerSpec};
 use gemma_io::sbs::ModelProto;
@@ -22,17 +28,26 @@ fn meta_id(gguf: &GgufFile, key: &str) -> Result<Option<i32>, ConvertError> {
     }
 }
 
-fn piece_type_from_ggml(t: i64) -> Option<PieceType> {
-    Some(match t {
-        // 0 is llama.cpp's "undefined", which its SentencePiece path never writes; treat as normal.
-        0 | 1 => PieceType::Normal,
-        2 => PieceType::Unknown,
-        3 => PieceType::Control,
-        4 => PieceType::UserDefined,
-        5 => PieceType::Unused,
-        6 => PieceType::Byte,
-        _ => return None,
-    })
+/// llama.cpp's score for control and user-defined tokens.
+const GGML_SPECIAL_SCORE: f32 = -1000.0;
+/// SentencePiece's space marker.
+const SPACE_MARK: &str = "\u{2581}";
+
+/// llama.cpp's token types (`LLAMA_TOKEN_TYPE_*`).
+const GGML_NORMAL: i32 = 1;
+const GGML_UNKNOWN: i32 = 2;
+const GGML_CONTROL: i32 = 3;
+const GGML_USER_DEFINED: i32 = 4;
+const GGML_UNUSED: i32 = 5;
+const GGML_BYTE: i32 = 6;
+
+/// Gemma 3's user-defined pieces that Hugging Face marks special (llama.cpp then writes them as control).
+fn is_hf_special(piece: &str) -> bool {
+    matches!(piece, "<mask>" | "<start_of_turn>" | "<end_of_turn>")
+        || piece
+            .strip_prefix("<unused")
+            .and_then(|r| r.strip_suffix('>'))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Synthesizes the SentencePiece model of a GGUF file's `llama` (SentencePiece) vocabulary.
@@ -57,6 +72,11 @@ pub fn model_proto_from_gguf(gguf: &GgufFile) -> Result<ModelProto, ConvertError
             )));
         }
     }
+    let id = |key: &str, default: i32| -> Result<i32, ConvertError> {
+        Ok(meta_id(gguf, &format!("tokenizer.ggml.{key}"))?.unwrap_or(default))
+    };
+    let (unk, bos, eos, pad) =
+        (id("unknown_token_id", 3)?, id("bos_token_id", 2)?, id("eos_token_id", 1)?, id("padding_token_id", 0)?);
     let mut pieces = Vec::with_capacity(tokens.len());
     for (i, t) in tokens.iter().enumerate() {
         let piece = t.as_str().ok_or_else(|| ConvertError::Tokenizer(format!("token {i} is not a string")))?;
@@ -64,24 +84,33 @@ pub fn model_proto_from_gguf(gguf: &GgufFile) -> Result<ModelProto, ConvertError
             Some(s) => s.as_f64().ok_or_else(|| ConvertError::Tokenizer(format!("score {i} is not a number")))? as f32,
             None => 0.0,
         };
-        let ty = match types.and_then(|s| s.get(i)) {
-            Some(v) => v
-                .as_i64()
-                .and_then(piece_type_from_ggml)
-                .ok_or_else(|| ConvertError::Tokenizer(format!("token {i} has an unknown type {v}")))?,
-            None => PieceType::Normal,
+        let ggml_type = match types.and_then(|s| s.get(i)) {
+            Some(v) => v.as_i64().ok_or_else(|| ConvertError::Tokenizer(format!("token type {i} is not a number")))?,
+            None => i64::from(GGML_NORMAL),
         };
+        let id = i as i64;
+        let ty = match i32::try_from(ggml_type).unwrap_or(-1) {
+            // 0 is llama.cpp's "undefined", which its SentencePiece path never writes.
+            0 | GGML_NORMAL => PieceType::Normal,
+            GGML_UNKNOWN => PieceType::Unknown,
+            GGML_CONTROL if id == i64::from(unk) => PieceType::Unknown,
+            GGML_CONTROL if [bos, eos, pad].iter().any(|&s| i64::from(s) == id) => PieceType::Control,
+            GGML_CONTROL | GGML_USER_DEFINED => PieceType::UserDefined,
+            GGML_UNUSED => PieceType::Unused,
+            GGML_BYTE => PieceType::Byte,
+            _ => return Err(ConvertError::Tokenizer(format!("token {i} has an unknown type {ggml_type}"))),
+        };
+        let piece =
+            if ggml_type == i64::from(GGML_USER_DEFINED) { piece.replace(' ', SPACE_MARK) } else { piece.to_string() };
+        let special = matches!(ty, PieceType::Control | PieceType::Unknown | PieceType::UserDefined);
+        let score = if special && score == GGML_SPECIAL_SCORE { 0.0 } else { score };
         pieces.push(SentencePiece {
-            piece: Some(piece.to_string()),
+            piece: Some(piece),
             score: Some(score),
             // SentencePiece leaves the default (normal) type unset.
             r#type: (ty != PieceType::Normal).then_some(ty as i32),
         });
     }
-    let id = |key: &str, default: i32| -> Result<i32, ConvertError> {
-        Ok(meta_id(gguf, &format!("tokenizer.ggml.{key}"))?.unwrap_or(default))
-    };
-    let (unk, bos, eos, pad) = (id("unknown_token_id", 3)?, id("bos_token_id", 2)?, id("eos_token_id", 1)?, id("padding_token_id", 0)?);
     let piece_at = |id: i32| usize::try_from(id).ok().and_then(|i| tokens.get(i)).and_then(MetaValue::as_str);
     for (what, v) in [("unknown", unk), ("bos", bos), ("eos", eos)] {
         if piece_at(v).is_none() {
@@ -147,9 +176,19 @@ pub fn gguf_vocab_metadata(proto: &ModelProto) -> Result<Vec<(String, MetaValue)
     let mut scores = Vec::with_capacity(proto.pieces.len());
     let mut types = Vec::with_capacity(proto.pieces.len());
     for p in &proto.pieces {
-        tokens.push(MetaValue::String(p.piece().to_string()));
-        scores.push(MetaValue::F32(p.score()));
-        types.push(MetaValue::I32(p.r#type() as i32));
+        let ty = match p.r#type() {
+            PieceType::Normal => GGML_NORMAL,
+            PieceType::Unknown | PieceType::Control => GGML_CONTROL,
+            PieceType::UserDefined if is_hf_special(p.piece()) => GGML_CONTROL,
+            PieceType::UserDefined => GGML_USER_DEFINED,
+            PieceType::Unused => GGML_UNUSED,
+            PieceType::Byte => GGML_BYTE,
+        };
+        let piece = if ty == GGML_USER_DEFINED { p.piece().replace(SPACE_MARK, " ") } else { p.piece().to_string() };
+        let score = if matches!(ty, GGML_CONTROL | GGML_USER_DEFINED) { GGML_SPECIAL_SCORE } else { p.score() };
+        tokens.push(MetaValue::String(piece));
+        scores.push(MetaValue::F32(score));
+        types.push(MetaValue::I32(ty));
     }
     let add_space_prefix = proto.normalizer_spec.as_ref().is_some_and(|n| n.add_dummy_prefix());
     let mut out = vec![

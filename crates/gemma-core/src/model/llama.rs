@@ -14,9 +14,10 @@
 //! the `rope_freqs` tensor: per-frequency divisors of the rotation angle.
 
 use gemma_io::GgufFile;
+use gemma_ops::matmul::matmul_view;
 use gemma_ops::rope::{rope_adjacent, rope_inv_freq};
 use gemma_ops::vector::{add_assign, scale, silu_mul};
-use gemma_ops::{matmul, QuantizedActs, ThreadPool};
+use gemma_ops::{QuantizedActs, ThreadPool};
 
 use super::attention::{causal_attention, AttentionShape};
 use super::output::OutputHead;
@@ -25,7 +26,7 @@ use crate::batch::Batch;
 use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::kv_cache::KvCache;
-use crate::weights::{matrix, optional_vector, vector, Matrix};
+use crate::weights::{matrix, optional_vector, vector, Matrix, WeightFile};
 
 /// A projection with its optional bias (some Llama derivatives have biases; Llama itself does not).
 struct Linear {
@@ -44,13 +45,13 @@ impl Linear {
     /// `out = x W^T + b` for every row of `x`.
     fn apply(
         &self,
-        file: &GgufFile,
+        file: WeightFile<'_>,
         pool: &ThreadPool,
         x: &[f32],
         out: &mut [f32],
         acts: &mut QuantizedActs,
     ) -> Result<(), ModelError> {
-        matmul(pool, &self.weight.view(file), x, out, acts)?;
+        matmul_view(pool, &self.weight.view(file), x, out, acts)?;
         if let Some(b) = &self.bias {
             out.chunks_exact_mut(b.len()).for_each(|row| add_assign(row, b));
         }
@@ -121,7 +122,7 @@ impl LlamaWeights {
 /// Runs the decoder layers over `batch`, leaving the final hidden states in `s.x` (the caller applies the
 /// output head). The caches must already have room for the batch's positions.
 pub(crate) fn forward(
-    file: &GgufFile,
+    file: WeightFile<'_>,
     c: &ModelConfig,
     w: &LlamaWeights,
     batch: &Batch,

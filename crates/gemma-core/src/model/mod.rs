@@ -7,7 +7,9 @@ mod output;
 
 use std::path::Path;
 
-use gemma_io::GgufFile;
+use gemma_io::sbs::blob_store::BLOB_MAGIC;
+use gemma_io::sbs::SbsFile;
+use gemma_io::{GgufFile, GgufWriter, MetaValue};
 use gemma_ops::vector::{rms_norm, scale};
 use gemma_ops::{QuantizedActs, ThreadPool};
 
@@ -15,11 +17,17 @@ use crate::batch::{Batch, Logits};
 use crate::config::{Architecture, ModelConfig};
 use crate::error::ModelError;
 use crate::kv_cache::{KvCache, MAX_UBATCH};
-use crate::weights::Matrix;
+use crate::tokenizer::{Tokenizer, TokenizerError};
+use crate::weights::{Matrix, WeightFile};
 
 /// A loaded model: the memory-mapped file, its configuration and its weights.
 pub struct Model {
+    /// The GGUF file. For an SBS checkpoint, a metadata-only GGUF naming the architecture and the model, so
+    /// that code reading GGUF metadata (the chat template's choice) sees the model it is; the weights and
+    /// the tokenizer then come from [`Model::sbs`].
     pub file: GgufFile,
+    /// The gemma.cpp checkpoint, when the model was opened from an SBS file.
+    sbs: Option<SbsFile>,
     pub config: ModelConfig,
     weights: Weights,
 }
@@ -30,7 +38,12 @@ enum Weights {
 }
 
 impl Model {
+    /// Opens a GGUF file or a gemma.cpp SBS checkpoint, told apart by their magic.
     pub fn open(path: impl AsRef<Path>) -> Result<Model, ModelError> {
+        let path = path.as_ref();
+        if is_sbs_file(path) {
+            return Self::from_sbs(SbsFile::open(path)?);
+        }
         Self::from_gguf(GgufFile::open(path)?)
     }
 
@@ -40,7 +53,42 @@ impl Model {
             Architecture::Gemma3 => Weights::Gemma3(gemma3::Gemma3Weights::load(&file, &config)?),
             Architecture::Llama => Weights::Llama(llama::LlamaWeights::load(&file, &config)?),
         };
-        Ok(Model { file, config, weights })
+        Ok(Model { file, sbs: None, config, weights })
+    }
+
+    /// A model from a gemma.cpp checkpoint (Gemma 3 family), run with the SBS codec kernels.
+    pub fn from_sbs(file: SbsFile) -> Result<Model, ModelError> {
+        let config = ModelConfig::from_sbs(file.config())?;
+        let weights = Weights::Gemma3(gemma3::Gemma3Weights::load_sbs(&file, &config)?);
+        let mut meta = GgufWriter::new();
+        let text = |s: &str| MetaValue::String(s.to_string());
+        meta.add_metadata("general.architecture", text(config.arch.name()))?;
+        meta.add_metadata("general.name", text(&config.name))?;
+        let view = GgufFile::from_bytes(meta.to_bytes(), file.path())?;
+        Ok(Model { file: view, sbs: Some(file), config, weights })
+    }
+
+    /// The SBS checkpoint the model was opened from, if it was.
+    pub fn sbs(&self) -> Option<&SbsFile> {
+        self.sbs.as_ref()
+    }
+
+    /// The model's own tokenizer: from the GGUF vocabulary, or from an SBS file's SentencePiece blob.
+    pub fn tokenizer(&self) -> Result<Tokenizer, ModelError> {
+        match &self.sbs {
+            None => Ok(Tokenizer::from_gguf(&self.file)?),
+            Some(sbs) => {
+                let proto = sbs.tokenizer()?.ok_or(TokenizerError::MissingKey("tokenizer (SBS blob)"))?;
+                Ok(Tokenizer::from_sentencepiece(&proto)?)
+            }
+        }
+    }
+
+    fn weight_file(&self) -> WeightFile<'_> {
+        match &self.sbs {
+            Some(sbs) => WeightFile::Sbs(sbs),
+            None => WeightFile::Gguf(&self.file),
+        }
     }
 
     /// A KV cache for one sequence of up to `capacity` tokens (capped at the model's context length).
@@ -94,7 +142,7 @@ impl Model {
         for t in &batch.tokens {
             caches[t.seq].reserve_to(t.pos + 1)?;
         }
-        let (file, c) = (&self.file, &self.config);
+        let (file, c) = (self.weight_file(), &self.config);
         let head = match &self.weights {
             Weights::Gemma3(w) => {
                 gemma3::forward(file, c, w, batch, caches, pool, scratch)?;
@@ -142,15 +190,26 @@ fn sized(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
     buf
 }
 
-/// Looks up the embedding of every batch token into `x` (one row of `d_model` each), times `factor`.
-fn embed_tokens(file: &GgufFile, embedding: &Matrix, batch: &Batch, x: &mut [f32], factor: f32) {
+/// Looks up the embedding of every batch token into `x` (one row of `d_model` each), times `factor` (and
+/// the table's own scale, folded into one multiplier as gemma.cpp does).
+fn embed_tokens(file: WeightFile<'_>, embedding: &Matrix, batch: &Batch, x: &mut [f32], factor: f32) {
     let table = embedding.view(file);
+    let factor = factor * table.scale();
     for (t, row) in batch.tokens.iter().zip(x.chunks_exact_mut(embedding.cols)) {
-        table.dequantize_row(t.token as usize, row);
+        table.decode_row(t.token as usize, row);
         if factor != 1.0 {
             scale(row, factor);
         }
     }
+}
+
+/// Whether the file at `path` starts with the SBS blob-store magic (a file that cannot be read is left
+/// to the GGUF reader, whose error names the problem).
+pub fn is_sbs_file(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok()
+        && u32::from_le_bytes(magic) == BLOB_MAGIC
 }
 
 /// Checks token ids and that every sequence's tokens extend its cache at consecutive positions.

@@ -2,13 +2,14 @@
 //! batch tokens that ask for logits.
 
 use gemma_io::GgufFile;
-use gemma_ops::{matmul, QuantizedActs, ThreadPool};
+use gemma_ops::matmul::matmul_view;
+use gemma_ops::{QuantizedActs, ThreadPool};
 
 use super::{rms_norm_rows, sized};
 use crate::batch::{Batch, Logits};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
-use crate::weights::{matrix, vector, Matrix};
+use crate::weights::{matrix, vector, Matrix, WeightFile};
 
 pub(crate) struct OutputHead {
     norm: Vec<f32>,
@@ -25,12 +26,17 @@ impl OutputHead {
         Ok(OutputHead { norm: vector(file, "output_norm.weight", c.d_model)?, projection })
     }
 
+    /// The head of an SBS checkpoint: the final norm (`1 + w`) and the embedding as the tied projection.
+    pub(crate) fn new(norm: Vec<f32>, projection: Matrix) -> OutputHead {
+        OutputHead { norm, projection }
+    }
+
     /// Writes into `logits` the logits of the tokens of `batch` that want them, from the final hidden states
     /// `x` (one row of `d_model` per batch token). `rows` is scratch space for the selected rows.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn logits(
         &self,
-        file: &GgufFile,
+        file: WeightFile<'_>,
         c: &ModelConfig,
         pool: &ThreadPool,
         batch: &Batch,
@@ -49,7 +55,7 @@ impl OutputHead {
         }
         rms_norm_rows(pool, rows, &self.norm, c.rms_eps);
         let data = sized(&mut logits.data, logits.batch_index.len() * c.vocab_size);
-        matmul(pool, &self.projection.view(file), rows, data, acts)?;
+        matmul_view(pool, &self.projection.view(file), rows, data, acts)?;
         if let Some(cap) = c.final_logit_softcap {
             data.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
         }

@@ -16,6 +16,7 @@
 
 mod bpe;
 mod pretokenize;
+mod sentencepiece_proto;
 mod special;
 mod spm;
 mod stream;

@@ -5,6 +5,7 @@
 
 pub mod prefix_cache;
 mod sequence;
+pub mod sessions;
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
@@ -20,6 +21,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::metrics::Metrics;
 use prefix_cache::PrefixCache;
 use sequence::{Sequence, StepResult};
+use sessions::{SessionBusy, Sessions};
 
 /// Most tokens of one forward pass when no sequence is decoding (a lone prompt prefills in big chunks).
 const IDLE_PREFILL_CHUNK: usize = 512;
@@ -33,19 +35,36 @@ pub struct GenerationRequest {
     pub stop: Vec<String>,
     /// `Some(k)`: report each generated token's log-probability and the `k` most likely alternatives.
     pub top_logprobs: Option<usize>,
-    /// Which choice of its request this is: events go out tagged with it.
+    /// Which choice of its request this is: events go out tagged with it. With `n` > 1 the choices are
+    /// `choice..choice + n`.
     pub choice: usize,
+    /// Choices generated from this prompt. They share one prefill: when the prompt is done its KV cache is
+    /// copied for each, and choice `choice + k` samples with seed `seed + k`.
+    pub n: usize,
+    /// Keep this sequence's KV cache and tokens under a session id between calls (`POST /generate`).
+    pub session: Option<SessionRef>,
     /// Shared by the choices of one request; dropping the receiver cancels them all.
     pub events: UnboundedSender<(usize, Event)>,
     pub submitted: Instant,
 }
 
-/// What a sequence reports, in order: chunks, then exactly one `Done` or `Error`.
+/// A request's session: `prompt_ids` are appended to what the session already holds.
+#[derive(Clone, Debug)]
+pub struct SessionRef {
+    pub id: String,
+    /// Put first when the session is new (the tokenizer's BOS).
+    pub first_token: Option<u32>,
+}
+
+/// What a sequence reports, in order: chunks, then exactly one `Done`, `Error` or `Rejected`.
 #[derive(Clone, Debug)]
 pub enum Event {
     Chunk(Chunk),
     Done(Finish),
+    /// The engine failed.
     Error(String),
+    /// The request cannot be served as asked (a 400): e.g. a session's history no longer fits the context.
+    Rejected(String),
 }
 
 /// Text released by one step (possibly empty while a character or a possible stop string is held back) and
@@ -148,6 +167,8 @@ pub struct EngineConfig {
     pub prefix_cache_tokens: usize,
     pub prefill_chunk: usize,
     pub request_timeout: Duration,
+    /// Sessions (`POST /generate`) kept at most; the least recently used goes first.
+    pub max_sessions: usize,
 }
 
 /// A started engine: its handle, its thread, and the outcome of loading the model (`Err` with the reason).
@@ -215,6 +236,11 @@ struct Engine<'a> {
     seqs: Vec<Sequence<'a>>,
     caches: Vec<KvCache>,
     prefix_cache: PrefixCache<KvCache>,
+    sessions: Sessions,
+    /// A request taken from the queue that waits for enough free sequence slots.
+    held: Option<GenerationRequest>,
+    /// Numbers the requests, so that the choices of one can find each other.
+    next_group: u64,
     scratch: Scratch,
 }
 
@@ -235,6 +261,9 @@ impl<'a> Engine<'a> {
             seqs: Vec::new(),
             caches: Vec::new(),
             prefix_cache: PrefixCache::new(config.prefix_cache_tokens),
+            sessions: Sessions::new(config.max_sessions),
+            held: None,
+            next_group: 0,
             scratch: Scratch::default(),
         }
     }
@@ -242,24 +271,34 @@ impl<'a> Engine<'a> {
     fn run(mut self, rx: Receiver<GenerationRequest>) {
         let mut open = true;
         loop {
-            // Admit waiting requests between steps; block only when there is nothing to do.
-            while open && self.seqs.len() < self.config.parallel {
-                let next = if self.seqs.is_empty() {
-                    rx.recv().map_err(|_| TryRecvError::Disconnected)
-                } else {
-                    rx.try_recv()
-                };
-                match next {
-                    Ok(req) => {
-                        self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                        self.admit(req);
+            // Admit waiting requests between steps; block only when there is nothing to do. A request needs a
+            // slot per choice; one with more choices than `parallel` runs alone.
+            loop {
+                if self.held.is_none() && open && self.seqs.len() < self.config.parallel {
+                    let next = if self.seqs.is_empty() {
+                        rx.recv().map_err(|_| TryRecvError::Disconnected)
+                    } else {
+                        rx.try_recv()
+                    };
+                    match next {
+                        Ok(req) => {
+                            self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                            self.held = Some(req);
+                        }
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => open = false,
                     }
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => open = false,
+                }
+                let Some(n) = self.held.as_ref().map(|r| r.n.max(1)) else { break };
+                if !self.seqs.is_empty() && self.seqs.len() + n > self.config.parallel {
+                    break;
+                }
+                if let Some(req) = self.held.take() {
+                    self.admit(req);
                 }
             }
             if self.seqs.is_empty() {
-                if open {
+                if open || self.held.is_some() {
                     continue;
                 }
                 return;
@@ -269,6 +308,9 @@ impl<'a> Engine<'a> {
                 // A bug must not wedge the server: fail what is running and carry on with a clean slate.
                 tracing::error!("the engine step panicked; failing {} sequences", self.seqs.len());
                 for s in self.seqs.drain(..) {
+                    if let Some(id) = s.session() {
+                        self.sessions.release(id);
+                    }
                     s.fail("internal error in the inference engine");
                 }
                 self.caches.clear();
@@ -278,39 +320,112 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn admit(&mut self, req: GenerationRequest) {
+    fn admit(&mut self, mut req: GenerationRequest) {
         if req.events.is_closed() {
             return;
         }
         let ctx = self.config.ctx.min(self.model.config.context_length);
+        // A session's request continues what the session holds; its KV cache is moved out while it runs.
+        let mut session_cache = None;
+        // Tokens the session held before this request (to put it back when the request is refused).
+        let mut session_len = 0;
+        if let Some(session) = &req.session {
+            match self.sessions.take(&session.id) {
+                Err(SessionBusy) => {
+                    let message = format!("session '{}' is busy with another request", session.id);
+                    let _ = req.events.send((req.choice, Event::Rejected(message)));
+                    return;
+                }
+                Ok(Some(held)) => {
+                    let mut tokens = held.tokens;
+                    session_len = tokens.len();
+                    tokens.extend_from_slice(&req.prompt_ids);
+                    req.prompt_ids = tokens;
+                    session_cache = Some(held.cache);
+                }
+                Ok(None) => {
+                    if let Some(first) = session.first_token {
+                        req.prompt_ids.insert(0, first);
+                    }
+                }
+            }
+            self.sessions.mark_busy(&session.id);
+        }
         if req.prompt_ids.is_empty() || req.prompt_ids.len() >= ctx {
-            let _ = req.events.send((
-                req.choice,
-                Event::Error(format!(
-                    "the prompt has {} tokens; it must have between 1 and {} tokens",
-                    req.prompt_ids.len(),
-                    ctx - 1
-                )),
-            ));
+            let message = format!(
+                "the prompt has {} tokens; it must have between 1 and {} tokens",
+                req.prompt_ids.len(),
+                ctx - 1
+            );
+            self.refuse_session(&mut req, session_cache, session_len);
+            let _ = req.events.send((req.choice, Event::Rejected(message)));
             return;
         }
         if let Some(bad) = req.prompt_ids.iter().find(|&&id| id as usize >= self.model.config.vocab_size) {
-            let _ = req.events.send((req.choice, Event::Error(format!("token id {bad} is outside the vocabulary"))));
+            let message = format!("token id {bad} is outside the vocabulary");
+            self.refuse_session(&mut req, session_cache, session_len);
+            let _ = req.events.send((req.choice, Event::Rejected(message)));
             return;
         }
         self.metrics.prompt_tokens.fetch_add(req.prompt_ids.len() as u64, Ordering::Relaxed);
-        let (cache, reused) = match self.prefix_cache.take_longest_prefix(&req.prompt_ids) {
-            Some(r) => {
-                self.metrics.prefix_cache_hits.fetch_add(1, Ordering::Relaxed);
-                self.metrics.prefix_cache_reused_tokens.fetch_add(r.reused_tokens as u64, Ordering::Relaxed);
-                (r.cache, r.reused_tokens)
+        let (cache, reused) = match session_cache {
+            Some(mut cache) => {
+                // All but the last prompt token may come from the session (its logits are needed).
+                let shared = common_prefix_len(&req.prompt_ids, cache.len()).min(req.prompt_ids.len() - 1);
+                let kept = cache.truncate(shared);
+                if kept > 0 {
+                    self.metrics.prefix_cache_hits.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.prefix_cache_reused_tokens.fetch_add(kept as u64, Ordering::Relaxed);
+                }
+                (cache, kept)
             }
-            None => (self.model.new_cache(self.config.ctx), 0),
+            None => match self.prefix_cache.copy_longest_prefix(&req.prompt_ids) {
+                Some(r) => {
+                    self.metrics.prefix_cache_hits.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.prefix_cache_reused_tokens.fetch_add(r.reused_tokens as u64, Ordering::Relaxed);
+                    (r.cache, r.reused_tokens)
+                }
+                None => (self.model.new_cache(self.config.ctx), 0),
+            },
         };
         let deadline = req.submitted + self.config.request_timeout;
-        self.seqs.push(Sequence::new(req, self.tokenizer, reused, deadline));
+        let group = self.next_group;
+        self.next_group += 1;
+        let n = req.n.max(1);
+        let base_seed = req.sampling.seed;
+        for k in 1..n {
+            // The other choices wait, cache-less, for the first one's prefill and then copy its cache.
+            let mut follower = GenerationRequest {
+                prompt_ids: req.prompt_ids.clone(),
+                max_tokens: req.max_tokens,
+                sampling: req.sampling.clone(),
+                stop: req.stop.clone(),
+                top_logprobs: req.top_logprobs,
+                choice: req.choice + k,
+                n: 1,
+                session: None,
+                events: req.events.clone(),
+                submitted: req.submitted,
+            };
+            follower.sampling.seed = base_seed.map(|s| s.wrapping_add(k as u64));
+            self.seqs.push(Sequence::new(follower, self.tokenizer, reused, deadline, group, true));
+            self.caches.push(self.model.new_cache(0));
+        }
+        self.seqs.push(Sequence::new(req, self.tokenizer, reused, deadline, group, false));
         self.caches.push(cache);
         self.update_gauges();
+    }
+
+    /// A refused request leaves its session as it was (or frees the id of a session it would have started).
+    fn refuse_session(&mut self, req: &mut GenerationRequest, cache: Option<KvCache>, session_len: usize) {
+        let Some(session) = &req.session else { return };
+        match cache {
+            Some(cache) => {
+                req.prompt_ids.truncate(session_len);
+                self.sessions.put(session.id.clone(), std::mem::take(&mut req.prompt_ids), cache);
+            }
+            None => self.sessions.release(&session.id),
+        }
     }
 
     /// One forward pass over every running sequence, then sampling for those that produced logits.
@@ -342,7 +457,7 @@ impl<'a> Engine<'a> {
             }
             let done = self.caches[i].len();
             let rest = s.prompt().get(done..).unwrap_or_default();
-            if s.pending_token().is_some() || rest.is_empty() {
+            if s.pending_token().is_some() || rest.is_empty() || s.awaiting_fork() {
                 continue;
             }
             let take = rest.len().min(budget);
@@ -366,6 +481,9 @@ impl<'a> Engine<'a> {
             let message = format!("inference failed: {e}");
             for i in (0..self.seqs.len()).rev() {
                 self.seqs[i].send_error(&message);
+                if let Some(id) = self.seqs[i].session() {
+                    self.sessions.release(id);
+                }
                 self.seqs.swap_remove(i);
                 self.caches.swap_remove(i);
             }
@@ -378,6 +496,23 @@ impl<'a> Engine<'a> {
             let Some(seq) = logits.batch_index.get(row).and_then(|&b| batch.tokens.get(b)).map(|t| t.seq) else {
                 continue;
             };
+            // The prompt is done: the request's other choices copy its cache and sample from the same logits.
+            if self.seqs[seq].pending_token().is_none() {
+                let group = self.seqs[seq].group();
+                for f in 0..self.seqs.len() {
+                    if f == seq || !self.seqs[f].awaiting_fork() || self.seqs[f].group() != group {
+                        continue;
+                    }
+                    self.caches[f] = self.caches[seq].copy_prefix(self.caches[seq].len());
+                    self.seqs[f].forked();
+                    let (cache_len, capacity) = (self.caches[f].len(), self.caches[f].capacity());
+                    if let StepResult::Finished(reason) =
+                        self.seqs[f].on_logits(logits.row(row), cache_len, capacity, self.metrics)
+                    {
+                        finished.push((f, reason));
+                    }
+                }
+            }
             let cache_len = self.caches[seq].len();
             let capacity = self.caches[seq].capacity();
             match self.seqs[seq].on_logits(logits.row(row), cache_len, capacity, self.metrics) {
@@ -391,12 +526,22 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// Ends sequence `i`: reports the finish (unless the client is gone) and hands its cache to the prefix cache.
+    /// Ends sequence `i`: reports the finish (unless the client is gone) and hands its cache to its session or
+    /// the prefix cache.
     fn finish(&mut self, i: usize, reason: Option<FinishReason>) {
         let seq = self.seqs.swap_remove(i);
         let cache = self.caches.swap_remove(i);
+        if seq.awaiting_fork() {
+            // Never ran: it holds nothing worth keeping.
+            seq.finish(reason);
+            return;
+        }
+        let session = seq.session().map(str::to_string);
         let tokens = seq.finish(reason);
-        self.prefix_cache.insert(tokens, cache);
+        match session {
+            Some(id) => self.sessions.put(id, tokens, cache),
+            None => self.prefix_cache.insert(tokens, cache),
+        }
     }
 
     fn update_gauges(&self) {
@@ -404,7 +549,14 @@ impl<'a> Engine<'a> {
         m.running_sequences.store(self.seqs.len() as u64, Ordering::Relaxed);
         let prefix = self.prefix_cache.tokens() as u64;
         let running: usize = self.caches.iter().map(|c| c.len()).sum();
+        let sessions = self.sessions.tokens() as u64;
         m.prefix_cache_tokens.store(prefix, Ordering::Relaxed);
-        m.kv_tokens_in_use.store(prefix + running as u64, Ordering::Relaxed);
+        m.kv_tokens_in_use.store(prefix + sessions + running as u64, Ordering::Relaxed);
     }
+}
+
+/// How many leading tokens of `prompt` a cache of `cached` positions may hold (a session's cache holds
+/// exactly the session's tokens, which `prompt` starts with).
+fn common_prefix_len(prompt: &[u32], cached: usize) -> usize {
+    cached.min(prompt.len())
 }

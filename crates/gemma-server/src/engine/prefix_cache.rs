@@ -5,19 +5,19 @@
 use gemma_core::KvCache;
 
 /// What the prefix cache needs from a KV cache.
-pub trait CachedKv {
+pub trait CachedKv: Sized {
     /// Positions held.
     fn positions(&self) -> usize;
-    /// Keeps the first `len` positions and returns how many it could keep (a ring layer may force 0).
-    fn keep_prefix(&mut self, len: usize) -> usize;
+    /// A copy of the first `len` positions; it may hold fewer (a ring layer may force 0).
+    fn copy_prefix(&self, len: usize) -> Self;
 }
 
 impl CachedKv for KvCache {
     fn positions(&self) -> usize {
         self.len()
     }
-    fn keep_prefix(&mut self, len: usize) -> usize {
-        self.truncate(len)
+    fn copy_prefix(&self, len: usize) -> Self {
+        KvCache::copy_prefix(self, len)
     }
 }
 
@@ -27,16 +27,13 @@ struct Entry<C> {
     last_used: u64,
 }
 
-/// A shared prefix this long is worth taking a cache entry for, however long the entry.
-pub const WORTHWHILE_TOKENS: usize = 256;
-
 pub struct PrefixCache<C> {
     entries: Vec<Entry<C>>,
     budget_tokens: usize,
     clock: u64,
 }
 
-/// A cache taken out of the prefix cache for a new sequence.
+/// A copy of a cached prefix for a new sequence.
 pub struct Reused<C> {
     pub cache: C,
     /// Leading prompt tokens already in `cache`.
@@ -61,30 +58,25 @@ impl<C: CachedKv> PrefixCache<C> {
         self.entries.is_empty()
     }
 
-    /// Takes the entry sharing the longest prefix with `prompt`, cut to that prefix. At least the last prompt
-    /// token is always left to prefill, because its logits are needed. `None` when nothing worth reusing is
+    /// Copies the longest prefix `prompt` shares with an entry. At least the last prompt token is always left
+    /// to prefill, because its logits are needed. The entry stays (and counts as used), so a short shared
+    /// start (BOS, a turn marker) costs nothing to the cached conversation. `None` when nothing usable is
     /// shared.
-    ///
-    /// Reuse moves the cache out (a KV cache cannot be copied), so an entry is only taken when the request
-    /// keeps at least half of it or saves [`WORTHWHILE_TOKENS`]: every prompt starts with the same few
-    /// tokens (BOS, a turn marker), and those alone must not destroy a long cached conversation.
-    pub fn take_longest_prefix(&mut self, prompt: &[u32]) -> Option<Reused<C>> {
+    pub fn copy_longest_prefix(&mut self, prompt: &[u32]) -> Option<Reused<C>> {
         let limit = prompt.len().saturating_sub(1);
         let (best, shared) = self
             .entries
             .iter()
             .enumerate()
             .map(|(i, e)| (i, common_prefix(&e.tokens, prompt).min(limit)))
-            .filter(|&(i, shared)| {
-                shared > 0 && (2 * shared >= self.entries[i].tokens.len() || shared >= WORTHWHILE_TOKENS)
-            })
+            .filter(|&(_, shared)| shared > 0)
             .max_by_key(|&(i, shared)| (shared, self.entries[i].last_used))?;
-        let mut entry = self.entries.swap_remove(best);
-        let kept = entry.cache.keep_prefix(shared);
-        if kept == 0 {
-            return None;
-        }
-        Some(Reused { cache: entry.cache, reused_tokens: kept })
+        self.clock += 1;
+        let entry = &mut self.entries[best];
+        entry.last_used = self.clock;
+        let cache = entry.cache.copy_prefix(shared);
+        let kept = cache.positions();
+        (kept > 0).then_some(Reused { cache, reused_tokens: kept })
     }
 
     /// Keeps `cache`, which holds the KV of `tokens`, evicting the least recently used entries to stay within
@@ -95,6 +87,12 @@ impl<C: CachedKv> PrefixCache<C> {
             return;
         }
         self.entries.retain(|e| !(e.tokens.len() <= tokens.len() && tokens.starts_with(&e.tokens)));
+        // The same tokens are already cached (a longer entry starts with them): nothing new to keep.
+        if let Some(e) = self.entries.iter_mut().find(|e| e.tokens.starts_with(&tokens)) {
+            self.clock += 1;
+            e.last_used = self.clock;
+            return;
+        }
         while self.tokens() + tokens.len() > self.budget_tokens {
             let Some(oldest) = self.entries.iter().enumerate().min_by_key(|(_, e)| e.last_used).map(|(i, _)| i) else {
                 break;
@@ -115,39 +113,62 @@ mod tests {
     use super::*;
 
     /// A cache that only counts positions: the prefix cache's bookkeeping does not look inside.
+    #[derive(Debug)]
     struct Positions(usize);
     impl CachedKv for Positions {
         fn positions(&self) -> usize {
             self.0
         }
-        fn keep_prefix(&mut self, len: usize) -> usize {
-            self.0 = self.0.min(len);
-            self.0
+        fn copy_prefix(&self, len: usize) -> Self {
+            Positions(self.0.min(len))
         }
     }
 
     #[test]
-    fn takes_the_longest_shared_prefix_and_leaves_one_token() {
+    fn copies_the_longest_shared_prefix_leaves_one_token_and_keeps_the_entry() {
         let mut pc = PrefixCache::new(100);
         pc.insert(vec![1, 2, 3, 4], Positions(4));
         pc.insert(vec![1, 2, 9, 9, 9], Positions(5));
-        let r = pc.take_longest_prefix(&[1, 2, 3, 4, 5, 6]).unwrap();
+        let r = pc.copy_longest_prefix(&[1, 2, 3, 4, 5, 6]).unwrap();
         assert_eq!((r.reused_tokens, r.cache.0), (4, 4));
-        assert_eq!(pc.len(), 1);
+        assert_eq!(pc.len(), 2, "copying leaves the entry in place");
         // The same prompt again: all but the last token come from the cache.
-        let r = pc.take_longest_prefix(&[1, 2, 9, 9, 9]).unwrap();
+        let r = pc.copy_longest_prefix(&[1, 2, 9, 9, 9]).unwrap();
         assert_eq!(r.reused_tokens, 4);
-        assert!(pc.is_empty());
-        assert!(pc.take_longest_prefix(&[1, 2]).is_none());
+        assert_eq!(pc.copy_longest_prefix(&[1, 2, 9, 9, 9]).unwrap().reused_tokens, 4);
+        assert_eq!(pc.copy_longest_prefix(&[1, 2]).unwrap().reused_tokens, 1);
+        assert!(pc.copy_longest_prefix(&[7, 7]).is_none());
+        assert!(pc.copy_longest_prefix(&[1]).is_none(), "the only token must be prefilled");
     }
 
     #[test]
-    fn a_short_shared_start_does_not_consume_a_long_entry() {
+    fn a_short_shared_start_reuses_it_without_consuming_a_long_entry() {
         let mut pc = PrefixCache::new(1000);
         pc.insert((0..20).collect(), Positions(20));
-        assert!(pc.take_longest_prefix(&[0, 1, 2, 99]).is_none());
-        assert_eq!(pc.len(), 1, "the entry stays");
-        assert_eq!(pc.take_longest_prefix(&(0..12).chain([7]).collect::<Vec<_>>()).unwrap().reused_tokens, 12);
+        assert_eq!(pc.copy_longest_prefix(&[0, 1, 2, 99]).unwrap().reused_tokens, 3);
+        assert_eq!(pc.tokens(), 20, "the entry stays whole");
+        assert_eq!(pc.copy_longest_prefix(&(0..12).chain([7]).collect::<Vec<_>>()).unwrap().reused_tokens, 12);
+        // A prefix of an existing entry adds nothing.
+        pc.insert((0..10).collect(), Positions(10));
+        assert_eq!((pc.len(), pc.tokens()), (1, 20));
+    }
+
+    #[test]
+    fn an_unusable_copy_is_no_reuse() {
+        // A cache whose copies are empty (the ring lost the window) reports nothing reused.
+        struct Lost(usize);
+        impl CachedKv for Lost {
+            fn positions(&self) -> usize {
+                self.0
+            }
+            fn copy_prefix(&self, _: usize) -> Self {
+                Lost(0)
+            }
+        }
+        let mut pc = PrefixCache::new(100);
+        pc.insert((0..50).collect(), Lost(50));
+        assert!(pc.copy_longest_prefix(&(0..60).collect::<Vec<_>>()).is_none());
+        assert_eq!(pc.len(), 1);
     }
 
     #[test]
@@ -157,15 +178,19 @@ mod tests {
         pc.insert(vec![2, 2, 2, 2], Positions(4));
         pc.insert(vec![3, 3, 3, 3], Positions(4));
         assert_eq!(pc.tokens(), 8);
-        assert!(pc.take_longest_prefix(&[1, 1, 1, 1, 1]).is_none(), "the oldest entry was evicted");
-        assert!(pc.take_longest_prefix(&[3, 3, 7]).is_some());
+        assert!(pc.copy_longest_prefix(&[1, 1, 1, 1, 1]).is_none(), "the oldest entry was evicted");
+        // Using an entry makes it recent: the next eviction takes the other one.
+        assert!(pc.copy_longest_prefix(&[2, 2, 7]).is_some());
+        pc.insert(vec![4, 4, 4], Positions(3));
+        assert!(pc.copy_longest_prefix(&[3, 3, 3, 7]).is_none(), "[3,3,3,3] was least recently used");
+        assert!(pc.copy_longest_prefix(&[2, 2, 2, 7]).is_some());
         // Too big for the budget: not kept. A prefix of a new entry is replaced by it.
         pc.insert((0..11).collect(), Positions(11));
-        assert_eq!(pc.tokens(), 4);
+        assert_eq!(pc.tokens(), 7);
         pc.insert(vec![2, 2, 2, 2, 5], Positions(5));
-        assert_eq!((pc.len(), pc.tokens()), (1, 5));
+        assert_eq!((pc.len(), pc.tokens()), (2, 8));
         // Only positions the cache really holds are recorded.
         pc.insert(vec![8, 8, 8], Positions(1));
-        assert_eq!(pc.tokens(), 6);
+        assert_eq!(pc.tokens(), 9);
     }
 }

@@ -38,10 +38,22 @@ pub(super) struct Sequence<'t> {
     /// Prompt tokens taken from the prefix cache.
     reused: usize,
     last_token_at: Option<Instant>,
+    /// The request this sequence is a choice of.
+    group: u64,
+    /// Waits for the request's first choice to finish the prompt, then copies its cache.
+    awaiting_fork: bool,
+    session: Option<String>,
 }
 
 impl<'t> Sequence<'t> {
-    pub(super) fn new(req: GenerationRequest, tokenizer: &'t Tokenizer, reused: usize, deadline: Instant) -> Self {
+    pub(super) fn new(
+        req: GenerationRequest,
+        tokenizer: &'t Tokenizer,
+        reused: usize,
+        deadline: Instant,
+        group: u64,
+        awaiting_fork: bool,
+    ) -> Self {
         let mut sampler = Sampler::new(req.sampling);
         // Penalties look at the prompt too, as in llama-server.
         sampler.accept_all(&req.prompt_ids);
@@ -58,6 +70,9 @@ impl<'t> Sequence<'t> {
             pending: None,
             reused,
             last_token_at: None,
+            group,
+            awaiting_fork,
+            session: req.session.map(|s| s.id),
             prompt: req.prompt_ids,
             choice: req.choice,
             events: req.events,
@@ -66,6 +81,23 @@ impl<'t> Sequence<'t> {
 
     pub(super) fn prompt(&self) -> &[u32] {
         &self.prompt
+    }
+
+    pub(super) fn group(&self) -> u64 {
+        self.group
+    }
+
+    pub(super) fn awaiting_fork(&self) -> bool {
+        self.awaiting_fork
+    }
+
+    /// Its cache now holds the whole prompt, copied from the request's first choice.
+    pub(super) fn forked(&mut self) {
+        self.awaiting_fork = false;
+    }
+
+    pub(super) fn session(&self) -> Option<&str> {
+        self.session.as_deref()
     }
 
     /// The token to run next when the sequence is decoding.

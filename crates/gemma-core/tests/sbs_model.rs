@@ -1,0 +1,362 @@
+//! Running gemma.cpp SBS checkpoints: the default model converted to SBS (by `gemma_core::convert`) against
+//! the GGUF path on the shared goldens, the SBS tokenizer on the Gemma corpus, and damaged files.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use gemma_compression::{sbs_codec, SbsCodecType};
+use gemma_core::convert::{gguf_to_sbs, no_progress, GgufToSbsOptions};
+use gemma_core::{Batch, BatchToken, Model};
+use gemma_io::sbs::config::Model as SbsModel;
+use gemma_io::sbs::tensor_info::exported_tensors;
+use gemma_io::sbs::{ModelConfig as SbsConfig, PromptWrapping, SbsFile, SbsType, SbsWriter, TensorRecord};
+use gemma_ops::ThreadPool;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Golden {
+    prompt_ids: Vec<u32>,
+    gen_ids: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct Corpus {
+    whole_special: Vec<u32>,
+    lines_plain: Vec<Vec<u32>>,
+}
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/goldens")
+}
+
+fn goldens() -> Vec<Golden> {
+    let text = std::fs::read_to_string(golden_dir().join("gemma3_270m_goldens_shared.json")).expect("goldens");
+    serde_json::from_str(&text).expect("golden json")
+}
+
+fn pool() -> &'static ThreadPool {
+    static P: OnceLock<ThreadPool> = OnceLock::new();
+    P.get_or_init(|| ThreadPool::new(2))
+}
+
+fn gguf_path() -> PathBuf {
+    gemma_fetch::resolve_model(gemma_fetch::DEFAULT_MODEL).expect("default model available")
+}
+
+fn gguf_model() -> &'static Model {
+    static M: OnceLock<Model> = OnceLock::new();
+    M.get_or_init(|| Model::open(gguf_path()).expect("GGUF model loads"))
+}
+
+/// The default model converted to SBS with `ty` weights, opened through `Model::open`. The file is deleted
+/// once open (the memory map keeps it alive).
+fn converted(ty: SbsCodecType) -> Model {
+    let out = std::env::temp_dir().join(format!("gemma-sbs-model-{}-{ty}.sbs", std::process::id()));
+    let options = GgufToSbsOptions { weight_type: ty, wrapping: None, threads: 2 };
+    gguf_to_sbs(&gguf_path(), &out, &options, &mut no_progress).expect("conversion to SBS");
+    let model = Model::open(&out).expect("SBS model loads");
+    std::fs::remove_file(&out).expect("remove the temporary SBS file");
+    model
+}
+
+fn f32_model() -> &'static Model {
+    static M: OnceLock<Model> = OnceLock::new();
+    M.get_or_init(|| converted(SbsCodecType::F32))
+}
+
+fn sfp_model() -> &'static Model {
+    static M: OnceLock<Model> = OnceLock::new();
+    M.get_or_init(|| converted(SbsCodecType::Sfp))
+}
+
+/// Logits at the positions that predict `gen_ids`, feeding `prompt_ids + gen_ids[..n-1]` in one pass.
+fn teacher_forced(model: &Model, g: &Golden) -> Vec<Vec<f32>> {
+    let n_gen = g.gen_ids.len();
+    let ids: Vec<u32> = g.prompt_ids.iter().chain(&g.gen_ids[..n_gen - 1]).copied().collect();
+    let first_predicting = g.prompt_ids.len() - 1;
+    let batch = Batch {
+        tokens: ids
+            .iter()
+            .enumerate()
+            .map(|(pos, &token)| BatchToken { token, pos, seq: 0, logits: pos >= first_predicting })
+            .collect(),
+    };
+    let mut cache = model.new_cache(ids.len());
+    let logits = model.forward(&batch, std::slice::from_mut(&mut cache), pool()).expect("forward");
+    assert_eq!(logits.len(), n_gen);
+    (0..n_gen).map(|i| logits.row(i).to_vec()).collect()
+}
+
+/// The best id and its margin over the second best.
+fn top2(row: &[f32]) -> (u32, f32) {
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    order.select_nth_unstable_by(1, |&a, &b| row[b].total_cmp(&row[a]));
+    let (a, b) = if row[order[0]] >= row[order[1]] { (order[0], order[1]) } else { (order[1], order[0]) };
+    (a as u32, row[a] - row[b])
+}
+
+fn top_k(row: &[f32], k: usize) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..row.len() as u32).collect();
+    order.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]));
+    order.truncate(k);
+    order
+}
+
+/// Compares `model`'s teacher-forced argmax with the GGUF path's at every step where the GGUF margin is at
+/// least `min_margin`; returns (steps compared, steps in all, the disagreements as (golden, step, margin)).
+fn argmax_agreement(model: &Model, min_margin: f32) -> (usize, usize, Vec<(usize, usize, f32)>) {
+    let (mut compared, mut total, mut disagreements) = (0, 0, Vec::new());
+    for (gi, g) in goldens().iter().enumerate() {
+        let want = teacher_forced(gguf_model(), g);
+        let got = teacher_forced(model, g);
+        for (step, (w, s)) in want.iter().zip(&got).enumerate() {
+            total += 1;
+            let (w_id, margin) = top2(w);
+            if margin < min_margin {
+                continue;
+            }
+            compared += 1;
+            if top2(s).0 != w_id {
+                disagreements.push((gi, step, margin));
+            }
+        }
+    }
+    (compared, total, disagreements)
+}
+
+#[test]
+fn f32_sbs_gives_the_gguf_argmax_wherever_the_margin_is_at_least_half_a_logit() {
+    let (compared, total, disagreements) = argmax_agreement(f32_model(), 0.5);
+    eprintln!("F32 SBS: {compared} of {total} steps have a GGUF margin >= 0.5; argmax differs at {disagreements:?}");
+    assert!(disagreements.is_empty(), "(golden, step, margin) where the argmax differs: {disagreements:?}");
+    assert!(compared * 10 >= total * 8, "only {compared} of {total} steps had a margin of 0.5");
+}
+
+/// SFP (8 bits: 3 mantissa bits above 2^-7, 2 below) on top of the GGUF file's own 4-6 bit quantization is
+/// lossy enough to move single logits of this small model by up to about 2, measured below: 1 of 285 steps
+/// with a GGUF margin of at least 1.5 (golden 7, step 12, margin 2.48) changes its argmax, and the first-step
+/// top-10 logits differ from the F32 SBS run by 0.34 to 2.04 per golden (BF16: at most 0.064). That the
+/// kernels add nothing to this loss is checked exactly by
+/// `sfp_kernels_equal_f32_kernels_on_the_decoded_weights`.
+#[test]
+fn sfp_sbs_keeps_the_gguf_argmax_at_clear_steps_and_first_logits_near_f32() {
+    let (compared, total, disagreements) = argmax_agreement(sfp_model(), 1.5);
+    eprintln!("SFP SBS: {compared} of {total} steps have a GGUF margin >= 1.5; argmax differs at {disagreements:?}");
+    assert!(compared * 2 >= total, "only {compared} of {total} steps had a margin of 1.5");
+    assert!(
+        disagreements.len() * 100 <= compared,
+        "(golden, step, margin) where the argmax differs: {disagreements:?}"
+    );
+    let mut per_golden = Vec::new();
+    for g in goldens() {
+        let f32_first = &teacher_forced(f32_model(), &g)[0];
+        let sfp_first = &teacher_forced(sfp_model(), &g)[0];
+        let worst = top_k(f32_first, 10)
+            .iter()
+            .map(|&id| (f32_first[id as usize] - sfp_first[id as usize]).abs())
+            .fold(0.0f32, f32::max);
+        per_golden.push(worst);
+    }
+    eprintln!("SFP vs F32 SBS: largest first-step top-10 logit difference per golden {per_golden:.3?}");
+    let median = {
+        let mut v = per_golden.clone();
+        v.sort_by(f32::total_cmp);
+        v[v.len() / 2]
+    };
+    assert!(median <= 1.0 && per_golden.iter().all(|&d| d <= 2.5), "{per_golden:?}");
+}
+
+/// The SFP file's weights decoded (times their scales) and stored as F32: the SFP model must give the same
+/// logits as that F32 model up to float rounding, so the SFP path loses nothing beyond the format itself.
+#[test]
+fn sfp_kernels_equal_f32_kernels_on_the_decoded_weights() {
+    let sfp = sfp_model().sbs().expect("an SBS model");
+    let out = std::env::temp_dir().join(format!("gemma-sbs-model-{}-sfp-decoded.sbs", std::process::id()));
+    let mut writer = SbsWriter::create(&out).expect("writer");
+    for t in sfp.tensors() {
+        let r = &t.record;
+        let codec = match r.ty {
+            SbsType::F32 => SbsCodecType::F32,
+            SbsType::BF16 => SbsCodecType::Bf16,
+            SbsType::SFP => SbsCodecType::Sfp,
+            SbsType::NUQ => SbsCodecType::Nuq,
+            SbsType::I8 => SbsCodecType::I8,
+            other => panic!("tensor {} has type {other:?}", r.name),
+        };
+        let n = r.rows as usize * r.cols as usize;
+        let mut values = vec![0f32; n];
+        sbs_codec(codec).decode(sfp.tensor_data(t), 0, &mut values).expect("decode");
+        values.iter_mut().for_each(|v| *v *= r.scale);
+        let f32_codec = sbs_codec(SbsCodecType::F32);
+        let mut packed = vec![0u8; f32_codec.packed_bytes(n)];
+        f32_codec.encode(&values, &mut packed, 0).expect("encode");
+        let record = TensorRecord::new(&r.name, SbsType::F32, r.rows.into(), r.cols.into()).expect("record");
+        writer.add_tensor(&record, &packed).expect("add");
+    }
+    let mut config = sfp.config().clone();
+    config.weight = SbsType::F32;
+    writer.finish(&config, None).expect("finish");
+    let decoded = Model::open(&out).expect("decoded model loads");
+    std::fs::remove_file(&out).expect("remove the temporary file");
+    let mut worst = 0.0f32;
+    for g in goldens().iter().take(4) {
+        for (a, b) in teacher_forced(sfp_model(), g).iter().zip(&teacher_forced(&decoded, g)) {
+            for (x, y) in a.iter().zip(b) {
+                worst = worst.max((x - y).abs());
+            }
+        }
+    }
+    eprintln!("SFP kernels vs F32 kernels on the same values: largest logit difference {worst}");
+    assert!(worst < 0.01, "{worst}");
+}
+
+#[test]
+fn sbs_models_are_gemma3_270m_with_gemma_cpp_constants() {
+    let (sbs, gguf) = (&f32_model().config, &gguf_model().config);
+    assert_eq!((sbs.n_layers, sbs.d_model, sbs.ffn_dim), (gguf.n_layers, gguf.d_model, gguf.ffn_dim));
+    assert_eq!((sbs.n_heads, sbs.n_kv_heads, sbs.head_dim), (gguf.n_heads, gguf.n_kv_heads, gguf.head_dim));
+    assert_eq!(
+        (sbs.vocab_size, sbs.sliding_window, &sbs.layer_is_local),
+        (gguf.vocab_size, gguf.sliding_window, &gguf.layer_is_local)
+    );
+    assert_eq!(
+        (sbs.rope_base, sbs.rope_base_local, sbs.query_scale),
+        (gguf.rope_base, gguf.rope_base_local, gguf.query_scale)
+    );
+    // gemma.cpp rounds sqrt(640) = 25.298 to bf16.
+    assert_eq!(sbs.embedding_scale, 25.25);
+    assert!(f32_model().sbs().is_some() && gguf_model().sbs().is_none());
+}
+
+#[test]
+fn the_sbs_tokenizer_encodes_the_gemma_corpus_to_the_golden_ids() {
+    let tok = sfp_model().tokenizer().expect("tokenizer from the SBS blob");
+    let text = std::fs::read_to_string(golden_dir().join("gemma3_tokenizer_corpus.txt")).expect("corpus");
+    let corpus: Corpus =
+        serde_json::from_str(&std::fs::read_to_string(golden_dir().join("gemma3_tokenizer_corpus.json")).unwrap())
+            .expect("corpus json");
+    assert_eq!(tok.encode(&text, true, true), corpus.whole_special);
+    let mut lines: Vec<&str> = text.split('\n').collect();
+    if lines.last() == Some(&"") {
+        lines.pop();
+    }
+    assert_eq!(lines.len(), corpus.lines_plain.len());
+    for (line, want) in lines.iter().zip(&corpus.lines_plain) {
+        assert_eq!(&tok.encode(line, false, false), want, "line {line:?}");
+    }
+    let gguf_tok = gguf_model().tokenizer().expect("GGUF tokenizer");
+    assert_eq!((tok.bos_id(), tok.eos_id(), tok.add_bos()), (gguf_tok.bos_id(), gguf_tok.eos_id(), gguf_tok.add_bos()));
+    for g in goldens() {
+        assert_eq!(tok.decode(&g.gen_ids, false), gguf_tok.decode(&g.gen_ids, false));
+    }
+    // The whole vocabulary reads as llama.cpp's converter wrote it into the GGUF file.
+    assert_eq!(tok.vocab_size(), gguf_tok.vocab_size());
+    for id in 0..tok.vocab_size() as u32 {
+        assert_eq!(tok.piece(id), gguf_tok.piece(id), "token {id}");
+        assert_eq!(tok.token_attrs(id), gguf_tok.token_attrs(id), "token {id} ({:?})", tok.piece(id));
+    }
+}
+
+/// A tiny Gemma 3 shaped checkpoint (2 layers, 2 KV heads) with deterministic weights, written in memory.
+fn tiny_sbs(ty: SbsType) -> Vec<u8> {
+    let mut config = SbsConfig::new(SbsModel::Gemma3_270M, ty, PromptWrapping::GemmaIt);
+    config.num_layers = 2;
+    config.model_dim = 32;
+    config.vocab_size = 48;
+    config.max_seq_len = 64;
+    config.attention_window_sizes = vec![4, 64];
+    let layer = config.layer_configs[0].clone();
+    config.layer_configs = vec![
+        gemma_io::sbs::LayerConfig {
+            model_dim: 32,
+            ff_hidden_dim: 64,
+            heads: 4,
+            kv_heads: 2,
+            qkv_dim: 16,
+            ..layer
+        };
+        2
+    ];
+    let mut writer = SbsWriter::in_memory().expect("writer");
+    let mut seed = 5u64;
+    for (name, rows, cols) in exported_tensors(&config) {
+        let n = (rows * cols) as usize;
+        let values: Vec<f32> = (0..n)
+            .map(|_| {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.5
+            })
+            .collect();
+        // Norms (one row) stay F32, as the smallest type must be the config's weight type.
+        let stored = if rows == 1 { SbsType::F32 } else { ty };
+        let codec = sbs_codec(if stored == SbsType::SFP { SbsCodecType::Sfp } else { SbsCodecType::F32 });
+        let mut packed = vec![0u8; codec.packed_bytes(n)];
+        codec.encode(&values, &mut packed, 0).expect("encode");
+        writer.add_tensor(&TensorRecord::new(&name, stored, rows, cols).expect("record"), &packed).expect("add");
+    }
+    writer.finish(&config, None).expect("finish")
+}
+
+#[test]
+fn a_tiny_sbs_model_runs_and_is_batch_shape_invariant() {
+    let path = std::env::temp_dir().join(format!("gemma-sbs-tiny-{}.sbs", std::process::id()));
+    std::fs::write(&path, tiny_sbs(SbsType::SFP)).unwrap();
+    let model = Model::open(&path).expect("tiny SBS model loads");
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!((model.config.n_kv_heads, model.config.layer_is_local.clone()), (2, vec![true, false]));
+    let ids = [3u32, 17, 5, 40, 8, 8, 21];
+    let all = |n_per_pass: usize| {
+        let mut cache = model.new_cache(ids.len());
+        let mut rows = Vec::new();
+        for (start, chunk) in ids.chunks(n_per_pass).enumerate().map(|(i, c)| (i * n_per_pass, c)) {
+            let batch = Batch {
+                tokens: chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &token)| BatchToken { token, pos: start + i, seq: 0, logits: true })
+                    .collect(),
+            };
+            let logits = model.forward(&batch, std::slice::from_mut(&mut cache), pool()).expect("forward");
+            rows.extend((0..logits.len()).map(|i| logits.row(i).to_vec()));
+        }
+        rows
+    };
+    let (one_pass, token_by_token) = (all(ids.len()), all(1));
+    assert_eq!(one_pass, token_by_token, "prefill and decode disagree");
+    assert!(one_pass.iter().flatten().all(|v| v.is_finite()));
+    assert!(model.tokenizer().is_err(), "the tiny file has no tokenizer blob");
+}
+
+#[test]
+fn damaged_sbs_files_are_errors_not_panics() {
+    let bytes = tiny_sbs(SbsType::F32);
+    let file = SbsFile::from_bytes(bytes.clone(), "tiny.sbs", &Default::default()).expect("the intact file parses");
+    let toc = file.blobs().range("toc").expect("toc blob");
+    let path = std::env::temp_dir().join(format!("gemma-sbs-damaged-{}.sbs", std::process::id()));
+    let open = |data: &[u8]| {
+        std::fs::write(&path, data).unwrap();
+        Model::open(&path).map(|_| ())
+    };
+    assert!(open(&bytes).is_ok());
+    let mut cuts: Vec<usize> = (0..16).map(|i| bytes.len() * i / 16).collect();
+    cuts.extend([4, 16, 255, bytes.len() - 1, bytes.len() - 16, bytes.len() - 4096]);
+    for cut in cuts {
+        let err = open(&bytes[..cut]).expect_err("a truncated file must not load");
+        assert!(!err.to_string().is_empty());
+    }
+    // Every byte of the toc and of the directory (keys, ranges, header: the file's last bytes), flipped in turn.
+    let toc_bytes = toc.offset as usize..(toc.offset + toc.bytes) as usize;
+    let dir_bytes = bytes.len() - (32 * file.blobs().keys().len() + 16)..bytes.len();
+    let (mut errors, mut tried) = (0, 0);
+    for at in toc_bytes.chain(dir_bytes) {
+        let mut damaged = bytes.clone();
+        damaged[at] ^= 0x5a;
+        tried += 1;
+        if open(&damaged).is_err() {
+            errors += 1;
+        }
+    }
+    std::fs::remove_file(&path).ok();
+    eprintln!("flipped bytes: {errors} of {tried} damaged files refused, the rest loaded without a panic");
+    assert!(errors > tried / 4, "only {errors} of {tried} damaged files were refused");
+}
