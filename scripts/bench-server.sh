@@ -17,9 +17,9 @@ LLAMA_SERVER=${LLAMA_SERVER:-$HOME/.cache/gemma-anchors/llama.cpp/build/bin/llam
 OUT=${OUT:-$(mktemp -d)}
 TARGET=${CARGO_TARGET_DIR:-target}
 
-cargo build -q -p gemma-server --bin gemma-server --example bench_load
-GEMMA_SERVER=$TARGET/debug/gemma-server
-LOAD=$TARGET/debug/examples/bench_load
+cargo build -q --release -p gemma-server --bin gemma-server --example bench_load
+GEMMA_SERVER=$TARGET/release/gemma-server
+LOAD=$TARGET/release/examples/bench_load
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_healthy() {

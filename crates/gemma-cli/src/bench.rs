@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use gemma_core::generate::PREFILL_CHUNK;
-use gemma_core::{Batch, KvCache, Model, Session, Tokenizer};
+use gemma_core::{Batch, KvCache, Model, Session};
 use gemma_ops::ThreadPool;
 use serde_json::{json, Value};
 
@@ -184,7 +184,7 @@ pub fn guide_bench(common: &Common, cli: &Cli) -> Result<()> {
     let path = common.model_path()?;
     let t0 = Instant::now();
     let model = Model::open(&path).with_context(|| format!("cannot load model {}", path.display()))?;
-    let tokenizer = Tokenizer::from_gguf(&model.file)?;
+    let tokenizer = model.tokenizer()?;
     let load_secs = t0.elapsed().as_secs_f64();
     let threads = common.threads()?;
     let pool = ThreadPool::new(threads);

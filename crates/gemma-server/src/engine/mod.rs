@@ -207,7 +207,7 @@ fn load(config: &EngineConfig) -> anyhow::Result<(Model, LoadedModel)> {
     use anyhow::Context as _;
     let path = gemma_fetch::resolve_model(&config.model)?;
     let model = Model::open(&path).with_context(|| format!("cannot load {}", path.display()))?;
-    let tokenizer = Tokenizer::from_gguf(&model.file).context("cannot load the tokenizer")?;
+    let tokenizer = model.tokenizer().context("cannot load the tokenizer")?;
     let chat = ChatTemplate::from_gguf(&model.file, &tokenizer).context("cannot load the chat template")?;
     let id = if std::path::Path::new(&config.model).exists() {
         path.file_stem().map_or_else(|| config.model.clone(), |s| s.to_string_lossy().into_owned())
