@@ -15,6 +15,7 @@ REQUESTS=${REQUESTS:-2}
 MAX_TOKENS=${MAX_TOKENS:-64}
 LLAMA_SERVER=${LLAMA_SERVER:-$HOME/.cache/gemma-anchors/llama.cpp/build/bin/llama-server}
 OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
 TARGET=${CARGO_TARGET_DIR:-target}
 
 cargo build -q --release -p gemma-server --bin gemma-server --example bench_load
