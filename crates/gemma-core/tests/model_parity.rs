@@ -153,7 +153,8 @@ fn free_running_greedy_follows_llama_cpp_until_a_near_tie() {
     for (p, g) in f.goldens.iter().enumerate() {
         assert_eq!(f.llama_top[p].prompt_ids, g.prompt_ids, "top-5 file out of step with the goldens");
         let mut session = Session::new(&f.model, 4096);
-        let opts = GenerationOptions { max_tokens: g.gen_ids.len(), sampling: SamplingParams::greedy(), ..Default::default() };
+        let opts =
+            GenerationOptions { max_tokens: g.gen_ids.len(), sampling: SamplingParams::greedy(), ..Default::default() };
         let out = session.generate(&f.tokenizer, &g.prompt_ids, &opts, &f.pool, &mut |_| {}).expect("generate");
         let first_tie = g.gen_top1_top2_margin.iter().position(|&m| m < 0.75).unwrap_or(g.gen_ids.len());
         let stop = first_tie.min(out.gen_ids.len());

@@ -443,7 +443,10 @@ pub fn grouped_query_attention_with(
     let q_row = n_heads * head_dim;
     assert_eq!(q.len(), spans.len() * q_row, "query rows do not match the spans");
     assert_eq!(out.len(), q.len(), "output rows do not match the queries");
-    assert!(n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads), "{n_heads} query heads do not group over {n_kv_heads}");
+    assert!(
+        n_kv_heads > 0 && n_heads.is_multiple_of(n_kv_heads),
+        "{n_heads} query heads do not group over {n_kv_heads}"
+    );
     let g = n_heads / n_kv_heads;
     let d = head_dim;
     let block_fn = kernel.block_fn();
