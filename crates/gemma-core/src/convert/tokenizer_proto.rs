@@ -28,27 +28,13 @@ fn meta_id(gguf: &GgufFile, key: &str) -> Result<Option<i32>, ConvertError> {
     }
 }
 
-/// llama.cpp's score for control and user-defined tokens.
-const GGML_SPECIAL_SCORE: f32 = -1000.0;
-/// SentencePiece's space marker.
-const SPACE_MARK: &str = "\u{2581}";
-
-/// llama.cpp's token types (`LLAMA_TOKEN_TYPE_*`).
-const GGML_NORMAL: i32 = 1;
-const GGML_UNKNOWN: i32 = 2;
-const GGML_CONTROL: i32 = 3;
-const GGML_USER_DEFINED: i32 = 4;
-const GGML_UNUSED: i32 = 5;
-const GGML_BYTE: i32 = 6;
-
-/// Gemma 3's user-defined pieces that Hugging Face marks special (llama.cpp then writes them as control).
-fn is_hf_special(piece: &str) -> bool {
-    matches!(piece, "<mask>" | "<start_of_turn>" | "<end_of_turn>")
-        || piece
-            .strip_prefix("<unused")
-            .and_then(|r| r.strip_suffix('>'))
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-}
+// llama.cpp's token types, its score for special tokens and SentencePiece's space marker: one definition, the
+// tokenizer's, which applies the same rules in the other direction.
+use crate::tokenizer::sentencepiece_proto::{
+    gguf_vocab_entry, BYTE as GGML_BYTE, CONTROL as GGML_CONTROL, NORMAL as GGML_NORMAL, SPACE_MARK,
+    SPECIAL_SCORE as GGML_SPECIAL_SCORE, UNKNOWN as GGML_UNKNOWN, UNUSED as GGML_UNUSED,
+    USER_DEFINED as GGML_USER_DEFINED,
+};
 
 /// Synthesizes the SentencePiece model of a GGUF file's `llama` (SentencePiece) vocabulary.
 pub fn model_proto_from_gguf(gguf: &GgufFile) -> Result<ModelProto, ConvertError> {
@@ -100,8 +86,11 @@ pub fn model_proto_from_gguf(gguf: &GgufFile) -> Result<ModelProto, ConvertError
             GGML_BYTE => PieceType::Byte,
             _ => return Err(ConvertError::Tokenizer(format!("token {i} has an unknown type {ggml_type}"))),
         };
-        let piece =
-            if ggml_type == i64::from(GGML_USER_DEFINED) { piece.replace(' ', SPACE_MARK) } else { piece.to_string() };
+        let piece = if ggml_type == i64::from(GGML_USER_DEFINED) {
+            piece.replace(' ', SPACE_MARK.encode_utf8(&mut [0; 4]))
+        } else {
+            piece.to_string()
+        };
         let special = matches!(ty, PieceType::Control | PieceType::Unknown | PieceType::UserDefined);
         let score = if special && score == GGML_SPECIAL_SCORE { 0.0 } else { score };
         pieces.push(SentencePiece {
@@ -176,16 +165,7 @@ pub fn gguf_vocab_metadata(proto: &ModelProto) -> Result<Vec<(String, MetaValue)
     let mut scores = Vec::with_capacity(proto.pieces.len());
     let mut types = Vec::with_capacity(proto.pieces.len());
     for p in &proto.pieces {
-        let ty = match p.r#type() {
-            PieceType::Normal => GGML_NORMAL,
-            PieceType::Unknown | PieceType::Control => GGML_CONTROL,
-            PieceType::UserDefined if is_hf_special(p.piece()) => GGML_CONTROL,
-            PieceType::UserDefined => GGML_USER_DEFINED,
-            PieceType::Unused => GGML_UNUSED,
-            PieceType::Byte => GGML_BYTE,
-        };
-        let piece = if ty == GGML_USER_DEFINED { p.piece().replace(SPACE_MARK, " ") } else { p.piece().to_string() };
-        let score = if matches!(ty, GGML_CONTROL | GGML_USER_DEFINED) { GGML_SPECIAL_SCORE } else { p.score() };
+        let (piece, score, ty) = gguf_vocab_entry(p);
         tokens.push(MetaValue::String(piece));
         scores.push(MetaValue::F32(score));
         types.push(MetaValue::I32(ty));

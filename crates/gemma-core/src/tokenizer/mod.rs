@@ -16,7 +16,7 @@
 
 mod bpe;
 mod pretokenize;
-mod sentencepiece_proto;
+pub(crate) mod sentencepiece_proto;
 mod special;
 mod spm;
 mod stream;

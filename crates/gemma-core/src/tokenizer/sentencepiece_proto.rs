@@ -8,19 +8,22 @@
 //! -1000, and user-defined pieces have `▁` turned back into spaces. The trainer spec gives the special ids,
 //! and `add_dummy_prefix` is `add_space_prefix`.
 
-use gemma_io::sbs::sentencepiece_model::{ModelType, NormalizerSpec, PieceType, TrainerSpec};
+use gemma_io::sbs::sentencepiece_model::{ModelType, NormalizerSpec, PieceType, SentencePiece, TrainerSpec};
 use gemma_io::sbs::ModelProto;
 
 use super::{Tokenizer, TokenizerError, TokenizerSource, SPECIAL_ID_KEYS};
 
 /// llama.cpp's token types (`LLAMA_TOKEN_TYPE_*`).
-const NORMAL: i32 = 1;
-const CONTROL: i32 = 3;
-const USER_DEFINED: i32 = 4;
-const UNUSED: i32 = 5;
-const BYTE: i32 = 6;
+pub(crate) const NORMAL: i32 = 1;
+pub(crate) const UNKNOWN: i32 = 2;
+pub(crate) const CONTROL: i32 = 3;
+pub(crate) const USER_DEFINED: i32 = 4;
+pub(crate) const UNUSED: i32 = 5;
+pub(crate) const BYTE: i32 = 6;
 /// The score llama.cpp's converter gives control and user-defined tokens.
-const SPECIAL_SCORE: f32 = -1000.0;
+pub(crate) const SPECIAL_SCORE: f32 = -1000.0;
+/// SentencePiece's space marker.
+pub(crate) const SPACE_MARK: char = '\u{2581}';
 
 /// Gemma's user-defined pieces that its Hugging Face tokenizer lists as special, which llama.cpp's converter
 /// therefore writes as control tokens (matched only when special tokens are parsed).
@@ -45,6 +48,15 @@ fn gguf_token_type(ty: PieceType, piece: &str) -> i32 {
     }
 }
 
+/// What llama.cpp's converter writes into a GGUF vocabulary for one piece: its text, score and token type.
+pub(crate) fn gguf_vocab_entry(p: &SentencePiece) -> (String, f32, i32) {
+    let ty = gguf_token_type(p.r#type(), p.piece());
+    // User-defined tokens are matched as raw text, so llama.cpp stores their spaces unescaped.
+    let text = if ty == USER_DEFINED { p.piece().replace(SPACE_MARK, " ") } else { p.piece().to_string() };
+    let score = if matches!(ty, CONTROL | USER_DEFINED) { SPECIAL_SCORE } else { p.score() };
+    (text, score, ty)
+}
+
 impl Tokenizer {
     /// Builds the tokenizer of a SentencePiece model. Only BPE-type models are read (Gemma's): llama.cpp's
     /// SPM algorithm merges by score, which is SentencePiece's BPE, not its unigram search.
@@ -63,10 +75,9 @@ impl Tokenizer {
         let mut scores = Vec::with_capacity(proto.pieces.len());
         let mut token_types = Vec::with_capacity(proto.pieces.len());
         for p in &proto.pieces {
-            let ty = gguf_token_type(p.r#type(), p.piece());
-            // User-defined tokens are matched as raw text, so llama.cpp stores their spaces unescaped.
-            tokens.push(if ty == USER_DEFINED { p.piece().replace('\u{2581}', " ") } else { p.piece().to_string() });
-            scores.push(if matches!(ty, CONTROL | USER_DEFINED) { SPECIAL_SCORE } else { p.score() });
+            let (text, score, ty) = gguf_vocab_entry(p);
+            tokens.push(text);
+            scores.push(score);
             token_types.push(i64::from(ty));
         }
         // A negative id means "none": made out of range, as the GGUF reader does.
