@@ -22,6 +22,11 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "N")]
     pub ctx: Option<usize>,
 
+    /// RoPE base of the global-attention layers (default: the model's own). `10000` reproduces gemma.cpp,
+    /// which runs Gemma 3 270M and 1B with that base where the models were trained with 1000000.
+    #[arg(long, global = true, value_name = "F")]
+    pub rope_freq_base: Option<f32>,
+
     #[command(flatten)]
     pub generate: GenerateArgs,
 

@@ -116,7 +116,7 @@ pub fn bench(common: &Common, args: &BenchArgs) -> Result<()> {
     }
     let path = common.model_path()?;
     let t0 = Instant::now();
-    let model = Model::open(&path).with_context(|| format!("cannot load model {}", path.display()))?;
+    let model = common.open_model(&path)?;
     let load_secs = t0.elapsed().as_secs_f64();
     let threads = if args.thread_counts.is_empty() { vec![common.threads()?] } else { args.thread_counts.clone() };
     if threads.contains(&0) {
@@ -183,7 +183,7 @@ pub fn guide_bench(common: &Common, cli: &Cli) -> Result<()> {
     }
     let path = common.model_path()?;
     let t0 = Instant::now();
-    let model = Model::open(&path).with_context(|| format!("cannot load model {}", path.display()))?;
+    let model = common.open_model(&path)?;
     let tokenizer = model.tokenizer()?;
     let load_secs = t0.elapsed().as_secs_f64();
     let threads = common.threads()?;

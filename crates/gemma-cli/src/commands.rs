@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use gemma_core::sampling::{parse_logit_bias, Mirostat, SamplerStage, SamplingError, TokenLogprob};
-use gemma_core::{GenerationOptions, Model, SamplingParams, Session, Tokenizer};
+use gemma_core::{GenerationOptions, LoadOptions, Model, SamplingParams, Session, Tokenizer};
 use gemma_ops::ThreadPool;
 
 use crate::args::{
@@ -33,9 +33,15 @@ pub(crate) struct Common {
     pub model: Option<String>,
     pub threads: Option<usize>,
     pub ctx: Option<usize>,
+    pub load_options: LoadOptions,
 }
 
 impl Common {
+    /// Opens the model at `path` with the configuration flags applied.
+    pub(crate) fn open_model(&self, path: &std::path::Path) -> Result<Model> {
+        Model::open_with(path, &self.load_options).with_context(|| format!("cannot load model {}", path.display()))
+    }
+
     pub(crate) fn model_path(&self) -> Result<PathBuf> {
         let name = self.model.as_deref().unwrap_or(gemma_fetch::DEFAULT_MODEL);
         gemma_fetch::resolve_model(name).with_context(|| format!("cannot find model '{name}'"))
@@ -51,7 +57,7 @@ impl Common {
 
     pub(crate) fn load(&self) -> Result<Loaded> {
         let path = self.model_path()?;
-        let model = Model::open(&path).with_context(|| format!("cannot load model {}", path.display()))?;
+        let model = self.open_model(&path)?;
         let tokenizer =
             model.tokenizer().with_context(|| format!("cannot load the tokenizer of {}", path.display()))?;
         let ctx = match self.ctx {
@@ -75,7 +81,12 @@ impl Common {
 }
 
 pub fn dispatch(cli: Cli) -> Result<()> {
-    let common = Common { model: cli.model.clone(), threads: cli.threads, ctx: cli.ctx };
+    let common = Common {
+        model: cli.model.clone(),
+        threads: cli.threads,
+        ctx: cli.ctx,
+        load_options: LoadOptions { rope_freq_base: cli.rope_freq_base },
+    };
     match cli.command {
         Some(Command::Run(args)) => generate(&common, &args),
         Some(Command::Tokenize(args)) => tokenize(&common, &args),
@@ -105,8 +116,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 println!("{}", tok.decode(&parse_ids(std::slice::from_ref(ids))?, false));
                 Ok(())
             } else if cli.print_config {
-                let path = common.model_path()?;
-                let model = Model::open(&path).with_context(|| format!("cannot load model {}", path.display()))?;
+                let model = common.open_model(&common.model_path()?)?;
                 println!("{}", model.config.summary());
                 Ok(())
             } else if cli.bench {

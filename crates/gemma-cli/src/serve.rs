@@ -10,6 +10,9 @@ use crate::commands::Common;
 
 /// Runs the server until SIGINT/SIGTERM. `gemma --model M serve` works as well as `gemma serve --model M`.
 pub(crate) fn serve(common: &Common, mut args: ServeArgs) -> Result<()> {
+    if common.load_options.rope_freq_base.is_some() {
+        anyhow::bail!("--rope-freq-base is not supported by the server");
+    }
     args.model = args.model.or_else(|| common.model.clone());
     args.threads = args.threads.or(common.threads);
     args.ctx = args.ctx.or(common.ctx);

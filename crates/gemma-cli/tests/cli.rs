@@ -116,6 +116,23 @@ fn print_config_backend_and_info() {
 }
 
 #[test]
+fn rope_freq_base_replaces_the_global_layers_base() {
+    let m = model();
+    let cfg = ok(&["--weights", &m, "--rope-freq-base", "10000", "--print-config"]);
+    assert!(cfg.contains("rope_base: 10000 (freq_scale: 1, local layers: 10000)"), "{cfg}");
+    // Position 0 is not rotated; later positions see other angles in the global layers.
+    let ids = "2,818,5279,529,7001,563";
+    let default = ok(&["logits", "-m", &m, "--ids", ids, "--top-k", "1"]);
+    let changed = ok(&["--rope-freq-base", "10000", "logits", "-m", &m, "--ids", ids, "--top-k", "1"]);
+    let (d, c): (Vec<&str>, Vec<&str>) = (default.lines().collect(), changed.lines().collect());
+    assert_eq!(d[0], c[0]);
+    assert_ne!(d[5], c[5]);
+    let o = gemma(&["--weights", &m, "--rope-freq-base", "0", "--print-config"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("RoPE base 0"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
 fn logits_prints_one_json_line_per_position() {
     let m = model();
     let out = ok(&["logits", "-m", &m, "--ids", "2,818,5279,529,7001,563", "--top-k", "3"]);

@@ -33,6 +33,8 @@ pub enum ModelError {
     ContextFull { pos: usize, ctx: usize },
     #[error("batch is malformed: {0}")]
     BadBatch(String),
+    #[error("invalid load option: {0}")]
+    InvalidOption(String),
     #[error(transparent)]
     Tokenizer(#[from] crate::tokenizer::TokenizerError),
 }

@@ -19,6 +19,6 @@ pub use config::{Architecture, ModelConfig};
 pub use error::ModelError;
 pub use generate::{GenerationOptions, GenerationOutput, Session, StopReason};
 pub use kv_cache::KvCache;
-pub use model::{Model, Scratch};
+pub use model::{LoadOptions, Model, Scratch};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;

@@ -133,20 +133,18 @@ fn f32_sbs_gives_the_gguf_argmax_wherever_the_margin_is_at_least_half_a_logit() 
 }
 
 /// SFP (8 bits: 3 mantissa bits above 2^-7, 2 below) on top of the GGUF file's own 4-6 bit quantization is
-/// lossy enough to move single logits of this small model by up to about 2, measured below: 1 of 285 steps
-/// with a GGUF margin of at least 1.5 (golden 7, step 12, margin 2.48) changes its argmax, and the first-step
-/// top-10 logits differ from the F32 SBS run by 0.34 to 2.04 per golden (BF16: at most 0.064). That the
-/// kernels add nothing to this loss is checked exactly by
-/// `sfp_kernels_equal_f32_kernels_on_the_decoded_weights`.
+/// lossy. With the embedding (the tied output head) in BF16 as gemma.cpp stores it, no step with a GGUF margin
+/// of at least 1.5 changes its argmax, but the first-step top-10 logits still differ from the F32 SBS run by
+/// 0.27 to 1.80 per golden (median 0.61): the bound of 0.5 holds for 4 of 13 goldens only. Each of the
+/// four matrix kinds in SFP alone moves them by about 0.3, so the loss is the format's rounding spread over
+/// every matrix, not one weak tensor. The assertion pins what is measured; that the kernels add nothing to the
+/// loss is checked exactly by `sfp_kernels_equal_f32_kernels_on_the_decoded_weights`.
 #[test]
 fn sfp_sbs_keeps_the_gguf_argmax_at_clear_steps_and_first_logits_near_f32() {
     let (compared, total, disagreements) = argmax_agreement(sfp_model(), 1.5);
     eprintln!("SFP SBS: {compared} of {total} steps have a GGUF margin >= 1.5; argmax differs at {disagreements:?}");
     assert!(compared * 2 >= total, "only {compared} of {total} steps had a margin of 1.5");
-    assert!(
-        disagreements.len() * 100 <= compared,
-        "(golden, step, margin) where the argmax differs: {disagreements:?}"
-    );
+    assert!(disagreements.is_empty(), "(golden, step, margin) where the argmax differs: {disagreements:?}");
     let mut per_golden = Vec::new();
     for g in goldens() {
         let f32_first = &teacher_forced(f32_model(), &g)[0];
@@ -163,7 +161,7 @@ fn sfp_sbs_keeps_the_gguf_argmax_at_clear_steps_and_first_logits_near_f32() {
         v.sort_by(f32::total_cmp);
         v[v.len() / 2]
     };
-    assert!(median <= 1.0 && per_golden.iter().all(|&d| d <= 2.5), "{per_golden:?}");
+    assert!(median <= 0.75 && per_golden.iter().all(|&d| d <= 2.0), "{per_golden:?}");
 }
 
 /// The SFP file's weights decoded (times their scales) and stored as F32: the SFP model must give the same

@@ -20,8 +20,8 @@ pub const GEMMA3_ROPE_BASE_LOCAL: f64 = 10_000.0;
 /// How to write the SBS file.
 #[derive(Clone, Debug)]
 pub struct GgufToSbsOptions {
-    /// Type of the weight matrices. Norms are stored as BF16 (F32 when this is F32); the embedding takes this
-    /// type, except SFP instead of NUQ (its 640-wide rows do not start on NUQ's 256-element groups).
+    /// Type of the weight matrices. Norms and the embedding are stored as BF16 (F32 when this is F32), as
+    /// gemma.cpp's exporter stores them.
     pub weight_type: SbsCodecType,
     /// Prompt wrapping written in the config; `None`: instruction-tuned if the GGUF has a chat template.
     pub wrapping: Option<PromptWrapping>,
@@ -55,8 +55,10 @@ pub fn tensor_codec(base: &str, requested: SbsCodecType) -> SbsCodecType {
         } else {
             SbsCodecType::Bf16
         }
-    } else if base == "c_embedding" && requested == SbsCodecType::Nuq {
-        SbsCodecType::Sfp
+    } else if base == "c_embedding" && requested != SbsCodecType::F32 {
+        // gemma.cpp caps the embedding at BF16 (`min_size = kBF16` in its tensor_info, `c_*` tensors are BF16 in
+        // its exporter): it is also the tied output head, so its precision goes straight into the logits.
+        SbsCodecType::Bf16
     } else {
         requested
     }

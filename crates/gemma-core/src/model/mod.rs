@@ -37,18 +37,49 @@ enum Weights {
     Llama(llama::LlamaWeights),
 }
 
+/// Changes to a model's configuration made at load time, as llama.cpp's `--rope-freq-base` makes them.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// RoPE base of the global (full-attention) layers instead of the file's. Sliding-window layers keep
+    /// theirs, as in llama.cpp. gemma.cpp runs the non-multimodal Gemma 3 models (270M, 1B) with 10,000 there
+    /// where the models were trained with 1,000,000: `Some(10_000.0)` reproduces its outputs.
+    pub rope_freq_base: Option<f32>,
+}
+
+impl LoadOptions {
+    fn apply(&self, config: &mut ModelConfig) -> Result<(), ModelError> {
+        if let Some(base) = self.rope_freq_base {
+            if !(base.is_finite() && base > 1.0) {
+                return Err(ModelError::InvalidOption(format!("RoPE base {base} must be a number above 1")));
+            }
+            config.rope_base = base;
+        }
+        Ok(())
+    }
+}
+
 impl Model {
     /// Opens a GGUF file or a gemma.cpp SBS checkpoint, told apart by their magic.
     pub fn open(path: impl AsRef<Path>) -> Result<Model, ModelError> {
+        Self::open_with(path, &LoadOptions::default())
+    }
+
+    /// [`Model::open`] with the configuration changes of `options`.
+    pub fn open_with(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Model, ModelError> {
         let path = path.as_ref();
         if is_sbs_file(path) {
-            return Self::from_sbs(SbsFile::open(path)?);
+            return Self::from_sbs_with(SbsFile::open(path)?, options);
         }
-        Self::from_gguf(GgufFile::open(path)?)
+        Self::from_gguf_with(GgufFile::open(path)?, options)
     }
 
     pub fn from_gguf(file: GgufFile) -> Result<Model, ModelError> {
-        let config = ModelConfig::from_gguf(&file)?;
+        Self::from_gguf_with(file, &LoadOptions::default())
+    }
+
+    pub fn from_gguf_with(file: GgufFile, options: &LoadOptions) -> Result<Model, ModelError> {
+        let mut config = ModelConfig::from_gguf(&file)?;
+        options.apply(&mut config)?;
         let weights = match config.arch {
             Architecture::Gemma3 => Weights::Gemma3(gemma3::Gemma3Weights::load(&file, &config)?),
             Architecture::Llama => Weights::Llama(llama::LlamaWeights::load(&file, &config)?),
@@ -58,7 +89,12 @@ impl Model {
 
     /// A model from a gemma.cpp checkpoint (Gemma 3 family), run with the SBS codec kernels.
     pub fn from_sbs(file: SbsFile) -> Result<Model, ModelError> {
-        let config = ModelConfig::from_sbs(file.config())?;
+        Self::from_sbs_with(file, &LoadOptions::default())
+    }
+
+    pub fn from_sbs_with(file: SbsFile, options: &LoadOptions) -> Result<Model, ModelError> {
+        let mut config = ModelConfig::from_sbs(file.config())?;
+        options.apply(&mut config)?;
         let weights = Weights::Gemma3(gemma3::Gemma3Weights::load_sbs(&file, &config)?);
         let mut meta = GgufWriter::new();
         let text = |s: &str| MetaValue::String(s.to_string());
