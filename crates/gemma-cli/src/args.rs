@@ -356,6 +356,10 @@ pub struct BenchArgs {
     /// Tokens already in the context before each test starts.
     #[arg(short = 'd', long, default_value_t = 0, value_name = "D")]
     pub depth: usize,
+    /// Sequences decoded together in the generation tests (one token each per step, as the server batches
+    /// its streams); tokens/s counts all of them.
+    #[arg(short = 's', long = "sequences", value_delimiter = ',', default_values_t = [1usize], value_name = "N,..")]
+    pub sequences: Vec<usize>,
     /// Write the results as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use gemma_core::generate::PREFILL_CHUNK;
-use gemma_core::{Batch, KvCache, Model, Session};
+use gemma_core::{Batch, BatchToken, KvCache, Model, Scratch, Session};
 use gemma_ops::ThreadPool;
 use serde_json::{json, Value};
 
@@ -88,26 +88,41 @@ fn prefill(model: &Model, cache: &mut KvCache, ids: &[u32], pool: &ThreadPool) -
     Ok(())
 }
 
-/// One timed run of test `pp` (prompt processing of `n` tokens) or `tg` (`n` single-token steps), after
-/// `depth` untimed tokens. Returns (tokens/s, seconds).
-fn run_test(model: &Model, pool: &ThreadPool, kind: &str, n: usize, depth: usize, rep: u64) -> Result<(f64, f64)> {
+/// One timed run of test `pp` (prompt processing of `n` tokens) or `tg` (`n` steps of one token for each of
+/// `seqs` sequences decoded together, as a server batches its streams), after `depth` untimed tokens.
+/// Returns (tokens/s over all sequences, seconds).
+fn run_test(
+    model: &Model,
+    pool: &ThreadPool,
+    kind: &str,
+    n: usize,
+    depth: usize,
+    seqs: usize,
+    rep: u64,
+) -> Result<(f64, f64)> {
     let vocab = model.config.vocab_size;
-    let mut cache = model.new_cache(depth + n + 1);
+    let mut caches: Vec<KvCache> = (0..seqs).map(|_| model.new_cache(depth + n + 1)).collect();
     if depth > 0 {
-        prefill(model, &mut cache, &bench_tokens(depth, vocab, 7 + rep), pool)?;
+        for (s, cache) in caches.iter_mut().enumerate() {
+            prefill(model, cache, &bench_tokens(depth, vocab, 7 + rep + 100 * s as u64), pool)?;
+        }
     }
-    let ids = bench_tokens(n, vocab, 1000 + rep);
+    let ids: Vec<Vec<u32>> = (0..seqs).map(|s| bench_tokens(n, vocab, 1000 + rep + 100 * s as u64)).collect();
+    let mut scratch = Scratch::default();
     let t0 = Instant::now();
     if kind == "pp" {
-        prefill(model, &mut cache, &ids, pool)?;
+        prefill(model, &mut caches[0], &ids[0], pool)?;
     } else {
-        for &id in &ids {
-            let batch = Batch::sequence(&[id], cache.len(), 0, true);
-            model.forward(&batch, std::slice::from_mut(&mut cache), pool)?;
+        for step in 0..n {
+            let mut batch = Batch::default();
+            for (s, cache) in caches.iter().enumerate() {
+                batch.push(BatchToken { token: ids[s][step], pos: cache.len(), seq: s, logits: true });
+            }
+            model.forward_with(&batch, &mut caches, pool, &mut scratch)?;
         }
     }
     let secs = t0.elapsed().as_secs_f64();
-    Ok((n as f64 / secs, secs))
+    Ok(((n * if kind == "pp" { 1 } else { seqs }) as f64 / secs, secs))
 }
 
 pub fn bench(common: &Common, args: &BenchArgs) -> Result<()> {
@@ -122,6 +137,9 @@ pub fn bench(common: &Common, args: &BenchArgs) -> Result<()> {
     if threads.contains(&0) {
         return Err(usage("thread counts must be at least 1"));
     }
+    if args.sequences.contains(&0) {
+        return Err(usage("sequence counts must be at least 1"));
+    }
     let ctx = model.config.context_length;
     let longest = args.n_prompt.iter().chain(&args.n_gen).max().copied().unwrap_or(0);
     if args.depth + longest + 1 > ctx {
@@ -134,19 +152,24 @@ pub fn bench(common: &Common, args: &BenchArgs) -> Result<()> {
     let mut results = Vec::new();
     for &t in &threads {
         let pool = ThreadPool::new(t);
-        let tests = args.n_prompt.iter().map(|&n| ("pp", n)).chain(args.n_gen.iter().map(|&n| ("tg", n)));
-        for (kind, n) in tests.filter(|&(_, n)| n > 0) {
-            run_test(&model, &pool, kind, n, args.depth, 0)?; // warm-up
+        let tests = args.n_prompt.iter().map(|&n| ("pp", n, 1)).chain(
+            args.n_gen.iter().flat_map(|&n| args.sequences.iter().map(move |&seqs| ("tg", n, seqs))),
+        );
+        for (kind, n, seqs) in tests.filter(|&(_, n, _)| n > 0) {
+            run_test(&model, &pool, kind, n, args.depth, seqs, 0)?; // warm-up
             let mut rates = Vec::new();
             let mut secs = Vec::new();
             for rep in 0..args.repetitions {
-                let (r, s) = run_test(&model, &pool, kind, n, args.depth, rep as u64 + 1)?;
+                let (r, s) = run_test(&model, &pool, kind, n, args.depth, seqs, rep as u64 + 1)?;
                 rates.push(r);
                 secs.push(s);
             }
             let st = Stats::of(&rates);
             let ttft = (kind == "pp").then(|| Stats::of(&secs).mean * 1e3);
-            let test = if args.depth > 0 { format!("{kind}{n} @ d{}", args.depth) } else { format!("{kind}{n}") };
+            let mut test = if args.depth > 0 { format!("{kind}{n} @ d{}", args.depth) } else { format!("{kind}{n}") };
+            if seqs > 1 {
+                test = format!("{test} x{seqs}");
+            }
             println!(
                 "| {t} | {test} | {:.2} ± {:.2} | {:.2} | {:.2} | {} |",
                 st.mean,
@@ -156,7 +179,7 @@ pub fn bench(common: &Common, args: &BenchArgs) -> Result<()> {
                 ttft.map_or("-".into(), |v| format!("{v:.1}"))
             );
             results.push(json!({
-                "threads": t, "test": test, "kind": kind, "n": n, "depth": args.depth,
+                "threads": t, "test": test, "kind": kind, "n": n, "depth": args.depth, "sequences": seqs,
                 "tokens_per_second": st.json(), "samples": rates, "ttft_ms": ttft,
             }));
         }

@@ -187,6 +187,12 @@ fn bench_reports_pp_tg_and_machine() {
     assert_eq!(report["machine"]["device"], "cpu");
     assert!(report["commit"].as_str().is_some_and(|c| !c.is_empty()));
 
+    // Several sequences decoded together, as the server batches its streams.
+    let out = ok(&["bench", "-m", &m, "-p", "0", "-n", "4", "-s", "1,3", "-t", "1", "-r", "1"]);
+    assert!(out.contains("| 1 | tg4 |") && out.contains("| 1 | tg4 x3 |"), "{out}");
+    let o = gemma(&["bench", "-m", &m, "-s", "0"]);
+    assert_eq!(o.status.code(), Some(2));
+
     // The user guide's form.
     let guide = dir.path().join("guide.json");
     let out = ok(&[
