@@ -31,6 +31,7 @@ macro_rules! x86_dispatch {
 pub(crate) use x86_dispatch;
 
 mod float;
+pub mod interleaved_q8_0;
 mod int8_groups;
 mod k_quants;
 mod nuq;

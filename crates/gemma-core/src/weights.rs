@@ -1,7 +1,8 @@
 //! Looking up and checking weight tensors, in a GGUF file or a gemma.cpp SBS file. Matrices stay in the
 //! memory map where the file's layout allows; small vectors (norm weights) are decoded to f32 once.
 
-use gemma_compression::{quant_format, sbs_codec, SbsCodecType};
+use gemma_compression::interleaved_q8_0::InterleavedQ8_0;
+use gemma_compression::{quant_format, sbs_codec, GgmlType, SbsCodecType};
 use gemma_io::sbs::{SbsFile, SbsType};
 use gemma_io::{GgufFile, TensorInfo};
 use gemma_ops::matmul::{RowBlocks, SbsMatrix, WeightView};
@@ -65,6 +66,30 @@ impl Matrix {
             ),
             _ => unreachable!("a matrix is only viewed through the kind of file it was loaded from"),
         }
+    }
+}
+
+impl Matrix {
+    /// The matrix repacked for the interleaved Q8_0 kernels, when it is a Q8_0 tensor of `file`; `None`
+    /// otherwise. The file pages of the original are released as they are copied, so the copy does not add
+    /// to the resident set (the original is still read where a few rows are needed, as embedding lookups).
+    pub fn interleaved_q8_0(&self, file: &GgufFile) -> Result<Option<InterleavedQ8_0>, ModelError> {
+        let Storage::Gguf(info) = &self.storage else { return Ok(None) };
+        if info.ggml_type != GgmlType::Q8_0 || self.cols % 32 != 0 {
+            return Ok(None);
+        }
+        let data = file.tensor_data(info);
+        // Release in steps of a few MiB, not one system call per group.
+        const STEP: usize = 4 << 20;
+        let mut released = 0;
+        let repacked = InterleavedQ8_0::from_q8_0(self.rows, self.cols, data, &mut |done| {
+            if done - released >= STEP || done == data.len() {
+                file.release_pages(&data[released..done]);
+                released = done;
+            }
+        })
+        .map_err(|source| ModelError::TensorFormat { name: info.name.clone(), source: source.into() })?;
+        Ok(Some(repacked))
     }
 }
 

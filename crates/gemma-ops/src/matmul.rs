@@ -3,6 +3,7 @@
 //! Activations are quantized once per matrix into the format the weight type pairs with
 //! ([`QuantFormat::vec_dot_type`]), as llama.cpp does, then each output is one `vec_dot`.
 
+use gemma_compression::interleaved_q8_0::{InterleavedActs, InterleavedQ8_0, ROW_GROUP};
 use gemma_compression::{quant_format, sbs_codec, GgmlType, QuantError, QuantFormat, SbsCodec, SbsCodecType};
 
 use crate::pool::{SharedMut, ThreadPool};
@@ -125,6 +126,39 @@ pub fn matmul(
             w.format.dot_rows(w.cols, w_slab, rows.len(), &acts.data, n, tile);
             // SAFETY: this task alone writes columns `rows` of every token's output row.
             unsafe { scatter_tile(tile, rows.len(), n, &out_shared, m, rows.start) };
+        });
+    });
+    Ok(())
+}
+
+/// `out[t][r] = W[r] · x[t]` for a Q8_0 matrix repacked with interleaved rows (see
+/// [`gemma_compression::interleaved_q8_0`]); `acts` keeps the quantized activations between calls.
+pub fn matmul_interleaved(
+    pool: &ThreadPool,
+    w: &InterleavedQ8_0,
+    x: &[f32],
+    out: &mut [f32],
+    acts: &mut InterleavedActs,
+) -> Result<(), QuantError> {
+    let n = x.len() / w.cols();
+    assert_eq!(x.len(), n * w.cols(), "activation length is not a multiple of the matrix width");
+    assert_eq!(out.len(), n * w.rows(), "output length does not match");
+    acts.quantize(x, w.cols())?;
+    let acts = &*acts;
+    let out_shared = SharedMut::new(out);
+    let m = w.rows();
+    pool.for_ranges(w.groups(), ROWS_PER_TASK / ROW_GROUP, &|groups| {
+        TILE.with_borrow_mut(|tile| {
+            let width = groups.len() * ROW_GROUP;
+            tile.resize(n * width, 0.0);
+            w.dot_groups(groups.clone(), acts, tile);
+            let first = groups.start * ROW_GROUP;
+            let len = width.min(m - first);
+            for t in 0..n {
+                // SAFETY: this task alone writes columns `first..first + len` of every token's output row.
+                let dst = unsafe { out_shared.slice(t * m + first..t * m + first + len) };
+                dst.copy_from_slice(&tile[t * width..t * width + len]);
+            }
         });
     });
     Ok(())

@@ -7,6 +7,7 @@ mod output;
 
 use std::path::Path;
 
+use gemma_compression::interleaved_q8_0::InterleavedActs;
 use gemma_io::sbs::blob_store::BLOB_MAGIC;
 use gemma_io::sbs::SbsFile;
 use gemma_io::{GgufFile, GgufWriter, MetaValue};
@@ -192,8 +193,8 @@ impl Model {
         for t in &batch.tokens {
             caches[t.seq].set_len(t.pos + 1);
         }
-        let Scratch { x, last, acts, logits, .. } = scratch;
-        head.logits(file, c, pool, batch, x, last, acts, logits)
+        let Scratch { x, last, acts, interleaved_acts, logits, .. } = scratch;
+        head.logits(file, c, pool, batch, x, last, acts, interleaved_acts, logits)
     }
 }
 
@@ -211,6 +212,7 @@ pub struct Scratch {
     up: Vec<f32>,
     last: Vec<f32>,
     acts: QuantizedActs,
+    interleaved_acts: InterleavedActs,
     /// The logits of the last pass.
     pub logits: Logits,
 }

@@ -382,6 +382,26 @@ impl GgufFile {
         }
     }
 
+    /// Drops the file pages that lie wholly inside `bytes` (a slice of this file's data, e.g. of
+    /// [`GgufFile::tensor_data`]) from this process's resident set, for data that was copied elsewhere:
+    /// touched again, they are read back from the file. A no-op for files held in memory and for slices
+    /// outside the mapping; a refusal from the kernel is ignored (it only means the pages stay).
+    pub fn release_pages(&self, bytes: &[u8]) {
+        const PAGE: usize = 4096;
+        let Storage::Mapped(map) = &self.storage else { return };
+        let (base, start) = (map.as_ptr() as usize, bytes.as_ptr() as usize);
+        if start < base || start + bytes.len() > base + map.len() {
+            return;
+        }
+        let lo = (start - base).div_ceil(PAGE) * PAGE;
+        let hi = (start - base + bytes.len()) / PAGE * PAGE;
+        if hi > lo {
+            // SAFETY: the mapping is read-only and file-backed, so discarding its pages loses nothing: the
+            // next access reads the same bytes from the file. No `&mut` to the mapping exists.
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo, hi - lo) };
+        }
+    }
+
     /// The bytes of the tensor called `name`, if the file has one.
     pub fn tensor_bytes(&self, name: &str) -> Option<&[u8]> {
         self.tensor(name).and_then(|t| self.data_range(t))
