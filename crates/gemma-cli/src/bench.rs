@@ -115,8 +115,8 @@ fn run_test(
     } else {
         for step in 0..n {
             let mut batch = Batch::default();
-            for (s, cache) in caches.iter().enumerate() {
-                batch.push(BatchToken { token: ids[s][step], pos: cache.len(), seq: s, logits: true });
+            for (s, (cache, seq_ids)) in caches.iter().zip(&ids).enumerate() {
+                batch.push(BatchToken { token: seq_ids[step], pos: cache.len(), seq: s, logits: true });
             }
             model.forward_with(&batch, &mut caches, pool, &mut scratch)?;
         }
@@ -152,9 +152,11 @@ pub fn bench(common: &Common, args: &BenchArgs) -> Result<()> {
     let mut results = Vec::new();
     for &t in &threads {
         let pool = ThreadPool::new(t);
-        let tests = args.n_prompt.iter().map(|&n| ("pp", n, 1)).chain(
-            args.n_gen.iter().flat_map(|&n| args.sequences.iter().map(move |&seqs| ("tg", n, seqs))),
-        );
+        let tests = args
+            .n_prompt
+            .iter()
+            .map(|&n| ("pp", n, 1))
+            .chain(args.n_gen.iter().flat_map(|&n| args.sequences.iter().map(move |&seqs| ("tg", n, seqs))));
         for (kind, n, seqs) in tests.filter(|&(_, n, _)| n > 0) {
             run_test(&model, &pool, kind, n, args.depth, seqs, 0)?; // warm-up
             let mut rates = Vec::new();

@@ -6,6 +6,7 @@
 //!   which does not fit any cache, so it shows how close the kernel gets to memory bandwidth. Throughput: weight
 //!   bytes.
 //! - prefill: a 64-row slab against 256 tokens (what one matmul task sees). Throughput: multiply-adds.
+//! - interleaved: the same products with 16 rows repacked together, at 1, 8 and 256 tokens, beside the GGML layout.
 //! - `read_bandwidth`: summing the 178 MB buffer as u64 words, one thread: the ceiling the `output` figure is
 //!   measured against.
 //!
@@ -13,6 +14,7 @@
 //! Single-threaded throughout (the kernels are; matmul spreads slabs over threads).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use gemma_compression::interleaved::{InterleavedActs, InterleavedRows};
 use gemma_compression::{quant_format, simd_level, GgmlType};
 
 mod common;
@@ -107,6 +109,36 @@ fn bench_prefill(c: &mut Criterion) {
     group.finish();
 }
 
+/// The same products with the rows repacked 16 at a time (`interleaved`), against the GGML layout: one token
+/// (decode), 8 (a server's batched step) and 256 (prefill), 256 rows of 640 (Q8_0 and Q5_0, as in Gemma 3
+/// 270M). Throughput: multiply-adds.
+fn bench_interleaved(c: &mut Criterion) {
+    let mut rng = Rng(11);
+    let mut group = c.benchmark_group("interleaved");
+    group.sample_size(20);
+    let (rows, n) = (256, 640);
+    for ty in [GgmlType::Q8_0, GgmlType::Q5_0] {
+        let f = quant_format(ty).unwrap();
+        let w = weights(&mut rng, ty, rows, n);
+        let repacked = InterleavedRows::repack(ty, rows, n, &w, &mut |_| {}).unwrap();
+        for tokens in [1, 8, 256] {
+            let x: Vec<f32> = (0..n * tokens).map(|_| rng.uniform()).collect();
+            let a = activations(&mut rng, f.vec_dot_type(), n, tokens);
+            let mut out = vec![0f32; rows * tokens];
+            group.throughput(Throughput::Elements((rows * tokens * n) as u64));
+            group.bench_function(format!("ggml_{ty}_{rows}x{n}_x{tokens}"), |b| {
+                b.iter(|| f.dot_rows(n, black_box(&w), rows, black_box(&a), tokens, &mut out))
+            });
+            let mut acts = InterleavedActs::default();
+            acts.quantize(&x, n).unwrap();
+            group.bench_function(format!("interleaved_{ty}_{rows}x{n}_x{tokens}"), |b| {
+                b.iter(|| repacked.dot_groups(0..repacked.groups(), black_box(&acts), &mut out))
+            });
+        }
+    }
+    group.finish();
+}
+
 fn bench_quantize(c: &mut Criterion) {
     let mut rng = Rng(9);
     let mut group = c.benchmark_group("legacy_quantize");
@@ -130,5 +162,5 @@ fn bench_quantize(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_decode, bench_prefill, bench_quantize);
+criterion_group!(benches, bench_decode, bench_prefill, bench_interleaved, bench_quantize);
 criterion_main!(benches);

@@ -31,8 +31,8 @@ macro_rules! x86_dispatch {
 pub(crate) use x86_dispatch;
 
 mod float;
-pub mod interleaved_q8_0;
 mod int8_groups;
+pub mod interleaved;
 mod k_quants;
 mod nuq;
 mod q_legacy;

@@ -1,8 +1,10 @@
 //! Looking up and checking weight tensors, in a GGUF file or a gemma.cpp SBS file. Matrices stay in the
 //! memory map where the file's layout allows; small vectors (norm weights) are decoded to f32 once.
 
-use gemma_compression::interleaved_q8_0::InterleavedQ8_0;
-use gemma_compression::{quant_format, sbs_codec, GgmlType, SbsCodecType};
+use std::sync::Arc;
+
+use gemma_compression::interleaved::{InterleavedFormat, InterleavedRows};
+use gemma_compression::{quant_format, sbs_codec, SbsCodecType};
 use gemma_io::sbs::{SbsFile, SbsType};
 use gemma_io::{GgufFile, TensorInfo};
 use gemma_ops::matmul::{RowBlocks, SbsMatrix, WeightView};
@@ -31,6 +33,9 @@ enum Storage {
     Gguf(TensorInfo),
     /// Rows `map` of the SBS tensor at index `tensor` of the file's toc.
     Sbs { tensor: usize, ty: SbsCodecType, stream_rows: usize, map: RowBlocks, scale: f32 },
+    /// A GGUF tensor repacked at load for the interleaved kernels (shared by the matrices cloned from it,
+    /// as a tied output head).
+    Interleaved(Arc<InterleavedRows>),
     /// An SBS-format stream built at load (a tensor whose file layout the kernels cannot read in place).
     Owned { stream: Vec<u8>, ty: SbsCodecType, scale: f32 },
 }
@@ -41,6 +46,7 @@ impl Matrix {
         // Shape and format were checked when the matrix was made, so these cannot fail for a matrix used
         // with the file it came from.
         match (&self.storage, file) {
+            (Storage::Interleaved(m), _) => WeightView::Interleaved(m),
             (Storage::Gguf(info), WeightFile::Gguf(f)) => WeightView::Ggml(
                 QMatrix::new(f.tensor_data(info), self.rows, self.cols, info.ggml_type)
                     .unwrap_or_else(|e| unreachable!("matrix {} was validated at load: {e}", info.name)),
@@ -69,27 +75,43 @@ impl Matrix {
     }
 }
 
-impl Matrix {
-    /// The matrix repacked for the interleaved Q8_0 kernels, when it is a Q8_0 tensor of `file`; `None`
-    /// otherwise. The file pages of the original are released as they are copied, so the copy does not add
-    /// to the resident set (the original is still read where a few rows are needed, as embedding lookups).
-    pub fn interleaved_q8_0(&self, file: &GgufFile) -> Result<Option<InterleavedQ8_0>, ModelError> {
-        let Storage::Gguf(info) = &self.storage else { return Ok(None) };
-        if info.ggml_type != GgmlType::Q8_0 || self.cols % 32 != 0 {
-            return Ok(None);
+/// The tensor repacked for the interleaved kernels when its format has them (Q8_0, Q5_0) and its rows are
+/// whole blocks. The file pages of the original are released as they are copied, so the copy does not add to
+/// the resident set.
+fn interleaved(
+    file: &GgufFile,
+    info: &TensorInfo,
+    rows: usize,
+    cols: usize,
+) -> Result<Option<InterleavedRows>, ModelError> {
+    if InterleavedFormat::of(info.ggml_type).is_none() || !cols.is_multiple_of(32) {
+        return Ok(None);
+    }
+    let data = file.tensor_data(info);
+    // Release in steps of a few MiB, not one system call per group.
+    const STEP: usize = 4 << 20;
+    let mut released = 0;
+    let repacked = InterleavedRows::repack(info.ggml_type, rows, cols, data, &mut |done| {
+        if done - released >= STEP || done == data.len() {
+            file.release_pages(&data[released..done]);
+            released = done;
         }
-        let data = file.tensor_data(info);
-        // Release in steps of a few MiB, not one system call per group.
-        const STEP: usize = 4 << 20;
-        let mut released = 0;
-        let repacked = InterleavedQ8_0::from_q8_0(self.rows, self.cols, data, &mut |done| {
-            if done - released >= STEP || done == data.len() {
-                file.release_pages(&data[released..done]);
-                released = done;
-            }
-        })
-        .map_err(|source| ModelError::TensorFormat { name: info.name.clone(), source: source.into() })?;
-        Ok(Some(repacked))
+    })
+    .map_err(|source| ModelError::TensorFormat { name: info.name.clone(), source: source.into() })?;
+    Ok(Some(repacked))
+}
+
+/// After loading: maps every tensor the kernels read in place, then releases again the pages of the
+/// repacked ones. The page cache may hold a file in large folios, and a later first fault on a tensor would
+/// map its whole folio, neighbouring repacked tensors included, back into the resident set; faulting the
+/// in-place tensors now and releasing afterwards leaves nothing to fault later.
+pub(crate) fn settle_resident_pages(file: &GgufFile) {
+    let repacked = |t: &TensorInfo| InterleavedFormat::of(t.ggml_type).is_some();
+    for t in file.tensors().iter().filter(|t| !repacked(t)) {
+        file.touch_pages(file.tensor_data(t));
+    }
+    for t in file.tensors().iter().filter(|t| repacked(t)) {
+        file.release_pages(file.tensor_data(t));
     }
 }
 
@@ -109,7 +131,11 @@ pub fn matrix(file: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<M
     }
     QMatrix::new(file.tensor_data(info), rows, cols, info.ggml_type)
         .map_err(|source| ModelError::TensorFormat { name: name.into(), source })?;
-    Ok(Matrix { rows, cols, storage: Storage::Gguf(info.clone()) })
+    let storage = match interleaved(file, info, rows, cols)? {
+        Some(m) => Storage::Interleaved(Arc::new(m)),
+        None => Storage::Gguf(info.clone()),
+    };
+    Ok(Matrix { rows, cols, storage })
 }
 
 /// Loads `name` as a vector of `len` values, decoded to f32.

@@ -133,11 +133,20 @@ fn first_step_logits_are_close_to_llama_cpp() {
                 "prompt {p}: top-1 not among llama.cpp's two best"
             );
         }
+        // Each of the top 10: within 1.0 of llama.cpp's or 0.5 of the f64 reference's at the same rank, or, if
+        // the whole top 10 is shifted, its gap to the best within 0.5 of theirs (softmax ignores a common
+        // shift). A common shift is where equally valid summation orders differ most: on the chat-format
+        // prompt 8 the top 10 sits 0.4-0.9 higher or lower (llama.cpp 4.56, f64 4.98, gemma-rs 4.7-5.4 by
+        // kernel level) while the gaps between ranks agree to 0.35.
+        let gap = |top: &[(u32, f32)], rank: usize| top[rank].1 - top[0].1;
         for rank in 0..10 {
             let d_llama = (ours[rank].1 - theirs[rank].1).abs();
             let d_f64 = (ours[rank].1 - r.top10_first[rank].1).abs();
+            let gap_llama = (gap(&ours, rank) - gap(theirs, rank)).abs();
+            let gap_f64 = (gap(&ours, rank) - gap(&r.top10_first, rank)).abs();
             assert!(
-                d_llama <= 1.0 || d_f64 <= 0.5,
+                (d_llama <= 1.0 || d_f64 <= 0.5)
+                    || ((gap_llama <= 0.5 || gap_f64 <= 0.5) && (d_llama <= 1.5 || d_f64 <= 1.0)),
                 "prompt {p} rank {rank}: ours {:?}, llama.cpp {:?}, f64 {:?}",
                 ours[rank],
                 theirs[rank],

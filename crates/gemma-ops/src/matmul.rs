@@ -3,7 +3,7 @@
 //! Activations are quantized once per matrix into the format the weight type pairs with
 //! ([`QuantFormat::vec_dot_type`]), as llama.cpp does, then each output is one `vec_dot`.
 
-use gemma_compression::interleaved_q8_0::{InterleavedActs, InterleavedQ8_0, ROW_GROUP};
+use gemma_compression::interleaved::{InterleavedActs, InterleavedRows, ROW_GROUP};
 use gemma_compression::{quant_format, sbs_codec, GgmlType, QuantError, QuantFormat, SbsCodec, SbsCodecType};
 
 use crate::pool::{SharedMut, ThreadPool};
@@ -66,6 +66,8 @@ pub struct QuantizedActs {
     pub data: Vec<u8>,
     pub row_bytes: usize,
     pub n_rows: usize,
+    /// The activations of [`matmul_interleaved`] (Q8_0 in the interleaved kernels' layout).
+    pub interleaved: InterleavedActs,
 }
 
 impl QuantizedActs {
@@ -135,7 +137,7 @@ pub fn matmul(
 /// [`gemma_compression::interleaved_q8_0`]); `acts` keeps the quantized activations between calls.
 pub fn matmul_interleaved(
     pool: &ThreadPool,
-    w: &InterleavedQ8_0,
+    w: &InterleavedRows,
     x: &[f32],
     out: &mut [f32],
     acts: &mut InterleavedActs,
@@ -246,6 +248,8 @@ impl<'a> SbsMatrix<'a> {
 pub enum WeightView<'a> {
     Ggml(QMatrix<'a>),
     Sbs(SbsMatrix<'a>),
+    /// Q8_0 or Q5_0 repacked at load with 16 rows interleaved.
+    Interleaved(&'a InterleavedRows),
 }
 
 impl WeightView<'_> {
@@ -253,6 +257,7 @@ impl WeightView<'_> {
         match self {
             WeightView::Ggml(w) => w.rows,
             WeightView::Sbs(w) => w.rows,
+            WeightView::Interleaved(w) => w.rows(),
         }
     }
 
@@ -260,13 +265,14 @@ impl WeightView<'_> {
         match self {
             WeightView::Ggml(w) => w.cols,
             WeightView::Sbs(w) => w.cols,
+            WeightView::Interleaved(w) => w.cols(),
         }
     }
 
     /// The factor every decoded value is multiplied by (1 for GGML formats).
     pub fn scale(&self) -> f32 {
         match self {
-            WeightView::Ggml(_) => 1.0,
+            WeightView::Ggml(_) | WeightView::Interleaved(_) => 1.0,
             WeightView::Sbs(w) => w.scale,
         }
     }
@@ -276,6 +282,7 @@ impl WeightView<'_> {
     pub fn decode_row(&self, r: usize, out: &mut [f32]) {
         match self {
             WeightView::Ggml(w) => w.dequantize_row(r, out),
+            WeightView::Interleaved(w) => w.dequantize_row(r, out),
             WeightView::Sbs(w) => {
                 if let Err(e) = w.decode_row(r, out) {
                     panic!("decoding row {r} of a validated SBS matrix: {e}");
@@ -285,7 +292,7 @@ impl WeightView<'_> {
     }
 }
 
-/// [`matmul`] or [`matmul_sbs`], whichever format family `w` is in.
+/// [`matmul`], [`matmul_interleaved`] or [`matmul_sbs`], whichever kind of matrix `w` is.
 pub fn matmul_view(
     pool: &ThreadPool,
     w: &WeightView,
@@ -295,6 +302,7 @@ pub fn matmul_view(
 ) -> Result<(), QuantError> {
     match w {
         WeightView::Ggml(q) => matmul(pool, q, x, out, scratch),
+        WeightView::Interleaved(w) => matmul_interleaved(pool, w, x, out, &mut scratch.interleaved),
         WeightView::Sbs(s) => {
             matmul_sbs(pool, s, x, out);
             Ok(())

@@ -6,7 +6,7 @@
 //! lengths are checked before any raw load.
 
 pub(crate) mod activations;
-pub(crate) mod interleaved_q8_0;
+pub(crate) mod interleaved;
 pub(crate) mod k_quants;
 pub(crate) mod k_tiles;
 pub(crate) mod legacy;

@@ -7,7 +7,6 @@ mod output;
 
 use std::path::Path;
 
-use gemma_compression::interleaved_q8_0::InterleavedActs;
 use gemma_io::sbs::blob_store::BLOB_MAGIC;
 use gemma_io::sbs::SbsFile;
 use gemma_io::{GgufFile, GgufWriter, MetaValue};
@@ -85,6 +84,7 @@ impl Model {
             Architecture::Gemma3 => Weights::Gemma3(gemma3::Gemma3Weights::load(&file, &config)?),
             Architecture::Llama => Weights::Llama(llama::LlamaWeights::load(&file, &config)?),
         };
+        crate::weights::settle_resident_pages(&file);
         Ok(Model { file, sbs: None, config, weights })
     }
 
@@ -193,8 +193,8 @@ impl Model {
         for t in &batch.tokens {
             caches[t.seq].set_len(t.pos + 1);
         }
-        let Scratch { x, last, acts, interleaved_acts, logits, .. } = scratch;
-        head.logits(file, c, pool, batch, x, last, acts, interleaved_acts, logits)
+        let Scratch { x, last, acts, logits, .. } = scratch;
+        head.logits(file, c, pool, batch, x, last, acts, logits)
     }
 }
 
@@ -212,7 +212,6 @@ pub struct Scratch {
     up: Vec<f32>,
     last: Vec<f32>,
     acts: QuantizedActs,
-    interleaved_acts: InterleavedActs,
     /// The logits of the last pass.
     pub logits: Logits,
 }

@@ -1,9 +1,8 @@
 //! The end of every decoder: final RMSNorm and the projection to vocabulary logits, computed only for the
 //! batch tokens that ask for logits.
 
-use gemma_compression::interleaved_q8_0::{InterleavedActs, InterleavedQ8_0};
 use gemma_io::GgufFile;
-use gemma_ops::matmul::{matmul_interleaved, matmul_view};
+use gemma_ops::matmul::matmul_view;
 use gemma_ops::{QuantizedActs, ThreadPool};
 
 use super::{rms_norm_rows, sized};
@@ -16,10 +15,6 @@ pub(crate) struct OutputHead {
     norm: Vec<f32>,
     /// `output.weight`, or the token embedding itself when the file ties them (no `output.weight`).
     projection: Matrix,
-    /// The projection with 16 rows interleaved, when it is Q8_0: a batched decode step multiplies it with
-    /// every sequence's token, and this layout does that with half the instructions (see
-    /// `gemma_compression::interleaved_q8_0`). Used for every pass, so results do not depend on the batch.
-    interleaved: Option<InterleavedQ8_0>,
 }
 
 impl OutputHead {
@@ -28,13 +23,12 @@ impl OutputHead {
             Some(_) => matrix(file, "output.weight", c.vocab_size, c.d_model)?,
             None => embedding.clone(),
         };
-        let interleaved = projection.interleaved_q8_0(file)?;
-        Ok(OutputHead { norm: vector(file, "output_norm.weight", c.d_model)?, projection, interleaved })
+        Ok(OutputHead { norm: vector(file, "output_norm.weight", c.d_model)?, projection })
     }
 
     /// The head of an SBS checkpoint: the final norm (`1 + w`) and the embedding as the tied projection.
     pub(crate) fn new(norm: Vec<f32>, projection: Matrix) -> OutputHead {
-        OutputHead { norm, projection, interleaved: None }
+        OutputHead { norm, projection }
     }
 
     /// Writes into `logits` the logits of the tokens of `batch` that want them, from the final hidden states
@@ -49,7 +43,6 @@ impl OutputHead {
         x: &[f32],
         rows: &mut Vec<f32>,
         acts: &mut QuantizedActs,
-        interleaved_acts: &mut InterleavedActs,
         logits: &mut Logits,
     ) -> Result<(), ModelError> {
         let d = c.d_model;
@@ -62,10 +55,7 @@ impl OutputHead {
         }
         rms_norm_rows(pool, rows, &self.norm, c.rms_eps);
         let data = sized(&mut logits.data, logits.batch_index.len() * c.vocab_size);
-        match &self.interleaved {
-            Some(w) => matmul_interleaved(pool, w, rows, data, interleaved_acts)?,
-            None => matmul_view(pool, &self.projection.view(file), rows, data, acts)?,
-        }
+        matmul_view(pool, &self.projection.view(file), rows, data, acts)?;
         if let Some(cap) = c.final_logit_softcap {
             data.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
         }

@@ -179,7 +179,13 @@ impl GgufFile {
         } else {
             // SAFETY: the map is read-only and private to this process; a concurrent writer truncating the
             // file could still fault, which is the documented hazard of every mmap-based model loader.
-            Storage::Mapped(unsafe { memmap2::Mmap::map(&file) }.map_err(io)?)
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+            // Page-sized mappings, so that releasing one tensor's pages (`release_pages`) never takes a
+            // neighbour's with it, nor does a fault on a neighbour map a released tensor back as part of a huge
+            // page. A refusal only costs that precision.
+            #[cfg(target_os = "linux")]
+            let _ = map.advise(memmap2::Advice::NoHugePage);
+            Storage::Mapped(map)
         };
         Self::parse(path, storage)
     }
@@ -400,6 +406,13 @@ impl GgufFile {
             // next access reads the same bytes from the file. No `&mut` to the mapping exists.
             let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo, hi - lo) };
         }
+    }
+
+    /// Reads one byte of every page of `bytes`, so that they are mapped now rather than at first use.
+    pub fn touch_pages(&self, bytes: &[u8]) {
+        // Every 4096th byte from the start, and the last: together they lie in every page the slice touches.
+        let sum = bytes.iter().step_by(4096).chain(bytes.last()).fold(0u8, |a, &b| a ^ b);
+        std::hint::black_box(sum);
     }
 
     /// The bytes of the tensor called `name`, if the file has one.
