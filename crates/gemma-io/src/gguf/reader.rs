@@ -187,7 +187,11 @@ impl GgufFile {
             let _ = map.advise(memmap2::Advice::NoHugePage);
             Storage::Mapped(map)
         };
-        Self::parse(path, storage)
+        let file = Self::parse(path, storage)?;
+        // The metadata and tensor table are parsed into owned values: their pages are not read again.
+        let header = usize::try_from(file.data_offset).unwrap_or(0).min(file.storage.bytes().len());
+        file.release_pages(&file.storage.bytes()[..header]);
+        Ok(file)
     }
 
     /// Parses a GGUF image held in memory (`name` is used in error messages).
