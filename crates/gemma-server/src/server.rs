@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api_error::ApiError;
 use crate::auth::{Authenticator, RateLimiter};
@@ -85,17 +85,31 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// A request's place among the `max_connections` in flight. A handler that outlives its response (the
+/// WebSocket endpoint) takes the permit out and keeps it for the connection's life.
+#[derive(Clone)]
+pub struct ConnectionPermit(Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl ConnectionPermit {
+    pub fn take(&self) -> Option<OwnedSemaphorePermit> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
 /// Counts requests by route pattern and status, and bounds the requests in flight. The permit lives as
-/// long as the response body, so a long stream counts until it ends.
-async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// long as the response body, so a long stream counts until it ends (a WebSocket until it closes).
+async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
     let metrics = state.inner.metrics.clone();
     let Ok(permit) = state.inner.in_flight.clone().try_acquire_owned() else {
         metrics.count_request(&route, 503);
         return ApiError::unavailable("too many requests in flight", 1).into_response();
     };
+    let slot = ConnectionPermit(Arc::new(std::sync::Mutex::new(Some(permit))));
+    req.extensions_mut().insert(slot.clone());
     let response = next.run(req).await;
     metrics.count_request(&route, response.status().as_u16());
+    let permit = slot.take();
     let (parts, body) = response.into_parts();
     let body = body.into_data_stream().map(move |chunk| {
         let _held = &permit;

@@ -10,17 +10,27 @@ use std::time::Instant;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
+use axum::Extension;
 use serde_json::{json, Value};
 
 use crate::api_error::ApiError;
 use crate::engine::{Event, Finish};
 use crate::fields::Fields;
 use crate::openai::{parse_plan, submit, usage_json, Dialect};
-use crate::server::AppState;
+use crate::server::{AppState, ConnectionPermit};
 
-pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+pub async fn upgrade(
+    State(state): State<AppState>,
+    permit: Option<Extension<ConnectionPermit>>,
+    ws: WebSocketUpgrade,
+) -> Response {
     let limit = state.max_body_bytes();
-    ws.max_message_size(limit).on_upgrade(move |socket| serve_socket(state, socket))
+    // The connection counts against `max_connections` until the socket closes, not just its handshake.
+    let permit = permit.and_then(|Extension(p)| p.take());
+    ws.max_message_size(limit).on_upgrade(move |socket| async move {
+        let _held = permit;
+        serve_socket(state, socket).await
+    })
 }
 
 fn error_message(e: &ApiError) -> Message {
