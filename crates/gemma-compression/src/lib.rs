@@ -222,6 +222,22 @@ pub fn has_avx512_vnni() -> bool {
     *VNNI.get_or_init(|| simd_level() >= SimdLevel::Avx512 && cpu_has_avx512_vnni())
 }
 
+/// Whether kernels with an AVX-512 VBMI version (byte-table lookups) should run it: [`simd_level`] is `Avx512`
+/// and the CPU reports VBMI. Detected once, cached.
+pub fn has_avx512_vbmi() -> bool {
+    static VBMI: OnceLock<bool> = OnceLock::new();
+    *VBMI.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            simd_level() >= SimdLevel::Avx512 && is_x86_feature_detected!("avx512vbmi")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
 /// Checks a `quantize_row` call's lengths and returns the number of blocks.
 fn check_quantize_lengths(ty: GgmlType, src: &[f32], dst: &[u8]) -> Result<usize, QuantError> {
     let n = src.len();

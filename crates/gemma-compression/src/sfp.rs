@@ -167,6 +167,11 @@ impl SbsCodec for SfpCodec {
     }
     fn dot(&self, packed: &[u8], packed_ofs: usize, act: &[f32]) -> f32 {
         assert_dot_stream(self, packed.len(), packed_ofs, act.len());
+        #[cfg(target_arch = "x86_64")]
+        if crate::has_avx512_vbmi() {
+            // SAFETY: the CPU reports AVX-512 F/BW/VBMI (with AVX2, FMA and F16C); the stream was checked.
+            return unsafe { crate::x86::sbs_dots::dot_sfp_vbmi(packed, packed_ofs, act) };
+        }
         if let Some(r) = crate::x86_dispatch!(sbs_dots::dot_sfp(packed, packed_ofs, act)) {
             return r;
         }
