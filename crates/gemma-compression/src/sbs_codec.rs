@@ -132,9 +132,7 @@ pub trait SbsCodec: Sync + Send {
                 panic!("dot_rows: {e}");
             }
             // The decoded row is exactly what `dot` multiplies, and the f32 dot accumulates the same way.
-            for t in 0..n_tokens {
-                out[r * n_tokens + t] = dot_f32_values(&row, &acts[t * n..(t + 1) * n]);
-            }
+            dot_decoded_row(&row, acts, &mut out[r * n_tokens..(r + 1) * n_tokens]);
         }
     }
 }
@@ -249,6 +247,22 @@ pub(crate) fn dot_f32_values(w: &[f32], a: &[f32]) -> f32 {
         return r;
     }
     dot_lanes_scalar(w.len(), |i| w[i], |i| a[i])
+}
+
+/// `out[t]` = the dot of the decoded weight row `w` with token `t` of `acts` (`out.len()` rows of `w.len()`),
+/// each bitwise what [`SbsCodec::dot`] of the row's F32 stream gives that token: the products of a decoded
+/// row with many tokens (a prefill), with each weight vector loaded once for several tokens.
+pub fn dot_decoded_row(w: &[f32], acts: &[f32], out: &mut [f32]) {
+    assert_eq!(acts.len(), w.len() * out.len(), "{} tokens of {} in {} activations", out.len(), w.len(), acts.len());
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd_level() >= crate::SimdLevel::Avx512 {
+        // SAFETY: simd_level() is Avx512 only when the CPU reports AVX-512F (and AVX2, FMA, F16C).
+        unsafe { crate::x86::sbs_dots::dot_row_tokens_avx512(w, acts, out) };
+        return;
+    }
+    for (o, a) in out.iter_mut().zip(acts.chunks_exact(w.len().max(1))) {
+        *o = dot_f32_values(w, a);
+    }
 }
 
 /// The F32 stream format: little-endian f32, one per element.

@@ -4,7 +4,9 @@
 //! ([`QuantFormat::vec_dot_type`]), as llama.cpp does, then each output is one `vec_dot`.
 
 use gemma_compression::interleaved::{InterleavedActs, InterleavedRows, ROW_GROUP};
-use gemma_compression::{quant_format, sbs_codec, GgmlType, QuantError, QuantFormat, SbsCodec, SbsCodecType};
+use gemma_compression::{
+    dot_decoded_row, quant_format, sbs_codec, GgmlType, QuantError, QuantFormat, SbsCodec, SbsCodecType,
+};
 
 use crate::pool::{SharedMut, ThreadPool};
 
@@ -311,8 +313,8 @@ pub fn matmul_view(
 }
 
 thread_local! {
-    /// Per-thread decoded weight row (f32, then its F32-stream bytes) for SBS products of several tokens.
-    static SBS_ROW: std::cell::RefCell<(Vec<f32>, Vec<u8>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    /// Per-thread decoded weight row for SBS products of several tokens.
+    static SBS_ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// `out[t][r] = scale * (W[r] · x[t])` for an SBS matrix, with f32 activations as they are (gemma.cpp's
@@ -326,7 +328,6 @@ pub fn matmul_sbs(pool: &ThreadPool, w: &SbsMatrix, x: &[f32], out: &mut [f32]) 
     assert_eq!(x.len(), n * k, "activation length is not a multiple of the matrix width");
     assert_eq!(out.len(), n * m, "output length does not match");
     let out_shared = SharedMut::new(out);
-    let f32_codec = sbs_codec(SbsCodecType::F32);
     pool.for_ranges(m, ROWS_PER_TASK, &|rows| {
         if n == 1 {
             // SAFETY: tasks own disjoint row ranges, and with one token those are disjoint ranges of `out`.
@@ -336,21 +337,18 @@ pub fn matmul_sbs(pool: &ThreadPool, w: &SbsMatrix, x: &[f32], out: &mut [f32]) 
             }
             return;
         }
-        SBS_ROW.with_borrow_mut(|(row, row_bytes)| {
+        SBS_ROW.with_borrow_mut(|row| {
             TILE.with_borrow_mut(|tile| {
                 row.resize(k, 0.0);
-                row_bytes.resize(4 * k, 0);
                 tile.resize(rows.len() * n, 0.0);
                 for (i, r) in rows.clone().enumerate() {
                     if let Err(e) = w.codec.decode(w.stream, w.map.stream_row(r) * k, row) {
                         panic!("matmul_sbs: row {r} of a validated matrix: {e}");
                     }
-                    for (b, v) in row_bytes.chunks_exact_mut(4).zip(row.iter()) {
-                        b.copy_from_slice(&v.to_le_bytes());
-                    }
-                    for (d, xt) in tile[i * n..(i + 1) * n].iter_mut().zip(x.chunks_exact(k)) {
-                        *d = f32_codec.dot(row_bytes, 0, xt) * w.scale;
-                    }
+                    // Bitwise what `codec.dot` gives each token (the decoded row is what it multiplies).
+                    let dst = &mut tile[i * n..(i + 1) * n];
+                    dot_decoded_row(row, x, dst);
+                    dst.iter_mut().for_each(|d| *d *= w.scale);
                 }
                 // SAFETY: this task alone writes columns `rows` of every token's output row.
                 unsafe { scatter_tile(tile, rows.len(), n, &out_shared, m, rows.start) };

@@ -445,6 +445,81 @@ pub(crate) unsafe fn dot_sfp_vbmi(packed: &[u8], ofs: usize, act: &[f32]) -> f32
     hsum_f32x8(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])))
 }
 
+/// Dots of one decoded weight row `w` with each of the `out.len()` activation rows of `acts` (each `w.len()`
+/// long), eight tokens at a time so that each weight vector is loaded once for all of them. Every dot
+/// accumulates exactly as [`dot_f32_slices`] (accumulators 0|1 and 2|3 of the shared pattern held in two
+/// 16-lane registers per token, the leftover chunks and the tail through the same 8-lane steps), so each
+/// result equals its one-token call bit for bit.
+///
+/// # Safety
+/// The CPU supports avx2, fma, f16c and avx512f.
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+pub(crate) unsafe fn dot_row_tokens_avx512(w: &[f32], acts: &[f32], out: &mut [f32]) {
+    let n = w.len();
+    assert_eq!(acts.len(), n * out.len(), "activations of {} tokens of {n}", out.len());
+    let mut t0 = 0;
+    while t0 < out.len() {
+        let tn = (out.len() - t0).min(8);
+        match tn {
+            8 => row_tokens::<8>(w, acts, t0, out),
+            4..=7 => row_tokens::<4>(w, acts, t0, out),
+            _ => row_tokens::<1>(w, acts, t0, out),
+        }
+        t0 += match tn {
+            8 => 8,
+            4..=7 => 4,
+            _ => 1,
+        };
+    }
+}
+
+/// Tokens `t0..t0 + T` of [`dot_row_tokens_avx512`].
+///
+/// # Safety
+/// As [`dot_row_tokens_avx512`], with `t0 + T` tokens in `acts` and `out`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+unsafe fn row_tokens<const T: usize>(w: &[f32], acts: &[f32], t0: usize, out: &mut [f32]) {
+    let n = w.len();
+    let a0 = acts[t0 * n..(t0 + T) * n].as_ptr();
+    let mut x = [_mm512_setzero_ps(); T];
+    let mut y = [_mm512_setzero_ps(); T];
+    let mut i = 0;
+    while i + 32 <= n {
+        let (w0, w1) = (_mm512_loadu_ps(w.as_ptr().add(i)), _mm512_loadu_ps(w.as_ptr().add(i + 16)));
+        for t in 0..T {
+            let a = a0.add(t * n + i);
+            x[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(a), x[t]);
+            y[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(a.add(16)), y[t]);
+        }
+        i += 32;
+    }
+    let half = |v: __m512, k: usize| {
+        if k == 0 {
+            _mm512_castps512_ps256(v)
+        } else {
+            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
+        }
+    };
+    for t in 0..T {
+        let act = &acts[(t0 + t) * n..(t0 + t + 1) * n];
+        let mut acc = [half(x[t], 0), half(x[t], 1), half(y[t], 0), half(y[t], 1)];
+        let full = n / 8;
+        let mut c = i / 8;
+        while c < n.div_ceil(8) {
+            let j = c * 8;
+            let (wv, av) = if c < full {
+                (load_f32x8(&w[j..]), load_f32x8(&act[j..]))
+            } else {
+                (tail_vec(n - j, |k| w[j + k]), tail_vec(n - j, |k| act[j + k]))
+            };
+            acc[c % 4] = _mm256_fmadd_ps(wv, av, acc[c % 4]);
+            c += 1;
+        }
+        out[t0 + t] = hsum_f32x8(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    }
+}
+
 /// Dot of two f32 slices of equal length (the decoded-row path of `dot_rows`). # Safety: the CPU supports
 /// avx2, fma and f16c.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -508,6 +583,30 @@ mod tests {
         let act: Vec<f32> = (0..640).map(|_| rng.uniform()).collect();
         let via_codec = sbs_codec(SbsCodecType::Sfp).dot(&packed, 17, &act);
         assert_eq!(via_codec.to_bits(), SfpCodec::dot_scalar(&packed, 17, &act).to_bits());
+    }
+
+    /// A decoded row against many tokens gives each token's one-pair `dot_f32_slices` bits.
+    #[test]
+    fn row_tokens_kernel_equals_one_token_dots_bit_for_bit() {
+        if !is_x86_feature_detected!("avx512f") {
+            println!("skipping the AVX-512 row-tokens kernel: the CPU lacks AVX-512F");
+            return;
+        }
+        let mut rng = TestRng::new(65);
+        for n in [1usize, 7, 8, 31, 32, 33, 64, 100, 640, 2048, 2061] {
+            for tokens in [1usize, 2, 3, 4, 5, 7, 8, 9, 13, 17] {
+                let w: Vec<f32> = (0..n).map(|_| rng.uniform()).collect();
+                let acts: Vec<f32> = (0..n * tokens).map(|_| rng.uniform() * 3.0).collect();
+                let mut out = vec![f32::NAN; tokens];
+                // SAFETY: AVX-512F checked above (with AVX2/FMA/F16C on every such CPU).
+                unsafe { dot_row_tokens_avx512(&w, &acts, &mut out) };
+                for (t, &o) in out.iter().enumerate() {
+                    // SAFETY: as above.
+                    let one = unsafe { dot_f32_slices(&w, &acts[t * n..(t + 1) * n]) };
+                    assert_eq!(o.to_bits(), one.to_bits(), "n={n} tokens={tokens} t={t}");
+                }
+            }
+        }
     }
 
     type F32Kernel = unsafe fn(&[u8], usize, &[f32]) -> f32;
