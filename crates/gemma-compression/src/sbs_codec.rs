@@ -265,6 +265,34 @@ pub fn dot_decoded_row(w: &[f32], acts: &[f32], out: &mut [f32]) {
     }
 }
 
+/// [`dot_decoded_row`] for the decoded rows in `w` (each `k` long): `out[r * n_tokens + t]` for row `r` and
+/// token `t` of `acts` (`n_tokens` rows of `k`). Rows are taken two at a time where AVX-512 is available, so
+/// each activation vector loaded serves both. Bitwise the same dots.
+pub fn dot_decoded_rows(w: &[f32], k: usize, acts: &[f32], out: &mut [f32]) {
+    let k = k.max(1);
+    let (rows, tokens) = (w.len() / k, acts.len() / k);
+    assert!(w.len() == rows * k && acts.len() == tokens * k && out.len() == rows * tokens, "dot_decoded_rows shapes");
+    let mut r = 0;
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd_level() >= crate::SimdLevel::Avx512 {
+        while r + 2 <= rows {
+            // SAFETY: simd_level() is Avx512 only when the CPU reports AVX-512F (and AVX2, FMA, F16C).
+            unsafe {
+                crate::x86::sbs_dots::dot_row_pair_tokens_avx512(
+                    &w[r * k..(r + 2) * k],
+                    acts,
+                    &mut out[r * tokens..(r + 2) * tokens],
+                )
+            };
+            r += 2;
+        }
+    }
+    while r < rows {
+        dot_decoded_row(&w[r * k..(r + 1) * k], acts, &mut out[r * tokens..(r + 1) * tokens]);
+        r += 1;
+    }
+}
+
 /// The F32 stream format: little-endian f32, one per element.
 pub(crate) struct F32Codec;
 /// The BF16 stream format: little-endian bf16, one per element; encoding rounds to nearest even.

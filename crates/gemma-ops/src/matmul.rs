@@ -5,7 +5,7 @@
 
 use gemma_compression::interleaved::{InterleavedActs, InterleavedRows, ROW_GROUP};
 use gemma_compression::{
-    dot_decoded_row, quant_format, sbs_codec, GgmlType, QuantError, QuantFormat, SbsCodec, SbsCodecType,
+    dot_decoded_rows, quant_format, sbs_codec, GgmlType, QuantError, QuantFormat, SbsCodec, SbsCodecType,
 };
 
 use crate::pool::{SharedMut, ThreadPool};
@@ -339,15 +339,20 @@ pub fn matmul_sbs(pool: &ThreadPool, w: &SbsMatrix, x: &[f32], out: &mut [f32]) 
         }
         SBS_ROW.with_borrow_mut(|row| {
             TILE.with_borrow_mut(|tile| {
-                row.resize(k, 0.0);
                 tile.resize(rows.len() * n, 0.0);
-                for (i, r) in rows.clone().enumerate() {
-                    if let Err(e) = w.codec.decode(w.stream, w.map.stream_row(r) * k, row) {
-                        panic!("matmul_sbs: row {r} of a validated matrix: {e}");
+                // Two rows at a time: the kernel lets each activation load serve both.
+                for (pair, first) in rows.clone().step_by(2).enumerate() {
+                    let count = (rows.end - first).min(2);
+                    row.resize(count * k, 0.0);
+                    for (j, dst) in row.chunks_exact_mut(k).enumerate() {
+                        let r = first + j;
+                        if let Err(e) = w.codec.decode(w.stream, w.map.stream_row(r) * k, dst) {
+                            panic!("matmul_sbs: row {r} of a validated matrix: {e}");
+                        }
                     }
                     // Bitwise what `codec.dot` gives each token (the decoded row is what it multiplies).
-                    let dst = &mut tile[i * n..(i + 1) * n];
-                    dot_decoded_row(row, x, dst);
+                    let dst = &mut tile[2 * pair * n..(2 * pair + count) * n];
+                    dot_decoded_rows(row, k, x, dst);
                     dst.iter_mut().for_each(|d| *d *= w.scale);
                 }
                 // SAFETY: this task alone writes columns `rows` of every token's output row.

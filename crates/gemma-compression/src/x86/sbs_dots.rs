@@ -473,6 +473,106 @@ pub(crate) unsafe fn dot_row_tokens_avx512(w: &[f32], acts: &[f32], out: &mut [f
     }
 }
 
+/// [`dot_row_tokens_avx512`] for two decoded rows at once (`w` holds both, each `k` long; `out` row `r` holds
+/// row `r`'s dots with every token): each activation vector loaded serves both rows. Bitwise the same dots.
+///
+/// # Safety
+/// The CPU supports avx2, fma, f16c and avx512f.
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+pub(crate) unsafe fn dot_row_pair_tokens_avx512(w: &[f32], acts: &[f32], out: &mut [f32]) {
+    let k = w.len() / 2;
+    let tokens = out.len() / 2;
+    assert!(
+        w.len() == 2 * k && out.len() == 2 * tokens && acts.len() == k * tokens,
+        "two rows of {k}, {tokens} tokens"
+    );
+    let mut t0 = 0;
+    while t0 < tokens {
+        t0 += match tokens - t0 {
+            1 => pair_tokens::<1>(w, k, acts, t0, out, tokens),
+            2 => pair_tokens::<2>(w, k, acts, t0, out, tokens),
+            3 => pair_tokens::<3>(w, k, acts, t0, out, tokens),
+            4 => pair_tokens::<4>(w, k, acts, t0, out, tokens),
+            5 => pair_tokens::<5>(w, k, acts, t0, out, tokens),
+            _ => pair_tokens::<6>(w, k, acts, t0, out, tokens),
+        };
+    }
+}
+
+/// Tokens `t0..t0 + T` of [`dot_row_pair_tokens_avx512`]; returns `T`.
+///
+/// # Safety
+/// As [`dot_row_pair_tokens_avx512`], with the tokens present.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+unsafe fn pair_tokens<const T: usize>(
+    w: &[f32],
+    k: usize,
+    acts: &[f32],
+    t0: usize,
+    out: &mut [f32],
+    tokens: usize,
+) -> usize {
+    let a0 = acts[t0 * k..(t0 + T) * k].as_ptr();
+    let (r0, r1) = (w[..k].as_ptr(), w[k..2 * k].as_ptr());
+    let mut x = [[_mm512_setzero_ps(); T]; 2];
+    let mut y = [[_mm512_setzero_ps(); T]; 2];
+    let mut i = 0;
+    while i + 32 <= k {
+        let w0 = [_mm512_loadu_ps(r0.add(i)), _mm512_loadu_ps(r1.add(i))];
+        let w1 = [_mm512_loadu_ps(r0.add(i + 16)), _mm512_loadu_ps(r1.add(i + 16))];
+        for t in 0..T {
+            let a = a0.add(t * k + i);
+            let (lo, hi) = (_mm512_loadu_ps(a), _mm512_loadu_ps(a.add(16)));
+            for r in 0..2 {
+                x[r][t] = _mm512_fmadd_ps(w0[r], lo, x[r][t]);
+                y[r][t] = _mm512_fmadd_ps(w1[r], hi, y[r][t]);
+            }
+        }
+        i += 32;
+    }
+    for r in 0..2 {
+        let row = &w[r * k..(r + 1) * k];
+        for t in 0..T {
+            let act = &acts[(t0 + t) * k..(t0 + t + 1) * k];
+            out[r * tokens + t0 + t] = finish_dot(row, act, i, x[r][t], y[r][t]);
+        }
+    }
+    T
+}
+
+/// The end of one dot after its whole 32-element steps (`done` elements) left accumulators 0|1 in `x` and
+/// 2|3 in `y`: the remaining chunks into accumulator `c % 4`, the tail zero-padded, then the shared reduction.
+///
+/// # Safety
+/// The CPU supports avx2, fma, f16c and avx512f.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+unsafe fn finish_dot(w: &[f32], act: &[f32], done: usize, x: __m512, y: __m512) -> f32 {
+    let n = w.len();
+    let half = |v: __m512, k: usize| {
+        if k == 0 {
+            _mm512_castps512_ps256(v)
+        } else {
+            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
+        }
+    };
+    let mut acc = [half(x, 0), half(x, 1), half(y, 0), half(y, 1)];
+    let full = n / 8;
+    let mut c = done / 8;
+    while c < n.div_ceil(8) {
+        let j = c * 8;
+        let (wv, av) = if c < full {
+            (load_f32x8(&w[j..]), load_f32x8(&act[j..]))
+        } else {
+            (tail_vec(n - j, |k| w[j + k]), tail_vec(n - j, |k| act[j + k]))
+        };
+        acc[c % 4] = _mm256_fmadd_ps(wv, av, acc[c % 4]);
+        c += 1;
+    }
+    hsum_f32x8(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])))
+}
+
 /// Tokens `t0..t0 + T` of [`dot_row_tokens_avx512`].
 ///
 /// # Safety
@@ -494,29 +594,9 @@ unsafe fn row_tokens<const T: usize>(w: &[f32], acts: &[f32], t0: usize, out: &m
         }
         i += 32;
     }
-    let half = |v: __m512, k: usize| {
-        if k == 0 {
-            _mm512_castps512_ps256(v)
-        } else {
-            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
-        }
-    };
     for t in 0..T {
         let act = &acts[(t0 + t) * n..(t0 + t + 1) * n];
-        let mut acc = [half(x[t], 0), half(x[t], 1), half(y[t], 0), half(y[t], 1)];
-        let full = n / 8;
-        let mut c = i / 8;
-        while c < n.div_ceil(8) {
-            let j = c * 8;
-            let (wv, av) = if c < full {
-                (load_f32x8(&w[j..]), load_f32x8(&act[j..]))
-            } else {
-                (tail_vec(n - j, |k| w[j + k]), tail_vec(n - j, |k| act[j + k]))
-            };
-            acc[c % 4] = _mm256_fmadd_ps(wv, av, acc[c % 4]);
-            c += 1;
-        }
-        out[t0 + t] = hsum_f32x8(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+        out[t0 + t] = finish_dot(w, act, i, x[t], y[t]);
     }
 }
 
@@ -604,6 +684,32 @@ mod tests {
                     // SAFETY: as above.
                     let one = unsafe { dot_f32_slices(&w, &acts[t * n..(t + 1) * n]) };
                     assert_eq!(o.to_bits(), one.to_bits(), "n={n} tokens={tokens} t={t}");
+                }
+            }
+        }
+    }
+
+    /// Two decoded rows against many tokens give each pair's one-token `dot_f32_slices` bits.
+    #[test]
+    fn row_pair_kernel_equals_one_token_dots_bit_for_bit() {
+        if !is_x86_feature_detected!("avx512f") {
+            println!("skipping the AVX-512 row-pair kernel: the CPU lacks AVX-512F");
+            return;
+        }
+        let mut rng = TestRng::new(66);
+        for n in [1usize, 8, 31, 32, 33, 100, 640, 2061] {
+            for tokens in [1usize, 2, 5, 6, 7, 12, 13] {
+                let w: Vec<f32> = (0..2 * n).map(|_| rng.uniform()).collect();
+                let acts: Vec<f32> = (0..n * tokens).map(|_| rng.uniform() * 3.0).collect();
+                let mut out = vec![f32::NAN; 2 * tokens];
+                // SAFETY: AVX-512F checked above (with AVX2/FMA/F16C on every such CPU).
+                unsafe { dot_row_pair_tokens_avx512(&w, &acts, &mut out) };
+                for r in 0..2 {
+                    for t in 0..tokens {
+                        // SAFETY: as above.
+                        let one = unsafe { dot_f32_slices(&w[r * n..(r + 1) * n], &acts[t * n..(t + 1) * n]) };
+                        assert_eq!(out[r * tokens + t].to_bits(), one.to_bits(), "n={n} tokens={tokens} ({r},{t})");
+                    }
                 }
             }
         }
