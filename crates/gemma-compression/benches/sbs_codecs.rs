@@ -3,7 +3,7 @@
 //!
 //! - decode: one token against a 2048 x 640 matrix (cache-resident: compute speed).
 //! - output: one token against a 262,144 x 640 matrix (the tied embedding; does not fit any cache).
-//! - prefill: 64 rows against 32 tokens (a row is decoded once, then dotted with each token).
+//! - prefill: 64 rows against 32 tokens (rows are decoded once, then dotted with the tokens two rows at a time).
 //! - encode: NUQ's clustering and SFP/I8 encoding of one 2048 x 640 matrix (elements per second).
 //!
 //! Run with `cargo bench -p gemma-compression --bench sbs_codecs`; `GEMMA_SIMD=scalar` runs the scalar twins.

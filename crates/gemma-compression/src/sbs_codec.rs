@@ -126,13 +126,17 @@ pub trait SbsCodec: Sync + Send {
             }
             return;
         }
-        let mut row = vec![0.0f32; n];
-        for r in 0..rows {
-            if let Err(e) = self.decode(packed, (first_row + r) * n, &mut row) {
-                panic!("dot_rows: {e}");
+        // Two rows decoded at a time: the batched kernel lets each activation load serve both.
+        let mut pair = vec![0.0f32; 2 * n];
+        for r in (0..rows).step_by(2) {
+            let count = (rows - r).min(2);
+            for (j, row) in pair[..count * n].chunks_exact_mut(n.max(1)).enumerate() {
+                if let Err(e) = self.decode(packed, (first_row + r + j) * n, row) {
+                    panic!("dot_rows: {e}");
+                }
             }
-            // The decoded row is exactly what `dot` multiplies, and the f32 dot accumulates the same way.
-            dot_decoded_row(&row, acts, &mut out[r * n_tokens..(r + 1) * n_tokens]);
+            // The decoded rows are exactly what `dot` multiplies, and the f32 dot accumulates the same way.
+            dot_decoded_rows(&pair[..count * n], n, acts, &mut out[r * n_tokens..(r + count) * n_tokens]);
         }
     }
 }
