@@ -421,28 +421,15 @@ pub(crate) unsafe fn dot_sfp_vbmi(packed: &[u8], ofs: usize, act: &[f32]) -> f32
         }
         i += 64;
     }
-    let half = |v: __m512, k: usize| {
-        if k == 0 {
-            _mm512_castps512_ps256(v)
+    let sfp = |j: usize, len: usize| {
+        if len == 8 {
+            decode_sfp_x8(load_8_bytes(&codes[j..]))
         } else {
-            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
+            tail_vec(len, |k| sfp_decode(codes[j + k]))
         }
     };
-    let mut acc = [half(x, 0), half(x, 1), half(y, 0), half(y, 1)];
-    // The rest, chunk by chunk into accumulator `c % 4`, as `fma_dot!` does after its whole groups of four.
-    let full = n / 8;
-    let mut c = i / 8;
-    while c < n.div_ceil(8) {
-        let j = c * 8;
-        let (w, a) = if c < full {
-            (decode_sfp_x8(load_8_bytes(&codes[j..])), load_f32x8(&act[j..]))
-        } else {
-            (tail_vec(n - j, |k| sfp_decode(codes[j + k])), tail_vec(n - j, |k| act[j + k]))
-        };
-        acc[c % 4] = _mm256_fmadd_ps(w, a, acc[c % 4]);
-        c += 1;
-    }
-    hsum_f32x8(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])))
+    let acts = |j: usize, len: usize| if len == 8 { load_f32x8(&act[j..]) } else { tail_vec(len, |k| act[j + k]) };
+    finish_pattern(n, i, x, y, sfp, acts)
 }
 
 /// Dots of one decoded weight row `w` with each of the `out.len()` activation rows of `acts` (each `w.len()`
@@ -541,15 +528,23 @@ unsafe fn pair_tokens<const T: usize>(
     T
 }
 
-/// The end of one dot after its whole 32-element steps (`done` elements) left accumulators 0|1 in `x` and
-/// 2|3 in `y`: the remaining chunks into accumulator `c % 4`, the tail zero-padded, then the shared reduction.
+/// The end of one dot after its whole 32-element steps (`done` elements) left accumulators 0|1 of the shared
+/// pattern in `x` and 2|3 in `y`: the remaining chunks into accumulator `c % 4`, as `fma_dot!` does after its
+/// whole groups of four, then the shared reduction. `w(j, len)` and `a(j, len)` give chunk `j`'s eight values
+/// (`len` of them, zero-padded, for the last partial chunk).
 ///
 /// # Safety
 /// The CPU supports avx2, fma, f16c and avx512f.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f")]
-unsafe fn finish_dot(w: &[f32], act: &[f32], done: usize, x: __m512, y: __m512) -> f32 {
-    let n = w.len();
+unsafe fn finish_pattern(
+    n: usize,
+    done: usize,
+    x: __m512,
+    y: __m512,
+    mut w: impl FnMut(usize, usize) -> __m256,
+    mut a: impl FnMut(usize, usize) -> __m256,
+) -> f32 {
     let half = |v: __m512, k: usize| {
         if k == 0 {
             _mm512_castps512_ps256(v)
@@ -558,19 +553,25 @@ unsafe fn finish_dot(w: &[f32], act: &[f32], done: usize, x: __m512, y: __m512) 
         }
     };
     let mut acc = [half(x, 0), half(x, 1), half(y, 0), half(y, 1)];
-    let full = n / 8;
     let mut c = done / 8;
     while c < n.div_ceil(8) {
-        let j = c * 8;
-        let (wv, av) = if c < full {
-            (load_f32x8(&w[j..]), load_f32x8(&act[j..]))
-        } else {
-            (tail_vec(n - j, |k| w[j + k]), tail_vec(n - j, |k| act[j + k]))
-        };
-        acc[c % 4] = _mm256_fmadd_ps(wv, av, acc[c % 4]);
+        let (j, len) = (c * 8, (n - c * 8).min(8));
+        acc[c % 4] = _mm256_fmadd_ps(w(j, len), a(j, len), acc[c % 4]);
         c += 1;
     }
     hsum_f32x8(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])))
+}
+
+/// [`finish_pattern`] for f32 weights.
+///
+/// # Safety
+/// The CPU supports avx2, fma, f16c and avx512f.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+unsafe fn finish_dot(w: &[f32], act: &[f32], done: usize, x: __m512, y: __m512) -> f32 {
+    let f32s =
+        |v: &[f32], j: usize, len: usize| if len == 8 { load_f32x8(&v[j..]) } else { tail_vec(len, |k| v[j + k]) };
+    finish_pattern(w.len(), done, x, y, |j, len| f32s(w, j, len), |j, len| f32s(act, j, len))
 }
 
 /// Tokens `t0..t0 + T` of [`dot_row_tokens_avx512`].
