@@ -40,13 +40,6 @@ impl InterleavedFormat {
         }
     }
 
-    pub fn ggml_type(self) -> GgmlType {
-        match self {
-            InterleavedFormat::Q8_0 => GgmlType::Q8_0,
-            InterleavedFormat::Q5_0 => GgmlType::Q5_0,
-        }
-    }
-
     /// Bytes of one block of a group.
     pub const fn group_block_bytes(self) -> usize {
         match self {
@@ -260,10 +253,6 @@ impl InterleavedActs {
             }
         }
         Ok(())
-    }
-
-    pub fn n_tokens(&self) -> usize {
-        self.n_tokens
     }
 }
 

@@ -49,9 +49,7 @@ use std::sync::OnceLock;
 pub use gemma_io::GgmlType;
 pub use int8_groups::{i8_encode, i8_packed_bytes, I8_GROUP};
 pub use nuq::{nuq_cluster, nuq_encode, nuq_packed_bytes, NuqClusterBuf, NUQ_CLUSTERS, NUQ_GROUP};
-pub use sbs_codec::{
-    dot_decoded_row, dot_decoded_rows, sbs_codec, scale_weights, SbsCodec, SbsCodecError, SbsCodecType,
-};
+pub use sbs_codec::{dot_decoded_rows, sbs_codec, scale_weights, SbsCodec, SbsCodecError, SbsCodecType};
 pub use sfp::{sfp_decode, sfp_decode_bf16, sfp_encode, sfp_encode_bf16, sfp_encode_slice, SFP_MAX};
 
 #[derive(Debug, thiserror::Error)]

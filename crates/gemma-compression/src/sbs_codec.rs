@@ -253,25 +253,10 @@ pub(crate) fn dot_f32_values(w: &[f32], a: &[f32]) -> f32 {
     dot_lanes_scalar(w.len(), |i| w[i], |i| a[i])
 }
 
-/// `out[t]` = the dot of the decoded weight row `w` with token `t` of `acts` (`out.len()` rows of `w.len()`),
-/// each bitwise what [`SbsCodec::dot`] of the row's F32 stream gives that token: the products of a decoded
-/// row with many tokens (a prefill), with each weight vector loaded once for several tokens.
-pub fn dot_decoded_row(w: &[f32], acts: &[f32], out: &mut [f32]) {
-    assert_eq!(acts.len(), w.len() * out.len(), "{} tokens of {} in {} activations", out.len(), w.len(), acts.len());
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd_level() >= crate::SimdLevel::Avx512 {
-        // SAFETY: simd_level() is Avx512 only when the CPU reports AVX-512F (and AVX2, FMA, F16C).
-        unsafe { crate::x86::sbs_dots::dot_row_tokens_avx512(w, acts, out) };
-        return;
-    }
-    for (o, a) in out.iter_mut().zip(acts.chunks_exact(w.len().max(1))) {
-        *o = dot_f32_values(w, a);
-    }
-}
-
-/// [`dot_decoded_row`] for the decoded rows in `w` (each `k` long): `out[r * n_tokens + t]` for row `r` and
-/// token `t` of `acts` (`n_tokens` rows of `k`). Rows are taken two at a time where AVX-512 is available, so
-/// each activation vector loaded serves both. Bitwise the same dots.
+/// The dots of the decoded weight rows in `w` (each `k` long) with the tokens of `acts` (`n_tokens` rows of
+/// `k`): `out[r * n_tokens + t]`, each bitwise what [`SbsCodec::dot`] of the row's stream gives that token (a
+/// prefill's products). Where AVX-512 is available, rows go two at a time against six tokens, so each loaded
+/// vector serves several products.
 pub fn dot_decoded_rows(w: &[f32], k: usize, acts: &[f32], out: &mut [f32]) {
     let k = k.max(1);
     let (rows, tokens) = (w.len() / k, acts.len() / k);
@@ -292,7 +277,10 @@ pub fn dot_decoded_rows(w: &[f32], k: usize, acts: &[f32], out: &mut [f32]) {
         }
     }
     while r < rows {
-        dot_decoded_row(&w[r * k..(r + 1) * k], acts, &mut out[r * tokens..(r + 1) * tokens]);
+        let row = &w[r * k..(r + 1) * k];
+        for (o, a) in out[r * tokens..(r + 1) * tokens].iter_mut().zip(acts.chunks_exact(k)) {
+            *o = dot_f32_values(row, a);
+        }
         r += 1;
     }
 }

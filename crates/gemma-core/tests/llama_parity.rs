@@ -9,6 +9,9 @@ use gemma_ops::vector::argmax;
 use gemma_ops::ThreadPool;
 use serde::Deserialize;
 
+mod common;
+use common::{assert_near_tie_pick, max_abs_diff, teacher_forced, top_k, two_prompts_in_one_batch_match_each_alone};
+
 const MODEL: &str = "smollm2-135m-instruct";
 
 #[derive(Deserialize)]
@@ -56,24 +59,6 @@ fn greedy(row: &[f32]) -> u32 {
     argmax(row).expect("non-empty logits").0 as u32
 }
 
-/// Logits at the positions that predict `gen_ids`, feeding `prompt_ids + gen_ids[..n-1]` in one pass.
-fn teacher_forced(f: &Fixture, g: &Golden) -> Vec<Vec<f32>> {
-    let n_gen = g.gen_ids.len();
-    let ids: Vec<u32> = g.prompt_ids.iter().chain(&g.gen_ids[..n_gen - 1]).copied().collect();
-    let first_predicting = g.prompt_ids.len() - 1;
-    let batch = Batch {
-        tokens: ids
-            .iter()
-            .enumerate()
-            .map(|(pos, &token)| BatchToken { token, pos, seq: 0, logits: pos >= first_predicting })
-            .collect(),
-    };
-    let mut cache = f.model.new_cache(ids.len());
-    let logits = f.model.forward(&batch, std::slice::from_mut(&mut cache), &f.pool).expect("forward");
-    assert_eq!(logits.len(), n_gen, "logits only for the rows that asked");
-    (0..n_gen).map(|i| logits.row(i).to_vec()).collect()
-}
-
 /// Greedy generation of `n` tokens after `prompt`: one prefill pass, then one token per pass, reusing one
 /// cache and one scratch (the decode path).
 fn generate_greedy(model: &Model, prompt: &[u32], n: usize, pool: &ThreadPool) -> Vec<u32> {
@@ -92,18 +77,6 @@ fn generate_greedy(model: &Model, prompt: &[u32], n: usize, pool: &ThreadPool) -
         out.push(next);
     }
     out
-}
-
-fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
-    let mut v: Vec<(u32, f32)> = row.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
-    v.sort_by(|a, b| b.1.total_cmp(&a.1));
-    v.truncate(k);
-    v
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
 }
 
 #[test]
@@ -129,7 +102,7 @@ fn teacher_forced_argmax_matches_llama_cpp() {
     let (mut confident, mut confident_ok) = (0usize, 0usize);
     let mut failures = Vec::new();
     for (p, g) in f.goldens.iter().enumerate() {
-        for (i, row) in teacher_forced(f, g).iter().enumerate() {
+        for (i, row) in teacher_forced(&f.model, &f.pool, &g.prompt_ids, &g.gen_ids).iter().enumerate() {
             let ours = greedy(row);
             let margin = g.gen_top1_top2_margin[i];
             if margin >= 1.0 && ours != g.gen_ids[i] {
@@ -155,7 +128,7 @@ fn first_step_logits_are_close_to_llama_cpp() {
     let mut worst = 0f32;
     for (p, (g, r)) in f.goldens.iter().zip(&f.reference_f64).enumerate() {
         assert_eq!(g.prompt_ids, r.prompt_ids, "f64 reference out of step with the goldens");
-        let rows = teacher_forced(f, g);
+        let rows = teacher_forced(&f.model, &f.pool, &g.prompt_ids, &g.gen_ids);
         let ours = top_k(&rows[0], 10);
         let theirs = &g.top10_first;
         if g.gen_top1_top2_margin[0] >= 0.5 {
@@ -191,15 +164,8 @@ fn free_running_greedy_follows_llama_cpp_until_a_near_tie() {
         let first_tie = g.gen_top1_top2_margin.iter().position(|&m| m < 0.75).unwrap_or(g.gen_ids.len());
         assert_eq!(ours[..first_tie], g.gen_ids[..first_tie], "prompt {p}: tokens before the first near-tie");
         if first_tie < g.gen_ids.len() {
-            // At the first near-tie our token must be one llama.cpp itself has tied with its best, within the
-            // near-tie margin of 0.75 (teacher-forced on the same context, identical to ours up to this step).
             let top = &f.llama_top[p].top_logprobs[first_tie];
-            let tied: Vec<u32> = top.iter().filter(|x| x.1 >= top[0].1 - 0.75).map(|x| x.0).collect();
-            let mine = ours[first_tie];
-            assert!(
-                mine == g.gen_ids[first_tie] || tied.contains(&mine),
-                "prompt {p} step {first_tie}: ours {mine}, llama.cpp's tokens within 0.75 of its best {top:?}"
-            );
+            assert_near_tie_pick(p, first_tie, ours[first_tie], g.gen_ids[first_tie], top);
         }
     }
 }
@@ -207,55 +173,7 @@ fn free_running_greedy_follows_llama_cpp_until_a_near_tie() {
 #[test]
 fn a_batch_of_two_prompts_gives_each_its_own_logits() {
     let f = fixture();
-    let (a, b) = (&f.goldens[1].prompt_ids, &f.goldens[2].prompt_ids);
-    let alone = |ids: &[u32]| {
-        let mut cache = f.model.new_cache(64);
-        let logits =
-            f.model.forward(&Batch::sequence(ids, 0, 0, true), std::slice::from_mut(&mut cache), &f.pool).unwrap();
-        (0..logits.len()).map(|i| logits.row(i).to_vec()).collect::<Vec<_>>()
-    };
-    let (la, lb) = (alone(a), alone(b));
-    // Interleave the two sequences in one batch.
-    let mut batch = Batch::default();
-    for i in 0..a.len().max(b.len()) {
-        if let Some(&t) = a.get(i) {
-            batch.push(BatchToken { token: t, pos: i, seq: 0, logits: true });
-        }
-        if let Some(&t) = b.get(i) {
-            batch.push(BatchToken { token: t, pos: i, seq: 1, logits: true });
-        }
-    }
-    let mut caches = vec![f.model.new_cache(64), f.model.new_cache(64)];
-    let logits = f.model.forward(&batch, &mut caches, &f.pool).unwrap();
-    let (mut ia, mut ib) = (0, 0);
-    for (row, &bi) in logits.batch_index.iter().enumerate() {
-        let t = batch.tokens[bi];
-        let want = if t.seq == 0 { &la[ia] } else { &lb[ib] };
-        if t.seq == 0 {
-            ia += 1
-        } else {
-            ib += 1
-        }
-        let d = max_abs_diff(logits.row(row), want);
-        assert!(d < 1e-3, "seq {} pos {}: max diff {d}", t.seq, t.pos);
-    }
-    assert_eq!((ia, ib), (a.len(), b.len()));
-    // Decoding one more token for both sequences in one batch matches decoding each alone.
-    let next = [greedy(&la[a.len() - 1]), greedy(&lb[b.len() - 1])];
-    let step = Batch {
-        tokens: vec![
-            BatchToken { token: next[0], pos: a.len(), seq: 0, logits: true },
-            BatchToken { token: next[1], pos: b.len(), seq: 1, logits: true },
-        ],
-    };
-    let both = f.model.forward(&step, &mut caches, &f.pool).unwrap();
-    for (s, ids) in [a, b].iter().enumerate() {
-        let mut extended = ids.to_vec();
-        extended.push(next[s]);
-        let single = alone(&extended);
-        let d = max_abs_diff(both.row(s), single.last().unwrap());
-        assert!(d < 1e-3, "decode step of seq {s}: max diff {d}");
-    }
+    two_prompts_in_one_batch_match_each_alone(&f.model, &f.pool, &f.goldens[1].prompt_ids, &f.goldens[2].prompt_ids);
 }
 
 #[test]

@@ -13,6 +13,9 @@ use gemma_io::sbs::{ModelConfig as SbsConfig, PromptWrapping, SbsFile, SbsType, 
 use gemma_ops::ThreadPool;
 use serde::Deserialize;
 
+mod common;
+use common::{teacher_forced, top_k};
+
 #[derive(Deserialize)]
 struct Golden {
     prompt_ids: Vec<u32>,
@@ -69,24 +72,6 @@ fn sfp_model() -> &'static Model {
     M.get_or_init(|| converted(SbsCodecType::Sfp))
 }
 
-/// Logits at the positions that predict `gen_ids`, feeding `prompt_ids + gen_ids[..n-1]` in one pass.
-fn teacher_forced(model: &Model, g: &Golden) -> Vec<Vec<f32>> {
-    let n_gen = g.gen_ids.len();
-    let ids: Vec<u32> = g.prompt_ids.iter().chain(&g.gen_ids[..n_gen - 1]).copied().collect();
-    let first_predicting = g.prompt_ids.len() - 1;
-    let batch = Batch {
-        tokens: ids
-            .iter()
-            .enumerate()
-            .map(|(pos, &token)| BatchToken { token, pos, seq: 0, logits: pos >= first_predicting })
-            .collect(),
-    };
-    let mut cache = model.new_cache(ids.len());
-    let logits = model.forward(&batch, std::slice::from_mut(&mut cache), pool()).expect("forward");
-    assert_eq!(logits.len(), n_gen);
-    (0..n_gen).map(|i| logits.row(i).to_vec()).collect()
-}
-
 /// The best id and its margin over the second best.
 fn top2(row: &[f32]) -> (u32, f32) {
     let mut order: Vec<usize> = (0..row.len()).collect();
@@ -95,20 +80,13 @@ fn top2(row: &[f32]) -> (u32, f32) {
     (a as u32, row[a] - row[b])
 }
 
-fn top_k(row: &[f32], k: usize) -> Vec<u32> {
-    let mut order: Vec<u32> = (0..row.len() as u32).collect();
-    order.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]));
-    order.truncate(k);
-    order
-}
-
 /// Compares `model`'s teacher-forced argmax with the GGUF path's at every step where the GGUF margin is at
 /// least `min_margin`; returns (steps compared, steps in all, the disagreements as (golden, step, margin)).
 fn argmax_agreement(model: &Model, min_margin: f32) -> (usize, usize, Vec<(usize, usize, f32)>) {
     let (mut compared, mut total, mut disagreements) = (0, 0, Vec::new());
     for (gi, g) in goldens().iter().enumerate() {
-        let want = teacher_forced(gguf_model(), g);
-        let got = teacher_forced(model, g);
+        let want = teacher_forced(gguf_model(), pool(), &g.prompt_ids, &g.gen_ids);
+        let got = teacher_forced(model, pool(), &g.prompt_ids, &g.gen_ids);
         for (step, (w, s)) in want.iter().zip(&got).enumerate() {
             total += 1;
             let (w_id, margin) = top2(w);
@@ -147,11 +125,11 @@ fn sfp_sbs_keeps_the_gguf_argmax_at_clear_steps_and_first_logits_near_f32() {
     assert!(disagreements.is_empty(), "(golden, step, margin) where the argmax differs: {disagreements:?}");
     let mut per_golden = Vec::new();
     for g in goldens() {
-        let f32_first = &teacher_forced(f32_model(), &g)[0];
-        let sfp_first = &teacher_forced(sfp_model(), &g)[0];
+        let f32_first = &teacher_forced(f32_model(), pool(), &g.prompt_ids, &g.gen_ids)[0];
+        let sfp_first = &teacher_forced(sfp_model(), pool(), &g.prompt_ids, &g.gen_ids)[0];
         let worst = top_k(f32_first, 10)
             .iter()
-            .map(|&id| (f32_first[id as usize] - sfp_first[id as usize]).abs())
+            .map(|&(id, _)| (f32_first[id as usize] - sfp_first[id as usize]).abs())
             .fold(0.0f32, f32::max);
         per_golden.push(worst);
     }
@@ -198,7 +176,12 @@ fn sfp_kernels_equal_f32_kernels_on_the_decoded_weights() {
     std::fs::remove_file(&out).expect("remove the temporary file");
     let mut worst = 0.0f32;
     for g in goldens().iter().take(4) {
-        for (a, b) in teacher_forced(sfp_model(), g).iter().zip(&teacher_forced(&decoded, g)) {
+        for (a, b) in teacher_forced(sfp_model(), pool(), &g.prompt_ids, &g.gen_ids).iter().zip(&teacher_forced(
+            &decoded,
+            pool(),
+            &g.prompt_ids,
+            &g.gen_ids,
+        )) {
             for (x, y) in a.iter().zip(b) {
                 worst = worst.max((x - y).abs());
             }

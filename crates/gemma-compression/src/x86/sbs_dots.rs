@@ -432,36 +432,11 @@ pub(crate) unsafe fn dot_sfp_vbmi(packed: &[u8], ofs: usize, act: &[f32]) -> f32
     finish_pattern(n, i, x, y, sfp, acts)
 }
 
-/// Dots of one decoded weight row `w` with each of the `out.len()` activation rows of `acts` (each `w.len()`
-/// long), eight tokens at a time so that each weight vector is loaded once for all of them. Every dot
-/// accumulates exactly as [`dot_f32_slices`] (accumulators 0|1 and 2|3 of the shared pattern held in two
-/// 16-lane registers per token, the leftover chunks and the tail through the same 8-lane steps), so each
-/// result equals its one-token call bit for bit.
-///
-/// # Safety
-/// The CPU supports avx2, fma, f16c and avx512f.
-#[target_feature(enable = "avx2,fma,f16c,avx512f")]
-pub(crate) unsafe fn dot_row_tokens_avx512(w: &[f32], acts: &[f32], out: &mut [f32]) {
-    let n = w.len();
-    assert_eq!(acts.len(), n * out.len(), "activations of {} tokens of {n}", out.len());
-    let mut t0 = 0;
-    while t0 < out.len() {
-        let tn = (out.len() - t0).min(8);
-        match tn {
-            8 => row_tokens::<8>(w, acts, t0, out),
-            4..=7 => row_tokens::<4>(w, acts, t0, out),
-            _ => row_tokens::<1>(w, acts, t0, out),
-        }
-        t0 += match tn {
-            8 => 8,
-            4..=7 => 4,
-            _ => 1,
-        };
-    }
-}
-
-/// [`dot_row_tokens_avx512`] for two decoded rows at once (`w` holds both, each `k` long; `out` row `r` holds
-/// row `r`'s dots with every token): each activation vector loaded serves both rows. Bitwise the same dots.
+/// Dots of two decoded weight rows (`w` holds both, each `k` long) with each token of `acts`: `out` row `r`
+/// holds row `r`'s dots with every token. Six tokens at a time, so each weight vector loaded serves six
+/// tokens and each activation vector both rows. Every dot accumulates exactly as [`dot_f32_slices`]
+/// (accumulators 0|1 and 2|3 of the shared pattern held in two 16-lane registers, the leftover chunks and
+/// the tail through the same 8-lane steps), so each result equals its one-pair call bit for bit.
 ///
 /// # Safety
 /// The CPU supports avx2, fma, f16c and avx512f.
@@ -574,33 +549,6 @@ unsafe fn finish_dot(w: &[f32], act: &[f32], done: usize, x: __m512, y: __m512) 
     finish_pattern(w.len(), done, x, y, |j, len| f32s(w, j, len), |j, len| f32s(act, j, len))
 }
 
-/// Tokens `t0..t0 + T` of [`dot_row_tokens_avx512`].
-///
-/// # Safety
-/// As [`dot_row_tokens_avx512`], with `t0 + T` tokens in `acts` and `out`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f")]
-unsafe fn row_tokens<const T: usize>(w: &[f32], acts: &[f32], t0: usize, out: &mut [f32]) {
-    let n = w.len();
-    let a0 = acts[t0 * n..(t0 + T) * n].as_ptr();
-    let mut x = [_mm512_setzero_ps(); T];
-    let mut y = [_mm512_setzero_ps(); T];
-    let mut i = 0;
-    while i + 32 <= n {
-        let (w0, w1) = (_mm512_loadu_ps(w.as_ptr().add(i)), _mm512_loadu_ps(w.as_ptr().add(i + 16)));
-        for t in 0..T {
-            let a = a0.add(t * n + i);
-            x[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(a), x[t]);
-            y[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(a.add(16)), y[t]);
-        }
-        i += 32;
-    }
-    for t in 0..T {
-        let act = &acts[(t0 + t) * n..(t0 + t + 1) * n];
-        out[t0 + t] = finish_dot(w, act, i, x[t], y[t]);
-    }
-}
-
 /// Dot of two f32 slices of equal length (the decoded-row path of `dot_rows`). # Safety: the CPU supports
 /// avx2, fma and f16c.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -664,30 +612,6 @@ mod tests {
         let act: Vec<f32> = (0..640).map(|_| rng.uniform()).collect();
         let via_codec = sbs_codec(SbsCodecType::Sfp).dot(&packed, 17, &act);
         assert_eq!(via_codec.to_bits(), SfpCodec::dot_scalar(&packed, 17, &act).to_bits());
-    }
-
-    /// A decoded row against many tokens gives each token's one-pair `dot_f32_slices` bits.
-    #[test]
-    fn row_tokens_kernel_equals_one_token_dots_bit_for_bit() {
-        if !is_x86_feature_detected!("avx512f") {
-            println!("skipping the AVX-512 row-tokens kernel: the CPU lacks AVX-512F");
-            return;
-        }
-        let mut rng = TestRng::new(65);
-        for n in [1usize, 7, 8, 31, 32, 33, 64, 100, 640, 2048, 2061] {
-            for tokens in [1usize, 2, 3, 4, 5, 7, 8, 9, 13, 17] {
-                let w: Vec<f32> = (0..n).map(|_| rng.uniform()).collect();
-                let acts: Vec<f32> = (0..n * tokens).map(|_| rng.uniform() * 3.0).collect();
-                let mut out = vec![f32::NAN; tokens];
-                // SAFETY: AVX-512F checked above (with AVX2/FMA/F16C on every such CPU).
-                unsafe { dot_row_tokens_avx512(&w, &acts, &mut out) };
-                for (t, &o) in out.iter().enumerate() {
-                    // SAFETY: as above.
-                    let one = unsafe { dot_f32_slices(&w, &acts[t * n..(t + 1) * n]) };
-                    assert_eq!(o.to_bits(), one.to_bits(), "n={n} tokens={tokens} t={t}");
-                }
-            }
-        }
     }
 
     /// Two decoded rows against many tokens give each pair's one-token `dot_f32_slices` bits.

@@ -412,13 +412,6 @@ impl GgufFile {
         }
     }
 
-    /// Reads one byte of every page of `bytes`, so that they are mapped now rather than at first use.
-    pub fn touch_pages(&self, bytes: &[u8]) {
-        // Every 4096th byte from the start, and the last: together they lie in every page the slice touches.
-        let sum = bytes.iter().step_by(4096).chain(bytes.last()).fold(0u8, |a, &b| a ^ b);
-        std::hint::black_box(sum);
-    }
-
     /// The bytes of the tensor called `name`, if the file has one.
     pub fn tensor_bytes(&self, name: &str) -> Option<&[u8]> {
         self.tensor(name).and_then(|t| self.data_range(t))

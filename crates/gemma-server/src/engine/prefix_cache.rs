@@ -108,21 +108,24 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
+/// A cache that only counts positions, for the tests of the bookkeeping that never looks inside one.
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) struct Positions(pub usize);
+
+#[cfg(test)]
+impl CachedKv for Positions {
+    fn positions(&self) -> usize {
+        self.0
+    }
+    fn copy_prefix(&self, len: usize) -> Self {
+        Positions(self.0.min(len))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A cache that only counts positions: the prefix cache's bookkeeping does not look inside.
-    #[derive(Debug)]
-    struct Positions(usize);
-    impl CachedKv for Positions {
-        fn positions(&self) -> usize {
-            self.0
-        }
-        fn copy_prefix(&self, len: usize) -> Self {
-            Positions(self.0.min(len))
-        }
-    }
 
     #[test]
     fn copies_the_longest_shared_prefix_leaves_one_token_and_keeps_the_entry() {

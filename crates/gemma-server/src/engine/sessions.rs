@@ -83,16 +83,7 @@ impl<C: CachedKv> Sessions<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct Positions(usize);
-    impl CachedKv for Positions {
-        fn positions(&self) -> usize {
-            self.0
-        }
-        fn copy_prefix(&self, len: usize) -> Self {
-            Positions(self.0.min(len))
-        }
-    }
+    use crate::engine::prefix_cache::Positions;
 
     #[test]
     fn a_session_comes_back_with_its_tokens_and_is_exclusive_while_running() {

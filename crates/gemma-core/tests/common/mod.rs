@@ -1,0 +1,100 @@
+//! Helpers shared by the model parity tests (`mod common;` in each: every test file is its own crate).
+#![allow(dead_code)]
+
+use gemma_core::sampling::greedy;
+use gemma_core::{Batch, BatchToken, Model};
+use gemma_ops::ThreadPool;
+
+/// Logits at the positions that predict `gen_ids`, feeding `prompt_ids + gen_ids[..n-1]` in one pass.
+pub fn teacher_forced(model: &Model, pool: &ThreadPool, prompt_ids: &[u32], gen_ids: &[u32]) -> Vec<Vec<f32>> {
+    let n_gen = gen_ids.len();
+    let ids: Vec<u32> = prompt_ids.iter().chain(&gen_ids[..n_gen - 1]).copied().collect();
+    let first_predicting = prompt_ids.len() - 1;
+    let batch = Batch {
+        tokens: ids
+            .iter()
+            .enumerate()
+            .map(|(pos, &token)| BatchToken { token, pos, seq: 0, logits: pos >= first_predicting })
+            .collect(),
+    };
+    let mut cache = model.new_cache(ids.len());
+    let logits = model.forward(&batch, std::slice::from_mut(&mut cache), pool).expect("forward");
+    assert_eq!(logits.len(), n_gen, "logits only for the rows that asked");
+    (0..n_gen).map(|i| logits.row(i).to_vec()).collect()
+}
+
+/// The `k` best (id, logit) of `row`, best first.
+pub fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut v: Vec<(u32, f32)> = row.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v.truncate(k);
+    v
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+}
+
+/// At the first near-tie of prompt `p` (step `step`), our token must be llama.cpp's or one llama.cpp itself
+/// has within the near-tie margin (0.75) of its best: `top` is its teacher-forced top 5 there (recorded by
+/// `scripts/llama_topk_goldens.py` on the same context, identical to ours up to this step).
+pub fn assert_near_tie_pick(p: usize, step: usize, ours: u32, llama: u32, top: &[(u32, f64)]) {
+    let tied: Vec<u32> = top.iter().filter(|x| x.1 >= top[0].1 - 0.75).map(|x| x.0).collect();
+    assert!(
+        ours == llama || tied.contains(&ours),
+        "prompt {p} step {step}: ours {ours}, llama.cpp's tokens within 0.75 of its best {top:?}"
+    );
+}
+
+/// Prompts `a` and `b` interleaved in one batch, and then one decode step of both together, give each the
+/// logits it gets alone (to 1e-3).
+pub fn two_prompts_in_one_batch_match_each_alone(model: &Model, pool: &ThreadPool, a: &[u32], b: &[u32]) {
+    let alone = |ids: &[u32]| {
+        let mut cache = model.new_cache(64);
+        let logits = model.forward(&Batch::sequence(ids, 0, 0, true), std::slice::from_mut(&mut cache), pool).unwrap();
+        (0..logits.len()).map(|i| logits.row(i).to_vec()).collect::<Vec<_>>()
+    };
+    let (la, lb) = (alone(a), alone(b));
+    // Interleave the two sequences in one batch.
+    let mut batch = Batch::default();
+    for i in 0..a.len().max(b.len()) {
+        if let Some(&t) = a.get(i) {
+            batch.push(BatchToken { token: t, pos: i, seq: 0, logits: true });
+        }
+        if let Some(&t) = b.get(i) {
+            batch.push(BatchToken { token: t, pos: i, seq: 1, logits: true });
+        }
+    }
+    let mut caches = vec![model.new_cache(64), model.new_cache(64)];
+    let logits = model.forward(&batch, &mut caches, pool).unwrap();
+    let (mut ia, mut ib) = (0, 0);
+    for (row, &bi) in logits.batch_index.iter().enumerate() {
+        let t = batch.tokens[bi];
+        let want = if t.seq == 0 { &la[ia] } else { &lb[ib] };
+        if t.seq == 0 {
+            ia += 1
+        } else {
+            ib += 1
+        }
+        let d = max_abs_diff(logits.row(row), want);
+        assert!(d < 1e-3, "seq {} pos {}: max diff {d}", t.seq, t.pos);
+    }
+    assert_eq!((ia, ib), (a.len(), b.len()));
+    // Decoding one more token for both sequences in one batch matches decoding each alone.
+    let next = [greedy(&la[a.len() - 1]), greedy(&lb[b.len() - 1])];
+    let step = Batch {
+        tokens: vec![
+            BatchToken { token: next[0], pos: a.len(), seq: 0, logits: true },
+            BatchToken { token: next[1], pos: b.len(), seq: 1, logits: true },
+        ],
+    };
+    let both = model.forward(&step, &mut caches, pool).unwrap();
+    for (s, ids) in [a, b].iter().enumerate() {
+        let mut extended = ids.to_vec();
+        extended.push(next[s]);
+        let single = alone(&extended);
+        let d = max_abs_diff(both.row(s), single.last().unwrap());
+        assert!(d < 1e-3, "decode step of seq {s}: max diff {d}");
+    }
+}
