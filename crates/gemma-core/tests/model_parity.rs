@@ -4,13 +4,14 @@
 use std::sync::OnceLock;
 
 use gemma_core::generate::GenerationOptions;
-use gemma_core::sampling::greedy;
 use gemma_core::{Batch, Model, SamplingParams, Session, Tokenizer};
 use gemma_ops::ThreadPool;
 use serde::Deserialize;
 
 mod common;
-use common::{assert_near_tie_pick, teacher_forced, top_k, two_prompts_in_one_batch_match_each_alone};
+use common::{
+    assert_near_tie_pick, teacher_forced, teacher_forced_agreement, top_k, two_prompts_in_one_batch_match_each_alone,
+};
 
 #[derive(Deserialize)]
 struct Golden {
@@ -73,23 +74,8 @@ fn prompts_tokenize_to_the_golden_ids() {
 #[test]
 fn teacher_forced_argmax_matches_llama_cpp() {
     let f = fixture();
-    let (mut confident, mut confident_ok) = (0usize, 0usize);
-    let mut failures = Vec::new();
-    for (p, g) in f.goldens.iter().enumerate() {
-        let rows = teacher_forced(&f.model, &f.pool, &g.prompt_ids, &g.gen_ids);
-        for (i, row) in rows.iter().enumerate() {
-            let ours = greedy(row);
-            let margin = g.gen_top1_top2_margin[i];
-            if margin >= 1.0 && ours != g.gen_ids[i] {
-                failures
-                    .push(format!("prompt {p} step {i}: ours {ours}, llama.cpp {} (margin {margin})", g.gen_ids[i]));
-            }
-            if margin >= 0.5 {
-                confident += 1;
-                confident_ok += (ours == g.gen_ids[i]) as usize;
-            }
-        }
-    }
+    let goldens = f.goldens.iter().map(|g| (&g.prompt_ids[..], &g.gen_ids[..], &g.gen_top1_top2_margin[..]));
+    let (failures, confident, confident_ok) = teacher_forced_agreement(&f.model, &f.pool, goldens);
     assert!(failures.is_empty(), "argmax differs where llama.cpp's margin >= 1.0:\n{}", failures.join("\n"));
     let share = confident_ok as f64 / confident as f64;
     eprintln!("teacher-forced agreement at margin >= 0.5: {confident_ok}/{confident} ({:.1}%)", share * 100.0);

@@ -1,5 +1,6 @@
 //! File formats. GGUF (llama.cpp's container) is read zero-copy from a memory map and can be written.
 
+mod file_bytes;
 pub mod gguf;
 pub mod sbs;
 

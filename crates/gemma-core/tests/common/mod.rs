@@ -23,6 +23,31 @@ pub fn teacher_forced(model: &Model, pool: &ThreadPool, prompt_ids: &[u32], gen_
     (0..n_gen).map(|i| logits.row(i).to_vec()).collect()
 }
 
+/// Teacher-forced argmax against llama.cpp's greedy tokens over goldens given as (prompt ids, generated ids,
+/// llama.cpp's top-1 / top-2 margins): the steps where they differ although the margin is at least 1.0, and
+/// (steps with a margin of at least 0.5, how many of those agree).
+pub fn teacher_forced_agreement<'a>(
+    model: &Model,
+    pool: &ThreadPool,
+    goldens: impl IntoIterator<Item = (&'a [u32], &'a [u32], &'a [f32])>,
+) -> (Vec<String>, usize, usize) {
+    let (mut failures, mut confident, mut confident_ok) = (Vec::new(), 0usize, 0usize);
+    for (p, (prompt, gen, margins)) in goldens.into_iter().enumerate() {
+        for (i, row) in teacher_forced(model, pool, prompt, gen).iter().enumerate() {
+            let ours = greedy(row);
+            if margins[i] >= 1.0 && ours != gen[i] {
+                failures
+                    .push(format!("prompt {p} step {i}: ours {ours}, llama.cpp {} (margin {})", gen[i], margins[i]));
+            }
+            if margins[i] >= 0.5 {
+                confident += 1;
+                confident_ok += (ours == gen[i]) as usize;
+            }
+        }
+    }
+    (failures, confident, confident_ok)
+}
+
 /// The `k` best (id, logit) of `row`, best first.
 pub fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
     let mut v: Vec<(u32, f32)> = row.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();

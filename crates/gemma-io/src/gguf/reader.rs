@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use super::types::GgmlType;
 use super::value::{MetaValue, ValueType};
 use super::{DEFAULT_ALIGNMENT, GGUF_MAGIC};
+use crate::file_bytes::FileBytes;
 
 /// Most dimensions a GGML tensor can have.
 pub(crate) const MAX_DIMS: usize = 4;
@@ -129,24 +130,10 @@ pub(crate) fn align_up(n: u64, alignment: u64) -> Option<u64> {
     n.checked_add(alignment - 1).map(|v| v & !(alignment - 1))
 }
 
-enum Storage {
-    Mapped(memmap2::Mmap),
-    Owned(Vec<u8>),
-}
-
-impl Storage {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Storage::Mapped(m) => m,
-            Storage::Owned(v) => v,
-        }
-    }
-}
-
 /// A parsed GGUF file. Tensor data stays in the memory map and is handed out as borrowed slices.
 pub struct GgufFile {
     path: PathBuf,
-    storage: Storage,
+    storage: FileBytes,
     version: u32,
     alignment: u64,
     metadata: Vec<(String, MetaValue)>,
@@ -171,22 +158,7 @@ impl GgufFile {
     /// Memory-maps and parses a file.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile, GgufError> {
         let path = path.as_ref().to_path_buf();
-        let io = |source| GgufError::Io { path: path.clone(), source };
-        let file = std::fs::File::open(&path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
-        let storage = if len == 0 {
-            Storage::Owned(Vec::new())
-        } else {
-            // SAFETY: the map is read-only and private to this process; a concurrent writer truncating the
-            // file could still fault, which is the documented hazard of every mmap-based model loader.
-            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-            // Page-sized mappings, so that releasing one tensor's pages (`release_pages`) never takes a
-            // neighbour's with it, nor does a fault on a neighbour map a released tensor back as part of a huge
-            // page. A refusal only costs that precision.
-            #[cfg(target_os = "linux")]
-            let _ = map.advise(memmap2::Advice::NoHugePage);
-            Storage::Mapped(map)
-        };
+        let storage = FileBytes::open(&path).map_err(|source| GgufError::Io { path: path.clone(), source })?;
         let file = Self::parse(path, storage)?;
         // The metadata and tensor table are parsed into owned values: their pages are not read again.
         let header = usize::try_from(file.data_offset).unwrap_or(0).min(file.storage.bytes().len());
@@ -196,10 +168,10 @@ impl GgufFile {
 
     /// Parses a GGUF image held in memory (`name` is used in error messages).
     pub fn from_bytes(bytes: Vec<u8>, name: impl Into<PathBuf>) -> Result<GgufFile, GgufError> {
-        Self::parse(name.into(), Storage::Owned(bytes))
+        Self::parse(name.into(), FileBytes::Owned(bytes))
     }
 
-    fn parse(path: PathBuf, storage: Storage) -> Result<GgufFile, GgufError> {
+    fn parse(path: PathBuf, storage: FileBytes) -> Result<GgufFile, GgufError> {
         let mut r = Cursor { buf: storage.bytes(), pos: 0, path: &path };
         let magic = r.take(4, || "magic".into())?;
         if magic != GGUF_MAGIC {
@@ -397,19 +369,7 @@ impl GgufFile {
     /// touched again, they are read back from the file. A no-op for files held in memory and for slices
     /// outside the mapping; a refusal from the kernel is ignored (it only means the pages stay).
     pub fn release_pages(&self, bytes: &[u8]) {
-        const PAGE: usize = 4096;
-        let Storage::Mapped(map) = &self.storage else { return };
-        let (base, start) = (map.as_ptr() as usize, bytes.as_ptr() as usize);
-        if start < base || start + bytes.len() > base + map.len() {
-            return;
-        }
-        let lo = (start - base).div_ceil(PAGE) * PAGE;
-        let hi = (start - base + bytes.len()) / PAGE * PAGE;
-        if hi > lo {
-            // SAFETY: the mapping is read-only and file-backed, so discarding its pages loses nothing: the
-            // next access reads the same bytes from the file. No `&mut` to the mapping exists.
-            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, lo, hi - lo) };
-        }
+        self.storage.release_pages(bytes);
     }
 
     /// The bytes of the tensor called `name`, if the file has one.

@@ -20,6 +20,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::error::SbsError;
+use crate::file_bytes::FileBytes;
 
 /// `SBS\n` as a little-endian u32.
 pub const BLOB_MAGIC: u32 = 0x0A53_4253;
@@ -89,24 +90,10 @@ fn u64_at(buf: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(a))
 }
 
-enum Storage {
-    Mapped(memmap2::Mmap),
-    Owned(Vec<u8>),
-}
-
-impl Storage {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Storage::Mapped(m) => m,
-            Storage::Owned(v) => v,
-        }
-    }
-}
-
 /// A parsed blob store. Blob bytes stay in the memory map and are handed out as borrowed slices.
 pub struct BlobStore {
     path: PathBuf,
-    storage: Storage,
+    storage: FileBytes,
     layout: BlobLayout,
     keys: Vec<String>,
     ranges: Vec<BlobRange>,
@@ -127,25 +114,16 @@ impl BlobStore {
     /// Memory-maps and parses a file.
     pub fn open(path: impl AsRef<Path>) -> Result<BlobStore, SbsError> {
         let path = path.as_ref().to_path_buf();
-        let io = |source| SbsError::Io { path: path.clone(), source };
-        let file = std::fs::File::open(&path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
-        let storage = if len == 0 {
-            Storage::Owned(Vec::new())
-        } else {
-            // SAFETY: the map is read-only and private to this process; a concurrent writer truncating the file
-            // could still fault, which is the documented hazard of every mmap-based model loader.
-            Storage::Mapped(unsafe { memmap2::Mmap::map(&file) }.map_err(io)?)
-        };
+        let storage = FileBytes::open(&path).map_err(|source| SbsError::Io { path: path.clone(), source })?;
         Self::parse(path, storage)
     }
 
     /// Parses a blob store held in memory (`name` is used in error messages).
     pub fn from_bytes(bytes: Vec<u8>, name: impl Into<PathBuf>) -> Result<BlobStore, SbsError> {
-        Self::parse(name.into(), Storage::Owned(bytes))
+        Self::parse(name.into(), FileBytes::Owned(bytes))
     }
 
-    fn parse(path: PathBuf, storage: Storage) -> Result<BlobStore, SbsError> {
+    fn parse(path: PathBuf, storage: FileBytes) -> Result<BlobStore, SbsError> {
         let buf = storage.bytes();
         let len = buf.len() as u64;
         let truncated = |what, needed| SbsError::Truncated { path: path.clone(), what, needed, len };
