@@ -30,6 +30,7 @@ macro_rules! x86_dispatch {
 }
 pub(crate) use x86_dispatch;
 
+pub mod bf16_tile;
 mod float;
 mod int8_groups;
 pub mod interleaved;

@@ -160,6 +160,15 @@ impl SbsCodec for SfpCodec {
     fn decode_bf16(&self, packed: &[u8], packed_ofs: usize, dst: &mut [u16]) -> Result<(), SbsCodecError> {
         check_stream(self, packed.len(), packed_ofs, dst.len())?;
         let codes = &packed[packed_ofs..packed_ofs + dst.len()];
+        #[cfg(target_arch = "x86_64")]
+        if crate::has_avx512_vbmi() {
+            // SAFETY: the CPU reports AVX-512 F/BW/VBMI (with AVX2, FMA and F16C); lengths are equal.
+            unsafe { crate::x86::sbs_dots::decode_sfp_bf16_vbmi(codes, dst) };
+            return Ok(());
+        }
+        if crate::x86_dispatch!(sbs_dots::decode_sfp_bf16_avx2(codes, dst)).is_some() {
+            return Ok(());
+        }
         for (o, &c) in dst.iter_mut().zip(codes) {
             *o = sfp_decode_bf16(c);
         }

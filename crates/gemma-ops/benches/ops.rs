@@ -1,6 +1,9 @@
 //! Micro-benchmarks of the ops layer, next to the machine's measured read bandwidth:
 //! - `read_bandwidth`: summing a 512 MiB buffer with the pool (the ceiling for decode, which streams weights);
 //! - `matmul`: quantize + dot_rows through the pool at decode (1 token) and prefill (256 tokens) shapes;
+//! - `sbs_matmul`: SBS products (the BF16 output head and an SFP FFN matrix, gemma.cpp's formats) through
+//!   `matmul_sbs`, which takes bf16 activations for them, next to the same rows dotted one at a time by the
+//!   codecs' f32-activation kernels;
 //! - `attention`: one decode step over 1,024 cached positions, and a 256-token causal prefill;
 //! - `pool_vs_rayon`: the same decode-shaped work (many small parallel regions, as a decode step runs about 250)
 //!   and prefill-shaped work (few large regions) on our pool and on rayon, to keep the faster.
@@ -11,6 +14,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use gemma_compression::{quant_format, GgmlType};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use gemma_compression::{sbs_codec, SbsCodecType};
+use gemma_ops::matmul::{matmul_sbs, RowBlocks, SbsMatrix};
 use gemma_ops::{grouped_query_attention, matmul, AttnSpan, KvView, QMatrix, QuantizedActs, ThreadPool};
 
 fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
@@ -86,6 +91,51 @@ fn matmul_shapes(c: &mut Criterion) {
             g.bench_function(format!("{ty}_{rows}x{cols}_n{n}"), |b| {
                 b.iter(|| matmul(&pool, &w, &x, &mut out, &mut acts).unwrap())
             });
+        }
+    }
+    g.finish();
+}
+
+fn sbs_matmul(c: &mut Criterion) {
+    let pool = ThreadPool::new(2);
+    let mut g = c.benchmark_group("sbs_matmul_2threads");
+    g.sample_size(10);
+    for (ty, rows, cols) in [(SbsCodecType::Bf16, 262_144, 640), (SbsCodecType::Sfp, 2048, 640)] {
+        let codec = sbs_codec(ty);
+        // 64-byte aligned, as a blob of a mapped SBS file is
+        let bytes = codec.packed_bytes(rows * cols);
+        let mut backing = vec![0u8; bytes + 64];
+        let skip = backing.as_ptr().align_offset(64);
+        let stream = &mut backing[skip..skip + bytes];
+        codec.encode(&pseudo_random(rows * cols, 5), stream, 0).unwrap();
+        let stream = &*stream;
+        let w = SbsMatrix::new(stream, ty, rows, rows, cols, RowBlocks::contiguous(0, rows), 1.0).unwrap();
+        for n in [1usize, 256] {
+            if rows * n > 4_000_000 {
+                continue;
+            }
+            let x = pseudo_random(n * cols, 9);
+            let mut out = vec![0f32; n * rows];
+            if n == 1 {
+                g.throughput(Throughput::Bytes(stream.len() as u64));
+            } else {
+                g.throughput(Throughput::Elements((rows * cols * n) as u64));
+            }
+            g.bench_function(format!("{ty}_{rows}x{cols}_n{n}"), |b| b.iter(|| matmul_sbs(&pool, &w, &x, &mut out)));
+            if n == 1 {
+                let shared = gemma_ops::SharedMut::new(&mut out);
+                g.bench_function(format!("{ty}_{rows}x{cols}_n1_f32_dots"), |b| {
+                    b.iter(|| {
+                        pool.for_ranges(rows, 16, &|r| {
+                            // SAFETY: tasks own disjoint row ranges of `out`.
+                            let dst = unsafe { shared.slice(r.clone()) };
+                            for (row, d) in r.zip(dst) {
+                                *d = codec.dot(stream, row * cols, &x);
+                            }
+                        })
+                    })
+                });
+            }
         }
     }
     g.finish();
@@ -181,5 +231,5 @@ fn pool_vs_rayon(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, read_bandwidth, matmul_shapes, attention, pool_vs_rayon);
+criterion_group!(benches, read_bandwidth, matmul_shapes, sbs_matmul, attention, pool_vs_rayon);
 criterion_main!(benches);

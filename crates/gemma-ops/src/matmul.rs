@@ -3,6 +3,7 @@
 //! Activations are quantized once per matrix into the format the weight type pairs with
 //! ([`QuantFormat::vec_dot_type`]), as llama.cpp does, then each output is one `vec_dot`.
 
+use gemma_compression::bf16_tile::{bf16_words, dot_bf16_tile, dot_sfp_row_bf16, round_acts_to_bf16};
 use gemma_compression::interleaved::{InterleavedActs, InterleavedRows, ROW_GROUP};
 use gemma_compression::{
     dot_decoded_rows, quant_format, sbs_codec, GgmlType, QuantError, QuantFormat, SbsCodec, SbsCodecType,
@@ -317,8 +318,8 @@ thread_local! {
     static SBS_ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// `out[t][r] = scale * (W[r] · x[t])` for an SBS matrix, with f32 activations as they are (gemma.cpp's
-/// codecs take them unquantized). Parallel over rows like [`matmul`]; allocates nothing once the thread-local
+/// `out[t][r] = scale * (W[r] · x[t])` for an SBS matrix. SFP and BF16 weights take bf16 activations, as
+/// in gemma.cpp's MatMul ([`matmul_sbs_bf16`]); F32, NUQ and I8 weights take the f32 activations as they are. Parallel over rows like [`matmul`]; allocates nothing once the thread-local
 /// buffers have grown. Each result is bitwise the codec's `dot` of that row and token, whatever the batch
 /// shape or thread count: with several tokens a row is decoded once and its exact f32 values dotted with
 /// each token by the F32 kernel, which accumulates in the same fixed pattern.
@@ -327,6 +328,10 @@ pub fn matmul_sbs(pool: &ThreadPool, w: &SbsMatrix, x: &[f32], out: &mut [f32]) 
     let n = x.len() / k;
     assert_eq!(x.len(), n * k, "activation length is not a multiple of the matrix width");
     assert_eq!(out.len(), n * m, "output length does not match");
+    if sbs_takes_bf16_acts(w.codec.codec_type()) {
+        matmul_sbs_bf16(pool, w, x, out);
+        return;
+    }
     let out_shared = SharedMut::new(out);
     pool.for_ranges(m, ROWS_PER_TASK, &|rows| {
         if n == 1 {
@@ -357,6 +362,93 @@ pub fn matmul_sbs(pool: &ThreadPool, w: &SbsMatrix, x: &[f32], out: &mut [f32]) 
                 }
                 // SAFETY: this task alone writes columns `rows` of every token's output row.
                 unsafe { scatter_tile(tile, rows.len(), n, &out_shared, m, rows.start) };
+            });
+        });
+    });
+}
+
+/// Whether products with `ty` weights round their activations to bf16, as gemma.cpp's MatMul does: the
+/// formats whose every value is a bf16 (SFP, BF16), so that the products stay exact and AVX-512 BF16 does
+/// twice the multiply-adds of f32 FMA. NUQ (also bf16 values) keeps its fused f32 kernel, which one-token
+/// products need; F32 and I8 are not bf16 values.
+pub fn sbs_takes_bf16_acts(ty: SbsCodecType) -> bool {
+    matches!(ty, SbsCodecType::Sfp | SbsCodecType::Bf16)
+}
+
+thread_local! {
+    /// The bf16 activations of the calling thread's SBS product in progress, read by every task.
+    static SBS_ACTS_BF16: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Per-thread weight rows decoded to bf16.
+    static SBS_ROWS_BF16: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Weight rows per call of the bf16 tile kernel (its AVX-512 block height).
+const BF16_TILE_ROWS: usize = 4;
+
+/// [`matmul_sbs`] for SFP and BF16 weights: the activations rounded to bf16 once, then every row (decoded to
+/// bf16 once, or read in place for BF16) dotted with every token by [`dot_bf16_tile`]. Each (row, token)
+/// accumulates in the same pattern whatever the batch, so a token's result does not depend on the tokens
+/// beside it or the thread count.
+fn matmul_sbs_bf16(pool: &ThreadPool, w: &SbsMatrix, x: &[f32], out: &mut [f32]) {
+    let (m, k) = (w.rows, w.cols);
+    let n = x.len() / k;
+    let in_place = w.codec.codec_type() == SbsCodecType::Bf16;
+    SBS_ACTS_BF16.with_borrow_mut(|acts| {
+        acts.resize(n * k, 0);
+        round_acts_to_bf16(x, acts);
+        let acts: &[u16] = acts;
+        let out_shared = SharedMut::new(out);
+        pool.for_ranges(m, ROWS_PER_TASK, &|rows| {
+            if n == 1 && w.codec.codec_type() == SbsCodecType::Sfp {
+                // One token and SFP: the fused kernel decodes in registers where the CPU has one.
+                // SAFETY: tasks own disjoint row ranges, and with one token those are disjoint ranges of `out`.
+                let dst = unsafe { out_shared.slice(rows.clone()) };
+                let mut fused = true;
+                for (r, d) in rows.clone().zip(dst.iter_mut()) {
+                    let ofs = w.map.stream_row(r) * k;
+                    match dot_sfp_row_bf16(&w.stream[ofs..ofs + k], acts) {
+                        Some(v) => *d = v * w.scale,
+                        None => {
+                            fused = false;
+                            break;
+                        }
+                    }
+                }
+                if fused {
+                    return;
+                }
+            }
+            SBS_ROWS_BF16.with_borrow_mut(|buf| {
+                TILE.with_borrow_mut(|tile| {
+                    tile.resize(rows.len() * n, 0.0);
+                    buf.resize(BF16_TILE_ROWS * k, 0);
+                    for first in rows.clone().step_by(BF16_TILE_ROWS) {
+                        let count = (rows.end - first).min(BF16_TILE_ROWS);
+                        let bytes = |r: usize| {
+                            let ofs = w.map.stream_row(r) * k;
+                            &w.stream[2 * ofs..2 * (ofs + k)]
+                        };
+                        let words = |r: usize| if in_place { bf16_words(bytes(r)) } else { None };
+                        for (j, dst) in buf.chunks_exact_mut(k).take(count).enumerate() {
+                            let r = first + j;
+                            if words(r).is_none() {
+                                if let Err(e) = w.codec.decode_bf16(w.stream, w.map.stream_row(r) * k, dst) {
+                                    panic!("matmul_sbs: row {r} of a validated matrix: {e}");
+                                }
+                            }
+                        }
+                        let mut refs: [&[u16]; BF16_TILE_ROWS] = [&[]; BF16_TILE_ROWS];
+                        for (j, slot) in refs.iter_mut().take(count).enumerate() {
+                            *slot = words(first + j).unwrap_or(&buf[j * k..(j + 1) * k]);
+                        }
+                        let at = (first - rows.start) * n;
+                        let dst = &mut tile[at..at + count * n];
+                        dot_bf16_tile(&refs[..count], acts, k, dst);
+                        dst.iter_mut().for_each(|d| *d *= w.scale);
+                    }
+                    // SAFETY: this task alone writes columns `rows` of every token's output row.
+                    unsafe { scatter_tile(tile, rows.len(), n, &out_shared, m, rows.start) };
+                });
             });
         });
     });
@@ -507,11 +599,29 @@ mod tests {
                         codec.decode(&stream, ofs, &mut deq).unwrap();
                         for t in 0..n {
                             let at = &xs[t * cols..(t + 1) * cols];
-                            let want = codec.dot(&stream, ofs, at) * 0.75;
+                            // one row against one token, with the activations as that product takes them
+                            let want = if sbs_takes_bf16_acts(ty) {
+                                let mut row = vec![0u16; cols];
+                                codec.decode_bf16(&stream, ofs, &mut row).unwrap();
+                                let mut act = vec![0u16; cols];
+                                round_acts_to_bf16(at, &mut act);
+                                let mut one = [0f32];
+                                dot_bf16_tile(&[&row], &act, cols, &mut one);
+                                one[0] * 0.75
+                            } else {
+                                codec.dot(&stream, ofs, at) * 0.75
+                            };
                             let got = results[0][t * rows + r];
                             assert_eq!(got.to_bits(), want.to_bits(), "{ty} n{n} r{r} t{t}: {got} vs {want}");
                             let exact: f32 = deq.iter().zip(at).map(|(a, b)| a * b).sum::<f32>() * 0.75;
-                            assert!((exact - got).abs() < 1e-3 * (1.0 + exact.abs()), "{ty}: {exact} vs {got}");
+                            // bf16 activations: each is off by at most 2^-9 of itself
+                            let magnitude: f32 = deq.iter().zip(at).map(|(a, b)| (a * b).abs()).sum::<f32>() * 0.75;
+                            let tol = if sbs_takes_bf16_acts(ty) {
+                                2e-3 * (magnitude + 1.0)
+                            } else {
+                                1e-3 * (1.0 + exact.abs())
+                            };
+                            assert!((exact - got).abs() < tol, "{ty}: {exact} vs {got}");
                         }
                     }
                 }

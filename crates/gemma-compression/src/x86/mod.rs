@@ -6,6 +6,7 @@
 //! lengths are checked before any raw load.
 
 pub(crate) mod activations;
+pub(crate) mod bf16_tile;
 pub(crate) mod interleaved;
 pub(crate) mod k_quants;
 pub(crate) mod k_tiles;

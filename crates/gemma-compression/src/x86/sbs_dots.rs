@@ -378,7 +378,7 @@ const fn sfp_bf16_byte_tables() -> [[u8; 128]; 2] {
     }
     t
 }
-static SFP_BF16_BYTES: [[u8; 128]; 2] = sfp_bf16_byte_tables();
+pub(crate) static SFP_BF16_BYTES: [[u8; 128]; 2] = sfp_bf16_byte_tables();
 
 /// SFP weights x f32 activations with AVX-512 VBMI: 64 codes become bf16 with two byte-table lookups, in
 /// place of the shifts and compares of [`dot_sfp`]. The accumulation is [`dot_sfp`]'s to the bit: a 16-lane
@@ -430,6 +430,65 @@ pub(crate) unsafe fn dot_sfp_vbmi(packed: &[u8], ofs: usize, act: &[f32]) -> f32
     };
     let acts = |j: usize, len: usize| if len == 8 { load_f32x8(&act[j..]) } else { tail_vec(len, |k| act[j + k]) };
     finish_pattern(n, i, x, y, sfp, acts)
+}
+
+/// SFP codes to bf16 bits with AVX-512 VBMI: 64 codes per step through [`dot_sfp_vbmi`]'s byte tables, the
+/// rest through the scalar table.
+///
+/// # Safety
+/// The CPU supports avx512f, avx512bw and avx512vbmi; `codes` and `out` have the same length.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vbmi")]
+pub(crate) unsafe fn decode_sfp_bf16_vbmi(codes: &[u8], out: &mut [u16]) {
+    assert_eq!(codes.len(), out.len());
+    let n = codes.len();
+    let table = |half: &[u8; 128], k: usize| _mm512_loadu_si512(half[64 * k..].as_ptr().cast());
+    let (hi0, hi1) = (table(&SFP_BF16_BYTES[0], 0), table(&SFP_BF16_BYTES[0], 1));
+    let (lo0, lo1) = (table(&SFP_BF16_BYTES[1], 0), table(&SFP_BF16_BYTES[1], 1));
+    let mut words_idx = [[0u8; 64]; 2];
+    for (h, idx) in words_idx.iter_mut().enumerate() {
+        for j in 0..32 {
+            idx[2 * j] = (32 * h + j) as u8;
+            idx[2 * j + 1] = (64 + 32 * h + j) as u8;
+        }
+    }
+    let first = _mm512_loadu_si512(words_idx[0].as_ptr().cast());
+    let second = _mm512_loadu_si512(words_idx[1].as_ptr().cast());
+    let sign = _mm512_set1_epi8(0x80u8 as i8);
+    let mut i = 0;
+    while i + 64 <= n {
+        let c = _mm512_loadu_si512(codes[i..i + 64].as_ptr().cast());
+        let hi = _mm512_or_si512(_mm512_permutex2var_epi8(hi0, c, hi1), _mm512_and_si512(c, sign));
+        let lo = _mm512_permutex2var_epi8(lo0, c, lo1);
+        let dst = out[i..i + 64].as_mut_ptr();
+        _mm512_storeu_si512(dst.cast(), _mm512_permutex2var_epi8(lo, first, hi));
+        _mm512_storeu_si512(dst.add(32).cast(), _mm512_permutex2var_epi8(lo, second, hi));
+        i += 64;
+    }
+    for (o, &c) in out[i..].iter_mut().zip(&codes[i..]) {
+        *o = crate::sfp::sfp_decode_bf16(c);
+    }
+}
+
+/// SFP codes to bf16 bits with AVX2: 16 codes per step through the shift-based decoder.
+///
+/// # Safety
+/// The CPU supports avx2, fma and f16c; `codes` and `out` have the same length.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn decode_sfp_bf16_avx2(codes: &[u8], out: &mut [u16]) {
+    assert_eq!(codes.len(), out.len());
+    let n = codes.len();
+    let mut i = 0;
+    while i + 16 <= n {
+        let a = _mm256_srli_epi32::<16>(_mm256_castps_si256(decode_sfp_x8(load_8_bytes(&codes[i..]))));
+        let b = _mm256_srli_epi32::<16>(_mm256_castps_si256(decode_sfp_x8(load_8_bytes(&codes[i + 8..]))));
+        // packus works per 128-bit half: [a0..3 b0..3 | a4..7 b4..7], then the quarters reordered
+        let packed = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(a, b));
+        _mm256_storeu_si256(out[i..i + 16].as_mut_ptr().cast(), packed);
+        i += 16;
+    }
+    for (o, &c) in out[i..].iter_mut().zip(&codes[i..]) {
+        *o = crate::sfp::sfp_decode_bf16(c);
+    }
 }
 
 /// Dots of two decoded weight rows (`w` holds both, each `k` long) with each token of `acts`: `out` row `r`
@@ -699,7 +758,7 @@ mod tests {
             "this x86-64 CPU lacks avx2+fma+f16c: the SBS kernels cannot be checked here"
         );
         if is_x86_feature_detected!("avx512f") {
-            println!("avx512 reported: the SBS formats have no AVX-512 kernels; at that level the AVX2 ones run");
+            println!("avx512 reported: the f32-activation SBS dots run their AVX2 kernels there, except SFP (VBMI, checked below); the bf16 tiles are checked in bf16_tile");
         }
     }
 
@@ -754,6 +813,32 @@ mod tests {
                 assert_eq!(got[k].to_bits(), sfp_decode(c).to_bits(), "code {c:#04x}");
             }
         }
+    }
+
+    /// Both SFP-to-bf16 row decoders give the table's bits for every code, at every length (whole steps and
+    /// tails).
+    #[test]
+    fn sfp_row_decoders_to_bf16_equal_the_table() {
+        require_avx2();
+        for len in [0usize, 1, 15, 16, 17, 63, 64, 65, 200, 256, 640] {
+            let codes: Vec<u8> = (0..len).map(|i| (i * 37 + len) as u8).collect();
+            let want: Vec<u16> = codes.iter().map(|&c| crate::sfp::sfp_decode_bf16(c)).collect();
+            let mut got = vec![0u16; len];
+            // SAFETY: require_avx2 checked the CPU features.
+            unsafe { decode_sfp_bf16_avx2(&codes, &mut got) };
+            assert_eq!(got, want, "avx2, {len} codes");
+            if crate::has_avx512_vbmi() {
+                got.fill(0);
+                // SAFETY: the CPU reports AVX-512 VBMI.
+                unsafe { decode_sfp_bf16_vbmi(&codes, &mut got) };
+                assert_eq!(got, want, "vbmi, {len} codes");
+            }
+        }
+        let every: Vec<u8> = (0..=255u8).collect();
+        let mut got = vec![0u16; 256];
+        // SAFETY: require_avx2 checked the CPU features.
+        unsafe { decode_sfp_bf16_avx2(&every, &mut got) };
+        assert!(every.iter().zip(&got).all(|(&c, &g)| crate::sfp::sfp_decode_bf16(c) == g));
     }
 
     #[test]

@@ -1,0 +1,378 @@
+//! The bf16 tile kernels of [`crate::bf16_tile`]: AVX-512 BF16 (`vdpbf16ps`) and an AVX2 emulation of the
+//! same lanes. Both follow the pattern the module documents, so they equal the scalar twin bit for bit.
+//!
+//! With several tokens, blocks of rows x tokens (4 x 6 on AVX-512, 2 x 4 on AVX2) make one pass per
+//! accumulator over its chunks, so each loaded vector serves a whole row or column of the block. With one
+//! token each row streams through memory in order, its four accumulators in registers.
+
+use std::arch::x86_64::*;
+
+use crate::bf16_tile::{ACCS, BF16_CHUNK};
+
+/// Elements ahead of the one-token kernels' loads that they prefetch (12 KB, as the GGML tiles: the rows of
+/// a matrix follow each other in memory, and without the hints one row at a time streams at well below the
+/// memory's speed). A hint past the end of the weights is harmless.
+const PREFETCH_AHEAD: usize = 6 * 1024;
+
+/// # Safety
+/// The CPU supports avx512f, avx512bw and avx512bf16; every row is `k` long, `acts` holds whole tokens of
+/// `k` and `out` has `rows x tokens` places (checked by the caller).
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(crate) unsafe fn dot_bf16_tile_avx512(w: &[&[u16]], acts: &[u16], k: usize, out: &mut [f32]) {
+    let tokens = acts.len() / k.max(1);
+    assert!(w.iter().all(|r| r.len() == k) && acts.len() == tokens * k && out.len() == w.len() * tokens);
+    if tokens == 1 {
+        for (o, row) in out.iter_mut().zip(w) {
+            *o = row_one_token512(row, acts);
+        }
+        return;
+    }
+    let mut r0 = 0;
+    while r0 < w.len() {
+        let rows = (w.len() - r0).min(4);
+        let mut t0 = 0;
+        while t0 < tokens {
+            let t = (tokens - t0).min(6);
+            match (rows, t) {
+                (4, 6) => block512::<4, 6>(w, r0, acts, t0, k, out, tokens),
+                (4, n) => block512_tokens::<4>(w, r0, acts, t0, n, k, out, tokens),
+                (3, n) => block512_tokens::<3>(w, r0, acts, t0, n, k, out, tokens),
+                (2, n) => block512_tokens::<2>(w, r0, acts, t0, n, k, out, tokens),
+                (_, n) => block512_tokens::<1>(w, r0, acts, t0, n, k, out, tokens),
+            }
+            t0 += t;
+        }
+        r0 += rows;
+    }
+}
+
+/// Loads chunk `c` of a row (zero-padded past `k`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn chunk512(p: *const u16, c: usize, k: usize) -> __m512bh {
+    let i = c * BF16_CHUNK;
+    let mask: __mmask32 = if i + BF16_CHUNK <= k { !0 } else { (1u32 << (k - i)) - 1 };
+    std::mem::transmute::<__m512i, __m512bh>(_mm512_maskz_loadu_epi16(mask, p.add(i).cast()))
+}
+
+/// One row against one token, in memory order with the four accumulators live.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn row_one_token512(row: &[u16], act: &[u16]) -> f32 {
+    let k = row.len();
+    let chunks = k.div_ceil(BF16_CHUNK);
+    let (w, a) = (row.as_ptr(), act.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); ACCS];
+    let mut c = 0;
+    while c + ACCS <= k / BF16_CHUNK {
+        for (j, s) in acc.iter_mut().enumerate() {
+            let at = (c + j) * BF16_CHUNK;
+            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(at + PREFETCH_AHEAD).cast());
+            let wv = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(w.add(at).cast()));
+            let av = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(a.add(at).cast()));
+            *s = _mm512_dpbf16_ps(*s, wv, av);
+        }
+        c += ACCS;
+    }
+    while c < chunks {
+        acc[c % ACCS] = _mm512_dpbf16_ps(acc[c % ACCS], chunk512(w, c, k), chunk512(a, c, k));
+        c += 1;
+    }
+    reduce512(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
+}
+
+/// One SFP row against one token: 64 codes at a time become two chunks of bf16 in registers (the byte tables
+/// of [`super::sbs_dots::dot_sfp_vbmi`]) and go straight into `vdpbf16ps`, in the shared pattern, so the
+/// result equals decoding the row and calling the tile kernel.
+///
+/// # Safety
+/// The CPU supports avx512f, avx512bw, avx512vbmi and avx512bf16; `codes` and `act` have the same length.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512bf16")]
+pub(crate) unsafe fn dot_sfp_row_avx512(codes: &[u8], act: &[u16]) -> f32 {
+    use super::sbs_dots::SFP_BF16_BYTES;
+    let k = codes.len();
+    assert_eq!(act.len(), k);
+    let table = |half: &[u8; 128], j: usize| _mm512_loadu_si512(half[64 * j..].as_ptr().cast());
+    let (hi0, hi1) = (table(&SFP_BF16_BYTES[0], 0), table(&SFP_BF16_BYTES[0], 1));
+    let (lo0, lo1) = (table(&SFP_BF16_BYTES[1], 0), table(&SFP_BF16_BYTES[1], 1));
+    let mut words_idx = [[0u8; 64]; 2];
+    for (h, idx) in words_idx.iter_mut().enumerate() {
+        for j in 0..32 {
+            idx[2 * j] = (32 * h + j) as u8;
+            idx[2 * j + 1] = (64 + 32 * h + j) as u8;
+        }
+    }
+    let first = _mm512_loadu_si512(words_idx[0].as_ptr().cast());
+    let second = _mm512_loadu_si512(words_idx[1].as_ptr().cast());
+    let sign = _mm512_set1_epi8(0x80u8 as i8);
+    let a = act.as_ptr();
+    let mut acc = [_mm512_setzero_ps(); ACCS];
+    let mut c = 0;
+    // two chunks per step; a step of four chunks keeps the accumulator index static
+    while (c + 4) * BF16_CHUNK <= k {
+        for pair in 0..2 {
+            let at = (c + 2 * pair) * BF16_CHUNK;
+            _mm_prefetch::<_MM_HINT_T0>(codes.as_ptr().wrapping_add(at + PREFETCH_AHEAD / 2).cast());
+            let cv = _mm512_loadu_si512(codes.as_ptr().add(at).cast());
+            let hi = _mm512_or_si512(_mm512_permutex2var_epi8(hi0, cv, hi1), _mm512_and_si512(cv, sign));
+            let lo = _mm512_permutex2var_epi8(lo0, cv, lo1);
+            let w0 = std::mem::transmute::<__m512i, __m512bh>(_mm512_permutex2var_epi8(lo, first, hi));
+            let w1 = std::mem::transmute::<__m512i, __m512bh>(_mm512_permutex2var_epi8(lo, second, hi));
+            let a0 = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(a.add(at).cast()));
+            let a1 = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(a.add(at + BF16_CHUNK).cast()));
+            acc[2 * pair] = _mm512_dpbf16_ps(acc[2 * pair], w0, a0);
+            acc[2 * pair + 1] = _mm512_dpbf16_ps(acc[2 * pair + 1], w1, a1);
+        }
+        c += 4;
+    }
+    // the rest: at most three chunks, the last maybe partial, decoded through the table
+    let chunks = k.div_ceil(BF16_CHUNK);
+    while c < chunks {
+        let at = c * BF16_CHUNK;
+        let mut buf = [0u16; BF16_CHUNK];
+        let len = (k - at).min(BF16_CHUNK);
+        for (b, &code) in buf.iter_mut().zip(&codes[at..at + len]) {
+            *b = crate::sfp::sfp_decode_bf16(code);
+        }
+        acc[c % ACCS] = _mm512_dpbf16_ps(acc[c % ACCS], chunk512(buf.as_ptr(), 0, len), chunk512(a.add(at), 0, len));
+        c += 1;
+    }
+    reduce512(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
+}
+
+/// A block of `R` rows against `n` (1..=6) tokens.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn block512_tokens<const R: usize>(
+    w: &[&[u16]],
+    r0: usize,
+    acts: &[u16],
+    t0: usize,
+    n: usize,
+    k: usize,
+    out: &mut [f32],
+    tokens: usize,
+) {
+    match n {
+        1 => block512::<R, 1>(w, r0, acts, t0, k, out, tokens),
+        2 => block512::<R, 2>(w, r0, acts, t0, k, out, tokens),
+        3 => block512::<R, 3>(w, r0, acts, t0, k, out, tokens),
+        4 => block512::<R, 4>(w, r0, acts, t0, k, out, tokens),
+        5 => block512::<R, 5>(w, r0, acts, t0, k, out, tokens),
+        _ => block512::<R, 6>(w, r0, acts, t0, k, out, tokens),
+    }
+}
+
+/// Rows `r0..r0 + R` against tokens `t0..t0 + T`: one pass per accumulator over its chunks, `R x T` sums
+/// live in each, every weight load serving `T` tokens and every activation load `R` rows.
+#[inline]
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // the indices name registers of the block
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn block512<const R: usize, const T: usize>(
+    w: &[&[u16]],
+    r0: usize,
+    acts: &[u16],
+    t0: usize,
+    k: usize,
+    out: &mut [f32],
+    tokens: usize,
+) {
+    let rows: [*const u16; R] = std::array::from_fn(|r| w[r0 + r].as_ptr());
+    let a0 = acts[t0 * k..(t0 + T) * k].as_ptr();
+    let chunks = k.div_ceil(BF16_CHUNK);
+    // accumulator p's chunks, R x T sums live (returned by value: no zeroed array on the stack)
+    let pass = |p: usize| {
+        let mut acc = [[_mm512_setzero_ps(); T]; R];
+        let mut c = p;
+        while c < chunks {
+            let wv: [__m512bh; R] = std::array::from_fn(|r| chunk512(rows[r], c, k));
+            for t in 0..T {
+                let av = chunk512(a0.add(t * k), c, k);
+                for r in 0..R {
+                    acc[r][t] = _mm512_dpbf16_ps(acc[r][t], wv[r], av);
+                }
+            }
+            c += ACCS;
+        }
+        acc
+    };
+    let add = |x: [[__m512; T]; R], y: [[__m512; T]; R]| -> [[__m512; T]; R] {
+        std::array::from_fn(|r| std::array::from_fn(|t| _mm512_add_ps(x[r][t], y[r][t])))
+    };
+    const { assert!(ACCS == 4) };
+    let s01 = add(pass(0), pass(1));
+    let s23 = add(pass(2), pass(3));
+    for r in 0..R {
+        for t in 0..T {
+            out[(r0 + r) * tokens + t0 + t] = reduce512(_mm512_add_ps(s01[r][t], s23[r][t]));
+        }
+    }
+}
+
+/// Lanes `i + 8`, then `i + 4`, `i + 2`, `i + 1`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn reduce512(v: __m512) -> f32 {
+    let lo = _mm512_castps512_ps256(v);
+    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+    reduce256(_mm256_add_ps(lo, hi))
+}
+
+/// Eight lanes: `i + 4`, then `i + 2`, `i + 1`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn reduce256(s8: __m256) -> f32 {
+    let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
+    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)))
+}
+
+/// # Safety
+/// The CPU supports avx2 and fma; shapes as for [`dot_bf16_tile_avx512`].
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn dot_bf16_tile_avx2(w: &[&[u16]], acts: &[u16], k: usize, out: &mut [f32]) {
+    let tokens = acts.len() / k.max(1);
+    assert!(w.iter().all(|r| r.len() == k) && acts.len() == tokens * k && out.len() == w.len() * tokens);
+    if tokens == 1 {
+        for (o, row) in out.iter_mut().zip(w) {
+            *o = row_one_token256(row, acts);
+        }
+        return;
+    }
+    let mut r0 = 0;
+    while r0 < w.len() {
+        let rows = (w.len() - r0).min(2);
+        let mut t0 = 0;
+        while t0 < tokens {
+            let t = (tokens - t0).min(4);
+            match (rows, t) {
+                (2, 4) => block256::<2, 4>(w, r0, acts, t0, k, out, tokens),
+                (2, 3) => block256::<2, 3>(w, r0, acts, t0, k, out, tokens),
+                (2, 2) => block256::<2, 2>(w, r0, acts, t0, k, out, tokens),
+                (2, _) => block256::<2, 1>(w, r0, acts, t0, k, out, tokens),
+                (_, 4) => block256::<1, 4>(w, r0, acts, t0, k, out, tokens),
+                (_, 3) => block256::<1, 3>(w, r0, acts, t0, k, out, tokens),
+                (_, 2) => block256::<1, 2>(w, r0, acts, t0, k, out, tokens),
+                _ => block256::<1, 1>(w, r0, acts, t0, k, out, tokens),
+            }
+            t0 += t;
+        }
+        r0 += rows;
+    }
+}
+
+/// Half `h` of chunk `c` of a row: its 16 bf16 (zero-padded past `k`) as two f32 vectors, the odd elements
+/// (the high halves of the dwords) and the even ones.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn half_chunk(row: &[u16], c: usize, h: usize) -> (__m256, __m256) {
+    let i = c * BF16_CHUNK + 16 * h;
+    let v = if i + 16 <= row.len() {
+        _mm256_loadu_si256(row.as_ptr().add(i).cast())
+    } else {
+        let mut buf = [0u16; 16];
+        let have = row.len().saturating_sub(i);
+        buf[..have].copy_from_slice(&row[i.min(row.len())..]);
+        _mm256_loadu_si256(buf.as_ptr().cast())
+    };
+    let odd = _mm256_and_si256(v, _mm256_set1_epi32(0xffff_0000u32 as i32));
+    let even = _mm256_slli_epi32::<16>(v);
+    (_mm256_castsi256_ps(odd), _mm256_castsi256_ps(even))
+}
+
+/// `v` with lanes below 2^-126 in magnitude (zero exponent) set to zero (`vdpbf16ps`'s DAZ, for weights).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn daz(v: __m256) -> __m256 {
+    let bits = _mm256_castps_si256(v);
+    let tiny = _mm256_cmpeq_epi32(_mm256_and_si256(bits, _mm256_set1_epi32(0x7f80_0000)), _mm256_setzero_si256());
+    _mm256_castsi256_ps(_mm256_andnot_si256(tiny, bits))
+}
+
+/// Weight half-chunk with DAZ applied.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weight_half(row: &[u16], c: usize, h: usize) -> (__m256, __m256) {
+    let (odd, even) = half_chunk(row, c, h);
+    (daz(odd), daz(even))
+}
+
+/// `acc` plus the pair products of a half-chunk, odd element first (one `vdpbf16ps` lane step each).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pair_step(acc: __m256, w: (__m256, __m256), a: (__m256, __m256)) -> __m256 {
+    _mm256_fmadd_ps(w.1, a.1, _mm256_fmadd_ps(w.0, a.0, acc))
+}
+
+/// The accumulators combined, `(a0 + a1) + (a2 + a3)` per half, then the halves (lane `i + 8`) and the lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn finish256(parts: [[__m256; 2]; ACCS]) -> f32 {
+    let half =
+        |h: usize| _mm256_add_ps(_mm256_add_ps(parts[0][h], parts[1][h]), _mm256_add_ps(parts[2][h], parts[3][h]));
+    reduce256(_mm256_add_ps(half(0), half(1)))
+}
+
+/// One row against one token in memory order, its eight half-accumulators live.
+#[inline]
+#[allow(clippy::needless_range_loop)] // `h` picks both a half of the chunk and its accumulator
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_one_token256(row: &[u16], act: &[u16]) -> f32 {
+    let chunks = row.len().div_ceil(BF16_CHUNK);
+    let mut acc = [[_mm256_setzero_ps(); 2]; ACCS];
+    for c in 0..chunks {
+        _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(c * BF16_CHUNK + PREFETCH_AHEAD).cast());
+        for h in 0..2 {
+            acc[c % ACCS][h] = pair_step(acc[c % ACCS][h], weight_half(row, c, h), half_chunk(act, c, h));
+        }
+    }
+    finish256(acc)
+}
+
+/// Rows `r0..r0 + R` against tokens `t0..t0 + T`: one pass per accumulator and half (the halves never meet
+/// before the reduction), `R x T` sums live in each.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block256<const R: usize, const T: usize>(
+    w: &[&[u16]],
+    r0: usize,
+    acts: &[u16],
+    t0: usize,
+    k: usize,
+    out: &mut [f32],
+    tokens: usize,
+) {
+    let a0 = &acts[t0 * k..(t0 + T) * k];
+    let chunks = k.div_ceil(BF16_CHUNK);
+    // accumulator p's chunks in half h, R x T sums live (returned by value: no zeroed array on the stack)
+    let pass = |p: usize, h: usize| {
+        let mut acc = [[_mm256_setzero_ps(); T]; R];
+        let mut c = p;
+        while c < chunks {
+            let wv: [(__m256, __m256); R] = std::array::from_fn(|r| weight_half(w[r0 + r], c, h));
+            for t in 0..T {
+                let av = half_chunk(&a0[t * k..(t + 1) * k], c, h);
+                for r in 0..R {
+                    acc[r][t] = pair_step(acc[r][t], wv[r], av);
+                }
+            }
+            c += ACCS;
+        }
+        acc
+    };
+    let add = |x: [[__m256; T]; R], y: [[__m256; T]; R]| -> [[__m256; T]; R] {
+        std::array::from_fn(|r| std::array::from_fn(|t| _mm256_add_ps(x[r][t], y[r][t])))
+    };
+    const { assert!(ACCS == 4) };
+    // per half (a0 + a1) + (a2 + a3), then lane i + 8 is the second half's lane i
+    let half = |h: usize| add(add(pass(0, h), pass(1, h)), add(pass(2, h), pass(3, h)));
+    let first = half(0);
+    let second = half(1);
+    for r in 0..R {
+        for t in 0..T {
+            out[(r0 + r) * tokens + t0 + t] = reduce256(_mm256_add_ps(first[r][t], second[r][t]));
+        }
+    }
+}
