@@ -146,8 +146,9 @@ fn sfp_sbs_keeps_the_gguf_argmax_at_clear_steps_and_first_logits_near_f32() {
 
 /// The SFP file's matrices decoded to BF16 (exact: every SFP value is a bf16), each keeping its tensor's
 /// scale, and every other tensor copied as it is: the SFP model must give bitwise the logits of that BF16
-/// model, since both take bf16 activations and the same dot pattern. So the SFP path (fused decoding in
-/// registers for one token, decoded rows for several) loses nothing beyond the format itself.
+/// model, since both take the same activations (bf16 on CPUs with AVX-512 BF16, f32 elsewhere) and the same
+/// dot pattern. So the SFP path (decoding in registers for one token, decoded rows for several) loses nothing
+/// beyond the format itself.
 #[test]
 fn sfp_kernels_equal_bf16_kernels_on_the_decoded_weights() {
     let sfp = sfp_model().sbs().expect("an SBS model");

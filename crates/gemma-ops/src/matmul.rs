@@ -3,7 +3,7 @@
 //! Activations are quantized once per matrix into the format the weight type pairs with
 //! ([`QuantFormat::vec_dot_type`]), as llama.cpp does, then each output is one `vec_dot`.
 
-use gemma_compression::bf16_tile::{bf16_words, dot_bf16_tile, dot_sfp_row_bf16, round_acts_to_bf16};
+use gemma_compression::bf16_tile::{bf16_words, dot_bf16_tile, dot_sfp_row_bf16, has_avx512_bf16, round_acts_to_bf16};
 use gemma_compression::interleaved::{InterleavedActs, InterleavedRows, ROW_GROUP};
 use gemma_compression::{
     dot_decoded_rows, quant_format, sbs_codec, GgmlType, QuantError, QuantFormat, SbsCodec, SbsCodecType,
@@ -318,8 +318,9 @@ thread_local! {
     static SBS_ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// `out[t][r] = scale * (W[r] · x[t])` for an SBS matrix. SFP and BF16 weights take bf16 activations, as
-/// in gemma.cpp's MatMul ([`matmul_sbs_bf16`]); F32, NUQ and I8 weights take the f32 activations as they are. Parallel over rows like [`matmul`]; allocates nothing once the thread-local
+/// `out[t][r] = scale * (W[r] · x[t])` for an SBS matrix. SFP and BF16 weights take bf16 activations where
+/// the CPU has AVX-512 BF16, as in gemma.cpp's MatMul ([`matmul_sbs_bf16`], [`sbs_takes_bf16_acts`]); other
+/// weights, and those on other CPUs, take the f32 activations as they are. Parallel over rows like [`matmul`]; allocates nothing once the thread-local
 /// buffers have grown. Each result is bitwise the codec's `dot` of that row and token, whatever the batch
 /// shape or thread count: with several tokens a row is decoded once and its exact f32 values dotted with
 /// each token by the F32 kernel, which accumulates in the same fixed pattern.
@@ -368,11 +369,12 @@ pub fn matmul_sbs(pool: &ThreadPool, w: &SbsMatrix, x: &[f32], out: &mut [f32]) 
 }
 
 /// Whether products with `ty` weights round their activations to bf16, as gemma.cpp's MatMul does: the
-/// formats whose every value is a bf16 (SFP, BF16), so that the products stay exact and AVX-512 BF16 does
-/// twice the multiply-adds of f32 FMA. NUQ (also bf16 values) keeps its fused f32 kernel, which one-token
-/// products need; F32 and I8 are not bf16 values.
+/// formats whose every value is a bf16 (SFP, BF16), so that the products stay exact, on CPUs with AVX-512
+/// BF16, where `vdpbf16ps` does twice the multiply-adds of f32 FMA. Without it the f32 kernels stay: the AVX2
+/// emulation of the bf16 lanes measured 20-35% slower than them. NUQ (also bf16 values) keeps its fused f32
+/// kernel, which one-token products need; F32 and I8 are not bf16 values.
 pub fn sbs_takes_bf16_acts(ty: SbsCodecType) -> bool {
-    matches!(ty, SbsCodecType::Sfp | SbsCodecType::Bf16)
+    matches!(ty, SbsCodecType::Sfp | SbsCodecType::Bf16) && has_avx512_bf16()
 }
 
 thread_local! {
