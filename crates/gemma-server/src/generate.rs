@@ -1,20 +1,30 @@
-//! `POST /generate`: the parity checklist's plain endpoint. `{"prompt", sampling fields, "session"?}` →
-//! `{"text", "finish_reason", "session", "usage"}`. With a `session` id the prompt continues what the
-//! session holds (earlier prompts and answers), and the session's KV cache is kept between calls, so a call
-//! prefills only its new tokens. Sessions are bounded (`inference.max_sessions`); the least recently used
-//! is evicted first.
+//! `POST /generate`: the parity checklist's plain endpoint. `{"prompt", sampling fields, "session"?,
+//! "stream"?}` → `{"text", "finish_reason", "session", "usage"}`. With a `session` id the prompt continues
+//! what the session holds (earlier prompts and answers), and the session's KV cache is kept between calls, so
+//! a call prefills only its new tokens. Sessions are bounded (`inference.max_sessions`); the least recently
+//! used is evicted first.
+//!
+//! With `"stream": true` the answer comes as newline-delimited JSON (`application/x-ndjson`, as ollama's
+//! `/api/generate` streams): `{"text": "...", "done": false}` per piece of text, then one last line with
+//! `"done": true` and the `finish_reason`, `session` and `usage` of the plain answer, or with `"done": true`
+//! and an `error` object if the request fails after the answer has started (headers already sent). A client
+//! that disconnects cancels the generation.
 
 use std::time::Instant;
 
+use std::convert::Infallible;
+
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures_util::stream::{self, Stream};
 use serde_json::{json, Value};
-use tokio::sync::mpsc::unbounded_channel;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::api_error::ApiError;
-use crate::engine::{GenerationRequest, SessionRef};
+use crate::engine::{Event, Finish, GenerationRequest, SessionRef};
 use crate::fields::Fields;
 use crate::openai::{collect_choices, parse_plan, submit_error, Dialect};
 use crate::server::{read_body, AppState};
@@ -22,7 +32,7 @@ use crate::server::{read_body, AppState};
 /// Longest session id.
 pub const MAX_SESSION_ID: usize = 128;
 
-pub async fn generate(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
+pub async fn generate(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let received = Instant::now();
     let bytes = read_body(body, &headers, state.max_body_bytes()).await?;
     let loaded = state.loaded()?;
@@ -30,9 +40,7 @@ pub async fn generate(State(state): State<AppState>, headers: HeaderMap, body: B
     if !matches!(f.raw("prompt"), None | Some(Value::String(_))) {
         return Err(ApiError::invalid_param("prompt", "'prompt' must be a string").with_code("invalid_type"));
     }
-    if f.get::<bool>("stream")?.unwrap_or(false) {
-        return Err(ApiError::invalid_param("stream", "'/generate' does not stream; use /v1/completions"));
-    }
+    let stream = f.get::<bool>("stream")?.unwrap_or(false);
     if f.integer_in("n", 1..=1)?.is_some_and(|n| n != 1) {
         return Err(ApiError::invalid_param("n", "'/generate' makes one answer"));
     }
@@ -77,6 +85,10 @@ pub async fn generate(State(state): State<AppState>, headers: HeaderMap, body: B
         submitted: received,
     };
     state.engine().submit(req).map_err(submit_error)?;
+    if stream {
+        let lines = Body::from_stream(ndjson_lines(rx, session));
+        return Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], lines).into_response());
+    }
     let results = collect_choices(rx, 1).await?;
     let r = results.into_iter().next().ok_or_else(|| ApiError::internal("the engine sent no result"))?;
     let finish = r.finish.ok_or_else(|| ApiError::internal("the engine sent no finish"))?;
@@ -84,11 +96,51 @@ pub async fn generate(State(state): State<AppState>, headers: HeaderMap, body: B
         "text": r.text,
         "finish_reason": finish.reason.as_str(),
         "session": session,
-        "usage": {
-            "prompt_tokens": finish.prompt_tokens,
-            "completion_tokens": finish.completion_tokens,
-            "total_tokens": finish.prompt_tokens + finish.completion_tokens,
-            "cached_tokens": finish.cached_tokens,
-        },
-    })))
+        "usage": usage(&finish),
+    }))
+    .into_response())
+}
+
+fn usage(f: &Finish) -> Value {
+    json!({
+        "prompt_tokens": f.prompt_tokens,
+        "completion_tokens": f.completion_tokens,
+        "total_tokens": f.prompt_tokens + f.completion_tokens,
+        "cached_tokens": f.cached_tokens,
+    })
+}
+
+/// The streamed answer: a line per piece of text, then the closing line (see the module's doc). Dropping the
+/// stream (the client left) drops the receiver, which cancels the sequence.
+fn ndjson_lines(
+    rx: UnboundedReceiver<(usize, Event)>,
+    session: Option<String>,
+) -> impl Stream<Item = Result<String, Infallible>> {
+    let line = |v: Value| format!("{v}\n");
+    let failed = |e: ApiError| {
+        let mut v = e.body();
+        v["done"] = json!(true);
+        v
+    };
+    stream::unfold(Some(rx), move |rx| {
+        let session = session.clone();
+        async move {
+            let mut rx = rx?;
+            loop {
+                let (closing, v) = match rx.recv().await {
+                    None => (true, failed(ApiError::internal("the inference engine stopped"))),
+                    Some((_, Event::Chunk(c))) if c.text.is_empty() => continue,
+                    Some((_, Event::Chunk(c))) => (false, json!({"text": c.text, "done": false})),
+                    Some((_, Event::Done(f))) => (
+                        true,
+                        json!({"text": "", "done": true, "finish_reason": f.reason.as_str(), "session": session,
+                               "usage": usage(&f)}),
+                    ),
+                    Some((_, Event::Error(m))) => (true, failed(ApiError::internal(m))),
+                    Some((_, Event::Rejected(m))) => (true, failed(ApiError::invalid(m))),
+                };
+                return Some((Ok(line(v)), (!closing).then_some(rx)));
+            }
+        }
+    })
 }

@@ -81,6 +81,52 @@ async fn a_session_keeps_its_history_and_cache_and_the_oldest_is_evicted_and_mus
     generate(json!({"prompt": "Still here?", "max_tokens": 2})).await;
 }
 
+/// A server of its own for the streamed sessions, so that they do not change which of the other test's
+/// sessions is least recently used.
+fn stream_base() -> &'static str {
+    static BASE: OnceLock<String> = OnceLock::new();
+    BASE.get_or_init(|| common::start(common::test_config()))
+}
+
+/// The lines of a streamed `/generate`, each parsed, after checking the status and the content type.
+async fn generate_streamed(base: &str, body: Value) -> Vec<Value> {
+    let r = common::client().post(format!("{base}/generate")).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/x-ndjson");
+    let text = r.text().await.unwrap();
+    assert!(text.ends_with('\n'), "every line ends with a newline: {text:?}");
+    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("line {l:?}: {e}"))).collect()
+}
+
+#[tokio::test]
+async fn streamed_generate_gives_the_plain_answer_line_by_line() {
+    let body = json!({"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0});
+    let plain = generate(body.clone()).await;
+    let mut streamed_body = body.clone();
+    streamed_body["stream"] = json!(true);
+    let lines = generate_streamed(base(), streamed_body).await;
+    let (last, pieces) = lines.split_last().expect("at least the closing line");
+    assert!(pieces.len() >= 2, "several pieces expected: {lines:?}");
+    assert!(pieces.iter().all(|l| l["done"] == false && !l["text"].as_str().unwrap().is_empty()), "{lines:?}");
+    let text: String = pieces.iter().map(|l| l["text"].as_str().unwrap()).collect();
+    assert_eq!(text, plain["text"].as_str().unwrap());
+    assert_eq!(last["done"], true);
+    assert_eq!(last["finish_reason"], plain["finish_reason"]);
+    assert_eq!(last["usage"]["completion_tokens"], plain["usage"]["completion_tokens"]);
+
+    // A session works streamed too, and a refusal after the answer started is the closing line's error.
+    let lines =
+        generate_streamed(stream_base(), json!({"prompt": "Hello.", "max_tokens": 2, "session": "s", "stream": true}))
+            .await;
+    assert_eq!(lines.last().unwrap()["session"], "s");
+    let long = json!({"prompt": "word ".repeat(300), "max_tokens": 1, "session": "s-long", "stream": true});
+    generate_streamed(stream_base(), long.clone()).await;
+    let lines = generate_streamed(stream_base(), long).await;
+    let last = lines.last().unwrap();
+    assert_eq!(last["done"], true, "{lines:?}");
+    assert!(last["error"]["message"].as_str().unwrap().contains("tokens"), "{lines:?}");
+}
+
 #[tokio::test]
 async fn bad_generate_requests_are_400() {
     let url = format!("{}/generate", base());
@@ -91,7 +137,7 @@ async fn bad_generate_requests_are_400() {
         json!({"prompt": "x", "session": "a".repeat(200)}),
         json!({"prompt": "x", "session": 5}),
         json!({"prompt": "x", "temperature": "hot"}),
-        json!({"prompt": "x", "stream": true}),
+        json!({"prompt": "x", "stream": "yes"}),
     ] {
         let (status, v) = post(&url, body.clone()).await;
         assert_eq!(status, 400, "{body} → {v}");
