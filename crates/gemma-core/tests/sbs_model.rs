@@ -125,16 +125,7 @@ fn sfp_sbs_keeps_the_gguf_argmax_at_clear_steps_and_first_logits_near_f32() {
     eprintln!("SFP SBS: {compared} of {total} steps have a GGUF margin >= 1.5; argmax differs at {disagreements:?}");
     assert!(compared * 2 >= total, "only {compared} of {total} steps had a margin of 1.5");
     assert!(disagreements.is_empty(), "(golden, step, margin) where the argmax differs: {disagreements:?}");
-    let mut per_golden = Vec::new();
-    for g in goldens() {
-        let f32_first = &teacher_forced(f32_model(), pool(), &g.prompt_ids, &g.gen_ids)[0];
-        let sfp_first = &teacher_forced(sfp_model(), pool(), &g.prompt_ids, &g.gen_ids)[0];
-        let worst = top_k(f32_first, 10)
-            .iter()
-            .map(|&(id, _)| (f32_first[id as usize] - sfp_first[id as usize]).abs())
-            .fold(0.0f32, f32::max);
-        per_golden.push(worst);
-    }
+    let per_golden = first_step_distances(sfp_model());
     eprintln!("SFP vs F32 SBS: largest first-step top-10 logit difference per golden {per_golden:.3?}");
     let median = {
         let mut v = per_golden.clone();
@@ -142,6 +133,34 @@ fn sfp_sbs_keeps_the_gguf_argmax_at_clear_steps_and_first_logits_near_f32() {
         v[v.len() / 2]
     };
     assert!(median <= 0.75 && per_golden.iter().all(|&d| d <= 2.0), "{per_golden:?}");
+}
+
+/// Per golden, the largest difference between `model`'s first-step logits and the F32 SBS run's, over the F32
+/// run's ten best tokens.
+fn first_step_distances(model: &Model) -> Vec<f32> {
+    goldens()
+        .iter()
+        .map(|g| {
+            let f32_first = &teacher_forced(f32_model(), pool(), &g.prompt_ids, &g.gen_ids)[0];
+            let first = &teacher_forced(model, pool(), &g.prompt_ids, &g.gen_ids)[0];
+            top_k(f32_first, 10)
+                .iter()
+                .map(|&(id, _)| (f32_first[id as usize] - first[id as usize]).abs())
+                .fold(0.0f32, f32::max)
+        })
+        .collect()
+}
+
+/// gemma.cpp's other 8-bit format, I8 (groups of 128 with a bf16 scale and zero point), does meet the issue's
+/// bound: its first-step top-10 logits are within 0.5 of the F32 SBS run on every golden (0.08 to 0.34 when
+/// measured). So the bound is attainable at 8 bits on this model, and SFP misses it through its 3-bit mantissa
+/// (its mean rounding error on this model's matrices is about 3.5 times I8's, by `gemma blob-compare` against
+/// the F32 file), not through the conversion or the kernels.
+#[test]
+fn i8_sbs_first_logits_are_within_half_a_logit_of_f32() {
+    let per_golden = first_step_distances(&converted(SbsCodecType::I8));
+    eprintln!("I8 vs F32 SBS: largest first-step top-10 logit difference per golden {per_golden:.3?}");
+    assert!(per_golden.iter().all(|&d| d <= 0.5), "{per_golden:?}");
 }
 
 /// The SFP file's matrices decoded to BF16 (exact: every SFP value is a bf16), each keeping its tensor's
