@@ -255,7 +255,7 @@ pub(crate) fn dot_f32_values(w: &[f32], a: &[f32]) -> f32 {
 
 /// The dots of the decoded weight rows in `w` (each `k` long) with the tokens of `acts` (`n_tokens` rows of
 /// `k`): `out[r * n_tokens + t]`, each bitwise what [`SbsCodec::dot`] of the row's stream gives that token (a
-/// prefill's products). Where AVX-512 is available, rows go two at a time against six tokens, so each loaded
+/// prefill's products). Rows go two at a time against six tokens with AVX-512, four with AVX2, so each loaded
 /// vector serves several products.
 pub fn dot_decoded_rows(w: &[f32], k: usize, acts: &[f32], out: &mut [f32]) {
     let k = k.max(1);
@@ -274,6 +274,22 @@ pub fn dot_decoded_rows(w: &[f32], k: usize, acts: &[f32], out: &mut [f32]) {
                 )
             };
             r += 2;
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd_level() >= crate::SimdLevel::Avx2 && tokens > 1 {
+        while r < rows {
+            let count = (rows - r).min(2);
+            // SAFETY: simd_level() is at least Avx2 only when the CPU reports avx2, fma and f16c.
+            unsafe {
+                crate::x86::sbs_dots::dot_rows_tokens_avx2(
+                    &w[r * k..(r + count) * k],
+                    k,
+                    acts,
+                    &mut out[r * tokens..(r + count) * tokens],
+                )
+            };
+            r += count;
         }
     }
     while r < rows {

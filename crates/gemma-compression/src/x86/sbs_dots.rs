@@ -596,6 +596,116 @@ unsafe fn finish_pattern(
     hsum_f32x8(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])))
 }
 
+/// Dots of one or two decoded weight rows (`w` holds them, each `k` long) with each token of `acts`, with AVX2:
+/// `out` row `r` holds row `r`'s dots with every token. Blocks of the rows x 4 tokens make one pass per
+/// accumulator of the shared pattern (chunk `c` of eight into accumulator `c % 4`, in order), so each weight
+/// vector loaded serves four tokens and each activation vector both rows, and every result equals
+/// [`dot_f32_slices`] bit for bit.
+///
+/// # Safety
+/// The CPU supports avx2, fma and f16c.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dot_rows_tokens_avx2(w: &[f32], k: usize, acts: &[f32], out: &mut [f32]) {
+    let rows = w.len() / k.max(1);
+    let tokens = acts.len() / k.max(1);
+    assert!(
+        (1..=2).contains(&rows) && w.len() == rows * k && acts.len() == tokens * k && out.len() == rows * tokens,
+        "one or two rows of {k}, {tokens} tokens"
+    );
+    let mut t0 = 0;
+    while t0 < tokens {
+        let t = (tokens - t0).min(4);
+        match (rows, t) {
+            (2, 4) => rows_tokens_avx2::<2, 4>(w, k, acts, t0, out, tokens),
+            (2, 3) => rows_tokens_avx2::<2, 3>(w, k, acts, t0, out, tokens),
+            (2, 2) => rows_tokens_avx2::<2, 2>(w, k, acts, t0, out, tokens),
+            (2, _) => rows_tokens_avx2::<2, 1>(w, k, acts, t0, out, tokens),
+            (_, 4) => rows_tokens_avx2::<1, 4>(w, k, acts, t0, out, tokens),
+            (_, 3) => rows_tokens_avx2::<1, 3>(w, k, acts, t0, out, tokens),
+            (_, 2) => rows_tokens_avx2::<1, 2>(w, k, acts, t0, out, tokens),
+            _ => rows_tokens_avx2::<1, 1>(w, k, acts, t0, out, tokens),
+        }
+        t0 += t;
+    }
+}
+
+/// Rows `0..R` of `w` against tokens `t0..t0 + T` of [`dot_rows_tokens_avx2`].
+///
+/// # Safety
+/// As [`dot_rows_tokens_avx2`], with the tokens present.
+#[inline]
+#[allow(clippy::needless_range_loop)] // the indices name registers of the block
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_tokens_avx2<const R: usize, const T: usize>(
+    w: &[f32],
+    k: usize,
+    acts: &[f32],
+    t0: usize,
+    out: &mut [f32],
+    tokens: usize,
+) {
+    let wp: [*const f32; R] = std::array::from_fn(|r| w[r * k..].as_ptr());
+    let ap: [*const f32; T] = std::array::from_fn(|t| acts[(t0 + t) * k..].as_ptr());
+    let s01 = add_blocks(pass_avx2::<R, T>(&wp, &ap, k, 0), pass_avx2::<R, T>(&wp, &ap, k, 1));
+    let s23 = add_blocks(pass_avx2::<R, T>(&wp, &ap, k, 2), pass_avx2::<R, T>(&wp, &ap, k, 3));
+    let sums = add_blocks(s01, s23);
+    for r in 0..R {
+        for t in 0..T {
+            out[r * tokens + t0 + t] = hsum_f32x8(sums[r][t]);
+        }
+    }
+}
+
+/// Accumulator `p` of every (row, token) pair of a block: chunks `p, p + 4, ...` of eight, the last partial
+/// chunk zero-padded.
+///
+/// # Safety
+/// The CPU supports avx2, fma and f16c; each pointer starts a row of `k` values.
+#[inline]
+#[allow(clippy::needless_range_loop)] // the indices name registers of the block
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pass_avx2<const R: usize, const T: usize>(
+    wp: &[*const f32; R],
+    ap: &[*const f32; T],
+    k: usize,
+    p: usize,
+) -> [[__m256; T]; R] {
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    let full = k / 8;
+    let mut c = p;
+    while c < full {
+        let wv: [__m256; R] = std::array::from_fn(|r| _mm256_loadu_ps(wp[r].add(8 * c)));
+        for t in 0..T {
+            let av = _mm256_loadu_ps(ap[t].add(8 * c));
+            for r in 0..R {
+                acc[r][t] = _mm256_fmadd_ps(wv[r], av, acc[r][t]);
+            }
+        }
+        c += 4;
+    }
+    if c == full && !k.is_multiple_of(8) {
+        let padded = |ptr: *const f32| {
+            let mut buf = [0.0f32; 8];
+            std::ptr::copy_nonoverlapping(ptr.add(8 * c), buf.as_mut_ptr(), k % 8);
+            _mm256_loadu_ps(buf.as_ptr())
+        };
+        let wv: [__m256; R] = std::array::from_fn(|r| padded(wp[r]));
+        for t in 0..T {
+            let av = padded(ap[t]);
+            for r in 0..R {
+                acc[r][t] = _mm256_fmadd_ps(wv[r], av, acc[r][t]);
+            }
+        }
+    }
+    acc
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn add_blocks<const R: usize, const T: usize>(x: [[__m256; T]; R], y: [[__m256; T]; R]) -> [[__m256; T]; R] {
+    std::array::from_fn(|r| std::array::from_fn(|t| _mm256_add_ps(x[r][t], y[r][t])))
+}
+
 /// [`finish_pattern`] for f32 weights.
 ///
 /// # Safety
@@ -693,6 +803,31 @@ mod tests {
                         // SAFETY: as above.
                         let one = unsafe { dot_f32_slices(&w[r * n..(r + 1) * n], &acts[t * n..(t + 1) * n]) };
                         assert_eq!(out[r * tokens + t].to_bits(), one.to_bits(), "n={n} tokens={tokens} ({r},{t})");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn avx2_row_token_kernel_equals_one_token_dots_bit_for_bit() {
+        require_avx2();
+        let mut rng = TestRng::new(67);
+        for n in [1usize, 8, 31, 32, 33, 100, 640, 2061] {
+            for rows in [1usize, 2] {
+                for tokens in [1usize, 2, 3, 4, 5, 7, 9] {
+                    let w: Vec<f32> = (0..rows * n).map(|_| rng.uniform()).collect();
+                    let acts: Vec<f32> = (0..n * tokens).map(|_| rng.uniform() * 3.0).collect();
+                    let mut out = vec![f32::NAN; rows * tokens];
+                    // SAFETY: require_avx2 checked the CPU features.
+                    unsafe { dot_rows_tokens_avx2(&w, n, &acts, &mut out) };
+                    for r in 0..rows {
+                        for t in 0..tokens {
+                            // SAFETY: as above.
+                            let one = unsafe { dot_f32_slices(&w[r * n..(r + 1) * n], &acts[t * n..(t + 1) * n]) };
+                            let got = out[r * tokens + t];
+                            assert_eq!(got.to_bits(), one.to_bits(), "n={n} rows={rows} tokens={tokens} ({r},{t})");
+                        }
                     }
                 }
             }
