@@ -181,11 +181,19 @@ unsafe fn block512<const R: usize, const T: usize>(
     let rows: [*const u16; R] = std::array::from_fn(|r| w[r0 + r].as_ptr());
     let a0 = acts[t0 * k..(t0 + T) * k].as_ptr();
     let chunks = k.div_ceil(BF16_CHUNK);
+    // A few tokens (a decode batch) leave the product memory-bound: the first token block asks for the weights
+    // PREFETCH_AHEAD further on, as the one-token kernel does (rows usually follow each other in memory).
+    let prefetch = t0 == 0 && tokens <= 12;
     // accumulator p's chunks, R x T sums live (returned by value: no zeroed array on the stack)
     let pass = |p: usize| {
         let mut acc = [[_mm512_setzero_ps(); T]; R];
         let mut c = p;
         while c < chunks {
+            if prefetch {
+                for row in rows {
+                    _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(c * BF16_CHUNK + PREFETCH_AHEAD).cast());
+                }
+            }
             let wv: [__m512bh; R] = std::array::from_fn(|r| chunk512(rows[r], c, k));
             for t in 0..T {
                 let av = chunk512(a0.add(t * k), c, k);
