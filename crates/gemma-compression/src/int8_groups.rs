@@ -121,6 +121,16 @@ impl SbsCodec for I8Codec {
         }
         Ok(())
     }
+    fn decode_bf16(&self, packed: &[u8], packed_ofs: usize, dst: &mut [u16]) -> Result<(), SbsCodecError> {
+        check_stream(self, packed.len(), packed_ofs, dst.len())?;
+        if crate::x86_dispatch!(sbs_dots::decode_i8_bf16_avx2(packed, packed_ofs, dst)).is_some() {
+            return Ok(());
+        }
+        for (i, o) in dst.iter_mut().enumerate() {
+            *o = crate::sbs_codec::bf16_bits_rounded(i8_value_at(packed, packed_ofs + i));
+        }
+        Ok(())
+    }
     fn dot(&self, packed: &[u8], packed_ofs: usize, act: &[f32]) -> f32 {
         assert_dot_stream(self, packed.len(), packed_ofs, act.len());
         if let Some(r) = crate::x86_dispatch!(sbs_dots::dot_i8(packed, packed_ofs, act)) {

@@ -336,6 +336,9 @@ impl SbsCodec for NuqCodec {
     }
     fn decode_bf16(&self, packed: &[u8], packed_ofs: usize, dst: &mut [u16]) -> Result<(), SbsCodecError> {
         check_stream(self, packed.len(), packed_ofs, dst.len())?;
+        if crate::x86_dispatch!(sbs_dots::decode_nuq_bf16_avx2(packed, packed_ofs, dst)).is_some() {
+            return Ok(());
+        }
         for (i, o) in dst.iter_mut().enumerate() {
             *o = sfp_decode_bf16(nuq_code_at(packed, packed_ofs + i));
         }

@@ -491,6 +491,79 @@ pub(crate) unsafe fn decode_sfp_bf16_avx2(codes: &[u8], out: &mut [u16]) {
     }
 }
 
+/// NUQ elements `ofs..ofs + out.len()` to bf16 bits: per group, the 16 centres' low and high bytes become
+/// two 16-byte tables, and `pshufb` looks 16 indices up in each; elements before a 32-aligned place in the
+/// group, and after the last whole 32, go through the scalar decoder.
+///
+/// # Safety
+/// The CPU supports avx2, fma and f16c; the stream holds the elements (checked by the caller).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn decode_nuq_bf16_avx2(packed: &[u8], ofs: usize, out: &mut [u16]) {
+    let end = ofs + out.len();
+    let mut p = ofs;
+    while p < end {
+        let g = p / NUQ_GROUP;
+        let group_end = ((g + 1) * NUQ_GROUP).min(end);
+        let base = g * NUQ_GROUP_BYTES;
+        let mut centres = [0u16; NUQ_CLUSTERS];
+        for (c, &code) in centres.iter_mut().zip(&packed[base..base + NUQ_CLUSTERS]) {
+            *c = crate::sfp::sfp_decode_bf16(code);
+        }
+        let lo_tab: [u8; 16] = std::array::from_fn(|i| centres[i] as u8);
+        let hi_tab: [u8; 16] = std::array::from_fn(|i| (centres[i] >> 8) as u8);
+        let (lo_tab, hi_tab) = (_mm_loadu_si128(lo_tab.as_ptr().cast()), _mm_loadu_si128(hi_tab.as_ptr().cast()));
+        let nibble = _mm_set1_epi8(0x0f);
+        while p < group_end {
+            let within = p % NUQ_GROUP;
+            if !within.is_multiple_of(32) || p + 32 > group_end {
+                out[p - ofs] = crate::sfp::sfp_decode_bf16(packed[base + crate::nuq::nuq_index_at(packed, p) as usize]);
+                p += 1;
+                continue;
+            }
+            // 16 index bytes: element 2j is byte j's low nibble, 2j + 1 its high one
+            let bytes = _mm_loadu_si128(packed[base + NUQ_CLUSTERS + within / 2..].as_ptr().cast());
+            let lo = _mm_and_si128(bytes, nibble);
+            let hi = _mm_and_si128(_mm_srli_epi16::<4>(bytes), nibble);
+            let dst = out[p - ofs..p - ofs + 32].as_mut_ptr();
+            for (h, idx) in [_mm_unpacklo_epi8(lo, hi), _mm_unpackhi_epi8(lo, hi)].into_iter().enumerate() {
+                let (l, u) = (_mm_shuffle_epi8(lo_tab, idx), _mm_shuffle_epi8(hi_tab, idx));
+                _mm_storeu_si128(dst.add(16 * h).cast(), _mm_unpacklo_epi8(l, u));
+                _mm_storeu_si128(dst.add(16 * h + 8).cast(), _mm_unpackhi_epi8(l, u));
+            }
+            p += 32;
+        }
+    }
+}
+
+/// I8 elements `ofs..ofs + out.len()` to bf16 bits, each value `inv_scale * q + zero` (one FMA, as the scalar
+/// decoder) rounded to the nearest bf16; eight at a time within a group, the rest through the scalar decoder.
+///
+/// # Safety
+/// The CPU supports avx2, fma and f16c; the stream holds the elements (checked by the caller).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn decode_i8_bf16_avx2(packed: &[u8], ofs: usize, out: &mut [u16]) {
+    let end = ofs + out.len();
+    let mut p = ofs;
+    while p < end {
+        let g = crate::int8_groups::i8_group_offset(p);
+        let group_end = ((p / I8_GROUP + 1) * I8_GROUP).min(end);
+        let (inv_scale, zero_scaled) = i8_group_params(packed, g);
+        let (scale_v, zero_v) = (_mm256_set1_ps(inv_scale), _mm256_set1_ps(zero_scaled));
+        while p + 8 <= group_end {
+            let q = _mm256_cvtepi8_epi32(load_8_bytes(&packed[g + 4 + p % I8_GROUP..]));
+            let v = round_bf16x8(_mm256_fmadd_ps(scale_v, _mm256_cvtepi32_ps(q), zero_v));
+            let words = _mm256_srli_epi32::<16>(_mm256_castps_si256(v));
+            let packed_words = _mm_packus_epi32(_mm256_castsi256_si128(words), _mm256_extracti128_si256::<1>(words));
+            _mm_storeu_si128(out[p - ofs..p - ofs + 8].as_mut_ptr().cast(), packed_words);
+            p += 8;
+        }
+        while p < group_end {
+            out[p - ofs] = crate::sbs_codec::bf16_bits_rounded(i8_value_at(packed, p));
+            p += 1;
+        }
+    }
+}
+
 /// Dots of two decoded weight rows (`w` holds both, each `k` long) with each token of `acts`: `out` row `r`
 /// holds row `r`'s dots with every token. Six tokens at a time, so each weight vector loaded serves six
 /// tokens and each activation vector both rows. Every dot accumulates exactly as [`dot_f32_slices`]
@@ -805,6 +878,35 @@ mod tests {
                         assert_eq!(out[r * tokens + t].to_bits(), one.to_bits(), "n={n} tokens={tokens} ({r},{t})");
                     }
                 }
+            }
+        }
+    }
+
+    /// The NUQ and I8 row decoders to bf16 equal the scalar element decoders (rounded to bf16 for I8) for
+    /// every start and length that crosses group boundaries, starts mid-byte or mid-group, or is short.
+    #[test]
+    fn nuq_and_i8_bf16_row_decoders_equal_the_element_decoders() {
+        require_avx2();
+        let mut rng = TestRng::new(91);
+        let n = 3 * NUQ_GROUP + 77;
+        for ty in [SbsCodecType::Nuq, SbsCodecType::I8] {
+            let packed = stream(ty, &mut rng, n);
+            for (ofs, len) in [(0, n), (1, 40), (31, 300), (32, 64), (640, n - 640), (255, 2), (256, 256), (7, 0)] {
+                let want: Vec<u16> = (ofs..ofs + len)
+                    .map(|p| match ty {
+                        SbsCodecType::Nuq => crate::sbs_codec::bf16_bits_rounded(nuq_value_at(&packed, p)),
+                        _ => crate::sbs_codec::bf16_bits_rounded(i8_value_at(&packed, p)),
+                    })
+                    .collect();
+                let mut got = vec![0u16; len];
+                // SAFETY: require_avx2 checked the CPU features; the stream holds n elements.
+                unsafe {
+                    match ty {
+                        SbsCodecType::Nuq => decode_nuq_bf16_avx2(&packed, ofs, &mut got),
+                        _ => decode_i8_bf16_avx2(&packed, ofs, &mut got),
+                    }
+                }
+                assert_eq!(got, want, "{ty} ofs {ofs} len {len}");
             }
         }
     }
