@@ -59,17 +59,22 @@ pub fn dot_bf16_tile(w: &[&[u16]], acts: &[u16], k: usize, out: &mut [f32]) {
     dot_bf16_tile_scalar(w, acts, k, out);
 }
 
-/// One row of SFP codes against one token's bf16 activations, fused (no decoded copy of the row), equal to
-/// decoding the row with `SfpCodec::decode_bf16` and calling [`dot_bf16_tile`]; `None` where the CPU has no
-/// fused kernel (AVX-512 VBMI and BF16), and the caller decodes.
-pub fn dot_sfp_row_bf16(codes: &[u8], act: &[u16]) -> Option<f32> {
+/// One row of SFP codes against one token's bf16 activations, equal to decoding the row with
+/// `SfpCodec::decode_bf16` and calling [`dot_bf16_tile`]. With [`has_fused_sfp_row`] the codes are decoded
+/// in registers (no copy of the row); otherwise this is the scalar twin, and decoding the rows first is faster.
+pub fn dot_sfp_row_bf16(codes: &[u8], act: &[u16]) -> f32 {
     assert_eq!(codes.len(), act.len(), "dot_sfp_row_bf16: {} codes, {} activations", codes.len(), act.len());
     #[cfg(target_arch = "x86_64")]
-    if has_avx512_bf16() && crate::has_avx512_vbmi() {
+    if has_fused_sfp_row() {
         // SAFETY: the CPU reports AVX-512 F, BW, VBMI and BF16; the lengths are equal.
-        return Some(unsafe { crate::x86::bf16_tile::dot_sfp_row_avx512(codes, act) });
+        return unsafe { crate::x86::bf16_tile::dot_sfp_row_avx512(codes, act) };
     }
-    None
+    dot_bf16_lanes(codes.len(), |i| crate::sfp::sfp_decode_bf16(codes[i]), |i| act[i])
+}
+
+/// Whether [`dot_sfp_row_bf16`] has its fused kernel here (AVX-512 VBMI and BF16).
+pub fn has_fused_sfp_row() -> bool {
+    has_avx512_bf16() && crate::has_avx512_vbmi()
 }
 
 /// Whether the AVX-512 BF16 kernel runs here: the CPU has it and `GEMMA_SIMD` does not ask for less.
@@ -119,14 +124,18 @@ pub(crate) fn reduce_bf16_lanes(l: &[f32; LANES]) -> f32 {
 
 /// One (row, token) dot in the shared pattern: the scalar twin of every kernel.
 pub(crate) fn dot_bf16_scalar(w: &[u16], a: &[u16]) -> f32 {
-    let k = w.len().min(a.len());
+    dot_bf16_lanes(w.len().min(a.len()), |i| w[i], |i| a[i])
+}
+
+/// [`dot_bf16_scalar`] of `k` elements given one at a time.
+fn dot_bf16_lanes(k: usize, w: impl Fn(usize) -> u16, a: impl Fn(usize) -> u16) -> f32 {
     let mut accs = [[0.0f32; LANES]; ACCS];
     for c in 0..k.div_ceil(BF16_CHUNK) {
         for (i, lane) in accs[c % ACCS].iter_mut().enumerate() {
             let j = c * BF16_CHUNK + 2 * i;
-            let at = |p: usize, v: &[u16]| if p < k { v[p] } else { 0 };
-            *lane = lane_step(*lane, at(j + 1, w), at(j + 1, a));
-            *lane = lane_step(*lane, at(j, w), at(j, a));
+            let (w_at, a_at) = (|p: usize| if p < k { w(p) } else { 0 }, |p: usize| if p < k { a(p) } else { 0 });
+            *lane = lane_step(*lane, w_at(j + 1), a_at(j + 1));
+            *lane = lane_step(*lane, w_at(j), a_at(j));
         }
     }
     let lanes: [f32; LANES] = std::array::from_fn(|i| (accs[0][i] + accs[1][i]) + (accs[2][i] + accs[3][i]));
@@ -145,6 +154,7 @@ pub(crate) fn dot_bf16_tile_scalar(w: &[&[u16]], acts: &[u16], k: usize, out: &m
 
 /// `bytes` (little-endian bf16, as in an SBS stream) as words, when they are 2-byte aligned (an SBS blob
 /// always is: blobs start on 256-byte boundaries of a page-aligned mapping).
+#[inline]
 pub fn bf16_words(bytes: &[u8]) -> Option<&[u16]> {
     if !bytes.len().is_multiple_of(2) || !(bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<u16>()) {
         return None;
@@ -214,8 +224,8 @@ mod tests {
         println!("bf16 tile kernels checked against the scalar twin: {checked:?}");
     }
 
-    /// The fused SFP kernel equals decoding then the scalar twin, for every code and lengths with and without
-    /// whole steps of four chunks and a partial last chunk.
+    /// The fused SFP kernel (or, without it, the twin on the codes) equals decoding then the scalar twin, for
+    /// every code and lengths with and without whole steps of four chunks and a partial last chunk.
     #[test]
     fn fused_sfp_row_equals_decoding_then_the_twin() {
         let mut rng = TestRng::new(5);
@@ -225,12 +235,10 @@ mod tests {
             round_acts_to_bf16(&rng.row(k), &mut act);
             let decoded: Vec<u16> = codes.iter().map(|&c| crate::sfp::sfp_decode_bf16(c)).collect();
             let want = dot_bf16_scalar(&decoded, &act);
-            if let Some(got) = dot_sfp_row_bf16(&codes, &act) {
-                assert_eq!(got.to_bits(), want.to_bits(), "k {k}: {got} vs {want}");
-            } else {
-                println!("no fused SFP kernel on this CPU");
-            }
+            let got = dot_sfp_row_bf16(&codes, &act);
+            assert_eq!(got.to_bits(), want.to_bits(), "k {k}: {got} vs {want}");
         }
+        println!("fused SFP kernel checked: {}", has_fused_sfp_row());
     }
 
     #[test]

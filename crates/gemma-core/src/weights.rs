@@ -76,8 +76,8 @@ impl Matrix {
 }
 
 /// The tensor repacked for the interleaved kernels when its format has them (Q8_0, Q5_0; `matrix` has checked
-/// that its rows are whole blocks). The file pages of the original are released as they are copied, so the copy does not add to
-/// the resident set.
+/// that its rows are whole blocks). The file pages of the original are released as they are copied, so the
+/// copy does not add to the resident set.
 fn interleaved(
     file: &GgufFile,
     info: &TensorInfo,

@@ -3,7 +3,9 @@
 //! Activations are quantized once per matrix into the format the weight type pairs with
 //! ([`QuantFormat::vec_dot_type`]), as llama.cpp does, then each output is one `vec_dot`.
 
-use gemma_compression::bf16_tile::{bf16_words, dot_bf16_tile, dot_sfp_row_bf16, has_avx512_bf16, round_acts_to_bf16};
+use gemma_compression::bf16_tile::{
+    bf16_words, dot_bf16_tile, dot_sfp_row_bf16, has_avx512_bf16, has_fused_sfp_row, round_acts_to_bf16,
+};
 use gemma_compression::interleaved::{InterleavedActs, InterleavedRows, ROW_GROUP};
 use gemma_compression::{
     dot_decoded_rows, quant_format, sbs_codec, GgmlType, QuantError, QuantFormat, SbsCodec, SbsCodecType,
@@ -136,8 +138,8 @@ pub fn matmul(
     Ok(())
 }
 
-/// `out[t][r] = W[r] · x[t]` for a Q8_0 matrix repacked with interleaved rows (see
-/// [`gemma_compression::interleaved_q8_0`]); `acts` keeps the quantized activations between calls.
+/// `out[t][r] = W[r] · x[t]` for a Q8_0 or Q5_0 matrix repacked with 16 rows interleaved ([`InterleavedRows`]);
+/// `acts` keeps the quantized activations between calls.
 pub fn matmul_interleaved(
     pool: &ThreadPool,
     w: &InterleavedRows,
@@ -318,12 +320,13 @@ thread_local! {
     static SBS_ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// `out[t][r] = scale * (W[r] · x[t])` for an SBS matrix. Compressed weights take bf16 activations where the
-/// CPU has AVX-512 BF16, as in gemma.cpp's MatMul ([`matmul_sbs_bf16`], [`sbs_takes_bf16_acts`]); F32
-/// weights, and every format on other CPUs, take the f32 activations as they are. Parallel over rows like [`matmul`]; allocates nothing once the thread-local
-/// buffers have grown. Each result is bitwise the codec's `dot` of that row and token, whatever the batch
-/// shape or thread count: with several tokens a row is decoded once and its exact f32 values dotted with
-/// each token by the F32 kernel, which accumulates in the same fixed pattern.
+/// `out[t][r] = scale * (W[r] · x[t])` for an SBS matrix, parallel over rows like [`matmul`]; allocates
+/// nothing once the thread-local buffers have grown. Compressed weights take bf16 activations where the CPU
+/// has AVX-512 BF16, as in gemma.cpp's MatMul ([`sbs_takes_bf16_acts`]); F32 weights, and every format on
+/// other CPUs, take the f32 activations as they are, each result bitwise the codec's `dot` of that row and
+/// token: with several tokens a row is decoded once and its exact f32 values dotted with each token in the
+/// same fixed pattern. Either way a result does not depend on the batch shape or the
+/// thread count.
 pub fn matmul_sbs(pool: &ThreadPool, w: &SbsMatrix, x: &[f32], out: &mut [f32]) {
     let (m, k) = (w.rows, w.cols);
     let n = x.len() / k;
@@ -384,41 +387,39 @@ thread_local! {
     static SBS_ROWS_BF16: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Weight rows per call of the bf16 tile kernel (its AVX-512 block height).
+/// Weight rows per call of the bf16 tile kernel (its AVX-512 block height; a whole task's 16 rows per call
+/// measured no faster).
 const BF16_TILE_ROWS: usize = 4;
 
 /// [`matmul_sbs`] with bf16 activations ([`sbs_takes_bf16_acts`]): the activations rounded to bf16 once, then
-/// every row (decoded to bf16 once, or read in place for BF16) dotted with every token by [`dot_bf16_tile`]. Each (row, token)
-/// accumulates in the same pattern whatever the batch, so a token's result does not depend on the tokens
-/// beside it or the thread count.
+/// every row (decoded to bf16 once, or read in place for BF16) dotted with every token by [`dot_bf16_tile`].
+/// Each (row, token) accumulates in the same pattern whatever the batch, so a token's result does not depend
+/// on the tokens beside it or the thread count.
 fn matmul_sbs_bf16(pool: &ThreadPool, w: &SbsMatrix, x: &[f32], out: &mut [f32]) {
     let (m, k) = (w.rows, w.cols);
     let n = x.len() / k;
-    let in_place = w.codec.codec_type() == SbsCodecType::Bf16;
+    let ty = w.codec.codec_type();
+    // One token of SFP: decoded in registers, no copy of the row.
+    let fused = n == 1 && ty == SbsCodecType::Sfp && has_fused_sfp_row();
+    // BF16 rows are read where they lie (an SBS blob is aligned); the other formats are decoded to `buf`.
+    let in_place = |r: usize| {
+        let ofs = w.map.stream_row(r) * k;
+        (ty == SbsCodecType::Bf16).then(|| bf16_words(&w.stream[2 * ofs..2 * (ofs + k)])).flatten()
+    };
     SBS_ACTS_BF16.with_borrow_mut(|acts| {
         acts.resize(n * k, 0);
         round_acts_to_bf16(x, acts);
         let acts: &[u16] = acts;
         let out_shared = SharedMut::new(out);
         pool.for_ranges(m, ROWS_PER_TASK, &|rows| {
-            if n == 1 && w.codec.codec_type() == SbsCodecType::Sfp {
-                // One token and SFP: the fused kernel decodes in registers where the CPU has one.
+            if fused {
                 // SAFETY: tasks own disjoint row ranges, and with one token those are disjoint ranges of `out`.
                 let dst = unsafe { out_shared.slice(rows.clone()) };
-                let mut fused = true;
                 for (r, d) in rows.clone().zip(dst.iter_mut()) {
                     let ofs = w.map.stream_row(r) * k;
-                    match dot_sfp_row_bf16(&w.stream[ofs..ofs + k], acts) {
-                        Some(v) => *d = v * w.scale,
-                        None => {
-                            fused = false;
-                            break;
-                        }
-                    }
+                    *d = dot_sfp_row_bf16(&w.stream[ofs..ofs + k], acts) * w.scale;
                 }
-                if fused {
-                    return;
-                }
+                return;
             }
             SBS_ROWS_BF16.with_borrow_mut(|buf| {
                 TILE.with_borrow_mut(|tile| {
@@ -426,14 +427,9 @@ fn matmul_sbs_bf16(pool: &ThreadPool, w: &SbsMatrix, x: &[f32], out: &mut [f32])
                     buf.resize(BF16_TILE_ROWS * k, 0);
                     for first in rows.clone().step_by(BF16_TILE_ROWS) {
                         let count = (rows.end - first).min(BF16_TILE_ROWS);
-                        let bytes = |r: usize| {
-                            let ofs = w.map.stream_row(r) * k;
-                            &w.stream[2 * ofs..2 * (ofs + k)]
-                        };
-                        let words = |r: usize| if in_place { bf16_words(bytes(r)) } else { None };
                         for (j, dst) in buf.chunks_exact_mut(k).take(count).enumerate() {
                             let r = first + j;
-                            if words(r).is_none() {
+                            if in_place(r).is_none() {
                                 if let Err(e) = w.codec.decode_bf16(w.stream, w.map.stream_row(r) * k, dst) {
                                     panic!("matmul_sbs: row {r} of a validated matrix: {e}");
                                 }
@@ -441,7 +437,7 @@ fn matmul_sbs_bf16(pool: &ThreadPool, w: &SbsMatrix, x: &[f32], out: &mut [f32])
                         }
                         let mut refs: [&[u16]; BF16_TILE_ROWS] = [&[]; BF16_TILE_ROWS];
                         for (j, slot) in refs.iter_mut().take(count).enumerate() {
-                            *slot = words(first + j).unwrap_or(&buf[j * k..(j + 1) * k]);
+                            *slot = in_place(first + j).unwrap_or(&buf[j * k..(j + 1) * k]);
                         }
                         let at = (first - rows.start) * n;
                         let dst = &mut tile[at..at + count * n];

@@ -7,6 +7,7 @@
 
 use std::arch::x86_64::*;
 
+use super::sbs_dots::SfpVbmi;
 use crate::bf16_tile::{ACCS, BF16_CHUNK};
 
 /// Elements ahead of the one-token kernels' loads that they prefetch (12 KB, as the GGML tiles: the rows of
@@ -81,30 +82,17 @@ unsafe fn row_one_token512(row: &[u16], act: &[u16]) -> f32 {
     reduce512(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
 }
 
-/// One SFP row against one token: 64 codes at a time become two chunks of bf16 in registers (the byte tables
-/// of [`super::sbs_dots::dot_sfp_vbmi`]) and go straight into `vdpbf16ps`, in the shared pattern, so the
-/// result equals decoding the row and calling the tile kernel.
+/// One SFP row against one token: 64 codes at a time become two chunks of bf16 in registers ([`SfpVbmi`])
+/// and go straight into `vdpbf16ps`, in the shared pattern, so the result equals decoding the row and
+/// calling the tile kernel.
 ///
 /// # Safety
 /// The CPU supports avx512f, avx512bw, avx512vbmi and avx512bf16; `codes` and `act` have the same length.
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512bf16")]
 pub(crate) unsafe fn dot_sfp_row_avx512(codes: &[u8], act: &[u16]) -> f32 {
-    use super::sbs_dots::SFP_BF16_BYTES;
     let k = codes.len();
     assert_eq!(act.len(), k);
-    let table = |half: &[u8; 128], j: usize| _mm512_loadu_si512(half[64 * j..].as_ptr().cast());
-    let (hi0, hi1) = (table(&SFP_BF16_BYTES[0], 0), table(&SFP_BF16_BYTES[0], 1));
-    let (lo0, lo1) = (table(&SFP_BF16_BYTES[1], 0), table(&SFP_BF16_BYTES[1], 1));
-    let mut words_idx = [[0u8; 64]; 2];
-    for (h, idx) in words_idx.iter_mut().enumerate() {
-        for j in 0..32 {
-            idx[2 * j] = (32 * h + j) as u8;
-            idx[2 * j + 1] = (64 + 32 * h + j) as u8;
-        }
-    }
-    let first = _mm512_loadu_si512(words_idx[0].as_ptr().cast());
-    let second = _mm512_loadu_si512(words_idx[1].as_ptr().cast());
-    let sign = _mm512_set1_epi8(0x80u8 as i8);
+    let sfp = SfpVbmi::new();
     let a = act.as_ptr();
     let mut acc = [_mm512_setzero_ps(); ACCS];
     let mut c = 0;
@@ -113,11 +101,7 @@ pub(crate) unsafe fn dot_sfp_row_avx512(codes: &[u8], act: &[u16]) -> f32 {
         for pair in 0..2 {
             let at = (c + 2 * pair) * BF16_CHUNK;
             _mm_prefetch::<_MM_HINT_T0>(codes.as_ptr().wrapping_add(at + PREFETCH_AHEAD / 2).cast());
-            let cv = _mm512_loadu_si512(codes.as_ptr().add(at).cast());
-            let hi = _mm512_or_si512(_mm512_permutex2var_epi8(hi0, cv, hi1), _mm512_and_si512(cv, sign));
-            let lo = _mm512_permutex2var_epi8(lo0, cv, lo1);
-            let w0 = std::mem::transmute::<__m512i, __m512bh>(_mm512_permutex2var_epi8(lo, first, hi));
-            let w1 = std::mem::transmute::<__m512i, __m512bh>(_mm512_permutex2var_epi8(lo, second, hi));
+            let [w0, w1] = sfp.decode64(&codes[at..]).map(|w| std::mem::transmute::<__m512i, __m512bh>(w));
             let a0 = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(a.add(at).cast()));
             let a1 = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(a.add(at + BF16_CHUNK).cast()));
             acc[2 * pair] = _mm512_dpbf16_ps(acc[2 * pair], w0, a0);

@@ -4,7 +4,9 @@
 //! twins (`dot_scalar` / `dot_bf16_scalar` beside each format, built on `sbs_codec::dot_lanes_scalar`) use:
 //! element `i` into lane `i % 8` of accumulator `(i / 8) % 4`, zero-padded to whole lanes, reduced as
 //! `hsum((acc0 + acc1) + (acc2 + acc3))`. Decoding is exact in both, so kernel and twin agree bit for bit.
-//! There is no AVX-512 version: at that level these AVX2 kernels run.
+//! At the AVX-512 level SFP has a VBMI version (byte-table decoding, [`SfpVbmi`]) and decoded rows meet several
+//! tokens in a two-row kernel; both accumulate in the same pattern. Also here: the row decoders to bf16 that
+//! the bf16 tiles (`super::bf16_tile`) read.
 //!
 //! Chunks of eight that straddle a NUQ or I8 group boundary, and the last partial chunk, are decoded by the
 //! scalar element decoders into a zero-padded buffer.
@@ -378,7 +380,55 @@ const fn sfp_bf16_byte_tables() -> [[u8; 128]; 2] {
     }
     t
 }
-pub(crate) static SFP_BF16_BYTES: [[u8; 128]; 2] = sfp_bf16_byte_tables();
+static SFP_BF16_BYTES: [[u8; 128]; 2] = sfp_bf16_byte_tables();
+
+/// The registers that turn 64 SFP codes into 64 bf16 with AVX-512 VBMI: two byte-table lookups
+/// (`vpermi2b`) give each code's high and low byte, two more interleave them into words.
+#[derive(Clone, Copy)]
+pub(crate) struct SfpVbmi {
+    hi: [__m512i; 2],
+    lo: [__m512i; 2],
+    /// Byte 2j of a word vector: the low byte of element j (from `lo`), byte 2j + 1 its high byte (from
+    /// `hi`); elements 0..32 and 32..64.
+    words: [__m512i; 2],
+    sign: __m512i,
+}
+
+impl SfpVbmi {
+    /// # Safety
+    /// The CPU supports avx512f, avx512bw and avx512vbmi.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    pub(crate) unsafe fn new() -> SfpVbmi {
+        let table = |half: &[u8; 128], k: usize| _mm512_loadu_si512(half[64 * k..].as_ptr().cast());
+        let mut words = [[0u8; 64]; 2];
+        for (h, idx) in words.iter_mut().enumerate() {
+            for j in 0..32 {
+                idx[2 * j] = (32 * h + j) as u8;
+                idx[2 * j + 1] = (64 + 32 * h + j) as u8;
+            }
+        }
+        SfpVbmi {
+            hi: [table(&SFP_BF16_BYTES[0], 0), table(&SFP_BF16_BYTES[0], 1)],
+            lo: [table(&SFP_BF16_BYTES[1], 0), table(&SFP_BF16_BYTES[1], 1)],
+            words: words.map(|w| _mm512_loadu_si512(w.as_ptr().cast())),
+            sign: _mm512_set1_epi8(0x80u8 as i8),
+        }
+    }
+
+    /// The bf16 of the 64 codes at `codes`: elements 0..32, then 32..64.
+    ///
+    /// # Safety
+    /// As [`SfpVbmi::new`]; `codes` has at least 64 bytes.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    pub(crate) unsafe fn decode64(&self, codes: &[u8]) -> [__m512i; 2] {
+        let c = _mm512_loadu_si512(codes[..64].as_ptr().cast());
+        let hi = _mm512_or_si512(_mm512_permutex2var_epi8(self.hi[0], c, self.hi[1]), _mm512_and_si512(c, self.sign));
+        let lo = _mm512_permutex2var_epi8(self.lo[0], c, self.lo[1]);
+        self.words.map(|idx| _mm512_permutex2var_epi8(lo, idx, hi))
+    }
+}
 
 /// SFP weights x f32 activations with AVX-512 VBMI: 64 codes become bf16 with two byte-table lookups, in
 /// place of the shifts and compares of [`dot_sfp`]. The accumulation is [`dot_sfp`]'s to the bit: a 16-lane
@@ -391,30 +441,13 @@ pub(crate) static SFP_BF16_BYTES: [[u8; 128]; 2] = sfp_bf16_byte_tables();
 pub(crate) unsafe fn dot_sfp_vbmi(packed: &[u8], ofs: usize, act: &[f32]) -> f32 {
     let n = act.len();
     let codes = &packed[ofs..ofs + n];
-    let table = |half: &[u8; 128], k: usize| _mm512_loadu_si512(half[64 * k..].as_ptr().cast());
-    let (hi0, hi1) = (table(&SFP_BF16_BYTES[0], 0), table(&SFP_BF16_BYTES[0], 1));
-    let (lo0, lo1) = (table(&SFP_BF16_BYTES[1], 0), table(&SFP_BF16_BYTES[1], 1));
-    // byte 2j of a word vector: low byte of element j (from `lo`), byte 2j + 1: its high byte (from `hi`)
-    let mut words_idx = [[0u8; 64]; 2];
-    for (h, idx) in words_idx.iter_mut().enumerate() {
-        for j in 0..32 {
-            idx[2 * j] = (32 * h + j) as u8;
-            idx[2 * j + 1] = (64 + 32 * h + j) as u8;
-        }
-    }
-    let first = _mm512_loadu_si512(words_idx[0].as_ptr().cast());
-    let second = _mm512_loadu_si512(words_idx[1].as_ptr().cast());
-    let sign = _mm512_set1_epi8(0x80u8 as i8);
+    let vbmi = SfpVbmi::new();
     let widen = |w: __m256i| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(w)));
     let (mut x, mut y) = (_mm512_setzero_ps(), _mm512_setzero_ps());
     let mut i = 0;
     while i + 64 <= n {
-        let c = _mm512_loadu_si512(codes[i..i + 64].as_ptr().cast());
-        let hi = _mm512_or_si512(_mm512_permutex2var_epi8(hi0, c, hi1), _mm512_and_si512(c, sign));
-        let lo = _mm512_permutex2var_epi8(lo0, c, lo1);
         let a = &act[i..i + 64];
-        for (h, idx) in [first, second].into_iter().enumerate() {
-            let w = _mm512_permutex2var_epi8(lo, idx, hi);
+        for (h, w) in vbmi.decode64(&codes[i..]).into_iter().enumerate() {
             let (w_lo, w_hi) = (_mm512_castsi512_si256(w), _mm512_extracti64x4_epi64::<1>(w));
             x = _mm512_fmadd_ps(widen(w_lo), _mm512_loadu_ps(a[32 * h..].as_ptr()), x);
             y = _mm512_fmadd_ps(widen(w_hi), _mm512_loadu_ps(a[32 * h + 16..].as_ptr()), y);
@@ -432,8 +465,8 @@ pub(crate) unsafe fn dot_sfp_vbmi(packed: &[u8], ofs: usize, act: &[f32]) -> f32
     finish_pattern(n, i, x, y, sfp, acts)
 }
 
-/// SFP codes to bf16 bits with AVX-512 VBMI: 64 codes per step through [`dot_sfp_vbmi`]'s byte tables, the
-/// rest through the scalar table.
+/// SFP codes to bf16 bits with AVX-512 VBMI: 64 codes per step through [`SfpVbmi`], the rest through the
+/// scalar table.
 ///
 /// # Safety
 /// The CPU supports avx512f, avx512bw and avx512vbmi; `codes` and `out` have the same length.
@@ -441,27 +474,13 @@ pub(crate) unsafe fn dot_sfp_vbmi(packed: &[u8], ofs: usize, act: &[f32]) -> f32
 pub(crate) unsafe fn decode_sfp_bf16_vbmi(codes: &[u8], out: &mut [u16]) {
     assert_eq!(codes.len(), out.len());
     let n = codes.len();
-    let table = |half: &[u8; 128], k: usize| _mm512_loadu_si512(half[64 * k..].as_ptr().cast());
-    let (hi0, hi1) = (table(&SFP_BF16_BYTES[0], 0), table(&SFP_BF16_BYTES[0], 1));
-    let (lo0, lo1) = (table(&SFP_BF16_BYTES[1], 0), table(&SFP_BF16_BYTES[1], 1));
-    let mut words_idx = [[0u8; 64]; 2];
-    for (h, idx) in words_idx.iter_mut().enumerate() {
-        for j in 0..32 {
-            idx[2 * j] = (32 * h + j) as u8;
-            idx[2 * j + 1] = (64 + 32 * h + j) as u8;
-        }
-    }
-    let first = _mm512_loadu_si512(words_idx[0].as_ptr().cast());
-    let second = _mm512_loadu_si512(words_idx[1].as_ptr().cast());
-    let sign = _mm512_set1_epi8(0x80u8 as i8);
+    let sfp = SfpVbmi::new();
     let mut i = 0;
     while i + 64 <= n {
-        let c = _mm512_loadu_si512(codes[i..i + 64].as_ptr().cast());
-        let hi = _mm512_or_si512(_mm512_permutex2var_epi8(hi0, c, hi1), _mm512_and_si512(c, sign));
-        let lo = _mm512_permutex2var_epi8(lo0, c, lo1);
         let dst = out[i..i + 64].as_mut_ptr();
-        _mm512_storeu_si512(dst.cast(), _mm512_permutex2var_epi8(lo, first, hi));
-        _mm512_storeu_si512(dst.add(32).cast(), _mm512_permutex2var_epi8(lo, second, hi));
+        for (h, w) in sfp.decode64(&codes[i..]).into_iter().enumerate() {
+            _mm512_storeu_si512(dst.add(32 * h).cast(), w);
+        }
         i += 64;
     }
     for (o, &c) in out[i..].iter_mut().zip(&codes[i..]) {
