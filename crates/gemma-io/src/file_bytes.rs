@@ -32,6 +32,18 @@ impl FileBytes {
         }
     }
 
+    /// Maps every page of the file into this process now (`MADV_POPULATE_READ`; on kernels without it,
+    /// `MADV_WILLNEED` reads ahead), so that the first pass over the weights does not take a page fault every
+    /// 4 KiB. A no-op for bytes held in memory; a refusal from the kernel only means faults happen later.
+    pub(crate) fn prefetch(&self) {
+        let FileBytes::Mapped(map) = self else { return };
+        #[cfg(target_os = "linux")]
+        if map.advise(memmap2::Advice::PopulateRead).is_ok() {
+            return;
+        }
+        let _ = map.advise(memmap2::Advice::WillNeed);
+    }
+
     /// Drops the file pages that lie wholly inside `bytes` (a slice of these bytes) from this process's
     /// resident set: touched again, they are read back from the file. A no-op for bytes held in memory and for
     /// slices outside the mapping; a refusal from the kernel is ignored (it only means the pages stay).

@@ -97,6 +97,9 @@ impl Model {
         let mut config = ModelConfig::from_sbs(file.config())?;
         options.apply(&mut config)?;
         let weights = Weights::Gemma3(gemma3::Gemma3Weights::load_sbs(&file, &config)?);
+        // The SBS kernels read the mapped tensors in place, so without this the first prompt pays a page
+        // fault per 4 KiB of weights (the GGUF path touches its weights while repacking them).
+        file.blobs().prefetch();
         let mut meta = GgufWriter::new();
         let text = |s: &str| MetaValue::String(s.to_string());
         meta.add_metadata("general.architecture", text(config.arch.name()))?;

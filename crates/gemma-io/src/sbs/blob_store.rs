@@ -274,6 +274,11 @@ impl BlobStore {
     pub fn file_data(&self) -> &[u8] {
         self.storage.bytes()
     }
+    /// Maps the whole file's pages in now rather than on first touch, for callers about to read all of it
+    /// (a model's first forward pass). Only a hint: nothing fails if the kernel declines.
+    pub fn prefetch(&self) {
+        self.storage.prefetch();
+    }
 }
 
 /// Writes the V2 layout to any sink, one blob at a time (gemma.cpp's `BlobWriter`).
