@@ -72,6 +72,59 @@ pub fn dot_sfp_row_bf16(codes: &[u8], act: &[u16]) -> f32 {
     dot_bf16_lanes(codes.len(), |i| crate::sfp::sfp_decode_bf16(codes[i]), |i| act[i])
 }
 
+/// One row of I8 groups (`packed` from the row's first group header, `act.len() / 128` whole groups) against
+/// one token's bf16 activations, equal to decoding the row with `I8Codec::decode_bf16` and calling
+/// [`dot_bf16_tile`]. With [`has_fused_i8_row`] the groups are decoded in registers; otherwise this decodes
+/// into a stack chunk and runs the scalar twin.
+pub fn dot_i8_row_bf16(packed: &[u8], act: &[u16]) -> f32 {
+    use crate::int8_groups::{i8_packed_bytes, i8_value_at, I8_GROUP};
+    let k = act.len();
+    assert!(
+        k.is_multiple_of(I8_GROUP) && packed.len() >= i8_packed_bytes(k),
+        "dot_i8_row_bf16: {} bytes for {k} activations (whole groups of {I8_GROUP})",
+        packed.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if has_fused_i8_row() {
+        // SAFETY: the CPU reports AVX-512 F, BW, DQ and BF16; whole groups were checked above.
+        return unsafe { crate::x86::bf16_tile::dot_i8_row_avx512(packed, act) };
+    }
+    dot_bf16_lanes(k, |i| crate::sbs_codec::bf16_bits_rounded(i8_value_at(packed, i)), |i| act[i])
+}
+
+/// Whether [`dot_i8_row_bf16`] has its fused kernel here (AVX-512 DQ and BF16).
+pub fn has_fused_i8_row() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx512_bf16() && is_x86_feature_detected!("avx512dq")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Elements `ofs..ofs + act.len()` of a NUQ stream (one row) against one token's bf16 activations, equal to
+/// decoding them with `NuqCodec::decode_bf16` and calling [`dot_bf16_tile`]. Where the CPU has AVX-512 BF16
+/// and the row is aligned (`ofs` a multiple of 32, the length of 128, true of every Gemma matrix) the
+/// indices pick their bf16 centres in registers; otherwise this is the scalar twin.
+pub fn dot_nuq_row_bf16(packed: &[u8], ofs: usize, act: &[u16]) -> f32 {
+    let k = act.len();
+    let last = ofs + k.max(1) - 1;
+    assert!(
+        crate::nuq::nuq_table_offset(last) + crate::nuq::NUQ_CLUSTERS + last % crate::nuq::NUQ_GROUP / 2 < packed.len(),
+        "dot_nuq_row_bf16: elements {ofs}..{} beyond a stream of {} bytes",
+        ofs + k,
+        packed.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512_bf16() && ofs.is_multiple_of(BF16_CHUNK) && k.is_multiple_of(ACCS * BF16_CHUNK) {
+        // SAFETY: the CPU reports AVX-512 F, BW and BF16; alignment and the stream's extent were checked.
+        return unsafe { crate::x86::bf16_tile::dot_nuq_row_avx512(packed, ofs, act) };
+    }
+    dot_bf16_lanes(k, |i| crate::sfp::sfp_decode_bf16(crate::nuq::nuq_code_at(packed, ofs + i)), |i| act[i])
+}
+
 /// Whether [`dot_sfp_row_bf16`] has its fused kernel here (AVX-512 VBMI and BF16).
 pub fn has_fused_sfp_row() -> bool {
     has_avx512_bf16() && crate::has_avx512_vbmi()
@@ -239,6 +292,76 @@ mod tests {
             assert_eq!(got.to_bits(), want.to_bits(), "k {k}: {got} vs {want}");
         }
         println!("fused SFP kernel checked: {}", has_fused_sfp_row());
+    }
+
+    /// The fused I8 kernel (or the twin on the groups) equals decoding the row to bf16 then the scalar twin,
+    /// on random groups and on groups whose scale makes denormal, infinite and NaN values.
+    #[test]
+    fn fused_i8_row_equals_decoding_then_the_twin() {
+        use crate::int8_groups::I8_GROUP_BYTES;
+        use crate::{sbs_codec, SbsCodecType};
+        let codec = sbs_codec(SbsCodecType::I8);
+        let mut rng = TestRng::new(8);
+        for k in [128usize, 256, 640, 1024, 2048] {
+            let mut packed = vec![0u8; codec.packed_bytes(k)];
+            codec.encode(&rng.row(k), &mut packed, 0).unwrap();
+            let mut act = vec![0u16; k];
+            round_acts_to_bf16(&rng.row(k), &mut act);
+            let check = |packed: &[u8], act: &[u16], what: &str| {
+                let mut decoded = vec![0u16; k];
+                codec.decode_bf16(packed, 0, &mut decoded).unwrap();
+                let want = dot_bf16_scalar(&decoded, act);
+                let got = dot_i8_row_bf16(packed, act);
+                assert!(
+                    got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                    "k {k} {what}: {got} vs {want}"
+                );
+            };
+            check(&packed, &act, "random");
+            // inverse scales (bf16 bits) of 2^-140 (denormal values), 1.2e-38 (values at the edge of the
+            // normal range), infinity, NaN; zero point 0 so q * inv_scale is the value
+            for (bits, what) in [(0x0010u16, "denormal"), (0x0082, "edge"), (0x7f80, "inf"), (0x7fc1, "nan")] {
+                let mut odd = packed.clone();
+                let g = (k / 128 - 1) * I8_GROUP_BYTES;
+                odd[g..g + 4].copy_from_slice(&[bits as u8, (bits >> 8) as u8, 0, 0]);
+                check(&odd, &act, what);
+            }
+            // Every value of a group 0.99994 * 2^-126, a denormal the decoder rounds up to the normal 2^-126
+            // (inverse scale 1.0078 * 2^-126, zero point -0.9922, q = 0), against activations 1.5 so that no
+            // lane is flushed: the sum is nonzero only if those values are rounded as the decoder rounds them.
+            let mut edge = packed.clone();
+            edge[..4].copy_from_slice(&[0x81, 0x00, 0x7e, 0xbf]);
+            edge[4..I8_GROUP_BYTES].fill(0);
+            let ones = vec![0x3fc0u16; k];
+            check(&edge, &ones, "rounded up to normal");
+        }
+        println!("fused I8 kernel checked: {}", has_fused_i8_row());
+    }
+
+    /// The NUQ row kernel equals decoding then the scalar twin, for rows that start inside a group (as the
+    /// 640-wide rows of Gemma 3 270M do), at its start, and unaligned rows that take the twin.
+    #[test]
+    fn nuq_row_equals_decoding_then_the_twin() {
+        use crate::{sbs_codec, SbsCodecType};
+        let codec = sbs_codec(SbsCodecType::Nuq);
+        let mut rng = TestRng::new(9);
+        let n = 4 * 2048;
+        let mut packed = vec![0u8; codec.packed_bytes(n)];
+        let values: Vec<f32> = rng.row(n).iter().map(|v| v.clamp(-1.8, 1.8)).collect();
+        codec.encode(&values, &mut packed, 0).unwrap();
+        for (ofs, k) in [(0usize, 128usize), (640, 640), (1280, 640), (96, 256), (256, 2048), (8, 128), (0, 100)] {
+            let mut act = vec![0u16; k];
+            round_acts_to_bf16(&rng.row(k), &mut act);
+            let mut decoded = vec![0u16; k];
+            codec.decode_bf16(&packed, ofs, &mut decoded).unwrap();
+            let want = dot_bf16_scalar(&decoded, &act);
+            let got = dot_nuq_row_bf16(&packed, ofs, &act);
+            assert_eq!(got.to_bits(), want.to_bits(), "ofs {ofs} k {k}: {got} vs {want}");
+        }
+        // the last element of the stream, and one past it
+        let act = vec![0x3f80u16; 128];
+        dot_nuq_row_bf16(&packed, n - 128, &act);
+        assert!(std::panic::catch_unwind(|| dot_nuq_row_bf16(&packed, n - 96, &act)).is_err());
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub(crate) fn nuq_index_at(packed: &[u8], p: usize) -> u8 {
 
 /// The SFP code of element `p`'s centre.
 #[inline(always)]
-fn nuq_code_at(packed: &[u8], p: usize) -> u8 {
+pub(crate) fn nuq_code_at(packed: &[u8], p: usize) -> u8 {
     packed[nuq_table_offset(p) + nuq_index_at(packed, p) as usize]
 }
 

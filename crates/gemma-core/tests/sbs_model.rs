@@ -72,6 +72,11 @@ fn sfp_model() -> &'static Model {
     M.get_or_init(|| converted(SbsCodecType::Sfp))
 }
 
+fn i8_model() -> &'static Model {
+    static M: OnceLock<Model> = OnceLock::new();
+    M.get_or_init(|| converted(SbsCodecType::I8))
+}
+
 /// The best id and its margin over the second best.
 fn top2(row: &[f32]) -> (u32, f32) {
     let mut order: Vec<usize> = (0..row.len()).collect();
@@ -159,7 +164,7 @@ fn first_step_distances(model: &Model) -> Vec<f32> {
 /// the F32 file), not through the conversion or the kernels.
 #[test]
 fn i8_sbs_first_logits_are_within_half_a_logit_of_f32() {
-    let per_golden = first_step_distances(&converted(SbsCodecType::I8));
+    let per_golden = first_step_distances(i8_model());
     eprintln!("I8 vs F32 SBS: largest first-step top-10 logit difference per golden {per_golden:.3?}");
     assert!(per_golden.iter().all(|&d| d <= 0.5), "{per_golden:?}");
 }
@@ -314,26 +319,41 @@ fn a_tiny_sbs_model_runs_and_is_batch_shape_invariant() {
     std::fs::remove_file(&path).unwrap();
     assert_eq!((model.config.n_kv_heads, model.config.layer_is_local.clone()), (2, vec![true, false]));
     let ids = [3u32, 17, 5, 40, 8, 8, 21];
-    let all = |n_per_pass: usize| {
-        let mut cache = model.new_cache(ids.len());
-        let mut rows = Vec::new();
-        for (start, chunk) in ids.chunks(n_per_pass).enumerate().map(|(i, c)| (i * n_per_pass, c)) {
-            let batch = Batch {
-                tokens: chunk
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &token)| BatchToken { token, pos: start + i, seq: 0, logits: true })
-                    .collect(),
-            };
-            let logits = model.forward(&batch, std::slice::from_mut(&mut cache), pool()).expect("forward");
-            rows.extend((0..logits.len()).map(|i| logits.row(i).to_vec()));
-        }
-        rows
-    };
-    let (one_pass, token_by_token) = (all(ids.len()), all(1));
+    let (one_pass, token_by_token) = (logits_in_passes(&model, &ids, ids.len()), logits_in_passes(&model, &ids, 1));
     assert_eq!(one_pass, token_by_token, "prefill and decode disagree");
     assert!(one_pass.iter().flatten().all(|v| v.is_finite()));
     assert!(model.tokenizer().is_err(), "the tiny file has no tokenizer blob");
+}
+
+/// The logits of every position of `ids`, run through a fresh cache in passes of `n_per_pass` tokens.
+fn logits_in_passes(model: &Model, ids: &[u32], n_per_pass: usize) -> Vec<Vec<f32>> {
+    let mut cache = model.new_cache(ids.len());
+    let mut rows = Vec::new();
+    for (start, chunk) in ids.chunks(n_per_pass).enumerate().map(|(i, c)| (i * n_per_pass, c)) {
+        let batch = Batch {
+            tokens: chunk
+                .iter()
+                .enumerate()
+                .map(|(i, &token)| BatchToken { token, pos: start + i, seq: 0, logits: true })
+                .collect(),
+        };
+        let logits = model.forward(&batch, std::slice::from_mut(&mut cache), pool()).expect("forward");
+        rows.extend((0..logits.len()).map(|i| logits.row(i).to_vec()));
+    }
+    rows
+}
+
+/// I8 and NUQ files decode one token with kernels of their own (groups decoded in registers where the CPU
+/// has AVX-512 BF16) and several tokens from decoded rows: a prompt's logits must be bitwise the same run in
+/// one pass, token by token, or in passes of 3.
+#[test]
+fn i8_and_nuq_logits_do_not_depend_on_the_batch() {
+    let ids: Vec<u32> = goldens()[0].prompt_ids.iter().copied().take(10).collect();
+    for (ty, model) in [(SbsCodecType::I8, i8_model()), (SbsCodecType::Nuq, &converted(SbsCodecType::Nuq))] {
+        let one_pass = logits_in_passes(model, &ids, ids.len());
+        assert_eq!(one_pass, logits_in_passes(model, &ids, 1), "{ty}: prefill and decode disagree");
+        assert_eq!(one_pass, logits_in_passes(model, &ids, 3), "{ty}: passes of 3 disagree");
+    }
 }
 
 #[test]

@@ -4,11 +4,13 @@
 //! ([`QuantFormat::vec_dot_type`]), as llama.cpp does, then each output is one `vec_dot`.
 
 use gemma_compression::bf16_tile::{
-    bf16_words, dot_bf16_tile, dot_sfp_row_bf16, has_avx512_bf16, has_fused_sfp_row, round_acts_to_bf16,
+    bf16_words, dot_bf16_tile, dot_i8_row_bf16, dot_nuq_row_bf16, dot_sfp_row_bf16, has_avx512_bf16, has_fused_i8_row,
+    has_fused_sfp_row, round_acts_to_bf16,
 };
 use gemma_compression::interleaved::{InterleavedActs, InterleavedRows, ROW_GROUP};
 use gemma_compression::{
-    dot_decoded_rows, quant_format, sbs_codec, GgmlType, QuantError, QuantFormat, SbsCodec, SbsCodecType,
+    dot_decoded_rows, i8_packed_bytes, quant_format, sbs_codec, GgmlType, QuantError, QuantFormat, SbsCodec,
+    SbsCodecType, I8_GROUP,
 };
 
 use crate::pool::{SharedMut, ThreadPool};
@@ -399,8 +401,11 @@ fn matmul_sbs_bf16(pool: &ThreadPool, w: &SbsMatrix, x: &[f32], out: &mut [f32])
     let (m, k) = (w.rows, w.cols);
     let n = x.len() / k;
     let ty = w.codec.codec_type();
-    // One token of SFP: decoded in registers, no copy of the row.
-    let fused = n == 1 && ty == SbsCodecType::Sfp && has_fused_sfp_row();
+    // One token of SFP, NUQ rows of whole 128s, or I8 rows of whole groups: decoded in registers, no copy
+    // of the row.
+    let fused_sfp = n == 1 && ty == SbsCodecType::Sfp && has_fused_sfp_row();
+    let fused_i8 = n == 1 && ty == SbsCodecType::I8 && k % I8_GROUP == 0 && has_fused_i8_row();
+    let fused_nuq = n == 1 && ty == SbsCodecType::Nuq && k % 128 == 0;
     // BF16 rows are read where they lie (an SBS blob is aligned); the other formats are decoded to `buf`.
     let in_place = |r: usize| {
         let ofs = w.map.stream_row(r) * k;
@@ -412,12 +417,20 @@ fn matmul_sbs_bf16(pool: &ThreadPool, w: &SbsMatrix, x: &[f32], out: &mut [f32])
         let acts: &[u16] = acts;
         let out_shared = SharedMut::new(out);
         pool.for_ranges(m, ROWS_PER_TASK, &|rows| {
-            if fused {
+            if fused_sfp || fused_i8 || fused_nuq {
                 // SAFETY: tasks own disjoint row ranges, and with one token those are disjoint ranges of `out`.
                 let dst = unsafe { out_shared.slice(rows.clone()) };
                 for (r, d) in rows.clone().zip(dst.iter_mut()) {
                     let ofs = w.map.stream_row(r) * k;
-                    *d = dot_sfp_row_bf16(&w.stream[ofs..ofs + k], acts) * w.scale;
+                    *d = if fused_sfp {
+                        dot_sfp_row_bf16(&w.stream[ofs..ofs + k], acts)
+                    } else if fused_nuq {
+                        dot_nuq_row_bf16(w.stream, ofs, acts)
+                    } else {
+                        // rows start at group boundaries since `k` is a multiple of the group
+                        let at = i8_packed_bytes(ofs);
+                        dot_i8_row_bf16(&w.stream[at..at + i8_packed_bytes(k)], acts)
+                    } * w.scale;
                 }
                 return;
             }

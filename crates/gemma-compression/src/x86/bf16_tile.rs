@@ -124,6 +124,111 @@ pub(crate) unsafe fn dot_sfp_row_avx512(codes: &[u8], act: &[u16]) -> f32 {
     reduce512(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
 }
 
+/// One I8 row of whole groups against one token: each group's 128 values are decoded in registers
+/// (`fma(inv_scale, q, -zero_point * inv_scale)`, rounded to bf16 by `vcvtne2ps2bf16`) as four chunks, which
+/// are accumulators 0..3 of the shared pattern, so the result equals decoding the row to bf16 and calling the
+/// tile kernel. `vcvtne2ps2bf16` treats f32 denormals as zero where the row decoder rounds them, so a chunk
+/// holding a denormal, an infinity or a NaN (only a damaged or contrived group makes one) is rounded like the
+/// decoder, one value at a time.
+///
+/// # Safety
+/// The CPU supports avx512f, avx512bw, avx512dq and avx512bf16; `packed` starts at a group header and holds
+/// `act.len() / 128` whole groups; `act.len()` is a multiple of 128.
+#[allow(clippy::needless_range_loop)] // the index names the accumulator register
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512bf16")]
+pub(crate) unsafe fn dot_i8_row_avx512(packed: &[u8], act: &[u16]) -> f32 {
+    use crate::int8_groups::{i8_group_params, I8_GROUP, I8_GROUP_BYTES};
+    let k = act.len();
+    let groups = k / I8_GROUP;
+    assert!(k.is_multiple_of(I8_GROUP) && packed.len() >= groups * I8_GROUP_BYTES);
+    let a = act.as_ptr();
+    let mut acc = [_mm512_setzero_ps(); ACCS];
+    for g in 0..groups {
+        let head = g * I8_GROUP_BYTES;
+        _mm_prefetch::<_MM_HINT_T0>(packed.as_ptr().wrapping_add(head + PREFETCH_AHEAD / 2).cast());
+        let (inv_scale, zero_scaled) = i8_group_params(packed, head);
+        let (scale_v, zero_v) = (_mm512_set1_ps(inv_scale), _mm512_set1_ps(zero_scaled));
+        let values = packed.as_ptr().add(head + 4);
+        for c in 0..ACCS {
+            let q = _mm256_loadu_si256(values.add(c * BF16_CHUNK).cast());
+            let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q)));
+            let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(q)));
+            let (lo, hi) = (_mm512_fmadd_ps(scale_v, lo, zero_v), _mm512_fmadd_ps(scale_v, hi, zero_v));
+            // QNaN, +-infinity, denormal, SNaN
+            const SPECIAL: i32 = 0x01 | 0x08 | 0x10 | 0x20 | 0x80;
+            let special = _mm512_fpclass_ps_mask::<SPECIAL>(lo) | _mm512_fpclass_ps_mask::<SPECIAL>(hi);
+            let w = if special == 0 {
+                _mm512_cvtne2ps_pbh(hi, lo)
+            } else {
+                let mut f = [0f32; BF16_CHUNK];
+                _mm512_storeu_ps(f.as_mut_ptr(), lo);
+                _mm512_storeu_ps(f.as_mut_ptr().add(16), hi);
+                let words: [u16; BF16_CHUNK] = f.map(crate::sbs_codec::bf16_bits_rounded);
+                chunk512(words.as_ptr(), 0, BF16_CHUNK)
+            };
+            let av = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                a.add(g * I8_GROUP + c * BF16_CHUNK).cast(),
+            ));
+            acc[c] = _mm512_dpbf16_ps(acc[c], w, av);
+        }
+    }
+    reduce512(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
+}
+
+/// One NUQ row against one token: the row's elements `ofs..ofs + act.len()` of the stream, `ofs` a multiple
+/// of 32 and the length of 128. Each group's 16 centres become a table of bf16 words, and each chunk's 32
+/// 4-bit indices pick from it (`vpermw`) straight into `vdpbf16ps`, in the shared pattern, so the result
+/// equals decoding the row to bf16 and calling the tile kernel (the words are the decoder's own: SFP
+/// centres are exact bf16).
+///
+/// # Safety
+/// The CPU supports avx512f, avx512bw and avx512bf16; `ofs % 32 == 0`, `act.len() % 128 == 0`, and the stream
+/// holds the elements (checked by the caller).
+#[allow(clippy::needless_range_loop)] // the index names the accumulator register
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(crate) unsafe fn dot_nuq_row_avx512(packed: &[u8], ofs: usize, act: &[u16]) -> f32 {
+    use crate::nuq::{NUQ_CLUSTERS, NUQ_GROUP, NUQ_GROUP_BYTES};
+    let k = act.len();
+    assert!(ofs.is_multiple_of(BF16_CHUNK) && k.is_multiple_of(ACCS * BF16_CHUNK));
+    let a = act.as_ptr();
+    let mut acc = [_mm512_setzero_ps(); ACCS];
+    let mut group = usize::MAX;
+    let mut table = _mm512_setzero_si512();
+    let nibble = _mm512_set1_epi32(0x0f);
+    let mut c = 0;
+    while c * BF16_CHUNK < k {
+        for j in 0..ACCS {
+            let p = ofs + (c + j) * BF16_CHUNK;
+            let base = p / NUQ_GROUP * NUQ_GROUP_BYTES;
+            if p / NUQ_GROUP != group {
+                group = p / NUQ_GROUP;
+                let centres: [u16; 32] = std::array::from_fn(|i| {
+                    if i < NUQ_CLUSTERS {
+                        crate::sfp::sfp_decode_bf16(packed[base + i])
+                    } else {
+                        0
+                    }
+                });
+                table = _mm512_loadu_si512(centres.as_ptr().cast());
+                _mm_prefetch::<_MM_HINT_T0>(packed.as_ptr().wrapping_add(base + PREFETCH_AHEAD / 2).cast());
+            }
+            // 16 index bytes; byte i holds element 2i (low nibble) and 2i + 1 (high nibble), which are the
+            // two words of dword i
+            let bytes = _mm_loadu_si128(packed.as_ptr().add(base + NUQ_CLUSTERS + p % NUQ_GROUP / 2).cast());
+            let b = _mm512_cvtepu8_epi32(bytes);
+            let idx = _mm512_or_si512(
+                _mm512_and_si512(b, nibble),
+                _mm512_slli_epi32::<12>(_mm512_and_si512(b, _mm512_set1_epi32(0xf0))),
+            );
+            let w = std::mem::transmute::<__m512i, __m512bh>(_mm512_permutexvar_epi16(idx, table));
+            let av = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(a.add((c + j) * BF16_CHUNK).cast()));
+            acc[j] = _mm512_dpbf16_ps(acc[j], w, av);
+        }
+        c += ACCS;
+    }
+    reduce512(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
+}
+
 /// A block of `R` rows against `n` (1..=6) tokens.
 #[inline]
 #[allow(clippy::too_many_arguments)]
