@@ -151,7 +151,7 @@ pub fn bench(common: &Common, args: &BenchArgs) -> Result<()> {
     println!("|---|---|---|---|---|---|");
     let mut results = Vec::new();
     for &t in &threads {
-        let pool = ThreadPool::new(t);
+        let pool = crate::commands::thread_pool(t)?;
         let tests = args
             .n_prompt
             .iter()
@@ -212,7 +212,7 @@ pub fn guide_bench(common: &Common, cli: &Cli) -> Result<()> {
     let tokenizer = model.tokenizer()?;
     let load_secs = t0.elapsed().as_secs_f64();
     let threads = common.threads()?;
-    let pool = ThreadPool::new(threads);
+    let pool = crate::commands::thread_pool(threads)?;
     let ids = tokenizer.encode(&prompt, tokenizer.add_bos(), true);
     let mut opts = crate::commands::generation_options(&args.sampling)?;
     crate::commands::fit_options_to_model(&mut opts, &args.sampling, &tokenizer)?;

@@ -65,7 +65,7 @@ impl Common {
             Some(c) => c.min(model.config.context_length),
             None => model.config.context_length,
         };
-        Ok(Loaded { model, tokenizer, pool: ThreadPool::new(self.threads()?), ctx })
+        Ok(Loaded { model, tokenizer, pool: thread_pool(self.threads()?)?, ctx })
     }
 
     fn load_tokenizer(&self) -> Result<Tokenizer> {
@@ -463,6 +463,11 @@ fn top_k(row: &[f32], k: usize) -> Vec<(u32, f32)> {
     v.truncate(k);
     v.sort_by(|a, b| b.1.total_cmp(&a.1));
     v
+}
+
+/// A pool of `threads` threads, or an error saying the system refused them.
+pub(crate) fn thread_pool(threads: usize) -> Result<ThreadPool> {
+    ThreadPool::try_new(threads).with_context(|| format!("cannot start {threads} threads"))
 }
 
 #[cfg(test)]

@@ -171,6 +171,10 @@ fn bad_input_gives_clear_errors_and_exit_codes() {
     // A token id outside the vocabulary.
     let o = gemma(&["detokenize", "-m", &m, "999999999"]);
     assert_eq!(o.status.code(), Some(2));
+    // More threads than a pool may have: an error, not an abort while starting them.
+    let o = gemma(&["run", "-m", &m, "--threads", "100000000", "--prompt", "hi", "-n", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("more than the 512"), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 #[test]

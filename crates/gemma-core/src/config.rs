@@ -130,6 +130,10 @@ fn round_to_bf16(v: f32) -> f32 {
     f32::from_bits(bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) & 0xffff_0000)
 }
 
+/// Most layers, most heads and widest head a GGUF file may declare (gemma.cpp caps `qkv_dim` at 1024 too).
+const MAX_LAYERS: usize = 1024;
+const MAX_HEADS: usize = 1024;
+const MAX_HEAD_DIM: usize = 1024;
 impl ModelConfig {
     pub fn from_gguf(file: &GgufFile) -> Result<ModelConfig, ModelError> {
         let arch_name = file
@@ -172,6 +176,17 @@ impl ModelConfig {
                 why: format!("inconsistent shape: {n_layers} layers, d_model {d_model}, {n_heads} heads, {n_kv_heads} KV heads, head dim {head_dim}"),
             });
         }
+        // Sizes from the file bound allocations made before any tensor is read (per-layer tables, RoPE
+        // frequencies, head-sized products); no released model comes near these limits.
+        if n_layers > MAX_LAYERS || head_dim > MAX_HEAD_DIM || n_heads > MAX_HEADS {
+            return Err(ModelError::BadMetadata {
+                key: m.key("block_count"),
+                why: format!(
+                    "{n_layers} layers, {n_heads} heads of {head_dim} (at most {MAX_LAYERS} layers, {MAX_HEADS} \
+                     heads of {MAX_HEAD_DIM})"
+                ),
+            });
+        }
         // Partial rotary embeddings (rotating only part of each head) are not implemented.
         if let Some(n_rot) = m.opt_usize("rope.dimension_count")? {
             if n_rot != head_dim {
@@ -192,6 +207,10 @@ impl ModelConfig {
                 .map(|a| a.len())
                 .ok_or_else(|| ModelError::MissingMetadata("tokenizer.ggml.tokens".into()))?,
         };
+        let context_length = m.opt_usize("context_length")?.unwrap_or(8192);
+        if context_length == 0 {
+            return Err(ModelError::BadMetadata { key: m.key("context_length"), why: "zero".into() });
+        }
         let rope_freq_scale = rope_freq_scale(&m)?;
         let common = ModelConfig {
             arch,
@@ -203,7 +222,7 @@ impl ModelConfig {
             n_kv_heads,
             head_dim,
             vocab_size,
-            context_length: m.opt_usize("context_length")?.unwrap_or(8192),
+            context_length,
             rms_eps: m.opt_f32("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-6),
             rope_base: m.opt_f32("rope.freq_base")?.unwrap_or(10_000.0),
             rope_freq_scale,
@@ -478,6 +497,13 @@ mod tests {
         assert!(partial.contains("rotating 8 of 16"), "{partial}");
         let moe = err(&[("expert_count", MetaValue::U32(8))]);
         assert!(moe.contains("mixture of 8 experts"), "{moe}");
+        // sizes that would allocate or overflow before any tensor is read
+        let layers = err(&[("block_count", MetaValue::U64(1 << 40))]);
+        assert!(layers.contains("1099511627776 layers"), "{layers}");
+        let wide = err(&[("attention.key_length", MetaValue::U32(1 << 30))]);
+        assert!(wide.contains("heads of 1073741824"), "{wide}");
+        let no_context = err(&[("context_length", MetaValue::U32(0))]);
+        assert!(no_context.contains("llama.context_length") && no_context.contains("zero"), "{no_context}");
         let gqa = err(&[("attention.head_count_kv", MetaValue::U32(3))]);
         assert!(gqa.contains("inconsistent shape"), "{gqa}");
         let values = err(&[("attention.value_length", MetaValue::U32(8))]);

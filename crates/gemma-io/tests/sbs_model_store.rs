@@ -173,3 +173,20 @@ fn pre_2025_errors() {
     let store = BlobStore::from_bytes(encode_blob_store([("a", &b"x"[..])]).unwrap(), "y").unwrap();
     assert!(SbsFile::from_store(store, &SbsOpenOptions::default()).is_err());
 }
+
+/// Shapes come from a file's config: extents that do not fit saturate (and `TensorRecord::new` then refuses
+/// them) instead of overflowing.
+#[test]
+fn absurd_extents_saturate_and_are_refused() {
+    use gemma_io::sbs::tensor_info::TensorInfo;
+    use gemma_io::sbs::{SbsType, TensorRecord};
+    let huge = u64::from(u32::MAX);
+    let image = TensorInfo { shape: vec![huge, huge, huge, 3], cols_take_extra_dims: true, ..Default::default() };
+    assert_eq!(image.extents(), (huge, u64::MAX));
+    let stacked = TensorInfo { shape: vec![huge, huge, huge, 8], ..Default::default() };
+    assert_eq!(stacked.extents(), (u64::MAX, 8));
+    let (rows, cols) = stacked.extents();
+    assert!(TensorRecord::new("x", SbsType::F32, rows, cols).is_err());
+    let normal = TensorInfo { shape: vec![4, 5, 6], cols_take_extra_dims: true, ..Default::default() };
+    assert_eq!(normal.extents(), (4, 30));
+}

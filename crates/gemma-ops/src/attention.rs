@@ -194,6 +194,7 @@ mod x86 {
         let q = qs[j0 * d..(j0 + GN) * d].as_ptr();
         for (idx, p) in positions.enumerate() {
             let k = kv.keys[kv.offset(p, off, d)..][..d].as_ptr();
+            // SAFETY: register set-up; this function runs only with V's target features (its callers').
             let mut acc = [unsafe { V::zero() }; GN];
             for c in (0..d).step_by(V::N) {
                 // SAFETY: c + N <= d (d is a multiple of 2N); q covers GN rows of d.
@@ -205,6 +206,7 @@ mod x86 {
                 }
             }
             for (j, a) in acc.iter().enumerate() {
+                // SAFETY: register arithmetic, with V's target features as above.
                 scores[(j0 + j) * np + idx] = unsafe { a.sum() };
             }
         }
@@ -225,12 +227,14 @@ mod x86 {
         let np = positions.len();
         let o = out[j0 * d..(j0 + GN) * d].as_mut_ptr();
         for c in (0..d).step_by(2 * V::N) {
+            // SAFETY: register set-up; this function runs only with V's target features (its callers').
             let mut acc = [[unsafe { V::zero() }; 2]; GN];
             for (idx, p) in positions.clone().enumerate() {
                 let v = kv.values[kv.offset(p, off, d)..][..d].as_ptr();
                 // SAFETY: c + 2N <= d.
                 let (v0, v1) = unsafe { (V::load(v.add(c)), V::load(v.add(c + V::N))) };
                 for (j, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: register arithmetic, with V's target features as above.
                     let w = unsafe { V::splat(scores[(j0 + j) * np + idx]) };
                     // SAFETY: plain register arithmetic.
                     unsafe {

@@ -16,6 +16,11 @@ use std::time::{Duration, Instant};
 /// The work of one parallel region, with its lifetime erased (see `ThreadPool::run`).
 type Job = &'static (dyn Fn(usize) + Sync);
 
+/// Most threads a pool may have (llama.cpp's `GGML_MAX_N_THREADS`): far more than any machine gains from,
+/// and few enough that starting them cannot exhaust memory (thousands of threads abort the process in the
+/// standard library's thread set-up, before an error could be returned).
+pub const MAX_THREADS: usize = 512;
+
 /// How long an idle worker spins before parking.
 const SPIN: Duration = Duration::from_micros(300);
 
@@ -33,6 +38,8 @@ struct Shared {
     park_lock: Mutex<()>,
     wake: Condvar,
     shutdown: AtomicBool,
+    /// The first panic of a task of the current region, re-raised by the caller once every task is done.
+    panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
 }
 
 pub struct ThreadPool {
@@ -44,7 +51,24 @@ pub struct ThreadPool {
 
 impl ThreadPool {
     /// A pool that runs regions on `n_threads` threads in all (the caller plus `n_threads - 1` workers).
+    /// Panics if the system refuses a thread; front ends, whose thread counts come from users, call
+    /// [`ThreadPool::try_new`].
     pub fn new(n_threads: usize) -> ThreadPool {
+        match Self::try_new(n_threads) {
+            Ok(pool) => pool,
+            Err(e) => panic!("cannot start {n_threads} threads: {e}"),
+        }
+    }
+
+    /// [`ThreadPool::new`], or an error: more than [`MAX_THREADS`], or the system refused a thread (the
+    /// threads already started are stopped again).
+    pub fn try_new(n_threads: usize) -> std::io::Result<ThreadPool> {
+        if n_threads > MAX_THREADS {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{n_threads} threads is more than the {MAX_THREADS} a pool may have"),
+            ));
+        }
         let shared = Arc::new(Shared {
             generation: AtomicU64::new(0),
             region: Mutex::new(None),
@@ -54,17 +78,17 @@ impl ThreadPool {
             park_lock: Mutex::new(()),
             wake: Condvar::new(),
             shutdown: AtomicBool::new(false),
+            panic: Mutex::new(None),
         });
-        let workers = (1..n_threads.max(1))
-            .map(|i| {
-                let shared = shared.clone();
-                std::thread::Builder::new()
-                    .name(format!("gemma-worker-{i}"))
-                    .spawn(move || worker_loop(&shared))
-                    .expect("failed to spawn a worker thread")
-            })
-            .collect();
-        ThreadPool { shared, workers, entry: Mutex::new(()) }
+        let mut pool = ThreadPool { shared, workers: Vec::new(), entry: Mutex::new(()) };
+        for i in 1..n_threads.max(1) {
+            let shared = pool.shared.clone();
+            // On error `pool` is dropped, which stops and joins the workers started so far.
+            let worker =
+                std::thread::Builder::new().name(format!("gemma-worker-{i}")).spawn(move || worker_loop(&shared))?;
+            pool.workers.push(worker);
+        }
+        Ok(pool)
     }
 
     /// Threads taking part in each region.
@@ -73,6 +97,8 @@ impl ThreadPool {
     }
 
     /// Calls `f(i)` for every `i` in `0..n_tasks`, spread over the pool; returns when all calls have returned.
+    /// If a call panics, the other tasks still run, and once all have returned the first panic resumes here
+    /// (the workers survive it).
     pub fn run(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
         if n_tasks == 0 {
             return;
@@ -85,8 +111,9 @@ impl ThreadPool {
         let _entry = self.entry.lock().unwrap_or_else(|e| e.into_inner());
         let sh = &*self.shared;
         // SAFETY: a worker calls the job only after claiming one of this region's tasks (`claim` checks the
-        // generation), and this function does not return before every task has finished (`done == n_tasks`
-        // below), so `f` outlives every call.
+        // generation), and this function neither returns nor unwinds before every task has finished
+        // (`done == n_tasks` below; `drain` counts a task that panicked as finished and keeps its panic for
+        // the end), so `f` outlives every call.
         let job: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(f) };
         let gen = (sh.generation.load(Ordering::SeqCst) as u32).wrapping_add(1);
         *sh.region.lock().unwrap_or_else(|e| e.into_inner()) = Some((job, n_tasks, gen));
@@ -110,6 +137,9 @@ impl ThreadPool {
             }
         }
         *sh.region.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if let Some(payload) = sh.panic.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            std::panic::resume_unwind(payload);
+        }
     }
 
     /// Splits `0..n` into about `4 * n_threads` contiguous ranges of at least `min_chunk` and runs `f(range)` on
@@ -137,10 +167,13 @@ impl ThreadPool {
     }
 }
 
-/// Claims and runs tasks of region `gen` until none are left.
+/// Claims and runs tasks of region `gen` until none are left. A task that panics counts as done (so the
+/// caller's wait ends) and its panic is kept for the caller.
 fn drain(sh: &Shared, job: Job, n_tasks: usize, gen: u32) {
     while let Some(i) = claim(sh, n_tasks, gen) {
-        job(i);
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(i))) {
+            sh.panic.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(payload);
+        }
         sh.done.fetch_add(1, Ordering::Release);
     }
 }
@@ -247,6 +280,42 @@ impl<T> SharedMut<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A task that panics, on the caller or on a worker: `run` waits for every other task, then re-raises the
+    /// panic; no task runs after `run` has unwound, and the pool keeps working.
+    #[test]
+    fn a_panicking_task_unwinds_the_caller_after_every_task() {
+        let pool = ThreadPool::new(3);
+        for bad in [0usize, 37, 99] {
+            let calls = AtomicUsize::new(0);
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.run(100, &|i| {
+                    std::thread::sleep(Duration::from_micros(200));
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    assert!(i != bad, "task {i} fails");
+                });
+            }));
+            let message = result.expect_err("the panic reaches the caller");
+            let text = message.downcast_ref::<String>().map(String::as_str).unwrap_or("");
+            assert_eq!(text, format!("task {bad} fails"));
+            let after = calls.load(Ordering::SeqCst);
+            assert_eq!(after, 100, "every task ran before the caller unwound");
+            std::thread::sleep(Duration::from_millis(20));
+            assert_eq!(calls.load(Ordering::SeqCst), after);
+            let again = AtomicUsize::new(0);
+            pool.run(50, &|_| {
+                again.fetch_add(1, Ordering::SeqCst);
+            });
+            assert_eq!(again.load(Ordering::SeqCst), 50, "the pool works after a panic");
+        }
+    }
+
+    #[test]
+    fn too_many_threads_is_an_error() {
+        let err = ThreadPool::try_new(MAX_THREADS + 1).err().expect("refused");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("more than the 512"), "{err}");
+    }
 
     #[test]
     fn every_task_runs_exactly_once() {

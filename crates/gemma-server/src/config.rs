@@ -265,6 +265,12 @@ impl ServerConfig {
         };
         positive("parallel (inference.max_batch_size)", self.parallel)?;
         positive("threads (inference.threads)", self.threads)?;
+        if self.threads > gemma_ops::pool::MAX_THREADS {
+            return Err(ConfigError::Invalid {
+                key: "threads (inference.threads)",
+                why: format!("{} is more than the {} a pool may have", self.threads, gemma_ops::pool::MAX_THREADS),
+            });
+        }
         positive("inference.queue_size", self.queue_size)?;
         positive("inference.prefill_chunk", self.prefill_chunk)?;
         positive("server.max_connections", self.max_connections)?;
@@ -361,6 +367,9 @@ mod tests {
         let bad = FileConfig::parse("[model]\nformat = \"sbs\"\n").unwrap();
         let e = ServerConfig::merge(&bad, &ServeArgs::default(), None).unwrap_err().to_string();
         assert!(e.contains("model.format"), "{e}");
+        let bad = FileConfig::parse("[inference]\nthreads = 100000\n").unwrap();
+        let e = ServerConfig::merge(&bad, &ServeArgs::default(), None).unwrap_err().to_string();
+        assert!(e.contains("inference.threads") && e.contains("more than the 512"), "{e}");
         let bad_host = ServeArgs { host: Some("not a host".into()), ..Default::default() };
         assert!(ServerConfig::merge(&FileConfig::default(), &bad_host, None).is_err());
     }

@@ -176,6 +176,10 @@ fn parse_plan(f: &Fields, loaded: &LoadedModel, stream: bool) -> Result<Plan, Ap
         ..SamplingParams::default()
     };
     let stop = g.string_or_list("stopSequences")?;
+    if stop.len() > crate::openai::MAX_STOPS {
+        let most = crate::openai::MAX_STOPS;
+        return Err(ApiError::invalid_param("stopSequences", format!("at most {most} stop sequences")));
+    }
     Ok(Plan {
         dialect: Dialect::Chat,
         prompts: vec![prompt],

@@ -25,7 +25,7 @@ use crate::server::{read_body, AppState};
 /// Most choices one request may ask for (`n` times the number of prompts).
 pub const MAX_CHOICES: usize = 16;
 /// Most stop strings.
-const MAX_STOPS: usize = 16;
+pub(crate) const MAX_STOPS: usize = 16;
 /// OpenAI's limit on `top_logprobs`.
 const MAX_TOP_LOGPROBS: u64 = 20;
 /// `max_tokens` of a completion that names none (OpenAI's default).

@@ -426,6 +426,11 @@ async fn gemini_generate_content_matches_chat() {
     assert_eq!(s, 404);
     let (s, e) = post(&format!("{}/v1beta/models/gemma-3-270m:generateContent", base()), json!({"contents": []})).await;
     assert_eq!((s, e["error"]["param"].as_str()), (400, Some("contents")));
+    let many: Vec<String> = (0..17).map(|i| format!("stop{i}")).collect();
+    let body = json!({"contents": [{"role": "user", "parts": [{"text": "Hi"}]}],
+                      "generationConfig": {"stopSequences": many}});
+    let (s, e) = post(&format!("{}/v1beta/models/gemma-3-270m:generateContent", base()), body).await;
+    assert_eq!((s, e["error"]["param"].as_str()), (400, Some("stopSequences")), "{e}");
 }
 
 async fn ws_json<S>(ws: &mut S) -> Value

@@ -47,12 +47,14 @@ impl TensorInfo {
         let Some((&last, lead)) = self.shape.split_last() else {
             return (0, 0);
         };
+        // Saturating: dimensions come from a file's config, and an absurd shape must reach the size checks
+        // (`TensorRecord::new`) rather than overflow here.
+        let product = |dims: &[u64]| dims.iter().fold(1u64, |a, &b| a.saturating_mul(b));
         let (rows, cols) = if self.cols_take_extra_dims {
             let rows = lead.first().copied().unwrap_or(1);
-            let middle: u64 = lead.iter().skip(1).product();
-            (rows, last * middle)
+            (rows, last.saturating_mul(product(lead.get(1..).unwrap_or(&[]))))
         } else {
-            (lead.iter().product(), last)
+            (product(lead), last)
         };
         if rows == 0 || cols == 0 {
             (0, 0)

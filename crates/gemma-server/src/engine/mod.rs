@@ -185,13 +185,17 @@ pub fn spawn(config: EngineConfig, metrics: Arc<Metrics>) -> std::io::Result<Spa
     let (tx, rx) = mpsc::sync_channel(config.queue_size);
     let state = Arc::new(EngineState::default());
     let handle = EngineHandle { tx, state: state.clone(), metrics: metrics.clone() };
-    let thread = std::thread::Builder::new().name("gemma-engine".into()).spawn(move || match load(&config) {
-        Ok((model, loaded)) => {
+    let start = |config: &EngineConfig| {
+        let pool = ThreadPool::try_new(config.threads)
+            .map_err(|e| anyhow::anyhow!("cannot start {} threads (inference.threads): {e}", config.threads))?;
+        load(config).map(|(model, loaded)| (pool, model, loaded))
+    };
+    let thread = std::thread::Builder::new().name("gemma-engine".into()).spawn(move || match start(&config) {
+        Ok((pool, model, loaded)) => {
             let tokenizer = loaded.tokenizer.clone();
             let _ = state.loaded.set(Arc::new(loaded));
             let _ = loaded_tx.send(Ok(()));
             tracing::info!(model = %config.model, ctx = config.ctx, parallel = config.parallel, "model loaded");
-            let pool = ThreadPool::new(config.threads);
             Engine::new(&model, &tokenizer, &pool, &config, &metrics).run(rx);
         }
         Err(e) => {
