@@ -94,6 +94,10 @@ pub enum ChatTemplateError {
     Metadata { key: &'static str, reason: String },
 }
 
+/// Instructions one render may take. The Gemma template takes about 60 per message, so this is hundreds of
+/// times what the largest request body can hold, and a second or two of work at most.
+const RENDER_FUEL: u64 = 50_000_000;
+
 /// Google's Gemma instruction format, written for this project: BOS, then `<start_of_turn>ROLE\n`,
 /// the trimmed content and `<end_of_turn>\n` per message (`assistant` is called `model`), the system
 /// message (untrimmed) plus a blank line prefixed to the first user turn, turns alternating from the user.
@@ -254,6 +258,8 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        // Templates come from model files: a render that loops without end is an error, not a hung server.
+        env.set_fuel(Some(RENDER_FUEL));
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
@@ -593,6 +599,28 @@ mod tests {
             env_out,
             "{\"a\": [1, \"b\\n\"], \"c\": {}}|{\n  \"a\": [\n    1,\n    \"b\\n\"\n  ],\n  \"c\": {}\n}|\"\\u00e9<\""
         );
+    }
+
+    /// A template from a model file that loops (nearly) forever fails its render instead of hanging, and a
+    /// long ordinary conversation still renders.
+    #[test]
+    fn endless_templates_run_out_of_fuel() {
+        let endless = ChatTemplate::from_source(
+            "{% for a in range(10000) %}{% for b in range(10000) %}{% for c in range(10000) %}{% endfor %}\
+             {% endfor %}{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let err = endless.render(&[ChatMessage::new("user", "hi")], true).unwrap_err();
+        assert!(matches!(err, ChatTemplateError::Render(_)) && err.to_string().contains("fuel"), "{err}");
+        assert!(started.elapsed().as_secs() < 30, "took {:?}", started.elapsed());
+        let long: Vec<ChatMessage> = (0..20_000)
+            .map(|i| ChatMessage::new(if i % 2 == 0 { "user" } else { "assistant" }, format!("turn {i}")))
+            .collect();
+        let text = ChatTemplate::builtin_gemma().render(&long, true).unwrap();
+        assert!(text.contains("turn 19999"));
     }
 
     #[test]
