@@ -19,7 +19,7 @@ use crate::api_error::ApiError;
 use crate::engine::{Event, Finish, FinishReason, LoadedModel};
 use crate::fields::Fields;
 use crate::openai::{collect_choices, submit, Dialect, Plan, MAX_CHOICES};
-use crate::server::{read_body, AppState};
+use crate::server::{off_runtime, read_body, AppState};
 
 pub async fn generate_content(
     State(state): State<AppState>,
@@ -39,8 +39,8 @@ async fn handle(state: AppState, model_action: String, headers: HeaderMap, body:
     };
     let bytes = read_body(body, &headers, state.max_body_bytes()).await?;
     let loaded = state.loaded()?;
-    let fields = Fields::parse(&bytes)?;
-    let plan = parse_plan(&fields, &loaded, stream)?;
+    let parsing = loaded.clone();
+    let plan = off_runtime(move || parse_plan(&Fields::parse(&bytes)?, &parsing, stream)).await?;
     let rx = submit(&state, &plan, &loaded, received)?;
     let model = loaded.id.clone();
     if !stream {

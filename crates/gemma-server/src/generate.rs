@@ -27,7 +27,7 @@ use crate::api_error::ApiError;
 use crate::engine::{Event, Finish, GenerationRequest, SessionRef};
 use crate::fields::Fields;
 use crate::openai::{collect_choices, parse_plan, submit_error, Dialect};
-use crate::server::{read_body, AppState};
+use crate::server::{off_runtime, read_body, AppState};
 
 /// Longest session id.
 pub const MAX_SESSION_ID: usize = 128;
@@ -36,39 +36,45 @@ pub async fn generate(State(state): State<AppState>, headers: HeaderMap, body: B
     let received = Instant::now();
     let bytes = read_body(body, &headers, state.max_body_bytes()).await?;
     let loaded = state.loaded()?;
-    let f = Fields::parse(&bytes)?;
-    if !matches!(f.raw("prompt"), None | Some(Value::String(_))) {
-        return Err(ApiError::invalid_param("prompt", "'prompt' must be a string").with_code("invalid_type"));
-    }
-    let stream = f.get::<bool>("stream")?.unwrap_or(false);
-    if f.integer_in("n", 1..=1)?.is_some_and(|n| n != 1) {
-        return Err(ApiError::invalid_param("n", "'/generate' makes one answer"));
-    }
-    let session = f.get::<String>("session")?;
-    if let Some(id) = &session {
-        let valid = |c: char| c.is_ascii_alphanumeric() || "-_.:".contains(c);
-        if id.is_empty() || id.len() > MAX_SESSION_ID || !id.chars().all(valid) {
-            return Err(ApiError::invalid_param(
-                "session",
-                format!("'session' must be 1 to {MAX_SESSION_ID} characters of A-Z a-z 0-9 - _ . :"),
-            ));
+    let parsing = loaded.clone();
+    let (stream, session, plan, prompt_ids, session_ref) = off_runtime(move || {
+        let loaded = parsing;
+        let f = Fields::parse(&bytes)?;
+        if !matches!(f.raw("prompt"), None | Some(Value::String(_))) {
+            return Err(ApiError::invalid_param("prompt", "'prompt' must be a string").with_code("invalid_type"));
         }
-    }
-    // Checks the prompt and every sampling field the way /v1/completions does.
-    let mut plan = parse_plan(&f, &loaded, Dialect::Completion)?;
-    let tok = &loaded.tokenizer;
-    let (prompt_ids, session_ref) = match &session {
-        Some(id) => {
-            // The engine puts BOS first only when the session is new.
-            let text = f.get::<String>("prompt")?.unwrap_or_default();
-            let bos = plan.prompts.first().and_then(|p| p.first().copied()).filter(|_| tok.add_bos());
-            (tok.encode(&text, false, true), Some(SessionRef { id: id.clone(), first_token: bos }))
+        let stream = f.get::<bool>("stream")?.unwrap_or(false);
+        if f.integer_in("n", 1..=1)?.is_some_and(|n| n != 1) {
+            return Err(ApiError::invalid_param("n", "'/generate' makes one answer"));
         }
-        None => (plan.prompts.swap_remove(0), None),
-    };
-    if session.is_none() && prompt_ids.is_empty() {
-        return Err(ApiError::invalid_param("prompt", "the prompt is empty"));
-    }
+        let session = f.get::<String>("session")?;
+        if let Some(id) = &session {
+            let valid = |c: char| c.is_ascii_alphanumeric() || "-_.:".contains(c);
+            if id.is_empty() || id.len() > MAX_SESSION_ID || !id.chars().all(valid) {
+                return Err(ApiError::invalid_param(
+                    "session",
+                    format!("'session' must be 1 to {MAX_SESSION_ID} characters of A-Z a-z 0-9 - _ . :"),
+                ));
+            }
+        }
+        // Checks the prompt and every sampling field the way /v1/completions does.
+        let mut plan = parse_plan(&f, &loaded, Dialect::Completion)?;
+        let tok = &loaded.tokenizer;
+        let (prompt_ids, session_ref) = match &session {
+            Some(id) => {
+                // The engine puts BOS first only when the session is new.
+                let text = f.get::<String>("prompt")?.unwrap_or_default();
+                let bos = plan.prompts.first().and_then(|p| p.first().copied()).filter(|_| tok.add_bos());
+                (tok.encode(&text, false, true), Some(SessionRef { id: id.clone(), first_token: bos }))
+            }
+            None => (plan.prompts.swap_remove(0), None),
+        };
+        if session.is_none() && prompt_ids.is_empty() {
+            return Err(ApiError::invalid_param("prompt", "the prompt is empty"));
+        }
+        Ok((stream, session, plan, prompt_ids, session_ref))
+    })
+    .await?;
     let (tx, rx) = unbounded_channel();
     // A session's whole history is checked against the context by the engine, which knows it.
     let room = loaded.ctx.saturating_sub(prompt_ids.len()).max(1);

@@ -20,7 +20,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use crate::api_error::ApiError;
 use crate::engine::{Event, Finish, GenerationRequest, LoadedModel, SubmitError};
 use crate::fields::Fields;
-use crate::server::{read_body, AppState};
+use crate::server::{off_runtime, read_body, AppState};
 
 /// Most choices one request may ask for (`n` times the number of prompts).
 pub const MAX_CHOICES: usize = 16;
@@ -63,8 +63,8 @@ async fn handle(state: AppState, headers: HeaderMap, body: Body, dialect: Dialec
     let received = Instant::now();
     let bytes = read_body(body, &headers, state.max_body_bytes()).await?;
     let loaded = state.loaded()?;
-    let fields = Fields::parse(&bytes)?;
-    let plan = parse_plan(&fields, &loaded, dialect)?;
+    let parsing = loaded.clone();
+    let plan = off_runtime(move || parse_plan(&Fields::parse(&bytes)?, &parsing, dialect)).await?;
     let rx = submit(&state, &plan, &loaded, received)?;
     let meta = ResponseMeta::new(&plan, &loaded);
     if plan.stream {

@@ -65,6 +65,14 @@ impl AppState {
     }
 }
 
+/// Runs `f` (parsing a request: JSON, chat template, tokenizer) on tokio's blocking threads, so a large
+/// request body does not hold up an async worker that other connections are waiting on.
+pub(crate) async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(format!("request parsing failed: {e}")))?
+}
+
 pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .route("/v1/completions", post(openai::completions))
