@@ -393,6 +393,9 @@ fn detokenize(common: &Common, args: &DetokenizeArgs) -> Result<()> {
 
 fn info(common: &Common) -> Result<()> {
     let path = common.model_path()?;
+    if gemma_core::model::is_sbs_file(&path) {
+        return info_sbs(&path);
+    }
     let file = gemma_io::GgufFile::open(&path).with_context(|| format!("cannot read model {}", path.display()))?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "file: {} (GGUF v{}, {} bytes)", path.display(), file.version(), file.file_size())?;
@@ -411,6 +414,49 @@ fn info(common: &Common) -> Result<()> {
         let shape = format!("{:?}", t.dims);
         writeln!(out, "  {:<40} {:<6} {:<20} {:>12}", t.name, t.ggml_type.name(), shape, t.n_bytes)?;
         total += t.n_bytes;
+    }
+    writeln!(out, "  total tensor bytes: {total}")?;
+    Ok(())
+}
+
+/// `info` for a gemma.cpp checkpoint: its config (as run, then as gemma.cpp stores it), tokenizer and toc.
+fn info_sbs(path: &std::path::Path) -> Result<()> {
+    let file = gemma_io::sbs::SbsFile::open(path).with_context(|| format!("cannot read model {}", path.display()))?;
+    let c = file.config();
+    let mut out = std::io::stdout().lock();
+    let size = file.blobs().file_bytes();
+    writeln!(out, "file: {} (gemma.cpp SBS, {:?} layout, {size} bytes)", path.display(), file.format())?;
+    match gemma_core::ModelConfig::from_sbs(c) {
+        Ok(cfg) => writeln!(out, "\n{}", cfg.summary())?,
+        Err(e) => writeln!(out, "\nmodel not supported for running: {e}")?,
+    }
+    writeln!(out, "\ngemma.cpp config:")?;
+    writeln!(out, "  display_name = {}", c.display_name)?;
+    writeln!(out, "  model = {} ({:?})", c.model.prefix(), c.model)?;
+    writeln!(out, "  wrapping = {:?}", c.wrapping)?;
+    writeln!(out, "  weight = {}", c.weight.name())?;
+    writeln!(out, "  num_layers = {}, model_dim = {}, vocab_size = {}", c.num_layers, c.model_dim, c.vocab_size)?;
+    writeln!(out, "  max_seq_len = {}, query_scale = {:?}", c.max_seq_len, c.query_scale)?;
+    writeln!(out, "  att_cap = {}, final_cap = {}", c.att_cap, c.final_cap)?;
+    writeln!(out, "  attention_window_sizes = {:?}", c.attention_window_sizes)?;
+    if let Some(first) = c.layer_configs.first() {
+        let alike = c.layer_configs.iter().all(|l| l == first);
+        let which = if alike { format!("all {} layers", c.layer_configs.len()) } else { "layer 0".into() };
+        writeln!(out, "  {which}: {first:?}")?;
+    }
+    match file.tokenizer() {
+        Ok(Some(proto)) => writeln!(out, "\ntokenizer: SentencePiece model, {} pieces", proto.pieces.len())?,
+        Ok(None) => writeln!(out, "\ntokenizer: none in the file")?,
+        Err(e) => writeln!(out, "\ntokenizer: unreadable: {e}")?,
+    }
+    writeln!(out, "\ntensors ({}):", file.tensors().len())?;
+    writeln!(out, "  {:<16} {:<5} {:<16} {:>12} {:>12}", "name", "type", "rows x cols", "scale", "bytes")?;
+    let mut total = 0u64;
+    for t in file.tensors() {
+        let r = &t.record;
+        let shape = format!("{} x {}", r.rows, r.cols);
+        writeln!(out, "  {:<16} {:<5} {:<16} {:>12} {:>12}", r.name, r.ty.name(), shape, r.scale, r.packed_bytes())?;
+        total += r.packed_bytes();
     }
     writeln!(out, "  total tensor bytes: {total}")?;
     Ok(())

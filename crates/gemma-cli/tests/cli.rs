@@ -223,3 +223,39 @@ fn bench_reports_pp_tg_and_machine() {
     assert!(report["device"]["simd"].as_str().is_some());
     assert!(report["threads"].as_u64().unwrap() >= 1);
 }
+
+/// gemma.cpp checkpoints through the binary: `convert` to SFP, `info`, `run` (the file's own tokenizer gives
+/// the GGUF's prompt ids), `blob-compare`, and `convert` back to an F32 GGUF, which holds the SFP values
+/// exactly and so continues the prompt as the SBS file does: the first four greedy tokens, whose margins are
+/// 0.6 to 2.5 (the fifth and sixth are near-ties, 0.15 and 0).
+#[test]
+fn sbs_checkpoints_convert_inspect_run_and_convert_back() {
+    let m = model();
+    let dir = tempfile::tempdir().unwrap();
+    let sbs = dir.path().join("model.sbs");
+    let sbs = sbs.to_str().unwrap();
+    ok(&["convert", "-i", &m, "-o", sbs, "-t", "sfp"]);
+    let info = ok(&["info", "-m", sbs]);
+    assert!(
+        info.contains("gemma.cpp SBS") && info.contains("weight = sfp") && info.contains("262144 pieces"),
+        "{info}"
+    );
+    assert!(info.contains("qkv_ein_0        sfp   1536 x 640"), "{info}");
+    let run = |model: &str| -> serde_json::Value {
+        let args = ["-m", model, "run", "-p", "The capital of France is", "-n", "8", "--temperature", "0", "--json"];
+        serde_json::from_str(&ok(&args)).expect("run --json prints one object")
+    };
+    let (from_gguf, from_sbs) = (run(&m), run(sbs));
+    assert_eq!(from_sbs["prompt_ids"], from_gguf["prompt_ids"]);
+    let gen = |v: &serde_json::Value| v["gen_ids"].as_array().expect("gen_ids").clone();
+    assert_eq!(gen(&from_sbs).len(), 8);
+    let same = ok(&["blob-compare", sbs, sbs]);
+    let counts: Vec<&str> = same.lines().last().unwrap_or("").split_whitespace().collect();
+    assert!(counts.len() > 3 && counts[0] == counts[2] && same.contains("common blobs equal"), "{same}");
+    let back = dir.path().join("back.gguf");
+    let back = back.to_str().unwrap();
+    ok(&["convert", "-i", sbs, "-o", back]);
+    let from_back = run(back);
+    assert_eq!(from_back["prompt_ids"], from_gguf["prompt_ids"]);
+    assert_eq!(gen(&from_back)[..4], gen(&from_sbs)[..4], "{from_back} vs {from_sbs}");
+}

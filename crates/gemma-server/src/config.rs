@@ -9,8 +9,8 @@ use serde::Deserialize;
 /// The flags of `gemma-server` (and `gemma serve`).
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct ServeArgs {
-    /// Model name (e.g. gemma-3-270m) or path to a GGUF file.
-    #[arg(long)]
+    /// Model name (e.g. gemma-3-270m) or path to a model file (GGUF or gemma.cpp SBS).
+    #[arg(long, short = 'm', visible_alias = "weights", value_name = "PATH|NAME")]
     pub model: Option<String>,
     /// Address to listen on.
     #[arg(long)]
