@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use gemma_compression::interleaved::{InterleavedFormat, InterleavedRows};
-use gemma_compression::{quant_format, sbs_codec, SbsCodecType};
+use gemma_compression::{quant_format, sbs_codec, SbsCodecType, NUQ_GROUP};
 use gemma_io::sbs::{SbsFile, SbsType};
 use gemma_io::{GgufFile, TensorInfo};
 use gemma_ops::matmul::{RowBlocks, SbsMatrix, WeightView};
@@ -238,7 +238,10 @@ pub fn sbs_norm(file: &SbsFile, name: &str, len: usize) -> Result<Vec<f32>, Mode
 /// (heads * head_dim)` output projection, in the tensor's own number format (gemma.cpp's `InitAttWeights`).
 /// Row `m` is the concatenation over heads `h` of stream rows `h * d_model + m`, which the file does not
 /// hold contiguously, so the matrix is rebuilt at load: by copying bytes for the per-element formats, by
-/// decoding and re-encoding (as gemma.cpp does) for the grouped ones.
+/// decoding and re-encoding for I8 (gemma.cpp's `InitAttWeightsI8`). NUQ is never re-clustered (seconds of
+/// work; gemma.cpp's `InitAttWeightsNUQ` is unused, it runs NUQ files in its `to_bf16` mode): when `head_dim`
+/// is a multiple of the 256-value group, every head row is whole groups, copied as bytes; otherwise the
+/// values are decoded to BF16, exactly (every NUQ value is an SFP value, so a bf16).
 pub fn sbs_attention_output(
     file: &SbsFile,
     name: &str,
@@ -265,6 +268,37 @@ pub fn sbs_attention_output(
                 d.copy_from_slice(s);
             }
         }
+    } else if t.ty == SbsCodecType::Nuq && head_dim.is_multiple_of(NUQ_GROUP) {
+        let group_bytes = codec.packed_bytes(NUQ_GROUP);
+        let groups = head_dim / NUQ_GROUP;
+        for m in 0..d_model {
+            for h in 0..heads {
+                let from = (h * d_model + m) * groups * group_bytes;
+                let to = (m * heads + h) * groups * group_bytes;
+                let len = groups * group_bytes;
+                let (Some(s), Some(d)) = (src.get(from..from + len), stream.get_mut(to..to + len)) else {
+                    return Err(bad("tensor shorter than its shape".into()));
+                };
+                d.copy_from_slice(s);
+            }
+        }
+    } else if t.ty == SbsCodecType::Nuq {
+        let mut words = vec![0u16; head_dim];
+        let mut bf16 = vec![0u8; 2 * d_model * cols];
+        for m in 0..d_model {
+            for h in 0..heads {
+                codec.decode_bf16(src, (h * d_model + m) * head_dim, &mut words).map_err(|e| bad(e.to_string()))?;
+                let at = 2 * (m * cols + h * head_dim);
+                for (dst, w) in bf16[at..at + 2 * head_dim].chunks_exact_mut(2).zip(&words) {
+                    dst.copy_from_slice(&w.to_le_bytes());
+                }
+            }
+        }
+        return Ok(Matrix {
+            rows: d_model,
+            cols,
+            storage: Storage::Owned { stream: bf16, ty: SbsCodecType::Bf16, scale: t.scale },
+        });
     } else {
         let mut values = vec![0f32; d_model * cols];
         for (m, row) in values.chunks_exact_mut(cols).enumerate() {

@@ -273,6 +273,11 @@ fn the_sbs_tokenizer_encodes_the_gemma_corpus_to_the_golden_ids() {
 
 /// A tiny Gemma 3 shaped checkpoint (2 layers, 2 KV heads) with deterministic weights, written in memory.
 fn tiny_sbs(ty: SbsType) -> Vec<u8> {
+    tiny_sbs_with(ty, false)
+}
+
+/// [`tiny_sbs`]; with `nuq_values`, the matrices hold the values a NUQ encoding of them decodes to.
+fn tiny_sbs_with(ty: SbsType, nuq_values: bool) -> Vec<u8> {
     let mut config = SbsConfig::new(SbsModel::Gemma3_270M, ty, PromptWrapping::GemmaIt);
     config.num_layers = 2;
     config.model_dim = 32;
@@ -303,7 +308,21 @@ fn tiny_sbs(ty: SbsType) -> Vec<u8> {
             .collect();
         // Norms (one row) stay F32, as the smallest type must be the config's weight type.
         let stored = if rows == 1 { SbsType::F32 } else { ty };
-        let codec = sbs_codec(if stored == SbsType::SFP { SbsCodecType::Sfp } else { SbsCodecType::F32 });
+        let values = if nuq_values && rows > 1 {
+            let nuq = sbs_codec(SbsCodecType::Nuq);
+            let mut packed = vec![0u8; nuq.packed_bytes(n)];
+            nuq.encode(&values, &mut packed, 0).expect("encode");
+            let mut decoded = vec![0f32; n];
+            nuq.decode(&packed, 0, &mut decoded).expect("decode");
+            decoded
+        } else {
+            values
+        };
+        let codec = sbs_codec(match stored {
+            SbsType::SFP => SbsCodecType::Sfp,
+            SbsType::NUQ => SbsCodecType::Nuq,
+            _ => SbsCodecType::F32,
+        });
         let mut packed = vec![0u8; codec.packed_bytes(n)];
         codec.encode(&values, &mut packed, 0).expect("encode");
         writer.add_tensor(&TensorRecord::new(&name, stored, rows, cols).expect("record"), &packed).expect("add");
@@ -313,16 +332,34 @@ fn tiny_sbs(ty: SbsType) -> Vec<u8> {
 
 #[test]
 fn a_tiny_sbs_model_runs_and_is_batch_shape_invariant() {
-    let path = std::env::temp_dir().join(format!("gemma-sbs-tiny-{}.sbs", std::process::id()));
-    std::fs::write(&path, tiny_sbs(SbsType::SFP)).unwrap();
-    let model = Model::open(&path).expect("tiny SBS model loads");
-    std::fs::remove_file(&path).unwrap();
-    assert_eq!((model.config.n_kv_heads, model.config.layer_is_local.clone()), (2, vec![true, false]));
+    // NUQ with 16-wide heads: `att_ein`'s head rows are not whole groups, so it is decoded to BF16 at load
+    for ty in [SbsType::SFP, SbsType::NUQ] {
+        let path = std::env::temp_dir().join(format!("gemma-sbs-tiny-{}-{}.sbs", std::process::id(), ty.name()));
+        std::fs::write(&path, tiny_sbs(ty)).unwrap();
+        let model = Model::open(&path).expect("tiny SBS model loads");
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!((model.config.n_kv_heads, model.config.layer_is_local.clone()), (2, vec![true, false]));
+        let ids = [3u32, 17, 5, 40, 8, 8, 21];
+        let (one_pass, token_by_token) = (logits_in_passes(&model, &ids, ids.len()), logits_in_passes(&model, &ids, 1));
+        assert_eq!(one_pass, token_by_token, "{ty:?}: prefill and decode disagree");
+        assert!(one_pass.iter().flatten().all(|v| v.is_finite()));
+        assert!(model.tokenizer().is_err(), "the tiny file has no tokenizer blob");
+    }
+    // The NUQ model's `att_ein`, rebuilt at load, holds the file's values: it computes what an F32 file of the
+    // same values computes, up to the bf16 activations compressed weights take on AVX-512 BF16 CPUs.
+    let open = |bytes: Vec<u8>, tag: &str| {
+        let path = std::env::temp_dir().join(format!("gemma-sbs-tiny-{}-{tag}.sbs", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        let model = Model::open(&path).expect("tiny SBS model loads");
+        std::fs::remove_file(&path).unwrap();
+        model
+    };
     let ids = [3u32, 17, 5, 40, 8, 8, 21];
-    let (one_pass, token_by_token) = (logits_in_passes(&model, &ids, ids.len()), logits_in_passes(&model, &ids, 1));
-    assert_eq!(one_pass, token_by_token, "prefill and decode disagree");
-    assert!(one_pass.iter().flatten().all(|v| v.is_finite()));
-    assert!(model.tokenizer().is_err(), "the tiny file has no tokenizer blob");
+    let nuq = logits_in_passes(&open(tiny_sbs(SbsType::NUQ), "nuq"), &ids, ids.len());
+    let f32 = logits_in_passes(&open(tiny_sbs_with(SbsType::F32, true), "nuq-values"), &ids, ids.len());
+    let worst = nuq.iter().flatten().zip(f32.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let spread = f32.iter().flatten().map(|v| v.abs()).fold(0f32, f32::max);
+    assert!(worst <= 0.02 * spread.max(1.0), "NUQ vs F32 of its values: {worst} (logits up to {spread})");
 }
 
 /// The logits of every position of `ids`, run through a fresh cache in passes of `n_per_pass` tokens.
