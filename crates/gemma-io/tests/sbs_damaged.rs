@@ -41,6 +41,8 @@ fn every_truncation_is_an_error() {
             Err(e) => {
                 let msg = e.to_string();
                 assert!(msg.contains("damaged.sbs"), "{msg}");
+                // a cut file says so, rather than that it is not SBS
+                assert!(msg.contains("truncated"), "cut to {len} bytes: {msg}");
             }
             Ok(_) => panic!("truncated to {len} bytes but opened"),
         }
@@ -85,7 +87,13 @@ fn header_and_directory_flips() {
         b[at] ^= mask;
         open(b).unwrap_err()
     };
-    assert!(matches!(flip(n - 16, 0x01), SbsError::BadMagic { .. }));
+    // the end magic of a file that starts like SBS: its directory is missing (truncated or damaged)
+    assert!(matches!(flip(n - 16, 0x01), SbsError::NoDirectory { .. }));
+    // and a file that is SBS at neither end is not an SBS file
+    let mut neither = bytes.clone();
+    neither[0] ^= 0x01;
+    neither[n - 16] ^= 0x01;
+    assert!(matches!(open(neither).unwrap_err(), SbsError::BadMagic { .. }));
     assert!(matches!(flip(n - 10, 0x80), SbsError::TooManyBlobs { .. }), "count += 2^23");
     assert!(matches!(
         flip(n - 12, 0x01),

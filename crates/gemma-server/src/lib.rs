@@ -25,6 +25,23 @@ use tokio::sync::{oneshot, watch};
 
 pub use config::{ServeArgs, ServerConfig};
 
+/// An error and its causes on one line, as `{:#}` prints them, but without a cause whose text the message
+/// before it already quotes (the libraries' errors name their source in their own message).
+pub fn error_report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 /// Logs to stderr at the level of `RUST_LOG` (default `info`). Keys never reach the logs.
 pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
@@ -168,5 +185,27 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_report;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("x.sbs: cannot write file: {source}")]
+    struct QuotesItsSource {
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_the_message_already_quotes_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory");
+        let e = anyhow::Error::new(QuotesItsSource { source: io }).context("converting model.gguf");
+        assert_eq!(error_report(&e), "converting model.gguf: x.sbs: cannot write file: no such directory");
+        assert_eq!(format!("{e:#}").matches("no such directory").count(), 2, "what `{{:#}}` prints");
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_report(&plain), "outer: inner");
     }
 }

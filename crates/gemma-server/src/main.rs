@@ -30,7 +30,7 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(gemma_server::serve(config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("gemma-server: {e:#}");
+            eprintln!("gemma-server: {}", gemma_server::error_report(&e));
             std::process::ExitCode::FAILURE
         }
     }

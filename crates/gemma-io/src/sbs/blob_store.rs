@@ -144,6 +144,10 @@ impl BlobStore {
         } else {
             let at = len - HEADER_BYTES;
             let end_magic = u32_at(buf, at as usize).unwrap_or(0);
+            if end_magic != BLOB_MAGIC && start_magic == BLOB_MAGIC {
+                // It starts like a single-file SBS checkpoint, whose directory closes the file.
+                return Err(SbsError::NoDirectory { path, len });
+            }
             if end_magic != BLOB_MAGIC {
                 return Err(SbsError::BadMagic {
                     path,
@@ -163,6 +167,10 @@ impl BlobStore {
             (BlobLayout::V2, at as usize, at - dir_bytes, u64::from(count))
         };
         if num_blobs == 0 {
+            if header_at == 0 && layout == BlobLayout::V2 {
+                // One header and nothing after it: the first 16 bytes of a file, not an empty store.
+                return Err(truncated("blobs after the header", HEADER_BYTES + 1));
+            }
             return Err(SbsError::NoBlobs { path });
         }
         let file_bytes = u64_at(buf, header_at + 8).unwrap_or(0);

@@ -23,6 +23,11 @@ pub enum SbsError {
     Truncated { path: PathBuf, what: &'static str, needed: u64, len: u64 },
     #[error("{path}: not an SBS blob store (magic {found:#010x} at the start and {found_end:#010x} at the end, expected {expected:#010x})")]
     BadMagic { path: PathBuf, found: u32, found_end: u32, expected: u32 },
+    #[error(
+        "{path}: file is truncated or damaged: it starts like an SBS checkpoint but does not end with its \
+         blob directory ({len} bytes; a complete file ends with the magic 0x0a534253 and the blob count)"
+    )]
+    NoDirectory { path: PathBuf, len: u64 },
     #[error("{path}: absurd blob count {count} (at most {max}); the file is damaged")]
     TooManyBlobs { path: PathBuf, count: u64, max: u32 },
     #[error("{path}: the blob store holds no blobs; the file is damaged")]

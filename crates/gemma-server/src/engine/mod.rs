@@ -199,9 +199,10 @@ pub fn spawn(config: EngineConfig, metrics: Arc<Metrics>) -> std::io::Result<Spa
             Engine::new(&model, &tokenizer, &pool, &config, &metrics).run(rx);
         }
         Err(e) => {
-            tracing::error!("cannot load the model: {e:#}");
-            *state.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{e:#}"));
-            let _ = loaded_tx.send(Err(format!("{e:#}")));
+            let report = crate::error_report(&e);
+            tracing::error!("cannot load the model: {report}");
+            *state.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(report.clone());
+            let _ = loaded_tx.send(Err(report));
         }
     })?;
     Ok(SpawnedEngine { handle, thread, loaded: loaded_rx })
