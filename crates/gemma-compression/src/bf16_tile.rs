@@ -74,8 +74,8 @@ pub fn dot_sfp_row_bf16(codes: &[u8], act: &[u16]) -> f32 {
 
 /// One row of I8 groups (`packed` from the row's first group header, `act.len() / 128` whole groups) against
 /// one token's bf16 activations, equal to decoding the row with `I8Codec::decode_bf16` and calling
-/// [`dot_bf16_tile`]. With [`has_fused_i8_row`] the groups are decoded in registers; otherwise this decodes
-/// into a stack chunk and runs the scalar twin.
+/// [`dot_bf16_tile`]. With [`has_fused_i8_row`] the groups are decoded in registers; otherwise this is the
+/// scalar twin on the decoded values.
 pub fn dot_i8_row_bf16(packed: &[u8], act: &[u16]) -> f32 {
     use crate::int8_groups::{i8_packed_bytes, i8_value_at, I8_GROUP};
     let k = act.len();
@@ -105,24 +105,24 @@ pub fn has_fused_i8_row() -> bool {
 }
 
 /// Elements `ofs..ofs + act.len()` of a NUQ stream (one row) against one token's bf16 activations, equal to
-/// decoding them with `NuqCodec::decode_bf16` and calling [`dot_bf16_tile`]. Where the CPU has AVX-512 BF16
-/// and the row is aligned (`ofs` a multiple of 32, the length of 128, true of every Gemma matrix) the
-/// indices pick their bf16 centres in registers; otherwise this is the scalar twin.
+/// decoding them with `NuqCodec::decode_bf16` and calling [`dot_bf16_tile`]. With [`has_fused_nuq_row`] for
+/// the length and `ofs` a multiple of 32 (rows of a matrix of such a width) the indices pick their bf16
+/// centres in registers; otherwise this is the scalar twin.
 pub fn dot_nuq_row_bf16(packed: &[u8], ofs: usize, act: &[u16]) -> f32 {
     let k = act.len();
-    let last = ofs + k.max(1) - 1;
-    assert!(
-        crate::nuq::nuq_table_offset(last) + crate::nuq::NUQ_CLUSTERS + last % crate::nuq::NUQ_GROUP / 2 < packed.len(),
-        "dot_nuq_row_bf16: elements {ofs}..{} beyond a stream of {} bytes",
-        ofs + k,
-        packed.len()
-    );
+    crate::sbs_codec::assert_dot_stream(&crate::nuq::NuqCodec, packed.len(), ofs, k);
     #[cfg(target_arch = "x86_64")]
-    if has_avx512_bf16() && ofs.is_multiple_of(BF16_CHUNK) && k.is_multiple_of(ACCS * BF16_CHUNK) {
+    if has_fused_nuq_row(k) && ofs.is_multiple_of(BF16_CHUNK) {
         // SAFETY: the CPU reports AVX-512 F, BW and BF16; alignment and the stream's extent were checked.
         return unsafe { crate::x86::bf16_tile::dot_nuq_row_avx512(packed, ofs, act) };
     }
     dot_bf16_lanes(k, |i| crate::sfp::sfp_decode_bf16(crate::nuq::nuq_code_at(packed, ofs + i)), |i| act[i])
+}
+
+/// Whether [`dot_nuq_row_bf16`] decodes rows of `k` values in registers here (AVX-512 BF16, `k` a multiple of
+/// 128, four chunks of 32).
+pub fn has_fused_nuq_row(k: usize) -> bool {
+    has_avx512_bf16() && k.is_multiple_of(ACCS * BF16_CHUNK)
 }
 
 /// Whether [`dot_sfp_row_bf16`] has its fused kernel here (AVX-512 VBMI and BF16).

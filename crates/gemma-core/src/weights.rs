@@ -254,34 +254,21 @@ pub fn sbs_attention_output(
     let codec = sbs_codec(t.ty);
     let cols = heads * head_dim;
     let bad = |why: String| ModelError::BadMetadata { key: format!("toc: {name}"), why };
-    let mut stream = vec![0u8; codec.packed_bytes(d_model * cols)];
-    if codec.group_size() == 1 {
-        let eb = codec.packed_bytes(1);
+    // Head rows that are whole units of the format (elements, or NUQ groups) move as bytes.
+    let whole_units = codec.group_size() == 1 || (t.ty == SbsCodecType::Nuq && head_dim.is_multiple_of(NUQ_GROUP));
+    let (stream, ty) = if whole_units {
+        let span = codec.packed_bytes(head_dim);
+        let mut stream = vec![0u8; codec.packed_bytes(d_model * cols)];
         for m in 0..d_model {
             for h in 0..heads {
-                let from = (h * d_model + m) * head_dim * eb;
-                let to = (m * cols + h * head_dim) * eb;
-                let (Some(s), Some(d)) = (src.get(from..from + head_dim * eb), stream.get_mut(to..to + head_dim * eb))
-                else {
+                let (from, to) = ((h * d_model + m) * span, (m * heads + h) * span);
+                let (Some(s), Some(d)) = (src.get(from..from + span), stream.get_mut(to..to + span)) else {
                     return Err(bad("tensor shorter than its shape".into()));
                 };
                 d.copy_from_slice(s);
             }
         }
-    } else if t.ty == SbsCodecType::Nuq && head_dim.is_multiple_of(NUQ_GROUP) {
-        let group_bytes = codec.packed_bytes(NUQ_GROUP);
-        let groups = head_dim / NUQ_GROUP;
-        for m in 0..d_model {
-            for h in 0..heads {
-                let from = (h * d_model + m) * groups * group_bytes;
-                let to = (m * heads + h) * groups * group_bytes;
-                let len = groups * group_bytes;
-                let (Some(s), Some(d)) = (src.get(from..from + len), stream.get_mut(to..to + len)) else {
-                    return Err(bad("tensor shorter than its shape".into()));
-                };
-                d.copy_from_slice(s);
-            }
-        }
+        (stream, t.ty)
     } else if t.ty == SbsCodecType::Nuq {
         let mut words = vec![0u16; head_dim];
         let mut bf16 = vec![0u8; 2 * d_model * cols];
@@ -294,11 +281,7 @@ pub fn sbs_attention_output(
                 }
             }
         }
-        return Ok(Matrix {
-            rows: d_model,
-            cols,
-            storage: Storage::Owned { stream: bf16, ty: SbsCodecType::Bf16, scale: t.scale },
-        });
+        (bf16, SbsCodecType::Bf16)
     } else {
         let mut values = vec![0f32; d_model * cols];
         for (m, row) in values.chunks_exact_mut(cols).enumerate() {
@@ -306,7 +289,9 @@ pub fn sbs_attention_output(
                 codec.decode(src, (h * d_model + m) * head_dim, part).map_err(|e| bad(e.to_string()))?;
             }
         }
+        let mut stream = vec![0u8; codec.packed_bytes(d_model * cols)];
         codec.encode(&values, &mut stream, 0).map_err(|e| bad(e.to_string()))?;
-    }
-    Ok(Matrix { rows: d_model, cols, storage: Storage::Owned { stream, ty: t.ty, scale: t.scale } })
+        (stream, t.ty)
+    };
+    Ok(Matrix { rows: d_model, cols, storage: Storage::Owned { stream, ty, scale: t.scale } })
 }

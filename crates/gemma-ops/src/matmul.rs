@@ -5,7 +5,7 @@
 
 use gemma_compression::bf16_tile::{
     bf16_words, dot_bf16_tile, dot_i8_row_bf16, dot_nuq_row_bf16, dot_sfp_row_bf16, has_avx512_bf16, has_fused_i8_row,
-    has_fused_sfp_row, round_acts_to_bf16,
+    has_fused_nuq_row, has_fused_sfp_row, round_acts_to_bf16,
 };
 use gemma_compression::interleaved::{InterleavedActs, InterleavedRows, ROW_GROUP};
 use gemma_compression::{
@@ -401,11 +401,10 @@ fn matmul_sbs_bf16(pool: &ThreadPool, w: &SbsMatrix, x: &[f32], out: &mut [f32])
     let (m, k) = (w.rows, w.cols);
     let n = x.len() / k;
     let ty = w.codec.codec_type();
-    // One token of SFP, NUQ rows of whole 128s, or I8 rows of whole groups: decoded in registers, no copy
-    // of the row.
+    // One token of SFP, NUQ or I8 rows the fused kernels take: decoded in registers, no copy of the row.
     let fused_sfp = n == 1 && ty == SbsCodecType::Sfp && has_fused_sfp_row();
     let fused_i8 = n == 1 && ty == SbsCodecType::I8 && k % I8_GROUP == 0 && has_fused_i8_row();
-    let fused_nuq = n == 1 && ty == SbsCodecType::Nuq && k % 128 == 0;
+    let fused_nuq = n == 1 && ty == SbsCodecType::Nuq && has_fused_nuq_row(k);
     // BF16 rows are read where they lie (an SBS blob is aligned); the other formats are decoded to `buf`.
     let in_place = |r: usize| {
         let ofs = w.map.stream_row(r) * k;
