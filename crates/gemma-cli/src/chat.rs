@@ -131,7 +131,7 @@ pub fn chat(common: &Common, args: &ChatArgs) -> Result<()> {
                 Ok(true) => continue,
                 Ok(false) => return Ok(()),
                 Err(e) => {
-                    eprintln!("error: {}", gemma_server::error_report(&e));
+                    eprintln!("error: {}", gemma_server::error_report(&*e));
                     continue;
                 }
             }
@@ -141,7 +141,7 @@ pub fn chat(common: &Common, args: &ChatArgs) -> Result<()> {
         let result = chat.turn(input);
         interrupts.generating.store(false, Ordering::SeqCst);
         if let Err(e) = result {
-            eprintln!("error: {}", gemma_server::error_report(&e));
+            eprintln!("error: {}", gemma_server::error_report(&*e));
         }
     }
 }

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
                 eprintln!("error: {usage}");
                 return ExitCode::from(2);
             }
-            eprintln!("error: {}", gemma_server::error_report(&e));
+            eprintln!("error: {}", gemma_server::error_report(&*e));
             ExitCode::from(1)
         }
     }

@@ -18,7 +18,7 @@ pub(crate) fn serve(common: &Common, mut args: ServeArgs) -> Result<()> {
     args.ctx = args.ctx.or(common.ctx);
     gemma_server::init_logging();
     let config = ServerConfig::from_args(&args)?;
-    runtime()?.block_on(gemma_server::serve(config))
+    Ok(runtime()?.block_on(gemma_server::serve(config))?)
 }
 
 /// Chats with a running server: lines from stdin, answers streamed to stdout.
@@ -26,7 +26,7 @@ pub(crate) fn client(args: &ClientArgs) -> Result<()> {
     let stdin = std::io::stdin();
     let interactive = stdin.is_terminal();
     let mut out = std::io::stdout();
-    runtime()?.block_on(gemma_server::client::run(args, stdin.lock(), &mut out, interactive))
+    Ok(runtime()?.block_on(gemma_server::client::run(args, stdin.lock(), &mut out, interactive))?)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

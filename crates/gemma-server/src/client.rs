@@ -5,8 +5,9 @@
 
 use std::io::{BufRead, Write};
 
-use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
+
+use crate::error::ClientError;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ClientDialect {
@@ -50,8 +51,8 @@ pub async fn run(
     input: impl BufRead,
     output: &mut impl Write,
     interactive: bool,
-) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder().build().context("cannot build the HTTP client")?;
+) -> Result<(), ClientError> {
+    let http = reqwest::Client::builder().build().map_err(ClientError::Build)?;
     let base = args.url.trim_end_matches('/').to_string();
     let model = server_model(&http, &base, args).await?;
     let mut history: Vec<Turn> = Vec::new();
@@ -62,7 +63,7 @@ pub async fn run(
             output.flush()?;
         }
         let Some(line) = lines.next() else { break };
-        let line = line.context("cannot read the input")?;
+        let line = line.map_err(ClientError::Input)?;
         let line = line.trim();
         match line {
             "" => continue,
@@ -93,17 +94,17 @@ fn authorised(req: reqwest::RequestBuilder, args: &ClientArgs) -> reqwest::Reque
 }
 
 /// The model the server runs (`GET /v1/models`).
-async fn server_model(http: &reqwest::Client, base: &str, args: &ClientArgs) -> anyhow::Result<String> {
+async fn server_model(http: &reqwest::Client, base: &str, args: &ClientArgs) -> Result<String, ClientError> {
     let r = authorised(http.get(format!("{base}/v1/models")), args)
         .send()
         .await
-        .with_context(|| format!("cannot reach the server at {base}"))?;
+        .map_err(|source| ClientError::Unreachable { base: base.to_string(), source })?;
     let status = r.status();
-    let v: Value = r.json().await.context("the server's model list is not JSON")?;
+    let v: Value = r.json().await.map_err(ClientError::ModelListNotJson)?;
     if !status.is_success() {
-        bail!("the server answered {status}: {}", error_text(&v));
+        return Err(ClientError::Status { status, message: error_text(&v) });
     }
-    v["data"][0]["id"].as_str().map(str::to_string).context("the server lists no model")
+    v["data"][0]["id"].as_str().map(str::to_string).ok_or(ClientError::NoModel)
 }
 
 fn error_text(v: &Value) -> String {
@@ -118,7 +119,7 @@ async fn openai_turn(
     history: &[Turn],
     line: &str,
     output: &mut impl Write,
-) -> anyhow::Result<String> {
+) -> Result<String, ClientError> {
     let mut messages = Vec::new();
     for t in history {
         messages.push(json!({"role": "user", "content": t.user}));
@@ -141,7 +142,7 @@ async fn gemini_turn(
     history: &[Turn],
     line: &str,
     output: &mut impl Write,
-) -> anyhow::Result<String> {
+) -> Result<String, ClientError> {
     let mut contents = Vec::new();
     for t in history {
         contents.push(json!({"role": "user", "parts": [{"text": t.user}]}));
@@ -168,16 +169,16 @@ async fn stream_sse(
     req: reqwest::RequestBuilder,
     output: &mut impl Write,
     text_of: impl Fn(&Value) -> Option<String>,
-) -> anyhow::Result<String> {
-    let mut r = req.send().await.context("the request failed")?;
+) -> Result<String, ClientError> {
+    let mut r = req.send().await.map_err(ClientError::Request)?;
     let status = r.status();
     if !status.is_success() {
         let v: Value = r.json().await.unwrap_or(Value::Null);
-        bail!("the server answered {status}: {}", error_text(&v));
+        return Err(ClientError::Status { status, message: error_text(&v) });
     }
     let mut pending: Vec<u8> = Vec::new();
     let mut answer = String::new();
-    while let Some(chunk) = r.chunk().await.context("the stream broke off")? {
+    while let Some(chunk) = r.chunk().await.map_err(ClientError::Stream)? {
         pending.extend_from_slice(&chunk);
         // Events are lines; a line may be split across chunks (and a character across lines never is).
         while let Some(end) = pending.iter().position(|&b| b == b'\n') {
@@ -187,9 +188,10 @@ async fn stream_sse(
             if data == "[DONE]" {
                 return Ok(answer);
             }
-            let v: Value = serde_json::from_str(data).with_context(|| format!("a stream event is not JSON: {data}"))?;
+            let v: Value = serde_json::from_str(data)
+                .map_err(|source| ClientError::EventNotJson { data: data.to_string(), source })?;
             if v.get("error").is_some() {
-                bail!("the server failed: {}", error_text(&v));
+                return Err(ClientError::ServerFailed(error_text(&v)));
             }
             if let Some(text) = text_of(&v) {
                 write!(output, "{text}")?;

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod engine;
+pub mod error;
 pub mod fields;
 pub mod gemini;
 pub mod generate;
@@ -20,16 +21,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use tokio::sync::{oneshot, watch};
 
 pub use config::{ServeArgs, ServerConfig};
+pub use error::{ClientError, LoadError, ServerError};
 
 /// An error and its causes on one line, as `{:#}` prints them, but without a cause whose text the message
 /// before it already quotes (the libraries' errors name their source in their own message).
-pub fn error_report(e: &anyhow::Error) -> String {
+pub fn error_report(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = String::new();
-    for cause in e.chain() {
+    for cause in std::iter::successors(Some(e), |e| e.source()) {
         let text = cause.to_string();
         if out.contains(&text) {
             continue;
@@ -58,7 +59,7 @@ pub fn init_logging() {
 pub struct RunningServer {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), ServerError>>,
     loaded: Option<oneshot::Receiver<Result<(), String>>>,
 }
 
@@ -74,31 +75,30 @@ impl RunningServer {
     }
 
     /// Waits until the model is loaded; `Err` with the reason when it could not be.
-    pub async fn wait_loaded(&mut self) -> anyhow::Result<()> {
+    pub async fn wait_loaded(&mut self) -> Result<(), ServerError> {
         match self.loaded.take() {
             None => Ok(()),
             Some(rx) => match rx.await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(anyhow::anyhow!(e)),
-                Err(_) => Err(anyhow::anyhow!("the engine stopped while loading")),
+                Ok(Err(report)) => Err(ServerError::Load(report)),
+                Err(_) => Err(ServerError::EngineStopped),
             },
         }
     }
 
     /// Waits for the server to finish (after [`RunningServer::shutdown`]).
-    pub async fn wait(self) -> anyhow::Result<()> {
-        self.task.await.context("the server task failed")?
+    pub async fn wait(self) -> Result<(), ServerError> {
+        self.task.await.map_err(ServerError::Task)?
     }
 }
 
 /// Binds the listener, starts loading the model in the background (`/health` answers 503 meanwhile) and
 /// serves.
-pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
+pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     config.validate()?;
-    let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
-        .await
-        .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
-    let addr = listener.local_addr()?;
+    let listen_error = |source| ServerError::Listen { addr: format!("{}:{}", config.host, config.port), source };
+    let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port)).await.map_err(listen_error)?;
+    let addr = listener.local_addr().map_err(listen_error)?;
     let metrics = Arc::new(metrics::Metrics::default());
     let engine = engine::spawn(
         engine::EngineConfig {
@@ -114,7 +114,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         },
         metrics.clone(),
     )
-    .context("cannot start the engine thread")?;
+    .map_err(ServerError::EngineThread)?;
     let app = server::router(server::AppState::new(&config, engine.handle, metrics));
     let (stop, mut stopped) = watch::channel(false);
     let mut deadline_rx = stop.subscribe();
@@ -128,7 +128,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             tokio::time::sleep(grace).await;
         };
         tokio::select! {
-            r = std::future::IntoFuture::into_future(server) => r.context("the HTTP server failed"),
+            r = std::future::IntoFuture::into_future(server) => r.map_err(ServerError::Http),
             _ = deadline => {
                 tracing::warn!("in-flight requests did not finish within {grace:?}; exiting anyway");
                 Ok(())
@@ -141,7 +141,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
 
 /// Runs the server until SIGINT or SIGTERM, then shuts down gracefully. Fails when the model cannot be
 /// loaded.
-pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
+pub async fn serve(config: ServerConfig) -> Result<(), ServerError> {
     let mut server = start(config).await?;
     let loaded = server.loaded.take();
     let load_failure = async move {
@@ -162,7 +162,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         e = load_failure => {
             server.shutdown();
             let _ = server.wait().await;
-            Err(anyhow::anyhow!("cannot load the model: {e}"))
+            Err(ServerError::Load(e))
         }
     }
 }
@@ -203,9 +203,9 @@ mod tests {
     fn a_cause_the_message_already_quotes_is_printed_once() {
         let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory");
         let e = anyhow::Error::new(QuotesItsSource { source: io }).context("converting model.gguf");
-        assert_eq!(error_report(&e), "converting model.gguf: x.sbs: cannot write file: no such directory");
+        assert_eq!(error_report(&*e), "converting model.gguf: x.sbs: cannot write file: no such directory");
         assert_eq!(format!("{e:#}").matches("no such directory").count(), 2, "what `{{:#}}` prints");
         let plain = anyhow::anyhow!("inner").context("outer");
-        assert_eq!(error_report(&plain), "outer: inner");
+        assert_eq!(error_report(&*plain), "outer: inner");
     }
 }

@@ -18,6 +18,7 @@ use gemma_core::{Batch, BatchToken, KvCache, Model, SamplingParams, Scratch, Tok
 use gemma_ops::ThreadPool;
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::error::LoadError;
 use crate::metrics::Metrics;
 use prefix_cache::PrefixCache;
 use sequence::{Sequence, StepResult};
@@ -187,7 +188,7 @@ pub fn spawn(config: EngineConfig, metrics: Arc<Metrics>) -> std::io::Result<Spa
     let handle = EngineHandle { tx, state: state.clone(), metrics: metrics.clone() };
     let start = |config: &EngineConfig| {
         let pool = ThreadPool::try_new(config.threads)
-            .map_err(|e| anyhow::anyhow!("cannot start {} threads (inference.threads): {e}", config.threads))?;
+            .map_err(|source| LoadError::Threads { threads: config.threads, source })?;
         load(config).map(|(model, loaded)| (pool, model, loaded))
     };
     let thread = std::thread::Builder::new().name("gemma-engine".into()).spawn(move || match start(&config) {
@@ -208,12 +209,12 @@ pub fn spawn(config: EngineConfig, metrics: Arc<Metrics>) -> std::io::Result<Spa
     Ok(SpawnedEngine { handle, thread, loaded: loaded_rx })
 }
 
-fn load(config: &EngineConfig) -> anyhow::Result<(Model, LoadedModel)> {
-    use anyhow::Context as _;
+fn load(config: &EngineConfig) -> Result<(Model, LoadedModel), LoadError> {
     let path = gemma_fetch::resolve_model(&config.model)?;
-    let model = Model::open(&path).with_context(|| format!("cannot load {}", path.display()))?;
-    let tokenizer = model.tokenizer().context("cannot load the tokenizer")?;
-    let chat = ChatTemplate::from_gguf(&model.file, &tokenizer).context("cannot load the chat template")?;
+    let model =
+        Model::open(&path).map_err(|source| LoadError::Model { path: path.clone(), source: Box::new(source) })?;
+    let tokenizer = model.tokenizer().map_err(|e| LoadError::Tokenizer(Box::new(e)))?;
+    let chat = ChatTemplate::from_gguf(&model.file, &tokenizer).map_err(LoadError::ChatTemplate)?;
     let id = if std::path::Path::new(&config.model).exists() {
         path.file_stem().map_or_else(|| config.model.clone(), |s| s.to_string_lossy().into_owned())
     } else {
