@@ -200,17 +200,20 @@ impl ChatTemplate {
         let tokens = match file.get(TOKENS) {
             None => None,
             Some(v) => {
-                Some(v.as_array().ok_or(ChatTemplateError::Metadata { key: TOKENS, reason: "not an array".into() })?)
+                let strings = v.as_array().and_then(gemma_io::MetaArray::strings);
+                Some(
+                    strings
+                        .ok_or(ChatTemplateError::Metadata { key: TOKENS, reason: "not an array of strings".into() })?,
+                )
             }
         };
         let text_of = |key: &'static str| -> Result<String, ChatTemplateError> {
             let Some(value) = file.get(key) else { return Ok(String::new()) };
             // A negative id means "none" for some converters.
             let Some(id) = value.as_u64() else { return Ok(String::new()) };
-            let piece =
-                tokens.and_then(|t| usize::try_from(id).ok().and_then(|i| t.get(i))).and_then(|v| v.as_str()).ok_or(
-                    ChatTemplateError::Metadata { key, reason: format!("token {id} has no text in {TOKENS}") },
-                )?;
+            let piece = tokens
+                .and_then(|t| usize::try_from(id).ok().and_then(|i| t.get(i)))
+                .ok_or(ChatTemplateError::Metadata { key, reason: format!("token {id} has no text in {TOKENS}") })?;
             Ok(if model == "llama" { piece.replace('\u{2581}', " ") } else { piece.to_owned() })
         };
         let bos = text_of("tokenizer.ggml.bos_token_id")?;

@@ -146,14 +146,14 @@ fn check_metadata(source: &GgufFile, back: &GgufFile) {
             // The file type says what the tensors now are.
             "general.file_type" => assert_eq!(vb, &MetaValue::U32(0)),
             _ => match (va, vb) {
-                (MetaValue::Array(ta, xa), MetaValue::Array(tb, xb)) => {
-                    assert_eq!((ta, xa.len()), (tb, xb.len()), "metadata {k}");
-                    let first = xa.iter().zip(xb).position(|(x, y)| x != y);
+                (MetaValue::Array(xa), MetaValue::Array(xb)) => {
+                    assert_eq!((xa.elem_type(), xa.len()), (xb.elem_type(), xb.len()), "metadata {k}");
+                    let first = xa.iter().zip(xb.iter()).position(|(x, y)| x != y);
                     assert!(
                         first.is_none(),
                         "metadata {k}[{first:?}]: {:?} vs {:?}",
-                        first.map(|i| &xa[i]),
-                        first.map(|i| &xb[i])
+                        first.and_then(|i| xa.get(i)),
+                        first.and_then(|i| xb.get(i))
                     );
                 }
                 _ => assert_eq!(va, vb, "metadata {k}"),

@@ -4,7 +4,7 @@ mod file_bytes;
 pub mod gguf;
 pub mod sbs;
 
-pub use gguf::{GgmlType, GgufError, GgufFile, GgufWriter, MetaValue, TensorInfo, ValueType};
+pub use gguf::{GgmlType, GgufError, GgufFile, GgufWriter, MetaArray, MetaValue, StringList, TensorInfo, ValueType};
 
 /// A temp-file builder for outputs renamed into place when complete. Temp files are private (0600) by default;
 /// a model file should be readable like any other file the user creates (0644 less the umask).

@@ -1,7 +1,12 @@
 //! One test per kind of damage the GGUF reader must reject, on small files made by the writer and then patched;
 //! plus exhaustive truncation and single-byte-corruption sweeps.
 
-use gemma_io::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue, ValueType};
+use gemma_io::gguf::{GgmlType, GgufFile, GgufWriter, MetaArray, MetaValue, ValueType};
+
+/// An array value from single values of type `ty`.
+fn arr(ty: ValueType, items: Vec<MetaValue>) -> MetaValue {
+    MetaValue::Array(MetaArray::from_values(ty, items).expect("items of the element type"))
+}
 
 const NAME: &str = "sample-under-test.gguf";
 
@@ -16,7 +21,7 @@ fn sample_writer() -> GgufWriter {
     w.add_metadata("general.architecture", MetaValue::String("test".into())).unwrap();
     w.add_metadata("test.flag", MetaValue::Bool(true)).unwrap();
     w.add_metadata("test.text", MetaValue::String("h\u{e9}llo".into())).unwrap();
-    w.add_metadata("test.list", MetaValue::Array(ValueType::U32, vec![MetaValue::U32(1), MetaValue::U32(2)])).unwrap();
+    w.add_metadata("test.list", arr(ValueType::U32, vec![MetaValue::U32(1), MetaValue::U32(2)])).unwrap();
     w.add_metadata("test.dupA", MetaValue::U8(1)).unwrap();
     w.add_metadata("test.dupB", MetaValue::U8(2)).unwrap();
     // Q8_0: 2 rows of 64 elements = 2 * 2 blocks * 34 bytes = 136 bytes, padded to 160.
@@ -313,8 +318,8 @@ fn empty_key() {
 fn nested_array_depth() {
     // Four levels is the limit and parses; the innermost level holds 12 bytes that read as an empty array header
     // (element type u8, count 0), so retyping it to "one array" adds a fifth level without changing any size.
-    let nested = |inner: MetaValue| MetaValue::Array(ValueType::Array, vec![inner]);
-    let innermost = MetaValue::Array(ValueType::U8, vec![MetaValue::U8(0); 12]);
+    let nested = |inner: MetaValue| arr(ValueType::Array, vec![inner]);
+    let innermost = arr(ValueType::U8, vec![MetaValue::U8(0); 12]);
     let value = nested(nested(nested(innermost)));
     let mut w = sample_writer();
     w.add_metadata("test.nested", value.clone()).unwrap();

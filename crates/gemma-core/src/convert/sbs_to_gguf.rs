@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use gemma_compression::{quant_format, SbsCodecType};
 use gemma_io::sbs::{ModelConfig, SbsFile, SbsOpenOptions, SbsTensor, SbsType};
-use gemma_io::{GgmlType, GgufWriter, MetaValue, ValueType};
+use gemma_io::{GgmlType, GgufWriter, MetaValue};
 
 use super::gguf_names::gguf_name_of;
 use super::gguf_to_sbs::GEMMA3_ROPE_BASE_GLOBAL;
@@ -244,7 +244,7 @@ fn gemma3_metadata(
     let l = config.layer_configs.first().ok_or_else(|| ConvertError::Unsupported("the config has no layers".into()))?;
     let window = config.attention_window_sizes.iter().copied().min().unwrap_or(config.max_seq_len);
     let s = |v: &str| MetaValue::String(v.into());
-    let tags = ["gemma3", "gemma", "google", "text-generation"].iter().map(|t| s(t)).collect();
+    let tags = MetaValue::strings(["gemma3", "gemma", "google", "text-generation"]);
     let mut m = vec![
         ("general.architecture", s("gemma3")),
         ("general.type", s("model")),
@@ -252,7 +252,7 @@ fn gemma3_metadata(
         ("general.basename", s("gemma-3")),
         ("general.size_label", s(&size_label(config))),
         ("general.license", s("gemma")),
-        ("general.tags", MetaValue::Array(ValueType::String, tags)),
+        ("general.tags", tags),
         ("gemma3.context_length", MetaValue::U32(config.max_seq_len)),
         ("gemma3.embedding_length", MetaValue::U32(config.model_dim)),
         ("gemma3.block_count", MetaValue::U32(config.num_layers)),

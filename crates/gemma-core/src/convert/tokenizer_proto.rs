@@ -13,7 +13,7 @@
 
 use gemma_io::sbs::sentencepiece_model::{ModelType, NormalizerSpec, PieceType, SentencePiece, TrainerSpec};
 use gemma_io::sbs::ModelProto;
-use gemma_io::{GgufFile, MetaValue, ValueType};
+use gemma_io::{GgufFile, MetaArray, MetaValue, StringList};
 
 use super::ConvertError;
 
@@ -46,11 +46,22 @@ pub fn model_proto_from_gguf(gguf: &GgufFile) -> Result<ModelProto, ConvertError
     }
     let tokens = gguf
         .get("tokenizer.ggml.tokens")
-        .and_then(MetaValue::as_array)
-        .ok_or_else(|| ConvertError::Tokenizer("tokenizer.ggml.tokens is missing".into()))?;
-    let scores = gguf.get("tokenizer.ggml.scores").and_then(MetaValue::as_array);
-    let types = gguf.get("tokenizer.ggml.token_type").and_then(MetaValue::as_array);
-    for (key, len) in [("scores", scores.map(<[_]>::len)), ("token_type", types.map(<[_]>::len))] {
+        .ok_or_else(|| ConvertError::Tokenizer("tokenizer.ggml.tokens is missing".into()))?
+        .as_array()
+        .and_then(MetaArray::strings)
+        .ok_or_else(|| ConvertError::Tokenizer("tokenizer.ggml.tokens is not an array of strings".into()))?;
+    let numbers = |key: &str| -> Result<Option<&MetaArray>, ConvertError> {
+        let not_numbers = || ConvertError::Tokenizer(format!("{key} is not an array of numbers"));
+        gguf.get(key).map(|v| v.as_array().ok_or_else(not_numbers)).transpose()
+    };
+    let not_numbers = |key: &str| ConvertError::Tokenizer(format!("{key} is not an array of numbers"));
+    let scores = numbers("tokenizer.ggml.scores")?
+        .map(|a| a.to_f64s().ok_or_else(|| not_numbers("tokenizer.ggml.scores")))
+        .transpose()?;
+    let types = numbers("tokenizer.ggml.token_type")?
+        .map(|a| a.to_i64s().ok_or_else(|| not_numbers("tokenizer.ggml.token_type")))
+        .transpose()?;
+    for (key, len) in [("scores", scores.as_ref().map(Vec::len)), ("token_type", types.as_ref().map(Vec::len))] {
         if let Some(len) = len.filter(|&l| l != tokens.len()) {
             return Err(ConvertError::Tokenizer(format!(
                 "tokenizer.ggml.{key} has {len} entries for {} tokens",
@@ -64,16 +75,9 @@ pub fn model_proto_from_gguf(gguf: &GgufFile) -> Result<ModelProto, ConvertError
     let (unk, bos, eos, pad) =
         (id("unknown_token_id", 3)?, id("bos_token_id", 2)?, id("eos_token_id", 1)?, id("padding_token_id", 0)?);
     let mut pieces = Vec::with_capacity(tokens.len());
-    for (i, t) in tokens.iter().enumerate() {
-        let piece = t.as_str().ok_or_else(|| ConvertError::Tokenizer(format!("token {i} is not a string")))?;
-        let score = match scores.and_then(|s| s.get(i)) {
-            Some(s) => s.as_f64().ok_or_else(|| ConvertError::Tokenizer(format!("score {i} is not a number")))? as f32,
-            None => 0.0,
-        };
-        let ggml_type = match types.and_then(|s| s.get(i)) {
-            Some(v) => v.as_i64().ok_or_else(|| ConvertError::Tokenizer(format!("token type {i} is not a number")))?,
-            None => i64::from(GGML_NORMAL),
-        };
+    for (i, piece) in tokens.iter().enumerate() {
+        let score = scores.as_ref().map_or(0.0, |s| s[i] as f32);
+        let ggml_type = types.as_ref().map_or(i64::from(GGML_NORMAL), |t| t[i]);
         let id = i as i64;
         let ty = match i32::try_from(ggml_type).unwrap_or(-1) {
             // 0 is llama.cpp's "undefined", which its SentencePiece path never writes.
@@ -100,7 +104,7 @@ pub fn model_proto_from_gguf(gguf: &GgufFile) -> Result<ModelProto, ConvertError
             r#type: (ty != PieceType::Normal).then_some(ty as i32),
         });
     }
-    let piece_at = |id: i32| usize::try_from(id).ok().and_then(|i| tokens.get(i)).and_then(MetaValue::as_str);
+    let piece_at = |id: i32| usize::try_from(id).ok().and_then(|i| tokens.get(i));
     for (what, v) in [("unknown", unk), ("bos", bos), ("eos", eos)] {
         if piece_at(v).is_none() {
             return Err(ConvertError::Tokenizer(format!("{what} id {v} is outside the vocabulary")));
@@ -161,22 +165,22 @@ pub fn gguf_vocab_metadata(proto: &ModelProto) -> Result<Vec<(String, MetaValue)
             trainer.model_type()
         )));
     }
-    let mut tokens = Vec::with_capacity(proto.pieces.len());
+    let mut tokens = StringList::new();
     let mut scores = Vec::with_capacity(proto.pieces.len());
     let mut types = Vec::with_capacity(proto.pieces.len());
     for p in &proto.pieces {
         let (piece, score, ty) = gguf_vocab_entry(p);
-        tokens.push(MetaValue::String(piece));
-        scores.push(MetaValue::F32(score));
-        types.push(MetaValue::I32(ty));
+        tokens.push(&piece);
+        scores.push(score);
+        types.push(ty);
     }
     let add_space_prefix = proto.normalizer_spec.as_ref().is_some_and(|n| n.add_dummy_prefix());
     let mut out = vec![
         ("tokenizer.ggml.model".to_string(), MetaValue::String("llama".into())),
         ("tokenizer.ggml.pre".to_string(), MetaValue::String("default".into())),
-        ("tokenizer.ggml.tokens".to_string(), MetaValue::Array(ValueType::String, tokens)),
-        ("tokenizer.ggml.scores".to_string(), MetaValue::Array(ValueType::F32, scores)),
-        ("tokenizer.ggml.token_type".to_string(), MetaValue::Array(ValueType::I32, types)),
+        ("tokenizer.ggml.tokens".to_string(), MetaValue::Array(MetaArray::String(tokens))),
+        ("tokenizer.ggml.scores".to_string(), MetaValue::Array(MetaArray::F32(scores))),
+        ("tokenizer.ggml.token_type".to_string(), MetaValue::Array(MetaArray::I32(types))),
     ];
     let n = proto.pieces.len();
     for (key, id) in [

@@ -27,7 +27,7 @@ use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt;
 
-use gemma_io::{GgufFile, MetaValue};
+use gemma_io::{GgufFile, MetaArray, StringList};
 
 pub use bpe::BpeModel;
 pub use pretokenize::{PreTokenizer, PreTokenizerKind};
@@ -246,7 +246,7 @@ const END_OF_GENERATION_TEXTS: [&str; 22] = [
 #[derive(Clone, Debug, Default)]
 pub(crate) struct TokenizerSource {
     pub(crate) model: String,
-    pub(crate) tokens: Vec<String>,
+    pub(crate) tokens: StringList,
     pub(crate) scores: Option<Vec<f32>>,
     pub(crate) token_types: Option<Vec<i64>>,
     /// Special ids as found under [`SPECIAL_ID_KEYS`], in that order.
@@ -328,7 +328,7 @@ fn bool_key(file: &GgufFile, key: &'static str) -> Result<Option<bool>, Tokenize
     }
 }
 
-fn array_key<'f>(file: &'f GgufFile, key: &'static str) -> Result<Option<&'f [MetaValue]>, TokenizerError> {
+fn array_key<'f>(file: &'f GgufFile, key: &'static str) -> Result<Option<&'f MetaArray>, TokenizerError> {
     match file.get(key) {
         None => Ok(None),
         Some(value) => value.as_array().map(Some).ok_or(TokenizerError::WrongType { key, expected: "an array" }),
@@ -349,41 +349,23 @@ impl Tokenizer {
             // Checked before reading the vocabulary: nothing else matters for an unsupported kind.
             return Err(TokenizerError::UnsupportedModel(model));
         }
-        let tokens = array_key(file, TOKENS)?
-            .ok_or(TokenizerError::MissingKey(TOKENS))?
-            .iter()
-            .map(|v| v.as_str().map(str::to_owned))
-            .collect::<Option<Vec<String>>>()
-            .ok_or(TokenizerError::WrongType { key: TOKENS, expected: "an array of strings" })?;
+        let strings = |key: &'static str| -> Result<&StringList, TokenizerError> {
+            let list = array_key(file, key)?.ok_or(TokenizerError::MissingKey(key))?.strings();
+            list.ok_or(TokenizerError::WrongType { key, expected: "an array of strings" })
+        };
+        let tokens = strings(TOKENS)?.clone();
         let scores = array_key(file, SCORES)?
             .map(|values| {
-                values
-                    .iter()
-                    .map(|v| v.as_f64().map(|s| s as f32))
-                    .collect::<Option<Vec<f32>>>()
-                    .ok_or(TokenizerError::WrongType { key: SCORES, expected: "an array of numbers" })
+                let scores = values.to_f64s().map(|v| v.into_iter().map(|s| s as f32).collect());
+                scores.ok_or(TokenizerError::WrongType { key: SCORES, expected: "an array of numbers" })
             })
             .transpose()?;
         let token_types = array_key(file, TYPES)?
             .map(|values| {
-                values
-                    .iter()
-                    .map(MetaValue::as_i64)
-                    .collect::<Option<Vec<i64>>>()
-                    .ok_or(TokenizerError::WrongType { key: TYPES, expected: "an array of integers" })
+                values.to_i64s().ok_or(TokenizerError::WrongType { key: TYPES, expected: "an array of integers" })
             })
             .transpose()?;
-        let merges = if model == "gpt2" {
-            let merges = array_key(file, MERGES)?
-                .ok_or(TokenizerError::MissingKey(MERGES))?
-                .iter()
-                .map(|v| v.as_str().map(str::to_owned))
-                .collect::<Option<Vec<String>>>()
-                .ok_or(TokenizerError::WrongType { key: MERGES, expected: "an array of strings" })?;
-            Some(merges)
-        } else {
-            None
-        };
+        let merges = if model == "gpt2" { Some(strings(MERGES)?.iter().map(str::to_owned).collect()) } else { None };
         let mut special_ids = Vec::new();
         for (index, &(key, _)) in SPECIAL_ID_KEYS.iter().enumerate() {
             if let Some(value) = file.get(key) {

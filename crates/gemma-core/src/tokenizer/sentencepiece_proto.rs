@@ -71,12 +71,12 @@ impl Tokenizer {
         }
         let default_normalizer = NormalizerSpec::default();
         let normalizer = proto.normalizer_spec.as_ref().unwrap_or(&default_normalizer);
-        let mut tokens = Vec::with_capacity(proto.pieces.len());
+        let mut tokens = gemma_io::StringList::new();
         let mut scores = Vec::with_capacity(proto.pieces.len());
         let mut token_types = Vec::with_capacity(proto.pieces.len());
         for p in &proto.pieces {
             let (text, score, ty) = gguf_vocab_entry(p);
-            tokens.push(text);
+            tokens.push(&text);
             scores.push(score);
             token_types.push(i64::from(ty));
         }

@@ -41,7 +41,7 @@ fn source(specials: &[(&str, i64)], normal: &[(&str, f32)]) -> TokenizerSource {
     }
     TokenizerSource {
         model: "llama".to_owned(),
-        tokens,
+        tokens: tokens.iter().collect(),
         scores: Some(scores),
         token_types: Some(types),
         special_ids: vec![
@@ -253,9 +253,9 @@ fn unsupported_or_malformed_vocabularies_are_typed_errors() {
     assert!(matches!(Tokenizer::from_source(short), Err(TokenizerError::TooFewEntries { .. })));
 
     let mut bad_byte = source(&[], &[]);
-    if let Some(t) = bad_byte.tokens.get_mut(FIRST_BYTE as usize) {
-        *t = "<0xZZ>".to_owned();
-    }
+    bad_byte.tokens = (bad_byte.tokens.iter().enumerate())
+        .map(|(id, t)| if id == FIRST_BYTE as usize { "<0xZZ>" } else { t })
+        .collect();
     assert!(matches!(Tokenizer::from_source(bad_byte), Err(TokenizerError::BadByteToken { .. })));
 
     let empty = TokenizerSource { model: "llama".to_owned(), ..TokenizerSource::default() };
@@ -285,7 +285,7 @@ fn bpe_source(normal: &[&str], merges: &[&str], pre: Option<&str>) -> TokenizerS
     }
     TokenizerSource {
         model: "gpt2".to_owned(),
-        tokens,
+        tokens: tokens.iter().collect(),
         token_types: Some(types),
         special_ids: vec![(key_index("tokenizer.ggml.bos_token_id"), 0), (key_index("tokenizer.ggml.eos_token_id"), 0)],
         tokenizer_pre: pre.map(str::to_owned),

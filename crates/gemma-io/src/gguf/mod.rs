@@ -10,7 +10,7 @@ mod writer;
 
 pub use reader::{GgufError, GgufFile, TensorInfo};
 pub use types::GgmlType;
-pub use value::{MetaValue, ValueType};
+pub use value::{MetaArray, MetaValue, StringList, ValueType};
 pub use writer::GgufWriter;
 
 /// `GGUF` in little-endian byte order.

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::types::GgmlType;
-use super::value::{MetaValue, ValueType};
+use super::value::{MetaArray, MetaValue, ValueType};
 use super::{DEFAULT_ALIGNMENT, GGUF_MAGIC};
 use crate::file_bytes::FileBytes;
 
@@ -472,6 +472,54 @@ impl<'a> Cursor<'a> {
             .ok_or_else(|| self.malformed(format!("{} at byte {at}: unknown value type id {id}", what())))
     }
 
+    /// `count` elements of type `elem`, stored by type (`count` is already checked against the bytes left).
+    fn array_items(&mut self, elem: ValueType, count: u64, key: &str, depth: u32) -> Result<MetaArray, GgufError> {
+        let n = count as usize;
+        let cap = n.min(ARRAY_PREALLOC);
+        let what = || format!("elements of metadata '{key}'");
+        macro_rules! plain {
+            ($variant:ident, $t:ty) => {{
+                let bytes = self.take(count * std::mem::size_of::<$t>() as u64, &what)?;
+                MetaArray::$variant(
+                    bytes
+                        .chunks_exact(std::mem::size_of::<$t>())
+                        .map(|c| <$t>::from_le_bytes(c.try_into().unwrap_or_default()))
+                        .collect(),
+                )
+            }};
+        }
+        Ok(match elem {
+            ValueType::U8 => plain!(U8, u8),
+            ValueType::I8 => plain!(I8, i8),
+            ValueType::U16 => plain!(U16, u16),
+            ValueType::I16 => plain!(I16, i16),
+            ValueType::U32 => plain!(U32, u32),
+            ValueType::I32 => plain!(I32, i32),
+            ValueType::F32 => plain!(F32, f32),
+            ValueType::U64 => plain!(U64, u64),
+            ValueType::I64 => plain!(I64, i64),
+            ValueType::F64 => plain!(F64, f64),
+            ValueType::Bool | ValueType::String | ValueType::Array => {
+                let mut items = MetaArray::empty(elem);
+                if let MetaArray::Array(v) = &mut items {
+                    v.reserve(cap);
+                }
+                for _ in 0..count {
+                    let value = self.value(elem, key, depth + 1)?;
+                    // `value` has type `elem` by construction.
+                    items.push(value).map_err(|v| {
+                        self.malformed(format!(
+                            "metadata '{key}': a {} in an array of {}",
+                            v.value_type().name(),
+                            elem.name()
+                        ))
+                    })?;
+                }
+                items
+            }
+        })
+    }
+
     fn value(&mut self, ty: ValueType, key: &str, depth: u32) -> Result<MetaValue, GgufError> {
         let what = || format!("value of metadata '{key}'");
         Ok(match ty {
@@ -521,11 +569,7 @@ impl<'a> Cursor<'a> {
                     ValueType::Array => 12,
                 };
                 self.check_count(count, min_size, || format!("elements of metadata '{key}'"))?;
-                let mut items = Vec::with_capacity((count as usize).min(ARRAY_PREALLOC));
-                for _ in 0..count {
-                    items.push(self.value(elem, key, depth + 1)?);
-                }
-                MetaValue::Array(elem, items)
+                MetaValue::Array(self.array_items(elem, count, key, depth)?)
             }
         })
     }

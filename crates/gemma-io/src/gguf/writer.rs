@@ -8,7 +8,7 @@ use std::path::Path;
 
 use super::reader::{align_up, tensor_geometry, GgufError, MAX_ARRAY_DEPTH, MAX_ARRAY_LEN, MAX_TENSOR_NAME_LEN};
 use super::types::GgmlType;
-use super::value::MetaValue;
+use super::value::{MetaArray, MetaValue};
 use super::{DEFAULT_ALIGNMENT, GGUF_MAGIC};
 
 const ALIGNMENT_KEY: &str = "general.alignment";
@@ -247,25 +247,26 @@ fn invalid(what: String) -> GgufError {
 }
 
 fn check_value(key: &str, value: &MetaValue, depth: u32) -> Result<(), GgufError> {
-    if let MetaValue::Array(elem, items) = value {
-        if depth >= MAX_ARRAY_DEPTH {
-            return Err(invalid(format!("metadata '{key}': arrays nested more than {MAX_ARRAY_DEPTH} deep")));
-        }
-        if items.len() as u64 > MAX_ARRAY_LEN {
-            return Err(invalid(format!(
-                "metadata '{key}': array of {} elements is longer than the limit of {MAX_ARRAY_LEN}",
-                items.len()
-            )));
-        }
-        for (i, item) in items.iter().enumerate() {
-            if item.value_type() != *elem {
-                return Err(invalid(format!(
-                    "metadata '{key}': item {i} is a {}, but the array holds {}",
-                    item.value_type().name(),
-                    elem.name()
-                )));
-            }
-            check_value(key, item, depth + 1)?;
+    if let MetaValue::Array(items) = value {
+        check_array(key, items, depth)?;
+    }
+    Ok(())
+}
+
+/// Element types are right by construction; what is left to check are GGUF's limits.
+fn check_array(key: &str, items: &MetaArray, depth: u32) -> Result<(), GgufError> {
+    if depth >= MAX_ARRAY_DEPTH {
+        return Err(invalid(format!("metadata '{key}': arrays nested more than {MAX_ARRAY_DEPTH} deep")));
+    }
+    if items.len() as u64 > MAX_ARRAY_LEN {
+        return Err(invalid(format!(
+            "metadata '{key}': array of {} elements is longer than the limit of {MAX_ARRAY_LEN}",
+            items.len()
+        )));
+    }
+    if let MetaArray::Array(inner) = items {
+        for item in inner {
+            check_array(key, item, depth + 1)?;
         }
     }
     Ok(())
@@ -290,12 +291,31 @@ fn put_value(b: &mut Vec<u8>, value: &MetaValue) {
         MetaValue::U64(v) => b.extend_from_slice(&v.to_le_bytes()),
         MetaValue::I64(v) => b.extend_from_slice(&v.to_le_bytes()),
         MetaValue::F64(v) => b.extend_from_slice(&v.to_le_bytes()),
-        MetaValue::Array(elem, items) => {
-            b.extend_from_slice(&elem.id().to_le_bytes());
-            b.extend_from_slice(&(items.len() as u64).to_le_bytes());
-            for item in items {
-                put_value(b, item);
-            }
-        }
+        MetaValue::Array(items) => put_array(b, items),
+    }
+}
+
+fn put_array(b: &mut Vec<u8>, items: &MetaArray) {
+    b.extend_from_slice(&items.elem_type().id().to_le_bytes());
+    b.extend_from_slice(&(items.len() as u64).to_le_bytes());
+    macro_rules! plain {
+        ($v:expr) => {
+            $v.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()))
+        };
+    }
+    match items {
+        MetaArray::U8(v) => b.extend_from_slice(v),
+        MetaArray::I8(v) => plain!(v),
+        MetaArray::U16(v) => plain!(v),
+        MetaArray::I16(v) => plain!(v),
+        MetaArray::U32(v) => plain!(v),
+        MetaArray::I32(v) => plain!(v),
+        MetaArray::F32(v) => plain!(v),
+        MetaArray::Bool(v) => v.iter().for_each(|&x| b.push(u8::from(x))),
+        MetaArray::String(v) => v.iter().for_each(|s| put_string(b, s)),
+        MetaArray::Array(v) => v.iter().for_each(|inner| put_array(b, inner)),
+        MetaArray::U64(v) => plain!(v),
+        MetaArray::I64(v) => plain!(v),
+        MetaArray::F64(v) => plain!(v),
     }
 }
