@@ -71,23 +71,6 @@ impl std::fmt::Debug for InterleavedRows {
     }
 }
 
-/// The 32 quants of a GGML block as signed values.
-fn block_quants(format: InterleavedFormat, block: &[u8]) -> [i8; QK] {
-    let mut q = [0i8; QK];
-    match format {
-        InterleavedFormat::Q8_0 => q.iter_mut().zip(&block[2..34]).for_each(|(q, &b)| *q = b as i8),
-        InterleavedFormat::Q5_0 => {
-            let high = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
-            for j in 0..QK / 2 {
-                let (lo, hi) = (block[6 + j] & 0x0f, block[6 + j] >> 4);
-                q[j] = ((lo | (((high >> j) & 1) as u8) << 4) as i8) - 16;
-                q[j + 16] = ((hi | (((high >> (j + 16)) & 1) as u8) << 4) as i8) - 16;
-            }
-        }
-    }
-    q
-}
-
 impl InterleavedRows {
     /// Repacks `rows` rows of `cols` elements of `ty` (Q8_0 or Q5_0, GGML's layout). `done(bytes)` is called as
     /// the source is consumed in order, with the length of the prefix of `src` no longer needed (callers that
@@ -107,24 +90,35 @@ impl InterleavedRows {
         let (blocks, gbb, kb) = (cols / QK, format.group_block_bytes(), format.k_bytes());
         let groups = rows.div_ceil(ROW_GROUP);
         let mut data = vec![0u8; groups * blocks * gbb];
-        for (g, out) in data.chunks_exact_mut(blocks * gbb).enumerate() {
+        let group_bytes = blocks * gbb;
+        for (g, out) in data.chunks_exact_mut(group_bytes).enumerate() {
             for r in 0..ROW_GROUP.min(rows - g * ROW_GROUP) {
                 let row = &src[(g * ROW_GROUP + r) * row_bytes..][..row_bytes];
-                for (b, block) in row.chunks_exact(ty.type_size()).enumerate() {
-                    let dst = &mut out[b * gbb..][..gbb];
+                for (block, dst) in row.chunks_exact(ty.type_size()).zip(out.chunks_exact_mut(gbb)) {
                     dst[2 * r..2 * r + 2].copy_from_slice(&block[..2]);
-                    let q = block_quants(format, block);
-                    for k in 0..QK / 4 {
-                        let run = &mut dst[2 * ROW_GROUP + kb * k..][..kb];
-                        for e in 0..4 {
-                            let (j, v) = (4 * r + e, q[4 * k + e]);
-                            match format {
-                                InterleavedFormat::Q8_0 => run[j] = v as u8,
-                                InterleavedFormat::Q5_0 => {
-                                    let u = (v + 16) as u8;
-                                    run[j % 32] |= (u & 0x0f) << (4 * (j / 32));
-                                    run[32 + j / 8] |= ((u >> 4) & 1) << (j % 8);
+                    let runs = &mut dst[2 * ROW_GROUP..];
+                    match format {
+                        // Dword `k` of the row goes to bytes `4r..4r + 4` of run `k`.
+                        InterleavedFormat::Q8_0 => {
+                            for (k, run) in runs.chunks_exact_mut(kb).enumerate() {
+                                run[4 * r..4 * r + 4].copy_from_slice(&block[2 + 4 * k..6 + 4 * k]);
+                            }
+                        }
+                        // Value `j = 4r + e` of run `k`: its nibble in byte `j % 32` (high half for `j >= 32`),
+                        // its fifth bit at bit `j % 8` of byte `32 + j / 8`. GGML's 5-bit value is already
+                        // `q + 16`: the nibble of element `i` is the low half of byte `i` (high half of byte
+                        // `i - 16` from 16 on) and its fifth bit is bit `i` of `qh`.
+                        InterleavedFormat::Q5_0 => {
+                            let qh = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
+                            let qs = &block[6..6 + QK / 2];
+                            let (at, shift) = (4 * (r % 8), 4 * (r / 8));
+                            for (k, run) in runs.chunks_exact_mut(kb).enumerate() {
+                                for e in 0..4 {
+                                    let i = 4 * k + e;
+                                    let nibble = if i < 16 { qs[i] & 0x0f } else { qs[i - 16] >> 4 };
+                                    run[at + e] |= nibble << shift;
                                 }
+                                run[32 + r / 2] |= (((qh >> (4 * k)) & 0x0f) as u8) << (4 * (r % 2));
                             }
                         }
                     }
@@ -303,6 +297,62 @@ mod tests {
             f.quantize_row(&rng.row(cols), row).unwrap();
         }
         out
+    }
+
+    /// The 32 quants of a GGML block as signed values.
+    fn block_quants(format: InterleavedFormat, block: &[u8]) -> [i8; QK] {
+        let mut q = [0i8; QK];
+        match format {
+            InterleavedFormat::Q8_0 => q.iter_mut().zip(&block[2..34]).for_each(|(q, &b)| *q = b as i8),
+            InterleavedFormat::Q5_0 => {
+                let high = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
+                for j in 0..QK / 2 {
+                    let (lo, hi) = (block[6 + j] & 0x0f, block[6 + j] >> 4);
+                    q[j] = ((lo | (((high >> j) & 1) as u8) << 4) as i8) - 16;
+                    q[j + 16] = ((hi | (((high >> (j + 16)) & 1) as u8) << 4) as i8) - 16;
+                }
+            }
+        }
+        q
+    }
+
+    /// The layout of the module's doc written value by value from decoded quants: the repacking (which moves
+    /// GGML's bytes and bits directly) must give the same bytes.
+    #[test]
+    fn repacking_writes_the_documented_layout() {
+        for ty in [GgmlType::Q8_0, GgmlType::Q5_0] {
+            let mut rng = TestRng::new(9);
+            let (rows, cols) = (37, 160);
+            let src = ggml_rows(&mut rng, ty, rows, cols);
+            let format = InterleavedFormat::of(ty).unwrap();
+            let (rb, gbb, kb) = (ty.row_bytes(cols).unwrap(), format.group_block_bytes(), format.k_bytes());
+            let blocks = cols / QK;
+            let mut want = vec![0u8; rows.div_ceil(ROW_GROUP) * blocks * gbb];
+            for r in 0..rows {
+                let (g, rr) = (r / ROW_GROUP, r % ROW_GROUP);
+                for (b, block) in src[r * rb..(r + 1) * rb].chunks_exact(ty.type_size()).enumerate() {
+                    let dst = &mut want[(g * blocks + b) * gbb..][..gbb];
+                    dst[2 * rr..2 * rr + 2].copy_from_slice(&block[..2]);
+                    let q = block_quants(format, block);
+                    for k in 0..QK / 4 {
+                        let run = &mut dst[2 * ROW_GROUP + kb * k..][..kb];
+                        for e in 0..4 {
+                            let (j, v) = (4 * rr + e, q[4 * k + e]);
+                            match format {
+                                InterleavedFormat::Q8_0 => run[j] = v as u8,
+                                InterleavedFormat::Q5_0 => {
+                                    let u = (v + 16) as u8;
+                                    run[j % 32] |= (u & 0x0f) << (4 * (j / 32));
+                                    run[32 + j / 8] |= ((u >> 4) & 1) << (j % 8);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let m = InterleavedRows::repack(ty, rows, cols, &src, &mut |_| {}).unwrap();
+            assert!(m.data[..] == want[..], "{ty}: repacked bytes differ from the documented layout");
+        }
     }
 
     #[test]
