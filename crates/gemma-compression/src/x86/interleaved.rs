@@ -22,18 +22,6 @@ fn check(format: InterleavedFormat, w: &[u8], blocks: usize, acts: &InterleavedA
 /// product streams the matrix at memory speed and the hardware prefetcher alone leaves bandwidth unused.
 const PREFETCH_AHEAD: usize = 8 * 1024;
 
-/// Asks for the cache lines of the block `PREFETCH_AHEAD` bytes after the `gbb` bytes at `blk` (past the end of
-/// the matrix a prefetch is a no-op).
-#[inline(always)]
-fn prefetch_ahead(blk: *const u8, gbb: usize) {
-    let mut line = 0;
-    while line < gbb {
-        // SAFETY: a prefetch never faults, whatever the address.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH_AHEAD + line).cast()) };
-        line += 64;
-    }
-}
-
 /// Runs `$kernel::<Q5, T>` over every group and every chunk of up to `$max` tokens.
 macro_rules! over_groups {
     ($format:expr, $w:expr, $blocks:expr, $acts:expr, $tile:expr, $kernel:ident, [$($t:literal),*], $max:literal) => {{
@@ -115,7 +103,7 @@ unsafe fn group_vnni<const Q5: bool, const T: usize>(
     for b in 0..blocks {
         let blk = gw.add(b * gbb);
         if T == 1 {
-            prefetch_ahead(blk, gbb);
+            super::prefetch_lines(blk.wrapping_add(PREFETCH_AHEAD), gbb);
         }
         let dw = _mm512_cvtph_ps(_mm256_loadu_si256(blk.cast()));
         let mut wq = [_mm512_setzero_si512(); 8];
@@ -202,7 +190,7 @@ unsafe fn group_avx2<const Q5: bool, const T: usize>(
     for b in 0..blocks {
         let blk = gw.add(b * gbb);
         if T == 1 {
-            prefetch_ahead(blk, gbb);
+            super::prefetch_lines(blk.wrapping_add(PREFETCH_AHEAD), gbb);
         }
         for h in 0..2 {
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16 * h).cast()));

@@ -95,11 +95,7 @@ fn prefetch_next<const R: usize>(wb: &[*const u8; R], bytes: usize, ahead: bool)
         return;
     }
     for &p in wb {
-        let next = p.wrapping_add(PREFETCH_BLOCKS * bytes);
-        for line in (0..bytes).step_by(64) {
-            // SAFETY: prefetching is a hint: it never faults, whatever the address.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(line).cast()) };
-        }
+        super::prefetch_lines(p.wrapping_add(PREFETCH_BLOCKS * bytes), bytes);
     }
 }
 

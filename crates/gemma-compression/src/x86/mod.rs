@@ -52,5 +52,14 @@ unsafe fn dot_u8_i8(u: __m256i, y: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(u, y), _mm256_set1_epi16(1))
 }
 
+/// Asks for every cache line of the `bytes` bytes at `p` (a hint: addresses past the data are harmless).
+#[inline(always)]
+fn prefetch_lines(p: *const u8, bytes: usize) {
+    for line in (0..bytes).step_by(64) {
+        // SAFETY: a prefetch never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line).cast()) };
+    }
+}
+
 #[cfg(test)]
 mod tests;

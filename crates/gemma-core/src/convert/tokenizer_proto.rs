@@ -36,6 +36,16 @@ use crate::tokenizer::sentencepiece_proto::{
     USER_DEFINED as GGML_USER_DEFINED,
 };
 
+/// The numbers of array `key`, if present, by `convert`; an error when it is not an array of numbers.
+fn numbers<T>(
+    gguf: &GgufFile,
+    key: &str,
+    convert: fn(&MetaArray) -> Option<Vec<T>>,
+) -> Result<Option<Vec<T>>, ConvertError> {
+    let not_numbers = || ConvertError::Tokenizer(format!("{key} is not an array of numbers"));
+    gguf.get(key).map(|v| v.as_array().and_then(convert).ok_or_else(not_numbers)).transpose()
+}
+
 /// Synthesizes the SentencePiece model of a GGUF file's `llama` (SentencePiece) vocabulary.
 pub fn model_proto_from_gguf(gguf: &GgufFile) -> Result<ModelProto, ConvertError> {
     let model = gguf.get("tokenizer.ggml.model").and_then(MetaValue::as_str).unwrap_or("");
@@ -50,17 +60,8 @@ pub fn model_proto_from_gguf(gguf: &GgufFile) -> Result<ModelProto, ConvertError
         .as_array()
         .and_then(MetaArray::strings)
         .ok_or_else(|| ConvertError::Tokenizer("tokenizer.ggml.tokens is not an array of strings".into()))?;
-    let numbers = |key: &str| -> Result<Option<&MetaArray>, ConvertError> {
-        let not_numbers = || ConvertError::Tokenizer(format!("{key} is not an array of numbers"));
-        gguf.get(key).map(|v| v.as_array().ok_or_else(not_numbers)).transpose()
-    };
-    let not_numbers = |key: &str| ConvertError::Tokenizer(format!("{key} is not an array of numbers"));
-    let scores = numbers("tokenizer.ggml.scores")?
-        .map(|a| a.to_f64s().ok_or_else(|| not_numbers("tokenizer.ggml.scores")))
-        .transpose()?;
-    let types = numbers("tokenizer.ggml.token_type")?
-        .map(|a| a.to_i64s().ok_or_else(|| not_numbers("tokenizer.ggml.token_type")))
-        .transpose()?;
+    let scores = numbers(gguf, "tokenizer.ggml.scores", MetaArray::to_f32s)?;
+    let types = numbers(gguf, "tokenizer.ggml.token_type", MetaArray::to_i64s)?;
     for (key, len) in [("scores", scores.as_ref().map(Vec::len)), ("token_type", types.as_ref().map(Vec::len))] {
         if let Some(len) = len.filter(|&l| l != tokens.len()) {
             return Err(ConvertError::Tokenizer(format!(
@@ -76,7 +77,7 @@ pub fn model_proto_from_gguf(gguf: &GgufFile) -> Result<ModelProto, ConvertError
         (id("unknown_token_id", 3)?, id("bos_token_id", 2)?, id("eos_token_id", 1)?, id("padding_token_id", 0)?);
     let mut pieces = Vec::with_capacity(tokens.len());
     for (i, piece) in tokens.iter().enumerate() {
-        let score = scores.as_ref().map_or(0.0, |s| s[i] as f32);
+        let score = scores.as_ref().map_or(0.0, |s| s[i]);
         let ggml_type = types.as_ref().map_or(i64::from(GGML_NORMAL), |t| t[i]);
         let id = i as i64;
         let ty = match i32::try_from(ggml_type).unwrap_or(-1) {

@@ -356,8 +356,7 @@ impl Tokenizer {
         let tokens = strings(TOKENS)?.clone();
         let scores = array_key(file, SCORES)?
             .map(|values| {
-                let scores = values.to_f64s().map(|v| v.into_iter().map(|s| s as f32).collect());
-                scores.ok_or(TokenizerError::WrongType { key: SCORES, expected: "an array of numbers" })
+                values.to_f32s().ok_or(TokenizerError::WrongType { key: SCORES, expected: "an array of numbers" })
             })
             .transpose()?;
         let token_types = array_key(file, TYPES)?

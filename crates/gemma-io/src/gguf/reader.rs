@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::types::GgmlType;
-use super::value::{MetaArray, MetaValue, ValueType};
+use super::value::{MetaArray, MetaValue, StringList, ValueType};
 use super::{DEFAULT_ALIGNMENT, GGUF_MAGIC};
 use crate::file_bytes::FileBytes;
 
@@ -208,7 +208,7 @@ impl GgufFile {
                 return Err(r.malformed(format!("duplicate metadata key '{key}' (entry {i}, at byte {key_pos})")));
             }
             let ty = r.value_type(|| format!("type of metadata '{key}'"))?;
-            let value = r.value(ty, &key, 0)?;
+            let value = r.value(ty, &key)?;
             meta_index.insert(key.clone(), metadata.len());
             metadata.push((key, value));
         }
@@ -451,17 +451,29 @@ impl<'a> Cursor<'a> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
 
-    fn string(&mut self, what: impl Fn() -> String) -> Result<String, GgufError> {
+    fn str(&mut self, what: impl Fn() -> String) -> Result<&'a str, GgufError> {
         let start = self.pos;
         let len = self.u64(|| format!("length of {}", what()))?;
         let bytes = self.take(len, &what)?;
-        match std::str::from_utf8(bytes) {
-            Ok(s) => Ok(s.to_owned()),
-            Err(e) => Err(self.malformed(format!(
+        std::str::from_utf8(bytes).map_err(|e| {
+            self.malformed(format!(
                 "{} (string at byte {start}) is not valid UTF-8 (bad byte at string offset {})",
                 what(),
                 e.valid_up_to()
-            ))),
+            ))
+        })
+    }
+
+    fn string(&mut self, what: impl Fn() -> String) -> Result<String, GgufError> {
+        self.str(what).map(str::to_owned)
+    }
+
+    fn bool(&mut self, key: &str) -> Result<bool, GgufError> {
+        let at = self.pos;
+        match self.array::<1>(|| format!("value of metadata '{key}'"))? {
+            [0] => Ok(false),
+            [1] => Ok(true),
+            [b] => Err(self.malformed(format!("metadata '{key}': bool byte {b} at byte {at} is neither 0 nor 1"))),
         }
     }
 
@@ -472,19 +484,37 @@ impl<'a> Cursor<'a> {
             .ok_or_else(|| self.malformed(format!("{} at byte {at}: unknown value type id {id}", what())))
     }
 
-    /// `count` elements of type `elem`, stored by type (`count` is already checked against the bytes left).
-    fn array_items(&mut self, elem: ValueType, count: u64, key: &str, depth: u32) -> Result<MetaArray, GgufError> {
-        let n = count as usize;
-        let cap = n.min(ARRAY_PREALLOC);
-        let what = || format!("elements of metadata '{key}'");
+    /// An array value: its header (element type and count, checked against GGUF's limits and the bytes left),
+    /// then its elements, stored by type.
+    fn meta_array(&mut self, key: &str, depth: u32) -> Result<MetaArray, GgufError> {
+        if depth >= MAX_ARRAY_DEPTH {
+            return Err(self.malformed(format!(
+                "metadata '{key}': arrays nested more than {MAX_ARRAY_DEPTH} deep (at byte {})",
+                self.pos
+            )));
+        }
+        let elem = self.value_type(|| format!("element type of metadata '{key}'"))?;
+        let count = self.u64(|| format!("element count of metadata '{key}'"))?;
+        if count > MAX_ARRAY_LEN {
+            return Err(self.malformed(format!(
+                "metadata '{key}': array of {count} elements is longer than the limit of {MAX_ARRAY_LEN}"
+            )));
+        }
+        // Smallest encoding of one element: a bound on how many can possibly follow.
+        let min_size = match elem {
+            ValueType::U8 | ValueType::I8 | ValueType::Bool => 1,
+            ValueType::U16 | ValueType::I16 => 2,
+            ValueType::U32 | ValueType::I32 | ValueType::F32 => 4,
+            ValueType::U64 | ValueType::I64 | ValueType::F64 | ValueType::String => 8,
+            ValueType::Array => 12,
+        };
+        self.check_count(count, min_size, || format!("elements of metadata '{key}'"))?;
         macro_rules! plain {
             ($variant:ident, $t:ty) => {{
-                let bytes = self.take(count * std::mem::size_of::<$t>() as u64, &what)?;
+                const SIZE: usize = std::mem::size_of::<$t>();
+                let bytes = self.take(count * SIZE as u64, || format!("elements of metadata '{key}'"))?;
                 MetaArray::$variant(
-                    bytes
-                        .chunks_exact(std::mem::size_of::<$t>())
-                        .map(|c| <$t>::from_le_bytes(c.try_into().unwrap_or_default()))
-                        .collect(),
+                    bytes.chunks_exact(SIZE).map(|c| <$t>::from_le_bytes(c.try_into().unwrap_or_default())).collect(),
                 )
             }};
         }
@@ -499,28 +529,25 @@ impl<'a> Cursor<'a> {
             ValueType::U64 => plain!(U64, u64),
             ValueType::I64 => plain!(I64, i64),
             ValueType::F64 => plain!(F64, f64),
-            ValueType::Bool | ValueType::String | ValueType::Array => {
-                let mut items = MetaArray::empty(elem);
-                if let MetaArray::Array(v) = &mut items {
-                    v.reserve(cap);
-                }
+            ValueType::Bool => MetaArray::Bool((0..count).map(|_| self.bool(key)).collect::<Result<_, _>>()?),
+            ValueType::String => {
+                let mut list = StringList::new();
                 for _ in 0..count {
-                    let value = self.value(elem, key, depth + 1)?;
-                    // `value` has type `elem` by construction.
-                    items.push(value).map_err(|v| {
-                        self.malformed(format!(
-                            "metadata '{key}': a {} in an array of {}",
-                            v.value_type().name(),
-                            elem.name()
-                        ))
-                    })?;
+                    list.push(self.str(|| format!("value of metadata '{key}'"))?);
                 }
-                items
+                MetaArray::String(list)
+            }
+            ValueType::Array => {
+                let mut arrays = Vec::with_capacity((count as usize).min(ARRAY_PREALLOC));
+                for _ in 0..count {
+                    arrays.push(self.meta_array(key, depth + 1)?);
+                }
+                MetaArray::Array(arrays)
             }
         })
     }
 
-    fn value(&mut self, ty: ValueType, key: &str, depth: u32) -> Result<MetaValue, GgufError> {
+    fn value(&mut self, ty: ValueType, key: &str) -> Result<MetaValue, GgufError> {
         let what = || format!("value of metadata '{key}'");
         Ok(match ty {
             ValueType::U8 => MetaValue::U8(u8::from_le_bytes(self.array(what)?)),
@@ -533,44 +560,9 @@ impl<'a> Cursor<'a> {
             ValueType::U64 => MetaValue::U64(u64::from_le_bytes(self.array(what)?)),
             ValueType::I64 => MetaValue::I64(i64::from_le_bytes(self.array(what)?)),
             ValueType::F64 => MetaValue::F64(f64::from_le_bytes(self.array(what)?)),
-            ValueType::Bool => {
-                let at = self.pos;
-                match self.array::<1>(what)? {
-                    [0] => MetaValue::Bool(false),
-                    [1] => MetaValue::Bool(true),
-                    [b] => {
-                        return Err(
-                            self.malformed(format!("metadata '{key}': bool byte {b} at byte {at} is neither 0 nor 1"))
-                        )
-                    }
-                }
-            }
+            ValueType::Bool => MetaValue::Bool(self.bool(key)?),
             ValueType::String => MetaValue::String(self.string(what)?),
-            ValueType::Array => {
-                if depth >= MAX_ARRAY_DEPTH {
-                    return Err(self.malformed(format!(
-                        "metadata '{key}': arrays nested more than {MAX_ARRAY_DEPTH} deep (at byte {})",
-                        self.pos
-                    )));
-                }
-                let elem = self.value_type(|| format!("element type of metadata '{key}'"))?;
-                let count = self.u64(|| format!("element count of metadata '{key}'"))?;
-                if count > MAX_ARRAY_LEN {
-                    return Err(self.malformed(format!(
-                        "metadata '{key}': array of {count} elements is longer than the limit of {MAX_ARRAY_LEN}"
-                    )));
-                }
-                // Smallest encoding of one element: a bound on how many can possibly follow.
-                let min_size = match elem {
-                    ValueType::U8 | ValueType::I8 | ValueType::Bool => 1,
-                    ValueType::U16 | ValueType::I16 => 2,
-                    ValueType::U32 | ValueType::I32 | ValueType::F32 => 4,
-                    ValueType::U64 | ValueType::I64 | ValueType::F64 | ValueType::String => 8,
-                    ValueType::Array => 12,
-                };
-                self.check_count(count, min_size, || format!("elements of metadata '{key}'"))?;
-                MetaValue::Array(self.array_items(elem, count, key, depth)?)
-            }
+            ValueType::Array => MetaValue::Array(self.meta_array(key, 0)?),
         })
     }
 }

@@ -294,12 +294,13 @@ impl MetaArray {
         }
     }
 
-    /// Every element as f64 (floats and integers, as [`MetaValue::as_f64`]); `None` for other element types.
-    pub fn to_f64s(&self) -> Option<Vec<f64>> {
+    /// Every element as f32 (floats and integers, as [`MetaValue::as_f64`] then rounded to f32); `None` for other
+    /// element types.
+    pub fn to_f32s(&self) -> Option<Vec<f32>> {
         match self {
-            MetaArray::F32(v) => Some(v.iter().map(|&x| x as f64).collect()),
-            MetaArray::F64(v) => Some(v.clone()),
-            _ => self.to_i64s().map(|v| v.into_iter().map(|x| x as f64).collect()),
+            MetaArray::F32(v) => Some(v.clone()),
+            MetaArray::F64(v) => Some(v.iter().map(|&x| x as f32).collect()),
+            _ => self.to_i64s().map(|v| v.into_iter().map(|x| x as f32).collect()),
         }
     }
 
@@ -456,12 +457,12 @@ mod tests {
         assert_eq!(a.get(1), Some(MetaValue::I32(7)));
         assert_eq!(a.iter().collect::<Vec<_>>(), [MetaValue::I32(-1), MetaValue::I32(7)]);
         assert_eq!(a.to_i64s(), Some(vec![-1, 7]));
-        assert_eq!(a.to_f64s(), Some(vec![-1.0, 7.0]));
+        assert_eq!(a.to_f32s(), Some(vec![-1.0, 7.0]));
         assert_eq!(a.strings(), None);
         let mut b = MetaArray::empty(ValueType::String);
         assert_eq!(b.push(MetaValue::U8(1)), Err(MetaValue::U8(1)));
         b.push(MetaValue::String("x".into())).unwrap();
-        assert_eq!((b.len(), b.to_f64s(), b.get(0)), (1, None, Some(MetaValue::String("x".into()))));
+        assert_eq!((b.len(), b.to_f32s(), b.get(0)), (1, None, Some(MetaValue::String("x".into()))));
         let big = MetaArray::U64(vec![1, u64::MAX]);
         assert_eq!(big.to_i64s(), None, "u64 beyond i64::MAX");
         let nested = MetaArray::Array(vec![MetaArray::F32(vec![0.5]), MetaArray::empty(ValueType::Bool)]);
