@@ -7,7 +7,7 @@
 use std::ops::Range;
 
 use crate::pool::{SharedMut, ThreadPool};
-use crate::vector::{exp_fast, exp_shifted_sum};
+use crate::vector::{axpy, exp_fast, exp_shifted_sum};
 
 /// Positions per block. Long contexts split into several blocks, which run in parallel even for one token.
 pub const ATTENTION_BLOCK: usize = 256;
@@ -526,10 +526,7 @@ pub fn grouped_query_attention_with(
                         let p = part(b);
                         let scale = exp_fast(p[2 * j] - max);
                         sum += p[2 * j + 1] * scale;
-                        let src = &p[2 * g + j * d..2 * g + (j + 1) * d];
-                        for (x, y) in oj.iter_mut().zip(src) {
-                            *x = scale.mul_add(*y, *x);
-                        }
+                        axpy(scale, &p[2 * g + j * d..2 * g + (j + 1) * d], oj);
                     }
                     let inv = 1.0 / sum;
                     oj.iter_mut().for_each(|x| *x *= inv);

@@ -13,7 +13,7 @@
 
 use gemma_io::GgufFile;
 use gemma_ops::matmul::{matmul_view as matmul, RowBlocks};
-use gemma_ops::rope::{rope_inv_freq, rope_neox};
+use gemma_ops::rope::{rope_inv_freq, RopeAngles};
 use gemma_ops::vector::{add_assign, gelu_mul, rms_norm, scale};
 use gemma_ops::ThreadPool;
 
@@ -40,8 +40,6 @@ pub struct Gemma3Layer {
     w_up: Matrix,
     w_down: Matrix,
     post_ffn_norm: Vec<f32>,
-    /// RoPE inverse frequencies for this layer (local or global).
-    inv_freq: Vec<f32>,
 }
 
 pub struct Gemma3Weights {
@@ -49,6 +47,9 @@ pub struct Gemma3Weights {
     /// Final norm and output projection (tied to the embedding unless the file has `output.weight`).
     pub(super) head: OutputHead,
     layers: Vec<Gemma3Layer>,
+    /// RoPE inverse frequencies of the global and the local (sliding-window) layers.
+    inv_freq_global: Vec<f32>,
+    inv_freq_local: Vec<f32>,
 }
 
 impl Gemma3Weights {
@@ -75,11 +76,10 @@ impl Gemma3Weights {
                     w_up: matrix(file, &n("ffn_up"), ff, d)?,
                     w_down: matrix(file, &n("ffn_down"), d, ff)?,
                     post_ffn_norm: vector(file, &n("post_ffw_norm"), d)?,
-                    inv_freq: if c.layer_is_local[l] { inv_local.clone() } else { inv_global.clone() },
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
-        Ok(Gemma3Weights { embedding, head, layers })
+        Ok(Gemma3Weights { embedding, head, layers, inv_freq_global: inv_global, inv_freq_local: inv_local })
     }
 }
 
@@ -117,11 +117,10 @@ impl Gemma3Weights {
                     w_up: sbs_matrix(file, &n("gating_ein"), 2 * ff, d, ff, RowBlocks::contiguous(ff, ff))?,
                     w_down: sbs_matrix(file, &n("linear_w"), d, ff, d, all(d))?,
                     post_ffn_norm: sbs_norm(file, &n("post_ff_ns"), d)?,
-                    inv_freq: if c.layer_is_local[l] { inv_local.clone() } else { inv_global.clone() },
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
-        Ok(Gemma3Weights { embedding, head, layers })
+        Ok(Gemma3Weights { embedding, head, layers, inv_freq_global: inv_global, inv_freq_local: inv_local })
     }
 }
 
@@ -147,8 +146,13 @@ pub(crate) fn forward(
     // Embedding, scaled by sqrt(d_model).
     embed_tokens(file, &w.embedding, batch, x, c.embedding_scale);
 
+    let positions = || batch.tokens.iter().map(|t| t.pos);
+    let (rope_global, rope_local) =
+        (RopeAngles::new(positions(), &w.inv_freq_global), RopeAngles::new(positions(), &w.inv_freq_local));
+
     for (l, lw) in w.layers.iter().enumerate() {
         // Attention block.
+        let rope = if c.layer_is_local[l] { &rope_local } else { &rope_global };
         h.copy_from_slice(x);
         rms_norm_rows(pool, h, &lw.attn_norm, c.rms_eps);
         matmul(pool, &lw.wq.view(file), h, q, acts)?;
@@ -157,14 +161,14 @@ pub(crate) fn forward(
         pool.for_chunks_mut(q, q_width, &|i, row| {
             for head in row.chunks_exact_mut(hd) {
                 rms_norm(head, &lw.q_norm, c.rms_eps);
-                rope_neox(head, batch.tokens[i].pos, &lw.inv_freq);
+                rope.neox(head, i);
                 scale(head, c.query_scale);
             }
         });
         pool.for_chunks_mut(k, kv_width, &|i, row| {
             for head in row.chunks_exact_mut(hd) {
                 rms_norm(head, &lw.k_norm, c.rms_eps);
-                rope_neox(head, batch.tokens[i].pos, &lw.inv_freq);
+                rope.neox(head, i);
             }
         });
         let shape = AttentionShape {

@@ -15,7 +15,7 @@
 
 use gemma_io::GgufFile;
 use gemma_ops::matmul::matmul_view;
-use gemma_ops::rope::{rope_adjacent, rope_inv_freq};
+use gemma_ops::rope::{rope_inv_freq, RopeAngles};
 use gemma_ops::vector::{add_assign, scale, silu_mul};
 use gemma_ops::{QuantizedActs, ThreadPool};
 
@@ -140,6 +140,7 @@ pub(crate) fn forward(
     let shape = AttentionShape { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: hd, window: None };
 
     embed_tokens(file, &w.embedding, batch, x, c.embedding_scale);
+    let rope = RopeAngles::new(batch.tokens.iter().map(|t| t.pos), &w.inv_freq);
 
     for (l, lw) in w.layers.iter().enumerate() {
         // Attention block.
@@ -150,13 +151,13 @@ pub(crate) fn forward(
         lw.wv.apply(file, pool, h, v, acts)?;
         pool.for_chunks_mut(q, q_width, &|i, row| {
             for head in row.chunks_exact_mut(hd) {
-                rope_adjacent(head, batch.tokens[i].pos, &w.inv_freq);
+                rope.adjacent(head, i);
                 scale(head, c.query_scale);
             }
         });
         pool.for_chunks_mut(k, kv_width, &|i, row| {
             for head in row.chunks_exact_mut(hd) {
-                rope_adjacent(head, batch.tokens[i].pos, &w.inv_freq);
+                rope.adjacent(head, i);
             }
         });
         causal_attention(pool, l, &shape, batch, caches, q, k, v, attn);
