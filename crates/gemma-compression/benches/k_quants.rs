@@ -7,10 +7,13 @@
 //!   how close the kernel gets to memory bandwidth. Throughput: weight bytes.
 //! - prefill: a 64-row slab against 256 tokens (what one matmul task sees), every format. Throughput:
 //!   multiply-adds (criterion's elem/s are MAC/s).
+//! - interleaved: Q4_K and Q6_K with 16 rows repacked together (`interleaved_k`, what the model loads them
+//!   as), at 1, 8 and 256 tokens, beside the GGML layout's `dot_rows`. Throughput: multiply-adds.
 //!
 //! Run with `cargo bench -p gemma-compression --bench k_quants`; `GEMMA_SIMD=avx2|scalar` lowers the SIMD level.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use gemma_compression::interleaved_k::InterleavedKRows;
 use gemma_compression::{quant_format, simd_level, GgmlType};
 
 mod common;
@@ -110,5 +113,30 @@ fn bench_dot_rows(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_dot_rows);
+/// The model's Q4_K and Q6_K shapes repacked 16 rows at a time, against the GGML layout: one token (decode), 8
+/// (a server's batched step) and 256 (prefill).
+fn bench_interleaved(c: &mut Criterion) {
+    let mut rng = Rng(13);
+    let mut group = c.benchmark_group("interleaved_k");
+    group.sample_size(20);
+    for (ty, rows, n) in [(GgmlType::Q4K, 640, 1024), (GgmlType::Q6K, 640, 2048)] {
+        let f = quant_format(ty).unwrap();
+        let w = weights(&mut rng, ty, rows, n);
+        let repacked = InterleavedKRows::repack(ty, rows, n, &w, &mut |_| {}).unwrap();
+        for tokens in [1, 8, 256] {
+            let a = activations(&mut rng, n, tokens);
+            let mut out = vec![0f32; rows * tokens];
+            group.throughput(Throughput::Elements((rows * tokens * n) as u64));
+            group.bench_function(format!("ggml_{ty}_{rows}x{n}_x{tokens}"), |b| {
+                b.iter(|| f.dot_rows(n, black_box(&w), rows, black_box(&a), tokens, &mut out))
+            });
+            group.bench_function(format!("interleaved_{ty}_{rows}x{n}_x{tokens}"), |b| {
+                b.iter(|| repacked.dot_groups(0..repacked.groups(), black_box(&a), &mut out))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_dot_rows, bench_interleaved);
 criterion_main!(benches);

@@ -285,7 +285,7 @@ pub(crate) fn dot_groups_scalar(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::test_data::TestRng;
 

@@ -34,6 +34,7 @@ pub mod bf16_tile;
 mod float;
 mod int8_groups;
 pub mod interleaved;
+pub mod interleaved_k;
 mod k_quants;
 mod nuq;
 mod q_legacy;

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use gemma_compression::interleaved::{InterleavedFormat, InterleavedRows};
-use gemma_compression::{quant_format, sbs_codec, SbsCodecType, NUQ_GROUP};
+use gemma_compression::interleaved_k::{InterleavedKFormat, InterleavedKRows};
+use gemma_compression::{quant_format, sbs_codec, GgmlType, SbsCodecType, NUQ_GROUP};
 use gemma_io::sbs::{SbsFile, SbsType};
 use gemma_io::{GgufFile, TensorInfo};
 use gemma_ops::matmul::{RowBlocks, SbsMatrix, WeightView};
@@ -36,6 +37,8 @@ enum Storage {
     /// A GGUF tensor repacked at load for the interleaved kernels (shared by the matrices cloned from it,
     /// as a tied output head).
     Interleaved(Arc<InterleavedRows>),
+    /// The same for Q4_K and Q6_K.
+    InterleavedK(Arc<InterleavedKRows>),
     /// An SBS-format stream built at load (a tensor whose file layout the kernels cannot read in place).
     Owned { stream: Vec<u8>, ty: SbsCodecType, scale: f32 },
 }
@@ -47,6 +50,7 @@ impl Matrix {
         // with the file it came from.
         match (&self.storage, file) {
             (Storage::Interleaved(m), _) => WeightView::Interleaved(m),
+            (Storage::InterleavedK(m), _) => WeightView::InterleavedK(m),
             (Storage::Gguf(info), WeightFile::Gguf(f)) => WeightView::Ggml(
                 QMatrix::new(f.tensor_data(info), self.rows, self.cols, info.ggml_type)
                     .unwrap_or_else(|e| unreachable!("matrix {} was validated at load: {e}", info.name)),
@@ -75,30 +79,35 @@ impl Matrix {
     }
 }
 
-/// The tensor repacked for the interleaved kernels when its format has them (Q8_0, Q5_0; `matrix` has checked
-/// that its rows are whole blocks). The file pages of the original are released as they are copied, so the
-/// copy does not add to the resident set.
-fn interleaved(
-    file: &GgufFile,
-    info: &TensorInfo,
-    rows: usize,
-    cols: usize,
-) -> Result<Option<InterleavedRows>, ModelError> {
-    if InterleavedFormat::of(info.ggml_type).is_none() {
+/// Whether the tensor's format has interleaved kernels (Q8_0, Q5_0, Q4_K, Q6_K), so loading repacks it.
+fn is_repacked(ty: GgmlType) -> bool {
+    InterleavedFormat::of(ty).is_some() || InterleavedKFormat::of(ty).is_some()
+}
+
+/// The tensor repacked for the interleaved kernels when its format has them (`matrix` has checked that its
+/// rows are whole blocks). The file pages of the original are released as they are copied, so the copy does
+/// not add to the resident set.
+fn interleaved(file: &GgufFile, info: &TensorInfo, rows: usize, cols: usize) -> Result<Option<Storage>, ModelError> {
+    let ty = info.ggml_type;
+    if !is_repacked(ty) {
         return Ok(None);
     }
     let data = file.tensor_data(info);
     // Release in steps of a few MiB, not one system call per group.
     const STEP: usize = 4 << 20;
     let mut released = 0;
-    let repacked = InterleavedRows::repack(info.ggml_type, rows, cols, data, &mut |done| {
+    let mut done = |done: usize| {
         if done - released >= STEP || done == data.len() {
             file.release_pages(&data[released..done]);
             released = done;
         }
-    })
-    .map_err(|source| ModelError::TensorFormat { name: info.name.clone(), source: source.into() })?;
-    Ok(Some(repacked))
+    };
+    let storage = if InterleavedKFormat::of(ty).is_some() {
+        InterleavedKRows::repack(ty, rows, cols, data, &mut done).map(|m| Storage::InterleavedK(Arc::new(m)))
+    } else {
+        InterleavedRows::repack(ty, rows, cols, data, &mut done).map(|m| Storage::Interleaved(Arc::new(m)))
+    };
+    storage.map(Some).map_err(|source| ModelError::TensorFormat { name: info.name.clone(), source: source.into() })
 }
 
 /// After loading: maps every tensor the kernels read in place, then releases again the pages of the
@@ -106,7 +115,7 @@ fn interleaved(
 /// map its whole folio, neighbouring repacked tensors included, back into the resident set; faulting the
 /// in-place tensors now and releasing afterwards leaves nothing to fault later.
 pub(crate) fn settle_resident_pages(file: &GgufFile) {
-    let repacked = |t: &TensorInfo| InterleavedFormat::of(t.ggml_type).is_some();
+    let repacked = |t: &TensorInfo| is_repacked(t.ggml_type);
     for t in file.tensors().iter().filter(|t| !repacked(t)) {
         // Every 4096th byte from the start, and the last: together they lie in every page of the tensor.
         let data = file.tensor_data(t);
@@ -133,10 +142,7 @@ pub fn matrix(file: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<M
     }
     QMatrix::new(file.tensor_data(info), rows, cols, info.ggml_type)
         .map_err(|source| ModelError::TensorFormat { name: name.into(), source })?;
-    let storage = match interleaved(file, info, rows, cols)? {
-        Some(m) => Storage::Interleaved(Arc::new(m)),
-        None => Storage::Gguf(info.clone()),
-    };
+    let storage = interleaved(file, info, rows, cols)?.unwrap_or_else(|| Storage::Gguf(info.clone()));
     Ok(Matrix { rows, cols, storage })
 }
 

@@ -8,6 +8,7 @@ use gemma_compression::bf16_tile::{
     has_fused_nuq_row, has_fused_sfp_row, round_acts_to_bf16,
 };
 use gemma_compression::interleaved::{InterleavedActs, InterleavedRows, ROW_GROUP};
+use gemma_compression::interleaved_k::InterleavedKRows;
 use gemma_compression::{
     dot_decoded_rows, i8_packed_bytes, quant_format, sbs_codec, GgmlType, QuantError, QuantFormat, SbsCodec,
     SbsCodecType, I8_GROUP,
@@ -154,23 +155,54 @@ pub fn matmul_interleaved(
     assert_eq!(out.len(), n * w.rows(), "output length does not match");
     acts.quantize(x, w.cols())?;
     let acts = &*acts;
+    over_row_groups(pool, w.groups(), w.rows(), n, out, &|groups, tile| w.dot_groups(groups, acts, tile));
+    Ok(())
+}
+
+/// `out[t][r] = W[r] · x[t]` for a Q4_K or Q6_K matrix repacked with 16 rows interleaved
+/// ([`InterleavedKRows`]), with Q8_K activations kept in `scratch` between calls.
+pub fn matmul_interleaved_k(
+    pool: &ThreadPool,
+    w: &InterleavedKRows,
+    x: &[f32],
+    out: &mut [f32],
+    scratch: &mut QuantizedActs,
+) -> Result<(), QuantError> {
+    let n = x.len() / w.cols();
+    assert_eq!(x.len(), n * w.cols(), "activation length is not a multiple of the matrix width");
+    assert_eq!(out.len(), n * w.rows(), "output length does not match");
+    scratch.quantize(GgmlType::Q8K, x, w.cols())?;
+    let acts = &scratch.data;
+    over_row_groups(pool, w.groups(), w.rows(), n, out, &|groups, tile| w.dot_groups(groups, acts, tile));
+    Ok(())
+}
+
+/// Hands out the 16-row groups of an interleaved matrix of `rows` rows to the pool; `dot(groups, tile)` fills
+/// a task's tile (token-major, 16 columns per group, padding rows included), whose real rows are copied to
+/// every token's row of `out` (`n` rows of `rows`).
+fn over_row_groups(
+    pool: &ThreadPool,
+    groups: usize,
+    rows: usize,
+    n: usize,
+    out: &mut [f32],
+    dot: &(dyn Fn(std::ops::Range<usize>, &mut [f32]) + Sync),
+) {
     let out_shared = SharedMut::new(out);
-    let m = w.rows();
-    pool.for_ranges(w.groups(), ROWS_PER_TASK / ROW_GROUP, &|groups| {
+    pool.for_ranges(groups, ROWS_PER_TASK / ROW_GROUP, &|groups| {
         TILE.with_borrow_mut(|tile| {
             let width = groups.len() * ROW_GROUP;
             tile.resize(n * width, 0.0);
-            w.dot_groups(groups.clone(), acts, tile);
             let first = groups.start * ROW_GROUP;
-            let len = width.min(m - first);
+            dot(groups, tile);
+            let len = width.min(rows - first);
             for t in 0..n {
                 // SAFETY: this task alone writes columns `first..first + len` of every token's output row.
-                let dst = unsafe { out_shared.slice(t * m + first..t * m + first + len) };
+                let dst = unsafe { out_shared.slice(t * rows + first..t * rows + first + len) };
                 dst.copy_from_slice(&tile[t * width..t * width + len]);
             }
         });
     });
-    Ok(())
 }
 
 /// Where the rows of a logical matrix lie in an SBS tensor's stream: logical row `r` is stream row
@@ -257,6 +289,8 @@ pub enum WeightView<'a> {
     Sbs(SbsMatrix<'a>),
     /// Q8_0 or Q5_0 repacked at load with 16 rows interleaved.
     Interleaved(&'a InterleavedRows),
+    /// Q4_K or Q6_K repacked at load with 16 rows interleaved.
+    InterleavedK(&'a InterleavedKRows),
 }
 
 impl WeightView<'_> {
@@ -265,6 +299,7 @@ impl WeightView<'_> {
             WeightView::Ggml(w) => w.rows,
             WeightView::Sbs(w) => w.rows,
             WeightView::Interleaved(w) => w.rows(),
+            WeightView::InterleavedK(w) => w.rows(),
         }
     }
 
@@ -273,13 +308,14 @@ impl WeightView<'_> {
             WeightView::Ggml(w) => w.cols,
             WeightView::Sbs(w) => w.cols,
             WeightView::Interleaved(w) => w.cols(),
+            WeightView::InterleavedK(w) => w.cols(),
         }
     }
 
     /// The factor every decoded value is multiplied by (1 for GGML formats).
     pub fn scale(&self) -> f32 {
         match self {
-            WeightView::Ggml(_) | WeightView::Interleaved(_) => 1.0,
+            WeightView::Ggml(_) | WeightView::Interleaved(_) | WeightView::InterleavedK(_) => 1.0,
             WeightView::Sbs(w) => w.scale,
         }
     }
@@ -290,6 +326,7 @@ impl WeightView<'_> {
         match self {
             WeightView::Ggml(w) => w.dequantize_row(r, out),
             WeightView::Interleaved(w) => w.dequantize_row(r, out),
+            WeightView::InterleavedK(w) => w.dequantize_row(r, out),
             WeightView::Sbs(w) => {
                 if let Err(e) = w.decode_row(r, out) {
                     panic!("decoding row {r} of a validated SBS matrix: {e}");
@@ -299,7 +336,7 @@ impl WeightView<'_> {
     }
 }
 
-/// [`matmul`], [`matmul_interleaved`] or [`matmul_sbs`], whichever kind of matrix `w` is.
+/// [`matmul`], [`matmul_interleaved`], [`matmul_interleaved_k`] or [`matmul_sbs`], whichever kind of matrix `w` is.
 pub fn matmul_view(
     pool: &ThreadPool,
     w: &WeightView,
@@ -310,6 +347,7 @@ pub fn matmul_view(
     match w {
         WeightView::Ggml(q) => matmul(pool, q, x, out, scratch),
         WeightView::Interleaved(w) => matmul_interleaved(pool, w, x, out, &mut scratch.interleaved),
+        WeightView::InterleavedK(w) => matmul_interleaved_k(pool, w, x, out, scratch),
         WeightView::Sbs(s) => {
             matmul_sbs(pool, s, x, out);
             Ok(())

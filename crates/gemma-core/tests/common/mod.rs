@@ -61,14 +61,18 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
 }
 
-/// At the first near-tie of prompt `p` (step `step`), our token must be llama.cpp's or one llama.cpp itself
-/// has within the near-tie margin (0.75) of its best: `top` is its teacher-forced top 5 there (recorded by
-/// `scripts/llama_topk_goldens.py` on the same context, identical to ours up to this step).
+/// At the first near-tie of prompt `p` (step `step`, where the goldens' margin is below 0.75), our token must
+/// be llama.cpp's, its runner-up, or one llama.cpp has within the near-tie margin (0.75) of its best: `top` is
+/// its teacher-forced top 5 there (recorded by `scripts/llama_topk_goldens.py` on the same context, identical to
+/// ours up to this step). The runner-up always counts because llama.cpp's two runs do not agree on the margin
+/// itself: at prompt 8 step 8 its generation has 0.48 and its teacher-forced pass 0.83.
 pub fn assert_near_tie_pick(p: usize, step: usize, ours: u32, llama: u32, top: &[(u32, f64)]) {
-    let tied: Vec<u32> = top.iter().filter(|x| x.1 >= top[0].1 - 0.75).map(|x| x.0).collect();
+    let tied: Vec<u32> =
+        top.iter().enumerate().filter(|(i, x)| *i == 1 || x.1 >= top[0].1 - 0.75).map(|(_, x)| x.0).collect();
     assert!(
         ours == llama || tied.contains(&ours),
-        "prompt {p} step {step}: ours {ours}, llama.cpp's tokens within 0.75 of its best {top:?}"
+        "prompt {p} step {step}: ours {ours}, not among llama.cpp's best, runner-up and tokens within 0.75 of \
+         its best {top:?}"
     );
 }
 

@@ -1,0 +1,432 @@
+//! Q4_K and Q6_K weights repacked with 16 rows interleaved, the super-block twin of [`crate::interleaved`].
+//!
+//! In GGML's layout a SIMD register holds part of one row's super-block, and the register-tiled kernels spend
+//! as long unpacking its scales and reducing its lanes as multiplying. Here super-block `b` of 16 rows is
+//! stored together, each dword of quants next to the same dword of the 15 other rows, so one 512-bit integer
+//! dot product advances a sub-block sum of all 16 rows, one multiply applies their 16 sub-block scales, and
+//! the float work happens once per super-block for 16 rows. The activations are GGML's Q8_K rows, unchanged;
+//! the values and every integer sum are the format's own, so a result differs from
+//! [`crate::QuantFormat::dot_rows`] only in the order of the float additions. Per row and token:
+//! - Q4_K: `isum = sum_j sc_j * dot_j(q, a)`, `mins = sum_j m_j * (bsum_2j + bsum_2j+1)`, then
+//!   `acc = fma(d * d_a, isum, acc)` and `acc = fma(-(dmin * d_a), mins, acc)`, super-block by super-block;
+//! - Q6_K: with the quants stored as `q + 32`, `isum = sum_j sc_j * dot_j(q + 32, a) - 32 sum_j sc_j * bsum_j`,
+//!   then `acc = fma(d * d_a, isum, acc)`.
+//!
+//! Layout of one super-block of a group (`r` is the row in the group):
+//! - Q4_K (2,496 bytes, GGML's 16 x 144 = 2,304): 16 f16 `d`; 16 f16 `dmin`; the 6-bit scales as bytes,
+//!   sub-block `j` at `64 + 16 j + r`; the mins as i16 pairs `(m_2p, m_2p+1)` at `192 + 64 p + 4 r`; then per
+//!   sub-block `j` (32 elements) and dword `k` a run of 32 bytes at `448 + 32 (8 j + k)`.
+//! - Q6_K (3,616 bytes, GGML's 3,360): 16 f16 `d`; the signed scales as i16 pairs `(sc_2p, sc_2p+1)` at
+//!   `32 + 64 p + 4 r`; then per sub-block `j` (16 elements) and dword `k` a run of 48 bytes at
+//!   `544 + 48 (4 j + k)`.
+//!
+//! A run holds the 64 values `v = 4 r + e` (element `4 k + e` of the sub-block, row `r`): byte `v % 32` holds
+//! value `v`'s low four bits, in its low nibble for rows 0..8 and its high nibble for rows 8..16. Q6_K's runs
+//! follow them with two 64-bit words: bit `v` of the first is value `v`'s bit 4, of the second its bit 5.
+
+use std::ops::Range;
+
+use crate::k_quants::{scales_mins_k4, Q8K_BSUMS, Q8K_QS, QK_K};
+use crate::{GgmlType, QuantError};
+
+/// Rows per interleaved group.
+pub const ROW_GROUP: usize = 16;
+/// Bytes of one Q8_K activation block.
+const Q8K_BYTES: usize = 4 + QK_K + 32;
+
+/// The super-block formats that can be interleaved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterleavedKFormat {
+    Q4K,
+    Q6K,
+}
+
+impl InterleavedKFormat {
+    pub fn of(ty: GgmlType) -> Option<InterleavedKFormat> {
+        match ty {
+            GgmlType::Q4K => Some(InterleavedKFormat::Q4K),
+            GgmlType::Q6K => Some(InterleavedKFormat::Q6K),
+            _ => None,
+        }
+    }
+
+    pub fn ggml_type(self) -> GgmlType {
+        match self {
+            InterleavedKFormat::Q4K => GgmlType::Q4K,
+            InterleavedKFormat::Q6K => GgmlType::Q6K,
+        }
+    }
+
+    /// Bytes of one super-block of a group.
+    pub const fn group_block_bytes(self) -> usize {
+        match self {
+            InterleavedKFormat::Q4K => Q4K_QS + 8 * 8 * 32,
+            InterleavedKFormat::Q6K => Q6K_QS + 16 * 4 * Q6K_RUN,
+        }
+    }
+}
+
+// Offsets within a group super-block (see the module's doc).
+pub(crate) const Q4K_DMIN: usize = 32;
+pub(crate) const Q4K_SC: usize = 64;
+pub(crate) const Q4K_MIN: usize = 192;
+pub(crate) const Q4K_QS: usize = 448;
+pub(crate) const Q6K_SC: usize = 32;
+pub(crate) const Q6K_QS: usize = 544;
+pub(crate) const Q6K_RUN: usize = 48;
+
+/// A matrix of `rows x cols` in groups of 16 interleaved rows (the last group padded with zero rows).
+pub struct InterleavedKRows {
+    format: InterleavedKFormat,
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+}
+
+impl std::fmt::Debug for InterleavedKRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "InterleavedKRows({:?}, {} x {})", self.format, self.rows, self.cols)
+    }
+}
+
+fn word(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn or_word(b: &mut [u8], at: usize, v: u32) {
+    let w = word(b, at) | v;
+    b[at..at + 4].copy_from_slice(&w.to_le_bytes());
+}
+
+impl InterleavedKRows {
+    /// Repacks `rows` rows of `cols` elements of `ty` (Q4_K or Q6_K, GGML's layout). `done(bytes)` is called as
+    /// the source is consumed in order, with the length of the prefix of `src` no longer needed.
+    pub fn repack(
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        src: &[u8],
+        done: &mut dyn FnMut(usize),
+    ) -> Result<InterleavedKRows, QuantError> {
+        let format = InterleavedKFormat::of(ty).ok_or(QuantError::Unsupported(ty))?;
+        let row_bytes = ty.row_bytes(cols).ok_or(QuantError::BadLength { ty, n: cols })?;
+        if src.len() != rows * row_bytes {
+            return Err(QuantError::BadBufferLength { ty, n: rows * cols, expected: rows * row_bytes, got: src.len() });
+        }
+        let (blocks, gbb) = (cols / QK_K, format.group_block_bytes());
+        let mut data = vec![0u8; rows.div_ceil(ROW_GROUP) * blocks * gbb];
+        for (g, out) in data.chunks_exact_mut(blocks * gbb).enumerate() {
+            for r in 0..ROW_GROUP.min(rows - g * ROW_GROUP) {
+                let row = &src[(g * ROW_GROUP + r) * row_bytes..][..row_bytes];
+                for (block, dst) in row.chunks_exact(ty.type_size()).zip(out.chunks_exact_mut(gbb)) {
+                    match format {
+                        InterleavedKFormat::Q4K => repack_q4_k(block, dst, r),
+                        InterleavedKFormat::Q6K => repack_q6_k(block, dst, r),
+                    }
+                }
+            }
+            done(((g + 1) * ROW_GROUP).min(rows) * row_bytes);
+        }
+        Ok(InterleavedKRows { format, rows, cols, data })
+    }
+
+    pub fn format(&self) -> InterleavedKFormat {
+        self.format
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Groups of 16 rows (the last may be padded).
+    pub fn groups(&self) -> usize {
+        self.rows.div_ceil(ROW_GROUP)
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn data_for_tests(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// Row `r` decoded to f32, exactly as GGML's format decodes it (`d * sc * q - dmin * m`).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        assert!(r < self.rows && out.len() == self.cols, "row {r} of {} x {}", self.rows, self.cols);
+        let (blocks, gbb) = (self.cols / QK_K, self.format.group_block_bytes());
+        let group = &self.data[(r / ROW_GROUP) * blocks * gbb..][..blocks * gbb];
+        let rr = r % ROW_GROUP;
+        for (blk, o) in group.chunks_exact(gbb).zip(out.chunks_exact_mut(QK_K)) {
+            let h = header(self.format, blk, rr);
+            let sub = QK_K / h.scale.len();
+            for (j, o) in o.chunks_exact_mut(sub).enumerate() {
+                let dl = h.d * h.scale[j] as f32;
+                let ml = h.dmin * h.min[j] as f32;
+                for (i, y) in o.iter_mut().enumerate() {
+                    *y = dl * quant(self.format, blk, rr, j, i) as f32 - ml;
+                }
+            }
+        }
+    }
+
+    /// The dots of the rows of `groups` with every token of `acts` (Q8_K rows of `cols`): `tile[t * w + i]` for
+    /// token `t` and row `groups.start * 16 + i`, where `w = 16 * groups.len()` (padding rows included, as
+    /// zeros).
+    pub fn dot_groups(&self, groups: Range<usize>, acts: &[u8], tile: &mut [f32]) {
+        let (blocks, gbb) = (self.cols / QK_K, self.format.group_block_bytes());
+        assert!(groups.end <= self.groups(), "groups {groups:?} of {}", self.groups());
+        let w = &self.data[groups.start * blocks * gbb..groups.end * blocks * gbb];
+        let n_tokens = check(self.format, w, blocks, acts, tile);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if crate::has_avx512_vnni() {
+                // SAFETY: the CPU has AVX-512 F/BW/VL/VNNI; `check` sized the weights, activations and tile.
+                unsafe { crate::x86::interleaved_k::dot_groups_vnni(self.format, w, blocks, acts, n_tokens, tile) };
+                return;
+            }
+            if crate::simd_level() >= crate::SimdLevel::Avx2 {
+                // SAFETY: the CPU has AVX2, FMA and F16C; as above.
+                unsafe { crate::x86::interleaved_k::dot_groups_avx2(self.format, w, blocks, acts, n_tokens, tile) };
+                return;
+            }
+        }
+        dot_groups_scalar(self.format, w, blocks, acts, n_tokens, tile);
+    }
+}
+
+/// Checks the lengths every kernel relies on (whole groups of `blocks` super-blocks, whole Q8_K rows, a tile
+/// of every token by every row); returns the number of tokens.
+pub(crate) fn check(format: InterleavedKFormat, w: &[u8], blocks: usize, acts: &[u8], tile: &[f32]) -> usize {
+    let group_bytes = blocks * format.group_block_bytes();
+    assert!(group_bytes > 0 && w.len().is_multiple_of(group_bytes), "whole groups");
+    let a_row = blocks * Q8K_BYTES;
+    assert!(acts.len().is_multiple_of(a_row), "whole Q8_K rows of {} super-blocks", blocks);
+    let n_tokens = acts.len() / a_row;
+    assert_eq!(tile.len(), n_tokens * (w.len() / group_bytes) * ROW_GROUP, "tile");
+    n_tokens
+}
+
+/// Writes GGML Q4_K block `b` as row `r` of a group super-block.
+fn repack_q4_k(b: &[u8], dst: &mut [u8], r: usize) {
+    dst[2 * r..2 * r + 2].copy_from_slice(&b[..2]);
+    dst[Q4K_DMIN + 2 * r..Q4K_DMIN + 2 * r + 2].copy_from_slice(&b[2..4]);
+    let (sc, mn) = scales_mins_k4(&b[4..16]);
+    for j in 0..8 {
+        dst[Q4K_SC + 16 * j + r] = sc[j];
+    }
+    for p in 0..4 {
+        let at = Q4K_MIN + 64 * p + 4 * r;
+        dst[at..at + 2].copy_from_slice(&(mn[2 * p] as u16).to_le_bytes());
+        dst[at + 2..at + 4].copy_from_slice(&(mn[2 * p + 1] as u16).to_le_bytes());
+    }
+    // GGML: byte `32 c + l` holds element `64 c + l` in its low nibble and `64 c + 32 + l` in its high one, so
+    // sub-block `j` is the low (even `j`) or high (odd `j`) nibbles of bytes `32 (j / 2)..`.
+    let qs = &b[16..144];
+    let (at, shift) = (4 * (r % 8), 4 * (r / 8));
+    for j in 0..8 {
+        for k in 0..8 {
+            let nibbles = (word(qs, 32 * (j / 2) + 4 * k) >> (4 * (j % 2))) & 0x0f0f_0f0f;
+            or_word(dst, Q4K_QS + 32 * (8 * j + k) + at, nibbles << shift);
+        }
+    }
+}
+
+/// Writes GGML Q6_K block `b` as row `r` of a group super-block.
+fn repack_q6_k(b: &[u8], dst: &mut [u8], r: usize) {
+    dst[2 * r..2 * r + 2].copy_from_slice(&b[208..210]);
+    let sc = &b[192..208];
+    for p in 0..8 {
+        let at = Q6K_SC + 64 * p + 4 * r;
+        dst[at..at + 2].copy_from_slice(&(sc[2 * p] as i8 as i16).to_le_bytes());
+        dst[at + 2..at + 4].copy_from_slice(&(sc[2 * p + 1] as i8 as i16).to_le_bytes());
+    }
+    // GGML: element `i` = (half, k4, l) = (i / 128, i % 128 / 32, i % 32) has its low four bits in byte
+    // `64 half + 32 (k4 % 2) + l` of `ql` (high nibble for k4 >= 2) and its top two at bits `2 k4` of byte
+    // `32 half + l` of `qh`. Four consecutive elements from a multiple of four share half, k4 and bit positions.
+    let (ql, qh) = (&b[..128], &b[128..192]);
+    let (at, shift) = (4 * (r % 8), 4 * (r / 8));
+    for j in 0..16 {
+        for k in 0..4 {
+            let i = 16 * j + 4 * k;
+            let (half, k4, l) = (i / 128, i % 128 / 32, i % 32);
+            let low = (word(ql, 64 * half + 32 * (k4 % 2) + l) >> (4 * (k4 / 2))) & 0x0f0f_0f0f;
+            let high = (word(qh, 32 * half + l) >> (2 * k4)) & 0x0303_0303;
+            let run = Q6K_QS + Q6K_RUN * (4 * j + k);
+            or_word(dst, run + at, low << shift);
+            // bit 0 (then 1) of each of the four bytes, gathered into four bits: the multiplier moves byte
+            // `e`'s bit to bit 24 + e, and no two partial products share a bit
+            let gather = |bits: u32| (((bits & 0x0101_0101).wrapping_mul(0x0102_0408) >> 24) & 0x0f) as u64;
+            let (bit4, bit5) = (gather(high) << (4 * r), gather(high >> 1) << (4 * r));
+            let mut planes = [0u8; 16];
+            planes[..8].copy_from_slice(&bit4.to_le_bytes());
+            planes[8..].copy_from_slice(&bit5.to_le_bytes());
+            for (d, p) in dst[run + 32..run + 48].iter_mut().zip(planes) {
+                *d |= p;
+            }
+        }
+    }
+}
+
+/// One row's super-block header: scales, scale of scales and (Q4_K) mins.
+struct Header {
+    d: f32,
+    dmin: f32,
+    scale: Vec<i32>,
+    min: Vec<i32>,
+}
+
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+fn i16_at(b: &[u8], at: usize) -> i32 {
+    i16::from_le_bytes([b[at], b[at + 1]]) as i32
+}
+
+fn header(format: InterleavedKFormat, blk: &[u8], r: usize) -> Header {
+    match format {
+        InterleavedKFormat::Q4K => Header {
+            d: f16_at(blk, 2 * r),
+            dmin: f16_at(blk, Q4K_DMIN + 2 * r),
+            scale: (0..8).map(|j| blk[Q4K_SC + 16 * j + r] as i32).collect(),
+            min: (0..8).map(|j| i16_at(blk, Q4K_MIN + 64 * (j / 2) + 4 * r + 2 * (j % 2))).collect(),
+        },
+        InterleavedKFormat::Q6K => Header {
+            d: f16_at(blk, 2 * r),
+            dmin: 0.0,
+            scale: (0..16).map(|j| i16_at(blk, Q6K_SC + 64 * (j / 2) + 4 * r + 2 * (j % 2))).collect(),
+            min: vec![0; 16],
+        },
+    }
+}
+
+/// The signed quant of row `r` (within its group), element `i` of sub-block `j` of super-block `blk`.
+fn quant(format: InterleavedKFormat, blk: &[u8], r: usize, j: usize, i: usize) -> i32 {
+    let v = 4 * r + i % 4;
+    let nibble = |run: usize| ((blk[run + v % 32] >> (4 * (v / 32))) & 0x0f) as i32;
+    match format {
+        InterleavedKFormat::Q4K => nibble(Q4K_QS + 32 * (8 * j + i / 4)),
+        InterleavedKFormat::Q6K => {
+            let run = Q6K_QS + Q6K_RUN * (4 * j + i / 4);
+            let bit = |plane: usize| ((blk[run + 32 + 8 * plane + v / 8] >> (v % 8)) & 1) as i32;
+            (nibble(run) | bit(0) << 4 | bit(1) << 5) - 32
+        }
+    }
+}
+
+/// The scalar twin of the kernels (see the module's doc for the order of the float operations).
+pub(crate) fn dot_groups_scalar(
+    format: InterleavedKFormat,
+    w: &[u8],
+    blocks: usize,
+    acts: &[u8],
+    n_tokens: usize,
+    tile: &mut [f32],
+) {
+    let gbb = format.group_block_bytes();
+    let width = w.len() / (blocks * gbb) * ROW_GROUP;
+    let sub = match format {
+        InterleavedKFormat::Q4K => 32,
+        InterleavedKFormat::Q6K => 16,
+    };
+    for (g, gw) in w.chunks_exact(blocks * gbb).enumerate() {
+        for t in 0..n_tokens {
+            for r in 0..ROW_GROUP {
+                let mut acc = 0.0f32;
+                for b in 0..blocks {
+                    let blk = &gw[b * gbb..][..gbb];
+                    let a = &acts[(t * blocks + b) * Q8K_BYTES..][..Q8K_BYTES];
+                    let da = f32::from_le_bytes([a[0], a[1], a[2], a[3]]);
+                    let bsum = |s: usize| i16_at(a, Q8K_BSUMS + 2 * s);
+                    let h = header(format, blk, r);
+                    let mut isum = 0i32;
+                    let mut mins = 0i32;
+                    for j in 0..QK_K / sub {
+                        let dot: i32 =
+                            (0..sub).map(|i| quant(format, blk, r, j, i) * a[Q8K_QS + sub * j + i] as i8 as i32).sum();
+                        isum += h.scale[j] * dot;
+                        let sums: i32 = (sub * j / 16..sub * (j + 1) / 16).map(bsum).sum();
+                        mins += h.min[j] * sums;
+                    }
+                    acc = (h.d * da).mul_add(isum as f32, acc);
+                    if format == InterleavedKFormat::Q4K {
+                        acc = (-(h.dmin * da)).mul_add(mins as f32, acc);
+                    }
+                }
+                tile[t * width + g * ROW_GROUP + r] = acc;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interleaved::tests::ggml_rows;
+    use crate::quant_format;
+    use crate::test_data::TestRng;
+
+    fn q8k_rows(rng: &mut TestRng, tokens: usize, cols: usize) -> Vec<u8> {
+        ggml_rows(rng, GgmlType::Q8K, tokens, cols)
+    }
+
+    /// Every value of every row, padding rows aside, decodes to GGML's own dequantization, bit for bit.
+    #[test]
+    fn repacking_keeps_every_value() {
+        for ty in [GgmlType::Q4K, GgmlType::Q6K] {
+            let mut rng = TestRng::new(17);
+            let (rows, cols) = (37, 512);
+            let src = ggml_rows(&mut rng, ty, rows, cols);
+            let m = InterleavedKRows::repack(ty, rows, cols, &src, &mut |_| {}).unwrap();
+            assert_eq!(m.groups(), 3);
+            let rb = ty.row_bytes(cols).unwrap();
+            let (mut want, mut got) = (vec![0f32; cols], vec![0f32; cols]);
+            for r in 0..rows {
+                quant_format(ty).unwrap().dequantize_row(&src[r * rb..(r + 1) * rb], &mut want);
+                m.dequantize_row(r, &mut got);
+                assert_eq!(got, want, "{ty} row {r}");
+            }
+        }
+    }
+
+    /// The scalar twin is GGML's dot up to the order of float additions (Q4_K's scale and min terms nearly
+    /// cancel, so the rounding is relative to them, not to the result).
+    #[test]
+    fn scalar_twin_is_within_rounding_of_ggml_dots() {
+        for ty in [GgmlType::Q4K, GgmlType::Q6K] {
+            let mut rng = TestRng::new(5);
+            let (rows, cols, tokens) = (21, 768, 3);
+            let src = ggml_rows(&mut rng, ty, rows, cols);
+            let acts = q8k_rows(&mut rng, tokens, cols);
+            let m = InterleavedKRows::repack(ty, rows, cols, &src, &mut |_| {}).unwrap();
+            let width = m.groups() * ROW_GROUP;
+            let mut tile = vec![0f32; tokens * width];
+            dot_groups_scalar(m.format(), m.data_for_tests(), cols / QK_K, &acts, tokens, &mut tile);
+            let mut want = vec![0f32; rows * tokens];
+            quant_format(ty).unwrap().dot_rows(cols, &src, rows, &acts, tokens, &mut want);
+            for r in 0..rows {
+                for t in 0..tokens {
+                    let (g, w) = (tile[t * width + r], want[r * tokens + t]);
+                    assert!((g - w).abs() <= 1e-4 * w.abs().max(1.0), "{ty} row {r} token {t}: {g} vs {w}");
+                }
+            }
+            for t in 0..tokens {
+                assert!(tile[t * width + rows..(t + 1) * width].iter().all(|&v| v == 0.0), "padding rows are zero");
+            }
+        }
+    }
+
+    #[test]
+    fn other_formats_and_bad_lengths_are_errors() {
+        assert!(InterleavedKRows::repack(GgmlType::Q8_0, 16, 256, &[0; 16 * 34 * 8], &mut |_| {}).is_err());
+        assert!(InterleavedKRows::repack(GgmlType::Q4K, 16, 256, &[0; 100], &mut |_| {}).is_err());
+        assert!(InterleavedKRows::repack(GgmlType::Q6K, 16, 100, &[0; 100], &mut |_| {}).is_err());
+    }
+}

@@ -1,0 +1,488 @@
+//! Kernels of [`crate::interleaved_k`]: AVX-512 VNNI (16 rows per integer dot) and AVX2 (two halves of 8), for
+//! Q4_K and Q6_K with Q8_K activations. Both compute each row's super-block sums exactly and add them as the
+//! scalar twin `dot_groups_scalar` does, so all three agree bit for bit.
+
+use std::arch::x86_64::*;
+
+use crate::interleaved_k::{InterleavedKFormat, Q4K_DMIN, Q4K_MIN, Q4K_QS, Q4K_SC, Q6K_QS, Q6K_RUN, Q6K_SC, ROW_GROUP};
+use crate::k_quants::{Q8K_BSUMS, Q8K_QS};
+use crate::x86::k_tiles::Q8K_BYTES;
+
+/// How far ahead of the super-block being read one token's product asks for the weights (as the Q8_0/Q5_0
+/// interleaved kernels).
+const PREFETCH_AHEAD: usize = 8 * 1024;
+
+/// Runs `$q4::<T>` or `$q6::<T>` over every group and every chunk of up to `$max` tokens.
+macro_rules! over_groups {
+    ($format:expr, $w:expr, $blocks:expr, $acts:expr, $n_tokens:expr, $tile:expr, $q4:ident, $q6:ident,
+     [$($t:literal),*], $max:literal) => {{
+        let gbb = $format.group_block_bytes();
+        let groups = $w.len() / ($blocks * gbb);
+        let width = groups * ROW_GROUP;
+        for g in 0..groups {
+            let gw = $w.as_ptr().add(g * $blocks * gbb);
+            let out = $tile.as_mut_ptr().add(g * ROW_GROUP);
+            let mut t0 = 0;
+            while t0 < $n_tokens {
+                let left = ($n_tokens - t0).min($max);
+                // SAFETY (every arm): the caller's `check` sized the group, the activations and the tile.
+                t0 += match ($format, left) {
+                    $((InterleavedKFormat::Q4K, $t) => $q4::<$t>(gw, $blocks, $acts.as_ptr(), t0, out, width),)*
+                    $((InterleavedKFormat::Q6K, $t) => $q6::<$t>(gw, $blocks, $acts.as_ptr(), t0, out, width),)*
+                    _ => unreachable!("token chunks are 1..={}", $max),
+                };
+            }
+        }
+    }};
+}
+
+/// # Safety
+/// The CPU supports AVX-512 F, BW, VL and VNNI; the lengths passed `interleaved_k::check`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(crate) unsafe fn dot_groups_vnni(
+    format: InterleavedKFormat,
+    w: &[u8],
+    blocks: usize,
+    acts: &[u8],
+    n_tokens: usize,
+    tile: &mut [f32],
+) {
+    over_groups!(format, w, blocks, acts, n_tokens, tile, q4_k_vnni, q6_k_vnni, [1, 2, 3, 4, 5, 6, 7, 8], 8);
+}
+
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C; the lengths passed `interleaved_k::check`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn dot_groups_avx2(
+    format: InterleavedKFormat,
+    w: &[u8],
+    blocks: usize,
+    acts: &[u8],
+    n_tokens: usize,
+    tile: &mut [f32],
+) {
+    over_groups!(format, w, blocks, acts, n_tokens, tile, q4_k_avx2, q6_k_avx2, [1, 2, 3, 4], 4);
+}
+
+/// The 64 four-bit values of a run (16 rows x 4) as bytes, row `r`'s in dword `r`.
+///
+/// # Safety
+/// AVX-512 F/BW/VL; `run` points at 32 readable bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn nibbles_vnni(run: *const u8) -> __m512i {
+    let nib = _mm256_loadu_si256(run.cast());
+    let m = _mm256_set1_epi8(0x0f);
+    let lo = _mm256_and_si256(nib, m);
+    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(nib), m);
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+}
+
+/// The Q4_K sum of each Q8_K block's 16 `bsums` over a 32-element sub-block, as the i16 pairs
+/// `(B_2p, B_2p+1)` for p in 0..4.
+///
+/// # Safety
+/// AVX2; `a` points at a whole Q8_K block.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bsum_pairs_32(a: *const u8) -> [i32; 4] {
+    let b32 = _mm256_madd_epi16(_mm256_loadu_si256(a.add(Q8K_BSUMS).cast()), _mm256_set1_epi16(1));
+    let pairs = _mm256_packs_epi32(b32, b32);
+    [
+        _mm256_extract_epi32::<0>(pairs),
+        _mm256_extract_epi32::<1>(pairs),
+        _mm256_extract_epi32::<4>(pairs),
+        _mm256_extract_epi32::<5>(pairs),
+    ]
+}
+
+/// A Q8_K block's f32 scale.
+///
+/// # Safety
+/// `a` points at 4 readable bytes.
+#[inline(always)]
+unsafe fn q8k_d(a: *const u8) -> f32 {
+    f32::from_le_bytes(a.cast::<[u8; 4]>().read_unaligned())
+}
+
+/// One Q4_K group against tokens `t0..t0 + T`; returns `T`.
+///
+/// # Safety
+/// As [`dot_groups_vnni`]; `gw` is a whole group of `blocks` super-blocks, `acts` holds the tokens' Q8_K rows
+/// and `out` has `T` rows of `width` from it.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q4_k_vnni<const T: usize>(
+    gw: *const u8,
+    blocks: usize,
+    acts: *const u8,
+    t0: usize,
+    out: *mut f32,
+    width: usize,
+) -> usize {
+    let gbb = InterleavedKFormat::Q4K.group_block_bytes();
+    let a_row = blocks * Q8K_BYTES;
+    let mut acc = [_mm512_setzero_ps(); T];
+    for b in 0..blocks {
+        let blk = gw.add(b * gbb);
+        if T == 1 {
+            super::prefetch_lines(blk.wrapping_add(PREFETCH_AHEAD), gbb);
+        }
+        let act = |t: usize| acts.add((t0 + t) * a_row + b * Q8K_BYTES);
+        let mut isum = [_mm512_setzero_si512(); T];
+        for j in 0..8 {
+            let sc = _mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(Q4K_SC + 16 * j).cast()));
+            let mut wq = [_mm512_setzero_si512(); 8];
+            for (k, q) in wq.iter_mut().enumerate() {
+                *q = nibbles_vnni(blk.add(Q4K_QS + 32 * (8 * j + k)));
+            }
+            for (t, isum) in isum.iter_mut().enumerate() {
+                let qa = act(t).add(Q8K_QS + 32 * j).cast::<i32>();
+                let mut s = _mm512_setzero_si512();
+                for (k, q) in wq.iter().enumerate() {
+                    s = _mm512_dpbusd_epi32(s, *q, _mm512_set1_epi32(qa.add(k).read_unaligned()));
+                }
+                *isum = _mm512_add_epi32(*isum, _mm512_mullo_epi32(s, sc));
+            }
+        }
+        let dd = _mm512_cvtph_ps(_mm256_loadu_si256(blk.cast()));
+        let dm = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(Q4K_DMIN).cast()));
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let a = act(t);
+            let mut mins = _mm512_setzero_si512();
+            for (p, pair) in bsum_pairs_32(a).into_iter().enumerate() {
+                let m = _mm512_loadu_si512(blk.add(Q4K_MIN + 64 * p).cast());
+                mins = _mm512_dpwssd_epi32(mins, m, _mm512_set1_epi32(pair));
+            }
+            let da = _mm512_set1_ps(q8k_d(a));
+            *acc = _mm512_fmadd_ps(_mm512_mul_ps(dd, da), _mm512_cvtepi32_ps(isum[t]), *acc);
+            *acc = _mm512_fnmadd_ps(_mm512_mul_ps(dm, da), _mm512_cvtepi32_ps(mins), *acc);
+        }
+    }
+    for (t, acc) in acc.iter().enumerate() {
+        _mm512_storeu_ps(out.add((t0 + t) * width), *acc);
+    }
+    T
+}
+
+/// One Q6_K group against tokens `t0..t0 + T`; returns `T`.
+///
+/// # Safety
+/// As [`q4_k_vnni`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q6_k_vnni<const T: usize>(
+    gw: *const u8,
+    blocks: usize,
+    acts: *const u8,
+    t0: usize,
+    out: *mut f32,
+    width: usize,
+) -> usize {
+    let gbb = InterleavedKFormat::Q6K.group_block_bytes();
+    let a_row = blocks * Q8K_BYTES;
+    let mut acc = [_mm512_setzero_ps(); T];
+    for b in 0..blocks {
+        let blk = gw.add(b * gbb);
+        if T == 1 {
+            super::prefetch_lines(blk.wrapping_add(PREFETCH_AHEAD), gbb);
+        }
+        let act = |t: usize| acts.add((t0 + t) * a_row + b * Q8K_BYTES);
+        let mut isum = [_mm512_setzero_si512(); T];
+        for j in 0..16 {
+            let pairs = _mm512_loadu_si512(blk.add(Q6K_SC + 64 * (j / 2)).cast());
+            let sc = if j % 2 == 0 {
+                _mm512_srai_epi32::<16>(_mm512_slli_epi32::<16>(pairs))
+            } else {
+                _mm512_srai_epi32::<16>(pairs)
+            };
+            let mut wq = [_mm512_setzero_si512(); 4];
+            for (k, q) in wq.iter_mut().enumerate() {
+                let run = blk.add(Q6K_QS + Q6K_RUN * (4 * j + k));
+                let v = nibbles_vnni(run);
+                let bit4: __mmask64 = run.add(32).cast::<u64>().read_unaligned();
+                let bit5: __mmask64 = run.add(40).cast::<u64>().read_unaligned();
+                let v = _mm512_mask_add_epi8(v, bit4, v, _mm512_set1_epi8(16));
+                *q = _mm512_mask_add_epi8(v, bit5, v, _mm512_set1_epi8(32));
+            }
+            for (t, isum) in isum.iter_mut().enumerate() {
+                let qa = act(t).add(Q8K_QS + 16 * j).cast::<i32>();
+                let mut s = _mm512_setzero_si512();
+                for (k, q) in wq.iter().enumerate() {
+                    s = _mm512_dpbusd_epi32(s, *q, _mm512_set1_epi32(qa.add(k).read_unaligned()));
+                }
+                *isum = _mm512_add_epi32(*isum, _mm512_mullo_epi32(s, sc));
+            }
+        }
+        let dd = _mm512_cvtph_ps(_mm256_loadu_si256(blk.cast()));
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let a = act(t);
+            // the quants' +32 times the activations, taken back out: 32 sum_j sc_j bsum_j
+            let mut offset = _mm512_setzero_si512();
+            for p in 0..8 {
+                let sc = _mm512_loadu_si512(blk.add(Q6K_SC + 64 * p).cast());
+                let bs = a.add(Q8K_BSUMS + 4 * p).cast::<i32>().read_unaligned();
+                offset = _mm512_dpwssd_epi32(offset, sc, _mm512_set1_epi32(bs));
+            }
+            let isum = _mm512_sub_epi32(isum[t], _mm512_slli_epi32::<5>(offset));
+            let da = _mm512_set1_ps(q8k_d(a));
+            *acc = _mm512_fmadd_ps(_mm512_mul_ps(dd, da), _mm512_cvtepi32_ps(isum), *acc);
+        }
+    }
+    for (t, acc) in acc.iter().enumerate() {
+        _mm512_storeu_ps(out.add((t0 + t) * width), *acc);
+    }
+    T
+}
+
+/// Rows `8 h..8 h + 8` of a run's four-bit values as 32 bytes.
+///
+/// # Safety
+/// AVX2; `run` points at 32 readable bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibbles_avx2(run: *const u8, h: usize) -> __m256i {
+    let nib = _mm256_loadu_si256(run.cast());
+    let m = _mm256_set1_epi8(0x0f);
+    if h == 0 {
+        _mm256_and_si256(nib, m)
+    } else {
+        _mm256_and_si256(_mm256_srli_epi16::<4>(nib), m)
+    }
+}
+
+/// `value` in each byte whose bit is set in the 32-bit word at `bits` (byte `i` <- bit `i`), else 0.
+///
+/// # Safety
+/// AVX2; `bits` points at 4 readable bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bit_bytes_avx2(bits: *const u8, value: i8) -> __m256i {
+    let word = _mm256_set1_epi32(bits.cast::<i32>().read_unaligned());
+    let spread = _mm256_shuffle_epi8(
+        word,
+        _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+        ),
+    );
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+    _mm256_and_si256(set, _mm256_set1_epi8(value))
+}
+
+/// One Q4_K group against tokens `t0..t0 + T`, rows 0..8 and 8..16 in separate halves; returns `T`.
+///
+/// # Safety
+/// As [`q4_k_vnni`], for AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_k_avx2<const T: usize>(
+    gw: *const u8,
+    blocks: usize,
+    acts: *const u8,
+    t0: usize,
+    out: *mut f32,
+    width: usize,
+) -> usize {
+    let gbb = InterleavedKFormat::Q4K.group_block_bytes();
+    let a_row = blocks * Q8K_BYTES;
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); 2]; T];
+    for b in 0..blocks {
+        let blk = gw.add(b * gbb);
+        if T == 1 {
+            super::prefetch_lines(blk.wrapping_add(PREFETCH_AHEAD), gbb);
+        }
+        let act = |t: usize| acts.add((t0 + t) * a_row + b * Q8K_BYTES);
+        for h in 0..2 {
+            let mut isum = [_mm256_setzero_si256(); T];
+            for j in 0..8 {
+                let sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.add(Q4K_SC + 16 * j + 8 * h).cast()));
+                let mut wq = [_mm256_setzero_si256(); 8];
+                for (k, q) in wq.iter_mut().enumerate() {
+                    *q = nibbles_avx2(blk.add(Q4K_QS + 32 * (8 * j + k)), h);
+                }
+                for (t, isum) in isum.iter_mut().enumerate() {
+                    let qa = act(t).add(Q8K_QS + 32 * j).cast::<i32>();
+                    let mut s = _mm256_setzero_si256();
+                    for (k, q) in wq.iter().enumerate() {
+                        // q <= 15 times |a| <= 128: pair sums fit i16
+                        let p = _mm256_maddubs_epi16(*q, _mm256_set1_epi32(qa.add(k).read_unaligned()));
+                        s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+                    }
+                    *isum = _mm256_add_epi32(*isum, _mm256_mullo_epi32(s, sc));
+                }
+            }
+            let dd = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16 * h).cast()));
+            let dm = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(Q4K_DMIN + 16 * h).cast()));
+            for (t, acc) in acc.iter_mut().enumerate() {
+                let a = act(t);
+                let mut mins = _mm256_setzero_si256();
+                for (p, pair) in bsum_pairs_32(a).into_iter().enumerate() {
+                    let m = _mm256_loadu_si256(blk.add(Q4K_MIN + 64 * p + 32 * h).cast());
+                    mins = _mm256_add_epi32(mins, _mm256_madd_epi16(m, _mm256_set1_epi32(pair)));
+                }
+                let da = _mm256_set1_ps(q8k_d(a));
+                acc[h] = _mm256_fmadd_ps(_mm256_mul_ps(dd, da), _mm256_cvtepi32_ps(isum[t]), acc[h]);
+                acc[h] = _mm256_fnmadd_ps(_mm256_mul_ps(dm, da), _mm256_cvtepi32_ps(mins), acc[h]);
+            }
+        }
+    }
+    for (t, acc) in acc.iter().enumerate() {
+        _mm256_storeu_ps(out.add((t0 + t) * width), acc[0]);
+        _mm256_storeu_ps(out.add((t0 + t) * width + 8), acc[1]);
+    }
+    T
+}
+
+/// One Q6_K group against tokens `t0..t0 + T`, in two halves of 8 rows; returns `T`.
+///
+/// # Safety
+/// As [`q4_k_vnni`], for AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_k_avx2<const T: usize>(
+    gw: *const u8,
+    blocks: usize,
+    acts: *const u8,
+    t0: usize,
+    out: *mut f32,
+    width: usize,
+) -> usize {
+    let gbb = InterleavedKFormat::Q6K.group_block_bytes();
+    let a_row = blocks * Q8K_BYTES;
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); 2]; T];
+    for b in 0..blocks {
+        let blk = gw.add(b * gbb);
+        if T == 1 {
+            super::prefetch_lines(blk.wrapping_add(PREFETCH_AHEAD), gbb);
+        }
+        let act = |t: usize| acts.add((t0 + t) * a_row + b * Q8K_BYTES);
+        for h in 0..2 {
+            let mut isum = [_mm256_setzero_si256(); T];
+            for j in 0..16 {
+                let pairs = _mm256_loadu_si256(blk.add(Q6K_SC + 64 * (j / 2) + 32 * h).cast());
+                let sc = if j % 2 == 0 {
+                    _mm256_srai_epi32::<16>(_mm256_slli_epi32::<16>(pairs))
+                } else {
+                    _mm256_srai_epi32::<16>(pairs)
+                };
+                let mut wq = [_mm256_setzero_si256(); 4];
+                for (k, q) in wq.iter_mut().enumerate() {
+                    let run = blk.add(Q6K_QS + Q6K_RUN * (4 * j + k));
+                    let v = _mm256_or_si256(nibbles_avx2(run, h), bit_bytes_avx2(run.add(32 + 4 * h), 16));
+                    *q = _mm256_or_si256(v, bit_bytes_avx2(run.add(40 + 4 * h), 32));
+                }
+                for (t, isum) in isum.iter_mut().enumerate() {
+                    let qa = act(t).add(Q8K_QS + 16 * j).cast::<i32>();
+                    let mut s = _mm256_setzero_si256();
+                    for (k, q) in wq.iter().enumerate() {
+                        // q + 32 <= 63 times |a| <= 128: pair sums fit i16
+                        let p = _mm256_maddubs_epi16(*q, _mm256_set1_epi32(qa.add(k).read_unaligned()));
+                        s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+                    }
+                    *isum = _mm256_add_epi32(*isum, _mm256_mullo_epi32(s, sc));
+                }
+            }
+            let dd = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16 * h).cast()));
+            for (t, acc) in acc.iter_mut().enumerate() {
+                let a = act(t);
+                let mut offset = _mm256_setzero_si256();
+                for p in 0..8 {
+                    let sc = _mm256_loadu_si256(blk.add(Q6K_SC + 64 * p + 32 * h).cast());
+                    let bs = a.add(Q8K_BSUMS + 4 * p).cast::<i32>().read_unaligned();
+                    offset = _mm256_add_epi32(offset, _mm256_madd_epi16(sc, _mm256_set1_epi32(bs)));
+                }
+                let isum = _mm256_sub_epi32(isum[t], _mm256_slli_epi32::<5>(offset));
+                let da = _mm256_set1_ps(q8k_d(a));
+                acc[h] = _mm256_fmadd_ps(_mm256_mul_ps(dd, da), _mm256_cvtepi32_ps(isum), acc[h]);
+            }
+        }
+    }
+    for (t, acc) in acc.iter().enumerate() {
+        _mm256_storeu_ps(out.add((t0 + t) * width), acc[0]);
+        _mm256_storeu_ps(out.add((t0 + t) * width + 8), acc[1]);
+    }
+    T
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::interleaved::tests::ggml_rows;
+    use crate::interleaved_k::{dot_groups_scalar, InterleavedKRows, ROW_GROUP};
+    use crate::k_quants::QK_K;
+    use crate::test_data::TestRng;
+    use crate::{cpu_has_avx512_vnni, GgmlType};
+
+    /// Every kernel level the CPU has gives the scalar twin's bits, for both formats and every token count
+    /// 1..=11 (all the kernels' tile shapes and their leftovers), on random data and on extreme quants.
+    #[test]
+    fn kernels_equal_the_scalar_twin_bit_for_bit() {
+        let avx2 =
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+        assert!(avx2, "every x86-64 machine this project targets has AVX2");
+        let vnni = cpu_has_avx512_vnni();
+        println!(
+            "interleaved k kernels checked: avx2{}",
+            if vnni { ", avx512-vnni" } else { " (no avx512-vnni here)" }
+        );
+        let mut rng = TestRng::new(41);
+        for ty in [GgmlType::Q4K, GgmlType::Q6K] {
+            for (rows, cols, extreme) in [(35, 512, false), (16, 256, true), (48, 2048, false)] {
+                let mut src = ggml_rows(&mut rng, ty, rows, cols);
+                if extreme {
+                    // every quant, scale and min at its largest: 0xff bytes (Q6_K's scales then read -1),
+                    // and half the blocks with the largest positive Q6_K scales
+                    src.fill(0xff);
+                    if ty == GgmlType::Q6K {
+                        for (b, block) in src.chunks_exact_mut(ty.type_size()).enumerate() {
+                            if b % 2 == 0 {
+                                block[192..208].fill(0x7f);
+                            }
+                            block[208..210].copy_from_slice(&half::f16::from_f32(0.5).to_le_bytes());
+                        }
+                    } else {
+                        for block in src.chunks_exact_mut(ty.type_size()) {
+                            block[..4].copy_from_slice(&[0x00, 0x38, 0x00, 0x38]);
+                        }
+                    }
+                }
+                let m = InterleavedKRows::repack(ty, rows, cols, &src, &mut |_| {}).unwrap();
+                let blocks = cols / QK_K;
+                for tokens in 1..=11 {
+                    let mut acts = ggml_rows(&mut rng, GgmlType::Q8K, tokens, cols);
+                    if extreme {
+                        for (i, block) in acts.chunks_exact_mut(GgmlType::Q8K.type_size()).enumerate() {
+                            // every activation quant -128 (even blocks) or +127, with matching block sums
+                            let (q, s): (u8, i16) = if i % 2 == 0 { (0x80, -128 * 16) } else { (0x7f, 127 * 16) };
+                            block[4..4 + QK_K].fill(q);
+                            for c in block[4 + QK_K..].chunks_exact_mut(2) {
+                                c.copy_from_slice(&s.to_le_bytes());
+                            }
+                        }
+                    }
+                    let width = m.groups() * ROW_GROUP;
+                    let mut want = vec![0.0f32; tokens * width];
+                    dot_groups_scalar(m.format(), m.data_for_tests(), blocks, &acts, tokens, &mut want);
+                    let mut got = vec![f32::NAN; tokens * width];
+                    // SAFETY: checked above that the CPU has AVX2, FMA and F16C.
+                    unsafe { super::dot_groups_avx2(m.format(), m.data_for_tests(), blocks, &acts, tokens, &mut got) };
+                    assert_eq!(bits(&got), bits(&want), "{ty} avx2 {rows}x{cols}, {tokens} tokens");
+                    if vnni {
+                        let mut got = vec![f32::NAN; tokens * width];
+                        // SAFETY: the CPU reports AVX-512 F/BW/VL/VNNI.
+                        unsafe {
+                            super::dot_groups_vnni(m.format(), m.data_for_tests(), blocks, &acts, tokens, &mut got)
+                        };
+                        assert_eq!(bits(&got), bits(&want), "{ty} vnni {rows}x{cols}, {tokens} tokens");
+                    }
+                }
+            }
+        }
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+}
