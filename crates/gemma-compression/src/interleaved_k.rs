@@ -12,17 +12,17 @@
 //! - Q6_K: with the quants stored as `q + 32`, `isum = sum_j sc_j * dot_j(q + 32, a) - 32 sum_j sc_j * bsum_j`,
 //!   then `acc = fma(d * d_a, isum, acc)`.
 //!
-//! Layout of one super-block of a group (`r` is the row in the group):
+//! Layout of one super-block of a group (`r` is the row in the group). A run is the 64 values `v = 4 r + e`
+//! (element `4 k + e` of a sub-block, row `r`) of dword `k` of the 16 rows; runs are stored in pairs of 64
+//! bytes, byte `v` holding the low four bits of value `v` of the first run in its low nibble and of the second
+//! in its high nibble, so one load and two masks unpack two runs.
 //! - Q4_K (2,496 bytes, GGML's 16 x 144 = 2,304): 16 f16 `d`; 16 f16 `dmin`; the 6-bit scales as bytes,
-//!   sub-block `j` at `64 + 16 j + r`; the mins as i16 pairs `(m_2p, m_2p+1)` at `192 + 64 p + 4 r`; then per
-//!   sub-block `j` (32 elements) and dword `k` a run of 32 bytes at `448 + 32 (8 j + k)`.
+//!   sub-block `j` at `64 + 16 j + r`; the mins as i16 pairs `(m_2p, m_2p+1)` at `192 + 64 p + 4 r`; then the
+//!   run pairs `(k, k + 1)` (k even) of sub-block `j` (32 elements, 8 runs) at `448 + 256 j + 32 k`.
 //! - Q6_K (3,616 bytes, GGML's 3,360): 16 f16 `d`; the signed scales as i16 pairs `(sc_2p, sc_2p+1)` at
-//!   `32 + 64 p + 4 r`; then per sub-block `j` (16 elements) and dword `k` a run of 48 bytes at
-//!   `544 + 48 (4 j + k)`.
-//!
-//! A run holds the 64 values `v = 4 r + e` (element `4 k + e` of the sub-block, row `r`): byte `v % 32` holds
-//! value `v`'s low four bits, in its low nibble for rows 0..8 and its high nibble for rows 8..16. Q6_K's runs
-//! follow them with two 64-bit words: bit `v` of the first is value `v`'s bit 4, of the second its bit 5.
+//!   `32 + 64 p + 4 r`; then per sub-block `j` (16 elements, 4 runs) 192 bytes at `544 + 192 j`: the run pairs
+//!   (0, 1) and (2, 3), then 64 bytes of top bits, bits `2 k` and `2 k + 1` of byte `v` being bits 4 and 5 of
+//!   value `v` of run `k`.
 
 use std::ops::Range;
 
@@ -60,8 +60,8 @@ impl InterleavedKFormat {
     /// Bytes of one super-block of a group.
     pub const fn group_block_bytes(self) -> usize {
         match self {
-            InterleavedKFormat::Q4K => Q4K_QS + 8 * 8 * 32,
-            InterleavedKFormat::Q6K => Q6K_QS + 16 * 4 * Q6K_RUN,
+            InterleavedKFormat::Q4K => Q4K_QS + 8 * Q4K_SUB,
+            InterleavedKFormat::Q6K => Q6K_QS + 16 * Q6K_SUB,
         }
     }
 }
@@ -71,9 +71,11 @@ pub(crate) const Q4K_DMIN: usize = 32;
 pub(crate) const Q4K_SC: usize = 64;
 pub(crate) const Q4K_MIN: usize = 192;
 pub(crate) const Q4K_QS: usize = 448;
+/// Bytes of one sub-block's runs.
+pub(crate) const Q4K_SUB: usize = 256;
 pub(crate) const Q6K_SC: usize = 32;
 pub(crate) const Q6K_QS: usize = 544;
-pub(crate) const Q6K_RUN: usize = 48;
+pub(crate) const Q6K_SUB: usize = 192;
 
 /// A matrix of `rows x cols` in groups of 16 interleaved rows (the last group padded with zero rows).
 pub struct InterleavedKRows {
@@ -229,11 +231,10 @@ fn repack_q4_k(b: &[u8], dst: &mut [u8], r: usize) {
     // GGML: byte `32 c + l` holds element `64 c + l` in its low nibble and `64 c + 32 + l` in its high one, so
     // sub-block `j` is the low (even `j`) or high (odd `j`) nibbles of bytes `32 (j / 2)..`.
     let qs = &b[16..144];
-    let (at, shift) = (4 * (r % 8), 4 * (r / 8));
     for j in 0..8 {
         for k in 0..8 {
             let nibbles = (word(qs, 32 * (j / 2) + 4 * k) >> (4 * (j % 2))) & 0x0f0f_0f0f;
-            or_word(dst, Q4K_QS + 32 * (8 * j + k) + at, nibbles << shift);
+            or_word(dst, Q4K_QS + Q4K_SUB * j + 64 * (k / 2) + 4 * r, nibbles << (4 * (k % 2)));
         }
     }
 }
@@ -251,25 +252,15 @@ fn repack_q6_k(b: &[u8], dst: &mut [u8], r: usize) {
     // `64 half + 32 (k4 % 2) + l` of `ql` (high nibble for k4 >= 2) and its top two at bits `2 k4` of byte
     // `32 half + l` of `qh`. Four consecutive elements from a multiple of four share half, k4 and bit positions.
     let (ql, qh) = (&b[..128], &b[128..192]);
-    let (at, shift) = (4 * (r % 8), 4 * (r / 8));
     for j in 0..16 {
+        let sub = Q6K_QS + Q6K_SUB * j;
         for k in 0..4 {
             let i = 16 * j + 4 * k;
             let (half, k4, l) = (i / 128, i % 128 / 32, i % 32);
             let low = (word(ql, 64 * half + 32 * (k4 % 2) + l) >> (4 * (k4 / 2))) & 0x0f0f_0f0f;
             let high = (word(qh, 32 * half + l) >> (2 * k4)) & 0x0303_0303;
-            let run = Q6K_QS + Q6K_RUN * (4 * j + k);
-            or_word(dst, run + at, low << shift);
-            // bit 0 (then 1) of each of the four bytes, gathered into four bits: the multiplier moves byte
-            // `e`'s bit to bit 24 + e, and no two partial products share a bit
-            let gather = |bits: u32| (((bits & 0x0101_0101).wrapping_mul(0x0102_0408) >> 24) & 0x0f) as u64;
-            let (bit4, bit5) = (gather(high) << (4 * r), gather(high >> 1) << (4 * r));
-            let mut planes = [0u8; 16];
-            planes[..8].copy_from_slice(&bit4.to_le_bytes());
-            planes[8..].copy_from_slice(&bit5.to_le_bytes());
-            for (d, p) in dst[run + 32..run + 48].iter_mut().zip(planes) {
-                *d |= p;
-            }
+            or_word(dst, sub + 64 * (k / 2) + 4 * r, low << (4 * (k % 2)));
+            or_word(dst, sub + 128 + 4 * r, high << (2 * k));
         }
     }
 }
@@ -309,14 +300,14 @@ fn header(format: InterleavedKFormat, blk: &[u8], r: usize) -> Header {
 
 /// The signed quant of row `r` (within its group), element `i` of sub-block `j` of super-block `blk`.
 fn quant(format: InterleavedKFormat, blk: &[u8], r: usize, j: usize, i: usize) -> i32 {
-    let v = 4 * r + i % 4;
-    let nibble = |run: usize| ((blk[run + v % 32] >> (4 * (v / 32))) & 0x0f) as i32;
+    let (v, k) = (4 * r + i % 4, i / 4);
+    let nibble = |pair: usize| ((blk[pair + v] >> (4 * (k % 2))) & 0x0f) as i32;
     match format {
-        InterleavedKFormat::Q4K => nibble(Q4K_QS + 32 * (8 * j + i / 4)),
+        InterleavedKFormat::Q4K => nibble(Q4K_QS + Q4K_SUB * j + 64 * (k / 2)),
         InterleavedKFormat::Q6K => {
-            let run = Q6K_QS + Q6K_RUN * (4 * j + i / 4);
-            let bit = |plane: usize| ((blk[run + 32 + 8 * plane + v / 8] >> (v % 8)) & 1) as i32;
-            (nibble(run) | bit(0) << 4 | bit(1) << 5) - 32
+            let sub = Q6K_QS + Q6K_SUB * j;
+            let top = ((blk[sub + 128 + v] >> (2 * k)) & 3) as i32;
+            (nibble(sub + 64 * (k / 2)) | top << 4) - 32
         }
     }
 }

@@ -4,7 +4,9 @@
 
 use std::arch::x86_64::*;
 
-use crate::interleaved_k::{InterleavedKFormat, Q4K_DMIN, Q4K_MIN, Q4K_QS, Q4K_SC, Q6K_QS, Q6K_RUN, Q6K_SC, ROW_GROUP};
+use crate::interleaved_k::{
+    InterleavedKFormat, Q4K_DMIN, Q4K_MIN, Q4K_QS, Q4K_SC, Q4K_SUB, Q6K_QS, Q6K_SC, Q6K_SUB, ROW_GROUP,
+};
 use crate::k_quants::{Q8K_BSUMS, Q8K_QS};
 use crate::x86::k_tiles::Q8K_BYTES;
 
@@ -64,18 +66,16 @@ pub(crate) unsafe fn dot_groups_avx2(
     over_groups!(format, w, blocks, acts, n_tokens, tile, q4_k_avx2, q6_k_avx2, [1, 2, 3, 4], 4);
 }
 
-/// The 64 four-bit values of a run (16 rows x 4) as bytes, row `r`'s in dword `r`.
+/// The two runs of a run pair (16 rows x 4 values each) as bytes, row `r`'s in dword `r`.
 ///
 /// # Safety
-/// AVX-512 F/BW/VL; `run` points at 32 readable bytes.
+/// AVX-512 F/BW/VL; `pair` points at 64 readable bytes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn nibbles_vnni(run: *const u8) -> __m512i {
-    let nib = _mm256_loadu_si256(run.cast());
-    let m = _mm256_set1_epi8(0x0f);
-    let lo = _mm256_and_si256(nib, m);
-    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(nib), m);
-    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+unsafe fn run_pair_vnni(pair: *const u8) -> (__m512i, __m512i) {
+    let nib = _mm512_loadu_si512(pair.cast());
+    let m = _mm512_set1_epi8(0x0f);
+    (_mm512_and_si512(nib, m), _mm512_and_si512(_mm512_srli_epi16::<4>(nib), m))
 }
 
 /// The Q4_K sum of each Q8_K block's 16 `bsums` over a 32-element sub-block, as the i16 pairs
@@ -133,8 +133,8 @@ unsafe fn q4_k_vnni<const T: usize>(
         for j in 0..8 {
             let sc = _mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(Q4K_SC + 16 * j).cast()));
             let mut wq = [_mm512_setzero_si512(); 8];
-            for (k, q) in wq.iter_mut().enumerate() {
-                *q = nibbles_vnni(blk.add(Q4K_QS + 32 * (8 * j + k)));
+            for p in 0..4 {
+                (wq[2 * p], wq[2 * p + 1]) = run_pair_vnni(blk.add(Q4K_QS + Q4K_SUB * j + 64 * p));
             }
             for (t, isum) in isum.iter_mut().enumerate() {
                 let qa = act(t).add(Q8K_QS + 32 * j).cast::<i32>();
@@ -196,15 +196,19 @@ unsafe fn q6_k_vnni<const T: usize>(
             } else {
                 _mm512_srai_epi32::<16>(pairs)
             };
-            let mut wq = [_mm512_setzero_si512(); 4];
-            for (k, q) in wq.iter_mut().enumerate() {
-                let run = blk.add(Q6K_QS + Q6K_RUN * (4 * j + k));
-                let v = nibbles_vnni(run);
-                let bit4: __mmask64 = run.add(32).cast::<u64>().read_unaligned();
-                let bit5: __mmask64 = run.add(40).cast::<u64>().read_unaligned();
-                let v = _mm512_mask_add_epi8(v, bit4, v, _mm512_set1_epi8(16));
-                *q = _mm512_mask_add_epi8(v, bit5, v, _mm512_set1_epi8(32));
-            }
+            let sub = blk.add(Q6K_QS + Q6K_SUB * j);
+            let (q0, q1) = run_pair_vnni(sub);
+            let (q2, q3) = run_pair_vnni(sub.add(64));
+            // bits 2k, 2k + 1 of each top byte are run k's bits 4 and 5 (16-bit shifts: the mask drops what
+            // crosses a byte)
+            let top = _mm512_loadu_si512(sub.add(128).cast());
+            let m = _mm512_set1_epi8(0x30);
+            let wq = [
+                _mm512_or_si512(q0, _mm512_and_si512(_mm512_slli_epi16::<4>(top), m)),
+                _mm512_or_si512(q1, _mm512_and_si512(_mm512_slli_epi16::<2>(top), m)),
+                _mm512_or_si512(q2, _mm512_and_si512(top, m)),
+                _mm512_or_si512(q3, _mm512_and_si512(_mm512_srli_epi16::<2>(top), m)),
+            ];
             for (t, isum) in isum.iter_mut().enumerate() {
                 let qa = act(t).add(Q8K_QS + 16 * j).cast::<i32>();
                 let mut s = _mm512_setzero_si512();
@@ -235,39 +239,16 @@ unsafe fn q6_k_vnni<const T: usize>(
     T
 }
 
-/// Rows `8 h..8 h + 8` of a run's four-bit values as 32 bytes.
+/// Rows `8 h..8 h + 8` of the two runs of a run pair as bytes.
 ///
 /// # Safety
-/// AVX2; `run` points at 32 readable bytes.
+/// AVX2; `pair` points at 64 readable bytes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn nibbles_avx2(run: *const u8, h: usize) -> __m256i {
-    let nib = _mm256_loadu_si256(run.cast());
+unsafe fn run_pair_avx2(pair: *const u8, h: usize) -> (__m256i, __m256i) {
+    let nib = _mm256_loadu_si256(pair.add(32 * h).cast());
     let m = _mm256_set1_epi8(0x0f);
-    if h == 0 {
-        _mm256_and_si256(nib, m)
-    } else {
-        _mm256_and_si256(_mm256_srli_epi16::<4>(nib), m)
-    }
-}
-
-/// `value` in each byte whose bit is set in the 32-bit word at `bits` (byte `i` <- bit `i`), else 0.
-///
-/// # Safety
-/// AVX2; `bits` points at 4 readable bytes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn bit_bytes_avx2(bits: *const u8, value: i8) -> __m256i {
-    let word = _mm256_set1_epi32(bits.cast::<i32>().read_unaligned());
-    let spread = _mm256_shuffle_epi8(
-        word,
-        _mm256_setr_epi8(
-            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
-        ),
-    );
-    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-    let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
-    _mm256_and_si256(set, _mm256_set1_epi8(value))
+    (_mm256_and_si256(nib, m), _mm256_and_si256(_mm256_srli_epi16::<4>(nib), m))
 }
 
 /// One Q4_K group against tokens `t0..t0 + T`, rows 0..8 and 8..16 in separate halves; returns `T`.
@@ -299,8 +280,8 @@ unsafe fn q4_k_avx2<const T: usize>(
             for j in 0..8 {
                 let sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.add(Q4K_SC + 16 * j + 8 * h).cast()));
                 let mut wq = [_mm256_setzero_si256(); 8];
-                for (k, q) in wq.iter_mut().enumerate() {
-                    *q = nibbles_avx2(blk.add(Q4K_QS + 32 * (8 * j + k)), h);
+                for p in 0..4 {
+                    (wq[2 * p], wq[2 * p + 1]) = run_pair_avx2(blk.add(Q4K_QS + Q4K_SUB * j + 64 * p), h);
                 }
                 for (t, isum) in isum.iter_mut().enumerate() {
                     let qa = act(t).add(Q8K_QS + 32 * j).cast::<i32>();
@@ -368,12 +349,17 @@ unsafe fn q6_k_avx2<const T: usize>(
                 } else {
                     _mm256_srai_epi32::<16>(pairs)
                 };
-                let mut wq = [_mm256_setzero_si256(); 4];
-                for (k, q) in wq.iter_mut().enumerate() {
-                    let run = blk.add(Q6K_QS + Q6K_RUN * (4 * j + k));
-                    let v = _mm256_or_si256(nibbles_avx2(run, h), bit_bytes_avx2(run.add(32 + 4 * h), 16));
-                    *q = _mm256_or_si256(v, bit_bytes_avx2(run.add(40 + 4 * h), 32));
-                }
+                let sub = blk.add(Q6K_QS + Q6K_SUB * j);
+                let (q0, q1) = run_pair_avx2(sub, h);
+                let (q2, q3) = run_pair_avx2(sub.add(64), h);
+                let top = _mm256_loadu_si256(sub.add(128 + 32 * h).cast());
+                let m = _mm256_set1_epi8(0x30);
+                let wq = [
+                    _mm256_or_si256(q0, _mm256_and_si256(_mm256_slli_epi16::<4>(top), m)),
+                    _mm256_or_si256(q1, _mm256_and_si256(_mm256_slli_epi16::<2>(top), m)),
+                    _mm256_or_si256(q2, _mm256_and_si256(top, m)),
+                    _mm256_or_si256(q3, _mm256_and_si256(_mm256_srli_epi16::<2>(top), m)),
+                ];
                 for (t, isum) in isum.iter_mut().enumerate() {
                     let qa = act(t).add(Q8K_QS + 16 * j).cast::<i32>();
                     let mut s = _mm256_setzero_si256();
