@@ -36,6 +36,7 @@ impl RopeAngles {
     /// `j + d/2`.
     pub fn neox(&self, x: &mut [f32], i: usize) {
         let (cos, sin) = self.at(i);
+        debug_assert!(x.len() >= 2 * self.half, "a head shorter than its rotated pairs");
         let (a, b) = x.split_at_mut(self.half);
         for (((x0, x1), c), s) in a.iter_mut().zip(b.iter_mut()).zip(cos).zip(sin) {
             (*x0, *x1) = (*x0 * c - *x1 * s, *x0 * s + *x1 * c);

@@ -18,6 +18,9 @@ const PREFETCH_AHEAD: usize = 8 * 1024;
 macro_rules! over_groups {
     ($format:expr, $w:expr, $blocks:expr, $acts:expr, $n_tokens:expr, $tile:expr, $q4:ident, $q6:ident,
      [$($t:literal),*], $max:literal) => {{
+        // the kernels read raw pointers: the lengths are checked here, whatever the caller did
+        let n_tokens = crate::interleaved_k::check($format, $w, $blocks, $acts, $tile);
+        assert_eq!(n_tokens, $n_tokens, "token count");
         let gbb = $format.group_block_bytes();
         let groups = $w.len() / ($blocks * gbb);
         let width = groups * ROW_GROUP;
@@ -27,7 +30,7 @@ macro_rules! over_groups {
             let mut t0 = 0;
             while t0 < $n_tokens {
                 let left = ($n_tokens - t0).min($max);
-                // SAFETY (every arm): the caller's `check` sized the group, the activations and the tile.
+                // SAFETY (every arm): `check` sized the group, the activations and the tile.
                 t0 += match ($format, left) {
                     $((InterleavedKFormat::Q4K, $t) => $q4::<$t>(gw, $blocks, $acts.as_ptr(), t0, out, width),)*
                     $((InterleavedKFormat::Q6K, $t) => $q6::<$t>(gw, $blocks, $acts.as_ptr(), t0, out, width),)*
@@ -39,7 +42,7 @@ macro_rules! over_groups {
 }
 
 /// # Safety
-/// The CPU supports AVX-512 F, BW, VL and VNNI; the lengths passed `interleaved_k::check`.
+/// The CPU supports AVX-512 F, BW, VL and VNNI. (Lengths are checked here; panics if they do not match.)
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(crate) unsafe fn dot_groups_vnni(
     format: InterleavedKFormat,
@@ -53,7 +56,7 @@ pub(crate) unsafe fn dot_groups_vnni(
 }
 
 /// # Safety
-/// The CPU supports AVX2, FMA and F16C; the lengths passed `interleaved_k::check`.
+/// The CPU supports AVX2, FMA and F16C. (Lengths are checked here.)
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn dot_groups_avx2(
     format: InterleavedKFormat,
