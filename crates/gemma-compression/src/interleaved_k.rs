@@ -26,13 +26,11 @@
 
 use std::ops::Range;
 
-use crate::k_quants::{scales_mins_k4, Q8K_BSUMS, Q8K_QS, QK_K};
+use crate::k_quants::{scales_mins_k4, Q8K_BSUMS, Q8K_BYTES, Q8K_QS, QK_K};
 use crate::{GgmlType, QuantError};
 
 /// Rows per interleaved group.
 pub const ROW_GROUP: usize = 16;
-/// Bytes of one Q8_K activation block.
-const Q8K_BYTES: usize = 4 + QK_K + 32;
 
 /// The super-block formats that can be interleaved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,7 +165,7 @@ impl InterleavedKRows {
         let rr = r % ROW_GROUP;
         for (blk, o) in group.chunks_exact(gbb).zip(out.chunks_exact_mut(QK_K)) {
             let h = header(self.format, blk, rr);
-            let sub = QK_K / h.scale.len();
+            let sub = QK_K / h.sub_blocks;
             for (j, o) in o.chunks_exact_mut(sub).enumerate() {
                 let dl = h.d * h.scale[j] as f32;
                 let ml = h.dmin * h.min[j] as f32;
@@ -269,12 +267,14 @@ fn repack_q6_k(b: &[u8], dst: &mut [u8], r: usize) {
 struct Header {
     d: f32,
     dmin: f32,
-    scale: Vec<i32>,
-    min: Vec<i32>,
+    /// Sub-block scales and mins (8 used by Q4_K, 16 by Q6_K).
+    scale: [i32; 16],
+    min: [i32; 16],
+    sub_blocks: usize,
 }
 
 fn f16_at(b: &[u8], at: usize) -> f32 {
-    half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+    crate::f16_le(&b[at..])
 }
 
 fn i16_at(b: &[u8], at: usize) -> i32 {
@@ -286,14 +286,18 @@ fn header(format: InterleavedKFormat, blk: &[u8], r: usize) -> Header {
         InterleavedKFormat::Q4K => Header {
             d: f16_at(blk, 2 * r),
             dmin: f16_at(blk, Q4K_DMIN + 2 * r),
-            scale: (0..8).map(|j| blk[Q4K_SC + 16 * j + r] as i32).collect(),
-            min: (0..8).map(|j| i16_at(blk, Q4K_MIN + 64 * (j / 2) + 4 * r + 2 * (j % 2))).collect(),
+            scale: std::array::from_fn(|j| if j < 8 { blk[Q4K_SC + 16 * j + r] as i32 } else { 0 }),
+            min: std::array::from_fn(
+                |j| if j < 8 { i16_at(blk, Q4K_MIN + 64 * (j / 2) + 4 * r + 2 * (j % 2)) } else { 0 },
+            ),
+            sub_blocks: 8,
         },
         InterleavedKFormat::Q6K => Header {
             d: f16_at(blk, 2 * r),
             dmin: 0.0,
-            scale: (0..16).map(|j| i16_at(blk, Q6K_SC + 64 * (j / 2) + 4 * r + 2 * (j % 2))).collect(),
-            min: vec![0; 16],
+            scale: std::array::from_fn(|j| i16_at(blk, Q6K_SC + 64 * (j / 2) + 4 * r + 2 * (j % 2))),
+            min: [0; 16],
+            sub_blocks: 16,
         },
     }
 }

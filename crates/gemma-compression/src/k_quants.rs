@@ -18,6 +18,8 @@ pub(crate) const QK_K: usize = 256;
 /// Byte offsets inside a Q8_K block.
 pub(crate) const Q8K_QS: usize = 4;
 pub(crate) const Q8K_BSUMS: usize = 4 + QK_K;
+/// Bytes of one Q8_K block (scale, quants, sums of 16).
+pub(crate) const Q8K_BYTES: usize = Q8K_BSUMS + 32;
 /// Smallest group maximum treated as non-zero by the encoders (ggml's GROUP_MAX_EPS).
 const GROUP_MAX_EPS: f32 = 1e-15;
 

@@ -20,7 +20,7 @@ fn check(format: InterleavedFormat, w: &[u8], blocks: usize, acts: &InterleavedA
 
 /// How far ahead of the block being read one token's product asks for the weights. With one token the
 /// product streams the matrix at memory speed and the hardware prefetcher alone leaves bandwidth unused.
-const PREFETCH_AHEAD: usize = 8 * 1024;
+pub(crate) const PREFETCH_AHEAD: usize = 8 * 1024;
 
 /// Runs `$kernel::<Q5, T>` over every group and every chunk of up to `$max` tokens.
 macro_rules! over_groups {

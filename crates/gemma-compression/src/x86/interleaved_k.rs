@@ -7,12 +7,9 @@ use std::arch::x86_64::*;
 use crate::interleaved_k::{
     InterleavedKFormat, Q4K_DMIN, Q4K_MIN, Q4K_QS, Q4K_SC, Q4K_SUB, Q6K_QS, Q6K_SC, Q6K_SUB, ROW_GROUP,
 };
-use crate::k_quants::{Q8K_BSUMS, Q8K_QS};
-use crate::x86::k_tiles::Q8K_BYTES;
+use crate::k_quants::{Q8K_BSUMS, Q8K_BYTES, Q8K_QS};
 
-/// How far ahead of the super-block being read one token's product asks for the weights (as the Q8_0/Q5_0
-/// interleaved kernels).
-const PREFETCH_AHEAD: usize = 8 * 1024;
+use crate::x86::interleaved::PREFETCH_AHEAD;
 
 /// Runs `$q4::<T>` or `$q6::<T>` over every group and every chunk of up to `$max` tokens.
 macro_rules! over_groups {

@@ -11,11 +11,9 @@
 use std::arch::x86_64::*;
 use std::marker::PhantomData;
 
+pub(crate) use crate::k_quants::Q8K_BYTES;
 use crate::k_quants::{Q8K_QS, QK_K};
 use crate::GgmlType;
-
-/// Bytes of one Q8_K block.
-pub(crate) const Q8K_BYTES: usize = 4 + QK_K + 32;
 
 /// One weight format's super-block, seen by the 256-bit (AVX2) tile loop: 8 chunks of 32 elements.
 pub(crate) trait Avx2Block {
