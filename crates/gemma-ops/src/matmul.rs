@@ -723,4 +723,48 @@ mod tests {
             assert_eq!(results[0], results[1], "{ty}: thread count changed the result");
         }
     }
+
+    /// The repacked matrices through the whole matmul path: a padded last group (37 rows = two groups and 5
+    /// rows), one token and several, one thread and two. The repacked kernels add in another order than the
+    /// GGML layout's, so they agree with it to float rounding, and with themselves bit for bit.
+    #[test]
+    fn repacked_matmuls_match_the_ggml_layout_with_a_padded_last_group() {
+        let (rows, cols) = (37, 512);
+        let mut seed = 11;
+        let wf: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
+        for ty in [GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q4K, GgmlType::Q6K] {
+            let f = quant_format(ty).unwrap();
+            let rb = ty.row_bytes(cols).unwrap();
+            let mut wq = vec![0u8; rb * rows];
+            for (src, dst) in wf.chunks(cols).zip(wq.chunks_mut(rb)) {
+                f.quantize_row(src, dst).unwrap();
+            }
+            let plain = QMatrix::new(&wq, rows, cols, ty).unwrap();
+            let interleaved = InterleavedRows::repack(ty, rows, cols, &wq, &mut |_| {}).ok();
+            let interleaved_k = InterleavedKRows::repack(ty, rows, cols, &wq, &mut |_| {}).ok();
+            assert!(interleaved.is_some() != interleaved_k.is_some(), "{ty} repacks into exactly one layout");
+            for n in [1, 5] {
+                let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed)).collect();
+                let mut want = vec![0f32; n * rows];
+                matmul(&ThreadPool::new(1), &plain, &x, &mut want, &mut QuantizedActs::default()).unwrap();
+                let mut results = Vec::new();
+                for threads in [1, 2] {
+                    let pool = ThreadPool::new(threads);
+                    let mut out = vec![f32::NAN; n * rows];
+                    if let Some(w) = &interleaved {
+                        matmul_interleaved(&pool, w, &x, &mut out, &mut InterleavedActs::default()).unwrap();
+                    }
+                    if let Some(w) = &interleaved_k {
+                        matmul_interleaved_k(&pool, w, &x, &mut out, &mut QuantizedActs::default()).unwrap();
+                    }
+                    for (i, (w, g)) in want.iter().zip(&out).enumerate() {
+                        let (t, r) = (i / rows, i % rows);
+                        assert!((w - g).abs() <= 1e-4 * (1.0 + w.abs()), "{ty} n{n} t{t} r{r}: {w} vs {g}");
+                    }
+                    results.push(out);
+                }
+                assert_eq!(results[0], results[1], "{ty} n{n}: thread count changed the result");
+            }
+        }
+    }
 }
