@@ -160,8 +160,9 @@ pub struct SamplingArgs {
     #[arg(long, default_value_t = 0.0, value_name = "P")]
     pub min_p: f32,
 
-    /// Random seed (same seed, same text).
-    #[arg(long, value_name = "S")]
+    /// Random seed: the same seed gives the same text, and llama.cpp's text where the two engines'
+    /// probabilities agree (its random draws); -1 is a random seed, as in llama.cpp.
+    #[arg(long, value_name = "S", allow_negative_numbers = true, value_parser = parse_seed)]
     pub seed: Option<u64>,
 
     /// Penalize repeated tokens: divide their positive logits (multiply negative ones) by P; 1 is off.
@@ -363,4 +364,10 @@ pub struct BenchArgs {
     /// Write the results as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+}
+
+/// A seed as llama.cpp reads one: any 64-bit integer, negative ones wrapping (so -1 is `0xFFFF...`, which
+/// the sampler takes as "random", like llama.cpp's `LLAMA_DEFAULT_SEED`).
+fn parse_seed(s: &str) -> Result<u64, String> {
+    s.parse::<u64>().or_else(|_| s.parse::<i64>().map(|v| v as u64)).map_err(|_| format!("'{s}' is not an integer"))
 }

@@ -257,6 +257,7 @@ fn bad_values_are_usage_errors_naming_the_flag() {
         usage_error(&args, flag);
     };
     run(&["--repeat-penalty", "0"], "--repeat-penalty");
+    run(&["--seed", "one"], "--seed");
     run(&["--repeat-penalty", "inf"], "--repeat-penalty");
     run(&["--repeat-last-n", "-2"], "--repeat-last-n");
     run(&["--presence-penalty", "nan"], "--presence-penalty");
@@ -360,4 +361,14 @@ fn smollm2_tokenize_and_bench() {
     let results = report["results"].as_array().expect("results");
     assert_eq!(results.len(), 2);
     assert!(results.iter().all(|r| r["tokens_per_second"]["mean"].as_f64().is_some_and(|t| t > 0.0)), "{report}");
+}
+
+/// llama.cpp's seeds: `-1` is a random seed; a seed keeps only its low 32 bits, as llama.cpp's `uint32_t`.
+#[test]
+fn seeds_read_as_llama_cpp_reads_them() {
+    let m = gemma_model();
+    let sampled = |seed: &str| ids(&run_json(&m, STORY, 8, &["--temperature", "1", "--top-k", "0", "--seed", seed]));
+    assert_eq!(sampled("5"), sampled("4294967301"), "2^32 + 5 is seed 5");
+    let random: Vec<_> = (0..3).map(|_| sampled("-1")).collect();
+    assert!(random.iter().any(|r| r != &random[0]), "-1 draws a new seed each run: {random:?}");
 }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod generate;
 pub mod kv_cache;
 pub mod model;
+pub mod random;
 pub mod sampling;
 pub mod stop;
 pub mod tokenizer;

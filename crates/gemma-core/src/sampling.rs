@@ -7,12 +7,15 @@
 //!
 //! Greedy settings with nothing that can move the maximum (no bias, penalties, typical-p or XTC) are a
 //! plain argmax over the logits. Every other path works in buffers owned by the [`Sampler`], so no
-//! token allocates once the buffers have grown to the vocabulary. A seeded generator makes the same
-//! seed give the same text.
+//! token allocates once the buffers have grown to the vocabulary. The random draws are llama.cpp's own
+//! (`std::mt19937` as libstdc++ uses it, [`crate::random`]): the same seed gives the same text, and the
+//! same text as llama.cpp wherever the two engines' probabilities agree.
 
 use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
+
+use crate::random::Mt19937;
 
 /// A bad sampler name, letter or value.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -202,7 +205,8 @@ pub struct SamplingParams {
     pub top_p: f32,
     /// 0.0 disables min-p.
     pub min_p: f32,
-    /// `None`: seeded from the clock.
+    /// Only the low 32 bits count, as in llama.cpp; `None` or `0xFFFFFFFF` (llama.cpp's `-1`): seeded from
+    /// the clock.
     pub seed: Option<u64>,
     /// How many of the latest tokens (prompt and generated) the penalties look at; 0 disables them.
     pub penalty_last_n: usize,
@@ -361,43 +365,6 @@ pub fn parse_logit_bias(arg: &str) -> Result<(u32, f32), SamplingError> {
     Ok((id, bias))
 }
 
-/// xoshiro256** seeded through splitmix64: small, fast, and the same on every platform.
-#[derive(Clone, Debug)]
-pub struct Rng {
-    s: [u64; 4],
-}
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        let mut z = seed;
-        let mut next = || {
-            z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut x = z;
-            x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            x ^ (x >> 31)
-        };
-        Rng { s: [next(), next(), next(), next()] }
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = self.s[1] << 17;
-        self.s[2] ^= self.s[0];
-        self.s[3] ^= self.s[1];
-        self.s[1] ^= self.s[2];
-        self.s[0] ^= self.s[3];
-        self.s[2] ^= t;
-        self.s[3] = self.s[3].rotate_left(45);
-        result
-    }
-
-    /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// A token's log-probability.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TokenLogprob {
@@ -540,13 +507,13 @@ impl Candidates {
             self.items.iter_mut().for_each(|c| c.p = uniform);
             return;
         }
-        let mut sum = 0.0f64;
+        // In f32 and in this order, as llama.cpp's softmax, so the cut-offs that follow fall where its do.
+        let mut sum = 0.0f32;
         for c in &mut self.items {
             c.p = (c.logit - max).exp();
-            sum += c.p as f64;
+            sum += c.p;
         }
-        let inv = (1.0 / sum) as f32;
-        self.items.iter_mut().for_each(|c| c.p *= inv);
+        self.items.iter_mut().for_each(|c| c.p /= sum);
     }
 
     fn apply_logit_bias(&mut self, bias: &[(u32, f32)]) {
@@ -700,11 +667,11 @@ impl Candidates {
 
     /// XTC: with chance `probability`, removes every token with p ≥ threshold except the least likely
     /// of them.
-    fn xtc(&mut self, probability: f32, threshold: f32, min_keep: usize, rng: &mut Rng) {
+    fn xtc(&mut self, probability: f32, threshold: f32, min_keep: usize, rng: &mut Mt19937) {
         if !xtc_enabled(probability, threshold) || self.items.len() < 2 {
             return;
         }
-        let chance = rng.next_f64() as f32;
+        let chance = rng.uniform_f32();
         if chance > probability {
             return;
         }
@@ -743,55 +710,63 @@ impl Candidates {
         best
     }
 
-    /// Draws an index by the softmax of the logits (the first candidate when all are −inf).
-    fn draw(&self, rng: &mut Rng) -> usize {
-        let max = self.max_logit() as f64;
-        if self.items.is_empty() || max == f64::NEG_INFINITY {
+    /// Draws an index by the softmax of the logits, as llama.cpp's `dist` sampler: f32 weights
+    /// `exp(logit - max)` summed in f64, one uniform double, and the first candidate (in the current order)
+    /// whose running sum reaches that fraction of the total. One number is drawn even for a single candidate,
+    /// so the stream stays aligned with llama.cpp's.
+    fn draw(&self, rng: &mut Mt19937) -> usize {
+        let u = rng.uniform_f64();
+        let max = self.max_logit();
+        if self.items.len() <= 1 || max == f32::NEG_INFINITY {
             return 0;
         }
-        let sum: f64 = self.items.iter().map(|c| (c.logit as f64 - max).exp()).sum();
-        let r = rng.next_f64();
-        let mut cum = 0.0;
+        let sum: f64 = self.items.iter().map(|c| f64::from((c.logit - max).exp())).sum();
+        let target = sum * u;
+        let mut run = 0.0f64;
         for (i, c) in self.items.iter().enumerate() {
-            cum += (c.logit as f64 - max).exp() / sum;
-            if r < cum {
+            run += f64::from((c.logit - max).exp());
+            if run >= target {
                 return i;
             }
         }
         self.items.len() - 1
     }
 
-    /// Draws an index by the `p` already computed.
-    fn draw_by_p(&self, rng: &mut Rng) -> usize {
-        let r = rng.next_f64();
-        let mut cum = 0.0f64;
-        for (i, c) in self.items.iter().enumerate() {
-            cum += c.p as f64;
-            if r < cum {
-                return i;
-            }
-        }
-        self.items.len().saturating_sub(1)
+    /// Draws an index by the `p` already computed (Mirostat), as `std::discrete_distribution` does.
+    fn draw_by_p(&self, rng: &mut Mt19937) -> usize {
+        rng.discrete(self.items.iter().map(|c| c.p))
     }
 }
 
 /// How many of the sorted `items` top-p keeps, if their cumulative probability reaches `top_p`.
 fn top_p_cut(items: &[Candidate], top_p: f32, min_keep: usize) -> Option<usize> {
-    let mut cum = 0.0f64;
+    let mut cum = 0.0f32;
     for (i, c) in items.iter().enumerate() {
-        cum += c.p as f64;
-        if cum >= top_p as f64 && i + 1 >= min_keep {
+        cum += c.p;
+        if cum >= top_p && i + 1 >= min_keep {
             return Some(i + 1);
         }
     }
     None
 }
 
+/// The 32-bit seed llama.cpp would use: the low 32 bits of `seed`; none, or `0xFFFFFFFF` (llama.cpp's
+/// `LLAMA_DEFAULT_SEED`, what `--seed -1` gives), means one from the clock.
+fn rng_seed(seed: Option<u64>) -> u32 {
+    match seed.map(|s| s as u32) {
+        Some(s) if s != u32::MAX => s,
+        _ => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u32),
+    }
+}
+
 /// Picks tokens by [`SamplingParams`], remembering what penalties and Mirostat need between tokens.
 pub struct Sampler {
     params: SamplingParams,
     plain_argmax: bool,
-    rng: Rng,
+    /// The final draw's generator (llama.cpp's `dist` or Mirostat), and XTC's own, both from the same seed
+    /// as llama.cpp seeds each of its samplers.
+    rng: Mt19937,
+    xtc_rng: Mt19937,
     candidates: Candidates,
     /// Typical-p's (score, index) order and its reordered candidates.
     typical_order: Vec<(f32, u32)>,
@@ -806,12 +781,11 @@ impl Sampler {
     /// A sampler for `params` as given (see [`SamplingParams::validate`] for checking user input; bad
     /// values never panic, they only give odd choices).
     pub fn new(params: SamplingParams) -> Sampler {
-        let seed = params.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-        });
+        let seed = rng_seed(params.seed);
         Sampler {
             plain_argmax: params.is_plain_argmax(),
-            rng: Rng::new(seed),
+            rng: Mt19937::new(seed),
+            xtc_rng: Mt19937::new(seed),
             candidates: Candidates::default(),
             typical_order: Vec::new(),
             typical_spare: Vec::new(),
@@ -913,7 +887,7 @@ impl Sampler {
                 }
                 SamplerStage::TopP => c.top_p(p.top_p, p.min_keep),
                 SamplerStage::MinP => c.min_p(p.min_p, p.min_keep),
-                SamplerStage::Xtc => c.xtc(p.xtc_probability, p.xtc_threshold, p.min_keep, &mut self.rng),
+                SamplerStage::Xtc => c.xtc(p.xtc_probability, p.xtc_threshold, p.min_keep, &mut self.xtc_rng),
                 SamplerStage::Temperature => c.temperature(p.temperature),
             }
         }
@@ -945,8 +919,10 @@ impl Sampler {
             let epsilon_hat = s_hat - 1.0;
             let k = ((epsilon_hat * 2f32.powf(self.mirostat_mu)) / (1.0 - (n_vocab as f32).powf(-epsilon_hat)))
                 .powf(1.0 / s_hat);
-            // `as` saturates and maps NaN to 0, like the max(int(k), 1) guard in llama.cpp.
-            c.top_k((k as usize).max(1));
+            // llama.cpp keeps max(int(k), 1): on x86 a float that is NaN or beyond i32 converts to i32::MIN,
+            // so an overflowing estimate keeps one token, not all of them.
+            let k = if k > -2_147_483_649.0 && k < 2_147_483_648.0 { k as i32 } else { i32::MIN };
+            c.top_k(k.max(1) as usize);
         } else {
             let mu = self.mirostat_mu;
             let keep = c.items.iter().take_while(|x| -x.p.log2() <= mu).count();
