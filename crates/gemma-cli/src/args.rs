@@ -194,12 +194,12 @@ pub struct SamplingArgs {
     pub mirostat_ent: f32,
 
     /// Sampler chain, names in order separated by ';'
-    /// (default "penalties;top_n_sigma;top_k;typ_p;top_p;min_p;xtc;temperature").
+    /// (default "penalties;dry;top_n_sigma;top_k;typ_p;top_p;min_p;xtc;temperature").
     #[arg(long, value_name = "LIST", conflicts_with = "sampling_seq", help_heading = EXTRAS)]
     pub samplers: Option<String>,
 
-    /// Sampler chain as letters (default "eskypmxt"): e=penalties s=top_n_sigma k=top_k y=typ_p p=top_p
-    /// m=min_p x=xtc t=temperature.
+    /// Sampler chain as letters (default "edskypmxt"): e=penalties d=dry s=top_n_sigma k=top_k y=typ_p
+    /// p=top_p m=min_p x=xtc t=temperature.
     #[arg(long, visible_alias = "sampler-seq", value_name = "LETTERS", help_heading = EXTRAS)]
     pub sampling_seq: Option<String>,
 
@@ -235,6 +235,28 @@ pub struct SamplingArgs {
     #[arg(long, default_value_t = 0.1, value_name = "P", allow_negative_numbers = true, help_heading = EXTRAS)]
     pub xtc_threshold: f32,
 
+    /// DRY ("don't repeat yourself"): penalty of a token that would extend a repeat past the allowed
+    /// length, multiplied by the base per further token; 0 is off.
+    #[arg(long, default_value_t = 0.0, value_name = "N", allow_negative_numbers = true, help_heading = EXTRAS)]
+    pub dry_multiplier: f32,
+
+    /// DRY: the penalty's growth per token of repeat; values below 1 are ignored, as in llama.cpp.
+    #[arg(long, default_value_t = 1.75, value_name = "N", allow_negative_numbers = true, help_heading = EXTRAS)]
+    pub dry_base: f32,
+
+    /// DRY: repeats of up to N tokens are not penalized.
+    #[arg(long, default_value_t = 2, value_name = "N", help_heading = EXTRAS)]
+    pub dry_allowed_length: u32,
+
+    /// DRY: how many of the latest tokens are scanned for repeats (0 off, -1 the whole context).
+    #[arg(long, default_value_t = 64, value_name = "N", allow_negative_numbers = true, help_heading = EXTRAS)]
+    pub dry_penalty_last_n: i32,
+
+    /// DRY: a text that ends a repeat; the first use replaces the defaults ('\n', ':', '"', '*'), "none"
+    /// clears them all; `\n`-style escapes as in llama.cpp; repeatable.
+    #[arg(long = "dry-sequence-breaker", value_name = "STRING", help_heading = EXTRAS)]
+    pub dry_sequence_breakers: Vec<String>,
+
     /// Never end at an end-of-generation token (EOS, <end_of_turn>, ...): generate until another limit.
     #[arg(long, help_heading = EXTRAS)]
     pub ignore_eos: bool,
@@ -268,6 +290,11 @@ impl Default for SamplingArgs {
             top_n_sigma: -1.0,
             xtc_probability: 0.0,
             xtc_threshold: 0.1,
+            dry_multiplier: 0.0,
+            dry_base: 1.75,
+            dry_allowed_length: 2,
+            dry_penalty_last_n: 64,
+            dry_sequence_breakers: Vec::new(),
             ignore_eos: false,
             stop: Vec::new(),
         }

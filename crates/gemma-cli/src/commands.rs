@@ -191,6 +191,12 @@ pub(crate) fn generation_options(args: &SamplingArgs) -> Result<GenerationOption
         mirostat,
         mirostat_tau: args.mirostat_ent,
         mirostat_eta: args.mirostat_lr,
+        dry_multiplier: args.dry_multiplier,
+        // llama.cpp ignores a base below 1 (the sampler would be off).
+        dry_base: if args.dry_base >= 1.0 { args.dry_base } else { SamplingParams::default().dry_base },
+        dry_allowed_length: args.dry_allowed_length,
+        dry_penalty_last_n: args.dry_penalty_last_n,
+        dry_sequence_breakers: dry_sequence_breakers(&args.dry_sequence_breakers),
         samplers,
         ..Default::default()
     };
@@ -200,6 +206,23 @@ pub(crate) fn generation_options(args: &SamplingArgs) -> Result<GenerationOption
     }
     let stop = args.stop.iter().map(|s| process_escapes(s)).collect();
     Ok(GenerationOptions { max_tokens: args.max_tokens, sampling, stop, ..Default::default() })
+}
+
+/// `--dry-sequence-breaker` as llama.cpp reads it: none given keeps the defaults; the first one given
+/// replaces them; "none" clears every breaker before it; escapes (`\n`) are processed.
+fn dry_sequence_breakers(args: &[String]) -> Vec<String> {
+    if args.is_empty() {
+        return SamplingParams::default().dry_sequence_breakers;
+    }
+    let mut breakers = Vec::new();
+    for arg in args {
+        if arg == "none" {
+            breakers.clear();
+        } else {
+            breakers.push(process_escapes(arg));
+        }
+    }
+    breakers
 }
 
 /// llama.cpp's `--escape` treatment of reverse prompts, so that `--stop '\n'` typed in a shell means a
@@ -258,6 +281,9 @@ fn flag_error(e: &SamplingError) -> String {
         "mirostat_tau" => "--mirostat-ent",
         "mirostat_eta" => "--mirostat-lr",
         "logit_bias" => "--logit-bias",
+        "dry_multiplier" => "--dry-multiplier",
+        "dry_base" => "--dry-base",
+        "dry_penalty_last_n" => "--dry-penalty-last-n",
         other => other,
     };
     format!("{flag} must be {requirement}, got {value}")
@@ -518,7 +544,16 @@ pub(crate) fn thread_pool(threads: usize) -> Result<ThreadPool> {
 
 #[cfg(test)]
 mod tests {
-    use super::process_escapes;
+    use super::{dry_sequence_breakers, process_escapes};
+
+    #[test]
+    fn dry_sequence_breakers_replace_the_defaults_like_llama_cpp() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(dry_sequence_breakers(&[]), ["\n", ":", "\"", "*"]);
+        assert_eq!(dry_sequence_breakers(&args(&[r"\n", "end"])), ["\n", "end"]);
+        assert!(dry_sequence_breakers(&args(&["a", "none"])).is_empty());
+        assert_eq!(dry_sequence_breakers(&args(&["a", "none", "b"])), ["b"]);
+    }
 
     #[test]
     fn stop_strings_take_llama_cpp_escapes() {

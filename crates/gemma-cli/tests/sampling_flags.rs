@@ -183,6 +183,60 @@ fn mirostat_is_random_but_the_same_for_the_same_seed() {
     assert_eq!(ids(&run_json(&m, STORY, n, &v1)), ids(&run_json(&m, STORY, n, &v1)));
 }
 
+/// The DRY goldens: llama.cpp's greedy tokens with DRY on (`scripts/llama_dry_goldens.py`).
+fn dry_goldens() -> Vec<Value> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/goldens/gemma3_270m_llama_dry.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("DRY goldens")).expect("DRY goldens json")
+}
+
+fn golden_ids(v: &Value, field: &str, n: usize) -> Vec<u64> {
+    v[field].as_array().expect("ids").iter().take(n).map(|x| x.as_u64().expect("id")).collect()
+}
+
+#[test]
+fn dry_flags_follow_llama_cpp() {
+    let m = gemma_model();
+    let goldens = dry_goldens();
+    let prompt = |g: &Value| g["prompt"].as_str().expect("prompt").to_string();
+    // Case 0: default breakers, multiplier 0.8; its first near-tie after DRY is at step 8.
+    let cat = &goldens[0];
+    let dry = run_json(&m, &prompt(cat), 8, &["--dry-multiplier", "0.8"]);
+    assert_eq!(ids(&dry), golden_ids(cat, "gen_ids", 8), "{dry}");
+    let plain = run_json(&m, &prompt(cat), 8, &[]);
+    assert_eq!(ids(&plain), golden_ids(cat, "no_dry_gen_ids", 8));
+    assert_ne!(ids(&dry), ids(&plain));
+    // The switches: a window of 0, a chain without DRY (names or letters), and Mirostat turn it off; a base
+    // below 1 is ignored (the default 1.75 stays), as in llama.cpp.
+    for off in
+        [&["--dry-penalty-last-n", "0"][..], &["--samplers", "penalties;top_k;temperature"], &["--sampling-seq", "ekt"]]
+    {
+        let v = run_json(&m, &prompt(cat), 8, &[&["--dry-multiplier", "0.8"][..], off].concat());
+        assert_eq!(ids(&v), ids(&plain), "{off:?}");
+    }
+    for on in [&["--dry-base", "0.5"][..], &["--sampling-seq", "edkt"], &["--samplers", "dry;top_k"]] {
+        let v = run_json(&m, &prompt(cat), 8, &[&["--dry-multiplier", "0.8"][..], on].concat());
+        assert_eq!(ids(&v), ids(&dry), "{on:?}");
+    }
+
+    // Cases 1 and 2: one prompt, "love you" (across two tokens) or a newline as the only breaker.
+    let love = &goldens[1];
+    let common = ["--dry-multiplier", "1", "--dry-base", "1.5", "--dry-allowed-length", "2"];
+    let with_breaker =
+        run_json(&m, &prompt(love), 12, &[&common[..], &["--dry-sequence-breaker", "love you"]].concat());
+    assert_eq!(ids(&with_breaker), golden_ids(love, "gen_ids", 12));
+    // `\n` is an escape, as in llama.cpp; the first breaker given replaces the defaults.
+    let newline = run_json(&m, &prompt(love), 4, &[&common[..], &["--dry-sequence-breaker", "\\n"]].concat());
+    assert_eq!(ids(&newline), golden_ids(&goldens[2], "gen_ids", 4));
+    // "none" clears the breakers named before it: no breaker at all, so DRY acts again.
+    let none = run_json(
+        &m,
+        &prompt(love),
+        4,
+        &[&common[..], &["--dry-sequence-breaker", "love you", "--dry-sequence-breaker", "none"]].concat(),
+    );
+    assert_ne!(ids(&none), golden_ids(love, "gen_ids", 4));
+}
+
 #[test]
 fn sampler_chain_order_and_truncating_samplers() {
     let m = gemma_model();
@@ -279,6 +333,10 @@ fn bad_values_are_usage_errors_naming_the_flag() {
     run(&["--top-p", "0"], "--top-p");
     run(&["--stop", ""], "--stop");
     run(&["--samplers", "top_k", "--sampling-seq", "k"], "--sampling-seq");
+    run(&["--dry-multiplier", "nan"], "--dry-multiplier");
+    run(&["--dry-multiplier", "0.8", "--dry-base", "inf"], "--dry-base");
+    run(&["--dry-penalty-last-n", "-2"], "--dry-penalty-last-n");
+    run(&["--dry-allowed-length", "many"], "--dry-allowed-length");
     // The same checks guard `gemma chat` before it reads anything.
     usage_error(&["chat", "-m", &m, "--repeat-penalty", "-1"], "--repeat-penalty");
 }
@@ -301,6 +359,11 @@ fn help_documents_the_sampling_flags() {
         "--top-nsigma",
         "--xtc-probability",
         "--xtc-threshold",
+        "--dry-multiplier",
+        "--dry-base",
+        "--dry-allowed-length",
+        "--dry-penalty-last-n",
+        "--dry-sequence-breaker",
         "--ignore-eos",
         "--reverse-prompt",
         "--stop",

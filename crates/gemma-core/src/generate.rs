@@ -196,8 +196,8 @@ impl<'m> Session<'m> {
         if self.cache.len() + prompt_ids.len() > ctx {
             return Err(ModelError::ContextFull { pos: self.cache.len() + prompt_ids.len() - 1, ctx });
         }
-        let mut sampler = Sampler::new(opts.sampling.clone());
-        // Penalties count the prompt too, as llama.cpp's samplers do.
+        let mut sampler = Sampler::for_model(opts.sampling.clone(), tokenizer, ctx);
+        // Penalties and DRY count the prompt too, as llama.cpp's samplers do.
         sampler.accept_all(prompt_ids);
         let mut decoder = StreamDecoder::new(tokenizer);
         let mut stops = StopMatcher::new(opts.stop.iter().cloned());

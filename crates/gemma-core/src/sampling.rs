@@ -1,21 +1,27 @@
 //! Choosing the next token from logits, following llama.cpp's sampler chain (`src/llama-sampler.cpp`,
 //! `common/sampling.cpp`):
 //!
-//! `logit_bias` → the configurable chain (default: penalties → top-n-σ → top-k → typical-p → top-p →
+//! `logit_bias` → the configurable chain (default: penalties → DRY → top-n-σ → top-k → typical-p → top-p →
 //! min-p → XTC → temperature) → a random draw; or, with Mirostat, `logit_bias` → temperature →
-//! Mirostat v1/v2 (llama.cpp skips the chain, penalties included, in Mirostat mode).
+//! Mirostat v1/v2 (llama.cpp skips the chain, penalties and DRY included, in Mirostat mode).
 //!
-//! Greedy settings with nothing that can move the maximum (no bias, penalties, typical-p or XTC) are a
-//! plain argmax over the logits. Every other path works in buffers owned by the [`Sampler`], so no
+//! Greedy settings with nothing that can move the maximum (no bias, penalties, DRY, typical-p or XTC) are
+//! a plain argmax over the logits. Every other path works in buffers owned by the [`Sampler`], so no
 //! token allocates once the buffers have grown to the vocabulary. The random draws are llama.cpp's own
 //! (`std::mt19937` as libstdc++ uses it, [`crate::random`]): the same seed gives the same text, and the
 //! same text as llama.cpp wherever the two engines' probabilities agree.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::random::Mt19937;
+use crate::tokenizer::Tokenizer;
+
+mod dry;
+
+pub use dry::{DryBreakers, MAX_BREAKER_BYTES, MAX_BREAKER_TAIL_TOKENS};
 
 /// A bad sampler name, letter or value.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -42,6 +48,9 @@ pub enum SamplerStage {
     /// Repeat, frequency and presence penalties over the last `penalty_last_n` tokens.
     #[serde(rename = "penalties")]
     Penalties,
+    /// DRY: penalizes tokens that would extend a repeated run of tokens.
+    #[serde(rename = "dry")]
+    Dry,
     /// Masks logits below `max − top_n_sigma·σ`.
     #[serde(rename = "top_n_sigma")]
     TopNSigma,
@@ -62,9 +71,10 @@ pub enum SamplerStage {
 }
 
 impl SamplerStage {
-    /// llama.cpp's default order, without DRY (not implemented; off by default in llama.cpp too).
-    pub const DEFAULT_CHAIN: [SamplerStage; 8] = [
+    /// llama.cpp's default order.
+    pub const DEFAULT_CHAIN: [SamplerStage; 9] = [
         SamplerStage::Penalties,
+        SamplerStage::Dry,
         SamplerStage::TopNSigma,
         SamplerStage::TopK,
         SamplerStage::TypicalP,
@@ -78,6 +88,7 @@ impl SamplerStage {
     pub fn name(self) -> &'static str {
         match self {
             SamplerStage::Penalties => "penalties",
+            SamplerStage::Dry => "dry",
             SamplerStage::TopNSigma => "top_n_sigma",
             SamplerStage::TopK => "top_k",
             SamplerStage::TypicalP => "typ_p",
@@ -92,6 +103,7 @@ impl SamplerStage {
     pub fn letter(self) -> char {
         match self {
             SamplerStage::Penalties => 'e',
+            SamplerStage::Dry => 'd',
             SamplerStage::TopNSigma => 's',
             SamplerStage::TopK => 'k',
             SamplerStage::TypicalP => 'y',
@@ -103,8 +115,7 @@ impl SamplerStage {
     }
 
     /// Parses llama.cpp's `--samplers` form: names separated by `;`, case-insensitive, with its aliases
-    /// (`top-k`, `topk`, `nucleus`, `temp`, `typ`, ...). Empty names are skipped; `dry` is accepted and
-    /// dropped (DRY is not implemented, and it is off unless llama.cpp's `--dry-multiplier` is set).
+    /// (`top-k`, `topk`, `nucleus`, `temp`, `typ`, ...). Empty names are skipped.
     pub fn parse_names(list: &str) -> Result<Vec<SamplerStage>, SamplingError> {
         let mut chain = Vec::new();
         for raw in list.split(';') {
@@ -114,6 +125,7 @@ impl SamplerStage {
             }
             let stage = match name.as_str() {
                 "penalties" => SamplerStage::Penalties,
+                "dry" => SamplerStage::Dry,
                 "top_n_sigma" | "top-n-sigma" | "topnsigma" => SamplerStage::TopNSigma,
                 "top_k" | "top-k" | "topk" => SamplerStage::TopK,
                 "typ_p" | "typ-p" | "typp" | "typ" => SamplerStage::TypicalP,
@@ -121,7 +133,6 @@ impl SamplerStage {
                 "min_p" | "min-p" | "minp" => SamplerStage::MinP,
                 "xtc" => SamplerStage::Xtc,
                 "temperature" | "temp" => SamplerStage::Temperature,
-                "dry" => continue,
                 "infill" | "adaptive_p" | "adaptive-p" | "adaptivep" => {
                     return Err(SamplingError::UnsupportedSampler(name));
                 }
@@ -132,13 +143,14 @@ impl SamplerStage {
         Ok(chain)
     }
 
-    /// Parses the short letter form (`--sampling-seq`, e.g. `kptm`): e=penalties, d=dry (dropped),
+    /// Parses the short letter form (`--sampling-seq`, e.g. `kptm`): e=penalties, d=dry,
     /// s=top_n_sigma, k=top_k, y=typ_p, p=top_p, m=min_p, x=xtc, t=temperature.
     pub fn parse_letters(letters: &str) -> Result<Vec<SamplerStage>, SamplingError> {
         let mut chain = Vec::new();
         for c in letters.chars() {
             let stage = match c {
                 'e' => SamplerStage::Penalties,
+                'd' => SamplerStage::Dry,
                 's' => SamplerStage::TopNSigma,
                 'k' => SamplerStage::TopK,
                 'y' => SamplerStage::TypicalP,
@@ -146,7 +158,6 @@ impl SamplerStage {
                 'm' => SamplerStage::MinP,
                 'x' => SamplerStage::Xtc,
                 't' => SamplerStage::Temperature,
-                'd' => continue,
                 'i' => return Err(SamplingError::UnsupportedSampler("infill".into())),
                 'a' => return Err(SamplingError::UnsupportedSampler("adaptive_p".into())),
                 other => return Err(SamplingError::UnknownSamplerLetter(other)),
@@ -233,6 +244,19 @@ pub struct SamplingParams {
     pub mirostat_tau: f32,
     /// Mirostat's learning rate (llama.cpp `--mirostat-lr`).
     pub mirostat_eta: f32,
+    /// DRY: the penalty of a token that would extend a repeat just past `dry_allowed_length`; 0.0
+    /// disables DRY.
+    pub dry_multiplier: f32,
+    /// DRY: the penalty grows by this factor per further token of the repeat; below 1.0 disables DRY.
+    pub dry_base: f32,
+    /// DRY: repeats of up to this many tokens are not penalized.
+    pub dry_allowed_length: u32,
+    /// DRY: how many of the latest tokens (prompt and generated) are scanned for repeats; 0 disables
+    /// DRY, -1 means the whole context.
+    pub dry_penalty_last_n: i32,
+    /// DRY: texts that end a repeat (a repeat never spans the latest of them); matched against token
+    /// texts, so they need the vocabulary (see [`Sampler::for_model`]).
+    pub dry_sequence_breakers: Vec<String>,
     /// The order of the chain (unused with Mirostat). A stage not listed does not run.
     pub samplers: Vec<SamplerStage>,
 }
@@ -240,7 +264,8 @@ pub struct SamplingParams {
 impl Default for SamplingParams {
     /// The user guide's defaults: temperature 1.0, top-k 1 (so greedy), top-p 1.0; everything that
     /// llama.cpp adds is off, with llama.cpp's values for its knobs (last-n 64, XTC threshold 0.1,
-    /// Mirostat τ 5, η 0.1) and its default chain order.
+    /// Mirostat τ 5, η 0.1, DRY base 1.75, allowed length 2, last-n 64, breakers `\n : " *`) and its
+    /// default chain order.
     fn default() -> Self {
         SamplingParams {
             temperature: 1.0,
@@ -261,6 +286,11 @@ impl Default for SamplingParams {
             mirostat: Mirostat::Off,
             mirostat_tau: 5.0,
             mirostat_eta: 0.1,
+            dry_multiplier: 0.0,
+            dry_base: 1.75,
+            dry_allowed_length: 2,
+            dry_penalty_last_n: 64,
+            dry_sequence_breakers: default_dry_sequence_breakers(),
             samplers: SamplerStage::DEFAULT_CHAIN.to_vec(),
         }
     }
@@ -283,6 +313,16 @@ impl SamplingParams {
             && (self.repeat_penalty != 1.0 || self.frequency_penalty != 0.0 || self.presence_penalty != 0.0)
     }
 
+    /// True when DRY would change any logit, given a history (llama.cpp's condition; whatever the chain).
+    pub fn dry_enabled(&self) -> bool {
+        self.dry_multiplier != 0.0 && self.dry_base >= 1.0 && self.dry_penalty_last_n != 0
+    }
+
+    /// True when the sampler runs DRY: enabled, in the chain, and not replaced by Mirostat.
+    pub fn dry_active(&self) -> bool {
+        self.dry_enabled() && self.chain_has(SamplerStage::Dry)
+    }
+
     fn chain_has(&self, stage: SamplerStage) -> bool {
         self.mirostat == Mirostat::Off && self.samplers.contains(&stage)
     }
@@ -293,6 +333,7 @@ impl SamplingParams {
         self.is_greedy()
             && self.logit_bias.is_empty()
             && !(self.chain_has(SamplerStage::Penalties) && self.penalties_enabled())
+            && !self.dry_active()
             && !(self.chain_has(SamplerStage::TypicalP) && self.typical_p < 1.0)
             && !(self.chain_has(SamplerStage::Xtc) && xtc_enabled(self.xtc_probability, self.xtc_threshold))
     }
@@ -336,11 +377,25 @@ impl SamplingParams {
         if !self.mirostat_eta.is_finite() {
             return bad("mirostat_eta", "finite", self.mirostat_eta);
         }
+        if !self.dry_multiplier.is_finite() {
+            return bad("dry_multiplier", "finite", self.dry_multiplier);
+        }
+        if !self.dry_base.is_finite() {
+            return bad("dry_base", "finite", self.dry_base);
+        }
+        if self.dry_penalty_last_n < -1 {
+            return bad("dry_penalty_last_n", "-1 (the context) or more", self.dry_penalty_last_n as f32);
+        }
         if let Some(&(_, b)) = self.logit_bias.iter().find(|(_, b)| b.is_nan() || *b == f32::INFINITY) {
             return bad("logit_bias", "a number below +inf", b);
         }
         Ok(())
     }
+}
+
+/// llama.cpp's default DRY sequence breakers: newline, colon, double quote, asterisk.
+pub fn default_dry_sequence_breakers() -> Vec<String> {
+    ["\n", ":", "\"", "*"].map(String::from).to_vec()
 }
 
 fn xtc_enabled(probability: f32, threshold: f32) -> bool {
@@ -759,7 +814,7 @@ fn rng_seed(seed: Option<u64>) -> u32 {
     }
 }
 
-/// Picks tokens by [`SamplingParams`], remembering what penalties and Mirostat need between tokens.
+/// Picks tokens by [`SamplingParams`], remembering what penalties, DRY and Mirostat need between tokens.
 pub struct Sampler {
     params: SamplingParams,
     plain_argmax: bool,
@@ -774,13 +829,42 @@ pub struct Sampler {
     /// The last `penalty_last_n` accepted tokens and how often each occurs among them.
     history: VecDeque<u32>,
     counts: HashMap<u32, u32>,
+    /// DRY's history and breakers, when DRY runs.
+    dry: Option<dry::Dry>,
     mirostat_mu: f32,
 }
 
 impl Sampler {
     /// A sampler for `params` as given (see [`SamplingParams::validate`] for checking user input; bad
-    /// values never panic, they only give odd choices).
+    /// values never panic, they only give odd choices). Without a vocabulary DRY has no sequence
+    /// breakers and `dry_penalty_last_n = -1` scans every accepted token: use [`Sampler::for_model`]
+    /// when DRY may be on.
     pub fn new(params: SamplingParams) -> Sampler {
+        Sampler::with_dry_breakers(params, Arc::default(), usize::MAX)
+    }
+
+    /// A sampler for a model: DRY's sequence breakers are matched against `tokenizer`'s vocabulary
+    /// (only when DRY runs, as the match scans the whole vocabulary), and `dry_penalty_last_n = -1`
+    /// stands for `context_size` tokens (llama.cpp's context size).
+    pub fn for_model(params: SamplingParams, tokenizer: &Tokenizer, context_size: usize) -> Sampler {
+        let breakers = if params.dry_active() {
+            Arc::new(DryBreakers::new(tokenizer, &params.dry_sequence_breakers))
+        } else {
+            Arc::default()
+        };
+        Sampler::with_dry_breakers(params, breakers, context_size)
+    }
+
+    /// [`Sampler::for_model`] with breakers already built (shared between sequences that use the same
+    /// breaker list; `params.dry_sequence_breakers` is not looked at).
+    pub fn with_dry_breakers(params: SamplingParams, breakers: Arc<DryBreakers>, context_size: usize) -> Sampler {
+        let dry = params.dry_active().then(|| {
+            let window = match params.dry_penalty_last_n {
+                -1 => context_size,
+                n => usize::try_from(n).unwrap_or(0),
+            };
+            dry::Dry::new(breakers, window)
+        });
         let seed = rng_seed(params.seed);
         Sampler {
             plain_argmax: params.is_plain_argmax(),
@@ -791,6 +875,7 @@ impl Sampler {
             typical_spare: Vec::new(),
             history: VecDeque::with_capacity(params.penalty_last_n.min(4096)),
             counts: HashMap::new(),
+            dry,
             mirostat_mu: 2.0 * params.mirostat_tau,
             params,
         }
@@ -806,9 +891,12 @@ impl Sampler {
         &self.params
     }
 
-    /// Records a token of the sequence (prompt or generated) for the penalties, like llama.cpp's
-    /// `llama_sampler_accept`. [`Sampler::sample`] does not do this by itself.
+    /// Records a token of the sequence (prompt or generated) for the penalties and DRY, like
+    /// llama.cpp's `llama_sampler_accept`. [`Sampler::sample`] does not do this by itself.
     pub fn accept(&mut self, id: u32) {
+        if let Some(dry) = &mut self.dry {
+            dry.accept(id);
+        }
         let n = self.params.penalty_last_n;
         if !self.params.penalties_enabled() {
             return;
@@ -829,7 +917,7 @@ impl Sampler {
 
     /// [`Sampler::accept`] for each of `ids`, e.g. the prompt.
     pub fn accept_all(&mut self, ids: &[u32]) {
-        if self.params.penalties_enabled() {
+        if self.params.penalties_enabled() || self.dry.is_some() {
             ids.iter().for_each(|&id| self.accept(id));
         }
     }
@@ -838,6 +926,9 @@ impl Sampler {
     pub fn reset(&mut self) {
         self.history.clear();
         self.counts.clear();
+        if let Some(dry) = &mut self.dry {
+            dry.reset();
+        }
         self.mirostat_mu = 2.0 * self.params.mirostat_tau;
     }
 
@@ -878,6 +969,11 @@ impl Sampler {
                 SamplerStage::Penalties => {
                     if p.penalties_enabled() && !self.counts.is_empty() {
                         c.apply_penalties(&self.counts, p);
+                    }
+                }
+                SamplerStage::Dry => {
+                    if let Some(dry) = &mut self.dry {
+                        dry.apply(c, p);
                     }
                 }
                 SamplerStage::TopNSigma => c.top_n_sigma(p.top_n_sigma),
@@ -1076,6 +1172,200 @@ mod tests {
         assert!(p.is_plain_argmax());
     }
 
+    /// DRY on, in a chain of DRY alone, with token-sequence breakers and an unlimited context.
+    fn dry_params(multiplier: f32, base: f32, allowed_length: u32, last_n: i32) -> SamplingParams {
+        SamplingParams {
+            dry_multiplier: multiplier,
+            dry_base: base,
+            dry_allowed_length: allowed_length,
+            dry_penalty_last_n: last_n,
+            samplers: vec![SamplerStage::Dry],
+            ..SamplingParams::greedy()
+        }
+    }
+
+    /// The logits after the DRY stage, given the accepted history and breakers as token sequences.
+    fn dry_logits(params: SamplingParams, breakers: &[Vec<u32>], history: &[u32], logits: &[f32]) -> Vec<f32> {
+        let breakers = Arc::new(DryBreakers::from_token_sequences(breakers));
+        let mut s = Sampler::with_dry_breakers(params, breakers, 1000);
+        s.accept_all(history);
+        s.candidates.fill(logits);
+        if let Some(dry) = &mut s.dry {
+            dry.apply(&mut s.candidates, &s.params);
+        }
+        s.candidates.items.iter().map(|c| c.logit).collect()
+    }
+
+    /// DRY's penalty as llama.cpp computes it: in double precision, rounded to f32.
+    fn pen(multiplier: f32, base: f32, exponent: i32) -> f32 {
+        (multiplier as f64 * (base as f64).powi(exponent)) as f32
+    }
+
+    /// How much DRY took from each logit (starting from all zeros).
+    fn dry_penalties(params: SamplingParams, breakers: &[Vec<u32>], history: &[u32], vocab: usize) -> Vec<f32> {
+        dry_logits(params, breakers, history, &vec![0.0; vocab]).iter().map(|l| -l).collect()
+    }
+
+    #[test]
+    fn dry_penalty_is_multiplier_times_base_to_the_excess_length() {
+        // 0 1 2 3 ... 0 1 2: emitting 3 would make the repeat "0 1 2" four long. Its length so far is 3,
+        // so the penalty is 0.8 · 1.75^(3 − allowed length); nothing else extends a repeat of 2 or more.
+        let history = [0, 1, 2, 3, 4, 0, 1, 2];
+        let p = |allowed| dry_penalties(dry_params(0.8, 1.75, allowed, -1), &[], &history, 6);
+        let expected = |pen: f32| vec![0.0, 0.0, 0.0, pen, 0.0, 0.0];
+        assert_eq!(p(2), expected(pen(0.8, 1.75, 1)));
+        assert_eq!(p(3), expected(0.8));
+        assert_eq!(p(4), expected(0.0), "a repeat of 3 is within an allowed length of 4");
+        assert_eq!(p(1), expected(pen(0.8, 1.75, 2)), "exponent 3 − 1");
+        // A longer repeat: 5 tokens (1 2 3 4 5) → 0.8 · 1.75³ on token 6.
+        let history = [1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5];
+        let taken = dry_penalties(dry_params(0.8, 1.75, 2, -1), &[], &history, 8);
+        assert_eq!(taken, vec![0.0, 0.0, 0.0, 0.0, 0.0, 0.0, pen(0.8, 1.75, 3), 0.0]);
+        // Two places extend repeats: the longest repeat for each token counts.
+        // 7 8 1 ... 8 2 ... 7 8: after "7 8" came 1 (repeat 2); after "8" came 1 and 2 (repeat 1).
+        let history = [7, 8, 1, 9, 8, 2, 9, 7, 8];
+        let taken = dry_penalties(dry_params(1.0, 2.0, 1, -1), &[], &history, 10);
+        assert_eq!(taken[1], 2.0, "7 8 → 1: 1 · 2^(2 − 1)");
+        assert_eq!(taken[2], 1.0, "8 → 2: 1 · 2^(1 − 1)");
+        assert_eq!(taken[9], 0.0);
+    }
+
+    #[test]
+    fn dry_matches_llama_cpp_sampler_tests() {
+        // llama.cpp's tests/test-sampling.cpp `test_dry` cases: uniform probabilities, a history, and
+        // the probabilities after DRY and a softmax.
+        let check = |n: usize, history: &[u32], expected: &[f32], params: SamplingParams, breakers: &[Vec<u32>]| {
+            let logits = vec![(1.0 / n as f32).ln(); n];
+            let out = dry_logits(params, breakers, history, &logits);
+            let max = out.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f32 = out.iter().map(|l| (l - max).exp()).sum();
+            for (i, (&l, &e)) in out.iter().zip(expected).enumerate() {
+                let p = (l - max).exp() / sum;
+                assert!((p - e).abs() < 1e-5, "token {i}: {p} vs {e} (history {history:?})");
+            }
+        };
+        let q = [0.25f32; 4];
+        let f = [0.2f32; 5];
+        check(4, &[0, 1], &q, dry_params(1.0, 1.1, 2, 4), &[]);
+        check(4, &[0, 1, 2, 0, 1], &[0.296923, 0.296923, 0.109232, 0.296923], dry_params(1.0, 1.1, 2, 5), &[]);
+        check(5, &[0, 1, 3, 4, 0, 1], &f, dry_params(1.0, 1.1, 2, 6), &[vec![3]]);
+        check(
+            5,
+            &[0, 1, 2, 0, 1],
+            &[0.241818, 0.241818, 0.032727, 0.241818, 0.241818],
+            dry_params(2.0, 1.1, 2, 5),
+            &[],
+        );
+        check(5, &[0, 1, 2, 3, 4, 0, 1], &f, dry_params(1.0, 1.1, 4, 7), &[]);
+    }
+
+    #[test]
+    fn dry_breakers_stop_the_repeat() {
+        // 7 1 2 3 4 7 1 2 3: the repeat "7 1 2 3" (4 long) would go on with 4.
+        let history = [7, 1, 2, 3, 4, 7, 1, 2, 3];
+        let p = dry_params(0.8, 1.75, 2, -1);
+        let none = dry_penalties(p.clone(), &[], &history, 8);
+        assert_eq!(none[4], pen(0.8, 1.75, 2));
+        // With 7 a breaker, the repeat counts only after the latest 7: "1 2 3", 3 long.
+        let seven = dry_penalties(p.clone(), &[vec![7]], &history, 8);
+        assert_eq!(seven[4], pen(0.8, 1.75, 1));
+        // A breaker as the newest token: nothing repeats across it.
+        let history_after = [1, 2, 3, 4, 1, 2, 3, 7];
+        assert!(dry_penalties(p.clone(), &[vec![7]], &history_after, 8).iter().all(|&x| x == 0.0));
+        // A single-token breaker is never penalized itself: 1 2 7 3 1 2 → 7 would extend "1 2".
+        let history = [1, 2, 7, 3, 1, 2];
+        assert_eq!(dry_penalties(p.clone(), &[], &history, 8)[7], 0.8);
+        assert_eq!(dry_penalties(p.clone(), &[vec![7]], &history, 8)[7], 0.0);
+
+        // A two-token breaker (8 9) counts only when complete.
+        let complete = [8, 9, 1, 2, 3, 4, 8, 9, 1, 2, 3];
+        let cut = dry_penalties(p.clone(), &[vec![8, 9]], &complete, 10);
+        assert_eq!(cut[4], pen(0.8, 1.75, 1), "the repeat restarts after 8 9: 1 2 3");
+        let broken = [8, 5, 1, 2, 3, 4, 8, 5, 1, 2, 3];
+        let whole = dry_penalties(p, &[vec![8, 9]], &broken, 10);
+        assert_eq!(whole[4], pen(0.8, 1.75, 3), "8 5 is no breaker: 8 5 1 2 3 repeats");
+    }
+
+    #[test]
+    fn dry_window_and_switches() {
+        // The repeat "0 1 2" starts 10 tokens back: a window of 6 does not see its first occurrence.
+        let history = [0, 1, 2, 3, 9, 9, 8, 0, 1, 2];
+        let on_3 = |last_n| dry_penalties(dry_params(1.0, 2.0, 2, last_n), &[], &history, 10)[3];
+        assert_eq!(on_3(-1), 2.0);
+        assert_eq!(on_3(10), 2.0);
+        assert_eq!(on_3(9), 1.0, "the window starts at 1: the repeat is 1 2");
+        assert_eq!(on_3(6), 0.0);
+        // -1 stands for the context size given to the sampler.
+        let mut s = Sampler::with_dry_breakers(dry_params(1.0, 2.0, 2, -1), Arc::default(), 6);
+        s.accept_all(&history);
+        s.candidates.fill(&[0.0; 10]);
+        s.dry.as_mut().unwrap().apply(&mut s.candidates, &s.params);
+        assert_eq!(s.candidates.items[3].logit, 0.0);
+
+        // Off: multiplier 0, base below 1, window 0, DRY left out of the chain, or Mirostat.
+        let on = dry_params(1.0, 2.0, 2, -1);
+        assert!(on.dry_active() && !on.is_plain_argmax());
+        for off in [
+            SamplingParams { dry_multiplier: 0.0, ..on.clone() },
+            SamplingParams { dry_base: 0.99, ..on.clone() },
+            SamplingParams { dry_penalty_last_n: 0, ..on.clone() },
+            SamplingParams { samplers: vec![SamplerStage::TopK], ..on.clone() },
+            SamplingParams { mirostat: Mirostat::V2, ..on.clone() },
+        ] {
+            assert!(!off.dry_active());
+            let s = Sampler::new(off);
+            assert!(s.dry.is_none(), "no DRY history is kept when DRY is off");
+        }
+        assert!(SamplingParams::greedy().is_plain_argmax());
+        // The history is bounded by the window, and reset forgets it.
+        let mut s = Sampler::new(dry_params(1.0, 2.0, 2, 4));
+        s.accept_all(&[1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(s.dry.as_ref().unwrap().history_len(), 4);
+        s.reset();
+        assert_eq!(s.dry.as_ref().unwrap().history_len(), 0);
+    }
+
+    #[test]
+    fn dry_moves_the_greedy_choice_and_keeps_huge_exponents_finite() {
+        // Token 3 is the best (5.0 vs 4.9 for token 1), but it would extend "1 2" → 3.
+        let l = [0.0f32, 4.9, 0.0, 5.0, 0.0];
+        let mut s = Sampler::new(SamplingParams { top_k: 0, ..dry_params(0.5, 1.75, 2, -1) });
+        s.accept_all(&[1, 2, 3, 0, 1, 2]);
+        assert_eq!(s.sample(&l), 1, "5.0 − 0.5 < 4.9");
+        let mut plain = Sampler::new(SamplingParams { dry_multiplier: 0.0, ..dry_params(0.5, 1.75, 2, -1) });
+        plain.accept_all(&[1, 2, 3, 0, 1, 2]);
+        assert_eq!(plain.sample(&l), 3);
+        // A repeat of 40 with base 10: 10^38 overflows nothing since the exponent is capped at
+        // ⌊88.72 / ln 10⌋ = 38 (10^38 < f32::MAX).
+        let history: Vec<u32> = (0..40).chain(0..40).collect();
+        let taken = dry_penalties(dry_params(1.0, 10.0, 0, -1), &[], &history, 41);
+        assert!(taken[0] > 1e37 && taken[0].is_finite(), "{}", taken[0]);
+    }
+
+    #[test]
+    fn dry_values_are_checked() {
+        let ok = SamplingParams { dry_multiplier: 0.8, dry_penalty_last_n: -1, ..Default::default() };
+        assert!(ok.validate().is_ok());
+        for (bad, name) in [
+            (SamplingParams { dry_multiplier: f32::NAN, ..ok.clone() }, "dry_multiplier"),
+            (SamplingParams { dry_multiplier: f32::INFINITY, ..ok.clone() }, "dry_multiplier"),
+            (SamplingParams { dry_base: f32::NAN, ..ok.clone() }, "dry_base"),
+            (SamplingParams { dry_penalty_last_n: -2, ..ok.clone() }, "dry_penalty_last_n"),
+        ] {
+            let e = bad.validate().unwrap_err();
+            assert!(e.to_string().starts_with(name), "{e}");
+        }
+        let d = SamplingParams::default();
+        assert_eq!((d.dry_multiplier, d.dry_base, d.dry_allowed_length, d.dry_penalty_last_n), (0.0, 1.75, 2, 64));
+        assert_eq!(d.dry_sequence_breakers, vec!["\n", ":", "\"", "*"]);
+        let p: SamplingParams =
+            serde_json::from_str(r#"{"dry_multiplier":0.8,"dry_sequence_breakers":["\n"],"samplers":["dry"]}"#)
+                .unwrap();
+        assert_eq!((p.dry_multiplier, p.dry_base), (0.8, 1.75));
+        assert_eq!(p.dry_sequence_breakers, vec!["\n"]);
+        assert!(p.dry_active());
+    }
+
     #[test]
     fn logit_bias_bans_and_boosts() {
         let ban = vec![(1, f32::NEG_INFINITY)];
@@ -1249,7 +1539,9 @@ mod tests {
         let names: String = SamplerStage::DEFAULT_CHAIN.iter().map(|s| s.name()).collect::<Vec<_>>().join(";");
         assert_eq!(SamplerStage::parse_names(&names).unwrap(), SamplerStage::DEFAULT_CHAIN.to_vec());
         let letters: String = SamplerStage::DEFAULT_CHAIN.iter().map(|s| s.letter()).collect();
-        assert_eq!(letters, "eskypmxt");
+        assert_eq!(letters, "edskypmxt");
+        assert_eq!(SamplerStage::parse_names("DRY;penalties").unwrap(), vec![Dry, Penalties]);
+        assert_eq!(SamplerStage::parse_letters("dk").unwrap(), vec![Dry, TopK]);
 
         let err = SamplerStage::parse_names("top_k;bogus").unwrap_err();
         assert_eq!(err, SamplingError::UnknownSampler("bogus".into()));

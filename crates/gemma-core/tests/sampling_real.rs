@@ -1,10 +1,13 @@
-//! Stop strings, penalties and log-probabilities on the real Gemma 3 270M model.
+//! Stop strings, penalties, DRY and log-probabilities on the real Gemma 3 270M model.
 
 use std::sync::OnceLock;
 
 use gemma_core::generate::{GenerationOptions, StopReason};
-use gemma_core::{Model, SamplingParams, Session, Tokenizer};
+use gemma_core::{Model, Sampler, SamplingParams, Session, Tokenizer};
 use gemma_ops::ThreadPool;
+use serde::Deserialize;
+
+mod common;
 
 struct Fixture {
     model: Model,
@@ -173,4 +176,110 @@ fn seeded_sampling_follows_llama_cpp() {
     }
     eprintln!("{compared} tokens before a near-boundary draw; {shared} tokens shared in all, {whole} runs whole");
     assert!(shared >= 72, "only {shared} tokens shared with llama.cpp's seeded runs");
+}
+
+/// llama.cpp's greedy continuations with DRY on (`scripts/llama_dry_goldens.py` made them with llama-server).
+#[derive(Deserialize)]
+struct DryGolden {
+    prompt: String,
+    prompt_ids: Vec<u32>,
+    dry: DrySettings,
+    gen_ids: Vec<u32>,
+    /// The margin between llama.cpp's best two logits after DRY, at each step.
+    gen_top1_top2_margin_after_dry: Vec<f32>,
+    no_dry_gen_ids: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct DrySettings {
+    dry_multiplier: f32,
+    dry_base: f32,
+    dry_allowed_length: u32,
+    dry_penalty_last_n: i32,
+    dry_sequence_breakers: Vec<String>,
+}
+
+fn dry_goldens() -> Vec<DryGolden> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/goldens/gemma3_270m_llama_dry.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("DRY golden file")).expect("DRY golden json")
+}
+
+fn dry_sampling(d: &DrySettings) -> SamplingParams {
+    SamplingParams {
+        top_k: 0,
+        dry_multiplier: d.dry_multiplier,
+        dry_base: d.dry_base,
+        dry_allowed_length: d.dry_allowed_length,
+        dry_penalty_last_n: d.dry_penalty_last_n,
+        dry_sequence_breakers: d.dry_sequence_breakers.clone(),
+        ..SamplingParams::greedy()
+    }
+}
+
+/// Greedy generation of `n` tokens from `ids` (a 256-token context).
+fn greedy_ids(ids: &[u32], n: usize, sampling: SamplingParams) -> Vec<u32> {
+    let f = fixture();
+    let mut session = Session::new(&f.model, 256);
+    let opts = GenerationOptions { max_tokens: n, sampling, ..Default::default() };
+    session.generate(&f.tokenizer, ids, &opts, &f.pool, &mut |_| {}).expect("generation runs").gen_ids
+}
+
+#[test]
+fn dry_greedy_follows_llama_cpp() {
+    let f = fixture();
+    for (p, g) in dry_goldens().iter().enumerate() {
+        assert_eq!(f.tokenizer.encode(&g.prompt, true, true), g.prompt_ids, "case {p}: prompt tokens");
+        let sampling = dry_sampling(&g.dry);
+        assert!(!sampling.is_plain_argmax());
+
+        // Teacher-forced along llama.cpp's tokens: with the same history, our DRY choice is llama.cpp's at
+        // every step where its best two logits after DRY are at least 1.0 apart (ours are within ~0.3).
+        let rows = common::teacher_forced(&f.model, &f.pool, &g.prompt_ids, &g.gen_ids);
+        let mut sampler = Sampler::for_model(sampling.clone(), &f.tokenizer, 256);
+        sampler.accept_all(&g.prompt_ids);
+        let mut checked = 0;
+        for (i, row) in rows.iter().enumerate() {
+            let ours = sampler.sample(row);
+            if g.gen_top1_top2_margin_after_dry[i] >= 1.0 {
+                assert_eq!(ours, g.gen_ids[i], "case {p} step {i}: teacher-forced choice with DRY");
+                checked += 1;
+            }
+            sampler.accept(g.gen_ids[i]);
+        }
+        assert!(checked * 2 >= g.gen_ids.len(), "case {p}: only {checked} confident steps");
+
+        // Free-running: the same tokens up to llama.cpp's first near-tie after DRY.
+        let first_tie = g.gen_top1_top2_margin_after_dry.iter().position(|&m| m < 0.75).unwrap_or(g.gen_ids.len());
+        let ours = greedy_ids(&g.prompt_ids, g.gen_ids.len(), sampling);
+        assert_eq!(ours[..first_tie], g.gen_ids[..first_tie], "case {p}: tokens before the first near-tie");
+    }
+}
+
+#[test]
+fn dry_changes_a_repetitive_greedy_text_and_breakers_hold_it_back() {
+    let f = fixture();
+    let goldens = dry_goldens();
+    for (p, g) in goldens.iter().enumerate() {
+        let ours_plain = greedy_ids(&g.prompt_ids, 12, SamplingParams::greedy());
+        assert_eq!(ours_plain, g.no_dry_gen_ids[..12], "case {p}: greedy without DRY is llama.cpp's");
+        if g.no_dry_gen_ids != g.gen_ids {
+            // DRY acts: without it the first tokens differ.
+            assert_ne!(ours_plain[..4], g.gen_ids[..4], "case {p}: DRY changed the first tokens");
+        }
+    }
+    // The "love you" breaker spans two tokens (" love", " you"); with it, each repeat restarts after every
+    // "I love you" and DRY leaves the text alone, as in llama.cpp. With only a newline as breaker the same
+    // settings change the text from the first token.
+    let with_breaker = goldens.iter().find(|g| g.dry.dry_sequence_breakers == ["love you"]).expect("case");
+    assert_eq!(with_breaker.gen_ids, with_breaker.no_dry_gen_ids);
+    let newline_only = goldens
+        .iter()
+        .find(|g| g.prompt == with_breaker.prompt && g.dry.dry_sequence_breakers == ["\n"])
+        .expect("case");
+    assert_ne!(newline_only.gen_ids[..4], with_breaker.gen_ids[..4]);
+    let heads = gemma_core::sampling::DryBreakers::new(&f.tokenizer, &["love you".to_string()]);
+    let love = f.tokenizer.encode(" love", false, false);
+    let you = f.tokenizer.encode(" you", false, false);
+    assert_eq!((love.len(), you.len()), (1, 1));
+    assert!(heads.tails(love[0]).contains(&you), "\" love\" is a head whose tail is \" you\"");
 }

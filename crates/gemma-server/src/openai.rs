@@ -26,6 +26,8 @@ use crate::server::{off_runtime, read_body, AppState};
 pub const MAX_CHOICES: usize = 16;
 /// Most stop strings.
 pub(crate) const MAX_STOPS: usize = 16;
+/// Most DRY sequence breakers: each is matched against the whole vocabulary when a request comes.
+pub(crate) const MAX_DRY_BREAKERS: usize = 32;
 /// OpenAI's limit on `top_logprobs`.
 const MAX_TOP_LOGPROBS: u64 = 20;
 /// `max_tokens` of a completion that names none (OpenAI's default).
@@ -131,17 +133,20 @@ pub(crate) fn parse_plan(f: &Fields, loaded: &LoadedModel, dialect: Dialect) -> 
             })?),
         };
     let logit_bias = parse_logit_bias(f, loaded.vocab_size)?;
-    let sampling = SamplingParams {
-        temperature,
-        top_k,
-        top_p,
-        min_p,
-        seed,
-        presence_penalty,
-        frequency_penalty,
-        logit_bias,
-        ..SamplingParams::default()
-    };
+    let sampling = parse_dry(
+        f,
+        SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            seed,
+            presence_penalty,
+            frequency_penalty,
+            logit_bias,
+            ..SamplingParams::default()
+        },
+    )?;
 
     let stop = f.string_or_list("stop")?;
     if stop.len() > MAX_STOPS {
@@ -201,6 +206,46 @@ fn reject_unsupported(f: &Fields, dialect: Dialect) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+/// llama-server's DRY fields: `dry_multiplier`, `dry_base` (below 1 means the default, as there),
+/// `dry_allowed_length`, `dry_penalty_last_n` (-1: the whole context) and `dry_sequence_breakers` (a
+/// non-empty list of strings).
+fn parse_dry(f: &Fields, mut p: SamplingParams) -> Result<SamplingParams, ApiError> {
+    const LIMIT: f64 = 1e9;
+    if let Some(m) = f.number_in("dry_multiplier", -LIMIT..=LIMIT)? {
+        p.dry_multiplier = m as f32;
+    }
+    if let Some(b) = f.number_in("dry_base", -LIMIT..=LIMIT)? {
+        if b >= 1.0 {
+            p.dry_base = b as f32;
+        }
+    }
+    if let Some(n) = f.integer_in("dry_allowed_length", 0..=i32::MAX as u64)? {
+        p.dry_allowed_length = n as u32;
+    }
+    if let Some(v) = f.raw("dry_penalty_last_n") {
+        let n = v.as_i64().filter(|n| (-1..=i32::MAX as i64).contains(n)).ok_or_else(|| {
+            ApiError::invalid_param(
+                "dry_penalty_last_n",
+                format!("'dry_penalty_last_n' must be an integer from -1 (the whole context) to {}, got {v}", i32::MAX),
+            )
+            .with_code("invalid_value")
+        })?;
+        p.dry_penalty_last_n = n as i32;
+    }
+    if f.raw("dry_sequence_breakers").is_some() {
+        let bad = |m: &str| ApiError::invalid_param("dry_sequence_breakers", m).with_code("invalid_value");
+        let breakers = f
+            .get::<Vec<String>>("dry_sequence_breakers")?
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| bad("'dry_sequence_breakers' must be a non-empty array of strings"))?;
+        if breakers.len() > MAX_DRY_BREAKERS {
+            return Err(bad(&format!("at most {MAX_DRY_BREAKERS} DRY sequence breakers")));
+        }
+        p.dry_sequence_breakers = breakers;
+    }
+    Ok(p)
 }
 
 /// `logit_bias`: an object from token id (as a string) to a bias in [-100, 100].

@@ -236,6 +236,69 @@ async fn bad_requests_are_400_with_openai_errors() {
 }
 
 #[tokio::test]
+async fn dry_fields_act_like_llama_server_and_bad_values_are_400() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/goldens/gemma3_270m_llama_dry.json");
+    let goldens: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    // Case 0 (default breakers, multiplier 0.8): llama.cpp's first 8 tokens (its first near-tie after DRY
+    // is at step 8), as text.
+    let cat = &goldens[0];
+    let first8 = |field: &str| -> Vec<u64> {
+        cat[field].as_array().unwrap().iter().take(8).map(|x| x.as_u64().unwrap()).collect()
+    };
+    let (s, expected) = post(&format!("{}/detokenize", base()), json!({"tokens": first8("gen_ids")})).await;
+    assert_eq!(s, 200, "{expected}");
+    let body = json!({"prompt": cat["prompt_ids"], "max_tokens": 8, "temperature": 0, "dry_multiplier": 0.8});
+    let dry = complete(body.clone()).await;
+    assert_eq!(text_of(&dry), expected["content"].as_str().unwrap(), "{dry}");
+    let mut plain = body.clone();
+    plain["dry_multiplier"] = json!(0.0);
+    assert_ne!(text_of(&complete(plain).await), text_of(&dry), "DRY changes the text");
+    // llama-server's other fields, spelled out with their defaults (a base below 1 means the default).
+    let mut spelled = body.clone();
+    for (k, v) in [
+        ("dry_base", json!(0.5)),
+        ("dry_allowed_length", json!(2)),
+        ("dry_penalty_last_n", json!(64)),
+        ("dry_sequence_breakers", json!(["\n", ":", "\"", "*"])),
+    ] {
+        spelled[k] = v;
+    }
+    assert_eq!(text_of(&complete(spelled).await), text_of(&dry));
+    // Chat bodies take the fields too.
+    let (s, v) = post(
+        &format!("{}/v1/chat/completions", base()),
+        json!({"messages": [{"role": "user", "content": "Say la la la la la la"}], "max_tokens": 4,
+               "temperature": 0, "dry_multiplier": 0.8, "dry_sequence_breakers": ["la la"],
+               "dry_penalty_last_n": -1}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+
+    let url = format!("{}/v1/completions", base());
+    let many: Vec<String> = (0..40).map(|i| format!("b{i}")).collect();
+    for (field, value, says) in [
+        ("dry_multiplier", json!("strong"), "'dry_multiplier'"),
+        ("dry_multiplier", json!(1e300), "'dry_multiplier' must be between"),
+        ("dry_base", json!([1.5]), "'dry_base'"),
+        ("dry_allowed_length", json!(-1), "'dry_allowed_length' must be a non-negative integer"),
+        ("dry_penalty_last_n", json!(-2), "'dry_penalty_last_n' must be an integer from -1"),
+        ("dry_penalty_last_n", json!(1.5), "'dry_penalty_last_n' must be an integer"),
+        ("dry_sequence_breakers", json!([]), "must be a non-empty array of strings"),
+        ("dry_sequence_breakers", json!("\n"), "'dry_sequence_breakers'"),
+        ("dry_sequence_breakers", json!(["\n", 1]), "'dry_sequence_breakers'"),
+        ("dry_sequence_breakers", json!(many), "at most 32"),
+    ] {
+        let mut body = json!({"prompt": "x", "max_tokens": 1});
+        body[field] = value.clone();
+        let (status, v) = post(&url, body).await;
+        assert_eq!(status, 400, "{field}: {value} → {v}");
+        assert_eq!(v["error"]["param"].as_str(), Some(field), "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{field}: {value} → {message}");
+    }
+}
+
+#[tokio::test]
 async fn over_long_prompt_is_400() {
     let long = "word ".repeat(700);
     let (status, v) = post(&format!("{}/v1/completions", base()), json!({"prompt": long, "max_tokens": 4})).await;

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use gemma_core::chat::ChatTemplate;
-use gemma_core::sampling::TokenLogprobs;
+use gemma_core::sampling::{DryBreakers, TokenLogprobs};
 use gemma_core::{Batch, BatchToken, KvCache, Model, SamplingParams, Scratch, Tokenizer};
 use gemma_ops::ThreadPool;
 use tokio::sync::mpsc::UnboundedSender;
@@ -248,6 +248,9 @@ struct Engine<'a> {
     /// Numbers the requests, so that the choices of one can find each other.
     next_group: u64,
     scratch: Scratch,
+    /// The DRY breakers of the last breaker list used: matching a list against the vocabulary scans all of
+    /// it, and most requests use the same (default) list.
+    dry_breakers: Option<(Vec<String>, Arc<DryBreakers>)>,
 }
 
 impl<'a> Engine<'a> {
@@ -271,6 +274,19 @@ impl<'a> Engine<'a> {
             held: None,
             next_group: 0,
             scratch: Scratch::default(),
+            dry_breakers: None,
+        }
+    }
+
+    /// DRY's breakers for `list`, built against the vocabulary once per distinct list in a row.
+    fn dry_breakers(&mut self, list: &[String]) -> Arc<DryBreakers> {
+        match &self.dry_breakers {
+            Some((cached, breakers)) if cached == list => breakers.clone(),
+            _ => {
+                let breakers = Arc::new(DryBreakers::new(self.tokenizer, list));
+                self.dry_breakers = Some((list.to_vec(), breakers.clone()));
+                breakers
+            }
         }
     }
 
@@ -395,6 +411,7 @@ impl<'a> Engine<'a> {
             },
         };
         let deadline = req.submitted + self.config.request_timeout;
+        let dry = req.sampling.dry_active().then(|| self.dry_breakers(&req.sampling.dry_sequence_breakers));
         let group = self.next_group;
         self.next_group += 1;
         let n = req.n.max(1);
@@ -414,10 +431,10 @@ impl<'a> Engine<'a> {
                 submitted: req.submitted,
             };
             follower.sampling.seed = base_seed.map(|s| s.wrapping_add(k as u64));
-            self.seqs.push(Sequence::new(follower, self.tokenizer, reused, deadline, group, true));
+            self.seqs.push(Sequence::new(follower, self.tokenizer, dry.clone(), ctx, reused, deadline, group, true));
             self.caches.push(self.model.new_cache(0));
         }
-        self.seqs.push(Sequence::new(req, self.tokenizer, reused, deadline, group, false));
+        self.seqs.push(Sequence::new(req, self.tokenizer, dry, ctx, reused, deadline, group, false));
         self.caches.push(cache);
         self.update_gauges();
     }

@@ -2,9 +2,10 @@
 //! Its KV cache lives beside it in the engine (the forward pass takes all caches as one slice).
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
-use gemma_core::sampling::token_logprobs;
+use gemma_core::sampling::{token_logprobs, DryBreakers};
 use gemma_core::stop::StopMatcher;
 use gemma_core::tokenizer::StreamDecoder;
 use gemma_core::{Sampler, Tokenizer};
@@ -46,16 +47,21 @@ pub(super) struct Sequence<'t> {
 }
 
 impl<'t> Sequence<'t> {
+    /// `dry_breakers`: DRY's breakers for the request's list, when DRY is on; `ctx`: the context length,
+    /// what DRY's `dry_penalty_last_n = -1` stands for.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         req: GenerationRequest,
         tokenizer: &'t Tokenizer,
+        dry_breakers: Option<Arc<DryBreakers>>,
+        ctx: usize,
         reused: usize,
         deadline: Instant,
         group: u64,
         awaiting_fork: bool,
     ) -> Self {
-        let mut sampler = Sampler::new(req.sampling);
-        // Penalties look at the prompt too, as in llama-server.
+        let mut sampler = Sampler::with_dry_breakers(req.sampling, dry_breakers.unwrap_or_default(), ctx);
+        // Penalties and DRY look at the prompt too, as in llama-server.
         sampler.accept_all(&req.prompt_ids);
         Sequence {
             max_tokens: req.max_tokens,
