@@ -74,6 +74,12 @@ int main() {
     run("top_n_sigma", "{\"seed\": 8, \"temperature\": 1.0, \"top_n_sigma\": 1.0}", [] {
         return chain_of({llama_sampler_init_top_n_sigma(1.0f), llama_sampler_init_temp(1.0f), llama_sampler_init_dist(8)});
     }, false);
+    run("dynatemp", "{\"seed\": 11, \"temperature\": 0.8, \"top_k\": 40, \"dynatemp_range\": 0.5, \"dynatemp_exponent\": 1.5}", [] {
+        return chain_of({llama_sampler_init_top_k(40), llama_sampler_init_temp_ext(0.8f, 0.5f, 1.5f), llama_sampler_init_dist(11)});
+    }, false);
+    run("dynatemp_from_zero", "{\"seed\": 12, \"temperature\": 0.0, \"dynatemp_range\": 1.0}", [] {
+        return chain_of({llama_sampler_init_temp_ext(0.0f, 1.0f, 1.0f), llama_sampler_init_dist(12)});
+    }, false);
     run("mirostat_v1", "{\"seed\": 9, \"temperature\": 0.8, \"mirostat\": 1}", [] {
         return chain_of({llama_sampler_init_temp(0.8f), llama_sampler_init_mirostat(VOCAB, 9, 5.0f, 0.1f, 100)});
     }, false);

@@ -235,6 +235,14 @@ pub struct SamplingArgs {
     #[arg(long, default_value_t = 0.1, value_name = "P", allow_negative_numbers = true, help_heading = EXTRAS)]
     pub xtc_threshold: f32,
 
+    /// Dynamic temperature: a temperature within T ± N, higher where the candidates are flatter; 0 is off.
+    #[arg(long, default_value_t = 0.0, value_name = "N", allow_negative_numbers = true, help_heading = EXTRAS)]
+    pub dynatemp_range: f32,
+
+    /// Dynamic temperature: the exponent applied to the normalised entropy.
+    #[arg(long = "dynatemp-exp", default_value_t = 1.0, value_name = "N", allow_negative_numbers = true, help_heading = EXTRAS)]
+    pub dynatemp_exponent: f32,
+
     /// DRY ("don't repeat yourself"): penalty of a token that would extend a repeat past the allowed
     /// length, multiplied by the base per further token; 0 is off.
     #[arg(long, default_value_t = 0.0, value_name = "N", allow_negative_numbers = true, help_heading = EXTRAS)]
@@ -290,6 +298,8 @@ impl Default for SamplingArgs {
             top_n_sigma: -1.0,
             xtc_probability: 0.0,
             xtc_threshold: 0.1,
+            dynatemp_range: 0.0,
+            dynatemp_exponent: 1.0,
             dry_multiplier: 0.0,
             dry_base: 1.75,
             dry_allowed_length: 2,

@@ -312,6 +312,8 @@ fn bad_values_are_usage_errors_naming_the_flag() {
     };
     run(&["--repeat-penalty", "0"], "--repeat-penalty");
     run(&["--seed", "one"], "--seed");
+    run(&["--dynatemp-range", "inf"], "--dynatemp-range");
+    run(&["--dynatemp-exp", "nan"], "--dynatemp-exp");
     run(&["--repeat-penalty", "inf"], "--repeat-penalty");
     run(&["--repeat-last-n", "-2"], "--repeat-last-n");
     run(&["--presence-penalty", "nan"], "--presence-penalty");
@@ -364,6 +366,8 @@ fn help_documents_the_sampling_flags() {
         "--dry-allowed-length",
         "--dry-penalty-last-n",
         "--dry-sequence-breaker",
+        "--dynatemp-range",
+        "--dynatemp-exp",
         "--ignore-eos",
         "--reverse-prompt",
         "--stop",
@@ -434,4 +438,18 @@ fn seeds_read_as_llama_cpp_reads_them() {
     assert_eq!(sampled("5"), sampled("4294967301"), "2^32 + 5 is seed 5");
     let random: Vec<_> = (0..3).map(|_| sampled("-1")).collect();
     assert!(random.iter().any(|r| r != &random[0]), "-1 draws a new seed each run: {random:?}");
+}
+
+/// Dynamic temperature samples even from temperature 0 (llama.cpp: a temperature between 0 and the range),
+/// and is as reproducible by seed as everything else.
+#[test]
+fn dynamic_temperature_samples_from_zero_and_follows_the_seed() {
+    let m = gemma_model();
+    let greedy = ids(&run_json(&m, STORY, 8, &["--temperature", "0"]));
+    let dynamic = |seed: &str| {
+        ids(&run_json(&m, STORY, 8, &["--temperature", "0", "--top-k", "0", "--dynatemp-range", "1.5", "--seed", seed]))
+    };
+    let runs: Vec<_> = ["1", "2", "3", "4"].iter().map(|s| dynamic(s)).collect();
+    assert!(runs.iter().any(|r| r != &greedy), "a range above 0 samples: {runs:?}");
+    assert_eq!(runs[0], dynamic("1"), "same seed, same tokens");
 }

@@ -257,6 +257,11 @@ pub struct SamplingParams {
     /// DRY: texts that end a repeat (a repeat never spans the latest of them); matched against token
     /// texts, so they need the vocabulary (see [`Sampler::for_model`]).
     pub dry_sequence_breakers: Vec<String>,
+    /// Dynamic temperature (llama.cpp `--dynatemp-range`): above 0, the temperature stage uses a
+    /// temperature between `temperature ± dynatemp_range`, higher the flatter the candidates are.
+    pub dynatemp_range: f32,
+    /// How the dynamic temperature follows the normalised entropy (llama.cpp `--dynatemp-exp`).
+    pub dynatemp_exponent: f32,
     /// The order of the chain (unused with Mirostat). A stage not listed does not run.
     pub samplers: Vec<SamplerStage>,
 }
@@ -291,6 +296,8 @@ impl Default for SamplingParams {
             dry_allowed_length: 2,
             dry_penalty_last_n: 64,
             dry_sequence_breakers: default_dry_sequence_breakers(),
+            dynatemp_range: 0.0,
+            dynatemp_exponent: 1.0,
             samplers: SamplerStage::DEFAULT_CHAIN.to_vec(),
         }
     }
@@ -303,7 +310,8 @@ impl SamplingParams {
 
     /// True when the pick is the best surviving candidate rather than a random draw.
     pub fn is_greedy(&self) -> bool {
-        self.temperature <= 0.0
+        // A dynamic temperature may rise above 0 even from 0 (llama.cpp: up to the range).
+        (self.temperature <= 0.0 && !(self.dynatemp_range > 0.0 && self.chain_has(SamplerStage::Temperature)))
             || (self.mirostat == Mirostat::Off && self.top_k == 1 && self.samplers.contains(&SamplerStage::TopK))
     }
 
@@ -370,6 +378,12 @@ impl SamplingParams {
         }
         if self.xtc_threshold.is_nan() {
             return bad("xtc_threshold", "a number", self.xtc_threshold);
+        }
+        if !self.dynatemp_range.is_finite() {
+            return bad("dynatemp_range", "finite", self.dynatemp_range);
+        }
+        if !self.dynatemp_exponent.is_finite() {
+            return bad("dynatemp_exponent", "finite", self.dynatemp_exponent);
         }
         if !self.mirostat_tau.is_finite() {
             return bad("mirostat_tau", "finite", self.mirostat_tau);
@@ -755,6 +769,21 @@ impl Candidates {
         self.items.iter_mut().for_each(|c| c.logit /= temperature);
     }
 
+    /// llama.cpp's dynamic temperature (`temp_ext`): the temperature runs from `temperature - range`
+    /// (at least 0) for a certain choice to `temperature + range` for a uniform one, by the entropy of the
+    /// candidates over its maximum raised to `exponent`. Leaves the candidates sorted, as llama.cpp does.
+    fn dynamic_temperature(&mut self, temperature: f32, range: f32, exponent: f32) {
+        if self.items.len() <= 1 {
+            return;
+        }
+        let (min_temp, max_temp) = ((temperature - range).max(0.0), temperature + range);
+        let max_entropy = -(1.0 / self.items.len() as f32).ln();
+        self.softmax(true);
+        let entropy = self.items.iter().filter(|c| c.p > 0.0).fold(0.0f32, |e, c| e - c.p * c.p.ln());
+        let dyn_temp = min_temp + (max_temp - min_temp) * (entropy / max_entropy).powf(exponent);
+        self.temperature(dyn_temp);
+    }
+
     fn best_index(&self) -> usize {
         let mut best = 0;
         for (i, c) in self.items.iter().enumerate().skip(1) {
@@ -984,6 +1013,9 @@ impl Sampler {
                 SamplerStage::TopP => c.top_p(p.top_p, p.min_keep),
                 SamplerStage::MinP => c.min_p(p.min_p, p.min_keep),
                 SamplerStage::Xtc => c.xtc(p.xtc_probability, p.xtc_threshold, p.min_keep, &mut self.xtc_rng),
+                SamplerStage::Temperature if p.dynatemp_range > 0.0 => {
+                    c.dynamic_temperature(p.temperature, p.dynatemp_range, p.dynatemp_exponent)
+                }
                 SamplerStage::Temperature => c.temperature(p.temperature),
             }
         }

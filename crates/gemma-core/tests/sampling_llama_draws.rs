@@ -23,7 +23,7 @@ fn seeded_draws_equal_llama_cpp_on_fixed_logits() {
     let golden: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("golden file")).expect("JSON");
     let vocab = golden["vocab"].as_u64().expect("vocab") as usize;
     let cases = golden["cases"].as_array().expect("cases");
-    assert_eq!(cases.len(), 9);
+    assert_eq!(cases.len(), 11);
     for case in cases {
         let name = case["name"].as_str().expect("name");
         // Everything the case does not name is off (top-k too, which the user guide's defaults set to 1).

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, Stream, StreamExt};
 use gemma_core::chat::ChatMessage;
-use gemma_core::sampling::TokenLogprobs;
+use gemma_core::sampling::{Mirostat, SamplerStage, SamplingError, TokenLogprobs};
 use gemma_core::{SamplingParams, Tokenizer};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
@@ -133,7 +133,7 @@ pub(crate) fn parse_plan(f: &Fields, loaded: &LoadedModel, dialect: Dialect) -> 
             })?),
         };
     let logit_bias = parse_logit_bias(f, loaded.vocab_size)?;
-    let sampling = parse_dry(
+    let sampling = parse_llama_sampling(
         f,
         SamplingParams {
             temperature,
@@ -146,7 +146,8 @@ pub(crate) fn parse_plan(f: &Fields, loaded: &LoadedModel, dialect: Dialect) -> 
             logit_bias,
             ..SamplingParams::default()
         },
-    )?;
+    )
+    .and_then(|p| parse_dry(f, p))?;
 
     let stop = f.string_or_list("stop")?;
     if stop.len() > MAX_STOPS {
@@ -211,6 +212,72 @@ fn reject_unsupported(f: &Fields, dialect: Dialect) -> Result<(), ApiError> {
 /// llama-server's DRY fields: `dry_multiplier`, `dry_base` (below 1 means the default, as there),
 /// `dry_allowed_length`, `dry_penalty_last_n` (-1: the whole context) and `dry_sequence_breakers` (a
 /// non-empty list of strings).
+/// llama-server's sampling fields beyond OpenAI's, under its names (`repeat_penalty`, `repeat_last_n`,
+/// `typical_p`, `top_n_sigma`, `xtc_probability`, `xtc_threshold`, `mirostat`, `mirostat_tau`,
+/// `mirostat_eta`, `min_keep`, `dynatemp_range`, `dynatemp_exponent`, `samplers`), so a body written for
+/// llama-server samples the same way here. Values are checked as the CLI checks its flags.
+fn parse_llama_sampling(f: &Fields, mut p: SamplingParams) -> Result<SamplingParams, ApiError> {
+    const LIMIT: f64 = 1e9;
+    let number =
+        |name: &str| -> Result<Option<f32>, ApiError> { Ok(f.number_in(name, -LIMIT..=LIMIT)?.map(|v| v as f32)) };
+    let bad = |name: &str, m: String| ApiError::invalid_param(name, m).with_code("invalid_value");
+    if let Some(v) = number("repeat_penalty")? {
+        p.repeat_penalty = v;
+    }
+    if let Some(v) = f.raw("repeat_last_n") {
+        p.penalty_last_n = match v.as_i64() {
+            Some(-1) => usize::MAX,
+            Some(n) if n >= 0 => n as usize,
+            _ => {
+                return Err(bad(
+                    "repeat_last_n",
+                    format!("'repeat_last_n' must be -1 (the whole context) or more, got {v}"),
+                ))
+            }
+        };
+    }
+    for (name, field) in [
+        ("typical_p", &mut p.typical_p),
+        ("top_n_sigma", &mut p.top_n_sigma),
+        ("xtc_probability", &mut p.xtc_probability),
+        ("xtc_threshold", &mut p.xtc_threshold),
+        ("mirostat_tau", &mut p.mirostat_tau),
+        ("mirostat_eta", &mut p.mirostat_eta),
+        ("dynatemp_range", &mut p.dynatemp_range),
+        ("dynatemp_exponent", &mut p.dynatemp_exponent),
+    ] {
+        if let Some(v) = number(name)? {
+            *field = v;
+        }
+    }
+    if let Some(m) = f.integer_in("mirostat", 0..=2)? {
+        p.mirostat = Mirostat::try_from(m as u8).map_err(|e| bad("mirostat", e.to_string()))?;
+    }
+    if let Some(k) = f.integer_in("min_keep", 0..=u32::MAX as u64)? {
+        p.min_keep = k as usize;
+    }
+    match f.raw("samplers") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(letters)) => {
+            p.samplers =
+                SamplerStage::parse_letters(letters).map_err(|e| bad("samplers", format!("'samplers': {e}")))?;
+        }
+        Some(Value::Array(_)) => {
+            let names = f.get::<Vec<String>>("samplers")?.unwrap_or_default();
+            p.samplers =
+                SamplerStage::parse_names(&names.join(";")).map_err(|e| bad("samplers", format!("'samplers': {e}")))?;
+        }
+        Some(_) => {
+            return Err(bad("samplers", "'samplers' must be a list of sampler names or a string of letters".into()))
+        }
+    }
+    p.validate().map_err(|e| match &e {
+        SamplingError::BadValue { name, .. } => bad(name, format!("'{name}': {e}")),
+        _ => bad("samplers", format!("'samplers': {e}")),
+    })?;
+    Ok(p)
+}
+
 fn parse_dry(f: &Fields, mut p: SamplingParams) -> Result<SamplingParams, ApiError> {
     const LIMIT: f64 = 1e9;
     if let Some(m) = f.number_in("dry_multiplier", -LIMIT..=LIMIT)? {

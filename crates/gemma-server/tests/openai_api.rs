@@ -567,3 +567,58 @@ async fn websocket_streams_and_cancels() {
     assert_eq!(again, expected);
     ws.close(None).await.unwrap();
 }
+
+/// llama-server's own sampling fields (beyond OpenAI's) are taken under its names, act, and are checked.
+#[tokio::test]
+async fn llama_server_sampling_fields_act_and_bad_values_are_400() {
+    let story = "Once upon a time, in a small village by the sea, there lived";
+    let greedy = json!({"prompt": story, "max_tokens": 16, "temperature": 0});
+    let plain = text_of(&complete(greedy.clone()).await);
+    // A strong repeat penalty over the whole context changes a greedy story.
+    let mut penalized = greedy.clone();
+    penalized["repeat_penalty"] = json!(3.0);
+    penalized["repeat_last_n"] = json!(-1);
+    assert_ne!(text_of(&complete(penalized).await), plain, "repeat_penalty acts");
+    // A chain without top-k: top_k 1 no longer makes it greedy, so some seed draws another text; with the
+    // chain spelled in full (names or letters) the same seed gives the same text.
+    let sampled = |seed: u64, samplers: Value| json!({"prompt": story, "max_tokens": 8, "temperature": 1.0, "top_k": 1, "seed": seed, "samplers": samplers});
+    let mut texts = Vec::new();
+    for seed in 1..=4 {
+        texts.push(text_of(&complete(sampled(seed, json!("t"))).await));
+    }
+    assert!(texts.iter().any(|t| t != &texts[0]), "without top-k in the chain the seed matters: {texts:?}");
+    let full = text_of(&complete(sampled(5, json!(["top_k", "temperature"]))).await);
+    assert_eq!(full, text_of(&complete(sampled(5, json!("kt"))).await), "names and letters name the same chain");
+    assert_eq!(full, text_of(&complete(sampled(6, json!("kt"))).await), "top-k 1 in the chain is greedy");
+    // Mirostat 2, XTC, typical-p, top-n-sigma, min_keep and dynamic temperature run and are seeded.
+    let extras = json!({"prompt": story, "max_tokens": 8, "temperature": 0.8, "seed": 3, "mirostat": 2,
+                        "mirostat_tau": 4.0, "mirostat_eta": 0.2});
+    assert_eq!(text_of(&complete(extras.clone()).await), text_of(&complete(extras).await));
+    let extras = json!({"prompt": story, "max_tokens": 8, "temperature": 0.8, "seed": 3, "top_k": 40,
+                        "xtc_probability": 0.5, "xtc_threshold": 0.1, "typical_p": 0.9, "top_n_sigma": 2.0,
+                        "min_keep": 2, "dynatemp_range": 0.3, "dynatemp_exponent": 1.5});
+    assert_eq!(text_of(&complete(extras.clone()).await), text_of(&complete(extras).await));
+
+    let url = format!("{}/v1/completions", base());
+    for (field, value, says) in [
+        ("repeat_penalty", json!(0), "repeat_penalty must be finite and greater than 0"),
+        ("repeat_penalty", json!("strong"), "'repeat_penalty'"),
+        ("repeat_last_n", json!(-2), "'repeat_last_n' must be -1"),
+        ("mirostat", json!(3), "'mirostat'"),
+        ("min_keep", json!(-1), "'min_keep'"),
+        ("xtc_probability", json!(2), "xtc_probability must be in [0, 1]"),
+        ("dynatemp_range", json!(1e300), "'dynatemp_range' must be between"),
+        ("samplers", json!("kq?"), "samplers"),
+        ("samplers", json!(["top_k", "nonsense"]), "nonsense"),
+        ("samplers", json!([1, 2]), "'samplers'"),
+        ("samplers", json!(7), "'samplers' must be a list"),
+    ] {
+        let mut body = json!({"prompt": "x", "max_tokens": 1});
+        body[field] = value.clone();
+        let (status, v) = post(&url, body).await;
+        assert_eq!(status, 400, "{field}: {value} → {v}");
+        assert_eq!(v["error"]["param"].as_str(), Some(field), "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{field}: {value} → {message}");
+    }
+}
