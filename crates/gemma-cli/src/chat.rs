@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use gemma_core::chat::{reusable_prefix_len, ChatMessage, ChatTemplate};
-use gemma_core::{GenerationOptions, ModelError, Session, StopReason};
+use gemma_core::generate::TokenEvent;
+use gemma_core::{GenerationOptions, ModelError, Sampler, Session, StopReason};
 
 use crate::args::ChatArgs;
 use crate::commands::{fit_options_to_model, generation_options, Common, Loaded};
@@ -54,6 +55,9 @@ struct Chat<'m> {
     /// The ids whose keys and values are in the session's cache, in order.
     cached: Vec<u32>,
     opts: GenerationOptions,
+    /// One sampler for the whole conversation, as llama.cpp's interactive mode keeps one: penalties and DRY
+    /// see every turn, Mirostat's μ and the random draws go on from turn to turn.
+    sampler: Sampler,
     last: TurnStats,
     interactive: bool,
 }
@@ -90,6 +94,7 @@ pub fn chat(common: &Common, args: &ChatArgs) -> Result<()> {
         session: Session::new(&m.model, m.ctx),
         messages: Vec::new(),
         cached: Vec::new(),
+        sampler: Sampler::for_model(opts.sampling.clone(), &m.tokenizer, m.ctx),
         opts,
         last: TurnStats::default(),
         interactive,
@@ -161,6 +166,7 @@ impl Chat<'_> {
                 self.messages.retain(|m| m.role == "system");
                 self.session.reset();
                 self.cached.clear();
+                self.sampler.reset();
                 self.last = TurnStats::default();
                 self.notice("conversation cleared");
             }
@@ -255,13 +261,25 @@ impl Chat<'_> {
         let keep = reusable_prefix_len(&self.cached, &ids);
         let kept = self.session.truncate(keep);
         let new_ids = &ids[kept..];
+        // The sampler sees the conversation as the cache holds it, then the new tokens (generation accepts
+        // those): exact even when the cache was cut back to a shorter shared prefix.
+        self.sampler.forget_tokens();
+        self.sampler.accept_all(&ids[..kept]);
         let stream = std::io::stdout();
-        let mut on_text = |piece: &str| {
+        let on_text = |piece: &str| {
             let mut out = stream.lock();
             let _ = out.write_all(piece.as_bytes());
             let _ = out.flush();
         };
-        let result = self.session.generate(&self.m.tokenizer, new_ids, &self.opts, &self.m.pool, &mut on_text);
+        let mut on_token = |event: &TokenEvent<'_>| on_text(event.text);
+        let result = self.session.generate_streaming_with(
+            &mut self.sampler,
+            &self.m.tokenizer,
+            new_ids,
+            &self.opts,
+            &self.m.pool,
+            &mut on_token,
+        );
         let out = match result {
             Ok(out) => out,
             Err(e) => {

@@ -434,7 +434,7 @@ fn smollm2_tokenize_and_bench() {
 #[test]
 fn seeds_read_as_llama_cpp_reads_them() {
     let m = gemma_model();
-    let sampled = |seed: &str| ids(&run_json(&m, STORY, 8, &["--temperature", "1", "--top-k", "0", "--seed", seed]));
+    let sampled = |seed: &str| ids(&run_json(&m, STORY, 16, &["--temperature", "1", "--top-k", "0", "--seed", seed]));
     assert_eq!(sampled("5"), sampled("4294967301"), "2^32 + 5 is seed 5");
     let random: Vec<_> = (0..3).map(|_| sampled("-1")).collect();
     assert!(random.iter().any(|r| r != &random[0]), "-1 draws a new seed each run: {random:?}");

@@ -192,11 +192,27 @@ impl<'m> Session<'m> {
         pool: &ThreadPool,
         on_token: &mut dyn FnMut(&TokenEvent<'_>),
     ) -> Result<GenerationOutput, ModelError> {
+        let mut sampler = Sampler::for_model(opts.sampling.clone(), tokenizer, self.cache.capacity());
+        self.generate_streaming_with(&mut sampler, tokenizer, prompt_ids, opts, pool, on_token)
+    }
+
+    /// [`Session::generate_streaming`] with a sampler that lives longer than one call (a conversation keeps
+    /// one, as llama.cpp's interactive mode does: penalties and DRY see every turn, the random draws go on).
+    /// `opts.sampling` is not looked at; the prompt and the generated tokens (not an end-of-generation one) are
+    /// accepted into `sampler`.
+    pub fn generate_streaming_with(
+        &mut self,
+        sampler: &mut Sampler,
+        tokenizer: &Tokenizer,
+        prompt_ids: &[u32],
+        opts: &GenerationOptions,
+        pool: &ThreadPool,
+        on_token: &mut dyn FnMut(&TokenEvent<'_>),
+    ) -> Result<GenerationOutput, ModelError> {
         let ctx = self.cache.capacity();
         if self.cache.len() + prompt_ids.len() > ctx {
             return Err(ModelError::ContextFull { pos: self.cache.len() + prompt_ids.len() - 1, ctx });
         }
-        let mut sampler = Sampler::for_model(opts.sampling.clone(), tokenizer, ctx);
         // Penalties and DRY count the prompt too, as llama.cpp's samplers do.
         sampler.accept_all(prompt_ids);
         let mut decoder = StreamDecoder::new(tokenizer);

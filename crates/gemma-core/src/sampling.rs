@@ -310,8 +310,11 @@ impl SamplingParams {
 
     /// True when the pick is the best surviving candidate rather than a random draw.
     pub fn is_greedy(&self) -> bool {
-        // A dynamic temperature may rise above 0 even from 0 (llama.cpp: up to the range).
-        (self.temperature <= 0.0 && !(self.dynatemp_range > 0.0 && self.chain_has(SamplerStage::Temperature)))
+        // Temperature acts only as a stage of the chain (llama.cpp has no greedy shortcut: without the stage
+        // it samples), or before Mirostat; a dynamic temperature may rise above 0 even from 0.
+        let temperature_runs = self.mirostat != Mirostat::Off || self.chain_has(SamplerStage::Temperature);
+        let dynamic = self.mirostat == Mirostat::Off && self.dynatemp_range > 0.0;
+        (self.temperature <= 0.0 && temperature_runs && !dynamic)
             || (self.mirostat == Mirostat::Off && self.top_k == 1 && self.samplers.contains(&SamplerStage::TopK))
     }
 
@@ -781,7 +784,9 @@ impl Candidates {
         self.softmax(true);
         let entropy = self.items.iter().filter(|c| c.p > 0.0).fold(0.0f32, |e, c| e - c.p * c.p.ln());
         let dyn_temp = min_temp + (max_temp - min_temp) * (entropy / max_entropy).powf(exponent);
-        self.temperature(dyn_temp);
+        // A negative exponent at zero entropy gives infinity, and -inf / inf would let a masked token be
+        // drawn (llama.cpp's flaw); the top of the range is what that limit means.
+        self.temperature(if dyn_temp.is_finite() { dyn_temp } else { max_temp });
     }
 
     fn best_index(&self) -> usize {
@@ -834,13 +839,25 @@ fn top_p_cut(items: &[Candidate], top_p: f32, min_keep: usize) -> Option<usize> 
     None
 }
 
-/// The 32-bit seed llama.cpp would use: the low 32 bits of `seed`; none, or `0xFFFFFFFF` (llama.cpp's
-/// `LLAMA_DEFAULT_SEED`, what `--seed -1` gives), means one from the clock.
-fn rng_seed(seed: Option<u64>) -> u32 {
-    match seed.map(|s| s as u32) {
-        Some(s) if s != u32::MAX => s,
-        _ => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u32),
-    }
+/// The 32-bit seed llama.cpp would use: the low 32 bits of `seed`; `None` when there is none or it is
+/// `0xFFFFFFFF` (llama.cpp's `LLAMA_DEFAULT_SEED`, what `--seed -1` gives), meaning a random one.
+fn fixed_seed(seed: Option<u64>) -> Option<u32> {
+    seed.map(|s| s as u32).filter(|&s| s != u32::MAX)
+}
+
+/// A random seed: the clock mixed with a process-wide counter, so samplers made within one clock tick
+/// (several choices of a request, XTC beside the final draw) still draw independently.
+fn random_seed() -> u32 {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (nanos as u32) ^ (nanos >> 32) as u32 ^ count.wrapping_mul(0x9E37_79B9)
+}
+
+/// The seed of choice `k` of a request seeded with `seed` (`n > 1`, or several prompts): `seed + k` on
+/// llama.cpp's 32 bits, never landing on the "random" value; a random request stays random for each choice.
+pub fn seed_for_choice(seed: Option<u64>, k: usize) -> Option<u64> {
+    fixed_seed(seed).map(|s| (u64::from(s) + k as u64) % u64::from(u32::MAX))
 }
 
 /// Picks tokens by [`SamplingParams`], remembering what penalties, DRY and Mirostat need between tokens.
@@ -894,11 +911,14 @@ impl Sampler {
             };
             dry::Dry::new(breakers, window)
         });
-        let seed = rng_seed(params.seed);
+        let (seed, xtc_seed) = match fixed_seed(params.seed) {
+            Some(s) => (s, s),
+            None => (random_seed(), random_seed()),
+        };
         Sampler {
             plain_argmax: params.is_plain_argmax(),
             rng: Mt19937::new(seed),
-            xtc_rng: Mt19937::new(seed),
+            xtc_rng: Mt19937::new(xtc_seed),
             candidates: Candidates::default(),
             typical_order: Vec::new(),
             typical_spare: Vec::new(),
@@ -953,12 +973,18 @@ impl Sampler {
 
     /// Forgets the accepted tokens and restarts Mirostat (the random generator goes on).
     pub fn reset(&mut self) {
+        self.forget_tokens();
+        self.mirostat_mu = 2.0 * self.params.mirostat_tau;
+    }
+
+    /// Forgets the accepted tokens only: Mirostat's μ and the random generator go on (for a conversation
+    /// whose earlier tokens are accepted again after its cache was cut back).
+    pub fn forget_tokens(&mut self) {
         self.history.clear();
         self.counts.clear();
         if let Some(dry) = &mut self.dry {
             dry.reset();
         }
-        self.mirostat_mu = 2.0 * self.params.mirostat_tau;
     }
 
     /// Mirostat's current μ (the surprise cut-off), when Mirostat is on.
@@ -1200,7 +1226,12 @@ mod tests {
         s.accept(3);
         assert_eq!(s.sample(&logits()), 1, "both seen once: 4.0 vs 3.9");
         // Penalties left out of the chain do nothing, so greedy stays a plain argmax.
-        let p = SamplingParams { temperature: 0.0, frequency_penalty: 1.0, samplers: vec![], ..Default::default() };
+        let p = SamplingParams {
+            temperature: 0.0,
+            frequency_penalty: 1.0,
+            samplers: vec![SamplerStage::Temperature],
+            ..Default::default()
+        };
         assert!(p.is_plain_argmax());
     }
 
@@ -1211,7 +1242,8 @@ mod tests {
             dry_base: base,
             dry_allowed_length: allowed_length,
             dry_penalty_last_n: last_n,
-            samplers: vec![SamplerStage::Dry],
+            // Greedy needs the temperature stage (temperature 0 acts only there, as in llama.cpp).
+            samplers: vec![SamplerStage::Dry, SamplerStage::Temperature],
             ..SamplingParams::greedy()
         }
     }
@@ -1563,7 +1595,7 @@ mod tests {
             SamplerStage::parse_names("Top-K; nucleus;typ;TEMP;minp;top-n-sigma;xtc;").unwrap(),
             vec![TopK, TopP, TypicalP, Temperature, MinP, TopNSigma, Xtc]
         );
-        // llama.cpp's own default list parses to our default chain (DRY dropped).
+        // llama.cpp's own default list parses to our default chain.
         let llama_default = "penalties;dry;top_n_sigma;top_k;typ_p;top_p;min_p;xtc;temperature";
         assert_eq!(SamplerStage::parse_names(llama_default).unwrap(), SamplerStage::DEFAULT_CHAIN.to_vec());
         assert_eq!(SamplerStage::parse_letters("edskypmxt").unwrap(), SamplerStage::DEFAULT_CHAIN.to_vec());
@@ -1661,5 +1693,36 @@ mod tests {
         }
         assert_eq!(buffers(&s), before);
         assert_eq!((s.candidates.items.capacity(), s.typical_spare.capacity()), (cap_a, cap_b));
+    }
+
+    #[test]
+    fn choice_seeds_stay_on_llama_cpp_32_bits_and_never_become_random() {
+        assert_eq!(seed_for_choice(Some(5), 0), Some(5));
+        assert_eq!(seed_for_choice(Some(5), 3), Some(8));
+        // Only the low 32 bits count; the "random" value stays random for every choice.
+        assert_eq!(seed_for_choice(Some((1 << 32) + 5), 1), Some(6));
+        assert_eq!(seed_for_choice(Some(u64::MAX), 1), None);
+        assert_eq!(seed_for_choice(Some(u32::MAX as u64), 2), None);
+        assert_eq!(seed_for_choice(None, 2), None);
+        // A seed next to the "random" value steps over it.
+        let next = seed_for_choice(Some(u32::MAX as u64 - 1), 1).map(|s| s as u32);
+        assert!(next.is_some_and(|s| s != u32::MAX), "{next:?}");
+    }
+
+    #[test]
+    fn temperature_zero_is_greedy_only_where_the_temperature_stage_runs() {
+        let greedy = SamplingParams::greedy();
+        assert!(greedy.is_greedy());
+        // llama.cpp: without the temperature stage, temperature 0 changes nothing and the draw samples.
+        let no_stage = SamplingParams { samplers: vec![SamplerStage::TopK], top_k: 0, ..greedy.clone() };
+        assert!(!no_stage.is_greedy());
+        let logits: Vec<f32> = (0..64).map(|i| (i % 7) as f32 * 0.3).collect();
+        let picks: std::collections::HashSet<u32> = (0..8)
+            .map(|seed| Sampler::new(SamplingParams { seed: Some(seed), ..no_stage.clone() }).sample(&logits))
+            .collect();
+        assert!(picks.len() > 1, "{picks:?}");
+        // Mirostat applies the temperature itself; dynamic temperature may lift 0.
+        assert!(SamplingParams { mirostat: Mirostat::V2, samplers: vec![], ..greedy.clone() }.is_greedy());
+        assert!(!SamplingParams { dynatemp_range: 0.5, top_k: 0, ..greedy }.is_greedy());
     }
 }

@@ -270,16 +270,54 @@ fn dry_changes_a_repetitive_greedy_text_and_breakers_hold_it_back() {
     // The "love you" breaker spans two tokens (" love", " you"); with it, each repeat restarts after every
     // "I love you" and DRY leaves the text alone, as in llama.cpp. With only a newline as breaker the same
     // settings change the text from the first token.
+    // Our sampler, run with each breaker list (the goldens record llama.cpp doing the same).
     let with_breaker = goldens.iter().find(|g| g.dry.dry_sequence_breakers == ["love you"]).expect("case");
-    assert_eq!(with_breaker.gen_ids, with_breaker.no_dry_gen_ids);
     let newline_only = goldens
         .iter()
         .find(|g| g.prompt == with_breaker.prompt && g.dry.dry_sequence_breakers == ["\n"])
         .expect("case");
-    assert_ne!(newline_only.gen_ids[..4], with_breaker.gen_ids[..4]);
+    let held_back = greedy_ids(&with_breaker.prompt_ids, 8, dry_sampling(&with_breaker.dry));
+    let plain = greedy_ids(&with_breaker.prompt_ids, 8, SamplingParams::greedy());
+    assert_eq!(held_back, plain, "the two-token breaker keeps DRY from acting");
+    assert_eq!(held_back[..], with_breaker.no_dry_gen_ids[..8]);
+    let newline = greedy_ids(&newline_only.prompt_ids, 8, dry_sampling(&newline_only.dry));
+    assert_ne!(newline[..4], held_back[..4], "with only a newline as breaker DRY changes the first tokens");
     let heads = gemma_core::sampling::DryBreakers::new(&f.tokenizer, &["love you".to_string()]);
     let love = f.tokenizer.encode(" love", false, false);
     let you = f.tokenizer.encode(" you", false, false);
     assert_eq!((love.len(), you.len()), (1, 1));
     assert!(heads.tails(love[0]).contains(&you), "\" love\" is a head whose tail is \" you\"");
+}
+
+/// A sampler kept across calls (`Session::generate_streaming_with`, as `gemma chat` keeps one) goes on:
+/// its random draws continue and its penalties remember the earlier turns. Replaying the same prompt on a
+/// cleared cache shows both: a fresh sampler repeats the first answer, the kept one does not.
+#[test]
+fn a_kept_sampler_goes_on_from_call_to_call() {
+    let f = fixture();
+    let ids = f.tokenizer.encode("Once upon a time, in a small village by the sea,", true, true);
+    let run = |params: SamplingParams, keep: bool| -> (Vec<u32>, Vec<u32>) {
+        let opts = GenerationOptions { max_tokens: 12, sampling: params.clone(), ..Default::default() };
+        let mut session = Session::new(&f.model, 256);
+        let mut sampler = gemma_core::Sampler::for_model(params.clone(), &f.tokenizer, 256);
+        let answer = |session: &mut Session, sampler: &mut gemma_core::Sampler| {
+            session.reset();
+            session.generate_streaming_with(sampler, &f.tokenizer, &ids, &opts, &f.pool, &mut |_| {}).unwrap().gen_ids
+        };
+        let first = answer(&mut session, &mut sampler);
+        if !keep {
+            sampler = gemma_core::Sampler::for_model(params, &f.tokenizer, 256);
+        }
+        (first, answer(&mut session, &mut sampler))
+    };
+    let seeded = SamplingParams { temperature: 1.0, top_k: 0, seed: Some(7), ..Default::default() };
+    let (first, again) = run(seeded.clone(), false);
+    assert_eq!(first, again, "a fresh sampler with the same seed repeats itself");
+    let (first, again) = run(seeded, true);
+    assert_ne!(first, again, "a kept sampler draws on");
+    let penalized = SamplingParams { repeat_penalty: 1.5, penalty_last_n: 256, ..SamplingParams::greedy() };
+    let (first, again) = run(penalized.clone(), false);
+    assert_eq!(first, again, "a fresh sampler has no history");
+    let (first, again) = run(penalized, true);
+    assert_ne!(first, again, "a kept sampler penalizes what it said before");
 }

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, Stream, StreamExt};
 use gemma_core::chat::ChatMessage;
-use gemma_core::sampling::{Mirostat, SamplerStage, SamplingError, TokenLogprobs};
+use gemma_core::sampling::{seed_for_choice, Mirostat, SamplerStage, SamplingError, TokenLogprobs};
 use gemma_core::{SamplingParams, Tokenizer};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
@@ -147,7 +147,8 @@ pub(crate) fn parse_plan(f: &Fields, loaded: &LoadedModel, dialect: Dialect) -> 
             ..SamplingParams::default()
         },
     )
-    .and_then(|p| parse_dry(f, p))?;
+    .and_then(|p| parse_dry(f, p))
+    .and_then(validated)?;
 
     let stop = f.string_or_list("stop")?;
     if stop.len() > MAX_STOPS {
@@ -209,17 +210,17 @@ fn reject_unsupported(f: &Fields, dialect: Dialect) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// llama-server's DRY fields: `dry_multiplier`, `dry_base` (below 1 means the default, as there),
-/// `dry_allowed_length`, `dry_penalty_last_n` (-1: the whole context) and `dry_sequence_breakers` (a
-/// non-empty list of strings).
+/// Numbers llama-server's fields may take: finite, and no larger than any setting means.
+const FIELD_LIMIT: f64 = 1e9;
+
 /// llama-server's sampling fields beyond OpenAI's, under its names (`repeat_penalty`, `repeat_last_n`,
 /// `typical_p`, `top_n_sigma`, `xtc_probability`, `xtc_threshold`, `mirostat`, `mirostat_tau`,
 /// `mirostat_eta`, `min_keep`, `dynatemp_range`, `dynatemp_exponent`, `samplers`), so a body written for
 /// llama-server samples the same way here. Values are checked as the CLI checks its flags.
 fn parse_llama_sampling(f: &Fields, mut p: SamplingParams) -> Result<SamplingParams, ApiError> {
-    const LIMIT: f64 = 1e9;
-    let number =
-        |name: &str| -> Result<Option<f32>, ApiError> { Ok(f.number_in(name, -LIMIT..=LIMIT)?.map(|v| v as f32)) };
+    let number = |name: &str| -> Result<Option<f32>, ApiError> {
+        Ok(f.number_in(name, -FIELD_LIMIT..=FIELD_LIMIT)?.map(|v| v as f32))
+    };
     let bad = |name: &str, m: String| ApiError::invalid_param(name, m).with_code("invalid_value");
     if let Some(v) = number("repeat_penalty")? {
         p.repeat_penalty = v;
@@ -271,19 +272,29 @@ fn parse_llama_sampling(f: &Fields, mut p: SamplingParams) -> Result<SamplingPar
             return Err(bad("samplers", "'samplers' must be a list of sampler names or a string of letters".into()))
         }
     }
-    p.validate().map_err(|e| match &e {
-        SamplingError::BadValue { name, .. } => bad(name, format!("'{name}': {e}")),
-        _ => bad("samplers", format!("'samplers': {e}")),
+    Ok(p)
+}
+
+/// The whole sampling setting, checked once every field is in, as the CLI checks its flags.
+fn validated(p: SamplingParams) -> Result<SamplingParams, ApiError> {
+    p.validate().map_err(|e| {
+        let name = match &e {
+            SamplingError::BadValue { name, .. } => *name,
+            _ => "samplers",
+        };
+        ApiError::invalid_param(name, format!("'{name}': {e}")).with_code("invalid_value")
     })?;
     Ok(p)
 }
 
+/// llama-server's DRY fields: `dry_multiplier`, `dry_base` (below 1 means the default, as there),
+/// `dry_allowed_length`, `dry_penalty_last_n` (-1: the whole context) and `dry_sequence_breakers` (a
+/// non-empty list of strings).
 fn parse_dry(f: &Fields, mut p: SamplingParams) -> Result<SamplingParams, ApiError> {
-    const LIMIT: f64 = 1e9;
-    if let Some(m) = f.number_in("dry_multiplier", -LIMIT..=LIMIT)? {
+    if let Some(m) = f.number_in("dry_multiplier", -FIELD_LIMIT..=FIELD_LIMIT)? {
         p.dry_multiplier = m as f32;
     }
-    if let Some(b) = f.number_in("dry_base", -LIMIT..=LIMIT)? {
+    if let Some(b) = f.number_in("dry_base", -FIELD_LIMIT..=FIELD_LIMIT)? {
         if b >= 1.0 {
             p.dry_base = b as f32;
         }
@@ -427,7 +438,7 @@ pub(crate) fn submit(
         let mut sampling = plan.sampling.clone();
         // Each choice draws differently, but reproducibly for a given seed (the engine adds the choice's
         // place within the prompt's `n`).
-        sampling.seed = sampling.seed.map(|s| s.wrapping_add(choice as u64));
+        sampling.seed = seed_for_choice(sampling.seed, choice);
         let req = GenerationRequest {
             prompt_ids: prompt.clone(),
             max_tokens: plan.max_tokens.unwrap_or(room).min(room),

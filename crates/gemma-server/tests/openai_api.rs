@@ -598,6 +598,33 @@ async fn llama_server_sampling_fields_act_and_bad_values_are_400() {
                         "xtc_probability": 0.5, "xtc_threshold": 0.1, "typical_p": 0.9, "top_n_sigma": 2.0,
                         "min_keep": 2, "dynatemp_range": 0.3, "dynatemp_exponent": 1.5});
     assert_eq!(text_of(&complete(extras.clone()).await), text_of(&complete(extras).await));
+    // Each field is read: a tiny top-n-sigma or typical-p, or a Mirostat with τ 0, leaves one token, so a
+    // sampled request no longer depends on its seed (without them, seeds 1 and 2 differ).
+    let sampled = |seed: u64| json!({"prompt": story, "max_tokens": 8, "temperature": 1.0, "seed": seed});
+    assert_ne!(text_of(&complete(sampled(1)).await), text_of(&complete(sampled(2)).await));
+    for (field, value) in [("top_n_sigma", json!(1e-6)), ("typical_p", json!(1e-6)), ("mirostat_tau", json!(0.0))] {
+        let mut texts = Vec::new();
+        for seed in [1, 2] {
+            let mut body = sampled(seed);
+            body[field] = value.clone();
+            if field == "mirostat_tau" {
+                body["mirostat"] = json!(2);
+                body["mirostat_eta"] = json!(0.0);
+            }
+            texts.push(text_of(&complete(body).await));
+        }
+        assert_eq!(texts[0], texts[1], "{field} {value}");
+    }
+    // Several choices of one seeded request differ and are reproducible; a random seed (-1) stays random
+    // for every choice, request after request.
+    let choices = |seed: i64| async move {
+        let v = complete(json!({"prompt": story, "max_tokens": 8, "temperature": 1.0, "seed": seed, "n": 2})).await;
+        (0..2).map(|i| v["choices"][i]["text"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    let seeded = choices(11).await;
+    assert_ne!(seeded[0], seeded[1], "choices draw differently");
+    assert_eq!(seeded, choices(11).await, "and reproducibly");
+    assert_ne!(choices(-1).await, choices(-1).await, "-1 is random for every choice");
 
     let url = format!("{}/v1/completions", base());
     for (field, value, says) in [

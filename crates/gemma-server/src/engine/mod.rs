@@ -248,9 +248,9 @@ struct Engine<'a> {
     /// Numbers the requests, so that the choices of one can find each other.
     next_group: u64,
     scratch: Scratch,
-    /// The DRY breakers of the last breaker list used: matching a list against the vocabulary scans all of
-    /// it, and most requests use the same (default) list.
-    dry_breakers: Option<(Vec<String>, Arc<DryBreakers>)>,
+    /// The DRY breakers of the breaker lists used last, newest first: matching a list against the
+    /// vocabulary scans all of it, and most requests use the same (default) list.
+    dry_breakers: Vec<(Vec<String>, Arc<DryBreakers>)>,
 }
 
 impl<'a> Engine<'a> {
@@ -274,20 +274,24 @@ impl<'a> Engine<'a> {
             held: None,
             next_group: 0,
             scratch: Scratch::default(),
-            dry_breakers: None,
+            dry_breakers: Vec::new(),
         }
     }
 
-    /// DRY's breakers for `list`, built against the vocabulary once per distinct list in a row.
+    /// DRY's breakers for `list`, built against the vocabulary (tens to hundreds of milliseconds over a
+    /// large vocabulary, on this thread) only for a list none of the last few requests used.
     fn dry_breakers(&mut self, list: &[String]) -> Arc<DryBreakers> {
-        match &self.dry_breakers {
-            Some((cached, breakers)) if cached == list => breakers.clone(),
-            _ => {
-                let breakers = Arc::new(DryBreakers::new(self.tokenizer, list));
-                self.dry_breakers = Some((list.to_vec(), breakers.clone()));
-                breakers
-            }
+        const KEEP: usize = 8;
+        if let Some(at) = self.dry_breakers.iter().position(|(cached, _)| cached == list) {
+            let hit = self.dry_breakers.remove(at);
+            let breakers = hit.1.clone();
+            self.dry_breakers.insert(0, hit);
+            return breakers;
         }
+        let breakers = Arc::new(DryBreakers::new(self.tokenizer, list));
+        self.dry_breakers.insert(0, (list.to_vec(), breakers.clone()));
+        self.dry_breakers.truncate(KEEP);
+        breakers
     }
 
     fn run(mut self, rx: Receiver<GenerationRequest>) {
@@ -430,7 +434,7 @@ impl<'a> Engine<'a> {
                 events: req.events.clone(),
                 submitted: req.submitted,
             };
-            follower.sampling.seed = base_seed.map(|s| s.wrapping_add(k as u64));
+            follower.sampling.seed = gemma_core::sampling::seed_for_choice(base_seed, k);
             self.seqs.push(Sequence::new(follower, self.tokenizer, dry.clone(), ctx, reused, deadline, group, true));
             self.caches.push(self.model.new_cache(0));
         }
