@@ -597,6 +597,16 @@ unsafe fn transpose16_avx512(src: &[f32], stride: usize, dst: &mut [f32; 256]) {
 mod tests {
     use super::*;
 
+    /// The rows of `wf` (`cols` wide) in `ty`, GGML's layout.
+    fn quantize_rows(ty: GgmlType, wf: &[f32], cols: usize) -> Vec<u8> {
+        let (f, rb) = (quant_format(ty).unwrap(), ty.row_bytes(cols).unwrap());
+        let mut wq = vec![0u8; rb * (wf.len() / cols)];
+        for (src, dst) in wf.chunks(cols).zip(wq.chunks_mut(rb)) {
+            f.quantize_row(src, dst).unwrap();
+        }
+        wq
+    }
+
     fn lcg(seed: &mut u64) -> f32 {
         *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
@@ -697,12 +707,7 @@ mod tests {
         let wf: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
         let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed)).collect();
         for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4K, GgmlType::F32] {
-            let f = quant_format(ty).unwrap();
-            let rb = ty.row_bytes(cols).unwrap();
-            let mut wq = vec![0u8; rb * rows];
-            for (src, dst) in wf.chunks(cols).zip(wq.chunks_mut(rb)) {
-                f.quantize_row(src, dst).unwrap();
-            }
+            let wq = quantize_rows(ty, &wf, cols);
             let w = QMatrix::new(&wq, rows, cols, ty).unwrap();
             let mut deq = vec![0f32; cols];
             let mut results = Vec::new();
@@ -733,12 +738,7 @@ mod tests {
         let mut seed = 11;
         let wf: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
         for ty in [GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q4K, GgmlType::Q6K] {
-            let f = quant_format(ty).unwrap();
-            let rb = ty.row_bytes(cols).unwrap();
-            let mut wq = vec![0u8; rb * rows];
-            for (src, dst) in wf.chunks(cols).zip(wq.chunks_mut(rb)) {
-                f.quantize_row(src, dst).unwrap();
-            }
+            let wq = quantize_rows(ty, &wf, cols);
             let plain = QMatrix::new(&wq, rows, cols, ty).unwrap();
             let interleaved = InterleavedRows::repack(ty, rows, cols, &wq, &mut |_| {}).ok();
             let interleaved_k = InterleavedKRows::repack(ty, rows, cols, &wq, &mut |_| {}).ok();

@@ -21,6 +21,20 @@ async fn complete(body: Value) -> Value {
     v
 }
 
+/// Each `(field, value, says)`: a one-token completion with `field` set to `value` is a 400 naming the
+/// field, whose message contains `says`.
+async fn assert_each_is_a_400(url: &str, cases: impl IntoIterator<Item = (&str, Value, &str)>) {
+    for (field, value, says) in cases {
+        let mut body = json!({"prompt": "x", "max_tokens": 1});
+        body[field] = value.clone();
+        let (status, v) = post(url, body).await;
+        assert_eq!(status, 400, "{field}: {value} → {v}");
+        assert_eq!(v["error"]["param"].as_str(), Some(field), "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{field}: {value} → {message}");
+    }
+}
+
 fn text_of(v: &Value) -> String {
     v["choices"][0]["text"].as_str().unwrap().to_string()
 }
@@ -276,7 +290,7 @@ async fn dry_fields_act_like_llama_server_and_bad_values_are_400() {
 
     let url = format!("{}/v1/completions", base());
     let many: Vec<String> = (0..40).map(|i| format!("b{i}")).collect();
-    for (field, value, says) in [
+    let cases = [
         ("dry_multiplier", json!("strong"), "'dry_multiplier'"),
         ("dry_multiplier", json!(1e300), "'dry_multiplier' must be between"),
         ("dry_base", json!([1.5]), "'dry_base'"),
@@ -287,15 +301,8 @@ async fn dry_fields_act_like_llama_server_and_bad_values_are_400() {
         ("dry_sequence_breakers", json!("\n"), "'dry_sequence_breakers'"),
         ("dry_sequence_breakers", json!(["\n", 1]), "'dry_sequence_breakers'"),
         ("dry_sequence_breakers", json!(many), "at most 32"),
-    ] {
-        let mut body = json!({"prompt": "x", "max_tokens": 1});
-        body[field] = value.clone();
-        let (status, v) = post(&url, body).await;
-        assert_eq!(status, 400, "{field}: {value} → {v}");
-        assert_eq!(v["error"]["param"].as_str(), Some(field), "{v}");
-        let message = v["error"]["message"].as_str().unwrap();
-        assert!(message.contains(says), "{field}: {value} → {message}");
-    }
+    ];
+    assert_each_is_a_400(&url, cases).await;
 }
 
 #[tokio::test]
@@ -627,7 +634,7 @@ async fn llama_server_sampling_fields_act_and_bad_values_are_400() {
     assert_ne!(choices(-1).await, choices(-1).await, "-1 is random for every choice");
 
     let url = format!("{}/v1/completions", base());
-    for (field, value, says) in [
+    let cases = [
         ("repeat_penalty", json!(0), "repeat_penalty must be finite and greater than 0"),
         ("repeat_penalty", json!("strong"), "'repeat_penalty'"),
         ("repeat_last_n", json!(-2), "'repeat_last_n' must be -1"),
@@ -639,13 +646,6 @@ async fn llama_server_sampling_fields_act_and_bad_values_are_400() {
         ("samplers", json!(["top_k", "nonsense"]), "nonsense"),
         ("samplers", json!([1, 2]), "'samplers'"),
         ("samplers", json!(7), "'samplers' must be a list"),
-    ] {
-        let mut body = json!({"prompt": "x", "max_tokens": 1});
-        body[field] = value.clone();
-        let (status, v) = post(&url, body).await;
-        assert_eq!(status, 400, "{field}: {value} → {v}");
-        assert_eq!(v["error"]["param"].as_str(), Some(field), "{v}");
-        let message = v["error"]["message"].as_str().unwrap();
-        assert!(message.contains(says), "{field}: {value} → {message}");
-    }
+    ];
+    assert_each_is_a_400(&url, cases).await;
 }
