@@ -149,6 +149,10 @@ pub(crate) fn parse_plan(f: &Fields, loaded: &LoadedModel, dialect: Dialect) -> 
     )
     .and_then(|p| parse_dry(f, p))
     .and_then(validated)?;
+    if sampling.dry_active() {
+        // Built here, off the engine thread, so admitting the request does not stall the running streams.
+        loaded.dry_tables.get(&loaded.tokenizer, &sampling.dry_sequence_breakers);
+    }
 
     let stop = f.string_or_list("stop")?;
     if stop.len() > MAX_STOPS {

@@ -113,6 +113,39 @@ pub struct LoadedModel {
     /// The GGUF's chat template (or the built-in one for its family).
     pub chat: ChatTemplate,
     pub created: u64,
+    /// DRY's breaker tables, shared by the request parsers (which build them off the engine thread) and
+    /// the engine (which looks them up).
+    pub dry_tables: Arc<DryTables>,
+}
+
+/// DRY's breakers for the breaker lists used last, newest first. Matching a list against the vocabulary
+/// scans all of it (tens to hundreds of milliseconds on a large one); most requests use the default list.
+#[derive(Default)]
+pub struct DryTables {
+    recent: Mutex<Vec<(Vec<String>, Arc<DryBreakers>)>>,
+}
+
+impl DryTables {
+    const KEEP: usize = 8;
+
+    /// The breakers of `list`, built (without holding the lock) when none of the last few requests used it.
+    pub fn get(&self, tokenizer: &Tokenizer, list: &[String]) -> Arc<DryBreakers> {
+        let lock = || self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut recent = lock();
+            if let Some(at) = recent.iter().position(|(cached, _)| cached == list) {
+                let hit = recent.remove(at);
+                let breakers = hit.1.clone();
+                recent.insert(0, hit);
+                return breakers;
+            }
+        }
+        let breakers = Arc::new(DryBreakers::new(tokenizer, list));
+        let mut recent = lock();
+        recent.insert(0, (list.to_vec(), breakers.clone()));
+        recent.truncate(Self::KEEP);
+        breakers
+    }
 }
 
 /// Loading state shared between the engine thread and the HTTP handlers.
@@ -194,10 +227,11 @@ pub fn spawn(config: EngineConfig, metrics: Arc<Metrics>) -> std::io::Result<Spa
     let thread = std::thread::Builder::new().name("gemma-engine".into()).spawn(move || match start(&config) {
         Ok((pool, model, loaded)) => {
             let tokenizer = loaded.tokenizer.clone();
+            let dry_tables = loaded.dry_tables.clone();
             let _ = state.loaded.set(Arc::new(loaded));
             let _ = loaded_tx.send(Ok(()));
             tracing::info!(model = %config.model, ctx = config.ctx, parallel = config.parallel, "model loaded");
-            Engine::new(&model, &tokenizer, &pool, &config, &metrics).run(rx);
+            Engine::new(&model, &tokenizer, &pool, &config, &metrics, dry_tables).run(rx);
         }
         Err(e) => {
             let report = crate::error_report(&e);
@@ -228,6 +262,7 @@ fn load(config: &EngineConfig) -> Result<(Model, LoadedModel), LoadError> {
         tokenizer: Arc::new(tokenizer),
         chat,
         created,
+        dry_tables: Arc::default(),
     };
     Ok((model, loaded))
 }
@@ -248,9 +283,8 @@ struct Engine<'a> {
     /// Numbers the requests, so that the choices of one can find each other.
     next_group: u64,
     scratch: Scratch,
-    /// The DRY breakers of the breaker lists used last, newest first: matching a list against the
-    /// vocabulary scans all of it, and most requests use the same (default) list.
-    dry_breakers: Vec<(Vec<String>, Arc<DryBreakers>)>,
+    /// Shared with the request parsers, which have usually built a request's table already.
+    dry_tables: Arc<DryTables>,
 }
 
 impl<'a> Engine<'a> {
@@ -260,6 +294,7 @@ impl<'a> Engine<'a> {
         pool: &'a ThreadPool,
         config: &'a EngineConfig,
         metrics: &'a Metrics,
+        dry_tables: Arc<DryTables>,
     ) -> Self {
         Engine {
             model,
@@ -274,24 +309,8 @@ impl<'a> Engine<'a> {
             held: None,
             next_group: 0,
             scratch: Scratch::default(),
-            dry_breakers: Vec::new(),
+            dry_tables,
         }
-    }
-
-    /// DRY's breakers for `list`, built against the vocabulary (tens to hundreds of milliseconds over a
-    /// large vocabulary, on this thread) only for a list none of the last few requests used.
-    fn dry_breakers(&mut self, list: &[String]) -> Arc<DryBreakers> {
-        const KEEP: usize = 8;
-        if let Some(at) = self.dry_breakers.iter().position(|(cached, _)| cached == list) {
-            let hit = self.dry_breakers.remove(at);
-            let breakers = hit.1.clone();
-            self.dry_breakers.insert(0, hit);
-            return breakers;
-        }
-        let breakers = Arc::new(DryBreakers::new(self.tokenizer, list));
-        self.dry_breakers.insert(0, (list.to_vec(), breakers.clone()));
-        self.dry_breakers.truncate(KEEP);
-        breakers
     }
 
     fn run(mut self, rx: Receiver<GenerationRequest>) {
@@ -415,7 +434,8 @@ impl<'a> Engine<'a> {
             },
         };
         let deadline = req.submitted + self.config.request_timeout;
-        let dry = req.sampling.dry_active().then(|| self.dry_breakers(&req.sampling.dry_sequence_breakers));
+        let dry =
+            req.sampling.dry_active().then(|| self.dry_tables.get(self.tokenizer, &req.sampling.dry_sequence_breakers));
         let group = self.next_group;
         self.next_group += 1;
         let n = req.n.max(1);
