@@ -266,12 +266,11 @@ impl Chat<'_> {
         self.sampler.forget_tokens();
         self.sampler.accept_all(&ids[..kept]);
         let stream = std::io::stdout();
-        let on_text = |piece: &str| {
+        let mut on_token = |event: &TokenEvent<'_>| {
             let mut out = stream.lock();
-            let _ = out.write_all(piece.as_bytes());
+            let _ = out.write_all(event.text.as_bytes());
             let _ = out.flush();
         };
-        let mut on_token = |event: &TokenEvent<'_>| on_text(event.text);
         let result = self.session.generate_streaming_with(
             &mut self.sampler,
             &self.m.tokenizer,

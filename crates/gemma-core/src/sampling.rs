@@ -21,7 +21,7 @@ use crate::tokenizer::Tokenizer;
 
 mod dry;
 
-pub use dry::{DryBreakers, MAX_BREAKER_BYTES, MAX_BREAKER_TAIL_TOKENS};
+pub use dry::DryBreakers;
 
 /// A bad sampler name, letter or value.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -803,17 +803,22 @@ impl Candidates {
     /// `exp(logit - max)` summed in f64, one uniform double, and the first candidate (in the current order)
     /// whose running sum reaches that fraction of the total. One number is drawn even for a single candidate,
     /// so the stream stays aligned with llama.cpp's.
-    fn draw(&self, rng: &mut Mt19937) -> usize {
+    /// The weights are kept in `p` (unnormalised), so each `exp` is computed once.
+    fn draw(&mut self, rng: &mut Mt19937) -> usize {
         let u = rng.uniform_f64();
         let max = self.max_logit();
         if self.items.len() <= 1 || max == f32::NEG_INFINITY {
             return 0;
         }
-        let sum: f64 = self.items.iter().map(|c| f64::from((c.logit - max).exp())).sum();
+        let mut sum = 0.0f64;
+        for c in &mut self.items {
+            c.p = (c.logit - max).exp();
+            sum += f64::from(c.p);
+        }
         let target = sum * u;
         let mut run = 0.0f64;
         for (i, c) in self.items.iter().enumerate() {
-            run += f64::from((c.logit - max).exp());
+            run += f64::from(c.p);
             if run >= target {
                 return i;
             }
@@ -1045,7 +1050,7 @@ impl Sampler {
                 SamplerStage::Temperature => c.temperature(p.temperature),
             }
         }
-        let c = &self.candidates;
+        let c = &mut self.candidates;
         let at = if self.params.is_greedy() { c.best_index() } else { c.draw(&mut self.rng) };
         c.items.get(at).map_or(0, |c| c.id)
     }

@@ -68,11 +68,6 @@ impl DryBreakers {
         out
     }
 
-    /// No breaker at all.
-    pub fn is_empty(&self) -> bool {
-        self.tails.is_empty()
-    }
-
     /// The tails of the breakers that begin with `head`.
     pub fn tails(&self, head: u32) -> &[Vec<u32>] {
         self.tails.get(&head).map_or(&[], Vec::as_slice)

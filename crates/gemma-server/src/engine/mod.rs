@@ -122,29 +122,41 @@ pub struct LoadedModel {
 /// scans all of it (tens to hundreds of milliseconds on a large one); most requests use the default list.
 #[derive(Default)]
 pub struct DryTables {
-    recent: Mutex<Vec<(Vec<String>, Arc<DryBreakers>)>>,
+    recent: Mutex<RecentTables>,
 }
+
+/// (breaker list, its breakers), newest first.
+type RecentTables = Vec<(Vec<String>, Arc<DryBreakers>)>;
 
 impl DryTables {
     const KEEP: usize = 8;
 
     /// The breakers of `list`, built (without holding the lock) when none of the last few requests used it.
     pub fn get(&self, tokenizer: &Tokenizer, list: &[String]) -> Arc<DryBreakers> {
-        let lock = || self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        {
-            let mut recent = lock();
-            if let Some(at) = recent.iter().position(|(cached, _)| cached == list) {
-                let hit = recent.remove(at);
-                let breakers = hit.1.clone();
-                recent.insert(0, hit);
-                return breakers;
-            }
+        if let Some(hit) = Self::take_front(&mut self.lock(), list) {
+            return hit;
         }
-        let breakers = Arc::new(DryBreakers::new(tokenizer, list));
-        let mut recent = lock();
-        recent.insert(0, (list.to_vec(), breakers.clone()));
-        recent.truncate(Self::KEEP);
-        breakers
+        let built = Arc::new(DryBreakers::new(tokenizer, list));
+        let mut recent = self.lock();
+        // Another thread may have built the same list meanwhile: keep one entry.
+        Self::take_front(&mut recent, list).unwrap_or_else(|| {
+            recent.insert(0, (list.to_vec(), built.clone()));
+            recent.truncate(Self::KEEP);
+            built
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RecentTables> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The breakers of `list` if they are kept, moved to the front.
+    fn take_front(recent: &mut RecentTables, list: &[String]) -> Option<Arc<DryBreakers>> {
+        let at = recent.iter().position(|(cached, _)| cached == list)?;
+        let hit = recent.remove(at);
+        let breakers = hit.1.clone();
+        recent.insert(0, hit);
+        Some(breakers)
     }
 }
 
