@@ -145,7 +145,7 @@ pub struct SamplingArgs {
     pub max_tokens: usize,
 
     /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 1.0, value_name = "T")]
+    #[arg(long, visible_alias = "temp", default_value_t = 1.0, value_name = "T")]
     pub temperature: f32,
 
     /// Keep the K most likely tokens (1 = greedy, 0 = all).
@@ -265,6 +265,23 @@ pub struct SamplingArgs {
     #[arg(long = "dry-sequence-breaker", value_name = "STRING", help_heading = EXTRAS)]
     pub dry_sequence_breakers: Vec<String>,
 
+    /// A GBNF grammar (llama.cpp's notation, start rule `root`) the output must follow.
+    #[arg(long, value_name = "GRAMMAR", conflicts_with_all = ["grammar_file", "json_schema", "json_schema_file"], help_heading = EXTRAS)]
+    pub grammar: Option<String>,
+
+    /// --grammar, read from a file.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["json_schema", "json_schema_file"], help_heading = EXTRAS)]
+    pub grammar_file: Option<std::path::PathBuf>,
+
+    /// A JSON Schema the output must follow (turned into a grammar as llama.cpp does), e.g. '{}' for any
+    /// JSON value.
+    #[arg(long, short = 'j', value_name = "SCHEMA", conflicts_with = "json_schema_file", help_heading = EXTRAS)]
+    pub json_schema: Option<String>,
+
+    /// --json-schema, read from a file.
+    #[arg(long, visible_alias = "jf", value_name = "FILE", help_heading = EXTRAS)]
+    pub json_schema_file: Option<std::path::PathBuf>,
+
     /// Never end at an end-of-generation token (EOS, <end_of_turn>, ...): generate until another limit.
     #[arg(long, help_heading = EXTRAS)]
     pub ignore_eos: bool,
@@ -305,6 +322,10 @@ impl Default for SamplingArgs {
             dry_allowed_length: 2,
             dry_penalty_last_n: 64,
             dry_sequence_breakers: Vec::new(),
+            grammar: None,
+            grammar_file: None,
+            json_schema: None,
+            json_schema_file: None,
             ignore_eos: false,
             stop: Vec::new(),
         }

@@ -200,6 +200,7 @@ pub(crate) fn generation_options(args: &SamplingArgs) -> Result<GenerationOption
         dry_penalty_last_n: args.dry_penalty_last_n,
         dry_sequence_breakers: dry_sequence_breakers(&args.dry_sequence_breakers),
         samplers,
+        grammar: grammar(args)?,
         ..Default::default()
     };
     sampling.validate().map_err(|e| usage(flag_error(&e)))?;
@@ -208,6 +209,23 @@ pub(crate) fn generation_options(args: &SamplingArgs) -> Result<GenerationOption
     }
     let stop = args.stop.iter().map(|s| process_escapes(s)).collect();
     Ok(GenerationOptions { max_tokens: args.max_tokens, sampling, stop, ..Default::default() })
+}
+
+/// The grammar of `--grammar`, `--grammar-file`, `--json-schema` or `--json-schema-file` (clap lets only one
+/// through).
+fn grammar(args: &SamplingArgs) -> Result<Option<String>> {
+    let read = |path: &std::path::Path, flag: &str| {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {flag} {}", path.display()))
+    };
+    let schema = match (&args.grammar, &args.grammar_file, &args.json_schema, &args.json_schema_file) {
+        (Some(g), ..) => return Ok(Some(g.clone())),
+        (_, Some(path), ..) => return read(path, "--grammar-file").map(Some),
+        (_, _, Some(text), _) => (text.clone(), "--json-schema"),
+        (_, _, _, Some(path)) => (read(path, "--json-schema-file")?, "--json-schema-file"),
+        _ => return Ok(None),
+    };
+    let (text, flag) = schema;
+    gemma_core::grammar::json_schema_text_to_grammar(&text).map(Some).map_err(|e| usage(format!("{flag}: {e}")))
 }
 
 /// `--dry-sequence-breaker` as llama.cpp reads it: none given keeps the defaults; the first one given
@@ -266,6 +284,9 @@ fn process_escapes(s: &str) -> String {
 
 /// Words a [`SamplingParams::validate`] error in terms of the flag the user typed.
 fn flag_error(e: &SamplingError) -> String {
+    if let SamplingError::Grammar(e) = e {
+        return format!("--grammar: {e}");
+    }
     let SamplingError::BadValue { name, requirement, value } = e else {
         return e.to_string();
     };

@@ -453,3 +453,46 @@ fn dynamic_temperature_samples_from_zero_and_follows_the_seed() {
     assert!(runs.iter().any(|r| r != &greedy), "a range above 0 samples: {runs:?}");
     assert_eq!(runs[0], dynamic("1"), "same seed, same tokens");
 }
+
+/// `--grammar`, `--grammar-file`, `--json-schema` and `--json-schema-file` constrain the output; a bad grammar
+/// or schema is a usage error naming it.
+#[test]
+fn grammars_and_json_schemas_constrain_the_output() {
+    let m = gemma_model();
+    let yes_no = run_json(&m, "Is the sky blue?", 8, &["--temp", "0", "--grammar", r#"root ::= ("yes" | "no")"#]);
+    assert!(["yes", "no"].contains(&text(&yes_no).as_str()), "{yes_no}");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let schema = r#"{"type": "object", "properties": {"colour": {"enum": ["red", "green", "blue"]},
+                     "count": {"type": "integer", "minimum": 1, "maximum": 9}},
+                     "required": ["colour", "count"], "additionalProperties": false}"#;
+    let schema_file = dir.path().join("schema.json");
+    std::fs::write(&schema_file, schema).expect("write schema");
+    let grammar_file = dir.path().join("digits.gbnf");
+    std::fs::write(&grammar_file, "# three digits\nroot ::= [0-9]{3}\n").expect("write grammar");
+    for (flag, value) in
+        [("--json-schema", schema.to_string()), ("--json-schema-file", schema_file.display().to_string())]
+    {
+        for temperature in ["0", "1.5"] {
+            let v =
+                run_json(&m, "Pick a colour and a count.", 64, &["--temp", temperature, "--seed", "4", flag, &value]);
+            let out: Value = serde_json::from_str(&text(&v)).unwrap_or_else(|e| panic!("{flag}: {v}: {e}"));
+            assert!(["red", "green", "blue"].contains(&out["colour"].as_str().unwrap_or("")), "{out}");
+            assert!((1..=9).contains(&out["count"].as_i64().unwrap_or(0)), "{out}");
+        }
+    }
+    let digits =
+        text(&run_json(&m, "A number:", 8, &["--temp", "1", "--grammar-file", grammar_file.to_str().unwrap()]));
+    assert!(digits.len() == 3 && digits.bytes().all(|b| b.is_ascii_digit()), "{digits:?}");
+
+    usage_error(
+        &["run", "-m", &m, "-p", "x", "--grammar", "root ::= (\"a\""],
+        "--grammar: grammar syntax error at line 1, column 14: expected ')'",
+    );
+    usage_error(&["run", "-m", &m, "-p", "x", "--json-schema", "{\"type\": 3}"], "--json-schema");
+    usage_error(&["run", "-m", &m, "-p", "x", "--json-schema", "{not json"], "--json-schema");
+    usage_error(&["run", "-m", &m, "-p", "x", "--grammar", "root ::= \"a\"", "--json-schema", "{}"], "--json-schema");
+    let missing = gemma(&["run", "-m", &m, "-p", "x", "--grammar-file", "/nonexistent/g.gbnf"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read --grammar-file"));
+}

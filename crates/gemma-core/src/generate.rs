@@ -90,6 +90,8 @@ pub struct GenerationOutput {
     /// The text shown: up to, not including, a stop string.
     pub text: String,
     pub stop_reason: StopReason,
+    /// The end-of-generation token that ended it, with [`StopReason::EndOfGeneration`].
+    pub end_token: Option<u32>,
     /// The stop string that ended generation, with [`StopReason::StopString`].
     pub stop_string: Option<String>,
     /// One entry per id of `gen_ids` when [`GenerationOptions::logprobs`] was set, else empty.
@@ -226,6 +228,7 @@ impl<'m> Session<'m> {
 
         let t1 = Instant::now();
         let mut gen_ids = Vec::new();
+        let mut end_token = None;
         let stop_reason = loop {
             if gen_ids.len() >= opts.max_tokens {
                 break StopReason::MaxTokens;
@@ -233,10 +236,11 @@ impl<'m> Session<'m> {
             let logits = self.scratch.logits.row(0);
             let id = sampler.sample(logits);
             if tokenizer.is_end_of_generation(id) {
+                end_token = Some(id);
                 break StopReason::EndOfGeneration;
             }
             let token_logprobs = opts.logprobs.map(|n| sampler.logprobs(logits, id, n));
-            sampler.accept(id);
+            sampler.accept_generated(id);
             gen_ids.push(id);
             let step = stops.push(&decoder.push(id));
             text.push_str(step.text);
@@ -270,6 +274,7 @@ impl<'m> Session<'m> {
             gen_ids,
             text,
             stop_reason,
+            end_token,
             stop_string,
             logprobs,
             prefill_secs,

@@ -7,6 +7,7 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod generate;
+pub mod grammar;
 pub mod kv_cache;
 pub mod model;
 pub mod random;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::grammar::{Grammar, GrammarError, GrammarMatcher, GrammarVocab};
 use crate::random::Mt19937;
 use crate::tokenizer::Tokenizer;
 
@@ -40,6 +41,8 @@ pub enum SamplingError {
     BadValue { name: &'static str, requirement: &'static str, value: f32 },
     #[error("logit bias '{0}' is not TOKEN_ID+BIAS or TOKEN_ID-BIAS (e.g. 15043+1, 15043-inf)")]
     BadLogitBias(String),
+    #[error("{0}")]
+    Grammar(#[from] GrammarError),
 }
 
 /// One stage of the sampler chain. The serde names are llama.cpp's canonical `--samplers` names.
@@ -264,6 +267,9 @@ pub struct SamplingParams {
     pub dynatemp_exponent: f32,
     /// The order of the chain (unused with Mirostat). A stage not listed does not run.
     pub samplers: Vec<SamplerStage>,
+    /// A GBNF grammar (llama.cpp's `--grammar`) the generated text must follow; end of generation is
+    /// allowed only where the grammar is complete.
+    pub grammar: Option<String>,
 }
 
 impl Default for SamplingParams {
@@ -299,6 +305,7 @@ impl Default for SamplingParams {
             dynatemp_range: 0.0,
             dynatemp_exponent: 1.0,
             samplers: SamplerStage::DEFAULT_CHAIN.to_vec(),
+            grammar: None,
         }
     }
 }
@@ -405,6 +412,9 @@ impl SamplingParams {
         }
         if let Some(&(_, b)) = self.logit_bias.iter().find(|(_, b)| b.is_nan() || *b == f32::INFINITY) {
             return bad("logit_bias", "a number below +inf", b);
+        }
+        if let Some(grammar) = &self.grammar {
+            Grammar::parse(grammar)?;
         }
         Ok(())
     }
@@ -883,6 +893,10 @@ pub struct Sampler {
     /// DRY's history and breakers, when DRY runs.
     dry: Option<dry::Dry>,
     mirostat_mu: f32,
+    /// The grammar's state, once the vocabulary is known ([`Sampler::set_grammar_vocab`]).
+    grammar: Option<GrammarMatcher>,
+    /// Which tokens the grammar allows, when the first pick was refused.
+    allowed: Vec<bool>,
 }
 
 impl Sampler {
@@ -903,7 +917,20 @@ impl Sampler {
         } else {
             Arc::default()
         };
-        Sampler::with_dry_breakers(params, breakers, context_size)
+        let mut sampler = Sampler::with_dry_breakers(params, breakers, context_size);
+        if sampler.params.grammar.is_some() {
+            sampler.set_grammar_vocab(tokenizer.grammar_vocab());
+        }
+        sampler
+    }
+
+    /// Starts following `params.grammar` over this vocabulary (see [`Tokenizer::grammar_vocab`]); without a
+    /// grammar it does nothing. The grammar must have passed [`SamplingParams::validate`]: one that does not
+    /// parse allows only end of generation.
+    pub fn set_grammar_vocab(&mut self, vocab: Arc<GrammarVocab>) {
+        let Some(text) = &self.params.grammar else { return };
+        let grammar = Grammar::parse(text).unwrap_or_else(|_| Grammar::nothing());
+        self.grammar = Some(GrammarMatcher::new(Arc::new(grammar), vocab));
     }
 
     /// [`Sampler::for_model`] with breakers already built (shared between sequences that use the same
@@ -932,6 +959,8 @@ impl Sampler {
             dry,
             mirostat_mu: 2.0 * params.mirostat_tau,
             params,
+            grammar: None,
+            allowed: Vec::new(),
         }
     }
 
@@ -969,6 +998,15 @@ impl Sampler {
         *self.counts.entry(id).or_insert(0) += 1;
     }
 
+    /// [`Sampler::accept`] for a token the sampler picked: the grammar moves past it too (the prompt is not
+    /// part of the grammar's text).
+    pub fn accept_generated(&mut self, id: u32) {
+        self.accept(id);
+        if let Some(g) = &mut self.grammar {
+            g.accept(id);
+        }
+    }
+
     /// [`Sampler::accept`] for each of `ids`, e.g. the prompt.
     pub fn accept_all(&mut self, ids: &[u32]) {
         if self.params.penalties_enabled() || self.dry.is_some() {
@@ -990,6 +1028,9 @@ impl Sampler {
         if let Some(dry) = &mut self.dry {
             dry.reset();
         }
+        if let Some(g) = &mut self.grammar {
+            g.reset();
+        }
     }
 
     /// Mirostat's current μ (the surprise cut-off), when Mirostat is on.
@@ -1005,12 +1046,28 @@ impl Sampler {
 
     /// Picks a token id from one row of logits.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        if self.plain_argmax {
+        if self.grammar.is_some() {
+            return self.sample_with_grammar(logits);
+        }
+        self.sample_unconstrained(logits, None)
+    }
+
+    /// The chain on `logits`; tokens not marked in `allowed` are set to -inf first, as llama.cpp's grammar
+    /// stage does.
+    fn sample_unconstrained(&mut self, logits: &[f32], allowed: Option<&[bool]>) -> u32 {
+        if self.plain_argmax && allowed.is_none() {
             return greedy(logits);
         }
         self.candidates.fill(logits);
         if self.candidates.items.is_empty() {
             return 0;
+        }
+        if let Some(allowed) = allowed {
+            for c in &mut self.candidates.items {
+                if !allowed.get(c.id as usize).copied().unwrap_or(false) {
+                    c.logit = f32::NEG_INFINITY;
+                }
+            }
         }
         if !self.params.logit_bias.is_empty() {
             self.candidates.apply_logit_bias(&self.params.logit_bias);
@@ -1019,6 +1076,64 @@ impl Sampler {
             Mirostat::Off => self.run_chain(),
             Mirostat::V1 | Mirostat::V2 => self.run_mirostat(logits.len()),
         }
+    }
+
+    /// llama.cpp's grammar sampling: pick as usual and keep the pick if the grammar allows it; otherwise mask
+    /// every token the grammar refuses and pick again (the random draws go on from the first pick). A greedy
+    /// pick takes the best allowed token directly.
+    fn sample_with_grammar(&mut self, logits: &[f32]) -> u32 {
+        let Some(matcher) = self.grammar.take() else { return self.sample_unconstrained(logits, None) };
+        let id = self.pick_allowed(&matcher, logits);
+        self.grammar = Some(matcher);
+        id
+    }
+
+    fn pick_allowed(&mut self, matcher: &GrammarMatcher, logits: &[f32]) -> u32 {
+        if self.plain_argmax {
+            let best = greedy(logits);
+            if matcher.allows(best) {
+                return best;
+            }
+            // The next best tokens in order until one is allowed (ties: the lower id, as `greedy`).
+            let key = |i: u32| -> f32 {
+                let l = logits[i as usize];
+                if l.is_nan() {
+                    f32::NEG_INFINITY
+                } else {
+                    l
+                }
+            };
+            let by_logit = |a: &u32, b: &u32| key(*b).total_cmp(&key(*a)).then(a.cmp(b));
+            let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+            let head = order.len().min(64);
+            if head > 0 {
+                order.select_nth_unstable_by(head - 1, by_logit);
+                order[..head].sort_unstable_by(by_logit);
+                if let Some(&id) = order[..head].iter().find(|&&id| matcher.allows(id)) {
+                    return id;
+                }
+            }
+        } else {
+            let id = self.sample_unconstrained(logits, None);
+            if matcher.allows(id) {
+                return id;
+            }
+        }
+        let fallback = matcher.vocab().first_end_of_generation().unwrap_or(0);
+        let mut allowed = std::mem::take(&mut self.allowed);
+        matcher.allowed_tokens(&mut allowed);
+        let id = if allowed.iter().any(|&a| a) {
+            let id = self.sample_unconstrained(logits, Some(&allowed));
+            if allowed.get(id as usize).copied().unwrap_or(false) {
+                id
+            } else {
+                fallback
+            }
+        } else {
+            fallback
+        };
+        self.allowed = allowed;
+        id
     }
 
     fn run_chain(&mut self) -> u32 {

@@ -148,7 +148,12 @@ pub(crate) fn parse_plan(f: &Fields, loaded: &LoadedModel, dialect: Dialect) -> 
         },
     )
     .and_then(|p| parse_dry(f, p))
+    .and_then(|p| parse_grammar(f, p))
     .and_then(validated)?;
+    if sampling.grammar.is_some() {
+        // The vocabulary's texts for grammar matching are built once, here rather than on the engine thread.
+        loaded.tokenizer.grammar_vocab();
+    }
     if sampling.dry_active() {
         // Built here, off the engine thread, so admitting the request does not stall the running streams.
         loaded.dry_tables.get(&loaded.tokenizer, &sampling.dry_sequence_breakers);
@@ -201,15 +206,10 @@ fn reject_unsupported(f: &Fields, dialect: Dialect) -> Result<(), ApiError> {
     if f.get::<String>("suffix")?.is_some_and(|s| !s.is_empty()) {
         return unsupported("suffix", "is not supported");
     }
-    if dialect == Dialect::Chat {
-        if f.raw("tools").and_then(Value::as_array).is_some_and(|t| !t.is_empty()) || f.raw("functions").is_some() {
-            return unsupported("tools", "(function calling) is not supported");
-        }
-        if let Some(format) = f.raw("response_format") {
-            if format.get("type").and_then(Value::as_str).is_some_and(|t| t != "text") {
-                return unsupported("response_format", "other than 'text' is not supported");
-            }
-        }
+    if dialect == Dialect::Chat
+        && (f.raw("tools").and_then(Value::as_array).is_some_and(|t| !t.is_empty()) || f.raw("functions").is_some())
+    {
+        return unsupported("tools", "(function calling) is not supported");
     }
     Ok(())
 }
@@ -279,11 +279,70 @@ fn parse_llama_sampling(f: &Fields, mut p: SamplingParams) -> Result<SamplingPar
     Ok(p)
 }
 
+/// Constrained output, as llama-server takes it: `grammar` (GBNF), `json_schema` (a JSON Schema, turned into
+/// a grammar as llama.cpp does), or OpenAI's `response_format` (`text`, `json_object` with an optional
+/// `schema`, or `json_schema` with `json_schema.schema`). One of them at most.
+fn parse_grammar(f: &Fields, mut p: SamplingParams) -> Result<SamplingParams, ApiError> {
+    let bad = |name: &str, m: String| ApiError::invalid_param(name, m).with_code("invalid_value");
+    let grammar = f.get::<String>("grammar")?.filter(|g| !g.is_empty());
+    let mut schema: Option<(&str, Value)> = match f.raw("json_schema") {
+        None | Some(Value::Null) => None,
+        Some(v @ (Value::Object(_) | Value::Bool(_))) => Some(("json_schema", v.clone())),
+        Some(_) => return Err(bad("json_schema", "'json_schema' must be a JSON Schema object".into())),
+    };
+    match f.raw("response_format") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(format)) => {
+            let kind = format.get("type").and_then(Value::as_str);
+            let from_format = match kind {
+                Some("text") => None,
+                Some("json_object") => {
+                    Some(format.get("schema").cloned().unwrap_or_else(|| Value::Object(Default::default())))
+                }
+                Some("json_schema") => Some(
+                    format
+                        .get("json_schema")
+                        .and_then(|j| j.get("schema"))
+                        .cloned()
+                        .unwrap_or_else(|| Value::Object(Default::default())),
+                ),
+                _ => {
+                    return Err(bad(
+                        "response_format",
+                        "'response_format.type' must be 'text', 'json_object' or 'json_schema'".into(),
+                    ))
+                }
+            };
+            if let Some(s) = from_format {
+                if schema.is_some() {
+                    return Err(bad("response_format", "give 'response_format' or 'json_schema', not both".into()));
+                }
+                schema = Some(("response_format", s));
+            }
+        }
+        Some(_) => return Err(bad("response_format", "'response_format' must be an object".into())),
+    }
+    p.grammar = match (grammar, schema) {
+        (Some(_), Some((name, _))) => {
+            return Err(bad(name, format!("give '{name}' or 'grammar', not both")));
+        }
+        (Some(g), None) => Some(g),
+        (None, Some((name, s))) => {
+            // An empty schema means any object, as in llama-server.
+            let s = if s.as_object().is_some_and(|o| o.is_empty()) { serde_json::json!({"type": "object"}) } else { s };
+            Some(gemma_core::grammar::json_schema_to_grammar(&s).map_err(|e| bad(name, format!("'{name}': {e}")))?)
+        }
+        (None, None) => None,
+    };
+    Ok(p)
+}
+
 /// The whole sampling setting, checked once every field is in, as the CLI checks its flags.
 fn validated(p: SamplingParams) -> Result<SamplingParams, ApiError> {
     p.validate().map_err(|e| {
         let name = match &e {
             SamplingError::BadValue { name, .. } => *name,
+            SamplingError::Grammar(_) => "grammar",
             _ => "samplers",
         };
         ApiError::invalid_param(name, format!("'{name}': {e}")).with_code("invalid_value")

@@ -649,3 +649,66 @@ async fn llama_server_sampling_fields_act_and_bad_values_are_400() {
     ];
     assert_each_is_a_400(&url, cases).await;
 }
+
+/// `grammar`, `json_schema` and `response_format` constrain the output as in llama-server; a bad grammar or
+/// schema is a 400 naming the field.
+#[tokio::test]
+async fn grammar_json_schema_and_response_format_constrain_the_output() {
+    let yes_no = complete(json!({"prompt": "Is the sky blue?", "max_tokens": 8, "temperature": 0,
+                                 "grammar": "root ::= (\"yes\" | \"no\")"}))
+    .await;
+    let text = text_of(&yes_no);
+    assert!(text == "yes" || text == "no", "{text:?}");
+    assert_eq!(yes_no["choices"][0]["finish_reason"], "stop", "{yes_no}");
+
+    let schema = json!({"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
+                        "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+                        "required": ["name", "age"], "additionalProperties": false});
+    let url = format!("{}/v1/chat/completions", base());
+    let chat = |format: Value, temperature: f64| {
+        json!({"messages": [{"role": "user", "content": "Make up a person."}], "max_tokens": 96,
+               "temperature": temperature, "seed": 5, "response_format": format})
+    };
+    for format in [
+        json!({"type": "json_schema", "json_schema": {"name": "person", "schema": schema}}),
+        json!({"type": "json_object", "schema": schema}),
+    ] {
+        for temperature in [0.0, 1.0] {
+            let (status, v) = post(&url, chat(format.clone(), temperature)).await;
+            assert_eq!(status, 200, "{v}");
+            let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+            let person: Value = serde_json::from_str(content).unwrap_or_else(|e| panic!("{content:?}: {e}"));
+            assert!(person["name"].is_string() && person["age"].is_i64(), "{person}");
+        }
+    }
+    // json_object without a schema: any JSON object (this model writes long ones: whole when it stops).
+    let (status, v) = post(&url, chat(json!({"type": "json_object"}), 0.0)).await;
+    assert_eq!(status, 200, "{v}");
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(content.starts_with('{'), "{content:?}");
+    if v["choices"][0]["finish_reason"] == "stop" {
+        assert!(serde_json::from_str::<Value>(content).is_ok_and(|o| o.is_object()), "{content:?}");
+    }
+    // llama-server's own field on the completions endpoint.
+    let v = complete(json!({"prompt": "Colour of grass:", "max_tokens": 8, "temperature": 0,
+                             "json_schema": {"enum": ["red", "green", "blue"]}}))
+    .await;
+    assert!(["\"red\"", "\"green\"", "\"blue\""].contains(&text_of(&v).as_str()), "{v}");
+
+    let completions = format!("{}/v1/completions", base());
+    let cases = [
+        ("grammar", json!("root ::= \"a"), "unterminated string"),
+        ("grammar", json!("root ::= missing"), "'missing' is used but never defined"),
+        ("grammar", json!(7), "grammar"),
+        ("json_schema", json!({"type": "nonsense"}), "nonsense"),
+        ("json_schema", json!("{}"), "must be a JSON Schema object"),
+        ("response_format", json!({"type": "xml"}), "'text', 'json_object' or 'json_schema'"),
+        ("response_format", json!("json"), "must be an object"),
+    ];
+    assert_each_is_a_400(&completions, cases).await;
+    let (status, v) =
+        post(&completions, json!({"prompt": "x", "grammar": "root ::= \"a\"", "json_schema": {"type": "string"}}))
+            .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("not both"), "{v}");
+}

@@ -26,8 +26,11 @@ mod vocab;
 use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use gemma_io::{GgufFile, MetaArray, StringList};
+
+use crate::grammar::GrammarVocab;
 
 pub use bpe::BpeModel;
 pub use pretokenize::{PreTokenizer, PreTokenizerKind};
@@ -296,6 +299,8 @@ pub struct Tokenizer {
     end_of_generation: BTreeSet<u32>,
     pieces: PieceBytes,
     warnings: Vec<String>,
+    /// Token texts for grammar matching, built on first use.
+    grammar_vocab: OnceLock<Arc<GrammarVocab>>,
 }
 
 impl fmt::Debug for Tokenizer {
@@ -504,6 +509,7 @@ impl Tokenizer {
             end_of_generation,
             pieces,
             warnings,
+            grammar_vocab: OnceLock::new(),
         })
     }
 
@@ -628,6 +634,11 @@ impl Tokenizer {
             return Some(&[]);
         }
         self.pieces.get(id)
+    }
+
+    /// Every token's text as grammars match it, built once (about 0.1 s for a 262k vocabulary).
+    pub fn grammar_vocab(&self) -> Arc<GrammarVocab> {
+        self.grammar_vocab.get_or_init(|| Arc::new(GrammarVocab::new(self))).clone()
     }
 
     /// Token ids → text. Byte tokens that do not form valid UTF-8, and ids outside the vocabulary,

@@ -61,6 +61,9 @@ impl<'t> Sequence<'t> {
         awaiting_fork: bool,
     ) -> Self {
         let mut sampler = Sampler::with_dry_breakers(req.sampling, dry_breakers.unwrap_or_default(), ctx);
+        if sampler.params().grammar.is_some() {
+            sampler.set_grammar_vocab(tokenizer.grammar_vocab());
+        }
         // Penalties and DRY look at the prompt too, as in llama-server.
         sampler.accept_all(&req.prompt_ids);
         Sequence {
@@ -133,7 +136,7 @@ impl<'t> Sequence<'t> {
         metrics: &Metrics,
     ) -> StepResult {
         let id = self.sampler.sample(logits);
-        self.sampler.accept(id);
+        self.sampler.accept_generated(id);
         let logprob = self.top_logprobs.map(|k| token_logprobs(logits, id, k));
 
         let now = Instant::now();
