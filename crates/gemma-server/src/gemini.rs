@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, StreamExt};
 use gemma_core::chat::ChatMessage;
+use gemma_core::grammar::json_schema_to_grammar;
 use gemma_core::SamplingParams;
 use serde_json::{json, Value};
 
@@ -123,6 +124,91 @@ fn parts_text(content: &Value, param: &str) -> Result<String, ApiError> {
     Ok(texts?.concat())
 }
 
+/// Gemini's structured output: `responseMimeType` `application/json` constrains the text to JSON, to
+/// `responseJsonSchema` (a JSON Schema) or `responseSchema` (Gemini's OpenAPI subset: upper-case types,
+/// `nullable`, `propertyOrdering`) when given. The grammar comes from the same converter as llama-server's
+/// `json_schema`.
+fn response_grammar(g: &Fields) -> Result<Option<String>, ApiError> {
+    let bad = |name: &str, m: String| ApiError::invalid_param(name, m).with_code("invalid_value");
+    let mime = g.get::<String>("responseMimeType")?.unwrap_or_else(|| "text/plain".into());
+    let schema = match (g.raw("responseJsonSchema"), g.raw("responseSchema")) {
+        (Some(_), Some(_)) => {
+            return Err(bad("responseSchema", "give 'responseSchema' or 'responseJsonSchema', not both".into()))
+        }
+        (Some(s), None) => Some(("responseJsonSchema", s.clone())),
+        (None, Some(s)) => Some(("responseSchema", openapi_to_json_schema(s))),
+        (None, None) => None,
+    };
+    match (mime.as_str(), schema) {
+        ("text/plain", None) => Ok(None),
+        ("application/json", None) => json_schema_to_grammar(&Value::Object(Default::default()))
+            .map(Some)
+            .map_err(|e| bad("responseMimeType", e.to_string())),
+        ("application/json", Some((name, schema))) => {
+            json_schema_to_grammar(&schema).map(Some).map_err(|e| bad(name, format!("'{name}': {e}")))
+        }
+        ("text/plain", Some((name, _))) => {
+            Err(bad(name, format!("'{name}' needs 'responseMimeType': 'application/json'")))
+        }
+        (other, _) => Err(bad(
+            "responseMimeType",
+            format!("'responseMimeType' must be 'text/plain' or 'application/json', got '{other}'"),
+        )),
+    }
+}
+
+/// Gemini's OpenAPI schema as a JSON Schema: types in lower case, `nullable: true` as a type list with
+/// `null`, and the properties in `propertyOrdering`'s order (the rest after them).
+fn openapi_to_json_schema(schema: &Value) -> Value {
+    let Value::Object(map) = schema else { return schema.clone() };
+    let mut out = serde_json::Map::new();
+    for (key, value) in map {
+        match key.as_str() {
+            "type" => {
+                out.insert(
+                    key.clone(),
+                    value.as_str().map_or_else(|| value.clone(), |t| Value::from(t.to_lowercase())),
+                );
+            }
+            "properties" => {
+                let Value::Object(props) = value else {
+                    out.insert(key.clone(), value.clone());
+                    continue;
+                };
+                let order: Vec<&str> = map
+                    .get("propertyOrdering")
+                    .and_then(Value::as_array)
+                    .map(|o| o.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                let mut ordered = serde_json::Map::new();
+                for name in order.iter().copied().chain(props.keys().map(String::as_str)) {
+                    if let (Some(p), false) = (props.get(name), ordered.contains_key(name)) {
+                        ordered.insert(name.to_owned(), openapi_to_json_schema(p));
+                    }
+                }
+                out.insert(key.clone(), Value::Object(ordered));
+            }
+            "items" => {
+                out.insert(key.clone(), openapi_to_json_schema(value));
+            }
+            "anyOf" => {
+                let list = value.as_array().map(|a| a.iter().map(openapi_to_json_schema).collect());
+                out.insert(key.clone(), list.map_or_else(|| value.clone(), Value::Array));
+            }
+            "nullable" | "propertyOrdering" => {}
+            _ => {
+                out.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    if map.get("nullable").and_then(Value::as_bool) == Some(true) {
+        if let Some(Value::String(t)) = out.get("type").cloned() {
+            out.insert("type".into(), serde_json::json!([t, "null"]));
+        }
+    }
+    Value::Object(out)
+}
+
 fn parse_plan(f: &Fields, loaded: &LoadedModel, stream: bool) -> Result<Plan, ApiError> {
     let contents = match f.raw("contents") {
         Some(Value::Array(items)) if !items.is_empty() => items,
@@ -173,8 +259,14 @@ fn parse_plan(f: &Fields, loaded: &LoadedModel, stream: bool) -> Result<Plan, Ap
         presence_penalty: g.number_in("presencePenalty", -2.0..=2.0)?.unwrap_or(0.0) as f32,
         frequency_penalty: g.number_in("frequencyPenalty", -2.0..=2.0)?.unwrap_or(0.0) as f32,
         seed,
+        grammar: response_grammar(g)?,
         ..SamplingParams::default()
     };
+    if sampling.grammar.is_some() {
+        sampling.validate().map_err(|e| ApiError::invalid_param("responseSchema", e.to_string()))?;
+        // Built once, here rather than on the engine thread.
+        loaded.tokenizer.grammar_vocab();
+    }
     let stop = g.string_or_list("stopSequences")?;
     if stop.len() > crate::openai::MAX_STOPS {
         let most = crate::openai::MAX_STOPS;

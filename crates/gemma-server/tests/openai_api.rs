@@ -712,3 +712,44 @@ async fn grammar_json_schema_and_response_format_constrain_the_output() {
     assert_eq!(status, 400, "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("not both"), "{v}");
 }
+
+/// Gemini's structured output: `responseMimeType: application/json` with `responseSchema` (upper-case types,
+/// `propertyOrdering`, `nullable`) or `responseJsonSchema`; a schema without the JSON type is a 400.
+#[tokio::test]
+async fn gemini_response_schema_constrains_the_output() {
+    let url = format!("{}/v1beta/models/gemma-3-270m:generateContent", base());
+    let ask = |config: Value| json!({"contents": [{"role": "user", "parts": [{"text": "Describe a fruit."}]}], "generationConfig": config});
+    let openapi = json!({"type": "OBJECT", "properties": {
+        "sweet": {"type": "BOOLEAN"}, "name": {"type": "STRING", "maxLength": 16},
+        "colour": {"type": "STRING", "enum": ["red", "yellow", "green"], "nullable": true}},
+        "required": ["name", "sweet", "colour"], "propertyOrdering": ["name", "colour", "sweet"]});
+    let json_schema = json!({"type": "object", "properties": {"name": {"type": "string", "maxLength": 16},
+        "sweet": {"type": "boolean"}}, "required": ["name", "sweet"], "additionalProperties": false});
+    for (field, schema) in [("responseSchema", openapi), ("responseJsonSchema", json_schema)] {
+        for temperature in [0.0, 1.0] {
+            let config = json!({"responseMimeType": "application/json", field: schema, "temperature": temperature,
+                                "seed": 9, "maxOutputTokens": 96});
+            let (s, v) = post(&url, ask(config)).await;
+            assert_eq!(s, 200, "{v}");
+            let text = v["candidates"][0]["content"]["parts"][0]["text"].as_str().unwrap();
+            let fruit: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{field}: {text:?}: {e}"));
+            assert!(fruit["name"].is_string() && fruit["sweet"].is_boolean(), "{fruit}");
+            if field == "responseSchema" {
+                let keys: Vec<&String> = fruit.as_object().unwrap().keys().collect();
+                assert_eq!(keys, ["name", "colour", "sweet"], "propertyOrdering is kept: {text}");
+                assert!(
+                    fruit["colour"].is_null()
+                        || ["red", "yellow", "green"].contains(&fruit["colour"].as_str().unwrap())
+                );
+            }
+        }
+    }
+    for (config, param) in [
+        (json!({"responseSchema": {"type": "STRING"}}), "responseSchema"),
+        (json!({"responseMimeType": "text/x.enum"}), "responseMimeType"),
+        (json!({"responseMimeType": "application/json", "responseSchema": {"type": "WHATEVER"}}), "responseSchema"),
+    ] {
+        let (s, e) = post(&url, ask(config)).await;
+        assert_eq!((s, e["error"]["param"].as_str()), (400, Some(param)), "{e}");
+    }
+}
