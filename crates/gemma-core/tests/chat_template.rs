@@ -171,8 +171,8 @@ fn python_string_methods_and_helpers_work() {
     let out = t.render(&[ChatMessage::user("  hello big world ")], false).unwrap();
     assert_eq!(
         out,
-        // Booleans print as Python's; map keys come out sorted (Python would keep insertion order).
-        "Hello Big World|True|3|[{\"content\": \"  hello big world \", \"role\": \"user\"}]|4"
+        // Booleans print as Python's; map keys keep their order, as in Python.
+        "Hello Big World|True|3|[{\"role\": \"user\", \"content\": \"  hello big world \"}]|4"
     );
     // `bos_token` / `eos_token` / `add_generation_prompt` are set; strip_special removes exactly one BOS.
     let t = ChatTemplate::from_source(
