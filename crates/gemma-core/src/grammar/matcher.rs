@@ -3,6 +3,7 @@
 //! Text is matched by code point; a token that ends inside a UTF-8 character is allowed when some
 //! continuation of it could match.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::gbnf::{Element, Grammar};
@@ -350,8 +351,12 @@ impl GrammarMatcher {
         allowed.clear();
         allowed.resize(vocab.len(), false);
         let complete = self.is_complete();
+        // The stack sets met on the way, each once, and the moves between them by one code point: inside a
+        // string most characters lead back to the same set, so most steps are a lookup.
+        let mut sets = StackSets::default();
+        let start = sets.intern(self.char_stacks());
         // states[d]: the parse after the first d bytes of the current token.
-        let mut states: Vec<(Vec<Stack>, PartialUtf8)> = vec![(self.char_stacks(), self.partial)];
+        let mut states: Vec<(u32, PartialUtf8)> = vec![(start, self.partial)];
         // Bytes of the current path known dead from this depth on.
         let mut dead_from = usize::MAX;
         let has_token_elements = self
@@ -362,17 +367,6 @@ impl GrammarMatcher {
             let piece = vocab.piece(id);
             let shared = usize::from(vocab.shared_prefix[k]);
             states.truncate(shared.min(states.len() - 1) + 1);
-            if dead_from <= shared {
-                // Still inside a dead prefix.
-                if has_token_elements && !vocab.is_end_of_generation(id) {
-                    allowed[id as usize] = !self.token_stacks(id).is_empty() && piece.first().is_some_and(|&b| b != 0);
-                }
-                if vocab.is_end_of_generation(id) {
-                    allowed[id as usize] = complete;
-                }
-                continue;
-            }
-            dead_from = usize::MAX;
             if vocab.is_end_of_generation(id) {
                 allowed[id as usize] = complete;
                 continue;
@@ -383,29 +377,84 @@ impl GrammarMatcher {
             if has_token_elements && !self.token_stacks(id).is_empty() {
                 allowed[id as usize] = true;
             }
+            if dead_from <= shared {
+                // Still under a prefix the grammar refuses.
+                continue;
+            }
+            dead_from = usize::MAX;
             let mut alive = true;
             while states.len() <= piece.len() {
                 let depth = states.len() - 1;
-                let (stacks, partial) = &states[depth];
-                let mut partial = *partial;
+                let (set, mut partial) = states[depth];
                 let next = match partial.push(piece[depth]) {
-                    Some(c) => accept_char(&self.grammar, stacks, c),
-                    None => stacks.clone(),
+                    Some(c) => sets.step(&self.grammar, set, c),
+                    None => Some(set),
                 };
-                if next.is_empty() || partial.remaining < 0 {
-                    dead_from = depth + 1;
-                    alive = false;
-                    break;
+                match next {
+                    Some(next) if partial.remaining >= 0 => states.push((next, partial)),
+                    _ => {
+                        dead_from = depth + 1;
+                        alive = false;
+                        break;
+                    }
                 }
-                states.push((next, partial));
             }
             if alive {
-                let (stacks, partial) = &states[piece.len()];
-                if self.ends_well(stacks, *partial) {
+                let (set, partial) = states[piece.len()];
+                if self.ends_well(&sets.stacks[set as usize], partial) {
                     allowed[id as usize] = true;
                 }
             }
         }
+    }
+}
+
+/// Stack sets by number, and the code-point moves between them, for one [`GrammarMatcher::allowed_tokens`].
+#[derive(Default)]
+struct StackSets {
+    stacks: Vec<Vec<Stack>>,
+    ids: HashMap<Vec<Stack>, u32>,
+    /// Per set, the set after each ASCII character ([`NOT_YET`] or [`NO_PARSE`] where there is none).
+    ascii: Vec<[u32; 128]>,
+    /// (set, code point) -> the set after it, `None` when no parse survives, for the other characters.
+    moves: HashMap<(u32, u32), Option<u32>>,
+}
+
+const NOT_YET: u32 = u32::MAX;
+const NO_PARSE: u32 = u32::MAX - 1;
+
+impl StackSets {
+    fn intern(&mut self, stacks: Vec<Stack>) -> u32 {
+        if let Some(&id) = self.ids.get(&stacks) {
+            return id;
+        }
+        let id = self.stacks.len() as u32;
+        self.ids.insert(stacks.clone(), id);
+        self.stacks.push(stacks);
+        self.ascii.push([NOT_YET; 128]);
+        id
+    }
+
+    fn step(&mut self, g: &Grammar, set: u32, c: u32) -> Option<u32> {
+        let known = match c {
+            0..=127 => match self.ascii[set as usize][c as usize] {
+                NOT_YET => None,
+                NO_PARSE => Some(None),
+                next => Some(Some(next)),
+            },
+            _ => self.moves.get(&(set, c)).copied(),
+        };
+        if let Some(next) = known {
+            return next;
+        }
+        let after = accept_char(g, &self.stacks[set as usize], c);
+        let next = (!after.is_empty()).then(|| self.intern(after));
+        if c < 128 {
+            self.ascii[set as usize][c as usize] = next.unwrap_or(NO_PARSE);
+        } else {
+            self.moves.insert((set, c), next);
+        }
+        next
     }
 }
 
