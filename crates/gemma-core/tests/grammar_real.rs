@@ -3,15 +3,14 @@
 //! and JSON schemas (turned into grammars by each engine's own converter), greedy.
 
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use gemma_core::grammar::{json_schema_to_grammar, Grammar, GrammarMatcher};
-use gemma_core::{GenerationOptions, Model, SamplingParams, Session, StopReason, Tokenizer};
-use gemma_ops::ThreadPool;
+use gemma_core::{GenerationOptions, SamplingParams, Session, StopReason};
 use serde::Deserialize;
 
 mod common;
-use common::teacher_forced;
+use common::{teacher_forced, DefaultModel};
 
 #[derive(Deserialize)]
 struct Golden {
@@ -23,20 +22,8 @@ struct Golden {
     gen_text: String,
 }
 
-struct Fixture {
-    model: Model,
-    tokenizer: Tokenizer,
-    pool: ThreadPool,
-}
-
-fn fixture() -> &'static Fixture {
-    static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| {
-        let path = gemma_fetch::resolve_model(gemma_fetch::DEFAULT_MODEL).expect("default model available");
-        let model = Model::open(&path).expect("model loads");
-        let tokenizer = Tokenizer::from_gguf(&model.file).expect("tokenizer loads");
-        Fixture { model, tokenizer, pool: ThreadPool::new(2) }
-    })
+fn fixture() -> &'static DefaultModel {
+    common::default_model()
 }
 
 fn goldens() -> Vec<Golden> {

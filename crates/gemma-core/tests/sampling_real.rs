@@ -1,28 +1,14 @@
 //! Stop strings, penalties, DRY and log-probabilities on the real Gemma 3 270M model.
 
-use std::sync::OnceLock;
-
 use gemma_core::generate::{GenerationOptions, StopReason};
-use gemma_core::{Model, Sampler, SamplingParams, Session, Tokenizer};
-use gemma_ops::ThreadPool;
+use gemma_core::{Sampler, SamplingParams, Session};
 use serde::Deserialize;
 
 mod common;
+use common::DefaultModel;
 
-struct Fixture {
-    model: Model,
-    tokenizer: Tokenizer,
-    pool: ThreadPool,
-}
-
-fn fixture() -> &'static Fixture {
-    static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| {
-        let path = gemma_fetch::resolve_model(gemma_fetch::DEFAULT_MODEL).expect("default model available");
-        let model = Model::open(&path).expect("model loads");
-        let tokenizer = Tokenizer::from_gguf(&model.file).expect("tokenizer loads");
-        Fixture { model, tokenizer, pool: ThreadPool::new(2) }
-    })
+fn fixture() -> &'static DefaultModel {
+    common::default_model()
 }
 
 /// Generates from `prompt`, returning the output and the concatenation of everything streamed.

@@ -1,9 +1,28 @@
 //! Helpers shared by the model parity tests (`mod common;` in each: every test file is its own crate).
 #![allow(dead_code)]
 
+use std::sync::OnceLock;
+
 use gemma_core::sampling::greedy;
-use gemma_core::{Batch, BatchToken, Model};
+use gemma_core::{Batch, BatchToken, Model, Tokenizer};
 use gemma_ops::ThreadPool;
+
+/// The default model (Gemma 3 270M), its tokenizer and a pool of 2 threads, loaded once per test binary.
+pub struct DefaultModel {
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+    pub pool: ThreadPool,
+}
+
+pub fn default_model() -> &'static DefaultModel {
+    static M: OnceLock<DefaultModel> = OnceLock::new();
+    M.get_or_init(|| {
+        let path = gemma_fetch::resolve_model(gemma_fetch::DEFAULT_MODEL).expect("default model available");
+        let model = Model::open(&path).expect("model loads");
+        let tokenizer = Tokenizer::from_gguf(&model.file).expect("tokenizer loads");
+        DefaultModel { model, tokenizer, pool: ThreadPool::new(2) }
+    })
+}
 
 /// Logits at the positions that predict `gen_ids`, feeding `prompt_ids + gen_ids[..n-1]` in one pass.
 pub fn teacher_forced(model: &Model, pool: &ThreadPool, prompt_ids: &[u32], gen_ids: &[u32]) -> Vec<Vec<f32>> {
