@@ -89,3 +89,54 @@ fn broken_grammars_are_refused_with_a_reason() {
     let msg = err("root ::= \"a\"\nfoo ::= [b").to_string();
     assert!(msg.contains("line 2"), "{msg}");
 }
+
+/// One case of `testdata/grammar/gbnf_differential_cases.json`: a grammar and what llama.cpp's own parser and
+/// matcher (fed one code point at a time, as its `test-grammar-integration.cpp` does) made of it.
+#[derive(Deserialize)]
+struct DifferentialCase {
+    grammar: String,
+    /// `ok`, `parse_error`, or `crash` / `hang` where llama.cpp aborts or never finishes.
+    llama: String,
+    #[serde(default)]
+    accept: Vec<String>,
+    #[serde(default)]
+    reject: Vec<String>,
+}
+
+/// Random and hand-written GBNF grammars, with strings drawn from them and mutated, run through llama.cpp: we
+/// must parse (or refuse) the same grammars and accept the same strings. Where llama.cpp crashes or hangs we
+/// only need to finish.
+#[test]
+fn gbnf_differential_cases_agree_with_llama_cpp() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/grammar/gbnf_differential_cases.json");
+    let cases: Vec<DifferentialCase> =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("cases file")).expect("cases json");
+    let mut wrong = Vec::new();
+    for case in &cases {
+        let parsed = Grammar::parse(&case.grammar);
+        match (case.llama.as_str(), parsed) {
+            ("ok", Ok(g)) => {
+                let g = Arc::new(g);
+                for s in case.accept.iter().filter(|s| !matches(&g, s)) {
+                    wrong.push(format!("should accept {s:?}\n{}", case.grammar));
+                }
+                for s in case.reject.iter().filter(|s| matches(&g, s)) {
+                    wrong.push(format!("should refuse {s:?}\n{}", case.grammar));
+                }
+            }
+            ("ok", Err(e)) => wrong.push(format!("llama.cpp parses it, we refuse it: {e}\n{}", case.grammar)),
+            ("parse_error", Ok(_)) => wrong.push(format!("llama.cpp refuses it, we parse it\n{}", case.grammar)),
+            ("parse_error", Err(_)) => {}
+            // llama.cpp crashes or hangs: finishing, either way, is all we ask.
+            (_, Ok(g)) => {
+                let g = Arc::new(g);
+                for s in case.accept.iter().chain(&case.reject) {
+                    matches(&g, s);
+                }
+            }
+            (_, Err(_)) => {}
+        }
+    }
+    assert!(wrong.is_empty(), "{} disagreements with llama.cpp:\n{}", wrong.len(), wrong.join("\n\n"));
+    assert!(cases.len() >= 300, "{} cases", cases.len());
+}

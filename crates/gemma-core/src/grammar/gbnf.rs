@@ -113,12 +113,23 @@ impl Grammar {
         while p.pos < p.src.len() {
             p.parse_rule()?;
         }
+        // llama.cpp refuses a rule that is used but never defined, and an undefined name numbered below the last
+        // defined rule; one numbered after every defined rule and no longer referenced (`x{0}` removes the
+        // reference) is let through there, so it is here: such a name is simply dropped.
+        let defined_end = p.rules.iter().rposition(Option::is_some).map_or(0, |i| i + 1);
+        let mut referenced = vec![false; p.rules.len()];
+        for e in p.rules.iter().flatten().flatten().flatten() {
+            if let Element::Rule(id) = *e {
+                referenced[id as usize] = true;
+            }
+        }
         for (id, rule) in p.rules.iter().enumerate() {
-            if rule.is_none() {
+            if rule.is_none() && (id < defined_end || referenced[id]) {
                 return Err(GrammarError::UndefinedRule(p.names[id].clone()));
             }
         }
-        let root = *p.ids.get("root").ok_or(GrammarError::NoRoot)?;
+        p.rules.truncate(defined_end);
+        let root = *p.ids.get("root").filter(|&&r| (r as usize) < p.rules.len()).ok_or(GrammarError::NoRoot)?;
         let (classes, names) = (p.classes, p.names);
         let mut elements = Vec::with_capacity(p.n_elements + p.rules.len());
         let mut rule_start = Vec::with_capacity(p.rules.len());
@@ -406,8 +417,12 @@ impl Parser<'_> {
                     self.pos += 1;
                     last_start = Some(seq.len());
                     last_rules = 1;
-                    let class = self.class(CharClass { negated, ranges });
-                    seq.push(Element::Char(class));
+                    // An empty class (`[]`, `[^]`) adds nothing in llama.cpp: it matches the empty text, and a
+                    // repetition after it has no item to repeat.
+                    if !ranges.is_empty() {
+                        let class = self.class(CharClass { negated, ranges });
+                        seq.push(Element::Char(class));
+                    }
                     self.skip_space(nested);
                 }
                 b'.' => {

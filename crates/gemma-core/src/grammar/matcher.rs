@@ -3,7 +3,7 @@
 //! Text is matched by code point; a token that ends inside a UTF-8 character is allowed when some
 //! continuation of it could match.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::gbnf::{Element, Grammar};
@@ -15,6 +15,8 @@ type Stack = Vec<u32>;
 
 /// Expansion steps allowed in one [`advance`]: a grammar whose ambiguity explodes stops there.
 const MAX_EXPANSIONS: usize = 100_000;
+/// Stack elements looked at in one [`advance`], for the same reason.
+const MAX_EXPANSION_WORK: usize = 10_000_000;
 
 /// Where a UTF-8 character cut by a token boundary stands: its bits so far and the bytes still to come
 /// (`-1`: the bytes are not UTF-8).
@@ -76,11 +78,14 @@ impl PartialUtf8 {
 /// Pushes onto `out` every stack that `stack` expands to, each with a terminal on top (or empty).
 fn advance(g: &Grammar, stack: Stack, out: &mut Vec<Stack>) {
     let mut todo = vec![stack];
-    let mut seen: Vec<Stack> = Vec::new();
-    let mut steps = 0;
+    let mut seen: HashSet<Stack> = HashSet::new();
+    let (mut steps, mut work) = (0, 0);
     while let Some(stack) = todo.pop() {
         steps += 1;
-        if steps > MAX_EXPANSIONS || seen.contains(&stack) {
+        // Stacks that grow on every expansion (a rule reached again through a rule that only matches nothing
+        // through other rules, which llama.cpp lets through and then runs out of memory on) cost their length.
+        work += stack.len();
+        if steps > MAX_EXPANSIONS || work > MAX_EXPANSION_WORK || seen.contains(&stack) {
             continue;
         }
         match stack.last().map(|&i| g.elements[i as usize]) {
@@ -96,14 +101,14 @@ fn advance(g: &Grammar, stack: Stack, out: &mut Vec<Stack>) {
                     }
                     todo.push(next);
                 }
-                seen.push(stack);
+                seen.insert(stack);
             }
             // A terminal on top, or empty (complete): a stack to keep.
             _ => {
                 if !out.contains(&stack) {
                     out.push(stack.clone());
                 }
-                seen.push(stack);
+                seen.insert(stack);
             }
         }
     }
