@@ -78,17 +78,18 @@ impl PartialUtf8 {
 /// Pushes onto `out` every stack that `stack` expands to, each with a terminal on top (or empty).
 fn advance(g: &Grammar, stack: Stack, out: &mut Vec<Stack>) {
     let mut todo = vec![stack];
-    let mut seen: HashSet<Stack> = HashSet::new();
+    let mut seen = Expanded::default();
     let (mut steps, mut work) = (0, 0);
     while let Some(stack) = todo.pop() {
         steps += 1;
         // Stacks that grow on every expansion (a rule reached again through a rule that only matches nothing
         // through other rules, which llama.cpp lets through and then runs out of memory on) cost their length.
         work += stack.len();
-        if steps > MAX_EXPANSIONS || work > MAX_EXPANSION_WORK || seen.contains(&stack) {
+        if steps > MAX_EXPANSIONS || work > MAX_EXPANSION_WORK {
             continue;
         }
         match stack.last().map(|&i| g.elements[i as usize]) {
+            Some(Element::Rule(_)) if seen.contains(&stack) => {}
             Some(Element::Rule(rule)) => {
                 let at = stack[stack.len() - 1];
                 for start in g.alternatives(rule) {
@@ -106,10 +107,30 @@ fn advance(g: &Grammar, stack: Stack, out: &mut Vec<Stack>) {
             // A terminal on top, or empty (complete): a stack to keep.
             _ => {
                 if !out.contains(&stack) {
-                    out.push(stack.clone());
+                    out.push(stack);
                 }
-                seen.insert(stack);
             }
+        }
+    }
+}
+
+/// The stacks one [`advance`] has expanded: a short list (the usual case, cheap to build), then a hash set.
+#[derive(Default)]
+struct Expanded {
+    few: Vec<Stack>,
+    many: HashSet<Stack>,
+}
+
+impl Expanded {
+    fn contains(&self, stack: &Stack) -> bool {
+        self.few.contains(stack) || (!self.many.is_empty() && self.many.contains(stack))
+    }
+
+    fn insert(&mut self, stack: Stack) {
+        if self.few.len() < 16 {
+            self.few.push(stack);
+        } else {
+            self.many.insert(stack);
         }
     }
 }
