@@ -268,7 +268,8 @@ pub struct SamplingParams {
     /// The order of the chain (unused with Mirostat). A stage not listed does not run.
     pub samplers: Vec<SamplerStage>,
     /// A GBNF grammar (llama.cpp's `--grammar`) the generated text must follow; end of generation is
-    /// allowed only where the grammar is complete.
+    /// allowed only where the grammar is complete. It needs the vocabulary: [`Sampler::for_model`] (or
+    /// [`Sampler::set_grammar_vocab`]) applies it, [`Sampler::new`] alone does not.
     pub grammar: Option<String>,
 }
 
