@@ -3,7 +3,7 @@
 //! `{m,n}`, token ids (`<[42]>`, `!<[42]>`) and `#` comments. The start rule is `root`.
 //!
 //! Parsed into one flat element array, as a pushdown matcher wants it: each rule is a run of alternatives,
-//! each alternative a run of elements closed by [`Element::Alt`] (another follows) or [`Element::End`].
+//! each alternative a run of elements closed by `Alt` (another follows) or `End`.
 //! Repetitions are rewritten into helper rules the way llama.cpp does (`S{m,n}` = m copies of `S` then
 //! n-m nested optional rules), so the same grammar accepts the same texts.
 
