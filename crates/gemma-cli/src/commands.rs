@@ -225,7 +225,13 @@ fn grammar(args: &SamplingArgs) -> Result<Option<String>> {
         _ => return Ok(None),
     };
     let (text, flag) = schema;
-    gemma_core::grammar::json_schema_text_to_grammar(&text).map(Some).map_err(|e| usage(format!("{flag}: {e}")))
+    let converted = gemma_core::grammar::convert_json_schema_text(&text).map_err(|e| usage(format!("{flag}: {e}")))?;
+    // What the grammar could not express (llama.cpp prints the same warnings): e.g. a `pattern` it accepts
+    // any string for.
+    for warning in &converted.warnings {
+        eprintln!("warning: {flag}: {warning}");
+    }
+    Ok(Some(converted.grammar))
 }
 
 /// `--dry-sequence-breaker` as llama.cpp reads it: none given keeps the defaults; the first one given

@@ -1096,23 +1096,11 @@ impl Sampler {
                 return best;
             }
             // The next best tokens in order until one is allowed (ties: the lower id, as `greedy`).
-            let key = |i: u32| -> f32 {
-                let l = logits[i as usize];
-                if l.is_nan() {
-                    f32::NEG_INFINITY
-                } else {
-                    l
-                }
-            };
-            let by_logit = |a: &u32, b: &u32| key(*b).total_cmp(&key(*a)).then(a.cmp(b));
-            let mut order: Vec<u32> = (0..logits.len() as u32).collect();
-            let head = order.len().min(64);
-            if head > 0 {
-                order.select_nth_unstable_by(head - 1, by_logit);
-                order[..head].sort_unstable_by(by_logit);
-                if let Some(&id) = order[..head].iter().find(|&&id| matcher.allows(id)) {
-                    return id;
-                }
+            let c = &mut self.candidates;
+            c.fill(logits);
+            c.sort_prefix(64);
+            if let Some(id) = c.items.iter().take(64).map(|c| c.id).find(|&id| matcher.allows(id)) {
+                return id;
             }
         } else {
             let id = self.sample_unconstrained(logits, None);

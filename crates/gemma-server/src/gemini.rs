@@ -12,14 +12,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, StreamExt};
 use gemma_core::chat::ChatMessage;
-use gemma_core::grammar::json_schema_to_grammar;
 use gemma_core::SamplingParams;
 use serde_json::{json, Value};
 
 use crate::api_error::ApiError;
 use crate::engine::{Event, Finish, FinishReason, LoadedModel};
 use crate::fields::Fields;
-use crate::openai::{collect_choices, submit, Dialect, Plan, MAX_CHOICES};
+use crate::openai::{collect_choices, schema_grammar, submit, Dialect, Plan, MAX_CHOICES};
 use crate::server::{off_runtime, read_body, AppState};
 
 pub async fn generate_content(
@@ -141,11 +140,11 @@ fn response_grammar(g: &Fields) -> Result<Option<String>, ApiError> {
     };
     match (mime.as_str(), schema) {
         ("text/plain", None) => Ok(None),
-        ("application/json", None) => json_schema_to_grammar(&Value::Object(Default::default()))
+        ("application/json", None) => schema_grammar(&Value::Object(Default::default()))
             .map(Some)
             .map_err(|e| bad("responseMimeType", e.to_string())),
         ("application/json", Some((name, schema))) => {
-            json_schema_to_grammar(&schema).map(Some).map_err(|e| bad(name, format!("'{name}': {e}")))
+            schema_grammar(&schema).map(Some).map_err(|e| bad(name, format!("'{name}': {e}")))
         }
         ("text/plain", Some((name, _))) => {
             Err(bad(name, format!("'{name}' needs 'responseMimeType': 'application/json'")))

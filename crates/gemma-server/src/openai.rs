@@ -330,11 +330,21 @@ fn parse_grammar(f: &Fields, mut p: SamplingParams) -> Result<SamplingParams, Ap
         (None, Some((name, s))) => {
             // An empty schema means any object, as in llama-server.
             let s = if s.as_object().is_some_and(|o| o.is_empty()) { serde_json::json!({"type": "object"}) } else { s };
-            Some(gemma_core::grammar::json_schema_to_grammar(&s).map_err(|e| bad(name, format!("'{name}': {e}")))?)
+            Some(schema_grammar(&s).map_err(|e| bad(name, format!("'{name}': {e}")))?)
         }
         (None, None) => None,
     };
     Ok(p)
+}
+
+/// The grammar of a JSON schema, logging what it could not express (a `pattern` it lets any string through
+/// for), as llama-server does.
+pub(crate) fn schema_grammar(schema: &Value) -> Result<String, gemma_core::grammar::JsonSchemaError> {
+    let converted = gemma_core::grammar::convert_json_schema(schema)?;
+    for warning in &converted.warnings {
+        tracing::warn!("json schema: {warning}");
+    }
+    Ok(converted.grammar)
 }
 
 /// The whole sampling setting, checked once every field is in, as the CLI checks its flags.

@@ -5,9 +5,9 @@
 //! rules, printed sorted by name. Rule names, rule order, whitespace and the primitive rules match
 //! llama.cpp, so a schema constrains generation here exactly as it does there.
 //!
-//! Property order matters to the grammar (properties are emitted in schema order). A
-//! `serde_json::Value` built without serde_json's `preserve_order` feature has its keys sorted, so
-//! [`json_schema_text_to_grammar`] takes the schema as text and keeps the order it was written in.
+//! Property order matters to the grammar (properties are emitted in schema order). The workspace builds
+//! serde_json with `preserve_order`, so a `serde_json::Value` keeps the written order;
+//! [`json_schema_text_to_grammar`] reads the text itself and keeps it whatever serde_json's features.
 //!
 //! Where llama.cpp writes a grammar its own parser would refuse, crashes, or relies on undefined
 //! behaviour, this module returns an error or keeps to the schema's meaning instead:
@@ -76,8 +76,8 @@ pub struct GrammarConversion {
     pub warnings: Vec<String>,
 }
 
-/// Converts a JSON schema to GBNF text. Properties come in the order the `Value`'s map iterates
-/// (sorted, unless serde_json's `preserve_order` feature is on); see [`json_schema_text_to_grammar`].
+/// Converts a JSON schema to GBNF text. Properties come in the order the `Value`'s map iterates (the
+/// written order, with the workspace's `preserve_order`).
 pub fn json_schema_to_grammar(schema: &serde_json::Value) -> Result<String> {
     convert_json_schema(schema).map(|c| c.grammar)
 }

@@ -135,6 +135,15 @@ impl Expanded {
     }
 }
 
+/// `stack` once its top terminal has matched: the top gives way to the element after it, if any.
+fn past_top(g: &Grammar, stack: &[u32], top: u32) -> Stack {
+    let mut next = stack[..stack.len() - 1].to_vec();
+    if !g.elements[top as usize + 1].ends_alternative() {
+        next.push(top + 1);
+    }
+    next
+}
+
 /// The stacks that follow `stacks` after code point `c`.
 fn accept_char(g: &Grammar, stacks: &[Stack], c: u32) -> Vec<Stack> {
     let mut out = Vec::new();
@@ -142,11 +151,7 @@ fn accept_char(g: &Grammar, stacks: &[Stack], c: u32) -> Vec<Stack> {
         let Some(&top) = stack.last() else { continue };
         let Element::Char(class) = g.elements[top as usize] else { continue };
         if g.classes[class as usize].matches(c) {
-            let mut next = stack[..stack.len() - 1].to_vec();
-            if !g.elements[top as usize + 1].ends_alternative() {
-                next.push(top + 1);
-            }
-            advance(g, next, &mut out);
+            advance(g, past_top(g, stack, top), &mut out);
         }
     }
     out
@@ -257,11 +262,6 @@ impl GrammarMatcher {
         self.stacks.iter().any(Vec::is_empty)
     }
 
-    /// True when no token can follow (the grammar is complete and allows nothing more, or dead).
-    pub fn is_exhausted(&self) -> bool {
-        self.stacks.iter().all(Vec::is_empty)
-    }
-
     /// The stacks after the bytes of `piece`, from `stacks` and `partial`; None when no parse survives.
     fn walk(
         &self,
@@ -288,11 +288,7 @@ impl GrammarMatcher {
             let Some(&top) = stack.last() else { continue };
             if let Element::Token { id: want, negated } = g.elements[top as usize] {
                 if (want == id) != negated {
-                    let mut next = stack[..stack.len() - 1].to_vec();
-                    if !g.elements[top as usize + 1].ends_alternative() {
-                        next.push(top + 1);
-                    }
-                    advance(g, next, &mut out);
+                    advance(g, past_top(g, stack, top), &mut out);
                 }
             }
         }
