@@ -87,6 +87,8 @@ pub enum Command {
     Info,
     /// Download a known model into the model cache.
     Pull(PullArgs),
+    /// Turn texts into embedding vectors with an embedding model (EmbeddingGemma), one per input.
+    Embed(EmbedArgs),
     /// Measure prompt processing (pp) and generation (tg) speed, in llama-bench's terms.
     Bench(BenchArgs),
     /// Run one teacher-forced pass and print the best logits after every input position, one JSON line each.
@@ -363,6 +365,28 @@ pub struct TokenizeArgs {
     /// Treat special-token text (`<start_of_turn>`, ...) as plain text.
     #[arg(long)]
     pub no_special: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    /// The texts to embed, one input each (EmbeddingGemma's task prompts are part of the text, e.g.
+    /// "task: search result | query: ..." or "title: none | text: ...").
+    #[arg(value_name = "TEXT", required_unless_present = "file")]
+    pub texts: Vec<String>,
+    /// Read the inputs from a file, one per line (empty lines skipped); `-` reads standard input.
+    #[arg(long, short = 'f', value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Print one JSON object in the OpenAI embeddings response format instead of one line of numbers per
+    /// input.
+    #[arg(long)]
+    pub json: bool,
+    /// Keep the first N values of each vector, normalised again (Matryoshka: 512, 256 or 128 for
+    /// EmbeddingGemma).
+    #[arg(long, value_name = "N")]
+    pub dimensions: Option<usize>,
+    /// Print the cosine similarity of every pair of inputs (a matrix) instead of the vectors.
+    #[arg(long, conflicts_with = "json")]
+    pub similarity: bool,
 }
 
 #[derive(Args, Debug)]

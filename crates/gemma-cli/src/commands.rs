@@ -55,7 +55,17 @@ impl Common {
         }
     }
 
+    /// Loads a generative model (an embedding model is refused: it makes vectors, not text).
     pub(crate) fn load(&self) -> Result<Loaded> {
+        let loaded = self.load_any()?;
+        if loaded.model.is_embedding_model() {
+            return Err(gemma_core::ModelError::EmbeddingModel(loaded.model.config.name.clone()).into());
+        }
+        Ok(loaded)
+    }
+
+    /// Loads whatever model the flags name.
+    pub(crate) fn load_any(&self) -> Result<Loaded> {
         let path = self.model_path()?;
         let model = self.open_model(&path)?;
         let tokenizer =
@@ -70,8 +80,9 @@ impl Common {
 
     fn load_tokenizer(&self) -> Result<Tokenizer> {
         let path = self.model_path()?;
-        if gemma_core::model::is_sbs_file(&path) {
-            // gemma.cpp checkpoints carry their tokenizer as a SentencePiece blob.
+        if gemma_core::model::is_sbs_file(&path) || gemma_core::convert::is_model_folder(&path) {
+            // gemma.cpp checkpoints carry their tokenizer as a SentencePiece blob; model folders hold a
+            // tokenizer.model and settings the loader reads.
             let model = Model::open(&path).with_context(|| format!("cannot load model {}", path.display()))?;
             return model.tokenizer().with_context(|| format!("cannot load the tokenizer of {}", path.display()));
         }
@@ -93,6 +104,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Detokenize(args)) => detokenize(&common, &args),
         Some(Command::Info) => info(&common),
         Some(Command::Pull(args)) => pull(&args),
+        Some(Command::Embed(args)) => crate::embed::embed(&common, &args),
         Some(Command::Logits(args)) => logits(&common, &args),
         Some(Command::Bench(args)) => crate::bench::bench(&common, &args),
         Some(Command::Chat(args)) => crate::chat::chat(&common, &args),
@@ -422,7 +434,11 @@ fn tokenize(common: &Common, args: &TokenizeArgs) -> Result<()> {
         (None, None) => return Err(usage("give TEXT or --file FILE")),
     };
     let tok = common.load_tokenizer()?;
-    let ids = tok.encode(&text, !args.no_bos && tok.add_bos(), !args.no_special);
+    let mut ids = tok.encode(&text, !args.no_bos && tok.add_bos(), !args.no_special);
+    // Embedding models end their inputs with EOS (llama-tokenize adds it too).
+    if tok.add_eos() {
+        ids.extend(tok.eos_id());
+    }
     println!("{}", serde_json::to_string(&ids)?);
     Ok(())
 }

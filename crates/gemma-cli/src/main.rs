@@ -9,6 +9,7 @@ mod bench;
 mod chat;
 mod commands;
 mod convert;
+mod embed;
 mod serve;
 mod sysinfo;
 

@@ -7,6 +7,9 @@ use crate::error::ModelError;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Architecture {
     Gemma3,
+    /// EmbeddingGemma: Gemma 3 layers with bidirectional attention, read out by pooling (GGUF architecture
+    /// `gemma-embedding`, as llama.cpp names it).
+    GemmaEmbedding,
     /// The Llama family (Llama 1-3, SmolLM, TinyLlama, ...): GGUF architecture `llama`.
     Llama,
 }
@@ -15,6 +18,7 @@ impl Architecture {
     pub fn name(self) -> &'static str {
         match self {
             Architecture::Gemma3 => "gemma3",
+            Architecture::GemmaEmbedding => "gemma-embedding",
             Architecture::Llama => "llama",
         }
     }
@@ -53,6 +57,51 @@ pub struct ModelConfig {
     pub embedding_scale: f32,
     /// `tanh` soft-capping of the final logits, when the model uses it.
     pub final_logit_softcap: Option<f32>,
+    /// Whether a token sees only earlier positions (decoders) or the whole input (embedding models; their
+    /// sliding window is then centred on the token: it sees `sliding_window / 2` positions either side).
+    pub causal: bool,
+    /// How an embedding model turns its final hidden states into one vector; `None` for generative models.
+    pub pooling: Option<Pooling>,
+}
+
+/// llama.cpp's pooling types (`{arch}.pooling_type`), as sentence-transformers' Pooling module reads out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pooling {
+    /// The mean over every token of the input (BOS and EOS included).
+    Mean,
+    /// The first token's state.
+    Cls,
+    /// The last token's state.
+    Last,
+}
+
+impl Pooling {
+    /// From llama.cpp's numbering (`LLAMA_POOLING_TYPE_*`: 1 mean, 2 CLS, 3 last); 0 is none.
+    fn from_gguf(v: u64) -> Option<Option<Pooling>> {
+        Some(match v {
+            0 => None,
+            1 => Some(Pooling::Mean),
+            2 => Some(Pooling::Cls),
+            3 => Some(Pooling::Last),
+            _ => return None,
+        })
+    }
+
+    pub fn gguf_value(self) -> u32 {
+        match self {
+            Pooling::Mean => 1,
+            Pooling::Cls => 2,
+            Pooling::Last => 3,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+            Pooling::Last => "last",
+        }
+    }
 }
 
 struct Meta<'a> {
@@ -142,6 +191,7 @@ impl ModelConfig {
             .ok_or_else(|| ModelError::MissingMetadata("general.architecture".into()))?;
         let arch = match arch_name {
             "gemma3" => Architecture::Gemma3,
+            "gemma-embedding" => Architecture::GemmaEmbedding,
             "llama" => Architecture::Llama,
             other => return Err(ModelError::UnsupportedArchitecture(other.to_string())),
         };
@@ -233,9 +283,12 @@ impl ModelConfig {
             query_scale: 1.0 / (head_dim as f32).sqrt(),
             embedding_scale: 1.0,
             final_logit_softcap: None,
+            causal: true,
+            pooling: None,
         };
         match arch {
             Architecture::Gemma3 => Self::gemma3(&m, common),
+            Architecture::GemmaEmbedding => Self::gemma_embedding(&m, Self::gemma3(&m, common)?),
             Architecture::Llama => Ok(common),
         }
     }
@@ -260,6 +313,18 @@ impl ModelConfig {
             final_logit_softcap: m.opt_f32("final_logit_softcapping")?.filter(|&cap| cap > 0.0),
             ..c
         })
+    }
+
+    /// EmbeddingGemma: Gemma 3's layers, attention over the whole input, mean pooling unless the file says
+    /// otherwise (llama.cpp's default for the architecture).
+    fn gemma_embedding(m: &Meta, c: ModelConfig) -> Result<ModelConfig, ModelError> {
+        let pooling = match m.opt_usize("pooling_type")? {
+            None => Some(Pooling::Mean),
+            Some(v) => Pooling::from_gguf(v as u64)
+                .ok_or_else(|| m.unsupported("pooling_type", format!("unknown pooling type {v}")))?
+                .or(Some(Pooling::Mean)),
+        };
+        Ok(ModelConfig { causal: false, pooling, ..c })
     }
 
     /// The configuration of a gemma.cpp SBS checkpoint, from its `config` blob. Only the Gemma 3 family runs
@@ -366,6 +431,8 @@ impl ModelConfig {
             query_scale,
             embedding_scale,
             final_logit_softcap: Some(c.final_cap).filter(|&cap| cap > 0.0),
+            causal: true,
+            pooling: None,
         })
     }
 
@@ -403,6 +470,12 @@ impl ModelConfig {
         s += &format!(")\nquery_scale: {}\nembedding_scale: {}", self.query_scale, self.embedding_scale);
         if let Some(cap) = self.final_logit_softcap {
             s += &format!("\nfinal_logit_softcap: {cap}");
+        }
+        if !self.causal {
+            s += "\nattention: bidirectional";
+        }
+        if let Some(p) = self.pooling {
+            s += &format!("\npooling: {}", p.name());
         }
         s
     }

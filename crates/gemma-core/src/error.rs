@@ -13,7 +13,7 @@ pub enum ModelError {
     MissingMetadata(String),
     #[error("model metadata '{key}' is unusable: {why}")]
     BadMetadata { key: String, why: String },
-    #[error("architecture '{0}' is not supported (supported: gemma3, llama)")]
+    #[error("architecture '{0}' is not supported (supported: gemma3, gemma-embedding, llama)")]
     UnsupportedArchitecture(String),
     #[error("model lacks tensor '{0}'")]
     MissingTensor(String),
@@ -31,10 +31,19 @@ pub enum ModelError {
     TokenOutOfRange { id: u32, vocab: usize },
     #[error("the context is full: position {pos} does not fit in a context of {ctx} tokens")]
     ContextFull { pos: usize, ctx: usize },
+    #[error(
+        "{0} is not an embedding model (its file names no pooling); embeddings come from models such as EmbeddingGemma"
+    )]
+    NotEmbeddingModel(String),
+    #[error("{0} is an embedding model: it turns text into vectors (`gemma embed`, /v1/embeddings), it does not generate text")]
+    EmbeddingModel(String),
     #[error("batch is malformed: {0}")]
     BadBatch(String),
     #[error("invalid load option: {0}")]
     InvalidOption(String),
     #[error(transparent)]
     Tokenizer(#[from] crate::tokenizer::TokenizerError),
+    /// A model folder (safetensors) that could not be read as a model.
+    #[error(transparent)]
+    Folder(Box<crate::convert::ConvertError>),
 }

@@ -1,5 +1,6 @@
 //! The Gemini dialect: `POST /v1beta/models/{model}:generateContent` and `:streamGenerateContent` (SSE), with
-//! `contents` / `parts` / `role`, `systemInstruction` and `generationConfig`, on the same engine.
+//! `contents` / `parts` / `role`, `systemInstruction` and `generationConfig`, on the same engine
+//! (`:embedContent` and `:batchEmbedContents` are in [`crate::embeddings`]).
 
 use std::convert::Infallible;
 use std::time::Instant;
@@ -35,6 +36,8 @@ async fn handle(state: AppState, model_action: String, headers: HeaderMap, body:
     let stream = match model_action.rsplit_once(':') {
         Some((_, "generateContent")) => false,
         Some((_, "streamGenerateContent")) => true,
+        Some((_, "embedContent")) => return crate::embeddings::gemini(state, headers, body, false).await,
+        Some((_, "batchEmbedContents")) => return crate::embeddings::gemini(state, headers, body, true).await,
         _ => return Err(ApiError::not_found(format!("unknown model action '{model_action}'"))),
     };
     let bytes = read_body(body, &headers, state.max_body_bytes()).await?;

@@ -7,6 +7,7 @@ pub mod api_error;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod embeddings;
 pub mod engine;
 pub mod error;
 pub mod fields;

@@ -533,6 +533,9 @@ pub(crate) fn submit_error(e: SubmitError) -> ApiError {
     match e {
         SubmitError::QueueFull => ApiError::unavailable("the server is busy: the request queue is full", 1),
         SubmitError::Stopped => ApiError::unavailable("the server is shutting down", 5),
+        e @ (SubmitError::EmbeddingModel(_) | SubmitError::NotEmbeddingModel(_)) => {
+            ApiError::invalid(e.to_string()).with_code("model_not_supported")
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use crate::config::ServerConfig;
 use crate::engine::{EngineHandle, LoadedModel};
 use crate::fields::Fields;
 use crate::metrics::Metrics;
-use crate::{gemini, generate, openai, websocket};
+use crate::{embeddings, gemini, generate, openai, websocket};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -78,6 +78,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(models))
+        .route("/v1/embeddings", post(embeddings::openai_embeddings))
+        .route("/embeddings", post(embeddings::openai_embeddings))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
         .route("/v1beta/models/{model_action}", post(gemini::generate_content))

@@ -15,6 +15,7 @@ pub mod gguf_to_sbs;
 pub mod migrate;
 mod parallel_encode;
 pub mod sbs_to_gguf;
+pub mod sentence_transformers;
 pub mod tokenizer_proto;
 
 use std::path::PathBuf;
@@ -29,6 +30,7 @@ pub use migrate::migrate;
 pub use migrate::migrate_into;
 pub use parallel_encode::encode_sbs_tensor;
 pub use sbs_to_gguf::{build_gguf, decode_sbs_tensor, sbs_to_gguf, GgufOutputType, SbsToGgufOptions};
+pub use sentence_transformers::{is_model_folder, sentence_transformers_gguf};
 pub use tokenizer_proto::{gguf_vocab_metadata, model_proto_from_gguf};
 
 /// Why a conversion failed.
@@ -38,6 +40,8 @@ pub enum ConvertError {
     Gguf(#[from] GgufError),
     #[error(transparent)]
     Sbs(#[from] SbsError),
+    #[error(transparent)]
+    Safetensors(#[from] gemma_io::SafetensorsError),
     #[error("tensor '{tensor}': {source}")]
     Codec {
         tensor: String,

@@ -282,14 +282,31 @@ fn gemma3_metadata(
 }
 
 fn encode_rows(p: &Pending, ty: GgmlType) -> Result<Vec<u8>, ConvertError> {
-    let quant = |source| ConvertError::Quant { tensor: p.name.clone(), source };
+    encode_matrix(&p.name, &p.values, p.rows, p.row_len, ty)
+}
+
+/// `rows` rows of `row_len` values encoded in the GGML type `ty`.
+pub(super) fn encode_matrix(
+    name: &str,
+    values: &[f32],
+    rows: usize,
+    row_len: usize,
+    ty: GgmlType,
+) -> Result<Vec<u8>, ConvertError> {
+    let quant = |source| ConvertError::Quant { tensor: name.to_string(), source };
     let format = quant_format(ty).map_err(quant)?;
-    let row_bytes = ty.row_bytes(p.row_len).ok_or_else(|| ConvertError::BadTensor {
-        tensor: p.name.clone(),
-        what: format!("rows of {} do not fit {} blocks", p.row_len, ty.name()),
+    let row_bytes = ty.row_bytes(row_len).ok_or_else(|| ConvertError::BadTensor {
+        tensor: name.to_string(),
+        what: format!("rows of {row_len} do not fit {} blocks", ty.name()),
     })?;
-    let mut out = vec![0u8; row_bytes * p.rows];
-    for (src, dst) in p.values.chunks_exact(p.row_len).zip(out.chunks_exact_mut(row_bytes)) {
+    if values.len() != rows * row_len {
+        return Err(ConvertError::BadTensor {
+            tensor: name.to_string(),
+            what: format!("{} values for {rows} rows of {row_len}", values.len()),
+        });
+    }
+    let mut out = vec![0u8; row_bytes * rows];
+    for (src, dst) in values.chunks_exact(row_len).zip(out.chunks_exact_mut(row_bytes)) {
         format.quantize_row(src, dst).map_err(quant)?;
     }
     Ok(out)

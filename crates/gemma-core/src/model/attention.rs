@@ -1,5 +1,6 @@
 //! The attention step shared by every architecture: store this batch's keys and values in each sequence's
-//! cache, then let every query head attend causally (optionally within a sliding window) over its cache.
+//! cache, then let every query head attend over its cache: causally (optionally within a sliding window), or,
+//! for embedding models, over the whole input (a sliding window then centred on the query).
 
 use gemma_ops::{grouped_query_attention, AttnSpan, KvView, ThreadPool};
 
@@ -10,14 +11,19 @@ pub(crate) struct AttentionShape {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
-    /// Keys visible to a query, its own included; `None` for full causal attention.
+    /// Keys visible to a query, its own included; `None` for full attention. Without `causal`, a query sees
+    /// `window / 2` positions either side of its own (llama.cpp's symmetric window, transformers'
+    /// `|i - j| < window / 2 + 1`).
     pub window: Option<usize>,
+    /// Whether a query sees only earlier positions. Without it, every token of a sequence must be in the
+    /// batch (a query sees the positions up to the last one of its sequence here).
+    pub causal: bool,
 }
 
 /// `q`: batch rows of `n_heads * head_dim` (already rotated and scaled); `k`, `v`: batch rows of
 /// `n_kv_heads * head_dim` (keys rotated). Writes `out` (batch rows of `n_heads * head_dim`).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn causal_attention(
+pub(crate) fn attention(
     pool: &ThreadPool,
     layer: usize,
     shape: &AttentionShape,
@@ -36,16 +42,26 @@ pub(crate) fn causal_attention(
         layer_kv.keys[dst.clone()].copy_from_slice(&k[i * kv_row..(i + 1) * kv_row]);
         layer_kv.values[dst].copy_from_slice(&v[i * kv_row..(i + 1) * kv_row]);
     }
+    // Without causality a query sees up to its sequence's last position in this batch.
+    let mut seq_end = vec![0usize; caches.len()];
+    if !shape.causal {
+        for t in &batch.tokens {
+            seq_end[t.seq] = seq_end[t.seq].max(t.pos + 1);
+        }
+    }
     let spans: Vec<AttnSpan> = batch
         .tokens
         .iter()
         .map(|t| {
             let lkv = caches[t.seq].layer(layer);
-            let first = shape.window.map_or(0, |w| (t.pos + 1).saturating_sub(w));
-            AttnSpan {
-                kv: KvView { keys: &lkv.keys, values: &lkv.values, row_len: kv_row, ring: lkv.ring },
-                positions: first..t.pos + 1,
-            }
+            let positions = if shape.causal {
+                shape.window.map_or(0, |w| (t.pos + 1).saturating_sub(w))..t.pos + 1
+            } else {
+                let half = shape.window.map(|w| w / 2);
+                let end = half.map_or(seq_end[t.seq], |h| seq_end[t.seq].min(t.pos + h + 1));
+                half.map_or(0, |h| t.pos.saturating_sub(h))..end
+            };
+            AttnSpan { kv: KvView { keys: &lkv.keys, values: &lkv.values, row_len: kv_row, ring: lkv.ring }, positions }
         })
         .collect();
     grouped_query_attention(pool, q, &spans, shape.n_heads, shape.n_kv_heads, shape.head_dim, out);

@@ -10,6 +10,9 @@
 //! logits = RMSNorm(x) E^T   (tied embedding)
 //! ```
 //! Local (sliding-window) layers use RoPE base 10,000; global layers the file's base.
+//!
+//! EmbeddingGemma runs the same layers with attention over the whole input (no causal mask, the sliding window
+//! centred on each token); `model::embedding` pools the final states into one vector.
 
 use gemma_io::GgufFile;
 use gemma_ops::matmul::{matmul_view as matmul, RowBlocks};
@@ -17,7 +20,7 @@ use gemma_ops::rope::{rope_inv_freq, RopeAngles};
 use gemma_ops::vector::{add_assign, gelu_mul, rms_norm, scale};
 use gemma_ops::ThreadPool;
 
-use super::attention::{causal_attention, AttentionShape};
+use super::attention::{attention, AttentionShape};
 use super::output::OutputHead;
 use super::{embed_tokens, rms_norm_rows, sized, Scratch};
 use crate::batch::Batch;
@@ -176,8 +179,9 @@ pub(crate) fn forward(
             n_kv_heads: c.n_kv_heads,
             head_dim: hd,
             window: if c.layer_is_local[l] { c.sliding_window } else { None },
+            causal: c.causal,
         };
-        causal_attention(pool, l, &shape, batch, caches, q, k, v, attn);
+        attention(pool, l, &shape, batch, caches, q, k, v, attn);
         matmul(pool, &lw.wo.view(file), attn, proj, acts)?;
         rms_norm_rows(pool, proj, &lw.post_attn_norm, c.rms_eps);
         add_assign(x, proj);

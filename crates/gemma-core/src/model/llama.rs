@@ -19,7 +19,7 @@ use gemma_ops::rope::{rope_inv_freq, RopeAngles};
 use gemma_ops::vector::{add_assign, scale, silu_mul};
 use gemma_ops::{QuantizedActs, ThreadPool};
 
-use super::attention::{causal_attention, AttentionShape};
+use super::attention::{attention, AttentionShape};
 use super::output::OutputHead;
 use super::{embed_tokens, rms_norm_rows, sized, Scratch};
 use crate::batch::Batch;
@@ -137,7 +137,8 @@ pub(crate) fn forward(
     let (x, h, q, k, v) =
         (sized(x, n * d), sized(h, n * d), sized(q, n * q_width), sized(k, n * kv_width), sized(v, n * kv_width));
     let (attn, proj, gate, up) = (sized(attn, n * q_width), sized(proj, n * d), sized(gate, n * ff), sized(up, n * ff));
-    let shape = AttentionShape { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: hd, window: None };
+    let shape =
+        AttentionShape { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: hd, window: None, causal: true };
 
     embed_tokens(file, &w.embedding, batch, x, c.embedding_scale);
     let rope = RopeAngles::new(batch.tokens.iter().map(|t| t.pos), &w.inv_freq);
@@ -160,7 +161,7 @@ pub(crate) fn forward(
                 rope.adjacent(head, i);
             }
         });
-        causal_attention(pool, l, &shape, batch, caches, q, k, v, attn);
+        attention(pool, l, &shape, batch, caches, q, k, v, attn);
         lw.wo.apply(file, pool, attn, proj, acts)?;
         add_assign(x, proj);
 

@@ -1,6 +1,7 @@
 //! Models: loading weights and running the forward pass. One file per architecture.
 
 mod attention;
+pub mod embedding;
 pub mod gemma3;
 pub mod llama;
 mod output;
@@ -30,6 +31,8 @@ pub struct Model {
     sbs: Option<SbsFile>,
     pub config: ModelConfig,
     weights: Weights,
+    /// Pooling and projections, for embedding models.
+    embedding_head: Option<embedding::EmbeddingHead>,
 }
 
 enum Weights {
@@ -59,7 +62,8 @@ impl LoadOptions {
 }
 
 impl Model {
-    /// Opens a GGUF file or a gemma.cpp SBS checkpoint, told apart by their magic.
+    /// Opens a GGUF file or a gemma.cpp SBS checkpoint, told apart by their magic, or a sentence-transformers
+    /// folder of EmbeddingGemma (converted in memory to what llama.cpp's converter writes, F32).
     pub fn open(path: impl AsRef<Path>) -> Result<Model, ModelError> {
         Self::open_with(path, &LoadOptions::default())
     }
@@ -67,6 +71,15 @@ impl Model {
     /// [`Model::open`] with the configuration changes of `options`.
     pub fn open_with(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Model, ModelError> {
         let path = path.as_ref();
+        if crate::convert::is_model_folder(path) {
+            let writer = crate::convert::sentence_transformers_gguf(
+                path,
+                crate::convert::GgufOutputType::F32,
+                &mut crate::convert::no_progress,
+            )
+            .map_err(|e| ModelError::Folder(Box::new(e)))?;
+            return Self::from_gguf_with(GgufFile::from_bytes(writer.into_bytes(), path)?, options);
+        }
         if is_sbs_file(path) {
             return Self::from_sbs_with(SbsFile::open(path)?, options);
         }
@@ -81,11 +94,14 @@ impl Model {
         let mut config = ModelConfig::from_gguf(&file)?;
         options.apply(&mut config)?;
         let weights = match config.arch {
-            Architecture::Gemma3 => Weights::Gemma3(gemma3::Gemma3Weights::load(&file, &config)?),
+            Architecture::Gemma3 | Architecture::GemmaEmbedding => {
+                Weights::Gemma3(gemma3::Gemma3Weights::load(&file, &config)?)
+            }
             Architecture::Llama => Weights::Llama(llama::LlamaWeights::load(&file, &config)?),
         };
+        let embedding_head = config.pooling.map(|p| embedding::EmbeddingHead::load(&file, &config, p)).transpose()?;
         crate::weights::settle_resident_pages(&file);
-        Ok(Model { file, sbs: None, config, weights })
+        Ok(Model { file, sbs: None, config, weights, embedding_head })
     }
 
     /// A model from a gemma.cpp checkpoint (Gemma 3 family), run with the SBS codec kernels.
@@ -105,7 +121,7 @@ impl Model {
         meta.add_metadata("general.architecture", text(config.arch.name()))?;
         meta.add_metadata("general.name", text(&config.name))?;
         let view = GgufFile::from_bytes(meta.to_bytes(), file.path())?;
-        Ok(Model { file: view, sbs: Some(file), config, weights })
+        Ok(Model { file: view, sbs: Some(file), config, weights, embedding_head: None })
     }
 
     /// The SBS checkpoint the model was opened from, if it was.
@@ -134,9 +150,51 @@ impl Model {
     /// A KV cache for one sequence of up to `capacity` tokens (capped at the model's context length).
     pub fn new_cache(&self, capacity: usize) -> KvCache {
         let c = &self.config;
+        // A centred window looks ahead, so embedding models keep every position (their inputs are short).
         let windows: Vec<Option<usize>> =
-            c.layer_is_local.iter().map(|&local| if local { c.sliding_window } else { None }).collect();
+            c.layer_is_local.iter().map(|&local| if local && c.causal { c.sliding_window } else { None }).collect();
         KvCache::new(&windows, c.n_kv_heads * c.head_dim, capacity.min(c.context_length))
+    }
+
+    /// Whether the model makes embeddings (it pools its states into one vector per input) rather than text.
+    pub fn is_embedding_model(&self) -> bool {
+        self.embedding_head.is_some()
+    }
+
+    /// The width of the model's embeddings; `None` for generative models.
+    pub fn embedding_dim(&self) -> Option<usize> {
+        self.embedding_head.as_ref().map(|h| h.dim)
+    }
+
+    /// The L2-normalised embedding of each input (token ids, with the BOS and EOS the tokenizer adds:
+    /// [`Tokenizer::add_bos`], [`Tokenizer::add_eos`]). Inputs are run several to a pass, whole, in passes
+    /// of up to the context length in tokens; an input longer than the context is an error.
+    pub fn embed(&self, inputs: &[&[u32]], pool: &ThreadPool) -> Result<Vec<Vec<f32>>, ModelError> {
+        let not_embedding = || ModelError::NotEmbeddingModel(self.config.name.clone());
+        let head = self.embedding_head.as_ref().ok_or_else(not_embedding)?;
+        let Weights::Gemma3(w) = &self.weights else { return Err(not_embedding()) };
+        let mut scratch = Scratch::default();
+        let max_tokens = self.config.context_length;
+        embedding::embed_inputs(
+            self.weight_file(),
+            &self.config,
+            head,
+            w.head.norm(),
+            inputs,
+            max_tokens,
+            pool,
+            &mut scratch,
+            &mut |batch, sequences, scratch| {
+                let mut caches: Vec<KvCache> = (0..sequences)
+                    .map(|s| {
+                        let len = batch.tokens.iter().filter(|t| t.seq == s).count();
+                        self.new_cache(len)
+                    })
+                    .collect();
+                validate_batch(batch, &caches, self.config.vocab_size)?;
+                self.forward_ubatch(batch, &mut caches, pool, scratch)
+            },
+        )
     }
 
     /// Runs `batch` through the model. Token `t` reads and extends `caches[t.seq]`; each sequence's tokens

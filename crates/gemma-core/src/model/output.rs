@@ -31,6 +31,11 @@ impl OutputHead {
         OutputHead { norm, projection }
     }
 
+    /// The final norm's weight.
+    pub(crate) fn norm(&self) -> &[f32] {
+        &self.norm
+    }
+
     /// Writes into `logits` the logits of the tokens of `batch` that want them, from the final hidden states
     /// `x` (one row of `d_model` per batch token). `rows` is scratch space for the selected rows.
     #[allow(clippy::too_many_arguments)]
@@ -50,6 +55,10 @@ impl OutputHead {
         logits.batch_index.clear();
         logits.batch_index.extend(batch.tokens.iter().enumerate().filter(|(_, t)| t.logits).map(|(i, _)| i));
         rows.clear();
+        if logits.batch_index.is_empty() {
+            logits.data.clear();
+            return Ok(());
+        }
         for &i in &logits.batch_index {
             rows.extend_from_slice(&x[i * d..(i + 1) * d]);
         }

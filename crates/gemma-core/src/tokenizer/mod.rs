@@ -255,6 +255,8 @@ pub(crate) struct TokenizerSource {
     /// Special ids as found under [`SPECIAL_ID_KEYS`], in that order.
     pub(crate) special_ids: Vec<(SpecialRoleKey, u64)>,
     pub(crate) add_bos: Option<bool>,
+    /// `tokenizer.ggml.add_eos_token` (embedding models such as EmbeddingGemma end every input with EOS).
+    pub(crate) add_eos: Option<bool>,
     pub(crate) add_space_prefix: Option<bool>,
     pub(crate) general_name: Option<String>,
     pub(crate) general_architecture: Option<String>,
@@ -294,6 +296,7 @@ pub struct Tokenizer {
     model: TokenizerModel,
     special_ids: SpecialTokenIds,
     add_bos: bool,
+    add_eos: bool,
     add_space_prefix: bool,
     special_matcher: SpecialTokenMatcher,
     end_of_generation: BTreeSet<u32>,
@@ -389,6 +392,7 @@ impl Tokenizer {
             token_types,
             special_ids,
             add_bos: bool_key(file, "tokenizer.ggml.add_bos_token")?,
+            add_eos: bool_key(file, "tokenizer.ggml.add_eos_token")?,
             add_space_prefix: bool_key(file, "tokenizer.ggml.add_space_prefix")?,
             general_name: string_key(file, "general.name")?,
             general_architecture: string_key(file, "general.architecture")?,
@@ -504,6 +508,7 @@ impl Tokenizer {
             model,
             special_ids: ids,
             add_bos,
+            add_eos: source.add_eos.unwrap_or(false),
             add_space_prefix,
             special_matcher,
             end_of_generation,
@@ -552,6 +557,12 @@ impl Tokenizer {
         self.add_bos
     }
 
+    /// Whether the model wants EOS at the end of an input (`tokenizer.ggml.add_eos_token`): embedding models'
+    /// inputs, as llama.cpp's `add_special` adds it.
+    pub fn add_eos(&self) -> bool {
+        self.add_eos
+    }
+
     /// Whether a space is put before text at the start and after special tokens
     /// (`tokenizer.ggml.add_space_prefix`; false for Gemma 3).
     pub fn add_space_prefix(&self) -> bool {
@@ -581,6 +592,17 @@ impl Tokenizer {
 
     pub fn end_of_generation_ids(&self) -> impl Iterator<Item = u32> + '_ {
         self.end_of_generation.iter().copied()
+    }
+
+    /// The ids of a whole model input: [`Tokenizer::encode`] with the BOS and the EOS the model asks for
+    /// ([`Tokenizer::add_bos`], [`Tokenizer::add_eos`]), as llama.cpp's `add_special`. Embedding models' inputs
+    /// are encoded this way.
+    pub fn encode_input(&self, text: &str, parse_special: bool) -> Vec<u32> {
+        let mut ids = self.encode(text, self.add_bos, parse_special);
+        if self.add_eos {
+            ids.extend(self.special_ids.eos);
+        }
+        ids
     }
 
     /// Text → token ids. `add_bos` puts the BOS id first (pass [`Tokenizer::add_bos`] for the model's

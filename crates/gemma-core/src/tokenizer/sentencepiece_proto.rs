@@ -100,6 +100,7 @@ impl Tokenizer {
             special_ids,
             // SentencePiece models do not say; Gemma prompts start with BOS (gemma.cpp adds it too).
             add_bos: Some(true),
+            add_eos: None,
             add_space_prefix: Some(normalizer.add_dummy_prefix()),
             general_name: None,
             general_architecture: None,

@@ -51,6 +51,7 @@ fn source(specials: &[(&str, i64)], normal: &[(&str, f32)]) -> TokenizerSource {
             (key_index("tokenizer.ggml.padding_token_id"), PAD as u64),
         ],
         add_bos: Some(true),
+        add_eos: None,
         add_space_prefix: Some(false),
         ..TokenizerSource::default()
     }

@@ -178,9 +178,25 @@ impl GgufWriter {
     /// The whole file as bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut bytes = self.encode_header();
+        // Sized once: growing a large image by doubling would copy it several times.
+        bytes.reserve_exact(self.tensors.iter().map(|t| t.data.len() + self.padding(t.data.len())).sum());
         for t in &self.tensors {
             bytes.extend_from_slice(&t.data);
             bytes.resize(bytes.len() + self.padding(t.data.len()), 0);
+        }
+        bytes
+    }
+
+    /// [`GgufWriter::to_bytes`], freeing each tensor's data once it is copied (half the peak memory for a
+    /// large model built in memory).
+    pub fn into_bytes(mut self) -> Vec<u8> {
+        let mut bytes = self.encode_header();
+        bytes.reserve_exact(self.tensors.iter().map(|t| t.data.len() + self.padding(t.data.len())).sum());
+        for t in &mut self.tensors {
+            let data = std::mem::take(&mut t.data);
+            bytes.extend_from_slice(&data);
+            let a = self.alignment as usize;
+            bytes.resize(bytes.len() + (a - data.len() % a) % a, 0);
         }
         bytes
     }

@@ -49,6 +49,19 @@ pub struct GenerationRequest {
     pub submitted: Instant,
 }
 
+/// Embeddings of whole inputs (token ids with their BOS/EOS), computed on the engine thread between steps.
+pub struct EmbeddingRequest {
+    pub inputs: Vec<Vec<u32>>,
+    /// One L2-normalised vector per input, or why they could not be computed.
+    pub reply: tokio::sync::oneshot::Sender<Result<Vec<Vec<f32>>, String>>,
+}
+
+/// What the engine's queue carries.
+pub enum Job {
+    Generate(GenerationRequest),
+    Embed(EmbeddingRequest),
+}
+
 /// A request's session: `prompt_ids` are appended to what the session already holds.
 #[derive(Clone, Debug)]
 pub struct SessionRef {
@@ -113,6 +126,9 @@ pub struct LoadedModel {
     /// The GGUF's chat template (or the built-in one for its family).
     pub chat: ChatTemplate,
     pub created: u64,
+    /// The width of the model's embeddings when it is an embedding model (which serves `/v1/embeddings`
+    /// and no generation).
+    pub embedding_dim: Option<usize>,
     /// DRY's breaker tables, shared by the request parsers (which build them off the engine thread) and
     /// the engine (which looks them up).
     pub dry_tables: Arc<DryTables>,
@@ -173,21 +189,40 @@ pub enum SubmitError {
     QueueFull,
     #[error("the engine has stopped")]
     Stopped,
+    #[error("{0} is an embedding model: it serves /v1/embeddings, not text generation")]
+    EmbeddingModel(String),
+    #[error("{0} is not an embedding model: start the server with one (e.g. -m embeddinggemma-300m) for embeddings")]
+    NotEmbeddingModel(String),
 }
 
 /// The HTTP side's end of the engine.
 #[derive(Clone)]
 pub struct EngineHandle {
-    tx: SyncSender<GenerationRequest>,
+    tx: SyncSender<Job>,
     pub state: Arc<EngineState>,
     metrics: Arc<Metrics>,
 }
 
 impl EngineHandle {
-    /// Queues a request; never blocks.
+    /// Queues a generation request; never blocks. An embedding model refuses it.
     pub fn submit(&self, req: GenerationRequest) -> Result<(), SubmitError> {
+        if let Some(loaded) = self.loaded().filter(|l| l.embedding_dim.is_some()) {
+            return Err(SubmitError::EmbeddingModel(loaded.id.clone()));
+        }
+        self.enqueue(Job::Generate(req))
+    }
+
+    /// Queues an embedding request; never blocks. Only an embedding model takes it.
+    pub fn submit_embedding(&self, req: EmbeddingRequest) -> Result<(), SubmitError> {
+        if let Some(loaded) = self.loaded().filter(|l| l.embedding_dim.is_none()) {
+            return Err(SubmitError::NotEmbeddingModel(loaded.id.clone()));
+        }
+        self.enqueue(Job::Embed(req))
+    }
+
+    fn enqueue(&self, job: Job) -> Result<(), SubmitError> {
         self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
-        let r = self.tx.try_send(req);
+        let r = self.tx.try_send(job);
         if r.is_err() {
             self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
         }
@@ -274,6 +309,7 @@ fn load(config: &EngineConfig) -> Result<(Model, LoadedModel), LoadError> {
         tokenizer: Arc::new(tokenizer),
         chat,
         created,
+        embedding_dim: model.embedding_dim(),
         dry_tables: Arc::default(),
     };
     Ok((model, loaded))
@@ -325,7 +361,7 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn run(mut self, rx: Receiver<GenerationRequest>) {
+    fn run(mut self, rx: Receiver<Job>) {
         let mut open = true;
         loop {
             // Admit waiting requests between steps; block only when there is nothing to do. A request needs a
@@ -338,9 +374,14 @@ impl<'a> Engine<'a> {
                         rx.try_recv()
                     };
                     match next {
-                        Ok(req) => {
+                        Ok(Job::Generate(req)) => {
                             self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
                             self.held = Some(req);
+                        }
+                        Ok(Job::Embed(req)) => {
+                            self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                            self.embed(req);
+                            continue;
                         }
                         Err(TryRecvError::Empty) => break,
                         Err(TryRecvError::Disconnected) => open = false,
@@ -375,6 +416,28 @@ impl<'a> Engine<'a> {
             }
             self.update_gauges();
         }
+    }
+
+    /// Runs an embedding request at once (an embedding model has no sequences decoding meanwhile).
+    fn embed(&mut self, req: EmbeddingRequest) {
+        if req.reply.is_closed() {
+            return;
+        }
+        let refs: Vec<&[u32]> = req.inputs.iter().map(Vec::as_slice).collect();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.model.embed(&refs, self.pool)));
+        let reply = match result {
+            Ok(Ok(vectors)) => {
+                let tokens: usize = refs.iter().map(|r| r.len()).sum();
+                self.metrics.prompt_tokens.fetch_add(tokens as u64, Ordering::Relaxed);
+                Ok(vectors)
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => {
+                tracing::error!("an embedding pass panicked");
+                Err("internal error in the inference engine".to_string())
+            }
+        };
+        let _ = req.reply.send(reply);
     }
 
     fn admit(&mut self, mut req: GenerationRequest) {
