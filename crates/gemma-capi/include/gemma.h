@@ -1,0 +1,175 @@
+/*
+ * gemma.h: the C API of gemma-rs, a CPU inference engine for Gemma models (GGUF files and gemma.cpp SBS
+ * checkpoints).
+ *
+ * Build: `cargo build -p gemma-capi --release` gives target/release/libgemma_capi.so (and .a).
+ * Link:  cc app.c -Icrates/gemma-capi/include -Ltarget/release -lgemma_capi
+ * Guide: docs/c-api.md.
+ *
+ * Conventions
+ * - Functions that can fail return a gemma_status: GEMMA_OK (0) or a negative error code. Functions that return
+ *   a pointer return NULL on failure. Either way gemma_last_error() then holds a message saying why.
+ * - Every pointer argument is checked: NULL where something is required is GEMMA_ERR_INVALID_ARGUMENT, never
+ *   a crash. Strings in are NUL-terminated UTF-8; invalid UTF-8 is GEMMA_ERR_INVALID_UTF8. Strings out are
+ *   UTF-8.
+ * - Ownership: what gemma_model_open returns is freed with gemma_model_free; the text gemma_generate hands out
+ *   is freed with gemma_string_free. Every other returned string belongs to the library (static, or owned by
+ *   the model handle as stated) and must not be freed.
+ * - Threads: a gemma_model may be used from several threads at once: every call only reads it, and each
+ *   gemma_generate call keeps its own session (KV cache, sampler) for the length of the call. Concurrent
+ *   generations on one handle share its thread pool and take turns in each parallel step; for independent
+ *   speed, open one handle per thread. gemma_model_free must not run while another call uses the handle.
+ *   gemma_last_error() is per thread.
+ * - No Rust panic crosses this boundary: an internal failure is GEMMA_ERR_INTERNAL.
+ * - The ABI is that of version 0.x: structs may gain fields in a later version. Fill gemma_params from
+ *   gemma_params_default() and set the fields you need.
+ */
+#ifndef GEMMA_H
+#define GEMMA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Status codes. */
+typedef enum gemma_status {
+    GEMMA_OK = 0,
+    GEMMA_ERR_INVALID_ARGUMENT = -1, /* a NULL pointer, or a value out of range */
+    GEMMA_ERR_INVALID_UTF8 = -2,     /* a string argument is not UTF-8 */
+    GEMMA_ERR_BUFFER_TOO_SMALL = -3, /* the size needed is in *n_out: call again with a larger buffer */
+    GEMMA_ERR_MODEL_LOAD = -4,       /* the model file cannot be read or used */
+    GEMMA_ERR_INVALID_TOKEN = -5,    /* a token id outside the vocabulary */
+    GEMMA_ERR_CONTEXT_FULL = -6,     /* the prompt does not fit in the model's context */
+    GEMMA_ERR_CHAT_TEMPLATE = -7,    /* the model's chat template cannot render the prompt */
+    GEMMA_ERR_GENERATION = -8,       /* the forward pass failed */
+    GEMMA_ERR_INTERNAL = -9          /* a bug in gemma-rs (caught; the process goes on) */
+} gemma_status;
+
+/* Why a generation ended (gemma_generation_info.stop_reason). */
+typedef enum gemma_stop_reason {
+    GEMMA_STOP_END_OF_GENERATION = 0, /* the model produced an end token (EOS, <end_of_turn>) */
+    GEMMA_STOP_MAX_TOKENS = 1,        /* max_tokens were generated */
+    GEMMA_STOP_CONTEXT_FULL = 2,      /* the context filled up */
+    GEMMA_STOP_CALLBACK = 3           /* the token callback returned non-zero */
+} gemma_stop_reason;
+
+/* gemma_params.seed that seeds the sampler from the clock. */
+#define GEMMA_SEED_RANDOM 0xFFFFFFFFu
+
+/* The token a callback is given with the text still held back at the end (an unfinished character). */
+#define GEMMA_NO_TOKEN (-1)
+
+/* A loaded model: weights, tokenizer, chat template and a thread pool. Opaque. */
+typedef struct gemma_model gemma_model;
+
+/* Generation parameters. Start from gemma_params_default(). */
+typedef struct gemma_params {
+    int32_t max_tokens;     /* most tokens to generate (default 256); 0 runs only the prompt */
+    float temperature;      /* <= 0: greedy (default 1.0) */
+    int32_t top_k;          /* keep the k most likely tokens; 0: off (default 1, so the default is greedy) */
+    float top_p;            /* nucleus sampling in [0, 1]; 1: off (default) */
+    float min_p;            /* in [0, 1]; 0: off (default) */
+    float repeat_penalty;   /* > 0; 1: off (default) */
+    int32_t repeat_last_n;  /* tokens the penalty looks back over (default 64); -1: the whole context */
+    uint32_t seed;          /* sampler seed, as llama.cpp's; GEMMA_SEED_RANDOM (default): from the clock */
+    int32_t chat;           /* non-zero: the prompt is a user turn in the model's chat template (default 0) */
+} gemma_params;
+
+/* What a generation did (optional output of gemma_generate). */
+typedef struct gemma_generation_info {
+    int32_t n_prompt_tokens;          /* tokens of the prompt, BOS and chat template included */
+    int32_t n_generated_tokens;       /* generated tokens, the end token excluded */
+    int32_t stop_reason;              /* a gemma_stop_reason */
+    double prefill_tokens_per_second;
+    double decode_tokens_per_second;
+} gemma_generation_info;
+
+/*
+ * Called once per generated token, on the thread that called gemma_generate. `token` is the token's id;
+ * `piece` is the text that token completes: `piece_len` bytes of UTF-8 (whole characters only, so it may be
+ * empty while a character spans several tokens), followed by a NUL. After the last token, if text was still
+ * held back, one more call comes with token GEMMA_NO_TOKEN. `piece` is valid only during the call.
+ * Return 0 to go on, non-zero to stop after this token; after a non-zero return the callback is not called
+ * again. The callback must not unwind (C++ exceptions, longjmp) through gemma_generate.
+ */
+typedef int (*gemma_token_callback)(int32_t token, const char *piece, size_t piece_len, void *user_data);
+
+/* Version: major * 10000 + minor * 100 + patch, and as static text ("0.1.0"). */
+int gemma_version(void);
+const char *gemma_version_string(void);
+
+/* A static description of a gemma_status ("unknown status" for any other value). */
+const char *gemma_error_string(int code);
+
+/*
+ * The message of the last failed call on this thread, e.g. "cannot load the model: /m.gguf: cannot read file:
+ * No such file or directory (os error 2)"; "" if none failed. Successful calls leave it as it is. Owned by the
+ * library; valid until the next failing call on this thread.
+ */
+const char *gemma_last_error(void);
+
+/*
+ * Opens a GGUF file or a gemma.cpp SBS checkpoint at `path` (a file path, not a model name: `gemma pull`
+ * downloads known models) with a pool of `n_threads` threads (<= 0: one per available core).
+ * Returns NULL on failure (see gemma_last_error()).
+ */
+gemma_model *gemma_model_open(const char *path, int n_threads);
+
+/* Frees a model; NULL is ignored. */
+void gemma_model_free(gemma_model *model);
+
+/* Tokens in the vocabulary, and the context length in tokens; a negative gemma_status if `model` is NULL. */
+int gemma_model_vocab_size(const gemma_model *model);
+int gemma_model_context_length(const gemma_model *model);
+
+/* The model's name from its metadata (may be ""), owned by the model; NULL if `model` is NULL. */
+const char *gemma_model_name(const gemma_model *model);
+
+/*
+ * Tokenizes `text`. Special tokens written in the text (<start_of_turn>, ...) are recognised, as in
+ * generation. With `add_bos` non-zero the model's BOS token comes first, if the model uses one.
+ * *n_out receives the number of ids. They are written to `out` only if `cap` holds them all; otherwise the
+ * result is GEMMA_ERR_BUFFER_TOO_SMALL: call again with a buffer of *n_out ids. `out` may be NULL when `cap` is
+ * 0 (to ask for the size).
+ */
+int gemma_tokenize(const gemma_model *model, const char *text, int add_bos, uint32_t *out, size_t cap,
+                   size_t *n_out);
+
+/*
+ * Turns token ids into text (invalid UTF-8 from byte tokens becomes U+FFFD). Control tokens such as <bos> give
+ * no text unless `render_special` is non-zero. *n_out receives the text's length in bytes, without the NUL.
+ * The text and a NUL are written to `out` only if `cap >= *n_out + 1`; otherwise GEMMA_ERR_BUFFER_TOO_SMALL.
+ * An id outside the vocabulary is GEMMA_ERR_INVALID_TOKEN. `ids` may be NULL when `n_ids` is 0.
+ */
+int gemma_detokenize(const gemma_model *model, const uint32_t *ids, size_t n_ids, int render_special, char *out,
+                     size_t cap, size_t *n_out);
+
+/* The default generation parameters: the library's own, which are greedy (top_k 1), 256 tokens at most. */
+gemma_params gemma_params_default(void);
+
+/*
+ * Generates a continuation of `prompt` (BOS added if the model uses one; special tokens recognised), or with
+ * params->chat the model's answer to `prompt` as a user turn of its chat template. Generation ends at the
+ * model's end tokens (EOS, <end_of_turn>), after max_tokens, when the context is full, or when `callback`
+ * returns non-zero.
+ * - params: NULL means gemma_params_default().
+ * - callback: may be NULL; it gets each token as it is generated (see gemma_token_callback), with `user_data`.
+ * - out_text: may be NULL; on GEMMA_OK, *out_text is the whole generated text (NUL-terminated; free it with
+ *   gemma_string_free). On failure it is set to NULL.
+ * - out_info: may be NULL; on GEMMA_OK it receives the counts and the stop reason (zeroed on failure).
+ * Returns GEMMA_OK (also when the callback stopped generation) or an error code.
+ */
+int gemma_generate(const gemma_model *model, const char *prompt, const gemma_params *params,
+                   gemma_token_callback callback, void *user_data, char **out_text, gemma_generation_info *out_info);
+
+/* Frees a string from gemma_generate; NULL is ignored. */
+void gemma_string_free(char *text);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* GEMMA_H */

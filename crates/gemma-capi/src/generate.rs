@@ -1,0 +1,309 @@
+//! Generation: parameters, a streaming callback, and one `gemma_core` session per call.
+
+use std::ffi::{c_char, c_int, c_void};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use gemma_core::chat::ChatMessage;
+use gemma_core::generate::TokenEvent;
+use gemma_core::{GenerationOptions, SamplingParams, Session, StopReason};
+
+use crate::c_str::{read_str, to_malloced, write_opt};
+use crate::error::{code_call, value_call, CapiError};
+use crate::model::{model_ref, GemmaModel};
+
+/// `gemma_params.seed` that draws the seed from the clock (llama.cpp's `LLAMA_DEFAULT_SEED`).
+pub const GEMMA_SEED_RANDOM: u32 = u32::MAX;
+
+/// The `token` a callback gets with the text still held back when generation ends (an unfinished character).
+pub const GEMMA_NO_TOKEN: i32 = -1;
+
+/// `gemma_params` of the C API; field meanings are in `gemma.h`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GemmaParams {
+    pub max_tokens: i32,
+    pub temperature: f32,
+    pub top_k: i32,
+    pub top_p: f32,
+    pub min_p: f32,
+    pub repeat_penalty: f32,
+    pub repeat_last_n: i32,
+    pub seed: u32,
+    pub chat: i32,
+}
+
+/// `gemma_stop_reason` of the C API.
+#[repr(i32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmaStopReason {
+    EndOfGeneration = 0,
+    MaxTokens = 1,
+    ContextFull = 2,
+    Callback = 3,
+}
+
+impl GemmaStopReason {
+    pub const ALL: [GemmaStopReason; 4] = [Self::EndOfGeneration, Self::MaxTokens, Self::ContextFull, Self::Callback];
+
+    /// The enumerator's name in `gemma.h`.
+    pub fn c_name(self) -> &'static str {
+        match self {
+            Self::EndOfGeneration => "GEMMA_STOP_END_OF_GENERATION",
+            Self::MaxTokens => "GEMMA_STOP_MAX_TOKENS",
+            Self::ContextFull => "GEMMA_STOP_CONTEXT_FULL",
+            Self::Callback => "GEMMA_STOP_CALLBACK",
+        }
+    }
+
+    fn from_library(reason: StopReason) -> GemmaStopReason {
+        match reason {
+            // No stop strings are passed to the library, so a stop string cannot end generation here.
+            StopReason::EndOfGeneration | StopReason::StopString => Self::EndOfGeneration,
+            StopReason::MaxTokens => Self::MaxTokens,
+            StopReason::ContextFull => Self::ContextFull,
+            StopReason::Cancelled => Self::Callback,
+        }
+    }
+}
+
+/// `gemma_generation_info` of the C API.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct GemmaGenerationInfo {
+    pub n_prompt_tokens: i32,
+    pub n_generated_tokens: i32,
+    /// A [`GemmaStopReason`].
+    pub stop_reason: i32,
+    pub prefill_tokens_per_second: f64,
+    pub decode_tokens_per_second: f64,
+}
+
+/// `gemma_token_callback` of the C API: the token id (or [`GEMMA_NO_TOKEN`]), its text (`piece_len` bytes of
+/// UTF-8, then a NUL) and the caller's pointer; non-zero stops generation.
+pub type GemmaTokenCallback =
+    unsafe extern "C" fn(token: i32, piece: *const c_char, piece_len: usize, user_data: *mut c_void) -> c_int;
+
+fn saturating_i32(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// The library's defaults: generation options and sampling parameters as every front end starts from them.
+fn defaults() -> GemmaParams {
+    let options = GenerationOptions::default();
+    let sampling = &options.sampling;
+    GemmaParams {
+        max_tokens: saturating_i32(options.max_tokens),
+        temperature: sampling.temperature,
+        top_k: saturating_i32(sampling.top_k),
+        top_p: sampling.top_p,
+        min_p: sampling.min_p,
+        repeat_penalty: sampling.repeat_penalty,
+        repeat_last_n: saturating_i32(sampling.penalty_last_n),
+        seed: sampling.seed.map_or(GEMMA_SEED_RANDOM, |s| s as u32),
+        chat: 0,
+    }
+}
+
+/// Checks `params` and turns them into the library's generation options.
+fn generation_options(params: &GemmaParams) -> Result<GenerationOptions, CapiError> {
+    let non_negative = |name: &str, value: i32| {
+        usize::try_from(value).map_err(|_| CapiError::InvalidArgument(format!("{name} must be 0 or more, got {value}")))
+    };
+    let max_tokens = non_negative("max_tokens", params.max_tokens)?;
+    let top_k = non_negative("top_k", params.top_k)?;
+    let penalty_last_n = match params.repeat_last_n {
+        // The window never holds more than the sequence, which never outgrows the context.
+        -1 => usize::MAX,
+        n => usize::try_from(n)
+            .map_err(|_| CapiError::InvalidArgument(format!("repeat_last_n must be -1 or more, got {n}")))?,
+    };
+    let sampling = SamplingParams {
+        temperature: params.temperature,
+        top_k,
+        top_p: params.top_p,
+        min_p: params.min_p,
+        repeat_penalty: params.repeat_penalty,
+        penalty_last_n,
+        seed: (params.seed != GEMMA_SEED_RANDOM).then_some(u64::from(params.seed)),
+        ..Default::default()
+    };
+    sampling.validate()?;
+    Ok(GenerationOptions { max_tokens, sampling, ..Default::default() })
+}
+
+/// The default parameters (the library's: greedy, because top_k is 1; 256 tokens at most).
+#[no_mangle]
+pub extern "C" fn gemma_params_default() -> GemmaParams {
+    // The body cannot fail; the fallback is what C's `{0}` would give.
+    let zero = GemmaParams {
+        max_tokens: 0,
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 0.0,
+        min_p: 0.0,
+        repeat_penalty: 0.0,
+        repeat_last_n: 0,
+        seed: 0,
+        chat: 0,
+    };
+    value_call(zero, || Ok(defaults()))
+}
+
+/// A generation's text and figures.
+pub struct Generated {
+    pub text: String,
+    pub info: GemmaGenerationInfo,
+}
+
+/// Runs one generation for `prompt`, reporting each token to `on_token` (its id and the text it completes);
+/// `on_token` returns true to stop, and is not called again after that.
+pub fn generate(
+    m: &GemmaModel,
+    prompt: &str,
+    params: &GemmaParams,
+    on_token: &mut dyn FnMut(Option<u32>, &str) -> bool,
+) -> Result<Generated, CapiError> {
+    let mut options = generation_options(params)?;
+    let tokenizer = &m.tokenizer;
+    let prompt_ids = if params.chat != 0 {
+        let template = m.chat_template.as_ref().map_err(|e| CapiError::ChatTemplate(e.clone()))?;
+        template
+            .encode(tokenizer, &[ChatMessage::user(prompt)], true)
+            .map_err(|e| CapiError::ChatTemplate(e.to_string()))?
+    } else {
+        tokenizer.encode(prompt, tokenizer.add_bos(), true)
+    };
+    if prompt_ids.is_empty() {
+        return Err(CapiError::InvalidArgument(
+            "the prompt is empty and the model adds no BOS token: nothing to continue from".into(),
+        ));
+    }
+    let context = m.context_length();
+    // Room for at least one generated token.
+    if prompt_ids.len() >= context {
+        return Err(CapiError::PromptTooLong { prompt: prompt_ids.len(), context });
+    }
+    // The library checks this flag after each token: a callback's stop ends generation right after the token
+    // it was shown.
+    let stop = Arc::new(AtomicBool::new(false));
+    options.cancel = Some(stop.clone());
+    let mut session = Session::new(&m.model, context);
+    let mut on_event = |event: &TokenEvent<'_>| {
+        let last_with_nothing_new = event.id.is_none() && event.text.is_empty();
+        if !stop.load(Ordering::Relaxed) && !last_with_nothing_new && on_token(event.id, event.text) {
+            stop.store(true, Ordering::Relaxed);
+        }
+    };
+    let out = session
+        .generate_streaming(tokenizer, &prompt_ids, &options, &m.pool, &mut on_event)
+        .map_err(CapiError::Generation)?;
+    let info = GemmaGenerationInfo {
+        n_prompt_tokens: saturating_i32(out.prompt_ids.len()),
+        n_generated_tokens: saturating_i32(out.gen_ids.len()),
+        stop_reason: GemmaStopReason::from_library(out.stop_reason) as i32,
+        prefill_tokens_per_second: out.prefill_tok_s(),
+        decode_tokens_per_second: out.decode_tok_s(),
+    };
+    Ok(Generated { text: out.text, info })
+}
+
+/// Generates a continuation of `prompt` (or, with `params->chat`, the model's answer to it as a user turn);
+/// see `gemma.h` for every argument.
+///
+/// # Safety
+/// `model` is NULL or a live handle; `prompt` is NULL or NUL-terminated; `params` is NULL or points to a
+/// `gemma_params`; `callback`, if given, is safe to call with `user_data`; `out_text` and `out_info` are NULL or
+/// valid for one write.
+#[no_mangle]
+pub unsafe extern "C" fn gemma_generate(
+    model: *const GemmaModel,
+    prompt: *const c_char,
+    params: *const GemmaParams,
+    callback: Option<GemmaTokenCallback>,
+    user_data: *mut c_void,
+    out_text: *mut *mut c_char,
+    out_info: *mut GemmaGenerationInfo,
+) -> c_int {
+    code_call(|| {
+        // On failure the outputs hold nothing to free or read.
+        // SAFETY: `out_text` and `out_info` are NULL or valid for a write by the contract.
+        unsafe {
+            write_opt(out_text, std::ptr::null_mut());
+            write_opt(out_info, GemmaGenerationInfo::default());
+        }
+        // SAFETY: `model` is NULL or live by the contract.
+        let m = unsafe { model_ref(model) }?;
+        // SAFETY: `prompt` is NULL or NUL-terminated by the contract; it is only read during this call.
+        let prompt = unsafe { read_str(prompt, "prompt") }?;
+        // SAFETY: `params` is NULL or points to a gemma_params by the contract; it is copied, not kept.
+        let params = unsafe { params.as_ref() }.copied().unwrap_or_else(defaults);
+        let mut piece = Vec::new();
+        let mut on_token = |id: Option<u32>, text: &str| {
+            let Some(callback) = callback else { return false };
+            // The piece goes out NUL-terminated so that C can print it as a string.
+            piece.clear();
+            piece.extend_from_slice(text.as_bytes());
+            piece.push(0);
+            let token = id.map_or(GEMMA_NO_TOKEN, |id| i32::try_from(id).unwrap_or(GEMMA_NO_TOKEN));
+            // SAFETY: the caller vouches for the callback and `user_data`; `piece` holds `text.len()` bytes
+            // and a NUL, and lives until the callback returns.
+            unsafe { callback(token, piece.as_ptr().cast(), text.len(), user_data) != 0 }
+        };
+        let generated = generate(m, prompt, &params, &mut on_token)?;
+        if !out_text.is_null() {
+            let text = to_malloced(&generated.text);
+            if text.is_null() {
+                return Err(CapiError::OutOfMemory(generated.text.len() + 1));
+            }
+            // SAFETY: not NULL, and valid for a write by the contract.
+            unsafe { out_text.write(text) };
+        }
+        // SAFETY: NULL or valid for a write by the contract.
+        unsafe { write_opt(out_info, generated.info) };
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_librarys() {
+        let p = gemma_params_default();
+        let options = generation_options(&p).unwrap();
+        let library = GenerationOptions::default();
+        assert_eq!(options.max_tokens, library.max_tokens);
+        assert_eq!(options.sampling, library.sampling);
+        assert!(options.sampling.is_greedy(), "the library's defaults are greedy (top-k 1)");
+    }
+
+    #[test]
+    fn bad_params_are_errors_naming_the_field() {
+        let with = |change: fn(&mut GemmaParams)| {
+            let mut p = gemma_params_default();
+            change(&mut p);
+            generation_options(&p).unwrap_err().to_string()
+        };
+        assert!(with(|p| p.max_tokens = -1).contains("max_tokens must be 0 or more"));
+        assert!(with(|p| p.top_k = -3).contains("top_k"));
+        assert!(with(|p| p.repeat_last_n = -2).contains("repeat_last_n"));
+        assert!(with(|p| p.top_p = 1.5).contains("top_p"));
+        assert!(with(|p| p.temperature = f32::NAN).contains("temperature"));
+        assert!(with(|p| p.repeat_penalty = 0.0).contains("repeat_penalty"));
+    }
+
+    #[test]
+    fn temperature_zero_is_greedy_and_seeds_map() {
+        let mut p = gemma_params_default();
+        p.temperature = 0.0;
+        p.top_k = 40;
+        p.seed = 7;
+        let options = generation_options(&p).unwrap();
+        assert!(options.sampling.is_greedy());
+        assert_eq!(options.sampling.seed, Some(7));
+        p.seed = GEMMA_SEED_RANDOM;
+        assert_eq!(generation_options(&p).unwrap().sampling.seed, None);
+    }
+}
