@@ -88,8 +88,9 @@ fn prefill(model: &Model, cache: &mut KvCache, ids: &[u32], pool: &ThreadPool) -
     Ok(())
 }
 
-/// One timed run of test `pp` (prompt processing of `n` tokens) or `tg` (`n` steps of one token for each of
-/// `seqs` sequences decoded together, as a server batches its streams), after `depth` untimed tokens.
+/// One timed run of test `pp` (prompt processing of `n` tokens), `tg` (`n` steps of one token for each of
+/// `seqs` sequences decoded together, as a server batches its streams), after `depth` untimed tokens, or `embd`
+/// (embeddings of `seqs` inputs of `n` tokens, run together).
 /// Returns (tokens/s over all sequences, seconds).
 fn run_test(
     model: &Model,
@@ -110,7 +111,10 @@ fn run_test(
     let ids: Vec<Vec<u32>> = (0..seqs).map(|s| bench_tokens(n, vocab, 1000 + rep + 100 * s as u64)).collect();
     let mut scratch = Scratch::default();
     let t0 = Instant::now();
-    if kind == "pp" {
+    if kind == "embd" {
+        let inputs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+        model.embed(&inputs, pool)?;
+    } else if kind == "pp" {
         prefill(model, &mut caches[0], &ids[0], pool)?;
     } else {
         for step in 0..n {
@@ -141,6 +145,9 @@ pub fn bench(common: &Common, args: &BenchArgs) -> Result<()> {
         return Err(usage("sequence counts must be at least 1"));
     }
     let ctx = model.config.context_length;
+    if model.is_embedding_model() && args.depth > 0 {
+        return Err(usage("an embedding model reads whole inputs: -d (depth) does not apply"));
+    }
     let longest = args.n_prompt.iter().chain(&args.n_gen).max().copied().unwrap_or(0);
     if args.depth + longest + 1 > ctx {
         return Err(usage(format!("depth {} + {longest} tokens exceed the model's context of {ctx}", args.depth)));
@@ -152,12 +159,17 @@ pub fn bench(common: &Common, args: &BenchArgs) -> Result<()> {
     let mut results = Vec::new();
     for &t in &threads {
         let pool = crate::commands::thread_pool(t)?;
-        let tests = args
-            .n_prompt
-            .iter()
-            .map(|&n| ("pp", n, 1))
-            .chain(args.n_gen.iter().flat_map(|&n| args.sequences.iter().map(move |&seqs| ("tg", n, seqs))));
-        for (kind, n, seqs) in tests.filter(|&(_, n, _)| n > 0) {
+        // An embedding model only reads: `embd{n}` embeds inputs of n tokens (`-s`: that many at once).
+        let tests: Vec<(&str, usize, usize)> = if model.is_embedding_model() {
+            args.n_prompt.iter().flat_map(|&n| args.sequences.iter().map(move |&seqs| ("embd", n, seqs))).collect()
+        } else {
+            args.n_prompt
+                .iter()
+                .map(|&n| ("pp", n, 1))
+                .chain(args.n_gen.iter().flat_map(|&n| args.sequences.iter().map(move |&seqs| ("tg", n, seqs))))
+                .collect()
+        };
+        for (kind, n, seqs) in tests.into_iter().filter(|&(_, n, _)| n > 0) {
             run_test(&model, &pool, kind, n, args.depth, seqs, 0)?; // warm-up
             let mut rates = Vec::new();
             let mut secs = Vec::new();
@@ -167,7 +179,7 @@ pub fn bench(common: &Common, args: &BenchArgs) -> Result<()> {
                 secs.push(s);
             }
             let st = Stats::of(&rates);
-            let ttft = (kind == "pp").then(|| Stats::of(&secs).mean * 1e3);
+            let ttft = (kind != "tg").then(|| Stats::of(&secs).mean * 1e3);
             let mut test = if args.depth > 0 { format!("{kind}{n} @ d{}", args.depth) } else { format!("{kind}{n}") };
             if seqs > 1 {
                 test = format!("{test} x{seqs}");

@@ -120,7 +120,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 crate::chat::chat(&common, &args)
             } else if let Some(text) = &cli.encode {
                 let tok = common.load_tokenizer()?;
-                let ids = tok.encode(text, tok.add_bos(), true);
+                let ids = tok.encode_input(text, true);
                 println!("{}", ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" "));
                 Ok(())
             } else if let Some(ids) = &cli.decode {
@@ -469,9 +469,30 @@ fn info(common: &Common) -> Result<()> {
     if gemma_core::model::is_sbs_file(&path) {
         return info_sbs(&path);
     }
-    let file = gemma_io::GgufFile::open(&path).with_context(|| format!("cannot read model {}", path.display()))?;
+    let folder = gemma_core::convert::is_model_folder(&path);
+    let file = if folder {
+        // A sentence-transformers folder shows as the GGUF it loads as.
+        let writer = gemma_core::convert::sentence_transformers_gguf(
+            &path,
+            gemma_core::convert::GgufOutputType::F32,
+            &mut gemma_core::convert::no_progress,
+        )
+        .with_context(|| format!("cannot read model folder {}", path.display()))?;
+        gemma_io::GgufFile::from_bytes(writer.into_bytes(), &path)?
+    } else {
+        gemma_io::GgufFile::open(&path).with_context(|| format!("cannot read model {}", path.display()))?
+    };
     let mut out = std::io::stdout().lock();
-    writeln!(out, "file: {} (GGUF v{}, {} bytes)", path.display(), file.version(), file.file_size())?;
+    if folder {
+        writeln!(
+            out,
+            "folder: {} (sentence-transformers, loaded as this GGUF of {} bytes)",
+            path.display(),
+            file.file_size()
+        )?;
+    } else {
+        writeln!(out, "file: {} (GGUF v{}, {} bytes)", path.display(), file.version(), file.file_size())?;
+    }
     match gemma_core::ModelConfig::from_gguf(&file) {
         Ok(cfg) => writeln!(out, "\n{}", cfg.summary())?,
         Err(e) => writeln!(out, "\narchitecture not supported for running: {e}")?,

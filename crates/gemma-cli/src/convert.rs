@@ -14,7 +14,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Args, Debug)]
 pub struct ConvertArgs {
-    /// The file to convert: a GGUF file (to SBS) or an SBS checkpoint (to GGUF).
+    /// The file to convert: a GGUF file (to SBS), an SBS checkpoint (to GGUF), or a sentence-transformers
+    /// folder of EmbeddingGemma (to GGUF, llama.cpp's `gemma-embedding`).
     #[arg(long, short = 'i')]
     pub input: PathBuf,
     /// Where to write the result (through a temp file, renamed when complete).
@@ -92,6 +93,26 @@ fn sbs_type(name: &str) -> Result<SbsCodecType> {
 pub fn convert(args: &ConvertArgs) -> Result<()> {
     if args.input == args.output {
         bail!("input and output are the same file");
+    }
+    if gemma_core::convert::is_model_folder(&args.input) {
+        let name = args.weight_type.as_deref().unwrap_or("f32");
+        let out_type = GgufOutputType::parse(name)
+            .with_context(|| format!("unknown GGUF output type '{name}' (f32, f16, bf16, q8_0)"))?;
+        let (bar, mut progress) = progress_bar(&format!("safetensors -> GGUF ({name})"));
+        let writer = gemma_core::convert::sentence_transformers_gguf(&args.input, out_type, &mut progress)
+            .with_context(|| format!("converting {}", args.input.display()))?;
+        bar.set_message("writing");
+        writer.write_file(&args.output).with_context(|| format!("writing {}", args.output.display()))?;
+        bar.finish_and_clear();
+        println!("wrote {}", args.output.display());
+        return Ok(());
+    }
+    if args.input.is_dir() {
+        bail!(
+            "{} is a folder without config.json and model.safetensors: give a model file, or an EmbeddingGemma \
+             sentence-transformers folder",
+            args.input.display()
+        );
     }
     if is_gguf(&args.input)? {
         let weight_type = sbs_type(args.weight_type.as_deref().unwrap_or("sfp"))?;

@@ -57,18 +57,39 @@ fn supported_quant_types() -> Vec<&'static str> {
     GgmlType::ALL.iter().filter(|t| quant_format(**t).is_ok()).map(|t| t.name()).collect()
 }
 
-/// Files in the model cache with their sizes, by name.
+/// Models in the cache with their sizes, by name: model files, and model folders (sentence-transformers) with
+/// the size of everything in them. Work files of a pull in progress (names starting with '.') are left out.
 fn cached_models(dir: &std::path::Path) -> Vec<(String, u64)> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
     let mut files: Vec<(String, u64)> = entries
         .filter_map(|e| e.ok())
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .filter_map(|e| {
             let meta = e.metadata().ok()?;
-            meta.is_file().then(|| (e.file_name().to_string_lossy().into_owned(), meta.len()))
+            let name = e.file_name().to_string_lossy().into_owned();
+            if meta.is_file() {
+                Some((name, meta.len()))
+            } else if gemma_core::convert::is_model_folder(&e.path()) {
+                Some((name + "/", folder_bytes(&e.path())))
+            } else {
+                None
+            }
         })
         .collect();
     files.sort();
     files
+}
+
+fn folder_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => folder_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 fn human_bytes(n: u64) -> String {

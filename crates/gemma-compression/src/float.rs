@@ -1,10 +1,16 @@
 //! Float "formats": F32, F16 and BF16 weights, dotted with plain little-endian f32 activations in f32.
+//!
+//! Every dot follows one pattern, so a result never depends on the SIMD level, the tile or the batch:
+//! 16 lanes start at +0; element `16c + i` (the last chunk zero-padded) is added to lane `i` with one fused
+//! multiply-add; the lanes are summed as `i + 8`, then `i + 4`, `i + 2`, `i + 1`. The tiled kernels are in
+//! `x86::float_tiles`; [`dot_rows_scalar`] is their twin.
 
 use crate::{assert_dequantize_lengths, assert_dot_lengths, check_quantize_lengths, GgmlType, QuantError, QuantFormat};
 
 /// Conversion between one stored element and f32.
 pub(crate) trait FloatCodec: Send + Sync + 'static {
     const TY: GgmlType;
+    const KIND: FloatKind;
     /// `bytes` holds exactly one element.
     fn load(bytes: &[u8]) -> f32;
     fn store(v: f32, bytes: &mut [u8]);
@@ -13,6 +19,7 @@ pub(crate) trait FloatCodec: Send + Sync + 'static {
 pub(crate) struct F32;
 impl FloatCodec for F32 {
     const TY: GgmlType = GgmlType::F32;
+    const KIND: FloatKind = FloatKind::F32;
     #[inline(always)]
     fn load(b: &[u8]) -> f32 {
         f32::from_le_bytes([b[0], b[1], b[2], b[3]])
@@ -26,6 +33,7 @@ impl FloatCodec for F32 {
 pub(crate) struct F16;
 impl FloatCodec for F16 {
     const TY: GgmlType = GgmlType::F16;
+    const KIND: FloatKind = FloatKind::F16;
     #[inline(always)]
     fn load(b: &[u8]) -> f32 {
         half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
@@ -39,6 +47,7 @@ impl FloatCodec for F16 {
 pub(crate) struct BF16;
 impl FloatCodec for BF16 {
     const TY: GgmlType = GgmlType::BF16;
+    const KIND: FloatKind = FloatKind::Bf16;
     #[inline(always)]
     fn load(b: &[u8]) -> f32 {
         f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)
@@ -53,6 +62,97 @@ impl FloatCodec for BF16 {
             (u.wrapping_add(0x7fff + ((u >> 16) & 1)) >> 16) as u16
         };
         b.copy_from_slice(&h.to_le_bytes());
+    }
+}
+
+/// The stored element type, for the SIMD kernels' loads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FloatKind {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl FloatKind {
+    pub(crate) fn elem_bytes(self) -> usize {
+        match self {
+            FloatKind::F32 => 4,
+            FloatKind::F16 | FloatKind::Bf16 => 2,
+        }
+    }
+}
+
+/// Lanes of the dot pattern.
+pub(crate) const FLOAT_LANES: usize = 16;
+
+/// The lanes summed as a tree: `i + 8`, then `i + 4`, `i + 2`, `i + 1`.
+#[inline(always)]
+pub(crate) fn reduce_lanes(l: &[f32; FLOAT_LANES]) -> f32 {
+    let s8: [f32; 8] = std::array::from_fn(|i| l[i] + l[i + 8]);
+    let s4: [f32; 4] = std::array::from_fn(|i| s8[i] + s8[i + 4]);
+    let s2 = [s4[0] + s4[2], s4[1] + s4[3]];
+    s2[0] + s2[1]
+}
+
+/// One (row, token) dot in the pattern: the scalar twin of the kernels.
+fn dot_scalar<C: FloatCodec>(k: usize, w: &[u8], act: &[f32]) -> f32 {
+    let size = C::TY.type_size();
+    let mut lanes = [0.0f32; FLOAT_LANES];
+    for c in 0..k.div_ceil(FLOAT_LANES) {
+        for (i, lane) in lanes.iter_mut().enumerate() {
+            let j = c * FLOAT_LANES + i;
+            let (wv, av) = if j < k { (C::load(&w[j * size..]), act[j]) } else { (0.0, 0.0) };
+            *lane = wv.mul_add(av, *lane);
+        }
+    }
+    reduce_lanes(&lanes)
+}
+
+/// [`QuantFormat::dot_rows`] one pair at a time with [`dot_scalar`].
+pub(crate) fn dot_rows_scalar<C: FloatCodec>(k: usize, w: &[u8], rows: usize, acts: &[f32], out: &mut [f32]) {
+    let row_bytes = k * C::TY.type_size();
+    let tokens = out.len() / rows.max(1);
+    for r in 0..rows {
+        for t in 0..tokens {
+            out[r * tokens + t] = dot_scalar::<C>(k, &w[r * row_bytes..(r + 1) * row_bytes], &acts[t * k..(t + 1) * k]);
+        }
+    }
+}
+
+/// The activations' bytes as f32 (they are written as whole f32 values; an unaligned buffer is copied).
+fn acts_f32(bytes: &[u8]) -> std::borrow::Cow<'_, [f32]> {
+    // SAFETY: every bit pattern is a valid f32, and `align_to` only yields the aligned middle.
+    let (head, mid, tail) = unsafe { bytes.align_to::<f32>() };
+    if head.is_empty() && tail.is_empty() {
+        std::borrow::Cow::Borrowed(mid)
+    } else {
+        std::borrow::Cow::Owned(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    }
+}
+
+/// The tiled kernel for this CPU, or the scalar twin.
+fn dot_rows_dispatch<C: FloatCodec>(k: usize, w: &[u8], rows: usize, acts: &[f32], tokens: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut slab = crate::x86::float_tiles::FloatSlab { k, w, rows, acts, tokens, out };
+        let level = crate::simd_level();
+        if level >= crate::SimdLevel::Avx512 {
+            // SAFETY: the AVX-512 level implies AVX2, FMA, F16C, AVX-512 F and BW; the caller checked lengths.
+            unsafe { crate::x86::float_tiles::dot_rows_avx512::<C>(&mut slab) };
+            return;
+        }
+        if level >= crate::SimdLevel::Avx2 {
+            // SAFETY: the AVX2 level implies FMA and F16C; the caller checked lengths.
+            unsafe { crate::x86::float_tiles::dot_rows_avx2::<C>(&mut slab) };
+            return;
+        }
+        let crate::x86::float_tiles::FloatSlab { out, .. } = slab;
+        dot_rows_scalar::<C>(k, w, rows, acts, out);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = tokens;
+        dot_rows_scalar::<C>(k, w, rows, acts, out);
     }
 }
 
@@ -86,23 +186,24 @@ impl<C: FloatCodec> QuantFormat for FloatFormat<C> {
         Ok(())
     }
 
-    /// f32 accumulation in eight independent lanes (so the compiler vectorizes it), summed pairwise at the end.
+    /// The module's dot pattern (bitwise equal to [`QuantFormat::dot_rows`] of the pair).
     fn vec_dot(&self, n: usize, w: &[u8], act: &[u8]) -> f32 {
         assert_dot_lengths(C::TY, GgmlType::F32, n, w, act);
-        const LANES: usize = 8;
-        let wsize = C::TY.type_size();
-        let mut acc = [0.0f32; LANES];
-        let (wc, ac) = (w.chunks_exact(wsize * LANES), act.chunks_exact(4 * LANES));
-        let (wr, ar) = (wc.remainder(), ac.remainder());
-        for (wb, ab) in wc.zip(ac) {
-            for (k, a) in acc.iter_mut().enumerate() {
-                *a += C::load(&wb[k * wsize..]) * F32::load(&ab[4 * k..]);
-            }
-        }
-        for (k, (wb, ab)) in wr.chunks_exact(wsize).zip(ar.chunks_exact(4)).enumerate() {
-            acc[k] += C::load(wb) * F32::load(ab);
-        }
-        ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+        let mut out = [0.0f32];
+        dot_rows_dispatch::<C>(n, w, 1, &acts_f32(act), 1, &mut out);
+        out[0]
+    }
+
+    fn dot_rows(&self, n: usize, w: &[u8], rows: usize, acts: &[u8], n_tokens: usize, out: &mut [f32]) {
+        let row_bytes = C::TY.row_bytes(n).unwrap_or(0);
+        assert!(
+            w.len() == rows * row_bytes && acts.len() == n_tokens * 4 * n && out.len() == rows * n_tokens,
+            "dot_rows: {rows} rows of {n} in {} bytes, {n_tokens} tokens in {} bytes, {} outputs",
+            w.len(),
+            acts.len(),
+            out.len()
+        );
+        dot_rows_dispatch::<C>(n, w, rows, &acts_f32(acts), n_tokens, out);
     }
 }
 
@@ -136,6 +237,56 @@ mod tests {
         assert_eq!(u16::from_le_bytes([b[2], b[3]]), 0x3f82);
         assert!(f32::from_bits((u16::from_le_bytes([b[4], b[5]]) as u32) << 16).is_nan());
         assert_eq!(u16::from_le_bytes([b[6], b[7]]), 0x8000);
+    }
+
+    /// Every SIMD level the CPU has gives the scalar twin's bits, whatever the tile shape, for every float
+    /// type and for widths with and without a partial last chunk.
+    #[test]
+    fn tiled_kernels_equal_the_scalar_twin_bitwise() {
+        use super::{dot_rows_scalar, FloatCodec, BF16, F16, F32};
+        fn check<C: FloatCodec>(rng: &mut TestRng) {
+            for k in [1, 15, 16, 17, 40, 768] {
+                for (rows, tokens) in [(1, 1), (4, 6), (5, 7), (9, 13), (2, 3), (3, 1)] {
+                    let values: Vec<f32> = (0..rows * k).map(|_| rng.normal()).collect();
+                    let mut w = vec![0u8; rows * k * C::TY.type_size()];
+                    for (v, b) in values.iter().zip(w.chunks_exact_mut(C::TY.type_size())) {
+                        C::store(*v, b);
+                    }
+                    let acts: Vec<f32> = (0..tokens * k).map(|_| rng.normal()).collect();
+                    let mut want = vec![0f32; rows * tokens];
+                    dot_rows_scalar::<C>(k, &w, rows, &acts, &mut want);
+                    #[cfg(target_arch = "x86_64")]
+                    for level in crate::SimdLevel::supported() {
+                        let mut got = vec![0f32; rows * tokens];
+                        let mut slab =
+                            crate::x86::float_tiles::FloatSlab { k, w: &w, rows, acts: &acts, tokens, out: &mut got };
+                        match level {
+                            crate::SimdLevel::Scalar => continue,
+                            // SAFETY: the CPU reports this level.
+                            crate::SimdLevel::Avx2 => unsafe { crate::x86::float_tiles::dot_rows_avx2::<C>(&mut slab) },
+                            // SAFETY: the CPU reports this level.
+                            crate::SimdLevel::Avx512 => unsafe {
+                                crate::x86::float_tiles::dot_rows_avx512::<C>(&mut slab)
+                            },
+                        }
+                        let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "{} {level} k={k} {rows}x{tokens}: {got:?} vs {want:?}", C::TY);
+                    }
+                    // The format's entry points agree with the twin too.
+                    let f = quant_format(C::TY).unwrap();
+                    let act_bytes: Vec<u8> = acts.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    let mut got = vec![0f32; rows * tokens];
+                    f.dot_rows(k, &w, rows, &act_bytes, tokens, &mut got);
+                    assert_eq!(got, want);
+                    let row_bytes = k * C::TY.type_size();
+                    assert_eq!(f.vec_dot(k, &w[..row_bytes], &act_bytes[..4 * k]).to_bits(), want[0].to_bits());
+                }
+            }
+        }
+        let mut rng = TestRng::new(7);
+        check::<F32>(&mut rng);
+        check::<F16>(&mut rng);
+        check::<BF16>(&mut rng);
     }
 
     #[test]

@@ -224,6 +224,10 @@ fn gemini_input(f: &Fields, m: &LoadedModel) -> Result<(Vec<u32>, Option<usize>)
         ApiError::invalid_param("content", "'content' is required").with_code("missing_required_parameter")
     })?;
     let parts = content.get::<Vec<Value>>("parts")?.unwrap_or_default();
+    if parts.is_empty() {
+        return Err(ApiError::invalid_param("content.parts", "'content.parts' must hold at least one text part")
+            .with_code("invalid_value"));
+    }
     let mut text = String::new();
     for p in &parts {
         match p.get("text").and_then(Value::as_str) {

@@ -204,7 +204,12 @@ async fn tokenize(State(state): State<AppState>, headers: HeaderMap, body: Body)
     let add_special = f.get::<bool>("add_special")?.unwrap_or(true);
     let parse_special = f.get::<bool>("parse_special")?.unwrap_or(true);
     let with_pieces = f.get::<bool>("with_pieces")?.unwrap_or(false);
-    let ids = m.tokenizer.encode(&content, add_special && m.tokenizer.add_bos(), parse_special);
+    // `add_special`: the BOS and the EOS the model wants (an embedding model ends its inputs with EOS).
+    let ids = if add_special {
+        m.tokenizer.encode_input(&content, parse_special)
+    } else {
+        m.tokenizer.encode(&content, false, parse_special)
+    };
     let tokens: Value = if with_pieces {
         ids.iter()
             .map(|&id| {
