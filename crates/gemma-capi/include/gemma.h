@@ -1,6 +1,6 @@
 /*
  * gemma.h: the C API of gemma-rs, a CPU inference engine for Gemma models (GGUF files and gemma.cpp SBS
- * checkpoints).
+ * checkpoints): text generation, and embeddings from embedding models (EmbeddingGemma).
  *
  * Build: `cargo build -p gemma-capi --release` gives target/release/libgemma_capi.so (and .a).
  * Link:  cc app.c -Icrates/gemma-capi/include -Ltarget/release -lgemma_capi
@@ -16,8 +16,9 @@
  *   is freed with gemma_string_free. Every other returned string belongs to the library (static, or owned by
  *   the model handle as stated) and must not be freed.
  * - Threads: a gemma_model may be used from several threads at once: every call only reads it, and each
- *   gemma_generate call keeps its own session (KV cache, sampler) for the length of the call. Concurrent
- *   generations on one handle share its thread pool and take turns in each parallel step; for independent
+ *   gemma_generate call keeps its own session (KV cache, sampler) for the length of the call, as each
+ *   gemma_embed call its own buffers. Concurrent calls on one handle share its thread pool and take turns in
+ *   each parallel step; for independent
  *   speed, open one handle per thread. gemma_model_free must not run while another call uses the handle.
  *   gemma_last_error() is per thread.
  * - No Rust panic crosses this boundary: an internal failure is GEMMA_ERR_INTERNAL.
@@ -44,8 +45,9 @@ typedef enum gemma_status {
     GEMMA_ERR_INVALID_TOKEN = -5,    /* a token id outside the vocabulary */
     GEMMA_ERR_CONTEXT_FULL = -6,     /* the prompt does not fit in the model's context */
     GEMMA_ERR_CHAT_TEMPLATE = -7,    /* the model's chat template cannot render the prompt */
-    GEMMA_ERR_GENERATION = -8,       /* the forward pass failed */
-    GEMMA_ERR_INTERNAL = -9          /* a bug in gemma-rs (caught; the process goes on) */
+    GEMMA_ERR_GENERATION = -8,       /* the forward pass failed (of a generation or an embedding) */
+    GEMMA_ERR_INTERNAL = -9,         /* a bug in gemma-rs (caught; the process goes on) */
+    GEMMA_ERR_WRONG_MODEL_KIND = -10 /* gemma_embed on a generative model, gemma_generate on an embedding one */
 } gemma_status;
 
 /* Why a generation ended (gemma_generation_info.stop_reason). */
@@ -112,9 +114,9 @@ const char *gemma_error_string(int code);
 const char *gemma_last_error(void);
 
 /*
- * Opens a GGUF file or a gemma.cpp SBS checkpoint at `path` (a file path, not a model name: `gemma pull`
- * downloads known models) with a pool of `n_threads` threads (<= 0: one per available core).
- * Returns NULL on failure (see gemma_last_error()).
+ * Opens a GGUF file or a gemma.cpp SBS checkpoint at `path` (a path, not a model name: `gemma pull` downloads
+ * known models), or EmbeddingGemma's sentence-transformers folder, with a pool of `n_threads` threads (<= 0: one
+ * per available core). Returns NULL on failure (see gemma_last_error()).
  */
 gemma_model *gemma_model_open(const char *path, int n_threads);
 
@@ -127,6 +129,12 @@ int gemma_model_context_length(const gemma_model *model);
 
 /* The model's name from its metadata (may be ""), owned by the model; NULL if `model` is NULL. */
 const char *gemma_model_name(const gemma_model *model);
+
+/*
+ * The width of the model's embeddings (768 for EmbeddingGemma); 0 for a generative model, which makes text, not
+ * embeddings; a negative gemma_status if `model` is NULL.
+ */
+int gemma_model_embedding_dim(const gemma_model *model);
 
 /*
  * Tokenizes `text`. Special tokens written in the text (<start_of_turn>, ...) are recognised, as in
@@ -154,7 +162,7 @@ gemma_params gemma_params_default(void);
  * Generates a continuation of `prompt` (BOS added if the model uses one; special tokens recognised), or with
  * params->chat the model's answer to `prompt` as a user turn of its chat template. Generation ends at the
  * model's end tokens (EOS, <end_of_turn>), after max_tokens, when the context is full, or when `callback`
- * returns non-zero.
+ * returns non-zero. An embedding model generates nothing: GEMMA_ERR_WRONG_MODEL_KIND (use gemma_embed).
  * - params: NULL means gemma_params_default().
  * - callback: may be NULL; it gets each token as it is generated (see gemma_token_callback), with `user_data`.
  * - out_text: may be NULL; on GEMMA_OK, *out_text is the whole generated text (NUL-terminated; free it with
@@ -167,6 +175,28 @@ int gemma_generate(const gemma_model *model, const char *prompt, const gemma_par
 
 /* Frees a string from gemma_generate; NULL is ignored. */
 void gemma_string_free(char *text);
+
+/*
+ * The embedding of `text` from an embedding model: gemma_model_embedding_dim(model) floats, L2-normalised (unit
+ * length, so the dot product of two embeddings is their cosine similarity). The text is encoded as a whole
+ * input, with the model's BOS and EOS; special tokens written in it are recognised. EmbeddingGemma expects a task
+ * prefix, e.g. "task: search result | query: ..." for queries and "title: none | text: ..." for documents.
+ * *n_out receives the width. The vector is written to `out` only if `cap` holds it; otherwise the result is
+ * GEMMA_ERR_BUFFER_TOO_SMALL (and nothing is computed): call again with a buffer of *n_out floats. `out` may be
+ * NULL when `cap` is 0. On other failures *n_out is 0.
+ * A generative model is GEMMA_ERR_WRONG_MODEL_KIND; a text longer than the model's context (BOS and EOS
+ * included) is GEMMA_ERR_CONTEXT_FULL.
+ */
+int gemma_embed(const gemma_model *model, const char *text, float *out, size_t cap, size_t *n_out);
+
+/*
+ * The embeddings of `n_texts` texts, as gemma_embed's, one after the other in `out`: text i's vector is
+ * out[i * width .. (i + 1) * width). Several texts go through the model in one pass, which is faster than one
+ * call each. *n_out receives n_texts * width; `out` must hold that many floats, else GEMMA_ERR_BUFFER_TOO_SMALL.
+ * A NULL or non-UTF-8 texts[i] is an error naming i. `texts` may be NULL when `n_texts` is 0 (nothing to do).
+ */
+int gemma_embed_batch(const gemma_model *model, const char *const *texts, size_t n_texts, float *out, size_t cap,
+                      size_t *n_out);
 
 #ifdef __cplusplus
 }

@@ -1,6 +1,7 @@
 //! Strings across the boundary: C strings read as checked UTF-8, and strings handed to C in `malloc`ed
 //! buffers (freed with `gemma_string_free`).
 
+use std::borrow::Cow;
 use std::ffi::{c_char, c_void, CStr};
 
 use crate::error::CapiError;
@@ -21,6 +22,25 @@ pub unsafe fn read_str<'a>(ptr: *const c_char, what: &'static str) -> Result<&'a
     if ptr.is_null() {
         return Err(CapiError::NullPointer(what));
     }
+    // SAFETY: not NULL, and NUL-terminated and live for 'a by this function's contract.
+    unsafe { read_non_null_str(ptr, what.into()) }
+}
+
+/// [`read_str`] for an argument named at run time (`texts[3]`).
+///
+/// # Safety
+/// As [`read_str`].
+pub unsafe fn read_str_named<'a>(ptr: *const c_char, what: impl FnOnce() -> String) -> Result<&'a str, CapiError> {
+    if ptr.is_null() {
+        return Err(CapiError::InvalidArgument(format!("{} is NULL", what())));
+    }
+    // SAFETY: not NULL, and NUL-terminated and live for 'a by this function's contract.
+    unsafe { read_non_null_str(ptr, what().into()) }
+}
+
+/// # Safety
+/// `ptr` is not NULL and points to a NUL-terminated string that stays valid and unchanged for `'a`.
+unsafe fn read_non_null_str<'a>(ptr: *const c_char, what: Cow<'static, str>) -> Result<&'a str, CapiError> {
     // SAFETY: not NULL, and NUL-terminated and live for 'a by this function's contract.
     let bytes = unsafe { CStr::from_ptr(ptr) };
     bytes.to_str().map_err(|e| CapiError::InvalidUtf8 { what, valid_up_to: e.valid_up_to() })
@@ -74,6 +94,10 @@ mod tests {
             let bad = read_str(c"ab\xff".as_ptr(), "text").unwrap_err();
             assert_eq!(bad.to_string(), "text is not valid UTF-8 (invalid byte at offset 2)");
             assert_eq!(read_str(std::ptr::null(), "path").unwrap_err().to_string(), "path is NULL");
+            let bad = read_str_named(c"\xff".as_ptr(), || "texts[1]".into()).unwrap_err();
+            assert_eq!(bad.to_string(), "texts[1] is not valid UTF-8 (invalid byte at offset 0)");
+            let null = read_str_named(std::ptr::null(), || "texts[2]".into()).unwrap_err();
+            assert_eq!((null.to_string(), null.status()), ("texts[2] is NULL".into(), crate::Status::InvalidArgument));
         }
     }
 

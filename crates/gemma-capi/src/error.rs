@@ -1,6 +1,7 @@
 //! Status codes, the errors behind them, the per-thread last-error message, and the guard every entry point
 //! runs its body in (no panic crosses into C).
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -23,10 +24,11 @@ pub enum Status {
     ChatTemplate = -7,
     Generation = -8,
     Internal = -9,
+    WrongModelKind = -10,
 }
 
 impl Status {
-    pub const ALL: [Status; 10] = [
+    pub const ALL: [Status; 11] = [
         Status::Ok,
         Status::InvalidArgument,
         Status::InvalidUtf8,
@@ -37,6 +39,7 @@ impl Status {
         Status::ChatTemplate,
         Status::Generation,
         Status::Internal,
+        Status::WrongModelKind,
     ];
 
     /// The enumerator's name in `gemma.h`.
@@ -52,6 +55,7 @@ impl Status {
             Status::ChatTemplate => "GEMMA_ERR_CHAT_TEMPLATE",
             Status::Generation => "GEMMA_ERR_GENERATION",
             Status::Internal => "GEMMA_ERR_INTERNAL",
+            Status::WrongModelKind => "GEMMA_ERR_WRONG_MODEL_KIND",
         }
     }
 
@@ -68,6 +72,7 @@ impl Status {
             Status::ChatTemplate => c"the chat template failed",
             Status::Generation => c"generation failed",
             Status::Internal => c"internal error",
+            Status::WrongModelKind => c"wrong kind of model for this call (generative or embedding)",
         }
     }
 
@@ -82,7 +87,7 @@ pub enum CapiError {
     #[error("{0} is NULL")]
     NullPointer(&'static str),
     #[error("{what} is not valid UTF-8 (invalid byte at offset {valid_up_to})")]
-    InvalidUtf8 { what: &'static str, valid_up_to: usize },
+    InvalidUtf8 { what: Cow<'static, str>, valid_up_to: usize },
     #[error("{0}")]
     InvalidArgument(String),
     #[error("the buffer holds {capacity} {unit} but {needed} are needed")]
@@ -99,16 +104,28 @@ pub enum CapiError {
     InvalidToken { id: u32, vocab: usize },
     #[error("the prompt is {prompt} tokens long but the context holds {context}")]
     PromptTooLong { prompt: usize, context: usize },
+    #[error("{what} is {tokens} tokens long (BOS and EOS included) but the model's context holds {context}")]
+    InputTooLong { what: Cow<'static, str>, tokens: usize, context: usize },
+    /// `gemma_embed` on a generative model (the library's `NotEmbeddingModel`).
+    #[error("{0}")]
+    NotEmbeddingModel(#[source] ModelError),
+    /// `gemma_generate` on an embedding model (the library's `EmbeddingModel`).
+    #[error("{0}; in the C API its vectors come from gemma_embed")]
+    EmbeddingModel(#[source] ModelError),
     #[error("the chat template cannot be used: {0}")]
     ChatTemplate(String),
     #[error("invalid sampling parameters: {0}")]
     Sampling(#[from] SamplingError),
     #[error("generation failed: {}", chain(.0))]
     Generation(#[source] ModelError),
+    #[error("embedding failed: {}", chain(.0))]
+    Embedding(#[source] ModelError),
     #[error("cannot allocate {0} bytes for the text")]
     OutOfMemory(usize),
     #[error("internal error (a panic in gemma-rs): {0}")]
     Panic(String),
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl CapiError {
@@ -121,12 +138,17 @@ impl CapiError {
             CapiError::BufferTooSmall { .. } => Status::BufferTooSmall,
             CapiError::ModelLoad(_) | CapiError::Threads { .. } => Status::ModelLoad,
             CapiError::InvalidToken { .. } => Status::InvalidToken,
-            CapiError::PromptTooLong { .. } | CapiError::Generation(ModelError::ContextFull { .. }) => {
-                Status::ContextFull
-            }
+            CapiError::PromptTooLong { .. }
+            | CapiError::InputTooLong { .. }
+            | CapiError::Generation(ModelError::ContextFull { .. })
+            | CapiError::Embedding(ModelError::ContextFull { .. }) => Status::ContextFull,
+            CapiError::Embedding(ModelError::TokenOutOfRange { .. }) => Status::InvalidToken,
+            CapiError::NotEmbeddingModel(_)
+            | CapiError::EmbeddingModel(_)
+            | CapiError::Embedding(ModelError::NotEmbeddingModel(_)) => Status::WrongModelKind,
             CapiError::ChatTemplate(_) => Status::ChatTemplate,
-            CapiError::Generation(_) => Status::Generation,
-            CapiError::OutOfMemory(_) | CapiError::Panic(_) => Status::Internal,
+            CapiError::Generation(_) | CapiError::Embedding(_) => Status::Generation,
+            CapiError::OutOfMemory(_) | CapiError::Panic(_) | CapiError::Internal(_) => Status::Internal,
         }
     }
 }
@@ -233,6 +255,23 @@ mod tests {
         assert_eq!(code_call(|| Ok(())), 0);
         // A success leaves the last message alone.
         assert!(last_error().contains("5 are needed"));
+    }
+
+    #[test]
+    fn embedding_errors_map_to_their_codes() {
+        let full = CapiError::Embedding(ModelError::ContextFull { pos: 2048, ctx: 2048 });
+        assert_eq!(full.status(), Status::ContextFull);
+        let kind = CapiError::Embedding(ModelError::NotEmbeddingModel("m".into()));
+        assert_eq!(kind.status(), Status::WrongModelKind);
+        assert_eq!(CapiError::NotEmbeddingModel(ModelError::NotEmbeddingModel("m".into())).status(), kind.status());
+        let generate = CapiError::EmbeddingModel(ModelError::EmbeddingModel("e".into()));
+        assert_eq!(generate.status(), Status::WrongModelKind);
+        assert!(generate.to_string().starts_with("e is an embedding model"), "{generate}");
+        assert!(generate.to_string().ends_with("gemma_embed"), "{generate}");
+        let too_long = CapiError::InputTooLong { what: "texts[2]".into(), tokens: 3000, context: 2048 };
+        assert_eq!(too_long.status(), Status::ContextFull);
+        let bad = CapiError::Embedding(ModelError::BadBatch("x".into()));
+        assert_eq!(bad.status(), Status::Generation);
     }
 
     #[test]

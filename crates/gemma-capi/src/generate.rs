@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use gemma_core::chat::ChatMessage;
 use gemma_core::generate::TokenEvent;
-use gemma_core::{GenerationOptions, SamplingParams, Session, StopReason};
+use gemma_core::{GenerationOptions, ModelError, SamplingParams, Session, StopReason};
 
 use crate::c_str::{read_str, to_malloced, write_opt};
 use crate::error::{code_call, value_call, CapiError};
@@ -164,6 +164,10 @@ pub fn generate(
     params: &GemmaParams,
     on_token: &mut dyn FnMut(Option<u32>, &str) -> bool,
 ) -> Result<Generated, CapiError> {
+    if m.model.is_embedding_model() {
+        // Its output layer pools states into a vector; there are no logits to sample from.
+        return Err(CapiError::EmbeddingModel(ModelError::EmbeddingModel(m.model.config.name.clone())));
+    }
     let mut options = generation_options(params)?;
     let tokenizer = &m.tokenizer;
     let prompt_ids = if params.chat != 0 {

@@ -1,5 +1,5 @@
-//! The C API of gemma-rs (`include/gemma.h`): open a model, tokenize, detokenize and generate through opaque
-//! handles and plain C types. Every entry point is a thin layer over `gemma-core`.
+//! The C API of gemma-rs (`include/gemma.h`): open a model, tokenize, detokenize, generate text and (with an
+//! embedding model) embed it, through opaque handles and plain C types. Every entry point is a thin layer over `gemma-core`.
 //!
 //! Rules every entry point keeps: pointers are checked for NULL, strings for UTF-8, and no panic crosses into
 //! C (each body runs under `catch_unwind`, a panic becomes `GEMMA_ERR_INTERNAL`). A failure returns an error
@@ -9,6 +9,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod c_str;
+mod embed;
 mod error;
 mod generate;
 mod model;
@@ -16,6 +17,7 @@ mod tokenize;
 
 use std::ffi::{c_char, c_int};
 
+pub use embed::{gemma_embed, gemma_embed_batch, gemma_model_embedding_dim};
 pub use error::{CapiError, Status};
 pub use generate::{
     gemma_generate, gemma_params_default, GemmaGenerationInfo, GemmaParams, GemmaStopReason, GemmaTokenCallback,

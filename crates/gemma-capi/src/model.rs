@@ -62,11 +62,12 @@ pub(crate) unsafe fn model_ref<'a>(model: *const GemmaModel) -> Result<&'a Gemma
     unsafe { model.as_ref() }.ok_or(CapiError::NullPointer("model"))
 }
 
-fn saturating_c_int(n: usize) -> c_int {
+pub(crate) fn saturating_c_int(n: usize) -> c_int {
     c_int::try_from(n).unwrap_or(c_int::MAX)
 }
 
-/// Opens a GGUF file or a gemma.cpp SBS checkpoint. NULL on failure, with the reason in `gemma_last_error()`.
+/// Opens a GGUF file, a gemma.cpp SBS checkpoint or an EmbeddingGemma sentence-transformers folder. NULL on
+/// failure, with the reason in `gemma_last_error()`.
 ///
 /// # Safety
 /// `path` is NULL or a NUL-terminated string.
@@ -129,7 +130,7 @@ pub unsafe extern "C" fn gemma_model_name(model: *const GemmaModel) -> *const c_
 
 /// # Safety
 /// `model` is NULL or a live handle.
-unsafe fn model_info(model: *const GemmaModel, get: impl FnOnce(&GemmaModel) -> c_int) -> c_int {
+pub(crate) unsafe fn model_info(model: *const GemmaModel, get: impl FnOnce(&GemmaModel) -> c_int) -> c_int {
     value_call(crate::Status::InvalidArgument as c_int, || {
         // SAFETY: `model` is NULL or live by the contract.
         Ok(get(unsafe { model_ref(model) }?))

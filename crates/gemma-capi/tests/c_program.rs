@@ -1,6 +1,7 @@
-//! A real C program (`tests/c/smoke.c`) compiled with the system C compiler against `include/gemma.h` and the
-//! crate's shared library, run on the default model: its checks must hold, its struct layouts must be Rust's,
-//! and its greedy text must be the library's.
+//! Real C programs compiled with the system C compiler against `include/gemma.h` and the crate's shared
+//! library: `tests/c/smoke.c` on the default model (its checks must hold, its struct layouts must be Rust's,
+//! and its greedy text must be the library's), `tests/c/embed.c` on EmbeddingGemma (its vectors must be the
+//! float64 reference's), and the guide's two example programs.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -94,25 +95,91 @@ fn c_program_builds_runs_and_generates_the_librarys_text() {
     assert_eq!(expected.gen_ids[..9], golden.gen_ids[..9], "llama.cpp's certain steps");
 }
 
-#[test]
-fn the_guides_example_program_compiles_and_prints_the_librarys_text() {
+/// The guide's C program that calls `function`, compiled into `dir`; the executable's path.
+fn guide_program(dir: &Path, function: &str) -> PathBuf {
     let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/c-api.md")).unwrap();
     let example = guide
         .split("```c\n")
         .skip(1)
         .filter_map(|block| block.split_once("```").map(|(code, _)| code))
-        .find(|code| code.contains("int main("))
-        .expect("docs/c-api.md has a C program");
-    let dir = tempfile::tempdir().unwrap();
-    let (source, exe) = (dir.path().join("example.c"), dir.path().join("example"));
+        .find(|code| code.contains("int main(") && code.contains(&format!("{function}(")))
+        .unwrap_or_else(|| panic!("docs/c-api.md has a C program calling {function}"));
+    let (source, exe) = (dir.join(format!("{function}.c")), dir.join(function));
     std::fs::write(&source, example).unwrap();
     compile(&source, &exe);
-    let output = Command::new(&exe).arg(common::model_path()).output().expect("run the example");
+    exe
+}
+
+/// Runs `exe` with `args`; its standard output, which it must have written successfully.
+fn run(exe: &Path, args: &[&std::ffi::OsStr]) -> String {
+    let output = Command::new(exe).args(args).output().expect("run the C program");
     let stdout = String::from_utf8(output.stdout).expect("UTF-8 output");
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{} failed ({}):\n{stdout}\n{stderr}", exe.display(), output.status);
+    stdout
+}
+
+#[test]
+fn the_guides_example_program_compiles_and_prints_the_librarys_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = guide_program(dir.path(), "gemma_generate");
+    let stdout = run(&exe, &[common::model_path().as_os_str()]);
 
     let library = common::Library::get();
     let prompt_ids = library.tokenizer.encode("The capital of France is", true, true);
     let expected = library.greedy(&prompt_ids, 32);
     assert_eq!(stdout, format!("{}\n[{} bytes generated]\n", expected.text, expected.text.len()));
+}
+
+#[test]
+fn c_embedding_program_gives_the_reference_vectors_and_the_wrong_kind_errors() {
+    // Short texts (one of them empty, one not ASCII) keep the run fast.
+    let goldens: Vec<_> = [0, 1, 5, 7].map(|i| &common::embedding_goldens()[i]).into();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("embed");
+    compile(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/embed.c"), &exe);
+    let (embedder, generator) = (common::embedding_model_path(), common::model_path());
+    let mut args = vec![embedder.as_os_str(), generator.as_os_str()];
+    args.extend(goldens.iter().map(|g| std::ffi::OsStr::new(&g.text)));
+    let report = run(&exe, &args);
+
+    assert_eq!(field(&report, "dim"), "768");
+    let not_embedding = field(&report, "embed_on_generative");
+    assert!(not_embedding.contains("is not an embedding model"), "{not_embedding}");
+    let not_generative = field(&report, "generate_on_embedding");
+    assert!(not_generative.contains("is an embedding model") && not_generative.contains("gemma_embed"));
+    for (i, golden) in goldens.iter().enumerate() {
+        let v: Vec<f32> = field(&report, &format!("vector {i}")).split(' ').map(|x| x.parse().unwrap()).collect();
+        let err = common::rel_l2(&v, &golden.embedding);
+        assert!(err < 1e-5, "{:?}: relative L2 error {err:e}", golden.text);
+    }
+}
+
+#[test]
+fn the_guides_embedding_example_ranks_the_documents_as_the_library_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = guide_program(dir.path(), "gemma_embed");
+    let path = common::embedding_model_path();
+    let stdout = run(&exe, &[path.as_os_str()]);
+    let scores: Vec<(f64, &str)> = stdout
+        .lines()
+        .map(|line| {
+            let (score, text) = line.split_once(' ').expect("'SCORE TEXT' lines");
+            (score.parse().unwrap(), text)
+        })
+        .collect();
+    assert_eq!(scores.len(), 2, "{stdout}");
+
+    // The library's own cosine similarities of the same texts.
+    let model = gemma_core::Model::open(&path).unwrap();
+    let tokenizer = model.tokenizer().unwrap();
+    let pool = gemma_ops::ThreadPool::new(2);
+    let query = tokenizer.encode_input("task: search result | query: What is the capital of France?", true);
+    for (score, text) in &scores {
+        let doc = tokenizer.encode_input(text, true);
+        let v = model.embed(&[&query, &doc], &pool).unwrap();
+        let expected = gemma_core::model::embedding::cosine_similarity(&v[0], &v[1]);
+        assert!((score - f64::from(expected)).abs() < 1e-3, "{text}: {score} against {expected}");
+    }
+    assert!(scores[0].1.contains("Paris") && scores[0].0 > scores[1].0 + 0.1, "{stdout}");
 }

@@ -216,10 +216,13 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// A change made to a copy of the folder.
+type Damage = Box<dyn FnOnce(&Path)>;
+
 #[test]
 fn damaged_folders_give_errors_that_name_the_problem() {
     let f = fixture();
-    let cases: Vec<(&str, Box<dyn FnOnce(&Path)>, &str)> = vec![
+    let cases: Vec<(&str, Damage, &str)> = vec![
         (
             "generative config",
             Box::new(|d: &Path| {

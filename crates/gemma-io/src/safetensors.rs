@@ -245,7 +245,7 @@ pub fn safetensors_bytes(tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
     }
     let mut text = serde_json::Value::Object(header).to_string().into_bytes();
     // Writers pad the header with spaces to 8 bytes.
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();

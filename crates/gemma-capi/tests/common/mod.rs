@@ -1,5 +1,6 @@
 //! What the C API tests share (`mod common;` in each: every test file is its own crate): the default model's
-//! path, llama.cpp's goldens, and the library's own greedy generation to compare with.
+//! path, llama.cpp's goldens, and the library's own greedy generation to compare with; EmbeddingGemma's path and
+//! its reference embeddings.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -16,6 +17,42 @@ pub fn model_path() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| gemma_fetch::resolve_model(gemma_fetch::DEFAULT_MODEL).expect("default model available"))
         .clone()
+}
+
+/// EmbeddingGemma 300M (its sentence-transformers folder), pulled into the cache on first use.
+pub fn embedding_model_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| gemma_fetch::resolve_model("embeddinggemma-300m").expect("EmbeddingGemma available")).clone()
+}
+
+/// One text of the float64 reference embeddings (`scripts/embeddinggemma_reference.py`).
+#[derive(serde::Deserialize)]
+pub struct EmbeddingGolden {
+    pub text: String,
+    pub ids: Vec<u32>,
+    pub embedding: Vec<f32>,
+}
+
+pub fn embedding_goldens() -> &'static [EmbeddingGolden] {
+    #[derive(serde::Deserialize)]
+    struct File {
+        texts: Vec<EmbeddingGolden>,
+    }
+    static GOLDENS: OnceLock<Vec<EmbeddingGolden>> = OnceLock::new();
+    GOLDENS.get_or_init(|| {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/goldens/embeddinggemma_300m_ref_f64.json");
+        let file: File =
+            serde_json::from_str(&std::fs::read_to_string(path).expect("goldens readable")).expect("goldens parse");
+        file.texts
+    })
+}
+
+/// |a - b| / |b|, in f64.
+pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let d: f64 = a.iter().zip(b).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum();
+    let n: f64 = b.iter().map(|&y| f64::from(y).powi(2)).sum();
+    (d / n).sqrt()
 }
 
 /// One prompt of llama.cpp's goldens (`testdata/goldens/README.md`).

@@ -129,6 +129,7 @@ const TOKEN_GROUP: usize = 48;
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw")]
+#[allow(clippy::needless_range_loop)] // the indices name the accumulator registers
 unsafe fn tile_avx512<C: FloatCodec, const R: usize, const T: usize>(s: &mut FloatSlab, r0: usize, t0: usize) {
     let (k, kind) = (s.k, C::KIND);
     let elem = kind.elem_bytes();
@@ -198,6 +199,7 @@ pub(crate) unsafe fn dot_rows_avx2<C: FloatCodec>(s: &mut FloatSlab) {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::needless_range_loop)] // the indices name the accumulator registers
 unsafe fn tile_avx2<C: FloatCodec, const R: usize, const T: usize>(s: &mut FloatSlab, r0: usize, t0: usize) {
     let (k, kind) = (s.k, C::KIND);
     let elem = kind.elem_bytes();

@@ -57,6 +57,7 @@ pub struct EmbeddingRequest {
 }
 
 /// What the engine's queue carries.
+#[allow(clippy::large_enum_variant)] // nearly every job is a generation; boxing it would only add an allocation
 pub enum Job {
     Generate(GenerationRequest),
     Embed(EmbeddingRequest),
