@@ -93,11 +93,11 @@ pub(crate) unsafe fn dot_rows_avx512<C: FloatCodec>(s: &mut FloatSlab) {
                 unsafe {
                     match (r, t) {
                         (4, 6) => tile_avx512::<C, 4, 6>(s, r0, t0),
-                        (4, _) => {
-                            for tt in t0..t0 + t {
-                                tile_avx512::<C, 4, 1>(s, r0, tt)
-                            }
-                        }
+                        (4, 5) => tile_avx512::<C, 4, 5>(s, r0, t0),
+                        (4, 4) => tile_avx512::<C, 4, 4>(s, r0, t0),
+                        (4, 3) => tile_avx512::<C, 4, 3>(s, r0, t0),
+                        (4, 2) => tile_avx512::<C, 4, 2>(s, r0, t0),
+                        (4, _) => tile_avx512::<C, 4, 1>(s, r0, t0),
                         (_, 6) => {
                             for rr in r0..r0 + r {
                                 tile_avx512::<C, 1, 6>(s, rr, t0)
@@ -124,6 +124,9 @@ fn token_groups(tokens: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..tokens).step_by(TOKEN_GROUP).map(move |g| (g, (g + TOKEN_GROUP).min(tokens)))
 }
 
+/// Elements ahead of the current chunk whose weights are prefetched (8 cache lines of f32).
+const PREFETCH_AHEAD: usize = 128;
+
 /// 48 tokens of a 1,152-wide input are 216 KiB of activations: an L2's share, not an L1's.
 const TOKEN_GROUP: usize = 48;
 
@@ -131,6 +134,8 @@ const TOKEN_GROUP: usize = 48;
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw")]
 #[allow(clippy::needless_range_loop)] // the indices name the accumulator registers
 unsafe fn tile_avx512<C: FloatCodec, const R: usize, const T: usize>(s: &mut FloatSlab, r0: usize, t0: usize) {
+    // Tiles after the first of a token group find the rows in cache.
+    let prefetch = t0.is_multiple_of(TOKEN_GROUP);
     let (k, kind) = (s.k, C::KIND);
     let elem = kind.elem_bytes();
     let full = k / FLOAT_LANES * FLOAT_LANES;
@@ -139,6 +144,12 @@ unsafe fn tile_avx512<C: FloatCodec, const R: usize, const T: usize>(s: &mut Flo
     let a_at = |t: usize, i: usize| s.acts.as_ptr().wrapping_add((t0 + t) * k + i);
     let mut i = 0;
     while i < full {
+        // The first tile of a row block reads its weights from memory: ask for them a few lines ahead.
+        if prefetch {
+            for r in 0..R {
+                _mm_prefetch::<_MM_HINT_T0>(w_at(r, i + PREFETCH_AHEAD).cast());
+            }
+        }
         // SAFETY: `i + 16 <= full <= k`, so every load reads inside its row.
         unsafe {
             let w: [__m512; R] = std::array::from_fn(|r| load16_avx512(kind, w_at(r, i)));
