@@ -92,7 +92,7 @@ pub enum CapiError {
     InvalidArgument(String),
     #[error("the buffer holds {capacity} {unit} but {needed} are needed")]
     BufferTooSmall { needed: usize, capacity: usize, unit: &'static str },
-    #[error("cannot load the model: {}", chain(.0))]
+    #[error("cannot load the model: {}", gemma_core::error::error_report(.0))]
     ModelLoad(#[source] ModelError),
     #[error("cannot start {threads} threads: {source}")]
     Threads {
@@ -116,9 +116,9 @@ pub enum CapiError {
     ChatTemplate(String),
     #[error("invalid sampling parameters: {0}")]
     Sampling(#[from] SamplingError),
-    #[error("generation failed: {}", chain(.0))]
+    #[error("generation failed: {}", gemma_core::error::error_report(.0))]
     Generation(#[source] ModelError),
-    #[error("embedding failed: {}", chain(.0))]
+    #[error("embedding failed: {}", gemma_core::error::error_report(.0))]
     Embedding(#[source] ModelError),
     #[error("cannot allocate {0} bytes for the text")]
     OutOfMemory(usize),
@@ -151,22 +151,6 @@ impl CapiError {
             CapiError::OutOfMemory(_) | CapiError::Panic(_) | CapiError::Internal(_) => Status::Internal,
         }
     }
-}
-
-/// An error and its sources as one line, each cause once (a library error often repeats its source's text).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = String::new();
-    for cause in std::iter::successors(Some(e), |e| e.source()) {
-        let text = cause.to_string();
-        if out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
 }
 
 thread_local! {

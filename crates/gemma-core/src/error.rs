@@ -47,3 +47,21 @@ pub enum ModelError {
     #[error(transparent)]
     Folder(Box<crate::convert::ConvertError>),
 }
+
+/// An error and its causes on one line, as `{:#}` prints them, but without a cause whose text the message before
+/// it already quotes (these libraries' errors name their source in their own message). What the front ends
+/// show users.
+pub fn error_report(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    for cause in std::iter::successors(Some(e), |e| e.source()) {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}

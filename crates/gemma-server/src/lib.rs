@@ -27,22 +27,8 @@ use tokio::sync::{oneshot, watch};
 pub use config::{ServeArgs, ServerConfig};
 pub use error::{ClientError, LoadError, ServerError};
 
-/// An error and its causes on one line, as `{:#}` prints them, but without a cause whose text the message
-/// before it already quotes (the libraries' errors name their source in their own message).
-pub fn error_report(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = String::new();
-    for cause in std::iter::successors(Some(e), |e| e.source()) {
-        let text = cause.to_string();
-        if out.contains(&text) {
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-    }
-    out
-}
+/// An error and its causes on one line (the front ends' shared report; re-exported for the `gemma` binary).
+pub use gemma_core::error::error_report;
 
 /// Logs to stderr at the level of `RUST_LOG` (default `info`). Keys never reach the logs.
 pub fn init_logging() {
