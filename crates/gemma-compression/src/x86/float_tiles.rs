@@ -82,13 +82,14 @@ fn padded_tail(s: &FloatSlab, elem: usize, r: usize, t: usize, full: usize) -> (
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw")]
 pub(crate) unsafe fn dot_rows_avx512<C: FloatCodec>(s: &mut FloatSlab) {
     // Groups of tokens whose activations stay in L2 while every row of the slab passes over them.
+    // Within a group, one tile of tokens (in L1) meets every row of the slab (in L2) before the next.
     for (g0, g1) in token_groups(s.tokens) {
-        let mut r0 = 0;
-        while r0 < s.rows {
-            let r = (s.rows - r0).min(4);
-            let mut t0 = g0;
-            while t0 < g1 {
-                let t = (g1 - t0).min(6);
+        let mut t0 = g0;
+        while t0 < g1 {
+            let t = (g1 - t0).min(6);
+            let mut r0 = 0;
+            while r0 < s.rows {
+                let r = (s.rows - r0).min(4);
                 // SAFETY: the CPU features are this function's own; the tile lies inside the slab.
                 unsafe {
                     match (r, t) {
@@ -112,9 +113,9 @@ pub(crate) unsafe fn dot_rows_avx512<C: FloatCodec>(s: &mut FloatSlab) {
                         }
                     }
                 }
-                t0 += t;
+                r0 += r;
             }
-            r0 += r;
+            t0 += t;
         }
     }
 }
