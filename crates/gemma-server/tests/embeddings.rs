@@ -140,6 +140,31 @@ async fn strings_give_the_reference_embeddings() {
     assert_eq!(one["usage"], json!({"prompt_tokens": 4, "total_tokens": 4}));
 }
 
+/// Requests arriving together may share the engine's passes; each still gets exactly its own vectors, in its
+/// own order (a pass's results do not depend on what else it holds).
+#[tokio::test]
+async fn concurrent_requests_get_exactly_their_own_vectors() {
+    let texts: Vec<&str> = goldens().iter().map(|g| g.text.as_str()).collect();
+    let bodies: Vec<Value> = (0..12)
+        .map(|i| {
+            let pick: Vec<&str> = (0..1 + i % 3).map(|j| texts[(i + 2 * j) % texts.len()]).collect();
+            json!({"input": pick})
+        })
+        .collect();
+    let alone: Vec<Value> = {
+        let mut out = Vec::new();
+        for b in &bodies {
+            out.push(embeddings(b.clone()).await);
+        }
+        out
+    };
+    let together = futures_util::future::join_all(bodies.iter().cloned().map(embeddings)).await;
+    for ((a, t), b) in alone.iter().zip(&together).zip(&bodies) {
+        assert_eq!(a["data"], t["data"], "{b}");
+        assert_eq!(a["usage"], t["usage"], "{b}");
+    }
+}
+
 #[tokio::test]
 async fn token_ids_give_the_reference_embeddings() {
     let picked = [golden(QUERY), golden(PARIS), golden(GUITAR)];

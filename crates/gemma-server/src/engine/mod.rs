@@ -24,6 +24,9 @@ use prefix_cache::PrefixCache;
 use sequence::{Sequence, StepResult};
 use sessions::{SessionBusy, Sessions};
 
+/// Most embedding requests run together (their inputs share passes of up to the context length).
+const MAX_EMBEDDING_REQUESTS: usize = 64;
+
 /// Most tokens of one forward pass when no sequence is decoding (a lone prompt prefills in big chunks).
 const IDLE_PREFILL_CHUNK: usize = 512;
 
@@ -381,7 +384,25 @@ impl<'a> Engine<'a> {
                         }
                         Ok(Job::Embed(req)) => {
                             self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                            self.embed(req);
+                            // Embedding requests that queued meanwhile share the pass (each input whole).
+                            let mut batch = vec![req];
+                            while batch.len() < MAX_EMBEDDING_REQUESTS {
+                                match rx.try_recv() {
+                                    Ok(Job::Embed(more)) => batch.push(more),
+                                    Ok(Job::Generate(g)) => {
+                                        self.held = Some(g);
+                                        self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                                        break;
+                                    }
+                                    Err(TryRecvError::Empty) => break,
+                                    Err(TryRecvError::Disconnected) => {
+                                        open = false;
+                                        break;
+                                    }
+                                }
+                                self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                            }
+                            self.embed(batch);
                             continue;
                         }
                         Err(TryRecvError::Empty) => break,
@@ -419,16 +440,31 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// Runs an embedding request at once (an embedding model has no sequences decoding meanwhile).
-    fn embed(&mut self, req: EmbeddingRequest) {
-        if req.reply.is_closed() {
-            return;
+    /// Runs embedding requests at once, together (an embedding model has no sequences decoding meanwhile). A
+    /// batch that fails is run again request by request, so one request's failure is its own.
+    fn embed(&mut self, batch: Vec<EmbeddingRequest>) {
+        let batch: Vec<EmbeddingRequest> = batch.into_iter().filter(|r| !r.reply.is_closed()).collect();
+        if batch.len() > 1 {
+            let inputs: Vec<&[u32]> = batch.iter().flat_map(|r| r.inputs.iter().map(Vec::as_slice)).collect();
+            if let Ok(mut vectors) = self.embed_inputs(&inputs) {
+                for req in batch.into_iter().rev() {
+                    let mine = vectors.split_off(vectors.len() - req.inputs.len());
+                    let _ = req.reply.send(Ok(mine));
+                }
+                return;
+            }
         }
-        let refs: Vec<&[u32]> = req.inputs.iter().map(Vec::as_slice).collect();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.model.embed(&refs, self.pool)));
-        let reply = match result {
+        for req in batch {
+            let inputs: Vec<&[u32]> = req.inputs.iter().map(Vec::as_slice).collect();
+            let _ = req.reply.send(self.embed_inputs(&inputs));
+        }
+    }
+
+    fn embed_inputs(&self, inputs: &[&[u32]]) -> Result<Vec<Vec<f32>>, String> {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.model.embed(inputs, self.pool)));
+        match result {
             Ok(Ok(vectors)) => {
-                let tokens: usize = refs.iter().map(|r| r.len()).sum();
+                let tokens: usize = inputs.iter().map(|r| r.len()).sum();
                 self.metrics.prompt_tokens.fetch_add(tokens as u64, Ordering::Relaxed);
                 Ok(vectors)
             }
@@ -437,8 +473,7 @@ impl<'a> Engine<'a> {
                 tracing::error!("an embedding pass panicked");
                 Err("internal error in the inference engine".to_string())
             }
-        };
-        let _ = req.reply.send(reply);
+        }
     }
 
     fn admit(&mut self, mut req: GenerationRequest) {
