@@ -472,13 +472,8 @@ fn info(common: &Common) -> Result<()> {
     let folder = gemma_core::convert::is_model_folder(&path);
     let file = if folder {
         // A sentence-transformers folder shows as the GGUF it loads as.
-        let writer = gemma_core::convert::sentence_transformers_gguf(
-            &path,
-            gemma_core::convert::GgufOutputType::F32,
-            &mut gemma_core::convert::no_progress,
-        )
-        .with_context(|| format!("cannot read model folder {}", path.display()))?;
-        gemma_io::GgufFile::from_bytes(writer.into_bytes(), &path)?
+        gemma_core::convert::sentence_transformers_file(&path)
+            .with_context(|| format!("cannot read model folder {}", path.display()))?
     } else {
         gemma_io::GgufFile::open(&path).with_context(|| format!("cannot read model {}", path.display()))?
     };

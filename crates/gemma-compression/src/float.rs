@@ -73,17 +73,12 @@ pub(crate) enum FloatKind {
     Bf16,
 }
 
-impl FloatKind {
-    pub(crate) fn elem_bytes(self) -> usize {
-        match self {
-            FloatKind::F32 => 4,
-            FloatKind::F16 | FloatKind::Bf16 => 2,
-        }
-    }
-}
-
 /// Lanes of the dot pattern.
 pub(crate) const FLOAT_LANES: usize = 16;
+
+/// Tokens whose f32 activations are taken together by the float kernels (and by a matmul's parallel region):
+/// 48 rows of a 1,152-wide input are 216 KiB, which stay in L2 while the weights stream past.
+pub const FLOAT_TOKEN_GROUP: usize = 48;
 
 /// The lanes summed as a tree: `i + 8`, then `i + 4`, `i + 2`, `i + 1`.
 #[inline(always)]

@@ -48,6 +48,7 @@ mod x86;
 
 use std::sync::OnceLock;
 
+pub use float::FLOAT_TOKEN_GROUP;
 pub use gemma_io::GgmlType;
 pub use int8_groups::{i8_encode, i8_packed_bytes, I8_GROUP};
 pub use nuq::{nuq_cluster, nuq_encode, nuq_packed_bytes, NuqClusterBuf, NUQ_CLUSTERS, NUQ_GROUP};

@@ -76,13 +76,12 @@ pub enum Pooling {
 }
 
 impl Pooling {
-    /// From llama.cpp's numbering (`LLAMA_POOLING_TYPE_*`: 1 mean, 2 CLS, 3 last); 0 is none.
-    fn from_gguf(v: u64) -> Option<Option<Pooling>> {
+    /// From llama.cpp's numbering (`LLAMA_POOLING_TYPE_*`: 1 mean, 2 CLS, 3 last).
+    fn from_gguf(v: usize) -> Option<Pooling> {
         Some(match v {
-            0 => None,
-            1 => Some(Pooling::Mean),
-            2 => Some(Pooling::Cls),
-            3 => Some(Pooling::Last),
+            1 => Pooling::Mean,
+            2 => Pooling::Cls,
+            3 => Pooling::Last,
             _ => return None,
         })
     }
@@ -316,15 +315,16 @@ impl ModelConfig {
     }
 
     /// EmbeddingGemma: Gemma 3's layers, attention over the whole input, mean pooling unless the file says
-    /// otherwise (llama.cpp's default for the architecture).
+    /// otherwise.
     fn gemma_embedding(m: &Meta, c: ModelConfig) -> Result<ModelConfig, ModelError> {
         let pooling = match m.opt_usize("pooling_type")? {
-            None => Some(Pooling::Mean),
-            Some(v) => Pooling::from_gguf(v as u64)
-                .ok_or_else(|| m.unsupported("pooling_type", format!("unknown pooling type {v}")))?
-                .or(Some(Pooling::Mean)),
+            None => Pooling::Mean,
+            Some(v) => Pooling::from_gguf(v).ok_or_else(|| {
+                // 0 is llama.cpp's "none" (a vector per token), which nothing here returns.
+                m.unsupported("pooling_type", format!("pooling type {v} is not supported (1 mean, 2 CLS, 3 last)"))
+            })?,
         };
-        Ok(ModelConfig { causal: false, pooling, ..c })
+        Ok(ModelConfig { causal: false, pooling: Some(pooling), ..c })
     }
 
     /// The configuration of a gemma.cpp SBS checkpoint, from its `config` blob. Only the Gemma 3 family runs

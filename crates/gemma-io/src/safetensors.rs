@@ -231,36 +231,36 @@ fn parse_tensor(
     Ok(SafetensorsTensor { name: name.to_string(), dtype, shape, start: header_end + begin, end: header_end + end })
 }
 
-/// Writes tensors as a safetensors file's bytes (for tests and tools; F32 only).
-pub fn safetensors_bytes(tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
-    let mut header = serde_json::Map::new();
-    let mut offset = 0usize;
-    for (name, shape, values) in tensors {
-        let end = offset + 4 * values.len();
-        header.insert(
-            name.to_string(),
-            serde_json::json!({ "dtype": "F32", "shape": shape, "data_offsets": [offset, end] }),
-        );
-        offset = end;
-    }
-    let mut text = serde_json::Value::Object(header).to_string().into_bytes();
-    // Writers pad the header with spaces to 8 bytes.
-    while !text.len().is_multiple_of(8) {
-        text.push(b' ');
-    }
-    let mut out = (text.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(&text);
-    for (_, _, values) in tensors {
-        for v in values {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tensors as a safetensors file's bytes (F32 only).
+    fn safetensors_bytes(tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
+        let mut header = serde_json::Map::new();
+        let mut offset = 0usize;
+        for (name, shape, values) in tensors {
+            let end = offset + 4 * values.len();
+            header.insert(
+                name.to_string(),
+                serde_json::json!({ "dtype": "F32", "shape": shape, "data_offsets": [offset, end] }),
+            );
+            offset = end;
+        }
+        let mut text = serde_json::Value::Object(header).to_string().into_bytes();
+        // Writers pad the header with spaces to 8 bytes.
+        while !text.len().is_multiple_of(8) {
+            text.push(b' ');
+        }
+        let mut out = (text.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(&text);
+        for (_, _, values) in tensors {
+            for v in values {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        out
+    }
 
     fn sample() -> Vec<u8> {
         safetensors_bytes(&[

@@ -124,7 +124,7 @@ pub fn matmul(
     let m = w.rows;
     // Float weights take f32 activations, 4 bytes a value: all the tokens of a long prompt would not stay in
     // cache while each task's rows pass over them, so the tokens go in groups, one parallel region each.
-    let group = if w.format.vec_dot_type() == GgmlType::F32 { FLOAT_TOKEN_GROUP } else { n.max(1) };
+    let group = if w.format.vec_dot_type() == GgmlType::F32 { gemma_compression::FLOAT_TOKEN_GROUP } else { n.max(1) };
     for g0 in (0..n).step_by(group) {
         let g = group.min(n - g0);
         let acts = &acts.data[g0 * acts.row_bytes..(g0 + g) * acts.row_bytes];
@@ -147,10 +147,6 @@ pub fn matmul(
     }
     Ok(())
 }
-
-/// Tokens per parallel region for float weights (f32 activations): 48 rows of a 1,152-wide input are
-/// 216 KiB, which stay in L2 while the weights stream past.
-const FLOAT_TOKEN_GROUP: usize = 48;
 
 /// `out[t][r] = W[r] · x[t]` for a Q8_0 or Q5_0 matrix repacked with 16 rows interleaved ([`InterleavedRows`]);
 /// `acts` keeps the quantized activations between calls.

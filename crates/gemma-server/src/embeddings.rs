@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::api_error::ApiError;
-use crate::engine::{EmbeddingRequest, LoadedModel};
+use crate::engine::{EmbeddingRequest, LoadedModel, SubmitError};
 use crate::fields::Fields;
 use crate::openai::submit_error;
 use crate::server::{off_runtime, read_body, AppState};
@@ -57,7 +57,7 @@ enum EmbeddingValue {
 
 async fn openai(state: AppState, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let bytes = read_body(body, &headers, state.max_body_bytes()).await?;
-    let loaded = state.loaded()?;
+    let loaded = embedding_model(&state)?;
     let parsing = loaded.clone();
     let (inputs, dims, base64) = off_runtime(move || {
         let f = Fields::parse(&bytes)?;
@@ -78,7 +78,7 @@ async fn openai(state: AppState, headers: HeaderMap, body: Body) -> Result<Respo
     })
     .await?;
     let tokens: usize = inputs.iter().map(Vec::len).sum();
-    let vectors = compute(&state, &loaded, inputs, dims).await?;
+    let vectors = compute(&state, inputs, dims).await?;
     let data: Vec<OpenAiItem> = vectors
         .into_iter()
         .enumerate()
@@ -174,20 +174,18 @@ fn dimensions(f: &Fields, name: &str, m: &LoadedModel) -> Result<Option<usize>, 
     Ok(Some(d as usize))
 }
 
-/// Runs the inputs on the engine and truncates the vectors to `dims`.
-async fn compute(
-    state: &AppState,
-    loaded: &LoadedModel,
-    inputs: Vec<Vec<u32>>,
-    dims: Option<usize>,
-) -> Result<Vec<Vec<f32>>, ApiError> {
-    if loaded.embedding_dim.is_none() {
-        return Err(ApiError::invalid(format!(
-            "{} is not an embedding model: start the server with one (e.g. -m embeddinggemma-300m) for embeddings",
-            loaded.id
-        ))
-        .with_code("model_not_supported"));
+/// The loaded model, if it makes embeddings: checked before the body is parsed, so that a request to the wrong
+/// kind of model hears that first (the engine refuses it too).
+fn embedding_model(state: &AppState) -> Result<std::sync::Arc<LoadedModel>, ApiError> {
+    let loaded = state.loaded()?;
+    match loaded.embedding_dim {
+        Some(_) => Ok(loaded),
+        None => Err(submit_error(SubmitError::NotEmbeddingModel(loaded.id.clone()))),
     }
+}
+
+/// Runs the inputs on the engine and truncates the vectors to `dims`.
+async fn compute(state: &AppState, inputs: Vec<Vec<u32>>, dims: Option<usize>) -> Result<Vec<Vec<f32>>, ApiError> {
     let (reply, rx) = tokio::sync::oneshot::channel();
     state.engine().submit_embedding(EmbeddingRequest { inputs, reply }).map_err(submit_error)?;
     let vectors = rx
@@ -249,7 +247,7 @@ fn gemini_input(f: &Fields, m: &LoadedModel) -> Result<(Vec<u32>, Option<usize>)
 /// `:embedContent` (`batch` false) and `:batchEmbedContents`.
 pub(crate) async fn gemini(state: AppState, headers: HeaderMap, body: Body, batch: bool) -> Result<Response, ApiError> {
     let bytes = read_body(body, &headers, state.max_body_bytes()).await?;
-    let loaded = state.loaded()?;
+    let loaded = embedding_model(&state)?;
     let parsing = loaded.clone();
     let requests = off_runtime(move || {
         let f = Fields::parse(&bytes)?;
@@ -262,8 +260,10 @@ pub(crate) async fn gemini(state: AppState, headers: HeaderMap, body: Body, batc
             items
                 .iter()
                 .map(|item| {
-                    let body = serde_json::to_vec(item).map_err(|e| ApiError::internal(e.to_string()))?;
-                    gemini_input(&Fields::parse(&body)?, &parsing)
+                    let item = Fields::from_value(item.clone()).ok_or_else(|| {
+                        ApiError::invalid_param("requests", "each request must be an object").with_code("invalid_type")
+                    })?;
+                    gemini_input(&item, &parsing)
                 })
                 .collect::<Result<_, _>>()?
         } else {
@@ -275,7 +275,7 @@ pub(crate) async fn gemini(state: AppState, headers: HeaderMap, body: Body, batc
     })
     .await?;
     let dims: Vec<Option<usize>> = requests.iter().map(|(_, d)| *d).collect();
-    let vectors = compute(&state, &loaded, requests.into_iter().map(|(ids, _)| ids).collect(), None).await?;
+    let vectors = compute(&state, requests.into_iter().map(|(ids, _)| ids).collect(), None).await?;
     let values: Vec<GeminiEmbedding> = vectors
         .iter()
         .zip(dims)

@@ -21,6 +21,14 @@ impl Fields {
         }
     }
 
+    /// A JSON value that is an object (an element of a list of objects); `None` for anything else.
+    pub fn from_value(value: Value) -> Option<Fields> {
+        match value {
+            Value::Object(map) => Some(Fields { map }),
+            _ => None,
+        }
+    }
+
     /// A field that must be an object, read as [`Fields`] in turn.
     pub fn object(&self, name: &str) -> Result<Option<Fields>, ApiError> {
         match self.raw(name) {

@@ -6,7 +6,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::float::{FloatCodec, FloatKind, FLOAT_LANES};
+use crate::float::{FloatCodec, FloatKind, FLOAT_LANES, FLOAT_TOKEN_GROUP};
 
 /// A slab of weight rows and activation rows, checked by the caller: `rows` rows of `k` elements (`row_bytes`
 /// apart) in `w`, `tokens` rows of `k` f32 in `acts`, `out` holding `rows * tokens` results.
@@ -120,25 +120,21 @@ pub(crate) unsafe fn dot_rows_avx512<C: FloatCodec>(s: &mut FloatSlab) {
     }
 }
 
-/// Token ranges of at most [`TOKEN_GROUP`] tokens covering `0..tokens`.
+/// Token ranges of at most [`FLOAT_TOKEN_GROUP`] tokens covering `0..tokens`.
 fn token_groups(tokens: usize) -> impl Iterator<Item = (usize, usize)> {
-    (0..tokens).step_by(TOKEN_GROUP).map(move |g| (g, (g + TOKEN_GROUP).min(tokens)))
+    (0..tokens).step_by(FLOAT_TOKEN_GROUP).map(move |g| (g, (g + FLOAT_TOKEN_GROUP).min(tokens)))
 }
 
 /// Elements ahead of the current chunk whose weights are prefetched (8 cache lines of f32).
 const PREFETCH_AHEAD: usize = 128;
-
-/// 48 tokens of a 1,152-wide input are 216 KiB of activations: an L2's share, not an L1's.
-const TOKEN_GROUP: usize = 48;
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw")]
 #[allow(clippy::needless_range_loop)] // the indices name the accumulator registers
 unsafe fn tile_avx512<C: FloatCodec, const R: usize, const T: usize>(s: &mut FloatSlab, r0: usize, t0: usize) {
     // Tiles after the first of a token group find the rows in cache.
-    let prefetch = t0.is_multiple_of(TOKEN_GROUP);
-    let (k, kind) = (s.k, C::KIND);
-    let elem = kind.elem_bytes();
+    let prefetch = t0.is_multiple_of(FLOAT_TOKEN_GROUP);
+    let (k, kind, elem) = (s.k, C::KIND, C::TY.type_size());
     let full = k / FLOAT_LANES * FLOAT_LANES;
     let mut acc = [[_mm512_setzero_ps(); T]; R];
     let w_at = |r: usize, i: usize| s.w.as_ptr().wrapping_add(((r0 + r) * k + i) * elem);
@@ -183,13 +179,14 @@ unsafe fn tile_avx512<C: FloatCodec, const R: usize, const T: usize>(s: &mut Flo
 /// The CPU must have AVX2, FMA and F16C; the slab's lengths must be as documented.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn dot_rows_avx2<C: FloatCodec>(s: &mut FloatSlab) {
+    // The loop order of the AVX-512 kernel.
     for (g0, g1) in token_groups(s.tokens) {
-        let mut r0 = 0;
-        while r0 < s.rows {
-            let r = (s.rows - r0).min(2);
-            let mut t0 = g0;
-            while t0 < g1 {
-                let t = (g1 - t0).min(3);
+        let mut t0 = g0;
+        while t0 < g1 {
+            let t = (g1 - t0).min(3);
+            let mut r0 = 0;
+            while r0 < s.rows {
+                let r = (s.rows - r0).min(2);
                 // SAFETY: the CPU features are this function's own; the tile lies inside the slab.
                 unsafe {
                     if (r, t) == (2, 3) {
@@ -202,9 +199,9 @@ pub(crate) unsafe fn dot_rows_avx2<C: FloatCodec>(s: &mut FloatSlab) {
                         }
                     }
                 }
-                t0 += t;
+                r0 += r;
             }
-            r0 += r;
+            t0 += t;
         }
     }
 }
@@ -213,8 +210,7 @@ pub(crate) unsafe fn dot_rows_avx2<C: FloatCodec>(s: &mut FloatSlab) {
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::needless_range_loop)] // the indices name the accumulator registers
 unsafe fn tile_avx2<C: FloatCodec, const R: usize, const T: usize>(s: &mut FloatSlab, r0: usize, t0: usize) {
-    let (k, kind) = (s.k, C::KIND);
-    let elem = kind.elem_bytes();
+    let (k, kind, elem) = (s.k, C::KIND, C::TY.type_size());
     let full = k / FLOAT_LANES * FLOAT_LANES;
     // acc[r][t][half]: lanes 0..8 and 8..16 of the pattern.
     let mut acc = [[[_mm256_setzero_ps(); 2]; T]; R];

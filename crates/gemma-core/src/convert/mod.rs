@@ -30,7 +30,7 @@ pub use migrate::migrate;
 pub use migrate::migrate_into;
 pub use parallel_encode::encode_sbs_tensor;
 pub use sbs_to_gguf::{build_gguf, decode_sbs_tensor, sbs_to_gguf, GgufOutputType, SbsToGgufOptions};
-pub use sentence_transformers::{is_model_folder, sentence_transformers_gguf};
+pub use sentence_transformers::{is_model_folder, sentence_transformers_file, sentence_transformers_gguf};
 pub use tokenizer_proto::{gguf_vocab_metadata, model_proto_from_gguf};
 
 /// Why a conversion failed.

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use gemma_io::sbs::ModelProto;
-use gemma_io::{GgufWriter, MetaValue, SafetensorsDtype, SafetensorsFile, SafetensorsTensor};
+use gemma_io::{GgmlType, GgufWriter, MetaValue, SafetensorsDtype, SafetensorsFile, SafetensorsTensor};
 use serde_json::Value;
 
 use super::sbs_to_gguf::GgufOutputType;
@@ -292,34 +292,29 @@ pub fn sentence_transformers_gguf(
     for (i, (hf_name, gguf_name, shape, norm)) in plan.iter().enumerate() {
         // Some checkpoints prefix every name with `model.`.
         let name = if st.tensor(hf_name).is_some() { hf_name.clone() } else { format!("model.{hf_name}") };
+        let (rows, cols) = if shape.len() == 2 { (shape[0], shape[1]) } else { (1, shape[0]) };
         let raw_f32 = out_type == GgufOutputType::F32 && !*norm && n_pieces >= c.vocab;
-        if let Some(t) = st.tensor(&name).filter(|t| raw_f32 && t.dtype == SafetensorsDtype::F32) {
-            // Little-endian f32 rows are GGML's F32 layout: copied once, not decoded and re-encoded.
-            check_shape(t, hf_name, shape)?;
-            let dims = if shape.len() == 2 { vec![shape[1] as u64, shape[0] as u64] } else { vec![shape[0] as u64] };
-            writer.add_tensor(gguf_name.clone(), &dims, gemma_io::GgmlType::F32, st.tensor_bytes(t).to_vec())?;
-            st.release(t);
-            progress(ConvertProgress { done: i + 1, total, tensor: gguf_name });
-            continue;
+        match st.tensor(&name).filter(|t| raw_f32 && t.dtype == SafetensorsDtype::F32) {
+            Some(t) => {
+                // Little-endian f32 rows are GGML's F32 layout: copied once, not decoded and re-encoded.
+                check_shape(t, hf_name, shape)?;
+                add_bytes(&mut writer, gguf_name, rows, cols, false, GgmlType::F32, st.tensor_bytes(t).to_vec())?;
+                st.release(t);
+            }
+            None => {
+                let mut values = tensor_values(&st, &name, hf_name, shape)?;
+                if gguf_name == "token_embd.weight" && n_pieces < c.vocab {
+                    // llama.cpp drops the embedding rows beyond the tokenizer's pieces.
+                    values.truncate(n_pieces * d);
+                }
+                if *norm {
+                    // Gemma's RMSNorm multiplies by 1 + w; llama.cpp's files hold 1 + w.
+                    values.iter_mut().for_each(|v| *v += 1.0);
+                }
+                let rows = values.len() / cols.max(1);
+                add_tensor(&mut writer, gguf_name, &values, rows, cols, if *norm { None } else { Some(out_type) })?;
+            }
         }
-        let mut values = tensor_values(&st, &name, hf_name, shape)?;
-        if gguf_name == "token_embd.weight" && n_pieces < c.vocab {
-            // llama.cpp drops the embedding rows beyond the tokenizer's pieces.
-            values.truncate(n_pieces * d);
-        }
-        if *norm {
-            // Gemma's RMSNorm multiplies by 1 + w; llama.cpp's files hold 1 + w.
-            values.iter_mut().for_each(|v| *v += 1.0);
-        }
-        let rows = if shape.len() == 2 { values.len() / shape[1] } else { 1 };
-        add_tensor(
-            &mut writer,
-            gguf_name,
-            &values,
-            rows,
-            *shape.last().unwrap_or(&0),
-            if *norm { None } else { Some(out_type) },
-        )?;
         progress(ConvertProgress { done: i + 1, total, tensor: gguf_name });
     }
     let mut width = d;
@@ -339,6 +334,12 @@ pub fn sentence_transformers_gguf(
         progress(ConvertProgress { done: plan.len() + i + 1, total, tensor: &name });
     }
     Ok(writer)
+}
+
+/// The folder `dir` as the F32 GGUF file it converts to, held in memory (how a folder is loaded and shown).
+pub fn sentence_transformers_file(dir: &Path) -> Result<gemma_io::GgufFile, ConvertError> {
+    let writer = sentence_transformers_gguf(dir, GgufOutputType::F32, &mut super::no_progress)?;
+    Ok(gemma_io::GgufFile::from_bytes(writer.into_bytes(), dir)?)
 }
 
 /// The f32 values of safetensors tensor `name`, checked to have `shape`.
@@ -369,9 +370,22 @@ fn add_tensor(
     cols: usize,
     out: Option<GgufOutputType>,
 ) -> Result<(), ConvertError> {
-    let ty = out.map_or(gemma_io::GgmlType::F32, |o| o.ggml_type());
+    let ty = out.map_or(GgmlType::F32, |o| o.ggml_type());
     let data = super::sbs_to_gguf::encode_matrix(name, values, rows, cols, ty)?;
-    let dims = if rows == 1 && out.is_none() { vec![cols as u64] } else { vec![cols as u64, rows as u64] };
+    add_bytes(writer, name, rows, cols, out.is_none(), ty, data)
+}
+
+/// Adds encoded data of a `rows x cols` tensor; a norm (`vector`) has the one dimension llama.cpp gives it.
+fn add_bytes(
+    writer: &mut GgufWriter,
+    name: &str,
+    rows: usize,
+    cols: usize,
+    vector: bool,
+    ty: GgmlType,
+    data: Vec<u8>,
+) -> Result<(), ConvertError> {
+    let dims = if vector && rows == 1 { vec![cols as u64] } else { vec![cols as u64, rows as u64] };
     writer.add_tensor(name.to_string(), &dims, ty, data)?;
     Ok(())
 }

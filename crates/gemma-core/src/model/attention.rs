@@ -42,9 +42,11 @@ pub(crate) fn attention(
         layer_kv.keys[dst.clone()].copy_from_slice(&k[i * kv_row..(i + 1) * kv_row]);
         layer_kv.values[dst].copy_from_slice(&v[i * kv_row..(i + 1) * kv_row]);
     }
-    // Without causality a query sees up to its sequence's last position in this batch.
-    let mut seq_end = vec![0usize; caches.len()];
+    // Without causality a query sees up to its sequence's last position in this batch (decoders allocate
+    // nothing here).
+    let mut seq_end = Vec::new();
     if !shape.causal {
+        seq_end.resize(caches.len(), 0usize);
         for t in &batch.tokens {
             seq_end[t.seq] = seq_end[t.seq].max(t.pos + 1);
         }

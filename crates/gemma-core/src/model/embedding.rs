@@ -43,9 +43,13 @@ impl EmbeddingHead {
     }
 }
 
-/// Runs `inputs` (token ids, each a whole input with its BOS/EOS) through `forward` in passes of up to
-/// `max_tokens` tokens, and returns one L2-normalised embedding per input. `forward` runs a batch whose
-/// tokens ask for no logits, leaving the final hidden states in `scratch.x`.
+/// Runs one pass over a batch of whole inputs (the group's inputs are the batch's sequences, in order).
+pub(crate) type GroupForward<'a> = dyn FnMut(&Batch, &[&[u32]], &mut Scratch) -> Result<(), ModelError> + 'a;
+
+/// Runs `inputs` (token ids, each a whole input with its BOS/EOS) through `forward` in passes of up to the
+/// context length in tokens, and returns one L2-normalised embedding per input. `forward` runs a batch of the
+/// given inputs (sequence `i` is input `i` of the group), whose tokens ask for no logits, leaving the final
+/// hidden states in `scratch.x`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn embed_inputs(
     file: WeightFile<'_>,
@@ -53,11 +57,11 @@ pub(crate) fn embed_inputs(
     head: &EmbeddingHead,
     final_norm: &[f32],
     inputs: &[&[u32]],
-    max_tokens: usize,
     pool: &ThreadPool,
     scratch: &mut Scratch,
-    forward: &mut dyn FnMut(&Batch, usize, &mut Scratch) -> Result<(), ModelError>,
+    forward: &mut GroupForward<'_>,
 ) -> Result<Vec<Vec<f32>>, ModelError> {
+    let max_tokens = c.context_length;
     for ids in inputs {
         if ids.is_empty() {
             return Err(ModelError::BadBatch("an input to embed has no tokens".into()));
@@ -83,7 +87,7 @@ pub(crate) fn embed_inputs(
                 batch.push(BatchToken { token, pos, seq, logits: false });
             }
         }
-        forward(&batch, group.len(), scratch)?;
+        forward(&batch, group, scratch)?;
         let d = c.d_model;
         let Scratch { x, h, acts, .. } = scratch;
         let x = &mut x[..tokens * d];

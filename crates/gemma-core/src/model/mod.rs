@@ -72,13 +72,8 @@ impl Model {
     pub fn open_with(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Model, ModelError> {
         let path = path.as_ref();
         if crate::convert::is_model_folder(path) {
-            let writer = crate::convert::sentence_transformers_gguf(
-                path,
-                crate::convert::GgufOutputType::F32,
-                &mut crate::convert::no_progress,
-            )
-            .map_err(|e| ModelError::Folder(Box::new(e)))?;
-            return Self::from_gguf_with(GgufFile::from_bytes(writer.into_bytes(), path)?, options);
+            let file = crate::convert::sentence_transformers_file(path).map_err(|e| ModelError::Folder(Box::new(e)))?;
+            return Self::from_gguf_with(file, options);
         }
         if is_sbs_file(path) {
             return Self::from_sbs_with(SbsFile::open(path)?, options);
@@ -174,23 +169,16 @@ impl Model {
         let head = self.embedding_head.as_ref().ok_or_else(not_embedding)?;
         let Weights::Gemma3(w) = &self.weights else { return Err(not_embedding()) };
         let mut scratch = Scratch::default();
-        let max_tokens = self.config.context_length;
         embedding::embed_inputs(
             self.weight_file(),
             &self.config,
             head,
             w.head.norm(),
             inputs,
-            max_tokens,
             pool,
             &mut scratch,
-            &mut |batch, sequences, scratch| {
-                let mut caches: Vec<KvCache> = (0..sequences)
-                    .map(|s| {
-                        let len = batch.tokens.iter().filter(|t| t.seq == s).count();
-                        self.new_cache(len)
-                    })
-                    .collect();
+            &mut |batch, group, scratch| {
+                let mut caches: Vec<KvCache> = group.iter().map(|ids| self.new_cache(ids.len())).collect();
                 validate_batch(batch, &caches, self.config.vocab_size)?;
                 self.forward_ubatch(batch, &mut caches, pool, scratch)
             },
