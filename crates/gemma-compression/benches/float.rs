@@ -2,10 +2,13 @@
 //! a 64-row slab of its 768-wide matrices against 1 token (decode-like) and 48 tokens (one token group of a
 //! long input, what one matmul task sees). Throughput: multiply-adds.
 //!
+//! `panels_*`: the same rows repacked in panels of 16 ([`FloatPanels`]), as the model loads them.
+//!
 //! Run with `cargo bench -p gemma-compression --bench float`; `GEMMA_SIMD=avx2|scalar` lowers the SIMD level.
 //! Single-threaded (matmul spreads slabs over threads).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use gemma_compression::float_panels::FloatPanels;
 use gemma_compression::{quant_format, simd_level, GgmlType};
 
 mod common;
@@ -30,6 +33,12 @@ fn bench_float(c: &mut Criterion) {
             group.throughput(Throughput::Elements((rows * tokens * n) as u64));
             group.bench_function(format!("{ty}_{rows}x{n}_x{tokens}"), |b| {
                 b.iter(|| f.dot_rows(n, black_box(&w), rows, black_box(&acts), tokens, &mut out))
+            });
+            // The same rows repacked in panels (what the model loads float matrices as).
+            let panels = FloatPanels::repack(ty, rows, n, &w, &mut |_| {}).unwrap();
+            let x: Vec<f32> = acts.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            group.bench_function(format!("panels_{ty}_{rows}x{n}_x{tokens}"), |b| {
+                b.iter(|| panels.dot_panels(0..panels.panels(), black_box(&x), tokens, &mut out))
             });
         }
     }

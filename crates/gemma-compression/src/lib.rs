@@ -32,6 +32,7 @@ pub(crate) use x86_dispatch;
 
 pub mod bf16_tile;
 mod float;
+pub mod float_panels;
 mod int8_groups;
 pub mod interleaved;
 pub mod interleaved_k;

@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
+use gemma_compression::float_panels::{is_float_panel_type, FloatPanels};
 use gemma_compression::interleaved::{InterleavedFormat, InterleavedRows};
 use gemma_compression::interleaved_k::{InterleavedKFormat, InterleavedKRows};
-use gemma_compression::{quant_format, sbs_codec, GgmlType, SbsCodecType, NUQ_GROUP};
+use gemma_compression::{quant_format, sbs_codec, SbsCodecType, NUQ_GROUP};
 use gemma_io::sbs::{SbsFile, SbsType};
 use gemma_io::{GgufFile, TensorInfo};
 use gemma_ops::matmul::{RowBlocks, SbsMatrix, WeightView};
@@ -39,6 +40,8 @@ enum Storage {
     Interleaved(Arc<InterleavedRows>),
     /// The same for Q4_K and Q6_K.
     InterleavedK(Arc<InterleavedKRows>),
+    /// An F32, F16 or BF16 tensor repacked at load in panels of 16 rows.
+    FloatPanels(Arc<FloatPanels>),
     /// An SBS-format stream built at load (a tensor whose file layout the kernels cannot read in place).
     Owned { stream: Vec<u8>, ty: SbsCodecType, scale: f32 },
 }
@@ -51,6 +54,7 @@ impl Matrix {
         match (&self.storage, file) {
             (Storage::Interleaved(m), _) => WeightView::Interleaved(m),
             (Storage::InterleavedK(m), _) => WeightView::InterleavedK(m),
+            (Storage::FloatPanels(m), _) => WeightView::FloatPanels(m),
             (Storage::Gguf(info), WeightFile::Gguf(f)) => WeightView::Ggml(
                 QMatrix::new(f.tensor_data(info), self.rows, self.cols, info.ggml_type)
                     .unwrap_or_else(|e| unreachable!("matrix {} was validated at load: {e}", info.name)),
@@ -79,17 +83,25 @@ impl Matrix {
     }
 }
 
-/// Whether the tensor's format has interleaved kernels (Q8_0, Q5_0, Q4_K, Q6_K), so loading repacks it.
-fn is_repacked(ty: GgmlType) -> bool {
-    InterleavedFormat::of(ty).is_some() || InterleavedKFormat::of(ty).is_some()
+/// The token embedding: a table read a row at a time by lookups, so float formats keep the file's layout
+/// (panels would turn each lookup into a strided gather, and an embedding model never multiplies by it).
+const LOOKUP_TABLE: &str = "token_embd.weight";
+
+/// Whether loading repacks the tensor: formats with interleaved kernels (Q8_0, Q5_0, Q4_K, Q6_K) always,
+/// float matrices (F32, F16, BF16) into panels unless the tensor is the lookup table.
+fn is_repacked(info: &TensorInfo) -> bool {
+    let ty = info.ggml_type;
+    InterleavedFormat::of(ty).is_some()
+        || InterleavedKFormat::of(ty).is_some()
+        || (is_float_panel_type(ty) && info.dims.len() == 2 && info.name != LOOKUP_TABLE)
 }
 
-/// The tensor repacked for the interleaved kernels when its format has them (`matrix` has checked that its
-/// rows are whole blocks). The file pages of the original are released as they are copied, so the copy does
-/// not add to the resident set.
-fn interleaved(file: &GgufFile, info: &TensorInfo, rows: usize, cols: usize) -> Result<Option<Storage>, ModelError> {
+/// The tensor repacked for the interleaved or panel kernels when [`is_repacked`] says so (`matrix` has
+/// checked its shape and format). The file pages of the original are released as they are copied, so the
+/// copy does not add to the resident set.
+fn repacked(file: &GgufFile, info: &TensorInfo, rows: usize, cols: usize) -> Result<Option<Storage>, ModelError> {
     let ty = info.ggml_type;
-    if !is_repacked(ty) {
+    if !is_repacked(info) {
         return Ok(None);
     }
     let data = file.tensor_data(info);
@@ -102,7 +114,9 @@ fn interleaved(file: &GgufFile, info: &TensorInfo, rows: usize, cols: usize) -> 
             released = done;
         }
     };
-    let storage = if InterleavedKFormat::of(ty).is_some() {
+    let storage = if is_float_panel_type(ty) {
+        FloatPanels::repack(ty, rows, cols, data, &mut done).map(|m| Storage::FloatPanels(Arc::new(m)))
+    } else if InterleavedKFormat::of(ty).is_some() {
         InterleavedKRows::repack(ty, rows, cols, data, &mut done).map(|m| Storage::InterleavedK(Arc::new(m)))
     } else {
         InterleavedRows::repack(ty, rows, cols, data, &mut done).map(|m| Storage::Interleaved(Arc::new(m)))
@@ -115,13 +129,12 @@ fn interleaved(file: &GgufFile, info: &TensorInfo, rows: usize, cols: usize) -> 
 /// map its whole folio, neighbouring repacked tensors included, back into the resident set; faulting the
 /// in-place tensors now and releasing afterwards leaves nothing to fault later.
 pub(crate) fn settle_resident_pages(file: &GgufFile) {
-    let repacked = |t: &TensorInfo| is_repacked(t.ggml_type);
-    for t in file.tensors().iter().filter(|t| !repacked(t)) {
+    for t in file.tensors().iter().filter(|t| !is_repacked(t)) {
         // Every 4096th byte from the start, and the last: together they lie in every page of the tensor.
         let data = file.tensor_data(t);
         std::hint::black_box(data.iter().step_by(4096).chain(data.last()).fold(0u8, |a, &b| a ^ b));
     }
-    for t in file.tensors().iter().filter(|t| repacked(t)) {
+    for t in file.tensors().iter().filter(|t| is_repacked(t)) {
         file.release_pages(file.tensor_data(t));
     }
 }
@@ -142,7 +155,7 @@ pub fn matrix(file: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<M
     }
     QMatrix::new(file.tensor_data(info), rows, cols, info.ggml_type)
         .map_err(|source| ModelError::TensorFormat { name: name.into(), source })?;
-    let storage = interleaved(file, info, rows, cols)?.unwrap_or_else(|| Storage::Gguf(info.clone()));
+    let storage = repacked(file, info, rows, cols)?.unwrap_or_else(|| Storage::Gguf(info.clone()));
     Ok(Matrix { rows, cols, storage })
 }
 

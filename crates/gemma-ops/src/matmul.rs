@@ -7,6 +7,7 @@ use gemma_compression::bf16_tile::{
     bf16_words, dot_bf16_tile, dot_i8_row_bf16, dot_nuq_row_bf16, dot_sfp_row_bf16, has_avx512_bf16, has_fused_i8_row,
     has_fused_nuq_row, has_fused_sfp_row, round_acts_to_bf16,
 };
+use gemma_compression::float_panels::{FloatPanels, PANEL_ROWS};
 use gemma_compression::interleaved::{InterleavedActs, InterleavedRows, ROW_GROUP};
 use gemma_compression::interleaved_k::InterleavedKRows;
 use gemma_compression::{
@@ -184,6 +185,26 @@ pub fn matmul_interleaved_k(
     Ok(())
 }
 
+/// `out[t][r] = W[r] · x[t]` for a float matrix repacked in panels of 16 rows ([`FloatPanels`]); the
+/// activations are taken as they are, and each task writes its rows straight into `out`.
+pub fn matmul_float_panels(pool: &ThreadPool, w: &FloatPanels, x: &[f32], out: &mut [f32]) {
+    let n = x.len() / w.cols();
+    assert_eq!(x.len(), n * w.cols(), "activation length is not a multiple of the matrix width");
+    assert_eq!(out.len(), n * w.rows(), "output length does not match");
+    let rows = w.rows();
+    if n == 0 || rows == 0 {
+        return;
+    }
+    let out_shared = SharedMut::new(out);
+    pool.for_ranges(w.panels(), ROWS_PER_TASK / PANEL_ROWS, &|panels| {
+        let first = panels.start * PANEL_ROWS;
+        assert!(first < rows && n * rows <= out_shared.len());
+        // SAFETY: this task alone writes rows `first..` of its panels in every token's row of `out` (`n` rows of
+        // `rows`), and the kernel writes only the real ones.
+        unsafe { w.dot_panels_into(panels, x, n, out_shared.ptr().add(first), rows) };
+    });
+}
+
 /// Hands out the 16-row groups of an interleaved matrix of `rows` rows to the pool; `dot(groups, tile)` fills
 /// a task's tile (token-major, 16 columns per group, padding rows included), whose real rows are copied to
 /// every token's row of `out` (`n` rows of `rows`).
@@ -298,6 +319,8 @@ pub enum WeightView<'a> {
     Interleaved(&'a InterleavedRows),
     /// Q4_K or Q6_K repacked at load with 16 rows interleaved.
     InterleavedK(&'a InterleavedKRows),
+    /// F32, F16 or BF16 repacked at load in panels of 16 rows.
+    FloatPanels(&'a FloatPanels),
 }
 
 impl WeightView<'_> {
@@ -307,6 +330,7 @@ impl WeightView<'_> {
             WeightView::Sbs(w) => w.rows,
             WeightView::Interleaved(w) => w.rows(),
             WeightView::InterleavedK(w) => w.rows(),
+            WeightView::FloatPanels(w) => w.rows(),
         }
     }
 
@@ -316,13 +340,17 @@ impl WeightView<'_> {
             WeightView::Sbs(w) => w.cols,
             WeightView::Interleaved(w) => w.cols(),
             WeightView::InterleavedK(w) => w.cols(),
+            WeightView::FloatPanels(w) => w.cols(),
         }
     }
 
     /// The factor every decoded value is multiplied by (1 for GGML formats).
     pub fn scale(&self) -> f32 {
         match self {
-            WeightView::Ggml(_) | WeightView::Interleaved(_) | WeightView::InterleavedK(_) => 1.0,
+            WeightView::Ggml(_)
+            | WeightView::Interleaved(_)
+            | WeightView::InterleavedK(_)
+            | WeightView::FloatPanels(_) => 1.0,
             WeightView::Sbs(w) => w.scale,
         }
     }
@@ -334,6 +362,7 @@ impl WeightView<'_> {
             WeightView::Ggml(w) => w.dequantize_row(r, out),
             WeightView::Interleaved(w) => w.dequantize_row(r, out),
             WeightView::InterleavedK(w) => w.dequantize_row(r, out),
+            WeightView::FloatPanels(w) => w.dequantize_row(r, out),
             WeightView::Sbs(w) => {
                 if let Err(e) = w.decode_row(r, out) {
                     panic!("decoding row {r} of a validated SBS matrix: {e}");
@@ -343,7 +372,7 @@ impl WeightView<'_> {
     }
 }
 
-/// [`matmul`], [`matmul_interleaved`], [`matmul_interleaved_k`] or [`matmul_sbs`], whichever kind of matrix `w` is.
+/// [`matmul`], [`matmul_interleaved`], [`matmul_interleaved_k`], [`matmul_float_panels`] or [`matmul_sbs`], whichever kind of matrix `w` is.
 pub fn matmul_view(
     pool: &ThreadPool,
     w: &WeightView,
@@ -355,6 +384,10 @@ pub fn matmul_view(
         WeightView::Ggml(q) => matmul(pool, q, x, out, scratch),
         WeightView::Interleaved(w) => matmul_interleaved(pool, w, x, out, &mut scratch.interleaved),
         WeightView::InterleavedK(w) => matmul_interleaved_k(pool, w, x, out, scratch),
+        WeightView::FloatPanels(w) => {
+            matmul_float_panels(pool, w, x, out);
+            Ok(())
+        }
         WeightView::Sbs(s) => {
             matmul_sbs(pool, s, x, out);
             Ok(())
@@ -744,12 +777,15 @@ mod tests {
         let (rows, cols) = (37, 512);
         let mut seed = 11;
         let wf: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
-        for ty in [GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q4K, GgmlType::Q6K] {
+        let types = [GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q4K, GgmlType::Q6K, GgmlType::F32, GgmlType::F16];
+        for ty in types.into_iter().chain([GgmlType::BF16]) {
             let wq = quantize_rows(ty, &wf, cols);
             let plain = QMatrix::new(&wq, rows, cols, ty).unwrap();
             let interleaved = InterleavedRows::repack(ty, rows, cols, &wq, &mut |_| {}).ok();
             let interleaved_k = InterleavedKRows::repack(ty, rows, cols, &wq, &mut |_| {}).ok();
-            assert!(interleaved.is_some() != interleaved_k.is_some(), "{ty} repacks into exactly one layout");
+            let panels = FloatPanels::repack(ty, rows, cols, &wq, &mut |_| {}).ok();
+            let layouts = [interleaved.is_some(), interleaved_k.is_some(), panels.is_some()];
+            assert_eq!(layouts.iter().filter(|&&l| l).count(), 1, "{ty} repacks into exactly one layout");
             for n in [1, 5] {
                 let x: Vec<f32> = (0..n * cols).map(|_| lcg(&mut seed)).collect();
                 let mut want = vec![0f32; n * rows];
@@ -763,6 +799,9 @@ mod tests {
                     }
                     if let Some(w) = &interleaved_k {
                         matmul_interleaved_k(&pool, w, &x, &mut out, &mut QuantizedActs::default()).unwrap();
+                    }
+                    if let Some(w) = &panels {
+                        matmul_float_panels(&pool, w, &x, &mut out);
                     }
                     for (i, (w, g)) in want.iter().zip(&out).enumerate() {
                         let (t, r) = (i / rows, i % rows);

@@ -275,6 +275,19 @@ impl<T> SharedMut<T> {
         // SAFETY: bounds checked above; disjointness is the caller's contract.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(range.start), range.end - range.start) }
     }
+
+    /// The buffer's start, for kernels that write a strided part of it (the same disjointness contract).
+    pub fn ptr(&self) -> *mut T {
+        self.ptr
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 #[cfg(test)]

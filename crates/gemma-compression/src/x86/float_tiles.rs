@@ -22,7 +22,7 @@ pub(crate) struct FloatSlab<'a> {
 /// 16 weights of `kind` starting at `p` as f32 (exact conversions).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw")]
-unsafe fn load16_avx512(kind: FloatKind, p: *const u8) -> __m512 {
+pub(super) unsafe fn load16_avx512(kind: FloatKind, p: *const u8) -> __m512 {
     // SAFETY (all arms): the caller guarantees 16 elements of `kind` at `p`.
     match kind {
         FloatKind::F32 => unsafe { _mm512_loadu_ps(p as *const f32) },
@@ -36,7 +36,7 @@ unsafe fn load16_avx512(kind: FloatKind, p: *const u8) -> __m512 {
 /// 8 weights of `kind` starting at `p` as f32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load8_avx2(kind: FloatKind, p: *const u8) -> __m256 {
+pub(super) unsafe fn load8_avx2(kind: FloatKind, p: *const u8) -> __m256 {
     // SAFETY (all arms): the caller guarantees 8 elements of `kind` at `p`.
     match kind {
         FloatKind::F32 => unsafe { _mm256_loadu_ps(p as *const f32) },

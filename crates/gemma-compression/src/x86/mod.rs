@@ -9,6 +9,7 @@
 
 pub(crate) mod activations;
 pub(crate) mod bf16_tile;
+pub(crate) mod float_panels;
 pub(crate) mod float_tiles;
 pub(crate) mod interleaved;
 pub(crate) mod interleaved_k;
