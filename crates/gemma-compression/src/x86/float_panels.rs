@@ -1,6 +1,7 @@
 //! Products of float weight panels ([`crate::float_panels`]) with f32 activations: one vector of 16 rows
 //! (two halves of 8 on AVX2) times one broadcast activation per multiply-add, each lane its own chain.
-//! AVX-512 keeps a tile of 4 panels x 6 tokens in 24 registers; AVX2 one panel x 6 tokens in 12.
+//! AVX-512 keeps a tile of 4 panels x 6 tokens in 24 registers (8 panels for a lone token); AVX2 one panel
+//! x 6 tokens in 12 (4 panels for one token, 2 for two).
 
 use std::arch::x86_64::*;
 
@@ -46,7 +47,11 @@ pub(crate) unsafe fn dot_panels_avx512<C: FloatCodec>(s: &PanelSlab, out: &Panel
             while p < b1 {
                 // SAFETY: the CPU features are this function's own; the tile lies inside the checked slab.
                 unsafe {
-                    if b1 - p >= 4 {
+                    // One token alone gets 8 panels, so that 8 chains hide the FMA latency.
+                    if t == 1 && b1 - p >= 8 {
+                        tile_avx512::<C, 8, 1>(s, p, t0, out);
+                        p += 8;
+                    } else if b1 - p >= 4 {
                         with_tokens!(t, tile_avx512::<C, 4>(s, p, t0, out));
                         p += 4;
                     } else {
@@ -116,9 +121,22 @@ pub(crate) unsafe fn dot_panels_avx2<C: FloatCodec>(s: &PanelSlab, out: &PanelOu
         let b1 = (b0 + block).min(s.panels);
         for t0 in (0..s.tokens).step_by(TILE_TOKENS) {
             let t = (s.tokens - t0).min(TILE_TOKENS);
-            for p in b0..b1 {
+            let mut p = b0;
+            while p < b1 {
                 // SAFETY: the CPU features are this function's own; the tile lies inside the checked slab.
-                unsafe { with_tokens!(t, tile_avx2::<C, 1>(s, p, t0, out)) };
+                unsafe {
+                    // At least 8 chains (two halves per panel) hide the FMA latency for one or two tokens.
+                    if t == 1 && b1 - p >= 4 {
+                        tile_avx2::<C, 4, 1>(s, p, t0, out);
+                        p += 4;
+                    } else if t == 2 && b1 - p >= 2 {
+                        tile_avx2::<C, 2, 2>(s, p, t0, out);
+                        p += 2;
+                    } else {
+                        with_tokens!(t, tile_avx2::<C, 1>(s, p, t0, out));
+                        p += 1;
+                    }
+                }
             }
         }
     }
@@ -136,37 +154,39 @@ unsafe fn tile_avx2<C: FloatCodec, const P: usize, const T: usize>(
     let (k, elem) = (s.k, C::TY.type_size());
     let step = PANEL_ROWS * elem;
     let a = s.acts.as_ptr().wrapping_add(t0 * k);
-    for p in 0..P {
-        let w = s.w.as_ptr().wrapping_add((p0 + p) * s.panel_bytes);
-        // acc[t][half]: rows 0..8 and 8..16 of the panel.
-        let mut acc = [[_mm256_setzero_ps(); 2]; T];
-        for i in 0..k {
-            // SAFETY: as in the AVX-512 tile.
-            unsafe {
-                let lo = load8_avx2(C::KIND, w.add(i * step));
-                let hi = load8_avx2(C::KIND, w.add(i * step + 8 * elem));
+    let w = s.w.as_ptr().wrapping_add(p0 * s.panel_bytes);
+    // acc[p][t][half]: rows 0..8 and 8..16 of panel `p0 + p`.
+    let mut acc = [[[_mm256_setzero_ps(); 2]; T]; P];
+    for i in 0..k {
+        // SAFETY: as in the AVX-512 tile.
+        unsafe {
+            for p in 0..P {
+                let at = w.add(p * s.panel_bytes + i * step);
+                let (lo, hi) = (load8_avx2(C::KIND, at), load8_avx2(C::KIND, at.add(8 * elem)));
                 for t in 0..T {
                     let x = _mm256_set1_ps(*a.add(t * k + i));
-                    acc[t][0] = _mm256_fmadd_ps(lo, x, acc[t][0]);
-                    acc[t][1] = _mm256_fmadd_ps(hi, x, acc[t][1]);
+                    acc[p][t][0] = _mm256_fmadd_ps(lo, x, acc[p][t][0]);
+                    acc[p][t][1] = _mm256_fmadd_ps(hi, x, acc[p][t][1]);
                 }
             }
         }
+    }
+    for p in 0..P {
         for t in 0..T {
             let c = PANEL_ROWS * (p0 + p);
             if c + PANEL_ROWS <= out.cols {
                 let at = out.ptr.wrapping_add((t0 + t) * out.stride + c);
                 // SAFETY: 16 real rows from column `c` of one of the slab's tokens, guaranteed by `out`.
                 unsafe {
-                    _mm256_storeu_ps(at, acc[t][0]);
-                    _mm256_storeu_ps(at.add(8), acc[t][1]);
+                    _mm256_storeu_ps(at, acc[p][t][0]);
+                    _mm256_storeu_ps(at.add(8), acc[p][t][1]);
                 }
             } else {
                 let mut v = [0f32; PANEL_ROWS];
                 // SAFETY: `v` holds 16 values.
                 unsafe {
-                    _mm256_storeu_ps(v.as_mut_ptr(), acc[t][0]);
-                    _mm256_storeu_ps(v.as_mut_ptr().add(8), acc[t][1]);
+                    _mm256_storeu_ps(v.as_mut_ptr(), acc[p][t][0]);
+                    _mm256_storeu_ps(v.as_mut_ptr().add(8), acc[p][t][1]);
                 }
                 out.write(t0 + t, c, &v);
             }
