@@ -129,6 +129,23 @@ fn softmax_stats(job: &BlockJob, range: Range<usize>, scores: &mut [f32], stats:
     }
 }
 
+/// [`exp_fast`], bit for bit, with the exponent taken from the rounding constant's bits rather than a
+/// float-to-int conversion (whose saturation keeps the compiler from vectorising it).
+#[inline(always)]
+fn exp_lane(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer, held in the low mantissa bits
+    #[allow(clippy::manual_clamp)]
+    let t = x.max(-87.0).min(88.0) * LOG2_E;
+    let r = t + ROUND;
+    let i = r - ROUND;
+    let f = (t - i) * std::f32::consts::LN_2;
+    let p = 1.0 + f * (1.0 + f * (0.5 + f * (1.0 / 6.0 + f * (1.0 / 24.0 + f * (1.0 / 120.0 + f * (1.0 / 720.0))))));
+    // r's bits are those of ROUND plus the integer i (|i| <= 127 < 2^22).
+    let e = (r.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    f32::from_bits((e.wrapping_add(127) << 23) as u32) * p
+}
+
 /// `row[i] = exp(row[i] - max)` for `i` in `own`, `0` elsewhere in `range` (whole 16-position groups around
 /// it); returns the sum in 16 partial sums by position, so the zeros around `own` never change it.
 #[inline(always)]
@@ -136,13 +153,14 @@ fn exp_masked_sum(row: &mut [f32], range: Range<usize>, own: Range<usize>, max: 
     const L: usize = 16;
     let mut partial = [0f32; L];
     let groups = range.start / L..range.end.div_ceil(L);
+    let (lo, len) = (own.start as u32, own.len() as u32);
     for (c, chunk) in row[groups.start * L..groups.end * L].chunks_exact_mut(L).enumerate() {
-        let first = (groups.start + c) * L;
-        for (l, (p, v)) in partial.iter_mut().zip(chunk.iter_mut()).enumerate() {
-            let i = first + l;
-            let e = exp_fast(*v - max);
-            *v = if i >= own.start && i < own.end { e } else { 0.0 };
-            *p += *v;
+        let first = ((groups.start + c) * L) as u32;
+        for l in 0..L {
+            let e = exp_lane(chunk[l] - max);
+            let inside = (first + l as u32).wrapping_sub(lo) < len;
+            chunk[l] = if inside { e } else { 0.0 };
+            partial[l] += chunk[l];
         }
     }
     partial.iter().sum()
@@ -753,6 +771,14 @@ mod tests {
                 grouped_query_attention_with(*kernel, &pool, &q_all, &spans, n_heads, n_kv, d, &mut out);
                 assert_eq!(out, alone.concat(), "{kernel:?} d{d}: batching changed the result");
             }
+        }
+    }
+
+    #[test]
+    fn exp_lane_is_exp_fast() {
+        let xs = (-200_000..200_000).map(|i| i as f32 * 1e-3).chain([f32::NEG_INFINITY, f32::INFINITY, f32::NAN, -0.0]);
+        for x in xs {
+            assert_eq!(exp_lane(x).to_bits(), exp_fast(x).to_bits(), "{x}");
         }
     }
 
