@@ -180,7 +180,9 @@ mod x86 {
         unsafe fn splat(x: f32) -> Self;
         unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
         unsafe fn store(self, p: *mut f32);
-        unsafe fn sum(self) -> f32;
+        /// From `N` vectors of `N` lanes side by side at `p`, the vector of their sums (lane `s`: the sum of
+        /// vector `s`), by a fixed tree for each lane.
+        unsafe fn transpose_sum(p: *const f32) -> Self;
     }
 
     #[derive(Clone, Copy)]
@@ -213,8 +215,26 @@ mod x86 {
             unsafe { _mm512_storeu_ps(p, self.0) }
         }
         #[inline(always)]
-        unsafe fn sum(self) -> f32 {
-            _mm512_reduce_add_ps(self.0)
+        unsafe fn transpose_sum(p: *const f32) -> Self {
+            // SAFETY: p holds 16 vectors of 16 floats (the caller's contract).
+            let v: [__m512; 16] = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(p.add(16 * i)) });
+            // Within 128-bit quarters: pairs of lanes, then pairs of pairs, for 4 vectors at a time.
+            let t: [__m512; 8] = std::array::from_fn(|i| {
+                _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]))
+            });
+            let u: [__m512; 4] = std::array::from_fn(|i| {
+                let (a, b) = (_mm512_castps_pd(t[2 * i]), _mm512_castps_pd(t[2 * i + 1]));
+                _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)))
+            });
+            // Across quarters: quarter pairs, then the two halves.
+            let w: [__m512; 2] = std::array::from_fn(|i| {
+                let (a, b) = (u[2 * i], u[2 * i + 1]);
+                _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(a, b), _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b))
+            });
+            Avx512(_mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b10_00_10_00>(w[0], w[1]),
+                _mm512_shuffle_f32x4::<0b11_01_11_01>(w[0], w[1]),
+            ))
         }
     }
 
@@ -241,22 +261,29 @@ mod x86 {
             unsafe { _mm256_storeu_ps(p, self.0) }
         }
         #[inline(always)]
-        unsafe fn sum(self) -> f32 {
-            let h = _mm_add_ps(_mm256_castps256_ps128(self.0), _mm256_extractf128_ps(self.0, 1));
-            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)))
+        unsafe fn transpose_sum(p: *const f32) -> Self {
+            // SAFETY: p holds 8 vectors of 8 floats (the caller's contract).
+            let v: [__m256; 8] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(p.add(8 * i)) });
+            let t: [__m256; 4] = std::array::from_fn(|i| {
+                _mm256_add_ps(_mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]))
+            });
+            let u: [__m256; 2] = std::array::from_fn(|i| {
+                let (a, b) = (_mm256_castps_pd(t[2 * i]), _mm256_castps_pd(t[2 * i + 1]));
+                _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(a, b)), _mm256_castpd_ps(_mm256_unpackhi_pd(a, b)))
+            });
+            Avx2(_mm256_add_ps(_mm256_permute2f128_ps::<0x20>(u[0], u[1]), _mm256_permute2f128_ps::<0x31>(u[0], u[1])))
         }
     }
 
-    /// Scores of rows `r0..r0 + R` against `P` keys from position `idx`: each key chunk is loaded once for all
-    /// rows, each row chunk once for all keys. A score is the same whatever `R`, `P` and `r0`.
+    /// Products of rows `r0..r0 + R` with `P` keys from position `idx`, left as `N`-lane vectors in `raw`
+    /// (row `j`, position `idx`: `raw[(j * N + idx % N) * N..]`): each key chunk is loaded once for all rows,
+    /// each row chunk once for all keys. A vector is the same whatever `R`, `P` and `r0`.
     #[inline(always)]
     unsafe fn scores_at<V: Lanes, const R: usize, const P: usize>(
         job: &BlockJob,
         q: &[*const f32; R],
-        r0: usize,
         idx: usize,
-        scores: &mut [f32],
+        raw: &mut [f32; RAW],
     ) {
         let k: [*const f32; P] = std::array::from_fn(|i| job.key(idx + i).as_ptr());
         // SAFETY: register set-up; this function runs only with V's target features (its callers').
@@ -275,26 +302,44 @@ mod x86 {
         }
         for (i, ai) in acc.iter().enumerate() {
             for (j, a) in ai.iter().enumerate() {
-                // SAFETY: register arithmetic, with V's target features as above.
-                scores[(r0 + j) * ATTENTION_BLOCK + idx + i] = unsafe { a.sum() };
+                let at = (j * V::N + (idx + i) % V::N) * V::N;
+                assert!(at + V::N <= RAW);
+                // SAFETY: inside `raw`, checked above.
+                unsafe { a.store(raw.as_mut_ptr().add(at)) };
             }
         }
     }
 
-    /// Scores of rows `r0..r0 + R` against every key of the block's range, two keys at a time.
+    /// Floats of the products kept for one group of `N` positions: `N` vectors per row.
+    const RAW: usize = TILE_ROWS * 16 * 16;
+
+    /// Scores of rows `r0..r0 + R` against every key of the block's range, two keys at a time. Each group of
+    /// `N` positions (aligned in the block) reduces its products at once, a lane per position, so a score's
+    /// sum takes the same path whatever positions the range holds around it.
     #[inline(always)]
     unsafe fn scores_rows<V: Lanes, const R: usize>(job: &BlockJob, r0: usize, scores: &mut [f32]) {
         let q: [*const f32; R] = std::array::from_fn(|j| job.q[(r0 + j) * job.d..][..job.d].as_ptr());
         let range = job.range();
-        let mut idx = range.start;
-        while idx + 2 <= range.end {
-            // SAFETY: the callers' contract (features present); bounds are checked inside.
-            unsafe { scores_at::<V, R, 2>(job, &q, r0, idx, scores) };
-            idx += 2;
-        }
-        if idx < range.end {
-            // SAFETY: as above.
-            unsafe { scores_at::<V, R, 1>(job, &q, r0, idx, scores) };
+        let mut raw = [0f32; RAW];
+        for group in (range.start / V::N..range.end.div_ceil(V::N)).map(|g| g * V::N) {
+            let end = range.end.min(group + V::N);
+            let mut idx = range.start.max(group);
+            while idx + 2 <= end {
+                // SAFETY: the callers' contract (features present); bounds are checked inside.
+                unsafe { scores_at::<V, R, 2>(job, &q, idx, &mut raw) };
+                idx += 2;
+            }
+            if idx < end {
+                // SAFETY: as above.
+                unsafe { scores_at::<V, R, 1>(job, &q, idx, &mut raw) };
+            }
+            for j in 0..R {
+                let at = (r0 + j) * ATTENTION_BLOCK + group;
+                assert!(at + V::N <= scores.len() && (j + 1) * V::N * V::N <= RAW);
+                // SAFETY: N vectors of N floats inside `raw`, N floats inside `scores` (checked above). Lanes
+                // for positions outside the range hold stale sums: the softmax masks them.
+                unsafe { V::transpose_sum(raw.as_ptr().add(j * V::N * V::N)).store(scores.as_mut_ptr().add(at)) };
+            }
         }
     }
 
