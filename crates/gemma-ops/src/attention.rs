@@ -283,9 +283,11 @@ mod x86 {
         job: &BlockJob,
         q: &[*const f32; R],
         idx: usize,
+        offs: &Offsets,
         raw: &mut [f32; RAW],
     ) {
-        let k: [*const f32; P] = std::array::from_fn(|i| job.key(idx + i).as_ptr());
+        // SAFETY: `offs` holds checked offsets of d floats inside the keys (and values).
+        let k: [*const f32; P] = std::array::from_fn(|i| unsafe { job.kv.keys.as_ptr().add(offs[idx + i]) });
         // SAFETY: register set-up; this function runs only with V's target features (its callers').
         let mut acc = [[unsafe { V::zero() }; R]; P];
         for c in (0..job.d).step_by(V::N) {
@@ -310,6 +312,9 @@ mod x86 {
         }
     }
 
+    /// Per position of a block (in the job's range): the start of its key and value rows, checked.
+    type Offsets = [usize; ATTENTION_BLOCK];
+
     /// Floats of the products kept for one group of `N` positions: `N` vectors per row.
     const RAW: usize = TILE_ROWS * 16 * 16;
 
@@ -317,7 +322,7 @@ mod x86 {
     /// `N` positions (aligned in the block) reduces its products at once, a lane per position, so a score's
     /// sum takes the same path whatever positions the range holds around it.
     #[inline(always)]
-    unsafe fn scores_rows<V: Lanes, const R: usize>(job: &BlockJob, r0: usize, scores: &mut [f32]) {
+    unsafe fn scores_rows<V: Lanes, const R: usize>(job: &BlockJob, offs: &Offsets, r0: usize, scores: &mut [f32]) {
         let q: [*const f32; R] = std::array::from_fn(|j| job.q[(r0 + j) * job.d..][..job.d].as_ptr());
         let range = job.range();
         let mut raw = [0f32; RAW];
@@ -326,12 +331,12 @@ mod x86 {
             let mut idx = range.start.max(group);
             while idx + 2 <= end {
                 // SAFETY: the callers' contract (features present); bounds are checked inside.
-                unsafe { scores_at::<V, R, 2>(job, &q, idx, &mut raw) };
+                unsafe { scores_at::<V, R, 2>(job, &q, idx, offs, &mut raw) };
                 idx += 2;
             }
             if idx < end {
                 // SAFETY: as above.
-                unsafe { scores_at::<V, R, 1>(job, &q, idx, &mut raw) };
+                unsafe { scores_at::<V, R, 1>(job, &q, idx, offs, &mut raw) };
             }
             for j in 0..R {
                 let at = (r0 + j) * ATTENTION_BLOCK + group;
@@ -348,6 +353,7 @@ mod x86 {
     #[inline(always)]
     unsafe fn accumulate_rows<V: Lanes, const R: usize, const C: usize>(
         job: &BlockJob,
+        offs: &Offsets,
         r0: usize,
         scores: &[f32],
         out: &mut [f32],
@@ -355,16 +361,20 @@ mod x86 {
         let d = job.d;
         let o = out[r0 * d..(r0 + R) * d].as_mut_ptr();
         let range = job.range();
+        assert!(range.end <= ATTENTION_BLOCK);
+        let w = scores[r0 * ATTENTION_BLOCK..(r0 + R) * ATTENTION_BLOCK].as_ptr();
         for c in (0..d).step_by(C * V::N) {
             // SAFETY: register set-up; this function runs only with V's target features (its callers').
             let mut acc = [[unsafe { V::zero() }; C]; R];
             for idx in range.clone() {
-                let v = job.value(idx).as_ptr();
+                // SAFETY: `offs` holds checked offsets of d floats inside the values (and keys).
+                let v = unsafe { job.kv.values.as_ptr().add(offs[idx]) };
                 // SAFETY: c + C * N <= d (d is a multiple of 2N, C is 1 or 2).
                 let vc: [V; C] = std::array::from_fn(|h| unsafe { V::load(v.add(c + h * V::N)) });
                 for (j, a) in acc.iter_mut().enumerate() {
                     // SAFETY: register arithmetic, with V's target features as above.
-                    let w = unsafe { V::splat(scores[(r0 + j) * ATTENTION_BLOCK + idx]) };
+                    // SAFETY: j < R and idx < ATTENTION_BLOCK (checked above): inside these rows of `scores`.
+                    let w = unsafe { V::splat(*w.add(j * ATTENTION_BLOCK + idx)) };
                     for (ah, vh) in a.iter_mut().zip(&vc) {
                         // SAFETY: plain register arithmetic.
                         *ah = unsafe { V::fma(w, *vh, *ah) };
@@ -407,14 +417,19 @@ mod x86 {
             return super::block_scalar(job, scores, stats, out);
         }
         const { assert!(TILE_ROWS == 12) };
+        // Where each position's key and value start, checked once here (`offset` asserts both buffers).
+        let mut offs = [0usize; ATTENTION_BLOCK];
+        for idx in job.range() {
+            offs[idx] = job.kv.offset(job.base + idx, job.off, d);
+        }
         for r0 in (0..n).step_by(TILE_ROWS) {
             // SAFETY: the callers' contract (features present); bounds are checked inside.
-            unsafe { by_rows!((n - r0).min(TILE_ROWS), scores_rows, V, [], job, r0, scores) };
+            unsafe { by_rows!((n - r0).min(TILE_ROWS), scores_rows, V, [], job, &offs, r0, scores) };
         }
         softmax_stats(job, job.range(), scores, stats);
         for r0 in (0..n).step_by(TILE_ROWS) {
             // SAFETY: as above.
-            unsafe { by_rows!((n - r0).min(TILE_ROWS), accumulate_rows, V, [, C], job, r0, scores, out) };
+            unsafe { by_rows!((n - r0).min(TILE_ROWS), accumulate_rows, V, [, C], job, &offs, r0, scores, out) };
         }
     }
 
