@@ -602,7 +602,7 @@ pub fn grouped_query_attention_with(
         let Plan { tiles, first_slot, partials } = plan;
         tiles.clear();
         first_slot.clear();
-        let (mut n_tasks, mut n_slots) = (0, 0);
+        let (mut n_tasks, mut n_slots, mut multi) = (0, 0, false);
         let mut i = 0;
         while i < spans.len() {
             let mut end = i + 1;
@@ -616,6 +616,7 @@ pub fn grouped_query_attention_with(
             for span in &spans[i..end] {
                 first_slot.push(n_slots);
                 n_slots += blocks_of(&span.positions).len();
+                multi |= blocks_of(&span.positions).len() > 1;
                 if span.positions.is_empty() {
                     let t = first_slot.len() - 1;
                     out[t * q_row..(t + 1) * q_row].fill(0.0);
@@ -626,7 +627,6 @@ pub fn grouped_query_attention_with(
         first_slot.push(n_slots);
         // One partial per (block, KV head) of tokens that span several blocks: per head max, sum, output.
         let part_len = g * (2 + d);
-        let multi = n_slots > spans.len();
         if multi {
             partials.resize(n_slots * n_kv_heads * part_len, 0.0);
         }
@@ -908,6 +908,23 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// A token that needs merging next to one that sees nothing (as many block slots as tokens).
+    #[test]
+    fn an_empty_span_beside_a_merged_one() {
+        let d = 64;
+        let keys: Vec<f32> = (0..400 * d).map(|i| ((i * 7919 % 1013) as f32 / 500.0 - 1.0) * 0.5).collect();
+        let values: Vec<f32> = (0..400 * d).map(|i| (i * 104_729 % 1000) as f32 / 500.0 - 1.0).collect();
+        let kv = KvView { keys: &keys, values: &values, row_len: d, ring: 0 };
+        let q: Vec<f32> = (0..2 * d).map(|i| (i as f32 * 0.37).sin()).collect();
+        for kernel in AttentionKernel::available() {
+            let spans = [AttnSpan { kv, positions: 5..5 }, AttnSpan { kv, positions: 200..300 }];
+            let mut out = vec![f32::NAN; 2 * d];
+            grouped_query_attention_with(kernel, &ThreadPool::new(1), &q, &spans, 1, 1, d, &mut out);
+            assert!(out[..d].iter().all(|x| *x == 0.0));
+            assert_eq!(out[d..], attend_one(kernel, &q[d..], &kv, 1, 200..300)[..], "{kernel:?}");
         }
     }
 
