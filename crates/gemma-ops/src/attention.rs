@@ -216,24 +216,29 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn transpose_sum(p: *const f32) -> Self {
+            // The tree of `_mm512_reduce_add_ps` for every lane: halves, quarters, then pairs within a quarter.
+            // Vectors are taken in the order that leaves vector `s`'s sum in lane `s`.
             // SAFETY: p holds 16 vectors of 16 floats (the caller's contract).
-            let v: [__m512; 16] = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(p.add(16 * i)) });
-            // Within 128-bit quarters: pairs of lanes, then pairs of pairs, for 4 vectors at a time.
-            let t: [__m512; 8] = std::array::from_fn(|i| {
-                _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]))
+            let v: [__m512; 16] =
+                std::array::from_fn(|j| unsafe { _mm512_loadu_ps(p.add(16 * (4 * (j % 4) + j / 4))) });
+            // Lane i + lane i + 8, two vectors in one register.
+            let s: [__m512; 8] = std::array::from_fn(|i| {
+                let (a, b) = (v[2 * i], v[2 * i + 1]);
+                _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(a, b), _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b))
             });
-            let u: [__m512; 4] = std::array::from_fn(|i| {
-                let (a, b) = (_mm512_castps_pd(t[2 * i]), _mm512_castps_pd(t[2 * i + 1]));
-                _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)))
-            });
-            // Across quarters: quarter pairs, then the two halves.
-            let w: [__m512; 2] = std::array::from_fn(|i| {
-                let (a, b) = (u[2 * i], u[2 * i + 1]);
+            // Then lane i + lane i + 4: one vector per quarter.
+            let t: [__m512; 4] = std::array::from_fn(|i| {
+                let (a, b) = (s[2 * i], s[2 * i + 1]);
                 _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(a, b), _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b))
             });
+            // Then lane i + lane i + 2 within each quarter, and lane 0 + lane 1.
+            let u: [__m512; 2] = std::array::from_fn(|i| {
+                let (a, b) = (t[2 * i], t[2 * i + 1]);
+                _mm512_add_ps(_mm512_shuffle_ps::<0b01_00_01_00>(a, b), _mm512_shuffle_ps::<0b11_10_11_10>(a, b))
+            });
             Avx512(_mm512_add_ps(
-                _mm512_shuffle_f32x4::<0b10_00_10_00>(w[0], w[1]),
-                _mm512_shuffle_f32x4::<0b11_01_11_01>(w[0], w[1]),
+                _mm512_shuffle_ps::<0b10_00_10_00>(u[0], u[1]),
+                _mm512_shuffle_ps::<0b11_01_11_01>(u[0], u[1]),
             ))
         }
     }
@@ -262,16 +267,23 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn transpose_sum(p: *const f32) -> Self {
+            // For every lane the tree of a horizontal sum (128-bit halves, lane i + lane i + 2, lane 0 + lane 1),
+            // as the kernel used before taking 8 positions at once. Vectors are taken in the
+            // order that leaves vector `s`'s sum in lane `s`.
             // SAFETY: p holds 8 vectors of 8 floats (the caller's contract).
-            let v: [__m256; 8] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(p.add(8 * i)) });
-            let t: [__m256; 4] = std::array::from_fn(|i| {
-                _mm256_add_ps(_mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]))
+            let v: [__m256; 8] = std::array::from_fn(|j| unsafe { _mm256_loadu_ps(p.add(8 * (4 * (j % 2) + j / 2))) });
+            let s: [__m256; 4] = std::array::from_fn(|i| {
+                let (a, b) = (v[2 * i], v[2 * i + 1]);
+                _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(a, b), _mm256_permute2f128_ps::<0x31>(a, b))
             });
             let u: [__m256; 2] = std::array::from_fn(|i| {
-                let (a, b) = (_mm256_castps_pd(t[2 * i]), _mm256_castps_pd(t[2 * i + 1]));
-                _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(a, b)), _mm256_castpd_ps(_mm256_unpackhi_pd(a, b)))
+                let (a, b) = (s[2 * i], s[2 * i + 1]);
+                _mm256_add_ps(_mm256_shuffle_ps::<0b01_00_01_00>(a, b), _mm256_shuffle_ps::<0b11_10_11_10>(a, b))
             });
-            Avx2(_mm256_add_ps(_mm256_permute2f128_ps::<0x20>(u[0], u[1]), _mm256_permute2f128_ps::<0x31>(u[0], u[1])))
+            Avx2(_mm256_add_ps(
+                _mm256_shuffle_ps::<0b10_00_10_00>(u[0], u[1]),
+                _mm256_shuffle_ps::<0b11_01_11_01>(u[0], u[1]),
+            ))
         }
     }
 
@@ -908,6 +920,48 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The grouped reduction of scores gives each lane exactly the horizontal sum of its vector, in the order
+    /// a single vector's sum takes.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn transposed_sums_are_horizontal_sums() {
+        use std::arch::x86_64::*;
+        use x86::Lanes;
+        let raw: Vec<f32> =
+            (0..256).map(|i| ((i * 7919 % 1013) as f32 * 0.731).sin() * 10f32.powi(i % 7 - 3)).collect();
+        if is_x86_feature_detected!("avx512f") {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn check(raw: &[f32]) {
+                let mut got = [0f32; 16];
+                // SAFETY: raw holds 16 x 16 floats; got holds 16.
+                unsafe { <x86::Avx512 as x86::Lanes>::transpose_sum(raw.as_ptr()).store(got.as_mut_ptr()) };
+                for (s, g) in got.iter().enumerate() {
+                    // SAFETY: row s of raw holds 16 floats.
+                    let want = _mm512_reduce_add_ps(unsafe { _mm512_loadu_ps(raw[16 * s..].as_ptr()) });
+                    assert_eq!(g.to_bits(), want.to_bits(), "lane {s}");
+                }
+            }
+            // SAFETY: the CPU has AVX-512F.
+            unsafe { check(&raw) };
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn check(raw: &[f32]) {
+                let mut got = [0f32; 8];
+                // SAFETY: raw holds 8 x 8 floats; got holds 8.
+                unsafe { <x86::Avx2 as x86::Lanes>::transpose_sum(raw.as_ptr()).store(got.as_mut_ptr()) };
+                for (s, g) in got.iter().enumerate() {
+                    let x = &raw[8 * s..8 * s + 8];
+                    let h: Vec<f32> = (0..4).map(|i| x[i] + x[i + 4]).collect();
+                    let want = (h[0] + h[2]) + (h[1] + h[3]);
+                    assert_eq!(g.to_bits(), want.to_bits(), "lane {s}");
+                }
+            }
+            // SAFETY: the CPU has AVX2 and FMA.
+            unsafe { check(&raw) };
         }
     }
 
