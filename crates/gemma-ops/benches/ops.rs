@@ -4,7 +4,8 @@
 //! - `sbs_matmul`: SBS products (the BF16 output head and an SFP FFN matrix, gemma.cpp's formats) through
 //!   `matmul_sbs`, which takes bf16 activations for them, next to the same rows dotted one at a time by the
 //!   codecs' f32-activation kernels;
-//! - `attention`: one decode step over 1,024 cached positions, and a 256-token causal prefill;
+//! - `attention`: one decode step over 1,024 cached positions, a 256-token causal prefill, and EmbeddingGemma's
+//!   512-token bidirectional pass (3 heads on 1 KV head, windows of ±256 centred on each token);
 //! - `pool_vs_rayon`: the same decode-shaped work (many small parallel regions, as a decode step runs about 250)
 //!   and prefill-shaped work (few large regions) on our pool and on rayon, to keep the faster.
 //!
@@ -170,6 +171,24 @@ fn attention(c: &mut Criterion) {
                 })
                 .collect();
             grouped_query_attention(&pool, &qp, &spans, n_heads, 1, hd, &mut outp);
+        })
+    });
+    // EmbeddingGemma's bidirectional pass: 3 query heads on 1 KV head, each of 512 tokens sees a window
+    // centred on it (±256, clipped to the sequence).
+    let (n, heads3) = (512, 3);
+    let ke = pseudo_random(n * hd, 5);
+    let ve = pseudo_random(n * hd, 6);
+    let qe = pseudo_random(n * heads3 * hd, 7);
+    let mut oute = vec![0f32; n * heads3 * hd];
+    let window = |i: usize| i.saturating_sub(256)..(i + 257).min(n);
+    let pairs: usize = (0..n).map(|i| window(i).len()).sum();
+    g.throughput(Throughput::Elements((pairs * heads3 * hd * 2) as u64));
+    g.bench_function("embedding_3heads_512_window", |b| {
+        b.iter(|| {
+            let spans: Vec<AttnSpan> = (0..n)
+                .map(|i| AttnSpan { kv: KvView { keys: &ke, values: &ve, row_len: hd, ring: 0 }, positions: window(i) })
+                .collect();
+            grouped_query_attention(&pool, &qe, &spans, heads3, 1, hd, &mut oute);
         })
     });
     g.finish();

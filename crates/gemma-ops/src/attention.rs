@@ -1,16 +1,26 @@
-//! Scaled dot-product attention over cached keys and values, tiled: each task takes one query token, one KV
-//! head with all the query heads that share it, and one block of positions, so a key or value row is read once
-//! for the whole group. Blocks give partial softmaxes (running max, sum, unnormalised output) merged in block
-//! order; the blocks of a query depend only on its own positions, so results never depend on the batch or the
-//! thread count.
+//! Scaled dot-product attention over cached keys and values, tiled: each task takes a tile of up to
+//! [`TILE_ROWS`] query rows (a few consecutive tokens of one sequence, each with all the query heads that share
+//! one KV head) and one block of positions, so a key or value row is read once for the whole tile.
+//!
+//! Blocks are fixed by absolute position (block `b` holds positions `b * ATTENTION_BLOCK..(b + 1) *
+//! ATTENTION_BLOCK`), so neighbouring tokens share them. Each block gives a partial softmax (running max, sum,
+//! unnormalised output), merged in block order. A query's arithmetic never depends on its tile: scores are
+//! indexed by position in the block, a position outside the query's own span gets weight exactly 0 (so its
+//! multiply-adds leave the accumulators unchanged), the max is over its own positions, and the sum of weights
+//! takes lanes by position in the block. Results are thus the same for a token alone, in any batch, on any
+//! number of threads.
 
 use std::ops::Range;
 
 use crate::pool::{SharedMut, ThreadPool};
-use crate::vector::{axpy, exp_fast, exp_shifted_sum};
+use crate::vector::{axpy, exp_fast};
 
 /// Positions per block. Long contexts split into several blocks, which run in parallel even for one token.
 pub const ATTENTION_BLOCK: usize = 256;
+
+/// Query rows a tile aims for (tokens times heads per KV head): the register budget of the kernels' score and
+/// value loops.
+const TILE_ROWS: usize = 12;
 
 /// Keys and values of one layer for one sequence: position-major rows of `row_len` floats
 /// (all KV heads of a position side by side).
@@ -37,6 +47,13 @@ impl KvView<'_> {
         assert!(r + d <= self.keys.len() && r + d <= self.values.len(), "position {p} is outside the KV buffers");
         r
     }
+    /// Whether two views are the same buffers, read the same way (tokens of one sequence).
+    fn same(&self, o: &KvView) -> bool {
+        std::ptr::eq(self.keys, o.keys)
+            && std::ptr::eq(self.values, o.values)
+            && self.row_len == o.row_len
+            && self.ring == o.ring
+    }
 }
 
 /// What one query token attends to: its sequence's cached keys/values and the positions it may see.
@@ -45,62 +62,115 @@ pub struct AttnSpan<'a> {
     pub positions: Range<usize>,
 }
 
-/// One block for a group of `g` query heads (`qs`: `g` rows of `d`): per head the block's max score and sum of
-/// `exp(score - max)` go to `stats[2j]`, `stats[2j + 1]`, and `sum exp(score - max) * value` to `out[j]`.
-/// `scores` holds at least `g * positions.len()` floats.
-type BlockKernel = unsafe fn(&[f32], usize, &KvView, usize, Range<usize>, &mut [f32], &mut [f32], &mut [f32]);
+/// One block's work: query rows of `d` floats side by side in `q`, each with its own positions `own[r]`
+/// (relative to the block's first position `base`), against KV head `off` of `kv`.
+struct BlockJob<'a> {
+    q: &'a [f32],
+    own: &'a [Range<usize>],
+    kv: &'a KvView<'a>,
+    off: usize,
+    d: usize,
+    base: usize,
+}
+
+impl BlockJob<'_> {
+    /// The positions any row sees, relative to `base`.
+    fn range(&self) -> Range<usize> {
+        let lo = self.own.iter().map(|r| r.start).min().unwrap_or(0);
+        let hi = self.own.iter().map(|r| r.end).max().unwrap_or(0);
+        lo..hi.max(lo)
+    }
+    /// The row of key (or value) of position `base + idx`.
+    fn key(&self, idx: usize) -> &[f32] {
+        &self.kv.keys[self.kv.offset(self.base + idx, self.off, self.d)..][..self.d]
+    }
+    fn value(&self, idx: usize) -> &[f32] {
+        &self.kv.values[self.kv.offset(self.base + idx, self.off, self.d)..][..self.d]
+    }
+}
+
+/// A block kernel: per row `r` the block's max score and sum of `exp(score - max)` go to `stats[2r]`,
+/// `stats[2r + 1]`, and `sum exp(score - max) * value` to `out[r * d..]`. `scores` holds
+/// `own.len() * ATTENTION_BLOCK` floats.
+type BlockKernel = unsafe fn(&BlockJob, &mut [f32], &mut [f32], &mut [f32]);
 
 /// The portable kernel: also the reference the SIMD kernels are tested against.
-#[allow(clippy::too_many_arguments)]
-fn block_scalar(
-    qs: &[f32],
-    g: usize,
-    kv: &KvView,
-    off: usize,
-    positions: Range<usize>,
-    scores: &mut [f32],
-    stats: &mut [f32],
-    out: &mut [f32],
-) {
-    let d = qs.len() / g;
-    let np = positions.len();
-    for (idx, p) in positions.clone().enumerate() {
-        let r = kv.offset(p, off, d);
-        let k = &kv.keys[r..r + d];
-        for j in 0..g {
-            scores[j * np + idx] = qs[j * d..(j + 1) * d].iter().zip(k).map(|(a, b)| a * b).sum();
+fn block_scalar(job: &BlockJob, scores: &mut [f32], stats: &mut [f32], out: &mut [f32]) {
+    let (d, n) = (job.d, job.own.len());
+    let range = job.range();
+    for idx in range.clone() {
+        let k = job.key(idx);
+        for (r, q) in job.q.chunks_exact(d).enumerate() {
+            scores[r * ATTENTION_BLOCK + idx] = q.iter().zip(k).map(|(a, b)| a * b).sum();
         }
     }
-    softmax_stats(&mut scores[..g * np], np, stats);
-    out[..g * d].fill(0.0);
-    for (idx, p) in positions.enumerate() {
-        let r = kv.offset(p, off, d);
-        let v = &kv.values[r..r + d];
-        for j in 0..g {
-            let w = scores[j * np + idx];
-            for (o, x) in out[j * d..(j + 1) * d].iter_mut().zip(v) {
+    softmax_stats(job, range.clone(), scores, stats);
+    out[..n * d].fill(0.0);
+    for idx in range {
+        let v = job.value(idx);
+        for r in 0..n {
+            let w = scores[r * ATTENTION_BLOCK + idx];
+            for (o, x) in out[r * d..(r + 1) * d].iter_mut().zip(v) {
                 *o = w.mul_add(*x, *o);
             }
         }
     }
 }
 
-/// Replaces each head's row of scores by `exp(score - max)`, recording max and sum in `stats`.
-fn softmax_stats(scores: &mut [f32], np: usize, stats: &mut [f32]) {
-    for (j, row) in scores.chunks_exact_mut(np).enumerate() {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum = exp_shifted_sum(row, max);
-        stats[2 * j] = max;
-        stats[2 * j + 1] = sum;
+/// Replaces each row's scores in `range` by its weights `exp(score - max)` (exactly 0 outside the row's own
+/// positions), recording max and sum in `stats`.
+#[inline(always)]
+fn softmax_stats(job: &BlockJob, range: Range<usize>, scores: &mut [f32], stats: &mut [f32]) {
+    for (r, own) in job.own.iter().enumerate() {
+        let row = &mut scores[r * ATTENTION_BLOCK..(r + 1) * ATTENTION_BLOCK];
+        let max = row[own.clone()].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        stats[2 * r] = max;
+        stats[2 * r + 1] = exp_masked_sum(row, range.clone(), own.clone(), max);
     }
+}
+
+/// [`exp_fast`], bit for bit, with the exponent taken from the rounding constant's bits rather than a
+/// float-to-int conversion (whose saturation keeps the compiler from vectorising it).
+#[inline(always)]
+fn exp_lane(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer, held in the low mantissa bits
+    #[allow(clippy::manual_clamp)]
+    let t = x.max(-87.0).min(88.0) * LOG2_E;
+    let r = t + ROUND;
+    let i = r - ROUND;
+    let f = (t - i) * std::f32::consts::LN_2;
+    let p = 1.0 + f * (1.0 + f * (0.5 + f * (1.0 / 6.0 + f * (1.0 / 24.0 + f * (1.0 / 120.0 + f * (1.0 / 720.0))))));
+    // r's bits are those of ROUND plus the integer i (|i| <= 127 < 2^22).
+    let e = (r.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    f32::from_bits((e.wrapping_add(127) << 23) as u32) * p
+}
+
+/// `row[i] = exp(row[i] - max)` for `i` in `own`, `0` elsewhere in `range` (whole 16-position groups around
+/// it); returns the sum in 16 partial sums by position, so the zeros around `own` never change it.
+#[inline(always)]
+fn exp_masked_sum(row: &mut [f32], range: Range<usize>, own: Range<usize>, max: f32) -> f32 {
+    const L: usize = 16;
+    let mut partial = [0f32; L];
+    let groups = range.start / L..range.end.div_ceil(L);
+    let (lo, len) = (own.start as u32, own.len() as u32);
+    for (c, chunk) in row[groups.start * L..groups.end * L].chunks_exact_mut(L).enumerate() {
+        let first = ((groups.start + c) * L) as u32;
+        for l in 0..L {
+            let e = exp_lane(chunk[l] - max);
+            let inside = (first + l as u32).wrapping_sub(lo) < len;
+            chunk[l] = if inside { e } else { 0.0 };
+            partial[l] += chunk[l];
+        }
+    }
+    partial.iter().sum()
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
-    use std::ops::Range;
 
-    use super::{softmax_stats, KvView};
+    use super::{softmax_stats, BlockJob, ATTENTION_BLOCK, TILE_ROWS};
 
     /// The few vector operations the block kernel needs, for one register width.
     pub(super) trait Lanes: Copy {
@@ -110,7 +180,9 @@ mod x86 {
         unsafe fn splat(x: f32) -> Self;
         unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
         unsafe fn store(self, p: *mut f32);
-        unsafe fn sum(self) -> f32;
+        /// From `N` vectors of `N` lanes side by side at `p`, the vector of their sums (lane `s`: the sum of
+        /// vector `s`), by a fixed tree for each lane.
+        unsafe fn transpose_sum(p: *const f32) -> Self;
     }
 
     #[derive(Clone, Copy)]
@@ -143,8 +215,31 @@ mod x86 {
             unsafe { _mm512_storeu_ps(p, self.0) }
         }
         #[inline(always)]
-        unsafe fn sum(self) -> f32 {
-            _mm512_reduce_add_ps(self.0)
+        unsafe fn transpose_sum(p: *const f32) -> Self {
+            // The tree of `_mm512_reduce_add_ps` for every lane: halves, quarters, then pairs within a quarter.
+            // Vectors are taken in the order that leaves vector `s`'s sum in lane `s`.
+            // SAFETY: p holds 16 vectors of 16 floats (the caller's contract).
+            let v: [__m512; 16] =
+                std::array::from_fn(|j| unsafe { _mm512_loadu_ps(p.add(16 * (4 * (j % 4) + j / 4))) });
+            // Lane i + lane i + 8, two vectors in one register.
+            let s: [__m512; 8] = std::array::from_fn(|i| {
+                let (a, b) = (v[2 * i], v[2 * i + 1]);
+                _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(a, b), _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b))
+            });
+            // Then lane i + lane i + 4: one vector per quarter.
+            let t: [__m512; 4] = std::array::from_fn(|i| {
+                let (a, b) = (s[2 * i], s[2 * i + 1]);
+                _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(a, b), _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b))
+            });
+            // Then lane i + lane i + 2 within each quarter, and lane 0 + lane 1.
+            let u: [__m512; 2] = std::array::from_fn(|i| {
+                let (a, b) = (t[2 * i], t[2 * i + 1]);
+                _mm512_add_ps(_mm512_shuffle_ps::<0b01_00_01_00>(a, b), _mm512_shuffle_ps::<0b11_10_11_10>(a, b))
+            });
+            Avx512(_mm512_add_ps(
+                _mm512_shuffle_ps::<0b10_00_10_00>(u[0], u[1]),
+                _mm512_shuffle_ps::<0b11_01_11_01>(u[0], u[1]),
+            ))
         }
     }
 
@@ -171,166 +266,195 @@ mod x86 {
             unsafe { _mm256_storeu_ps(p, self.0) }
         }
         #[inline(always)]
-        unsafe fn sum(self) -> f32 {
-            let h = _mm_add_ps(_mm256_castps256_ps128(self.0), _mm256_extractf128_ps(self.0, 1));
-            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)))
+        unsafe fn transpose_sum(p: *const f32) -> Self {
+            // For every lane the tree of a horizontal sum (128-bit halves, lane i + lane i + 2, lane 0 + lane 1),
+            // as the kernel used before taking 8 positions at once. Vectors are taken in the
+            // order that leaves vector `s`'s sum in lane `s`.
+            // SAFETY: p holds 8 vectors of 8 floats (the caller's contract).
+            let v: [__m256; 8] = std::array::from_fn(|j| unsafe { _mm256_loadu_ps(p.add(8 * (4 * (j % 2) + j / 2))) });
+            let s: [__m256; 4] = std::array::from_fn(|i| {
+                let (a, b) = (v[2 * i], v[2 * i + 1]);
+                _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(a, b), _mm256_permute2f128_ps::<0x31>(a, b))
+            });
+            let u: [__m256; 2] = std::array::from_fn(|i| {
+                let (a, b) = (s[2 * i], s[2 * i + 1]);
+                _mm256_add_ps(_mm256_shuffle_ps::<0b01_00_01_00>(a, b), _mm256_shuffle_ps::<0b11_10_11_10>(a, b))
+            });
+            Avx2(_mm256_add_ps(
+                _mm256_shuffle_ps::<0b10_00_10_00>(u[0], u[1]),
+                _mm256_shuffle_ps::<0b11_01_11_01>(u[0], u[1]),
+            ))
         }
     }
 
-    /// Scores of up to four heads (`GN`, from head `j0`) against every key of the block: each key chunk is
-    /// loaded once for all of them.
+    /// Products of rows `r0..r0 + R` with `P` keys from position `idx`, left as `N`-lane vectors in `raw`
+    /// (row `j`, position `idx`: `raw[(j * N + idx % N) * N..]`): each key chunk is loaded once for all rows,
+    /// each row chunk once for all keys. A vector is the same whatever `R`, `P` and `r0`.
     #[inline(always)]
-    unsafe fn scores_heads<V: Lanes, const GN: usize>(
-        qs: &[f32],
-        d: usize,
-        j0: usize,
-        kv: &KvView,
-        off: usize,
-        positions: Range<usize>,
-        scores: &mut [f32],
+    unsafe fn scores_at<V: Lanes, const R: usize, const P: usize>(
+        job: &BlockJob,
+        q: &[*const f32; R],
+        idx: usize,
+        offs: &Offsets,
+        raw: &mut [f32; RAW],
     ) {
-        let np = positions.len();
-        let q = qs[j0 * d..(j0 + GN) * d].as_ptr();
-        for (idx, p) in positions.enumerate() {
-            let k = kv.keys[kv.offset(p, off, d)..][..d].as_ptr();
-            // SAFETY: register set-up; this function runs only with V's target features (its callers').
-            let mut acc = [unsafe { V::zero() }; GN];
-            for c in (0..d).step_by(V::N) {
-                // SAFETY: c + N <= d (d is a multiple of 2N); q covers GN rows of d.
-                unsafe {
-                    let kc = V::load(k.add(c));
-                    for (j, a) in acc.iter_mut().enumerate() {
-                        *a = V::fma(V::load(q.add(j * d + c)), kc, *a);
+        // SAFETY: `offs` holds checked offsets of d floats inside the keys (and values).
+        let k: [*const f32; P] = std::array::from_fn(|i| unsafe { job.kv.keys.as_ptr().add(offs[idx + i]) });
+        // SAFETY: register set-up; this function runs only with V's target features (its callers').
+        let mut acc = [[unsafe { V::zero() }; R]; P];
+        for c in (0..job.d).step_by(V::N) {
+            // SAFETY: c + N <= d (d is a multiple of 2N); each q[j] and k[i] cover d floats.
+            unsafe {
+                let kc: [V; P] = std::array::from_fn(|i| V::load(k[i].add(c)));
+                for (j, qj) in q.iter().enumerate() {
+                    let qc = V::load(qj.add(c));
+                    for (ai, ki) in acc.iter_mut().zip(&kc) {
+                        ai[j] = V::fma(qc, *ki, ai[j]);
                     }
                 }
             }
-            for (j, a) in acc.iter().enumerate() {
-                // SAFETY: register arithmetic, with V's target features as above.
-                scores[(j0 + j) * np + idx] = unsafe { a.sum() };
+        }
+        for (i, ai) in acc.iter().enumerate() {
+            for (j, a) in ai.iter().enumerate() {
+                let at = (j * V::N + (idx + i) % V::N) * V::N;
+                assert!(at + V::N <= RAW);
+                // SAFETY: inside `raw`, checked above.
+                unsafe { a.store(raw.as_mut_ptr().add(at)) };
             }
         }
     }
 
-    /// `out[j] = sum_p w[j][p] * value[p]` for up to four heads, two vector chunks of the row at a time kept in
-    /// registers across all positions.
+    /// Per position of a block (in the job's range): the start of its key and value rows, checked.
+    type Offsets = [usize; ATTENTION_BLOCK];
+
+    /// Floats of the products kept for one group of `N` positions: `N` vectors per row.
+    const RAW: usize = TILE_ROWS * 16 * 16;
+
+    /// Scores of rows `r0..r0 + R` against every key of the block's range, two keys at a time. Each group of
+    /// `N` positions (aligned in the block) reduces its products at once, a lane per position, so a score's
+    /// sum takes the same path whatever positions the range holds around it.
     #[inline(always)]
-    unsafe fn accumulate_heads<V: Lanes, const GN: usize>(
-        d: usize,
-        j0: usize,
-        kv: &KvView,
-        off: usize,
-        positions: Range<usize>,
+    unsafe fn scores_rows<V: Lanes, const R: usize>(job: &BlockJob, offs: &Offsets, r0: usize, scores: &mut [f32]) {
+        let q: [*const f32; R] = std::array::from_fn(|j| job.q[(r0 + j) * job.d..][..job.d].as_ptr());
+        let range = job.range();
+        let mut raw = [0f32; RAW];
+        for group in (range.start / V::N..range.end.div_ceil(V::N)).map(|g| g * V::N) {
+            let end = range.end.min(group + V::N);
+            let mut idx = range.start.max(group);
+            while idx + 2 <= end {
+                // SAFETY: the callers' contract (features present); bounds are checked inside.
+                unsafe { scores_at::<V, R, 2>(job, &q, idx, offs, &mut raw) };
+                idx += 2;
+            }
+            if idx < end {
+                // SAFETY: as above.
+                unsafe { scores_at::<V, R, 1>(job, &q, idx, offs, &mut raw) };
+            }
+            for j in 0..R {
+                let at = (r0 + j) * ATTENTION_BLOCK + group;
+                assert!(at + V::N <= scores.len() && (j + 1) * V::N * V::N <= RAW);
+                // SAFETY: N vectors of N floats inside `raw`, N floats inside `scores` (checked above). Lanes
+                // for positions outside the range hold stale sums: the softmax masks them.
+                unsafe { V::transpose_sum(raw.as_ptr().add(j * V::N * V::N)).store(scores.as_mut_ptr().add(at)) };
+            }
+        }
+    }
+
+    /// `out[r] = sum_p w[r][p] * value[p]` for rows `r0..r0 + R`, `C` vector chunks of the value row at a time
+    /// kept in registers across all positions.
+    #[inline(always)]
+    unsafe fn accumulate_rows<V: Lanes, const R: usize, const C: usize>(
+        job: &BlockJob,
+        offs: &Offsets,
+        r0: usize,
         scores: &[f32],
         out: &mut [f32],
     ) {
-        let np = positions.len();
-        let o = out[j0 * d..(j0 + GN) * d].as_mut_ptr();
-        for c in (0..d).step_by(2 * V::N) {
+        let d = job.d;
+        let o = out[r0 * d..(r0 + R) * d].as_mut_ptr();
+        let range = job.range();
+        assert!(range.end <= ATTENTION_BLOCK);
+        let w = scores[r0 * ATTENTION_BLOCK..(r0 + R) * ATTENTION_BLOCK].as_ptr();
+        for c in (0..d).step_by(C * V::N) {
             // SAFETY: register set-up; this function runs only with V's target features (its callers').
-            let mut acc = [[unsafe { V::zero() }; 2]; GN];
-            for (idx, p) in positions.clone().enumerate() {
-                let v = kv.values[kv.offset(p, off, d)..][..d].as_ptr();
-                // SAFETY: c + 2N <= d.
-                let (v0, v1) = unsafe { (V::load(v.add(c)), V::load(v.add(c + V::N))) };
+            let mut acc = [[unsafe { V::zero() }; C]; R];
+            for idx in range.clone() {
+                // SAFETY: `offs` holds checked offsets of d floats inside the values (and keys).
+                let v = unsafe { job.kv.values.as_ptr().add(offs[idx]) };
+                // SAFETY: c + C * N <= d (d is a multiple of 2N, C is 1 or 2).
+                let vc: [V; C] = std::array::from_fn(|h| unsafe { V::load(v.add(c + h * V::N)) });
                 for (j, a) in acc.iter_mut().enumerate() {
                     // SAFETY: register arithmetic, with V's target features as above.
-                    let w = unsafe { V::splat(scores[(j0 + j) * np + idx]) };
-                    // SAFETY: plain register arithmetic.
-                    unsafe {
-                        a[0] = V::fma(w, v0, a[0]);
-                        a[1] = V::fma(w, v1, a[1]);
+                    // SAFETY: j < R and idx < ATTENTION_BLOCK (checked above): inside these rows of `scores`.
+                    let w = unsafe { V::splat(*w.add(j * ATTENTION_BLOCK + idx)) };
+                    for (ah, vh) in a.iter_mut().zip(&vc) {
+                        // SAFETY: plain register arithmetic.
+                        *ah = unsafe { V::fma(w, *vh, *ah) };
                     }
                 }
             }
             for (j, a) in acc.iter().enumerate() {
-                // SAFETY: j < GN, c + 2N <= d: inside this group's output rows.
-                unsafe {
-                    a[0].store(o.add(j * d + c));
-                    a[1].store(o.add(j * d + c + V::N));
+                for (h, ah) in a.iter().enumerate() {
+                    // SAFETY: j < R, c + C * N <= d: inside these rows of `out`.
+                    unsafe { ah.store(o.add(j * d + c + h * V::N)) };
                 }
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Calls `$f::<V, n, ...>` for `$n` rows (1 to 12).
+    macro_rules! by_rows {
+        ($n:expr, $f:ident, $v:ty, [$($c:tt)*], $($arg:expr),*) => {
+            match $n {
+                1 => $f::<$v, 1 $($c)*>($($arg),*),
+                2 => $f::<$v, 2 $($c)*>($($arg),*),
+                3 => $f::<$v, 3 $($c)*>($($arg),*),
+                4 => $f::<$v, 4 $($c)*>($($arg),*),
+                5 => $f::<$v, 5 $($c)*>($($arg),*),
+                6 => $f::<$v, 6 $($c)*>($($arg),*),
+                7 => $f::<$v, 7 $($c)*>($($arg),*),
+                8 => $f::<$v, 8 $($c)*>($($arg),*),
+                9 => $f::<$v, 9 $($c)*>($($arg),*),
+                10 => $f::<$v, 10 $($c)*>($($arg),*),
+                11 => $f::<$v, 11 $($c)*>($($arg),*),
+                _ => $f::<$v, 12 $($c)*>($($arg),*),
+            }
+        };
+    }
+
     #[inline(always)]
-    unsafe fn block<V: Lanes>(
-        qs: &[f32],
-        g: usize,
-        kv: &KvView,
-        off: usize,
-        positions: Range<usize>,
-        scores: &mut [f32],
-        stats: &mut [f32],
-        out: &mut [f32],
-    ) {
-        let d = qs.len() / g;
+    unsafe fn block<V: Lanes, const C: usize>(job: &BlockJob, scores: &mut [f32], stats: &mut [f32], out: &mut [f32]) {
+        let (d, n) = (job.d, job.own.len());
         if !d.is_multiple_of(2 * V::N) {
-            return super::block_scalar(qs, g, kv, off, positions, scores, stats, out);
+            return super::block_scalar(job, scores, stats, out);
         }
-        let np = positions.len();
-        let mut j0 = 0;
-        while j0 < g {
-            let r = positions.clone();
+        const { assert!(TILE_ROWS == 12) };
+        // Where each position's key and value start, checked once here (`offset` asserts both buffers).
+        let mut offs = [0usize; ATTENTION_BLOCK];
+        for idx in job.range() {
+            offs[idx] = job.kv.offset(job.base + idx, job.off, d);
+        }
+        for r0 in (0..n).step_by(TILE_ROWS) {
             // SAFETY: the callers' contract (features present); bounds are checked inside.
-            unsafe {
-                match g - j0 {
-                    1 => scores_heads::<V, 1>(qs, d, j0, kv, off, r, scores),
-                    2 => scores_heads::<V, 2>(qs, d, j0, kv, off, r, scores),
-                    3 => scores_heads::<V, 3>(qs, d, j0, kv, off, r, scores),
-                    _ => scores_heads::<V, 4>(qs, d, j0, kv, off, r, scores),
-                }
-            }
-            j0 += 4;
+            unsafe { by_rows!((n - r0).min(TILE_ROWS), scores_rows, V, [], job, &offs, r0, scores) };
         }
-        softmax_stats(&mut scores[..g * np], np, stats);
-        let mut j0 = 0;
-        while j0 < g {
-            let r = positions.clone();
+        softmax_stats(job, job.range(), scores, stats);
+        for r0 in (0..n).step_by(TILE_ROWS) {
             // SAFETY: as above.
-            unsafe {
-                match g - j0 {
-                    1 => accumulate_heads::<V, 1>(d, j0, kv, off, r, scores, out),
-                    2 => accumulate_heads::<V, 2>(d, j0, kv, off, r, scores, out),
-                    3 => accumulate_heads::<V, 3>(d, j0, kv, off, r, scores, out),
-                    _ => accumulate_heads::<V, 4>(d, j0, kv, off, r, scores, out),
-                }
-            }
-            j0 += 4;
+            unsafe { by_rows!((n - r0).min(TILE_ROWS), accumulate_rows, V, [, C], job, &offs, r0, scores, out) };
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn block_avx512(
-        qs: &[f32],
-        g: usize,
-        kv: &KvView,
-        off: usize,
-        positions: Range<usize>,
-        scores: &mut [f32],
-        stats: &mut [f32],
-        out: &mut [f32],
-    ) {
+    pub(super) unsafe fn block_avx512(job: &BlockJob, scores: &mut [f32], stats: &mut [f32], out: &mut [f32]) {
         // SAFETY: this function only runs where the CPU has AVX-512F.
-        unsafe { block::<Avx512>(qs, g, kv, off, positions, scores, stats, out) }
+        unsafe { block::<Avx512, 2>(job, scores, stats, out) }
     }
 
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn block_avx2(
-        qs: &[f32],
-        g: usize,
-        kv: &KvView,
-        off: usize,
-        positions: Range<usize>,
-        scores: &mut [f32],
-        stats: &mut [f32],
-        out: &mut [f32],
-    ) {
+    pub(super) unsafe fn block_avx2(job: &BlockJob, scores: &mut [f32], stats: &mut [f32], out: &mut [f32]) {
         // SAFETY: this function only runs where the CPU has AVX2 and FMA.
-        unsafe { block::<Avx2>(qs, g, kv, off, positions, scores, stats, out) }
+        unsafe { block::<Avx2, 1>(job, scores, stats, out) }
     }
 }
 
@@ -386,40 +510,70 @@ impl AttentionKernel {
 }
 
 /// [`block_scalar`] with the kernel pointer's signature.
-#[allow(clippy::too_many_arguments)]
-unsafe fn block_scalar_unsafe(
-    qs: &[f32],
-    g: usize,
-    kv: &KvView,
-    off: usize,
-    positions: Range<usize>,
-    scores: &mut [f32],
-    stats: &mut [f32],
-    out: &mut [f32],
-) {
-    block_scalar(qs, g, kv, off, positions, scores, stats, out)
+unsafe fn block_scalar_unsafe(job: &BlockJob, scores: &mut [f32], stats: &mut [f32], out: &mut [f32]) {
+    block_scalar(job, scores, stats, out)
 }
 
-/// Per-thread block scratch: scores and per-head statistics.
+/// Per-thread block scratch: the tile's query rows, their own ranges, scores, per-row statistics and outputs.
 #[derive(Default)]
 struct BlockScratch {
+    q: Vec<f32>,
+    own: Vec<Range<usize>>,
     scores: Vec<f32>,
     stats: Vec<f32>,
+    out: Vec<f32>,
+}
+
+/// A batch's layout: tiles of consecutive tokens and where each token's partial results go.
+#[derive(Default)]
+struct Plan {
+    /// Per tile: first token, end token, first absolute block, first task (of `n_kv_heads` each per block).
+    tiles: Vec<[usize; 4]>,
+    /// `first_slot[i]`: token `i`'s first partial slot (one per block of its span); one entry past the end.
+    first_slot: Vec<usize>,
+    partials: Vec<f32>,
 }
 
 thread_local! {
     static BLOCK_SCRATCH: std::cell::RefCell<BlockScratch> = const {
-        std::cell::RefCell::new(BlockScratch { scores: Vec::new(), stats: Vec::new() })
+        std::cell::RefCell::new(BlockScratch {
+            q: Vec::new(),
+            own: Vec::new(),
+            scores: Vec::new(),
+            stats: Vec::new(),
+            out: Vec::new(),
+        })
     };
-    /// The calling thread's block table and partial results, kept so decoding allocates nothing once warm.
-    static PARTIALS: std::cell::RefCell<(Vec<usize>, Vec<f32>)> = const {
-        std::cell::RefCell::new((Vec::new(), Vec::new()))
+    /// The calling thread's plan and partial results, kept so decoding allocates nothing once warm.
+    static PLAN: std::cell::RefCell<Plan> = const {
+        std::cell::RefCell::new(Plan { tiles: Vec::new(), first_slot: Vec::new(), partials: Vec::new() })
     };
+}
+
+/// Absolute blocks a span touches (none for an empty span).
+fn blocks_of(positions: &Range<usize>) -> Range<usize> {
+    if positions.is_empty() {
+        0..0
+    } else {
+        positions.start / ATTENTION_BLOCK..(positions.end - 1) / ATTENTION_BLOCK + 1
+    }
+}
+
+/// Whether token `b` may join the tile whose last token is `a`: same sequence, and spans that move forward
+/// without a gap, so the tokens sharing any block see one run of positions.
+fn tiles_with(a: &AttnSpan, b: &AttnSpan) -> bool {
+    let (pa, pb) = (&a.positions, &b.positions);
+    a.kv.same(&b.kv)
+        && !pa.is_empty()
+        && !pb.is_empty()
+        && pb.start >= pa.start
+        && pb.end >= pa.end
+        && pb.start <= pa.end
 }
 
 /// Grouped-query attention for a batch: `q` holds one row of `n_heads * head_dim` per token (pre-scaled),
 /// `spans[i]` says what token `i` sees; query head `h` reads KV head `h / (n_heads / n_kv_heads)`.
-/// Writes `out`, one row of `n_heads * head_dim` per token.
+/// Writes `out`, one row of `n_heads * head_dim` per token (zeros for a token that sees no position).
 pub fn grouped_query_attention(
     pool: &ThreadPool,
     q: &[f32],
@@ -454,54 +608,93 @@ pub fn grouped_query_attention_with(
     let g = n_heads / n_kv_heads;
     let d = head_dim;
     let block_fn = kernel.block_fn();
-    let n_blocks = |span: &AttnSpan| span.positions.len().div_ceil(ATTENTION_BLOCK).max(1);
+    let tile_tokens = (TILE_ROWS / g).max(1);
 
-    PARTIALS.with_borrow_mut(|(first_block, partials)| {
-        // first_block[i]: index of span i's first block among all blocks of the batch.
-        first_block.clear();
-        let mut total = 0;
-        for span in spans {
-            first_block.push(total);
-            total += n_blocks(span);
+    PLAN.with_borrow_mut(|plan| {
+        let Plan { tiles, first_slot, partials } = plan;
+        tiles.clear();
+        first_slot.clear();
+        let (mut n_tasks, mut n_slots, mut multi) = (0, 0, false);
+        let mut i = 0;
+        while i < spans.len() {
+            let mut end = i + 1;
+            while end < spans.len() && end - i < tile_tokens && tiles_with(&spans[end - 1], &spans[end]) {
+                end += 1;
+            }
+            let b0 = spans[i..end].iter().map(|s| blocks_of(&s.positions).start).min().unwrap_or(0);
+            let b1 = spans[i..end].iter().map(|s| blocks_of(&s.positions).end).max().unwrap_or(0);
+            tiles.push([i, end, b0, n_tasks]);
+            n_tasks += b1.saturating_sub(b0) * n_kv_heads;
+            for span in &spans[i..end] {
+                first_slot.push(n_slots);
+                n_slots += blocks_of(&span.positions).len();
+                multi |= blocks_of(&span.positions).len() > 1;
+                if span.positions.is_empty() {
+                    let t = first_slot.len() - 1;
+                    out[t * q_row..(t + 1) * q_row].fill(0.0);
+                }
+            }
+            i = end;
         }
-        first_block.push(total);
-        let multi = total > spans.len();
-        // One partial per (block, KV head) of queries that span several blocks: per head max, sum, output.
+        first_slot.push(n_slots);
+        // One partial per (block, KV head) of tokens that span several blocks: per head max, sum, output.
         let part_len = g * (2 + d);
         if multi {
-            partials.resize(total * n_kv_heads * part_len, 0.0);
+            partials.resize(n_slots * n_kv_heads * part_len, 0.0);
         }
         let out_shared = SharedMut::new(out);
         let part_shared = SharedMut::new(partials.as_mut_slice());
-        let first_block = &*first_block;
+        let (tiles, first_slot) = (&*tiles, &*first_slot);
 
-        pool.run(total * n_kv_heads, &|task| {
-            let (gb, kvh) = (task / n_kv_heads, task % n_kv_heads);
-            let i = first_block.partition_point(|&b| b <= gb) - 1;
-            let span = &spans[i];
-            let b = gb - first_block[i];
-            let start = span.positions.start + b * ATTENTION_BLOCK;
-            let positions = start..(start + ATTENTION_BLOCK).min(span.positions.end);
-            let heads = i * q_row + kvh * g * d..i * q_row + (kvh + 1) * g * d;
+        pool.run(n_tasks, &|task| {
+            let ti = tiles.partition_point(|t| t[3] <= task) - 1;
+            let [t0, t1, b0, task0] = tiles[ti];
+            let (b, kvh) = (b0 + (task - task0) / n_kv_heads, (task - task0) % n_kv_heads);
+            let base = b * ATTENTION_BLOCK;
+            let block = base..base + ATTENTION_BLOCK;
+            // The tile's tokens that see this block (consecutive, as spans move forward).
+            let takes = |t: &usize| {
+                let p = &spans[*t].positions;
+                p.start < block.end && p.end > block.start
+            };
+            let Some(first) = (t0..t1).find(takes) else { return };
+            let last = (first..t1).take_while(takes).last().unwrap_or(first);
+            let tokens = first..last + 1;
             BLOCK_SCRATCH.with_borrow_mut(|s| {
-                s.scores.resize(g * ATTENTION_BLOCK.max(positions.len()), 0.0);
-                s.stats.resize(2 * g, 0.0);
-                if n_blocks(span) == 1 {
-                    // SAFETY: task (i, kvh) alone writes this group's slice of row i.
-                    let o = unsafe { out_shared.slice(heads.clone()) };
-                    // SAFETY: `kernel` is only a SIMD kernel where the CPU supports it.
-                    unsafe { block_fn(&q[heads], g, &span.kv, kvh * d, positions, &mut s.scores, &mut s.stats, o) };
-                    for (j, o) in o.chunks_exact_mut(d).enumerate() {
-                        let inv = 1.0 / s.stats[2 * j + 1];
-                        o.iter_mut().for_each(|x| *x *= inv);
+                s.q.clear();
+                s.own.clear();
+                for t in tokens.clone() {
+                    let p = &spans[t].positions;
+                    let own = p.start.max(block.start) - base..p.end.min(block.end) - base;
+                    let at = t * q_row + kvh * g * d;
+                    s.q.extend_from_slice(&q[at..at + g * d]);
+                    s.own.extend(std::iter::repeat_n(own, g));
+                }
+                let n = s.own.len();
+                s.scores.resize(n * ATTENTION_BLOCK, 0.0);
+                s.stats.resize(2 * n, 0.0);
+                s.out.resize(n * d, 0.0);
+                let job = BlockJob { q: &s.q, own: &s.own, kv: &spans[t0].kv, off: kvh * d, d, base };
+                // SAFETY: `kernel` is only a SIMD kernel where the CPU supports it.
+                unsafe { block_fn(&job, &mut s.scores, &mut s.stats, &mut s.out) };
+                for (k, t) in tokens.enumerate() {
+                    let stats = &s.stats[2 * g * k..2 * g * (k + 1)];
+                    let res = &s.out[g * d * k..g * d * (k + 1)];
+                    let tb = blocks_of(&spans[t].positions);
+                    if tb.len() == 1 {
+                        // SAFETY: the token's only block: task (t, kvh) alone writes this group's slice of row t.
+                        let o = unsafe { out_shared.slice(t * q_row + kvh * g * d..t * q_row + (kvh + 1) * g * d) };
+                        for (j, (o, r)) in o.chunks_exact_mut(d).zip(res.chunks_exact(d)).enumerate() {
+                            let inv = 1.0 / stats[2 * j + 1];
+                            o.iter_mut().zip(r).for_each(|(o, r)| *o = r * inv);
+                        }
+                    } else {
+                        let at = ((first_slot[t] + b - tb.start) * n_kv_heads + kvh) * part_len;
+                        // SAFETY: each (token, block, KV head) has its own partial slot.
+                        let part = unsafe { part_shared.slice(at..at + part_len) };
+                        part[..2 * g].copy_from_slice(stats);
+                        part[2 * g..].copy_from_slice(res);
                     }
-                } else {
-                    let at = task * part_len;
-                    // SAFETY: each task owns its partial slot.
-                    let part = unsafe { part_shared.slice(at..at + part_len) };
-                    let (stats, o) = part.split_at_mut(2 * g);
-                    // SAFETY: as above.
-                    unsafe { block_fn(&q[heads], g, &span.kv, kvh * d, positions, &mut s.scores, stats, o) };
                 }
             });
         });
@@ -510,8 +703,8 @@ pub fn grouped_query_attention_with(
             let partials = &*partials;
             pool.run(spans.len() * n_kv_heads, &|task| {
                 let (i, kvh) = (task / n_kv_heads, task % n_kv_heads);
-                let (b0, b1) = (first_block[i], first_block[i + 1]);
-                if b1 - b0 == 1 {
+                let (b0, b1) = (first_slot[i], first_slot[i + 1]);
+                if b1 - b0 <= 1 {
                     return;
                 }
                 let heads = i * q_row + kvh * g * d..i * q_row + (kvh + 1) * g * d;
@@ -650,6 +843,142 @@ mod tests {
                 grouped_query_attention_with(*kernel, &pool, &q_all, &spans, n_heads, n_kv, d, &mut out);
                 assert_eq!(out, alone.concat(), "{kernel:?} d{d}: batching changed the result");
             }
+        }
+    }
+
+    #[test]
+    fn exp_lane_is_exp_fast() {
+        let xs = (-200_000..200_000).map(|i| i as f32 * 1e-3).chain([f32::NEG_INFINITY, f32::INFINITY, f32::NAN, -0.0]);
+        for x in xs {
+            assert_eq!(exp_lane(x).to_bits(), exp_fast(x).to_bits(), "{x}");
+        }
+    }
+
+    /// EmbeddingGemma's bidirectional windows (each token sees a window centred on it, clipped to the sequence,
+    /// so neighbours share blocks and tiles) next to a second sequence's causal sliding windows in a ring buffer,
+    /// with some empty and single-position spans: every token's output is bitwise what it gets alone, for every
+    /// kernel on 1 and 2 threads, and close to the f64 reference.
+    #[test]
+    fn windowed_batches_match_tokens_alone() {
+        for (d, n_heads, n_kv, n, half) in [(256, 3, 1, 530, 256), (64, 2, 2, 300, 40)] {
+            let row = n_kv * d;
+            let data = |seed: usize, len: usize| -> Vec<f32> {
+                (0..len).map(|i| ((i * 7919 + seed * 104_729) % 1013) as f32 / 506.0 - 1.0).collect()
+            };
+            let (ka, va) = (data(1, n * row), data(2, n * row));
+            let (kb, vb) = (data(3, 512 * row), data(4, 512 * row));
+            let a = KvView { keys: &ka, values: &va, row_len: row, ring: 0 };
+            let b = KvView { keys: &kb, values: &vb, row_len: row, ring: 512 };
+            let mut spans: Vec<AttnSpan> =
+                (0..n).map(|i| AttnSpan { kv: a, positions: i.saturating_sub(half)..(i + half + 1).min(n) }).collect();
+            spans.extend((600..900usize).map(|p| AttnSpan { kv: b, positions: (p + 1).saturating_sub(300)..p + 1 }));
+            spans.push(AttnSpan { kv: b, positions: 700..700 });
+            spans.push(AttnSpan { kv: a, positions: 255..256 });
+            spans.push(AttnSpan { kv: a, positions: 256..257 });
+            let q: Vec<f32> = (0..spans.len() * n_heads * d).map(|i| ((i * 31) as f32 * 0.37).sin() * 0.2).collect();
+            let q_row = n_heads * d;
+            for kernel in AttentionKernel::available() {
+                let alone: Vec<f32> = spans
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, span)| {
+                        let pool = ThreadPool::new(1);
+                        let mut out = vec![0.0; q_row];
+                        let one = [AttnSpan { kv: span.kv, positions: span.positions.clone() }];
+                        let qi = &q[i * q_row..(i + 1) * q_row];
+                        grouped_query_attention_with(kernel, &pool, qi, &one, n_heads, n_kv, d, &mut out);
+                        out
+                    })
+                    .collect();
+                for threads in [1, 2] {
+                    let pool = ThreadPool::new(threads);
+                    let mut out = vec![f32::NAN; q.len()];
+                    grouped_query_attention_with(kernel, &pool, &q, &spans, n_heads, n_kv, d, &mut out);
+                    for (i, (got, want)) in out.chunks_exact(q_row).zip(alone.chunks_exact(q_row)).enumerate() {
+                        assert!(
+                            got.iter().zip(want).all(|(x, y)| x.to_bits() == y.to_bits()),
+                            "{kernel:?} d{d} {threads} threads: token {i} ({:?}) differs from alone",
+                            spans[i].positions
+                        );
+                    }
+                }
+                for (i, span) in spans.iter().enumerate() {
+                    for h in 0..n_heads {
+                        let got = &alone[i * q_row + h * d..i * q_row + (h + 1) * d];
+                        if span.positions.is_empty() {
+                            assert!(got.iter().all(|x| *x == 0.0), "{kernel:?}: an empty span gives zeros");
+                            continue;
+                        }
+                        let qh = &q[i * q_row + h * d..i * q_row + (h + 1) * d];
+                        let want = reference(qh, &span.kv, h / (n_heads / n_kv), span.positions.clone());
+                        for (x, (g, w)) in got.iter().zip(&want).enumerate() {
+                            assert!(
+                                (*g as f64 - w).abs() <= 1e-5 * w.abs().max(1.0),
+                                "{kernel:?} d{d} token {i} h{h} [{x}]: {g} vs {w}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The grouped reduction of scores gives each lane exactly the horizontal sum of its vector, in the order
+    /// a single vector's sum takes.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn transposed_sums_are_horizontal_sums() {
+        use std::arch::x86_64::*;
+        use x86::Lanes;
+        let raw: Vec<f32> =
+            (0..256).map(|i| ((i * 7919 % 1013) as f32 * 0.731).sin() * 10f32.powi(i % 7 - 3)).collect();
+        if is_x86_feature_detected!("avx512f") {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn check(raw: &[f32]) {
+                let mut got = [0f32; 16];
+                // SAFETY: raw holds 16 x 16 floats; got holds 16.
+                unsafe { <x86::Avx512 as x86::Lanes>::transpose_sum(raw.as_ptr()).store(got.as_mut_ptr()) };
+                for (s, g) in got.iter().enumerate() {
+                    // SAFETY: row s of raw holds 16 floats.
+                    let want = _mm512_reduce_add_ps(unsafe { _mm512_loadu_ps(raw[16 * s..].as_ptr()) });
+                    assert_eq!(g.to_bits(), want.to_bits(), "lane {s}");
+                }
+            }
+            // SAFETY: the CPU has AVX-512F.
+            unsafe { check(&raw) };
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn check(raw: &[f32]) {
+                let mut got = [0f32; 8];
+                // SAFETY: raw holds 8 x 8 floats; got holds 8.
+                unsafe { <x86::Avx2 as x86::Lanes>::transpose_sum(raw.as_ptr()).store(got.as_mut_ptr()) };
+                for (s, g) in got.iter().enumerate() {
+                    let x = &raw[8 * s..8 * s + 8];
+                    let h: Vec<f32> = (0..4).map(|i| x[i] + x[i + 4]).collect();
+                    let want = (h[0] + h[2]) + (h[1] + h[3]);
+                    assert_eq!(g.to_bits(), want.to_bits(), "lane {s}");
+                }
+            }
+            // SAFETY: the CPU has AVX2 and FMA.
+            unsafe { check(&raw) };
+        }
+    }
+
+    /// A token that needs merging next to one that sees nothing (as many block slots as tokens).
+    #[test]
+    fn an_empty_span_beside_a_merged_one() {
+        let d = 64;
+        let keys: Vec<f32> = (0..400 * d).map(|i| ((i * 7919 % 1013) as f32 / 500.0 - 1.0) * 0.5).collect();
+        let values: Vec<f32> = (0..400 * d).map(|i| (i * 104_729 % 1000) as f32 / 500.0 - 1.0).collect();
+        let kv = KvView { keys: &keys, values: &values, row_len: d, ring: 0 };
+        let q: Vec<f32> = (0..2 * d).map(|i| (i as f32 * 0.37).sin()).collect();
+        for kernel in AttentionKernel::available() {
+            let spans = [AttnSpan { kv, positions: 5..5 }, AttnSpan { kv, positions: 200..300 }];
+            let mut out = vec![f32::NAN; 2 * d];
+            grouped_query_attention_with(kernel, &ThreadPool::new(1), &q, &spans, 1, 1, d, &mut out);
+            assert!(out[..d].iter().all(|x| *x == 0.0));
+            assert_eq!(out[d..], attend_one(kernel, &q[d..], &kv, 1, 200..300)[..], "{kernel:?}");
         }
     }
 
