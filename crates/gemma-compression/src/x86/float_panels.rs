@@ -28,6 +28,24 @@ macro_rules! with_tokens {
     };
 }
 
+/// The loop order of both levels: blocks of panels that stay in L2 while every tile of up to 6 tokens (in L1)
+/// passes over them; `tile(p, t0, t, left)` runs the tile of tokens `t0..t0 + t` from panel `p`, with `left`
+/// panels left in the block, and returns how many panels it took.
+#[inline(always)]
+fn for_each_tile(s: &PanelSlab, mut tile: impl FnMut(usize, usize, usize, usize) -> usize) {
+    let block = panel_block(s.panel_bytes);
+    for b0 in (0..s.panels).step_by(block) {
+        let b1 = (b0 + block).min(s.panels);
+        for t0 in (0..s.tokens).step_by(TILE_TOKENS) {
+            let t = (s.tokens - t0).min(TILE_TOKENS);
+            let mut p = b0;
+            while p < b1 {
+                p += tile(p, t0, t, b1 - p);
+            }
+        }
+    }
+}
+
 /// Every (row, token) of the slab with AVX-512.
 ///
 /// # Safety
@@ -37,31 +55,22 @@ macro_rules! with_tokens {
 pub(crate) unsafe fn dot_panels_avx512<C: FloatCodec>(s: &PanelSlab, out: &PanelOut) {
     assert!(s.w.len() >= s.panels * s.panel_bytes && s.k * PANEL_ROWS * C::TY.type_size() <= s.panel_bytes);
     assert!(s.acts.len() >= s.tokens * s.k);
-    // A block of panels stays in L2 while every tile of tokens (in L1) passes over it.
-    let block = panel_block(s.panel_bytes);
-    for b0 in (0..s.panels).step_by(block) {
-        let b1 = (b0 + block).min(s.panels);
-        for t0 in (0..s.tokens).step_by(TILE_TOKENS) {
-            let t = (s.tokens - t0).min(TILE_TOKENS);
-            let mut p = b0;
-            while p < b1 {
-                // SAFETY: the CPU features are this function's own; the tile lies inside the checked slab.
-                unsafe {
-                    // One token alone gets 8 panels, so that 8 chains hide the FMA latency.
-                    if t == 1 && b1 - p >= 8 {
-                        tile_avx512::<C, 8, 1>(s, p, t0, out);
-                        p += 8;
-                    } else if b1 - p >= 4 {
-                        with_tokens!(t, tile_avx512::<C, 4>(s, p, t0, out));
-                        p += 4;
-                    } else {
-                        with_tokens!(t, tile_avx512::<C, 1>(s, p, t0, out));
-                        p += 1;
-                    }
-                }
+    for_each_tile(s, |p, t0, t, left| {
+        // SAFETY: the CPU features are this function's own; the tile lies inside the checked slab.
+        unsafe {
+            // One token alone gets 8 panels, so that 8 chains hide the FMA latency.
+            if t == 1 && left >= 8 {
+                tile_avx512::<C, 8, 1>(s, p, t0, out);
+                8
+            } else if left >= 4 {
+                with_tokens!(t, tile_avx512::<C, 4>(s, p, t0, out));
+                4
+            } else {
+                with_tokens!(t, tile_avx512::<C, 1>(s, p, t0, out));
+                1
             }
         }
-    }
+    });
 }
 
 #[inline]
@@ -116,30 +125,22 @@ unsafe fn tile_avx512<C: FloatCodec, const P: usize, const T: usize>(
 pub(crate) unsafe fn dot_panels_avx2<C: FloatCodec>(s: &PanelSlab, out: &PanelOut) {
     assert!(s.w.len() >= s.panels * s.panel_bytes && s.k * PANEL_ROWS * C::TY.type_size() <= s.panel_bytes);
     assert!(s.acts.len() >= s.tokens * s.k);
-    let block = panel_block(s.panel_bytes);
-    for b0 in (0..s.panels).step_by(block) {
-        let b1 = (b0 + block).min(s.panels);
-        for t0 in (0..s.tokens).step_by(TILE_TOKENS) {
-            let t = (s.tokens - t0).min(TILE_TOKENS);
-            let mut p = b0;
-            while p < b1 {
-                // SAFETY: the CPU features are this function's own; the tile lies inside the checked slab.
-                unsafe {
-                    // At least 8 chains (two halves per panel) hide the FMA latency for one or two tokens.
-                    if t == 1 && b1 - p >= 4 {
-                        tile_avx2::<C, 4, 1>(s, p, t0, out);
-                        p += 4;
-                    } else if t == 2 && b1 - p >= 2 {
-                        tile_avx2::<C, 2, 2>(s, p, t0, out);
-                        p += 2;
-                    } else {
-                        with_tokens!(t, tile_avx2::<C, 1>(s, p, t0, out));
-                        p += 1;
-                    }
-                }
+    for_each_tile(s, |p, t0, t, left| {
+        // SAFETY: the CPU features are this function's own; the tile lies inside the checked slab.
+        unsafe {
+            // At least 8 chains (two halves per panel) hide the FMA latency for one or two tokens.
+            if t == 1 && left >= 4 {
+                tile_avx2::<C, 4, 1>(s, p, t0, out);
+                4
+            } else if t == 2 && left >= 2 {
+                tile_avx2::<C, 2, 2>(s, p, t0, out);
+                2
+            } else {
+                with_tokens!(t, tile_avx2::<C, 1>(s, p, t0, out));
+                1
             }
         }
-    }
+    });
 }
 
 #[inline]
