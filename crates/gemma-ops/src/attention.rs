@@ -384,8 +384,8 @@ mod x86 {
                 // SAFETY: c + C * N <= d (d is a multiple of 2N, C is 1 or 2).
                 let vc: [V; C] = std::array::from_fn(|h| unsafe { V::load(v.add(c + h * V::N)) });
                 for (j, a) in acc.iter_mut().enumerate() {
-                    // SAFETY: register arithmetic, with V's target features as above.
-                    // SAFETY: j < R and idx < ATTENTION_BLOCK (checked above): inside these rows of `scores`.
+                    // SAFETY: j < R and idx < ATTENTION_BLOCK (checked above): inside these rows of `scores`;
+                    // register arithmetic with V's target features, as above.
                     let w = unsafe { V::splat(*w.add(j * ATTENTION_BLOCK + idx)) };
                     for (ah, vh) in a.iter_mut().zip(&vc) {
                         // SAFETY: plain register arithmetic.
