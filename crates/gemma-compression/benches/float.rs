@@ -1,8 +1,9 @@
-//! `dot_rows` of the float formats (F32, F16, BF16 weights with f32 activations) at EmbeddingGemma's shapes:
-//! a 64-row slab of its 768-wide matrices against 1 token (decode-like) and 48 tokens (one token group of a
-//! long input, what one matmul task sees). Throughput: multiply-adds.
+//! Float formats (F32, F16, BF16 weights with f32 activations) at EmbeddingGemma's shapes: a 64-row slab of
+//! its 768-wide matrices against 1 token (decode-like) and 48 tokens (one token group of a long input).
+//! Throughput: multiply-adds.
 //!
-//! `panels_*`: the same rows repacked in panels of 16 ([`FloatPanels`]), as the model loads them.
+//! `panels_*`: the rows repacked in panels of 16 ([`FloatPanels`]), as the model loads its matrices; the others:
+//! the row-major `dot_rows`, what a float matrix kept in the file's layout (a tied output head) goes through.
 //!
 //! Run with `cargo bench -p gemma-compression --bench float`; `GEMMA_SIMD=avx2|scalar` lowers the SIMD level.
 //! Single-threaded (matmul spreads slabs over threads).

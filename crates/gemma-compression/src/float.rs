@@ -76,7 +76,8 @@ pub(crate) enum FloatKind {
 /// Lanes of the dot pattern.
 pub(crate) const FLOAT_LANES: usize = 16;
 
-/// Tokens whose f32 activations are taken together by the float kernels (and by a matmul's parallel region):
+/// Tokens whose f32 activations are taken together by the row-major float kernels (and by a matmul's parallel
+/// region over a float matrix in the file's layout; repacked ones use [`crate::float_panels`]):
 /// 48 rows of a 1,152-wide input are 216 KiB, which stay in L2 while the weights stream past.
 pub const FLOAT_TOKEN_GROUP: usize = 48;
 

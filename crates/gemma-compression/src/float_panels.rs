@@ -80,10 +80,6 @@ impl FloatPanels {
         Ok(FloatPanels { ty, rows, cols, panel_bytes, data })
     }
 
-    pub fn ggml_type(&self) -> GgmlType {
-        self.ty
-    }
-
     pub fn rows(&self) -> usize {
         self.rows
     }
@@ -95,11 +91,6 @@ impl FloatPanels {
     /// Panels of 16 rows (the last may be padded).
     pub fn panels(&self) -> usize {
         self.rows.div_ceil(PANEL_ROWS)
-    }
-
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.data.len() * 64
     }
 
     fn panel_data(&self, panels: Range<usize>) -> &[u8] {
@@ -123,7 +114,8 @@ impl FloatPanels {
     pub fn dot_panels(&self, panels: Range<usize>, acts: &[f32], tokens: usize, tile: &mut [f32]) {
         let width = PANEL_ROWS * panels.len();
         assert_eq!(tile.len(), tokens * width, "tile size");
-        let out = PanelOut { ptr: tile.as_mut_ptr(), stride: width, cols: width };
+        // SAFETY: `tile` holds `tokens` rows of `width` values, and the borrow is exclusive.
+        let out = unsafe { PanelOut::new(tile.as_mut_ptr(), width, width) };
         self.dot_panels_to(panels, acts, tokens, &out);
     }
 
@@ -144,7 +136,8 @@ impl FloatPanels {
     ) {
         let cols = (PANEL_ROWS * panels.len()).min(self.rows.saturating_sub(PANEL_ROWS * panels.start));
         assert!(tokens <= 1 || cols <= stride, "rows overlap from token to token");
-        self.dot_panels_to(panels, acts, tokens, &PanelOut { ptr: out, stride, cols });
+        // SAFETY: the caller's guarantee, for exactly these tokens and columns.
+        self.dot_panels_to(panels, acts, tokens, &unsafe { PanelOut::new(out, stride, cols) });
     }
 
     fn dot_panels_to(&self, panels: Range<usize>, acts: &[f32], tokens: usize, out: &PanelOut) {
@@ -168,19 +161,35 @@ impl FloatPanels {
 
 /// Where the products go: column `c` (a row of the slab, from its first) of token `t` at
 /// `ptr + t * stride + c`, for `c < cols` only (the panels' padding rows, and rows past `cols`, are dropped).
-/// Whoever builds one guarantees those places are writable and not accessed by anyone else meanwhile.
 pub(crate) struct PanelOut {
-    pub ptr: *mut f32,
-    pub stride: usize,
-    pub cols: usize,
+    ptr: *mut f32,
+    stride: usize,
+    cols: usize,
 }
 
 impl PanelOut {
+    /// # Safety
+    /// `ptr + t * stride + c` must be writable for every token `t` of the slab it is used with and `c < cols`,
+    /// and nothing else may access those places while the `PanelOut` is in use.
+    pub(crate) unsafe fn new(ptr: *mut f32, stride: usize, cols: usize) -> PanelOut {
+        PanelOut { ptr, stride, cols }
+    }
+
+    /// Columns kept.
+    pub(crate) fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Where column `c` of token `t` goes (writable when `c < cols`, by the constructor's contract).
+    pub(crate) fn at(&self, t: usize, c: usize) -> *mut f32 {
+        self.ptr.wrapping_add(t * self.stride + c)
+    }
+
     /// Writes `v` (16 rows from column `c`) for token `t`, dropping columns from `cols` on.
     pub(crate) fn write(&self, t: usize, c: usize, v: &[f32; PANEL_ROWS]) {
         let n = self.cols.saturating_sub(c).min(PANEL_ROWS);
-        // SAFETY: the builder's guarantee covers columns below `cols` of every token of the slab.
-        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), self.ptr.add(t * self.stride + c), n) };
+        // SAFETY: the constructor's contract covers columns below `cols` of every token of the slab.
+        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), self.at(t, c), n) };
     }
 }
 
@@ -311,7 +320,8 @@ mod tests {
                             };
                             let width = PANEL_ROWS * panels.len();
                             let mut want = vec![0f32; tokens * width];
-                            let to = |v: &mut Vec<f32>| PanelOut { ptr: v.as_mut_ptr(), stride: width, cols: width };
+                            // SAFETY: each buffer holds `tokens` rows of `width` values, used by one kernel at a time.
+                            let to = |v: &mut Vec<f32>| unsafe { PanelOut::new(v.as_mut_ptr(), width, width) };
                             dot_panels_scalar::<C>(&s, &to(&mut want));
                             #[cfg(target_arch = "x86_64")]
                             for level in crate::SimdLevel::supported() {

@@ -198,10 +198,9 @@ pub fn matmul_float_panels(pool: &ThreadPool, w: &FloatPanels, x: &[f32], out: &
     let out_shared = SharedMut::new(out);
     pool.for_ranges(w.panels(), ROWS_PER_TASK / PANEL_ROWS, &|panels| {
         let first = panels.start * PANEL_ROWS;
-        assert!(first < rows && n * rows <= out_shared.len());
-        // SAFETY: this task alone writes rows `first..` of its panels in every token's row of `out` (`n` rows of
-        // `rows`), and the kernel writes only the real ones.
-        unsafe { w.dot_panels_into(panels, x, n, out_shared.ptr().add(first), rows) };
+        // SAFETY: `out` holds `n` rows of `rows` (asserted above) and `first < rows`; this task alone writes
+        // the real rows of its panels in every token's row, and the kernel writes no others.
+        unsafe { w.dot_panels_into(panels, x, n, out_shared.ptr().wrapping_add(first), rows) };
     });
 }
 
@@ -777,8 +776,8 @@ mod tests {
         let (rows, cols) = (37, 512);
         let mut seed = 11;
         let wf: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
-        let types = [GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q4K, GgmlType::Q6K, GgmlType::F32, GgmlType::F16];
-        for ty in types.into_iter().chain([GgmlType::BF16]) {
+        use GgmlType::*;
+        for ty in [Q8_0, Q5_0, Q4K, Q6K, F32, F16, BF16] {
             let wq = quantize_rows(ty, &wf, cols);
             let plain = QMatrix::new(&wq, rows, cols, ty).unwrap();
             let interleaved = InterleavedRows::repack(ty, rows, cols, &wq, &mut |_| {}).ok();

@@ -280,14 +280,6 @@ impl<T> SharedMut<T> {
     pub fn ptr(&self) -> *mut T {
         self.ptr
     }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
 }
 
 #[cfg(test)]

@@ -49,8 +49,8 @@ fn for_each_tile(s: &PanelSlab, mut tile: impl FnMut(usize, usize, usize, usize)
 /// Every (row, token) of the slab with AVX-512.
 ///
 /// # Safety
-/// The CPU must have AVX2, FMA, F16C, AVX-512 F and BW; the slab must be as [`PanelSlab`] documents and
-/// `out` keep its guarantee for the slab's tokens and rows.
+/// The CPU must have AVX2, FMA, F16C, AVX-512 F and BW; the slab must be as [`PanelSlab`] documents, and `out`
+/// built for the slab's tokens (its constructor's contract).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw")]
 pub(crate) unsafe fn dot_panels_avx512<C: FloatCodec>(s: &PanelSlab, out: &PanelOut) {
     assert!(s.w.len() >= s.panels * s.panel_bytes && s.k * PANEL_ROWS * C::TY.type_size() <= s.panel_bytes);
@@ -108,8 +108,8 @@ unsafe fn tile_avx512<C: FloatCodec, const P: usize, const T: usize>(
     }
     for t in 0..T {
         for p in 0..P {
-            let (c, n) = (PANEL_ROWS * (p0 + p), out.cols.saturating_sub(PANEL_ROWS * (p0 + p)).min(PANEL_ROWS));
-            let at = out.ptr.wrapping_add((t0 + t) * out.stride + c);
+            let (c, n) = (PANEL_ROWS * (p0 + p), out.cols().saturating_sub(PANEL_ROWS * (p0 + p)).min(PANEL_ROWS));
+            let at = out.at(t0 + t, c);
             // SAFETY: token `t0 + t` is one of the slab's, and the first `n` rows from column `c` are real
             // ones, so `out` guarantees them writable and ours.
             unsafe { _mm512_mask_storeu_ps(at, ((1u32 << n) - 1) as u16, acc[p][t]) };
@@ -120,7 +120,7 @@ unsafe fn tile_avx512<C: FloatCodec, const P: usize, const T: usize>(
 /// Every (row, token) of the slab with AVX2.
 ///
 /// # Safety
-/// The CPU must have AVX2, FMA and F16C; the slab and tile as for [`dot_panels_avx512`].
+/// The CPU must have AVX2, FMA and F16C; the slab and `out` as for [`dot_panels_avx512`].
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn dot_panels_avx2<C: FloatCodec>(s: &PanelSlab, out: &PanelOut) {
     assert!(s.w.len() >= s.panels * s.panel_bytes && s.k * PANEL_ROWS * C::TY.type_size() <= s.panel_bytes);
@@ -175,8 +175,8 @@ unsafe fn tile_avx2<C: FloatCodec, const P: usize, const T: usize>(
     for p in 0..P {
         for t in 0..T {
             let c = PANEL_ROWS * (p0 + p);
-            if c + PANEL_ROWS <= out.cols {
-                let at = out.ptr.wrapping_add((t0 + t) * out.stride + c);
+            if c + PANEL_ROWS <= out.cols() {
+                let at = out.at(t0 + t, c);
                 // SAFETY: 16 real rows from column `c` of one of the slab's tokens, guaranteed by `out`.
                 unsafe {
                     _mm256_storeu_ps(at, acc[p][t][0]);
