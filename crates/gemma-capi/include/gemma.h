@@ -1,6 +1,7 @@
 /*
  * gemma.h: the C API of gemma-rs, a CPU inference engine for Gemma models (GGUF files and gemma.cpp SBS
- * checkpoints): text generation, and embeddings from embedding models (EmbeddingGemma).
+ * checkpoints): text generation, conversations that keep their KV cache between turns, and embeddings from
+ * embedding models (EmbeddingGemma).
  *
  * Build: `cargo build -p gemma-capi --release` gives target/release/libgemma_capi.so (and .a).
  * Link:  cc app.c -Icrates/gemma-capi/include -Ltarget/release -lgemma_capi
@@ -12,7 +13,8 @@
  * - Every pointer argument is checked: NULL where something is required is GEMMA_ERR_INVALID_ARGUMENT, never
  *   a crash. Strings in are NUL-terminated UTF-8; invalid UTF-8 is GEMMA_ERR_INVALID_UTF8. Strings out are
  *   UTF-8.
- * - Ownership: what gemma_model_open returns is freed with gemma_model_free; the text gemma_generate hands out
+ * - Ownership: what gemma_model_open returns is freed with gemma_model_free, what gemma_chat_new returns with
+ *   gemma_chat_free (before the model it was made from); the text gemma_generate and gemma_chat_send hand out
  *   is freed with gemma_string_free. Every other returned string belongs to the library (static, or owned by
  *   the model handle as stated) and must not be freed.
  * - Threads: a gemma_model may be used from several threads at once: every call only reads it, and each
@@ -20,7 +22,8 @@
  *   gemma_embed call its own buffers. Concurrent calls on one handle share its thread pool and take turns in
  *   each parallel step; for independent
  *   speed, open one handle per thread. gemma_model_free must not run while another call uses the handle.
- *   gemma_last_error() is per thread.
+ *   A gemma_chat holds one conversation's state: use it from one thread at a time. Several chats on one model
+ *   may run at once, as gemma_generate calls do. gemma_last_error() is per thread.
  * - No Rust panic crosses this boundary: an internal failure is GEMMA_ERR_INTERNAL.
  * - The ABI is that of version 0.x: structs may gain fields in a later version. Fill gemma_params from
  *   gemma_params_default() and set the fields you need.
@@ -66,6 +69,9 @@ typedef enum gemma_stop_reason {
 
 /* A loaded model: weights, tokenizer, chat template and a thread pool. Opaque. */
 typedef struct gemma_model gemma_model;
+
+/* A conversation with a model: its messages, KV cache and sampler. Opaque. */
+typedef struct gemma_chat gemma_chat;
 
 /* Generation parameters. Start from gemma_params_default(). */
 typedef struct gemma_params {
@@ -173,8 +179,73 @@ gemma_params gemma_params_default(void);
 int gemma_generate(const gemma_model *model, const char *prompt, const gemma_params *params,
                    gemma_token_callback callback, void *user_data, char **out_text, gemma_generation_info *out_info);
 
-/* Frees a string from gemma_generate; NULL is ignored. */
+/* Frees a string from gemma_generate or gemma_chat_send; NULL is ignored. */
 void gemma_string_free(char *text);
+
+/* What a chat turn did (optional output of gemma_chat_send). */
+typedef struct gemma_chat_info {
+    gemma_generation_info generation; /* as gemma_generate's; n_prompt_tokens counts this turn's prefill only */
+    int32_t n_reused_tokens;          /* tokens of the conversation whose KV cache entries were kept */
+    int32_t n_dropped_messages;       /* oldest messages dropped so that the turn fits in the context */
+    int32_t n_context_tokens;         /* tokens in the KV cache after the turn */
+} gemma_chat_info;
+
+/*
+ * Starts a conversation with a generative model through its chat template (as `gemma chat`). Each turn renders
+ * the whole conversation, keeps the KV cache entries of the tokens it shares with the previous turns and
+ * prefills only the rest, so a turn costs its own new tokens. One sampler serves the whole conversation
+ * (penalties see every turn; seeded draws go on from turn to turn).
+ * - system_prompt: NULL or "" for none.
+ * - params: NULL means gemma_params_default(); params->chat is ignored (a chat always uses the template).
+ * - n_ctx: the context in tokens; <= 0 (or more than the model's) means the model's context length.
+ * Returns NULL on failure (see gemma_last_error()): an embedding model (GEMMA_ERR_WRONG_MODEL_KIND), a model
+ * whose chat template cannot be used (GEMMA_ERR_CHAT_TEMPLATE), bad parameters. The chat borrows `model`: free
+ * the chat before the model.
+ */
+gemma_chat *gemma_chat_new(const gemma_model *model, const char *system_prompt, const gemma_params *params,
+                           int n_ctx);
+
+/* Frees a chat; NULL is ignored. */
+void gemma_chat_free(gemma_chat *chat);
+
+/*
+ * Adds `message` as the user's turn and generates the model's answer, which joins the conversation (also when
+ * cut short by max_tokens or the callback). `callback`, `user_data`, `out_text` are as in gemma_generate.
+ * When the conversation and room for an answer (max_tokens, at most half the context) no longer fit in the
+ * context, the oldest user/answer pairs are dropped; the system prompt stays. A message that does not fit
+ * even alone is GEMMA_ERR_CONTEXT_FULL. On any failure the conversation's messages are as before the call.
+ * out_info: may be NULL; on GEMMA_OK it receives the turn's figures (zeroed on failure).
+ */
+int gemma_chat_send(gemma_chat *chat, const char *message, gemma_token_callback callback, void *user_data,
+                    char **out_text, gemma_chat_info *out_info);
+
+/*
+ * Appends a message without generating anything: to restore a saved conversation, or to put words in the
+ * model's mouth. `role` is "system", "user" or "assistant" (anything else is GEMMA_ERR_INVALID_ARGUMENT);
+ * whether the template accepts the order of the roles shows at the next gemma_chat_send.
+ */
+int gemma_chat_add_message(gemma_chat *chat, const char *role, const char *content);
+
+/* Sets the system prompt, replacing any; NULL or "" removes it. The KV cache is reused as far as it agrees. */
+int gemma_chat_set_system(gemma_chat *chat, const char *system_prompt);
+
+/* Forgets every message but the system prompt, empties the KV cache and restarts the sampler's history. */
+int gemma_chat_clear(gemma_chat *chat);
+
+/* Messages in the conversation (the system prompt counts as one), or a negative gemma_status. */
+int gemma_chat_n_messages(const gemma_chat *chat);
+
+/*
+ * Message `index` (0 is the oldest): *role receives "system", "user" or "assistant", *content its text
+ * (NUL-terminated; *content_len bytes, which may hold a NUL of the model's making). Any of the three may be
+ * NULL. The strings belong to the chat and stay valid until the next call that changes it (send, add, set
+ * system, clear, free). An index past the end is GEMMA_ERR_INVALID_ARGUMENT.
+ */
+int gemma_chat_message(const gemma_chat *chat, size_t index, const char **role, const char **content,
+                       size_t *content_len);
+
+/* Tokens in the chat's KV cache now, or a negative gemma_status. */
+int gemma_chat_context_used(const gemma_chat *chat);
 
 /*
  * The embedding of `text` from an embedding model: gemma_model_embedding_dim(model) floats, L2-normalised (unit

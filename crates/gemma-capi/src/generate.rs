@@ -4,9 +4,9 @@ use std::ffi::{c_char, c_int, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use gemma_core::chat::ChatMessage;
+use gemma_core::chat::{ChatMessage, ChatTemplate};
 use gemma_core::generate::TokenEvent;
-use gemma_core::{GenerationOptions, ModelError, SamplingParams, Session, StopReason};
+use gemma_core::{GenerationOptions, GenerationOutput, ModelError, SamplingParams, Session, StopReason};
 
 use crate::c_str::{read_str, to_malloced, write_opt};
 use crate::error::{code_call, value_call, CapiError};
@@ -89,7 +89,7 @@ fn saturating_i32(n: usize) -> i32 {
 }
 
 /// The library's defaults: generation options and sampling parameters as every front end starts from them.
-fn defaults() -> GemmaParams {
+pub(crate) fn defaults() -> GemmaParams {
     let options = GenerationOptions::default();
     let sampling = &options.sampling;
     GemmaParams {
@@ -156,6 +156,40 @@ pub struct Generated {
     pub info: GemmaGenerationInfo,
 }
 
+impl GemmaGenerationInfo {
+    pub(crate) fn of(out: &GenerationOutput) -> GemmaGenerationInfo {
+        GemmaGenerationInfo {
+            n_prompt_tokens: saturating_i32(out.prompt_ids.len()),
+            n_generated_tokens: saturating_i32(out.gen_ids.len()),
+            stop_reason: GemmaStopReason::from_library(out.stop_reason) as i32,
+            prefill_tokens_per_second: out.prefill_tok_s(),
+            decode_tokens_per_second: out.decode_tok_s(),
+        }
+    }
+}
+
+/// Generation options for `params`, with `stop` as their cancel flag (see [`event_handler`]).
+pub(crate) fn options_with_stop(params: &GemmaParams, stop: &Arc<AtomicBool>) -> Result<GenerationOptions, CapiError> {
+    let mut options = generation_options(params)?;
+    options.cancel = Some(stop.clone());
+    Ok(options)
+}
+
+/// The library's token event handler that passes each token to `on_token` (its id and the text it completes)
+/// until `on_token` returns true: then `stop` is set, so generation with [`options_with_stop`] ends right after
+/// that token, and `on_token` is not called again.
+pub(crate) fn event_handler<'a>(
+    stop: &'a AtomicBool,
+    on_token: &'a mut dyn FnMut(Option<u32>, &str) -> bool,
+) -> impl FnMut(&TokenEvent<'_>) + 'a {
+    move |event: &TokenEvent<'_>| {
+        let last_with_nothing_new = event.id.is_none() && event.text.is_empty();
+        if !stop.load(Ordering::Relaxed) && !last_with_nothing_new && on_token(event.id, event.text) {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Runs one generation for `prompt`, reporting each token to `on_token` (its id and the text it completes);
 /// `on_token` returns true to stop, and is not called again after that.
 pub fn generate(
@@ -168,11 +202,12 @@ pub fn generate(
         // Its output layer pools states into a vector; there are no logits to sample from.
         return Err(CapiError::EmbeddingModel(ModelError::EmbeddingModel(m.model.config.name.clone())));
     }
-    let mut options = generation_options(params)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let options = options_with_stop(params, &stop)?;
+    let mut on_event = event_handler(&stop, on_token);
     let tokenizer = &m.tokenizer;
     let prompt_ids = if params.chat != 0 {
-        let template = m.chat_template.as_ref().map_err(|e| CapiError::ChatTemplate(e.clone()))?;
-        template
+        template(m)?
             .encode(tokenizer, &[ChatMessage::user(prompt)], true)
             .map_err(|e| CapiError::ChatTemplate(e.to_string()))?
     } else {
@@ -188,28 +223,54 @@ pub fn generate(
     if prompt_ids.len() >= context {
         return Err(CapiError::PromptTooLong { prompt: prompt_ids.len(), context });
     }
-    // The library checks this flag after each token: a callback's stop ends generation right after the token
-    // it was shown.
-    let stop = Arc::new(AtomicBool::new(false));
-    options.cancel = Some(stop.clone());
     let mut session = Session::new(&m.model, context);
-    let mut on_event = |event: &TokenEvent<'_>| {
-        let last_with_nothing_new = event.id.is_none() && event.text.is_empty();
-        if !stop.load(Ordering::Relaxed) && !last_with_nothing_new && on_token(event.id, event.text) {
-            stop.store(true, Ordering::Relaxed);
-        }
-    };
     let out = session
         .generate_streaming(tokenizer, &prompt_ids, &options, &m.pool, &mut on_event)
         .map_err(CapiError::Generation)?;
-    let info = GemmaGenerationInfo {
-        n_prompt_tokens: saturating_i32(out.prompt_ids.len()),
-        n_generated_tokens: saturating_i32(out.gen_ids.len()),
-        stop_reason: GemmaStopReason::from_library(out.stop_reason) as i32,
-        prefill_tokens_per_second: out.prefill_tok_s(),
-        decode_tokens_per_second: out.decode_tok_s(),
-    };
-    Ok(Generated { text: out.text, info })
+    Ok(Generated { info: GemmaGenerationInfo::of(&out), text: out.text })
+}
+
+/// The model's chat template, or why it cannot be used.
+pub(crate) fn template(m: &GemmaModel) -> Result<&ChatTemplate, CapiError> {
+    m.chat_template.as_ref().map_err(|e| CapiError::ChatTemplate(e.clone()))
+}
+
+/// `callback` as the token handler of [`generate`] and the chat: each piece goes out NUL-terminated.
+///
+/// # Safety
+/// `callback`, if given, is safe to call with `user_data` for as long as the result is used.
+pub(crate) unsafe fn c_token_handler(
+    callback: Option<GemmaTokenCallback>,
+    user_data: *mut c_void,
+) -> impl FnMut(Option<u32>, &str) -> bool {
+    let mut piece = Vec::new();
+    move |id: Option<u32>, text: &str| {
+        let Some(callback) = callback else { return false };
+        // The piece goes out NUL-terminated so that C can print it as a string.
+        piece.clear();
+        piece.extend_from_slice(text.as_bytes());
+        piece.push(0);
+        let token = id.map_or(GEMMA_NO_TOKEN, |id| i32::try_from(id).unwrap_or(GEMMA_NO_TOKEN));
+        // SAFETY: the caller vouches for the callback and `user_data`; `piece` holds `text.len()` bytes and a
+        // NUL, and lives until the callback returns.
+        unsafe { callback(token, piece.as_ptr().cast(), text.len(), user_data) != 0 }
+    }
+}
+
+/// Hands `text` to C through `out_text` (NULL: not wanted) as a string freed with `gemma_string_free`.
+///
+/// # Safety
+/// `out_text` is NULL or valid for a write.
+pub(crate) unsafe fn hand_out_text(out_text: *mut *mut c_char, text: &str) -> Result<(), CapiError> {
+    if !out_text.is_null() {
+        let copy = to_malloced(text);
+        if copy.is_null() {
+            return Err(CapiError::OutOfMemory(text.len() + 1));
+        }
+        // SAFETY: not NULL, and valid for a write by the contract.
+        unsafe { out_text.write(copy) };
+    }
+    Ok(())
 }
 
 /// Generates a continuation of `prompt` (or, with `params->chat`, the model's answer to it as a user turn);
@@ -242,27 +303,11 @@ pub unsafe extern "C" fn gemma_generate(
         let prompt = unsafe { read_str(prompt, "prompt") }?;
         // SAFETY: `params` is NULL or points to a gemma_params by the contract; it is copied, not kept.
         let params = unsafe { params.as_ref() }.copied().unwrap_or_else(defaults);
-        let mut piece = Vec::new();
-        let mut on_token = |id: Option<u32>, text: &str| {
-            let Some(callback) = callback else { return false };
-            // The piece goes out NUL-terminated so that C can print it as a string.
-            piece.clear();
-            piece.extend_from_slice(text.as_bytes());
-            piece.push(0);
-            let token = id.map_or(GEMMA_NO_TOKEN, |id| i32::try_from(id).unwrap_or(GEMMA_NO_TOKEN));
-            // SAFETY: the caller vouches for the callback and `user_data`; `piece` holds `text.len()` bytes
-            // and a NUL, and lives until the callback returns.
-            unsafe { callback(token, piece.as_ptr().cast(), text.len(), user_data) != 0 }
-        };
+        // SAFETY: the caller vouches for `callback` and `user_data` for the length of this call.
+        let mut on_token = unsafe { c_token_handler(callback, user_data) };
         let generated = generate(m, prompt, &params, &mut on_token)?;
-        if !out_text.is_null() {
-            let text = to_malloced(&generated.text);
-            if text.is_null() {
-                return Err(CapiError::OutOfMemory(generated.text.len() + 1));
-            }
-            // SAFETY: not NULL, and valid for a write by the contract.
-            unsafe { out_text.write(text) };
-        }
+        // SAFETY: `out_text` is NULL or valid for a write by the contract.
+        unsafe { hand_out_text(out_text, &generated.text) }?;
         // SAFETY: NULL or valid for a write by the contract.
         unsafe { write_opt(out_info, generated.info) };
         Ok(())

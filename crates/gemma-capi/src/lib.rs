@@ -1,5 +1,5 @@
-//! The C API of gemma-rs (`include/gemma.h`): open a model, tokenize, detokenize, generate text and (with an
-//! embedding model) embed it, through opaque handles and plain C types. Every entry point is a thin layer over `gemma-core`.
+//! The C API of gemma-rs (`include/gemma.h`): open a model, tokenize, detokenize, generate text, hold a
+//! conversation over a kept KV cache and (with an embedding model) embed text, through opaque handles and plain C types. Every entry point is a thin layer over `gemma-core`.
 //!
 //! Rules every entry point keeps: pointers are checked for NULL, strings for UTF-8, and no panic crosses into
 //! C (each body runs under `catch_unwind`, a panic becomes `GEMMA_ERR_INTERNAL`). A failure returns an error
@@ -9,6 +9,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod c_str;
+mod chat;
 mod embed;
 mod error;
 mod generate;
@@ -17,6 +18,10 @@ mod tokenize;
 
 use std::ffi::{c_char, c_int};
 
+pub use chat::{
+    gemma_chat_add_message, gemma_chat_clear, gemma_chat_context_used, gemma_chat_free, gemma_chat_message,
+    gemma_chat_n_messages, gemma_chat_new, gemma_chat_send, gemma_chat_set_system, GemmaChat, GemmaChatInfo,
+};
 pub use embed::{gemma_embed, gemma_embed_batch, gemma_model_embedding_dim};
 pub use error::{CapiError, Status};
 pub use generate::{

@@ -1,7 +1,7 @@
 //! Real C programs compiled with the system C compiler against `include/gemma.h` and the crate's shared
 //! library: `tests/c/smoke.c` on the default model (its checks must hold, its struct layouts must be Rust's,
 //! and its greedy text must be the library's), `tests/c/embed.c` on EmbeddingGemma (its vectors must be the
-//! float64 reference's), and the guide's two example programs.
+//! float64 reference's), and the guide's three example programs.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -129,6 +129,36 @@ fn the_guides_example_program_compiles_and_prints_the_librarys_text() {
     let prompt_ids = library.tokenizer.encode("The capital of France is", true, true);
     let expected = library.greedy(&prompt_ids, 32);
     assert_eq!(stdout, format!("{}\n[{} bytes generated]\n", expected.text, expected.text.len()));
+}
+
+#[test]
+fn the_guides_chat_example_answers_as_the_library_does_and_reuses_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = guide_program(dir.path(), "gemma_chat_send");
+    let stdout = run(&exe, &[common::model_path().as_os_str()]);
+
+    // The library's conversation, turn by turn.
+    let library = common::Library::get();
+    let template = gemma_core::chat::ChatTemplate::from_gguf(&library.model.file, &library.tokenizer).unwrap();
+    let options = gemma_core::GenerationOptions {
+        max_tokens: 24,
+        sampling: gemma_core::SamplingParams::greedy(),
+        ..Default::default()
+    };
+    let context = library.model.config.context_length;
+    let mut conversation =
+        gemma_core::Conversation::new(&library.model, &library.tokenizer, &template, context, options).unwrap();
+    conversation.set_system(Some("Answer in one short sentence."));
+    let mut expected = String::new();
+    for question in ["What is the capital of France?", "And of Italy?"] {
+        let turn = conversation.send(question, &library.pool, &mut |_| {}).unwrap();
+        let prefilled = turn.output.prompt_ids.len();
+        expected +=
+            &format!("> {question}\n{}\n[{prefilled} tokens prefilled, {} reused]\n", turn.output.text, turn.reused);
+    }
+    assert_eq!(stdout, expected);
+    let second = stdout.lines().filter(|l| l.starts_with('[')).nth(1).unwrap();
+    assert!(!second.ends_with(" 0 reused]"), "the second turn reuses the first's cache: {second}");
 }
 
 #[test]

@@ -153,9 +153,9 @@ pub fn bench(common: &Common, args: &BenchArgs) -> Result<()> {
         return Err(usage(format!("depth {} + {longest} tokens exceed the model's context of {ctx}", args.depth)));
     }
     let name = path.file_name().map_or("model".into(), |n| n.to_string_lossy().to_string());
-    println!("model: {name} (loaded in {:.0} ms)   commit: {}", load_secs * 1e3, env!("GEMMA_COMMIT"));
-    println!("| threads | test | t/s (mean ± sd) | p50 | p90 | ttft ms |");
-    println!("|---|---|---|---|---|---|");
+    outln!("model: {name} (loaded in {:.0} ms)   commit: {}", load_secs * 1e3, env!("GEMMA_COMMIT"))?;
+    outln!("| threads | test | t/s (mean ± sd) | p50 | p90 | ttft ms |")?;
+    outln!("|---|---|---|---|---|---|")?;
     let mut results = Vec::new();
     for &t in &threads {
         let pool = crate::commands::thread_pool(t)?;
@@ -184,14 +184,14 @@ pub fn bench(common: &Common, args: &BenchArgs) -> Result<()> {
             if seqs > 1 {
                 test = format!("{test} x{seqs}");
             }
-            println!(
+            outln!(
                 "| {t} | {test} | {:.2} ± {:.2} | {:.2} | {:.2} | {} |",
                 st.mean,
                 st.sd,
                 st.p50,
                 st.p90,
                 ttft.map_or("-".into(), |v| format!("{v:.1}"))
-            );
+            )?;
             results.push(json!({
                 "threads": t, "test": test, "kind": kind, "n": n, "depth": args.depth, "sequences": seqs,
                 "tokens_per_second": st.json(), "samples": rates, "ttft_ms": ttft,
@@ -199,7 +199,7 @@ pub fn bench(common: &Common, args: &BenchArgs) -> Result<()> {
         }
     }
     let rss = peak_rss_bytes();
-    println!("peak RSS: {}", rss.map_or("unknown".into(), |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)));
+    outln!("peak RSS: {}", rss.map_or("unknown".into(), |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)))?;
     if let Some(file) = &args.json {
         let report = json!({
             "model": path.display().to_string(), "commit": env!("GEMMA_COMMIT"), "machine": machine(),
@@ -241,14 +241,14 @@ pub fn guide_bench(common: &Common, cli: &Cli) -> Result<()> {
         }
     }
     let (d, p) = (Stats::of(&decode), Stats::of(&prefill));
-    println!(
+    outln!(
         "device: cpu ({}), simd: {}, threads: {threads}",
         machine()["cpu_model"].as_str().unwrap_or("?"),
         gemma_compression::simd_level()
-    );
-    println!("prompt: {} tokens, generated: {generated} tokens, iterations: {}", ids.len(), cli.bench_iters);
-    println!("decode:  mean {:.2} tok/s  p50 {:.2}  p90 {:.2}", d.mean, d.p50, d.p90);
-    println!("prefill: mean {:.2} tok/s  p50 {:.2}  p90 {:.2}", p.mean, p.p50, p.p90);
+    )?;
+    outln!("prompt: {} tokens, generated: {generated} tokens, iterations: {}", ids.len(), cli.bench_iters)?;
+    outln!("decode:  mean {:.2} tok/s  p50 {:.2}  p90 {:.2}", d.mean, d.p50, d.p90)?;
+    outln!("prefill: mean {:.2} tok/s  p50 {:.2}  p90 {:.2}", p.mean, p.p50, p.p90)?;
     if let Some(file) = &cli.bench_json {
         let report = json!({
             "device": machine(), "threads": threads, "model": path.display().to_string(), "commit": env!("GEMMA_COMMIT"),

@@ -1,9 +1,8 @@
 //! `gemma chat` (and the guide's `gemma --chat`): a multi-turn conversation over one KV cache.
 //!
-//! Each turn renders the whole conversation with the model's chat template and tokenizes it, keeps the
-//! part of the cache that agrees with those ids and prefills only the rest, so a turn costs its own new
-//! tokens, not the whole history. When stdin is not a terminal the output is just the answers, one per
-//! turn, for scripts.
+//! The conversation itself (cache reuse between turns, dropping old turns when the context is full) is
+//! `gemma_core::Conversation`; this is the terminal around it. When stdin is not a terminal the output is just
+//! the answers, one per turn, for scripts.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
@@ -11,12 +10,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use gemma_core::chat::{reusable_prefix_len, ChatMessage, ChatTemplate};
+use gemma_core::chat::{ChatMessage, ChatTemplate};
 use gemma_core::generate::TokenEvent;
-use gemma_core::{GenerationOptions, ModelError, Sampler, Session, StopReason};
+use gemma_core::{Conversation, ConversationError, ModelError, StopReason};
+use gemma_ops::ThreadPool;
 
 use crate::args::ChatArgs;
-use crate::commands::{fit_options_to_model, generation_options, Common, Loaded};
+use crate::commands::{fit_options_to_model, generation_options, Common};
 
 const HELP: &str = "\
 commands:
@@ -27,6 +27,7 @@ commands:
   /stats          turns, context use and the speed of the last turn
   /help           this list
   /quit           leave (so does end of input, or Ctrl-C twice at the prompt)
+A message goes on to the next line after a line that ends in \\, or between \"\"\" and \"\"\".
 Ctrl-C while the model answers stops the answer.";
 
 /// What Ctrl-C does depends on whether an answer is being generated.
@@ -47,17 +48,8 @@ struct TurnStats {
 }
 
 struct Chat<'m> {
-    m: &'m Loaded,
-    template: ChatTemplate,
-    session: Session<'m>,
-    /// The conversation; a system message, when set, is first.
-    messages: Vec<ChatMessage>,
-    /// The ids whose keys and values are in the session's cache, in order.
-    cached: Vec<u32>,
-    opts: GenerationOptions,
-    /// One sampler for the whole conversation, as llama.cpp's interactive mode keeps one: penalties and DRY
-    /// see every turn, Mirostat's μ and the random draws go on from turn to turn.
-    sampler: Sampler,
+    conversation: Conversation<'m>,
+    pool: &'m ThreadPool,
     last: TurnStats,
     interactive: bool,
 }
@@ -88,46 +80,32 @@ pub fn chat(common: &Common, args: &ChatArgs) -> Result<()> {
     })
     .context("cannot install the Ctrl-C handler")?;
 
-    let mut chat = Chat {
-        m: &m,
-        template,
-        session: Session::new(&m.model, m.ctx),
-        messages: Vec::new(),
-        cached: Vec::new(),
-        sampler: Sampler::for_model(opts.sampling.clone(), &m.tokenizer, m.ctx),
-        opts,
-        last: TurnStats::default(),
-        interactive,
-    };
-    if let Some(system) = args.system.as_deref().filter(|s| !s.is_empty()) {
-        chat.messages.push(ChatMessage::system(system));
-    }
+    let mut conversation = Conversation::new(&m.model, &m.tokenizer, &template, m.ctx, opts)?;
+    conversation.set_system(args.system.as_deref());
+    let mut chat = Chat { conversation, pool: &m.pool, last: TurnStats::default(), interactive };
     if interactive {
         eprintln!(
             "chatting with {} (template: {}, context: {} tokens); /help lists the commands",
             m.model.config.arch.name(),
-            chat.template.source().as_str(),
+            template.source().as_str(),
             m.ctx
         );
     }
 
     let stdin = std::io::stdin();
     let mut lines = stdin.lock();
-    let mut line = String::new();
     loop {
         if interactive {
-            print!("\x1b[1m>>> \x1b[0m");
-            std::io::stdout().flush()?;
+            out!("\x1b[1m>>> \x1b[0m")?;
         }
-        line.clear();
-        if lines.read_line(&mut line)? == 0 {
+        let Some(message) = read_message(&mut lines, interactive)? else {
             if interactive {
-                println!();
+                outln!()?;
             }
             return Ok(());
-        }
+        };
         interrupts.at_prompt.store(0, Ordering::SeqCst);
-        let input = line.trim_end_matches(['\n', '\r']);
+        let input = message.as_str();
         if input.trim().is_empty() {
             continue;
         }
@@ -135,6 +113,7 @@ pub fn chat(common: &Common, args: &ChatArgs) -> Result<()> {
             match chat.command(command) {
                 Ok(true) => continue,
                 Ok(false) => return Ok(()),
+                Err(e) if crate::reader_went_away(&e) => return Err(e),
                 Err(e) => {
                     eprintln!("error: {}", gemma_server::error_report(&*e));
                     continue;
@@ -145,8 +124,11 @@ pub fn chat(common: &Common, args: &ChatArgs) -> Result<()> {
         interrupts.generating.store(true, Ordering::SeqCst);
         let result = chat.turn(input);
         interrupts.generating.store(false, Ordering::SeqCst);
-        if let Err(e) = result {
-            eprintln!("error: {}", gemma_server::error_report(&*e));
+        match result {
+            // Nobody reads the answers any more: the conversation is over.
+            Err(e) if crate::reader_went_away(&e) => return Err(e),
+            Err(e) => eprintln!("error: {}", gemma_server::error_report(&*e)),
+            Ok(()) => {}
         }
     }
 }
@@ -163,43 +145,37 @@ impl Chat<'_> {
             "quit" | "exit" | "bye" => return Ok(false),
             "help" | "?" => writeln!(out, "{HELP}")?,
             "clear" => {
-                self.messages.retain(|m| m.role == "system");
-                self.session.reset();
-                self.cached.clear();
-                self.sampler.reset();
+                self.conversation.clear();
                 self.last = TurnStats::default();
                 self.notice("conversation cleared");
             }
             "system" => {
-                self.messages.retain(|m| m.role != "system");
-                if !arg.is_empty() {
-                    self.messages.insert(0, ChatMessage::system(arg));
-                    self.notice("system prompt set");
-                } else {
-                    self.notice("system prompt removed");
-                }
+                self.conversation.set_system(Some(arg));
+                self.notice(if arg.is_empty() { "system prompt removed" } else { "system prompt set" });
             }
             "save" => {
                 if arg.is_empty() {
                     anyhow::bail!("/save needs a file name");
                 }
-                let json = serde_json::to_string_pretty(&self.messages)?;
+                let messages = self.conversation.messages();
+                let json = serde_json::to_string_pretty(messages)?;
                 std::fs::write(arg, json + "\n").with_context(|| format!("cannot write {arg}"))?;
-                self.notice(&format!("saved {} messages to {arg}", self.messages.len()));
+                self.notice(&format!("saved {} messages to {arg}", messages.len()));
             }
             "load" => {
                 if arg.is_empty() {
                     anyhow::bail!("/load needs a file name");
                 }
-                self.messages = read_conversation(Path::new(arg))?;
-                // The cache is kept: the next turn reuses whatever prefix the loaded conversation shares.
-                self.notice(&format!("loaded {} messages from {arg}", self.messages.len()));
+                let messages = read_conversation(Path::new(arg))?;
+                let n = messages.len();
+                self.conversation.set_messages(messages).with_context(|| arg.to_string())?;
+                self.notice(&format!("loaded {n} messages from {arg}"));
             }
             "stats" => {
-                let turns = self.messages.iter().filter(|m| m.role == "user").count();
+                let turns = self.conversation.messages().iter().filter(|m| m.role == "user").count();
                 writeln!(out, "turns: {turns}")?;
-                writeln!(out, "context_tokens: {}", self.session.len())?;
-                writeln!(out, "context_size: {}", self.session.context_len())?;
+                writeln!(out, "context_tokens: {}", self.conversation.context_used())?;
+                writeln!(out, "context_size: {}", self.conversation.context_len())?;
                 writeln!(out, "prefilled_last_turn: {}", self.last.prefilled)?;
                 writeln!(out, "reused_last_turn: {}", self.last.reused)?;
                 writeln!(out, "generated_last_turn: {}", self.last.generated)?;
@@ -221,90 +197,34 @@ impl Chat<'_> {
         }
     }
 
-    /// The system message, if any, and the index of the first message after it.
-    fn history_start(&self) -> usize {
-        usize::from(self.messages.first().is_some_and(|m| m.role == "system"))
-    }
-
     /// One user message and the streamed answer.
     fn turn(&mut self, input: &str) -> Result<()> {
-        self.messages.push(ChatMessage::user(input));
-        let ctx = self.session.context_len();
-        // Room left for the answer before old turns are dropped.
-        let reserve = self.opts.max_tokens.min(ctx / 2).max(1);
-        let ids = loop {
-            let ids = match self.template.encode(&self.m.tokenizer, &self.messages, true) {
-                Ok(ids) => ids,
-                Err(e) => {
-                    self.messages.pop();
-                    return Err(e).context("the chat template cannot render this conversation");
-                }
-            };
-            if ids.len() + reserve <= ctx {
-                break ids;
-            }
-            // Drop the oldest user/assistant exchange, keeping the system prompt and the new message.
-            let start = self.history_start();
-            let dropped = self.messages.len() - start - 1;
-            if dropped == 0 {
-                self.messages.pop();
-                anyhow::bail!(
-                    "the message is {} tokens long and does not fit in the context of {ctx} with room for an answer",
-                    ids.len()
-                );
-            }
-            let n = if dropped >= 2 && self.messages[start + 1].role == "assistant" { 2 } else { 1 };
-            self.messages.drain(start..start + n);
-            self.notice("context full: dropped the oldest turn");
-        };
-
-        let keep = reusable_prefix_len(&self.cached, &ids);
-        let kept = self.session.truncate(keep);
-        let new_ids = &ids[kept..];
-        // The sampler sees the conversation as the cache holds it, then the new tokens (generation accepts
-        // those): exact even when the cache was cut back to a shorter shared prefix.
-        self.sampler.forget_tokens();
-        self.sampler.accept_all(&ids[..kept]);
         let stream = std::io::stdout();
         let mut on_token = |event: &TokenEvent<'_>| {
             let mut out = stream.lock();
             let _ = out.write_all(event.text.as_bytes());
             let _ = out.flush();
         };
-        let result = self.session.generate_streaming_with(
-            &mut self.sampler,
-            &self.m.tokenizer,
-            new_ids,
-            &self.opts,
-            &self.m.pool,
-            &mut on_token,
-        );
-        let out = match result {
-            Ok(out) => out,
-            Err(e) => {
-                // The cache may hold part of the prompt; start the next turn from a known state.
-                self.session.reset();
-                self.cached.clear();
-                self.messages.pop();
-                if matches!(e, ModelError::ContextFull { .. }) {
-                    return Err(e).context("the context is full (try /clear)");
-                }
-                return Err(e.into());
+        let turn = match self.conversation.send(input, self.pool, &mut on_token) {
+            Ok(turn) => turn,
+            Err(ConversationError::Model(e @ ModelError::ContextFull { .. })) => {
+                return Err(e).context("the context is full (try /clear)")
             }
+            Err(e) => return Err(e.into()),
         };
-        println!();
-        // The cache holds the prompt and the generated tokens that were fed back (not the last one).
-        self.cached = ids;
-        self.cached.extend_from_slice(&out.gen_ids);
-        self.cached.truncate(self.session.len());
+        outln!()?;
+        if turn.dropped_messages > 0 {
+            let what = if turn.dropped_messages > 2 { "turns" } else { "turn" };
+            self.notice(&format!("context full: dropped the oldest {what} ({} messages)", turn.dropped_messages));
+        }
+        let out = &turn.output;
         self.last = TurnStats {
             prefilled: out.prompt_ids.len(),
-            reused: kept,
+            reused: turn.reused,
             prefill_tok_s: out.prefill_tok_s(),
             decode_tok_s: out.decode_tok_s(),
             generated: out.gen_ids.len(),
         };
-        self.messages.push(ChatMessage::assistant(out.text.clone()));
         match out.stop_reason {
             StopReason::Cancelled => self.notice("answer stopped"),
             StopReason::ContextFull => {
@@ -317,12 +237,84 @@ impl Chat<'_> {
     }
 }
 
+/// Reads one message from `lines`: a line, or several joined by newlines when they continue, as in
+/// llama.cpp's interactive mode (a line ending in `\`) and ollama's (`"""` to `"""`). `None` at the end of the
+/// input; a block that the input ends inside is what it has so far.
+fn read_message(lines: &mut impl BufRead, interactive: bool) -> Result<Option<String>> {
+    const FENCE: &str = "\"\"\"";
+    let mut line = String::new();
+    if lines.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let first = line.trim_end_matches(['\n', '\r']);
+    let mut message = String::new();
+    if let Some(rest) = first.trim_start().strip_prefix(FENCE) {
+        let mut current = rest.to_string();
+        loop {
+            if let Some(end) = current.find(FENCE) {
+                message.push_str(&current[..end]);
+                break;
+            }
+            message.push_str(&current);
+            if interactive {
+                out!("... ")?;
+            }
+            line.clear();
+            if lines.read_line(&mut line)? == 0 {
+                break;
+            }
+            // The newline after the opening fence is not part of the message.
+            if !(message.is_empty() && current.is_empty()) {
+                message.push('\n');
+            }
+            current = line.trim_end_matches(['\n', '\r']).to_string();
+        }
+        return Ok(Some(message));
+    }
+    let mut current = first.to_string();
+    while let Some(kept) = current.strip_suffix('\\') {
+        message.push_str(kept);
+        message.push('\n');
+        if interactive {
+            out!("... ")?;
+        }
+        line.clear();
+        if lines.read_line(&mut line)? == 0 {
+            current.clear();
+            break;
+        }
+        current = line.trim_end_matches(['\n', '\r']).to_string();
+    }
+    message.push_str(&current);
+    Ok(Some(message))
+}
+
 fn read_conversation(path: &Path) -> Result<Vec<ChatMessage>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let messages: Vec<ChatMessage> = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a conversation (a JSON list of {{role, content}})", path.display()))?;
-    if let Some(bad) = messages.iter().find(|m| !matches!(m.role.as_str(), "system" | "user" | "assistant")) {
-        anyhow::bail!("{}: unknown role '{}'", path.display(), bad.role);
-    }
     Ok(messages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_message;
+
+    fn messages(input: &str) -> Vec<String> {
+        let mut lines = input.as_bytes();
+        std::iter::from_fn(|| read_message(&mut lines, false).unwrap()).collect()
+    }
+
+    #[test]
+    fn messages_continue_after_a_backslash_and_inside_triple_quotes() {
+        assert_eq!(messages("one\ntwo\r\n"), ["one", "two"]);
+        assert_eq!(messages("first \\\nsecond\\\nthird\nnext\n"), ["first \nsecond\nthird", "next"]);
+        assert_eq!(messages("\"\"\"\nline 1\n\nline 3\n\"\"\"\nafter\n"), ["line 1\n\nline 3\n", "after"]);
+        assert_eq!(messages("\"\"\"Name\na color.\"\"\"\n"), ["Name\na color."]);
+        assert_eq!(messages("  \"\"\"one line\"\"\" ignored\n"), ["one line"]);
+        // The input ends inside a block or after a backslash: what came so far.
+        assert_eq!(messages("\"\"\"unfinished\nblock"), ["unfinished\nblock"]);
+        assert_eq!(messages("dangling\\"), ["dangling\n"]);
+        assert_eq!(messages("/stats\n"), ["/stats"]);
+    }
 }

@@ -2,6 +2,8 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use gemma_core::sampling::{parse_logit_bias, Mirostat, SamplerStage, SamplingError, TokenLogprob};
@@ -121,15 +123,15 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             } else if let Some(text) = &cli.encode {
                 let tok = common.load_tokenizer()?;
                 let ids = tok.encode_input(text, true);
-                println!("{}", ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" "));
+                outln!("{}", ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" "))?;
                 Ok(())
             } else if let Some(ids) = &cli.decode {
                 let tok = common.load_tokenizer()?;
-                println!("{}", tok.decode(&parse_ids(std::slice::from_ref(ids))?, false));
+                outln!("{}", tok.decode(&parse_ids(std::slice::from_ref(ids))?, false))?;
                 Ok(())
             } else if cli.print_config {
                 let model = common.open_model(&common.model_path()?)?;
-                println!("{}", model.config.summary());
+                outln!("{}", model.config.summary())?;
                 Ok(())
             } else if cli.bench {
                 crate::bench::guide_bench(&common, &cli)
@@ -145,9 +147,9 @@ pub fn dispatch(cli: Cli) -> Result<()> {
 }
 
 fn print_backend(common: &Common) -> Result<()> {
-    println!("device: cpu");
-    println!("simd: {}", gemma_compression::simd_level());
-    println!("threads: {}", common.threads()?);
+    outln!("device: cpu")?;
+    outln!("simd: {}", gemma_compression::simd_level())?;
+    outln!("threads: {}", common.threads()?)?;
     Ok(())
 }
 
@@ -371,13 +373,22 @@ fn generate(common: &Common, args: &GenerateArgs) -> Result<()> {
     let stream = !args.no_stream && !args.json;
     let mut session = Session::new(&m.model, m.ctx);
     let mut stdout = std::io::stdout().lock();
+    // A reader that goes away (`gemma run ... | head -c 100`) ends generation at the next token.
+    let reader_gone = Arc::new(AtomicBool::new(false));
+    opts.cancel = Some(reader_gone.clone());
+    let mut write_error = None;
     let mut on_text = |piece: &str| {
-        if stream {
-            let _ = stdout.write_all(piece.as_bytes());
-            let _ = stdout.flush();
+        if stream && write_error.is_none() {
+            if let Err(e) = stdout.write_all(piece.as_bytes()).and_then(|()| stdout.flush()) {
+                write_error = Some(e);
+                reader_gone.store(true, Ordering::Relaxed);
+            }
         }
     };
     let out = session.generate(&m.tokenizer, &prompt_ids, &opts, &m.pool, &mut on_text)?;
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
     if args.json {
         let mut obj = serde_json::json!({
             "prompt_ids": out.prompt_ids,
@@ -439,7 +450,7 @@ fn tokenize(common: &Common, args: &TokenizeArgs) -> Result<()> {
     if tok.add_eos() {
         ids.extend(tok.eos_id());
     }
-    println!("{}", serde_json::to_string(&ids)?);
+    outln!("{}", serde_json::to_string(&ids)?)?;
     Ok(())
 }
 
@@ -460,7 +471,7 @@ fn detokenize(common: &Common, args: &DetokenizeArgs) -> Result<()> {
     if let Some(bad) = ids.iter().find(|&&id| id as usize >= tok.vocab_size()) {
         return Err(usage(format!("token id {bad} is outside the vocabulary of {} tokens", tok.vocab_size())));
     }
-    println!("{}", tok.decode(&ids, args.special));
+    outln!("{}", tok.decode(&ids, args.special))?;
     Ok(())
 }
 
@@ -555,7 +566,7 @@ fn pull(args: &PullArgs) -> Result<()> {
     let name = args.name.as_deref().unwrap_or(gemma_fetch::DEFAULT_MODEL);
     let opts = gemma_fetch::PullOptions { verify: args.verify, ..Default::default() };
     let path = gemma_fetch::pull(name, &opts).with_context(|| format!("cannot pull '{name}'"))?;
-    println!("{}", path.display());
+    outln!("{}", path.display())?;
     Ok(())
 }
 

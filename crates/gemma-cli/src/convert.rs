@@ -104,7 +104,7 @@ pub fn convert(args: &ConvertArgs) -> Result<()> {
         bar.set_message("writing");
         writer.write_file(&args.output).with_context(|| format!("writing {}", args.output.display()))?;
         bar.finish_and_clear();
-        println!("wrote {}", args.output.display());
+        outln!("wrote {}", args.output.display())?;
         return Ok(());
     }
     if args.input.is_dir() {
@@ -128,7 +128,7 @@ pub fn convert(args: &ConvertArgs) -> Result<()> {
             .with_context(|| format!("converting {}", args.input.display()))?;
         bar.finish_and_clear();
         let spec = config.specifier().unwrap_or_default();
-        println!("wrote {} ({spec})", args.output.display());
+        outln!("wrote {} ({spec})", args.output.display())?;
     } else {
         let name = args.weight_type.as_deref().unwrap_or("f32");
         let out_type = GgufOutputType::parse(name)
@@ -138,7 +138,7 @@ pub fn convert(args: &ConvertArgs) -> Result<()> {
         sbs_to_gguf(&args.input, &args.output, &options, &mut progress)
             .with_context(|| format!("converting {}", args.input.display()))?;
         bar.finish_and_clear();
-        println!("wrote {}", args.output.display());
+        outln!("wrote {}", args.output.display())?;
     }
     Ok(())
 }
@@ -149,7 +149,7 @@ pub fn migrate_command(args: &MigrateArgs) -> Result<()> {
     let config = migrate(&args.input, &args.output, args.tokenizer.as_deref(), pretrained, &mut progress)
         .with_context(|| format!("migrating {}", args.input.display()))?;
     bar.finish_and_clear();
-    println!("wrote {} ({})", args.output.display(), config.specifier().unwrap_or_default());
+    outln!("wrote {} ({})", args.output.display(), config.specifier().unwrap_or_default())?;
     Ok(())
 }
 
@@ -157,10 +157,10 @@ pub fn migrate_command(args: &MigrateArgs) -> Result<()> {
 pub fn blob_compare_command(args: &BlobCompareArgs) -> Result<()> {
     let cmp = blob_compare(&args.a, &args.b)?;
     for k in &cmp.only_in_a {
-        println!("{k}: only in {}", args.a.display());
+        outln!("{k}: only in {}", args.a.display())?;
     }
     for k in &cmp.only_in_b {
-        println!("{k}: only in {}", args.b.display());
+        outln!("{k}: only in {}", args.b.display())?;
     }
     let mut equal = 0;
     for (key, d) in &cmp.blobs {
@@ -168,18 +168,21 @@ pub fn blob_compare_command(args: &BlobCompareArgs) -> Result<()> {
             BlobDifference::Equal => {
                 equal += 1;
                 if args.all {
-                    println!("{key}: equal");
+                    outln!("{key}: equal")?;
                 }
             }
-            BlobDifference::Size { a, b } => println!("{key}: size {a} vs {b} bytes"),
-            BlobDifference::Bytes { differing, bytes } => println!("{key}: {differing} of {bytes} bytes differ"),
-            BlobDifference::Tensor(t) => println!(
+            BlobDifference::Size { a, b } => outln!("{key}: size {a} vs {b} bytes")?,
+            BlobDifference::Bytes { differing, bytes } => outln!("{key}: {differing} of {bytes} bytes differ")?,
+            BlobDifference::Tensor(t) => outln!(
                 "{key}: {} of {} values differ, max abs diff {:e}, mean abs diff {:e}",
-                t.differing, t.elements, t.max_abs, t.mean_abs
-            ),
+                t.differing,
+                t.elements,
+                t.max_abs,
+                t.mean_abs
+            )?,
         }
     }
-    println!("{equal} of {} common blobs equal", cmp.blobs.len());
+    outln!("{equal} of {} common blobs equal", cmp.blobs.len())?;
     if !cmp.identical() {
         bail!("the files differ");
     }

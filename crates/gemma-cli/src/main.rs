@@ -4,6 +4,24 @@
 //! `--encode`, `--decode`, `--print-config`, `--print-backend`) and subcommands in the style of ollama and
 //! cargo (`gemma run`, `gemma tokenize`, `gemma info`, `gemma logits`, `gemma pull`, ...).
 
+/// `println!` that returns the write's error instead of panicking: stdout may be a pipe whose reader has gone
+/// (`gemma info | head -1`), and that ends the command quietly (see `main`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+/// `print!` as [`outln!`], flushed (prompts).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        write!(stdout, $($arg)*).and_then(|()| stdout.flush())
+    }};
+}
+
 mod args;
 mod bench;
 mod chat;
@@ -28,6 +46,9 @@ fn main() -> ExitCode {
     };
     match commands::dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of stdout went away (`gemma run ... | head`): it wants no more, which is no failure,
+        // as for ripgrep and other tools that exit quietly rather than die of SIGPIPE.
+        Err(e) if reader_went_away(&e) => ExitCode::SUCCESS,
         Err(e) => {
             if let Some(usage) = e.downcast_ref::<commands::UsageError>() {
                 eprintln!("error: {usage}");
@@ -37,4 +58,11 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Whether `e` comes from writing to a stdout whose reader has gone.
+pub(crate) fn reader_went_away(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

@@ -167,3 +167,16 @@ fn guide_style_chat_flag_and_bad_commands() {
     assert_eq!(stats[0]["turns"], 1.0);
     assert!(stats[0]["generated_last_turn"] <= 4.0);
 }
+
+#[test]
+fn a_message_may_span_lines_after_a_backslash_or_between_triple_quotes() {
+    let m = model();
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("conv.json");
+    let script =
+        format!("What is \\\nthe capital of France?\n\"\"\"\nName\na color.\n\"\"\"\n/save {}\n", saved.display());
+    run_chat(&["-m", &m, "-n", "4"], &script);
+    let users: Vec<String> =
+        load_conversation(&saved).into_iter().filter(|m| m.role == "user").map(|m| m.content).collect();
+    assert_eq!(users, ["What is \nthe capital of France?", "Name\na color.\n"]);
+}

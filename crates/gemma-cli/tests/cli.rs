@@ -259,3 +259,39 @@ fn sbs_checkpoints_convert_inspect_run_and_convert_back() {
     assert_eq!(from_back["prompt_ids"], from_gguf["prompt_ids"]);
     assert_eq!(gen(&from_back)[..4], gen(&from_sbs)[..4], "{from_back} vs {from_sbs}");
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    // `gemma ... | head -1`: stdout is a pipe whose reading end is already closed, so every write fails
+    // with EPIPE (Rust ignores SIGPIPE). That is the reader's choice, not an error, and never a panic.
+    let m = model();
+    let cases: [&[&str]; 6] = [
+        &["info", "-m", &m],
+        &["tokenize", "-m", &m, "hello world"],
+        &["detokenize", "-m", &m, "2", "9259"],
+        &["run", "-m", &m, "-n", "200", "--prompt", "Once upon a time"],
+        &["chat", "-m", &m, "-n", "8"],
+        &["sysinfo"],
+    ];
+    for args in cases {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gemma"))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write as _;
+            let mut stdin = child.stdin.take().unwrap();
+            // For `chat`: a question, then a command; other commands do not read stdin.
+            let _ = stdin.write_all(b"Hello.\n/stats\n");
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?}\n{stderr}", out.status);
+        assert!(!stderr.contains("panicked") && !stderr.contains("error"), "{args:?}: {stderr}");
+    }
+}

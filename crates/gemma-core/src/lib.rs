@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod chat;
 pub mod config;
+pub mod conversation;
 pub mod convert;
 pub mod error;
 pub mod generate;
@@ -18,6 +19,7 @@ pub mod weights;
 
 pub use batch::{Batch, BatchToken, Logits};
 pub use config::{Architecture, ModelConfig};
+pub use conversation::{Conversation, ConversationError, Turn};
 pub use error::ModelError;
 pub use generate::{GenerationOptions, GenerationOutput, Session, StopReason};
 pub use kv_cache::KvCache;

@@ -1,0 +1,302 @@
+//! `gemma_chat_*` called as C calls them, on the default model: answers equal the library's fresh run of the
+//! whole conversation, each turn prefills only its new tokens, the messages read back, a restored conversation
+//! continues the same way, the callback's stop, and errors as codes.
+
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::sync::OnceLock;
+
+use common::Library;
+use gemma_capi::*;
+use gemma_core::chat::{ChatMessage, ChatTemplate};
+
+mod common;
+
+const OK: c_int = Status::Ok as c_int;
+
+fn last_error() -> String {
+    // SAFETY: gemma_last_error returns a NUL-terminated string valid until the next failing call here.
+    unsafe { CStr::from_ptr(gemma_last_error()) }.to_str().unwrap().to_string()
+}
+
+struct Handle(*mut GemmaModel);
+// SAFETY: gemma.h lets a handle be used from several threads (every call only reads it); it is never freed.
+unsafe impl Send for Handle {}
+// SAFETY: as above.
+unsafe impl Sync for Handle {}
+
+fn model() -> *const GemmaModel {
+    static HANDLE: OnceLock<Handle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let path = CString::new(common::model_path().to_str().unwrap()).unwrap();
+            // SAFETY: a NUL-terminated path.
+            let model = unsafe { gemma_model_open(path.as_ptr(), 2) };
+            assert!(!model.is_null(), "open failed: {}", last_error());
+            Handle(model)
+        })
+        .0
+}
+
+fn c_string(s: &str) -> CString {
+    CString::new(s).unwrap()
+}
+
+fn greedy(max_tokens: usize) -> GemmaParams {
+    GemmaParams { temperature: 0.0, max_tokens: max_tokens as i32, ..gemma_params_default() }
+}
+
+/// A chat owned by a test; freed on drop (the model handle lives for the whole test binary).
+struct Chat(*mut GemmaChat);
+
+impl Chat {
+    fn new(system: Option<&str>, params: &GemmaParams, n_ctx: c_int) -> Chat {
+        let system = system.map(c_string);
+        let system_ptr = system.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
+        // SAFETY: a live model handle that outlives the chat, NULL or a NUL-terminated system prompt, params.
+        let chat = unsafe { gemma_chat_new(model(), system_ptr, params, n_ctx) };
+        assert!(!chat.is_null(), "gemma_chat_new failed: {}", last_error());
+        Chat(chat)
+    }
+
+    fn messages(&self) -> Vec<ChatMessage> {
+        // SAFETY: a live chat.
+        let n = unsafe { gemma_chat_n_messages(self.0) };
+        assert!(n >= 0, "{}", last_error());
+        (0..n as usize)
+            .map(|i| {
+                let (mut role, mut content, mut len) = (std::ptr::null(), std::ptr::null(), 0usize);
+                // SAFETY: a live chat, an index below the count, writable outputs.
+                let code = unsafe { gemma_chat_message(self.0, i, &mut role, &mut content, &mut len) };
+                assert_eq!(code, OK, "{}", last_error());
+                // SAFETY: NUL-terminated strings owned by the chat, unchanged while they are copied here.
+                let role = unsafe { CStr::from_ptr(role) }.to_str().unwrap();
+                // SAFETY: `len` bytes and a NUL, owned by the chat.
+                let bytes = unsafe { std::slice::from_raw_parts(content.cast::<u8>(), len + 1) };
+                assert_eq!(bytes[len], 0);
+                ChatMessage::new(role, std::str::from_utf8(&bytes[..len]).unwrap())
+            })
+            .collect()
+    }
+
+    fn context_used(&self) -> usize {
+        // SAFETY: a live chat.
+        let n = unsafe { gemma_chat_context_used(self.0) };
+        assert!(n >= 0);
+        n as usize
+    }
+}
+
+impl Drop for Chat {
+    fn drop(&mut self) {
+        // SAFETY: a live chat, freed once, before the model.
+        unsafe { gemma_chat_free(self.0) };
+    }
+}
+
+#[derive(Default)]
+struct Streamed {
+    text: String,
+    tokens: usize,
+    stop_after: usize,
+}
+
+unsafe extern "C" fn collect(_token: i32, piece: *const c_char, len: usize, user_data: *mut c_void) -> c_int {
+    // SAFETY: `user_data` is the `Streamed` that `send` passed, not otherwise borrowed during the call.
+    let streamed = unsafe { &mut *user_data.cast::<Streamed>() };
+    // SAFETY: the API passes `len` bytes and a NUL.
+    let bytes = unsafe { std::slice::from_raw_parts(piece.cast::<u8>(), len) };
+    streamed.text.push_str(std::str::from_utf8(bytes).unwrap());
+    streamed.tokens += 1;
+    c_int::from(streamed.stop_after != 0 && streamed.tokens >= streamed.stop_after)
+}
+
+struct Sent {
+    code: c_int,
+    text: Option<String>,
+    info: GemmaChatInfo,
+    streamed: Streamed,
+}
+
+fn send(chat: &Chat, message: &str, stop_after: usize) -> Sent {
+    let message = c_string(message);
+    let mut streamed = Streamed { stop_after, ..Default::default() };
+    let mut out: *mut c_char = std::ptr::null_mut();
+    let mut info = GemmaChatInfo::default();
+    // SAFETY: a live chat, a NUL-terminated message, `collect` with a `Streamed`, writable outputs.
+    let code = unsafe {
+        gemma_chat_send(
+            chat.0,
+            message.as_ptr(),
+            Some(collect),
+            (&mut streamed as *mut Streamed).cast(),
+            &mut out,
+            &mut info,
+        )
+    };
+    let text = (!out.is_null()).then(|| {
+        // SAFETY: a NUL-terminated string from gemma_chat_send, freed once right after.
+        let text = unsafe { CStr::from_ptr(out) }.to_str().unwrap().to_string();
+        // SAFETY: as above.
+        unsafe { gemma_string_free(out) };
+        text
+    });
+    Sent { code, text, info, streamed }
+}
+
+fn template() -> ChatTemplate {
+    let library = Library::get();
+    ChatTemplate::from_gguf(&library.model.file, &library.tokenizer).unwrap()
+}
+
+#[test]
+fn turns_keep_the_cache_and_answer_as_the_library_does_on_the_whole_conversation() {
+    let library = Library::get();
+    let template = template();
+    let chat = Chat::new(Some("Answer in one short sentence."), &greedy(12), 0);
+    assert_eq!(chat.messages(), [ChatMessage::system("Answer in one short sentence.")]);
+    let mut context_before = 0;
+    for (i, question) in ["What is the capital of France?", "And of Italy?"].into_iter().enumerate() {
+        let sent = send(&chat, question, 0);
+        assert_eq!(sent.code, OK, "{}", last_error());
+        let text = sent.text.unwrap();
+        assert_eq!(sent.streamed.text, text);
+        let messages = chat.messages();
+        assert_eq!(messages.len(), 2 * i + 3);
+        assert_eq!(messages[messages.len() - 1], ChatMessage::assistant(text.clone()));
+        let ids = template.encode(&library.tokenizer, &messages[..messages.len() - 1], true).unwrap();
+        assert_eq!(text, library.greedy(&ids, 12).text, "turn {i}: a fresh run of the whole conversation");
+        let info = sent.info;
+        assert_eq!(info.n_reused_tokens as usize, context_before, "turn {i}");
+        assert_eq!((info.n_reused_tokens + info.generation.n_prompt_tokens) as usize, ids.len(), "turn {i}");
+        assert_eq!(info.n_dropped_messages, 0);
+        assert_eq!(info.n_context_tokens as usize, chat.context_used());
+        assert_eq!(info.generation.n_generated_tokens as usize, sent.streamed.tokens);
+        context_before = chat.context_used();
+    }
+
+    // The same conversation restored message by message in a new chat continues the same way.
+    let restored = Chat::new(None, &greedy(12), 0);
+    for m in chat.messages() {
+        let (role, content) = (c_string(&m.role), c_string(&m.content));
+        // SAFETY: a live chat and NUL-terminated strings.
+        assert_eq!(unsafe { gemma_chat_add_message(restored.0, role.as_ptr(), content.as_ptr()) }, OK);
+    }
+    assert_eq!(restored.messages(), chat.messages());
+    assert_eq!(restored.context_used(), 0);
+    let (a, b) = (send(&chat, "Thanks!", 0), send(&restored, "Thanks!", 0));
+    assert_eq!((a.code, b.code), (OK, OK));
+    assert_eq!(a.text, b.text);
+    assert_eq!(b.info.n_reused_tokens, 0, "nothing was cached in the restored chat");
+
+    // A callback's stop ends the answer after that token; the cut answer stays in the conversation.
+    let cut = send(&chat, "Tell me a long story about the sea.", 3);
+    assert_eq!(cut.code, OK);
+    assert_eq!(cut.info.generation.stop_reason, GemmaStopReason::Callback as i32);
+    assert_eq!(cut.streamed.tokens, 3);
+    assert_eq!(chat.messages().last().unwrap().content, cut.text.unwrap());
+
+    // Clearing keeps the system prompt; setting it to NULL removes it.
+    // SAFETY: a live chat.
+    assert_eq!(unsafe { gemma_chat_clear(chat.0) }, OK);
+    assert_eq!(chat.messages(), [ChatMessage::system("Answer in one short sentence.")]);
+    assert_eq!(chat.context_used(), 0);
+    // SAFETY: a live chat; NULL removes the system prompt.
+    assert_eq!(unsafe { gemma_chat_set_system(chat.0, std::ptr::null()) }, OK);
+    assert!(chat.messages().is_empty());
+}
+
+#[test]
+fn errors_are_codes_with_messages_and_change_nothing() {
+    let params = greedy(8);
+    // SAFETY: NULL model, NULL system prompt, valid params.
+    let none = unsafe { gemma_chat_new(std::ptr::null(), std::ptr::null(), &params, 0) };
+    assert!(none.is_null());
+    assert_eq!(last_error(), "model is NULL");
+    let bad = GemmaParams { top_p: 2.0, ..params };
+    // SAFETY: a live model handle, NULL system prompt, valid params struct.
+    assert!(unsafe { gemma_chat_new(model(), std::ptr::null(), &bad, 0) }.is_null());
+    assert!(last_error().contains("top_p"), "{}", last_error());
+
+    let chat = Chat::new(None, &params, 64);
+    assert_eq!(send(&chat, "Hi.", 0).code, OK);
+    let before = chat.messages();
+    let used = chat.context_used();
+
+    let long = send(&chat, &"word ".repeat(200), 0);
+    assert_eq!(long.code, Status::ContextFull as c_int);
+    assert!(long.text.is_none() && long.info == GemmaChatInfo::default());
+    assert!(last_error().contains("context holds 64"), "{}", last_error());
+    assert_eq!(chat.messages(), before);
+    assert_eq!(chat.context_used(), used, "the cache is untouched");
+
+    let (narrator, text) = (c_string("narrator"), c_string("x"));
+    // SAFETY: a live chat and NUL-terminated strings.
+    let code = unsafe { gemma_chat_add_message(chat.0, narrator.as_ptr(), text.as_ptr()) };
+    assert_eq!(code, Status::InvalidArgument as c_int);
+    assert!(last_error().contains("unknown role 'narrator'"), "{}", last_error());
+
+    // Two user messages in a row: the template refuses, and the conversation stays as it was.
+    let user = c_string("user");
+    // SAFETY: a live chat and NUL-terminated strings.
+    assert_eq!(unsafe { gemma_chat_add_message(chat.0, user.as_ptr(), text.as_ptr()) }, OK);
+    let with_user = chat.messages();
+    assert_eq!(send(&chat, "Again.", 0).code, Status::ChatTemplate as c_int);
+    assert!(last_error().contains("alternate user and assistant"), "{}", last_error());
+    assert_eq!(chat.messages(), with_user);
+
+    let mut role = std::ptr::null();
+    // SAFETY: a live chat; the other outputs may be NULL.
+    let code = unsafe { gemma_chat_message(chat.0, 99, &mut role, std::ptr::null_mut(), std::ptr::null_mut()) };
+    assert_eq!(code, Status::InvalidArgument as c_int);
+    assert!(role.is_null());
+    assert!(last_error().contains("index 99 is out of range"), "{}", last_error());
+
+    // SAFETY: NULL chats and messages are checked before use.
+    unsafe {
+        let code = gemma_chat_send(
+            std::ptr::null_mut(),
+            text.as_ptr(),
+            None,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
+        assert_eq!(code, Status::InvalidArgument as c_int);
+        assert_eq!(last_error(), "chat is NULL");
+        let code = gemma_chat_send(
+            chat.0,
+            std::ptr::null(),
+            None,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
+        assert_eq!(code, Status::InvalidArgument as c_int);
+        assert_eq!(last_error(), "message is NULL");
+        assert_eq!(gemma_chat_n_messages(std::ptr::null()), Status::InvalidArgument as c_int);
+        assert_eq!(gemma_chat_context_used(std::ptr::null()), Status::InvalidArgument as c_int);
+        assert_eq!(gemma_chat_clear(std::ptr::null_mut()), Status::InvalidArgument as c_int);
+        gemma_chat_free(std::ptr::null_mut());
+    }
+    let bad_utf8 = b"\xff\0";
+    // SAFETY: a live chat and a NUL-terminated (non-UTF-8) string.
+    let code = unsafe { gemma_chat_set_system(chat.0, bad_utf8.as_ptr().cast()) };
+    assert_eq!(code, Status::InvalidUtf8 as c_int);
+}
+
+#[test]
+fn an_embedding_model_holds_no_chat() {
+    let path = c_string(common::embedding_model_path().to_str().unwrap());
+    // SAFETY: a NUL-terminated path; the handle is freed below, once.
+    let embedder = unsafe { gemma_model_open(path.as_ptr(), 2) };
+    assert!(!embedder.is_null(), "{}", last_error());
+    // SAFETY: a live handle; NULL system prompt and params.
+    let chat = unsafe { gemma_chat_new(embedder, std::ptr::null(), std::ptr::null(), 0) };
+    let message = last_error();
+    // SAFETY: opened above, no chat on it, not used after this.
+    unsafe { gemma_model_free(embedder) };
+    assert!(chat.is_null());
+    assert!(message.contains("is an embedding model"), "{message}");
+}
