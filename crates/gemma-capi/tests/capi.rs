@@ -4,10 +4,11 @@
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
-use std::sync::OnceLock;
+use std::ffi::{c_char, c_int, CStr};
 
-use common::{goldens, Library, MAX_TOKENS};
+use common::{
+    c_string, collect, generator, goldens, greedy_params, last_error, take_text, Handle, Library, Streamed, MAX_TOKENS,
+};
 use gemma_capi::*;
 use gemma_core::chat::{ChatMessage, ChatTemplate};
 
@@ -15,46 +16,16 @@ mod common;
 
 const OK: c_int = Status::Ok as c_int;
 
-fn last_error() -> String {
-    // SAFETY: gemma_last_error returns a NUL-terminated string valid until the next failing call here.
-    unsafe { CStr::from_ptr(gemma_last_error()) }.to_str().unwrap().to_string()
-}
-
-/// A model handle opened through the C API once per test binary.
-struct Handle(*mut GemmaModel);
-// SAFETY: gemma.h lets a handle be used from several threads (every call only reads it); it is never freed.
-unsafe impl Send for Handle {}
-// SAFETY: as above.
-unsafe impl Sync for Handle {}
-
-impl Handle {
-    fn get(&self) -> *const GemmaModel {
-        self.0
-    }
-}
-
-fn handle() -> *const GemmaModel {
-    static HANDLE: OnceLock<Handle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let path = CString::new(common::model_path().to_str().unwrap()).unwrap();
-            // SAFETY: a NUL-terminated path.
-            let model = unsafe { gemma_model_open(path.as_ptr(), 2) };
-            assert!(!model.is_null(), "open failed: {}", last_error());
-            Handle(model)
-        })
-        .0
-}
-
 fn tokenize(text: &CStr, add_bos: bool) -> Vec<u32> {
     let mut n = 0usize;
     // SAFETY: live handle, NUL-terminated text, no buffer (cap 0), `n` writable.
-    let code = unsafe { gemma_tokenize(handle(), text.as_ptr(), add_bos as c_int, std::ptr::null_mut(), 0, &mut n) };
+    let code = unsafe { gemma_tokenize(generator(), text.as_ptr(), add_bos as c_int, std::ptr::null_mut(), 0, &mut n) };
     assert!(code == Status::BufferTooSmall as c_int || (code == OK && n == 0), "size query: {code}");
     let mut ids = vec![0u32; n];
     let mut written = 0usize;
     // SAFETY: `ids` holds `n` ids.
-    let code = unsafe { gemma_tokenize(handle(), text.as_ptr(), add_bos as c_int, ids.as_mut_ptr(), n, &mut written) };
+    let code =
+        unsafe { gemma_tokenize(generator(), text.as_ptr(), add_bos as c_int, ids.as_mut_ptr(), n, &mut written) };
     assert_eq!((code, written), (OK, n), "{}", last_error());
     ids
 }
@@ -63,7 +34,15 @@ fn detokenize(ids: &[u32], render_special: bool) -> String {
     let mut len = 0usize;
     // SAFETY: live handle, `ids` readable, no buffer (cap 0), `len` writable.
     let code = unsafe {
-        gemma_detokenize(handle(), ids.as_ptr(), ids.len(), render_special as c_int, std::ptr::null_mut(), 0, &mut len)
+        gemma_detokenize(
+            generator(),
+            ids.as_ptr(),
+            ids.len(),
+            render_special as c_int,
+            std::ptr::null_mut(),
+            0,
+            &mut len,
+        )
     };
     assert_eq!(code, Status::BufferTooSmall as c_int, "a 0-byte buffer never holds the NUL");
     let mut buf = vec![0u8; len + 1];
@@ -71,7 +50,7 @@ fn detokenize(ids: &[u32], render_special: bool) -> String {
     // SAFETY: `buf` holds len + 1 bytes.
     let code = unsafe {
         gemma_detokenize(
-            handle(),
+            generator(),
             ids.as_ptr(),
             ids.len(),
             render_special as c_int,
@@ -82,27 +61,6 @@ fn detokenize(ids: &[u32], render_special: bool) -> String {
     };
     assert_eq!((code, written), (OK, len), "{}", last_error());
     CStr::from_bytes_with_nul(&buf).unwrap().to_str().unwrap().to_string()
-}
-
-/// What a generation's callback saw.
-#[derive(Default)]
-struct Streamed {
-    tokens: Vec<i32>,
-    text: String,
-    /// Return non-zero at this call (0: never).
-    stop_after: usize,
-}
-
-unsafe extern "C" fn collect(token: i32, piece: *const c_char, len: usize, user_data: *mut c_void) -> c_int {
-    // SAFETY: `user_data` is the `Streamed` that `generate` passed, alive and not otherwise borrowed during the
-    // call.
-    let streamed = unsafe { &mut *user_data.cast::<Streamed>() };
-    // SAFETY: the API passes `len` bytes and a NUL.
-    let bytes = unsafe { std::slice::from_raw_parts(piece.cast::<u8>(), len + 1) };
-    assert_eq!(bytes[len], 0, "piece is NUL-terminated");
-    streamed.text.push_str(std::str::from_utf8(&bytes[..len]).expect("pieces are UTF-8"));
-    streamed.tokens.push(token);
-    c_int::from(streamed.stop_after != 0 && streamed.tokens.len() >= streamed.stop_after)
 }
 
 struct Generation {
@@ -128,22 +86,9 @@ fn generate_on(model: *const GemmaModel, prompt: &CStr, params: &GemmaParams, st
             &mut info,
         )
     };
-    let text = (!out.is_null()).then(|| {
-        // SAFETY: a NUL-terminated string from gemma_generate, freed once right after.
-        let text = unsafe { CStr::from_ptr(out) }.to_str().unwrap().to_string();
-        // SAFETY: as above.
-        unsafe { gemma_string_free(out) };
-        text
-    });
+    // SAFETY: NULL or a string from gemma_generate, not used after this.
+    let text = unsafe { take_text(out) };
     Generation { code, text, info, streamed }
-}
-
-fn greedy_params(max_tokens: usize) -> GemmaParams {
-    GemmaParams { temperature: 0.0, max_tokens: max_tokens as i32, ..gemma_params_default() }
-}
-
-fn c_string(s: &str) -> CString {
-    CString::new(s).unwrap()
 }
 
 #[test]
@@ -182,9 +127,9 @@ fn model_info_is_the_librarys() {
     let library = Library::get();
     // SAFETY: a live handle.
     unsafe {
-        assert_eq!(gemma_model_vocab_size(handle()) as usize, library.tokenizer.vocab_size());
-        assert_eq!(gemma_model_context_length(handle()) as usize, library.model.config.context_length);
-        let name = CStr::from_ptr(gemma_model_name(handle())).to_str().unwrap();
+        assert_eq!(gemma_model_vocab_size(generator()) as usize, library.tokenizer.vocab_size());
+        assert_eq!(gemma_model_context_length(generator()) as usize, library.model.config.context_length);
+        let name = CStr::from_ptr(gemma_model_name(generator())).to_str().unwrap();
         assert_eq!(name, library.model.config.name);
     }
     // SAFETY: static strings.
@@ -216,14 +161,14 @@ fn small_buffers_get_the_size_needed_and_are_left_alone() {
     let mut ids = [u32::MAX; 3];
     let mut n = 0usize;
     // SAFETY: `ids` holds 3 ids.
-    let code = unsafe { gemma_tokenize(handle(), text.as_ptr(), 1, ids.as_mut_ptr(), ids.len(), &mut n) };
+    let code = unsafe { gemma_tokenize(generator(), text.as_ptr(), 1, ids.as_mut_ptr(), ids.len(), &mut n) };
     assert_eq!((code, n), (Status::BufferTooSmall as c_int, want.len()));
     assert_eq!(ids, [u32::MAX; 3], "nothing written");
     assert!(last_error().contains("holds 3 token ids but 6 are needed"), "{}", last_error());
 
     let mut exact = vec![0u32; n];
     // SAFETY: `exact` holds n ids.
-    let code = unsafe { gemma_tokenize(handle(), text.as_ptr(), 1, exact.as_mut_ptr(), n, &mut n) };
+    let code = unsafe { gemma_tokenize(generator(), text.as_ptr(), 1, exact.as_mut_ptr(), n, &mut n) };
     assert_eq!(code, OK);
     assert_eq!(&exact, want);
 
@@ -232,12 +177,12 @@ fn small_buffers_get_the_size_needed_and_are_left_alone() {
     let mut len = 0usize;
     // SAFETY: `buf` holds 64 bytes; 24 of them are offered.
     let code =
-        unsafe { gemma_detokenize(handle(), want.as_ptr(), want.len(), 0, buf.as_mut_ptr().cast(), 24, &mut len) };
+        unsafe { gemma_detokenize(generator(), want.as_ptr(), want.len(), 0, buf.as_mut_ptr().cast(), 24, &mut len) };
     assert_eq!((code, len), (Status::BufferTooSmall as c_int, 24));
     assert_eq!(buf, [b'#'; 64], "nothing written");
     // SAFETY: as above, 25 bytes offered.
     let code =
-        unsafe { gemma_detokenize(handle(), want.as_ptr(), want.len(), 0, buf.as_mut_ptr().cast(), 25, &mut len) };
+        unsafe { gemma_detokenize(generator(), want.as_ptr(), want.len(), 0, buf.as_mut_ptr().cast(), 25, &mut len) };
     assert_eq!(code, OK);
     assert_eq!(&buf[..26], b"The capital of France is\0#");
 }
@@ -248,7 +193,7 @@ fn greedy_generation_is_the_librarys_and_llama_cpps() {
     // Prompts whose first steps are certain (margin >= 0.75): code, a fact, a translation.
     for p in [2, 3, 5] {
         let golden = &goldens()[p];
-        let run = generate_on(handle(), &c_string(&golden.prompt), &greedy_params(MAX_TOKENS), 0);
+        let run = generate_on(generator(), &c_string(&golden.prompt), &greedy_params(MAX_TOKENS), 0);
         assert_eq!(run.code, OK, "{}", last_error());
         let expected = library.greedy(&golden.prompt_ids, MAX_TOKENS);
         let ids: Vec<u32> = run.streamed.tokens.iter().map(|&t| t as u32).collect();
@@ -268,7 +213,7 @@ fn greedy_generation_is_the_librarys_and_llama_cpps() {
 #[test]
 fn the_callback_stops_generation_after_the_token_it_returns_non_zero_for() {
     let golden = &goldens()[3];
-    let run = generate_on(handle(), &c_string(&golden.prompt), &greedy_params(MAX_TOKENS), 3);
+    let run = generate_on(generator(), &c_string(&golden.prompt), &greedy_params(MAX_TOKENS), 3);
     assert_eq!(run.code, OK, "{}", last_error());
     assert_eq!(run.streamed.tokens.len(), 3);
     assert_eq!(run.info.n_generated_tokens, 3);
@@ -283,7 +228,7 @@ fn chat_prompts_use_the_models_template() {
     let library = Library::get();
     let question = "What is the capital of France?";
     let params = GemmaParams { chat: 1, ..greedy_params(MAX_TOKENS) };
-    let run = generate_on(handle(), &c_string(question), &params, 0);
+    let run = generate_on(generator(), &c_string(question), &params, 0);
     assert_eq!(run.code, OK, "{}", last_error());
 
     let template = ChatTemplate::from_gguf(&library.model.file, &library.tokenizer).unwrap();
@@ -334,8 +279,8 @@ fn an_instruct_models_answer_ends_at_its_end_of_turn_token() {
 fn one_handle_serves_two_threads_at_once() {
     let golden = &goldens()[5];
     let prompt = c_string(&golden.prompt);
-    let alone = generate_on(handle(), &prompt, &greedy_params(8), 0).text.unwrap();
-    let handle = Handle(handle().cast_mut());
+    let alone = generate_on(generator(), &prompt, &greedy_params(8), 0).text.unwrap();
+    let handle = Handle(generator().cast_mut());
     let texts: Vec<String> = std::thread::scope(|s| {
         let runs: Vec<_> = (0..2)
             .map(|_| s.spawn(|| generate_on(handle.get(), &prompt, &greedy_params(8), 0).text.unwrap()))
@@ -357,19 +302,19 @@ fn null_pointers_bad_strings_and_bad_values_are_error_codes() {
     unsafe {
         assert_eq!(gemma_tokenize(std::ptr::null(), c"x".as_ptr(), 1, ids.as_mut_ptr(), 4, &mut n), invalid);
         assert_eq!(last_error(), "model is NULL");
-        assert_eq!(gemma_tokenize(handle(), std::ptr::null(), 1, ids.as_mut_ptr(), 4, &mut n), invalid);
+        assert_eq!(gemma_tokenize(generator(), std::ptr::null(), 1, ids.as_mut_ptr(), 4, &mut n), invalid);
         assert_eq!(last_error(), "text is NULL");
-        assert_eq!(gemma_tokenize(handle(), c"x".as_ptr(), 1, ids.as_mut_ptr(), 4, std::ptr::null_mut()), invalid);
-        assert_eq!(gemma_tokenize(handle(), c"x".as_ptr(), 1, std::ptr::null_mut(), 4, &mut n), invalid);
-        let code = gemma_tokenize(handle(), c"ok \xc3".as_ptr(), 1, ids.as_mut_ptr(), 4, &mut n);
+        assert_eq!(gemma_tokenize(generator(), c"x".as_ptr(), 1, ids.as_mut_ptr(), 4, std::ptr::null_mut()), invalid);
+        assert_eq!(gemma_tokenize(generator(), c"x".as_ptr(), 1, std::ptr::null_mut(), 4, &mut n), invalid);
+        let code = gemma_tokenize(generator(), c"ok \xc3".as_ptr(), 1, ids.as_mut_ptr(), 4, &mut n);
         assert_eq!(code, Status::InvalidUtf8 as c_int);
         assert_eq!(last_error(), "text is not valid UTF-8 (invalid byte at offset 3)");
 
         let bad_id = [2u32, 999_999];
-        let code = gemma_detokenize(handle(), bad_id.as_ptr(), 2, 0, buf.as_mut_ptr().cast(), 16, &mut n);
+        let code = gemma_detokenize(generator(), bad_id.as_ptr(), 2, 0, buf.as_mut_ptr().cast(), 16, &mut n);
         assert_eq!(code, Status::InvalidToken as c_int);
         assert!(last_error().contains("999999 is outside the vocabulary"), "{}", last_error());
-        let code = gemma_detokenize(handle(), std::ptr::null(), 2, 0, buf.as_mut_ptr().cast(), 16, &mut n);
+        let code = gemma_detokenize(generator(), std::ptr::null(), 2, 0, buf.as_mut_ptr().cast(), 16, &mut n);
         assert_eq!(code, invalid);
         let code = gemma_detokenize(std::ptr::null(), bad_id.as_ptr(), 1, 0, buf.as_mut_ptr().cast(), 16, &mut n);
         assert_eq!(code, invalid);
@@ -385,9 +330,9 @@ fn null_pointers_bad_strings_and_bad_values_are_error_codes() {
         };
         assert_eq!(generate(std::ptr::null(), c"x".as_ptr(), &params, &mut out), invalid);
         assert!(out.is_null(), "out_text is NULL after a failure");
-        assert_eq!(generate(handle(), std::ptr::null(), &params, &mut out), invalid);
+        assert_eq!(generate(generator(), std::ptr::null(), &params, &mut out), invalid);
         assert_eq!(last_error(), "prompt is NULL");
-        assert_eq!(generate(handle(), c"\xff".as_ptr(), &params, &mut out), Status::InvalidUtf8 as c_int);
+        assert_eq!(generate(generator(), c"\xff".as_ptr(), &params, &mut out), Status::InvalidUtf8 as c_int);
         for (bad, field) in [
             (GemmaParams { max_tokens: -1, ..params }, "max_tokens"),
             (GemmaParams { top_k: -1, ..params }, "top_k"),
@@ -396,7 +341,7 @@ fn null_pointers_bad_strings_and_bad_values_are_error_codes() {
             (GemmaParams { repeat_last_n: -5, ..params }, "repeat_last_n"),
             (GemmaParams { temperature: f32::INFINITY, ..params }, "temperature"),
         ] {
-            assert_eq!(generate(handle(), c"x".as_ptr(), &bad, &mut out), invalid, "{field}");
+            assert_eq!(generate(generator(), c"x".as_ptr(), &bad, &mut out), invalid, "{field}");
             assert!(last_error().contains(field), "{field}: {}", last_error());
         }
     }
@@ -406,13 +351,13 @@ fn null_pointers_bad_strings_and_bad_values_are_error_codes() {
 fn defaults_null_params_and_no_outputs_work() {
     // NULL params are the defaults (greedy), and the outputs may be left out; the callback ends it early.
     let prompt = c_string(&goldens()[3].prompt);
-    let with_defaults = generate_on(handle(), &prompt, &GemmaParams { max_tokens: 4, ..gemma_params_default() }, 0);
+    let with_defaults = generate_on(generator(), &prompt, &GemmaParams { max_tokens: 4, ..gemma_params_default() }, 0);
     assert_eq!(with_defaults.text.as_deref(), Some(" 100"));
     let mut streamed = Streamed { stop_after: 4, ..Default::default() };
     // SAFETY: live handle, NUL-terminated prompt, NULL params and outputs, `collect` with a `Streamed`.
     let code = unsafe {
         gemma_generate(
-            handle(),
+            generator(),
             prompt.as_ptr(),
             std::ptr::null(),
             Some(collect),
@@ -424,17 +369,17 @@ fn defaults_null_params_and_no_outputs_work() {
     assert_eq!(code, OK, "{}", last_error());
     assert_eq!(streamed.text, " 100");
     // max_tokens 0 runs the prompt only.
-    let none = generate_on(handle(), &prompt, &greedy_params(0), 0);
+    let none = generate_on(generator(), &prompt, &greedy_params(0), 0);
     assert_eq!((none.code, none.text.as_deref(), none.info.n_generated_tokens), (OK, Some(""), 0));
 }
 
 #[test]
 fn a_prompt_longer_than_the_context_is_context_full() {
     // SAFETY: a live handle.
-    let context = unsafe { gemma_model_context_length(handle()) } as usize;
+    let context = unsafe { gemma_model_context_length(generator()) } as usize;
     let long = c_string(&" a".repeat(context + 10));
     assert!(tokenize(&long, true).len() > context);
-    let run = generate_on(handle(), &long, &greedy_params(1), 0);
+    let run = generate_on(generator(), &long, &greedy_params(1), 0);
     assert_eq!(run.code, Status::ContextFull as c_int);
     assert!(last_error().contains("context holds"), "{}", last_error());
     assert!(run.text.is_none() && run.streamed.tokens.is_empty());

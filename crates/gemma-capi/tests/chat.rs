@@ -4,48 +4,15 @@
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
-use std::sync::OnceLock;
+use std::ffi::{c_char, c_int, CStr};
 
-use common::Library;
+use common::{c_string, collect, generator, greedy_params, last_error, take_text, Library, Streamed};
 use gemma_capi::*;
 use gemma_core::chat::{ChatMessage, ChatTemplate};
 
 mod common;
 
 const OK: c_int = Status::Ok as c_int;
-
-fn last_error() -> String {
-    // SAFETY: gemma_last_error returns a NUL-terminated string valid until the next failing call here.
-    unsafe { CStr::from_ptr(gemma_last_error()) }.to_str().unwrap().to_string()
-}
-
-struct Handle(*mut GemmaModel);
-// SAFETY: gemma.h lets a handle be used from several threads (every call only reads it); it is never freed.
-unsafe impl Send for Handle {}
-// SAFETY: as above.
-unsafe impl Sync for Handle {}
-
-fn model() -> *const GemmaModel {
-    static HANDLE: OnceLock<Handle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let path = CString::new(common::model_path().to_str().unwrap()).unwrap();
-            // SAFETY: a NUL-terminated path.
-            let model = unsafe { gemma_model_open(path.as_ptr(), 2) };
-            assert!(!model.is_null(), "open failed: {}", last_error());
-            Handle(model)
-        })
-        .0
-}
-
-fn c_string(s: &str) -> CString {
-    CString::new(s).unwrap()
-}
-
-fn greedy(max_tokens: usize) -> GemmaParams {
-    GemmaParams { temperature: 0.0, max_tokens: max_tokens as i32, ..gemma_params_default() }
-}
 
 /// A chat owned by a test; freed on drop (the model handle lives for the whole test binary).
 struct Chat(*mut GemmaChat);
@@ -55,7 +22,7 @@ impl Chat {
         let system = system.map(c_string);
         let system_ptr = system.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
         // SAFETY: a live model handle that outlives the chat, NULL or a NUL-terminated system prompt, params.
-        let chat = unsafe { gemma_chat_new(model(), system_ptr, params, n_ctx) };
+        let chat = unsafe { gemma_chat_new(generator(), system_ptr, params, n_ctx) };
         assert!(!chat.is_null(), "gemma_chat_new failed: {}", last_error());
         Chat(chat)
     }
@@ -95,23 +62,6 @@ impl Drop for Chat {
     }
 }
 
-#[derive(Default)]
-struct Streamed {
-    text: String,
-    tokens: usize,
-    stop_after: usize,
-}
-
-unsafe extern "C" fn collect(_token: i32, piece: *const c_char, len: usize, user_data: *mut c_void) -> c_int {
-    // SAFETY: `user_data` is the `Streamed` that `send` passed, not otherwise borrowed during the call.
-    let streamed = unsafe { &mut *user_data.cast::<Streamed>() };
-    // SAFETY: the API passes `len` bytes and a NUL.
-    let bytes = unsafe { std::slice::from_raw_parts(piece.cast::<u8>(), len) };
-    streamed.text.push_str(std::str::from_utf8(bytes).unwrap());
-    streamed.tokens += 1;
-    c_int::from(streamed.stop_after != 0 && streamed.tokens >= streamed.stop_after)
-}
-
 struct Sent {
     code: c_int,
     text: Option<String>,
@@ -135,13 +85,8 @@ fn send(chat: &Chat, message: &str, stop_after: usize) -> Sent {
             &mut info,
         )
     };
-    let text = (!out.is_null()).then(|| {
-        // SAFETY: a NUL-terminated string from gemma_chat_send, freed once right after.
-        let text = unsafe { CStr::from_ptr(out) }.to_str().unwrap().to_string();
-        // SAFETY: as above.
-        unsafe { gemma_string_free(out) };
-        text
-    });
+    // SAFETY: NULL or a string from gemma_chat_send, not used after this.
+    let text = unsafe { take_text(out) };
     Sent { code, text, info, streamed }
 }
 
@@ -154,7 +99,7 @@ fn template() -> ChatTemplate {
 fn turns_keep_the_cache_and_answer_as_the_library_does_on_the_whole_conversation() {
     let library = Library::get();
     let template = template();
-    let chat = Chat::new(Some("Answer in one short sentence."), &greedy(12), 0);
+    let chat = Chat::new(Some("Answer in one short sentence."), &greedy_params(12), 0);
     assert_eq!(chat.messages(), [ChatMessage::system("Answer in one short sentence.")]);
     let mut context_before = 0;
     for (i, question) in ["What is the capital of France?", "And of Italy?"].into_iter().enumerate() {
@@ -172,12 +117,12 @@ fn turns_keep_the_cache_and_answer_as_the_library_does_on_the_whole_conversation
         assert_eq!((info.n_reused_tokens + info.generation.n_prompt_tokens) as usize, ids.len(), "turn {i}");
         assert_eq!(info.n_dropped_messages, 0);
         assert_eq!(info.n_context_tokens as usize, chat.context_used());
-        assert_eq!(info.generation.n_generated_tokens as usize, sent.streamed.tokens);
+        assert_eq!(info.generation.n_generated_tokens as usize, sent.streamed.tokens.len());
         context_before = chat.context_used();
     }
 
     // The same conversation restored message by message in a new chat continues the same way.
-    let restored = Chat::new(None, &greedy(12), 0);
+    let restored = Chat::new(None, &greedy_params(12), 0);
     for m in chat.messages() {
         let (role, content) = (c_string(&m.role), c_string(&m.content));
         // SAFETY: a live chat and NUL-terminated strings.
@@ -194,7 +139,7 @@ fn turns_keep_the_cache_and_answer_as_the_library_does_on_the_whole_conversation
     let cut = send(&chat, "Tell me a long story about the sea.", 3);
     assert_eq!(cut.code, OK);
     assert_eq!(cut.info.generation.stop_reason, GemmaStopReason::Callback as i32);
-    assert_eq!(cut.streamed.tokens, 3);
+    assert_eq!(cut.streamed.tokens.len(), 3);
     assert_eq!(chat.messages().last().unwrap().content, cut.text.unwrap());
 
     // Clearing keeps the system prompt; setting it to NULL removes it.
@@ -209,14 +154,14 @@ fn turns_keep_the_cache_and_answer_as_the_library_does_on_the_whole_conversation
 
 #[test]
 fn errors_are_codes_with_messages_and_change_nothing() {
-    let params = greedy(8);
+    let params = greedy_params(8);
     // SAFETY: NULL model, NULL system prompt, valid params.
     let none = unsafe { gemma_chat_new(std::ptr::null(), std::ptr::null(), &params, 0) };
     assert!(none.is_null());
     assert_eq!(last_error(), "model is NULL");
     let bad = GemmaParams { top_p: 2.0, ..params };
     // SAFETY: a live model handle, NULL system prompt, valid params struct.
-    assert!(unsafe { gemma_chat_new(model(), std::ptr::null(), &bad, 0) }.is_null());
+    assert!(unsafe { gemma_chat_new(generator(), std::ptr::null(), &bad, 0) }.is_null());
     assert!(last_error().contains("top_p"), "{}", last_error());
 
     let chat = Chat::new(None, &params, 64);
@@ -288,15 +233,8 @@ fn errors_are_codes_with_messages_and_change_nothing() {
 
 #[test]
 fn an_embedding_model_holds_no_chat() {
-    let path = c_string(common::embedding_model_path().to_str().unwrap());
-    // SAFETY: a NUL-terminated path; the handle is freed below, once.
-    let embedder = unsafe { gemma_model_open(path.as_ptr(), 2) };
-    assert!(!embedder.is_null(), "{}", last_error());
     // SAFETY: a live handle; NULL system prompt and params.
-    let chat = unsafe { gemma_chat_new(embedder, std::ptr::null(), std::ptr::null(), 0) };
-    let message = last_error();
-    // SAFETY: opened above, no chat on it, not used after this.
-    unsafe { gemma_model_free(embedder) };
+    let chat = unsafe { gemma_chat_new(common::embedder(), std::ptr::null(), std::ptr::null(), 0) };
     assert!(chat.is_null());
-    assert!(message.contains("is an embedding model"), "{message}");
+    assert!(last_error().contains("is an embedding model"), "{}", last_error());
 }

@@ -5,9 +5,8 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
-use std::sync::OnceLock;
 
-use common::{embedding_goldens, rel_l2};
+use common::{c_string, embedder, embedding_goldens, generator, last_error, rel_l2, Handle};
 use gemma_capi::*;
 
 mod common;
@@ -17,42 +16,6 @@ const OK: c_int = Status::Ok as c_int;
 const WIDTH: usize = 768;
 /// Our engine matches the float64 reference to about 1e-6.
 const TOLERANCE: f64 = 1e-5;
-
-fn last_error() -> String {
-    // SAFETY: gemma_last_error returns a NUL-terminated string valid until the next failing call here.
-    unsafe { CStr::from_ptr(gemma_last_error()) }.to_str().unwrap().to_string()
-}
-
-/// A model handle opened through the C API once per test binary, never freed.
-struct Handle(*mut GemmaModel);
-// SAFETY: gemma.h lets a handle be used from several threads (every call only reads it); it is never freed.
-unsafe impl Send for Handle {}
-// SAFETY: as above.
-unsafe impl Sync for Handle {}
-
-fn open(path: &std::path::Path) -> Handle {
-    let path = CString::new(path.to_str().unwrap()).unwrap();
-    // SAFETY: a NUL-terminated path.
-    let model = unsafe { gemma_model_open(path.as_ptr(), 2) };
-    assert!(!model.is_null(), "open failed: {}", last_error());
-    Handle(model)
-}
-
-/// EmbeddingGemma 300M.
-fn embedder() -> *const GemmaModel {
-    static HANDLE: OnceLock<Handle> = OnceLock::new();
-    HANDLE.get_or_init(|| open(&common::embedding_model_path())).0
-}
-
-/// The default generative model (Gemma 3 270M).
-fn generator() -> *const GemmaModel {
-    static HANDLE: OnceLock<Handle> = OnceLock::new();
-    HANDLE.get_or_init(|| open(&common::model_path())).0
-}
-
-fn c_string(s: &str) -> CString {
-    CString::new(s).unwrap()
-}
 
 /// `gemma_embed` with the two-call pattern: the size first, then the vector.
 fn embed_on(model: *const GemmaModel, text: &CStr) -> Vec<f32> {

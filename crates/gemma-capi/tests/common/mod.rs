@@ -1,10 +1,15 @@
 //! What the C API tests share (`mod common;` in each: every test file is its own crate): the default model's
 //! path, llama.cpp's goldens, and the library's own greedy generation to compare with; EmbeddingGemma's path and
-//! its reference embeddings.
+//! its reference embeddings; handles opened through the C API once per test binary, and small C-side helpers.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+
+use gemma_capi::{
+    gemma_last_error, gemma_model_open, gemma_params_default, gemma_string_free, GemmaModel, GemmaParams,
+};
 
 use gemma_core::{GenerationOptions, GenerationOutput, Model, SamplingParams, Session, Tokenizer};
 use gemma_ops::ThreadPool;
@@ -104,4 +109,88 @@ impl Library {
         let opts = GenerationOptions { max_tokens, sampling: SamplingParams::greedy(), ..Default::default() };
         session.generate(&self.tokenizer, prompt_ids, &opts, &self.pool, &mut |_| {}).expect("library generates")
     }
+}
+
+/// This thread's `gemma_last_error()`.
+pub fn last_error() -> String {
+    // SAFETY: gemma_last_error returns a NUL-terminated string valid until the next failing call here.
+    unsafe { CStr::from_ptr(gemma_last_error()) }.to_str().unwrap().to_string()
+}
+
+pub fn c_string(s: &str) -> CString {
+    CString::new(s).unwrap()
+}
+
+/// Greedy parameters (temperature 0) for at most `max_tokens` tokens.
+pub fn greedy_params(max_tokens: usize) -> GemmaParams {
+    GemmaParams { temperature: 0.0, max_tokens: max_tokens as i32, ..gemma_params_default() }
+}
+
+/// A model handle opened through the C API, shared by the tests of one binary and never freed.
+pub struct Handle(pub *mut GemmaModel);
+// SAFETY: gemma.h lets a handle be used from several threads (every call only reads it); it is never freed.
+unsafe impl Send for Handle {}
+// SAFETY: as above.
+unsafe impl Sync for Handle {}
+
+impl Handle {
+    pub fn get(&self) -> *const GemmaModel {
+        self.0
+    }
+}
+
+fn open(path: &Path) -> Handle {
+    let path = c_string(path.to_str().unwrap());
+    // SAFETY: a NUL-terminated path.
+    let model = unsafe { gemma_model_open(path.as_ptr(), 2) };
+    assert!(!model.is_null(), "open failed: {}", last_error());
+    Handle(model)
+}
+
+/// The default generative model (Gemma 3 270M), opened through the C API once per test binary.
+pub fn generator() -> *const GemmaModel {
+    static HANDLE: OnceLock<Handle> = OnceLock::new();
+    HANDLE.get_or_init(|| open(&model_path())).get()
+}
+
+/// EmbeddingGemma 300M, opened through the C API once per test binary.
+pub fn embedder() -> *const GemmaModel {
+    static HANDLE: OnceLock<Handle> = OnceLock::new();
+    HANDLE.get_or_init(|| open(&embedding_model_path())).get()
+}
+
+/// What a generation's callback saw.
+#[derive(Default)]
+pub struct Streamed {
+    pub tokens: Vec<i32>,
+    pub text: String,
+    /// Return non-zero at this call (0: never).
+    pub stop_after: usize,
+}
+
+/// A `gemma_token_callback` whose `user_data` is a [`Streamed`].
+pub unsafe extern "C" fn collect(token: i32, piece: *const c_char, len: usize, user_data: *mut c_void) -> c_int {
+    // SAFETY: `user_data` is the `Streamed` the test passed, alive and not otherwise borrowed during the
+    // call.
+    let streamed = unsafe { &mut *user_data.cast::<Streamed>() };
+    // SAFETY: the API passes `len` bytes and a NUL.
+    let bytes = unsafe { std::slice::from_raw_parts(piece.cast::<u8>(), len + 1) };
+    assert_eq!(bytes[len], 0, "piece is NUL-terminated");
+    streamed.text.push_str(std::str::from_utf8(&bytes[..len]).expect("pieces are UTF-8"));
+    streamed.tokens.push(token);
+    c_int::from(streamed.stop_after != 0 && streamed.tokens.len() >= streamed.stop_after)
+}
+
+/// The text a call handed out in `out` (NULL: none), freed.
+///
+/// # Safety
+/// `out` is NULL or a string from the library, not used after this.
+pub unsafe fn take_text(out: *mut c_char) -> Option<String> {
+    (!out.is_null()).then(|| {
+        // SAFETY: a NUL-terminated string from the library, freed once right after.
+        let text = unsafe { CStr::from_ptr(out) }.to_str().unwrap().to_string();
+        // SAFETY: as above.
+        unsafe { gemma_string_free(out) };
+        text
+    })
 }
