@@ -44,6 +44,12 @@ pub struct GemmaChat {
     c_messages: Vec<CMessage>,
 }
 
+// The C header lets a chat move between threads (used by one at a time).
+const _: () = {
+    const fn movable_between_threads<T: Send>() {}
+    movable_between_threads::<GemmaChat>()
+};
+
 impl GemmaChat {
     /// A conversation on `m` with a context of `n_ctx` tokens (0: the model's).
     pub fn new(
