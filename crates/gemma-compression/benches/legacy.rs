@@ -6,7 +6,8 @@
 //!   which does not fit any cache, so it shows how close the kernel gets to memory bandwidth. Throughput: weight
 //!   bytes.
 //! - prefill: a 64-row slab against 256 tokens (what one matmul task sees). Throughput: multiply-adds.
-//! - interleaved: the same products with 16 rows repacked together, at 1, 8 and 256 tokens, beside the GGML layout.
+//! - interleaved: the same products with 16 rows repacked together, at 1, 8, 48 and 256 tokens, beside the GGML
+//!   layout.
 //! - `read_bandwidth`: summing the 178 MB buffer as u64 words, one thread: the ceiling the `output` figure is
 //!   measured against.
 //!
@@ -110,18 +111,18 @@ fn bench_prefill(c: &mut Criterion) {
 }
 
 /// The same products with the rows repacked 16 at a time (`interleaved`), against the GGML layout: one token
-/// (decode), 8 (a server's batched step) and 256 (prefill), 256 rows of 640 (Q8_0 and Q5_0, as in Gemma 3
-/// 270M). Throughput: multiply-adds.
+/// (decode), 8 (a server's batched step), 48 (a short prompt) and 256 (a longer prefill), 256 rows of
+/// 640 (Gemma 3 270M's width), every format that is repacked. Throughput: multiply-adds.
 fn bench_interleaved(c: &mut Criterion) {
     let mut rng = Rng(11);
     let mut group = c.benchmark_group("interleaved");
     group.sample_size(20);
     let (rows, n) = (256, 640);
-    for ty in [GgmlType::Q8_0, GgmlType::Q5_0] {
+    for ty in TYPES {
         let f = quant_format(ty).unwrap();
         let w = weights(&mut rng, ty, rows, n);
         let repacked = InterleavedRows::repack(ty, rows, n, &w, &mut |_| {}).unwrap();
-        for tokens in [1, 8, 256] {
+        for tokens in [1, 8, 48, 256] {
             let x: Vec<f32> = (0..n * tokens).map(|_| rng.uniform()).collect();
             let a = activations(&mut rng, f.vec_dot_type(), n, tokens);
             let mut out = vec![0f32; rows * tokens];

@@ -1,19 +1,28 @@
-//! Q8_0 and Q5_0 weights repacked with 16 rows interleaved, for products with several tokens at once
-//! (a batched decode step, a prefill) and with one.
+//! The 32-element block formats (Q8_0, Q5_0, Q4_0, Q4_1, Q5_1) repacked with 16 rows interleaved, for
+//! products with several tokens at once (a batched decode step, a prefill) and with one.
 //!
 //! In GGML's layout each row's blocks lie one after another, so a SIMD lane can only hold part of one row's
 //! block: every 64 multiply-adds end in a float conversion and a scaled add. Here block `b` of 16 rows is
 //! stored as their 16 f16 scales followed by their quants 4 at a time (dword `k` of rows 0..16 together), so
 //! one 512-bit integer dot product advances the block sums of all 16 rows, and the conversion and scaled add
-//! happen once per block for 16 rows. The values are the format's own, unchanged, and the block sums exact;
-//! only the order of the float additions differs from [`crate::QuantFormat::dot_rows`]: per row and token
-//! the block products are added in block order, `acc = fma(d_w * d_a, sum, acc)`, as the scalar twin does.
+//! happen once per block for 16 rows. The stored codes are the format's own, unchanged (Q8_0 signed, the
+//! others GGML's unsigned `u`: Q4_0 `q + 8`, Q5_0 `q + 16`, Q4_1 and Q5_1 `q`), and the block sums exact;
+//! the kernels take the offset of Q4_0/Q5_0 back out as `8` or `16` times the activations' block sum. Per row
+//! and token the block products are added in block order, as the scalar twin does:
+//! - `acc = fma(d_w * d_a, isum, acc)`, with `isum` the integer dot of the signed quants and the activations;
+//! - Q4_1 and Q5_1 then add the offset term, `acc = fma(m_w, d_a * sum_a, acc)`, where `sum_a` is the integer
+//!   sum of the activations' quants and `d_a * sum_a` one f32 product of the f16-decoded activation scale and
+//!   that sum (exact as f32: `|sum_a| <= 4064`). GGML instead rounds `s = d * sum` to f16 in its Q8_1
+//!   activations, so on these formats the result differs from [`crate::QuantFormat::dot_rows`] by that
+//!   rounding as well as by the order of the float additions; elsewhere only by the order.
 //!
-//! Layout of one block of a group (16 f16 scales first, then per `k` in 0..8 the 64 quants `r * 4 + e` of
-//! dword `k` of each row `r`):
+//! Layout of one block of a group: 16 f16 scales `d`, for Q4_1 and Q5_1 then 16 f16 offsets `m`, then per `k`
+//! in 0..8 the 64 codes `j = r * 4 + e` of dword `k` of each row `r`:
 //! - Q8_0: the 64 signed bytes (544 bytes per group block, as 16 GGML blocks);
-//! - Q5_0: the 64 unsigned 5-bit values `q + 16` as 32 bytes of nibbles (byte `m` holds value `m` in its low
-//!   nibble and value `m + 32` in its high one) and a 64-bit word of their fifth bits (352 bytes, as GGML).
+//! - Q4_0, Q4_1: 32 bytes of nibbles, byte `m` holding code `m` in its low nibble and code `m + 32` in its
+//!   high one (288 and 320 bytes, as GGML);
+//! - Q5_0, Q5_1: the low four bits of the 5-bit codes as those 32 bytes of nibbles, then a 64-bit word of
+//!   their fifth bits, bit `j` for code `j` (352 and 384 bytes, as GGML).
 
 use std::ops::Range;
 
@@ -29,6 +38,9 @@ const QK: usize = 32;
 pub enum InterleavedFormat {
     Q8_0,
     Q5_0,
+    Q4_0,
+    Q4_1,
+    Q5_1,
 }
 
 impl InterleavedFormat {
@@ -36,23 +48,68 @@ impl InterleavedFormat {
         match ty {
             GgmlType::Q8_0 => Some(InterleavedFormat::Q8_0),
             GgmlType::Q5_0 => Some(InterleavedFormat::Q5_0),
+            GgmlType::Q4_0 => Some(InterleavedFormat::Q4_0),
+            GgmlType::Q4_1 => Some(InterleavedFormat::Q4_1),
+            GgmlType::Q5_1 => Some(InterleavedFormat::Q5_1),
             _ => None,
+        }
+    }
+
+    /// Whether the blocks carry an offset `m` (value `d * q + m`).
+    pub(crate) const fn has_min(self) -> bool {
+        matches!(self, InterleavedFormat::Q4_1 | InterleavedFormat::Q5_1)
+    }
+
+    /// Bits of a code: 8, 5 or 4.
+    pub(crate) const fn bits(self) -> u32 {
+        match self {
+            InterleavedFormat::Q8_0 => 8,
+            InterleavedFormat::Q5_0 | InterleavedFormat::Q5_1 => 5,
+            InterleavedFormat::Q4_0 | InterleavedFormat::Q4_1 => 4,
+        }
+    }
+
+    /// The format with codes of `bits` bits, with or without offsets (the kernels' const parameters).
+    pub(crate) const fn from_bits(bits: u32, min: bool) -> InterleavedFormat {
+        match (bits, min) {
+            (8, false) => InterleavedFormat::Q8_0,
+            (5, false) => InterleavedFormat::Q5_0,
+            (4, false) => InterleavedFormat::Q4_0,
+            (4, true) => InterleavedFormat::Q4_1,
+            (5, true) => InterleavedFormat::Q5_1,
+            _ => panic!("no such interleaved format"),
+        }
+    }
+
+    /// What a stored code adds to the signed quant: `q = code + offset` (Q8_0's codes are already signed).
+    pub(crate) const fn offset(self) -> i32 {
+        match self {
+            InterleavedFormat::Q5_0 => -16,
+            InterleavedFormat::Q4_0 => -8,
+            InterleavedFormat::Q8_0 | InterleavedFormat::Q4_1 | InterleavedFormat::Q5_1 => 0,
         }
     }
 
     /// Bytes of one block of a group.
     pub const fn group_block_bytes(self) -> usize {
-        match self {
-            InterleavedFormat::Q8_0 => 2 * ROW_GROUP + 8 * 64,
-            InterleavedFormat::Q5_0 => 2 * ROW_GROUP + 8 * (32 + 8),
+        self.head_bytes() + 8 * self.k_bytes()
+    }
+
+    /// Bytes of the scales (and offsets) that start a group block.
+    pub(crate) const fn head_bytes(self) -> usize {
+        if self.has_min() {
+            4 * ROW_GROUP
+        } else {
+            2 * ROW_GROUP
         }
     }
 
-    /// Bytes of the quants of one `k` (after the scales).
+    /// Bytes of the codes of one `k` (after the head).
     pub(crate) const fn k_bytes(self) -> usize {
-        match self {
-            InterleavedFormat::Q8_0 => 64,
-            InterleavedFormat::Q5_0 => 40,
+        match self.bits() {
+            8 => 64,
+            5 => 40,
+            _ => 32,
         }
     }
 }
@@ -72,9 +129,9 @@ impl std::fmt::Debug for InterleavedRows {
 }
 
 impl InterleavedRows {
-    /// Repacks `rows` rows of `cols` elements of `ty` (Q8_0 or Q5_0, GGML's layout). `done(bytes)` is called as
-    /// the source is consumed in order, with the length of the prefix of `src` no longer needed (callers that
-    /// mapped the source can release those pages).
+    /// Repacks `rows` rows of `cols` elements of `ty` (one of the [`InterleavedFormat`]s, GGML's layout).
+    /// `done(bytes)` is called as the source is consumed in order, with the length of the prefix of `src` no
+    /// longer needed (callers that mapped the source can release those pages).
     pub fn repack(
         ty: GgmlType,
         rows: usize,
@@ -87,7 +144,10 @@ impl InterleavedRows {
         if src.len() != rows * row_bytes {
             return Err(QuantError::BadBufferLength { ty, n: rows * cols, expected: rows * row_bytes, got: src.len() });
         }
-        let (blocks, gbb, kb) = (cols / QK, format.group_block_bytes(), format.k_bytes());
+        let (blocks, gbb, kb, hb) = (cols / QK, format.group_block_bytes(), format.k_bytes(), format.head_bytes());
+        // GGML's block: f16 d, f16 m (offset formats), the 32-bit fifth bits (5-bit formats), 16 bytes of nibbles.
+        let ggml_head = if format.has_min() { 4 } else { 2 };
+        let qs_at = ggml_head + if format.bits() == 5 { 4 } else { 0 };
         let groups = rows.div_ceil(ROW_GROUP);
         let mut data = vec![0u8; groups * blocks * gbb];
         let group_bytes = blocks * gbb;
@@ -96,30 +156,42 @@ impl InterleavedRows {
                 let row = &src[(g * ROW_GROUP + r) * row_bytes..][..row_bytes];
                 for (block, dst) in row.chunks_exact(ty.type_size()).zip(out.chunks_exact_mut(gbb)) {
                     dst[2 * r..2 * r + 2].copy_from_slice(&block[..2]);
-                    let runs = &mut dst[2 * ROW_GROUP..];
-                    match format {
+                    if format.has_min() {
+                        dst[2 * ROW_GROUP + 2 * r..][..2].copy_from_slice(&block[2..4]);
+                    }
+                    let runs = &mut dst[hb..];
+                    if format == InterleavedFormat::Q8_0 {
                         // Dword `k` of the row goes to bytes `4r..4r + 4` of run `k`.
-                        InterleavedFormat::Q8_0 => {
-                            for (k, run) in runs.chunks_exact_mut(kb).enumerate() {
-                                run[4 * r..4 * r + 4].copy_from_slice(&block[2 + 4 * k..6 + 4 * k]);
-                            }
+                        for (k, run) in runs.chunks_exact_mut(kb).enumerate() {
+                            run[4 * r..4 * r + 4].copy_from_slice(&block[2 + 4 * k..6 + 4 * k]);
                         }
-                        // Value `j = 4r + e` of run `k`: its nibble in byte `j % 32` (high half for `j >= 32`),
-                        // its fifth bit at bit `j % 8` of byte `32 + j / 8`. GGML's 5-bit value is already
-                        // `q + 16`: the nibble of element `i` is the low half of byte `i` (high half of byte
-                        // `i - 16` from 16 on) and its fifth bit is bit `i` of `qh`.
-                        InterleavedFormat::Q5_0 => {
-                            let qh = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
-                            let qs = &block[6..6 + QK / 2];
-                            let (at, shift) = (4 * (r % 8), 4 * (r / 8));
-                            for (k, run) in runs.chunks_exact_mut(kb).enumerate() {
-                                for e in 0..4 {
-                                    let i = 4 * k + e;
-                                    let nibble = if i < 16 { qs[i] & 0x0f } else { qs[i - 16] >> 4 };
-                                    run[at + e] |= nibble << shift;
-                                }
-                                run[32 + r / 2] |= (((qh >> (4 * k)) & 0x0f) as u8) << (4 * (r % 2));
-                            }
+                        continue;
+                    }
+                    // Code `j = 4r + e` of run `k`: its nibble in byte `j % 32` (high half for `j >= 32`), its
+                    // fifth bit (5-bit formats) at bit `j % 8` of byte `32 + j / 8`. In GGML's block the nibble
+                    // of element `i` is the low half of byte `i` of the nibbles (high half of byte `i - 16` from
+                    // 16 on) and its fifth bit is bit `i` of `qh`.
+                    let qs = &block[qs_at..qs_at + QK / 2];
+                    let five = format.bits() == 5;
+                    let qh = if five {
+                        u32::from_le_bytes([
+                            block[ggml_head],
+                            block[ggml_head + 1],
+                            block[ggml_head + 2],
+                            block[ggml_head + 3],
+                        ])
+                    } else {
+                        0
+                    };
+                    let (at, shift) = (4 * (r % 8), 4 * (r / 8));
+                    for (k, run) in runs.chunks_exact_mut(kb).enumerate() {
+                        for e in 0..4 {
+                            let i = 4 * k + e;
+                            let nibble = if i < 16 { qs[i] & 0x0f } else { qs[i - 16] >> 4 };
+                            run[at + e] |= nibble << shift;
+                        }
+                        if five {
+                            run[32 + r / 2] |= (((qh >> (4 * k)) & 0x0f) as u8) << (4 * (r % 2));
                         }
                     }
                 }
@@ -156,21 +228,30 @@ impl InterleavedRows {
         &self.data
     }
 
-    /// The signed quant of row `r` (within its group), element `4 k + e` of block `blk` (a group block).
+    /// The signed quant of row `r` (within its group), element `4 k + e` of block `blk` (a group block):
+    /// its stored code plus the format's offset.
     fn quant(format: InterleavedFormat, blk: &[u8], r: usize, k: usize, e: usize) -> i32 {
-        let run = &blk[2 * ROW_GROUP + format.k_bytes() * k..][..format.k_bytes()];
+        let run = &blk[format.head_bytes() + format.k_bytes() * k..][..format.k_bytes()];
         let j = 4 * r + e;
-        match format {
-            InterleavedFormat::Q8_0 => run[j] as i8 as i32,
-            InterleavedFormat::Q5_0 => {
+        let code = match format.bits() {
+            8 => run[j] as i8 as i32,
+            bits => {
                 let lo = (run[j % 32] >> (4 * (j / 32))) & 0x0f;
-                let hi = (run[32 + j / 8] >> (j % 8)) & 1;
-                (lo | hi << 4) as i32 - 16
+                let hi = if bits == 5 { (run[32 + j / 8] >> (j % 8)) & 1 } else { 0 };
+                (lo | hi << 4) as i32
             }
-        }
+        };
+        code + format.offset()
     }
 
-    /// Row `r` decoded to f32 (`d * q`, as the GGML format decodes it).
+    /// The f16 scale `d` and offset `m` (0 for formats without one) of row `r` of block `blk`.
+    fn scale_min(format: InterleavedFormat, blk: &[u8], r: usize) -> (f32, f32) {
+        let f16_at = |at: usize| half::f16::from_le_bytes([blk[at], blk[at + 1]]).to_f32();
+        let m = if format.has_min() { f16_at(2 * ROW_GROUP + 2 * r) } else { 0.0 };
+        (f16_at(2 * r), m)
+    }
+
+    /// Row `r` decoded to f32 (`q * d + m`, as the GGML format decodes it).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         assert!(r < self.rows && out.len() == self.cols, "row {r} of {} x {}", self.rows, self.cols);
         let (blocks, gbb) = (self.cols / QK, self.format.group_block_bytes());
@@ -178,9 +259,9 @@ impl InterleavedRows {
         let rr = r % ROW_GROUP;
         for (b, o) in out.chunks_exact_mut(QK).enumerate() {
             let blk = &group[b * gbb..][..gbb];
-            let d = half::f16::from_le_bytes([blk[2 * rr], blk[2 * rr + 1]]).to_f32();
+            let (d, m) = Self::scale_min(self.format, blk, rr);
             for (i, o) in o.iter_mut().enumerate() {
-                *o = d * Self::quant(self.format, blk, rr, i / 4, i % 4) as f32;
+                *o = Self::quant(self.format, blk, rr, i / 4, i % 4) as f32 * d + m;
             }
         }
     }
@@ -211,7 +292,8 @@ impl InterleavedRows {
 }
 
 /// Q8_0 activations laid out for the interleaved kernels: per token and block the f32 scale, the sum of the
-/// quants (for the kernels that take the weights as unsigned), and the 32 quants.
+/// quants (for the kernels that take the weights as unsigned codes, and the offset term of Q4_1 and Q5_1),
+/// and the 32 quants.
 #[derive(Default)]
 pub struct InterleavedActs {
     pub(crate) n_tokens: usize,
@@ -250,7 +332,8 @@ impl InterleavedActs {
     }
 }
 
-/// The scalar twin of the kernels: per row and token, `acc = fma(d_w * d_a, block sum, acc)` in block order.
+/// The scalar twin of the kernels: per row and token, in block order, `acc = fma(d_w * d_a, isum, acc)` and,
+/// for the offset formats, `acc = fma(m_w, d_a * sum_a, acc)` (see the module's doc).
 pub(crate) fn dot_groups_scalar(
     format: InterleavedFormat,
     w: &[u8],
@@ -267,16 +350,19 @@ pub(crate) fn dot_groups_scalar(
                 let mut acc = 0.0f32;
                 for b in 0..blocks {
                     let blk = &gw[b * gbb..][..gbb];
-                    let dw = half::f16::from_le_bytes([blk[2 * r], blk[2 * r + 1]]).to_f32();
+                    let (dw, mw) = InterleavedRows::scale_min(format, blk, r);
                     let i = t * blocks + b;
                     let a = &acts.qs[i * QK..(i + 1) * QK];
-                    let mut sum = 0i32;
+                    let mut isum = 0i32;
                     for k in 0..QK / 4 {
                         for e in 0..4 {
-                            sum += InterleavedRows::quant(format, blk, r, k, e) * a[4 * k + e] as i8 as i32;
+                            isum += InterleavedRows::quant(format, blk, r, k, e) * a[4 * k + e] as i8 as i32;
                         }
                     }
-                    acc = (dw * acts.d[i]).mul_add(sum as f32, acc);
+                    acc = (dw * acts.d[i]).mul_add(isum as f32, acc);
+                    if format.has_min() {
+                        acc = mw.mul_add(acts.d[i] * acts.sum[i] as f32, acc);
+                    }
                 }
                 tile[t * width + g * ROW_GROUP + r] = acc;
             }
@@ -299,33 +385,49 @@ pub(crate) mod tests {
         out
     }
 
-    /// The 32 quants of a GGML block as signed values.
-    fn block_quants(format: InterleavedFormat, block: &[u8]) -> [i8; QK] {
-        let mut q = [0i8; QK];
-        match format {
-            InterleavedFormat::Q8_0 => q.iter_mut().zip(&block[2..34]).for_each(|(q, &b)| *q = b as i8),
-            InterleavedFormat::Q5_0 => {
-                let high = u32::from_le_bytes([block[2], block[3], block[4], block[5]]);
+    /// Every format, and for each its GGML type.
+    pub(crate) const ALL: [(InterleavedFormat, GgmlType); 5] = [
+        (InterleavedFormat::Q8_0, GgmlType::Q8_0),
+        (InterleavedFormat::Q5_0, GgmlType::Q5_0),
+        (InterleavedFormat::Q4_0, GgmlType::Q4_0),
+        (InterleavedFormat::Q4_1, GgmlType::Q4_1),
+        (InterleavedFormat::Q5_1, GgmlType::Q5_1),
+    ];
+
+    /// The 32 codes of a GGML block as stored (Q8_0 signed, the others GGML's unsigned codes), decoded from
+    /// ggml-common.h's block layouts.
+    fn block_codes(format: InterleavedFormat, block: &[u8]) -> [i32; QK] {
+        let mut q = [0i32; QK];
+        let head = if format.has_min() { 4 } else { 2 };
+        match format.bits() {
+            8 => q.iter_mut().zip(&block[2..34]).for_each(|(q, &b)| *q = b as i8 as i32),
+            bits => {
+                let (high, qs) = if bits == 5 {
+                    (u32::from_le_bytes(block[head..head + 4].try_into().unwrap()), &block[head + 4..head + 20])
+                } else {
+                    (0, &block[head..head + 16])
+                };
                 for j in 0..QK / 2 {
-                    let (lo, hi) = (block[6 + j] & 0x0f, block[6 + j] >> 4);
-                    q[j] = ((lo | (((high >> j) & 1) as u8) << 4) as i8) - 16;
-                    q[j + 16] = ((hi | (((high >> (j + 16)) & 1) as u8) << 4) as i8) - 16;
+                    q[j] = (qs[j] & 0x0f) as i32 | (((high >> j) & 1) << 4) as i32;
+                    q[j + 16] = (qs[j] >> 4) as i32 | (((high >> (j + 16)) & 1) << 4) as i32;
                 }
             }
         }
         q
     }
 
-    /// The layout of the module's doc written value by value from decoded quants: the repacking (which moves
+    /// The layout of the module's doc written value by value from decoded codes: the repacking (which moves
     /// GGML's bytes and bits directly) must give the same bytes.
     #[test]
     fn repacking_writes_the_documented_layout() {
-        for ty in [GgmlType::Q8_0, GgmlType::Q5_0] {
+        for (format, ty) in ALL {
             let mut rng = TestRng::new(9);
             let (rows, cols) = (37, 160);
             let src = ggml_rows(&mut rng, ty, rows, cols);
-            let format = InterleavedFormat::of(ty).unwrap();
+            assert_eq!(InterleavedFormat::of(ty), Some(format));
+            assert_eq!(InterleavedFormat::from_bits(format.bits(), format.has_min()), format);
             let (rb, gbb, kb) = (ty.row_bytes(cols).unwrap(), format.group_block_bytes(), format.k_bytes());
+            let head = if format.has_min() { 64 } else { 32 };
             let blocks = cols / QK;
             let mut want = vec![0u8; rows.div_ceil(ROW_GROUP) * blocks * gbb];
             for r in 0..rows {
@@ -333,17 +435,20 @@ pub(crate) mod tests {
                 for (b, block) in src[r * rb..(r + 1) * rb].chunks_exact(ty.type_size()).enumerate() {
                     let dst = &mut want[(g * blocks + b) * gbb..][..gbb];
                     dst[2 * rr..2 * rr + 2].copy_from_slice(&block[..2]);
-                    let q = block_quants(format, block);
+                    if format.has_min() {
+                        dst[32 + 2 * rr..32 + 2 * rr + 2].copy_from_slice(&block[2..4]);
+                    }
+                    let q = block_codes(format, block);
                     for k in 0..QK / 4 {
-                        let run = &mut dst[2 * ROW_GROUP + kb * k..][..kb];
+                        let run = &mut dst[head + kb * k..][..kb];
                         for e in 0..4 {
                             let (j, v) = (4 * rr + e, q[4 * k + e]);
-                            match format {
-                                InterleavedFormat::Q8_0 => run[j] = v as u8,
-                                InterleavedFormat::Q5_0 => {
-                                    let u = (v + 16) as u8;
-                                    run[j % 32] |= (u & 0x0f) << (4 * (j / 32));
-                                    run[32 + j / 8] |= ((u >> 4) & 1) << (j % 8);
+                            if format.bits() == 8 {
+                                run[j] = v as u8;
+                            } else {
+                                run[j % 32] |= (v as u8 & 0x0f) << (4 * (j / 32));
+                                if format.bits() == 5 {
+                                    run[32 + j / 8] |= ((v as u8 >> 4) & 1) << (j % 8);
                                 }
                             }
                         }
@@ -357,7 +462,7 @@ pub(crate) mod tests {
 
     #[test]
     fn repacking_keeps_every_value() {
-        for ty in [GgmlType::Q8_0, GgmlType::Q5_0] {
+        for (_, ty) in ALL {
             let mut rng = TestRng::new(5);
             let (rows, cols) = (21, 96);
             let src = ggml_rows(&mut rng, ty, rows, cols);
@@ -377,14 +482,15 @@ pub(crate) mod tests {
             assert!(InterleavedRows::repack(ty, rows, cols, &src[1..], &mut |_| {}).is_err());
             assert!(InterleavedRows::repack(ty, rows, 100, &src, &mut |_| {}).is_err());
         }
-        assert!(InterleavedRows::repack(GgmlType::Q4_0, 1, 32, &[0; 18], &mut |_| {}).is_err());
+        assert!(InterleavedRows::repack(GgmlType::Q8_1, 1, 32, &[0; 36], &mut |_| {}).is_err());
     }
 
     /// The scalar twin is within rounding of the GGML dot products of the same rows (only the order of the
-    /// float additions differs), and padding rows give zeros.
+    /// float additions differs, and for Q4_1 and Q5_1 GGML's f16 rounding of `d_a * sum_a`), and padding rows
+    /// give zeros.
     #[test]
     fn scalar_twin_is_within_rounding_of_ggml_dots() {
-        for ty in [GgmlType::Q8_0, GgmlType::Q5_0] {
+        for (format, ty) in ALL {
             let mut rng = TestRng::new(9);
             let (rows, cols, tokens) = (40, 640, 3);
             let src = ggml_rows(&mut rng, ty, rows, cols);
@@ -395,17 +501,64 @@ pub(crate) mod tests {
             let mut tile = vec![0.0; tokens * 48];
             dot_groups_scalar(m.format(), &m.data, cols / 32, &acts, &mut tile);
             let f = quant_format(ty).unwrap();
-            let q8 = quant_format(GgmlType::Q8_0).unwrap();
-            let (rb, ab) = (ty.row_bytes(cols).unwrap(), GgmlType::Q8_0.row_bytes(cols).unwrap());
+            let act_ty = f.vec_dot_type();
+            let qa_f = quant_format(act_ty).unwrap();
+            let (rb, ab) = (ty.row_bytes(cols).unwrap(), act_ty.row_bytes(cols).unwrap());
             let mut qa = vec![0u8; ab];
             for t in 0..tokens {
-                q8.quantize_row(&x[t * cols..(t + 1) * cols], &mut qa).unwrap();
+                qa_f.quantize_row(&x[t * cols..(t + 1) * cols], &mut qa).unwrap();
                 for r in 0..rows {
                     let want = f.vec_dot(cols, &src[r * rb..(r + 1) * rb], &qa);
+                    // GGML's s = f16(d * sum_a) with the unrounded d: within 2^-10 of d_a * sum_a.
+                    let s_rounding: f32 = if format.has_min() {
+                        (0..cols / QK)
+                            .map(|b| {
+                                let blk = &m.data[((r / 16) * (cols / QK) + b) * format.group_block_bytes()..];
+                                let i = t * (cols / QK) + b;
+                                let mw = InterleavedRows::scale_min(format, blk, r % 16).1;
+                                (mw * acts.d[i] * acts.sum[i] as f32).abs() / 1024.0
+                            })
+                            .sum()
+                    } else {
+                        0.0
+                    };
                     let got = tile[t * 48 + r];
-                    assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{ty} ({t}, {r}): {got} vs {want}");
+                    let tol = 1e-4 * (1.0 + want.abs()) + s_rounding;
+                    assert!((got - want).abs() <= tol, "{ty} ({t}, {r}): {got} vs {want}");
                 }
                 assert!(tile[t * 48 + 40..t * 48 + 48].iter().all(|&v| v == 0.0), "padding rows");
+            }
+        }
+    }
+
+    /// The offset formats' twin against the exact sum of the decoded values (f64): only float rounding apart,
+    /// since `d_a * sum_a` is the decoded activations' own block sum.
+    #[test]
+    fn offset_formats_are_within_rounding_of_the_exact_dot() {
+        for ty in [GgmlType::Q4_1, GgmlType::Q5_1] {
+            let mut rng = TestRng::new(4);
+            let (rows, cols) = (16, 640);
+            let src = ggml_rows(&mut rng, ty, rows, cols);
+            let m = InterleavedRows::repack(ty, rows, cols, &src, &mut |_| {}).unwrap();
+            let x = rng.row(cols);
+            let mut acts = InterleavedActs::default();
+            acts.quantize(&x, cols).unwrap();
+            let mut tile = vec![0.0; 16];
+            dot_groups_scalar(m.format(), &m.data, cols / 32, &acts, &mut tile);
+            let mut w = vec![0.0f32; cols];
+            for (r, &got) in tile.iter().enumerate() {
+                m.dequantize_row(r, &mut w);
+                // `mag` bounds the terms the float additions round: |d q a| and |m a| apart.
+                let (mut exact, mut mag) = (0.0f64, 0.0f64);
+                for (j, &wv) in w.iter().enumerate() {
+                    let a = acts.d[j / QK] as f64 * acts.qs[j] as i8 as f64;
+                    let blk = &m.data[(j / QK) * m.format().group_block_bytes()..];
+                    let (d, mw) = InterleavedRows::scale_min(m.format(), blk, r);
+                    let q = InterleavedRows::quant(m.format(), blk, r, (j % QK) / 4, j % 4);
+                    exact += wv as f64 * a;
+                    mag += ((d * q as f32).abs() + mw.abs()) as f64 * a.abs();
+                }
+                assert!((got as f64 - exact).abs() <= 4e-6 * mag, "{ty} row {r}: {got} vs {exact}");
             }
         }
     }

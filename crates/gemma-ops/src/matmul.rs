@@ -149,8 +149,8 @@ pub fn matmul(
     Ok(())
 }
 
-/// `out[t][r] = W[r] · x[t]` for a Q8_0 or Q5_0 matrix repacked with 16 rows interleaved ([`InterleavedRows`]);
-/// `acts` keeps the quantized activations between calls.
+/// `out[t][r] = W[r] · x[t]` for a Q8_0, Q5_0, Q4_0, Q4_1 or Q5_1 matrix repacked with 16 rows interleaved
+/// ([`InterleavedRows`]); `acts` keeps the quantized activations between calls.
 pub fn matmul_interleaved(
     pool: &ThreadPool,
     w: &InterleavedRows,
@@ -314,7 +314,7 @@ impl<'a> SbsMatrix<'a> {
 pub enum WeightView<'a> {
     Ggml(QMatrix<'a>),
     Sbs(SbsMatrix<'a>),
-    /// Q8_0 or Q5_0 repacked at load with 16 rows interleaved.
+    /// Q8_0, Q5_0, Q4_0, Q4_1 or Q5_1 repacked at load with 16 rows interleaved.
     Interleaved(&'a InterleavedRows),
     /// Q4_K or Q6_K repacked at load with 16 rows interleaved.
     InterleavedK(&'a InterleavedKRows),
@@ -770,14 +770,15 @@ mod tests {
 
     /// The repacked matrices through the whole matmul path: a padded last group (37 rows = two groups and 5
     /// rows), one token and several, one thread and two. The repacked kernels add in another order than the
-    /// GGML layout's, so they agree with it to float rounding, and with themselves bit for bit.
+    /// GGML layout's (and keep Q4_1/Q5_1's `d_a * sum_a` in f32), so they agree with it to float rounding, and
+    /// with themselves bit for bit.
     #[test]
     fn repacked_matmuls_match_the_ggml_layout_with_a_padded_last_group() {
         let (rows, cols) = (37, 512);
         let mut seed = 11;
         let wf: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
         use GgmlType::*;
-        for ty in [Q8_0, Q5_0, Q4K, Q6K, F32, F16, BF16] {
+        for ty in [Q8_0, Q5_0, Q4_0, Q4_1, Q5_1, Q4K, Q6K, F32, F16, BF16] {
             let wq = quantize_rows(ty, &wf, cols);
             let plain = QMatrix::new(&wq, rows, cols, ty).unwrap();
             let interleaved = InterleavedRows::repack(ty, rows, cols, &wq, &mut |_| {}).ok();
@@ -804,7 +805,23 @@ mod tests {
                     }
                     for (i, (w, g)) in want.iter().zip(&out).enumerate() {
                         let (t, r) = (i / rows, i % rows);
-                        assert!((w - g).abs() <= 1e-4 * (1.0 + w.abs()), "{ty} n{n} t{t} r{r}: {w} vs {g}");
+                        // GGML's Q8_1 activations round `s = d * sum` to f16 for the offset term `m * s` of Q4_1
+                        // and Q5_1; the interleaved kernels keep it in f32: 2^-10 of |m| |x| per block apart.
+                        let s_rounding: f32 = if matches!(ty, Q4_1 | Q5_1) {
+                            let row = &wq[r * ty.row_bytes(cols).unwrap()..][..ty.row_bytes(cols).unwrap()];
+                            let xt = &x[t * cols..(t + 1) * cols];
+                            row.chunks_exact(ty.type_size())
+                                .zip(xt.chunks_exact(32))
+                                .map(|(b, xb)| {
+                                    let m = half::f16::from_le_bytes([b[2], b[3]]).to_f32();
+                                    m.abs() * xb.iter().map(|v| v.abs()).sum::<f32>() / 1024.0
+                                })
+                                .sum()
+                        } else {
+                            0.0
+                        };
+                        let tol = 1e-4 * (1.0 + w.abs()) + s_rounding;
+                        assert!((w - g).abs() <= tol, "{ty} n{n} t{t} r{r}: {w} vs {g}");
                     }
                     results.push(out);
                 }
