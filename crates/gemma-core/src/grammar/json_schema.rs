@@ -1045,6 +1045,18 @@ fn build_min_max_int(
     Err(())
 }
 
+/// Appends `c` as it may stand inside a GBNF character class after its first character. llama.cpp writes
+/// property names into classes as they are, so a name holding `]` made a grammar that neither parser reads
+/// (found by fuzzing); `]` is escaped. `\` and `-` are still written as llama.cpp writes them (the
+/// differential cases hold that text), although `[\]` and a `-` between two characters are misread.
+fn push_class_char(out: &mut String, c: char) {
+    if c == ']' {
+        out.push_str("\\]");
+    } else {
+        out.push(c);
+    }
+}
+
 /// Whether `rule` holds a repetition `{a,b}` with `a > b`.
 fn has_inverted_repetition(rule: &str) -> bool {
     rule.split('{').skip(1).any(|part| {
@@ -1524,7 +1536,14 @@ impl<'a> Converter<'a> {
                 if pos > 0 {
                     out.push_str(" | ");
                 }
-                let _ = write!(out, "[{c}]");
+                if c == '^' {
+                    // `[^]` would be the empty negated class.
+                    out.push_str("[\\x5E]");
+                } else {
+                    out.push('[');
+                    push_class_char(&mut out, c);
+                    out.push(']');
+                }
                 if nodes[child].children.is_empty() {
                     let _ = write!(out, " {char_rule}+");
                 } else {
@@ -1533,8 +1552,11 @@ impl<'a> Converter<'a> {
                 }
             } else {
                 if !node.children.is_empty() {
-                    let rejects: String = node.children.keys().collect();
-                    let _ = write!(out, " | [^\"{rejects}] {char_rule}*");
+                    out.push_str(" | [^\"");
+                    for &c in node.children.keys() {
+                        push_class_char(&mut out, c);
+                    }
+                    let _ = write!(out, "] {char_rule}*");
                 }
                 stack.pop();
                 if !stack.is_empty() {
@@ -1668,7 +1690,9 @@ impl<'a> Converter<'a> {
                     st.i += 1;
                 }
                 '*' | '+' | '?' => {
-                    let Some(last) = seq.last_mut() else {
+                    // Found by fuzzing: after a `|` (kept in the sequence as a bare `|`, as llama.cpp keeps it)
+                    // there is nothing to repeat either; `a|{2}` became the grammar text `|{2}`.
+                    let Some(last) = seq.last_mut().filter(|(text, literal)| *literal || text != "|") else {
                         return Err(PatternError::Invalid("nothing to repeat".into()));
                     };
                     *last = (format!("{}{c}", to_rule(std::mem::take(last))), false);
@@ -1686,7 +1710,9 @@ impl<'a> Converter<'a> {
                     let inside: String = st.chars[start..st.i].iter().collect();
                     st.i += 1;
                     let (min, max) = repetition_bounds(&inside)?;
-                    let Some(last) = seq.last_mut() else {
+                    // Found by fuzzing: after a `|` (kept in the sequence as a bare `|`, as llama.cpp keeps it)
+                    // there is nothing to repeat either; `a|{2}` became the grammar text `|{2}`.
+                    let Some(last) = seq.last_mut().filter(|(text, literal)| *literal || text != "|") else {
                         return Err(PatternError::Invalid("nothing to repeat".into()));
                     };
                     let item = if last.1 {
@@ -1773,6 +1799,10 @@ fn repetition_bounds(inside: &str) -> std::result::Result<(u64, Option<u64>), Pa
     };
     if min > MAX_REPETITION {
         return Err(PatternError::Limit(format!("repetition count {min} is above the limit of {MAX_REPETITION}")));
+    }
+    // Regex engines refuse `{6,5}`; written through, the grammar parser would refuse it later.
+    if let Some(max) = max.filter(|&max| max < min) {
+        return Err(PatternError::Invalid(format!("repetition {{{min},{max}}} has its maximum below its minimum")));
     }
     Ok((min, max))
 }
@@ -1993,6 +2023,17 @@ mod tests {
         for p in [r"^(a$", r"^a)$", r"^[abc$", r"^*a$", r"^{2}$", r"^a\$"] {
             bad_pattern(text(&serde_json::json!({"type": "string", "pattern": p}).to_string()));
         }
+        // found by fuzzing: a count range whose maximum is below its minimum was written through as `"a"{6,5}`,
+        // a grammar the grammar parser then refused
+        bad_pattern(text(r#"{"type": "string", "pattern": "^a{6,5}$"}"#));
+        bad_pattern(text(r#"{"type": "string", "pattern": "^(ab){3,0}$"}"#));
+        // found by fuzzing: a quantifier right after `|` repeated the `|` itself
+        bad_pattern(text(r#"{"type": "string", "pattern": "^a|{2,}b$"}"#));
+        bad_pattern(text(r#"{"type": "string", "pattern": "^(a|*)$"}"#));
+        let g = text(r#"{"type": "string", "pattern": "^a\\|{2}$"}"#).unwrap();
+        assert!(crate::grammar::Grammar::parse(&g).is_ok(), "{g}");
+        let g = text(r#"{"type": "string", "pattern": "^a{5,5}(ab){0,}c{,3}$"}"#).unwrap();
+        assert!(crate::grammar::Grammar::parse(&g).is_ok(), "{g}");
 
         // regex groups nested too deep fall back to any string
         let deep_groups = format!("^{}a{}$", "(".repeat(150), ")".repeat(150));
@@ -2031,5 +2072,29 @@ mod tests {
         let chain =
             format!(r##"{{"$ref": "#/$defs/d0", "$defs": {{{}, "d300": {{"type": "null"}}}}}}"##, defs.join(","));
         assert!(matches!(text(&chain), Err(JsonSchemaError::Limit(_))));
+    }
+
+    #[test]
+    fn property_names_are_escaped_in_character_classes() {
+        // Found by fuzzing: the names of known properties go into character classes (the additional properties'
+        // keys must differ from them), where `]` ended the class early and the grammar did not parse.
+        let schema = r#"{"type": "object", "properties": {"a]b": {"type": "number"}, "^": {"type": "number"},
+            "n\nl": {"type": "number"}}, "additionalProperties": {"type": "number"}}"#;
+        let g = text(schema).unwrap();
+        let grammar = crate::grammar::Grammar::parse(&g).unwrap_or_else(|e| panic!("{e}\n{g}"));
+        assert!(g.contains(r"[a] ([\]] ("), "{g}");
+        assert!(g.contains(r"[\x5E] char+"), "{g}");
+        assert!(!g.contains("[^]"), "{g}");
+        // An unknown key is allowed, a known one only with its own value rule.
+        let vocab = std::sync::Arc::new(crate::grammar::GrammarVocab::from_pieces(vec![b"x".to_vec()], vec![false]));
+        let accepts = |text: &str| {
+            let mut m = crate::grammar::GrammarMatcher::new(std::sync::Arc::new(grammar.clone()), vocab.clone());
+            m.accept_text(text.as_bytes()) && m.is_complete()
+        };
+        assert!(accepts(r#"{"a]b": 1, "zz": 3}"#));
+        assert!(accepts(r#"{"^": 1, "d": 2}"#));
+        assert!(accepts(r#"{"a]c": 1, "^^": 2}"#));
+        assert!(!accepts(r#"{"a]b": "text"}"#));
+        assert!(!accepts(r#"{"^": "text"}"#));
     }
 }

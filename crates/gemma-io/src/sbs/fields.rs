@@ -15,7 +15,8 @@
 //! Differences from gemma.cpp, all on data gemma.cpp itself would misread: a nested struct's stored size is checked
 //! against the enclosing struct's end (gemma.cpp checks against the end of the whole span), and unknown trailing
 //! words of a nested struct are skipped (gemma.cpp skips them only for the outermost struct, via
-//! `pos + extra_u32`). [`ReadResult::pos`] is therefore always just past the struct, unknown words included.
+//! `pos + extra_u32`), and a vector whose element count exceeds the words left in its struct is an error
+//! (gemma.cpp reads the absent elements as defaults, so 65,536 default elements could come from one word). [`ReadResult::pos`] is therefore always just past the struct, unknown words included.
 
 /// Longest string, in words (gemma.cpp refuses longer strings so that strings cannot carry arbitrary data).
 pub const MAX_STRING_WORDS: u32 = 64;
@@ -308,6 +309,19 @@ impl<'a> FieldVisitor<'a> {
             return self.fail(FieldsError::VectorTooLong { within, len: u64::from(n), pos });
         }
         if self.is_reading() {
+            // Every element takes at least one word, and a writer stores all of a vector's elements: a count
+            // beyond the enclosing struct's end is damage, and must not make a few words read as thousands of
+            // default elements.
+            let end = self.read_end();
+            if pos as u64 + 1 + u64::from(n) > end as u64 {
+                return self.fail(FieldsError::Truncated {
+                    within,
+                    what: "vector",
+                    pos,
+                    needed: u64::from(n) + 1,
+                    end,
+                });
+            }
             value.clear();
             value.resize_with(n as usize, T::default);
         }
@@ -469,4 +483,41 @@ pub fn bytes_to_words(bytes: &[u8]) -> Option<Vec<u32>> {
         return None;
     }
     Some(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct WithVec {
+        items: Vec<u32>,
+    }
+
+    impl Fields for WithVec {
+        fn name(&self) -> &'static str {
+            "WithVec"
+        }
+        fn visit_fields(&mut self, v: &mut FieldVisitor<'_>) {
+            v.visit(&mut self.items);
+        }
+    }
+
+    #[test]
+    fn vector_count_beyond_the_struct_is_an_error() {
+        // Found by fuzzing: a one-word struct whose vector count is the maximum read as 65,536 default elements
+        // (a damaged SBS config did this with the ViT layers, and the tensor registry then took seconds).
+        let mut f = WithVec::default();
+        let e = read_fields(&mut f, &[1, 65_536], 0).unwrap_err();
+        assert_eq!(e, FieldsError::Truncated { within: "WithVec", what: "vector", pos: 1, needed: 65_537, end: 2 });
+        // The count must fit the enclosing struct, not just the whole span.
+        let e = read_fields(&mut WithVec::default(), &[2, 2, 7, 8], 0).unwrap_err();
+        assert!(matches!(e, FieldsError::Truncated { what: "vector", .. }), "{e:?}");
+
+        let r = read_fields(&mut f, &[3, 2, 7, 8], 0).unwrap();
+        assert_eq!((r.pos, r.missing_fields, f.items.as_slice()), (4, 0, &[7, 8][..]));
+        // An empty vector, and a struct that ends before its vector (older data), are still fine.
+        assert_eq!(read_fields(&mut f, &[1, 0], 0).unwrap().missing_fields, 0);
+        assert_eq!(read_fields(&mut f, &[0], 0).unwrap().missing_fields, 1);
+    }
 }
