@@ -291,10 +291,8 @@ pub unsafe extern "C" fn gemma_chat_clear(chat: *mut GemmaChat) -> c_int {
 /// `chat` is NULL or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn gemma_chat_n_messages(chat: *const GemmaChat) -> c_int {
-    code_value(|| {
-        // SAFETY: NULL or a live handle by the contract.
-        Ok(unsafe { chat_ref(chat) }?.c_messages.len())
-    })
+    // SAFETY: NULL or a live handle by the contract.
+    unsafe { chat_info(chat, |c| c.c_messages.len()) }
 }
 
 /// Tokens the chat's KV cache holds now; a negative status if `chat` is NULL.
@@ -303,24 +301,19 @@ pub unsafe extern "C" fn gemma_chat_n_messages(chat: *const GemmaChat) -> c_int 
 /// `chat` is NULL or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn gemma_chat_context_used(chat: *const GemmaChat) -> c_int {
-    code_value(|| {
-        // SAFETY: NULL or a live handle by the contract.
-        Ok(unsafe { chat_ref(chat) }?.context_used())
-    })
+    // SAFETY: NULL or a live handle by the contract.
+    unsafe { chat_info(chat, GemmaChat::context_used) }
 }
 
-/// A count, or the status of its error.
-fn code_value(body: impl FnOnce() -> Result<usize, CapiError>) -> c_int {
-    let mut n = 0;
-    let status = code_call(|| {
-        n = body()?;
-        Ok(())
-    });
-    if status == 0 {
-        saturating_c_int(n)
-    } else {
-        status
-    }
+/// A count read off `chat`, or `GEMMA_ERR_INVALID_ARGUMENT` if it is NULL (as `model_info` for models).
+///
+/// # Safety
+/// `chat` is NULL or a live handle.
+unsafe fn chat_info(chat: *const GemmaChat, get: impl FnOnce(&GemmaChat) -> usize) -> c_int {
+    value_call(crate::Status::InvalidArgument as c_int, || {
+        // SAFETY: NULL or a live handle by the contract.
+        Ok(saturating_c_int(get(unsafe { chat_ref(chat) }?)))
+    })
 }
 
 /// Message `index` of the conversation; see `gemma.h`.

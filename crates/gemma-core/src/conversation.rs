@@ -75,15 +75,6 @@ impl<'m> Conversation<'m> {
         &self.messages
     }
 
-    pub fn template(&self) -> &ChatTemplate {
-        self.template
-    }
-
-    /// The options every turn generates with; `cancel` may be set from another thread to stop an answer.
-    pub fn options(&self) -> &GenerationOptions {
-        &self.options
-    }
-
     /// Tokens the context holds.
     pub fn context_len(&self) -> usize {
         self.session.context_len()
