@@ -95,6 +95,9 @@ pub enum Command {
     Logits(LogitsArgs),
     /// Chat with the model, turn by turn, keeping the context between turns (`/help` lists the commands).
     Chat(ChatArgs),
+    /// Measure the model's perplexity over a text, or its KL divergence from a base model's saved
+    /// log-probabilities, as llama.cpp's `llama-perplexity`.
+    Perplexity(crate::perplexity::PerplexityArgs),
     /// Show the CPU, the SIMD kernels chosen, the quantization types supported, the build features and the
     /// cached models.
     Sysinfo(SysinfoArgs),

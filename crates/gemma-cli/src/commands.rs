@@ -110,6 +110,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Logits(args)) => logits(&common, &args),
         Some(Command::Bench(args)) => crate::bench::bench(&common, &args),
         Some(Command::Chat(args)) => crate::chat::chat(&common, &args),
+        Some(Command::Perplexity(args)) => crate::perplexity::perplexity(&common, &args),
         Some(Command::Sysinfo(args)) => crate::sysinfo::sysinfo(&args),
         Some(Command::Serve(args)) => crate::serve::serve(&common, args),
         Some(Command::Client(args)) => crate::serve::client(&args),

@@ -28,6 +28,7 @@ mod chat;
 mod commands;
 mod convert;
 mod embed;
+mod perplexity;
 mod serve;
 mod sysinfo;
 

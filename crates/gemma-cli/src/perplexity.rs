@@ -1,0 +1,289 @@
+//! `gemma perplexity`: llama.cpp's `llama-perplexity` (perplexity over a text, saving log-probabilities as a
+//! base, KL divergence from a base), with the same chunking, the same numbers and the same base files.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use gemma_core::perplexity::{self, ChunkPlan, DivergenceStats, LogProbReader, LogProbWriter, NllStats, Scoring};
+
+use crate::commands::{usage, Common};
+
+#[derive(Args, Debug)]
+pub struct PerplexityArgs {
+    /// The text to score (`-` reads standard input); one trailing newline is dropped, as llama.cpp does.
+    #[arg(long, short = 'f', value_name = "FILE", conflicts_with = "prompt")]
+    pub file: Option<PathBuf>,
+    /// The text to score, given inline.
+    #[arg(long, short = 'p', value_name = "TEXT")]
+    pub prompt: Option<String>,
+    /// Tokens per chunk; the second half of each chunk is scored (default: --ctx if given, else 512).
+    #[arg(long = "ctx-size", short = 'c', value_name = "N")]
+    pub ctx_size: Option<usize>,
+    /// Score only the first N chunks.
+    #[arg(long, value_name = "N")]
+    pub chunks: Option<usize>,
+    /// Tokens per batch: chunks run side by side, `N / ctx-size` at a time. The results do not depend on it.
+    #[arg(long = "batch-size", short = 'b', default_value_t = 2048, value_name = "N")]
+    pub batch_size: usize,
+    /// Save every scored position's log-probabilities to FILE (llama.cpp's format), as the base of a later
+    /// `--kl-divergence` run; with `--kl-divergence`, the base to read.
+    #[arg(long = "kl-divergence-base", visible_alias = "save-all-logits", value_name = "FILE")]
+    pub kl_divergence_base: Option<PathBuf>,
+    /// Compare this model with the base saved in --kl-divergence-base (its tokens are scored; the text and
+    /// --ctx-size are not used).
+    #[arg(long = "kl-divergence", requires = "kl_divergence_base")]
+    pub kl_divergence: bool,
+    /// Print one JSON object with the results instead of llama.cpp's text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(crate) fn perplexity(common: &Common, args: &PerplexityArgs) -> Result<()> {
+    if args.batch_size == 0 {
+        return Err(usage("--batch-size must be at least 1"));
+    }
+    if args.chunks == Some(0) {
+        return Err(usage("--chunks must be at least 1"));
+    }
+    if args.kl_divergence {
+        if args.file.is_some() || args.prompt.is_some() || args.ctx_size.is_some() {
+            return Err(usage(
+                "--kl-divergence scores the tokens saved in the --kl-divergence-base file: drop --file, --prompt \
+                 and --ctx-size",
+            ));
+        }
+        return divergence(common, args);
+    }
+    let text = read_text(args)?;
+    let n_ctx = args.ctx_size.or(common.ctx).unwrap_or(512);
+    if n_ctx < 4 {
+        return Err(usage(format!("--ctx-size {n_ctx} scores nothing: use at least 4")));
+    }
+    let m = common.load()?;
+    let tokens = m.tokenizer.encode(&text, m.tokenizer.add_bos(), false);
+    let plan = ChunkPlan::new(tokens.len(), n_ctx, args.chunks, args.batch_size / n_ctx)?;
+    let bos = m.tokenizer.bos_id().filter(|_| m.tokenizer.add_bos());
+    eprintln!(
+        "perplexity: {} tokens, {} chunks of {}, {} at a time, {} threads",
+        tokens.len(),
+        plan.n_chunks,
+        plan.n_ctx,
+        plan.n_seq,
+        m.pool.n_threads()
+    );
+    let mut writer = match &args.kl_divergence_base {
+        Some(path) => Some(
+            LogProbWriter::create(path, &plan, m.model.config.vocab_size, &tokens)
+                .with_context(|| format!("cannot write {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let mut stats = NllStats::default();
+    let mut running = Vec::with_capacity(plan.n_chunks);
+    let mut out_err = None;
+    let start = Instant::now();
+    let json = args.json;
+    perplexity::run(
+        &m.model,
+        &m.pool,
+        &tokens,
+        bos,
+        &plan,
+        Scoring::Perplexity { stats: &mut stats, save: writer.as_mut() },
+        &mut |chunk, scoring| {
+            let Scoring::Perplexity { stats, .. } = scoring else { return };
+            if chunk + 1 == plan.n_seq.min(plan.n_chunks) {
+                report_eta(&start, &plan);
+            }
+            running.push(stats.perplexity());
+            if !json && out_err.is_none() {
+                out_err = out!("[{}]{:.4},", chunk + 1, stats.perplexity()).err();
+            }
+        },
+    )?;
+    if let Some(e) = out_err {
+        return Err(e.into());
+    }
+    if let Some(w) = writer {
+        w.finish().context("cannot save the log-probabilities")?;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    if json {
+        let report = serde_json::json!({
+            "n_ctx": plan.n_ctx,
+            "chunks": plan.n_chunks,
+            "tokens": tokens.len(),
+            "scored": stats.count,
+            "ppl": stats.perplexity(),
+            "ppl_error": stats.perplexity_error(),
+            "running_ppl": running,
+            "seconds": seconds,
+        });
+        outln!("{report}")?;
+    } else {
+        outln!()?;
+        match stats.perplexity_error() {
+            Some(e) => outln!("Final estimate: PPL = {:.4} +/- {:.5}", stats.perplexity(), e)?,
+            None => outln!("Final estimate: PPL = {:.4}", stats.perplexity())?,
+        }
+    }
+    eprintln!(
+        "perplexity: {} positions scored in {:.2} s ({:.1} tokens/s)",
+        stats.count,
+        seconds,
+        (plan.n_chunks * plan.n_ctx) as f64 / seconds
+    );
+    if let Some(path) = &args.kl_divergence_base {
+        eprintln!("perplexity: log-probabilities saved to {}", path.display());
+    }
+    Ok(())
+}
+
+fn divergence(common: &Common, args: &PerplexityArgs) -> Result<()> {
+    let path = args.kl_divergence_base.as_deref().context("--kl-divergence needs --kl-divergence-base")?;
+    let mut base = LogProbReader::open(path).context("cannot read the base log-probabilities")?;
+    let m = common.load()?;
+    let n_vocab = m.model.config.vocab_size;
+    if base.n_vocab != n_vocab {
+        anyhow::bail!(
+            "{} was saved with a vocabulary of {} tokens; this model has {n_vocab}: the two models do not share a \
+             tokenizer",
+            path.display(),
+            base.n_vocab
+        );
+    }
+    let n_chunks = args.chunks.map_or(base.n_chunks, |c| c.min(base.n_chunks));
+    let plan = ChunkPlan { n_ctx: base.n_ctx, n_chunks, n_seq: (args.batch_size / base.n_ctx).max(1) };
+    let tokens = base.tokens.clone();
+    let bos = m.tokenizer.bos_id().filter(|_| m.tokenizer.add_bos());
+    eprintln!(
+        "kl-divergence: {} chunks of {} from {}, {} at a time, {} threads",
+        plan.n_chunks,
+        plan.n_ctx,
+        path.display(),
+        plan.n_seq,
+        m.pool.n_threads()
+    );
+    let mut stats = DivergenceStats::default();
+    let mut out_err = None;
+    let start = Instant::now();
+    let json = args.json;
+    if !json {
+        outln!(
+            "chunk             PPL               ln(PPL(Q)/PPL(base))          KL Divergence              Δp RMS            Same top p"
+        )?;
+    }
+    perplexity::run(
+        &m.model,
+        &m.pool,
+        &tokens,
+        bos,
+        &plan,
+        Scoring::Divergence { stats: &mut stats, base: &mut base },
+        &mut |chunk, scoring| {
+            let Scoring::Divergence { stats, .. } = scoring else { return };
+            if chunk + 1 == plan.n_seq.min(plan.n_chunks) {
+                report_eta(&start, &plan);
+            }
+            if json || out_err.is_some() {
+                return;
+            }
+            let (ppl, ratio, kld, rms, top) =
+                (stats.ppl(), stats.ln_ppl_ratio(), stats.kld_mean(), stats.p_diff_rms(), stats.same_top());
+            out_err = outln!(
+                "{:4}    {:9.4} ± {:9.4}    {:10.5} ± {:10.5}    {:10.5} ± {:10.5}    {:6.3} ± {:6.3} %    {:6.3} ± {:6.3} %",
+                chunk + 1,
+                ppl.value,
+                ppl.error,
+                ratio.value,
+                ratio.error,
+                kld.value,
+                kld.error,
+                100.0 * rms.value,
+                100.0 * rms.error,
+                100.0 * top.value,
+                100.0 * top.error
+            )
+            .err();
+        },
+    )?;
+    if let Some(e) = out_err {
+        return Err(e.into());
+    }
+    let s = stats.summary();
+    if json {
+        let mut report = serde_json::to_value(&s)?;
+        report["n_ctx"] = plan.n_ctx.into();
+        report["chunks"] = plan.n_chunks.into();
+        report["seconds"] = start.elapsed().as_secs_f64().into();
+        outln!("{report}")?;
+        return Ok(());
+    }
+    print_summary(&s)?;
+    Ok(())
+}
+
+/// llama.cpp's closing tables.
+fn print_summary(s: &perplexity::DivergenceSummary) -> std::io::Result<()> {
+    let pct = |f: f64| match f {
+        0.0 => "Minimum".to_string(),
+        1.0 => "Maximum".to_string(),
+        0.5 => "Median ".to_string(),
+        _ => format!("{:4.1}%  ", 100.0 * f),
+    };
+    outln!()?;
+    outln!("====== Perplexity statistics ======")?;
+    outln!("Mean PPL(Q)                   : {:10.6} ± {:10.6}", s.ppl.value, s.ppl.error)?;
+    outln!("Mean PPL(base)                : {:10.6} ± {:10.6}", s.ppl_base.value, s.ppl_base.error)?;
+    outln!("Cor(ln(PPL(Q)), ln(PPL(base))): {:6.2}%", 100.0 * s.ln_ppl_correlation)?;
+    outln!("Mean ln(PPL(Q)/PPL(base))     : {:10.6} ± {:10.6}", s.ln_ppl_ratio.value, s.ln_ppl_ratio.error)?;
+    outln!("Mean PPL(Q)/PPL(base)         : {:10.6} ± {:10.6}", s.ppl_ratio.value, s.ppl_ratio.error)?;
+    outln!("Mean PPL(Q)-PPL(base)         : {:10.6} ± {:10.6}", s.ppl_diff.value, s.ppl_diff.error)?;
+    outln!()?;
+    outln!("====== KL divergence statistics ======")?;
+    outln!("Mean    KLD: {:10.6} ± {:10.6}", s.kld_mean.value, s.kld_mean.error)?;
+    for &(f, v) in s.kld_percentiles.iter().rev() {
+        outln!("{} KLD: {:10.6}", pct(f), v)?;
+    }
+    outln!()?;
+    outln!("====== Token probability statistics ======")?;
+    outln!("Mean    Δp: {:6.3} ± {:5.3} %", 100.0 * s.p_diff_mean.value, 100.0 * s.p_diff_mean.error)?;
+    for &(f, v) in s.p_diff_percentiles.iter().rev() {
+        outln!("{} Δp: {:6.3}%", pct(f), 100.0 * v)?;
+    }
+    outln!("RMS Δp    : {:6.3} ± {:5.3} %", 100.0 * s.p_diff_rms.value, 100.0 * s.p_diff_rms.error)?;
+    outln!("Same top p: {:6.3} ± {:5.3} %", 100.0 * s.same_top.value, 100.0 * s.same_top.error)?;
+    Ok(())
+}
+
+/// After the first chunk: seconds per chunk and the time left, on stderr.
+fn report_eta(start: &Instant, plan: &ChunkPlan) {
+    let per_group = start.elapsed().as_secs_f64();
+    let groups = plan.n_chunks.div_ceil(plan.n_seq);
+    eprintln!(
+        "perplexity: {:.2} seconds per pass of {} chunks - ETA {:.2} minutes",
+        per_group,
+        plan.n_seq.min(plan.n_chunks),
+        per_group * groups.saturating_sub(1) as f64 / 60.0
+    );
+}
+
+fn read_text(args: &PerplexityArgs) -> Result<String> {
+    let mut text = match (&args.file, &args.prompt) {
+        (Some(path), _) if path.as_os_str() == "-" => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).context("cannot read standard input")?;
+            s
+        }
+        (Some(path), _) => std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
+        (None, Some(p)) => p.clone(),
+        (None, None) => return Err(usage("give the text to score: --file FILE (or - for standard input) or --prompt")),
+    };
+    if text.ends_with('\n') {
+        text.pop();
+    }
+    Ok(text)
+}

@@ -1,0 +1,146 @@
+//! `gemma perplexity` through the binary on the default model: llama-perplexity's output lines, `--json`,
+//! a saved base compared with itself, and clear errors for bad input (nothing left behind).
+
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+const TEXT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/perplexity/lighthouses.txt");
+
+fn model() -> &'static str {
+    static MODEL: OnceLock<String> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        gemma_fetch::resolve_model(gemma_fetch::DEFAULT_MODEL).expect("default model").display().to_string()
+    })
+}
+
+fn gemma(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gemma"))
+        .args(["perplexity", "-m", model(), "--threads", "2"])
+        .args(args)
+        .output()
+        .expect("run gemma")
+}
+
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).expect("utf-8 stdout")
+}
+
+fn fails(o: Output) -> (i32, String) {
+    assert!(!o.status.success(), "succeeded: {}", String::from_utf8_lossy(&o.stdout));
+    (o.status.code().expect("an exit code"), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+#[test]
+fn prints_llama_cpp_lines_and_json() {
+    let text = ok(gemma(&["-f", TEXT, "-c", "64", "--chunks", "3"]));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let running: Vec<f64> = lines[0]
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .enumerate()
+        .map(|(i, s)| {
+            let (n, v) = s.strip_prefix('[').and_then(|s| s.split_once(']')).expect("[n]value");
+            assert_eq!(n, (i + 1).to_string());
+            v.parse().unwrap()
+        })
+        .collect();
+    assert_eq!(running.len(), 3);
+    let final_line = lines[1].strip_prefix("Final estimate: PPL = ").expect(lines[1]);
+    let (ppl, err) = final_line.split_once(" +/- ").unwrap();
+    assert_eq!(ppl, format!("{:.4}", running[2]));
+    assert!(err.parse::<f64>().unwrap() > 0.0);
+
+    let json: Value = serde_json::from_str(&ok(gemma(&["-f", TEXT, "-c", "64", "--chunks", "3", "--json"]))).unwrap();
+    assert_eq!(
+        (json["n_ctx"].as_u64(), json["chunks"].as_u64(), json["scored"].as_u64()),
+        (Some(64), Some(3), Some(93))
+    );
+    assert_eq!(format!("{:.4}", json["ppl"].as_f64().unwrap()), ppl);
+    assert_eq!(json["running_ppl"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn a_saved_base_compares_to_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.kld");
+    let base = base.to_str().unwrap();
+    let saved: Value = serde_json::from_str(&ok(gemma(&[
+        "-f",
+        TEXT,
+        "-c",
+        "32",
+        "--chunks",
+        "2",
+        "--kl-divergence-base",
+        base,
+        "--json",
+    ])))
+    .unwrap();
+    let text = ok(gemma(&["--kl-divergence", "--kl-divergence-base", base]));
+    assert!(text.starts_with("chunk             PPL"), "{text}");
+    for needle in ["Mean PPL(Q)", "Mean    KLD:", "Maximum KLD:", "Median  KLD:", "RMS Δp    :", "Same top p: 100.000"]
+    {
+        assert!(text.contains(needle), "{needle} missing from {text}");
+    }
+    let json: Value =
+        serde_json::from_str(&ok(gemma(&["--kl-divergence", "--kl-divergence-base", base, "--json"]))).unwrap();
+    assert_eq!(json["count"].as_u64(), Some(30));
+    assert!(json["kld_mean"]["value"].as_f64().unwrap().abs() < 1e-5, "{json}");
+    assert!((json["ppl"]["value"].as_f64().unwrap() - saved["ppl"].as_f64().unwrap()).abs() < 1e-9);
+    // --kl-divergence reads its tokens from the base: a text or a chunk length is a usage error.
+    let (code, err) = fails(gemma(&["--kl-divergence", "--kl-divergence-base", base, "-f", TEXT]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("drop --file"), "{err}");
+}
+
+#[test]
+fn bad_input_gives_clear_errors_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.kld");
+    let base_s = base.to_str().unwrap();
+
+    let (code, err) = fails(gemma(&["-p", "Too short to score.", "--kl-divergence-base", base_s]));
+    assert_eq!(code, 1);
+    assert!(err.contains("needs at least 1024"), "{err}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no base file, no temporary file");
+
+    let (code, err) = fails(gemma(&["-f", "/nonexistent/text.txt"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot read /nonexistent/text.txt"), "{err}");
+
+    let (code, err) = fails(gemma(&["-f", TEXT, "-c", "2"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("--ctx-size 2 scores nothing"), "{err}");
+
+    let (code, err) = fails(gemma(&[]));
+    assert_eq!(code, 2);
+    assert!(err.contains("give the text to score"), "{err}");
+
+    let (code, err) = fails(gemma(&["--kl-divergence"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--kl-divergence-base"), "{err}");
+
+    std::fs::write(&base, b"not a base file at all").unwrap();
+    let (code, err) = fails(gemma(&["--kl-divergence", "--kl-divergence-base", base_s]));
+    assert_eq!(code, 1);
+    assert!(err.contains("not a file of log-probabilities"), "{err}");
+
+    let (code, err) = fails(gemma(&["--kl-divergence", "--kl-divergence-base", "/nonexistent/base.kld"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent/base.kld"), "{err}");
+
+    // A base saved by a model with another vocabulary (SmolLM2's 49,152 tokens) cannot be compared.
+    let smol = gemma_fetch::resolve_model("smollm2-135m-instruct").expect("SmolLM2 model").display().to_string();
+    let o = Command::new(env!("CARGO_BIN_EXE_gemma"))
+        .args(["perplexity", "-m", &smol, "-f", TEXT, "-c", "16", "--chunks", "2", "--kl-divergence-base", base_s])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (code, err) = fails(gemma(&["--kl-divergence", "--kl-divergence-base", base_s]));
+    assert_eq!(code, 1);
+    assert!(err.contains("vocabulary of 49152 tokens; this model has 262144"), "{err}");
+}

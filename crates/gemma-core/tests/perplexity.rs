@@ -1,0 +1,194 @@
+//! `gemma_core::perplexity` on the default model: llama-perplexity's numbers on the same text, the scoring
+//! equal to plain forward passes, and base files that compare a model with itself to zero divergence.
+mod common;
+
+use common::default_model;
+use gemma_core::perplexity::{
+    self, log_prob_row_len, ChunkPlan, DivergenceStats, LogProbReader, LogProbWriter, NllStats, Scoring,
+};
+use gemma_core::{Batch, Model};
+use gemma_ops::ThreadPool;
+use serde::Deserialize;
+
+const TEXT: &str = include_str!("../../../testdata/perplexity/lighthouses.txt");
+const GOLDENS: &str = include_str!("../../../testdata/goldens/gemma3_270m_llama_perplexity.json");
+
+#[derive(Deserialize)]
+struct Goldens {
+    runs: Vec<GoldenRun>,
+}
+
+#[derive(Deserialize)]
+struct GoldenRun {
+    n_ctx: usize,
+    flash_attention_on: LlamaResult,
+    flash_attention_off: LlamaResult,
+}
+
+#[derive(Deserialize)]
+struct LlamaResult {
+    chunks: usize,
+    running_ppl: Vec<f64>,
+    ppl: f64,
+}
+
+/// The text's tokens as llama-perplexity reads `-f`: one trailing newline dropped, BOS added, special
+/// tokens not parsed.
+fn text_tokens() -> Vec<u32> {
+    let m = default_model();
+    let text = TEXT.strip_suffix('\n').unwrap_or(TEXT);
+    m.tokenizer.encode(text, m.tokenizer.add_bos(), false)
+}
+
+fn bos() -> Option<u32> {
+    let t = &default_model().tokenizer;
+    t.bos_id().filter(|_| t.add_bos())
+}
+
+/// Perplexity of `plan`, and the running value after each chunk.
+fn run_perplexity(model: &Model, pool: &ThreadPool, tokens: &[u32], plan: &ChunkPlan) -> (NllStats, Vec<f64>) {
+    let mut stats = NllStats::default();
+    let mut running = Vec::new();
+    perplexity::run(
+        model,
+        pool,
+        tokens,
+        bos(),
+        plan,
+        Scoring::Perplexity { stats: &mut stats, save: None },
+        &mut |chunk, s| {
+            let Scoring::Perplexity { stats, .. } = s else { unreachable!() };
+            assert_eq!(chunk, running.len(), "chunks are reported in order");
+            running.push(stats.perplexity());
+        },
+    )
+    .expect("perplexity runs");
+    (stats, running)
+}
+
+/// llama.cpp's two attention paths (flash attention on and off) land up to 4% apart on a chunk of this
+/// 270M model; ours must land inside the range they span, widened by 2% (1% for the whole text).
+#[test]
+fn perplexity_lands_where_llama_cpp_does() {
+    let m = default_model();
+    let goldens: Goldens = serde_json::from_str(GOLDENS).unwrap();
+    let tokens = text_tokens();
+    for run in &goldens.runs {
+        let (on, off) = (&run.flash_attention_on, &run.flash_attention_off);
+        let plan = ChunkPlan::new(tokens.len(), run.n_ctx, None, 4).unwrap();
+        assert_eq!(plan.n_chunks, on.chunks, "n_ctx {}: the same chunks as llama.cpp", run.n_ctx);
+        let (stats, running) = run_perplexity(&m.model, &m.pool, &tokens, &plan);
+        assert_eq!(stats.count, plan.n_chunks * (run.n_ctx - 1 - run.n_ctx / 2));
+        for (i, ours) in running.iter().enumerate() {
+            let (a, b) = (on.running_ppl[i], off.running_ppl[i]);
+            let (lo, hi) = (a.min(b) * 0.98, a.max(b) * 1.02);
+            assert!((lo..=hi).contains(ours), "n_ctx {} chunk {}: {ours} outside {lo}..{hi}", run.n_ctx, i + 1);
+        }
+        let (lo, hi) = (on.ppl.min(off.ppl) * 0.99, on.ppl.max(off.ppl) * 1.01);
+        assert!((lo..=hi).contains(&stats.perplexity()), "n_ctx {}: {}", run.n_ctx, stats.perplexity());
+        println!("n_ctx {}: {} (llama.cpp {} / {})", run.n_ctx, stats.perplexity(), on.ppl, off.ppl);
+    }
+}
+
+/// The scored rows are exactly those of plain forward passes over each chunk (first token BOS), positions
+/// `n_ctx/2 .. n_ctx-1` predicting the next token, and running chunks side by side changes no bit.
+#[test]
+fn scoring_is_the_log_softmax_of_plain_forward_passes() {
+    let m = default_model();
+    let tokens = text_tokens();
+    let plan = ChunkPlan::new(tokens.len(), 32, Some(3), 1).unwrap();
+    let (stats, _) = run_perplexity(&m.model, &m.pool, &tokens, &plan);
+    let mut expected = 0f64;
+    for c in 0..plan.n_chunks {
+        let mut ids = tokens[c * 32..(c + 1) * 32].to_vec();
+        ids[0] = bos().unwrap();
+        let mut cache = m.model.new_cache(32);
+        let logits = m.model.forward(&Batch::sequence(&ids, 0, 0, true), std::slice::from_mut(&mut cache), &m.pool);
+        let logits = logits.unwrap();
+        for pos in 16..31 {
+            let row = logits.row(pos);
+            let max = row.iter().fold(f64::MIN, |a, &b| a.max(b as f64));
+            let lse = max + row.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
+            expected += lse - row[tokens[c * 32 + pos + 1] as usize] as f64;
+        }
+    }
+    assert_eq!(stats.count, 3 * 15);
+    assert!((stats.sum - expected).abs() < 1e-4 * expected, "{} vs {expected}", stats.sum);
+    for n_seq in [2, 3] {
+        let side_by_side = ChunkPlan { n_seq, ..plan };
+        assert_eq!(run_perplexity(&m.model, &m.pool, &tokens, &side_by_side).0, stats, "{n_seq} side by side");
+    }
+}
+
+/// A base saved by one run and read back by a run of the same model: the same tokens, the same perplexity,
+/// no divergence beyond the 16-bit rounding of the saved log-probabilities.
+#[test]
+fn a_saved_base_compares_to_itself_with_no_divergence() {
+    let m = default_model();
+    let tokens = text_tokens();
+    let plan = ChunkPlan::new(tokens.len(), 64, Some(2), 2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("base.bin");
+    let mut writer = LogProbWriter::create(&path, &plan, m.model.config.vocab_size, &tokens).unwrap();
+    let mut saved = NllStats::default();
+    perplexity::run(
+        &m.model,
+        &m.pool,
+        &tokens,
+        bos(),
+        &plan,
+        Scoring::Perplexity { stats: &mut saved, save: Some(&mut writer) },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    writer.finish().unwrap();
+    let vocab = m.model.config.vocab_size;
+    let rows = 2 * (64 - 1 - 32);
+    assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, 20 + 4 * 128 + 2 * rows * log_prob_row_len(vocab));
+
+    let mut base = LogProbReader::open(&path).unwrap();
+    assert_eq!((base.n_ctx, base.n_vocab, base.n_chunks), (64, vocab, 2));
+    assert_eq!(base.tokens, tokens[..128]);
+    let base_tokens = base.tokens.clone();
+    let mut stats = DivergenceStats::default();
+    perplexity::run(
+        &m.model,
+        &m.pool,
+        &base_tokens,
+        bos(),
+        &ChunkPlan { n_seq: 1, ..plan },
+        Scoring::Divergence { stats: &mut stats, base: &mut base },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let s = stats.summary();
+    assert_eq!(s.count, rows);
+    assert_eq!(stats.nll, saved, "the same model gives the same perplexity");
+    assert!(s.kld_mean.value.abs() < 1e-5, "{:?}", s.kld_mean);
+    assert_eq!(s.same_top.value, 1.0);
+    assert!(s.ln_ppl_ratio.value.abs() < 1e-4, "{:?}", s.ln_ppl_ratio);
+    assert!(s.p_diff_rms.value < 1e-4, "{:?}", s.p_diff_rms);
+}
+
+#[test]
+fn short_texts_and_small_contexts_are_errors() {
+    let m = default_model();
+    let tokens = text_tokens();
+    let err = ChunkPlan::new(tokens.len(), 512, None, 1).unwrap_err();
+    assert!(err.to_string().contains("needs at least 1024"), "{err}");
+    assert!(ChunkPlan::new(tokens.len(), 2, None, 1).is_err());
+    let too_long = ChunkPlan { n_ctx: m.model.config.context_length + 1, n_chunks: 1, n_seq: 1 };
+    let mut stats = NllStats::default();
+    let long_tokens = vec![2u32; too_long.n_ctx];
+    let err = perplexity::run(
+        &m.model,
+        &m.pool,
+        &long_tokens,
+        bos(),
+        &too_long,
+        Scoring::Perplexity { stats: &mut stats, save: None },
+        &mut |_, _| {},
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("more than the model's"), "{err}");
+}
