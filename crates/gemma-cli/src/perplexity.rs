@@ -3,11 +3,15 @@
 
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use gemma_core::perplexity::{self, ChunkPlan, DivergenceStats, LogProbReader, LogProbWriter, NllStats, Scoring};
+use gemma_core::perplexity::{
+    self, ChunkPlan, DivergenceStats, LogProbReader, LogProbWriter, NllStats, PerplexityError, Scoring,
+};
 
 use crate::commands::{usage, Common};
 
@@ -86,7 +90,8 @@ pub(crate) fn perplexity(common: &Common, args: &PerplexityArgs) -> Result<()> {
     let mut out_err = None;
     let start = Instant::now();
     let json = args.json;
-    perplexity::run(
+    let cancel = cancel_on_ctrl_c()?;
+    let result = perplexity::run(
         &m.model,
         &m.pool,
         &tokens,
@@ -103,7 +108,13 @@ pub(crate) fn perplexity(common: &Common, args: &PerplexityArgs) -> Result<()> {
                 out_err = out!("[{}]{:.4},", chunk + 1, stats.perplexity()).err();
             }
         },
-    )?;
+        Some(&*cancel),
+    );
+    if let Err(PerplexityError::Cancelled) = result {
+        drop(writer);
+        interrupted();
+    }
+    result?;
     if let Some(e) = out_err {
         return Err(e.into());
     }
@@ -176,7 +187,8 @@ fn divergence(common: &Common, args: &PerplexityArgs) -> Result<()> {
             "chunk             PPL               ln(PPL(Q)/PPL(base))          KL Divergence              Δp RMS            Same top p"
         )?;
     }
-    perplexity::run(
+    let cancel = cancel_on_ctrl_c()?;
+    let result = perplexity::run(
         &m.model,
         &m.pool,
         &tokens,
@@ -209,7 +221,12 @@ fn divergence(common: &Common, args: &PerplexityArgs) -> Result<()> {
             )
             .err();
         },
-    )?;
+        Some(&*cancel),
+    );
+    if let Err(PerplexityError::Cancelled) = result {
+        interrupted();
+    }
+    result?;
     if let Some(e) = out_err {
         return Err(e.into());
     }
@@ -257,6 +274,21 @@ fn print_summary(s: &perplexity::DivergenceSummary) -> std::io::Result<()> {
     outln!("RMS Δp    : {:6.3} ± {:5.3} %", 100.0 * s.p_diff_rms.value, 100.0 * s.p_diff_rms.error)?;
     outln!("Same top p: {:6.3} ± {:5.3} %", 100.0 * s.same_top.value, 100.0 * s.same_top.error)?;
     Ok(())
+}
+
+/// A flag Ctrl-C sets, so a run stops between two passes and a base file in progress is removed, not left
+/// half written.
+fn cancel_on_ctrl_c() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    ctrlc::set_handler(move || set.store(true, Ordering::Relaxed)).context("cannot install the Ctrl-C handler")?;
+    Ok(flag)
+}
+
+/// A cancelled run exits as an interrupted command does (130).
+fn interrupted() -> ! {
+    eprintln!("\nperplexity: interrupted");
+    std::process::exit(130)
 }
 
 /// After the first chunk: seconds per chunk and the time left, on stderr.

@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use gemma_ops::vector::exp_fast;
@@ -40,6 +41,8 @@ pub enum PerplexityError {
     LogProbFile { path: PathBuf, message: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("stopped before the end")]
+    Cancelled,
     #[error(transparent)]
     Model(#[from] ModelError),
 }
@@ -545,7 +548,9 @@ pub enum Scoring<'a> {
 
 /// Runs the chunks of `tokens` laid out by `plan` and scores every row, calling `on_chunk(chunk)` once a
 /// chunk's rows are all counted. `bos` replaces each chunk's first token, as llama.cpp does when the model
-/// adds a BOS token.
+/// adds a BOS token. Setting `cancel` stops the run between two forward passes with
+/// [`PerplexityError::Cancelled`] (a base file being written is then dropped unfinished, so it leaves nothing).
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     model: &Model,
     pool: &ThreadPool,
@@ -554,6 +559,7 @@ pub fn run(
     plan: &ChunkPlan,
     mut scoring: Scoring<'_>,
     on_chunk: &mut dyn FnMut(usize, &Scoring<'_>),
+    cancel: Option<&AtomicBool>,
 ) -> Result<(), PerplexityError> {
     if model.is_embedding_model() {
         return Err(PerplexityError::EmbeddingModel(model.config.name.clone()));
@@ -589,6 +595,9 @@ pub fn run(
         }
         let mut rest = &all[..];
         while !rest.is_empty() {
+            if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                return Err(PerplexityError::Cancelled);
+            }
             let mut n = 0;
             let mut rows = 0;
             while n < rest.len() && n < TOKENS_PER_PASS && rows < ROWS_PER_PASS {

@@ -61,6 +61,7 @@ fn run_perplexity(model: &Model, pool: &ThreadPool, tokens: &[u32], plan: &Chunk
             assert_eq!(chunk, running.len(), "chunks are reported in order");
             running.push(stats.perplexity());
         },
+        None,
     )
     .expect("perplexity runs");
     (stats, running)
@@ -139,6 +140,7 @@ fn a_saved_base_compares_to_itself_with_no_divergence() {
         &plan,
         Scoring::Perplexity { stats: &mut saved, save: Some(&mut writer) },
         &mut |_, _| {},
+        None,
     )
     .unwrap();
     writer.finish().unwrap();
@@ -159,6 +161,7 @@ fn a_saved_base_compares_to_itself_with_no_divergence() {
         &ChunkPlan { n_seq: 1, ..plan },
         Scoring::Divergence { stats: &mut stats, base: &mut base },
         &mut |_, _| {},
+        None,
     )
     .unwrap();
     let s = stats.summary();
@@ -188,7 +191,42 @@ fn short_texts_and_small_contexts_are_errors() {
         &too_long,
         Scoring::Perplexity { stats: &mut stats, save: None },
         &mut |_, _| {},
+        None,
     )
     .unwrap_err();
     assert!(err.to_string().contains("more than the model's"), "{err}");
+}
+
+/// A run stopped by its cancel flag (Ctrl-C in the CLI) returns `Cancelled` after the chunk in progress, and
+/// the base file it was writing, dropped unfinished, leaves nothing behind.
+#[test]
+fn a_cancelled_run_stops_and_leaves_no_base_file() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let m = default_model();
+    let tokens = text_tokens();
+    let plan = ChunkPlan::new(tokens.len(), 32, Some(4), 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer =
+        LogProbWriter::create(&dir.path().join("base.kld"), &plan, m.model.config.vocab_size, &tokens).unwrap();
+    let cancel = AtomicBool::new(false);
+    let mut stats = NllStats::default();
+    let mut chunks_done = 0;
+    let err = perplexity::run(
+        &m.model,
+        &m.pool,
+        &tokens,
+        bos(),
+        &plan,
+        Scoring::Perplexity { stats: &mut stats, save: Some(&mut writer) },
+        &mut |_, _| {
+            chunks_done += 1;
+            cancel.store(true, Ordering::Relaxed);
+        },
+        Some(&cancel),
+    )
+    .unwrap_err();
+    assert!(matches!(err, perplexity::PerplexityError::Cancelled), "{err}");
+    assert_eq!(chunks_done, 1);
+    drop(writer);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }

@@ -445,13 +445,13 @@ fn compressed_files_diverge_from_f32_as_measured() {
     let mut writer = LogProbWriter::create(&path, &plan, f32_model().config.vocab_size, &tokens).unwrap();
     let mut base_stats = NllStats::default();
     let save = Scoring::Perplexity { stats: &mut base_stats, save: Some(&mut writer) };
-    perplexity::run(f32_model(), pool(), &tokens, bos, &plan, save, &mut |_, _| {}).unwrap();
+    perplexity::run(f32_model(), pool(), &tokens, bos, &plan, save, &mut |_, _| {}, None).unwrap();
     writer.finish().unwrap();
     let divergence = |model: &Model| {
         let mut base = LogProbReader::open(&path).unwrap();
         let mut stats = DivergenceStats::default();
         let scoring = Scoring::Divergence { stats: &mut stats, base: &mut base };
-        perplexity::run(model, pool(), &tokens, bos, &plan, scoring, &mut |_, _| {}).unwrap();
+        perplexity::run(model, pool(), &tokens, bos, &plan, scoring, &mut |_, _| {}, None).unwrap();
         stats.summary()
     };
     let (sfp, i8) = (divergence(sfp_model()), divergence(i8_model()));
