@@ -28,6 +28,7 @@ mod chat;
 mod commands;
 mod convert;
 mod embed;
+mod quantize;
 mod serve;
 mod sysinfo;
 

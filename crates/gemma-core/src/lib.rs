@@ -11,6 +11,7 @@ pub mod generate;
 pub mod grammar;
 pub mod kv_cache;
 pub mod model;
+pub mod quantize;
 pub mod random;
 pub mod sampling;
 pub mod stop;
