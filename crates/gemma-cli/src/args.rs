@@ -111,6 +111,8 @@ pub enum Command {
     Migrate(crate::convert::MigrateArgs),
     /// Compare two SBS files blob by blob (tensors: max/mean abs difference and number of differing values).
     BlobCompare(crate::convert::BlobCompareArgs),
+    /// Quantize a GGUF file as llama.cpp's llama-quantize does, to the same bytes (no importance matrix).
+    Quantize(crate::quantize::QuantizeArgs),
 }
 
 #[derive(Args, Debug, Clone, Default)]

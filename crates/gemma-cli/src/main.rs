@@ -29,6 +29,7 @@ mod commands;
 mod convert;
 mod embed;
 mod perplexity;
+mod quantize;
 mod serve;
 mod sysinfo;
 

@@ -364,7 +364,8 @@ fn make_qkx2_quants(
 }
 
 /// Symmetric quants in `-nmax..nmax` (stored +nmax) with x^2-weighted scale search (llama.cpp's
-/// make_qx_quants with rmse_type 1 and no importance weights).
+/// make_qx_quants with rmse_type 1 and no importance weights). Sums are formed in ggml's order, `(w * l) * l` in
+/// f32 rather than `w * (l * l)`, so the chosen scale is bit-for-bit llama-quantize's.
 fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
     let (mut amax, mut max) = (0.0f32, 0.0f32);
     for &v in x {
@@ -385,7 +386,7 @@ fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
         l[i] = (q + nmax) as i8;
         let w = v * v;
         sumlx += w * v * q as f32;
-        suml2 += w * (q * q) as f32;
+        suml2 += w * q as f32 * q as f32;
     }
     let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
     let mut best = scale * sumlx;
@@ -399,7 +400,7 @@ fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
             let q = quant(iscale, v);
             let w = v * v;
             sumlx += w * v * q as f32;
-            suml2 += w * (q * q) as f32;
+            suml2 += w * q as f32 * q as f32;
         }
         if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
             for (i, &v) in x.iter().enumerate() {
@@ -433,7 +434,7 @@ fn make_q3_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
         l[i] = q as i8;
         let w = x[i] * x[i];
         sumlx += w * x[i] * q as f32;
-        suml2 += w * (q * q) as f32;
+        suml2 += w * q as f32 * q as f32;
     }
     for _ in 0..5 {
         let mut n_changed = 0;
@@ -446,7 +447,7 @@ fn make_q3_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
                 let new_l = nearest_int(x[i] * sl2 / slx).clamp(-nmax, nmax - 1);
                 if new_l != l[i] as i32 {
                     slx += w * x[i] * new_l as f32;
-                    sl2 += w * (new_l * new_l) as f32;
+                    sl2 += w * new_l as f32 * new_l as f32;
                     if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 {
                         l[i] = new_l as i8;
                         sumlx = slx;

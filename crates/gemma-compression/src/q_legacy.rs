@@ -36,6 +36,10 @@ pub(crate) trait LegacyCodec: Send + Sync + 'static {
     const TY: GgmlType;
     /// The activation format of its dot product (Q8_0 or Q8_1).
     const ACT: GgmlType;
+    /// Whether values are `q * d + m` (Q4_1, Q5_1) rather than `q * d`. Symmetric formats must not add their
+    /// zero `m`: `-0.0 + 0.0` is `+0.0`, and ggml's decoder (which llama-quantize's F32 output copies) keeps the
+    /// sign of a zero product.
+    const AFFINE: bool = false;
     fn decode(block: &[u8]) -> Block32;
     /// `x` holds one block (32 values); `block` its bytes.
     fn encode(x: &[f32], block: &mut [u8]);
@@ -175,7 +179,7 @@ pub(crate) fn dequantize_scalar<C: LegacyCodec>(src: &[u8], dst: &mut [f32]) {
     for (block, out) in src.chunks_exact(C::TY.type_size()).zip(dst.chunks_exact_mut(QK)) {
         let b = C::decode(block);
         for (o, &q) in out.iter_mut().zip(b.q.iter()) {
-            *o = q as f32 * b.d + b.m;
+            *o = if C::AFFINE { q as f32 * b.d + b.m } else { q as f32 * b.d };
         }
     }
 }
@@ -254,7 +258,9 @@ fn unpack_5bit(qs: &[u8], qh: u32) -> [u8; QK] {
 }
 
 /// Symmetric quantization as ggml's Q4_0/Q5_0 reference does it: the signed value of largest magnitude maps to
-/// `-half_levels`, quants are `trunc(x/d + half_levels + 0.5)` clamped to `2*half_levels - 1`.
+/// `-half_levels`, quants are `trunc(x/d + (half_levels + 0.5))` clamped to `2*half_levels - 1`: one addition of
+/// `8.5`/`16.5`, as ggml's `x0 + 8.5f`, since adding `half_levels` then `0.5` rounds twice and can truncate to a
+/// different quant.
 fn quantize_symmetric(x: &[f32], half_levels: f32) -> (f32, [u8; QK]) {
     let (mut amax, mut max) = (0.0f32, 0.0f32);
     for &v in x {
@@ -268,7 +274,7 @@ fn quantize_symmetric(x: &[f32], half_levels: f32) -> (f32, [u8; QK]) {
     let top = (2.0 * half_levels) as i32 - 1;
     let mut q = [0u8; QK];
     for (o, &v) in q.iter_mut().zip(x) {
-        *o = ((v * id + half_levels + 0.5) as i8 as i32).min(top) as u8;
+        *o = ((v * id + (half_levels + 0.5)) as i8 as i32).min(top) as u8;
     }
     (d, q)
 }
@@ -326,6 +332,7 @@ impl LegacyCodec for Q4_0 {
 pub(crate) struct Q4_1;
 impl LegacyCodec for Q4_1 {
     const TY: GgmlType = GgmlType::Q4_1;
+    const AFFINE: bool = true;
     const ACT: GgmlType = GgmlType::Q8_1;
     fn decode(b: &[u8]) -> Block32 {
         let mut q = [0i8; QK];
@@ -372,6 +379,7 @@ impl LegacyCodec for Q5_0 {
 pub(crate) struct Q5_1;
 impl LegacyCodec for Q5_1 {
     const TY: GgmlType = GgmlType::Q5_1;
+    const AFFINE: bool = true;
     const ACT: GgmlType = GgmlType::Q8_1;
     fn decode(b: &[u8]) -> Block32 {
         let mut q = [0i8; QK];

@@ -12,6 +12,7 @@ pub mod grammar;
 pub mod kv_cache;
 pub mod model;
 pub mod perplexity;
+pub mod quantize;
 pub mod random;
 pub mod sampling;
 pub mod stop;
