@@ -94,6 +94,7 @@ pub fn convert(args: &ConvertArgs) -> Result<()> {
     if args.input == args.output {
         bail!("input and output are the same file");
     }
+    crate::interrupt::remove_partial_output_on_ctrl_c(&args.output)?;
     if gemma_core::convert::is_model_folder(&args.input) {
         let name = args.weight_type.as_deref().unwrap_or("f32");
         let out_type = GgufOutputType::parse(name)
@@ -144,6 +145,7 @@ pub fn convert(args: &ConvertArgs) -> Result<()> {
 }
 
 pub fn migrate_command(args: &MigrateArgs) -> Result<()> {
+    crate::interrupt::remove_partial_output_on_ctrl_c(&args.output)?;
     let (bar, mut progress) = progress_bar("migrate");
     let pretrained = args.pretrained.then_some(true);
     let config = migrate(&args.input, &args.output, args.tokenizer.as_deref(), pretrained, &mut progress)

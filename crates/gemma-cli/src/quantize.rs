@@ -87,6 +87,7 @@ pub fn quantize(common: &Common, args: &QuantizeArgs) -> Result<()> {
             b.set_message("writing");
         }
     };
+    crate::interrupt::remove_partial_output_on_ctrl_c(&args.output)?;
     let result = quantize_file(&args.input, &args.output, &options, &mut progress);
     bar.finish_and_clear();
     let summary = match result {

@@ -295,3 +295,30 @@ fn a_reader_that_goes_away_ends_the_command_quietly() {
         assert!(!stderr.contains("panicked") && !stderr.contains("error"), "{args:?}: {stderr}");
     }
 }
+
+/// Ctrl-C while `gemma convert` writes: the temporary output is removed and the command exits 130, leaving
+/// the folder as it was.
+#[test]
+fn an_interrupted_conversion_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.sbs");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gemma"))
+        .args(["convert", "-i", &model(), "-o", out.to_str().unwrap(), "--type", "f32"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the writer's temporary file is there, then interrupt.
+    let start = std::time::Instant::now();
+    while std::fs::read_dir(dir.path()).unwrap().count() == 0 {
+        assert!(start.elapsed().as_secs() < 60, "no temporary file appeared");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let temp = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().file_name();
+    assert!(temp.to_string_lossy().starts_with(".model.sbs.") && temp.to_string_lossy().ends_with(".partial"));
+    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("interrupted"));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing left in the folder");
+}

@@ -206,16 +206,7 @@ impl GgufWriter {
     pub fn write_file(&self, path: impl AsRef<Path>) -> Result<(), GgufError> {
         let path = path.as_ref();
         let failed = |source| GgufError::WriteFailed { path: path.to_path_buf(), source };
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let temp = crate::output_temp_builder()
-            .prefix(&format!(".{file_name}."))
-            .suffix(".partial")
-            .tempfile_in(dir)
-            .map_err(failed)?;
+        let temp = crate::output_temp_file(path).map_err(failed)?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, temp.as_file());
         self.write_to(&mut out).map_err(failed)?;
         drop(out);

@@ -393,11 +393,7 @@ impl BlobFileWriter {
     pub fn create(path: impl AsRef<Path>) -> Result<BlobFileWriter, SbsError> {
         let path = path.as_ref().to_path_buf();
         let failed = |source| SbsError::WriteFailed { path: path.clone(), source };
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let temp = crate::output_temp_builder().prefix(".sbs-partial-").tempfile_in(&dir).map_err(failed)?;
+        let temp = crate::output_temp_file(&path).map_err(failed)?;
         let inner =
             BlobWriter::new(std::io::BufWriter::with_capacity(1 << 20, temp)).map_err(|e| with_path(e, &path))?;
         Ok(BlobFileWriter { path, inner })
