@@ -13,6 +13,7 @@ pub mod error;
 pub mod fields;
 pub mod gemini;
 pub mod generate;
+pub mod llama_native;
 pub mod metrics;
 pub mod openai;
 pub mod server;

@@ -221,7 +221,7 @@ const FIELD_LIMIT: f64 = 1e9;
 /// `typical_p`, `top_n_sigma`, `xtc_probability`, `xtc_threshold`, `mirostat`, `mirostat_tau`,
 /// `mirostat_eta`, `min_keep`, `dynatemp_range`, `dynatemp_exponent`, `samplers`), so a body written for
 /// llama-server samples the same way here. Values are checked as the CLI checks its flags.
-fn parse_llama_sampling(f: &Fields, mut p: SamplingParams) -> Result<SamplingParams, ApiError> {
+pub(crate) fn parse_llama_sampling(f: &Fields, mut p: SamplingParams) -> Result<SamplingParams, ApiError> {
     let number = |name: &str| -> Result<Option<f32>, ApiError> {
         Ok(f.number_in(name, -FIELD_LIMIT..=FIELD_LIMIT)?.map(|v| v as f32))
     };
@@ -282,7 +282,7 @@ fn parse_llama_sampling(f: &Fields, mut p: SamplingParams) -> Result<SamplingPar
 /// Constrained output, as llama-server takes it: `grammar` (GBNF), `json_schema` (a JSON Schema, turned into
 /// a grammar as llama.cpp does), or OpenAI's `response_format` (`text`, `json_object` with an optional
 /// `schema`, or `json_schema` with `json_schema.schema`). One of them at most.
-fn parse_grammar(f: &Fields, mut p: SamplingParams) -> Result<SamplingParams, ApiError> {
+pub(crate) fn parse_grammar(f: &Fields, mut p: SamplingParams) -> Result<SamplingParams, ApiError> {
     let bad = |name: &str, m: String| ApiError::invalid_param(name, m).with_code("invalid_value");
     let grammar = f.get::<String>("grammar")?.filter(|g| !g.is_empty());
     let mut schema: Option<(&str, Value)> = match f.raw("json_schema") {
@@ -348,7 +348,7 @@ pub(crate) fn schema_grammar(schema: &Value) -> Result<String, gemma_core::gramm
 }
 
 /// The whole sampling setting, checked once every field is in, as the CLI checks its flags.
-fn validated(p: SamplingParams) -> Result<SamplingParams, ApiError> {
+pub(crate) fn validated(p: SamplingParams) -> Result<SamplingParams, ApiError> {
     p.validate().map_err(|e| {
         let name = match &e {
             SamplingError::BadValue { name, .. } => *name,
@@ -363,7 +363,7 @@ fn validated(p: SamplingParams) -> Result<SamplingParams, ApiError> {
 /// llama-server's DRY fields: `dry_multiplier`, `dry_base` (below 1 means the default, as there),
 /// `dry_allowed_length`, `dry_penalty_last_n` (-1: the whole context) and `dry_sequence_breakers` (a
 /// non-empty list of strings).
-fn parse_dry(f: &Fields, mut p: SamplingParams) -> Result<SamplingParams, ApiError> {
+pub(crate) fn parse_dry(f: &Fields, mut p: SamplingParams) -> Result<SamplingParams, ApiError> {
     if let Some(m) = f.number_in("dry_multiplier", -FIELD_LIMIT..=FIELD_LIMIT)? {
         p.dry_multiplier = m as f32;
     }
@@ -400,7 +400,7 @@ fn parse_dry(f: &Fields, mut p: SamplingParams) -> Result<SamplingParams, ApiErr
 }
 
 /// `logit_bias`: an object from token id (as a string) to a bias in [-100, 100].
-fn parse_logit_bias(f: &Fields, vocab: usize) -> Result<Vec<(u32, f32)>, ApiError> {
+pub(crate) fn parse_logit_bias(f: &Fields, vocab: usize) -> Result<Vec<(u32, f32)>, ApiError> {
     let Some(v) = f.raw("logit_bias") else { return Ok(Vec::new()) };
     let bad = |m: String| ApiError::invalid_param("logit_bias", m);
     let map = v.as_object().ok_or_else(|| bad("'logit_bias' must be an object of token id → bias".into()))?;
@@ -418,7 +418,7 @@ fn parse_logit_bias(f: &Fields, vocab: usize) -> Result<Vec<(u32, f32)>, ApiErro
 }
 
 /// `prompt`: a string, a list of strings, a list of token ids, or a list of lists of token ids.
-fn parse_prompts(f: &Fields, tok: &Tokenizer, vocab: usize) -> Result<Vec<Vec<u32>>, ApiError> {
+pub(crate) fn parse_prompts(f: &Fields, tok: &Tokenizer, vocab: usize) -> Result<Vec<Vec<u32>>, ApiError> {
     let bad = || {
         ApiError::invalid_param(
             "prompt",
@@ -661,7 +661,7 @@ pub(crate) fn usage_json(finishes: &[Finish], n: usize) -> Value {
     })
 }
 
-fn piece_text(tok: &Tokenizer, id: u32) -> String {
+pub(crate) fn piece_text(tok: &Tokenizer, id: u32) -> String {
     String::from_utf8_lossy(tok.token_piece_bytes(id, true).unwrap_or_default()).into_owned()
 }
 

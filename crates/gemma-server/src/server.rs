@@ -21,7 +21,7 @@ use crate::config::ServerConfig;
 use crate::engine::{EngineHandle, LoadedModel};
 use crate::fields::Fields;
 use crate::metrics::Metrics;
-use crate::{embeddings, gemini, generate, openai, websocket};
+use crate::{embeddings, gemini, generate, llama_native, openai, websocket};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -76,6 +76,8 @@ pub(crate) async fn off_runtime<T: Send + 'static>(
 pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .route("/v1/completions", post(openai::completions))
+        .route("/completion", post(llama_native::completion))
+        .route("/completions", post(llama_native::completion))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(models))
         .route("/v1/embeddings", post(embeddings::openai_embeddings))

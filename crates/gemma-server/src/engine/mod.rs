@@ -118,6 +118,9 @@ pub struct Finish {
     pub completion_tokens: usize,
     /// Prompt tokens that came from the prefix cache.
     pub cached_tokens: usize,
+    /// Which of the request's stop strings ended it, if one did (a `Stop` without one is an end-of-generation
+    /// token).
+    pub stop_word: Option<usize>,
 }
 
 /// The model facts the HTTP side needs once loading is done.

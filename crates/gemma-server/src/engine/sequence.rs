@@ -182,6 +182,7 @@ impl<'t> Sequence<'t> {
             if !text.is_empty() {
                 let _ = self.events.send((self.choice, Event::Chunk(Chunk { text, token: None, logprob: None })));
             }
+            let stop_word = self.stop.matched().and_then(|w| self.stop.stops().iter().position(|s| s == w));
             let _ = self.events.send((
                 self.choice,
                 Event::Done(Finish {
@@ -189,6 +190,7 @@ impl<'t> Sequence<'t> {
                     prompt_tokens: self.prompt.len(),
                     completion_tokens: self.generated.len(),
                     cached_tokens: self.reused,
+                    stop_word,
                 }),
             ));
         }
