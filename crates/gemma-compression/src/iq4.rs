@@ -47,25 +47,39 @@ fn pack_32(l: &[u8], qs: &mut [u8]) {
     }
 }
 
-/// The index whose table value is nearest to `x` (ggml's `best_index_int8`: a binary search, then the lower
-/// neighbour only when strictly nearer).
+/// `UPPER[i]` = how many table values are <= `i - 127`, for `i` in 0..=240: for `x` strictly inside the table's
+/// range, `UPPER[floor(x) + 127]` is the first index whose value exceeds `x` (the values are integers).
+const UPPER: [u8; 241] = {
+    let mut t = [0u8; 241];
+    let mut i = 0;
+    while i < 241 {
+        let mut c = 0;
+        while c < 16 && KVALUES[c] as i32 <= i as i32 - 127 {
+            c += 1;
+        }
+        t[i] = c as u8;
+        i += 1;
+    }
+    t
+};
+
+/// The index whose table value is nearest to `x`, as ggml's `best_index_int8` picks it: its binary search
+/// finds the first value above `x` (here a table lookup on `floor(x)`, the encoders' hot spot), then the lower
+/// neighbour wins only when `x - lower < upper - x` in f32.
 fn best_index(x: f32) -> u8 {
     let v = |i: usize| KVALUES[i] as f32;
     if x <= v(0) {
         return 0;
     }
-    if x >= v(15) {
+    if x >= v(15) || x.is_nan() {
+        // (ggml's search compares NaN false all the way and ends at the top)
         return 15;
     }
-    let (mut lo, mut hi) = (0usize, 15usize);
-    while hi - lo > 1 {
-        let mid = (lo + hi) / 2;
-        if x < v(mid) {
-            hi = mid;
-        } else {
-            lo = mid;
-        }
-    }
+    // -127 < x < 113: floor(x) + 127 is in 0..=239
+    // floor by truncation (f32::floor is a libm call without SSE4.1)
+    let t = x as i32;
+    let floor = if t as f32 > x { t - 1 } else { t };
+    let hi = UPPER.get((floor + 127) as usize).map_or(15, |&h| h as usize);
     if x - v(hi - 1) < v(hi) - x {
         (hi - 1) as u8
     } else {
@@ -332,8 +346,8 @@ mod tests {
 
     #[test]
     fn best_index_is_the_nearest_table_value_ties_up() {
-        for i in 0..16 {
-            assert_eq!(best_index(KVALUES[i] as f32), i as u8);
+        for (i, &v) in KVALUES.iter().enumerate() {
+            assert_eq!(best_index(v as f32), i as u8);
         }
         assert_eq!(best_index(-1000.0), 0);
         assert_eq!(best_index(1000.0), 15);
@@ -343,6 +357,46 @@ mod tests {
         assert_eq!(best_index(0.0), 8);
         assert_eq!(best_index(100.9), 14);
         assert_eq!(best_index(101.0), 15);
+    }
+
+    /// ggml's `best_index_int8` as written: a binary search, then the lower neighbour only when strictly nearer.
+    fn best_index_by_search(x: f32) -> u8 {
+        let v = |i: usize| KVALUES[i] as f32;
+        if x <= v(0) {
+            return 0;
+        }
+        if x >= v(15) {
+            return 15;
+        }
+        let (mut lo, mut hi) = (0usize, 15usize);
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2;
+            if x < v(mid) {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        if x - v(hi - 1) < v(hi) - x {
+            (hi - 1) as u8
+        } else {
+            hi as u8
+        }
+    }
+
+    #[test]
+    fn table_lookup_equals_the_binary_search() {
+        let mut rng = TestRng::new(3);
+        let mut xs: Vec<f32> = (0..200_000).map(|_| rng.uniform() * 140.0).collect();
+        for i in -130..=120 {
+            let v = i as f32;
+            // every integer, the neighbouring floats, and every midpoint of two table values
+            xs.extend([v, v.next_up(), v.next_down(), v + 0.5, (v + 0.5).next_up(), (v + 0.5).next_down()]);
+        }
+        xs.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1e-30, -1e-30]);
+        for x in xs {
+            assert_eq!(best_index(x), best_index_by_search(x), "{x}");
+        }
     }
 
     /// The generator of `scripts/ggml_iq4_vectors.c`, value for value.
@@ -366,14 +420,13 @@ mod tests {
                 }
                 let r = next() % 64;
                 let k = ((next() % 2001) as i32 - 1000) as f32;
-                let v = match (i < 256, kind, r) {
+                match (i < 256, kind, r) {
                     (true, _, _) | (false, 0, _) | (false, 3.., 0) => 0.0,
                     (false, 1, _) => k * 1e-19,
                     (false, 2, _) => scale,
                     (false, _, 1) => k * scale * 0.01,
                     _ => k * scale * 0.001 + shift,
-                };
-                v
+                }
             })
             .collect()
     }
