@@ -48,6 +48,7 @@ fn json_report_matches_the_machine_and_the_cache() {
     assert_eq!(listed, expected);
     // The types of the two real models are among them.
     assert!(listed.contains(&"q4_K") && listed.contains(&"q4_1") && listed.contains(&"q6_K"), "{listed:?}");
+    assert!(listed.contains(&"iq4_nl") && listed.contains(&"iq4_xs"), "{listed:?}");
 
     assert_eq!(v["features"]["cuda"], cfg!(feature = "cuda"));
     assert_eq!(v["models_dir"], dir.path().display().to_string());

@@ -77,7 +77,7 @@ pub(crate) trait KCodec: Send + Sync + 'static {
 }
 
 /// A super-block format as a [`QuantFormat`].
-pub(crate) struct KFormat<C>(PhantomData<C>);
+pub(crate) struct KFormat<C>(pub(crate) PhantomData<C>);
 
 pub(crate) static Q2_K_FORMAT: KFormat<Q2K> = KFormat(PhantomData);
 pub(crate) static Q3_K_FORMAT: KFormat<Q3K> = KFormat(PhantomData);
@@ -826,12 +826,12 @@ impl KCodec for Q6K {
 
 /// A `dot_rows` kernel of one format and SIMD level (`unsafe`: the CPU must support the level).
 #[cfg(target_arch = "x86_64")]
-type DotRowsKernel = unsafe fn(usize, &[u8], usize, &[u8], usize, &mut [f32]);
+pub(crate) type DotRowsKernel = unsafe fn(usize, &[u8], usize, &[u8], usize, &mut [f32]);
 
 /// Runs the AVX-512 VNNI kernel where [`has_avx512_vnni`](crate::has_avx512_vnni), else the AVX2 one where
 /// [`simd_level`](crate::simd_level) allows; returns whether either ran.
 #[cfg(target_arch = "x86_64")]
-fn dispatch_dot_rows(
+pub(crate) fn dispatch_dot_rows(
     avx512: DotRowsKernel,
     avx2: DotRowsKernel,
     (n, w, rows, acts, n_tokens, out): (usize, &[u8], usize, &[u8], usize, &mut [f32]),

@@ -36,6 +36,7 @@ pub mod float_panels;
 mod int8_groups;
 pub mod interleaved;
 pub mod interleaved_k;
+mod iq4;
 mod k_quants;
 mod nuq;
 mod q_legacy;
@@ -85,7 +86,7 @@ pub trait QuantFormat: Sync + Send {
         self.ggml_type().type_size()
     }
     /// The format activations are quantized to before `vec_dot` with a row of this type, as llama.cpp pairs them:
-    /// Q4_0, Q5_0, Q8_0 -> Q8_0; Q4_1, Q5_1 -> Q8_1; Q2_K..Q6_K -> Q8_K; F32, F16, BF16 -> F32 (activations as
+    /// Q4_0, Q5_0, Q8_0, IQ4_NL -> Q8_0; Q4_1, Q5_1 -> Q8_1; Q2_K..Q6_K, IQ4_XS -> Q8_K; F32, F16, BF16 -> F32 (activations as
     /// plain little-endian f32 bytes; we keep float weights' dots in f32). Q8_1 and Q8_K pair with themselves.
     fn vec_dot_type(&self) -> GgmlType;
     /// Decode one row: `src` holds exactly `dst.len() / block_size` blocks.
@@ -145,11 +146,16 @@ pub fn quant_format(t: GgmlType) -> Result<&'static dyn QuantFormat, QuantError>
         GgmlType::Q5K => &k_quants::Q5_K_FORMAT,
         GgmlType::Q6K => &k_quants::Q6_K_FORMAT,
         GgmlType::Q8K => &k_quants::Q8_K_FORMAT,
+        GgmlType::IQ4_NL => &IQ4_NL_FORMAT,
+        GgmlType::IQ4_XS => &IQ4_XS_FORMAT,
         GgmlType::I8 | GgmlType::I16 | GgmlType::I32 | GgmlType::I64 | GgmlType::F64 => {
             return Err(QuantError::Unsupported(t))
         }
     })
 }
+
+static IQ4_NL_FORMAT: q_legacy::Legacy<iq4::IQ4_NL> = q_legacy::Legacy(std::marker::PhantomData);
+static IQ4_XS_FORMAT: k_quants::KFormat<iq4::IQ4_XS> = k_quants::KFormat(std::marker::PhantomData);
 
 /// The SIMD level the kernels dispatch to on this machine (detected once, cached).
 ///
@@ -327,6 +333,8 @@ mod tests {
             (Q5K, Q8K),
             (Q6K, Q8K),
             (Q8K, Q8K),
+            (IQ4_NL, Q8_0),
+            (IQ4_XS, Q8K),
         ];
         for (w, a) in pairs {
             assert_eq!(quant_format(w).unwrap().vec_dot_type(), a, "{w}");

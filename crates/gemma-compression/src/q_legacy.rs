@@ -59,7 +59,7 @@ pub(crate) trait LegacyCodec: Send + Sync + 'static {
 }
 
 /// A 32-element block format as a [`QuantFormat`].
-pub(crate) struct Legacy<C>(PhantomData<C>);
+pub(crate) struct Legacy<C>(pub(crate) PhantomData<C>);
 
 pub(crate) static Q4_0_FORMAT: Legacy<Q4_0> = Legacy(PhantomData);
 pub(crate) static Q4_1_FORMAT: Legacy<Q4_1> = Legacy(PhantomData);
@@ -150,7 +150,7 @@ pub(crate) fn dot_rows_scalar<C: LegacyCodec>(
 /// The tiled SIMD kernels at this machine's level ([`TileLevel::best`](crate::x86::legacy_tiles::TileLevel));
 /// false when the level is scalar.
 #[cfg(target_arch = "x86_64")]
-fn tiled_dot_rows<C: crate::x86::legacy_tiles::TiledBlock>(
+pub(crate) fn tiled_dot_rows<C: crate::x86::legacy_tiles::TiledBlock>(
     n: usize,
     w: &[u8],
     rows: usize,
@@ -170,7 +170,14 @@ fn tiled_dot_rows<C: crate::x86::legacy_tiles::TiledBlock>(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn tiled_dot_rows<C>(_n: usize, _w: &[u8], _rows: usize, _acts: &[u8], _n_tokens: usize, _out: &mut [f32]) -> bool {
+pub(crate) fn tiled_dot_rows<C>(
+    _n: usize,
+    _w: &[u8],
+    _rows: usize,
+    _acts: &[u8],
+    _n_tokens: usize,
+    _out: &mut [f32],
+) -> bool {
     false
 }
 

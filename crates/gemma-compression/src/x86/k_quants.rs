@@ -804,6 +804,7 @@ pub(crate) unsafe fn dot_one_avx512<F: Avx512Block>(n: usize, w: &[u8], act: &[u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::iq4::IQ4_XS;
     use crate::k_quants::{dot_rows_scalar, KCodec, Q8K_QS, QK_K};
     use crate::test_data::{assert_close, TestRng};
     use crate::x86::k_tiles::Q8K_BYTES;
@@ -812,12 +813,13 @@ mod tests {
     type Kernel = unsafe fn(usize, &[u8], usize, &[u8], usize, &mut [f32]);
 
     /// The formats with tiled kernels.
-    const FORMATS: [GgmlType; 5] = [GgmlType::Q2K, GgmlType::Q3K, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K];
+    const FORMATS: [GgmlType; 6] =
+        [GgmlType::Q2K, GgmlType::Q3K, GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K, GgmlType::IQ4_XS];
 
     /// One SIMD level's `dot_rows` for every format in [`FORMATS`] (same order).
     struct Level {
         name: &'static str,
-        kernels: [Kernel; 5],
+        kernels: [Kernel; 6],
     }
 
     fn scalar<C: KCodec>(n: usize, w: &[u8], rows: usize, a: &[u8], t: usize, out: &mut [f32]) {
@@ -828,7 +830,7 @@ mod tests {
     fn levels() -> Vec<Level> {
         let mut out = vec![Level {
             name: "scalar",
-            kernels: [scalar::<Q2K>, scalar::<Q3K>, scalar::<Q4K>, scalar::<Q5K>, scalar::<Q6K>],
+            kernels: [scalar::<Q2K>, scalar::<Q3K>, scalar::<Q4K>, scalar::<Q5K>, scalar::<Q6K>, scalar::<IQ4_XS>],
         }];
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
             out.push(Level {
@@ -839,6 +841,7 @@ mod tests {
                     dot_rows_q4_k_avx2,
                     dot_rows_q5_k_avx2,
                     dot_rows_q6_k_avx2,
+                    crate::x86::iq4::dot_rows_iq4_xs_avx2,
                 ],
             });
             if cpu_has_avx512_vnni() {
@@ -850,6 +853,7 @@ mod tests {
                         dot_rows_q4_k_avx512,
                         dot_rows_q5_k_avx512,
                         dot_rows_q6_k_avx512,
+                        crate::x86::iq4::dot_rows_iq4_xs_avx512,
                     ],
                 });
             } else {
@@ -880,6 +884,7 @@ mod tests {
             GgmlType::Q2K => &[80, 82],
             GgmlType::Q3K => &[108],
             GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
+            GgmlType::IQ4_XS => &[0],
             _ => &[208],
         }
     }

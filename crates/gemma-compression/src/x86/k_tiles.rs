@@ -18,6 +18,9 @@ use crate::GgmlType;
 /// One weight format's super-block, seen by the 256-bit (AVX2) tile loop: 8 chunks of 32 elements.
 pub(crate) trait Avx2Block {
     const TY: GgmlType;
+    /// The quants `chunk` gives are signed (IQ4_XS's table values, -127..=113), not unsigned: `maddubs` then
+    /// takes their magnitudes and moves their signs onto the activations (|q|, |a| <= 127 keep pairs in i16).
+    const SIGNED: bool = false;
     /// What a row keeps of one super-block while its chunks are unpacked (scales, super-scales).
     type Row: Copy;
     /// # Safety: the CPU supports avx2, fma, f16c; `b` points at one whole block.
@@ -35,6 +38,8 @@ pub(crate) trait Avx2Block {
 /// The same for the 512-bit (AVX-512 F/BW/VL/VNNI) tile loop: 4 chunks of 64 elements.
 pub(crate) trait Avx512Block {
     const TY: GgmlType;
+    /// As [`Avx2Block::SIGNED`].
+    const SIGNED: bool = false;
     type Row: Copy;
     /// # Safety: the CPU supports avx512f/bw/vl/vnni, avx2, fma, f16c; `b` points at one whole block.
     unsafe fn prepare(b: *const u8) -> Self::Row;
@@ -117,7 +122,12 @@ unsafe fn chunk_avx2<F: Avx2Block, const C: usize, const R: usize, const T: usiz
         let y = _mm256_loadu_si256(ab[t].add(Q8K_QS + 32 * C).cast());
         for r in 0..R {
             let (q, s) = chunks[r];
-            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), s);
+            let pairs = if F::SIGNED {
+                _mm256_maddubs_epi16(_mm256_abs_epi8(q), _mm256_sign_epi8(y, q))
+            } else {
+                _mm256_maddubs_epi16(q, y)
+            };
+            let p = _mm256_madd_epi16(pairs, s);
             sum[r][t] = _mm256_add_epi32(sum[r][t], p);
         }
     }
@@ -143,7 +153,14 @@ unsafe fn chunk_avx512<F: Avx512Block, const C: usize, const R: usize, const T: 
         let y = _mm512_loadu_si512(ab[t].add(Q8K_QS + 64 * C).cast());
         for r in 0..R {
             let (q, s) = chunks[r];
-            sum[r][t] = _mm512_dpwssd_epi32(sum[r][t], _mm512_maddubs_epi16(q, y), s);
+            let pairs = if F::SIGNED {
+                // no 512-bit `sign`: negate the activations where the quant is negative
+                let y = _mm512_mask_sub_epi8(y, _mm512_movepi8_mask(q), _mm512_setzero_si512(), y);
+                _mm512_maddubs_epi16(_mm512_abs_epi8(q), y)
+            } else {
+                _mm512_maddubs_epi16(q, y)
+            };
+            sum[r][t] = _mm512_dpwssd_epi32(sum[r][t], pairs, s);
         }
     }
 }

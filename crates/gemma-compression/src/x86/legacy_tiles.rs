@@ -873,7 +873,7 @@ unsafe fn interleave_dwords(a: __m256i, b: __m256i) -> __m512i {
 /// nibble of its byte j, element j + 16 the high one.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,bmi2,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn nibbles_pair(a: *const u8, b: *const u8) -> __m512i {
+pub(super) unsafe fn nibbles_pair(a: *const u8, b: *const u8) -> __m512i {
     let both =
         _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(_mm_loadu_si128(a.cast())), _mm_loadu_si128(b.cast()));
     // lanes 2k / 2k + 1 take dword k % 4 of A / B; lanes 8.. (elements 16..) shift their high nibbles down
@@ -898,7 +898,7 @@ unsafe fn with_high_bits_pair(nib: __m512i, a: *const u8, b: *const u8) -> __m51
 /// high one.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn nibbles(p: *const u8) -> __m256i {
+pub(super) unsafe fn nibbles(p: *const u8) -> __m256i {
     let x = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.cast()));
     let hi = _mm256_srli_epi16(x, 4);
     _mm256_and_si256(_mm256_blend_epi32(x, hi, 0b1111_0000), _mm256_set1_epi8(0x0f))
@@ -1056,7 +1056,14 @@ mod tests {
     }
 
     fn cases() -> Vec<Case> {
-        vec![case::<Q8_0>(), case::<Q5_0>(), case::<Q4_0>(), case::<Q4_1>(), case::<Q5_1>()]
+        vec![
+            case::<Q8_0>(),
+            case::<Q5_0>(),
+            case::<Q4_0>(),
+            case::<Q4_1>(),
+            case::<Q5_1>(),
+            case::<crate::iq4::IQ4_NL>(),
+        ]
     }
 
     /// `rows` weight rows of `n` elements: either quantized from model-shaped data, or raw random bytes (every

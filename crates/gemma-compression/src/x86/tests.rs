@@ -2,7 +2,8 @@
 //! exactly (checked with unit scales, where the f32 result is the integer sum), float results within 1e-5 of
 //! the sum of |terms|.
 
-use super::{activations, k_quants as simd_k, legacy as simd_legacy};
+use super::{activations, iq4 as simd_iq4, k_quants as simd_k, legacy as simd_legacy};
+use crate::iq4::{IQ4_NL, IQ4_XS};
 use crate::k_quants::{self, Q2K, Q3K, Q4K, Q5K, Q6K, Q8K_BSUMS, Q8K_QS};
 use crate::q_legacy::{self, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1};
 use crate::test_data::{assert_close, TestRng};
@@ -218,6 +219,22 @@ fn dot_cases() -> Vec<DotCase> {
             scalar: k_quants::dot_scalar::<Q6K>,
             unit: |b| d_at(208)(b, 1.0),
             real: |r, b| d_at(208)(b, r.uniform() * 0.0005),
+        },
+        DotCase {
+            ty: GgmlType::IQ4_NL,
+            simd: simd_iq4::dot_one_nl_avx2,
+            simd512: Some(simd_iq4::dot_one_nl_vnni),
+            scalar: q_legacy::dot_scalar::<IQ4_NL>,
+            unit: |b| d_at(0)(b, 1.0),
+            real: |r, b| d_at(0)(b, r.uniform() * 0.01),
+        },
+        DotCase {
+            ty: GgmlType::IQ4_XS,
+            simd: simd_k::dot_one_avx2::<IQ4_XS>,
+            simd512: Some(simd_k::dot_one_avx512::<IQ4_XS>),
+            scalar: k_quants::dot_scalar::<IQ4_XS>,
+            unit: |b| d_at(0)(b, 1.0),
+            real: |r, b| d_at(0)(b, r.uniform() * 0.0005),
         },
     ]
 }

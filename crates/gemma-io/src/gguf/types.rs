@@ -26,10 +26,14 @@ pub enum GgmlType {
     I64,
     F64,
     BF16,
+    /// llama.cpp's non-linear 4-bit "i-quants": 4-bit indices into a fixed 16-entry table, one f16 scale per 32.
+    IQ4_NL,
+    /// IQ4_NL's table in 256-element super-blocks with 6-bit sub-block scales.
+    IQ4_XS,
 }
 
 impl GgmlType {
-    pub const ALL: [GgmlType; 20] = [
+    pub const ALL: [GgmlType; 22] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
@@ -50,6 +54,8 @@ impl GgmlType {
         GgmlType::I64,
         GgmlType::F64,
         GgmlType::BF16,
+        GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS,
     ];
 
     /// The id used in GGUF tensor infos (ggml's `enum ggml_type`).
@@ -75,6 +81,8 @@ impl GgmlType {
             GgmlType::I64 => 27,
             GgmlType::F64 => 28,
             GgmlType::BF16 => 30,
+            GgmlType::IQ4_NL => 20,
+            GgmlType::IQ4_XS => 23,
         }
     }
 
@@ -105,6 +113,8 @@ impl GgmlType {
             GgmlType::I64 => "i64",
             GgmlType::F64 => "f64",
             GgmlType::BF16 => "bf16",
+            GgmlType::IQ4_NL => "iq4_nl",
+            GgmlType::IQ4_XS => "iq4_xs",
         }
     }
 
@@ -120,7 +130,9 @@ impl GgmlType {
             | GgmlType::I64
             | GgmlType::F64 => 1,
             GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 | GgmlType::Q8_1 => 32,
+            GgmlType::IQ4_NL => 32,
             GgmlType::Q2K | GgmlType::Q3K | GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K | GgmlType::Q8K => 256,
+            GgmlType::IQ4_XS => 256,
         }
     }
 
@@ -145,6 +157,10 @@ impl GgmlType {
             GgmlType::Q5K => 176,
             GgmlType::Q6K => 210,
             GgmlType::Q8K => 292,
+            // f16 d + 16 bytes of indices
+            GgmlType::IQ4_NL => 18,
+            // f16 d, u16 scales_h, 4 bytes scales_l, 128 bytes of indices
+            GgmlType::IQ4_XS => 136,
         }
     }
 
