@@ -587,6 +587,33 @@ mod tests {
     }
 
     #[test]
+    fn q2_k_s_and_the_imatrix_rules() {
+        let tensors = gemma_like(GEMMA_LAYERS, 1024);
+        let facts = ModelFacts { n_layer: GEMMA_LAYERS, n_gqa: 4, is_70b: false };
+        let planned = plan(&facts, &choice(FileType::MostlyQ2_K_S), &tensors);
+        // 18 / 8 = 2 FFN-down layers get Q4_K; V gets Q4_K with 4 query heads per KV head
+        assert_eq!(type_of(&planned, "blk.1.ffn_down.weight"), GgmlType::Q4K);
+        assert_eq!(type_of(&planned, "blk.2.ffn_down.weight"), GgmlType::Q2K);
+        assert_eq!(type_of(&planned, "blk.5.attn_v.weight"), GgmlType::Q4K);
+        assert_eq!(type_of(&planned, "blk.5.attn_output.weight"), GgmlType::Q2K);
+        assert!(requires_imatrix("blk.2.ffn_down.weight", GgmlType::Q2K, FileType::MostlyQ2_K_S));
+        assert!(!requires_imatrix("token_embd.weight", GgmlType::Q2K, FileType::MostlyQ2_K_S));
+        assert!(!requires_imatrix("blk.2.ffn_down.weight", GgmlType::Q2K, FileType::MostlyQ2_K));
+        // Q4_0 / Q5_0 lift their first FFN-down layers to Q4_1 / Q5_1 only with an importance matrix
+        for (ft, plain, lifted) in [
+            (FileType::MostlyQ4_0, GgmlType::Q4_0, GgmlType::Q4_1),
+            (FileType::MostlyQ5_0, GgmlType::Q5_0, GgmlType::Q5_1),
+        ] {
+            let without = plan(&facts, &choice(ft), &tensors);
+            let with = plan(&facts, &TypeChoice { has_imatrix: true, ..choice(ft) }, &tensors);
+            assert_eq!(type_of(&without, "blk.0.ffn_down.weight"), plain);
+            assert_eq!(type_of(&with, "blk.0.ffn_down.weight"), lifted);
+            assert_eq!(type_of(&with, "blk.1.ffn_down.weight"), lifted);
+            assert_eq!(type_of(&with, "blk.2.ffn_down.weight"), plain);
+        }
+    }
+
+    #[test]
     fn use_more_bits_marks_the_ends_and_every_third_layer() {
         let marked: Vec<usize> = (0..18).filter(|&i| use_more_bits(i, 18)).collect();
         // 18/8 = 2, 7*18/8 = 15: layers 0-1, 15-17, and 2 + 3k + 2 = 4, 7, 10, 13.
