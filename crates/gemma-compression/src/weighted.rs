@@ -12,6 +12,10 @@
 //! `(w * x) * l`), because a different rounding can pick a different scale and so different bytes. Integer
 //! conversions to bytes wrap as C's do (a quant can come out negative from a search on odd data).
 
+// The loops index several arrays in step, as ggml's do; keeping them index-by-index keeps the order of the f32
+// operations visibly the same as the C.
+#![allow(clippy::needless_range_loop)]
+
 use crate::k_quants::{scale_min_k4, scales_q3_k, QK_K};
 use crate::rounding::nearest_int;
 use crate::{put_f16_le, quant_format, GgmlType, QuantError};
