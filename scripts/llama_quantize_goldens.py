@@ -25,6 +25,9 @@ import tempfile
 
 GEMMA = "gemma-3-270m-q4_k_m.gguf"
 SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
+IMATRIX = "testdata/imatrix/gemma3-270m-lighthouses.imatrix.gguf"
+IMATRIX_DAT = "testdata/imatrix/gemma3-270m-lighthouses.imatrix.dat"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (name, input model or {"from": job name}, extra options, file type)
 JOBS = [
@@ -60,6 +63,28 @@ JOBS = [
     ("smollm2_q3_k_l", SMOLLM2, ["--allow-requantize"], "Q3_K_L"),
     ("smollm2_q2_k", SMOLLM2, ["--allow-requantize"], "Q2_K"),
     ("smollm2_q6_k_leave_output", SMOLLM2, ["--allow-requantize", "--leave-output-tensor"], "Q6_K"),
+    # With an importance matrix (made by llama-imatrix on the default model over lighthouses.txt, -c 128; the
+    # path is given relative to the repository root, as the test gives it: llama-quantize writes it into the
+    # output's metadata).
+    ("gemma_imatrix_q4_k_m", GEMMA, ["--allow-requantize", "--imatrix", IMATRIX], "Q4_K_M"),
+    ("gemma_imatrix_q2_k", GEMMA, ["--allow-requantize", "--imatrix", IMATRIX], "Q2_K"),
+    ("gemma_imatrix_q2_k_s", GEMMA, ["--allow-requantize", "--imatrix", IMATRIX], "Q2_K_S"),
+    ("gemma_imatrix_q3_k_m", GEMMA, ["--allow-requantize", "--imatrix", IMATRIX], "Q3_K_M"),
+    ("gemma_imatrix_q5_k_m", GEMMA, ["--allow-requantize", "--imatrix", IMATRIX], "Q5_K_M"),
+    ("gemma_imatrix_q6_k", GEMMA, ["--allow-requantize", "--imatrix", IMATRIX], "Q6_K"),
+    ("gemma_imatrix_q4_0", GEMMA, ["--allow-requantize", "--imatrix", IMATRIX], "Q4_0"),
+    ("gemma_imatrix_q4_1", GEMMA, ["--allow-requantize", "--imatrix", IMATRIX], "Q4_1"),
+    ("gemma_imatrix_q5_0", GEMMA, ["--allow-requantize", "--imatrix", IMATRIX], "Q5_0"),
+    ("gemma_imatrix_q5_1", GEMMA, ["--allow-requantize", "--imatrix", IMATRIX], "Q5_1"),
+    ("gemma_imatrix_q8_0", GEMMA, ["--allow-requantize", "--imatrix", IMATRIX], "Q8_0"),
+    ("gemma_imatrix_pure_q4_k", GEMMA, ["--allow-requantize", "--pure", "--imatrix", IMATRIX], "Q4_K"),
+    ("gemma_imatrix_dat_q3_k_s", GEMMA, ["--allow-requantize", "--imatrix", IMATRIX_DAT], "Q3_K_S"),
+    ("gemma_imatrix_exclude_q4_k_m", GEMMA,
+     ["--allow-requantize", "--imatrix", IMATRIX, "--exclude-weights", "attn_v", "--exclude-weights", "ffn_up"],
+     "Q4_K_M"),
+    ("gemma_imatrix_include_q5_k_s", GEMMA,
+     ["--allow-requantize", "--imatrix", IMATRIX, "--include-weights", "ffn_down"], "Q5_K_S"),
+    ("gemma_f32_imatrix_q4_k_m", {"from": "gemma_f32"}, ["--imatrix", IMATRIX], "Q4_K_M"),
 ]
 
 GGML_TYPES = {0: "f32", 1: "f16", 2: "q4_0", 3: "q4_1", 6: "q5_0", 7: "q5_1", 8: "q8_0", 9: "q8_1", 10: "q2_K",
@@ -163,7 +188,7 @@ def main():
                     continue
             out = os.path.join(tmp, name + ".gguf")
             cmd = [os.path.join(bin_dir, "llama-quantize"), *options, input_path, out, ftype, "2"]
-            run = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            run = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
             if run.returncode != 0:
                 sys.exit(f"{' '.join(cmd)} failed:\n{run.stdout}\n{run.stderr}")
             outputs[name] = out

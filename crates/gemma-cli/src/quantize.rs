@@ -5,17 +5,20 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use gemma_core::convert::ConvertProgress;
-use gemma_core::quantize::{parse_tensor_type, quantize_file, FileType, QuantizeError, QuantizeOptions, TENSOR_TYPES};
+use gemma_core::quantize::{
+    parse_tensor_type, quantize_file, FileType, ImatrixInput, QuantizeError, QuantizeOptions, TENSOR_TYPES,
+};
 use gemma_io::GgmlType;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::commands::{usage, Common};
 
 #[derive(Args, Debug)]
-#[command(after_help = "Types: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M \
-    Q5_K_S Q5_K_M Q6_K (any case; Q3_K, Q4_K, Q5_K mean the _M mixtures; llama.cpp's ftype numbers work too).\n\
+#[command(after_help = "Types: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q2_K_S Q3_K_S Q3_K_M Q3_K_L Q4_K_S \
+    Q4_K_M Q5_K_S Q5_K_M Q6_K (any case; Q3_K, Q4_K, Q5_K mean the _M mixtures; llama.cpp's ftype numbers work \
+    too; Q2_K_S needs --imatrix).\n\
     The tensor types, the mixture rules (more bits for some attention-V and FFN-down layers) and the bytes \
-    written are llama-quantize's. No importance matrix: the i-quants and Q2_K_S are not made.")]
+    written are llama-quantize's, with or without an importance matrix. The i-quants are not made.")]
 pub struct QuantizeArgs {
     /// The GGUF file to quantize.
     pub input: PathBuf,
@@ -42,6 +45,15 @@ pub struct QuantizeArgs {
     /// The GGML type of token_embd.weight, e.g. q6_k.
     #[arg(long, value_name = "GGML_TYPE")]
     pub token_embedding_type: Option<String>,
+    /// An importance matrix from llama-imatrix (GGUF, or the legacy .dat format): encode with its weights.
+    #[arg(long, value_name = "FILE")]
+    pub imatrix: Option<PathBuf>,
+    /// Use the importance matrix only for tensors whose names contain this (repeatable).
+    #[arg(long, value_name = "NAME", conflicts_with = "exclude_weights")]
+    pub include_weights: Vec<String>,
+    /// Do not use the importance matrix for tensors whose names contain this (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub exclude_weights: Vec<String>,
 }
 
 fn tensor_type(flag: &str, text: &Option<String>) -> Result<Option<GgmlType>> {
@@ -71,6 +83,13 @@ pub fn quantize(common: &Common, args: &QuantizeArgs) -> Result<()> {
         output_tensor_type: tensor_type("--output-tensor-type", &args.output_tensor_type)?,
         token_embedding_type: tensor_type("--token-embedding-type", &args.token_embedding_type)?,
         threads,
+        imatrix: match &args.imatrix {
+            Some(path) => Some(ImatrixInput::load(path, &args.include_weights, &args.exclude_weights)?),
+            None if !args.include_weights.is_empty() || !args.exclude_weights.is_empty() => {
+                return Err(usage("--include-weights / --exclude-weights need --imatrix FILE"))
+            }
+            None => None,
+        },
     };
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -93,9 +112,12 @@ pub fn quantize(common: &Common, args: &QuantizeArgs) -> Result<()> {
     let summary = match result {
         Ok(summary) => summary,
         // the user's choice, not a fault of the file: exit 2 like the other usage errors
-        Err(e @ (QuantizeError::Requantize { .. } | QuantizeError::SameFile(_) | QuantizeError::RowWidth { .. })) => {
-            return Err(usage(e.to_string()))
-        }
+        Err(
+            e @ (QuantizeError::Requantize { .. }
+            | QuantizeError::SameFile(_)
+            | QuantizeError::RowWidth { .. }
+            | QuantizeError::NeedsImatrix { .. }),
+        ) => return Err(usage(e.to_string())),
         Err(e) => {
             return Err(e).with_context(|| format!("quantizing {} to {}", args.input.display(), args.output.display()))
         }

@@ -85,5 +85,14 @@ fn bad_input_gives_clear_errors_and_leaves_nothing_behind() {
     let unwritable = dir.path().join("no-such-dir").join("out.gguf");
     check(&["quantize", "--allow-requantize", &m, unwritable.to_str().unwrap(), "Q8_0"], 1, &["no-such-dir"]);
     check(&["quantize", &m, out, "Q8_0", "0"], 2, &["NTHREADS"]);
+    // importance matrices: Q2_K_S needs one; a damaged one is named; the filters need one
+    check(&["quantize", "--allow-requantize", &m, out, "Q2_K_S"], 2, &["blk.", "Q2_K_S", "--imatrix"]);
+    let junk_path = junk.to_str().unwrap();
+    check(
+        &["quantize", "--allow-requantize", "--imatrix", junk_path, &m, out, "Q4_K_M"],
+        1,
+        &["importance matrix", "junk.gguf"],
+    );
+    check(&["quantize", "--allow-requantize", "--include-weights", "ffn", &m, out, "Q4_K_M"], 2, &["--imatrix"]);
     assert_eq!(files_in(dir.path()), ["junk.gguf", "truncated.gguf"], "no output or temp file left");
 }

@@ -45,6 +45,7 @@ mod sbs_codec;
 mod sfp;
 #[cfg(test)]
 mod test_data;
+pub mod weighted;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -68,6 +69,9 @@ pub enum QuantError {
     /// The destination buffer of `quantize_row` is not `row_bytes(src.len())` long.
     #[error("{ty} row of {n} elements needs {expected} bytes, the buffer has {got}")]
     BadBufferLength { ty: GgmlType, n: usize, expected: usize, got: usize },
+    /// Importance weights must come one per element of the row.
+    #[error("{ty} row of {n} elements needs {n} importance weights, got {got}")]
+    BadWeightsLength { ty: GgmlType, n: usize, got: usize },
 }
 
 /// One GGML number format. Model code never branches on the weight type; it calls these.

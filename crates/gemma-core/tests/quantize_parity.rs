@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use gemma_core::convert::no_progress;
-use gemma_core::quantize::{parse_tensor_type, quantize_gguf, FileType, QuantizeOptions};
+use gemma_core::quantize::{parse_tensor_type, quantize_gguf, FileType, ImatrixInput, QuantizeOptions};
 use gemma_core::sampling::greedy;
 use gemma_core::{Batch, BatchToken, Model, Tokenizer};
 use gemma_io::GgufFile;
@@ -32,6 +32,14 @@ const CI_JOBS: &[&str] = &[
     "gemma_f32_to_q4_k_m",
     "smollm2_q4_k_m",
     "smollm2_q3_k_l",
+    // With the committed importance matrix: Q4_K + Q6_K + the Q5_0/Q8_0 fallbacks, Q2_K_S (Q2_K, its Q4_K
+    // layers and the Q4_0 fallback), Q4_0's Q4_1 FFN-down rule, Q5_K through --include-weights, and Q3_K from
+    // the legacy .dat file.
+    "gemma_imatrix_q4_k_m",
+    "gemma_imatrix_q2_k_s",
+    "gemma_imatrix_q4_0",
+    "gemma_imatrix_include_q5_k_s",
+    "gemma_imatrix_dat_q3_k_s",
 ];
 
 #[derive(Deserialize)]
@@ -90,6 +98,7 @@ fn options(job: &Job) -> QuantizeOptions {
     let mut o = QuantizeOptions::new(FileType::parse(&job.file_type).expect("golden type"));
     o.threads = 2;
     let mut args = job.options.iter();
+    let (mut imatrix, mut include, mut exclude) = (None, Vec::new(), Vec::new());
     while let Some(arg) = args.next() {
         let mut tensor_type = || parse_tensor_type(args.next().expect("option value")).expect("golden tensor type");
         match arg.as_str() {
@@ -98,8 +107,18 @@ fn options(job: &Job) -> QuantizeOptions {
             "--leave-output-tensor" => o.leave_output_tensor = true,
             "--output-tensor-type" => o.output_tensor_type = Some(tensor_type()),
             "--token-embedding-type" => o.token_embedding_type = Some(tensor_type()),
+            "--imatrix" => imatrix = args.next(),
+            "--include-weights" => include.push(args.next().expect("option value").clone()),
+            "--exclude-weights" => exclude.push(args.next().expect("option value").clone()),
             other => panic!("option {other} not handled"),
         }
+    }
+    if let Some(relative) = imatrix {
+        // llama-quantize ran in the repository root and wrote the path as given into the metadata
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(relative);
+        let mut m = ImatrixInput::load(&path, &include, &exclude).expect("imatrix loads");
+        m.label = relative.clone();
+        o.imatrix = Some(m);
     }
     o
 }

@@ -3,6 +3,7 @@
 
 mod file_bytes;
 pub mod gguf;
+pub mod imatrix;
 pub mod safetensors;
 pub mod sbs;
 

@@ -7,21 +7,31 @@
 //! does, and the tensors are written in llama.cpp's order (by layer, then name). So the output file is the one
 //! llama-quantize writes, byte for byte (`tests/quantize_parity.rs`).
 //!
-//! Not implemented: importance matrices (and so the i-quants and Q2_K_S), `--tensor-type` overrides, layer
-//! pruning, split files, mixture-of-experts models.
+//! With an importance matrix ([`ImatrixInput`], `--imatrix`), tensors are encoded with ggml's importance-weighted
+//! encoders (`gemma_compression::weighted`, what `ggml_quantize_chunk` runs when it is given weights), the
+//! `quantize.imatrix.*` keys are added, and the rules that depend on it apply (Q2_K_S; Q4_0/Q5_0's first
+//! FFN-down layers).
+//!
+//! Not implemented: the i-quants, `--tensor-type` overrides, layer pruning, split files, mixture-of-experts
+//! models.
 
 pub mod rules;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use gemma_compression::weighted::quantize_row_weighted;
 use gemma_compression::{quant_format, QuantError};
+use gemma_io::imatrix::{Imatrix, ImatrixError};
 use gemma_io::{GgmlType, GgufError, GgufFile, GgufWriter, MetaValue, TensorInfo};
 
 use crate::convert::ConvertProgress;
-pub use rules::{parse_tensor_type, FileType, FileTypeError, ModelFacts, PlannedType, TypeChoice, TENSOR_TYPES};
+pub use rules::{
+    parse_tensor_type, requires_imatrix, FileType, FileTypeError, ModelFacts, PlannedType, TypeChoice, TENSOR_TYPES,
+};
 
 /// `general.quantization_version`: ggml's `GGML_QNT_VERSION`, the layout of the quantized blocks.
 pub const QUANTIZATION_VERSION: u32 = 2;
@@ -32,8 +42,55 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &["gemma3", "gemma-embedding", "lla
 /// Elements handed to one thread at a time (llama.cpp's chunk size; any size gives the same bytes).
 const CHUNK_ELEMENTS: usize = 32 * 512;
 
+/// An importance matrix as llama-quantize uses it: per matrix name, one weight per input column (the file's
+/// sums divided by the token counts), after `--include-weights` / `--exclude-weights`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ImatrixInput {
+    /// Written to `quantize.imatrix.file`: the path as the user gave it.
+    pub label: String,
+    pub weights: BTreeMap<String, Vec<f32>>,
+    /// The first dataset the file names (`quantize.imatrix.dataset`).
+    pub dataset: Option<String>,
+    /// Chunks the statistics were gathered over (`quantize.imatrix.chunks_count` when positive).
+    pub chunk_count: u32,
+}
+
+impl ImatrixInput {
+    /// Reads an imatrix file (GGUF or legacy `.dat`) as llama-quantize's `load_imatrix` and `prepare_imatrix`
+    /// do: `exclude` drops the entries whose names contain any of its strings; a non-empty `include` keeps only
+    /// those containing one of its strings (llama-quantize refuses both at once).
+    pub fn load(path: &Path, include: &[String], exclude: &[String]) -> Result<ImatrixInput, QuantizeError> {
+        let imatrix =
+            Imatrix::open(path).map_err(|source| QuantizeError::Imatrix { path: path.to_path_buf(), source })?;
+        ImatrixInput::from_imatrix(&imatrix, path.display().to_string(), include, exclude)
+            .map_err(|source| QuantizeError::Imatrix { path: path.to_path_buf(), source })
+    }
+
+    pub fn from_imatrix(
+        imatrix: &Imatrix,
+        label: String,
+        include: &[String],
+        exclude: &[String],
+    ) -> Result<ImatrixInput, ImatrixError> {
+        if !imatrix.is_legacy && !imatrix.has_metadata {
+            return Err(ImatrixError::MissingMetadata);
+        }
+        let mut weights = imatrix.weights()?;
+        weights.retain(|name, _| !exclude.iter().any(|e| name.contains(e.as_str())));
+        if !include.is_empty() {
+            weights.retain(|name, _| include.iter().any(|i| name.contains(i.as_str())));
+        }
+        Ok(ImatrixInput {
+            label,
+            weights,
+            dataset: imatrix.datasets.first().cloned(),
+            chunk_count: imatrix.chunk_count,
+        })
+    }
+}
+
 /// What to make.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct QuantizeOptions {
     pub file_type: FileType,
     /// `--allow-requantize`: quantize tensors that are already quantized.
@@ -46,6 +103,8 @@ pub struct QuantizeOptions {
     pub token_embedding_type: Option<GgmlType>,
     /// Worker threads (at least 1).
     pub threads: usize,
+    /// `--imatrix`: importance weights (an input with no entries left counts as none, as in llama-quantize).
+    pub imatrix: Option<ImatrixInput>,
 }
 
 impl QuantizeOptions {
@@ -58,7 +117,13 @@ impl QuantizeOptions {
             output_tensor_type: None,
             token_embedding_type: None,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            imatrix: None,
         }
+    }
+
+    /// The importance weights, if any are left.
+    fn imatrix(&self) -> Option<&ImatrixInput> {
+        self.imatrix.as_ref().filter(|m| !m.weights.is_empty())
     }
 }
 
@@ -88,6 +153,19 @@ pub enum QuantizeError {
     RowWidth { tensor: String, row_len: u64, ty: GgmlType, block: usize },
     #[error("tensor '{tensor}': cannot convert from {from} to {to}")]
     Convert { tensor: String, from: GgmlType, to: GgmlType },
+    #[error("importance matrix {path}: {source}")]
+    Imatrix {
+        path: PathBuf,
+        #[source]
+        source: ImatrixError,
+    },
+    #[error(
+        "tensor '{tensor}' is {ty} in a {file_type} file, which needs an importance matrix (--imatrix){}",
+        if *.has_imatrix { ", and the importance matrix has no entry for it" } else { "" }
+    )]
+    NeedsImatrix { tensor: String, ty: GgmlType, file_type: FileType, has_imatrix: bool },
+    #[error("importance matrix entry for '{tensor}' has {got} values, the tensor's rows have {want} elements")]
+    ImatrixSize { tensor: String, got: usize, want: u64 },
     #[error("tensor '{tensor}': {source}")]
     Quant {
         tensor: String,
@@ -194,12 +272,34 @@ pub fn plan(file: &GgufFile, options: &QuantizeOptions) -> Result<Vec<PlannedTen
         output_tensor_type: options.output_tensor_type,
         token_embedding_type: options.token_embedding_type,
         quantize_output: !options.leave_output_tensor,
+        has_imatrix: options.imatrix().is_some(),
     };
     let planned = rules::plan_types(&facts, &choice, &shapes);
     let mut out = Vec::with_capacity(order.len());
+    let imatrix = options.imatrix();
     for ((t, dims), p) in order.iter().zip(dims).zip(planned) {
         let (from, to) = (t.ggml_type, p.ggml_type);
+        let quantizable = rules::allows_quantization(&t.name, dims.len(), !options.leave_output_tensor);
+        if quantizable && imatrix.is_none() && requires_imatrix(&t.name, to, options.file_type) {
+            return Err(QuantizeError::NeedsImatrix {
+                tensor: t.name.clone(),
+                ty: to,
+                file_type: options.file_type,
+                has_imatrix: false,
+            });
+        }
         if from != to {
+            if let Some(m) = imatrix {
+                let weights = imatrix_weights(m, &t.name, t.dims.first().copied().unwrap_or(1))?;
+                if weights.is_none() && requires_imatrix(&t.name, to, options.file_type) {
+                    return Err(QuantizeError::NeedsImatrix {
+                        tensor: t.name.clone(),
+                        ty: to,
+                        file_type: options.file_type,
+                        has_imatrix: true,
+                    });
+                }
+            }
             if from.block_size() > 1 && !options.allow_requantize {
                 return Err(QuantizeError::Requantize { tensor: t.name.clone(), ty: from });
             }
@@ -221,6 +321,30 @@ pub fn plan(file: &GgufFile, options: &QuantizeOptions) -> Result<Vec<PlannedTen
         out.push(PlannedTensor { name: t.name.clone(), dims, from, to, fell_back_from: p.fell_back_from });
     }
     Ok(out)
+}
+
+/// A tensor's importance weights as llama-quantize looks them up: by name; none when the matrix has no entry;
+/// an entry of another size is an error, except for the token embedding (whose entry, when a tied model's
+/// output head was measured, does not describe its rows).
+fn imatrix_weights<'a>(m: &'a ImatrixInput, name: &str, row_len: u64) -> Result<Option<&'a [f32]>, QuantizeError> {
+    let Some(w) = m.weights.get(name) else { return Ok(None) };
+    if w.len() as u64 == row_len {
+        return Ok(Some(w));
+    }
+    if name == "token_embd.weight" || name == "per_layer_token_embd.weight" {
+        return Ok(None);
+    }
+    Err(QuantizeError::ImatrixSize { tensor: name.to_string(), got: w.len(), want: row_len })
+}
+
+/// llama.cpp's key override values: strings are cut to 127 bytes (`strncpy` into a 128-byte field); here at a
+/// character boundary.
+fn override_string(text: &str) -> String {
+    let mut end = text.len().min(127);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
 }
 
 /// Whether two paths name the same file (also through links); a path that does not exist names no file.
@@ -275,15 +399,31 @@ pub fn quantize_gguf(
     let mut writer = GgufWriter::new();
     // llama.cpp copies every key in order, then sets these two (gguf_set_val_* removes a key and appends it)
     // and drops the split keys.
-    let moved = ["general.quantization_version", "general.file_type"];
+    // With an importance matrix, llama-quantize sets four more keys the same way (as key overrides).
+    let mut set = vec![
+        ("general.quantization_version", MetaValue::U32(QUANTIZATION_VERSION)),
+        ("general.file_type", MetaValue::U32(options.file_type.id())),
+    ];
+    let imatrix = options.imatrix();
+    if let Some(m) = imatrix {
+        set.push(("quantize.imatrix.file", MetaValue::String(override_string(&m.label))));
+        if let Some(dataset) = &m.dataset {
+            set.push(("quantize.imatrix.dataset", MetaValue::String(override_string(dataset))));
+        }
+        set.push(("quantize.imatrix.entries_count", MetaValue::U32(m.weights.len() as u32)));
+        if m.chunk_count > 0 {
+            set.push(("quantize.imatrix.chunks_count", MetaValue::U32(m.chunk_count)));
+        }
+    }
     let dropped = ["split.no", "split.count", "split.tensors.count"];
     for (key, value) in file.metadata() {
-        if !moved.contains(&key.as_str()) && !dropped.contains(&key.as_str()) {
+        if !set.iter().any(|(k, _)| k == key) && !dropped.contains(&key.as_str()) {
             writer.add_metadata(key.clone(), value.clone())?;
         }
     }
-    writer.add_metadata(moved[0], MetaValue::U32(QUANTIZATION_VERSION))?;
-    writer.add_metadata(moved[1], MetaValue::U32(options.file_type.id()))?;
+    for (key, value) in set {
+        writer.add_metadata(key, value)?;
+    }
 
     let threads = options.threads.max(1);
     let (mut bytes_in, mut bytes_out, mut n_elements) = (0u64, 0u64, 0u64);
@@ -294,7 +434,15 @@ pub fn quantize_gguf(
             to: p.to,
         })?;
         let src = file.tensor_data(info);
-        let data = if p.from == p.to { src.to_vec() } else { convert_tensor(&p.name, src, info, p.to, threads)? };
+        let data = if p.from == p.to {
+            src.to_vec()
+        } else {
+            let weights = match imatrix {
+                Some(m) => imatrix_weights(m, &p.name, info.dims.first().copied().unwrap_or(1))?,
+                None => None,
+            };
+            convert_tensor(&p.name, src, info, p.to, weights, threads)?
+        };
         bytes_in += src.len() as u64;
         bytes_out += data.len() as u64;
         n_elements += info.n_elements;
@@ -315,6 +463,7 @@ fn convert_tensor(
     src: &[u8],
     info: &TensorInfo,
     to: GgmlType,
+    weights: Option<&[f32]>,
     threads: usize,
 ) -> Result<Vec<u8>, QuantizeError> {
     let quant_error = |source| QuantizeError::Quant { tensor: name.to_string(), source };
@@ -352,7 +501,13 @@ fn convert_tensor(
                 let row = first_row + r;
                 let values = &mut values[r * row_len..(r + 1) * row_len];
                 decoder.dequantize_row(&src[row * in_row..(row + 1) * in_row], values);
-                if let Err(e) = encoder.quantize_row(values, &mut dst[r * out_row..(r + 1) * out_row]) {
+                let dst = &mut dst[r * out_row..(r + 1) * out_row];
+                // every row of a matrix takes the same weights (one per input column)
+                let done = match weights {
+                    Some(w) => quantize_row_weighted(to, values, w, dst),
+                    None => encoder.quantize_row(values, dst),
+                };
+                if let Err(e) = done {
                     first_error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
                     return;
                 }

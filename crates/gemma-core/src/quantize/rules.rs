@@ -1,5 +1,5 @@
 //! Which GGML type each tensor gets: llama.cpp's `llama_tensor_get_type` rules (`src/llama-quant.cpp`),
-//! restated for the file types made here without an importance matrix.
+//! restated for the file types made here.
 //!
 //! The rules depend on the tensor's name (its category), its row width, the model's layer count and
 //! grouped-query ratio, and *counters*: the k-th attention-V or FFN-down tensor seen, in llama.cpp's tensor order
@@ -10,8 +10,8 @@ use std::cmp::Ordering;
 
 use gemma_io::GgmlType;
 
-/// llama.cpp's `llama_ftype`: what `llama-quantize` is asked to make. Only the types that need no importance
-/// matrix and whose codecs exist here.
+/// llama.cpp's `llama_ftype`: what `llama-quantize` is asked to make. Only the types whose codecs exist here
+/// (`Q2_K_S` needs an importance matrix).
 #[allow(non_camel_case_types)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FileType {
@@ -24,6 +24,7 @@ pub enum FileType {
     MostlyQ5_1,
     MostlyQ8_0,
     MostlyQ2_K,
+    MostlyQ2_K_S,
     MostlyQ3_K_S,
     MostlyQ3_K_M,
     MostlyQ3_K_L,
@@ -36,7 +37,6 @@ pub enum FileType {
 
 /// llama-quantize's type names this tool does not make, and why (for the usage error).
 const NOT_MADE_HERE: &[(&str, &str)] = &[
-    ("Q2_K_S", "its Q2_K tensors need an importance matrix"),
     ("IQ1_S", "an i-quant (importance-matrix type)"),
     ("IQ1_M", "an i-quant (importance-matrix type)"),
     ("IQ2_XXS", "an i-quant (importance-matrix type)"),
@@ -58,7 +58,7 @@ const NOT_MADE_HERE: &[(&str, &str)] = &[
 ];
 
 impl FileType {
-    pub const ALL: [FileType; 17] = [
+    pub const ALL: [FileType; 18] = [
         FileType::AllF32,
         FileType::MostlyF16,
         FileType::MostlyBf16,
@@ -68,6 +68,7 @@ impl FileType {
         FileType::MostlyQ5_1,
         FileType::MostlyQ8_0,
         FileType::MostlyQ2_K,
+        FileType::MostlyQ2_K_S,
         FileType::MostlyQ3_K_S,
         FileType::MostlyQ3_K_M,
         FileType::MostlyQ3_K_L,
@@ -90,6 +91,7 @@ impl FileType {
             FileType::MostlyQ5_1 => "Q5_1",
             FileType::MostlyQ8_0 => "Q8_0",
             FileType::MostlyQ2_K => "Q2_K",
+            FileType::MostlyQ2_K_S => "Q2_K_S",
             FileType::MostlyQ3_K_S => "Q3_K_S",
             FileType::MostlyQ3_K_M => "Q3_K_M",
             FileType::MostlyQ3_K_L => "Q3_K_L",
@@ -120,6 +122,7 @@ impl FileType {
             FileType::MostlyQ5_K_S => 16,
             FileType::MostlyQ5_K_M => 17,
             FileType::MostlyQ6_K => 18,
+            FileType::MostlyQ2_K_S => 21,
             FileType::MostlyBf16 => 32,
         }
     }
@@ -135,7 +138,7 @@ impl FileType {
             FileType::MostlyQ5_0 => GgmlType::Q5_0,
             FileType::MostlyQ5_1 => GgmlType::Q5_1,
             FileType::MostlyQ8_0 => GgmlType::Q8_0,
-            FileType::MostlyQ2_K => GgmlType::Q2K,
+            FileType::MostlyQ2_K | FileType::MostlyQ2_K_S => GgmlType::Q2K,
             FileType::MostlyQ3_K_S | FileType::MostlyQ3_K_M | FileType::MostlyQ3_K_L => GgmlType::Q3K,
             FileType::MostlyQ4_K_S | FileType::MostlyQ4_K_M => GgmlType::Q4K,
             FileType::MostlyQ5_K_S | FileType::MostlyQ5_K_M => GgmlType::Q5K,
@@ -359,6 +362,8 @@ pub struct TypeChoice {
     pub token_embedding_type: Option<GgmlType>,
     /// `false` with `--leave-output-tensor`.
     pub quantize_output: bool,
+    /// An importance matrix is given (`--imatrix` with at least one entry left after the filters).
+    pub has_imatrix: bool,
 }
 
 /// One tensor as the rules see it.
@@ -460,6 +465,7 @@ impl RuleState {
             let i = self.i_attention_v;
             match ftype {
                 F::MostlyQ2_K => new_type = if facts.n_gqa >= 4 { G::Q4K } else { G::Q3K },
+                F::MostlyQ2_K_S if facts.n_gqa >= 4 => new_type = G::Q4K,
                 F::MostlyQ3_K_M => new_type = if i < 2 { G::Q5K } else { G::Q4K },
                 F::MostlyQ3_K_L => new_type = G::Q5K,
                 F::MostlyQ4_K_M | F::MostlyQ5_K_M if use_more_bits(i, self.n_attention_v) => new_type = G::Q6K,
@@ -475,10 +481,15 @@ impl RuleState {
             let (i, n) = (self.i_ffn_down, facts.n_layer);
             match ftype {
                 F::MostlyQ2_K => new_type = G::Q3K,
+                F::MostlyQ2_K_S if i < n / 8 => new_type = G::Q4K,
                 F::MostlyQ3_K_M => new_type = if i < n / 16 { G::Q5K } else { G::Q4K },
                 F::MostlyQ3_K_L => new_type = G::Q5K,
                 F::MostlyQ4_K_M | F::MostlyQ5_K_M if use_more_bits(i, n) => new_type = G::Q6K,
                 F::MostlyQ4_K_S if i < n / 8 => new_type = G::Q5K,
+                // With an importance matrix only (so that the plain path stays what it was): the first FFN-down
+                // layers of Q4_0/Q5_0 go wrong even with one; the affine types hold up.
+                F::MostlyQ4_0 if choice.has_imatrix && i < n / 8 => new_type = G::Q4_1,
+                F::MostlyQ5_0 if choice.has_imatrix && i < n / 8 => new_type = G::Q5_1,
                 _ => {}
             }
             self.i_ffn_down += 1;
@@ -512,6 +523,13 @@ fn fallback(ty: GgmlType, row_len: u64) -> PlannedType {
     PlannedType { ggml_type, fell_back_from: Some(ty) }
 }
 
+/// llama.cpp's `tensor_requires_imatrix`: a tensor planned as Q2_K in a Q2_K_S file needs importance weights
+/// (the token embedding and the output head never do).
+pub fn requires_imatrix(name: &str, planned: GgmlType, file_type: FileType) -> bool {
+    let exempt = ["token_embd.weight", "per_layer_token_embd.weight", "output.weight"];
+    !exempt.contains(&name) && planned == GgmlType::Q2K && file_type == FileType::MostlyQ2_K_S
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -525,6 +543,7 @@ mod tests {
             output_tensor_type: None,
             token_embedding_type: None,
             quantize_output: true,
+            has_imatrix: false,
         }
     }
 
@@ -565,6 +584,33 @@ mod tests {
 
     fn type_of(planned: &[(String, GgmlType)], name: &str) -> GgmlType {
         planned.iter().find(|(n, _)| n == name).map(|(_, t)| *t).unwrap_or_else(|| panic!("no {name}"))
+    }
+
+    #[test]
+    fn q2_k_s_and_the_imatrix_rules() {
+        let tensors = gemma_like(GEMMA_LAYERS, 1024);
+        let facts = ModelFacts { n_layer: GEMMA_LAYERS, n_gqa: 4, is_70b: false };
+        let planned = plan(&facts, &choice(FileType::MostlyQ2_K_S), &tensors);
+        // 18 / 8 = 2 FFN-down layers get Q4_K; V gets Q4_K with 4 query heads per KV head
+        assert_eq!(type_of(&planned, "blk.1.ffn_down.weight"), GgmlType::Q4K);
+        assert_eq!(type_of(&planned, "blk.2.ffn_down.weight"), GgmlType::Q2K);
+        assert_eq!(type_of(&planned, "blk.5.attn_v.weight"), GgmlType::Q4K);
+        assert_eq!(type_of(&planned, "blk.5.attn_output.weight"), GgmlType::Q2K);
+        assert!(requires_imatrix("blk.2.ffn_down.weight", GgmlType::Q2K, FileType::MostlyQ2_K_S));
+        assert!(!requires_imatrix("token_embd.weight", GgmlType::Q2K, FileType::MostlyQ2_K_S));
+        assert!(!requires_imatrix("blk.2.ffn_down.weight", GgmlType::Q2K, FileType::MostlyQ2_K));
+        // Q4_0 / Q5_0 lift their first FFN-down layers to Q4_1 / Q5_1 only with an importance matrix
+        for (ft, plain, lifted) in [
+            (FileType::MostlyQ4_0, GgmlType::Q4_0, GgmlType::Q4_1),
+            (FileType::MostlyQ5_0, GgmlType::Q5_0, GgmlType::Q5_1),
+        ] {
+            let without = plan(&facts, &choice(ft), &tensors);
+            let with = plan(&facts, &TypeChoice { has_imatrix: true, ..choice(ft) }, &tensors);
+            assert_eq!(type_of(&without, "blk.0.ffn_down.weight"), plain);
+            assert_eq!(type_of(&with, "blk.0.ffn_down.weight"), lifted);
+            assert_eq!(type_of(&with, "blk.1.ffn_down.weight"), lifted);
+            assert_eq!(type_of(&with, "blk.2.ffn_down.weight"), plain);
+        }
     }
 
     #[test]
@@ -697,7 +743,9 @@ mod tests {
             assert_eq!(FileType::parse(&t.id().to_string()), Ok(t));
         }
         assert!(matches!(FileType::parse("iq4_xs"), Err(FileTypeError::NotMadeHere { .. })));
-        assert!(matches!(FileType::parse("Q2_K_S"), Err(FileTypeError::NotMadeHere { .. })));
+        assert_eq!(FileType::parse("q2_k_s"), Ok(FileType::MostlyQ2_K_S));
+        assert_eq!(FileType::parse("21"), Ok(FileType::MostlyQ2_K_S));
+        assert!(matches!(FileType::parse("IQ2_XXS"), Err(FileTypeError::NotMadeHere { .. })));
         let unknown = FileType::parse("q9").unwrap_err().to_string();
         assert!(unknown.contains("'q9'") && unknown.contains("Q4_K_M"), "{unknown}");
         assert_eq!(parse_tensor_type("Q6_k"), Some(GgmlType::Q6K));
