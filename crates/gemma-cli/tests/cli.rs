@@ -302,7 +302,7 @@ fn a_reader_that_goes_away_ends_the_command_quietly() {
 fn an_interrupted_conversion_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("model.sbs");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gemma"))
+    let child = Command::new(env!("CARGO_BIN_EXE_gemma"))
         .args(["convert", "-i", &model(), "-o", out.to_str().unwrap(), "--type", "f32"])
         .stderr(std::process::Stdio::piped())
         .spawn()
