@@ -46,6 +46,10 @@ JOBS = [
     ("gemma_q5_k_m", GEMMA, ["--allow-requantize"], "Q5_K_M"),
     ("gemma_q6_k", GEMMA, ["--allow-requantize"], "Q6_K"),
     ("gemma_pure_q4_k", GEMMA, ["--allow-requantize", "--pure"], "Q4_K"),
+    # IQ4_XS rows of 640 are not whole super-blocks: they fall back to IQ4_NL.
+    ("gemma_iq4_nl", GEMMA, ["--allow-requantize"], "IQ4_NL"),
+    ("gemma_iq4_xs", GEMMA, ["--allow-requantize"], "IQ4_XS"),
+    ("gemma_pure_iq4_xs", GEMMA, ["--allow-requantize", "--pure"], "IQ4_XS"),
     # Gemma 3 ties its output to the token embedding, so --output-tensor-type reaches token_embd (through the
     # mixture rules), unless --token-embedding-type names it first. (A 256-block type here makes llama-quantize
     # abort: the 640-wide rows do not divide.)
@@ -63,6 +67,7 @@ JOBS = [
     ("smollm2_q3_k_l", SMOLLM2, ["--allow-requantize"], "Q3_K_L"),
     ("smollm2_q2_k", SMOLLM2, ["--allow-requantize"], "Q2_K"),
     ("smollm2_q6_k_leave_output", SMOLLM2, ["--allow-requantize", "--leave-output-tensor"], "Q6_K"),
+    ("smollm2_iq4_xs", SMOLLM2, ["--allow-requantize"], "IQ4_XS"),
     # With an importance matrix (made by llama-imatrix on the default model over lighthouses.txt, -c 128; the
     # path is given relative to the repository root, as the test gives it: llama-quantize writes it into the
     # output's metadata).
@@ -88,10 +93,11 @@ JOBS = [
 ]
 
 GGML_TYPES = {0: "f32", 1: "f16", 2: "q4_0", 3: "q4_1", 6: "q5_0", 7: "q5_1", 8: "q8_0", 9: "q8_1", 10: "q2_K",
-              11: "q3_K", 12: "q4_K", 13: "q5_K", 14: "q6_K", 15: "q8_K", 30: "bf16"}
+              11: "q3_K", 12: "q4_K", 13: "q5_K", 14: "q6_K", 15: "q8_K", 20: "iq4_nl", 23: "iq4_xs", 30: "bf16"}
 # (elements, bytes) per block
 GEOMETRY = {0: (1, 4), 1: (1, 2), 30: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34),
-            10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210)}
+            10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210), 20: (32, 18),
+            23: (256, 136)}
 
 
 class Reader:

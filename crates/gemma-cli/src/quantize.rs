@@ -116,7 +116,8 @@ pub fn quantize(common: &Common, args: &QuantizeArgs) -> Result<()> {
             e @ (QuantizeError::Requantize { .. }
             | QuantizeError::SameFile(_)
             | QuantizeError::RowWidth { .. }
-            | QuantizeError::NeedsImatrix { .. }),
+            | QuantizeError::NeedsImatrix { .. }
+            | QuantizeError::WeightedNotSupported { .. }),
         ) => return Err(usage(e.to_string())),
         Err(e) => {
             return Err(e).with_context(|| format!("quantizing {} to {}", args.input.display(), args.output.display()))

@@ -32,6 +32,10 @@ const CI_JOBS: &[&str] = &[
     "gemma_f32_to_q4_k_m",
     "smollm2_q4_k_m",
     "smollm2_q3_k_l",
+    // IQ4_XS with its IQ4_NL fallback, the Q5_K V and first FFN-down layers, and a Q8_0 tied output head (its
+    // 640-wide rows are no whole IQ4_XS super-block); SmolLM2's grouped-query ratio of 3 keeps V in IQ4.
+    "gemma_iq4_xs",
+    "smollm2_iq4_xs",
     // With the committed importance matrix: Q4_K + Q6_K + the Q5_0/Q8_0 fallbacks, Q2_K_S (Q2_K, its Q4_K
     // layers and the Q4_0 fallback), Q4_0's Q4_1 FFN-down rule, Q5_K through --include-weights, and Q3_K from
     // the legacy .dat file.

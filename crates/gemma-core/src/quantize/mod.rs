@@ -12,7 +12,7 @@
 //! `quantize.imatrix.*` keys are added, and the rules that depend on it apply (Q2_K_S; Q4_0/Q5_0's first
 //! FFN-down layers).
 //!
-//! Not implemented: the i-quants, `--tensor-type` overrides, layer pruning, split files, mixture-of-experts
+//! Not implemented: the i-quants other than IQ4_NL and IQ4_XS (and those two with an importance matrix), `--tensor-type` overrides, layer pruning, split files, mixture-of-experts
 //! models.
 
 pub mod rules;
@@ -164,6 +164,11 @@ pub enum QuantizeError {
         if *.has_imatrix { ", and the importance matrix has no entry for it" } else { "" }
     )]
     NeedsImatrix { tensor: String, ty: GgmlType, file_type: FileType, has_imatrix: bool },
+    #[error(
+        "tensor '{tensor}' would be {ty} with importance weights, which this tool does not encode yet (IQ4_NL and \
+         IQ4_XS are made without --imatrix)"
+    )]
+    WeightedNotSupported { tensor: String, ty: GgmlType },
     #[error("importance matrix entry for '{tensor}' has {got} values, the tensor's rows have {want} elements")]
     ImatrixSize { tensor: String, got: usize, want: u64 },
     #[error("tensor '{tensor}': {source}")]
@@ -287,6 +292,10 @@ pub fn plan(file: &GgufFile, options: &QuantizeOptions) -> Result<Vec<PlannedTen
                 file_type: options.file_type,
                 has_imatrix: false,
             });
+        }
+        if from != to && imatrix.is_some() && matches!(to, GgmlType::IQ4_NL | GgmlType::IQ4_XS) {
+            // llama-quantize weighs IQ4's scale search by the imatrix; an unweighted encode would give other bytes.
+            return Err(QuantizeError::WeightedNotSupported { tensor: t.name.clone(), ty: to });
         }
         if from != to {
             if let Some(m) = imatrix {

@@ -33,6 +33,8 @@ pub enum FileType {
     MostlyQ5_K_S,
     MostlyQ5_K_M,
     MostlyQ6_K,
+    MostlyIQ4_NL,
+    MostlyIQ4_XS,
 }
 
 /// llama-quantize's type names this tool does not make, and why (for the usage error).
@@ -47,8 +49,6 @@ const NOT_MADE_HERE: &[(&str, &str)] = &[
     ("IQ3_XS", "an i-quant"),
     ("IQ3_S", "an i-quant"),
     ("IQ3_M", "an i-quant"),
-    ("IQ4_NL", "an i-quant"),
-    ("IQ4_XS", "an i-quant"),
     ("TQ1_0", "a ternary type"),
     ("TQ2_0", "a ternary type"),
     ("MXFP4_MOE", "a mixture-of-experts type"),
@@ -58,7 +58,7 @@ const NOT_MADE_HERE: &[(&str, &str)] = &[
 ];
 
 impl FileType {
-    pub const ALL: [FileType; 18] = [
+    pub const ALL: [FileType; 20] = [
         FileType::AllF32,
         FileType::MostlyF16,
         FileType::MostlyBf16,
@@ -77,6 +77,8 @@ impl FileType {
         FileType::MostlyQ5_K_S,
         FileType::MostlyQ5_K_M,
         FileType::MostlyQ6_K,
+        FileType::MostlyIQ4_NL,
+        FileType::MostlyIQ4_XS,
     ];
 
     /// llama-quantize's name for it.
@@ -100,6 +102,8 @@ impl FileType {
             FileType::MostlyQ5_K_S => "Q5_K_S",
             FileType::MostlyQ5_K_M => "Q5_K_M",
             FileType::MostlyQ6_K => "Q6_K",
+            FileType::MostlyIQ4_NL => "IQ4_NL",
+            FileType::MostlyIQ4_XS => "IQ4_XS",
         }
     }
 
@@ -123,6 +127,8 @@ impl FileType {
             FileType::MostlyQ5_K_M => 17,
             FileType::MostlyQ6_K => 18,
             FileType::MostlyQ2_K_S => 21,
+            FileType::MostlyIQ4_NL => 25,
+            FileType::MostlyIQ4_XS => 30,
             FileType::MostlyBf16 => 32,
         }
     }
@@ -143,6 +149,8 @@ impl FileType {
             FileType::MostlyQ4_K_S | FileType::MostlyQ4_K_M => GgmlType::Q4K,
             FileType::MostlyQ5_K_S | FileType::MostlyQ5_K_M => GgmlType::Q5K,
             FileType::MostlyQ6_K => GgmlType::Q6K,
+            FileType::MostlyIQ4_NL => GgmlType::IQ4_NL,
+            FileType::MostlyIQ4_XS => GgmlType::IQ4_XS,
         }
     }
 
@@ -198,7 +206,7 @@ pub enum FileTypeError {
 }
 
 /// The GGML types a tensor can be written as here (for `--output-tensor-type` / `--token-embedding-type`).
-pub const TENSOR_TYPES: [GgmlType; 13] = [
+pub const TENSOR_TYPES: [GgmlType; 15] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -212,6 +220,8 @@ pub const TENSOR_TYPES: [GgmlType; 13] = [
     GgmlType::Q4K,
     GgmlType::Q5K,
     GgmlType::Q6K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
 ];
 
 /// A GGML type by its ggml name in any case (`q6_k`, `Q8_0`, `bf16`), as llama-quantize's `parse_ggml_type`;
@@ -470,6 +480,7 @@ impl RuleState {
                 F::MostlyQ3_K_L => new_type = G::Q5K,
                 F::MostlyQ4_K_M | F::MostlyQ5_K_M if use_more_bits(i, self.n_attention_v) => new_type = G::Q6K,
                 F::MostlyQ4_K_S if i < 4 => new_type = G::Q5K,
+                F::MostlyIQ4_NL | F::MostlyIQ4_XS if facts.n_gqa >= 4 => new_type = G::Q5K,
                 _ => {}
             }
             if facts.is_70b && matches!(new_type, G::Q3K | G::Q4K) {
@@ -486,6 +497,7 @@ impl RuleState {
                 F::MostlyQ3_K_L => new_type = G::Q5K,
                 F::MostlyQ4_K_M | F::MostlyQ5_K_M if use_more_bits(i, n) => new_type = G::Q6K,
                 F::MostlyQ4_K_S if i < n / 8 => new_type = G::Q5K,
+                F::MostlyIQ4_NL | F::MostlyIQ4_XS if i < n / 8 && !choice.has_imatrix => new_type = G::Q5K,
                 // With an importance matrix only (so that the plain path stays what it was): the first FFN-down
                 // layers of Q4_0/Q5_0 go wrong even with one; the affine types hold up.
                 F::MostlyQ4_0 if choice.has_imatrix && i < n / 8 => new_type = G::Q4_1,
@@ -506,7 +518,7 @@ impl RuleState {
 }
 
 /// `tensor_type_fallback`: a type whose block does not divide the row width is replaced by a 32-block type
-/// of about the same size (Q2_K, Q3_K → Q4_0; Q4_K → Q5_0; Q5_K → Q5_1; Q6_K → Q8_0), and by F16 when even
+/// of about the same size (Q2_K, Q3_K → Q4_0; Q4_K → Q5_0; Q5_K → Q5_1; Q6_K → Q8_0; IQ4_XS → IQ4_NL), and by F16 when even
 /// 32 does not divide it.
 fn fallback(ty: GgmlType, row_len: u64) -> PlannedType {
     if row_len.is_multiple_of(ty.block_size() as u64) {
@@ -517,6 +529,7 @@ fn fallback(ty: GgmlType, row_len: u64) -> PlannedType {
         GgmlType::Q4K => GgmlType::Q5_0,
         GgmlType::Q5K => GgmlType::Q5_1,
         GgmlType::Q6K => GgmlType::Q8_0,
+        GgmlType::IQ4_XS => GgmlType::IQ4_NL,
         other => other,
     };
     let ggml_type = if row_len.is_multiple_of(smaller.block_size() as u64) { smaller } else { GgmlType::F16 };
@@ -742,7 +755,9 @@ mod tests {
             assert_eq!(FileType::parse(t.name()), Ok(t));
             assert_eq!(FileType::parse(&t.id().to_string()), Ok(t));
         }
-        assert!(matches!(FileType::parse("iq4_xs"), Err(FileTypeError::NotMadeHere { .. })));
+        assert_eq!(FileType::parse("iq4_xs"), Ok(FileType::MostlyIQ4_XS));
+        assert_eq!(FileType::parse("25"), Ok(FileType::MostlyIQ4_NL));
+        assert!(matches!(FileType::parse("iq3_s"), Err(FileTypeError::NotMadeHere { .. })));
         assert_eq!(FileType::parse("q2_k_s"), Ok(FileType::MostlyQ2_K_S));
         assert_eq!(FileType::parse("21"), Ok(FileType::MostlyQ2_K_S));
         assert!(matches!(FileType::parse("IQ2_XXS"), Err(FileTypeError::NotMadeHere { .. })));
