@@ -1,4 +1,4 @@
-//! The 32-element block formats (Q8_0, Q5_0, Q4_0, Q4_1, Q5_1) repacked with 16 rows interleaved, for
+//! The 32-element block formats (Q8_0, Q5_0, Q4_0, Q4_1, Q5_1, IQ4_NL) repacked with 16 rows interleaved, for
 //! products with several tokens at once (a batched decode step, a prefill) and with one.
 //!
 //! In GGML's layout each row's blocks lie one after another, so a SIMD lane can only hold part of one row's
@@ -6,8 +6,9 @@
 //! stored as their 16 f16 scales followed by their quants 4 at a time (dword `k` of rows 0..16 together), so
 //! one 512-bit integer dot product advances the block sums of all 16 rows, and the conversion and scaled add
 //! happen once per block for 16 rows. The stored codes are the format's own, unchanged (Q8_0 signed, the
-//! others GGML's unsigned `u`: Q4_0 `q + 8`, Q5_0 `q + 16`, Q4_1 and Q5_1 `q`), and the block sums exact;
-//! the kernels take the offset of Q4_0/Q5_0 back out as `8` or `16` times the activations' block sum. Per row
+//! others GGML's unsigned `u`: Q4_0 `q + 8`, Q5_0 `q + 16`, Q4_1 and Q5_1 `q`, IQ4_NL the 4-bit index into
+//! [`KVALUES`], `q = KVALUES[u]`), and the block sums exact; the kernels take the offset of Q4_0/Q5_0 back out
+//! as `8` or `16` times the activations' block sum, and decode IQ4_NL's indices by a table lookup. Per row
 //! and token the block products are added in block order, as the scalar twin does:
 //! - `acc = fma(d_w * d_a, isum, acc)`, with `isum` the integer dot of the signed quants and the activations;
 //! - Q4_1 and Q5_1 then add the offset term, `acc = fma(m_w, d_a * sum_a, acc)`, where `sum_a` is the integer
@@ -19,13 +20,14 @@
 //! Layout of one block of a group: 16 f16 scales `d`, for Q4_1 and Q5_1 then 16 f16 offsets `m`, then per `k`
 //! in 0..8 the 64 codes `j = r * 4 + e` of dword `k` of each row `r`:
 //! - Q8_0: the 64 signed bytes (544 bytes per group block, as 16 GGML blocks);
-//! - Q4_0, Q4_1: 32 bytes of nibbles, byte `m` holding code `m` in its low nibble and code `m + 32` in its
-//!   high one (288 and 320 bytes, as GGML);
+//! - Q4_0, Q4_1, IQ4_NL: 32 bytes of nibbles, byte `m` holding code `m` in its low nibble and code `m + 32` in its
+//!   high one (288, 320 and 288 bytes, as GGML);
 //! - Q5_0, Q5_1: the low four bits of the 5-bit codes as those 32 bytes of nibbles, then a 64-bit word of
 //!   their fifth bits, bit `j` for code `j` (352 and 384 bytes, as GGML).
 
 use std::ops::Range;
 
+use crate::iq4::KVALUES;
 use crate::{quant_format, GgmlType, QuantError};
 
 /// Rows per interleaved group.
@@ -41,6 +43,9 @@ pub enum InterleavedFormat {
     Q4_0,
     Q4_1,
     Q5_1,
+    /// Q4_0's layout with the nibbles indices into [`KVALUES`].
+    #[allow(non_camel_case_types)] // GGML's name, as `GgmlType::IQ4_NL`
+    IQ4_NL,
 }
 
 impl InterleavedFormat {
@@ -51,6 +56,7 @@ impl InterleavedFormat {
             GgmlType::Q4_0 => Some(InterleavedFormat::Q4_0),
             GgmlType::Q4_1 => Some(InterleavedFormat::Q4_1),
             GgmlType::Q5_1 => Some(InterleavedFormat::Q5_1),
+            GgmlType::IQ4_NL => Some(InterleavedFormat::IQ4_NL),
             _ => None,
         }
     }
@@ -65,28 +71,38 @@ impl InterleavedFormat {
         match self {
             InterleavedFormat::Q8_0 => 8,
             InterleavedFormat::Q5_0 | InterleavedFormat::Q5_1 => 5,
-            InterleavedFormat::Q4_0 | InterleavedFormat::Q4_1 => 4,
+            InterleavedFormat::Q4_0 | InterleavedFormat::Q4_1 | InterleavedFormat::IQ4_NL => 4,
         }
     }
 
-    /// The format with codes of `bits` bits, with or without offsets (the kernels' const parameters).
-    pub(crate) const fn from_bits(bits: u32, min: bool) -> InterleavedFormat {
-        match (bits, min) {
-            (8, false) => InterleavedFormat::Q8_0,
-            (5, false) => InterleavedFormat::Q5_0,
-            (4, false) => InterleavedFormat::Q4_0,
-            (4, true) => InterleavedFormat::Q4_1,
-            (5, true) => InterleavedFormat::Q5_1,
+    /// Whether the codes are indices into [`KVALUES`] (IQ4_NL).
+    pub(crate) const fn is_table(self) -> bool {
+        matches!(self, InterleavedFormat::IQ4_NL)
+    }
+
+    /// The format with codes of `bits` bits, with or without offsets, table-decoded or not (the kernels'
+    /// const parameters).
+    pub(crate) const fn from_bits(bits: u32, min: bool, table: bool) -> InterleavedFormat {
+        match (bits, min, table) {
+            (8, false, false) => InterleavedFormat::Q8_0,
+            (5, false, false) => InterleavedFormat::Q5_0,
+            (4, false, false) => InterleavedFormat::Q4_0,
+            (4, true, false) => InterleavedFormat::Q4_1,
+            (5, true, false) => InterleavedFormat::Q5_1,
+            (4, false, true) => InterleavedFormat::IQ4_NL,
             _ => panic!("no such interleaved format"),
         }
     }
 
-    /// What a stored code adds to the signed quant: `q = code + offset` (Q8_0's codes are already signed).
+    /// What a stored code adds to the signed quant: `q = code + offset` (Q8_0's codes are already signed;
+    /// IQ4_NL's are looked up instead).
     pub(crate) const fn offset(self) -> i32 {
         match self {
             InterleavedFormat::Q5_0 => -16,
             InterleavedFormat::Q4_0 => -8,
-            InterleavedFormat::Q8_0 | InterleavedFormat::Q4_1 | InterleavedFormat::Q5_1 => 0,
+            InterleavedFormat::Q8_0 | InterleavedFormat::Q4_1 | InterleavedFormat::Q5_1 | InterleavedFormat::IQ4_NL => {
+                0
+            }
         }
     }
 
@@ -229,7 +245,7 @@ impl InterleavedRows {
     }
 
     /// The signed quant of row `r` (within its group), element `4 k + e` of block `blk` (a group block):
-    /// its stored code plus the format's offset.
+    /// its stored code plus the format's offset (IQ4_NL: the table value of the code).
     fn quant(format: InterleavedFormat, blk: &[u8], r: usize, k: usize, e: usize) -> i32 {
         let run = &blk[format.head_bytes() + format.k_bytes() * k..][..format.k_bytes()];
         let j = 4 * r + e;
@@ -241,6 +257,9 @@ impl InterleavedRows {
                 (lo | hi << 4) as i32
             }
         };
+        if format.is_table() {
+            return KVALUES[code as usize] as i32;
+        }
         code + format.offset()
     }
 
@@ -386,15 +405,16 @@ pub(crate) mod tests {
     }
 
     /// Every format, and for each its GGML type.
-    pub(crate) const ALL: [(InterleavedFormat, GgmlType); 5] = [
+    pub(crate) const ALL: [(InterleavedFormat, GgmlType); 6] = [
         (InterleavedFormat::Q8_0, GgmlType::Q8_0),
         (InterleavedFormat::Q5_0, GgmlType::Q5_0),
         (InterleavedFormat::Q4_0, GgmlType::Q4_0),
         (InterleavedFormat::Q4_1, GgmlType::Q4_1),
         (InterleavedFormat::Q5_1, GgmlType::Q5_1),
+        (InterleavedFormat::IQ4_NL, GgmlType::IQ4_NL),
     ];
 
-    /// The 32 codes of a GGML block as stored (Q8_0 signed, the others GGML's unsigned codes), decoded from
+    /// The 32 codes of a GGML block as stored (Q8_0 signed, the others GGML's unsigned codes or indices), decoded from
     /// ggml-common.h's block layouts.
     fn block_codes(format: InterleavedFormat, block: &[u8]) -> [i32; QK] {
         let mut q = [0i32; QK];
@@ -425,7 +445,7 @@ pub(crate) mod tests {
             let (rows, cols) = (37, 160);
             let src = ggml_rows(&mut rng, ty, rows, cols);
             assert_eq!(InterleavedFormat::of(ty), Some(format));
-            assert_eq!(InterleavedFormat::from_bits(format.bits(), format.has_min()), format);
+            assert_eq!(InterleavedFormat::from_bits(format.bits(), format.has_min(), format.is_table()), format);
             let (rb, gbb, kb) = (ty.row_bytes(cols).unwrap(), format.group_block_bytes(), format.k_bytes());
             let head = if format.has_min() { 64 } else { 32 };
             let blocks = cols / QK;

@@ -149,7 +149,7 @@ pub fn matmul(
     Ok(())
 }
 
-/// `out[t][r] = W[r] · x[t]` for a Q8_0, Q5_0, Q4_0, Q4_1 or Q5_1 matrix repacked with 16 rows interleaved
+/// `out[t][r] = W[r] · x[t]` for a Q8_0, Q5_0, Q4_0, Q4_1, Q5_1 or IQ4_NL matrix repacked with 16 rows interleaved
 /// ([`InterleavedRows`]); `acts` keeps the quantized activations between calls.
 pub fn matmul_interleaved(
     pool: &ThreadPool,
@@ -314,7 +314,7 @@ impl<'a> SbsMatrix<'a> {
 pub enum WeightView<'a> {
     Ggml(QMatrix<'a>),
     Sbs(SbsMatrix<'a>),
-    /// Q8_0, Q5_0, Q4_0, Q4_1 or Q5_1 repacked at load with 16 rows interleaved.
+    /// Q8_0, Q5_0, Q4_0, Q4_1, Q5_1 or IQ4_NL repacked at load with 16 rows interleaved.
     Interleaved(&'a InterleavedRows),
     /// Q4_K or Q6_K repacked at load with 16 rows interleaved.
     InterleavedK(&'a InterleavedKRows),
@@ -778,7 +778,7 @@ mod tests {
         let mut seed = 11;
         let wf: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
         use GgmlType::*;
-        for ty in [Q8_0, Q5_0, Q4_0, Q4_1, Q5_1, Q4K, Q6K, F32, F16, BF16] {
+        for ty in [Q8_0, Q5_0, Q4_0, Q4_1, Q5_1, IQ4_NL, Q4K, Q6K, F32, F16, BF16] {
             let wq = quantize_rows(ty, &wf, cols);
             let plain = QMatrix::new(&wq, rows, cols, ty).unwrap();
             let interleaved = InterleavedRows::repack(ty, rows, cols, &wq, &mut |_| {}).ok();

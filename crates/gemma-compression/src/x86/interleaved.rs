@@ -3,12 +3,18 @@
 //! `dot_groups_scalar` does, in block order `acc = fma(d_w * d_a, isum, acc)` and, for Q4_1 and Q5_1,
 //! `acc = fma(m_w, d_a * sum_a, acc)`, so all three agree bit for bit.
 //!
-//! The kernels are generic over the format as `BITS` (8, 5 or 4) and `MIN` (offsets), the two things their
-//! code depends on; [`InterleavedFormat::from_bits`] gives the format back.
+//! The kernels are generic over the format as `BITS` (8, 5 or 4), `MIN` (offsets) and `NL` (IQ4_NL's table
+//! codes), the things their code depends on; [`InterleavedFormat::from_bits`] gives the format back.
+//!
+//! IQ4_NL's nibbles become its signed table values by a byte shuffle, after which the block is Q8_0's case:
+//! VNNI looks up `value + 128` (unsigned, as `vpdpbusd` wants) and takes `128` times the activations' sum
+//! back out; AVX2 looks up the signed values and multiplies `|q|` by `a` with `q`'s sign (`|q| <= 127`, so
+//! `vpmaddubsw`'s pair sums fit i16).
 
 use std::arch::x86_64::*;
 
 use crate::interleaved::{InterleavedActs, InterleavedFormat, ROW_GROUP};
+use crate::iq4::KVALUES;
 
 /// Checks the slice lengths every kernel relies on; returns (groups, tile width).
 fn check(format: InterleavedFormat, w: &[u8], blocks: usize, acts: &InterleavedActs, tile: &[f32]) -> (usize, usize) {
@@ -26,7 +32,7 @@ fn check(format: InterleavedFormat, w: &[u8], blocks: usize, acts: &InterleavedA
 /// product streams the matrix at memory speed and the hardware prefetcher alone leaves bandwidth unused.
 pub(crate) const PREFETCH_AHEAD: usize = 8 * 1024;
 
-/// Runs `$kernel::<BITS, MIN, T>` over every group and every chunk of up to `$max` tokens.
+/// Runs `$kernel::<BITS, MIN, NL, T>` over every group and every chunk of up to `$max` tokens.
 macro_rules! over_groups {
     ($format:expr, $w:expr, $blocks:expr, $acts:expr, $tile:expr, $kernel:ident, [$($t:literal),*], $max:literal) => {{
         let (groups, width) = check($format, $w, $blocks, $acts, $tile);
@@ -39,11 +45,12 @@ macro_rules! over_groups {
                 let left = ($acts.n_tokens - t0).min($max);
                 // SAFETY (every arm): `check` sized the group, the activations and the tile for these tokens.
                 t0 += match ($format, left) {
-                    $((InterleavedFormat::Q8_0, $t) => $kernel::<8, false, $t>(gw, $blocks, $acts, t0, out, width),)*
-                    $((InterleavedFormat::Q5_0, $t) => $kernel::<5, false, $t>(gw, $blocks, $acts, t0, out, width),)*
-                    $((InterleavedFormat::Q4_0, $t) => $kernel::<4, false, $t>(gw, $blocks, $acts, t0, out, width),)*
-                    $((InterleavedFormat::Q4_1, $t) => $kernel::<4, true, $t>(gw, $blocks, $acts, t0, out, width),)*
-                    $((InterleavedFormat::Q5_1, $t) => $kernel::<5, true, $t>(gw, $blocks, $acts, t0, out, width),)*
+                    $((InterleavedFormat::Q8_0, $t) => $kernel::<8, false, false, $t>(gw, $blocks, $acts, t0, out, width),)*
+                    $((InterleavedFormat::Q5_0, $t) => $kernel::<5, false, false, $t>(gw, $blocks, $acts, t0, out, width),)*
+                    $((InterleavedFormat::Q4_0, $t) => $kernel::<4, false, false, $t>(gw, $blocks, $acts, t0, out, width),)*
+                    $((InterleavedFormat::Q4_1, $t) => $kernel::<4, true, false, $t>(gw, $blocks, $acts, t0, out, width),)*
+                    $((InterleavedFormat::Q5_1, $t) => $kernel::<5, true, false, $t>(gw, $blocks, $acts, t0, out, width),)*
+                    $((InterleavedFormat::IQ4_NL, $t) => $kernel::<4, false, true, $t>(gw, $blocks, $acts, t0, out, width),)*
                     _ => unreachable!("token chunks are 1..={}", $max),
                 };
             }
@@ -64,14 +71,15 @@ pub(crate) unsafe fn dot_groups_vnni(
     over_groups!(format, w, blocks, acts, tile, group_vnni, [1, 2, 3, 4, 5, 6, 7, 8], 8);
 }
 
-/// The 64 codes of dword `k` of the 16 rows of a group block as unsigned bytes (Q8_0's signed quants as
-/// `q + 128`, the others as stored). `runs` is where the block's codes start (after its head).
+/// The 64 codes of dword `k` of the 16 rows of a group block as unsigned bytes (Q8_0's signed quants and
+/// IQ4_NL's table values as `q + 128`, the others as stored). `runs` is where the block's codes start (after
+/// its head).
 ///
 /// # Safety
 /// As [`group_vnni`]; `runs` is the codes of a whole group block.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn unsigned_quants_vnni<const BITS: u32>(runs: *const u8, k: usize) -> __m512i {
+unsafe fn unsigned_quants_vnni<const BITS: u32, const NL: bool>(runs: *const u8, k: usize) -> __m512i {
     if BITS == 8 {
         let q = _mm512_loadu_si512(runs.add(64 * k).cast());
         return _mm512_xor_si512(q, _mm512_set1_epi8(0x80u8 as i8));
@@ -82,6 +90,9 @@ unsafe fn unsigned_quants_vnni<const BITS: u32>(runs: *const u8, k: usize) -> __
     let lo = _mm256_and_si256(nib, m);
     let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(nib), m);
     let v = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+    if NL {
+        return _mm512_shuffle_epi8(table_plus_128_vnni(), v);
+    }
     if BITS == 5 {
         let fifth: __mmask64 = run.add(32).cast::<u64>().read_unaligned();
         _mm512_mask_add_epi8(v, fifth, v, _mm512_set1_epi8(16))
@@ -90,13 +101,31 @@ unsafe fn unsigned_quants_vnni<const BITS: u32>(runs: *const u8, k: usize) -> __
     }
 }
 
+/// IQ4_NL's table as `value + 128` (1..=241, unsigned) in each 128-bit lane, for `vpshufb`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn table_plus_128_vnni() -> __m512i {
+    const T: [u8; 16] = {
+        let mut t = [0u8; 16];
+        let mut i = 0;
+        while i < 16 {
+            t[i] = (KVALUES[i] as i32 + 128) as u8;
+            i += 1;
+        }
+        t
+    };
+    // SAFETY: reads the 16 bytes of `T`.
+    let lane = unsafe { _mm_loadu_si128(T.as_ptr().cast()) };
+    _mm512_broadcast_i32x4(lane)
+}
+
 /// One group against tokens `t0..t0 + T`; returns `T`.
 ///
 /// # Safety
 /// As [`dot_groups_vnni`]; `gw` is a whole group, the tokens exist and `out` has `T` rows of `width` from it.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn group_vnni<const BITS: u32, const MIN: bool, const T: usize>(
+unsafe fn group_vnni<const BITS: u32, const MIN: bool, const NL: bool, const T: usize>(
     gw: *const u8,
     blocks: usize,
     acts: &InterleavedActs,
@@ -104,10 +133,10 @@ unsafe fn group_vnni<const BITS: u32, const MIN: bool, const T: usize>(
     out: *mut f32,
     width: usize,
 ) -> usize {
-    let format = InterleavedFormat::from_bits(BITS, MIN);
+    let format = InterleavedFormat::from_bits(BITS, MIN, NL);
     let (gbb, head) = (format.group_block_bytes(), format.head_bytes());
     // What the unsigned codes add to each signed quant, taken back out as that times the activations' sum.
-    let bias = if BITS == 8 { -128 } else { format.offset() };
+    let bias = if BITS == 8 || NL { -128 } else { format.offset() };
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..blocks {
         let blk = gw.add(b * gbb);
@@ -118,7 +147,7 @@ unsafe fn group_vnni<const BITS: u32, const MIN: bool, const T: usize>(
         let mw = if MIN { _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(2 * ROW_GROUP).cast())) } else { dw };
         let mut wq = [_mm512_setzero_si512(); 8];
         for (k, q) in wq.iter_mut().enumerate() {
-            *q = unsigned_quants_vnni::<BITS>(blk.add(head), k);
+            *q = unsigned_quants_vnni::<BITS, NL>(blk.add(head), k);
         }
         for (t, acc) in acc.iter_mut().enumerate() {
             let i = (t0 + t) * blocks + b;
@@ -154,14 +183,14 @@ pub(crate) unsafe fn dot_groups_avx2(
     over_groups!(format, w, blocks, acts, tile, group_avx2, [1, 2, 3, 4], 4);
 }
 
-/// The 32 codes of dword `k` of rows `8 h..8 h + 8` of a group block: Q8_0 signed, the others unsigned as
-/// stored. `runs` is where the block's codes start (after its head).
+/// The 32 codes of dword `k` of rows `8 h..8 h + 8` of a group block: Q8_0 signed, IQ4_NL's signed table
+/// values, the others unsigned as stored. `runs` is where the block's codes start (after its head).
 ///
 /// # Safety
 /// As [`group_avx2`]; `runs` is the codes of a whole group block.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn half_quants_avx2<const BITS: u32>(runs: *const u8, k: usize, h: usize) -> __m256i {
+unsafe fn half_quants_avx2<const BITS: u32, const NL: bool>(runs: *const u8, k: usize, h: usize) -> __m256i {
     if BITS == 8 {
         return _mm256_loadu_si256(runs.add(64 * k + 32 * h).cast());
     }
@@ -169,6 +198,10 @@ unsafe fn half_quants_avx2<const BITS: u32>(runs: *const u8, k: usize, h: usize)
     let nib = _mm256_loadu_si256(run.cast());
     let m = _mm256_set1_epi8(0x0f);
     let v = if h == 0 { _mm256_and_si256(nib, m) } else { _mm256_and_si256(_mm256_srli_epi16::<4>(nib), m) };
+    if NL {
+        let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(KVALUES.as_ptr().cast()));
+        return _mm256_shuffle_epi8(table, v);
+    }
     if BITS != 5 {
         return v;
     }
@@ -191,7 +224,7 @@ unsafe fn half_quants_avx2<const BITS: u32>(runs: *const u8, k: usize, h: usize)
 /// As [`group_vnni`], for AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn group_avx2<const BITS: u32, const MIN: bool, const T: usize>(
+unsafe fn group_avx2<const BITS: u32, const MIN: bool, const NL: bool, const T: usize>(
     gw: *const u8,
     blocks: usize,
     acts: &InterleavedActs,
@@ -199,7 +232,7 @@ unsafe fn group_avx2<const BITS: u32, const MIN: bool, const T: usize>(
     out: *mut f32,
     width: usize,
 ) -> usize {
-    let format = InterleavedFormat::from_bits(BITS, MIN);
+    let format = InterleavedFormat::from_bits(BITS, MIN, NL);
     let (gbb, head, bias) = (format.group_block_bytes(), format.head_bytes(), format.offset());
     let mut acc = [[_mm256_setzero_ps(); 2]; T];
     let ones = _mm256_set1_epi16(1);
@@ -213,7 +246,7 @@ unsafe fn group_avx2<const BITS: u32, const MIN: bool, const T: usize>(
             let mw = if MIN { _mm256_cvtph_ps(_mm_loadu_si128(blk.add(2 * ROW_GROUP + 16 * h).cast())) } else { dw };
             let mut wq = [_mm256_setzero_si256(); 8];
             for (k, q) in wq.iter_mut().enumerate() {
-                *q = half_quants_avx2::<BITS>(blk.add(head), k, h);
+                *q = half_quants_avx2::<BITS, NL>(blk.add(head), k, h);
             }
             for (t, acc) in acc.iter_mut().enumerate() {
                 let i = (t0 + t) * blocks + b;
@@ -222,8 +255,9 @@ unsafe fn group_avx2<const BITS: u32, const MIN: bool, const T: usize>(
                 let mut sum = if bias != 0 { _mm256_set1_epi32(bias * sa) } else { _mm256_setzero_si256() };
                 for (k, q) in wq.iter().enumerate() {
                     let a = _mm256_set1_epi32(qa.add(k).read_unaligned());
-                    // 4/5-bit codes <= 31 times a; Q8_0: |q| <= 128 times a with q's sign. Pair sums fit i16.
-                    let p = if BITS == 8 {
+                    // 4/5-bit codes <= 31 times a; Q8_0 and IQ4_NL: |q| <= 128 times a with q's sign. Pair
+                    // sums fit i16.
+                    let p = if BITS == 8 || NL {
                         _mm256_maddubs_epi16(_mm256_abs_epi8(*q), _mm256_sign_epi8(a, *q))
                     } else {
                         _mm256_maddubs_epi16(*q, a)
@@ -258,7 +292,8 @@ mod tests {
         /// Quantized from random rows.
         Real,
         /// Every code at the format's extremes, alternating by block (Q8_0 -128 / +127, the others all 0 /
-        /// all ones: Q4_0 -8 / +7, Q4_1 0 / 15, Q5_0 -16 / +15, Q5_1 0 / 31), scales as quantized.
+        /// all ones: Q4_0 -8 / +7, Q4_1 0 / 15, Q5_0 -16 / +15, Q5_1 0 / 31, IQ4_NL -127 / +113), scales as
+        /// quantized.
         Extreme,
         /// The same codes with large scales and offsets of both signs.
         ExtremeLargeScales,
