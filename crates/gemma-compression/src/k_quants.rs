@@ -7,6 +7,7 @@
 //! Q8_K is `d: f32, qs: [i8; 256], bsums: [i16; 16]` (sums of each 16 quants, used for the mins).
 
 use std::marker::PhantomData;
+use std::ops::Range;
 
 use crate::rounding::nearest_int;
 use crate::{
@@ -772,43 +773,7 @@ impl KCodec for Q6K {
         out
     }
     fn encode(x: &[f32], b: &mut [u8]) {
-        let mut l = [0i8; QK_K];
-        let mut scales = [0.0f32; 16];
-        let (mut max_scale, mut max_abs_scale) = (0.0f32, 0.0f32);
-        for ib in 0..16 {
-            scales[ib] = make_qx_quants(32, &x[16 * ib..16 * ib + 16], &mut l[16 * ib..]);
-            if scales[ib].abs() > max_abs_scale {
-                max_abs_scale = scales[ib].abs();
-                max_scale = scales[ib];
-            }
-        }
-        if max_abs_scale < GROUP_MAX_EPS {
-            b[..210].fill(0);
-            return;
-        }
-        let iscale = -128.0 / max_scale;
-        let d = put_f16_le(&mut b[208..], 1.0 / iscale);
-        for ib in 0..16 {
-            b[192 + ib] = nearest_int(iscale * scales[ib]).min(127) as i8 as u8;
-        }
-        for j in 0..16 {
-            let dl = d * (b[192 + j] as i8) as f32;
-            if dl == 0.0 {
-                continue;
-            }
-            for ii in 0..16 {
-                l[16 * j + ii] = (nearest_int(x[16 * j + ii] / dl).clamp(-32, 31) + 32) as i8;
-            }
-        }
-        let (ql, qh) = b[..192].split_at_mut(128);
-        for half in 0..2 {
-            for k in 0..32 {
-                let q = |o: usize| l[128 * half + k + o] as u8;
-                ql[64 * half + k] = (q(0) & 0x0f) | ((q(64) & 0x0f) << 4);
-                ql[64 * half + 32 + k] = (q(32) & 0x0f) | ((q(96) & 0x0f) << 4);
-                qh[32 * half + k] = (q(0) >> 4) | ((q(32) >> 4) << 2) | ((q(64) >> 4) << 4) | ((q(96) >> 4) << 6);
-            }
-        }
+        encode_q6_k(x, b, |r, l| make_qx_quants(32, &x[r], l));
     }
     fn dot_rows_simd(n: usize, w: &[u8], rows: usize, acts: &[u8], n_tokens: usize, out: &mut [f32]) -> bool {
         #[cfg(target_arch = "x86_64")]
@@ -895,6 +860,50 @@ pub(crate) fn encode_q8_k(x: &[f32], b: &mut [u8]) {
     }
     b[Q8K_BSUMS..Q8K_BSUMS + 32].copy_from_slice(&bsums);
     b[..4].copy_from_slice(&(1.0 / iscale).to_le_bytes());
+}
+
+/// A Q6_K block (`ql[128]`, `qh[64]`, `scales[16]`, `d`) once `sub_block_scale(range, levels)` has found each
+/// 16-element sub-block's scale and levels (ggml's reference search, or its importance-weighted one): the
+/// 8-bit sub-block scales against the largest, the levels redone at them, the packing.
+pub(crate) fn encode_q6_k(x: &[f32], b: &mut [u8], mut sub_block_scale: impl FnMut(Range<usize>, &mut [i8]) -> f32) {
+    let mut l = [0i8; QK_K];
+    let mut scales = [0.0f32; 16];
+    let (mut max_scale, mut max_abs_scale) = (0.0f32, 0.0f32);
+    for ib in 0..16 {
+        let r = 16 * ib..16 * ib + 16;
+        scales[ib] = sub_block_scale(r.clone(), &mut l[r]);
+        if scales[ib].abs() > max_abs_scale {
+            max_abs_scale = scales[ib].abs();
+            max_scale = scales[ib];
+        }
+    }
+    if max_abs_scale < GROUP_MAX_EPS {
+        b[..210].fill(0);
+        return;
+    }
+    let iscale = -128.0 / max_scale;
+    let d = put_f16_le(&mut b[208..], 1.0 / iscale);
+    for ib in 0..16 {
+        b[192 + ib] = nearest_int(iscale * scales[ib]).min(127) as i8 as u8;
+    }
+    for j in 0..16 {
+        let dl = d * (b[192 + j] as i8) as f32;
+        if dl == 0.0 {
+            continue;
+        }
+        for i in 0..16 {
+            l[16 * j + i] = (nearest_int(x[16 * j + i] / dl).clamp(-32, 31) + 32) as i8;
+        }
+    }
+    let (ql, qh) = b[..192].split_at_mut(128);
+    for half in 0..2 {
+        for k in 0..32 {
+            let q = |o: usize| l[128 * half + k + o] as u8;
+            ql[64 * half + k] = (q(0) & 0x0f) | ((q(64) & 0x0f) << 4);
+            ql[64 * half + 32 + k] = (q(32) & 0x0f) | ((q(96) & 0x0f) << 4);
+            qh[32 * half + k] = (q(0) >> 4) | ((q(32) >> 4) << 2) | ((q(64) >> 4) << 4) | ((q(96) >> 4) << 6);
+        }
+    }
 }
 
 #[cfg(test)]

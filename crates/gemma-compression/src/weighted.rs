@@ -490,45 +490,7 @@ fn q45_k(x: &[f32], qw: &[f32], b: &mut [u8], nmax: i32) {
 /// `quantize_row_q6_K_impl` for one block: `ql[128]`, `qh[64]`, `scales[16]`, `d`. The importance is used as
 /// it is (no sigma2 term).
 fn q6_k(x: &[f32], qw: &[f32], b: &mut [u8]) {
-    let mut l = [0i8; QK_K];
-    let mut scales = [0.0f32; 16];
-    let (mut max_scale, mut max_abs_scale) = (0.0f32, 0.0f32);
-    for ib in 0..16 {
-        let r = 16 * ib..16 * ib + 16;
-        scales[ib] = make_qx_quants_w(32, &x[r.clone()], &mut l[r.clone()], &qw[r]);
-        let abs_scale = scales[ib].abs();
-        if abs_scale > max_abs_scale {
-            max_abs_scale = abs_scale;
-            max_scale = scales[ib];
-        }
-    }
-    if max_abs_scale < GROUP_MAX_EPS {
-        b[..210].fill(0);
-        return;
-    }
-    let iscale = -128.0 / max_scale;
-    let d = put_f16_le(&mut b[208..], 1.0 / iscale);
-    for ib in 0..16 {
-        b[192 + ib] = nearest_int(iscale * scales[ib]).min(127) as i8 as u8;
-    }
-    for j in 0..16 {
-        let dl = d * (b[192 + j] as i8) as f32;
-        if dl == 0.0 {
-            continue;
-        }
-        for i in 0..16 {
-            l[16 * j + i] = (nearest_int(x[16 * j + i] / dl).clamp(-32, 31) + 32) as i8;
-        }
-    }
-    let (ql, qh) = b[..192].split_at_mut(128);
-    for half in 0..2 {
-        for k in 0..32 {
-            let q = |o: usize| l[128 * half + k + o] as u8;
-            ql[64 * half + k] = (q(0) & 0x0f) | ((q(64) & 0x0f) << 4);
-            ql[64 * half + 32 + k] = (q(32) & 0x0f) | ((q(96) & 0x0f) << 4);
-            qh[32 * half + k] = (q(0) >> 4) | ((q(32) >> 4) << 2) | ((q(64) >> 4) << 4) | ((q(96) >> 4) << 6);
-        }
-    }
+    crate::k_quants::encode_q6_k(x, b, |r, l| make_qx_quants_w(32, &x[r.clone()], l, &qw[r]));
 }
 
 /// `quantize_row_q4_0_impl` for one block: `d`, `qs[16]`.
