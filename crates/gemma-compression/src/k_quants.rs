@@ -869,12 +869,12 @@ pub(crate) fn encode_q6_k(x: &[f32], b: &mut [u8], mut sub_block_scale: impl FnM
     let mut l = [0i8; QK_K];
     let mut scales = [0.0f32; 16];
     let (mut max_scale, mut max_abs_scale) = (0.0f32, 0.0f32);
-    for ib in 0..16 {
+    for (ib, scale) in scales.iter_mut().enumerate() {
         let r = 16 * ib..16 * ib + 16;
-        scales[ib] = sub_block_scale(r.clone(), &mut l[r]);
-        if scales[ib].abs() > max_abs_scale {
-            max_abs_scale = scales[ib].abs();
-            max_scale = scales[ib];
+        *scale = sub_block_scale(r.clone(), &mut l[r]);
+        if scale.abs() > max_abs_scale {
+            max_abs_scale = scale.abs();
+            max_scale = *scale;
         }
     }
     if max_abs_scale < GROUP_MAX_EPS {
