@@ -16,7 +16,7 @@
 
 use crate::k_quants::{Block256, KCodec, QK_K};
 use crate::q_legacy::{Block32, LegacyCodec, QK};
-use crate::rounding::nearest_int;
+use crate::rounding::{largest_magnitude, nearest_int};
 use crate::{f16_le, put_f16_le, GgmlType};
 
 /// ggml's `kvalues_iq4nl`: the value of each 4-bit index.
@@ -108,13 +108,7 @@ fn weighted_sums(xb: &[f32], id: f32, mut l: Option<&mut [u8]>) -> (f32, f32) {
 /// to +127, then the best of 15 fits starting from the scales that map it to `-127 + k`, `k = -7..=7` (ggml's
 /// per-block search in `quantize_row_iq4_nl_impl`). 0 for a group of (near) zeros.
 fn group_scale(xb: &[f32]) -> f32 {
-    let (mut amax, mut max) = (0.0f32, 0.0f32);
-    for &x in xb {
-        if x.abs() > amax {
-            amax = x.abs();
-            max = x;
-        }
-    }
+    let (amax, max) = largest_magnitude(xb.iter().copied());
     if amax < GROUP_MAX_EPS {
         return 0.0;
     }
@@ -185,14 +179,10 @@ impl KCodec for IQ4_XS {
     fn encode(x: &[f32], b: &mut [u8]) {
         let b = &mut b[..XS_BYTES];
         let mut scales = [0.0f32; QK_K / QK];
-        let (mut max_scale, mut amax_scale) = (0.0f32, 0.0f32);
         for (s, xb) in scales.iter_mut().zip(x.chunks_exact(QK)) {
             *s = group_scale(xb);
-            if s.abs() > amax_scale {
-                amax_scale = s.abs();
-                max_scale = *s;
-            }
         }
+        let (_, max_scale) = largest_magnitude(scales);
         // the largest sub-block scale maps to -32; an all-zero block stores d = -0.0, as ggml does
         let d = -max_scale / 32.0;
         put_f16_le(b, d);

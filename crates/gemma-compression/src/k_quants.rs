@@ -9,7 +9,7 @@
 use std::marker::PhantomData;
 use std::ops::Range;
 
-use crate::rounding::nearest_int;
+use crate::rounding::{largest_magnitude, nearest_int};
 use crate::{
     assert_dequantize_lengths, assert_dot_lengths, check_quantize_lengths, f16_le, put_f16_le, GgmlType, QuantError,
     QuantFormat,
@@ -368,13 +368,7 @@ fn make_qkx2_quants(
 /// make_qx_quants with rmse_type 1 and no importance weights). Sums are formed in ggml's order, `(w * l) * l` in
 /// f32 rather than `w * (l * l)`, so the chosen scale is bit-for-bit llama-quantize's.
 fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
-    let (mut amax, mut max) = (0.0f32, 0.0f32);
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
+    let (amax, max) = largest_magnitude(x.iter().copied());
     if amax < GROUP_MAX_EPS {
         l[..x.len()].fill(0);
         return 0.0;
@@ -417,13 +411,7 @@ fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
 /// Symmetric 3-bit quants with iterative x^2-weighted refinement (llama.cpp's make_q3_quants, do_rmse on).
 fn make_q3_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
     let n = x.len();
-    let (mut amax, mut max) = (0.0f32, 0.0f32);
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
+    let (amax, max) = largest_magnitude(x.iter().copied());
     if amax < GROUP_MAX_EPS {
         l[..n].fill(0);
         return 0.0;
@@ -611,14 +599,10 @@ impl KCodec for Q3K {
     fn encode(x: &[f32], b: &mut [u8]) {
         let mut l = [0i8; QK_K];
         let mut scales = [0.0f32; 16];
-        let (mut max_scale, mut amax) = (0.0f32, 0.0f32);
         for j in 0..16 {
             scales[j] = make_q3_quants(4, &x[16 * j..16 * j + 16], &mut l[16 * j..]);
-            if scales[j].abs() > amax {
-                amax = scales[j].abs();
-                max_scale = scales[j];
-            }
         }
+        let (_, max_scale) = largest_magnitude(scales);
         let sc = &mut b[96..108];
         sc.fill(0);
         if max_scale != 0.0 {
@@ -837,13 +821,7 @@ impl KCodec for Q8K {
 /// llama.cpp's Q8_K reference: the signed value of largest magnitude maps to -127, quants round to nearest even,
 /// `d = 1 / iscale` in f32, bsums are the sums of each 16 quants. An all-zero block is all zero bytes.
 pub(crate) fn encode_q8_k(x: &[f32], b: &mut [u8]) {
-    let (mut amax, mut max) = (0.0f32, 0.0f32);
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
+    let (amax, max) = largest_magnitude(x.iter().copied());
     if amax == 0.0 {
         b[..GgmlType::Q8K.type_size()].fill(0);
         return;
@@ -868,15 +846,11 @@ pub(crate) fn encode_q8_k(x: &[f32], b: &mut [u8]) {
 pub(crate) fn encode_q6_k(x: &[f32], b: &mut [u8], mut sub_block_scale: impl FnMut(Range<usize>, &mut [i8]) -> f32) {
     let mut l = [0i8; QK_K];
     let mut scales = [0.0f32; 16];
-    let (mut max_scale, mut max_abs_scale) = (0.0f32, 0.0f32);
     for (ib, scale) in scales.iter_mut().enumerate() {
         let r = 16 * ib..16 * ib + 16;
         *scale = sub_block_scale(r.clone(), &mut l[r]);
-        if scale.abs() > max_abs_scale {
-            max_abs_scale = scale.abs();
-            max_scale = *scale;
-        }
     }
+    let (max_abs_scale, max_scale) = largest_magnitude(scales);
     if max_abs_scale < GROUP_MAX_EPS {
         b[..210].fill(0);
         return;

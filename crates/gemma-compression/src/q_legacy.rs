@@ -7,7 +7,7 @@
 
 use std::marker::PhantomData;
 
-use crate::rounding::round_away;
+use crate::rounding::{largest_magnitude, round_away};
 use crate::{
     assert_dequantize_lengths, assert_dot_lengths, check_quantize_lengths, f16_le, put_f16_le, GgmlType, QuantError,
     QuantFormat,
@@ -269,13 +269,7 @@ fn unpack_5bit(qs: &[u8], qh: u32) -> [u8; QK] {
 /// `8.5`/`16.5`, as ggml's `x0 + 8.5f`, since adding `half_levels` then `0.5` rounds twice and can truncate to a
 /// different quant.
 fn quantize_symmetric(x: &[f32], half_levels: f32) -> (f32, [u8; QK]) {
-    let (mut amax, mut max) = (0.0f32, 0.0f32);
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
-        }
-    }
+    let (_, max) = largest_magnitude(x.iter().copied());
     let d = max / -half_levels;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let top = (2.0 * half_levels) as i32 - 1;

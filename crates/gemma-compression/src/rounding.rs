@@ -15,6 +15,21 @@ pub(crate) fn round_away(x: f32) -> f32 {
     x.round()
 }
 
+/// `(|m|, m)` for the value `m` of largest magnitude, the first of equals (ggml's `amax`/`max` scan, which every
+/// symmetric scale search starts from: the sign of `m` decides which end of the code range it maps to). `(0, 0)`
+/// for no values or all zeros; NaNs are passed over.
+#[inline]
+pub(crate) fn largest_magnitude(values: impl IntoIterator<Item = f32>) -> (f32, f32) {
+    let (mut amax, mut max) = (0.0f32, 0.0f32);
+    for v in values {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    (amax, max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -28,6 +43,15 @@ mod tests {
         }
         assert_eq!(nearest_int(-127.0), -127);
         assert_eq!(nearest_int(4_194_303.0), 4_194_303);
+    }
+
+    #[test]
+    fn largest_magnitude_keeps_the_sign_and_the_first_of_equals() {
+        assert_eq!(largest_magnitude([1.0, -3.0, 2.0]), (3.0, -3.0));
+        assert_eq!(largest_magnitude([3.0, -3.0]), (3.0, 3.0));
+        assert_eq!(largest_magnitude([-3.0, 3.0]), (3.0, -3.0));
+        assert_eq!(largest_magnitude([f32::NAN, -1.0]), (1.0, -1.0));
+        assert_eq!(largest_magnitude([]), (0.0, 0.0));
     }
 
     #[test]

@@ -17,7 +17,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use crate::k_quants::{scale_min_k4, scales_q3_k, QK_K};
-use crate::rounding::nearest_int;
+use crate::rounding::{largest_magnitude, nearest_int};
 use crate::{put_f16_le, quant_format, GgmlType, QuantError};
 
 /// ggml's GROUP_MAX_EPS.
@@ -103,14 +103,7 @@ fn c_max(a: f32, b: f32) -> f32 {
 /// searched over 19 candidates.
 fn make_qx_quants_w(nmax: i32, x: &[f32], l: &mut [i8], qw: &[f32]) -> f32 {
     let n = x.len();
-    let (mut max, mut amax) = (0.0f32, 0.0f32);
-    for &v in x {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
+    let (amax, max) = largest_magnitude(x.iter().copied());
     if amax < GROUP_MAX_EPS {
         l[..n].fill(0);
         return 0.0;
