@@ -64,6 +64,17 @@ pub enum ImatrixError {
     MissingMetadata,
     #[error("imatrix entry '{name}' has a value that is not finite")]
     NotFinite { name: String },
+    #[error("cannot write {path}: {source}")]
+    WriteFailed { path: std::path::PathBuf, source: std::io::Error },
+}
+
+/// Which file an importance matrix is written as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImatrixFormat {
+    /// llama-imatrix's default: raw sums and counts.
+    Gguf,
+    /// `--output-format dat`: per-chunk averages.
+    Legacy,
 }
 
 impl Imatrix {
@@ -201,8 +212,8 @@ impl Imatrix {
         Ok(out)
     }
 
-    /// The GGUF file llama-imatrix writes: `general.type = imatrix`, the three `imatrix.*` keys, then per entry
-    /// (in name order) `NAME.in_sum2` `[n_col, n_mat]` and `NAME.counts` `[1, n_mat]`, both F32.
+    /// The GGUF file llama-imatrix writes, to its bytes: `general.type = imatrix`, the three `imatrix.*` keys,
+    /// then per entry (in name order) `NAME.in_sum2` `[n_col, n_mat]` and `NAME.counts` `[1, n_mat]`, both F32.
     pub fn to_gguf(&self) -> Result<GgufWriter, ImatrixError> {
         let mut w = GgufWriter::new();
         w.add_metadata("general.type", MetaValue::String("imatrix".to_string()))?;
@@ -213,8 +224,11 @@ impl Imatrix {
             let n_mat = e.counts.len().max(1);
             let n_col = (e.sums.len() / n_mat) as u64;
             let counts: Vec<f32> = e.counts.iter().map(|&c| c as f32).collect();
-            w.add_tensor(format!("{name}{SUFFIX_SUMS}"), &[n_col, n_mat as u64], GgmlType::F32, f32_bytes(&e.sums))?;
-            w.add_tensor(format!("{name}{SUFFIX_COUNTS}"), &[1, n_mat as u64], GgmlType::F32, f32_bytes(&counts))?;
+            // ggml stores a tensor's dimensions without the trailing 1s (`ggml_n_dims`)
+            let (sums_dims, counts_dims): (&[u64], &[u64]) =
+                if n_mat == 1 { (&[n_col], &[1]) } else { (&[n_col, n_mat as u64], &[1, n_mat as u64]) };
+            w.add_tensor(format!("{name}{SUFFIX_SUMS}"), sums_dims, GgmlType::F32, f32_bytes(&e.sums))?;
+            w.add_tensor(format!("{name}{SUFFIX_COUNTS}"), counts_dims, GgmlType::F32, f32_bytes(&counts))?;
         }
         Ok(w)
     }
@@ -235,6 +249,52 @@ impl Imatrix {
         out.extend((dataset.len() as i32).to_le_bytes());
         out.extend(dataset.as_bytes());
         out
+    }
+}
+
+impl Imatrix {
+    /// The legacy form of a matrix of raw sums (as llama-imatrix's `save_imatrix_legacy` stores it): per entry
+    /// `ncall` = the largest count over `chunk_size`, rounded up, and values = `sum / count * ncall` (1 * ncall
+    /// for an expert that saw nothing); entries that saw no token at all are left out.
+    pub fn to_legacy(&self) -> Imatrix {
+        let chunk_size = i64::from(self.chunk_size.max(1));
+        let mut entries = BTreeMap::new();
+        for (name, e) in &self.entries {
+            let max = e.counts.iter().copied().max().unwrap_or(0);
+            if max <= 0 {
+                continue;
+            }
+            let ncall = (max + chunk_size - 1) / chunk_size;
+            let n_col = e.sums.len() / e.counts.len().max(1);
+            let sums = e
+                .sums
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| {
+                    let count = e.counts[i / n_col.max(1)] as f32;
+                    let (s, count) = if count == 0.0 { (1.0, 1.0) } else { (s, count) };
+                    (s / count) * ncall as f32
+                })
+                .collect();
+            entries.insert(name.clone(), ImatrixEntry { sums, counts: vec![ncall] });
+        }
+        Imatrix { entries, is_legacy: true, has_metadata: false, ..self.clone() }
+    }
+
+    /// Writes a matrix of raw sums (GGUF form) as `format`, through a temporary file in the same folder renamed
+    /// into place once complete and synced.
+    pub fn write_file(&self, path: impl AsRef<Path>, format: ImatrixFormat) -> Result<(), ImatrixError> {
+        let path = path.as_ref();
+        let failed = |source| ImatrixError::WriteFailed { path: path.to_path_buf(), source };
+        let bytes = match format {
+            ImatrixFormat::Gguf => self.to_gguf()?.into_bytes(),
+            ImatrixFormat::Legacy => self.to_legacy().to_legacy_bytes(),
+        };
+        let mut temp = crate::output_temp_file(path).map_err(failed)?;
+        std::io::Write::write_all(&mut temp, &bytes).map_err(failed)?;
+        temp.as_file().sync_all().map_err(failed)?;
+        temp.persist(path).map_err(|e| failed(e.error))?;
+        Ok(())
     }
 }
 
