@@ -15,19 +15,18 @@
 //! centred on each token); `model::embedding` pools the final states into one vector.
 
 use gemma_io::GgufFile;
-use gemma_ops::matmul::{matmul_view as matmul, RowBlocks};
+use gemma_ops::matmul::RowBlocks;
 use gemma_ops::rope::{rope_inv_freq, RopeAngles};
 use gemma_ops::vector::{add_assign, gelu_mul, rms_norm, scale};
-use gemma_ops::ThreadPool;
 
 use super::attention::{attention, AttentionShape};
 use super::output::OutputHead;
-use super::{embed_tokens, rms_norm_rows, sized, Scratch};
+use super::{embed_tokens, rms_norm_rows, sized, Products, Scratch, WeightName};
 use crate::batch::Batch;
 use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::kv_cache::KvCache;
-use crate::weights::{matrix, sbs_attention_output, sbs_matrix, sbs_norm, vector, Matrix, WeightFile};
+use crate::weights::{matrix, sbs_attention_output, sbs_matrix, sbs_norm, vector, Matrix};
 
 pub struct Gemma3Layer {
     attn_norm: Vec<f32>,
@@ -130,14 +129,14 @@ impl Gemma3Weights {
 /// Runs the decoder layers over `batch`, leaving the final hidden states in `s.x` (the caller applies the
 /// output head). The caches must already have room for the batch's positions.
 pub(crate) fn forward(
-    file: WeightFile<'_>,
+    mm: &mut Products<'_, '_>,
     c: &ModelConfig,
     w: &Gemma3Weights,
     batch: &Batch,
     caches: &mut [KvCache],
-    pool: &ThreadPool,
     s: &mut Scratch,
 ) -> Result<(), ModelError> {
+    let (file, pool) = (mm.file, mm.pool);
     let n = batch.len();
     let (d, hd, ff) = (c.d_model, c.head_dim, c.ffn_dim);
     let (q_width, kv_width) = (c.n_heads * hd, c.n_kv_heads * hd);
@@ -153,14 +152,15 @@ pub(crate) fn forward(
     let (rope_global, rope_local) =
         (RopeAngles::new(positions(), &w.inv_freq_global), RopeAngles::new(positions(), &w.inv_freq_local));
 
+    let name = WeightName::block;
     for (l, lw) in w.layers.iter().enumerate() {
         // Attention block.
         let rope = if c.layer_is_local[l] { &rope_local } else { &rope_global };
         h.copy_from_slice(x);
         rms_norm_rows(pool, h, &lw.attn_norm, c.rms_eps);
-        matmul(pool, &lw.wq.view(file), h, q, acts)?;
-        matmul(pool, &lw.wk.view(file), h, k, acts)?;
-        matmul(pool, &lw.wv.view(file), h, v, acts)?;
+        mm.matmul(name(l, "attn_q"), &lw.wq, h, q, acts)?;
+        mm.matmul(name(l, "attn_k"), &lw.wk, h, k, acts)?;
+        mm.matmul(name(l, "attn_v"), &lw.wv, h, v, acts)?;
         pool.for_chunks_mut(q, q_width, &|i, row| {
             for head in row.chunks_exact_mut(hd) {
                 rms_norm(head, &lw.q_norm, c.rms_eps);
@@ -182,18 +182,18 @@ pub(crate) fn forward(
             causal: c.causal,
         };
         attention(pool, l, &shape, batch, caches, q, k, v, attn);
-        matmul(pool, &lw.wo.view(file), attn, proj, acts)?;
+        mm.matmul(name(l, "attn_output"), &lw.wo, attn, proj, acts)?;
         rms_norm_rows(pool, proj, &lw.post_attn_norm, c.rms_eps);
         add_assign(x, proj);
 
         // Feed-forward block.
         h.copy_from_slice(x);
         rms_norm_rows(pool, h, &lw.ffn_norm, c.rms_eps);
-        matmul(pool, &lw.w_gate.view(file), h, gate, acts)?;
-        matmul(pool, &lw.w_up.view(file), h, up, acts)?;
+        mm.matmul(name(l, "ffn_gate"), &lw.w_gate, h, gate, acts)?;
+        mm.matmul(name(l, "ffn_up"), &lw.w_up, h, up, acts)?;
         let up = &*up;
         pool.for_chunks_mut(gate, ff, &|i, g| gelu_mul(g, &up[i * ff..(i + 1) * ff]));
-        matmul(pool, &lw.w_down.view(file), gate, proj, acts)?;
+        mm.matmul(name(l, "ffn_down"), &lw.w_down, gate, proj, acts)?;
         rms_norm_rows(pool, proj, &lw.post_ffn_norm, c.rms_eps);
         add_assign(x, proj);
     }

@@ -14,19 +14,18 @@
 //! the `rope_freqs` tensor: per-frequency divisors of the rotation angle.
 
 use gemma_io::GgufFile;
-use gemma_ops::matmul::matmul_view;
 use gemma_ops::rope::{rope_inv_freq, RopeAngles};
 use gemma_ops::vector::{add_assign, scale, silu_mul};
-use gemma_ops::{QuantizedActs, ThreadPool};
+use gemma_ops::QuantizedActs;
 
 use super::attention::{attention, AttentionShape};
 use super::output::OutputHead;
-use super::{embed_tokens, rms_norm_rows, sized, Scratch};
+use super::{embed_tokens, rms_norm_rows, sized, Products, Scratch, WeightName};
 use crate::batch::Batch;
 use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::kv_cache::KvCache;
-use crate::weights::{matrix, optional_vector, vector, Matrix, WeightFile};
+use crate::weights::{matrix, optional_vector, vector, Matrix};
 
 /// A projection with its optional bias (some Llama derivatives have biases; Llama itself does not).
 struct Linear {
@@ -45,13 +44,13 @@ impl Linear {
     /// `out = x W^T + b` for every row of `x`.
     fn apply(
         &self,
-        file: WeightFile<'_>,
-        pool: &ThreadPool,
+        mm: &mut Products<'_, '_>,
+        name: WeightName,
         x: &[f32],
         out: &mut [f32],
         acts: &mut QuantizedActs,
     ) -> Result<(), ModelError> {
-        matmul_view(pool, &self.weight.view(file), x, out, acts)?;
+        mm.matmul(name, &self.weight, x, out, acts)?;
         if let Some(b) = &self.bias {
             out.chunks_exact_mut(b.len()).for_each(|row| add_assign(row, b));
         }
@@ -122,14 +121,14 @@ impl LlamaWeights {
 /// Runs the decoder layers over `batch`, leaving the final hidden states in `s.x` (the caller applies the
 /// output head). The caches must already have room for the batch's positions.
 pub(crate) fn forward(
-    file: WeightFile<'_>,
+    mm: &mut Products<'_, '_>,
     c: &ModelConfig,
     w: &LlamaWeights,
     batch: &Batch,
     caches: &mut [KvCache],
-    pool: &ThreadPool,
     s: &mut Scratch,
 ) -> Result<(), ModelError> {
+    let (file, pool) = (mm.file, mm.pool);
     let n = batch.len();
     let (d, hd, ff) = (c.d_model, c.head_dim, c.ffn_dim);
     let (q_width, kv_width) = (c.n_heads * hd, c.n_kv_heads * hd);
@@ -143,13 +142,14 @@ pub(crate) fn forward(
     embed_tokens(file, &w.embedding, batch, x, c.embedding_scale);
     let rope = RopeAngles::new(batch.tokens.iter().map(|t| t.pos), &w.inv_freq);
 
+    let name = WeightName::block;
     for (l, lw) in w.layers.iter().enumerate() {
         // Attention block.
         h.copy_from_slice(x);
         rms_norm_rows(pool, h, &lw.attn_norm, c.rms_eps);
-        lw.wq.apply(file, pool, h, q, acts)?;
-        lw.wk.apply(file, pool, h, k, acts)?;
-        lw.wv.apply(file, pool, h, v, acts)?;
+        lw.wq.apply(mm, name(l, "attn_q"), h, q, acts)?;
+        lw.wk.apply(mm, name(l, "attn_k"), h, k, acts)?;
+        lw.wv.apply(mm, name(l, "attn_v"), h, v, acts)?;
         pool.for_chunks_mut(q, q_width, &|i, row| {
             for head in row.chunks_exact_mut(hd) {
                 rope.adjacent(head, i);
@@ -162,17 +162,17 @@ pub(crate) fn forward(
             }
         });
         attention(pool, l, &shape, batch, caches, q, k, v, attn);
-        lw.wo.apply(file, pool, attn, proj, acts)?;
+        lw.wo.apply(mm, name(l, "attn_output"), attn, proj, acts)?;
         add_assign(x, proj);
 
         // Feed-forward block (SwiGLU).
         h.copy_from_slice(x);
         rms_norm_rows(pool, h, &lw.ffn_norm, c.rms_eps);
-        lw.w_gate.apply(file, pool, h, gate, acts)?;
-        lw.w_up.apply(file, pool, h, up, acts)?;
+        lw.w_gate.apply(mm, name(l, "ffn_gate"), h, gate, acts)?;
+        lw.w_up.apply(mm, name(l, "ffn_up"), h, up, acts)?;
         let up = &*up;
         pool.for_chunks_mut(gate, ff, &|i, g| silu_mul(g, &up[i * ff..(i + 1) * ff]));
-        lw.w_down.apply(file, pool, gate, proj, acts)?;
+        lw.w_down.apply(mm, name(l, "ffn_down"), gate, proj, acts)?;
         add_assign(x, proj);
     }
     Ok(())

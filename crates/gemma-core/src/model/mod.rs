@@ -11,6 +11,7 @@ use std::path::Path;
 use gemma_io::sbs::blob_store::BLOB_MAGIC;
 use gemma_io::sbs::SbsFile;
 use gemma_io::{GgufFile, GgufWriter, MetaValue};
+use gemma_ops::matmul::matmul_view;
 use gemma_ops::vector::{rms_norm, scale};
 use gemma_ops::{QuantizedActs, ThreadPool};
 
@@ -180,7 +181,7 @@ impl Model {
             &mut |batch, group, scratch| {
                 let mut caches: Vec<KvCache> = group.iter().map(|ids| self.new_cache(ids.len())).collect();
                 validate_batch(batch, &caches, self.config.vocab_size)?;
-                self.forward_ubatch(batch, &mut caches, pool, scratch)
+                self.forward_ubatch(batch, &mut caches, pool, scratch, None)
             },
         )
     }
@@ -202,15 +203,41 @@ impl Model {
         pool: &ThreadPool,
         scratch: &'s mut Scratch,
     ) -> Result<&'s Logits, ModelError> {
+        self.forward_passes(batch, caches, pool, scratch, None)
+    }
+
+    /// [`Model::forward_with`] showing `observer` the input of every product with a weight matrix, as
+    /// llama.cpp's evaluation callback shows llama-imatrix (`gemma_core::imatrix`). The results are the same.
+    pub fn forward_observed<'s>(
+        &self,
+        batch: &Batch,
+        caches: &mut [KvCache],
+        pool: &ThreadPool,
+        scratch: &'s mut Scratch,
+        observer: &mut dyn MatmulObserver,
+    ) -> Result<&'s Logits, ModelError> {
+        self.forward_passes(batch, caches, pool, scratch, Some(observer))
+    }
+
+    fn forward_passes<'s>(
+        &self,
+        batch: &Batch,
+        caches: &mut [KvCache],
+        pool: &ThreadPool,
+        scratch: &'s mut Scratch,
+        mut observer: Option<&mut dyn MatmulObserver>,
+    ) -> Result<&'s Logits, ModelError> {
         validate_batch(batch, caches, self.config.vocab_size)?;
         if batch.len() <= MAX_UBATCH {
-            self.forward_ubatch(batch, caches, pool, scratch)?;
+            self.forward_ubatch(batch, caches, pool, scratch, observer)?;
             return Ok(&scratch.logits);
         }
         // Bounded passes keep activation memory small and let sliding-window layers use a fixed ring.
         let mut all = Logits { vocab_size: self.config.vocab_size, ..Default::default() };
         for (k, chunk) in batch.tokens.chunks(MAX_UBATCH).enumerate() {
-            self.forward_ubatch(&Batch { tokens: chunk.to_vec() }, caches, pool, scratch)?;
+            let pass = Batch { tokens: chunk.to_vec() };
+            let observer = observer.as_mut().map(|o| &mut **o as &mut dyn MatmulObserver);
+            self.forward_ubatch(&pass, caches, pool, scratch, observer)?;
             all.batch_index.extend(scratch.logits.batch_index.iter().map(|i| i + k * MAX_UBATCH));
             all.data.extend_from_slice(&scratch.logits.data);
         }
@@ -224,18 +251,20 @@ impl Model {
         caches: &mut [KvCache],
         pool: &ThreadPool,
         scratch: &mut Scratch,
+        observer: Option<&mut dyn MatmulObserver>,
     ) -> Result<(), ModelError> {
         for t in &batch.tokens {
             caches[t.seq].reserve_to(t.pos + 1)?;
         }
-        let (file, c) = (self.weight_file(), &self.config);
+        let c = &self.config;
+        let mut products = Products { file: self.weight_file(), pool, observer };
         let head = match &self.weights {
             Weights::Gemma3(w) => {
-                gemma3::forward(file, c, w, batch, caches, pool, scratch)?;
+                gemma3::forward(&mut products, c, w, batch, caches, scratch)?;
                 &w.head
             }
             Weights::Llama(w) => {
-                llama::forward(file, c, w, batch, caches, pool, scratch)?;
+                llama::forward(&mut products, c, w, batch, caches, scratch)?;
                 &w.head
             }
         };
@@ -243,7 +272,64 @@ impl Model {
             caches[t.seq].set_len(t.pos + 1);
         }
         let Scratch { x, last, acts, logits, .. } = scratch;
-        head.logits(file, c, pool, batch, x, last, acts, logits)
+        head.logits(&mut products, c, batch, x, last, acts, logits)
+    }
+}
+
+/// A weight matrix of the forward pass by its GGUF name: `blk.{layer}.{tensor}.weight`, or `{tensor}.weight`
+/// outside the layers (`output`, or `token_embd` for a head tied to the embedding). A model read from an SBS
+/// checkpoint names its matrices the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WeightName {
+    pub layer: Option<usize>,
+    pub tensor: &'static str,
+}
+
+impl WeightName {
+    pub(crate) fn block(layer: usize, tensor: &'static str) -> WeightName {
+        WeightName { layer: Some(layer), tensor }
+    }
+}
+
+impl std::fmt::Display for WeightName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.layer {
+            Some(l) => write!(f, "blk.{l}.{}.weight", self.tensor),
+            None => write!(f, "{}.weight", self.tensor),
+        }
+    }
+}
+
+/// Sees the input of every product of activations with a weight matrix during a forward pass.
+pub trait MatmulObserver {
+    /// `input` holds one row of `cols` f32 activations per token of the pass (the values the product reads,
+    /// before any quantization the kernel does), in batch order.
+    fn observe(&mut self, weight: WeightName, input: &[f32], cols: usize);
+}
+
+/// The weight products of one forward pass: the kernels, and the observer when there is one, so the
+/// architecture files name each product once and stay free of observing code.
+pub(crate) struct Products<'a, 'o> {
+    pub(crate) file: WeightFile<'a>,
+    pub(crate) pool: &'a ThreadPool,
+    observer: Option<&'o mut dyn MatmulObserver>,
+}
+
+impl Products<'_, '_> {
+    /// `out = x W^T` for every row of `x`, shown to the observer first.
+    pub(crate) fn matmul(
+        &mut self,
+        name: WeightName,
+        w: &Matrix,
+        x: &[f32],
+        out: &mut [f32],
+        acts: &mut QuantizedActs,
+    ) -> Result<(), ModelError> {
+        if let Some(o) = self.observer.as_deref_mut() {
+            o.observe(name, x, w.cols);
+        }
+        matmul_view(self.pool, &w.view(self.file), x, out, acts)?;
+        Ok(())
     }
 }
 

@@ -2,33 +2,36 @@
 //! batch tokens that ask for logits.
 
 use gemma_io::GgufFile;
-use gemma_ops::matmul::matmul_view;
-use gemma_ops::{QuantizedActs, ThreadPool};
+use gemma_ops::QuantizedActs;
 
-use super::{rms_norm_rows, sized};
+use super::{rms_norm_rows, sized, Products, WeightName};
 use crate::batch::{Batch, Logits};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
-use crate::weights::{matrix, vector, Matrix, WeightFile};
+use crate::weights::{matrix, vector, Matrix};
 
 pub(crate) struct OutputHead {
     norm: Vec<f32>,
     /// `output.weight`, or the token embedding itself when the file ties them (no `output.weight`).
     projection: Matrix,
+    /// The projection's name: `output`, or `token_embd` when tied (what an observer of the product sees,
+    /// as llama.cpp names the product's weight).
+    name: WeightName,
 }
 
 impl OutputHead {
     pub(crate) fn load(file: &GgufFile, c: &ModelConfig, embedding: &Matrix) -> Result<OutputHead, ModelError> {
-        let projection = match file.tensor("output.weight") {
-            Some(_) => matrix(file, "output.weight", c.vocab_size, c.d_model)?,
-            None => embedding.clone(),
+        let (projection, tensor) = match file.tensor("output.weight") {
+            Some(_) => (matrix(file, "output.weight", c.vocab_size, c.d_model)?, "output"),
+            None => (embedding.clone(), "token_embd"),
         };
-        Ok(OutputHead { norm: vector(file, "output_norm.weight", c.d_model)?, projection })
+        let name = WeightName { layer: None, tensor };
+        Ok(OutputHead { norm: vector(file, "output_norm.weight", c.d_model)?, projection, name })
     }
 
     /// The head of an SBS checkpoint: the final norm (`1 + w`) and the embedding as the tied projection.
     pub(crate) fn new(norm: Vec<f32>, projection: Matrix) -> OutputHead {
-        OutputHead { norm, projection }
+        OutputHead { norm, projection, name: WeightName { layer: None, tensor: "token_embd" } }
     }
 
     /// The final norm's weight.
@@ -41,9 +44,8 @@ impl OutputHead {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn logits(
         &self,
-        file: WeightFile<'_>,
+        mm: &mut Products<'_, '_>,
         c: &ModelConfig,
-        pool: &ThreadPool,
         batch: &Batch,
         x: &[f32],
         rows: &mut Vec<f32>,
@@ -62,9 +64,9 @@ impl OutputHead {
         for &i in &logits.batch_index {
             rows.extend_from_slice(&x[i * d..(i + 1) * d]);
         }
-        rms_norm_rows(pool, rows, &self.norm, c.rms_eps);
+        rms_norm_rows(mm.pool, rows, &self.norm, c.rms_eps);
         let data = sized(&mut logits.data, logits.batch_index.len() * c.vocab_size);
-        matmul_view(pool, &self.projection.view(file), rows, data, acts)?;
+        mm.matmul(self.name, &self.projection, rows, data, acts)?;
         if let Some(cap) = c.final_logit_softcap {
             data.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
         }
