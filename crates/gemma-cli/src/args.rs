@@ -111,8 +111,11 @@ pub enum Command {
     Migrate(crate::convert::MigrateArgs),
     /// Compare two SBS files blob by blob (tensors: max/mean abs difference and number of differing values).
     BlobCompare(crate::convert::BlobCompareArgs),
-    /// Quantize a GGUF file as llama.cpp's llama-quantize does, to the same bytes (no importance matrix).
+    /// Quantize a GGUF file as llama.cpp's llama-quantize does, to the same bytes (with or without an
+    /// importance matrix).
     Quantize(crate::quantize::QuantizeArgs),
+    /// Compute an importance matrix over a text, as llama.cpp's llama-imatrix does, for `quantize --imatrix`.
+    Imatrix(crate::imatrix::ImatrixArgs),
 }
 
 #[derive(Args, Debug, Clone, Default)]

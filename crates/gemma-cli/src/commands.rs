@@ -118,6 +118,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Migrate(args)) => crate::convert::migrate_command(&args),
         Some(Command::BlobCompare(args)) => crate::convert::blob_compare_command(&args),
         Some(Command::Quantize(args)) => crate::quantize::quantize(&common, &args),
+        Some(Command::Imatrix(args)) => crate::imatrix::imatrix(&common, &args),
         None => {
             if cli.chat {
                 let args = ChatArgs { system: cli.system.clone(), sampling: cli.generate.sampling.clone() };

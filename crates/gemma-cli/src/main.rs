@@ -28,6 +28,7 @@ mod chat;
 mod commands;
 mod convert;
 mod embed;
+mod imatrix;
 mod interrupt;
 mod perplexity;
 mod quantize;

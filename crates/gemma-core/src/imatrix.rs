@@ -160,9 +160,14 @@ pub fn run(
     let (first, last_scored) = (plan.first(), plan.n_ctx - 2);
     let mut scratch = Scratch::default();
     let mut nlls: Vec<f64> = Vec::new();
+    // Each chunk's scored values, added to `nll` chunk after chunk once the group is done (so each chunk's
+    // running perplexity is what llama-imatrix prints after it).
+    let mut by_chunk: Vec<Vec<f64>> = Vec::new();
     for group in (0..plan.n_chunks).step_by(plan.n_seq) {
         let chunks: Vec<usize> = (group..(group + plan.n_seq).min(plan.n_chunks)).collect();
         let mut caches: Vec<KvCache> = chunks.iter().map(|_| model.new_cache(plan.n_ctx)).collect();
+        by_chunk.iter_mut().for_each(Vec::clear);
+        by_chunk.resize(chunks.len(), Vec::new());
         let mut all = Vec::with_capacity(chunks.len() * plan.n_ctx);
         for (seq, &c) in chunks.iter().enumerate() {
             let start = c * plan.n_ctx;
@@ -186,27 +191,37 @@ pub fn run(
             if let Some(w) = collector.not_finite {
                 return Err(ImatrixRunError::NotFinite(w.to_string()));
             }
-            let Some(stats) = nll.as_deref_mut() else { continue };
-            // Each scored row's next token (rows outside the scored half are there for the output product).
-            let targets: Vec<Option<usize>> = logits
+            if nll.is_none() {
+                continue;
+            }
+            // Each scored row's sequence and next token (rows outside the scored half are there for the
+            // output product).
+            let targets: Vec<Option<(usize, usize)>> = logits
                 .batch_index
                 .iter()
                 .map(|&b| {
                     let t = pass.tokens[b];
                     let next = tokens[chunks[t.seq] * plan.n_ctx + t.pos + 1] as usize;
-                    (first..=last_scored).contains(&t.pos).then_some(next)
+                    (first..=last_scored).contains(&t.pos).then_some((t.seq, next))
                 })
                 .collect();
             nlls.clear();
-            nlls.resize(targets.len(), f64::NAN);
+            nlls.resize(targets.len(), 0.0);
             pool.for_chunks_mut(&mut nlls, 1, &|i, out| {
-                if let Some(next) = targets[i] {
+                if let Some((_, next)) = targets[i] {
                     out[0] = token_nll(logits.row(i), next);
                 }
             });
-            nlls.iter().filter(|v| !v.is_nan()).for_each(|&v| stats.add(v));
+            for (t, &v) in targets.iter().zip(&nlls) {
+                if let Some((seq, _)) = t {
+                    by_chunk[*seq].push(v);
+                }
+            }
         }
-        for &c in &chunks {
+        for (seq, &c) in chunks.iter().enumerate() {
+            if let Some(stats) = nll.as_deref_mut() {
+                by_chunk[seq].iter().for_each(|&v| stats.add(v));
+            }
             on_chunk(c, collector, nll.as_deref());
         }
     }
