@@ -116,8 +116,7 @@ pub fn quantize(common: &Common, args: &QuantizeArgs) -> Result<()> {
             e @ (QuantizeError::Requantize { .. }
             | QuantizeError::SameFile(_)
             | QuantizeError::RowWidth { .. }
-            | QuantizeError::NeedsImatrix { .. }
-            | QuantizeError::WeightedNotSupported { .. }),
+            | QuantizeError::NeedsImatrix { .. }),
         ) => return Err(usage(e.to_string())),
         Err(e) => {
             return Err(e).with_context(|| format!("quantizing {} to {}", args.input.display(), args.output.display()))
