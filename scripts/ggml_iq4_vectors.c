@@ -5,9 +5,10 @@
 //       -Wl,-rpath,$A/build/bin -o /tmp/ggml_iq4_vectors
 //   /tmp/ggml_iq4_vectors crates/gemma-compression/testdata
 // Writes iq4_nl.bin and iq4_xs.bin: quantize_iq4_nl / quantize_iq4_xs (what llama-quantize calls) without an
-// importance matrix, on ROWS x COLS inputs from the generator below, which the Rust test repeats exactly
-// (integer draws times exact float constants; built without -march and with contraction off, so no fused
-// multiply-add changes a value).
+// importance matrix, and iq4_nl_imatrix.bin / iq4_xs_imatrix.bin with one (COLS importances, as llama-quantize
+// passes one imatrix entry for every row), on ROWS x COLS inputs from the generator below, which the Rust test
+// repeats exactly (integer draws times exact float constants; built without -march and with contraction off, so
+// no fused multiply-add changes a value).
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +53,17 @@ static void generate(float *x) {
     }
 }
 
+// After the inputs: per column an importance of 0.01..10 in steps of 0.01, zero for one column in 16 and for
+// all of columns 32..63 (a block whose search has no weight at all), tiny for columns 96..127.
+static void generate_importance(float *qw) {
+    for (int j = 0; j < COLS; ++j) {
+        float v = (float)(next() % 1000 + 1) * 0.01f;
+        if (next() % 16 == 0 || (j >= 32 && j < 64)) v = 0.0f;
+        if (j >= 96 && j < 128) v *= 1e-30f;
+        qw[j] = v;
+    }
+}
+
 static void write_file(const char *dir, const char *name, const void *data, size_t n) {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, name);
@@ -70,10 +82,16 @@ int main(int argc, char **argv) {
     }
     static float x[ROWS * COLS];
     static uint8_t out[ROWS * COLS];
+    static float qw[COLS];
     generate(x);
+    generate_importance(qw);
     size_t n = quantize_iq4_nl(x, out, ROWS, COLS, NULL);
     write_file(argv[1], "iq4_nl.bin", out, n);
     n = quantize_iq4_xs(x, out, ROWS, COLS, NULL);
     write_file(argv[1], "iq4_xs.bin", out, n);
+    n = quantize_iq4_nl(x, out, ROWS, COLS, qw);
+    write_file(argv[1], "iq4_nl_imatrix.bin", out, n);
+    n = quantize_iq4_xs(x, out, ROWS, COLS, qw);
+    write_file(argv[1], "iq4_xs_imatrix.bin", out, n);
     return 0;
 }

@@ -90,6 +90,11 @@ JOBS = [
     ("gemma_imatrix_include_q5_k_s", GEMMA,
      ["--allow-requantize", "--imatrix", IMATRIX, "--include-weights", "ffn_down"], "Q5_K_S"),
     ("gemma_f32_imatrix_q4_k_m", {"from": "gemma_f32"}, ["--imatrix", IMATRIX], "Q4_K_M"),
+    # IQ4 weighs its scale search by the matrix; with one, the first FFN-down layers stay IQ4 (not Q5_K).
+    ("gemma_imatrix_iq4_nl", GEMMA, ["--allow-requantize", "--imatrix", IMATRIX], "IQ4_NL"),
+    ("gemma_imatrix_iq4_xs", GEMMA, ["--allow-requantize", "--imatrix", IMATRIX], "IQ4_XS"),
+    ("gemma_imatrix_pure_iq4_xs", GEMMA, ["--allow-requantize", "--pure", "--imatrix", IMATRIX], "IQ4_XS"),
+    ("gemma_f32_imatrix_iq4_xs", {"from": "gemma_f32"}, ["--imatrix", IMATRIX_DAT], "IQ4_XS"),
 ]
 
 GGML_TYPES = {0: "f32", 1: "f16", 2: "q4_0", 3: "q4_1", 6: "q5_0", 7: "q5_1", 8: "q8_0", 9: "q8_1", 10: "q2_K",

@@ -15,10 +15,10 @@ use crate::commands::{usage, Common};
 
 #[derive(Args, Debug)]
 #[command(after_help = "Types: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q2_K_S Q3_K_S Q3_K_M Q3_K_L Q4_K_S \
-    Q4_K_M Q5_K_S Q5_K_M Q6_K (any case; Q3_K, Q4_K, Q5_K mean the _M mixtures; llama.cpp's ftype numbers work \
-    too; Q2_K_S needs --imatrix).\n\
+    Q4_K_M Q5_K_S Q5_K_M Q6_K IQ4_NL IQ4_XS (any case; Q3_K, Q4_K, Q5_K mean the _M mixtures; llama.cpp's \
+    ftype numbers work too; Q2_K_S needs --imatrix).\n\
     The tensor types, the mixture rules (more bits for some attention-V and FFN-down layers) and the bytes \
-    written are llama-quantize's, with or without an importance matrix. The i-quants are not made.")]
+    written are llama-quantize's, with or without an importance matrix. The other i-quants are not made.")]
 pub struct QuantizeArgs {
     /// The GGUF file to quantize.
     pub input: PathBuf,
@@ -116,8 +116,7 @@ pub fn quantize(common: &Common, args: &QuantizeArgs) -> Result<()> {
             e @ (QuantizeError::Requantize { .. }
             | QuantizeError::SameFile(_)
             | QuantizeError::RowWidth { .. }
-            | QuantizeError::NeedsImatrix { .. }
-            | QuantizeError::WeightedNotSupported { .. }),
+            | QuantizeError::NeedsImatrix { .. }),
         ) => return Err(usage(e.to_string())),
         Err(e) => {
             return Err(e).with_context(|| format!("quantizing {} to {}", args.input.display(), args.output.display()))

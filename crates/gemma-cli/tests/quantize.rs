@@ -66,12 +66,16 @@ fn bad_input_gives_clear_errors_and_leaves_nothing_behind() {
     check(&["quantize", &m, out, "Q9_K"], 2, &["unknown quantization type 'Q9_K'", "Q4_K_M"]);
     check(&["quantize", &m, out, "IQ2_XS"], 2, &["does not make", "importance"]);
     check(&["quantize", "--allow-requantize", "--output-tensor-type", "iq3_s", &m, out, "Q4_0"], 2, &["iq3_s"]);
-    // IQ4 with importance weights: not encoded here yet, so refused rather than written with other bytes
+    // an importance matrix does not make the unwritten i-quants possible
     let imatrix = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/imatrix/gemma3-270m-lighthouses.imatrix.gguf");
+    check(&["quantize", "--allow-requantize", "--imatrix", imatrix, &m, out, "IQ3_S"], 2, &["does not make"]);
+    // another model's importance matrix: its rows (Gemma's 640) do not fit SmolLM2's (576), refused as
+    // llama-quantize refuses it rather than quantized unweighted
+    let smol = gemma_fetch::resolve_model("smollm2-135m-instruct").expect("SmolLM2 model").display().to_string();
     check(
-        &["quantize", "--allow-requantize", "--imatrix", imatrix, &m, out, "IQ4_XS"],
-        2,
-        &["with importance weights", "without --imatrix"],
+        &["quantize", "--allow-requantize", "--imatrix", imatrix, &smol, out, "IQ4_XS"],
+        1,
+        &["importance matrix entry for 'blk.0.", "640 values", "576 elements"],
     );
     // a 256-block type on 640-wide rows (llama-quantize aborts here)
     check(

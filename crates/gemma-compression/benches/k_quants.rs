@@ -7,8 +7,9 @@
 //!   how close the kernel gets to memory bandwidth. Throughput: weight bytes.
 //! - prefill: a 64-row slab against 256 tokens (what one matmul task sees), every format. Throughput:
 //!   multiply-adds (criterion's elem/s are MAC/s).
-//! - interleaved: Q4_K and Q6_K with 16 rows repacked together (`interleaved_k`, what the model loads them
-//!   as), at 1, 8 and 256 tokens, beside the GGML layout's `dot_rows`. Throughput: multiply-adds.
+//! - interleaved: Q4_K, Q6_K and IQ4_XS (ffn_down's shape, as `llama-quantize ... IQ4_XS` makes it) with 16
+//!   rows repacked together (`interleaved_k`, what the model loads them as), at 1, 8 and 256 tokens, beside the
+//!   GGML layout's `dot_rows`. Throughput: multiply-adds.
 //!
 //! Run with `cargo bench -p gemma-compression --bench k_quants`; `GEMMA_SIMD=avx2|scalar` lowers the SIMD level.
 
@@ -26,6 +27,7 @@ fn weights(rng: &mut Rng, ty: GgmlType, rows: usize, n: usize) -> Vec<u8> {
     let mut w: Vec<u8> = (0..rows * ty.row_bytes(n).unwrap()).map(|_| rng.next() as u8).collect();
     let scale_offsets: &[usize] = match ty {
         GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
+        GgmlType::IQ4_XS => &[0],
         GgmlType::Q6K => &[208],
         GgmlType::Q3K => &[108],
         GgmlType::Q2K => &[80, 82],
@@ -113,13 +115,13 @@ fn bench_dot_rows(c: &mut Criterion) {
     group.finish();
 }
 
-/// The model's Q4_K and Q6_K shapes repacked 16 rows at a time, against the GGML layout: one token (decode), 8
+/// The model's Q4_K, Q6_K and IQ4_XS shapes repacked 16 rows at a time, against the GGML layout: one token (decode), 8
 /// (a server's batched step) and 256 (prefill).
 fn bench_interleaved(c: &mut Criterion) {
     let mut rng = Rng(13);
     let mut group = c.benchmark_group("interleaved_k");
     group.sample_size(20);
-    for (ty, rows, n) in [(GgmlType::Q4K, 640, 1024), (GgmlType::Q6K, 640, 2048)] {
+    for (ty, rows, n) in [(GgmlType::Q4K, 640, 1024), (GgmlType::Q6K, 640, 2048), (GgmlType::IQ4_XS, 640, 2048)] {
         let f = quant_format(ty).unwrap();
         let w = weights(&mut rng, ty, rows, n);
         let repacked = InterleavedKRows::repack(ty, rows, n, &w, &mut |_| {}).unwrap();

@@ -1,4 +1,5 @@
-//! Q4_K and Q6_K weights repacked with 16 rows interleaved, the super-block twin of [`crate::interleaved`].
+//! Q4_K, Q6_K and IQ4_XS weights repacked with 16 rows interleaved, the super-block twin of
+//! [`crate::interleaved`].
 //!
 //! In GGML's layout a SIMD register holds part of one row's super-block, and the register-tiled kernels spend
 //! as long unpacking its scales and reducing its lanes as multiplying. Here super-block `b` of 16 rows is
@@ -10,7 +11,10 @@
 //! - Q4_K: `isum = sum_j sc_j * dot_j(q, a)`, `mins = sum_j m_j * (bsum_2j + bsum_2j+1)`, then
 //!   `acc = fma(d * d_a, isum, acc)` and `acc = fma(-(dmin * d_a), mins, acc)`, super-block by super-block;
 //! - Q6_K: with the quants stored as `q + 32`, `isum = sum_j sc_j * dot_j(q + 32, a) - 32 sum_j sc_j * bsum_j`,
-//!   then `acc = fma(d * d_a, isum, acc)`.
+//!   then `acc = fma(d * d_a, isum, acc)`;
+//! - IQ4_XS: `q` the table value ([`crate::iq4`]'s `kvalues_iq4nl`) of the stored 4-bit index, `sc_j = ls_j - 32`,
+//!   `isum = sum_j sc_j * dot_j(q, a)`, then `acc = fma(d * d_a, isum, acc)` (the VNNI kernel looks up `q + 128`,
+//!   unsigned as `vpdpbusd` wants, and takes `128 sum_j sc_j * (bsum_2j + bsum_2j+1)` back out).
 //!
 //! Layout of one super-block of a group (`r` is the row in the group). A run is the 64 values `v = 4 r + e`
 //! (element `4 k + e` of a sub-block, row `r`) of dword `k` of the 16 rows; runs are stored in pairs of 64
@@ -23,9 +27,13 @@
 //!   `32 + 64 p + 4 r`; then per sub-block `j` (16 elements, 4 runs) 192 bytes at `544 + 192 j`: the run pairs
 //!   (0, 1) and (2, 3), then 64 bytes of top bits, bits `2 k` and `2 k + 1` of byte `v` being bits 4 and 5 of
 //!   value `v` of run `k`.
+//! - IQ4_XS (2,336 bytes, GGML's 16 x 136 = 2,176): 16 f16 `d`; the signed scales `ls - 32` as i16 pairs
+//!   `(sc_2p, sc_2p+1)` at `32 + 64 p + 4 r`; then the run pairs `(k, k + 1)` (k even) of the 4-bit table
+//!   indices of sub-block `j` (32 elements, 8 runs) at `288 + 256 j + 32 k`, as Q4_K's.
 
 use std::ops::Range;
 
+use crate::iq4::{xs_scale, KVALUES};
 use crate::k_quants::{scales_mins_k4, Q8K_BSUMS, Q8K_BYTES, Q8K_QS, QK_K};
 use crate::{GgmlType, QuantError};
 
@@ -37,6 +45,8 @@ pub const ROW_GROUP: usize = 16;
 pub enum InterleavedKFormat {
     Q4K,
     Q6K,
+    #[allow(non_camel_case_types)] // GGML's name, as `GgmlType::IQ4_XS`
+    IQ4_XS,
 }
 
 impl InterleavedKFormat {
@@ -44,6 +54,7 @@ impl InterleavedKFormat {
         match ty {
             GgmlType::Q4K => Some(InterleavedKFormat::Q4K),
             GgmlType::Q6K => Some(InterleavedKFormat::Q6K),
+            GgmlType::IQ4_XS => Some(InterleavedKFormat::IQ4_XS),
             _ => None,
         }
     }
@@ -52,6 +63,7 @@ impl InterleavedKFormat {
         match self {
             InterleavedKFormat::Q4K => GgmlType::Q4K,
             InterleavedKFormat::Q6K => GgmlType::Q6K,
+            InterleavedKFormat::IQ4_XS => GgmlType::IQ4_XS,
         }
     }
 
@@ -60,6 +72,7 @@ impl InterleavedKFormat {
         match self {
             InterleavedKFormat::Q4K => Q4K_QS + 8 * Q4K_SUB,
             InterleavedKFormat::Q6K => Q6K_QS + 16 * Q6K_SUB,
+            InterleavedKFormat::IQ4_XS => XS_QS + 8 * Q4K_SUB,
         }
     }
 }
@@ -74,6 +87,8 @@ pub(crate) const Q4K_SUB: usize = 256;
 pub(crate) const Q6K_SC: usize = 32;
 pub(crate) const Q6K_QS: usize = 544;
 pub(crate) const Q6K_SUB: usize = 192;
+pub(crate) const XS_SC: usize = 32;
+pub(crate) const XS_QS: usize = 288;
 
 /// A matrix of `rows x cols` in groups of 16 interleaved rows (the last group padded with zero rows).
 pub struct InterleavedKRows {
@@ -99,7 +114,7 @@ fn or_word(b: &mut [u8], at: usize, v: u32) {
 }
 
 impl InterleavedKRows {
-    /// Repacks `rows` rows of `cols` elements of `ty` (Q4_K or Q6_K, GGML's layout). `done(bytes)` is called as
+    /// Repacks `rows` rows of `cols` elements of `ty` (Q4_K, Q6_K or IQ4_XS, GGML's layout). `done(bytes)` is called as
     /// the source is consumed in order, with the length of the prefix of `src` no longer needed.
     pub fn repack(
         ty: GgmlType,
@@ -122,6 +137,7 @@ impl InterleavedKRows {
                     match format {
                         InterleavedKFormat::Q4K => repack_q4_k(block, dst, r),
                         InterleavedKFormat::Q6K => repack_q6_k(block, dst, r),
+                        InterleavedKFormat::IQ4_XS => repack_iq4_xs(block, dst, r),
                     }
                 }
             }
@@ -157,7 +173,8 @@ impl InterleavedKRows {
         &self.data
     }
 
-    /// Row `r` decoded to f32, exactly as GGML's format decodes it (`d * sc * q - dmin * m`).
+    /// Row `r` decoded to f32, exactly as GGML's format decodes it (`d * sc * q - dmin * m`, no `m` but for
+    /// Q4_K).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         assert!(r < self.rows && out.len() == self.cols, "row {r} of {} x {}", self.rows, self.cols);
         let (blocks, gbb) = (self.cols / QK_K, self.format.group_block_bytes());
@@ -263,11 +280,29 @@ fn repack_q6_k(b: &[u8], dst: &mut [u8], r: usize) {
     }
 }
 
+/// Writes GGML IQ4_XS block `b` as row `r` of a group super-block.
+fn repack_iq4_xs(b: &[u8], dst: &mut [u8], r: usize) {
+    dst[2 * r..2 * r + 2].copy_from_slice(&b[..2]);
+    for p in 0..4 {
+        let at = XS_SC + 64 * p + 4 * r;
+        dst[at..at + 2].copy_from_slice(&(xs_scale(b, 2 * p) as i16 - 32).to_le_bytes());
+        dst[at + 2..at + 4].copy_from_slice(&(xs_scale(b, 2 * p + 1) as i16 - 32).to_le_bytes());
+    }
+    // GGML: sub-block `j` keeps element `l` in the low nibble of `qs[16 j + l]` and `l + 16` in the high one.
+    let qs = &b[8..136];
+    for j in 0..8 {
+        for k in 0..8 {
+            let nibbles = (word(qs, 16 * j + 4 * (k % 4)) >> (4 * (k / 4))) & 0x0f0f_0f0f;
+            or_word(dst, XS_QS + Q4K_SUB * j + 64 * (k / 2) + 4 * r, nibbles << (4 * (k % 2)));
+        }
+    }
+}
+
 /// One row's super-block header: scales, scale of scales and (Q4_K) mins.
 struct Header {
     d: f32,
     dmin: f32,
-    /// Sub-block scales and mins (8 used by Q4_K, 16 by Q6_K).
+    /// Sub-block scales and mins (8 used by Q4_K and IQ4_XS, 16 by Q6_K).
     scale: [i32; 16],
     min: [i32; 16],
     sub_blocks: usize,
@@ -299,10 +334,20 @@ fn header(format: InterleavedKFormat, blk: &[u8], r: usize) -> Header {
             min: [0; 16],
             sub_blocks: 16,
         },
+        InterleavedKFormat::IQ4_XS => Header {
+            d: f16_at(blk, 2 * r),
+            dmin: 0.0,
+            scale: std::array::from_fn(
+                |j| if j < 8 { i16_at(blk, XS_SC + 64 * (j / 2) + 4 * r + 2 * (j % 2)) } else { 0 },
+            ),
+            min: [0; 16],
+            sub_blocks: 8,
+        },
     }
 }
 
-/// The signed quant of row `r` (within its group), element `i` of sub-block `j` of super-block `blk`.
+/// The signed quant of row `r` (within its group), element `i` of sub-block `j` of super-block `blk` (IQ4_XS:
+/// the table value of the stored index).
 fn quant(format: InterleavedKFormat, blk: &[u8], r: usize, j: usize, i: usize) -> i32 {
     let (v, k) = (4 * r + i % 4, i / 4);
     let nibble = |pair: usize| ((blk[pair + v] >> (4 * (k % 2))) & 0x0f) as i32;
@@ -313,6 +358,7 @@ fn quant(format: InterleavedKFormat, blk: &[u8], r: usize, j: usize, i: usize) -
             let top = ((blk[sub + 128 + v] >> (2 * k)) & 3) as i32;
             (nibble(sub + 64 * (k / 2)) | top << 4) - 32
         }
+        InterleavedKFormat::IQ4_XS => KVALUES[nibble(XS_QS + Q4K_SUB * j + 64 * (k / 2)) as usize] as i32,
     }
 }
 
@@ -328,7 +374,7 @@ pub(crate) fn dot_groups_scalar(
     let gbb = format.group_block_bytes();
     let width = w.len() / (blocks * gbb) * ROW_GROUP;
     let sub = match format {
-        InterleavedKFormat::Q4K => 32,
+        InterleavedKFormat::Q4K | InterleavedKFormat::IQ4_XS => 32,
         InterleavedKFormat::Q6K => 16,
     };
     for (g, gw) in w.chunks_exact(blocks * gbb).enumerate() {
@@ -362,20 +408,59 @@ pub(crate) fn dot_groups_scalar(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::interleaved::tests::ggml_rows;
     use crate::quant_format;
     use crate::test_data::TestRng;
 
+    /// Every format's GGML type.
+    pub(crate) const ALL_TYPES: [GgmlType; 3] = [GgmlType::Q4K, GgmlType::Q6K, GgmlType::IQ4_XS];
+
     fn q8k_rows(rng: &mut TestRng, tokens: usize, cols: usize) -> Vec<u8> {
         ggml_rows(rng, GgmlType::Q8K, tokens, cols)
+    }
+
+    /// IQ4_XS's layout of the module's doc written value by value from ggml-common.h's `block_iq4_xs` (scales
+    /// from `scales_h` / `scales_l`, indices from the nibbles of `qs`): the repacking, which moves whole words,
+    /// must give the same bytes, padding rows all zero.
+    #[test]
+    fn repacking_writes_the_documented_iq4_xs_layout() {
+        let ty = GgmlType::IQ4_XS;
+        let mut rng = TestRng::new(23);
+        let (rows, cols) = (21, 512);
+        let src = ggml_rows(&mut rng, ty, rows, cols);
+        let m = InterleavedKRows::repack(ty, rows, cols, &src, &mut |_| {}).unwrap();
+        let (rb, gbb, blocks) = (ty.row_bytes(cols).unwrap(), m.format().group_block_bytes(), cols / QK_K);
+        assert_eq!(gbb, 2336);
+        let mut want = vec![0u8; m.groups() * blocks * gbb];
+        for r in 0..rows {
+            let (g, rr) = (r / ROW_GROUP, r % ROW_GROUP);
+            for (b, block) in src[r * rb..(r + 1) * rb].chunks_exact(136).enumerate() {
+                let dst = &mut want[(g * blocks + b) * gbb..][..gbb];
+                dst[2 * rr..2 * rr + 2].copy_from_slice(&block[..2]);
+                let scales_h = u16::from_le_bytes([block[2], block[3]]);
+                for j in 0..8 {
+                    let ls =
+                        ((block[4 + j / 2] >> (4 * (j % 2))) & 0x0f) as i16 | (((scales_h >> (2 * j)) & 3) << 4) as i16;
+                    let at = 32 + 64 * (j / 2) + 4 * rr + 2 * (j % 2);
+                    dst[at..at + 2].copy_from_slice(&(ls - 32).to_le_bytes());
+                    for i in 0..32 {
+                        let index = (block[8 + 16 * j + i % 16] >> (4 * (i / 16))) & 0x0f;
+                        // value v = 4 r + e of run k = i / 4; runs k, k + 1 (k even) share 64 bytes
+                        let (k, v) = (i / 4, 4 * rr + i % 4);
+                        dst[288 + 256 * j + 32 * (k - k % 2) + v] |= index << (4 * (k % 2));
+                    }
+                }
+            }
+        }
+        assert!(m.data_for_tests() == want.as_slice(), "IQ4_XS group bytes differ from the documented layout");
     }
 
     /// Every value of every row, padding rows aside, decodes to GGML's own dequantization, bit for bit.
     #[test]
     fn repacking_keeps_every_value() {
-        for ty in [GgmlType::Q4K, GgmlType::Q6K] {
+        for ty in ALL_TYPES {
             let mut rng = TestRng::new(17);
             let (rows, cols) = (37, 512);
             let src = ggml_rows(&mut rng, ty, rows, cols);
@@ -395,7 +480,7 @@ mod tests {
     /// cancel, so the rounding is relative to them, not to the result).
     #[test]
     fn scalar_twin_is_within_rounding_of_ggml_dots() {
-        for ty in [GgmlType::Q4K, GgmlType::Q6K] {
+        for ty in ALL_TYPES {
             let mut rng = TestRng::new(5);
             let (rows, cols, tokens) = (21, 768, 3);
             let src = ggml_rows(&mut rng, ty, rows, cols);
@@ -423,5 +508,7 @@ mod tests {
         assert!(InterleavedKRows::repack(GgmlType::Q8_0, 16, 256, &[0; 16 * 34 * 8], &mut |_| {}).is_err());
         assert!(InterleavedKRows::repack(GgmlType::Q4K, 16, 256, &[0; 100], &mut |_| {}).is_err());
         assert!(InterleavedKRows::repack(GgmlType::Q6K, 16, 100, &[0; 100], &mut |_| {}).is_err());
+        assert!(InterleavedKRows::repack(GgmlType::IQ4_XS, 16, 256, &[0; 16 * 136 - 1], &mut |_| {}).is_err());
+        assert!(InterleavedKRows::repack(GgmlType::IQ4_NL, 16, 256, &[0; 16 * 144], &mut |_| {}).is_err());
     }
 }

@@ -11,8 +11,10 @@
 //!   `qs[16 * ib..16 * ib + 16]` as IQ4_NL does. Dots take Q8_K activations, as in ggml, on the k-quant tiles
 //!   ([`crate::k_quants`]).
 //!
-//! The encoders reproduce llama.cpp's `quantize_iq4_nl` / `quantize_iq4_xs` without an importance matrix (what
-//! `llama-quantize` writes): per 32 elements a weighted least-squares scale, searched over 15 starting scales.
+//! The encoders reproduce llama.cpp's `quantize_iq4_nl` / `quantize_iq4_xs` (what `llama-quantize` writes):
+//! per 32 elements a weighted least-squares scale, searched over 15 starting scales. Without an importance
+//! matrix an element weighs `x^2`; with one ([`encode_nl`] / [`encode_xs`] given the importances, through
+//! [`crate::weighted`]) it weighs its column's importance times `sqrt(sigma2 + x^2)`.
 
 use crate::k_quants::{Block256, KCodec, QK_K};
 use crate::q_legacy::{Block32, LegacyCodec, QK};
@@ -87,38 +89,54 @@ fn best_index(x: f32) -> u8 {
     }
 }
 
-/// `(sum w*q*x, sum w*q*q)` with `q` the table value nearest to `id * x` and `w = x * x` (ggml's weighting
-/// without an importance matrix), in ggml's order of float operations; writes the indices to `l` if given.
-fn weighted_sums(xb: &[f32], id: f32, mut l: Option<&mut [u8]>) -> (f32, f32) {
+/// `(sum w*q*x, sum w*q*q)` with `q` the table value nearest to `id * x`, in ggml's order of float operations.
+fn weighted_sums(xb: &[f32], w: &[f32; QK], id: f32) -> (f32, f32) {
     let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
-    for (j, &x) in xb.iter().enumerate() {
-        let idx = best_index(id * x);
-        if let Some(l) = l.as_deref_mut() {
-            l[j] = idx;
-        }
-        let q = KVALUES[idx as usize] as f32;
-        let w = x * x;
+    for (&x, &w) in xb.iter().zip(w) {
+        let q = KVALUES[best_index(id * x) as usize] as f32;
         sumqx += w * q * x;
         sumq2 += w * q * q;
     }
     (sumqx, sumq2)
 }
 
-/// The scale of one 32-element group: a least-squares fit from the scale that maps the group's signed maximum
-/// to +127, then the best of 15 fits starting from the scales that map it to `-127 + k`, `k = -7..=7` (ggml's
-/// per-block search in `quantize_row_iq4_nl_impl`). 0 for a group of (near) zeros.
-fn group_scale(xb: &[f32]) -> f32 {
+/// The weights of the scale search: `x^2` without an importance matrix; with one, the column's importance
+/// `qw` times `sqrt(sigma2 + x^2)`, `sigma2` twice the mean square of the whole block (32 elements for IQ4_NL,
+/// the 256-element super-block for IQ4_XS), as `quantize_row_iq4_nl_impl` weighs them.
+fn search_weights(xb: &[f32], importance: Option<(&[f32], f32)>) -> [f32; QK] {
+    let mut w = [0.0f32; QK];
+    match importance {
+        None => w.iter_mut().zip(xb).for_each(|(w, &x)| *w = x * x),
+        Some((qw, sigma2)) => {
+            for ((w, &x), &q) in w.iter_mut().zip(xb).zip(qw) {
+                *w = q * (sigma2 + x * x).sqrt();
+            }
+        }
+    }
+    w
+}
+
+/// `sigma2` of [`search_weights`]: `2 / n` times the sum of squares of the `n` elements of the block.
+fn sigma2(x: &[f32]) -> f32 {
+    x.iter().fold(0.0f32, |s, &v| s + v * v) * (2.0 / x.len() as f32)
+}
+
+/// The scale of one 32-element group: a least-squares fit (weighted by `w`) from the scale that maps the
+/// group's signed maximum to +127, then the best of 15 fits starting from the scales that map it to
+/// `-127 + k`, `k = -7..=7` (ggml's per-block search in `quantize_row_iq4_nl_impl`). 0 for a group of (near)
+/// zeros.
+fn group_scale(xb: &[f32], w: &[f32; QK]) -> f32 {
     let (amax, max) = largest_magnitude(xb.iter().copied());
     if amax < GROUP_MAX_EPS {
         return 0.0;
     }
     let first = -max / KVALUES[0] as f32;
-    let (sumqx, sumq2) = weighted_sums(xb, 1.0 / first, None);
+    let (sumqx, sumq2) = weighted_sums(xb, w, 1.0 / first);
     let mut d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
     let mut best = d * sumqx;
     for itry in -NTRY..=NTRY {
         let id = (itry + KVALUES[0] as i32) as f32 / max;
-        let (sumqx, sumq2) = weighted_sums(xb, id, None);
+        let (sumqx, sumq2) = weighted_sums(xb, w, id);
         if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
             d = sumqx / sumq2;
             best = d * sumqx;
@@ -135,6 +153,53 @@ fn indices(xb: &[f32], d: f32, l: &mut [u8]) {
     }
 }
 
+/// One IQ4_NL block of 32 elements (`quantize_row_iq4_nl_impl` with a block of 32), weighted by the 32
+/// `importance` values if given.
+pub(crate) fn encode_nl(x: &[f32], importance: Option<&[f32]>, b: &mut [u8]) {
+    let w = search_weights(x, importance.map(|qw| (qw, sigma2(x))));
+    let d = group_scale(x, &w);
+    put_f16_le(b, d);
+    // the indices come from the unrounded f32 scale, as in ggml
+    let mut l = [0u8; QK];
+    indices(x, d, &mut l);
+    pack_32(&l, &mut b[2..18]);
+}
+
+/// One IQ4_XS super-block of 256 elements (`quantize_row_iq4_nl_impl` with super-blocks of 256), weighted by
+/// the 256 `importance` values if given.
+pub(crate) fn encode_xs(x: &[f32], importance: Option<&[f32]>, b: &mut [u8]) {
+    let b = &mut b[..XS_BYTES];
+    // sigma2 is the whole super-block's
+    let importance = importance.map(|qw| (qw, sigma2(x)));
+    let mut scales = [0.0f32; QK_K / QK];
+    for (ib, (s, xb)) in scales.iter_mut().zip(x.chunks_exact(QK)).enumerate() {
+        let qw = importance.map(|(qw, s2)| (&qw[QK * ib..QK * (ib + 1)], s2));
+        *s = group_scale(xb, &search_weights(xb, qw));
+    }
+    let (_, max_scale) = largest_magnitude(scales);
+    // the largest sub-block scale maps to -32; an all-zero block stores d = -0.0, as ggml does
+    let d = -max_scale / 32.0;
+    put_f16_le(b, d);
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut scales_h = 0u16;
+    let (scales_l, qs) = b[4..].split_at_mut(4);
+    for (ib, (&s, xb)) in scales.iter().zip(x.chunks_exact(QK)).enumerate() {
+        let ls = nearest_int(id * s).clamp(-32, 31);
+        // indices from the unrounded f32 super-scale times the integer sub-block scale, as in ggml
+        let mut l = [0u8; QK];
+        indices(xb, d * ls as f32, &mut l);
+        pack_32(&l, &mut qs[16 * ib..16 * ib + 16]);
+        let stored = (ls + 32) as u8;
+        if ib % 2 == 0 {
+            scales_l[ib / 2] = stored & 0x0f;
+        } else {
+            scales_l[ib / 2] |= (stored & 0x0f) << 4;
+        }
+        scales_h |= ((stored >> 4) as u16) << (2 * ib);
+    }
+    b[2..4].copy_from_slice(&scales_h.to_le_bytes());
+}
+
 /// IQ4_NL: `d: f16`, `qs[16]`.
 #[allow(non_camel_case_types)]
 pub(crate) struct IQ4_NL;
@@ -145,12 +210,7 @@ impl LegacyCodec for IQ4_NL {
         Block32 { q: lookup_32(&b[2..18]), d: f16_le(b), m: 0.0 }
     }
     fn encode(x: &[f32], b: &mut [u8]) {
-        let d = group_scale(x);
-        put_f16_le(b, d);
-        // the indices come from the unrounded f32 scale, as in ggml
-        let mut l = [0u8; QK];
-        indices(x, d, &mut l);
-        pack_32(&l, &mut b[2..18]);
+        encode_nl(x, None, b);
     }
     fn dot_rows_simd(n: usize, w: &[u8], rows: usize, acts: &[u8], n_tokens: usize, out: &mut [f32]) -> bool {
         crate::q_legacy::tiled_dot_rows::<Self>(n, w, rows, acts, n_tokens, out)
@@ -177,33 +237,7 @@ impl KCodec for IQ4_XS {
         out
     }
     fn encode(x: &[f32], b: &mut [u8]) {
-        let b = &mut b[..XS_BYTES];
-        let mut scales = [0.0f32; QK_K / QK];
-        for (s, xb) in scales.iter_mut().zip(x.chunks_exact(QK)) {
-            *s = group_scale(xb);
-        }
-        let (_, max_scale) = largest_magnitude(scales);
-        // the largest sub-block scale maps to -32; an all-zero block stores d = -0.0, as ggml does
-        let d = -max_scale / 32.0;
-        put_f16_le(b, d);
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        let mut scales_h = 0u16;
-        let (scales_l, qs) = b[4..].split_at_mut(4);
-        for (ib, (&s, xb)) in scales.iter().zip(x.chunks_exact(QK)).enumerate() {
-            let ls = nearest_int(id * s).clamp(-32, 31);
-            // indices from the unrounded f32 super-scale times the integer sub-block scale, as in ggml
-            let mut l = [0u8; QK];
-            indices(xb, d * ls as f32, &mut l);
-            pack_32(&l, &mut qs[16 * ib..16 * ib + 16]);
-            let stored = (ls + 32) as u8;
-            if ib % 2 == 0 {
-                scales_l[ib / 2] = stored & 0x0f;
-            } else {
-                scales_l[ib / 2] |= (stored & 0x0f) << 4;
-            }
-            scales_h |= ((stored >> 4) as u16) << (2 * ib);
-        }
-        b[2..4].copy_from_slice(&scales_h.to_le_bytes());
+        encode_xs(x, None, b);
     }
     fn dot_rows_simd(n: usize, w: &[u8], rows: usize, acts: &[u8], n_tokens: usize, out: &mut [f32]) -> bool {
         #[cfg(target_arch = "x86_64")]
@@ -389,8 +423,8 @@ mod tests {
         }
     }
 
-    /// The generator of `scripts/ggml_iq4_vectors.c`, value for value.
-    fn ggml_vector_inputs() -> Vec<f32> {
+    /// The generator of `scripts/ggml_iq4_vectors.c`, value for value: the inputs, then the importances.
+    fn ggml_vector_inputs() -> (Vec<f32>, Vec<f32>) {
         const SCALES: [f32; 8] = [1.0, 0.5, 0.03125, 3.0, 0.0078125, 0.37, 12.5, 0.001];
         let mut state = 0x1234u64;
         let mut next = || {
@@ -401,7 +435,7 @@ mod tests {
             z ^ (z >> 31)
         };
         let (mut scale, mut shift, mut kind) = (1.0f32, 0.0f32, 0u64);
-        (0..16 * 1024)
+        let x = (0..16 * 1024)
             .map(|i| {
                 if i % 32 == 0 {
                     scale = SCALES[(next() % 8) as usize];
@@ -418,6 +452,30 @@ mod tests {
                     _ => k * scale * 0.001 + shift,
                 }
             })
+            .collect();
+        let qw = (0..1024)
+            .map(|j| {
+                let v = (next() % 1000 + 1) as f32 * 0.01;
+                let v = if next().is_multiple_of(16) || (32..64).contains(&j) { 0.0 } else { v };
+                if (96..128).contains(&j) {
+                    v * 1e-30
+                } else {
+                    v
+                }
+            })
+            .collect();
+        (x, qw)
+    }
+
+    /// The blocks of `got` that differ from `golden`'s, by index.
+    fn differing_blocks(ty: GgmlType, got: &[u8], golden: &[u8]) -> Vec<usize> {
+        assert_eq!(got.len(), golden.len(), "{ty}");
+        let tb = ty.type_size();
+        got.chunks_exact(tb)
+            .zip(golden.chunks_exact(tb))
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .map(|(i, _)| i)
             .collect()
     }
 
@@ -425,7 +483,7 @@ mod tests {
     /// what llama-quantize calls), on inputs with zero, below-threshold, constant and outlier groups.
     #[test]
     fn encoders_write_ggml_bytes() {
-        let x = ggml_vector_inputs();
+        let (x, _) = ggml_vector_inputs();
         for (ty, golden) in [
             (GgmlType::IQ4_NL, &include_bytes!("../testdata/iq4_nl.bin")[..]),
             (GgmlType::IQ4_XS, &include_bytes!("../testdata/iq4_xs.bin")[..]),
@@ -435,15 +493,37 @@ mod tests {
             for (row, out) in x.chunks_exact(1024).zip(got.chunks_exact_mut(rb)) {
                 quant_format(ty).unwrap().quantize_row(row, out).unwrap();
             }
-            assert_eq!(got.len(), golden.len(), "{ty}");
-            let bad: Vec<usize> = got
-                .chunks_exact(ty.type_size())
-                .zip(golden.chunks_exact(ty.type_size()))
-                .enumerate()
-                .filter(|(_, (a, b))| a != b)
-                .map(|(i, _)| i)
-                .collect();
+            let bad = differing_blocks(ty, &got, golden);
             assert!(bad.is_empty(), "{ty}: blocks {bad:?} differ from llama.cpp's of {}", got.len() / ty.type_size());
+        }
+    }
+
+    /// With an importance matrix (one importance per column, every row weighted alike, as llama-quantize passes
+    /// it), including zero and tiny importances: llama.cpp's bytes too, which differ from the unweighted ones.
+    #[test]
+    fn weighted_encoders_write_ggml_bytes() {
+        let (x, qw) = ggml_vector_inputs();
+        for (ty, golden, plain) in [
+            (
+                GgmlType::IQ4_NL,
+                &include_bytes!("../testdata/iq4_nl_imatrix.bin")[..],
+                &include_bytes!("../testdata/iq4_nl.bin")[..],
+            ),
+            (
+                GgmlType::IQ4_XS,
+                &include_bytes!("../testdata/iq4_xs_imatrix.bin")[..],
+                &include_bytes!("../testdata/iq4_xs.bin")[..],
+            ),
+        ] {
+            let rb = ty.row_bytes(1024).unwrap();
+            let mut got = vec![0u8; 16 * rb];
+            for (row, out) in x.chunks_exact(1024).zip(got.chunks_exact_mut(rb)) {
+                crate::weighted::quantize_row_weighted(ty, row, &qw, out).unwrap();
+            }
+            let bad = differing_blocks(ty, &got, golden);
+            assert!(bad.is_empty(), "{ty}: blocks {bad:?} differ from llama.cpp's of {}", got.len() / ty.type_size());
+            let changed = differing_blocks(ty, &got, plain).len();
+            assert!(changed * 2 > got.len() / ty.type_size(), "{ty}: the importances changed only {changed} blocks");
         }
     }
 

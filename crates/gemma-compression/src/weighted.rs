@@ -6,7 +6,9 @@
 //! `make_qkx3_quants` and then quantize the sub-block scales themselves with a weighted search
 //! (`make_qp_quants`), and the legacy types search their scale too. Each weight is the importance of the
 //! column times `sqrt(sigma2 + x^2)` (sigma2: the mean square of the super-block, or of the row for the
-//! 32-element types), except Q6_K, which takes the importance as it is.
+//! 32-element types), except Q6_K, which takes the importance as it is. IQ4_NL and IQ4_XS run their reference
+//! search with these weights in place of `x^2` (`iq4.rs`; sigma2 there is twice the mean square of the block
+//! or super-block).
 //!
 //! The arithmetic follows ggml's C expression by expression, in f32 and in the same order (`w * x * l` is
 //! `(w * x) * l`), because a different rounding can pick a different scale and so different bytes. Integer
@@ -37,6 +39,8 @@ pub fn uses_importance(ty: GgmlType) -> bool {
             | GgmlType::Q4K
             | GgmlType::Q5K
             | GgmlType::Q6K
+            | GgmlType::IQ4_NL
+            | GgmlType::IQ4_XS
     )
 }
 
@@ -68,6 +72,9 @@ pub fn quantize_row_weighted(ty: GgmlType, src: &[f32], weights: &[f32], dst: &m
         GgmlType::Q4K => blocks.for_each(|((x, w), b)| q45_k(x, w, b, 15)),
         GgmlType::Q5K => blocks.for_each(|((x, w), b)| q45_k(x, w, b, 31)),
         GgmlType::Q6K => blocks.for_each(|((x, w), b)| q6_k(x, w, b)),
+        // IQ4 weighs by the mean square of its own block (32 or 256 elements), inside the block encoder
+        GgmlType::IQ4_NL => blocks.for_each(|((x, w), b)| crate::iq4::encode_nl(x, Some(w), b)),
+        GgmlType::IQ4_XS => blocks.for_each(|((x, w), b)| crate::iq4::encode_xs(x, Some(w), b)),
         _ => {
             // The 32-element types weigh by the mean square of the whole row (ggml divides by n_per_row).
             let sum_x2 = src.iter().fold(0.0f32, |s, &v| s + v * v);
@@ -552,7 +559,7 @@ mod tests {
         TestRng::new(seed).row(n)
     }
 
-    const TYPES: [GgmlType; 9] = [
+    const TYPES: [GgmlType; 11] = [
         GgmlType::Q4_0,
         GgmlType::Q4_1,
         GgmlType::Q5_0,
@@ -562,6 +569,8 @@ mod tests {
         GgmlType::Q4K,
         GgmlType::Q5K,
         GgmlType::Q6K,
+        GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS,
     ];
 
     fn squared_error(ty: GgmlType, x: &[f32], w: &[f32], bytes: &[u8]) -> f64 {

@@ -3,7 +3,8 @@
 //!
 //! The goldens (`testdata/goldens/llama_quantize.json`, from `scripts/llama_quantize_goldens.py`) hold, per job,
 //! the sha256 of llama-quantize's whole output and of every tensor's data. CI runs a set chosen to cover every
-//! rule and codec in well under a minute (`CI_JOBS`); `GEMMA_QUANTIZE_ALL=1` runs every job in the file.
+//! rule and codec in well under a minute (`CI_JOBS`); `GEMMA_QUANTIZE_ALL=1` runs every job in the file, and
+//! `GEMMA_QUANTIZE_JOBS=a,b` the jobs named.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -44,6 +45,8 @@ const CI_JOBS: &[&str] = &[
     "gemma_imatrix_q4_0",
     "gemma_imatrix_include_q5_k_s",
     "gemma_imatrix_dat_q3_k_s",
+    // IQ4_XS and its IQ4_NL fallback weighted by the matrix, the first FFN-down layers kept in IQ4_XS.
+    "gemma_imatrix_iq4_xs",
 ];
 
 #[derive(Deserialize)]
@@ -178,7 +181,15 @@ fn run_job(name: &str, dir: &Path, made: &mut HashMap<String, PathBuf>) -> Vec<S
 #[test]
 fn quantized_files_equal_llama_quantize_byte_for_byte() {
     let all = std::env::var("GEMMA_QUANTIZE_ALL").is_ok_and(|v| v == "1");
-    let mut names: Vec<&str> = if all { goldens().jobs.keys().map(String::as_str).collect() } else { CI_JOBS.to_vec() };
+    let chosen = std::env::var("GEMMA_QUANTIZE_JOBS").ok();
+    let mut names: Vec<&str> = match (&chosen, all) {
+        (_, true) => goldens().jobs.keys().map(String::as_str).collect(),
+        (Some(list), false) => list.split(',').map(str::trim).filter(|n| !n.is_empty()).collect(),
+        (None, false) => CI_JOBS.to_vec(),
+    };
+    for name in &names {
+        assert!(goldens().jobs.contains_key(*name), "no job {name} in the goldens");
+    }
     names.sort();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut made = HashMap::new();

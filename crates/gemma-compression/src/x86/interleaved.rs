@@ -104,7 +104,7 @@ unsafe fn unsigned_quants_vnni<const BITS: u32, const NL: bool>(runs: *const u8,
 /// IQ4_NL's table as `value + 128` (1..=241, unsigned) in each 128-bit lane, for `vpshufb`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn table_plus_128_vnni() -> __m512i {
+pub(crate) fn table_plus_128_vnni() -> __m512i {
     const T: [u8; 16] = {
         let mut t = [0u8; 16];
         let mut i = 0;

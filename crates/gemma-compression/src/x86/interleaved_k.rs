@@ -1,20 +1,26 @@
 //! Kernels of [`crate::interleaved_k`]: AVX-512 VNNI (16 rows per integer dot) and AVX2 (two halves of 8), for
-//! Q4_K and Q6_K with Q8_K activations. Both compute each row's super-block sums exactly and add them as the
-//! scalar twin `dot_groups_scalar` does, so all three agree bit for bit.
+//! Q4_K, Q6_K and IQ4_XS with Q8_K activations. Both compute each row's super-block sums exactly and add them
+//! as the scalar twin `dot_groups_scalar` does, so all three agree bit for bit.
+//!
+//! IQ4_XS's indices become table values by a byte shuffle, as IQ4_NL's do in [`super::interleaved`]: VNNI
+//! looks up `q + 128` and takes `128 sum_j sc_j * sum_j(a)` back out with the Q8_K block sums; AVX2 looks up
+//! the signed `q` and multiplies `|a|` by `q` with `a`'s sign (`-127 <= q <= 113` negates exactly, and
+//! `|a| <= 128` fits `vpmaddubsw`'s unsigned operand, so the pair sums fit i16 even for `a = -128`).
 
 use std::arch::x86_64::*;
 
 use crate::interleaved_k::{
-    InterleavedKFormat, Q4K_DMIN, Q4K_MIN, Q4K_QS, Q4K_SC, Q4K_SUB, Q6K_QS, Q6K_SC, Q6K_SUB, ROW_GROUP,
+    InterleavedKFormat, Q4K_DMIN, Q4K_MIN, Q4K_QS, Q4K_SC, Q4K_SUB, Q6K_QS, Q6K_SC, Q6K_SUB, ROW_GROUP, XS_QS, XS_SC,
 };
+use crate::iq4::KVALUES;
 use crate::k_quants::{Q8K_BSUMS, Q8K_BYTES, Q8K_QS};
 
-use crate::x86::interleaved::PREFETCH_AHEAD;
+use crate::x86::interleaved::{table_plus_128_vnni, PREFETCH_AHEAD};
 
-/// Runs `$q4::<T>` or `$q6::<T>` over every group and every chunk of up to `$max` tokens.
+/// Runs `$q4::<T>`, `$q6::<T>` or `$xs::<T>` over every group and every chunk of up to `$max` tokens.
 macro_rules! over_groups {
     ($format:expr, $w:expr, $blocks:expr, $acts:expr, $n_tokens:expr, $tile:expr, $q4:ident, $q6:ident,
-     [$($t:literal),*], $max:literal) => {{
+     $xs:ident, [$($t:literal),*], $max:literal) => {{
         // the kernels read raw pointers: the lengths are checked here, whatever the caller did
         let n_tokens = crate::interleaved_k::check($format, $w, $blocks, $acts, $tile);
         assert_eq!(n_tokens, $n_tokens, "token count");
@@ -31,6 +37,7 @@ macro_rules! over_groups {
                 t0 += match ($format, left) {
                     $((InterleavedKFormat::Q4K, $t) => $q4::<$t>(gw, $blocks, $acts.as_ptr(), t0, out, width),)*
                     $((InterleavedKFormat::Q6K, $t) => $q6::<$t>(gw, $blocks, $acts.as_ptr(), t0, out, width),)*
+                    $((InterleavedKFormat::IQ4_XS, $t) => $xs::<$t>(gw, $blocks, $acts.as_ptr(), t0, out, width),)*
                     _ => unreachable!("token chunks are 1..={}", $max),
                 };
             }
@@ -49,7 +56,19 @@ pub(crate) unsafe fn dot_groups_vnni(
     n_tokens: usize,
     tile: &mut [f32],
 ) {
-    over_groups!(format, w, blocks, acts, n_tokens, tile, q4_k_vnni, q6_k_vnni, [1, 2, 3, 4, 5, 6, 7, 8], 8);
+    over_groups!(
+        format,
+        w,
+        blocks,
+        acts,
+        n_tokens,
+        tile,
+        q4_k_vnni,
+        q6_k_vnni,
+        iq4_xs_vnni,
+        [1, 2, 3, 4, 5, 6, 7, 8],
+        8
+    );
 }
 
 /// # Safety
@@ -63,7 +82,7 @@ pub(crate) unsafe fn dot_groups_avx2(
     n_tokens: usize,
     tile: &mut [f32],
 ) {
-    over_groups!(format, w, blocks, acts, n_tokens, tile, q4_k_avx2, q6_k_avx2, [1, 2, 3, 4], 4);
+    over_groups!(format, w, blocks, acts, n_tokens, tile, q4_k_avx2, q6_k_avx2, iq4_xs_avx2, [1, 2, 3, 4], 4);
 }
 
 /// The two runs of a run pair (16 rows x 4 values each) as bytes, row `r`'s in dword `r`.
@@ -190,12 +209,7 @@ unsafe fn q6_k_vnni<const T: usize>(
         let act = |t: usize| acts.add((t0 + t) * a_row + b * Q8K_BYTES);
         let mut isum = [_mm512_setzero_si512(); T];
         for j in 0..16 {
-            let pairs = _mm512_loadu_si512(blk.add(Q6K_SC + 64 * (j / 2)).cast());
-            let sc = if j % 2 == 0 {
-                _mm512_srai_epi32::<16>(_mm512_slli_epi32::<16>(pairs))
-            } else {
-                _mm512_srai_epi32::<16>(pairs)
-            };
+            let sc = scales_of_pairs_vnni(blk.add(Q6K_SC + 64 * (j / 2)), j % 2 == 1);
             let sub = blk.add(Q6K_QS + Q6K_SUB * j);
             let (q0, q1) = run_pair_vnni(sub);
             let (q2, q3) = run_pair_vnni(sub.add(64));
@@ -229,6 +243,84 @@ unsafe fn q6_k_vnni<const T: usize>(
                 offset = _mm512_dpwssd_epi32(offset, sc, _mm512_set1_epi32(bs));
             }
             let isum = _mm512_sub_epi32(isum[t], _mm512_slli_epi32::<5>(offset));
+            let da = _mm512_set1_ps(q8k_d(a));
+            *acc = _mm512_fmadd_ps(_mm512_mul_ps(dd, da), _mm512_cvtepi32_ps(isum), *acc);
+        }
+    }
+    for (t, acc) in acc.iter().enumerate() {
+        _mm512_storeu_ps(out.add((t0 + t) * width), *acc);
+    }
+    T
+}
+
+/// The sub-block scales `sc_j` of a Q6_K or IQ4_XS group super-block as i32 (row `r` in lane `r`), from the
+/// i16 pairs `(sc_2p, sc_2p+1)` of the 16 rows at `pairs`.
+///
+/// # Safety
+/// AVX-512 F; `pairs` points at 64 readable bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn scales_of_pairs_vnni(pairs: *const u8, odd: bool) -> __m512i {
+    let pairs = _mm512_loadu_si512(pairs.cast());
+    if odd {
+        _mm512_srai_epi32::<16>(pairs)
+    } else {
+        _mm512_srai_epi32::<16>(_mm512_slli_epi32::<16>(pairs))
+    }
+}
+
+/// One IQ4_XS group against tokens `t0..t0 + T`; returns `T`.
+///
+/// # Safety
+/// As [`q4_k_vnni`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn iq4_xs_vnni<const T: usize>(
+    gw: *const u8,
+    blocks: usize,
+    acts: *const u8,
+    t0: usize,
+    out: *mut f32,
+    width: usize,
+) -> usize {
+    let gbb = InterleavedKFormat::IQ4_XS.group_block_bytes();
+    let a_row = blocks * Q8K_BYTES;
+    let table = table_plus_128_vnni();
+    let mut acc = [_mm512_setzero_ps(); T];
+    for b in 0..blocks {
+        let blk = gw.add(b * gbb);
+        if T == 1 {
+            super::prefetch_lines(blk.wrapping_add(PREFETCH_AHEAD), gbb);
+        }
+        let act = |t: usize| acts.add((t0 + t) * a_row + b * Q8K_BYTES);
+        let mut isum = [_mm512_setzero_si512(); T];
+        for j in 0..8 {
+            let sc = scales_of_pairs_vnni(blk.add(XS_SC + 64 * (j / 2)), j % 2 == 1);
+            let mut wq = [_mm512_setzero_si512(); 8];
+            for p in 0..4 {
+                let (lo, hi) = run_pair_vnni(blk.add(XS_QS + Q4K_SUB * j + 64 * p));
+                wq[2 * p] = _mm512_shuffle_epi8(table, lo);
+                wq[2 * p + 1] = _mm512_shuffle_epi8(table, hi);
+            }
+            for (t, isum) in isum.iter_mut().enumerate() {
+                let qa = act(t).add(Q8K_QS + 32 * j).cast::<i32>();
+                let mut s = _mm512_setzero_si512();
+                for (k, q) in wq.iter().enumerate() {
+                    s = _mm512_dpbusd_epi32(s, *q, _mm512_set1_epi32(qa.add(k).read_unaligned()));
+                }
+                *isum = _mm512_add_epi32(*isum, _mm512_mullo_epi32(s, sc));
+            }
+        }
+        let dd = _mm512_cvtph_ps(_mm256_loadu_si256(blk.cast()));
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let a = act(t);
+            // the table's +128 times the activations, taken back out: 128 sum_j sc_j (bsum_2j + bsum_2j+1)
+            let mut offset = _mm512_setzero_si512();
+            for (p, pair) in bsum_pairs_32(a).into_iter().enumerate() {
+                let sc = _mm512_loadu_si512(blk.add(XS_SC + 64 * p).cast());
+                offset = _mm512_dpwssd_epi32(offset, sc, _mm512_set1_epi32(pair));
+            }
+            let isum = _mm512_sub_epi32(isum[t], _mm512_slli_epi32::<7>(offset));
             let da = _mm512_set1_ps(q8k_d(a));
             *acc = _mm512_fmadd_ps(_mm512_mul_ps(dd, da), _mm512_cvtepi32_ps(isum), *acc);
         }
@@ -343,12 +435,7 @@ unsafe fn q6_k_avx2<const T: usize>(
         for h in 0..2 {
             let mut isum = [_mm256_setzero_si256(); T];
             for j in 0..16 {
-                let pairs = _mm256_loadu_si256(blk.add(Q6K_SC + 64 * (j / 2) + 32 * h).cast());
-                let sc = if j % 2 == 0 {
-                    _mm256_srai_epi32::<16>(_mm256_slli_epi32::<16>(pairs))
-                } else {
-                    _mm256_srai_epi32::<16>(pairs)
-                };
+                let sc = scales_of_pairs_avx2(blk.add(Q6K_SC + 64 * (j / 2) + 32 * h), j % 2 == 1);
                 let sub = blk.add(Q6K_QS + Q6K_SUB * j);
                 let (q0, q1) = run_pair_avx2(sub, h);
                 let (q2, q3) = run_pair_avx2(sub.add(64), h);
@@ -393,15 +480,92 @@ unsafe fn q6_k_avx2<const T: usize>(
     T
 }
 
+/// Rows `8 h..8 h + 8` of [`scales_of_pairs_vnni`] (`pairs` already offset to the half).
+///
+/// # Safety
+/// AVX2; `pairs` points at 32 readable bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scales_of_pairs_avx2(pairs: *const u8, odd: bool) -> __m256i {
+    let pairs = _mm256_loadu_si256(pairs.cast());
+    if odd {
+        _mm256_srai_epi32::<16>(pairs)
+    } else {
+        _mm256_srai_epi32::<16>(_mm256_slli_epi32::<16>(pairs))
+    }
+}
+
+/// One IQ4_XS group against tokens `t0..t0 + T`, in two halves of 8 rows; returns `T`.
+///
+/// # Safety
+/// As [`q4_k_vnni`], for AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn iq4_xs_avx2<const T: usize>(
+    gw: *const u8,
+    blocks: usize,
+    acts: *const u8,
+    t0: usize,
+    out: *mut f32,
+    width: usize,
+) -> usize {
+    let gbb = InterleavedKFormat::IQ4_XS.group_block_bytes();
+    let a_row = blocks * Q8K_BYTES;
+    let ones = _mm256_set1_epi16(1);
+    let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(KVALUES.as_ptr().cast()));
+    let mut acc = [[_mm256_setzero_ps(); 2]; T];
+    for b in 0..blocks {
+        let blk = gw.add(b * gbb);
+        if T == 1 {
+            super::prefetch_lines(blk.wrapping_add(PREFETCH_AHEAD), gbb);
+        }
+        let act = |t: usize| acts.add((t0 + t) * a_row + b * Q8K_BYTES);
+        for h in 0..2 {
+            let mut isum = [_mm256_setzero_si256(); T];
+            for j in 0..8 {
+                let sc = scales_of_pairs_avx2(blk.add(XS_SC + 64 * (j / 2) + 32 * h), j % 2 == 1);
+                let mut wq = [_mm256_setzero_si256(); 8];
+                for p in 0..4 {
+                    let (lo, hi) = run_pair_avx2(blk.add(XS_QS + Q4K_SUB * j + 64 * p), h);
+                    wq[2 * p] = _mm256_shuffle_epi8(table, lo);
+                    wq[2 * p + 1] = _mm256_shuffle_epi8(table, hi);
+                }
+                for (t, isum) in isum.iter_mut().enumerate() {
+                    let qa = act(t).add(Q8K_QS + 32 * j).cast::<i32>();
+                    let mut s = _mm256_setzero_si256();
+                    for (k, q) in wq.iter().enumerate() {
+                        let a = _mm256_set1_epi32(qa.add(k).read_unaligned());
+                        // |a| <= 128 (unsigned) times q with a's sign (|q| <= 127): pair sums fit i16
+                        let p = _mm256_maddubs_epi16(_mm256_abs_epi8(a), _mm256_sign_epi8(*q, a));
+                        s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+                    }
+                    *isum = _mm256_add_epi32(*isum, _mm256_mullo_epi32(s, sc));
+                }
+            }
+            let dd = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16 * h).cast()));
+            for (t, acc) in acc.iter_mut().enumerate() {
+                let da = _mm256_set1_ps(q8k_d(act(t)));
+                acc[h] = _mm256_fmadd_ps(_mm256_mul_ps(dd, da), _mm256_cvtepi32_ps(isum[t]), acc[h]);
+            }
+        }
+    }
+    for (t, acc) in acc.iter().enumerate() {
+        _mm256_storeu_ps(out.add((t0 + t) * width), acc[0]);
+        _mm256_storeu_ps(out.add((t0 + t) * width + 8), acc[1]);
+    }
+    T
+}
+
 #[cfg(test)]
 mod tests {
     use crate::interleaved::tests::ggml_rows;
+    use crate::interleaved_k::tests::ALL_TYPES;
     use crate::interleaved_k::{dot_groups_scalar, InterleavedKRows, ROW_GROUP};
     use crate::k_quants::QK_K;
     use crate::test_data::TestRng;
     use crate::{cpu_has_avx512_vnni, GgmlType};
 
-    /// Every kernel level the CPU has gives the scalar twin's bits, for both formats and every token count
+    /// Every kernel level the CPU has gives the scalar twin's bits, for every format and every token count
     /// 1..=11 (all the kernels' tile shapes and their leftovers), on random data and on extreme quants.
     #[test]
     fn kernels_equal_the_scalar_twin_bit_for_bit() {
@@ -414,7 +578,7 @@ mod tests {
             if vnni { ", avx512-vnni" } else { " (no avx512-vnni here)" }
         );
         let mut rng = TestRng::new(41);
-        for ty in [GgmlType::Q4K, GgmlType::Q6K] {
+        for ty in ALL_TYPES {
             for (rows, cols, extreme) in [(35, 512, false), (16, 256, true), (48, 2048, false)] {
                 let mut src = ggml_rows(&mut rng, ty, rows, cols);
                 if extreme {
@@ -427,6 +591,14 @@ mod tests {
                                 block[192..208].fill(0x7f);
                             }
                             block[208..210].copy_from_slice(&half::f16::from_f32(0.5).to_le_bytes());
+                        }
+                    } else if ty == GgmlType::IQ4_XS {
+                        // odd blocks every scale -32 and index 0 (value -127), even ones 31 and 15 (113)
+                        for (b, block) in src.chunks_exact_mut(ty.type_size()).enumerate() {
+                            if b % 2 == 1 {
+                                block.fill(0);
+                            }
+                            block[..2].copy_from_slice(&half::f16::from_f32(0.5).to_le_bytes());
                         }
                     } else {
                         for block in src.chunks_exact_mut(ty.type_size()) {

@@ -1,19 +1,19 @@
 //! `gemma quantize`: llama.cpp's `llama-quantize` for GGUF → GGUF, written to give the same bytes.
 //!
 //! Each tensor's type follows llama.cpp's rules ([`rules`]); its data is decoded to f32 as ggml decodes it and
-//! encoded with ggml's reference encoders (`quantize_row_*_ref`, what llama-quantize runs without an importance
-//! matrix), which `gemma-compression` implements bit for bit. The metadata is copied in order, with
-//! `general.quantization_version` and `general.file_type` moved to the end as llama.cpp's `gguf_set_val_u32`
-//! does, and the tensors are written in llama.cpp's order (by layer, then name). So the output file is the one
+//! encoded with the encoders llama-quantize runs without an importance matrix (`quantize_row_*_ref`; for IQ4,
+//! `quantize_iq4_*`, which search more scales than its `_ref`), which `gemma-compression` implements bit for
+//! bit. The metadata is copied in order, with `general.quantization_version` and `general.file_type` moved to
+//! the end as llama.cpp's `gguf_set_val_u32` does, and the tensors are written in llama.cpp's order (by layer, then name). So the output file is the one
 //! llama-quantize writes, byte for byte (`tests/quantize_parity.rs`).
 //!
 //! With an importance matrix ([`ImatrixInput`], `--imatrix`), tensors are encoded with ggml's importance-weighted
 //! encoders (`gemma_compression::weighted`, what `ggml_quantize_chunk` runs when it is given weights), the
 //! `quantize.imatrix.*` keys are added, and the rules that depend on it apply (Q2_K_S; Q4_0/Q5_0's first
-//! FFN-down layers).
+//! FFN-down layers; IQ4_NL/IQ4_XS keep their first FFN-down layers in IQ4 rather than Q5_K).
 //!
-//! Not implemented: the i-quants other than IQ4_NL and IQ4_XS (and those two with an importance matrix), `--tensor-type` overrides, layer pruning, split files, mixture-of-experts
-//! models.
+//! Not implemented: the i-quants other than IQ4_NL and IQ4_XS, `--tensor-type` overrides, layer pruning, split
+//! files, mixture-of-experts models.
 
 pub mod rules;
 
@@ -164,11 +164,6 @@ pub enum QuantizeError {
         if *.has_imatrix { ", and the importance matrix has no entry for it" } else { "" }
     )]
     NeedsImatrix { tensor: String, ty: GgmlType, file_type: FileType, has_imatrix: bool },
-    #[error(
-        "tensor '{tensor}' would be {ty} with importance weights, which this tool does not encode yet (IQ4_NL and \
-         IQ4_XS are made without --imatrix)"
-    )]
-    WeightedNotSupported { tensor: String, ty: GgmlType },
     #[error("importance matrix entry for '{tensor}' has {got} values, the tensor's rows have {want} elements")]
     ImatrixSize { tensor: String, got: usize, want: u64 },
     #[error("tensor '{tensor}': {source}")]
@@ -292,10 +287,6 @@ pub fn plan(file: &GgufFile, options: &QuantizeOptions) -> Result<Vec<PlannedTen
                 file_type: options.file_type,
                 has_imatrix: false,
             });
-        }
-        if from != to && imatrix.is_some() && matches!(to, GgmlType::IQ4_NL | GgmlType::IQ4_XS) {
-            // llama-quantize weighs IQ4's scale search by the imatrix; an unweighted encode would give other bytes.
-            return Err(QuantizeError::WeightedNotSupported { tensor: t.name.clone(), ty: to });
         }
         if from != to {
             if let Some(m) = imatrix {

@@ -624,6 +624,17 @@ mod tests {
             assert_eq!(type_of(&with, "blk.1.ffn_down.weight"), lifted);
             assert_eq!(type_of(&with, "blk.2.ffn_down.weight"), plain);
         }
+        // IQ4 lifts its first FFN-down layers to Q5_K only without one; V is Q5_K either way (4 heads per KV)
+        for (ft, ty) in [(FileType::MostlyIQ4_NL, GgmlType::IQ4_NL), (FileType::MostlyIQ4_XS, GgmlType::IQ4_XS)] {
+            let without = plan(&facts, &choice(ft), &tensors);
+            let with = plan(&facts, &TypeChoice { has_imatrix: true, ..choice(ft) }, &tensors);
+            assert_eq!(type_of(&without, "blk.1.ffn_down.weight"), GgmlType::Q5K);
+            assert_eq!(type_of(&with, "blk.0.ffn_down.weight"), ty);
+            assert_eq!(type_of(&with, "blk.1.ffn_down.weight"), ty);
+            assert_eq!(type_of(&without, "blk.2.ffn_down.weight"), ty);
+            assert_eq!(type_of(&with, "blk.5.attn_v.weight"), GgmlType::Q5K);
+            assert!(!requires_imatrix("blk.2.ffn_down.weight", ty, ft));
+        }
     }
 
     #[test]
