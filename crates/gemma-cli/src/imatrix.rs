@@ -2,10 +2,7 @@
 //! matrix (per weight matrix, the sums of squared input activations and the token count) that `gemma quantize
 //! --imatrix` and `llama-quantize --imatrix` read; prints the perplexity along the way, as llama-imatrix does.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -86,7 +83,7 @@ pub(crate) fn imatrix(common: &Common, args: &ImatrixArgs) -> Result<()> {
         OutputFormat::Dat => ImatrixFormat::Legacy,
     };
     check_output_folder(&args.output)?;
-    let text = read_text(&args.file)?;
+    let text = crate::perplexity::read_text_file(&args.file)?;
     let common =
         Common { model: common.model.clone(), threads, ctx: common.ctx, load_options: common.load_options.clone() };
     let m = common.load()?;
@@ -112,7 +109,7 @@ pub(crate) fn imatrix(common: &Common, args: &ImatrixArgs) -> Result<()> {
     let mut saved_chunks = 0;
     let mut callback_err: Option<anyhow::Error> = None;
     let start = Instant::now();
-    let cancel = cancel_on_ctrl_c()?;
+    let cancel = crate::interrupt::cancel_flag_on_ctrl_c()?;
     let result = imatrix::run(
         &m.model,
         &m.pool,
@@ -126,7 +123,7 @@ pub(crate) fn imatrix(common: &Common, args: &ImatrixArgs) -> Result<()> {
                 return;
             }
             if chunk + 1 == plan.n_seq.min(plan.n_chunks) {
-                report_eta(&start, &plan);
+                crate::perplexity::report_eta("imatrix", &start, &plan);
             }
             let shown = match nll {
                 Some(s) => out!("[{}]{:.4},", chunk + 1, s.perplexity()),
@@ -188,38 +185,4 @@ fn check_output_folder(output: &Path) -> Result<()> {
         anyhow::bail!("cannot write {}: it is a folder", output.display());
     }
     Ok(())
-}
-
-/// A flag Ctrl-C sets, so a run stops between two passes (never in the middle of writing a save).
-fn cancel_on_ctrl_c() -> Result<Arc<AtomicBool>> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let set = flag.clone();
-    ctrlc::set_handler(move || set.store(true, Ordering::Relaxed)).context("cannot install the Ctrl-C handler")?;
-    Ok(flag)
-}
-
-/// After the first group of chunks: seconds per group and the time left, on stderr.
-fn report_eta(start: &Instant, plan: &ChunkPlan) {
-    let per_group = start.elapsed().as_secs_f64();
-    let groups = plan.n_chunks.div_ceil(plan.n_seq);
-    eprintln!(
-        "imatrix: {:.2} seconds per pass of {} chunks - ETA {:.2} minutes",
-        per_group,
-        plan.n_seq.min(plan.n_chunks),
-        per_group * groups.saturating_sub(1) as f64 / 60.0
-    );
-}
-
-fn read_text(path: &Path) -> Result<String> {
-    let mut text = if path.as_os_str() == "-" {
-        let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("cannot read standard input")?;
-        s
-    } else {
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?
-    };
-    if text.ends_with('\n') {
-        text.pop();
-    }
-    Ok(text)
 }

@@ -3,6 +3,8 @@
 //! exiting (130, as a shell reports SIGINT), so it leaves nothing behind.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
@@ -27,4 +29,13 @@ pub(crate) fn remove_partial_output_on_ctrl_c(output: &Path) -> Result<()> {
         std::process::exit(130);
     })
     .context("cannot install the Ctrl-C handler")
+}
+
+/// A flag Ctrl-C sets, for the commands that stop between two passes of the model (`perplexity`, `imatrix`)
+/// and then clean up themselves: a base file in progress is removed, a save is never cut in the middle.
+pub(crate) fn cancel_flag_on_ctrl_c() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    ctrlc::set_handler(move || set.store(true, Ordering::Relaxed)).context("cannot install the Ctrl-C handler")?;
+    Ok(flag)
 }

@@ -2,9 +2,7 @@
 //! base, KL divergence from a base), with the same chunking, the same numbers and the same base files.
 
 use std::io::Read;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -90,7 +88,7 @@ pub(crate) fn perplexity(common: &Common, args: &PerplexityArgs) -> Result<()> {
     let mut out_err = None;
     let start = Instant::now();
     let json = args.json;
-    let cancel = cancel_on_ctrl_c()?;
+    let cancel = crate::interrupt::cancel_flag_on_ctrl_c()?;
     let result = perplexity::run(
         &m.model,
         &m.pool,
@@ -101,7 +99,7 @@ pub(crate) fn perplexity(common: &Common, args: &PerplexityArgs) -> Result<()> {
         &mut |chunk, scoring| {
             let Scoring::Perplexity { stats, .. } = scoring else { return };
             if chunk + 1 == plan.n_seq.min(plan.n_chunks) {
-                report_eta(&start, &plan);
+                report_eta("perplexity", &start, &plan);
             }
             running.push(stats.perplexity());
             if !json && out_err.is_none() {
@@ -187,7 +185,7 @@ fn divergence(common: &Common, args: &PerplexityArgs) -> Result<()> {
             "chunk             PPL               ln(PPL(Q)/PPL(base))          KL Divergence              Δp RMS            Same top p"
         )?;
     }
-    let cancel = cancel_on_ctrl_c()?;
+    let cancel = crate::interrupt::cancel_flag_on_ctrl_c()?;
     let result = perplexity::run(
         &m.model,
         &m.pool,
@@ -198,7 +196,7 @@ fn divergence(common: &Common, args: &PerplexityArgs) -> Result<()> {
         &mut |chunk, scoring| {
             let Scoring::Divergence { stats, .. } = scoring else { return };
             if chunk + 1 == plan.n_seq.min(plan.n_chunks) {
-                report_eta(&start, &plan);
+                report_eta("perplexity", &start, &plan);
             }
             if json || out_err.is_some() {
                 return;
@@ -276,27 +274,18 @@ fn print_summary(s: &perplexity::DivergenceSummary) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A flag Ctrl-C sets, so a run stops between two passes and a base file in progress is removed, not left
-/// half written.
-fn cancel_on_ctrl_c() -> Result<Arc<AtomicBool>> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let set = flag.clone();
-    ctrlc::set_handler(move || set.store(true, Ordering::Relaxed)).context("cannot install the Ctrl-C handler")?;
-    Ok(flag)
-}
-
 /// A cancelled run exits as an interrupted command does (130).
 fn interrupted() -> ! {
     eprintln!("\nperplexity: interrupted");
     std::process::exit(130)
 }
 
-/// After the first chunk: seconds per chunk and the time left, on stderr.
-fn report_eta(start: &Instant, plan: &ChunkPlan) {
+/// After the first group of chunks: seconds per group and the time left, on stderr (`tool` names the command).
+pub(crate) fn report_eta(tool: &str, start: &Instant, plan: &ChunkPlan) {
     let per_group = start.elapsed().as_secs_f64();
     let groups = plan.n_chunks.div_ceil(plan.n_seq);
     eprintln!(
-        "perplexity: {:.2} seconds per pass of {} chunks - ETA {:.2} minutes",
+        "{tool}: {:.2} seconds per pass of {} chunks - ETA {:.2} minutes",
         per_group,
         plan.n_seq.min(plan.n_chunks),
         per_group * groups.saturating_sub(1) as f64 / 60.0
@@ -304,15 +293,21 @@ fn report_eta(start: &Instant, plan: &ChunkPlan) {
 }
 
 fn read_text(args: &PerplexityArgs) -> Result<String> {
-    let mut text = match (&args.file, &args.prompt) {
-        (Some(path), _) if path.as_os_str() == "-" => {
-            let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).context("cannot read standard input")?;
-            s
-        }
-        (Some(path), _) => std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
-        (None, Some(p)) => p.clone(),
-        (None, None) => return Err(usage("give the text to score: --file FILE (or - for standard input) or --prompt")),
+    match (&args.file, &args.prompt) {
+        (Some(path), _) => read_text_file(path),
+        (None, Some(p)) => Ok(p.strip_suffix('\n').unwrap_or(p).to_string()),
+        (None, None) => Err(usage("give the text to score: --file FILE (or - for standard input) or --prompt")),
+    }
+}
+
+/// A text file (`-`: standard input) without its final newline, as llama.cpp's tools read one.
+pub(crate) fn read_text_file(path: &Path) -> Result<String> {
+    let mut text = if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).context("cannot read standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?
     };
     if text.ends_with('\n') {
         text.pop();

@@ -19,7 +19,7 @@ use gemma_ops::ThreadPool;
 use crate::kv_cache::MAX_UBATCH;
 use crate::model::{MatmulObserver, WeightName};
 use crate::perplexity::{token_nll, ChunkPlan, NllStats, PerplexityError};
-use crate::{Batch, BatchToken, KvCache, Model, ModelError, Scratch};
+use crate::{Batch, KvCache, Model, ModelError, Scratch};
 
 /// Products over fewer tokens than this are not collected (llama-imatrix's rule, meant for generation steps).
 pub const MIN_TOKENS: usize = 16;
@@ -141,19 +141,7 @@ pub fn run(
     on_chunk: &mut dyn FnMut(usize, &Collector, Option<&NllStats>),
     cancel: Option<&AtomicBool>,
 ) -> Result<(), ImatrixRunError> {
-    if model.is_embedding_model() {
-        return Err(PerplexityError::EmbeddingModel(model.config.name.clone()).into());
-    }
-    let max = model.config.context_length;
-    if plan.n_ctx > max {
-        return Err(PerplexityError::ContextTooLarge { n_ctx: plan.n_ctx, max }.into());
-    }
-    if plan.n_ctx < 4 {
-        return Err(PerplexityError::ContextTooSmall(plan.n_ctx).into());
-    }
-    if tokens.len() < plan.n_chunks * plan.n_ctx {
-        return Err(PerplexityError::TooFewTokens { tokens: tokens.len(), n_ctx: plan.n_ctx }.into());
-    }
+    plan.check(model, tokens.len())?;
     // llama-imatrix asks for every position's logits; only the output product needs them all, and only when
     // it is collected (an untied head).
     let all_rows = collector.process_output && model.file.tensor("output.weight").is_some();
@@ -163,23 +151,12 @@ pub fn run(
     // Each chunk's scored values, added to `nll` chunk after chunk once the group is done (so each chunk's
     // running perplexity is what llama-imatrix prints after it).
     let mut by_chunk: Vec<Vec<f64>> = Vec::new();
-    for group in (0..plan.n_chunks).step_by(plan.n_seq) {
-        let chunks: Vec<usize> = (group..(group + plan.n_seq).min(plan.n_chunks)).collect();
+    for chunks in plan.groups() {
         let mut caches: Vec<KvCache> = chunks.iter().map(|_| model.new_cache(plan.n_ctx)).collect();
         by_chunk.iter_mut().for_each(Vec::clear);
         by_chunk.resize(chunks.len(), Vec::new());
-        let mut all = Vec::with_capacity(chunks.len() * plan.n_ctx);
-        for (seq, &c) in chunks.iter().enumerate() {
-            let start = c * plan.n_ctx;
-            for pos in 0..plan.n_ctx {
-                let token = match (pos, bos) {
-                    (0, Some(b)) => b,
-                    _ => tokens[start + pos],
-                };
-                let scored = nll.is_some() && (first..=last_scored).contains(&pos);
-                all.push(BatchToken { token, pos, seq, logits: scored || all_rows });
-            }
-        }
+        let scored = |pos| nll.is_some() && (first..=last_scored).contains(&pos);
+        let all = plan.group_tokens(tokens, bos, &chunks, |pos| scored(pos) || all_rows);
         // Passes of equal size, none over MAX_UBATCH: a short last pass would drop under MIN_TOKENS.
         let n_passes = all.len().div_ceil(MAX_UBATCH);
         for pass in all.chunks(all.len().div_ceil(n_passes)) {

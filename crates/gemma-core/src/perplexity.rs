@@ -86,6 +86,53 @@ impl ChunkPlan {
     pub fn scored_per_chunk(&self) -> usize {
         self.n_ctx - 1 - self.first()
     }
+
+    /// Checks that `model` can run the plan over `n_tokens` tokens.
+    pub fn check(&self, model: &Model, n_tokens: usize) -> Result<(), PerplexityError> {
+        if model.is_embedding_model() {
+            return Err(PerplexityError::EmbeddingModel(model.config.name.clone()));
+        }
+        let max = model.config.context_length;
+        if self.n_ctx > max {
+            return Err(PerplexityError::ContextTooLarge { n_ctx: self.n_ctx, max });
+        }
+        if self.n_ctx < 4 {
+            return Err(PerplexityError::ContextTooSmall(self.n_ctx));
+        }
+        if n_tokens < self.n_chunks * self.n_ctx {
+            return Err(PerplexityError::TooFewTokens { tokens: n_tokens, n_ctx: self.n_ctx });
+        }
+        Ok(())
+    }
+
+    /// The chunks run side by side, `n_seq` at a time.
+    pub fn groups(&self) -> impl Iterator<Item = Vec<usize>> + '_ {
+        (0..self.n_chunks).step_by(self.n_seq).map(|g| (g..(g + self.n_seq).min(self.n_chunks)).collect())
+    }
+
+    /// One group's tokens as a batch, chunk `chunks[i]` as sequence `i`, its first token replaced by `bos` when
+    /// given (llama.cpp's tools do so when the model adds a BOS token); `logits(pos)` says which positions'
+    /// logits are wanted.
+    pub fn group_tokens(
+        &self,
+        tokens: &[u32],
+        bos: Option<u32>,
+        chunks: &[usize],
+        logits: impl Fn(usize) -> bool,
+    ) -> Vec<BatchToken> {
+        let mut all = Vec::with_capacity(chunks.len() * self.n_ctx);
+        for (seq, &c) in chunks.iter().enumerate() {
+            let start = c * self.n_ctx;
+            for pos in 0..self.n_ctx {
+                let token = match (pos, bos) {
+                    (0, Some(b)) => b,
+                    _ => tokens[start + pos],
+                };
+                all.push(BatchToken { token, pos, seq, logits: logits(pos) });
+            }
+        }
+        all
+    }
 }
 
 /// Running sums of negative log-likelihoods.
@@ -561,38 +608,17 @@ pub fn run(
     on_chunk: &mut dyn FnMut(usize, &Scoring<'_>),
     cancel: Option<&AtomicBool>,
 ) -> Result<(), PerplexityError> {
-    if model.is_embedding_model() {
-        return Err(PerplexityError::EmbeddingModel(model.config.name.clone()));
-    }
-    let max = model.config.context_length;
-    if plan.n_ctx > max {
-        return Err(PerplexityError::ContextTooLarge { n_ctx: plan.n_ctx, max });
-    }
-    if plan.n_ctx < 4 {
-        return Err(PerplexityError::ContextTooSmall(plan.n_ctx));
-    }
-    assert!(tokens.len() >= plan.n_chunks * plan.n_ctx, "the plan covers more tokens than given");
+    plan.check(model, tokens.len())?;
     let n_vocab = model.config.vocab_size;
     let row_len = log_prob_row_len(n_vocab);
     let (first, last_scored) = (plan.first(), plan.n_ctx - 2);
     let mut scratch = Scratch::default();
     let mut encoded: Vec<u16> = Vec::new();
     let mut results: Vec<Mutex<RowDivergence>> = Vec::new();
-    for group in (0..plan.n_chunks).step_by(plan.n_seq) {
-        let chunks: Vec<usize> = (group..(group + plan.n_seq).min(plan.n_chunks)).collect();
+    for chunks in plan.groups() {
         let mut caches: Vec<KvCache> = chunks.iter().map(|_| model.new_cache(plan.n_ctx)).collect();
-        // The group's tokens, sequence after sequence; logits for the scored positions only.
-        let mut all = Vec::with_capacity(chunks.len() * plan.n_ctx);
-        for (seq, &c) in chunks.iter().enumerate() {
-            let start = c * plan.n_ctx;
-            for pos in 0..plan.n_ctx {
-                let token = match (pos, bos) {
-                    (0, Some(b)) => b,
-                    _ => tokens[start + pos],
-                };
-                all.push(BatchToken { token, pos, seq, logits: (first..=last_scored).contains(&pos) });
-            }
-        }
+        // Logits for the scored positions only.
+        let all = plan.group_tokens(tokens, bos, &chunks, |pos| (first..=last_scored).contains(&pos));
         let mut rest = &all[..];
         while !rest.is_empty() {
             if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
