@@ -8,9 +8,8 @@ use gemma_core::chat::{ChatMessage, ChatTemplate};
 use gemma_core::Tokenizer;
 use gemma_io::GgufFile;
 
-fn model() -> String {
-    gemma_fetch::resolve_model(gemma_fetch::DEFAULT_MODEL).expect("default model").display().to_string()
-}
+mod common;
+use common::model;
 
 fn run_chat(args: &[&str], script: &str) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_gemma"))

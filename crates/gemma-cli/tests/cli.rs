@@ -2,13 +2,8 @@
 
 use std::process::{Command, Output};
 
-fn model() -> String {
-    gemma_fetch::resolve_model(gemma_fetch::DEFAULT_MODEL).expect("default model").display().to_string()
-}
-
-fn gemma(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gemma")).args(args).output().expect("run gemma")
-}
+mod common;
+use common::{gemma, model};
 
 fn stdout(o: &Output) -> String {
     String::from_utf8(o.stdout.clone()).expect("utf-8 stdout")

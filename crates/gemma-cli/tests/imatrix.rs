@@ -3,33 +3,14 @@
 //! left behind. (Parity of the sums with llama-imatrix is `gemma-core`'s `tests/imatrix_parity.rs`.)
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use gemma_io::imatrix::Imatrix;
 
 const TEXT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/perplexity/lighthouses.txt");
 
-fn model() -> String {
-    gemma_fetch::resolve_model(gemma_fetch::DEFAULT_MODEL).expect("default model").display().to_string()
-}
-
-fn gemma(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gemma")).args(args).output().expect("run gemma")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .expect("read dir")
-        .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
+mod common;
+use common::{files_in, gemma, model, stderr};
 
 #[test]
 fn computes_a_matrix_that_quantize_takes() {

@@ -2,29 +2,8 @@
 //! the right exit code and no file left behind. (Byte parity with llama-quantize is `gemma-core`'s
 //! `tests/quantize_parity.rs`.)
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn model() -> String {
-    gemma_fetch::resolve_model(gemma_fetch::DEFAULT_MODEL).expect("default model").display().to_string()
-}
-
-fn gemma(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gemma")).args(args).output().expect("run gemma")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .expect("read dir")
-        .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
+mod common;
+use common::{files_in, gemma, model, stderr};
 
 #[test]
 fn quantizes_the_default_model_and_prints_a_summary() {
