@@ -38,7 +38,7 @@ enum Storage {
     /// A GGUF tensor repacked at load for the interleaved kernels (shared by the matrices cloned from it,
     /// as a tied output head).
     Interleaved(Arc<InterleavedRows>),
-    /// The same for Q4_K, Q6_K and IQ4_XS.
+    /// The same for Q4_K, Q6_K, IQ4_XS and Q2_K.
     InterleavedK(Arc<InterleavedKRows>),
     /// An F32, F16 or BF16 tensor repacked at load in panels of 16 rows.
     FloatPanels(Arc<FloatPanels>),
