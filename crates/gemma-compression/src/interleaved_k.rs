@@ -1,4 +1,4 @@
-//! Q4_K, Q6_K and IQ4_XS weights repacked with 16 rows interleaved, the super-block twin of
+//! Q4_K, Q6_K, IQ4_XS and Q2_K weights repacked with 16 rows interleaved, the super-block twin of
 //! [`crate::interleaved`].
 //!
 //! In GGML's layout a SIMD register holds part of one row's super-block, and the register-tiled kernels spend
@@ -14,7 +14,9 @@
 //!   then `acc = fma(d * d_a, isum, acc)`;
 //! - IQ4_XS: `q` the table value ([`crate::iq4`]'s `kvalues_iq4nl`) of the stored 4-bit index, `sc_j = ls_j - 32`,
 //!   `isum = sum_j sc_j * dot_j(q, a)`, then `acc = fma(d * d_a, isum, acc)` (the VNNI kernel looks up `q + 128`,
-//!   unsigned as `vpdpbusd` wants, and takes `128 sum_j sc_j * (bsum_2j + bsum_2j+1)` back out).
+//!   unsigned as `vpdpbusd` wants, and takes `128 sum_j sc_j * (bsum_2j + bsum_2j+1)` back out);
+//! - Q2_K: 16 sub-blocks of 16, `isum = sum_j sc_j * dot_j(q, a)`, `mins = sum_j m_j * bsum_j` (Q8_K's block
+//!   sums are per 16 values, Q2_K's sub-blocks), then the two fmas of Q4_K.
 //!
 //! Layout of one super-block of a group (`r` is the row in the group). A run is the 64 values `v = 4 r + e`
 //! (element `4 k + e` of a sub-block, row `r`) of dword `k` of the 16 rows; runs are stored in pairs of 64
@@ -30,6 +32,11 @@
 //! - IQ4_XS (2,336 bytes, GGML's 16 x 136 = 2,176): 16 f16 `d`; the signed scales `ls - 32` as i16 pairs
 //!   `(sc_2p, sc_2p+1)` at `32 + 64 p + 4 r`; then the run pairs `(k, k + 1)` (k even) of the 4-bit table
 //!   indices of sub-block `j` (32 elements, 8 runs) at `288 + 256 j + 32 k`, as Q4_K's.
+//! - Q2_K (1,600 bytes, GGML's 16 x 84 = 1,344): 16 f16 `d`; 16 f16 `dmin`; the 4-bit scales as bytes,
+//!   sub-block `j` at `64 + 16 j + r`; the 4-bit mins as byte pairs `(m_2p, m_2p+1)` at `320 + 32 p + 2 r`
+//!   (widened to the i16 pairs of `vpdpwssd` in the kernel); then sub-block `j` (16 elements, 4 runs) in 64
+//!   bytes at `576 + 64 j`, bits `2 k` and `2 k + 1` of byte `v` being value `v` of run `k`, so one load and
+//!   four shift-and-masks unpack the sub-block.
 
 use std::ops::Range;
 
@@ -47,6 +54,7 @@ pub enum InterleavedKFormat {
     Q6K,
     #[allow(non_camel_case_types)] // GGML's name, as `GgmlType::IQ4_XS`
     IQ4_XS,
+    Q2K,
 }
 
 impl InterleavedKFormat {
@@ -55,6 +63,7 @@ impl InterleavedKFormat {
             GgmlType::Q4K => Some(InterleavedKFormat::Q4K),
             GgmlType::Q6K => Some(InterleavedKFormat::Q6K),
             GgmlType::IQ4_XS => Some(InterleavedKFormat::IQ4_XS),
+            GgmlType::Q2K => Some(InterleavedKFormat::Q2K),
             _ => None,
         }
     }
@@ -64,6 +73,7 @@ impl InterleavedKFormat {
             InterleavedKFormat::Q4K => GgmlType::Q4K,
             InterleavedKFormat::Q6K => GgmlType::Q6K,
             InterleavedKFormat::IQ4_XS => GgmlType::IQ4_XS,
+            InterleavedKFormat::Q2K => GgmlType::Q2K,
         }
     }
 
@@ -73,6 +83,7 @@ impl InterleavedKFormat {
             InterleavedKFormat::Q4K => Q4K_QS + 8 * Q4K_SUB,
             InterleavedKFormat::Q6K => Q6K_QS + 16 * Q6K_SUB,
             InterleavedKFormat::IQ4_XS => XS_QS + 8 * Q4K_SUB,
+            InterleavedKFormat::Q2K => Q2K_QS + 16 * Q2K_SUB,
         }
     }
 }
@@ -89,6 +100,11 @@ pub(crate) const Q6K_QS: usize = 544;
 pub(crate) const Q6K_SUB: usize = 192;
 pub(crate) const XS_SC: usize = 32;
 pub(crate) const XS_QS: usize = 288;
+pub(crate) const Q2K_DMIN: usize = 32;
+pub(crate) const Q2K_SC: usize = 64;
+pub(crate) const Q2K_MIN: usize = 320;
+pub(crate) const Q2K_QS: usize = 576;
+pub(crate) const Q2K_SUB: usize = 64;
 
 /// A matrix of `rows x cols` in groups of 16 interleaved rows (the last group padded with zero rows).
 pub struct InterleavedKRows {
@@ -114,7 +130,7 @@ fn or_word(b: &mut [u8], at: usize, v: u32) {
 }
 
 impl InterleavedKRows {
-    /// Repacks `rows` rows of `cols` elements of `ty` (Q4_K, Q6_K or IQ4_XS, GGML's layout). `done(bytes)` is called as
+    /// Repacks `rows` rows of `cols` elements of `ty` (Q4_K, Q6_K, IQ4_XS or Q2_K, GGML's layout). `done(bytes)` is called as
     /// the source is consumed in order, with the length of the prefix of `src` no longer needed.
     pub fn repack(
         ty: GgmlType,
@@ -138,6 +154,7 @@ impl InterleavedKRows {
                         InterleavedKFormat::Q4K => repack_q4_k(block, dst, r),
                         InterleavedKFormat::Q6K => repack_q6_k(block, dst, r),
                         InterleavedKFormat::IQ4_XS => repack_iq4_xs(block, dst, r),
+                        InterleavedKFormat::Q2K => repack_q2_k(block, dst, r),
                     }
                 }
             }
@@ -174,7 +191,7 @@ impl InterleavedKRows {
     }
 
     /// Row `r` decoded to f32, exactly as GGML's format decodes it (`d * sc * q - dmin * m`, no `m` but for
-    /// Q4_K).
+    /// Q4_K and Q2_K).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         assert!(r < self.rows && out.len() == self.cols, "row {r} of {} x {}", self.rows, self.cols);
         let (blocks, gbb) = (self.cols / QK_K, self.format.group_block_bytes());
@@ -298,11 +315,32 @@ fn repack_iq4_xs(b: &[u8], dst: &mut [u8], r: usize) {
     }
 }
 
+/// Writes GGML Q2_K block `b` (`scales[16]`, `qs[64]`, `d`, `dmin`) as row `r` of a group super-block.
+fn repack_q2_k(b: &[u8], dst: &mut [u8], r: usize) {
+    dst[2 * r..2 * r + 2].copy_from_slice(&b[80..82]);
+    dst[Q2K_DMIN + 2 * r..Q2K_DMIN + 2 * r + 2].copy_from_slice(&b[82..84]);
+    for j in 0..16 {
+        dst[Q2K_SC + 16 * j + r] = b[j] & 0x0f;
+        dst[Q2K_MIN + 32 * (j / 2) + 2 * r + j % 2] = b[j] >> 4;
+    }
+    // GGML: element `i` = (half, shift, l) = (i / 128, i % 128 / 32, i % 32) is bits `2 shift` of byte
+    // `32 half + l` of `qs`. Four consecutive elements from a multiple of four share half and shift.
+    let qs = &b[16..80];
+    for j in 0..16 {
+        for k in 0..4 {
+            let i = 16 * j + 4 * k;
+            let (half, shift, l) = (i / 128, i % 128 / 32, i % 32);
+            let q = (word(qs, 32 * half + l) >> (2 * shift)) & 0x0303_0303;
+            or_word(dst, Q2K_QS + Q2K_SUB * j + 4 * r, q << (2 * k));
+        }
+    }
+}
+
 /// One row's super-block header: scales, scale of scales and (Q4_K) mins.
 struct Header {
     d: f32,
     dmin: f32,
-    /// Sub-block scales and mins (8 used by Q4_K and IQ4_XS, 16 by Q6_K).
+    /// Sub-block scales and mins (8 used by Q4_K and IQ4_XS, 16 by Q6_K and Q2_K).
     scale: [i32; 16],
     min: [i32; 16],
     sub_blocks: usize,
@@ -343,6 +381,13 @@ fn header(format: InterleavedKFormat, blk: &[u8], r: usize) -> Header {
             min: [0; 16],
             sub_blocks: 8,
         },
+        InterleavedKFormat::Q2K => Header {
+            d: f16_at(blk, 2 * r),
+            dmin: f16_at(blk, Q2K_DMIN + 2 * r),
+            scale: std::array::from_fn(|j| blk[Q2K_SC + 16 * j + r] as i32),
+            min: std::array::from_fn(|j| blk[Q2K_MIN + 32 * (j / 2) + 2 * r + j % 2] as i32),
+            sub_blocks: 16,
+        },
     }
 }
 
@@ -359,6 +404,7 @@ fn quant(format: InterleavedKFormat, blk: &[u8], r: usize, j: usize, i: usize) -
             (nibble(sub + 64 * (k / 2)) | top << 4) - 32
         }
         InterleavedKFormat::IQ4_XS => KVALUES[nibble(XS_QS + Q4K_SUB * j + 64 * (k / 2)) as usize] as i32,
+        InterleavedKFormat::Q2K => ((blk[Q2K_QS + Q2K_SUB * j + v] >> (2 * k)) & 3) as i32,
     }
 }
 
@@ -375,7 +421,7 @@ pub(crate) fn dot_groups_scalar(
     let width = w.len() / (blocks * gbb) * ROW_GROUP;
     let sub = match format {
         InterleavedKFormat::Q4K | InterleavedKFormat::IQ4_XS => 32,
-        InterleavedKFormat::Q6K => 16,
+        InterleavedKFormat::Q6K | InterleavedKFormat::Q2K => 16,
     };
     for (g, gw) in w.chunks_exact(blocks * gbb).enumerate() {
         for t in 0..n_tokens {
@@ -397,7 +443,7 @@ pub(crate) fn dot_groups_scalar(
                         mins += h.min[j] * sums;
                     }
                     acc = (h.d * da).mul_add(isum as f32, acc);
-                    if format == InterleavedKFormat::Q4K {
+                    if matches!(format, InterleavedKFormat::Q4K | InterleavedKFormat::Q2K) {
                         acc = (-(h.dmin * da)).mul_add(mins as f32, acc);
                     }
                 }
@@ -415,7 +461,7 @@ pub(crate) mod tests {
     use crate::test_data::TestRng;
 
     /// Every format's GGML type.
-    pub(crate) const ALL_TYPES: [GgmlType; 3] = [GgmlType::Q4K, GgmlType::Q6K, GgmlType::IQ4_XS];
+    pub(crate) const ALL_TYPES: [GgmlType; 4] = [GgmlType::Q4K, GgmlType::Q6K, GgmlType::IQ4_XS, GgmlType::Q2K];
 
     fn q8k_rows(rng: &mut TestRng, tokens: usize, cols: usize) -> Vec<u8> {
         ggml_rows(rng, GgmlType::Q8K, tokens, cols)
@@ -455,6 +501,41 @@ pub(crate) mod tests {
             }
         }
         assert!(m.data_for_tests() == want.as_slice(), "IQ4_XS group bytes differ from the documented layout");
+    }
+
+    /// Q2_K's layout of the module's doc written value by value from ggml-common.h's `block_q2_K` (`scales[16]`
+    /// as scale | min << 4, then `qs[64]`, `d`, `dmin`; element `128 h + 32 s + l` in bits `2 s` of
+    /// `qs[32 h + l]`): the repacking, which moves whole words, must give the same bytes, padding rows all zero.
+    #[test]
+    fn repacking_writes_the_documented_q2_k_layout() {
+        let ty = GgmlType::Q2K;
+        let mut rng = TestRng::new(29);
+        let (rows, cols) = (21, 512);
+        let src = ggml_rows(&mut rng, ty, rows, cols);
+        let m = InterleavedKRows::repack(ty, rows, cols, &src, &mut |_| {}).unwrap();
+        let (rb, gbb, blocks) = (ty.row_bytes(cols).unwrap(), m.format().group_block_bytes(), cols / QK_K);
+        assert_eq!(gbb, 1600);
+        let mut want = vec![0u8; m.groups() * blocks * gbb];
+        for r in 0..rows {
+            let (g, rr) = (r / ROW_GROUP, r % ROW_GROUP);
+            for (b, block) in src[r * rb..(r + 1) * rb].chunks_exact(84).enumerate() {
+                let dst = &mut want[(g * blocks + b) * gbb..][..gbb];
+                dst[2 * rr..2 * rr + 2].copy_from_slice(&block[80..82]);
+                dst[32 + 2 * rr..32 + 2 * rr + 2].copy_from_slice(&block[82..84]);
+                for j in 0..16 {
+                    dst[64 + 16 * j + rr] = block[j] & 0x0f;
+                    dst[320 + 32 * (j / 2) + 2 * rr + j % 2] = block[j] >> 4;
+                    for i in 0..16 {
+                        let e = 16 * j + i;
+                        let q = (block[16 + 32 * (e / 128) + e % 32] >> (2 * (e % 128 / 32))) & 3;
+                        // value v = 4 r + e of run k = i / 4, at bits 2 k of byte v of the sub-block's 64
+                        let (k, v) = (i / 4, 4 * rr + i % 4);
+                        dst[576 + 64 * j + v] |= q << (2 * k);
+                    }
+                }
+            }
+        }
+        assert!(m.data_for_tests() == want.as_slice(), "Q2_K group bytes differ from the documented layout");
     }
 
     /// Every value of every row, padding rows aside, decodes to GGML's own dequantization, bit for bit.
@@ -510,5 +591,7 @@ pub(crate) mod tests {
         assert!(InterleavedKRows::repack(GgmlType::Q6K, 16, 100, &[0; 100], &mut |_| {}).is_err());
         assert!(InterleavedKRows::repack(GgmlType::IQ4_XS, 16, 256, &[0; 16 * 136 - 1], &mut |_| {}).is_err());
         assert!(InterleavedKRows::repack(GgmlType::IQ4_NL, 16, 256, &[0; 16 * 144], &mut |_| {}).is_err());
+        assert!(InterleavedKRows::repack(GgmlType::Q2K, 16, 256, &[0; 16 * 84 + 1], &mut |_| {}).is_err());
+        assert!(InterleavedKRows::repack(GgmlType::Q3K, 16, 256, &[0; 16 * 110], &mut |_| {}).is_err());
     }
 }

@@ -1,5 +1,5 @@
 //! Kernels of [`crate::interleaved_k`]: AVX-512 VNNI (16 rows per integer dot) and AVX2 (two halves of 8), for
-//! Q4_K, Q6_K and IQ4_XS with Q8_K activations. Both compute each row's super-block sums exactly and add them
+//! Q4_K, Q6_K, IQ4_XS and Q2_K with Q8_K activations. Both compute each row's super-block sums exactly and add them
 //! as the scalar twin `dot_groups_scalar` does, so all three agree bit for bit.
 //!
 //! IQ4_XS's indices become table values by a byte shuffle, as IQ4_NL's do in [`super::interleaved`]: VNNI
@@ -10,17 +10,18 @@
 use std::arch::x86_64::*;
 
 use crate::interleaved_k::{
-    InterleavedKFormat, Q4K_DMIN, Q4K_MIN, Q4K_QS, Q4K_SC, Q4K_SUB, Q6K_QS, Q6K_SC, Q6K_SUB, ROW_GROUP, XS_QS, XS_SC,
+    InterleavedKFormat, Q2K_DMIN, Q2K_MIN, Q2K_QS, Q2K_SC, Q2K_SUB, Q4K_DMIN, Q4K_MIN, Q4K_QS, Q4K_SC, Q4K_SUB, Q6K_QS,
+    Q6K_SC, Q6K_SUB, ROW_GROUP, XS_QS, XS_SC,
 };
 use crate::iq4::KVALUES;
 use crate::k_quants::{Q8K_BSUMS, Q8K_BYTES, Q8K_QS};
 
 use crate::x86::interleaved::{table_plus_128_vnni, PREFETCH_AHEAD};
 
-/// Runs `$q4::<T>`, `$q6::<T>` or `$xs::<T>` over every group and every chunk of up to `$max` tokens.
+/// Runs `$q4::<T>`, `$q6::<T>`, `$xs::<T>` or `$q2::<T>` over every group and every chunk of up to `$max` tokens.
 macro_rules! over_groups {
     ($format:expr, $w:expr, $blocks:expr, $acts:expr, $n_tokens:expr, $tile:expr, $q4:ident, $q6:ident,
-     $xs:ident, [$($t:literal),*], $max:literal) => {{
+     $xs:ident, $q2:ident, [$($t:literal),*], $max:literal) => {{
         // the kernels read raw pointers: the lengths are checked here, whatever the caller did
         let n_tokens = crate::interleaved_k::check($format, $w, $blocks, $acts, $tile);
         assert_eq!(n_tokens, $n_tokens, "token count");
@@ -38,6 +39,7 @@ macro_rules! over_groups {
                     $((InterleavedKFormat::Q4K, $t) => $q4::<$t>(gw, $blocks, $acts.as_ptr(), t0, out, width),)*
                     $((InterleavedKFormat::Q6K, $t) => $q6::<$t>(gw, $blocks, $acts.as_ptr(), t0, out, width),)*
                     $((InterleavedKFormat::IQ4_XS, $t) => $xs::<$t>(gw, $blocks, $acts.as_ptr(), t0, out, width),)*
+                    $((InterleavedKFormat::Q2K, $t) => $q2::<$t>(gw, $blocks, $acts.as_ptr(), t0, out, width),)*
                     _ => unreachable!("token chunks are 1..={}", $max),
                 };
             }
@@ -66,6 +68,7 @@ pub(crate) unsafe fn dot_groups_vnni(
         q4_k_vnni,
         q6_k_vnni,
         iq4_xs_vnni,
+        q2_k_vnni,
         [1, 2, 3, 4, 5, 6, 7, 8],
         8
     );
@@ -82,7 +85,20 @@ pub(crate) unsafe fn dot_groups_avx2(
     n_tokens: usize,
     tile: &mut [f32],
 ) {
-    over_groups!(format, w, blocks, acts, n_tokens, tile, q4_k_avx2, q6_k_avx2, iq4_xs_avx2, [1, 2, 3, 4], 4);
+    over_groups!(
+        format,
+        w,
+        blocks,
+        acts,
+        n_tokens,
+        tile,
+        q4_k_avx2,
+        q6_k_avx2,
+        iq4_xs_avx2,
+        q2_k_avx2,
+        [1, 2, 3, 4],
+        4
+    );
 }
 
 /// The two runs of a run pair (16 rows x 4 values each) as bytes, row `r`'s in dword `r`.
@@ -331,6 +347,73 @@ unsafe fn iq4_xs_vnni<const T: usize>(
     T
 }
 
+/// One Q2_K group against tokens `t0..t0 + T`; returns `T`.
+///
+/// # Safety
+/// As [`q4_k_vnni`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q2_k_vnni<const T: usize>(
+    gw: *const u8,
+    blocks: usize,
+    acts: *const u8,
+    t0: usize,
+    out: *mut f32,
+    width: usize,
+) -> usize {
+    let gbb = InterleavedKFormat::Q2K.group_block_bytes();
+    let a_row = blocks * Q8K_BYTES;
+    let three = _mm512_set1_epi8(3);
+    let mut acc = [_mm512_setzero_ps(); T];
+    for b in 0..blocks {
+        let blk = gw.add(b * gbb);
+        if T == 1 {
+            super::prefetch_lines(blk.wrapping_add(PREFETCH_AHEAD), gbb);
+        }
+        let act = |t: usize| acts.add((t0 + t) * a_row + b * Q8K_BYTES);
+        let mut isum = [_mm512_setzero_si512(); T];
+        for j in 0..16 {
+            let sc = _mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(Q2K_SC + 16 * j).cast()));
+            // bits 2k, 2k + 1 of each byte are run k (16-bit shifts: the mask drops what crosses a byte)
+            let q = _mm512_loadu_si512(blk.add(Q2K_QS + Q2K_SUB * j).cast());
+            let wq = [
+                _mm512_and_si512(q, three),
+                _mm512_and_si512(_mm512_srli_epi16::<2>(q), three),
+                _mm512_and_si512(_mm512_srli_epi16::<4>(q), three),
+                _mm512_and_si512(_mm512_srli_epi16::<6>(q), three),
+            ];
+            for (t, isum) in isum.iter_mut().enumerate() {
+                let qa = act(t).add(Q8K_QS + 16 * j).cast::<i32>();
+                let mut s = _mm512_setzero_si512();
+                for (k, q) in wq.iter().enumerate() {
+                    s = _mm512_dpbusd_epi32(s, *q, _mm512_set1_epi32(qa.add(k).read_unaligned()));
+                }
+                *isum = _mm512_add_epi32(*isum, _mm512_mullo_epi32(s, sc));
+            }
+        }
+        let dd = _mm512_cvtph_ps(_mm256_loadu_si256(blk.cast()));
+        let dm = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(Q2K_DMIN).cast()));
+        // the byte pairs (m_2p, m_2p+1) widened to i16 pairs, against the block sums (bsum_2p, bsum_2p+1)
+        let m: [__m512i; 8] =
+            std::array::from_fn(|p| _mm512_cvtepu8_epi16(_mm256_loadu_si256(blk.add(Q2K_MIN + 32 * p).cast())));
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let a = act(t);
+            let mut mins = _mm512_setzero_si512();
+            for (p, m) in m.iter().enumerate() {
+                let bs = a.add(Q8K_BSUMS + 4 * p).cast::<i32>().read_unaligned();
+                mins = _mm512_dpwssd_epi32(mins, *m, _mm512_set1_epi32(bs));
+            }
+            let da = _mm512_set1_ps(q8k_d(a));
+            *acc = _mm512_fmadd_ps(_mm512_mul_ps(dd, da), _mm512_cvtepi32_ps(isum[t]), *acc);
+            *acc = _mm512_fnmadd_ps(_mm512_mul_ps(dm, da), _mm512_cvtepi32_ps(mins), *acc);
+        }
+    }
+    for (t, acc) in acc.iter().enumerate() {
+        _mm512_storeu_ps(out.add((t0 + t) * width), *acc);
+    }
+    T
+}
+
 /// Rows `8 h..8 h + 8` of the two runs of a run pair as bytes.
 ///
 /// # Safety
@@ -556,6 +639,76 @@ unsafe fn iq4_xs_avx2<const T: usize>(
     T
 }
 
+/// One Q2_K group against tokens `t0..t0 + T`, in two halves of 8 rows; returns `T`.
+///
+/// # Safety
+/// As [`q4_k_vnni`], for AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q2_k_avx2<const T: usize>(
+    gw: *const u8,
+    blocks: usize,
+    acts: *const u8,
+    t0: usize,
+    out: *mut f32,
+    width: usize,
+) -> usize {
+    let gbb = InterleavedKFormat::Q2K.group_block_bytes();
+    let a_row = blocks * Q8K_BYTES;
+    let ones = _mm256_set1_epi16(1);
+    let three = _mm256_set1_epi8(3);
+    let mut acc = [[_mm256_setzero_ps(); 2]; T];
+    for b in 0..blocks {
+        let blk = gw.add(b * gbb);
+        if T == 1 {
+            super::prefetch_lines(blk.wrapping_add(PREFETCH_AHEAD), gbb);
+        }
+        let act = |t: usize| acts.add((t0 + t) * a_row + b * Q8K_BYTES);
+        for h in 0..2 {
+            let mut isum = [_mm256_setzero_si256(); T];
+            for j in 0..16 {
+                let sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.add(Q2K_SC + 16 * j + 8 * h).cast()));
+                let q = _mm256_loadu_si256(blk.add(Q2K_QS + Q2K_SUB * j + 32 * h).cast());
+                let wq = [
+                    _mm256_and_si256(q, three),
+                    _mm256_and_si256(_mm256_srli_epi16::<2>(q), three),
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(q), three),
+                    _mm256_and_si256(_mm256_srli_epi16::<6>(q), three),
+                ];
+                for (t, isum) in isum.iter_mut().enumerate() {
+                    let qa = act(t).add(Q8K_QS + 16 * j).cast::<i32>();
+                    let mut s = _mm256_setzero_si256();
+                    for (k, q) in wq.iter().enumerate() {
+                        // q <= 3 times |a| <= 128: pair sums fit i16
+                        let p = _mm256_maddubs_epi16(*q, _mm256_set1_epi32(qa.add(k).read_unaligned()));
+                        s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+                    }
+                    *isum = _mm256_add_epi32(*isum, _mm256_mullo_epi32(s, sc));
+                }
+            }
+            let dd = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16 * h).cast()));
+            let dm = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(Q2K_DMIN + 16 * h).cast()));
+            for (t, acc) in acc.iter_mut().enumerate() {
+                let a = act(t);
+                let mut mins = _mm256_setzero_si256();
+                for p in 0..8 {
+                    let m = _mm256_cvtepu8_epi16(_mm_loadu_si128(blk.add(Q2K_MIN + 32 * p + 16 * h).cast()));
+                    let bs = a.add(Q8K_BSUMS + 4 * p).cast::<i32>().read_unaligned();
+                    mins = _mm256_add_epi32(mins, _mm256_madd_epi16(m, _mm256_set1_epi32(bs)));
+                }
+                let da = _mm256_set1_ps(q8k_d(a));
+                acc[h] = _mm256_fmadd_ps(_mm256_mul_ps(dd, da), _mm256_cvtepi32_ps(isum[t]), acc[h]);
+                acc[h] = _mm256_fnmadd_ps(_mm256_mul_ps(dm, da), _mm256_cvtepi32_ps(mins), acc[h]);
+            }
+        }
+    }
+    for (t, acc) in acc.iter().enumerate() {
+        _mm256_storeu_ps(out.add((t0 + t) * width), acc[0]);
+        _mm256_storeu_ps(out.add((t0 + t) * width + 8), acc[1]);
+    }
+    T
+}
+
 #[cfg(test)]
 mod tests {
     use crate::interleaved::tests::ggml_rows;
@@ -599,6 +752,11 @@ mod tests {
                                 block.fill(0);
                             }
                             block[..2].copy_from_slice(&half::f16::from_f32(0.5).to_le_bytes());
+                        }
+                    } else if ty == GgmlType::Q2K {
+                        // every quant 3, scale 15 and min 15, d and dmin 0.5
+                        for block in src.chunks_exact_mut(ty.type_size()) {
+                            block[80..84].copy_from_slice(&[0x00, 0x38, 0x00, 0x38]);
                         }
                     } else {
                         for block in src.chunks_exact_mut(ty.type_size()) {
