@@ -84,11 +84,13 @@ async fn openai(state: AppState, headers: HeaderMap, body: Body) -> Result<Respo
     .into_response())
 }
 
+/// An OpenAI embeddings body as read: the inputs' token ids, `dimensions`, base64.
+pub(crate) type OpenAiBody = (Vec<Vec<u32>>, Option<usize>, bool);
+/// One Gemini input as read: its token ids and `outputDimensionality`.
+pub(crate) type GeminiInput = (Vec<u32>, Option<usize>);
+
 /// An OpenAI embeddings body: the inputs' token ids, `dimensions` and whether to answer in base64.
-pub(crate) fn parse_openai(
-    bytes: &[u8],
-    parsing: &LoadedModel,
-) -> Result<(Vec<Vec<u32>>, Option<usize>, bool), ApiError> {
+pub(crate) fn parse_openai(bytes: &[u8], parsing: &LoadedModel) -> Result<OpenAiBody, ApiError> {
     let f = Fields::parse(bytes)?;
     let inputs = openai_inputs(&f, parsing)?;
     let dims = dimensions(&f, "dimensions", parsing)?;
@@ -251,13 +253,9 @@ fn gemini_input(f: &Fields, m: &LoadedModel) -> Result<(Vec<u32>, Option<usize>)
 
 /// A Gemini `:embedContent` body (`batch` false) or `:batchEmbedContents` body: each input's token ids and
 /// `outputDimensionality`.
-pub(crate) fn parse_gemini(
-    bytes: &[u8],
-    parsing: &LoadedModel,
-    batch: bool,
-) -> Result<Vec<(Vec<u32>, Option<usize>)>, ApiError> {
+pub(crate) fn parse_gemini(bytes: &[u8], parsing: &LoadedModel, batch: bool) -> Result<Vec<GeminiInput>, ApiError> {
     let f = Fields::parse(bytes)?;
-    let requests: Vec<(Vec<u32>, Option<usize>)> = if batch {
+    let requests: Vec<GeminiInput> = if batch {
         let items = f.get::<Vec<Value>>("requests")?.unwrap_or_default();
         if items.is_empty() {
             return Err(
