@@ -43,6 +43,39 @@ def text_seeds():
         put("chat_template", m.group(2), m.group(1))
 
 
+def server_request_seeds():
+    """The request bodies of gemma-server's tests (the `json!` literals that are plain JSON), each sent to the
+    endpoints that read its kind of body. The first byte is the endpoint's number in
+    `gemma_server::fuzzing::ENDPOINTS`."""
+    endpoints = {"prompt": [0, 2, 5], "messages": [1], "contents": [3, 4], "input": [6],
+                 "content": [7], "requests": [8]}
+    tests = "crates/gemma-server/tests"
+    count = 0
+    for name in sorted(os.listdir(tests)):
+        if not name.endswith(".rs"):
+            continue
+        src = open(os.path.join(tests, name)).read()
+        for m in re.finditer(r"json!\(", src):
+            depth, i = 0, m.end()
+            for j in range(i, len(src)):
+                depth += {"(": 1, "[": 1, "{": 1, ")": -1, "]": -1, "}": -1}.get(src[j], 0)
+                if depth < 0:
+                    break
+            text = re.sub(r"(\d)(u64|i64|u32|f32|f64|usize)\b", r"\1", src[i:j])
+            try:
+                body = json.loads(text)
+            except ValueError:
+                continue
+            if not isinstance(body, dict):
+                continue
+            for key, numbers in endpoints.items():
+                if key in body:
+                    for e in numbers:
+                        put("server_request", bytes([e]) + json.dumps(body).encode())
+                        count += 1
+    return count
+
+
 def safetensors_seeds():
     def st(name, header, data):
         h = json.dumps(header).encode()
@@ -97,4 +130,5 @@ def gguf_seeds():
 
 text_seeds()
 safetensors_seeds()
+print(f"server_request: {server_request_seeds()} seeds")
 gguf_seeds()

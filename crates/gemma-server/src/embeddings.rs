@@ -59,24 +59,7 @@ async fn openai(state: AppState, headers: HeaderMap, body: Body) -> Result<Respo
     let bytes = read_body(body, &headers, state.max_body_bytes()).await?;
     let loaded = embedding_model(&state)?;
     let parsing = loaded.clone();
-    let (inputs, dims, base64) = off_runtime(move || {
-        let f = Fields::parse(&bytes)?;
-        let inputs = openai_inputs(&f, &parsing)?;
-        let dims = dimensions(&f, "dimensions", &parsing)?;
-        let base64 = match f.get::<String>("encoding_format")?.as_deref() {
-            None | Some("float") => false,
-            Some("base64") => true,
-            Some(other) => {
-                return Err(ApiError::invalid_param(
-                    "encoding_format",
-                    format!("'encoding_format' must be \"float\" or \"base64\", got \"{other}\""),
-                )
-                .with_code("invalid_value"))
-            }
-        };
-        Ok((inputs, dims, base64))
-    })
-    .await?;
+    let (inputs, dims, base64) = off_runtime(move || parse_openai(&bytes, &parsing)).await?;
     let tokens: usize = inputs.iter().map(Vec::len).sum();
     let vectors = compute(&state, inputs, dims).await?;
     let data: Vec<OpenAiItem> = vectors
@@ -99,6 +82,30 @@ async fn openai(state: AppState, headers: HeaderMap, body: Body) -> Result<Respo
         usage: Usage { prompt_tokens: tokens, total_tokens: tokens },
     })
     .into_response())
+}
+
+/// An OpenAI embeddings body as read: the inputs' token ids, `dimensions`, base64.
+pub(crate) type OpenAiBody = (Vec<Vec<u32>>, Option<usize>, bool);
+/// One Gemini input as read: its token ids and `outputDimensionality`.
+pub(crate) type GeminiInput = (Vec<u32>, Option<usize>);
+
+/// An OpenAI embeddings body: the inputs' token ids, `dimensions` and whether to answer in base64.
+pub(crate) fn parse_openai(bytes: &[u8], parsing: &LoadedModel) -> Result<OpenAiBody, ApiError> {
+    let f = Fields::parse(bytes)?;
+    let inputs = openai_inputs(&f, parsing)?;
+    let dims = dimensions(&f, "dimensions", parsing)?;
+    let base64 = match f.get::<String>("encoding_format")?.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::invalid_param(
+                "encoding_format",
+                format!("'encoding_format' must be \"float\" or \"base64\", got \"{other}\""),
+            )
+            .with_code("invalid_value"))
+        }
+    };
+    Ok((inputs, dims, base64))
 }
 
 /// `input`: a string, a list of strings, a list of token ids, or a list of lists of token ids.
@@ -244,36 +251,40 @@ fn gemini_input(f: &Fields, m: &LoadedModel) -> Result<(Vec<u32>, Option<usize>)
     Ok((ids, dimensions(f, "outputDimensionality", m)?))
 }
 
+/// A Gemini `:embedContent` body (`batch` false) or `:batchEmbedContents` body: each input's token ids and
+/// `outputDimensionality`.
+pub(crate) fn parse_gemini(bytes: &[u8], parsing: &LoadedModel, batch: bool) -> Result<Vec<GeminiInput>, ApiError> {
+    let f = Fields::parse(bytes)?;
+    let requests: Vec<GeminiInput> = if batch {
+        let items = f.get::<Vec<Value>>("requests")?.unwrap_or_default();
+        if items.is_empty() {
+            return Err(
+                ApiError::invalid_param("requests", "'requests' must be a non-empty list").with_code("invalid_value")
+            );
+        }
+        items
+            .iter()
+            .map(|item| {
+                let item = Fields::from_value(item.clone()).ok_or_else(|| {
+                    ApiError::invalid_param("requests", "each request must be an object").with_code("invalid_type")
+                })?;
+                gemini_input(&item, parsing)
+            })
+            .collect::<Result<_, _>>()?
+    } else {
+        vec![gemini_input(&f, parsing)?]
+    };
+    let ids: Vec<Vec<u32>> = requests.iter().map(|(ids, _)| ids.clone()).collect();
+    check_inputs(&ids, parsing, if batch { "requests" } else { "content" })?;
+    Ok(requests)
+}
+
 /// `:embedContent` (`batch` false) and `:batchEmbedContents`.
 pub(crate) async fn gemini(state: AppState, headers: HeaderMap, body: Body, batch: bool) -> Result<Response, ApiError> {
     let bytes = read_body(body, &headers, state.max_body_bytes()).await?;
     let loaded = embedding_model(&state)?;
     let parsing = loaded.clone();
-    let requests = off_runtime(move || {
-        let f = Fields::parse(&bytes)?;
-        let requests: Vec<(Vec<u32>, Option<usize>)> = if batch {
-            let items = f.get::<Vec<Value>>("requests")?.unwrap_or_default();
-            if items.is_empty() {
-                return Err(ApiError::invalid_param("requests", "'requests' must be a non-empty list")
-                    .with_code("invalid_value"));
-            }
-            items
-                .iter()
-                .map(|item| {
-                    let item = Fields::from_value(item.clone()).ok_or_else(|| {
-                        ApiError::invalid_param("requests", "each request must be an object").with_code("invalid_type")
-                    })?;
-                    gemini_input(&item, &parsing)
-                })
-                .collect::<Result<_, _>>()?
-        } else {
-            vec![gemini_input(&f, &parsing)?]
-        };
-        let ids: Vec<Vec<u32>> = requests.iter().map(|(ids, _)| ids.clone()).collect();
-        check_inputs(&ids, &parsing, if batch { "requests" } else { "content" })?;
-        Ok(requests)
-    })
-    .await?;
+    let requests = off_runtime(move || parse_gemini(&bytes, &parsing, batch)).await?;
     let dims: Vec<Option<usize>> = requests.iter().map(|(_, d)| *d).collect();
     let vectors = compute(&state, requests.into_iter().map(|(ids, _)| ids).collect(), None).await?;
     let values: Vec<GeminiEmbedding> = vectors

@@ -211,7 +211,7 @@ fn openapi_to_json_schema(schema: &Value) -> Value {
     Value::Object(out)
 }
 
-fn parse_plan(f: &Fields, loaded: &LoadedModel, stream: bool) -> Result<Plan, ApiError> {
+pub(crate) fn parse_plan(f: &Fields, loaded: &LoadedModel, stream: bool) -> Result<Plan, ApiError> {
     let contents = match f.raw("contents") {
         Some(Value::Array(items)) if !items.is_empty() => items,
         _ => {

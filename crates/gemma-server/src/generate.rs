@@ -24,9 +24,9 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::api_error::ApiError;
-use crate::engine::{Event, Finish, GenerationRequest, SessionRef};
+use crate::engine::{Event, Finish, GenerationRequest, LoadedModel, SessionRef};
 use crate::fields::Fields;
-use crate::openai::{collect_choices, parse_plan, submit_error, Dialect};
+use crate::openai::{collect_choices, parse_plan, submit_error, Dialect, Plan};
 use crate::server::{off_runtime, read_body, AppState};
 
 /// Longest session id.
@@ -37,44 +37,7 @@ pub async fn generate(State(state): State<AppState>, headers: HeaderMap, body: B
     let bytes = read_body(body, &headers, state.max_body_bytes()).await?;
     let loaded = state.loaded()?;
     let parsing = loaded.clone();
-    let (stream, session, plan, prompt_ids, session_ref) = off_runtime(move || {
-        let loaded = parsing;
-        let f = Fields::parse(&bytes)?;
-        if !matches!(f.raw("prompt"), None | Some(Value::String(_))) {
-            return Err(ApiError::invalid_param("prompt", "'prompt' must be a string").with_code("invalid_type"));
-        }
-        let stream = f.get::<bool>("stream")?.unwrap_or(false);
-        if f.integer_in("n", 1..=1)?.is_some_and(|n| n != 1) {
-            return Err(ApiError::invalid_param("n", "'/generate' makes one answer"));
-        }
-        let session = f.get::<String>("session")?;
-        if let Some(id) = &session {
-            let valid = |c: char| c.is_ascii_alphanumeric() || "-_.:".contains(c);
-            if id.is_empty() || id.len() > MAX_SESSION_ID || !id.chars().all(valid) {
-                return Err(ApiError::invalid_param(
-                    "session",
-                    format!("'session' must be 1 to {MAX_SESSION_ID} characters of A-Z a-z 0-9 - _ . :"),
-                ));
-            }
-        }
-        // Checks the prompt and every sampling field the way /v1/completions does.
-        let mut plan = parse_plan(&f, &loaded, Dialect::Completion)?;
-        let tok = &loaded.tokenizer;
-        let (prompt_ids, session_ref) = match &session {
-            Some(id) => {
-                // The engine puts BOS first only when the session is new.
-                let text = f.get::<String>("prompt")?.unwrap_or_default();
-                let bos = plan.prompts.first().and_then(|p| p.first().copied()).filter(|_| tok.add_bos());
-                (tok.encode(&text, false, true), Some(SessionRef { id: id.clone(), first_token: bos }))
-            }
-            None => (plan.prompts.swap_remove(0), None),
-        };
-        if session.is_none() && prompt_ids.is_empty() {
-            return Err(ApiError::invalid_param("prompt", "the prompt is empty"));
-        }
-        Ok((stream, session, plan, prompt_ids, session_ref))
-    })
-    .await?;
+    let (stream, session, plan, prompt_ids, session_ref) = off_runtime(move || parse_body(&bytes, &parsing)).await?;
     let (tx, rx) = unbounded_channel();
     // A session's whole history is checked against the context by the engine, which knows it.
     let room = loaded.ctx.saturating_sub(prompt_ids.len()).max(1);
@@ -105,6 +68,47 @@ pub async fn generate(State(state): State<AppState>, headers: HeaderMap, body: B
         "usage": usage(&finish),
     }))
     .into_response())
+}
+
+/// A `/generate` body: whether to stream, the session id, the checked plan, the prompt's ids and the session.
+pub(crate) type Parsed = (bool, Option<String>, Plan, Vec<u32>, Option<SessionRef>);
+
+/// Reads and checks a `/generate` body.
+pub(crate) fn parse_body(bytes: &[u8], loaded: &LoadedModel) -> Result<Parsed, ApiError> {
+    let f = Fields::parse(bytes)?;
+    if !matches!(f.raw("prompt"), None | Some(Value::String(_))) {
+        return Err(ApiError::invalid_param("prompt", "'prompt' must be a string").with_code("invalid_type"));
+    }
+    let stream = f.get::<bool>("stream")?.unwrap_or(false);
+    if f.integer_in("n", 1..=1)?.is_some_and(|n| n != 1) {
+        return Err(ApiError::invalid_param("n", "'/generate' makes one answer"));
+    }
+    let session = f.get::<String>("session")?;
+    if let Some(id) = &session {
+        let valid = |c: char| c.is_ascii_alphanumeric() || "-_.:".contains(c);
+        if id.is_empty() || id.len() > MAX_SESSION_ID || !id.chars().all(valid) {
+            return Err(ApiError::invalid_param(
+                "session",
+                format!("'session' must be 1 to {MAX_SESSION_ID} characters of A-Z a-z 0-9 - _ . :"),
+            ));
+        }
+    }
+    // Checks the prompt and every sampling field the way /v1/completions does.
+    let mut plan = parse_plan(&f, loaded, Dialect::Completion)?;
+    let tok = &loaded.tokenizer;
+    let (prompt_ids, session_ref) = match &session {
+        Some(id) => {
+            // The engine puts BOS first only when the session is new.
+            let text = f.get::<String>("prompt")?.unwrap_or_default();
+            let bos = plan.prompts.first().and_then(|p| p.first().copied()).filter(|_| tok.add_bos());
+            (tok.encode(&text, false, true), Some(SessionRef { id: id.clone(), first_token: bos }))
+        }
+        None => (plan.prompts.swap_remove(0), None),
+    };
+    if session.is_none() && prompt_ids.is_empty() {
+        return Err(ApiError::invalid_param("prompt", "the prompt is empty"));
+    }
+    Ok((stream, session, plan, prompt_ids, session_ref))
 }
 
 fn usage(f: &Finish) -> Value {

@@ -11,6 +11,8 @@ pub mod embeddings;
 pub mod engine;
 pub mod error;
 pub mod fields;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gemini;
 pub mod generate;
 pub mod llama_native;

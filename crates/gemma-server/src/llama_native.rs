@@ -81,15 +81,15 @@ async fn handle(state: AppState, headers: HeaderMap, body: Body) -> Result<Respo
 }
 
 /// What the native response needs beyond the shared plan.
-struct Native {
+pub(crate) struct Native {
     /// The request gave a list of prompts: answer with a list.
     many: bool,
-    n_predict: i64,
-    n_probs: usize,
+    pub(crate) n_predict: i64,
+    pub(crate) n_probs: usize,
     return_tokens: bool,
 }
 
-fn parse(f: &Fields, loaded: &LoadedModel) -> Result<(Plan, Native), ApiError> {
+pub(crate) fn parse(f: &Fields, loaded: &LoadedModel) -> Result<(Plan, Native), ApiError> {
     let tok = &loaded.tokenizer;
     if f.raw("prompt").is_none() {
         return Err(ApiError::invalid_param("prompt", "'prompt' is required").with_code("missing_required_parameter"));

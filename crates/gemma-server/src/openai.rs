@@ -506,15 +506,10 @@ pub(crate) fn submit(
 ) -> Result<UnboundedReceiver<(usize, Event)>, ApiError> {
     let (tx, rx) = unbounded_channel();
     for (p, prompt) in plan.prompts.iter().enumerate() {
-        let room = loaded.ctx - prompt.len();
-        let choice = p * plan.n;
-        let mut sampling = plan.sampling.clone();
-        // Each choice draws differently, but reproducibly for a given seed (the engine adds the choice's
-        // place within the prompt's `n`).
-        sampling.seed = seed_for_choice(sampling.seed, choice);
+        let (choice, max_tokens, sampling) = engine_settings(plan, p, prompt.len(), loaded.ctx);
         let req = GenerationRequest {
             prompt_ids: prompt.clone(),
-            max_tokens: plan.max_tokens.unwrap_or(room).min(room),
+            max_tokens,
             sampling,
             stop: plan.stop.clone(),
             top_logprobs: plan.logprobs,
@@ -527,6 +522,18 @@ pub(crate) fn submit(
         state.engine().submit(req).map_err(submit_error)?;
     }
     Ok(rx)
+}
+
+/// What the engine gets for prompt `p` (of `prompt_len` tokens) of a plan: its first choice's number, the
+/// most tokens it may generate (what the context leaves, at most) and its sampling settings.
+pub(crate) fn engine_settings(plan: &Plan, p: usize, prompt_len: usize, ctx: usize) -> (usize, usize, SamplingParams) {
+    let room = ctx.saturating_sub(prompt_len);
+    let choice = p * plan.n;
+    let mut sampling = plan.sampling.clone();
+    // Each choice draws differently, but reproducibly for a given seed (the engine adds the choice's
+    // place within the prompt's `n`).
+    sampling.seed = seed_for_choice(sampling.seed, choice);
+    (choice, plan.max_tokens.unwrap_or(room).min(room), sampling)
 }
 
 pub(crate) fn submit_error(e: SubmitError) -> ApiError {

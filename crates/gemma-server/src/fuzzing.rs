@@ -1,0 +1,76 @@
+//! The request parsing of every endpoint as one function, for the `server_request` fuzz target
+//! (`fuzz/fuzz_targets/server_request.rs`, docs/fuzzing.md): everything a body goes through before the model,
+//! with a [`LoadedModel`] built from a GGUF's tokenizer and chat template alone.
+
+use crate::api_error::ApiError;
+use crate::engine::LoadedModel;
+use crate::fields::Fields;
+use crate::openai::{engine_settings, Dialect, Plan};
+
+/// The endpoints [`parse_request`] reads bodies for, by number.
+pub const ENDPOINTS: [&str; 9] = [
+    "/v1/completions",
+    "/v1/chat/completions",
+    "/completion",
+    ":generateContent",
+    ":streamGenerateContent",
+    "/generate",
+    "/v1/embeddings",
+    ":embedContent",
+    ":batchEmbedContents",
+];
+
+/// Parses `body` as endpoint `ENDPOINTS[endpoint % 9]` would, then works out what the engine would be given.
+/// `Err` is the client's error; a panic, or an error that is not a 4xx, is a bug the fuzz target reports.
+pub fn parse_request(endpoint: usize, body: &[u8], loaded: &LoadedModel) -> Result<(), ApiError> {
+    let plans: Vec<Plan> = match endpoint % ENDPOINTS.len() {
+        0 => vec![crate::openai::parse_plan(&Fields::parse(body)?, loaded, Dialect::Completion)?],
+        1 => vec![crate::openai::parse_plan(&Fields::parse(body)?, loaded, Dialect::Chat)?],
+        2 => {
+            let (plan, native) = crate::llama_native::parse(&Fields::parse(body)?, loaded)?;
+            assert!(native.n_probs <= 100 && native.n_predict >= -1);
+            vec![plan]
+        }
+        3 => vec![crate::gemini::parse_plan(&Fields::parse(body)?, loaded, false)?],
+        4 => vec![crate::gemini::parse_plan(&Fields::parse(body)?, loaded, true)?],
+        5 => {
+            let (_, session, plan, prompt, _) = crate::generate::parse_body(body, loaded)?;
+            assert!(session.is_some() || !prompt.is_empty());
+            vec![plan]
+        }
+        6 => {
+            let (inputs, dims, _) = crate::embeddings::parse_openai(body, loaded)?;
+            check_embedding_inputs(&inputs, dims.into_iter(), loaded);
+            Vec::new()
+        }
+        e => {
+            let requests = crate::embeddings::parse_gemini(body, loaded, e == 8)?;
+            let inputs: Vec<Vec<u32>> = requests.iter().map(|(ids, _)| ids.clone()).collect();
+            check_embedding_inputs(&inputs, requests.iter().filter_map(|(_, d)| *d), loaded);
+            Vec::new()
+        }
+    };
+    for plan in &plans {
+        assert!(plan.n >= 1 && plan.n * plan.prompts.len() <= crate::openai::MAX_CHOICES);
+        for (p, prompt) in plan.prompts.iter().enumerate() {
+            assert!(prompt.len() < loaded.ctx, "a prompt the context cannot hold was accepted");
+            assert!(prompt.iter().all(|&id| (id as usize) < loaded.vocab_size));
+            let (_, max_tokens, sampling) = engine_settings(plan, p, prompt.len(), loaded.ctx);
+            assert!(max_tokens >= 1 && max_tokens <= loaded.ctx - prompt.len());
+            if let Err(e) = sampling.validate() {
+                panic!("accepted sampling settings the engine refuses: {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_embedding_inputs(inputs: &[Vec<u32>], dims: impl Iterator<Item = usize>, loaded: &LoadedModel) {
+    for ids in inputs {
+        assert!(!ids.is_empty() && ids.len() <= loaded.ctx);
+        assert!(ids.iter().all(|&id| (id as usize) < loaded.vocab_size));
+    }
+    for d in dims {
+        assert!(d >= 1 && Some(d) <= loaded.embedding_dim);
+    }
+}
