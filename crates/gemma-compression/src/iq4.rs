@@ -261,23 +261,7 @@ impl KCodec for IQ4_XS {
 mod tests {
     use super::*;
     use crate::quant_format;
-    use crate::test_data::{assert_close, TestRng};
-
-    fn f16_bytes(v: f32) -> [u8; 2] {
-        half::f16::from_f32(v).to_bits().to_le_bytes()
-    }
-
-    fn dequant(ty: GgmlType, bytes: &[u8]) -> Vec<f32> {
-        let mut out = vec![0.0; bytes.len() / ty.type_size() * ty.block_size()];
-        quant_format(ty).unwrap().dequantize_row(bytes, &mut out);
-        out
-    }
-
-    fn quant(ty: GgmlType, x: &[f32]) -> Vec<u8> {
-        let mut out = vec![0u8; ty.row_bytes(x.len()).unwrap()];
-        quant_format(ty).unwrap().quantize_row(x, &mut out).unwrap();
-        out
-    }
+    use crate::test_data::{assert_close, dequant, f16_bytes, quant, TestRng};
 
     /// ggml's `dequantize_row_iq4_nl`, written out from its definition: `d * kvalues[nibble]`.
     fn ggml_dequant_nl(b: &[u8]) -> Vec<f32> {

@@ -884,23 +884,7 @@ pub(crate) fn encode_q6_k(x: &[f32], b: &mut [u8], mut sub_block_scale: impl FnM
 mod tests {
     use super::*;
     use crate::quant_format;
-    use crate::test_data::{assert_close, TestRng};
-
-    fn f16_bytes(v: f32) -> [u8; 2] {
-        half::f16::from_f32(v).to_bits().to_le_bytes()
-    }
-
-    fn dequant(ty: GgmlType, bytes: &[u8]) -> Vec<f32> {
-        let mut out = vec![0.0; bytes.len() / ty.type_size() * QK_K];
-        quant_format(ty).unwrap().dequantize_row(bytes, &mut out);
-        out
-    }
-
-    fn quant(ty: GgmlType, x: &[f32]) -> Vec<u8> {
-        let mut out = vec![0u8; ty.row_bytes(x.len()).unwrap()];
-        quant_format(ty).unwrap().quantize_row(x, &mut out).unwrap();
-        out
-    }
+    use crate::test_data::{assert_close, dequant, f16_bytes, quant, TestRng};
 
     #[test]
     fn scale_min_k4_packing_round_trips_and_matches_ggml_bits() {

@@ -448,24 +448,7 @@ impl LegacyCodec for Q8_1 {
 mod tests {
     use super::*;
     use crate::quant_format;
-    use crate::test_data::{assert_close, TestRng};
-
-    fn f16_bytes(v: f32) -> [u8; 2] {
-        half::f16::from_f32(v).to_bits().to_le_bytes()
-    }
-
-    fn dequant(ty: GgmlType, bytes: &[u8]) -> Vec<f32> {
-        let n = bytes.len() / ty.type_size() * ty.block_size();
-        let mut out = vec![0.0; n];
-        quant_format(ty).unwrap().dequantize_row(bytes, &mut out);
-        out
-    }
-
-    fn quant(ty: GgmlType, x: &[f32]) -> Vec<u8> {
-        let mut out = vec![0u8; ty.row_bytes(x.len()).unwrap()];
-        quant_format(ty).unwrap().quantize_row(x, &mut out).unwrap();
-        out
-    }
+    use crate::test_data::{assert_close, dequant, f16_bytes, quant, TestRng};
 
     #[test]
     fn q4_0_hand_built_block() {

@@ -61,3 +61,22 @@ pub(crate) fn assert_close(got: f32, want: f32, tol: f32, scale: f32, what: &str
         (got - want).abs()
     );
 }
+
+/// `v` as the little-endian f16 bytes a block header holds.
+pub(crate) fn f16_bytes(v: f32) -> [u8; 2] {
+    half::f16::from_f32(v).to_bits().to_le_bytes()
+}
+
+/// Whole blocks of `ty` decoded through the crate's public codec.
+pub(crate) fn dequant(ty: crate::GgmlType, bytes: &[u8]) -> Vec<f32> {
+    let mut out = vec![0.0; bytes.len() / ty.type_size() * ty.block_size()];
+    crate::quant_format(ty).unwrap().dequantize_row(bytes, &mut out);
+    out
+}
+
+/// `x` encoded as `ty` through the crate's public codec.
+pub(crate) fn quant(ty: crate::GgmlType, x: &[f32]) -> Vec<u8> {
+    let mut out = vec![0u8; ty.row_bytes(x.len()).unwrap()];
+    crate::quant_format(ty).unwrap().quantize_row(x, &mut out).unwrap();
+    out
+}

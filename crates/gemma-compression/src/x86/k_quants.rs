@@ -806,7 +806,7 @@ mod tests {
     use super::*;
     use crate::iq4::IQ4_XS;
     use crate::k_quants::{dot_rows_scalar, KCodec, Q8K_QS, QK_K};
-    use crate::test_data::{assert_close, TestRng};
+    use crate::test_data::{assert_close, f16_bytes, TestRng};
     use crate::x86::k_tiles::Q8K_BYTES;
     use crate::{cpu_has_avx512_vnni, quant_format};
 
@@ -872,10 +872,6 @@ mod tests {
     fn kernel(level: &Level, ty: GgmlType) -> Kernel {
         let i = FORMATS.iter().position(|&f| f == ty).expect("a format with tiles");
         level.kernels[i]
-    }
-
-    fn f16_bytes(v: f32) -> [u8; 2] {
-        half::f16::from_f32(v).to_bits().to_le_bytes()
     }
 
     /// Byte offsets of the f16 super-scales (`d`, and `dmin` where the format has mins) in one block.

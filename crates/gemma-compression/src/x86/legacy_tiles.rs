@@ -1019,7 +1019,7 @@ impl TiledBlock for Q5_1 {
 mod tests {
     use super::*;
     use crate::q_legacy::{dot_scalar, LegacyCodec};
-    use crate::test_data::{assert_close, TestRng};
+    use crate::test_data::{assert_close, f16_bytes, TestRng};
     use crate::{quant_format, GgmlType};
 
     /// Every level this CPU has, announced; a level it lacks is reported, never silently dropped.
@@ -1033,10 +1033,6 @@ mod tests {
         }
         println!("tiled levels checked: {levels:?} (dispatch uses {:?})", TileLevel::best());
         levels
-    }
-
-    fn f16_bytes(v: f32) -> [u8; 2] {
-        half::f16::from_f32(v).to_bits().to_le_bytes()
     }
 
     /// `dot_rows` at a level, as a plain function.

@@ -6,7 +6,7 @@ use super::{activations, iq4 as simd_iq4, k_quants as simd_k, legacy as simd_leg
 use crate::iq4::{IQ4_NL, IQ4_XS};
 use crate::k_quants::{self, Q2K, Q3K, Q4K, Q5K, Q6K, Q8K_BSUMS, Q8K_QS};
 use crate::q_legacy::{self, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1};
-use crate::test_data::{assert_close, TestRng};
+use crate::test_data::{assert_close, f16_bytes, TestRng};
 use crate::{cpu_has_avx512_vnni, quant_format, GgmlType, SimdLevel};
 
 /// The levels whose kernels can run here, each named; levels without their own kernels are reported, not run.
@@ -47,10 +47,6 @@ fn extreme_block(act_ty: GgmlType, positive: bool, w: &mut [u8], a: &mut [u8]) {
 }
 
 type DotKernel = unsafe fn(usize, &[u8], &[u8]) -> f32;
-
-fn f16_bytes(v: f32) -> [u8; 2] {
-    half::f16::from_f32(v).to_bits().to_le_bytes()
-}
 
 /// Random weight row of `nb` blocks: random quant bytes, then the scale fields overwritten by `scales`.
 fn weight_row(rng: &mut TestRng, ty: GgmlType, nb: usize, scales: &mut dyn FnMut(&mut TestRng, &mut [u8])) -> Vec<u8> {
