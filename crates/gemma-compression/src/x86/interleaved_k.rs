@@ -17,6 +17,7 @@ use crate::iq4::KVALUES;
 use crate::k_quants::{Q8K_BSUMS, Q8K_BYTES, Q8K_QS};
 
 use crate::x86::interleaved::{table_plus_128_vnni, PREFETCH_AHEAD};
+use crate::x86::k_tiles::q8k_d;
 
 /// Runs `$q4::<T>`, `$q6::<T>`, `$xs::<T>` or `$q2::<T>` over every group and every chunk of up to `$max` tokens.
 macro_rules! over_groups {
@@ -129,15 +130,6 @@ unsafe fn bsum_pairs_32(a: *const u8) -> [i32; 4] {
         _mm256_extract_epi32::<4>(pairs),
         _mm256_extract_epi32::<5>(pairs),
     ]
-}
-
-/// A Q8_K block's f32 scale.
-///
-/// # Safety
-/// `a` points at 4 readable bytes.
-#[inline(always)]
-unsafe fn q8k_d(a: *const u8) -> f32 {
-    f32::from_le_bytes(a.cast::<[u8; 4]>().read_unaligned())
 }
 
 /// One Q4_K group against tokens `t0..t0 + T`; returns `T`.

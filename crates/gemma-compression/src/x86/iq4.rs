@@ -9,6 +9,7 @@
 
 use std::arch::x86_64::*;
 
+use super::k_quants::f16_ptr;
 use super::k_tiles::{self, q8k_d, Avx2Block, Avx512Block, OnAvx2, OnAvx512};
 use super::legacy_tiles::{nibbles, nibbles_pair, TiledBlock};
 use crate::iq4::{xs_scale, IQ4_NL, IQ4_XS, KVALUES};
@@ -35,17 +36,6 @@ unsafe fn table256() -> __m256i {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn table512(bias: u8) -> __m512i {
     _mm512_broadcast_i32x4(_mm_loadu_si128(table_bytes(bias).as_ptr().cast()))
-}
-
-/// The f16 at `p`, converted with F16C.
-///
-/// # Safety
-/// The CPU supports f16c; `p` is valid for 2 bytes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16_ptr(p: *const u8) -> f32 {
-    let bits = u16::from_le_bytes(std::ptr::read_unaligned(p.cast::<[u8; 2]>()));
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
 impl TiledBlock for IQ4_NL {

@@ -28,7 +28,7 @@ const AVX512_TILE: (usize, usize, usize) = (2, 4, 4);
 /// The CPU supports f16c; `p` is valid for 2 bytes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16_ptr(p: *const u8) -> f32 {
+pub(crate) unsafe fn f16_ptr(p: *const u8) -> f32 {
     let bits = u16::from_le_bytes(std::ptr::read_unaligned(p.cast::<[u8; 2]>()));
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
