@@ -10,7 +10,7 @@ use gemma_io::imatrix::Imatrix;
 const TEXT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/perplexity/lighthouses.txt");
 
 mod common;
-use common::{files_in, gemma, model, stderr};
+use common::{fails_clearly, files_in, gemma, model, stderr};
 
 #[test]
 fn computes_a_matrix_that_quantize_takes() {
@@ -121,13 +121,7 @@ fn bad_input_gives_clear_errors_and_leaves_nothing_behind() {
     std::fs::write(&short, "A lighthouse stands on the rock.").unwrap();
     let folder_missing = dir.path().join("no/such/folder/out.gguf");
     let check = |args: &[&str], code: i32, wanted: &[&str]| {
-        let o = gemma(args);
-        let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(code), "gemma {args:?}: {err}");
-        for w in wanted {
-            assert!(err.contains(w), "gemma {args:?}: no '{w}' in: {err}");
-        }
-        assert!(!err.contains("panicked"), "{err}");
+        fails_clearly(args, code, wanted);
         assert_eq!(files_in(dir.path()), ["short.txt"], "gemma {args:?} left a file");
     };
     let base = ["imatrix", "-m", m.as_str(), "-o", out, "-t", "2"];

@@ -3,7 +3,7 @@
 //! `tests/quantize_parity.rs`.)
 
 mod common;
-use common::{files_in, gemma, model, stderr};
+use common::{fails_clearly, files_in, gemma, model, stderr};
 
 #[test]
 fn quantizes_the_default_model_and_prints_a_summary() {
@@ -30,15 +30,7 @@ fn bad_input_gives_clear_errors_and_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("out.gguf");
     let out = out_path.to_str().unwrap();
-    let check = |args: &[&str], code: i32, wanted: &[&str]| {
-        let o = gemma(args);
-        let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(code), "gemma {args:?}: {err}");
-        for w in wanted {
-            assert!(err.contains(w), "gemma {args:?}: no '{w}' in: {err}");
-        }
-        assert!(!err.contains("panicked"), "{err}");
-    };
+    let check = fails_clearly;
     // already quantized: refused with llama-quantize's reason unless asked
     check(&["quantize", &m, out, "Q4_0"], 2, &["already quantized", "--allow-requantize"]);
     // types: unknown, and llama-quantize's that need an importance matrix

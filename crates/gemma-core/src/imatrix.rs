@@ -145,7 +145,6 @@ pub fn run(
     // llama-imatrix asks for every position's logits; only the output product needs them all, and only when
     // it is collected (an untied head).
     let all_rows = collector.process_output && model.file.tensor("output.weight").is_some();
-    let (first, last_scored) = (plan.first(), plan.n_ctx - 2);
     let mut scratch = Scratch::default();
     let mut nlls: Vec<f64> = Vec::new();
     // Each chunk's scored values, added to `nll` chunk after chunk once the group is done (so each chunk's
@@ -155,7 +154,7 @@ pub fn run(
         let mut caches: Vec<KvCache> = chunks.iter().map(|_| model.new_cache(plan.n_ctx)).collect();
         by_chunk.iter_mut().for_each(Vec::clear);
         by_chunk.resize(chunks.len(), Vec::new());
-        let scored = |pos| nll.is_some() && (first..=last_scored).contains(&pos);
+        let scored = |pos| nll.is_some() && plan.is_scored(pos);
         let all = plan.group_tokens(tokens, bos, &chunks, |pos| scored(pos) || all_rows);
         // Passes of equal size, none over MAX_UBATCH: a short last pass would drop under MIN_TOKENS.
         let n_passes = all.len().div_ceil(MAX_UBATCH);
@@ -179,7 +178,7 @@ pub fn run(
                 .map(|&b| {
                     let t = pass.tokens[b];
                     let next = tokens[chunks[t.seq] * plan.n_ctx + t.pos + 1] as usize;
-                    (first..=last_scored).contains(&t.pos).then_some((t.seq, next))
+                    plan.is_scored(t.pos).then_some((t.seq, next))
                 })
                 .collect();
             nlls.clear();

@@ -82,6 +82,16 @@ impl ChunkPlan {
         self.n_ctx / 2
     }
 
+    /// The last scored position of a chunk (it predicts the chunk's last token).
+    pub fn last_scored(&self) -> usize {
+        self.n_ctx - 2
+    }
+
+    /// Whether position `pos` of a chunk is scored.
+    pub fn is_scored(&self, pos: usize) -> bool {
+        (self.first()..=self.last_scored()).contains(&pos)
+    }
+
     /// Positions scored per chunk: `first .. n_ctx - 1`, each predicting the token after it.
     pub fn scored_per_chunk(&self) -> usize {
         self.n_ctx - 1 - self.first()
@@ -611,14 +621,13 @@ pub fn run(
     plan.check(model, tokens.len())?;
     let n_vocab = model.config.vocab_size;
     let row_len = log_prob_row_len(n_vocab);
-    let (first, last_scored) = (plan.first(), plan.n_ctx - 2);
     let mut scratch = Scratch::default();
     let mut encoded: Vec<u16> = Vec::new();
     let mut results: Vec<Mutex<RowDivergence>> = Vec::new();
     for chunks in plan.groups() {
         let mut caches: Vec<KvCache> = chunks.iter().map(|_| model.new_cache(plan.n_ctx)).collect();
         // Logits for the scored positions only.
-        let all = plan.group_tokens(tokens, bos, &chunks, |pos| (first..=last_scored).contains(&pos));
+        let all = plan.group_tokens(tokens, bos, &chunks, |pos| plan.is_scored(pos));
         let mut rest = &all[..];
         while !rest.is_empty() {
             if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
@@ -679,7 +688,7 @@ pub fn run(
                     Scoring::Perplexity { stats, .. } => stats.add(r.nll),
                     Scoring::Divergence { stats, .. } => stats.add(&r),
                 }
-                if places[i].1 == last_scored {
+                if places[i].1 == plan.last_scored() {
                     on_chunk(places[i].0, &scoring);
                 }
             }

@@ -25,3 +25,15 @@ pub fn files_in(dir: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// Runs `gemma args` and checks that it failed with exit `code`, a message holding every `wanted` text, and no
+/// panic.
+pub fn fails_clearly(args: &[&str], code: i32, wanted: &[&str]) {
+    let o = gemma(args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(code), "gemma {args:?}: {err}");
+    for w in wanted {
+        assert!(err.contains(w), "gemma {args:?}: no '{w}' in: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
