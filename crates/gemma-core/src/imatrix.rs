@@ -10,6 +10,8 @@
 //! Products over fewer than 16 tokens are skipped, as llama-imatrix skips them (the passes here are never that
 //! small unless a whole group of chunks is).
 
+pub mod statistics;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -64,6 +64,10 @@ pub enum ImatrixError {
     MissingMetadata,
     #[error("imatrix entry '{name}' has a value that is not finite")]
     NotFinite { name: String },
+    #[error("imatrix entry '{name}' has {theirs} {what} where the matrices already added have {ours}")]
+    Mismatch { name: String, what: &'static str, ours: usize, theirs: usize },
+    #[error("cannot add to a legacy imatrix: start from Imatrix::raw")]
+    AddToLegacy,
     #[error("cannot write {path}: {source}")]
     WriteFailed { path: std::path::PathBuf, source: std::io::Error },
 }
@@ -233,7 +237,8 @@ impl Imatrix {
         Ok(w)
     }
 
-    /// The legacy `.dat` bytes (entries in name order, then the chunk count and the first dataset name).
+    /// The legacy `.dat` bytes (entries in name order, then the chunk count and the last dataset name: the text
+    /// of this run, or of the last file combined, as llama-imatrix stores it).
     pub fn to_legacy_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend((self.entries.len() as i32).to_le_bytes());
@@ -245,7 +250,7 @@ impl Imatrix {
             out.extend(f32_bytes(&e.sums));
         }
         out.extend((self.chunk_count as i32).to_le_bytes());
-        let dataset = self.datasets.first().map_or("", String::as_str);
+        let dataset = self.datasets.last().map_or("", String::as_str);
         out.extend((dataset.len() as i32).to_le_bytes());
         out.extend(dataset.as_bytes());
         out
@@ -253,6 +258,71 @@ impl Imatrix {
 }
 
 impl Imatrix {
+    /// An empty matrix of raw sums (GGUF form) for chunks of `chunk_size` tokens, to add files to
+    /// ([`Imatrix::add`]).
+    pub fn raw(chunk_size: u32) -> Imatrix {
+        Imatrix { chunk_size, has_metadata: true, ..Imatrix::default() }
+    }
+
+    /// Adds another matrix's statistics to this one of raw sums, as llama-imatrix's `--in-file` combines files:
+    /// GGUF sums and counts are added as they are (in f32, so combining files gives llama-imatrix's bytes); a
+    /// legacy file's per-chunk averages are turned back into sums and counts of `chunk_size`-token chunks
+    /// (values and `ncall` times this matrix's `chunk_size`). A matrix seen with one count gets the other's
+    /// number of counts (experts). The datasets are appended, and the chunk count becomes the largest count
+    /// over `chunk_size`. A matrix of another size is an error, and nothing is added.
+    pub fn add(&mut self, other: &Imatrix) -> Result<(), ImatrixError> {
+        if self.is_legacy {
+            return Err(ImatrixError::AddToLegacy);
+        }
+        let chunk_size = self.chunk_size as i64;
+        for (name, theirs) in &other.entries {
+            let mismatch =
+                |what, ours: usize, theirs: usize| ImatrixError::Mismatch { name: name.clone(), what, ours, theirs };
+            if let Some(ours) = self.entries.get(name) {
+                if ours.sums.len() != theirs.sums.len() {
+                    return Err(mismatch("values", ours.sums.len(), theirs.sums.len()));
+                }
+                let (n, have) = (theirs.counts.len(), ours.counts.len());
+                if !other.is_legacy && have != n && have != 1 {
+                    return Err(mismatch("counts", have, n));
+                }
+            }
+        }
+        for (name, theirs) in &other.entries {
+            let e = self
+                .entries
+                .entry(name.clone())
+                .or_insert_with(|| ImatrixEntry { sums: vec![0.0; theirs.sums.len()], counts: Vec::new() });
+            if other.is_legacy {
+                if e.counts.is_empty() {
+                    e.counts.push(0);
+                }
+                let ncall = theirs.counts.first().copied().unwrap_or(0);
+                for (s, &v) in e.sums.iter_mut().zip(&theirs.sums) {
+                    *s += v * chunk_size as f32;
+                }
+                for c in &mut e.counts {
+                    *c += ncall * chunk_size;
+                }
+            } else {
+                if e.counts.len() <= 1 {
+                    let first = e.counts.first().copied().unwrap_or(0);
+                    e.counts.resize(theirs.counts.len().max(1), first);
+                }
+                for (s, &v) in e.sums.iter_mut().zip(&theirs.sums) {
+                    *s += v;
+                }
+                for (c, &v) in e.counts.iter_mut().zip(&theirs.counts) {
+                    *c += v;
+                }
+            }
+        }
+        self.datasets.extend(other.datasets.iter().cloned());
+        let most = self.entries.values().flat_map(|e| e.counts.iter().copied()).max().unwrap_or(0);
+        self.chunk_count = (most / chunk_size.max(1)) as u32;
+        Ok(())
+    }
+
     /// The legacy form of a matrix of raw sums (as llama-imatrix's `save_imatrix_legacy` stores it): per entry
     /// `ncall` = the largest count over `chunk_size`, rounded up, and values = `sum / count * ncall` (1 * ncall
     /// for an expert that saw nothing); entries that saw no token at all are left out.
@@ -436,5 +506,45 @@ mod tests {
 
         let err = Imatrix::from_bytes(GgufWriter::new().into_bytes(), "x").expect_err("no tensors");
         assert!(matches!(err, ImatrixError::Empty));
+    }
+
+    #[test]
+    fn adding_matrices_sums_them_as_llama_imatrix_combines_files() {
+        let mut m = Imatrix::raw(4);
+        m.add(&sample()).unwrap();
+        m.add(&sample()).unwrap();
+        let q = &m.entries["blk.0.attn_q.weight"];
+        assert_eq!((q.sums.as_slice(), q.counts.as_slice()), ([8.0, 16.0, 1.0, 4.0].as_slice(), [8].as_slice()));
+        assert_eq!(m.entries["blk.0.ffn_down.weight"].counts, [6, 0]);
+        // the largest count (8) over the chunk size (4)
+        assert_eq!((m.chunk_count, m.chunk_size, m.is_legacy), (2, 4, false));
+        assert_eq!(m.datasets.len(), 2 * sample().datasets.len());
+
+        // a legacy file's per-chunk averages become sums and counts of chunk_size-token chunks
+        let mut from_legacy = Imatrix::raw(4);
+        from_legacy.add(&sample().to_legacy()).unwrap();
+        let q = &from_legacy.entries["blk.0.attn_q.weight"];
+        // ncall 1: the values are sums / 4 * 1, times 4 again
+        assert_eq!((q.sums.as_slice(), q.counts.as_slice()), ([4.0, 8.0, 0.5, 2.0].as_slice(), [4].as_slice()));
+
+        // one count meets several: it becomes one per expert
+        let mut one = Imatrix::raw(4);
+        one.entries.insert("blk.0.ffn_down.weight".into(), ImatrixEntry { sums: vec![0.0; 6], counts: vec![5] });
+        one.add(&sample()).unwrap();
+        assert_eq!(one.entries["blk.0.ffn_down.weight"].counts, [8, 5]);
+
+        // a matrix of another size is refused and nothing is added
+        let mut other = sample();
+        other.entries.get_mut("blk.0.ffn_down.weight").unwrap().sums.truncate(4);
+        let before = m.clone();
+        let e = m.add(&other).unwrap_err();
+        assert!(matches!(e, ImatrixError::Mismatch { what: "values", ours: 6, theirs: 4, .. }), "{e}");
+        assert_eq!(m, before);
+        let mut three = sample();
+        three.entries.get_mut("blk.0.ffn_down.weight").unwrap().counts = vec![1, 1, 1];
+        three.entries.get_mut("blk.0.ffn_down.weight").unwrap().sums = vec![0.0; 6];
+        let e = m.add(&three).unwrap_err();
+        assert!(matches!(e, ImatrixError::Mismatch { what: "counts", ours: 2, theirs: 3, .. }), "{e}");
+        assert!(matches!(sample().to_legacy().add(&sample()), Err(ImatrixError::AddToLegacy)));
     }
 }
