@@ -41,6 +41,12 @@ pub struct PerplexityArgs {
     /// Print one JSON object with the results instead of llama.cpp's text.
     #[arg(long)]
     pub json: bool,
+    /// Score the HellaSwag tasks in --file (llama.cpp's six lines per task) instead of the perplexity.
+    #[arg(long, conflicts_with_all = ["prompt", "kl_divergence", "kl_divergence_base", "chunks"])]
+    pub hellaswag: bool,
+    /// With --hellaswag: how many tasks to score, taken in llama-perplexity's random order.
+    #[arg(long, default_value_t = gemma_core::hellaswag::DEFAULT_TASKS, value_name = "N")]
+    pub hellaswag_tasks: usize,
 }
 
 pub(crate) fn perplexity(common: &Common, args: &PerplexityArgs) -> Result<()> {
@@ -49,6 +55,9 @@ pub(crate) fn perplexity(common: &Common, args: &PerplexityArgs) -> Result<()> {
     }
     if args.chunks == Some(0) {
         return Err(usage("--chunks must be at least 1"));
+    }
+    if args.hellaswag {
+        return hellaswag(common, args);
     }
     if args.kl_divergence {
         if args.file.is_some() || args.prompt.is_some() || args.ctx_size.is_some() {
@@ -313,4 +322,80 @@ pub(crate) fn read_text_file(path: &Path) -> Result<String> {
         text.pop();
     }
     Ok(text)
+}
+
+/// `--hellaswag`: llama-perplexity's HellaSwag score, its running accuracy line after every task.
+fn hellaswag(common: &Common, args: &PerplexityArgs) -> Result<()> {
+    use gemma_core::hellaswag::{self, HellaswagError};
+    if args.hellaswag_tasks == 0 {
+        return Err(usage("--hellaswag-tasks must be at least 1"));
+    }
+    let Some(path) = &args.file else {
+        return Err(usage("--hellaswag reads its tasks from a file: give -f FILE"));
+    };
+    let text = read_text_file(path)?;
+    let tasks = hellaswag::parse(&text).with_context(|| format!("cannot read the tasks in {}", path.display()))?;
+    let m = common.load()?;
+    let n_ctx = args.ctx_size.or(common.ctx).unwrap_or(m.model.config.context_length);
+    let available = tasks.len();
+    let tasks = hellaswag::select(tasks, args.hellaswag_tasks);
+    eprintln!(
+        "hellaswag: {} of {available} tasks, in llama-perplexity's random order, {} threads",
+        tasks.len(),
+        m.pool.n_threads()
+    );
+    let json = args.json;
+    if !json {
+        outln!("\ntask\tacc_norm\t95% confidence interval")?;
+    }
+    let mut correct = 0;
+    let mut out_err = None;
+    let cancel = crate::interrupt::cancel_flag_on_ctrl_c()?;
+    let result = hellaswag::score(
+        &m.model,
+        &m.pool,
+        &m.tokenizer,
+        &tasks,
+        n_ctx,
+        &mut |i, score| {
+            correct += usize::from(score.correct());
+            let (a, b) = hellaswag::wilson_interval(correct, i + 1);
+            let freq = correct as f64 / (i + 1) as f64;
+            if !json && out_err.is_none() {
+                out_err = outln!("{}\t{:.8}%\t[{:.4}%, {:.4}%]", i + 1, freq * 100.0, a * 100.0, b * 100.0).err();
+            }
+        },
+        Some(&*cancel),
+    );
+    if let Err(HellaswagError::Cancelled) = result {
+        interrupted();
+    }
+    let scores = result?;
+    if let Some(e) = out_err {
+        return Err(e.into());
+    }
+    let (a, b) = hellaswag::wilson_interval(correct, scores.len());
+    let acc = 100.0 * correct as f64 / scores.len() as f64;
+    if json {
+        let per_task: Vec<serde_json::Value> = scores
+            .iter()
+            .zip(&tasks)
+            .map(|(s, t)| {
+                serde_json::json!({"context": t.context, "gold": s.gold, "chosen": s.chosen, "logprobs": s.logprobs})
+            })
+            .collect();
+        let report = serde_json::json!({
+            "tasks": scores.len(),
+            "correct": correct,
+            "acc_norm": acc,
+            "interval_95": [100.0 * a, 100.0 * b],
+            "per_task": per_task,
+        });
+        outln!("{report}")?;
+    } else {
+        // llama-perplexity ends the table with an empty line, then one more before its timings
+        outln!("\n")?;
+    }
+    eprintln!("hellaswag: acc_norm {acc:.4}% [{:.4}%, {:.4}%] over {} tasks", 100.0 * a, 100.0 * b, scores.len());
+    Ok(())
 }

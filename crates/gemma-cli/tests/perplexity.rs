@@ -144,3 +144,55 @@ fn bad_input_gives_clear_errors_and_leaves_nothing() {
     assert_eq!(code, 1);
     assert!(err.contains("vocabulary of 49152 tokens; this model has 262144"), "{err}");
 }
+
+const HELLASWAG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/hellaswag/everyday-tasks.txt");
+
+/// `--hellaswag` prints what llama-perplexity printed on the same tasks (`testdata/hellaswag/`: 16 tasks
+/// written for this test in HellaSwag's format; llama-perplexity's output recorded from
+/// `llama-perplexity -m gemma-3-270m-q4_k_m.gguf -f everyday-tasks.txt --hellaswag -t 2`): the same tasks in
+/// the same random order, right and wrong alike, so the same running accuracy after every task.
+#[test]
+fn hellaswag_scores_as_llama_perplexity() {
+    let text = ok(gemma(&["-f", HELLASWAG, "--hellaswag"]));
+    let want = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/hellaswag/everyday-tasks.llama-perplexity.txt"
+    ))
+    .unwrap();
+    assert_eq!(text, want);
+
+    // the first 5 tasks of the random order are llama-perplexity's first 5 whatever the count asked
+    let text = ok(gemma(&["-f", HELLASWAG, "--hellaswag", "--hellaswag-tasks", "5", "--json"]));
+    let report: Value = serde_json::from_str(&text).expect("one JSON object");
+    assert_eq!(report["tasks"], 5);
+    // llama-perplexity's fifth line: 20%
+    assert_eq!((report["correct"].as_u64(), report["acc_norm"].as_f64()), (Some(1), Some(20.0)));
+    let per_task = report["per_task"].as_array().unwrap();
+    assert!(per_task[4]["context"].as_str().unwrap().starts_with("Making coffee"), "{per_task:?}");
+}
+
+#[test]
+fn hellaswag_bad_input_gives_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.txt");
+    std::fs::write(&short, "ctx\n1\na\nb\nc\n").unwrap();
+    let gold = dir.path().join("gold.txt");
+    std::fs::write(&gold, "ctx\nB\na\nb\nc\nd\n").unwrap();
+    let (short, gold) = (short.to_str().unwrap(), gold.to_str().unwrap());
+    let cases: [(&[&str], i32, &[&str]); 6] = [
+        (&["--hellaswag"], 2, &["-f FILE"]),
+        (&["-f", HELLASWAG, "--hellaswag", "--hellaswag-tasks", "0"], 2, &["at least 1"]),
+        (&["-f", short, "--hellaswag"], 1, &["6 lines per task", "5 lines"]),
+        (&["-f", gold, "--hellaswag"], 1, &["'B'", "not 0, 1, 2 or 3"]),
+        (&["-f", HELLASWAG, "--hellaswag", "-c", "8"], 1, &["more than the context of 8"]),
+        (&["-p", "text", "--hellaswag"], 2, &["--prompt"]),
+    ];
+    for (args, code, wanted) in cases {
+        let (got, err) = fails(gemma(args));
+        assert_eq!(got, code, "{args:?}: {err}");
+        for w in wanted {
+            assert!(err.contains(w), "{args:?}: no '{w}' in {err}");
+        }
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

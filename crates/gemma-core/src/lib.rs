@@ -9,6 +9,7 @@ pub mod convert;
 pub mod error;
 pub mod generate;
 pub mod grammar;
+pub mod hellaswag;
 pub mod imatrix;
 pub mod kv_cache;
 pub mod model;

@@ -79,6 +79,22 @@ impl Mt19937 {
         }
     }
 
+    /// `std::uniform_int_distribution<size_t>(0, range - 1)(rng)` as libstdc++ (GCC 11 and later) computes it
+    /// from a 32-bit generator: Lemire's multiply-and-shift, one output times `range`, the high word, drawn
+    /// again while the low word falls under `2^32 mod range`. A `range` of 1 still draws once. `range` must
+    /// be at least 1.
+    pub fn below(&mut self, range: u32) -> u32 {
+        let range = range.max(1);
+        let mut product = u64::from(self.next_u32()) * u64::from(range);
+        if (product as u32) < range {
+            let threshold = range.wrapping_neg() % range;
+            while (product as u32) < threshold {
+                product = u64::from(self.next_u32()) * u64::from(range);
+            }
+        }
+        (product >> 32) as u32
+    }
+
     /// `std::discrete_distribution<int>(weights)(rng)` as libstdc++ computes it: weights normalised by
     /// their double sum, cumulated in double with the last set to exactly 1, and the first cumulative value not
     /// below one uniform double. Fewer than two weights give index 0 without drawing (libstdc++ keeps no
@@ -132,6 +148,21 @@ mod tests {
         let weights = [0.1f32, 0.2, 0.3, 0.4];
         let picks: Vec<usize> = (0..10).map(|_| rng.discrete(weights.iter().copied())).collect();
         assert_eq!(picks, LIBSTDCXX_DISCRETE_SEED_42);
+    }
+
+    /// `std::uniform_int_distribution<size_t>(0, n - 1)(rng)` from `std::mt19937 rng(1)`, printed by a C++
+    /// program built with g++ 12: ranges 10, 9, .., 1, 10, 9 (hellaswag's task picks), then from a fresh
+    /// `rng(1)` ranges 1, 2, 3, 7, 100, 1000, 10042, 65536, 4e9.
+    #[test]
+    fn integer_draws_match_libstdcxx() {
+        let mut rng = Mt19937::new(1);
+        let ranges = [10, 9, 8, 7, 6, 5, 4, 3, 2, 1];
+        let picks: Vec<u32> = ranges.iter().map(|&r| rng.below(r)).collect();
+        assert_eq!(picks, [4, 8, 5, 6, 0, 0, 1, 2, 0, 0]);
+        let mut rng = Mt19937::new(1);
+        let ranges = [1, 2, 3, 7, 100, 1000, 10042, 65536, 4_000_000_000];
+        let picks: Vec<u32> = ranges.iter().map(|&r| rng.below(r)).collect();
+        assert_eq!(picks, [0, 1, 2, 6, 0, 128, 3036, 65473, 587_023_570]);
     }
 
     // As printed (%.17g, %.9g): enough digits to name each value exactly.
