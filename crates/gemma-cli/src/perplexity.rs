@@ -47,6 +47,12 @@ pub struct PerplexityArgs {
     /// With --hellaswag: how many tasks to score, taken in llama-perplexity's random order.
     #[arg(long, default_value_t = gemma_core::hellaswag::DEFAULT_TASKS, value_name = "N")]
     pub hellaswag_tasks: usize,
+    /// Score the Winogrande tasks in --file (llama.cpp's CSV: index,sentence with _,choice 1,choice 2,answer).
+    #[arg(long, conflicts_with_all = ["prompt", "kl_divergence", "kl_divergence_base", "chunks", "hellaswag"])]
+    pub winogrande: bool,
+    /// With --winogrande: score N tasks taken in llama-perplexity's random order (0: all, in file order).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub winogrande_tasks: usize,
 }
 
 pub(crate) fn perplexity(common: &Common, args: &PerplexityArgs) -> Result<()> {
@@ -58,6 +64,9 @@ pub(crate) fn perplexity(common: &Common, args: &PerplexityArgs) -> Result<()> {
     }
     if args.hellaswag {
         return hellaswag(common, args);
+    }
+    if args.winogrande {
+        return winogrande(common, args);
     }
     if args.kl_divergence {
         if args.file.is_some() || args.prompt.is_some() || args.ctx_size.is_some() {
@@ -397,5 +406,80 @@ fn hellaswag(common: &Common, args: &PerplexityArgs) -> Result<()> {
         outln!("\n")?;
     }
     eprintln!("hellaswag: acc_norm {acc:.4}% [{:.4}%, {:.4}%] over {} tasks", 100.0 * a, 100.0 * b, scores.len());
+    Ok(())
+}
+
+/// `--winogrande`: llama-perplexity's Winogrande score, a line per task (running accuracy, both candidates'
+/// scores, the choice and the answer), the final score from 100 tasks on.
+fn winogrande(common: &Common, args: &PerplexityArgs) -> Result<()> {
+    use gemma_core::winogrande::{self, WinograndeError};
+    let Some(path) = &args.file else {
+        return Err(usage("--winogrande reads its tasks from a file: give -f FILE"));
+    };
+    let text = read_text_file(path)?;
+    let (tasks, skipped) =
+        winogrande::parse(&text).with_context(|| format!("cannot read the tasks in {}", path.display()))?;
+    for s in &skipped {
+        eprintln!("winogrande: {}:{} skipped: {}", path.display(), s.line, s.why);
+    }
+    let m = common.load()?;
+    let n_ctx = args.ctx_size.or(common.ctx).unwrap_or(m.model.config.context_length);
+    let available = tasks.len();
+    let tasks = winogrande::select(tasks, args.winogrande_tasks);
+    eprintln!("winogrande: {} of {available} tasks, {} threads", tasks.len(), m.pool.n_threads());
+    let json = args.json;
+    let mut correct = 0;
+    let mut out_err = None;
+    let cancel = crate::interrupt::cancel_flag_on_ctrl_c()?;
+    let result = winogrande::score(
+        &m.model,
+        &m.pool,
+        &m.tokenizer,
+        &tasks,
+        n_ctx,
+        &mut |i, score| {
+            correct += usize::from(score.correct());
+            if !json && out_err.is_none() {
+                let acc = 100.0 * correct as f64 / (i + 1) as f64;
+                let [a, b] = score.scores;
+                out_err = outln!("{}\t{acc:.4}\t{a:>10.6}  {b:>10.6}  {}  {}", i + 1, score.chosen, score.answer).err();
+            }
+        },
+        Some(&*cancel),
+    );
+    if let Err(WinograndeError::Cancelled) = result {
+        interrupted();
+    }
+    let scores = result?;
+    if let Some(e) = out_err {
+        return Err(e.into());
+    }
+    let done = scores.len();
+    // llama-perplexity gives its final score from 100 tasks on
+    let last = (done >= 100).then(|| winogrande::final_score(correct, done));
+    if json {
+        let per_task: Vec<serde_json::Value> = scores
+            .iter()
+            .map(|s| serde_json::json!({"scores": s.scores, "chosen": s.chosen, "answer": s.answer}))
+            .collect();
+        let report = serde_json::json!({
+            "tasks": done,
+            "correct": correct,
+            "accuracy": 100.0 * correct as f64 / done as f64,
+            "standard_error": last.map(|(_, sigma)| sigma),
+            "skipped_lines": skipped.len(),
+            "per_task": per_task,
+        });
+        outln!("{report}")?;
+    } else {
+        outln!("\n")?;
+    }
+    match last {
+        Some((score, sigma)) => eprintln!("Final Winogrande score({done} tasks): {score:.4} +/- {sigma:.4}"),
+        None => eprintln!(
+            "winogrande: {correct} of {done} right ({:.4}%); llama-perplexity gives a final score from 100 tasks on",
+            100.0 * correct as f64 / done as f64
+        ),
+    }
     Ok(())
 }

@@ -196,3 +196,55 @@ fn hellaswag_bad_input_gives_clear_errors() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+const WINOGRANDE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/winogrande/everyday-tasks.csv");
+
+/// `--winogrande` in llama-perplexity's format: a line per task (running accuracy, the two scores, the choice,
+/// the answer) for all 26 tasks (llama-perplexity's reader loses a file's last line; this does not). The
+/// scores themselves are checked against llama-perplexity in `gemma-core/tests/winogrande.rs`.
+#[test]
+fn winogrande_prints_llama_perplexity_lines() {
+    let text = ok(gemma(&["-f", WINOGRANDE, "--winogrande"]));
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 26, "{text}");
+    let mut correct = 0;
+    for (i, line) in lines.iter().enumerate() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f.len(), 6, "{line}");
+        assert_eq!(f[0], (i + 1).to_string());
+        correct += usize::from(f[4] == f[5]);
+        assert_eq!(f[1], format!("{:.4}", 100.0 * correct as f64 / (i + 1) as f64), "{line}");
+        for score in &f[2..4] {
+            let (whole, decimals) = score.split_once('.').expect("a decimal point");
+            assert!(whole.starts_with('-') && decimals.len() == 6, "{line}");
+        }
+    }
+    assert!(text.ends_with("\n\n\n"), "llama-perplexity's two empty lines at the end");
+
+    let text = ok(gemma(&["-f", WINOGRANDE, "--winogrande", "--winogrande-tasks", "3", "--json"]));
+    let report: Value = serde_json::from_str(&text).expect("one JSON object");
+    assert_eq!((report["tasks"].as_u64(), report["per_task"].as_array().map(Vec::len)), (Some(3), Some(3)));
+}
+
+#[test]
+fn winogrande_bad_input_gives_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let none = dir.path().join("none.csv");
+    std::fs::write(&none, "index,sentence,option1,option2,answer\n0,no blank,a,b,1\n").unwrap();
+    let some = dir.path().join("some.csv");
+    std::fs::write(&some, "0,A _ b.,x,y,1\n1,no blank,a,b,1\n2,A _ c.,x,y,5\n").unwrap();
+    let (none, some) = (none.to_str().unwrap(), some.to_str().unwrap());
+    let (code, err) = fails(gemma(&["--winogrande"]));
+    assert!(code == 2 && err.contains("-f FILE"), "{err}");
+    let (code, err) = fails(gemma(&["-f", none, "--winogrande"]));
+    assert!(code == 1 && err.contains("no task could be read") && err.contains("2 lines skipped"), "{err}");
+    let (code, err) = fails(gemma(&["-f", WINOGRANDE, "--winogrande", "--hellaswag"]));
+    assert!(code == 2 && err.contains("--hellaswag"), "{err}");
+    // unreadable lines are reported and skipped, as llama-perplexity skips them
+    let o = gemma(&["-f", some, "--winogrande"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    let text = ok(o);
+    assert_eq!(text.lines().filter(|l| !l.is_empty()).count(), 1, "{text}");
+    assert!(err.contains("some.csv:2 skipped: the sentence has no _"), "{err}");
+    assert!(err.contains("some.csv:3 skipped: the answer is not 1 or 2"), "{err}");
+}

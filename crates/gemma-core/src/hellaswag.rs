@@ -16,17 +16,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use gemma_ops::ThreadPool;
 
-use crate::kv_cache::MAX_UBATCH;
-use crate::perplexity::token_nll;
 use crate::random::Mt19937;
+use crate::task_scoring::{self, Query};
 use crate::tokenizer::Tokenizer;
-use crate::{Batch, BatchToken, KvCache, Model, ModelError, Scratch};
+use crate::{Model, ModelError, Scratch};
 
 /// llama-perplexity's default `--hellaswag-tasks`.
 pub const DEFAULT_TASKS: usize = 400;
-
-/// Rows of logits kept at once (each is a whole vocabulary: 1 MiB for Gemma 3).
-const MAX_LOGIT_ROWS: usize = 64;
 
 /// One task: a context, four endings, and which one is right.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,8 +133,8 @@ fn prepare(tokenizer: &Tokenizer, task: &HellaswagTask) -> Prepared {
     Prepared { seqs, common }
 }
 
-/// Scores `tasks` in order, calling `on_task(i, score)` after each. Setting `cancel` stops between two
-/// forward passes with [`HellaswagError::Cancelled`].
+/// Scores `tasks` in order, calling `on_task(i, score)` after each. Setting `cancel` stops between two tasks
+/// with [`HellaswagError::Cancelled`].
 pub fn score(
     model: &Model,
     pool: &ThreadPool,
@@ -150,52 +146,27 @@ pub fn score(
 ) -> Result<Vec<TaskScore>, HellaswagError> {
     let mut scratch = Scratch::default();
     let mut out = Vec::with_capacity(tasks.len());
-    let mut nlls: Vec<f64> = Vec::new();
     for (i, task) in tasks.iter().enumerate() {
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(HellaswagError::Cancelled);
+        }
         let p = prepare(tokenizer, task);
         let longest = p.seqs.iter().map(Vec::len).max().unwrap_or(0);
         if longest > n_ctx {
             return Err(HellaswagError::TooLong { tokens: longest, ctx: n_ctx });
         }
-        // Every sequence whole; logits from the prefix's last token to the one before the ending's last.
-        let mut all = Vec::new();
-        let mut targets = Vec::new();
-        for (s, seq) in p.seqs.iter().enumerate() {
-            for (pos, &token) in seq.iter().enumerate() {
-                let scored = pos + 1 >= p.common && pos + 1 < seq.len();
-                all.push(BatchToken { token, pos, seq: s, logits: scored });
-                if scored {
-                    targets.push((s, seq[pos + 1] as usize));
-                }
-            }
+        // each ending's tokens after the shared prefix, from the logits before each
+        let mut queries = Vec::new();
+        for (seq, tokens) in p.seqs.iter().enumerate() {
+            let first = p.common.max(1);
+            queries.extend((first..tokens.len()).map(|t| Query { seq, pos: t - 1, target: tokens[t] }));
         }
-        let mut caches: Vec<KvCache> = p.seqs.iter().map(|s| model.new_cache(s.len())).collect();
+        let lp = task_scoring::log_probs(model, pool, &mut scratch, &p.seqs, &queries)?;
         let mut sums = [0f64; 4];
         let mut counts = [0usize; 4];
-        let mut next_target = 0;
-        let mut start = 0;
-        while start < all.len() {
-            if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-                return Err(HellaswagError::Cancelled);
-            }
-            let (mut end, mut rows) = (start, 0);
-            while end < all.len() && end - start < MAX_UBATCH && rows + usize::from(all[end].logits) <= MAX_LOGIT_ROWS {
-                rows += usize::from(all[end].logits);
-                end += 1;
-            }
-            let pass = Batch { tokens: all[start..end].to_vec() };
-            model.forward_with(&pass, &mut caches, pool, &mut scratch)?;
-            let logits = &scratch.logits;
-            let pass_targets = &targets[next_target..next_target + logits.len()];
-            nlls.clear();
-            nlls.resize(pass_targets.len(), 0.0);
-            pool.for_chunks_mut(&mut nlls, 1, &|r, o| o[0] = token_nll(logits.row(r), pass_targets[r].1));
-            for (&(s, _), &nll) in pass_targets.iter().zip(&nlls) {
-                sums[s] -= nll;
-                counts[s] += 1;
-            }
-            next_target += pass_targets.len();
-            start = end;
+        for (q, v) in queries.iter().zip(lp) {
+            sums[q.seq] += v;
+            counts[q.seq] += 1;
         }
         let logprobs: [f64; 4] = std::array::from_fn(|s| sums[s] / counts[s].max(1) as f64);
         let mut chosen = 0;

@@ -18,8 +18,10 @@ pub mod quantize;
 pub mod random;
 pub mod sampling;
 pub mod stop;
+pub mod task_scoring;
 pub mod tokenizer;
 pub mod weights;
+pub mod winogrande;
 
 pub use batch::{Batch, BatchToken, Logits};
 pub use config::{Architecture, ModelConfig};

@@ -1,0 +1,84 @@
+//! The log-probabilities the multiple-choice benchmarks (HellaSwag, Winogrande) compare: each candidate text
+//! is a token sequence run whole from an empty cache, and a query asks for the log-probability of one token
+//! under the logits after one position. Only the positions some query needs get logits, in passes of at most
+//! [`MAX_UBATCH`] tokens and [`MAX_LOGIT_ROWS`] rows (each row is a whole vocabulary: 1 MiB for Gemma 3).
+
+use std::collections::HashMap;
+
+use gemma_ops::ThreadPool;
+
+use crate::kv_cache::MAX_UBATCH;
+use crate::perplexity::token_nll;
+use crate::{Batch, BatchToken, KvCache, Model, ModelError, Scratch};
+
+/// Rows of logits computed in one pass.
+pub const MAX_LOGIT_ROWS: usize = 64;
+
+/// The log-probability of `target` under the logits after position `pos` of sequence `seq`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Query {
+    pub seq: usize,
+    pub pos: usize,
+    pub target: u32,
+}
+
+/// Answers `queries` about `seqs`, in query order (natural-log probabilities).
+pub fn log_probs(
+    model: &Model,
+    pool: &ThreadPool,
+    scratch: &mut Scratch,
+    seqs: &[Vec<u32>],
+    queries: &[Query],
+) -> Result<Vec<f64>, ModelError> {
+    let mut asked: HashMap<(usize, usize), Vec<usize>> = HashMap::new();
+    for (i, q) in queries.iter().enumerate() {
+        asked.entry((q.seq, q.pos)).or_default().push(i);
+    }
+    let all: Vec<BatchToken> = seqs
+        .iter()
+        .enumerate()
+        .flat_map(|(seq, tokens)| {
+            let asked = &asked;
+            tokens.iter().enumerate().map(move |(pos, &token)| BatchToken {
+                token,
+                pos,
+                seq,
+                logits: asked.contains_key(&(seq, pos)),
+            })
+        })
+        .collect();
+    let mut caches: Vec<KvCache> = seqs.iter().map(|s| model.new_cache(s.len())).collect();
+    let mut out = vec![0f64; queries.len()];
+    let mut nlls: Vec<f64> = Vec::new();
+    let mut start = 0;
+    while start < all.len() {
+        let (mut end, mut rows) = (start, 0);
+        while end < all.len() && end - start < MAX_UBATCH && rows + usize::from(all[end].logits) <= MAX_LOGIT_ROWS {
+            rows += usize::from(all[end].logits);
+            end += 1;
+        }
+        let pass = Batch { tokens: all[start..end].to_vec() };
+        let logits = model.forward_with(&pass, &mut caches, pool, scratch)?;
+        // (row, query) pairs of this pass
+        let pairs: Vec<(usize, usize)> = logits
+            .batch_index
+            .iter()
+            .enumerate()
+            .flat_map(|(row, &b)| {
+                let t = &pass.tokens[b];
+                asked[&(t.seq, t.pos)].iter().map(move |&q| (row, q))
+            })
+            .collect();
+        nlls.clear();
+        nlls.resize(pairs.len(), 0.0);
+        pool.for_chunks_mut(&mut nlls, 1, &|i, o| {
+            let (row, q) = pairs[i];
+            o[0] = token_nll(logits.row(row), queries[q].target as usize);
+        });
+        for (&(_, q), &nll) in pairs.iter().zip(&nlls) {
+            out[q] = -nll;
+        }
+        start = end;
+    }
+    Ok(out)
+}
