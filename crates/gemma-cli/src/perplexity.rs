@@ -53,6 +53,15 @@ pub struct PerplexityArgs {
     /// With --winogrande: score N tasks taken in llama-perplexity's random order (0: all, in file order).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub winogrande_tasks: usize,
+    /// Score the multiple-choice tasks in --file (llama.cpp's binary format: its ARC, MMLU, TruthfulQA files).
+    #[arg(
+        long,
+        conflicts_with_all = ["prompt", "kl_divergence", "kl_divergence_base", "chunks", "hellaswag", "winogrande"]
+    )]
+    pub multiple_choice: bool,
+    /// With --multiple-choice: score N tasks taken in llama-perplexity's random order (0: all, in file order).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub multiple_choice_tasks: usize,
 }
 
 pub(crate) fn perplexity(common: &Common, args: &PerplexityArgs) -> Result<()> {
@@ -67,6 +76,9 @@ pub(crate) fn perplexity(common: &Common, args: &PerplexityArgs) -> Result<()> {
     }
     if args.winogrande {
         return winogrande(common, args);
+    }
+    if args.multiple_choice {
+        return multiple_choice(common, args);
     }
     if args.kl_divergence {
         if args.file.is_some() || args.prompt.is_some() || args.ctx_size.is_some() {
@@ -480,6 +492,77 @@ fn winogrande(common: &Common, args: &PerplexityArgs) -> Result<()> {
             "winogrande: {correct} of {done} right ({:.4}%); llama-perplexity gives a final score from 100 tasks on",
             100.0 * correct as f64 / done as f64
         ),
+    }
+    Ok(())
+}
+
+/// `--multiple-choice`: llama-perplexity's multiple-choice score, the running accuracy after every task, and
+/// its final result and chance level (from 100 tasks on, or whenever every task of the file was scored).
+fn multiple_choice(common: &Common, args: &PerplexityArgs) -> Result<()> {
+    use gemma_core::multiple_choice::{self, MultipleChoiceError};
+    let Some(path) = &args.file else {
+        return Err(usage("--multiple-choice reads its tasks from a file: give -f FILE"));
+    };
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let tasks =
+        multiple_choice::parse(&bytes).with_context(|| format!("cannot read the tasks in {}", path.display()))?;
+    let m = common.load()?;
+    let n_ctx = args.ctx_size.or(common.ctx).unwrap_or(m.model.config.context_length);
+    let available = tasks.len();
+    let tasks = multiple_choice::select(tasks, args.multiple_choice_tasks);
+    let subset = tasks.len() < available;
+    eprintln!("multiple-choice: {} of {available} tasks, {} threads", tasks.len(), m.pool.n_threads());
+    let json = args.json;
+    if !json {
+        outln!("\ntask\tacc_norm")?;
+    }
+    let mut correct = 0;
+    let mut out_err = None;
+    let cancel = crate::interrupt::cancel_flag_on_ctrl_c()?;
+    let result = multiple_choice::score(
+        &m.model,
+        &m.pool,
+        &m.tokenizer,
+        &tasks,
+        n_ctx,
+        &mut |i, score| {
+            correct += usize::from(score.correct);
+            if !json && out_err.is_none() {
+                out_err = outln!("{}\t{:.8}", i + 1, 100.0 * correct as f64 / (i + 1) as f64).err();
+            }
+        },
+        Some(&*cancel),
+    );
+    if let Err(MultipleChoiceError::Cancelled) = result {
+        interrupted();
+    }
+    let scores = result?;
+    if let Some(e) = out_err {
+        return Err(e.into());
+    }
+    let done = scores.len();
+    let answers: usize = tasks.iter().map(|t| t.mc1.answers.len()).sum();
+    // llama-perplexity leaves the final result out for a random subset of fewer than 100 tasks
+    let last = (done >= 100 || !subset).then(|| multiple_choice::final_result(correct, done, answers));
+    if json {
+        let per_task: Vec<serde_json::Value> = scores
+            .iter()
+            .map(|s| serde_json::json!({"logprobs": s.logprobs, "chosen": s.chosen, "correct": s.correct}))
+            .collect();
+        let report = serde_json::json!({
+            "tasks": done,
+            "correct": correct,
+            "accuracy": 100.0 * correct as f64 / done as f64,
+            "random_chance": 100.0 * done as f64 / answers as f64,
+            "per_task": per_task,
+        });
+        outln!("{report}")?;
+    } else {
+        outln!("{}", if last.is_some() { "\n" } else { "" })?;
+    }
+    if let Some([(acc, e), (chance, ce)]) = last {
+        eprintln!("Final result: {acc:.4} +/- {e:.4}");
+        eprintln!("Random chance: {chance:.4} +/- {ce:.4}");
     }
     Ok(())
 }

@@ -248,3 +248,57 @@ fn winogrande_bad_input_gives_clear_errors() {
     assert!(err.contains("some.csv:2 skipped: the sentence has no _"), "{err}");
     assert!(err.contains("some.csv:3 skipped: the answer is not 1 or 2"), "{err}");
 }
+
+const MULTIPLE_CHOICE: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/multiple-choice/everyday-questions.bin");
+
+/// `--multiple-choice` on llama.cpp's binary task format (`everyday-questions.bin`: 20 questions written for
+/// this test, made from `everyday-questions.txt` by `scripts/multiple_choice_file.py`) prints llama-perplexity's
+/// table, character for character (recorded from `llama-perplexity -m gemma-3-270m-q4_k_m.gguf -f
+/// everyday-questions.bin --multiple-choice -t 2 -np 8`, its two lines of progress dots left out).
+#[test]
+fn multiple_choice_scores_as_llama_perplexity() {
+    let bytes = std::fs::read(MULTIPLE_CHOICE).unwrap();
+    let tasks = gemma_core::multiple_choice::parse(&bytes).expect("the file reads");
+    assert_eq!(gemma_core::multiple_choice::to_bytes(&tasks), bytes, "our writer gives the script's bytes");
+    let text = ok(gemma(&["-f", MULTIPLE_CHOICE, "--multiple-choice"]));
+    let want = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/multiple-choice/everyday-questions.llama-perplexity.txt"
+    ))
+    .unwrap();
+    assert_eq!(text, want);
+    let text = ok(gemma(&["-f", MULTIPLE_CHOICE, "--multiple-choice", "--multiple-choice-tasks", "4", "--json"]));
+    let report: Value = serde_json::from_str(&text).expect("one JSON object");
+    assert_eq!(report["per_task"].as_array().map(Vec::len), Some(4));
+}
+
+#[test]
+fn multiple_choice_bad_input_gives_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(MULTIPLE_CHOICE).unwrap();
+    let cut = dir.path().join("cut.bin");
+    std::fs::write(&cut, &bytes[..bytes.len() - 3]).unwrap();
+    let text = dir.path().join("text.bin");
+    std::fs::write(&text, "just some text that is not a task file\n").unwrap();
+    let empty_answer = dir.path().join("empty.bin");
+    let mut tasks = gemma_core::multiple_choice::parse(&bytes).unwrap();
+    tasks[2].mc1.answers[1].clear();
+    std::fs::write(&empty_answer, gemma_core::multiple_choice::to_bytes(&tasks)).unwrap();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let cases: [(Vec<String>, i32, &[&str]); 4] = [
+        (vec!["--multiple-choice".into()], 2, &["-f FILE"]),
+        (vec!["-f".into(), path(&cut), "--multiple-choice".into()], 1, &["cut or damaged", "past the end"]),
+        (vec!["-f".into(), path(&text), "--multiple-choice".into()], 1, &["cut or damaged"]),
+        (vec!["-f".into(), path(&empty_answer), "--multiple-choice".into()], 1, &["task 3", "an empty answer"]),
+    ];
+    for (args, code, wanted) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (got, err) = fails(gemma(&args));
+        assert_eq!(got, code, "{args:?}: {err}");
+        for w in wanted {
+            assert!(err.contains(w), "{args:?}: no '{w}' in {err}");
+        }
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use gemma_ops::ThreadPool;
 
 use crate::random::Mt19937;
-use crate::task_scoring::{self, Query};
+use crate::task_scoring;
 use crate::tokenizer::Tokenizer;
 use crate::{Model, ModelError, Scratch};
 
@@ -115,24 +115,6 @@ pub fn wilson_interval(correct: usize, n: usize) -> (f64, f64) {
     ((freq + z * 0.5 - cnf) / (1.0 + z), (freq + z * 0.5 + cnf) / (1.0 + z))
 }
 
-/// A task's four token sequences and the length of the prefix they share (at most the shortest less one, so
-/// every ending scores at least one token).
-struct Prepared {
-    seqs: [Vec<u32>; 4],
-    common: usize,
-}
-
-fn prepare(tokenizer: &Tokenizer, task: &HellaswagTask) -> Prepared {
-    let seqs =
-        task.endings.clone().map(|e| tokenizer.encode(&format!("{} {e}", task.context), tokenizer.add_bos(), false));
-    let shortest = seqs.iter().map(Vec::len).min().unwrap_or(0);
-    let mut common = 0;
-    while common + 1 < shortest && seqs.iter().all(|s| s[common] == seqs[0][common]) {
-        common += 1;
-    }
-    Prepared { seqs, common }
-}
-
 /// Scores `tasks` in order, calling `on_task(i, score)` after each. Setting `cancel` stops between two tasks
 /// with [`HellaswagError::Cancelled`].
 pub fn score(
@@ -150,31 +132,16 @@ pub fn score(
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
             return Err(HellaswagError::Cancelled);
         }
-        let p = prepare(tokenizer, task);
-        let longest = p.seqs.iter().map(Vec::len).max().unwrap_or(0);
+        let bos = tokenizer.add_bos();
+        let seqs: Vec<Vec<u32>> =
+            task.endings.iter().map(|e| tokenizer.encode(&format!("{} {e}", task.context), bos, false)).collect();
+        let longest = seqs.iter().map(Vec::len).max().unwrap_or(0);
         if longest > n_ctx {
             return Err(HellaswagError::TooLong { tokens: longest, ctx: n_ctx });
         }
-        // each ending's tokens after the shared prefix, from the logits before each
-        let mut queries = Vec::new();
-        for (seq, tokens) in p.seqs.iter().enumerate() {
-            let first = p.common.max(1);
-            queries.extend((first..tokens.len()).map(|t| Query { seq, pos: t - 1, target: tokens[t] }));
-        }
-        let lp = task_scoring::log_probs(model, pool, &mut scratch, &p.seqs, &queries)?;
-        let mut sums = [0f64; 4];
-        let mut counts = [0usize; 4];
-        for (q, v) in queries.iter().zip(lp) {
-            sums[q.seq] += v;
-            counts[q.seq] += 1;
-        }
-        let logprobs: [f64; 4] = std::array::from_fn(|s| sums[s] / counts[s].max(1) as f64);
-        let mut chosen = 0;
-        for s in 1..4 {
-            if logprobs[s] > logprobs[chosen] {
-                chosen = s;
-            }
-        }
+        let means = task_scoring::mean_continuation_log_probs(model, pool, &mut scratch, &seqs)?;
+        let logprobs: [f64; 4] = std::array::from_fn(|s| means[s]);
+        let chosen = task_scoring::first_max(&logprobs);
         let result = TaskScore { logprobs, chosen, gold: task.gold };
         on_task(i, &result);
         out.push(result);

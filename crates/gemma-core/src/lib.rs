@@ -13,6 +13,7 @@ pub mod hellaswag;
 pub mod imatrix;
 pub mod kv_cache;
 pub mod model;
+pub mod multiple_choice;
 pub mod perplexity;
 pub mod quantize;
 pub mod random;

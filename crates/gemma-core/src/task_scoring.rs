@@ -1,4 +1,5 @@
-//! The log-probabilities the multiple-choice benchmarks (HellaSwag, Winogrande) compare: each candidate text
+//! The log-probabilities the multiple-choice benchmarks (HellaSwag, Winogrande, llama.cpp's multiple-choice
+//! files) compare: each candidate text
 //! is a token sequence run whole from an empty cache, and a query asks for the log-probability of one token
 //! under the logits after one position. Only the positions some query needs get logits, in passes of at most
 //! [`MAX_UBATCH`] tokens and [`MAX_LOGIT_ROWS`] rows (each row is a whole vocabulary: 1 MiB for Gemma 3).
@@ -81,4 +82,49 @@ pub fn log_probs(
         start = end;
     }
     Ok(out)
+}
+
+/// The tokens every sequence starts with (at most the shortest less one, so each has a token to score).
+pub fn common_prefix(seqs: &[Vec<u32>]) -> usize {
+    let shortest = seqs.iter().map(Vec::len).min().unwrap_or(0);
+    let mut common = 0;
+    while common + 1 < shortest && seqs.iter().all(|s| s[common] == seqs[0][common]) {
+        common += 1;
+    }
+    common
+}
+
+/// For each sequence, the mean log-probability of its tokens after the prefix all share (llama-perplexity's
+/// HellaSwag and multiple-choice score of a candidate continuation).
+pub fn mean_continuation_log_probs(
+    model: &Model,
+    pool: &ThreadPool,
+    scratch: &mut Scratch,
+    seqs: &[Vec<u32>],
+) -> Result<Vec<f64>, ModelError> {
+    let first = common_prefix(seqs).max(1);
+    let queries: Vec<Query> = seqs
+        .iter()
+        .enumerate()
+        .flat_map(|(seq, tokens)| (first..tokens.len()).map(move |t| Query { seq, pos: t - 1, target: tokens[t] }))
+        .collect();
+    let lp = log_probs(model, pool, scratch, seqs, &queries)?;
+    let mut sums = vec![0f64; seqs.len()];
+    let mut counts = vec![0usize; seqs.len()];
+    for (q, v) in queries.iter().zip(lp) {
+        sums[q.seq] += v;
+        counts[q.seq] += 1;
+    }
+    Ok(sums.iter().zip(&counts).map(|(s, &c)| s / c.max(1) as f64).collect())
+}
+
+/// The index of the largest value (the first of equals).
+pub fn first_max(values: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate().skip(1) {
+        if v > values[best] {
+            best = i;
+        }
+    }
+    best
 }
