@@ -11,6 +11,8 @@ use gemma_core::perplexity::{
     self, ChunkPlan, DivergenceStats, LogProbReader, LogProbWriter, NllStats, PerplexityError, Scoring,
 };
 
+use gemma_core::task_scoring::ScoringError;
+
 use crate::commands::{usage, Common};
 
 #[derive(Args, Debug)]
@@ -347,17 +349,14 @@ pub(crate) fn read_text_file(path: &Path) -> Result<String> {
 
 /// `--hellaswag`: llama-perplexity's HellaSwag score, its running accuracy line after every task.
 fn hellaswag(common: &Common, args: &PerplexityArgs) -> Result<()> {
-    use gemma_core::hellaswag::{self, HellaswagError};
+    use gemma_core::hellaswag;
     if args.hellaswag_tasks == 0 {
         return Err(usage("--hellaswag-tasks must be at least 1"));
     }
-    let Some(path) = &args.file else {
-        return Err(usage("--hellaswag reads its tasks from a file: give -f FILE"));
-    };
+    let path = task_file(args, "--hellaswag")?;
     let text = read_text_file(path)?;
     let tasks = hellaswag::parse(&text).with_context(|| format!("cannot read the tasks in {}", path.display()))?;
-    let m = common.load()?;
-    let n_ctx = args.ctx_size.or(common.ctx).unwrap_or(m.model.config.context_length);
+    let (m, n_ctx) = load_for_tasks(common, args)?;
     let available = tasks.len();
     let tasks = hellaswag::select(tasks, args.hellaswag_tasks);
     eprintln!(
@@ -388,7 +387,7 @@ fn hellaswag(common: &Common, args: &PerplexityArgs) -> Result<()> {
         },
         Some(&*cancel),
     );
-    if let Err(HellaswagError::Cancelled) = result {
+    if let Err(ScoringError::Cancelled) = result {
         interrupted();
     }
     let scores = result?;
@@ -424,18 +423,15 @@ fn hellaswag(common: &Common, args: &PerplexityArgs) -> Result<()> {
 /// `--winogrande`: llama-perplexity's Winogrande score, a line per task (running accuracy, both candidates'
 /// scores, the choice and the answer), the final score from 100 tasks on.
 fn winogrande(common: &Common, args: &PerplexityArgs) -> Result<()> {
-    use gemma_core::winogrande::{self, WinograndeError};
-    let Some(path) = &args.file else {
-        return Err(usage("--winogrande reads its tasks from a file: give -f FILE"));
-    };
+    use gemma_core::winogrande;
+    let path = task_file(args, "--winogrande")?;
     let text = read_text_file(path)?;
     let (tasks, skipped) =
         winogrande::parse(&text).with_context(|| format!("cannot read the tasks in {}", path.display()))?;
     for s in &skipped {
         eprintln!("winogrande: {}:{} skipped: {}", path.display(), s.line, s.why);
     }
-    let m = common.load()?;
-    let n_ctx = args.ctx_size.or(common.ctx).unwrap_or(m.model.config.context_length);
+    let (m, n_ctx) = load_for_tasks(common, args)?;
     let available = tasks.len();
     let tasks = winogrande::select(tasks, args.winogrande_tasks);
     eprintln!("winogrande: {} of {available} tasks, {} threads", tasks.len(), m.pool.n_threads());
@@ -459,7 +455,7 @@ fn winogrande(common: &Common, args: &PerplexityArgs) -> Result<()> {
         },
         Some(&*cancel),
     );
-    if let Err(WinograndeError::Cancelled) = result {
+    if let Err(ScoringError::Cancelled) = result {
         interrupted();
     }
     let scores = result?;
@@ -500,14 +496,11 @@ fn winogrande(common: &Common, args: &PerplexityArgs) -> Result<()> {
 /// its final result and chance level (from 100 tasks on, or whenever every task of the file was scored).
 fn multiple_choice(common: &Common, args: &PerplexityArgs) -> Result<()> {
     use gemma_core::multiple_choice::{self, MultipleChoiceError};
-    let Some(path) = &args.file else {
-        return Err(usage("--multiple-choice reads its tasks from a file: give -f FILE"));
-    };
+    let path = task_file(args, "--multiple-choice")?;
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let tasks =
         multiple_choice::parse(&bytes).with_context(|| format!("cannot read the tasks in {}", path.display()))?;
-    let m = common.load()?;
-    let n_ctx = args.ctx_size.or(common.ctx).unwrap_or(m.model.config.context_length);
+    let (m, n_ctx) = load_for_tasks(common, args)?;
     let available = tasks.len();
     let tasks = multiple_choice::select(tasks, args.multiple_choice_tasks);
     let subset = tasks.len() < available;
@@ -533,7 +526,7 @@ fn multiple_choice(common: &Common, args: &PerplexityArgs) -> Result<()> {
         },
         Some(&*cancel),
     );
-    if let Err(MultipleChoiceError::Cancelled) = result {
+    if let Err(MultipleChoiceError::Scoring(ScoringError::Cancelled)) = result {
         interrupted();
     }
     let scores = result?;
@@ -565,4 +558,16 @@ fn multiple_choice(common: &Common, args: &PerplexityArgs) -> Result<()> {
         eprintln!("Random chance: {chance:.4} +/- {ce:.4}");
     }
     Ok(())
+}
+
+/// A task benchmark's file: `-f`, required.
+fn task_file<'a>(args: &'a PerplexityArgs, flag: &str) -> Result<&'a Path> {
+    args.file.as_deref().ok_or_else(|| usage(format!("{flag} reads its tasks from a file: give -f FILE")))
+}
+
+/// The model, and the tokens one candidate may take (`-c`, else the model's context).
+fn load_for_tasks(common: &Common, args: &PerplexityArgs) -> Result<(crate::commands::Loaded, usize)> {
+    let m = common.load()?;
+    let n_ctx = args.ctx_size.or(common.ctx).unwrap_or(m.model.config.context_length);
+    Ok((m, n_ctx))
 }

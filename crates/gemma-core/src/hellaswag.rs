@@ -12,14 +12,14 @@
 //! from the first one after that prefix. Where llama-perplexity runs the prefix once for four sequences, each
 //! sequence runs whole here (the same positions and tokens, so the same probabilities up to float rounding).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use gemma_ops::ThreadPool;
 
 use crate::random::Mt19937;
-use crate::task_scoring;
+use crate::task_scoring::{self, ScoringError};
 use crate::tokenizer::Tokenizer;
-use crate::{Model, ModelError, Scratch};
+use crate::{Model, Scratch};
 
 /// llama-perplexity's default `--hellaswag-tasks`.
 pub const DEFAULT_TASKS: usize = 400;
@@ -59,12 +59,6 @@ pub enum HellaswagError {
     Empty,
     #[error("task on lines {line}..: the right ending is given as '{value}', not 0, 1, 2 or 3")]
     Gold { line: usize, value: String },
-    #[error("a task needs {tokens} tokens for one ending, more than the context of {ctx}")]
-    TooLong { tokens: usize, ctx: usize },
-    #[error("stopped before the end")]
-    Cancelled,
-    #[error(transparent)]
-    Model(#[from] ModelError),
 }
 
 /// The tasks of a llama.cpp HellaSwag file, in file order.
@@ -82,13 +76,9 @@ pub fn parse(text: &str) -> Result<Vec<HellaswagTask>, HellaswagError> {
         .chunks_exact(6)
         .enumerate()
         .map(|(i, l)| {
-            let gold = leading_int(l[1]).filter(|g| (0..4).contains(g));
+            let gold = l[1].trim().parse::<usize>().ok().filter(|g| *g < 4);
             let gold = gold.ok_or_else(|| HellaswagError::Gold { line: 6 * i + 1, value: l[1].to_string() })?;
-            Ok(HellaswagTask {
-                context: l[0].to_string(),
-                gold: gold as usize,
-                endings: [l[2], l[3], l[4], l[5]].map(str::to_string),
-            })
+            Ok(HellaswagTask { context: l[0].to_string(), gold, endings: [l[2], l[3], l[4], l[5]].map(str::to_string) })
         })
         .collect()
 }
@@ -116,7 +106,7 @@ pub fn wilson_interval(correct: usize, n: usize) -> (f64, f64) {
 }
 
 /// Scores `tasks` in order, calling `on_task(i, score)` after each. Setting `cancel` stops between two tasks
-/// with [`HellaswagError::Cancelled`].
+/// with [`ScoringError::Cancelled`].
 pub fn score(
     model: &Model,
     pool: &ThreadPool,
@@ -125,36 +115,17 @@ pub fn score(
     n_ctx: usize,
     on_task: &mut dyn FnMut(usize, &TaskScore),
     cancel: Option<&AtomicBool>,
-) -> Result<Vec<TaskScore>, HellaswagError> {
+) -> Result<Vec<TaskScore>, ScoringError> {
     let mut scratch = Scratch::default();
-    let mut out = Vec::with_capacity(tasks.len());
-    for (i, task) in tasks.iter().enumerate() {
-        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-            return Err(HellaswagError::Cancelled);
-        }
-        let bos = tokenizer.add_bos();
+    let bos = tokenizer.add_bos();
+    task_scoring::score_each(tasks, cancel, on_task, |task| {
         let seqs: Vec<Vec<u32>> =
             task.endings.iter().map(|e| tokenizer.encode(&format!("{} {e}", task.context), bos, false)).collect();
-        let longest = seqs.iter().map(Vec::len).max().unwrap_or(0);
-        if longest > n_ctx {
-            return Err(HellaswagError::TooLong { tokens: longest, ctx: n_ctx });
-        }
+        task_scoring::check_fits(&seqs, n_ctx)?;
         let means = task_scoring::mean_continuation_log_probs(model, pool, &mut scratch, &seqs)?;
         let logprobs: [f64; 4] = std::array::from_fn(|s| means[s]);
-        let chosen = task_scoring::first_max(&logprobs);
-        let result = TaskScore { logprobs, chosen, gold: task.gold };
-        on_task(i, &result);
-        out.push(result);
-    }
-    Ok(out)
-}
-
-/// The integer at the start of `s`, as C++'s `std::stoi` reads it.
-fn leading_int(s: &str) -> Option<i64> {
-    let t = s.trim_start();
-    let sign = usize::from(t.starts_with(['-', '+']));
-    let digits = t[sign..].bytes().take_while(u8::is_ascii_digit).count();
-    t[..sign + digits].parse().ok().filter(|_| digits > 0)
+        Ok(TaskScore { logprobs, chosen: task_scoring::first_max(&logprobs), gold: task.gold })
+    })
 }
 
 #[cfg(test)]

@@ -8,17 +8,15 @@
 //! a question string and two answer sets (`mc1`, one right answer, the one scored; `mc2`, read and not
 //! used, as llama-perplexity), a set being a `u32` count (at most 100), that many strings and that many `i32`
 //! labels (1 = right); a string is a `u32` length and its bytes. `--multiple-choice-tasks N` picks N tasks in
-//! llama-perplexity's random order (`std::mt19937` seeded with 1, `int(2^-32 * rng() * left)` in float, the
-//! last index swapped into the hole).
+//! llama-perplexity's random order ([`task_scoring::pick_in_llama_order`]).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use gemma_ops::ThreadPool;
 
-use crate::random::Mt19937;
-use crate::task_scoring;
+use crate::task_scoring::{self, ScoringError};
 use crate::tokenizer::Tokenizer;
-use crate::{Model, ModelError, Scratch};
+use crate::{Model, Scratch};
 
 /// llama-perplexity's limit on the answers of one set.
 pub const MAX_ANSWERS: u32 = 100;
@@ -59,12 +57,8 @@ pub enum MultipleChoiceError {
     Damaged { at: usize, what: String },
     #[error("task {task}: {what}")]
     BadTask { task: usize, what: &'static str },
-    #[error("a task needs {tokens} tokens for one answer, more than the context of {ctx}")]
-    TooLong { tokens: usize, ctx: usize },
-    #[error("stopped before the end")]
-    Cancelled,
     #[error(transparent)]
-    Model(#[from] ModelError),
+    Scoring(#[from] ScoringError),
 }
 
 struct Reader<'a> {
@@ -132,21 +126,9 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<MultipleChoiceTask>, MultipleChoiceErro
 }
 
 /// `n` tasks picked in llama-perplexity's random order; all, in file order, when `n` is 0 or not below their
-/// number.
+/// number ([`task_scoring::pick_in_llama_order`]).
 pub fn select(tasks: Vec<MultipleChoiceTask>, n: usize) -> Vec<MultipleChoiceTask> {
-    if n == 0 || n >= tasks.len() {
-        return tasks;
-    }
-    let mut rng = Mt19937::new(1);
-    let scale = 1.0 / (1.0 + u32::MAX as f32);
-    let mut left: Vec<usize> = (0..tasks.len()).collect();
-    let mut picked = Vec::with_capacity(n);
-    for _ in 0..n {
-        let j = ((scale * rng.next_u32() as f32 * left.len() as f32) as usize).min(left.len() - 1);
-        picked.push(tasks[left[j]].clone());
-        left.swap_remove(j);
-    }
-    picked
+    task_scoring::pick_in_llama_order(tasks, n)
 }
 
 /// Scores `tasks` in order, calling `on_task(i, score)` after each. Setting `cancel` stops between two tasks.
@@ -171,26 +153,17 @@ pub fn score(
         }
     }
     let mut scratch = Scratch::default();
-    let mut out = Vec::with_capacity(tasks.len());
     let bos = tokenizer.add_bos();
-    for (i, task) in tasks.iter().enumerate() {
-        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-            return Err(MultipleChoiceError::Cancelled);
-        }
+    let scores = task_scoring::score_each(tasks, cancel, on_task, |task| {
         let seqs: Vec<Vec<u32>> =
             task.mc1.answers.iter().map(|a| tokenizer.encode(&format!("{} {a}", task.question), bos, false)).collect();
-        let longest = seqs.iter().map(Vec::len).max().unwrap_or(0);
-        if longest > n_ctx {
-            return Err(MultipleChoiceError::TooLong { tokens: longest, ctx: n_ctx });
-        }
+        task_scoring::check_fits(&seqs, n_ctx)?;
         let logprobs = task_scoring::mean_continuation_log_probs(model, pool, &mut scratch, &seqs)?;
         let chosen = task_scoring::first_max(&logprobs);
         let correct = task.mc1.labels.get(chosen) == Some(&1);
-        let result = TaskScore { logprobs, chosen, correct };
-        on_task(i, &result);
-        out.push(result);
-    }
-    Ok(out)
+        Ok(TaskScore { logprobs, chosen, correct })
+    })?;
+    Ok(scores)
 }
 
 /// Serializes tasks in the file format (for tests and for making task files).

@@ -5,12 +5,72 @@
 //! [`MAX_UBATCH`] tokens and [`MAX_LOGIT_ROWS`] rows (each row is a whole vocabulary: 1 MiB for Gemma 3).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use gemma_ops::ThreadPool;
 
 use crate::kv_cache::MAX_UBATCH;
 use crate::perplexity::token_nll;
+use crate::random::Mt19937;
 use crate::{Batch, BatchToken, KvCache, Model, ModelError, Scratch};
+
+/// Why a benchmark run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ScoringError {
+    #[error("a task needs {tokens} tokens for one candidate, more than the context of {ctx}")]
+    TooLong { tokens: usize, ctx: usize },
+    #[error("stopped before the end")]
+    Cancelled,
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+/// Scores `tasks` in order with `score_one`, calling `on_task(i, score)` after each; setting `cancel` stops
+/// between two tasks with [`ScoringError::Cancelled`].
+pub fn score_each<T, S>(
+    tasks: &[T],
+    cancel: Option<&AtomicBool>,
+    on_task: &mut dyn FnMut(usize, &S),
+    mut score_one: impl FnMut(&T) -> Result<S, ScoringError>,
+) -> Result<Vec<S>, ScoringError> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for (i, task) in tasks.iter().enumerate() {
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(ScoringError::Cancelled);
+        }
+        let score = score_one(task)?;
+        on_task(i, &score);
+        out.push(score);
+    }
+    Ok(out)
+}
+
+/// An error unless every sequence fits in `n_ctx` tokens.
+pub fn check_fits(seqs: &[Vec<u32>], n_ctx: usize) -> Result<(), ScoringError> {
+    match seqs.iter().map(Vec::len).max() {
+        Some(tokens) if tokens > n_ctx => Err(ScoringError::TooLong { tokens, ctx: n_ctx }),
+        _ => Ok(()),
+    }
+}
+
+/// `n` of `tasks` in the random order llama-perplexity's Winogrande and multiple-choice modes pick them
+/// (`std::mt19937` seeded with 1, `int(2^-32 * rng() * left)` in float, the last index swapped into the
+/// hole); all, in order, when `n` is 0 or not below their number.
+pub fn pick_in_llama_order<T: Clone>(tasks: Vec<T>, n: usize) -> Vec<T> {
+    if n == 0 || n >= tasks.len() {
+        return tasks;
+    }
+    let mut rng = Mt19937::new(1);
+    let scale = 1.0 / (1.0 + u32::MAX as f32);
+    let mut left: Vec<usize> = (0..tasks.len()).collect();
+    let mut picked = Vec::with_capacity(n);
+    for _ in 0..n {
+        let j = ((scale * rng.next_u32() as f32 * left.len() as f32) as usize).min(left.len() - 1);
+        picked.push(tasks[left[j]].clone());
+        left.swap_remove(j);
+    }
+    picked
+}
 
 /// Rows of logits computed in one pass.
 pub const MAX_LOGIT_ROWS: usize = 64;

@@ -5,22 +5,21 @@
 //!
 //! The file is llama.cpp's CSV (`index,sentence,choice 1,choice 2,answer`, the sentence optionally quoted, the
 //! answer 1 or 2). Lines it cannot read are skipped and reported, as llama-perplexity skips them.
-//! `--winogrande-tasks N` picks N tasks in llama-perplexity's random order (`std::mt19937` seeded with 1, a
-//! float-scaled draw over the tasks left, the last swapped into the hole).
+//! `--winogrande-tasks N` picks N tasks in llama-perplexity's random order
+//! ([`task_scoring::pick_in_llama_order`]).
 //!
 //! One quirk kept for the same numbers: where the candidates are scored too, llama-perplexity scores the
 //! second candidate's first token under the logits after the *first* sequence's last token (its code marks
 //! this "FIXME: this uses the wrong first logits"); so does this, so that the scores are the scores users
 //! compare with llama.cpp's.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use gemma_ops::ThreadPool;
 
-use crate::random::Mt19937;
-use crate::task_scoring::{self, Query};
+use crate::task_scoring::{self, Query, ScoringError};
 use crate::tokenizer::Tokenizer;
-use crate::{Model, ModelError, Scratch};
+use crate::{Model, Scratch};
 
 /// Below this many tokens after the shared prefix, the candidates' tokens are scored too.
 const MIN_TRAILING_TOKENS: usize = 3;
@@ -61,12 +60,6 @@ impl TaskScore {
 pub enum WinograndeError {
     #[error("no task could be read from the file ({skipped} lines skipped)")]
     Empty { skipped: usize },
-    #[error("a task needs {tokens} tokens, more than the context of {ctx}")]
-    TooLong { tokens: usize, ctx: usize },
-    #[error("stopped before the end")]
-    Cancelled,
-    #[error(transparent)]
-    Model(#[from] ModelError),
 }
 
 /// The tasks of a llama.cpp Winogrande CSV file, in file order, and the lines skipped.
@@ -124,22 +117,9 @@ fn parse_line(line: &str) -> Result<WinograndeTask, &'static str> {
 }
 
 /// `n` tasks picked in llama-perplexity's random order; all, in file order, when `n` is 0 or not below their
-/// number.
+/// number ([`task_scoring::pick_in_llama_order`]).
 pub fn select(tasks: Vec<WinograndeTask>, n: usize) -> Vec<WinograndeTask> {
-    if n == 0 || n >= tasks.len() {
-        return tasks;
-    }
-    let mut rng = Mt19937::new(1);
-    let scale = 1.0 / (1.0 + u32::MAX as f32);
-    let mut left: Vec<usize> = (0..tasks.len()).collect();
-    let mut picked = Vec::with_capacity(n);
-    for _ in 0..n {
-        // llama-perplexity's `int(scale*rng()*aux.size())`, in float
-        let j = ((scale * rng.next_u32() as f32 * left.len() as f32) as usize).min(left.len() - 1);
-        picked.push(tasks[left[j]].clone());
-        left.swap_remove(j);
-    }
-    picked
+    task_scoring::pick_in_llama_order(tasks, n)
 }
 
 /// A task's two sequences and where their scoring starts.
@@ -191,18 +171,11 @@ pub fn score(
     n_ctx: usize,
     on_task: &mut dyn FnMut(usize, &TaskScore),
     cancel: Option<&AtomicBool>,
-) -> Result<Vec<TaskScore>, WinograndeError> {
+) -> Result<Vec<TaskScore>, ScoringError> {
     let mut scratch = Scratch::default();
-    let mut out = Vec::with_capacity(tasks.len());
-    for (i, task) in tasks.iter().enumerate() {
-        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-            return Err(WinograndeError::Cancelled);
-        }
+    task_scoring::score_each(tasks, cancel, on_task, |task| {
         let p = prepare(tokenizer, task);
-        let longest = p.seqs.iter().map(Vec::len).max().unwrap_or(0);
-        if longest > n_ctx {
-            return Err(WinograndeError::TooLong { tokens: longest, ctx: n_ctx });
-        }
+        task_scoring::check_fits(&p.seqs, n_ctx)?;
         let [q0, q1] = queries(&p);
         let all: Vec<Query> = q0.iter().chain(&q1).copied().collect();
         let lp = task_scoring::log_probs(model, pool, &mut scratch, &p.seqs, &all)?;
@@ -210,11 +183,8 @@ pub fn score(
         let mean = |v: &[f64]| v.iter().fold(0f32, |s, &x| s + x as f32) / v.len().max(1) as f32;
         let scores = [mean(lp0), mean(lp1)];
         let chosen = if scores[0] > scores[1] { 1 } else { 2 };
-        let result = TaskScore { scores, chosen, answer: task.answer };
-        on_task(i, &result);
-        out.push(result);
-    }
-    Ok(out)
+        Ok(TaskScore { scores, chosen, answer: task.answer })
+    })
 }
 
 /// The final score llama-perplexity prints from 100 tasks on: the accuracy and its standard error, in percent

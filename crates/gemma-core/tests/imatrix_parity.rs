@@ -9,7 +9,6 @@ use std::path::Path;
 use common::default_model;
 use gemma_core::imatrix::{self, Collector};
 use gemma_core::perplexity::{self, ChunkPlan, NllStats, Scoring};
-use gemma_core::quantize::{FileType, QuantizeOptions};
 use gemma_core::Model;
 use gemma_io::imatrix::Imatrix;
 
@@ -142,14 +141,7 @@ fn lighthouses_matrix_matches_llama_imatrix() {
 /// single columns 0.44%.
 #[test]
 fn f32_model_matrix_matches_llama_imatrix_closely() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let f32_path = dir.path().join("f32.gguf");
-    let mut options = QuantizeOptions::new(FileType::AllF32);
-    options.allow_requantize = true;
-    options.threads = 2;
-    let source = gemma_fetch::resolve_model(gemma_fetch::DEFAULT_MODEL).expect("default model");
-    gemma_core::quantize::quantize_file(&source, &f32_path, &options, &mut |_| {}).expect("F32 file");
-    let model = Model::open(&f32_path).expect("F32 model");
+    let (_dir, model) = common::f32_default_model();
     let (d, _) = run_and_compare(&model, LLAMA_F32, false);
     eprintln!("F32 model, difference from llama-imatrix: {d:?}");
     assert!(d.layer0_qkv < 1e-5, "{d:?}");

@@ -9,9 +9,7 @@
 
 mod common;
 
-use gemma_core::quantize::{FileType, QuantizeOptions};
 use gemma_core::winogrande;
-use gemma_core::Model;
 
 const TASKS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/winogrande/everyday-tasks.csv");
 const LLAMA_F32: &str =
@@ -32,14 +30,7 @@ fn llama_lines() -> Vec<(f32, f32, u8, u8)> {
 
 #[test]
 fn f32_scores_match_llama_perplexity() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let f32_path = dir.path().join("f32.gguf");
-    let mut options = QuantizeOptions::new(FileType::AllF32);
-    options.allow_requantize = true;
-    options.threads = 2;
-    let source = gemma_fetch::resolve_model(gemma_fetch::DEFAULT_MODEL).expect("default model");
-    gemma_core::quantize::quantize_file(&source, &f32_path, &options, &mut |_| {}).expect("F32 file");
-    let model = Model::open(&f32_path).expect("F32 model");
+    let (_dir, model) = common::f32_default_model();
     let tokenizer = gemma_core::Tokenizer::from_gguf(&model.file).expect("tokenizer");
     let pool = gemma_ops::ThreadPool::new(2);
 

@@ -24,6 +24,20 @@ pub fn default_model() -> &'static DefaultModel {
     })
 }
 
+/// The default model requantized to F32 (what `llama-quantize --allow-requantize MODEL OUT F32` writes,
+/// byte for byte), in a temporary folder that lives as long as the returned guard.
+pub fn f32_default_model() -> (tempfile::TempDir, Model) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("f32.gguf");
+    let mut options = gemma_core::quantize::QuantizeOptions::new(gemma_core::quantize::FileType::AllF32);
+    options.allow_requantize = true;
+    options.threads = 2;
+    let source = gemma_fetch::resolve_model(gemma_fetch::DEFAULT_MODEL).expect("default model");
+    gemma_core::quantize::quantize_file(&source, &path, &options, &mut |_| {}).expect("F32 file");
+    let model = Model::open(&path).expect("F32 model");
+    (dir, model)
+}
+
 /// Logits at the positions that predict `gen_ids`, feeding `prompt_ids + gen_ids[..n-1]` in one pass.
 pub fn teacher_forced(model: &Model, pool: &ThreadPool, prompt_ids: &[u32], gen_ids: &[u32]) -> Vec<Vec<f32>> {
     let n_gen = gen_ids.len();
