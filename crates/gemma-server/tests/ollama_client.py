@@ -1,6 +1,7 @@
 """Drives a running gemma-server with the official `ollama` package. Usage: ollama_client.py BASE_URL API_KEY
 
 Prints one line per check and exits non-zero on the first failure. Run by tests/ollama_python.rs."""
+import json
 import sys
 
 try:
@@ -47,8 +48,6 @@ assert "".join(p.message.content for p in streamed) == c.message.content, stream
 assert streamed[-1].done and streamed[-1].done_reason == c.done_reason
 schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}
 j = client.chat(model=model, messages=messages, format=schema, options={"temperature": 0, "num_predict": 40})
-import json
-
 assert isinstance(json.loads(j.message.content)["city"], str), j.message.content
 print("chat ok", repr(c.message.content))
 
