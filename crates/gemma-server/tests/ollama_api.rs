@@ -440,8 +440,19 @@ async fn bad_requests_are_ollama_errors() {
 #[tokio::test]
 async fn keys_and_limits_apply_with_ollamas_error_shape() {
     let mut config = common::test_config();
-    config.api_keys = vec!["ollama-key".into()];
+    config.api_keys = vec!["ollama-key".into(), "limited-key".into()];
+    config.rate_limit_enabled = true;
+    config.max_requests_per_minute = 5;
     let base = common::start(config);
+    // Over the rate limit: 429 with Retry-After and ollama's error body.
+    let mut last = None;
+    for _ in 0..6 {
+        last = Some(client().get(format!("{base}/api/ps")).bearer_auth("limited-key").send().await.unwrap());
+    }
+    let r = last.unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(r.json::<Value>().await.unwrap()["error"].is_string());
     let r = client().get(format!("{base}/api/tags")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 401);
     let v: Value = r.json().await.unwrap();
