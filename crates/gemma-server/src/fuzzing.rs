@@ -25,8 +25,9 @@ pub const ENDPOINTS: [&str; 13] = [
     "/api/embeddings",
 ];
 
-/// Parses `body` as endpoint `ENDPOINTS[endpoint % ENDPOINTS.len()]` would, then works out what the engine would be given.
-/// `Err` is the client's error; a panic, or an error that is not a 4xx, is a bug the fuzz target reports.
+/// Parses `body` as endpoint `ENDPOINTS[endpoint % ENDPOINTS.len()]` would, then works out what the engine would
+/// be given. `Err` is the client's error; a panic, or an error that is not a 4xx, is a bug the fuzz target
+/// reports.
 pub fn parse_request(endpoint: usize, body: &[u8], loaded: &LoadedModel) -> Result<(), ApiError> {
     let plans: Vec<Plan> = match endpoint % ENDPOINTS.len() {
         0 => vec![crate::openai::parse_plan(&Fields::parse(body)?, loaded, Dialect::Completion)?],

@@ -212,7 +212,8 @@ async fn format_constrains_the_answer_to_json() {
     for (path, body) in [
         (
             "/api/generate",
-            json!({"prompt": "Describe a cat as JSON.", "format": schema, "options": {"temperature": 0, "num_predict": 64}}),
+            json!({"prompt": "Describe a cat as JSON.", "format": schema,
+                   "options": {"temperature": 0, "num_predict": 64}}),
         ),
         (
             "/api/chat",
