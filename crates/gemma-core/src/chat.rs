@@ -281,6 +281,10 @@ impl ChatTemplate {
     pub fn source(&self) -> TemplateSource {
         self.source
     }
+    /// The template's Jinja text (the file's, or the built-in one in use).
+    pub fn text(&self) -> String {
+        self.env.get_template(TEMPLATE_NAME).map(|t| t.source().to_string()).unwrap_or_default()
+    }
     pub fn bos_token(&self) -> &str {
         &self.bos_token
     }
@@ -379,7 +383,7 @@ const MONTHS: [&str; 12] = [
 const WEEKDAYS: [&str; 7] = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
 
 /// `strftime` over a UTC timestamp for the codes chat templates use; an unknown code is returned as `Err`.
-pub(crate) fn format_utc(format: &str, unix_secs: u64) -> Result<String, char> {
+pub fn format_utc(format: &str, unix_secs: u64) -> Result<String, char> {
     let days = (unix_secs / 86_400) as i64;
     let rem = unix_secs % 86_400;
     let (hour, minute, second) = (rem / 3600, rem / 60 % 60, rem % 60);

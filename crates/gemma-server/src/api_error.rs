@@ -1,4 +1,5 @@
-//! Errors as HTTP responses in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+//! Errors as HTTP responses in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`, or in
+//! ollama's, `{"error": "message"}`, on its `/api/...` routes.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -67,6 +68,11 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", message).with_code("not_found")
     }
 
+    /// A part of an API this server does not implement (501).
+    pub fn not_implemented(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_IMPLEMENTED, "invalid_request_error", message).with_code("not_implemented")
+    }
+
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }
@@ -76,14 +82,36 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut response = (self.status, axum::Json(self.body())).into_response();
+impl ApiError {
+    /// The same error (status, `Retry-After`) with ollama's body, `{"error": "message"}`.
+    pub fn into_ollama_response(self) -> Response {
+        let body = json!({"error": self.message});
+        self.respond(body)
+    }
+
+    /// The error in the shape the route's clients read: ollama's under `/api/`, OpenAI's elsewhere.
+    pub fn into_response_for(self, path: &str) -> Response {
+        if crate::ollama::is_ollama_path(path) {
+            self.into_ollama_response()
+        } else {
+            self.into_response()
+        }
+    }
+
+    fn respond(self, body: serde_json::Value) -> Response {
+        let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after_secs {
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
             }
         }
         response
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = self.body();
+        self.respond(body)
     }
 }

@@ -147,7 +147,7 @@ fn token_ids(items: &[Value], m: &LoadedModel) -> Result<Vec<u32>, ApiError> {
         .collect()
 }
 
-fn check_inputs(inputs: &[Vec<u32>], m: &LoadedModel, param: &str) -> Result<(), ApiError> {
+pub(crate) fn check_inputs(inputs: &[Vec<u32>], m: &LoadedModel, param: &str) -> Result<(), ApiError> {
     if inputs.len() > MAX_INPUTS {
         return Err(ApiError::invalid_param(
             param,
@@ -183,7 +183,7 @@ fn dimensions(f: &Fields, name: &str, m: &LoadedModel) -> Result<Option<usize>, 
 
 /// The loaded model, if it makes embeddings: checked before the body is parsed, so that a request to the wrong
 /// kind of model hears that first (the engine refuses it too).
-fn embedding_model(state: &AppState) -> Result<std::sync::Arc<LoadedModel>, ApiError> {
+pub(crate) fn embedding_model(state: &AppState) -> Result<std::sync::Arc<LoadedModel>, ApiError> {
     let loaded = state.loaded()?;
     match loaded.embedding_dim {
         Some(_) => Ok(loaded),
@@ -192,7 +192,11 @@ fn embedding_model(state: &AppState) -> Result<std::sync::Arc<LoadedModel>, ApiE
 }
 
 /// Runs the inputs on the engine and truncates the vectors to `dims`.
-async fn compute(state: &AppState, inputs: Vec<Vec<u32>>, dims: Option<usize>) -> Result<Vec<Vec<f32>>, ApiError> {
+pub(crate) async fn compute(
+    state: &AppState,
+    inputs: Vec<Vec<u32>>,
+    dims: Option<usize>,
+) -> Result<Vec<Vec<f32>>, ApiError> {
     let (reply, rx) = tokio::sync::oneshot::channel();
     state.engine().submit_embedding(EmbeddingRequest { inputs, reply }).map_err(submit_error)?;
     let vectors = rx

@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 
 use crate::api_error::ApiError;
 
+#[derive(Default)]
 pub struct Fields {
     map: Map<String, Value>,
 }

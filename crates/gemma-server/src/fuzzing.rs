@@ -5,10 +5,11 @@
 use crate::api_error::ApiError;
 use crate::engine::LoadedModel;
 use crate::fields::Fields;
+use crate::ollama::Kind;
 use crate::openai::{engine_settings, Dialect, Plan};
 
 /// The endpoints [`parse_request`] reads bodies for, by number.
-pub const ENDPOINTS: [&str; 9] = [
+pub const ENDPOINTS: [&str; 13] = [
     "/v1/completions",
     "/v1/chat/completions",
     "/completion",
@@ -18,10 +19,15 @@ pub const ENDPOINTS: [&str; 9] = [
     "/v1/embeddings",
     ":embedContent",
     ":batchEmbedContents",
+    "/api/generate",
+    "/api/chat",
+    "/api/embed",
+    "/api/embeddings",
 ];
 
-/// Parses `body` as endpoint `ENDPOINTS[endpoint % 9]` would, then works out what the engine would be given.
-/// `Err` is the client's error; a panic, or an error that is not a 4xx, is a bug the fuzz target reports.
+/// Parses `body` as endpoint `ENDPOINTS[endpoint % ENDPOINTS.len()]` would, then works out what the engine would
+/// be given. `Err` is the client's error; a panic, or an error that is not a 4xx, is a bug the fuzz target
+/// reports.
 pub fn parse_request(endpoint: usize, body: &[u8], loaded: &LoadedModel) -> Result<(), ApiError> {
     let plans: Vec<Plan> = match endpoint % ENDPOINTS.len() {
         0 => vec![crate::openai::parse_plan(&Fields::parse(body)?, loaded, Dialect::Completion)?],
@@ -43,10 +49,26 @@ pub fn parse_request(endpoint: usize, body: &[u8], loaded: &LoadedModel) -> Resu
             check_embedding_inputs(&inputs, dims.into_iter(), loaded);
             Vec::new()
         }
-        e => {
+        e @ (7 | 8) => {
             let requests = crate::embeddings::parse_gemini(body, loaded, e == 8)?;
             let inputs: Vec<Vec<u32>> = requests.iter().map(|(ids, _)| ids.clone()).collect();
             check_embedding_inputs(&inputs, requests.iter().filter_map(|(_, d)| *d), loaded);
+            Vec::new()
+        }
+        e @ (9 | 10) => {
+            let kind = if e == 9 { Kind::Generate } else { Kind::Chat };
+            let g = crate::ollama::parse_generation(body, loaded, kind)?;
+            assert!(g.kind == kind && (kind == Kind::Generate || !g.with_context));
+            g.plan.into_iter().collect()
+        }
+        11 => {
+            let (inputs, dims) = crate::ollama::parse_embed(body, loaded)?;
+            check_embedding_inputs(&inputs, dims.into_iter(), loaded);
+            Vec::new()
+        }
+        _ => {
+            let ids = crate::ollama::parse_embeddings_legacy(body, loaded)?;
+            check_embedding_inputs(&ids.into_iter().collect::<Vec<_>>(), std::iter::empty(), loaded);
             Vec::new()
         }
     };

@@ -1,4 +1,4 @@
-//! `gemma-server`: an OpenAI-compatible HTTP server over gemma-rs with continuous batching, a prefix cache,
+//! `gemma-server`: an OpenAI-, Gemini- and ollama-compatible HTTP server over gemma-rs with continuous batching, a prefix cache,
 //! SSE streaming, API keys / JWTs, rate limits and Prometheus metrics.
 //!
 //! [`serve`] runs until SIGINT/SIGTERM; [`start`] is the same server as a handle (tests, embedding).
@@ -17,6 +17,8 @@ pub mod gemini;
 pub mod generate;
 pub mod llama_native;
 pub mod metrics;
+pub mod model_info;
+pub mod ollama;
 pub mod openai;
 pub mod server;
 pub mod websocket;

@@ -4,7 +4,7 @@ use clap::Parser;
 use gemma_server::{ServeArgs, ServerConfig};
 
 #[derive(Parser)]
-#[command(name = "gemma-server", version, about = "OpenAI-compatible server for Gemma models")]
+#[command(name = "gemma-server", version, about = "OpenAI-, Gemini- and ollama-compatible server for Gemma models")]
 struct Cli {
     #[command(flatten)]
     args: ServeArgs,

@@ -150,14 +150,7 @@ pub(crate) fn parse_plan(f: &Fields, loaded: &LoadedModel, dialect: Dialect) -> 
     .and_then(|p| parse_dry(f, p))
     .and_then(|p| parse_grammar(f, p))
     .and_then(validated)?;
-    if sampling.grammar.is_some() {
-        // The vocabulary's texts for grammar matching are built once, here rather than on the engine thread.
-        loaded.tokenizer.grammar_vocab();
-    }
-    if sampling.dry_active() {
-        // Built here, off the engine thread, so admitting the request does not stall the running streams.
-        loaded.dry_tables.get(&loaded.tokenizer, &sampling.dry_sequence_breakers);
-    }
+    build_tables(loaded, &sampling);
 
     let stop = f.string_or_list("stop")?;
     if stop.len() > MAX_STOPS {
@@ -194,6 +187,17 @@ pub(crate) fn parse_plan(f: &Fields, loaded: &LoadedModel, dialect: Dialect) -> 
     Ok(Plan { dialect, prompts, n, max_tokens, sampling, stop, stream, include_usage, logprobs })
 }
 
+/// Builds what a request's sampling needs from the vocabulary (grammar texts, DRY breakers) on the parsing
+/// thread, so that admitting the request does not stall the engine's running streams.
+pub(crate) fn build_tables(loaded: &LoadedModel, sampling: &SamplingParams) {
+    if sampling.grammar.is_some() {
+        loaded.tokenizer.grammar_vocab();
+    }
+    if sampling.dry_active() {
+        loaded.dry_tables.get(&loaded.tokenizer, &sampling.dry_sequence_breakers);
+    }
+}
+
 /// Fields that would change the result if ignored are refused rather than silently dropped.
 fn reject_unsupported(f: &Fields, dialect: Dialect) -> Result<(), ApiError> {
     let unsupported = |name: &str, why: &str| Err(ApiError::invalid_param(name, format!("'{name}' {why}")));
@@ -215,7 +219,7 @@ fn reject_unsupported(f: &Fields, dialect: Dialect) -> Result<(), ApiError> {
 }
 
 /// Numbers llama-server's fields may take: finite, and no larger than any setting means.
-const FIELD_LIMIT: f64 = 1e9;
+pub(crate) const FIELD_LIMIT: f64 = 1e9;
 
 /// llama-server's sampling fields beyond OpenAI's, under its names (`repeat_penalty`, `repeat_last_n`,
 /// `typical_p`, `top_n_sigma`, `xtc_probability`, `xtc_threshold`, `mirostat`, `mirostat_tau`,

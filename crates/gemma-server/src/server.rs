@@ -21,7 +21,7 @@ use crate::config::ServerConfig;
 use crate::engine::{EngineHandle, LoadedModel};
 use crate::fields::Fields;
 use crate::metrics::Metrics;
-use crate::{embeddings, gemini, generate, llama_native, openai, websocket};
+use crate::{embeddings, gemini, generate, llama_native, ollama, openai, websocket};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -87,11 +87,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1beta/models/{model_action}", post(gemini::generate_content))
         .route("/v1/ws", get(websocket::upgrade))
         .route("/generate", post(generate::generate))
+        .merge(ollama::protected_routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(protected)
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .merge(ollama::public_routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
@@ -115,7 +117,7 @@ async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> R
     let metrics = state.inner.metrics.clone();
     let Ok(permit) = state.inner.in_flight.clone().try_acquire_owned() else {
         metrics.count_request(&route, 503);
-        return ApiError::unavailable("too many requests in flight", 1).into_response();
+        return ApiError::unavailable("too many requests in flight", 1).into_response_for(req.uri().path());
     };
     let slot = ConnectionPermit(Arc::new(std::sync::Mutex::new(Some(permit))));
     req.extensions_mut().insert(slot.clone());
@@ -139,12 +141,12 @@ async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -
         Ok(c) => c,
         Err(e) => {
             tracing::info!(path = %req.uri().path(), "unauthorised request: {e}");
-            return ApiError::unauthorized(e.to_string()).into_response();
+            return ApiError::unauthorized(e.to_string()).into_response_for(req.uri().path());
         }
     };
     if let Some(limiter) = &state.inner.rate_limit {
         if let Err(wait) = limiter.check(&caller, Instant::now()) {
-            return ApiError::rate_limited(wait.as_secs_f64().ceil() as u64).into_response();
+            return ApiError::rate_limited(wait.as_secs_f64().ceil() as u64).into_response_for(req.uri().path());
         }
     }
     next.run(req).await
@@ -237,8 +239,9 @@ async fn detokenize(State(state): State<AppState>, headers: HeaderMap, body: Bod
     Ok(Json(json!({"content": m.tokenizer.decode(&ids, false)})))
 }
 
-async fn not_found(req: Request) -> ApiError {
+async fn not_found(req: Request) -> Response {
     ApiError::not_found(format!("no route for {} {}", req.method(), req.uri().path()))
+        .into_response_for(req.uri().path())
 }
 
 #[cfg(test)]

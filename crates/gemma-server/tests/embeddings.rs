@@ -1,7 +1,8 @@
 //! Embeddings on the real server with the real EmbeddingGemma 300M: OpenAI's `/v1/embeddings` (strings and
 //! token ids, `dimensions`, base64, usage, the `/embeddings` alias, the 400s), Gemini's `:embedContent` and
 //! `:batchEmbedContents` (task prompts, `outputDimensionality`), generation refused on an embedding model and
-//! embeddings refused on a generative one, and the official `openai` Python package. The vectors are checked
+//! embeddings refused on a generative one, ollama's `/api/embed` and `/api/embeddings`, and the official `openai`
+//! Python package. The vectors are checked
 //! against the independent float64 reference in testdata/goldens/embeddinggemma_300m_ref_f64.json.
 
 mod common;
@@ -272,6 +273,71 @@ async fn generation_on_the_embedding_model_is_model_not_supported() {
     assert_400("/v1/completions", json!({"prompt": "hi", "max_tokens": 4}), None, "model_not_supported").await;
     let gemini = json!({"contents": [{"parts": [{"text": "hi"}]}]});
     assert_400(&format!("/v1beta/models/{EMBEDDING_MODEL}:generateContent"), gemini, None, "model_not_supported").await;
+}
+
+/// ollama's `/api/embed` and `/api/embeddings`: the vectors of `/v1/embeddings`, `dimensions`, `truncate`, an
+/// empty input, and generation refused in ollama's error shape.
+#[tokio::test]
+async fn ollama_embed_gives_the_openai_vectors() {
+    let url = |path: &str| format!("{}{path}", base());
+    let texts = [HELLO, QUERY, PARIS];
+    let openai = embeddings(json!({"input": texts})).await;
+    let (status, v) = post(&url("/api/embed"), json!({"model": "embeddinggemma", "input": texts})).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v["model"].as_str().unwrap().ends_with(":latest"), "{v}");
+    let vectors = v["embeddings"].as_array().unwrap();
+    assert_eq!(vectors.len(), 3);
+    for (got, item) in vectors.iter().zip(openai["data"].as_array().unwrap()) {
+        assert_eq!(*got, item["embedding"], "/api/embed and /v1/embeddings differ");
+    }
+    assert_eq!(v["prompt_eval_count"], openai["usage"]["prompt_tokens"]);
+    assert!(v["total_duration"].as_u64().unwrap() >= v["load_duration"].as_u64().unwrap());
+
+    // One string, `dimensions` (truncated and renormalised, as ollama), and the legacy endpoint.
+    let (_, one) = post(&url("/api/embed"), json!({"input": PARIS, "dimensions": 128})).await;
+    let small = embeddings(json!({"input": PARIS, "dimensions": 128})).await;
+    assert_eq!(one["embeddings"][0], small["data"][0]["embedding"]);
+    let (status, legacy) = post(&url("/api/embeddings"), json!({"model": "m", "prompt": QUERY})).await;
+    assert_eq!(status, 200, "{legacy}");
+    assert_eq!(legacy["embedding"], vectors[1]);
+    assert_close(&floats(&legacy["embedding"]), &golden(QUERY).embedding, "legacy");
+
+    // An empty input only loads the model, as in ollama.
+    let (_, empty) = post(&url("/api/embed"), json!({"input": ""})).await;
+    assert_eq!(empty["embeddings"], json!([]));
+    let (_, empty) = post(&url("/api/embeddings"), json!({"prompt": ""})).await;
+    assert_eq!(empty["embedding"], json!([]));
+
+    // An input longer than the context (2048 here) is cut to fit, its end token kept; `truncate: false` refuses it.
+    let long = "word ".repeat(2100);
+    let (status, v) = post(&url("/api/embed"), json!({"input": long, "truncate": false})).await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("the input length exceeds the context length")), "{v}");
+    let (status, cut) = post(&url("/api/embed"), json!({"input": long})).await;
+    assert_eq!(status, 200, "{cut}");
+    assert_eq!(cut["prompt_eval_count"], 2048);
+    let (_, ids) = post(&url("/tokenize"), json!({"content": long})).await;
+    let ids = ids["tokens"].as_array().unwrap();
+    let mut kept: Vec<Value> = ids[..2047].to_vec();
+    kept.push(ids[ids.len() - 1].clone());
+    let by_ids = embeddings(json!({"input": kept})).await;
+    assert_eq!(cut["embeddings"][0], by_ids["data"][0]["embedding"]);
+
+    // Refusals are ollama's `{"error": "..."}`.
+    for (path, body, wanted) in [
+        ("/api/embed", json!({"input": [1, 2]}), "invalid input type"),
+        ("/api/embed", json!({"input": "x", "dimensions": 769}), "dimensions"),
+        ("/api/embed", json!({"input": "x", "truncate": "yes"}), "truncate"),
+        ("/api/embeddings", json!({"prompt": 5}), "prompt"),
+        ("/api/generate", json!({"prompt": "hi"}), "does not support generate"),
+        ("/api/chat", json!({"messages": [{"role": "user", "content": "hi"}]}), "does not support chat"),
+    ] {
+        let (status, v) = post(&url(path), body.clone()).await;
+        assert_eq!(status, 400, "{path} {body} → {v}");
+        assert!(v["error"].as_str().is_some_and(|m| m.contains(wanted)), "{path} {body} → {v}");
+    }
+    let (status, show) = post(&url("/api/show"), json!({"model": "embeddinggemma"})).await;
+    assert_eq!(status, 200, "{show}");
+    assert_eq!(show["capabilities"], json!(["embedding"]));
 }
 
 fn embed_content_url(action: &str) -> String {

@@ -39,6 +39,17 @@ async fn assert_refused(path: &str, bodies: Vec<Vec<u8>>) {
     }
 }
 
+/// Each body must be a 4xx with ollama's `{"error": "..."}` (the `/api/...` routes).
+async fn assert_refused_ollama(path: &str, bodies: Vec<Vec<u8>>) {
+    for body in bodies {
+        let shown = String::from_utf8_lossy(&body[..body.len().min(120)]).into_owned();
+        let (status, v) = send(path, body).await;
+        assert!((400..500).contains(&status), "{path} {shown} → {status} {v}");
+        let message = v["error"].as_str().unwrap_or_default();
+        assert!(!message.is_empty(), "{path} {shown} → {status} without ollama's error message: {v}");
+    }
+}
+
 /// `base` with `field` set to each value, as bytes.
 fn with_each(base: &Value, field: &str, values: &[Value]) -> Vec<Vec<u8>> {
     values
@@ -283,4 +294,79 @@ async fn embeddings_and_tokenizer_endpoints_refuse_hostile_bodies() {
         &[json!([262_144]), json!([-1]), json!([4_294_967_296u64]), json!([1.5]), json!("1 2")],
     ));
     assert_refused("/detokenize", bodies).await;
+}
+
+#[tokio::test]
+async fn ollama_endpoints_refuse_hostile_bodies() {
+    let generate = json!({"prompt": "x", "stream": false, "options": {"num_predict": 1}});
+    let options = |o: Value| {
+        let mut b = generate.clone();
+        b["options"] = o;
+        b.to_string().into_bytes()
+    };
+    let mut bodies = malformed();
+    bodies.extend(with_each(&generate, "prompt", &[json!(5), json!(["x"]), json!({"text": "x"})]));
+    bodies.extend(with_each(
+        &generate,
+        "context",
+        &[json!([-1]), json!([262_144]), json!([4_294_967_296u64]), json!([1.5]), json!("1 2"), json!([null])],
+    ));
+    bodies.extend(with_each(&generate, "format", &[json!(5), json!("xml"), json!(["json"]), json!({"type": 5})]));
+    bodies.extend(with_each(&generate, "raw", &[json!("yes"), json!(1)]));
+    bodies.extend(with_each(&generate, "system", &[json!(5)]));
+    bodies.extend(with_each(&generate, "stream", &[json!("no")]));
+    bodies.extend(with_each(&generate, "think", &[json!(true), json!("deep"), json!(5)]));
+    bodies.extend(with_each(&generate, "keep_alive", &[json!([]), json!({})]));
+    bodies.extend(with_each(&generate, "top_logprobs", &[json!(21), json!(-1), json!(1e300), json!("2")]));
+    bodies.extend(with_each(&generate, "options", &[json!(5), json!("hot"), json!([1])]));
+    for field in ["num_predict", "top_k", "seed", "repeat_last_n", "num_ctx", "mirostat"] {
+        let mut values = bad_numbers();
+        values.push(json!(3.5));
+        // ollama takes -1 for these (seed: random; repeat_last_n: the whole context; num_predict: no limit;
+        // top_k: off), and any negative number for the last two.
+        let negative_ok = ["num_predict", "top_k"].contains(&field);
+        let taken = |v: &Value| v.as_i64().is_some_and(|n| n == -1 || (n < 0 && negative_ok));
+        bodies.extend(values.into_iter().filter(|v| !taken(v)).map(|v| options(json!({field: v}))));
+    }
+    for field in ["temperature", "top_p", "min_p", "typical_p", "repeat_penalty", "presence_penalty"] {
+        for v in [json!("NaN"), json!(1e300), json!(-1e300), json!([0.5])] {
+            bodies.push(options(json!({field: v})));
+        }
+    }
+    for stop in [json!(vec!["a"; 17]), json!([null]), json!(5)] {
+        bodies.push(options(json!({"stop": stop})));
+    }
+    assert_refused_ollama("/api/generate", bodies).await;
+
+    let chat = json!({"messages": [{"role": "user", "content": "x"}], "stream": false, "options": {"num_predict": 1}});
+    let mut bodies = malformed();
+    bodies.extend(with_each(
+        &chat,
+        "messages",
+        &[
+            json!({}),
+            json!("x"),
+            json!([5]),
+            json!([{}]),
+            json!([{"role": 5, "content": "x"}]),
+            json!([{"role": "wizard", "content": "x"}]),
+            json!([{"role": "user", "content": 5}]),
+            json!([{"role": "user", "content": [{"type": "text", "text": "x"}]}]),
+            json!([{"role": "user", "content": "x y ".repeat(1_000)}]),
+            json!([{"role": "assistant", "content": "x"}, {"role": "assistant", "content": "y"}]),
+        ],
+    ));
+    bodies.extend(with_each(&chat, "tools", &[json!([{"type": "function"}])]));
+    bodies.extend(with_each(&chat, "format", &[json!(5), json!("yaml")]));
+    assert_refused_ollama("/api/chat", bodies).await;
+
+    // The default model makes no embeddings: these must still answer a 4xx, whatever the body.
+    let mut bodies = malformed();
+    bodies.extend(with_each(&json!({"input": "x"}), "input", &[json!([1]), json!(5), json!([["x"]])]));
+    assert_refused_ollama("/api/embed", bodies).await;
+    assert_refused_ollama("/api/embeddings", malformed()).await;
+    let mut bodies = malformed();
+    bodies.extend(with_each(&json!({"model": "m"}), "model", &[json!(5), json!(""), json!(null)]));
+    bodies.extend(with_each(&json!({"model": "m"}), "verbose", &[json!("yes")]));
+    assert_refused_ollama("/api/show", bodies).await;
 }

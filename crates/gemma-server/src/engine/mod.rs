@@ -139,6 +139,8 @@ pub struct LoadedModel {
     /// DRY's breaker tables, shared by the request parsers (which build them off the engine thread) and
     /// the engine (which looks them up).
     pub dry_tables: Arc<DryTables>,
+    /// The file's facts for the model-listing endpoints.
+    pub file_info: Arc<crate::model_info::ModelFileInfo>,
 }
 
 /// DRY's breakers for the breaker lists used last, newest first. Matching a list against the vocabulary
@@ -309,6 +311,7 @@ fn load(config: &EngineConfig) -> Result<(Model, LoadedModel), LoadError> {
         config.model.clone()
     };
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let file_info = Arc::new(crate::model_info::ModelFileInfo::read(&model, &path, &chat));
     let loaded = LoadedModel {
         id,
         ctx: config.ctx.min(model.config.context_length),
@@ -318,6 +321,7 @@ fn load(config: &EngineConfig) -> Result<(Model, LoadedModel), LoadError> {
         created,
         embedding_dim: model.embedding_dim(),
         dry_tables: Arc::default(),
+        file_info,
     };
     Ok((model, loaded))
 }
