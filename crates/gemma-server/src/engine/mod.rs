@@ -6,6 +6,7 @@
 pub mod prefix_cache;
 mod sequence;
 pub mod sessions;
+pub mod slots;
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
@@ -23,6 +24,7 @@ use crate::metrics::Metrics;
 use prefix_cache::PrefixCache;
 use sequence::{Sequence, StepResult};
 use sessions::{SessionBusy, Sessions};
+use slots::{SlotTable, SlotTask};
 
 /// Most embedding requests run together (their inputs share passes of up to the context length).
 const MAX_EMBEDDING_REQUESTS: usize = 64;
@@ -188,6 +190,15 @@ impl DryTables {
 pub struct EngineState {
     pub loaded: OnceLock<Arc<LoadedModel>>,
     pub failed: Mutex<Option<String>>,
+    /// The sequences running now and the last one of each slot (`GET /slots`).
+    pub slots: Mutex<SlotTable>,
+}
+
+impl EngineState {
+    /// A copy of the slot table, taken under its lock.
+    pub fn slots(&self) -> SlotTable {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -282,10 +293,11 @@ pub fn spawn(config: EngineConfig, metrics: Arc<Metrics>) -> std::io::Result<Spa
         Ok((pool, model, loaded)) => {
             let tokenizer = loaded.tokenizer.clone();
             let dry_tables = loaded.dry_tables.clone();
+            *state.slots.lock().unwrap_or_else(|p| p.into_inner()) = SlotTable::new(config.parallel);
             let _ = state.loaded.set(Arc::new(loaded));
             let _ = loaded_tx.send(Ok(()));
             tracing::info!(model = %config.model, ctx = config.ctx, parallel = config.parallel, "model loaded");
-            Engine::new(&model, &tokenizer, &pool, &config, &metrics, dry_tables).run(rx);
+            Engine::new(&model, &tokenizer, &pool, &config, &metrics, dry_tables, state.clone()).run(rx);
         }
         Err(e) => {
             let report = crate::error_report(&e);
@@ -340,6 +352,8 @@ struct Engine<'a> {
     scratch: Scratch,
     /// Shared with the request parsers, which have usually built a request's table already.
     dry_tables: Arc<DryTables>,
+    /// Where the slot table lives (read by `GET /slots`).
+    state: Arc<EngineState>,
 }
 
 impl<'a> Engine<'a> {
@@ -350,6 +364,7 @@ impl<'a> Engine<'a> {
         config: &'a EngineConfig,
         metrics: &'a Metrics,
         dry_tables: Arc<DryTables>,
+        state: Arc<EngineState>,
     ) -> Self {
         Engine {
             model,
@@ -365,6 +380,7 @@ impl<'a> Engine<'a> {
             next_group: 0,
             scratch: Scratch::default(),
             dry_tables,
+            state,
         }
     }
 
@@ -430,6 +446,7 @@ impl<'a> Engine<'a> {
             if result.is_err() {
                 // A bug must not wedge the server: fail what is running and carry on with a clean slate.
                 tracing::error!("the engine step panicked; failing {} sequences", self.seqs.len());
+                self.slot_table().release_all();
                 for s in self.seqs.drain(..) {
                     if let Some(id) = s.session() {
                         self.sessions.release(id);
@@ -569,10 +586,16 @@ impl<'a> Engine<'a> {
                 submitted: req.submitted,
             };
             follower.sampling.seed = gemma_core::sampling::seed_for_choice(base_seed, k);
-            self.seqs.push(Sequence::new(follower, self.tokenizer, dry.clone(), ctx, reused, deadline, group, true));
+            let slot = self.slot_table().acquire(slot_task(&follower, group, reused));
+            let mut seq = Sequence::new(follower, self.tokenizer, dry.clone(), ctx, reused, deadline, group, true);
+            seq.set_slot(slot);
+            self.seqs.push(seq);
             self.caches.push(self.model.new_cache(0));
         }
-        self.seqs.push(Sequence::new(req, self.tokenizer, dry, ctx, reused, deadline, group, false));
+        let slot = self.slot_table().acquire(slot_task(&req, group, reused));
+        let mut seq = Sequence::new(req, self.tokenizer, dry, ctx, reused, deadline, group, false);
+        seq.set_slot(slot);
+        self.seqs.push(seq);
         self.caches.push(cache);
         self.update_gauges();
     }
@@ -640,6 +663,7 @@ impl<'a> Engine<'a> {
         if let Err(e) = self.model.forward_with(&batch, &mut self.caches, self.pool, &mut self.scratch) {
             tracing::error!("forward pass failed: {e}");
             let message = format!("inference failed: {e}");
+            self.slot_table().release_all();
             for i in (0..self.seqs.len()).rev() {
                 self.seqs[i].send_error(&message);
                 if let Some(id) = self.seqs[i].session() {
@@ -681,6 +705,7 @@ impl<'a> Engine<'a> {
                 StepResult::Finished(reason) => finished.push((seq, reason)),
             }
         }
+        self.update_slots();
         finished.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
         for (seq, reason) in finished {
             self.finish(seq, reason);
@@ -692,6 +717,7 @@ impl<'a> Engine<'a> {
     fn finish(&mut self, i: usize, reason: Option<FinishReason>) {
         let seq = self.seqs.swap_remove(i);
         let cache = self.caches.swap_remove(i);
+        self.slot_table().release(seq.slot());
         if seq.awaiting_fork() {
             // Never ran: it holds nothing worth keeping.
             seq.finish(reason);
@@ -705,6 +731,27 @@ impl<'a> Engine<'a> {
         }
     }
 
+    fn slot_table(&self) -> std::sync::MutexGuard<'_, SlotTable> {
+        self.state.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Copies each running sequence's progress into the slot table (one lock per step).
+    fn update_slots(&self) {
+        let mut table = self.slot_table();
+        for (s, cache) in self.seqs.iter().zip(&self.caches) {
+            let slot = s.slot();
+            let before = table.slots().get(slot).and_then(|t| t.task.as_ref()).map_or(0, |t| t.n_decoded);
+            let generated = s.generated();
+            let new_line = generated
+                .get(before..)
+                .unwrap_or_default()
+                .iter()
+                .any(|&id| self.tokenizer.token_piece_bytes(id, false).is_some_and(|b| b.contains(&b'\n')));
+            let processed = cache.len().min(s.prompt().len()).saturating_sub(s.reused());
+            table.update(slot, processed, generated.len(), new_line);
+        }
+    }
+
     fn update_gauges(&self) {
         let m = self.metrics;
         m.running_sequences.store(self.seqs.len() as u64, Ordering::Relaxed);
@@ -713,6 +760,22 @@ impl<'a> Engine<'a> {
         let sessions = self.sessions.tokens() as u64;
         m.prefix_cache_tokens.store(prefix, Ordering::Relaxed);
         m.kv_tokens_in_use.store(prefix + sessions + running as u64, Ordering::Relaxed);
+    }
+}
+
+/// What the slot table shows of a request's sequence when it is admitted.
+fn slot_task(req: &GenerationRequest, group: u64, reused: usize) -> SlotTask {
+    SlotTask {
+        id_task: group,
+        n_prompt_tokens: req.prompt_ids.len(),
+        n_prompt_tokens_cache: reused,
+        n_prompt_tokens_processed: 0,
+        sampling: req.sampling.clone(),
+        max_tokens: req.max_tokens,
+        n_probs: req.top_logprobs.unwrap_or(0),
+        n_decoded: 0,
+        has_new_line: false,
+        has_next_token: true,
     }
 }
 
