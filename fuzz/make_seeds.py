@@ -47,8 +47,8 @@ def server_request_seeds():
     """The request bodies of gemma-server's tests (the `json!` literals that are plain JSON), each sent to the
     endpoints that read its kind of body. The first byte is the endpoint's number in
     `gemma_server::fuzzing::ENDPOINTS`."""
-    endpoints = {"prompt": [0, 2, 5], "messages": [1], "contents": [3, 4], "input": [6],
-                 "content": [7], "requests": [8]}
+    endpoints = {"prompt": [0, 2, 5], "messages": [1, 9], "contents": [3, 4], "input": [6, 12],
+                 "content": [7, 10, 12], "requests": [8], "tokens": [11]}
     tests = "crates/gemma-server/tests"
     count = 0
     for name in sorted(os.listdir(tests)):

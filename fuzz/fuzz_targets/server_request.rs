@@ -44,7 +44,8 @@ fn loaded() -> &'static LoadedModel {
 fuzz_target!(|data: &[u8]| {
     let Some((&endpoint, body)) = data.split_first() else { return };
     if let Err(e) = gemma_server::fuzzing::parse_request(endpoint as usize, body, loaded()) {
-        assert!(e.status.is_client_error(), "{} answered {}: {}", endpoint % 9, e.status, e.message);
+        let name = gemma_server::fuzzing::ENDPOINTS[endpoint as usize % gemma_server::fuzzing::ENDPOINTS.len()];
+        assert!(e.status.is_client_error(), "{name} answered {}: {}", e.status, e.message);
         assert!(!e.message.is_empty());
     }
 });

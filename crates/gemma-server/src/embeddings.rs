@@ -192,7 +192,11 @@ fn embedding_model(state: &AppState) -> Result<std::sync::Arc<LoadedModel>, ApiE
 }
 
 /// Runs the inputs on the engine and truncates the vectors to `dims`.
-async fn compute(state: &AppState, inputs: Vec<Vec<u32>>, dims: Option<usize>) -> Result<Vec<Vec<f32>>, ApiError> {
+pub(crate) async fn compute(
+    state: &AppState,
+    inputs: Vec<Vec<u32>>,
+    dims: Option<usize>,
+) -> Result<Vec<Vec<f32>>, ApiError> {
     let (reply, rx) = tokio::sync::oneshot::channel();
     state.engine().submit_embedding(EmbeddingRequest { inputs, reply }).map_err(submit_error)?;
     let vectors = rx

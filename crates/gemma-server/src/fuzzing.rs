@@ -8,7 +8,7 @@ use crate::fields::Fields;
 use crate::openai::{engine_settings, Dialect, Plan};
 
 /// The endpoints [`parse_request`] reads bodies for, by number.
-pub const ENDPOINTS: [&str; 9] = [
+pub const ENDPOINTS: [&str; 13] = [
     "/v1/completions",
     "/v1/chat/completions",
     "/completion",
@@ -18,9 +18,13 @@ pub const ENDPOINTS: [&str; 9] = [
     "/v1/embeddings",
     ":embedContent",
     ":batchEmbedContents",
+    "/apply-template",
+    "/tokenize",
+    "/detokenize",
+    "/embedding",
 ];
 
-/// Parses `body` as endpoint `ENDPOINTS[endpoint % 9]` would, then works out what the engine would be given.
+/// Parses `body` as endpoint `ENDPOINTS[endpoint % ENDPOINTS.len()]` would, then works out what the engine would be given.
 /// `Err` is the client's error; a panic, or an error that is not a 4xx, is a bug the fuzz target reports.
 pub fn parse_request(endpoint: usize, body: &[u8], loaded: &LoadedModel) -> Result<(), ApiError> {
     let plans: Vec<Plan> = match endpoint % ENDPOINTS.len() {
@@ -41,6 +45,24 @@ pub fn parse_request(endpoint: usize, body: &[u8], loaded: &LoadedModel) -> Resu
         6 => {
             let (inputs, dims, _) = crate::embeddings::parse_openai(body, loaded)?;
             check_embedding_inputs(&inputs, dims.into_iter(), loaded);
+            Vec::new()
+        }
+        9 => {
+            crate::llama_server::render_request(&Fields::parse(body)?, &loaded.chat)?;
+            Vec::new()
+        }
+        10 => {
+            let v = crate::llama_server::tokenize_body(body, loaded)?;
+            assert!(v["tokens"].is_array());
+            Vec::new()
+        }
+        11 => {
+            crate::llama_server::detokenize_body(body, loaded)?;
+            Vec::new()
+        }
+        12 => {
+            let inputs = crate::llama_server::embedding_inputs(body, loaded)?;
+            check_embedding_inputs(&inputs, std::iter::empty(), loaded);
             Vec::new()
         }
         e => {
