@@ -17,6 +17,8 @@ times with different flags:
     with the default `add_generation_prompt`, with it off, and with a final assistant message (which
     llama-server continues by default).
   * `no_slots` (`--no-slots`) and `props` (`--props`): what those switches change.
+  * `slot_save` (`--slot-save-path`, a temporary directory): a completion, then its slot saved, erased,
+    restored, and the error answers of the slot actions.
 """
 import argparse
 import importlib.util
@@ -146,6 +148,24 @@ def record_templates(port, conversations):
     return cases
 
 
+def record_slot_save(port):
+    out = {"completion": call(port, "POST", "/completion",
+                              {"prompt": "The capital of France is", "n_predict": 4, "temperature": 0})}
+    steps = [
+        ("save", "/slots/0?action=save", {"filename": "a.bin"}),
+        ("erase", "/slots/0?action=erase", {}),
+        ("restore", "/slots/0?action=restore", {"filename": "a.bin"}),
+        ("restore_missing", "/slots/0?action=restore", {"filename": "missing.bin"}),
+        ("bad_filename", "/slots/0?action=save", {"filename": "../x.bin"}),
+        ("bad_slot_id", "/slots/abc?action=save", {"filename": "b.bin"}),
+        ("bad_action", "/slots/0?action=fly", {}),
+        ("no_action", "/slots/0", {}),
+    ]
+    for name, path, body in steps:
+        out[name] = call(port, "POST", path, body)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--llama-dir", default=os.path.expanduser("~/.cache/gemma-anchors/llama.cpp"))
@@ -179,6 +199,9 @@ def main():
     print("recording --no-slots and --props", file=sys.stderr)
     out["no_slots"] = run(server_bin, model, ["--no-slots"], args.port, lambda port: call(port, "GET", "/slots"))
     out["props_enabled"] = run(server_bin, model, ["--props"], args.port, lambda port: call(port, "POST", "/props", {}))
+    with tempfile.TemporaryDirectory() as tmp:
+        print("recording --slot-save-path", file=sys.stderr)
+        out["slot_save"] = run(server_bin, model, ["--slot-save-path", tmp + "/"], args.port, record_slot_save)
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(out, f, ensure_ascii=False, indent=1)
         f.write("\n")

@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// Turn `GET /slots` off (llama-server's `--no-slots`).
     #[arg(long)]
     pub no_slots: bool,
+    /// Where `POST /slots/{id}?action=save|restore` keeps slot files (llama-server's `--slot-save-path`;
+    /// without it those actions are refused).
+    #[arg(long, value_name = "DIR")]
+    pub slot_save_path: Option<PathBuf>,
 }
 
 /// The TOML file. Every table rejects unknown keys so that a typo is a startup error, not a silent default.
@@ -129,6 +133,8 @@ pub struct ServerConfig {
     pub endpoint_props: bool,
     /// `GET /slots` answers (llama-server's default; `--no-slots` turns it off).
     pub endpoint_slots: bool,
+    /// The directory of slot files (`--slot-save-path`); `None`: slot actions are refused.
+    pub slot_save_path: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -154,6 +160,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_requests_per_minute", &self.max_requests_per_minute)
             .field("endpoint_props", &self.endpoint_props)
             .field("endpoint_slots", &self.endpoint_slots)
+            .field("slot_save_path", &self.slot_save_path)
             .finish()
     }
 }
@@ -181,6 +188,7 @@ impl Default for ServerConfig {
             max_requests_per_minute: 600,
             endpoint_props: false,
             endpoint_slots: true,
+            slot_save_path: None,
         }
     }
 }
@@ -265,6 +273,7 @@ impl ServerConfig {
             max_requests_per_minute: file.security.max_requests_per_minute.unwrap_or(d.max_requests_per_minute),
             endpoint_props: args.props || d.endpoint_props,
             endpoint_slots: d.endpoint_slots && !args.no_slots,
+            slot_save_path: args.slot_save_path.clone(),
         };
         c.validate()?;
         Ok(c)

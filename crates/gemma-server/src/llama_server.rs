@@ -1,7 +1,7 @@
 //! The rest of llama-server's native API, with its field names, defaults and error shapes: `GET /props`
 //! (and `POST /props`, refused unless started with `--props`), `GET /slots` (`--no-slots` turns it off),
-//! `POST /slots/{id}` (saving and restoring a slot's KV cache is not implemented: llama-server's "not
-//! supported" answer), `POST /apply-template`, `POST /tokenize` / `/detokenize`, `GET`/`POST
+//! `POST /slots/{id}?action=save|restore|erase` (with `--slot-save-path`),
+//! `POST /apply-template`, `POST /tokenize` / `/detokenize`, `GET`/`POST
 //! /lora-adapters` (there are none), `POST /embedding` (llama-server's own embedding format) and the
 //! answers llama-server gives on a model that cannot serve `/infill` (no fill-in-the-middle tokens) or
 //! `/rerank` (not a reranker).
@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use crate::api_error::ApiError;
 use crate::config::ServerConfig;
 use crate::engine::slots::SlotState;
-use crate::engine::LoadedModel;
+use crate::engine::{LoadedModel, SlotAction, SlotActionError, SlotCommand};
 use crate::fields::Fields;
 use crate::server::{off_runtime, read_body, AppState};
 use crate::{embeddings, llama_native, openai};
@@ -39,6 +39,7 @@ pub struct Options {
     parallel: usize,
     endpoint_props: bool,
     endpoint_slots: bool,
+    slot_save_path: Option<std::path::PathBuf>,
     /// `model_path` and `model_ftype`, read from the file once.
     file_facts: OnceLock<(String, String)>,
 }
@@ -50,6 +51,7 @@ impl Options {
             parallel: config.parallel,
             endpoint_props: config.endpoint_props,
             endpoint_slots: config.endpoint_slots,
+            slot_save_path: config.slot_save_path.clone(),
             file_facts: OnceLock::new(),
         }
     }
@@ -294,13 +296,92 @@ pub async fn get_slots(State(state): State<AppState>, Query(query): Query<HashMa
     Json(table.slots().iter().map(|s| slot_json(s, &m)).collect::<Vec<_>>()).into_response()
 }
 
-/// `POST /slots/{id}?action=save|restore|erase`: this engine cannot save or restore a sequence's KV cache
-/// (a finished sequence's cache goes to the shared prefix cache), so it answers as llama-server does when
-/// started without `--slot-save-path`.
-pub async fn post_slots(Path(_id): Path<String>) -> Response {
-    not_supported(
-        "This server does not support slots action: saving and restoring a slot's KV cache is not implemented",
-    )
+/// `POST /slots/{id}?action=save|restore|erase` (save and restore with `{"filename"}`), with
+/// `--slot-save-path`. Saving writes the KV cache of the slot's last sequence (kept in the prefix cache after
+/// it ended) with its token ids; restoring puts a saved cache back into the prefix cache, so the next request
+/// that starts with those tokens continues from it; erasing drops the slot's cache.
+pub async fn post_slots(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    slot_action(state, id, query, headers, body).await.unwrap_or_else(|r| r)
+}
+
+async fn slot_action(
+    state: AppState,
+    id: String,
+    query: HashMap<String, String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Response> {
+    let Some(dir) = state.llama_options().slot_save_path.clone() else {
+        return Err(not_supported("This server does not support slots action. Start it with `--slot-save-path`"));
+    };
+    let invalid = |m: &str| llama_error(StatusCode::BAD_REQUEST, "invalid_request_error", m);
+    let slot: usize = id.parse().map_err(|_| invalid("Invalid slot ID"))?;
+    let kind = query.get("action").map(String::as_str).unwrap_or_default().to_string();
+    if !matches!(kind.as_str(), "save" | "restore" | "erase") {
+        return Err(invalid("Invalid action"));
+    }
+    let bytes = read_body(body, &headers, state.max_body_bytes()).await.map_err(IntoResponse::into_response)?;
+    let filename = if kind == "erase" {
+        None
+    } else {
+        let f = Fields::parse(&bytes).map_err(IntoResponse::into_response)?;
+        let name = f.get::<String>("filename").map_err(IntoResponse::into_response)?.ok_or_else(|| {
+            ApiError::invalid_param("filename", "'filename' is required")
+                .with_code("missing_required_parameter")
+                .into_response()
+        })?;
+        if !valid_filename(&name) {
+            return Err(invalid("Invalid filename"));
+        }
+        Some(name)
+    };
+    let action = match (kind.as_str(), &filename) {
+        ("save", Some(name)) => {
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                ApiError::internal(format!("cannot create the slot directory {}: {e}", dir.display())).into_response()
+            })?;
+            SlotAction::Save(dir.join(name))
+        }
+        ("restore", Some(name)) => SlotAction::Restore(dir.join(name)),
+        _ => SlotAction::Erase,
+    };
+    let started = std::time::Instant::now();
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    state
+        .engine()
+        .submit_slot(SlotCommand { slot, action, reply })
+        .map_err(|e| openai::submit_error(e).into_response())?;
+    let outcome = rx.await.map_err(|_| ApiError::internal("the inference engine stopped").into_response())?;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    let outcome = outcome.map_err(|e| match (&e, kind.as_str()) {
+        (SlotActionError::Write { .. }, _) => ApiError::internal(e.to_string()).into_response(),
+        (_, "restore") => invalid(&format!("Unable to restore slot: {e}")),
+        _ => invalid(&e.to_string()),
+    })?;
+    let (n, bytes) = (outcome.tokens, outcome.bytes);
+    Ok(Json(match kind.as_str() {
+        "save" => json!({"id_slot": slot, "filename": filename, "n_saved": n, "n_written": bytes,
+                         "timings": {"save_ms": ms}}),
+        "restore" => json!({"id_slot": slot, "filename": filename, "n_restored": n, "n_read": bytes,
+                            "timings": {"restore_ms": ms}}),
+        _ => json!({"id_slot": slot, "n_erased": n}),
+    })
+    .into_response())
+}
+
+/// A slot file's name: a plain name inside the slot directory (letters, digits, `.`, `-`, `_`; not starting
+/// with a dot; at most 255 bytes), never a path.
+fn valid_filename(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
 /// `POST /apply-template`: `{"messages", "add_generation_prompt"?}` → `{"prompt"}`, the text
@@ -572,6 +653,16 @@ pub(crate) fn embedding_inputs(body: &[u8], m: &LoadedModel) -> Result<Vec<Vec<u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slot_files_are_plain_names() {
+        for ok in ["a.bin", "slot_0-save.kv", "X"] {
+            assert!(valid_filename(ok), "{ok}");
+        }
+        for bad in ["", "../x", "a/b", ".hidden", "a\\b", "a b", "\u{0}", &"x".repeat(256)] {
+            assert!(!valid_filename(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn file_types_have_llama_cpps_names() {

@@ -295,3 +295,86 @@ async fn no_slots_and_keys_are_honoured() {
     let v: Value = r.json().await.unwrap();
     assert_eq!((v["endpoint_slots"].as_bool(), v["endpoint_props"].as_bool()), (Some(false), Some(false)));
 }
+
+/// One slot, `--slot-save-path` in a temporary directory (removed by the test that uses it).
+fn saving() -> &'static (String, std::path::PathBuf) {
+    static BASE: OnceLock<(String, std::path::PathBuf)> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("gemma-slot-save-test-{}", std::process::id()));
+        let mut c = common::test_config();
+        c.parallel = 1;
+        c.slot_save_path = Some(dir.clone());
+        (common::start(c), dir)
+    })
+}
+
+#[tokio::test]
+async fn a_saved_slot_restored_continues_as_the_uninterrupted_run() {
+    let (base, dir) = saving();
+    let want = &goldens()["slot_save"];
+    let slot = |action: &str, body: Value| {
+        let url = format!("{base}/slots/0?action={action}");
+        async move { post(&url, body).await }
+    };
+    let greedy =
+        |prompt: Value, n: u64| json!({"prompt": prompt, "n_predict": n, "temperature": 0, "return_tokens": true});
+
+    let (_, p) =
+        post(&format!("{base}/tokenize"), json!({"content": "The capital of France is", "add_special": true})).await;
+    let prompt: Vec<u64> = p["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect();
+    let (_, first) = post(&format!("{base}/completion"), greedy(json!(prompt), 4)).await;
+    // llama-server's numbers on the same request: 9 positions (the last token is never run).
+    let (status, saved) = slot("save", json!({"filename": "a.bin"})).await;
+    assert_eq!(status, 200, "{saved}");
+    assert_eq!(keys(&saved), keys(&want["save"]["body"]));
+    assert_eq!(
+        (&saved["n_saved"], &saved["id_slot"], &saved["filename"]),
+        (&want["save"]["body"]["n_saved"], &json!(0), &json!("a.bin"))
+    );
+    let size = std::fs::metadata(dir.join("a.bin")).unwrap().len();
+    assert_eq!(saved["n_written"].as_u64(), Some(size));
+    let (_, erased) = slot("erase", json!({})).await;
+    assert_eq!(erased, json!({"id_slot": 0, "n_erased": saved["n_saved"]}));
+    assert_eq!(keys(&erased), keys(&want["erase"]["body"]));
+
+    // The uninterrupted run of a longer prompt, with nothing cached (the erase dropped the slot's cache).
+    let mut longer = prompt.clone();
+    longer.extend(first["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()));
+    longer.push(236761); // "."
+    let (_, cold) = post(&format!("{base}/completion"), greedy(json!(longer), 8)).await;
+    assert_eq!(cold["timings"]["cache_n"], 0, "{cold}");
+    slot("erase", json!({})).await;
+
+    // Restored, the same prompt continues from the saved positions and gives the same tokens.
+    let (status, restored) = slot("restore", json!({"filename": "a.bin"})).await;
+    assert_eq!(status, 200, "{restored}");
+    assert_eq!(keys(&restored), keys(&want["restore"]["body"]));
+    assert_eq!((&restored["n_restored"], &restored["n_read"]), (&saved["n_saved"], &saved["n_written"]));
+    let (_, warm) = post(&format!("{base}/completion"), greedy(json!(longer), 8)).await;
+    assert_eq!(warm["timings"]["cache_n"], saved["n_saved"], "{warm}");
+    assert_eq!((&warm["tokens"], &warm["content"]), (&cold["tokens"], &cold["content"]));
+
+    // The errors llama-server gives, and a damaged file.
+    std::fs::write(dir.join("bad.bin"), b"GKVC\x01\0\0\0 not a cache").unwrap();
+    for (case, path, body) in [
+        ("restore_missing", "/slots/0?action=restore", json!({"filename": "missing.bin"})),
+        ("restore_missing", "/slots/0?action=restore", json!({"filename": "bad.bin"})),
+        ("bad_filename", "/slots/0?action=save", json!({"filename": "../x.bin"})),
+        ("bad_slot_id", "/slots/abc?action=save", json!({"filename": "b.bin"})),
+        ("bad_action", "/slots/0?action=fly", json!({})),
+        ("no_action", "/slots/0", json!({})),
+    ] {
+        let (status, v) = post(&format!("{base}{path}"), body.clone()).await;
+        let w = &want[case];
+        assert_eq!(status as u64, w["status"].as_u64().unwrap(), "{path} {body}: {v}");
+        assert_eq!(
+            (&v["error"]["type"], &v["error"]["code"]),
+            (&w["body"]["error"]["type"], &w["body"]["error"]["code"])
+        );
+    }
+    let (status, v) = post(&format!("{base}/slots/0?action=restore"), json!({"filename": "bad.bin"})).await;
+    assert!(status == 400 && v["error"]["message"].as_str().unwrap().starts_with("Unable to restore slot"), "{v}");
+    let (status, v) = post(&format!("{base}/slots/0?action=save"), json!({})).await;
+    assert_eq!((status, v["error"]["param"].as_str()), (400, Some("filename")));
+    std::fs::remove_dir_all(dir).unwrap();
+}

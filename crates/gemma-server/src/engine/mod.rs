@@ -66,6 +66,48 @@ pub struct EmbeddingRequest {
 pub enum Job {
     Generate(GenerationRequest),
     Embed(EmbeddingRequest),
+    Slot(SlotCommand),
+}
+
+/// llama-server's slot actions: save a slot's KV cache to a file, restore one (into the prefix cache, where
+/// the next request that starts with its tokens finds it), or erase it.
+pub struct SlotCommand {
+    pub slot: usize,
+    pub action: SlotAction,
+    pub reply: tokio::sync::oneshot::Sender<Result<SlotOutcome, SlotActionError>>,
+}
+
+pub enum SlotAction {
+    Save(std::path::PathBuf),
+    Restore(std::path::PathBuf),
+    Erase,
+}
+
+/// Positions saved, restored or erased, and the file's size (0 for erase).
+#[derive(Debug)]
+pub struct SlotOutcome {
+    pub tokens: usize,
+    pub bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SlotActionError {
+    #[error("slot {0} is processing a request")]
+    Busy(usize),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    File(#[from] gemma_core::KvFileError),
 }
 
 /// A request's session: `prompt_ids` are appended to what the session already holds.
@@ -228,6 +270,11 @@ impl EngineHandle {
             return Err(SubmitError::EmbeddingModel(loaded.id.clone()));
         }
         self.enqueue(Job::Generate(req))
+    }
+
+    /// Queues a slot action; never blocks.
+    pub fn submit_slot(&self, cmd: SlotCommand) -> Result<(), SubmitError> {
+        self.enqueue(Job::Slot(cmd))
     }
 
     /// Queues an embedding request; never blocks. Only an embedding model takes it.
@@ -401,6 +448,11 @@ impl<'a> Engine<'a> {
                             self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
                             self.held = Some(req);
                         }
+                        Ok(Job::Slot(cmd)) => {
+                            self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                            self.slot_action(cmd);
+                            continue;
+                        }
                         Ok(Job::Embed(req)) => {
                             self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
                             // Embedding requests that queued meanwhile share the pass (each input whole).
@@ -411,6 +463,11 @@ impl<'a> Engine<'a> {
                                     Ok(Job::Generate(g)) => {
                                         self.held = Some(g);
                                         self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                                        break;
+                                    }
+                                    Ok(Job::Slot(cmd)) => {
+                                        self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                                        self.slot_action(cmd);
                                         break;
                                     }
                                     Err(TryRecvError::Empty) => break,
@@ -724,10 +781,60 @@ impl<'a> Engine<'a> {
             return;
         }
         let session = seq.session().map(str::to_string);
+        let slot = seq.slot();
         let tokens = seq.finish(reason);
+        self.slot_table().set_tokens(slot, tokens.clone());
         match session {
             Some(id) => self.sessions.put(id, tokens, cache),
             None => self.prefix_cache.insert(tokens, cache),
+        }
+    }
+
+    /// Saves, restores or erases a slot's KV cache, between steps.
+    fn slot_action(&mut self, cmd: SlotCommand) {
+        let result = self.run_slot_action(cmd.slot, cmd.action);
+        let _ = cmd.reply.send(result);
+    }
+
+    fn run_slot_action(&mut self, slot: usize, action: SlotAction) -> Result<SlotOutcome, SlotActionError> {
+        let (busy, tokens) = {
+            let table = self.slot_table();
+            let s = table.slots().get(slot);
+            (s.is_some_and(|s| s.processing), s.map(|s| s.tokens.clone()).unwrap_or_default())
+        };
+        if busy {
+            return Err(SlotActionError::Busy(slot));
+        }
+        match action {
+            SlotAction::Save(path) => {
+                // A finished sequence's cache is in the prefix cache (unless evicted since: then nothing).
+                let (tokens, cache) = self
+                    .prefix_cache
+                    .copy_of(&tokens)
+                    .unwrap_or_else(|| (Vec::new(), self.model.new_cache(self.config.ctx)));
+                let bytes = cache.to_bytes(&tokens)?;
+                // Written aside and renamed, so a reader never sees half a file.
+                let partial = path.with_extension("partial");
+                std::fs::write(&partial, &bytes)
+                    .and_then(|()| std::fs::rename(&partial, &path))
+                    .map_err(|source| SlotActionError::Write { path, source })?;
+                Ok(SlotOutcome { tokens: tokens.len(), bytes: bytes.len() })
+            }
+            SlotAction::Restore(path) => {
+                let bytes = std::fs::read(&path).map_err(|source| SlotActionError::Read { path, source })?;
+                let (tokens, cache) = KvCache::from_bytes(&bytes, &self.model.new_cache(self.config.ctx))?;
+                let n = tokens.len();
+                self.prefix_cache.insert(tokens.clone(), cache);
+                self.slot_table().set_tokens(slot, tokens);
+                self.update_gauges();
+                Ok(SlotOutcome { tokens: n, bytes: bytes.len() })
+            }
+            SlotAction::Erase => {
+                let n = if tokens.is_empty() { 0 } else { self.prefix_cache.remove_covering(&tokens) };
+                self.slot_table().set_tokens(slot, Vec::new());
+                self.update_gauges();
+                Ok(SlotOutcome { tokens: n, bytes: 0 })
+            }
         }
     }
 

@@ -11,6 +11,8 @@ pub struct SlotState {
     pub id: usize,
     pub processing: bool,
     pub task: Option<SlotTask>,
+    /// The tokens of its last finished (or restored) sequence: what saving and erasing the slot act on.
+    pub tokens: Vec<u32>,
 }
 
 /// The sequence a slot runs or ran.
@@ -31,6 +33,12 @@ pub struct SlotTask {
     pub has_next_token: bool,
 }
 
+impl SlotState {
+    fn idle(id: usize) -> SlotState {
+        SlotState { id, processing: false, task: None, tokens: Vec::new() }
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct SlotTable {
     slots: Vec<SlotState>,
@@ -38,7 +46,7 @@ pub struct SlotTable {
 
 impl SlotTable {
     pub fn new(parallel: usize) -> SlotTable {
-        SlotTable { slots: (0..parallel).map(|id| SlotState { id, processing: false, task: None }).collect() }
+        SlotTable { slots: (0..parallel).map(SlotState::idle).collect() }
     }
 
     /// Gives `task` the lowest idle slot. A request with more choices than `parallel` runs alone and may need
@@ -46,7 +54,7 @@ impl SlotTable {
     pub fn acquire(&mut self, task: SlotTask) -> usize {
         let id = self.slots.iter().position(|s| !s.processing).unwrap_or(self.slots.len());
         if id == self.slots.len() {
-            self.slots.push(SlotState { id, processing: false, task: None });
+            self.slots.push(SlotState::idle(id));
         }
         self.slots[id].processing = true;
         self.slots[id].task = Some(task);
@@ -71,6 +79,15 @@ impl SlotTable {
                 task.has_next_token = false;
             }
         }
+    }
+
+    /// Slot `id` now stands for `tokens` (a sequence ended, or a saved cache was restored into it).
+    pub fn set_tokens(&mut self, id: usize, tokens: Vec<u32>) {
+        while self.slots.len() <= id {
+            let next = self.slots.len();
+            self.slots.push(SlotState::idle(next));
+        }
+        self.slots[id].tokens = tokens;
     }
 
     /// Every slot that is processing goes idle (the engine failed them all).
