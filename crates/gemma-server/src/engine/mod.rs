@@ -108,6 +108,8 @@ pub enum SlotActionError {
     },
     #[error("{0}")]
     File(#[from] gemma_core::KvFileError),
+    #[error("{tokens} positions do not fit the prefix cache (inference.prefix_cache_tokens = {budget})")]
+    TooLong { tokens: usize, budget: usize },
 }
 
 /// A request's session: `prompt_ids` are appended to what the session already holds.
@@ -824,6 +826,9 @@ impl<'a> Engine<'a> {
                 let bytes = std::fs::read(&path).map_err(|source| SlotActionError::Read { path, source })?;
                 let (tokens, cache) = KvCache::from_bytes(&bytes, &self.model.new_cache(self.config.ctx))?;
                 let n = tokens.len();
+                if n > self.prefix_cache.budget() {
+                    return Err(SlotActionError::TooLong { tokens: n, budget: self.prefix_cache.budget() });
+                }
                 self.prefix_cache.insert(tokens.clone(), cache);
                 self.slot_table().set_tokens(slot, tokens);
                 self.update_gauges();

@@ -45,6 +45,11 @@ impl<C: CachedKv> PrefixCache<C> {
         PrefixCache { entries: Vec::new(), budget_tokens, clock: 0 }
     }
 
+    /// The most tokens it keeps.
+    pub fn budget(&self) -> usize {
+        self.budget_tokens
+    }
+
     /// Tokens held by all entries.
     pub fn tokens(&self) -> usize {
         self.entries.iter().map(|e| e.tokens.len()).sum()
