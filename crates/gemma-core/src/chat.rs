@@ -136,6 +136,8 @@ const RAISED_MARKER: &str = "raise_exception: ";
 pub struct ChatTemplate {
     env: Environment<'static>,
     source: TemplateSource,
+    /// The Jinja text (the environment keeps its own copy, compiled).
+    text: String,
     bos_token: String,
     eos_token: String,
     strip_bos: bool,
@@ -266,8 +268,8 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
-        env.add_template_owned(TEMPLATE_NAME, src).map_err(ChatTemplateError::Compile)?;
-        Ok(ChatTemplate { env, source, bos_token: bos, eos_token: eos, strip_bos: false, strip_eos: false })
+        env.add_template_owned(TEMPLATE_NAME, src.clone()).map_err(ChatTemplateError::Compile)?;
+        Ok(ChatTemplate { env, source, text: src, bos_token: bos, eos_token: eos, strip_bos: false, strip_eos: false })
     }
 
     /// Sets llama.cpp's rule: when the tokenizer adds BOS (`add_bos`), one leading BOS text is removed from
@@ -281,9 +283,9 @@ impl ChatTemplate {
     pub fn source(&self) -> TemplateSource {
         self.source
     }
-    /// The template's Jinja text (the file's, or the built-in one in use).
-    pub fn text(&self) -> String {
-        self.env.get_template(TEMPLATE_NAME).map(|t| t.source().to_string()).unwrap_or_default()
+    /// The Jinja text of the template (the file's own, or the built-in one used in its place).
+    pub fn template_text(&self) -> &str {
+        &self.text
     }
     pub fn bos_token(&self) -> &str {
         &self.bos_token

@@ -141,6 +141,137 @@ impl KvCache {
     pub(crate) fn layer_mut(&mut self, l: usize) -> &mut LayerKv {
         &mut self.layers[l]
     }
+
+    /// The cache as a file's bytes (`docs/openai-compatibility.md`, slot saving): its positions with the
+    /// token ids they hold (`tokens`, one per position), every layer's rows, little-endian.
+    pub fn to_bytes(&self, tokens: &[u32]) -> Result<Vec<u8>, KvFileError> {
+        if tokens.len() != self.len {
+            return Err(KvFileError::Mismatch(format!("{} token ids for {} positions", tokens.len(), self.len)));
+        }
+        let floats: usize = self.layers.iter().map(|l| 2 * self.rows(l, self.len)).sum::<usize>() * self.row_len;
+        let mut out = Vec::with_capacity(32 + tokens.len() * 4 + self.layers.len() * 24 + floats * 4);
+        out.extend_from_slice(KV_MAGIC);
+        out.extend_from_slice(&KV_VERSION.to_le_bytes());
+        for n in [self.layers.len(), self.row_len, self.len] {
+            out.extend_from_slice(&(n as u64).to_le_bytes());
+        }
+        tokens.iter().for_each(|t| out.extend_from_slice(&t.to_le_bytes()));
+        for l in &self.layers {
+            let n = self.rows(l, self.len) * self.row_len;
+            if l.keys.len() < n || l.values.len() < n {
+                return Err(KvFileError::Mismatch("a layer holds fewer rows than its positions".into()));
+            }
+            for v in [l.ring as u64, l.window as u64] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            l.keys[..n].iter().chain(&l.values[..n]).for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+        }
+        Ok(out)
+    }
+
+    /// Reads a cache written by [`KvCache::to_bytes`] into the shape of `like` (an empty cache of the running
+    /// model, with its capacity): the token ids and the cache. A file of another model, another layout or
+    /// more positions than the capacity is refused; nothing is allocated beyond what the bytes hold.
+    pub fn from_bytes(bytes: &[u8], like: &KvCache) -> Result<(Vec<u32>, KvCache), KvFileError> {
+        let mut r = Reader(bytes);
+        if r.take(KV_MAGIC.len())? != KV_MAGIC {
+            return Err(KvFileError::NotKvCache);
+        }
+        let version = u32::from_le_bytes(r.array()?);
+        if version != KV_VERSION {
+            return Err(KvFileError::Version(version));
+        }
+        let (layers, row_len, len) = (r.u64()?, r.u64()?, r.u64()?);
+        if layers != like.layers.len() as u64 || row_len != like.row_len as u64 {
+            return Err(KvFileError::Mismatch(format!(
+                "{layers} layers of {row_len} values per position; this model has {} of {}",
+                like.layers.len(),
+                like.row_len
+            )));
+        }
+        if len > like.capacity as u64 {
+            return Err(KvFileError::Mismatch(format!("{len} positions; the context holds {}", like.capacity)));
+        }
+        let len = len as usize;
+        let tokens: Vec<u32> = r
+            .take(len.checked_mul(4).ok_or(KvFileError::Truncated)?)?
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let mut cache = KvCache {
+            layers: Vec::with_capacity(like.layers.len()),
+            row_len: like.row_len,
+            len,
+            capacity: like.capacity,
+        };
+        for (i, shape) in like.layers.iter().enumerate() {
+            let (ring, window) = (r.u64()?, r.u64()?);
+            if ring != shape.ring as u64 || window != shape.window as u64 {
+                return Err(KvFileError::Mismatch(format!("layer {i}'s attention window differs")));
+            }
+            let n = like.rows(shape, len).checked_mul(like.row_len).ok_or(KvFileError::Truncated)?;
+            let mut floats = r
+                .take(n.checked_mul(8).ok_or(KvFileError::Truncated)?)?
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+            let keys: Vec<f32> = floats.by_ref().take(n).collect();
+            let values: Vec<f32> = floats.collect();
+            cache.layers.push(LayerKv { keys, values, ring: shape.ring, window: shape.window });
+        }
+        if !r.0.is_empty() {
+            return Err(KvFileError::Mismatch(format!("{} bytes after the last layer", r.0.len())));
+        }
+        Ok((tokens, cache))
+    }
+
+    /// Rows layer `l` holds for `len` positions.
+    fn rows(&self, l: &LayerKv, len: usize) -> usize {
+        if l.ring == 0 {
+            len
+        } else {
+            len.min(l.ring)
+        }
+    }
+}
+
+const KV_MAGIC: &[u8; 4] = b"GKVC";
+const KV_VERSION: u32 = 1;
+
+/// Why KV cache bytes cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum KvFileError {
+    #[error("not a gemma-rs KV cache file")]
+    NotKvCache,
+    #[error("KV cache file version {0} is not supported (this build reads version 1)")]
+    Version(u32),
+    #[error("the KV cache file is cut short")]
+    Truncated,
+    #[error("the KV cache does not fit this model: {0}")]
+    Mismatch(String),
+}
+
+/// Reads the file's fields in order.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], KvFileError> {
+        if n > self.0.len() {
+            return Err(KvFileError::Truncated);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], KvFileError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn u64(&mut self) -> Result<u64, KvFileError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
 }
 
 #[cfg(test)]
@@ -238,6 +369,54 @@ mod tests {
         assert_eq!(t.len(), 3 * ring + 5);
         assert_eq!(t.truncate(far), 0);
         assert_eq!(c.len(), 3 * ring + 5, "copying never changes the original");
+    }
+
+    #[test]
+    fn saved_bytes_read_back_into_the_same_cache_and_bad_files_are_errors() {
+        let ring = 8 + MAX_UBATCH;
+        let like = KvCache::new(&[Some(8), None], 3, 10_000);
+        for len in [0, 5, 2 * ring + 7] {
+            let mut c = KvCache::new(&[Some(8), None], 3, 10_000);
+            fill(&mut c, len);
+            let tokens: Vec<u32> = (0..len as u32).collect();
+            let bytes = c.to_bytes(&tokens).unwrap();
+            let (back_tokens, back) = KvCache::from_bytes(&bytes, &like).unwrap();
+            assert_eq!((back_tokens, back.len(), back.capacity()), (tokens, len, 10_000));
+            for l in 0..2 {
+                assert_eq!(back.layer(l).keys, c.layer(l).keys, "layer {l}");
+                assert_eq!(back.layer(l).values, c.layer(l).values, "layer {l}");
+            }
+            // Every cut is an error, never a panic.
+            for cut in 0..bytes.len().min(200) {
+                assert!(KvCache::from_bytes(&bytes[..cut], &like).is_err(), "cut at {cut}");
+            }
+            assert!(matches!(KvCache::from_bytes(&bytes[..bytes.len() - 1], &like), Err(KvFileError::Truncated)));
+        }
+        let mut c = KvCache::new(&[Some(8), None], 3, 10_000);
+        fill(&mut c, 20);
+        let tokens: Vec<u32> = (0..20).collect();
+        assert!(matches!(c.to_bytes(&tokens[..3]), Err(KvFileError::Mismatch(_))));
+        let bytes = c.to_bytes(&tokens).unwrap();
+        // Another model's layout, a smaller context, a longer file, another file.
+        for other in [
+            KvCache::new(&[Some(8)], 3, 10_000),
+            KvCache::new(&[Some(8), None], 4, 10_000),
+            KvCache::new(&[None, None], 3, 10_000),
+            KvCache::new(&[Some(8), None], 3, 10),
+        ] {
+            assert!(matches!(KvCache::from_bytes(&bytes, &other), Err(KvFileError::Mismatch(_))));
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(KvCache::from_bytes(&longer, &like), Err(KvFileError::Mismatch(_))));
+        assert!(matches!(KvCache::from_bytes(b"GGUF\x03\0\0\0", &like), Err(KvFileError::NotKvCache)));
+        let mut v2 = bytes.clone();
+        v2[4] = 2;
+        assert!(matches!(KvCache::from_bytes(&v2, &like), Err(KvFileError::Version(2))));
+        // A huge declared length is refused before anything is allocated for it.
+        let mut huge = bytes[..24].to_vec();
+        huge.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(KvCache::from_bytes(&huge, &KvCache::new(&[Some(8), None], 3, usize::MAX)).is_err());
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub use config::{Architecture, ModelConfig};
 pub use conversation::{Conversation, ConversationError, Turn};
 pub use error::ModelError;
 pub use generate::{GenerationOptions, GenerationOutput, Session, StopReason};
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvFileError};
 pub use model::{LoadOptions, Model, Scratch};
 pub use sampling::{Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;

@@ -84,6 +84,7 @@ fn gemma_file_without_template_gets_the_builtin_gemma_template_matching_googles(
 
     let t = ChatTemplate::from_gguf(&file, &tok).unwrap();
     assert_eq!(t.source(), TemplateSource::BuiltinGemma);
+    assert!(t.template_text().contains("<start_of_turn>"), "the built-in text stands in for the file's");
     assert_eq!((t.bos_token(), t.eos_token()), ("<bos>", "<eos>"));
     let official = render_of(&g, GEMMA, "gemma3_official_jinja");
     check(&t, official, Some(&tok));
@@ -107,6 +108,7 @@ fn googles_gemma3_jinja_renders_as_in_llama_cpp() {
     let src = official.template_source.as_deref().expect("template source recorded");
     let t = ChatTemplate::from_source(src, "<bos>", "<eos>").unwrap().strip_special(true, false);
     assert_eq!(t.source(), TemplateSource::Custom);
+    assert_eq!(t.template_text(), src, "the text it was given (what llama-server's /props shows)");
     check(&t, official, Some(&tok));
 
     // Without the strip rule the template's own BOS stays: the text llama.cpp renders before stripping.

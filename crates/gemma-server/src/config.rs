@@ -36,6 +36,16 @@ pub struct ServeArgs {
     /// A TOML file with the sections [server], [model], [inference] and [security].
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Accept `POST /props` (llama-server's `--props`; refused by default, as there).
+    #[arg(long)]
+    pub props: bool,
+    /// Turn `GET /slots` off (llama-server's `--no-slots`).
+    #[arg(long)]
+    pub no_slots: bool,
+    /// Where `POST /slots/{id}?action=save|restore` keeps slot files (llama-server's `--slot-save-path`;
+    /// without it those actions are refused).
+    #[arg(long, value_name = "DIR")]
+    pub slot_save_path: Option<PathBuf>,
 }
 
 /// The TOML file. Every table rejects unknown keys so that a typo is a startup error, not a silent default.
@@ -119,6 +129,12 @@ pub struct ServerConfig {
     pub jwt_secret: Option<String>,
     pub rate_limit_enabled: bool,
     pub max_requests_per_minute: u32,
+    /// `POST /props` is accepted (llama-server's `--props`).
+    pub endpoint_props: bool,
+    /// `GET /slots` answers (llama-server's default; `--no-slots` turns it off).
+    pub endpoint_slots: bool,
+    /// The directory of slot files (`--slot-save-path`); `None`: slot actions are refused.
+    pub slot_save_path: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -142,6 +158,9 @@ impl std::fmt::Debug for ServerConfig {
             .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "redacted"))
             .field("rate_limit_enabled", &self.rate_limit_enabled)
             .field("max_requests_per_minute", &self.max_requests_per_minute)
+            .field("endpoint_props", &self.endpoint_props)
+            .field("endpoint_slots", &self.endpoint_slots)
+            .field("slot_save_path", &self.slot_save_path)
             .finish()
     }
 }
@@ -167,6 +186,9 @@ impl Default for ServerConfig {
             jwt_secret: None,
             rate_limit_enabled: false,
             max_requests_per_minute: 600,
+            endpoint_props: false,
+            endpoint_slots: true,
+            slot_save_path: None,
         }
     }
 }
@@ -249,6 +271,9 @@ impl ServerConfig {
             jwt_secret: file.security.jwt_secret.clone(),
             rate_limit_enabled: file.security.rate_limit_enabled.unwrap_or(d.rate_limit_enabled),
             max_requests_per_minute: file.security.max_requests_per_minute.unwrap_or(d.max_requests_per_minute),
+            endpoint_props: args.props || d.endpoint_props,
+            endpoint_slots: d.endpoint_slots && !args.no_slots,
+            slot_save_path: args.slot_save_path.clone(),
         };
         c.validate()?;
         Ok(c)
@@ -345,6 +370,10 @@ mod tests {
         let args = ServeArgs { port: Some(0), parallel: Some(2), ..Default::default() };
         let c = ServerConfig::merge(&file, &args, None).unwrap();
         assert_eq!((c.port, c.parallel, c.ctx, c.max_connections), (0, 2, 1024, 10));
+        assert!(!c.endpoint_props && c.endpoint_slots, "llama-server's defaults");
+        let args = ServeArgs { props: true, no_slots: true, ..Default::default() };
+        let c = ServerConfig::merge(&file, &args, None).unwrap();
+        assert!(c.endpoint_props && !c.endpoint_slots);
         assert_eq!(c.model, "/models/x.gguf");
         assert_eq!(c.api_keys, ["alpha", "beta"]);
         assert!(c.rate_limit_enabled && c.auth_required());

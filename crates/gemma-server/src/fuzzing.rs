@@ -9,7 +9,7 @@ use crate::ollama::Kind;
 use crate::openai::{engine_settings, Dialect, Plan};
 
 /// The endpoints [`parse_request`] reads bodies for, by number.
-pub const ENDPOINTS: [&str; 13] = [
+pub const ENDPOINTS: [&str; 17] = [
     "/v1/completions",
     "/v1/chat/completions",
     "/completion",
@@ -23,6 +23,10 @@ pub const ENDPOINTS: [&str; 13] = [
     "/api/chat",
     "/api/embed",
     "/api/embeddings",
+    "/apply-template",
+    "/tokenize",
+    "/detokenize",
+    "/embedding",
 ];
 
 /// Parses `body` as endpoint `ENDPOINTS[endpoint % ENDPOINTS.len()]` would, then works out what the engine would
@@ -66,9 +70,27 @@ pub fn parse_request(endpoint: usize, body: &[u8], loaded: &LoadedModel) -> Resu
             check_embedding_inputs(&inputs, dims.into_iter(), loaded);
             Vec::new()
         }
-        _ => {
+        12 => {
             let ids = crate::ollama::parse_embeddings_legacy(body, loaded)?;
             check_embedding_inputs(&ids.into_iter().collect::<Vec<_>>(), std::iter::empty(), loaded);
+            Vec::new()
+        }
+        13 => {
+            crate::llama_server::render_request(&Fields::parse(body)?, &loaded.chat)?;
+            Vec::new()
+        }
+        14 => {
+            let v = crate::llama_server::tokenize_body(body, loaded)?;
+            assert!(v["tokens"].is_array());
+            Vec::new()
+        }
+        15 => {
+            crate::llama_server::detokenize_body(body, loaded)?;
+            Vec::new()
+        }
+        _ => {
+            let inputs = crate::llama_server::embedding_inputs(body, loaded)?;
+            check_embedding_inputs(&inputs, std::iter::empty(), loaded);
             Vec::new()
         }
     };

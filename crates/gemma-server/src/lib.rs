@@ -16,6 +16,7 @@ pub mod fuzzing;
 pub mod gemini;
 pub mod generate;
 pub mod llama_native;
+pub mod llama_server;
 pub mod metrics;
 pub mod model_info;
 pub mod ollama;

@@ -74,7 +74,7 @@ impl ModelFileInfo {
             embedding_length: model.config.d_model,
             metadata: file.metadata().to_vec(),
             tensors: file.tensors().iter().map(|t| (t.name.clone(), t.ggml_type.name(), t.dims.clone())).collect(),
-            template: chat.text(),
+            template: chat.template_text().to_string(),
         }
     }
 

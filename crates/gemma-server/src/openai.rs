@@ -458,7 +458,7 @@ pub(crate) fn parse_prompts(f: &Fields, tok: &Tokenizer, vocab: usize) -> Result
 }
 
 /// `messages`: objects with a `role` and a `content` that is a string or a list of text parts.
-fn parse_messages(f: &Fields) -> Result<Vec<ChatMessage>, ApiError> {
+pub(crate) fn parse_messages(f: &Fields) -> Result<Vec<ChatMessage>, ApiError> {
     let bad = |m: &str| ApiError::invalid_param("messages", m.to_string()).with_code("invalid_type");
     let items = match f.raw("messages") {
         None => {

@@ -1,5 +1,5 @@
 //! The HTTP side: shared state, the router, the middleware (request metrics, in-flight limit, keys and rate
-//! limit) and the small endpoints (health, models, metrics, tokenize, detokenize).
+//! limit) and the small endpoints (health, models, metrics).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,9 +19,8 @@ use crate::api_error::ApiError;
 use crate::auth::{Authenticator, RateLimiter};
 use crate::config::ServerConfig;
 use crate::engine::{EngineHandle, LoadedModel};
-use crate::fields::Fields;
 use crate::metrics::Metrics;
-use crate::{embeddings, gemini, generate, llama_native, ollama, openai, websocket};
+use crate::{embeddings, gemini, generate, llama_native, llama_server, ollama, openai, websocket};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -35,6 +34,7 @@ struct Inner {
     rate_limit: Option<RateLimiter>,
     in_flight: Arc<Semaphore>,
     max_body_bytes: usize,
+    llama: llama_server::Options,
 }
 
 impl AppState {
@@ -47,6 +47,7 @@ impl AppState {
                 rate_limit: config.rate_limit_enabled.then(|| RateLimiter::new(config.max_requests_per_minute)),
                 in_flight: Arc::new(Semaphore::new(config.max_connections)),
                 max_body_bytes: config.max_body_bytes,
+                llama: llama_server::Options::new(config),
             }),
         }
     }
@@ -57,6 +58,10 @@ impl AppState {
 
     pub fn max_body_bytes(&self) -> usize {
         self.inner.max_body_bytes
+    }
+
+    pub(crate) fn llama_options(&self) -> &llama_server::Options {
+        &self.inner.llama
     }
 
     /// The loaded model, or a 503 while it is loading (or failed to load).
@@ -82,16 +87,31 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/embeddings", post(embeddings::openai_embeddings))
         .route("/embeddings", post(embeddings::openai_embeddings))
-        .route("/tokenize", post(tokenize))
-        .route("/detokenize", post(detokenize))
+        .route("/tokenize", post(llama_server::tokenize))
+        .route("/detokenize", post(llama_server::detokenize))
         .route("/v1beta/models/{model_action}", post(gemini::generate_content))
         .route("/v1/ws", get(websocket::upgrade))
         .route("/generate", post(generate::generate))
         .merge(ollama::protected_routes())
+        // The rest of llama-server's routes (llama_server.rs) and its aliases of ours.
+        .route("/chat/completions", post(openai::chat_completions))
+        .route("/models", get(models))
+        .route("/props", get(llama_server::get_props).post(llama_server::post_props))
+        .route("/slots", get(llama_server::get_slots))
+        .route("/slots/{id_slot}", post(llama_server::post_slots))
+        .route("/apply-template", post(llama_server::apply_template))
+        .route("/lora-adapters", get(llama_server::get_lora_adapters).post(llama_server::post_lora_adapters))
+        .route("/embedding", post(llama_server::embedding))
+        .route("/infill", post(llama_server::infill))
+        .route("/rerank", post(llama_server::rerank))
+        .route("/reranking", post(llama_server::rerank))
+        .route("/v1/rerank", post(llama_server::rerank))
+        .route("/v1/reranking", post(llama_server::rerank))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(protected)
         .route("/health", get(health))
+        .route("/v1/health", get(health))
         .route("/metrics", get(metrics))
         .merge(ollama::public_routes())
         .fallback(not_found)
@@ -195,48 +215,6 @@ async fn models(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
         "data": [{"id": m.id, "object": "model", "created": m.created, "owned_by": "gemma-rs",
                   "meta": {"n_ctx": m.ctx, "n_vocab": m.vocab_size}}],
     })))
-}
-
-/// llama-server's `/tokenize`: `{"content", "add_special"?, "parse_special"?, "with_pieces"?}` → `{"tokens"}`.
-async fn tokenize(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
-    let bytes = read_body(body, &headers, state.max_body_bytes()).await?;
-    let m = state.loaded()?;
-    let f = Fields::parse(&bytes)?;
-    let content = f.get::<String>("content")?.ok_or_else(|| {
-        ApiError::invalid_param("content", "'content' is required").with_code("missing_required_parameter")
-    })?;
-    let add_special = f.get::<bool>("add_special")?.unwrap_or(true);
-    let parse_special = f.get::<bool>("parse_special")?.unwrap_or(true);
-    let with_pieces = f.get::<bool>("with_pieces")?.unwrap_or(false);
-    // `add_special`: the BOS and the EOS the model wants (an embedding model ends its inputs with EOS).
-    let ids = if add_special {
-        m.tokenizer.encode_input(&content, parse_special)
-    } else {
-        m.tokenizer.encode(&content, false, parse_special)
-    };
-    let tokens: Value = if with_pieces {
-        ids.iter()
-            .map(|&id| {
-                let piece = m.tokenizer.token_piece_bytes(id, true).unwrap_or_default();
-                json!({"id": id, "piece": String::from_utf8_lossy(piece)})
-            })
-            .collect()
-    } else {
-        json!(ids)
-    };
-    Ok(Json(json!({"tokens": tokens})))
-}
-
-/// `{"tokens": [ids]}` → `{"content": text}`.
-async fn detokenize(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
-    let bytes = read_body(body, &headers, state.max_body_bytes()).await?;
-    let m = state.loaded()?;
-    let f = Fields::parse(&bytes)?;
-    let ids = f.get::<Vec<u32>>("tokens")?.unwrap_or_default();
-    if let Some(bad) = ids.iter().find(|&&id| id as usize >= m.vocab_size) {
-        return Err(ApiError::invalid_param("tokens", format!("token id {bad} is outside the vocabulary")));
-    }
-    Ok(Json(json!({"content": m.tokenizer.decode(&ids, false)})))
 }
 
 async fn not_found(req: Request) -> Response {

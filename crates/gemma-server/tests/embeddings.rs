@@ -235,6 +235,36 @@ async fn the_embeddings_alias_answers_the_same() {
     assert_eq!(alias["usage"], v1["usage"]);
 }
 
+/// llama-server's own format at `/embedding`: `content` (or `input`) → `[{"index", "embedding": [[...]]}]`,
+/// the same vectors as `/v1/embeddings`.
+#[tokio::test]
+async fn llama_servers_embedding_format_has_the_same_vectors() {
+    let v1 = embeddings(json!({"input": [HELLO, PARIS]})).await;
+    for body in [json!({"content": [HELLO, PARIS]}), json!({"input": [HELLO, PARIS], "embd_normalize": 2})] {
+        let (status, v) = post(&format!("{}/embedding", base()), body.clone()).await;
+        assert_eq!(status, 200, "{body} → {v}");
+        let items = v.as_array().expect("a list");
+        assert_eq!(items.len(), 2);
+        for (i, item) in items.iter().enumerate() {
+            let keys: Vec<&str> = item.as_object().unwrap().keys().map(String::as_str).collect();
+            assert_eq!(keys, ["index", "embedding"]);
+            assert_eq!(item["index"].as_u64(), Some(i as u64));
+            assert_eq!(item["embedding"].as_array().unwrap().len(), 1, "one pooled row");
+            assert_eq!(item["embedding"][0], v1["data"][i]["embedding"]);
+        }
+    }
+    for (body, param) in [(json!({}), "input"), (json!({"content": "x", "embd_normalize": -1}), "embd_normalize")] {
+        let (status, v) = post(&format!("{}/embedding", base()), body.clone()).await;
+        assert_eq!((status, v["error"]["param"].as_str()), (400, Some(param)), "{body} → {v}");
+    }
+    // A generative model answers as llama-server does without `--embeddings`: 501, its error shape.
+    let (status, v) = post(&format!("{}/embedding", generative_base()), json!({"content": HELLO})).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_u64(), v["error"]["type"].as_str()),
+        (501, Some(501), Some("not_supported_error"))
+    );
+}
+
 #[tokio::test]
 async fn bad_requests_are_400s_naming_the_field() {
     let p = "/v1/embeddings";
@@ -315,7 +345,7 @@ async fn ollama_embed_gives_the_openai_vectors() {
     let (status, cut) = post(&url("/api/embed"), json!({"input": long})).await;
     assert_eq!(status, 200, "{cut}");
     assert_eq!(cut["prompt_eval_count"], 2048);
-    let (_, ids) = post(&url("/tokenize"), json!({"content": long})).await;
+    let (_, ids) = post(&url("/tokenize"), json!({"content": long, "add_special": true})).await;
     let ids = ids["tokens"].as_array().unwrap();
     let mut kept: Vec<Value> = ids[..2047].to_vec();
     kept.push(ids[ids.len() - 1].clone());
@@ -433,7 +463,8 @@ async fn gemini_bad_requests_are_400s() {
 /// `/tokenize` with `add_special` gives what an input is embedded as: BOS and, for this model, EOS.
 #[tokio::test]
 async fn tokenize_adds_the_eos_an_embedding_model_wants() {
-    let (status, v) = post(&format!("{}/tokenize", base()), json!({"content": "hello world"})).await;
+    let (status, v) =
+        post(&format!("{}/tokenize", base()), json!({"content": "hello world", "add_special": true})).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["tokens"], json!([2, 23391, 1902, 1]));
     let (_, v) = post(&format!("{}/tokenize", base()), json!({"content": "hello world", "add_special": false})).await;

@@ -46,7 +46,8 @@ async fn a_session_keeps_its_history_and_cache_and_the_oldest_is_evicted_and_mus
     let c1 = first["usage"]["completion_tokens"].as_u64().unwrap();
     // A new session has nothing of its own (at most the shared BOS from the prefix cache).
     assert!(first["usage"]["cached_tokens"].as_u64().unwrap() <= 1, "{first}");
-    let (_, t) = post(&format!("{}/tokenize", base()), json!({"content": "My name is Ada."})).await;
+    let (_, t) =
+        post(&format!("{}/tokenize", base()), json!({"content": "My name is Ada.", "add_special": true})).await;
     assert_eq!(p1 as usize, t["tokens"].as_array().unwrap().len(), "BOS + the prompt");
 
     let second = generate(json!({"prompt": " What is my name?", "max_tokens": 5, "temperature": 0,
@@ -65,7 +66,7 @@ async fn a_session_keeps_its_history_and_cache_and_the_oldest_is_evicted_and_mus
     }
     let again = generate(json!({"prompt": "Hi.", "max_tokens": 2, "session": "s-one"})).await;
     assert!(again["usage"]["cached_tokens"].as_u64().unwrap() <= 1, "{again}");
-    let (_, t3) = post(&format!("{}/tokenize", base()), json!({"content": "Hi."})).await;
+    let (_, t3) = post(&format!("{}/tokenize", base()), json!({"content": "Hi.", "add_special": true})).await;
     assert_eq!(again["usage"]["prompt_tokens"].as_u64().unwrap() as usize, t3["tokens"].as_array().unwrap().len());
 
     // A session whose history outgrows the context is refused with a 400, and the server carries on.
@@ -197,7 +198,10 @@ async fn n_choices_share_one_prefill_and_sample_as_separate_requests_would() {
         let (_, one) = post(&url, body(1, 40 + k)).await;
         assert_eq!(many["choices"][k as usize]["text"], one["choices"][0]["text"], "choice {k}: {many} vs {one}");
     }
-    let (_, t) =
-        post(&format!("{}/tokenize", base()), json!({"content": "Once upon a time, in a small village,"})).await;
+    let (_, t) = post(
+        &format!("{}/tokenize", base()),
+        json!({"content": "Once upon a time, in a small village,", "add_special": true}),
+    )
+    .await;
     assert_eq!(many["usage"]["prompt_tokens"].as_u64().unwrap() as usize, t["tokens"].as_array().unwrap().len());
 }

@@ -284,8 +284,12 @@ async fn embeddings_and_tokenizer_endpoints_refuse_hostile_bodies() {
     assert_refused("/v1beta/models/m:batchEmbedContents", malformed()).await;
 
     let mut bodies = malformed();
-    bodies.extend(with_each(&json!({"content": "x"}), "content", &[json!(5), json!(["x"])]));
-    bodies.extend(with_each(&json!({"content": "x"}), "add_special", &[json!("yes")]));
+    // llama-server's content: a string or a list of strings and token ids.
+    let ids = [json!(5), json!(["x", {}]), json!([1.5]), json!([-1]), json!(["x", 262_144]), json!({"a": 1})];
+    bodies.extend(with_each(&json!({"content": "x"}), "content", &ids));
+    for flag in ["add_special", "parse_special", "with_pieces"] {
+        bodies.extend(with_each(&json!({"content": "x"}), flag, &[json!("yes"), json!(1)]));
+    }
     assert_refused("/tokenize", bodies).await;
     let mut bodies = malformed();
     bodies.extend(with_each(
@@ -369,4 +373,31 @@ async fn ollama_endpoints_refuse_hostile_bodies() {
     bodies.extend(with_each(&json!({"model": "m"}), "model", &[json!(5), json!(""), json!(null)]));
     bodies.extend(with_each(&json!({"model": "m"}), "verbose", &[json!("yes")]));
     assert_refused_ollama("/api/show", bodies).await;
+}
+
+#[tokio::test]
+async fn llama_server_side_endpoints_refuse_hostile_bodies() {
+    let chat = json!({"messages": [{"role": "user", "content": "x"}]});
+    let mut bodies = malformed();
+    let messages = [
+        json!("x"),
+        json!([1]),
+        json!([{"role": 5, "content": "x"}]),
+        json!([{"role": "wizard", "content": "x"}]),
+        json!([{"role": "user"}]),
+        json!([{"role": "user", "content": [{"type": "image_url"}]}]),
+        json!([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]),
+        json!([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+               {"role": "assistant", "content": "c"}]),
+    ];
+    bodies.extend(with_each(&chat, "messages", &messages));
+    bodies.extend(with_each(&chat, "add_generation_prompt", &[json!("yes"), json!(0)]));
+    assert_refused("/apply-template", bodies).await;
+    // The generative model makes no embeddings, and POST /props is off: 501s, not 4xx; their bodies are not
+    // read. /lora-adapters reads its body.
+    let mut bodies = malformed();
+    bodies.retain(|b| !b.starts_with(b"[{"));
+    bodies.push(b"{}".to_vec());
+    bodies.push(b"5".to_vec());
+    assert_refused("/lora-adapters", bodies).await;
 }

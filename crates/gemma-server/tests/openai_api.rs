@@ -48,14 +48,14 @@ async fn health_models_and_tokenize() {
     assert_eq!(models["data"][0]["object"], "model");
     assert!(models["data"][0]["id"].as_str().unwrap().contains("gemma-3-270m"));
 
-    let (s, t) = post(&format!("{}/tokenize", base()), json!({"content": "Hello world"})).await;
+    let (s, t) = post(&format!("{}/tokenize", base()), json!({"content": "Hello world", "add_special": true})).await;
     assert_eq!(s, 200);
     let ids: Vec<u64> = t["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
     assert_eq!(ids[0], 2, "Gemma adds <bos> (id 2)");
     assert!(ids.len() >= 3);
     let (s, d) = post(&format!("{}/detokenize", base()), json!({"tokens": ids})).await;
     assert_eq!(s, 200);
-    assert_eq!(d["content"], "Hello world");
+    assert_eq!(d["content"], "<bos>Hello world", "control tokens are shown, as llama-server shows them");
     let (s, e) = post(&format!("{}/detokenize", base()), json!({"tokens": [999_999_999u64]})).await;
     assert_eq!((s, e["error"]["param"].as_str()), (400, Some("tokens")));
 }
@@ -73,7 +73,9 @@ async fn completion_shape_and_streaming_give_the_same_text() {
     assert!(!text.is_empty());
     let finish = v["choices"][0]["finish_reason"].as_str().unwrap();
     let usage = &v["usage"];
-    let (_, t) = post(&format!("{}/tokenize", base()), json!({"content": "The capital of France is"})).await;
+    let (_, t) =
+        post(&format!("{}/tokenize", base()), json!({"content": "The capital of France is", "add_special": true}))
+            .await;
     assert_eq!(usage["prompt_tokens"].as_u64().unwrap() as usize, t["tokens"].as_array().unwrap().len());
     let completion = usage["completion_tokens"].as_u64().unwrap();
     assert_eq!(usage["total_tokens"].as_u64().unwrap(), usage["prompt_tokens"].as_u64().unwrap() + completion);

@@ -6,6 +6,7 @@
 pub mod prefix_cache;
 mod sequence;
 pub mod sessions;
+pub mod slots;
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
@@ -23,6 +24,7 @@ use crate::metrics::Metrics;
 use prefix_cache::PrefixCache;
 use sequence::{Sequence, StepResult};
 use sessions::{SessionBusy, Sessions};
+use slots::{SlotTable, SlotTask};
 
 /// Most embedding requests run together (their inputs share passes of up to the context length).
 const MAX_EMBEDDING_REQUESTS: usize = 64;
@@ -64,6 +66,50 @@ pub struct EmbeddingRequest {
 pub enum Job {
     Generate(GenerationRequest),
     Embed(EmbeddingRequest),
+    Slot(SlotCommand),
+}
+
+/// llama-server's slot actions: save a slot's KV cache to a file, restore one (into the prefix cache, where
+/// the next request that starts with its tokens finds it), or erase it.
+pub struct SlotCommand {
+    pub slot: usize,
+    pub action: SlotAction,
+    pub reply: tokio::sync::oneshot::Sender<Result<SlotOutcome, SlotActionError>>,
+}
+
+pub enum SlotAction {
+    Save(std::path::PathBuf),
+    Restore(std::path::PathBuf),
+    Erase,
+}
+
+/// Positions saved, restored or erased, and the file's size (0 for erase).
+#[derive(Debug)]
+pub struct SlotOutcome {
+    pub tokens: usize,
+    pub bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SlotActionError {
+    #[error("slot {0} is processing a request")]
+    Busy(usize),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    File(#[from] gemma_core::KvFileError),
+    #[error("{tokens} positions do not fit the prefix cache (inference.prefix_cache_tokens = {budget})")]
+    TooLong { tokens: usize, budget: usize },
 }
 
 /// A request's session: `prompt_ids` are appended to what the session already holds.
@@ -190,6 +236,15 @@ impl DryTables {
 pub struct EngineState {
     pub loaded: OnceLock<Arc<LoadedModel>>,
     pub failed: Mutex<Option<String>>,
+    /// The sequences running now and the last one of each slot (`GET /slots`).
+    pub slots: Mutex<SlotTable>,
+}
+
+impl EngineState {
+    /// A copy of the slot table, taken under its lock.
+    pub fn slots(&self) -> SlotTable {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +274,11 @@ impl EngineHandle {
             return Err(SubmitError::EmbeddingModel(loaded.id.clone()));
         }
         self.enqueue(Job::Generate(req))
+    }
+
+    /// Queues a slot action; never blocks.
+    pub fn submit_slot(&self, cmd: SlotCommand) -> Result<(), SubmitError> {
+        self.enqueue(Job::Slot(cmd))
     }
 
     /// Queues an embedding request; never blocks. Only an embedding model takes it.
@@ -284,10 +344,11 @@ pub fn spawn(config: EngineConfig, metrics: Arc<Metrics>) -> std::io::Result<Spa
         Ok((pool, model, loaded)) => {
             let tokenizer = loaded.tokenizer.clone();
             let dry_tables = loaded.dry_tables.clone();
+            *state.slots.lock().unwrap_or_else(|p| p.into_inner()) = SlotTable::new(config.parallel);
             let _ = state.loaded.set(Arc::new(loaded));
             let _ = loaded_tx.send(Ok(()));
             tracing::info!(model = %config.model, ctx = config.ctx, parallel = config.parallel, "model loaded");
-            Engine::new(&model, &tokenizer, &pool, &config, &metrics, dry_tables).run(rx);
+            Engine::new(&model, &tokenizer, &pool, &config, &metrics, dry_tables, state.clone()).run(rx);
         }
         Err(e) => {
             let report = crate::error_report(&e);
@@ -344,6 +405,8 @@ struct Engine<'a> {
     scratch: Scratch,
     /// Shared with the request parsers, which have usually built a request's table already.
     dry_tables: Arc<DryTables>,
+    /// Where the slot table lives (read by `GET /slots`).
+    state: Arc<EngineState>,
 }
 
 impl<'a> Engine<'a> {
@@ -354,6 +417,7 @@ impl<'a> Engine<'a> {
         config: &'a EngineConfig,
         metrics: &'a Metrics,
         dry_tables: Arc<DryTables>,
+        state: Arc<EngineState>,
     ) -> Self {
         Engine {
             model,
@@ -369,6 +433,7 @@ impl<'a> Engine<'a> {
             next_group: 0,
             scratch: Scratch::default(),
             dry_tables,
+            state,
         }
     }
 
@@ -389,6 +454,11 @@ impl<'a> Engine<'a> {
                             self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
                             self.held = Some(req);
                         }
+                        Ok(Job::Slot(cmd)) => {
+                            self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                            self.slot_action(cmd);
+                            continue;
+                        }
                         Ok(Job::Embed(req)) => {
                             self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
                             // Embedding requests that queued meanwhile share the pass (each input whole).
@@ -399,6 +469,11 @@ impl<'a> Engine<'a> {
                                     Ok(Job::Generate(g)) => {
                                         self.held = Some(g);
                                         self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                                        break;
+                                    }
+                                    Ok(Job::Slot(cmd)) => {
+                                        self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                                        self.slot_action(cmd);
                                         break;
                                     }
                                     Err(TryRecvError::Empty) => break,
@@ -434,6 +509,7 @@ impl<'a> Engine<'a> {
             if result.is_err() {
                 // A bug must not wedge the server: fail what is running and carry on with a clean slate.
                 tracing::error!("the engine step panicked; failing {} sequences", self.seqs.len());
+                self.slot_table().release_all();
                 for s in self.seqs.drain(..) {
                     if let Some(id) = s.session() {
                         self.sessions.release(id);
@@ -573,10 +649,16 @@ impl<'a> Engine<'a> {
                 submitted: req.submitted,
             };
             follower.sampling.seed = gemma_core::sampling::seed_for_choice(base_seed, k);
-            self.seqs.push(Sequence::new(follower, self.tokenizer, dry.clone(), ctx, reused, deadline, group, true));
+            let slot = self.slot_table().acquire(slot_task(&follower, group, reused));
+            let mut seq = Sequence::new(follower, self.tokenizer, dry.clone(), ctx, reused, deadline, group, true);
+            seq.set_slot(slot);
+            self.seqs.push(seq);
             self.caches.push(self.model.new_cache(0));
         }
-        self.seqs.push(Sequence::new(req, self.tokenizer, dry, ctx, reused, deadline, group, false));
+        let slot = self.slot_table().acquire(slot_task(&req, group, reused));
+        let mut seq = Sequence::new(req, self.tokenizer, dry, ctx, reused, deadline, group, false);
+        seq.set_slot(slot);
+        self.seqs.push(seq);
         self.caches.push(cache);
         self.update_gauges();
     }
@@ -644,6 +726,7 @@ impl<'a> Engine<'a> {
         if let Err(e) = self.model.forward_with(&batch, &mut self.caches, self.pool, &mut self.scratch) {
             tracing::error!("forward pass failed: {e}");
             let message = format!("inference failed: {e}");
+            self.slot_table().release_all();
             for i in (0..self.seqs.len()).rev() {
                 self.seqs[i].send_error(&message);
                 if let Some(id) = self.seqs[i].session() {
@@ -685,6 +768,7 @@ impl<'a> Engine<'a> {
                 StepResult::Finished(reason) => finished.push((seq, reason)),
             }
         }
+        self.update_slots();
         finished.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
         for (seq, reason) in finished {
             self.finish(seq, reason);
@@ -696,16 +780,91 @@ impl<'a> Engine<'a> {
     fn finish(&mut self, i: usize, reason: Option<FinishReason>) {
         let seq = self.seqs.swap_remove(i);
         let cache = self.caches.swap_remove(i);
+        self.slot_table().release(seq.slot());
         if seq.awaiting_fork() {
             // Never ran: it holds nothing worth keeping.
             seq.finish(reason);
             return;
         }
         let session = seq.session().map(str::to_string);
+        let slot = seq.slot();
         let tokens = seq.finish(reason);
+        self.slot_table().set_tokens(slot, tokens.clone());
         match session {
             Some(id) => self.sessions.put(id, tokens, cache),
             None => self.prefix_cache.insert(tokens, cache),
+        }
+    }
+
+    /// Saves, restores or erases a slot's KV cache, between steps.
+    fn slot_action(&mut self, cmd: SlotCommand) {
+        let result = self.run_slot_action(cmd.slot, cmd.action);
+        let _ = cmd.reply.send(result);
+    }
+
+    fn run_slot_action(&mut self, slot: usize, action: SlotAction) -> Result<SlotOutcome, SlotActionError> {
+        let (busy, tokens) = {
+            let table = self.slot_table();
+            let s = table.slots().get(slot);
+            (s.is_some_and(|s| s.processing), s.map(|s| s.tokens.clone()).unwrap_or_default())
+        };
+        if busy {
+            return Err(SlotActionError::Busy(slot));
+        }
+        match action {
+            SlotAction::Save(path) => {
+                // A finished sequence's cache is in the prefix cache (unless evicted since: then nothing).
+                let (tokens, cache) = self
+                    .prefix_cache
+                    .copy_of(&tokens)
+                    .unwrap_or_else(|| (Vec::new(), self.model.new_cache(self.config.ctx)));
+                let bytes = cache.to_bytes(&tokens)?;
+                // Written aside and renamed, so a reader never sees half a file.
+                let partial = path.with_extension("partial");
+                std::fs::write(&partial, &bytes)
+                    .and_then(|()| std::fs::rename(&partial, &path))
+                    .map_err(|source| SlotActionError::Write { path, source })?;
+                Ok(SlotOutcome { tokens: tokens.len(), bytes: bytes.len() })
+            }
+            SlotAction::Restore(path) => {
+                let bytes = std::fs::read(&path).map_err(|source| SlotActionError::Read { path, source })?;
+                let (tokens, cache) = KvCache::from_bytes(&bytes, &self.model.new_cache(self.config.ctx))?;
+                let n = tokens.len();
+                if n > self.prefix_cache.budget() {
+                    return Err(SlotActionError::TooLong { tokens: n, budget: self.prefix_cache.budget() });
+                }
+                self.prefix_cache.insert(tokens.clone(), cache);
+                self.slot_table().set_tokens(slot, tokens);
+                self.update_gauges();
+                Ok(SlotOutcome { tokens: n, bytes: bytes.len() })
+            }
+            SlotAction::Erase => {
+                let n = if tokens.is_empty() { 0 } else { self.prefix_cache.remove_covering(&tokens) };
+                self.slot_table().set_tokens(slot, Vec::new());
+                self.update_gauges();
+                Ok(SlotOutcome { tokens: n, bytes: 0 })
+            }
+        }
+    }
+
+    fn slot_table(&self) -> std::sync::MutexGuard<'_, SlotTable> {
+        self.state.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Copies each running sequence's progress into the slot table (one lock per step).
+    fn update_slots(&self) {
+        let mut table = self.slot_table();
+        for (s, cache) in self.seqs.iter().zip(&self.caches) {
+            let slot = s.slot();
+            let before = table.slots().get(slot).and_then(|t| t.task.as_ref()).map_or(0, |t| t.n_decoded);
+            let generated = s.generated();
+            let new_line = generated
+                .get(before..)
+                .unwrap_or_default()
+                .iter()
+                .any(|&id| self.tokenizer.token_piece_bytes(id, false).is_some_and(|b| b.contains(&b'\n')));
+            let processed = cache.len().min(s.prompt().len()).saturating_sub(s.reused());
+            table.update(slot, processed, generated.len(), new_line);
         }
     }
 
@@ -717,6 +876,22 @@ impl<'a> Engine<'a> {
         let sessions = self.sessions.tokens() as u64;
         m.prefix_cache_tokens.store(prefix, Ordering::Relaxed);
         m.kv_tokens_in_use.store(prefix + sessions + running as u64, Ordering::Relaxed);
+    }
+}
+
+/// What the slot table shows of a request's sequence when it is admitted.
+fn slot_task(req: &GenerationRequest, group: u64, reused: usize) -> SlotTask {
+    SlotTask {
+        id_task: group,
+        n_prompt_tokens: req.prompt_ids.len(),
+        n_prompt_tokens_cache: reused,
+        n_prompt_tokens_processed: 0,
+        sampling: req.sampling.clone(),
+        max_tokens: req.max_tokens,
+        n_probs: req.top_logprobs.unwrap_or(0),
+        n_decoded: 0,
+        has_new_line: false,
+        has_next_token: true,
     }
 }
 

@@ -45,6 +45,11 @@ impl<C: CachedKv> PrefixCache<C> {
         PrefixCache { entries: Vec::new(), budget_tokens, clock: 0 }
     }
 
+    /// The most tokens it keeps.
+    pub fn budget(&self) -> usize {
+        self.budget_tokens
+    }
+
     /// Tokens held by all entries.
     pub fn tokens(&self) -> usize {
         self.entries.iter().map(|e| e.tokens.len()).sum()
@@ -77,6 +82,36 @@ impl<C: CachedKv> PrefixCache<C> {
         let cache = entry.cache.copy_prefix(shared);
         let kept = cache.positions();
         (kept > 0).then_some(Reused { cache, reused_tokens: kept })
+    }
+
+    /// A copy of the cached KV of as much of `tokens` as an entry holds (all of it, unlike
+    /// [`PrefixCache::copy_longest_prefix`]): the tokens it covers and the copy. For saving a slot.
+    pub fn copy_of(&mut self, tokens: &[u32]) -> Option<(Vec<u32>, C)> {
+        let (best, shared) = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (i, common_prefix(&e.tokens, tokens)))
+            .filter(|&(_, shared)| shared > 0)
+            .max_by_key(|&(i, shared)| (shared, self.entries[i].last_used))?;
+        let cache = self.entries[best].cache.copy_prefix(shared);
+        let kept = cache.positions();
+        (kept > 0).then(|| (tokens[..kept].to_vec(), cache))
+    }
+
+    /// Drops the entries that hold `tokens` or a part of them (an entry one of whose token lists starts with
+    /// the other); returns the most positions one of them held. For erasing a slot.
+    pub fn remove_covering(&mut self, tokens: &[u32]) -> usize {
+        let mut removed = 0;
+        self.entries.retain(|e| {
+            let shared = common_prefix(&e.tokens, tokens);
+            let covers = shared > 0 && shared == e.tokens.len().min(tokens.len());
+            if covers {
+                removed = removed.max(e.cache.positions());
+            }
+            !covers
+        });
+        removed
     }
 
     /// Keeps `cache`, which holds the KV of `tokens`, evicting the least recently used entries to stay within
@@ -126,6 +161,20 @@ impl CachedKv for Positions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_copy_and_remove_what_covers_their_tokens() {
+        let mut pc = PrefixCache::new(100);
+        pc.insert(vec![1, 2, 3, 4], Positions(4));
+        pc.insert(vec![7, 8], Positions(2));
+        // A slot whose last token never ran: the entry holds all but it.
+        let (tokens, cache) = pc.copy_of(&[1, 2, 3, 4, 5]).unwrap();
+        assert_eq!((tokens, cache.0), (vec![1, 2, 3, 4], 4));
+        assert!(pc.copy_of(&[9]).is_none());
+        assert_eq!(pc.remove_covering(&[1, 2, 3, 4, 5]), 4);
+        assert_eq!(pc.remove_covering(&[1, 2, 3, 4, 5]), 0);
+        assert_eq!(pc.len(), 1, "other entries stay");
+    }
 
     #[test]
     fn copies_the_longest_shared_prefix_leaves_one_token_and_keeps_the_entry() {

@@ -44,6 +44,8 @@ pub(super) struct Sequence<'t> {
     /// Waits for the request's first choice to finish the prompt, then copies its cache.
     awaiting_fork: bool,
     session: Option<String>,
+    /// Its place in the slot table.
+    slot: usize,
 }
 
 impl<'t> Sequence<'t> {
@@ -82,6 +84,7 @@ impl<'t> Sequence<'t> {
             group,
             awaiting_fork,
             session: req.session.map(|s| s.id),
+            slot: 0,
             prompt: req.prompt_ids,
             choice: req.choice,
             events: req.events,
@@ -90,6 +93,23 @@ impl<'t> Sequence<'t> {
 
     pub(super) fn prompt(&self) -> &[u32] {
         &self.prompt
+    }
+
+    pub(super) fn slot(&self) -> usize {
+        self.slot
+    }
+
+    pub(super) fn set_slot(&mut self, slot: usize) {
+        self.slot = slot;
+    }
+
+    pub(super) fn generated(&self) -> &[u32] {
+        &self.generated
+    }
+
+    /// Prompt tokens taken from the prefix cache (or the session).
+    pub(super) fn reused(&self) -> usize {
+        self.reused
     }
 
     pub(super) fn group(&self) -> u64 {
