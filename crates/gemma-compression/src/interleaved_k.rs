@@ -1,4 +1,4 @@
-//! Q4_K, Q6_K, IQ4_XS and Q2_K weights repacked with 16 rows interleaved, the super-block twin of
+//! Q4_K, Q6_K, IQ4_XS, Q2_K and Q3_K weights repacked with 16 rows interleaved, the super-block twin of
 //! [`crate::interleaved`].
 //!
 //! In GGML's layout a SIMD register holds part of one row's super-block, and the register-tiled kernels spend
@@ -16,7 +16,10 @@
 //!   `isum = sum_j sc_j * dot_j(q, a)`, then `acc = fma(d * d_a, isum, acc)` (the VNNI kernel looks up `q + 128`,
 //!   unsigned as `vpdpbusd` wants, and takes `128 sum_j sc_j * (bsum_2j + bsum_2j+1)` back out);
 //! - Q2_K: 16 sub-blocks of 16, `isum = sum_j sc_j * dot_j(q, a)`, `mins = sum_j m_j * bsum_j` (Q8_K's block
-//!   sums are per 16 values, Q2_K's sub-blocks), then the two fmas of Q4_K.
+//!   sums are per 16 values, Q2_K's sub-blocks), then the two fmas of Q4_K;
+//! - Q3_K: 16 sub-blocks of 16, `sc_j` the signed 6-bit scale (`-32..=31`), the quants stored unsigned as
+//!   `u = q + 4` in `0..=7` (GGML's low two bits and its high bit, which is set for `q >= 0`),
+//!   `isum = sum_j sc_j * dot_j(u, a) - 4 sum_j sc_j * bsum_j`, then `acc = fma(d * d_a, isum, acc)`.
 //!
 //! Layout of one super-block of a group (`r` is the row in the group). A run is the 64 values `v = 4 r + e`
 //! (element `4 k + e` of a sub-block, row `r`) of dword `k` of the 16 rows; runs are stored in pairs of 64
@@ -37,11 +40,17 @@
 //!   (widened to the i16 pairs of `vpdpwssd` in the kernel); then sub-block `j` (16 elements, 4 runs) in 64
 //!   bytes at `576 + 64 j`, bits `2 k` and `2 k + 1` of byte `v` being value `v` of run `k`, so one load and
 //!   four shift-and-masks unpack the sub-block.
+//! - Q3_K (1,824 bytes, GGML's 16 x 110 = 1,760): 16 f16 `d`; the signed scales as byte pairs
+//!   `(sc_2p, sc_2p+1)` at `32 + 32 p + 2 r` (sign-extended to the i16 pairs of `vpdpwssd` in the kernel, which
+//!   also gives each sub-block's scales by a shift); then per sub-block pair `(2p, 2p + 1)` 192 bytes at
+//!   `288 + 192 p`: the low two bits of sub-block `2p` as Q2_K stores its quants (64 bytes, run `k` in bits
+//!   `2 k` and `2 k + 1` of byte `v`), those of sub-block `2p + 1` likewise, then 64 bytes of high bits, bit
+//!   `4 s + k` of byte `v` being the high bit (bit 2 of `u`) of value `v` of run `k` of sub-block `2p + s`.
 
 use std::ops::Range;
 
 use crate::iq4::{xs_scale, KVALUES};
-use crate::k_quants::{scales_mins_k4, Q8K_BSUMS, Q8K_BYTES, Q8K_QS, QK_K};
+use crate::k_quants::{scales_mins_k4, scales_q3_k, Q8K_BSUMS, Q8K_BYTES, Q8K_QS, QK_K};
 use crate::{GgmlType, QuantError};
 
 /// Rows per interleaved group.
@@ -55,6 +64,7 @@ pub enum InterleavedKFormat {
     #[allow(non_camel_case_types)] // GGML's name, as `GgmlType::IQ4_XS`
     IQ4_XS,
     Q2K,
+    Q3K,
 }
 
 impl InterleavedKFormat {
@@ -64,6 +74,7 @@ impl InterleavedKFormat {
             GgmlType::Q6K => Some(InterleavedKFormat::Q6K),
             GgmlType::IQ4_XS => Some(InterleavedKFormat::IQ4_XS),
             GgmlType::Q2K => Some(InterleavedKFormat::Q2K),
+            GgmlType::Q3K => Some(InterleavedKFormat::Q3K),
             _ => None,
         }
     }
@@ -74,6 +85,7 @@ impl InterleavedKFormat {
             InterleavedKFormat::Q6K => GgmlType::Q6K,
             InterleavedKFormat::IQ4_XS => GgmlType::IQ4_XS,
             InterleavedKFormat::Q2K => GgmlType::Q2K,
+            InterleavedKFormat::Q3K => GgmlType::Q3K,
         }
     }
 
@@ -84,6 +96,7 @@ impl InterleavedKFormat {
             InterleavedKFormat::Q6K => Q6K_QS + 16 * Q6K_SUB,
             InterleavedKFormat::IQ4_XS => XS_QS + 8 * Q4K_SUB,
             InterleavedKFormat::Q2K => Q2K_QS + 16 * Q2K_SUB,
+            InterleavedKFormat::Q3K => Q3K_QS + 8 * Q3K_PAIR,
         }
     }
 }
@@ -105,6 +118,10 @@ pub(crate) const Q2K_SC: usize = 64;
 pub(crate) const Q2K_MIN: usize = 320;
 pub(crate) const Q2K_QS: usize = 576;
 pub(crate) const Q2K_SUB: usize = 64;
+pub(crate) const Q3K_SC: usize = 32;
+pub(crate) const Q3K_QS: usize = 288;
+/// Bytes of one sub-block pair's low bits and high bits.
+pub(crate) const Q3K_PAIR: usize = 192;
 
 /// A matrix of `rows x cols` in groups of 16 interleaved rows (the last group padded with zero rows).
 pub struct InterleavedKRows {
@@ -130,7 +147,7 @@ fn or_word(b: &mut [u8], at: usize, v: u32) {
 }
 
 impl InterleavedKRows {
-    /// Repacks `rows` rows of `cols` elements of `ty` (Q4_K, Q6_K, IQ4_XS or Q2_K, GGML's layout). `done(bytes)` is called as
+    /// Repacks `rows` rows of `cols` elements of `ty` (Q4_K, Q6_K, IQ4_XS, Q2_K or Q3_K, GGML's layout). `done(bytes)` is called as
     /// the source is consumed in order, with the length of the prefix of `src` no longer needed.
     pub fn repack(
         ty: GgmlType,
@@ -155,6 +172,7 @@ impl InterleavedKRows {
                         InterleavedKFormat::Q6K => repack_q6_k(block, dst, r),
                         InterleavedKFormat::IQ4_XS => repack_iq4_xs(block, dst, r),
                         InterleavedKFormat::Q2K => repack_q2_k(block, dst, r),
+                        InterleavedKFormat::Q3K => repack_q3_k(block, dst, r),
                     }
                 }
             }
@@ -336,11 +354,34 @@ fn repack_q2_k(b: &[u8], dst: &mut [u8], r: usize) {
     }
 }
 
+/// Writes GGML Q3_K block `b` (`hmask[32]`, `qs[64]`, `scales[12]`, `d`) as row `r` of a group super-block.
+fn repack_q3_k(b: &[u8], dst: &mut [u8], r: usize) {
+    dst[2 * r..2 * r + 2].copy_from_slice(&b[108..110]);
+    for (j, sc) in scales_q3_k(&b[96..108]).into_iter().enumerate() {
+        dst[Q3K_SC + 32 * (j / 2) + 2 * r + j % 2] = sc as i8 as u8;
+    }
+    // GGML: element `i` has its low two bits where Q2_K keeps them (bits `2 (i % 128 / 32)` of byte
+    // `32 (i / 128) + i % 32` of `qs`) and its high bit in bit `i / 32` of `hmask[i % 32]`. Four consecutive
+    // elements from a multiple of four share those bit positions.
+    let (hmask, qs) = (&b[..32], &b[32..96]);
+    for j in 0..16 {
+        let pair = Q3K_QS + Q3K_PAIR * (j / 2);
+        for k in 0..4 {
+            let i = 16 * j + 4 * k;
+            let (half, shift, l) = (i / 128, i % 128 / 32, i % 32);
+            let low = (word(qs, 32 * half + l) >> (2 * shift)) & 0x0303_0303;
+            let high = (word(hmask, l) >> (i / 32)) & 0x0101_0101;
+            or_word(dst, pair + 64 * (j % 2) + 4 * r, low << (2 * k));
+            or_word(dst, pair + 128 + 4 * r, high << (4 * (j % 2) + k));
+        }
+    }
+}
+
 /// One row's super-block header: scales, scale of scales and (Q4_K) mins.
 struct Header {
     d: f32,
     dmin: f32,
-    /// Sub-block scales and mins (8 used by Q4_K and IQ4_XS, 16 by Q6_K and Q2_K).
+    /// Sub-block scales and mins (8 used by Q4_K and IQ4_XS, 16 by Q6_K, Q2_K and Q3_K).
     scale: [i32; 16],
     min: [i32; 16],
     sub_blocks: usize,
@@ -388,6 +429,13 @@ fn header(format: InterleavedKFormat, blk: &[u8], r: usize) -> Header {
             min: std::array::from_fn(|j| blk[Q2K_MIN + 32 * (j / 2) + 2 * r + j % 2] as i32),
             sub_blocks: 16,
         },
+        InterleavedKFormat::Q3K => Header {
+            d: f16_at(blk, 2 * r),
+            dmin: 0.0,
+            scale: std::array::from_fn(|j| blk[Q3K_SC + 32 * (j / 2) + 2 * r + j % 2] as i8 as i32),
+            min: [0; 16],
+            sub_blocks: 16,
+        },
     }
 }
 
@@ -405,6 +453,12 @@ fn quant(format: InterleavedKFormat, blk: &[u8], r: usize, j: usize, i: usize) -
         }
         InterleavedKFormat::IQ4_XS => KVALUES[nibble(XS_QS + Q4K_SUB * j + 64 * (k / 2)) as usize] as i32,
         InterleavedKFormat::Q2K => ((blk[Q2K_QS + Q2K_SUB * j + v] >> (2 * k)) & 3) as i32,
+        InterleavedKFormat::Q3K => {
+            let pair = Q3K_QS + Q3K_PAIR * (j / 2);
+            let low = (blk[pair + 64 * (j % 2) + v] >> (2 * k)) & 3;
+            let high = (blk[pair + 128 + v] >> (4 * (j % 2) + k)) & 1;
+            (low | high << 2) as i32 - 4
+        }
     }
 }
 
@@ -421,7 +475,7 @@ pub(crate) fn dot_groups_scalar(
     let width = w.len() / (blocks * gbb) * ROW_GROUP;
     let sub = match format {
         InterleavedKFormat::Q4K | InterleavedKFormat::IQ4_XS => 32,
-        InterleavedKFormat::Q6K | InterleavedKFormat::Q2K => 16,
+        InterleavedKFormat::Q6K | InterleavedKFormat::Q2K | InterleavedKFormat::Q3K => 16,
     };
     for (g, gw) in w.chunks_exact(blocks * gbb).enumerate() {
         for t in 0..n_tokens {
@@ -461,7 +515,8 @@ pub(crate) mod tests {
     use crate::test_data::TestRng;
 
     /// Every format's GGML type.
-    pub(crate) const ALL_TYPES: [GgmlType; 4] = [GgmlType::Q4K, GgmlType::Q6K, GgmlType::IQ4_XS, GgmlType::Q2K];
+    pub(crate) const ALL_TYPES: [GgmlType; 5] =
+        [GgmlType::Q4K, GgmlType::Q6K, GgmlType::IQ4_XS, GgmlType::Q2K, GgmlType::Q3K];
 
     fn q8k_rows(rng: &mut TestRng, tokens: usize, cols: usize) -> Vec<u8> {
         ggml_rows(rng, GgmlType::Q8K, tokens, cols)
@@ -538,6 +593,47 @@ pub(crate) mod tests {
         assert!(m.data_for_tests() == want.as_slice(), "Q2_K group bytes differ from the documented layout");
     }
 
+    /// Q3_K's layout of the module's doc written value by value from ggml-common.h's `block_q3_K` (`hmask[32]`,
+    /// `qs[64]`, `scales[12]`, `d`; element `128 h + 32 s + l` has its low bits in bits `2 s` of `qs[32 h + l]`
+    /// and its high bit in bit `4 h + s` of `hmask[l]`; scale `j`'s low four bits in the low (j < 8) or high
+    /// nibble of `scales[j % 8]`, its top two in bits `2 (j / 4)` of `scales[8 + j % 4]`, less 32): the
+    /// repacking, which moves whole words, must give the same bytes, padding rows all zero.
+    #[test]
+    fn repacking_writes_the_documented_q3_k_layout() {
+        let ty = GgmlType::Q3K;
+        let mut rng = TestRng::new(31);
+        let (rows, cols) = (21, 512);
+        let src = ggml_rows(&mut rng, ty, rows, cols);
+        let m = InterleavedKRows::repack(ty, rows, cols, &src, &mut |_| {}).unwrap();
+        let (rb, gbb, blocks) = (ty.row_bytes(cols).unwrap(), m.format().group_block_bytes(), cols / QK_K);
+        assert_eq!(gbb, 1824);
+        let mut want = vec![0u8; m.groups() * blocks * gbb];
+        for r in 0..rows {
+            let (g, rr) = (r / ROW_GROUP, r % ROW_GROUP);
+            for (b, block) in src[r * rb..(r + 1) * rb].chunks_exact(110).enumerate() {
+                let dst = &mut want[(g * blocks + b) * gbb..][..gbb];
+                dst[2 * rr..2 * rr + 2].copy_from_slice(&block[108..110]);
+                for j in 0..16 {
+                    let low = (block[96 + j % 8] >> (4 * (j / 8))) & 0x0f;
+                    let top = (block[104 + j % 4] >> (2 * (j / 4))) & 3;
+                    dst[32 + 32 * (j / 2) + 2 * rr + j % 2] = ((low | top << 4) as i8 - 32) as u8;
+                    for i in 0..16 {
+                        let e = 16 * j + i;
+                        let (h, s, l) = (e / 128, e % 128 / 32, e % 32);
+                        let q = (block[32 + 32 * h + l] >> (2 * s)) & 3;
+                        let hbit = (block[l] >> (4 * h + s)) & 1;
+                        // value v = 4 r + e of run k = i / 4 of sub-block j, in pair j / 2's 192 bytes
+                        let (k, v) = (i / 4, 4 * rr + i % 4);
+                        let pair = 288 + 192 * (j / 2);
+                        dst[pair + 64 * (j % 2) + v] |= q << (2 * k);
+                        dst[pair + 128 + v] |= hbit << (4 * (j % 2) + k);
+                    }
+                }
+            }
+        }
+        assert!(m.data_for_tests() == want.as_slice(), "Q3_K group bytes differ from the documented layout");
+    }
+
     /// Every value of every row, padding rows aside, decodes to GGML's own dequantization, bit for bit.
     #[test]
     fn repacking_keeps_every_value() {
@@ -592,6 +688,7 @@ pub(crate) mod tests {
         assert!(InterleavedKRows::repack(GgmlType::IQ4_XS, 16, 256, &[0; 16 * 136 - 1], &mut |_| {}).is_err());
         assert!(InterleavedKRows::repack(GgmlType::IQ4_NL, 16, 256, &[0; 16 * 144], &mut |_| {}).is_err());
         assert!(InterleavedKRows::repack(GgmlType::Q2K, 16, 256, &[0; 16 * 84 + 1], &mut |_| {}).is_err());
-        assert!(InterleavedKRows::repack(GgmlType::Q3K, 16, 256, &[0; 16 * 110], &mut |_| {}).is_err());
+        assert!(InterleavedKRows::repack(GgmlType::Q3K, 16, 256, &[0; 16 * 110 - 2], &mut |_| {}).is_err());
+        assert!(InterleavedKRows::repack(GgmlType::Q5K, 16, 256, &[0; 16 * 176], &mut |_| {}).is_err());
     }
 }
