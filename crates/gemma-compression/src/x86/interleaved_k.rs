@@ -1,5 +1,5 @@
 //! Kernels of [`crate::interleaved_k`]: AVX-512 VNNI (16 rows per integer dot) and AVX2 (two halves of 8), for
-//! Q4_K, Q6_K, IQ4_XS, Q2_K and Q3_K with Q8_K activations. Both compute each row's super-block sums exactly and add them
+//! Q4_K, Q5_K, Q6_K, IQ4_XS, Q2_K and Q3_K with Q8_K activations. Both compute each row's super-block sums exactly and add them
 //! as the scalar twin `dot_groups_scalar` does, so all three agree bit for bit.
 //!
 //! IQ4_XS's indices become table values by a byte shuffle, as IQ4_NL's do in [`super::interleaved`]: VNNI
@@ -11,7 +11,7 @@ use std::arch::x86_64::*;
 
 use crate::interleaved_k::{
     InterleavedKFormat, Q2K_DMIN, Q2K_MIN, Q2K_QS, Q2K_SC, Q2K_SUB, Q3K_PAIR, Q3K_QS, Q3K_SC, Q4K_DMIN, Q4K_MIN,
-    Q4K_QS, Q4K_SC, Q4K_SUB, Q6K_QS, Q6K_SC, Q6K_SUB, ROW_GROUP, XS_QS, XS_SC,
+    Q4K_QS, Q4K_SC, Q4K_SUB, Q5K_SUB, Q6K_QS, Q6K_SC, Q6K_SUB, ROW_GROUP, XS_QS, XS_SC,
 };
 use crate::iq4::KVALUES;
 use crate::k_quants::{Q8K_BSUMS, Q8K_BYTES, Q8K_QS};
@@ -19,9 +19,10 @@ use crate::k_quants::{Q8K_BSUMS, Q8K_BYTES, Q8K_QS};
 use crate::x86::interleaved::{table_plus_128_vnni, PREFETCH_AHEAD};
 use crate::x86::k_tiles::q8k_d;
 
-/// Runs `$q4::<T>`, `$q6::<T>`, `$xs::<T>`, `$q2::<T>` or `$q3::<T>` over every group and every chunk of up to `$max` tokens.
+/// Runs `$q4::<T, false>` (Q4_K), `$q5::<T, true>` (Q5_K), `$q6::<T>`, `$xs::<T>`, `$q2::<T>` or `$q3::<T>` over every
+/// group and every chunk of up to `$max` tokens.
 macro_rules! over_groups {
-    ($format:expr, $w:expr, $blocks:expr, $acts:expr, $n_tokens:expr, $tile:expr, $q4:ident, $q6:ident,
+    ($format:expr, $w:expr, $blocks:expr, $acts:expr, $n_tokens:expr, $tile:expr, $q4:ident, $q5:ident, $q6:ident,
      $xs:ident, $q2:ident, $q3:ident, [$($t:literal),*], $max:literal) => {{
         // the kernels read raw pointers: the lengths are checked here, whatever the caller did
         let n_tokens = crate::interleaved_k::check($format, $w, $blocks, $acts, $tile);
@@ -37,7 +38,8 @@ macro_rules! over_groups {
                 let left = ($n_tokens - t0).min($max);
                 // SAFETY (every arm): `check` sized the group, the activations and the tile.
                 t0 += match ($format, left) {
-                    $((InterleavedKFormat::Q4K, $t) => $q4::<$t>(gw, $blocks, $acts.as_ptr(), t0, out, width),)*
+                    $((InterleavedKFormat::Q4K, $t) => $q4::<$t, false>(gw, $blocks, $acts.as_ptr(), t0, out, width),)*
+                    $((InterleavedKFormat::Q5K, $t) => $q5::<$t, true>(gw, $blocks, $acts.as_ptr(), t0, out, width),)*
                     $((InterleavedKFormat::Q6K, $t) => $q6::<$t>(gw, $blocks, $acts.as_ptr(), t0, out, width),)*
                     $((InterleavedKFormat::IQ4_XS, $t) => $xs::<$t>(gw, $blocks, $acts.as_ptr(), t0, out, width),)*
                     $((InterleavedKFormat::Q2K, $t) => $q2::<$t>(gw, $blocks, $acts.as_ptr(), t0, out, width),)*
@@ -67,7 +69,8 @@ pub(crate) unsafe fn dot_groups_vnni(
         acts,
         n_tokens,
         tile,
-        q4_k_vnni,
+        k4_vnni,
+        k4_vnni,
         q6_k_vnni,
         iq4_xs_vnni,
         q2_k_vnni,
@@ -95,7 +98,8 @@ pub(crate) unsafe fn dot_groups_avx2(
         acts,
         n_tokens,
         tile,
-        q4_k_avx2,
+        k4_avx2,
+        k4_avx2,
         q6_k_avx2,
         iq4_xs_avx2,
         q2_k_avx2,
@@ -117,6 +121,23 @@ unsafe fn run_pair_vnni(pair: *const u8) -> (__m512i, __m512i) {
     (_mm512_and_si512(nib, m), _mm512_and_si512(_mm512_srli_epi16::<4>(nib), m))
 }
 
+/// Ors the top bits of Q5_K's eight runs `$wq` (bytes, row `r`'s in dword `r`) in from their 64 bytes
+/// `$high`, bit `k` of byte `v` being bit 4 of value `v` of run `k`. 16-bit shifts: the mask drops what
+/// crosses a byte (no shift moves a bit more than four places).
+macro_rules! q5_k_high_bits {
+    ($wq:ident, $high:expr, $and:ident, $or:ident, $srli:ident, $slli:ident, $set1:ident) => {{
+        let (high, m) = ($high, $set1(0x10));
+        $wq[0] = $or($wq[0], $and($slli::<4>(high), m));
+        $wq[1] = $or($wq[1], $and($slli::<3>(high), m));
+        $wq[2] = $or($wq[2], $and($slli::<2>(high), m));
+        $wq[3] = $or($wq[3], $and($slli::<1>(high), m));
+        $wq[4] = $or($wq[4], $and(high, m));
+        $wq[5] = $or($wq[5], $and($srli::<1>(high), m));
+        $wq[6] = $or($wq[6], $and($srli::<2>(high), m));
+        $wq[7] = $or($wq[7], $and($srli::<3>(high), m));
+    }};
+}
+
 /// The Q4_K sum of each Q8_K block's 16 `bsums` over a 32-element sub-block, as the i16 pairs
 /// `(B_2p, B_2p+1)` for p in 0..4.
 ///
@@ -135,14 +156,14 @@ unsafe fn bsum_pairs_32(a: *const u8) -> [i32; 4] {
     ]
 }
 
-/// One Q4_K group against tokens `t0..t0 + T`; returns `T`.
+/// One Q4_K (or, `FIVE`, Q5_K) group against tokens `t0..t0 + T`; returns `T`.
 ///
 /// # Safety
 /// As [`dot_groups_vnni`]; `gw` is a whole group of `blocks` super-blocks, `acts` holds the tokens' Q8_K rows
 /// and `out` has `T` rows of `width` from it.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q4_k_vnni<const T: usize>(
+unsafe fn k4_vnni<const T: usize, const FIVE: bool>(
     gw: *const u8,
     blocks: usize,
     acts: *const u8,
@@ -150,7 +171,8 @@ unsafe fn q4_k_vnni<const T: usize>(
     out: *mut f32,
     width: usize,
 ) -> usize {
-    let gbb = InterleavedKFormat::Q4K.group_block_bytes();
+    let format = if FIVE { InterleavedKFormat::Q5K } else { InterleavedKFormat::Q4K };
+    let (gbb, sub_bytes) = (format.group_block_bytes(), if FIVE { Q5K_SUB } else { Q4K_SUB });
     let a_row = blocks * Q8K_BYTES;
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..blocks {
@@ -164,7 +186,19 @@ unsafe fn q4_k_vnni<const T: usize>(
             let sc = _mm512_cvtepu8_epi32(_mm_loadu_si128(blk.add(Q4K_SC + 16 * j).cast()));
             let mut wq = [_mm512_setzero_si512(); 8];
             for p in 0..4 {
-                (wq[2 * p], wq[2 * p + 1]) = run_pair_vnni(blk.add(Q4K_QS + Q4K_SUB * j + 64 * p));
+                (wq[2 * p], wq[2 * p + 1]) = run_pair_vnni(blk.add(Q4K_QS + sub_bytes * j + 64 * p));
+            }
+            if FIVE {
+                let high = _mm512_loadu_si512(blk.add(Q4K_QS + sub_bytes * j + 256).cast());
+                q5_k_high_bits!(
+                    wq,
+                    high,
+                    _mm512_and_si512,
+                    _mm512_or_si512,
+                    _mm512_srli_epi16,
+                    _mm512_slli_epi16,
+                    _mm512_set1_epi8
+                );
             }
             for (t, isum) in isum.iter_mut().enumerate() {
                 let qa = act(t).add(Q8K_QS + 32 * j).cast::<i32>();
@@ -198,7 +232,7 @@ unsafe fn q4_k_vnni<const T: usize>(
 /// One Q6_K group against tokens `t0..t0 + T`; returns `T`.
 ///
 /// # Safety
-/// As [`q4_k_vnni`].
+/// As [`k4_vnni`].
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q6_k_vnni<const T: usize>(
@@ -283,7 +317,7 @@ unsafe fn scales_of_pairs_vnni(pairs: *const u8, odd: bool) -> __m512i {
 /// One IQ4_XS group against tokens `t0..t0 + T`; returns `T`.
 ///
 /// # Safety
-/// As [`q4_k_vnni`].
+/// As [`k4_vnni`].
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn iq4_xs_vnni<const T: usize>(
@@ -345,7 +379,7 @@ unsafe fn iq4_xs_vnni<const T: usize>(
 /// One Q2_K group against tokens `t0..t0 + T`; returns `T`.
 ///
 /// # Safety
-/// As [`q4_k_vnni`].
+/// As [`k4_vnni`].
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q2_k_vnni<const T: usize>(
@@ -428,7 +462,7 @@ macro_rules! q3_k_runs {
 /// One Q3_K group against tokens `t0..t0 + T`; returns `T`.
 ///
 /// # Safety
-/// As [`q4_k_vnni`].
+/// As [`k4_vnni`].
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q3_k_vnni<const T: usize>(
@@ -516,13 +550,14 @@ unsafe fn run_pair_avx2(pair: *const u8, h: usize) -> (__m256i, __m256i) {
     (_mm256_and_si256(nib, m), _mm256_and_si256(_mm256_srli_epi16::<4>(nib), m))
 }
 
-/// One Q4_K group against tokens `t0..t0 + T`, rows 0..8 and 8..16 in separate halves; returns `T`.
+/// One Q4_K (or, `FIVE`, Q5_K) group against tokens `t0..t0 + T`, rows 0..8 and 8..16 in separate halves;
+/// returns `T`.
 ///
 /// # Safety
-/// As [`q4_k_vnni`], for AVX2.
+/// As [`k4_vnni`], for AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_k_avx2<const T: usize>(
+unsafe fn k4_avx2<const T: usize, const FIVE: bool>(
     gw: *const u8,
     blocks: usize,
     acts: *const u8,
@@ -530,7 +565,8 @@ unsafe fn q4_k_avx2<const T: usize>(
     out: *mut f32,
     width: usize,
 ) -> usize {
-    let gbb = InterleavedKFormat::Q4K.group_block_bytes();
+    let format = if FIVE { InterleavedKFormat::Q5K } else { InterleavedKFormat::Q4K };
+    let (gbb, sub_bytes) = (format.group_block_bytes(), if FIVE { Q5K_SUB } else { Q4K_SUB });
     let a_row = blocks * Q8K_BYTES;
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_ps(); 2]; T];
@@ -546,13 +582,25 @@ unsafe fn q4_k_avx2<const T: usize>(
                 let sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.add(Q4K_SC + 16 * j + 8 * h).cast()));
                 let mut wq = [_mm256_setzero_si256(); 8];
                 for p in 0..4 {
-                    (wq[2 * p], wq[2 * p + 1]) = run_pair_avx2(blk.add(Q4K_QS + Q4K_SUB * j + 64 * p), h);
+                    (wq[2 * p], wq[2 * p + 1]) = run_pair_avx2(blk.add(Q4K_QS + sub_bytes * j + 64 * p), h);
+                }
+                if FIVE {
+                    let high = _mm256_loadu_si256(blk.add(Q4K_QS + sub_bytes * j + 256 + 32 * h).cast());
+                    q5_k_high_bits!(
+                        wq,
+                        high,
+                        _mm256_and_si256,
+                        _mm256_or_si256,
+                        _mm256_srli_epi16,
+                        _mm256_slli_epi16,
+                        _mm256_set1_epi8
+                    );
                 }
                 for (t, isum) in isum.iter_mut().enumerate() {
                     let qa = act(t).add(Q8K_QS + 32 * j).cast::<i32>();
                     let mut dot = _mm256_setzero_si256();
                     for (k, q) in wq.iter().enumerate() {
-                        // q <= 15 times |a| <= 128: pair sums fit i16
+                        // q <= 31 times |a| <= 128: pair sums fit i16
                         let p = _mm256_maddubs_epi16(*q, _mm256_set1_epi32(qa.add(k).read_unaligned()));
                         dot = _mm256_add_epi32(dot, _mm256_madd_epi16(p, ones));
                     }
@@ -584,7 +632,7 @@ unsafe fn q4_k_avx2<const T: usize>(
 /// One Q6_K group against tokens `t0..t0 + T`, in two halves of 8 rows; returns `T`.
 ///
 /// # Safety
-/// As [`q4_k_vnni`], for AVX2.
+/// As [`k4_vnni`], for AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6_k_avx2<const T: usize>(
@@ -671,7 +719,7 @@ unsafe fn scales_of_pairs_avx2(pairs: *const u8, odd: bool) -> __m256i {
 /// One IQ4_XS group against tokens `t0..t0 + T`, in two halves of 8 rows; returns `T`.
 ///
 /// # Safety
-/// As [`q4_k_vnni`], for AVX2.
+/// As [`k4_vnni`], for AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn iq4_xs_avx2<const T: usize>(
@@ -732,7 +780,7 @@ unsafe fn iq4_xs_avx2<const T: usize>(
 /// One Q2_K group against tokens `t0..t0 + T`, in two halves of 8 rows; returns `T`.
 ///
 /// # Safety
-/// As [`q4_k_vnni`], for AVX2.
+/// As [`k4_vnni`], for AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q2_k_avx2<const T: usize>(
@@ -802,7 +850,7 @@ unsafe fn q2_k_avx2<const T: usize>(
 /// One Q3_K group against tokens `t0..t0 + T`, in two halves of 8 rows; returns `T`.
 ///
 /// # Safety
-/// As [`q4_k_vnni`], for AVX2.
+/// As [`k4_vnni`], for AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q3_k_avx2<const T: usize>(
