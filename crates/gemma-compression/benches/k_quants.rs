@@ -7,7 +7,7 @@
 //!   how close the kernel gets to memory bandwidth. Throughput: weight bytes.
 //! - prefill: a 64-row slab against 256 tokens (what one matmul task sees), every format. Throughput:
 //!   multiply-adds (criterion's elem/s are MAC/s).
-//! - interleaved: Q4_K, Q6_K, IQ4_XS and Q2_K (ffn_down's shape, as `llama-quantize ... IQ4_XS` makes it) with 16
+//! - interleaved: Q4_K, Q5_K, Q6_K, IQ4_XS, Q2_K and Q3_K (ffn_down's shape, as `llama-quantize ... IQ4_XS` makes it) with 16
 //!   rows repacked together (`interleaved_k`, what the model loads them as), at 1, 8 and 256 tokens, beside the
 //!   GGML layout's `dot_rows`. Throughput: multiply-adds.
 //!
@@ -115,7 +115,7 @@ fn bench_dot_rows(c: &mut Criterion) {
     group.finish();
 }
 
-/// The model's Q4_K, Q6_K, IQ4_XS and Q2_K shapes repacked 16 rows at a time, against the GGML layout: one token (decode), 8
+/// The model's Q4_K, Q5_K, Q6_K, IQ4_XS, Q2_K and Q3_K shapes repacked 16 rows at a time, against the GGML layout: one token (decode), 8
 /// (a server's batched step) and 256 (prefill).
 fn bench_interleaved(c: &mut Criterion) {
     let mut rng = Rng(13);
@@ -126,6 +126,8 @@ fn bench_interleaved(c: &mut Criterion) {
         (GgmlType::Q6K, 640, 2048),
         (GgmlType::IQ4_XS, 640, 2048),
         (GgmlType::Q2K, 640, 2048),
+        (GgmlType::Q3K, 640, 2048),
+        (GgmlType::Q5K, 640, 2048),
     ] {
         let f = quant_format(ty).unwrap();
         let w = weights(&mut rng, ty, rows, n);

@@ -38,7 +38,7 @@ enum Storage {
     /// A GGUF tensor repacked at load for the interleaved kernels (shared by the matrices cloned from it,
     /// as a tied output head).
     Interleaved(Arc<InterleavedRows>),
-    /// The same for Q4_K, Q6_K, IQ4_XS and Q2_K.
+    /// The same for Q4_K, Q5_K, Q6_K, IQ4_XS, Q2_K and Q3_K.
     InterleavedK(Arc<InterleavedKRows>),
     /// An F32, F16 or BF16 tensor repacked at load in panels of 16 rows.
     FloatPanels(Arc<FloatPanels>),
@@ -88,7 +88,7 @@ impl Matrix {
 const LOOKUP_TABLE: &str = "token_embd.weight";
 
 /// Whether loading repacks the tensor: formats with interleaved kernels (Q8_0, Q5_0, Q4_0, Q4_1, Q5_1, IQ4_NL,
-/// Q4_K, Q6_K, IQ4_XS, Q2_K) always, float matrices (F32, F16, BF16) into panels unless the tensor is the lookup table.
+/// Q4_K, Q5_K, Q6_K, IQ4_XS, Q2_K, Q3_K) always, float matrices (F32, F16, BF16) into panels unless the tensor is the lookup table.
 fn is_repacked(info: &TensorInfo) -> bool {
     let ty = info.ggml_type;
     InterleavedFormat::of(ty).is_some()

@@ -167,7 +167,7 @@ pub fn matmul_interleaved(
     Ok(())
 }
 
-/// `out[t][r] = W[r] · x[t]` for a Q4_K, Q6_K, IQ4_XS or Q2_K matrix repacked with 16 rows interleaved
+/// `out[t][r] = W[r] · x[t]` for a Q4_K, Q5_K, Q6_K, IQ4_XS, Q2_K or Q3_K matrix repacked with 16 rows interleaved
 /// ([`InterleavedKRows`]), with Q8_K activations kept in `scratch` between calls.
 pub fn matmul_interleaved_k(
     pool: &ThreadPool,
@@ -316,7 +316,7 @@ pub enum WeightView<'a> {
     Sbs(SbsMatrix<'a>),
     /// Q8_0, Q5_0, Q4_0, Q4_1, Q5_1 or IQ4_NL repacked at load with 16 rows interleaved.
     Interleaved(&'a InterleavedRows),
-    /// Q4_K, Q6_K, IQ4_XS or Q2_K repacked at load with 16 rows interleaved.
+    /// Q4_K, Q5_K, Q6_K, IQ4_XS, Q2_K or Q3_K repacked at load with 16 rows interleaved.
     InterleavedK(&'a InterleavedKRows),
     /// F32, F16 or BF16 repacked at load in panels of 16 rows.
     FloatPanels(&'a FloatPanels),
@@ -778,7 +778,7 @@ mod tests {
         let mut seed = 11;
         let wf: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut seed)).collect();
         use GgmlType::*;
-        for ty in [Q8_0, Q5_0, Q4_0, Q4_1, Q5_1, IQ4_NL, Q4K, Q6K, IQ4_XS, Q2K, F32, F16, BF16] {
+        for ty in [Q8_0, Q5_0, Q4_0, Q4_1, Q5_1, IQ4_NL, Q4K, Q5K, Q6K, IQ4_XS, Q2K, Q3K, F32, F16, BF16] {
             let wq = quantize_rows(ty, &wf, cols);
             let plain = QMatrix::new(&wq, rows, cols, ty).unwrap();
             let interleaved = InterleavedRows::repack(ty, rows, cols, &wq, &mut |_| {}).ok();

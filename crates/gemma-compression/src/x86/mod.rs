@@ -1,6 +1,6 @@
 //! x86-64 kernels: AVX2 (+FMA, F16C) everywhere, and AVX-512 VNNI tiles for the formats the models use
 //! (`legacy_tiles`: Q8_0 Q5_0 Q4_0 Q4_1 Q5_1; `k_tiles`: Q2_K Q3_K Q4_K Q5_K Q6_K; `interleaved`: Q8_0 Q5_0
-//! Q4_0 Q4_1 Q5_1 IQ4_NL repacked with 16 rows interleaved; `interleaved_k`: Q4_K Q6_K IQ4_XS likewise; `iq4`:
+//! Q4_0 Q4_1 Q5_1 IQ4_NL repacked with 16 rows interleaved; `interleaved_k`: Q4_K Q5_K Q6_K IQ4_XS Q2_K Q3_K likewise; `iq4`:
 //! IQ4_NL on the legacy tiles, IQ4_XS on the k-quant tiles, for GGML's layout), gemma.cpp's formats
 //! (`sbs_dots`) and AVX-512 BF16 tiles (`bf16_tile`). Each has a scalar twin in its format's module; the tests
 //! beside each kernel check it against the twin at every SIMD level the CPU reports.
