@@ -413,6 +413,17 @@ pub(crate) fn render_request(f: &Fields, chat: &ChatTemplate) -> Result<String, 
         }
         _ => openai::parse_messages(f)?,
     };
+    render_messages(&messages, chat, add_generation_prompt)
+}
+
+/// A conversation as llama-server renders it for `/apply-template` and its chat completions: one that ends
+/// with an assistant message is continued (the messages before it, the opening of an assistant turn, then its
+/// text as written: the answer goes on from there); otherwise `add_generation_prompt` opens the assistant's turn.
+pub(crate) fn render_messages(
+    messages: &[ChatMessage],
+    chat: &ChatTemplate,
+    add_generation_prompt: bool,
+) -> Result<String, ApiError> {
     let failed =
         |e| ApiError::invalid_param("messages", format!("the chat template cannot render these messages: {e}"));
     match messages.split_last() {
@@ -427,7 +438,7 @@ pub(crate) fn render_request(f: &Fields, chat: &ChatTemplate) -> Result<String, 
             text.push_str(&last.content);
             Ok(text)
         }
-        _ => chat.render(&messages, add_generation_prompt).map_err(failed),
+        _ => chat.render(messages, add_generation_prompt).map_err(failed),
     }
 }
 

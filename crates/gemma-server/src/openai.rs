@@ -83,11 +83,9 @@ pub(crate) fn parse_plan(f: &Fields, loaded: &LoadedModel, dialect: Dialect) -> 
     let prompts = match dialect {
         Dialect::Completion => parse_prompts(f, tok, loaded.vocab_size)?,
         Dialect::Chat => {
-            let messages = parse_messages(f)?;
-            let ids = loaded.chat.encode(tok, &messages, true).map_err(|e| {
-                ApiError::invalid_param("messages", format!("the chat template cannot render these messages: {e}"))
-            })?;
-            vec![ids]
+            // As llama-server: a final assistant message is continued, not closed.
+            let text = crate::llama_server::render_messages(&parse_messages(f)?, &loaded.chat, true)?;
+            vec![tok.encode(&text, tok.add_bos(), true)]
         }
     };
     let param = if dialect == Dialect::Chat { "messages" } else { "prompt" };

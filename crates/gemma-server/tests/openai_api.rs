@@ -421,6 +421,36 @@ async fn sixteen_concurrent_greedy_requests_equal_each_alone() {
     assert!(together.iter().collect::<std::collections::HashSet<_>>().len() > 1, "prompts give different text");
 }
 
+/// A conversation that ends with an assistant message is continued, as llama-server continues it: the
+/// answer goes on from the assistant's text (the same prompt as `/apply-template` renders, and the same greedy
+/// tokens as `/completion` on it), where before the turn was closed and a new one opened.
+#[tokio::test]
+async fn a_final_assistant_message_is_continued() {
+    let messages = json!([{"role": "user", "content": "Name a large city in France."},
+                          {"role": "assistant", "content": "The largest city in France is"}]);
+    let (s, chat) = post(
+        &format!("{}/v1/chat/completions", base()),
+        json!({"messages": messages, "max_tokens": 6, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(s, 200, "{chat}");
+    let (s, rendered) = post(&format!("{}/apply-template", base()), json!({"messages": messages})).await;
+    assert_eq!(s, 200, "{rendered}");
+    let prompt = rendered["prompt"].as_str().unwrap();
+    assert!(prompt.ends_with("<start_of_turn>model\nThe largest city in France is"), "{prompt}");
+    let (s, native) =
+        post(&format!("{}/completion", base()), json!({"prompt": prompt, "n_predict": 6, "temperature": 0})).await;
+    assert_eq!(s, 200, "{native}");
+    assert!(!native["content"].as_str().unwrap_or_default().is_empty(), "{native}");
+    assert_eq!(chat["choices"][0]["message"]["content"], native["content"], "{chat} {native}");
+    assert_eq!(chat["usage"]["prompt_tokens"], native["tokens_evaluated"], "{chat} {native}");
+    // two assistant messages at the end are refused, as llama-server refuses them
+    let mut two = messages.clone();
+    two.as_array_mut().unwrap().push(json!({"role": "assistant", "content": "Paris"}));
+    let (s, err) = post(&format!("{}/v1/chat/completions", base()), json!({"messages": two, "max_tokens": 2})).await;
+    assert_eq!(s, 400, "{err}");
+}
+
 #[tokio::test]
 async fn second_chat_turn_reuses_the_prefix_cache() {
     let url = format!("{}/v1/chat/completions", base());
