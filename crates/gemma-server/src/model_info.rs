@@ -5,7 +5,6 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use gemma_core::chat::ChatTemplate;
 use gemma_core::quantize::FileType;
 use gemma_core::Model;
 use gemma_io::MetaValue;
@@ -23,7 +22,8 @@ pub struct ModelFileInfo {
     /// Last modification, Unix seconds.
     pub modified: u64,
     /// SHA-256 (hex) of the file's first 16 MiB and its size: an identifier, not a checksum of the whole file.
-    pub digest: String,
+    /// Worked out when first asked for ([`ModelFileInfo::digest`]), not at start-up.
+    digest: std::sync::OnceLock<String>,
     /// `general.architecture` (`gemma3`, `llama`, ...).
     pub architecture: String,
     /// llama-quantize's name of `general.file_type` (`Q4_K_M`), when the file says.
@@ -36,12 +36,10 @@ pub struct ModelFileInfo {
     pub metadata: Vec<(String, MetaValue)>,
     /// (name, GGML type, dimensions) of each tensor.
     pub tensors: Vec<(String, &'static str, Vec<u64>)>,
-    /// The chat template's Jinja text.
-    pub template: String,
 }
 
 impl ModelFileInfo {
-    pub fn read(model: &Model, path: &Path, chat: &ChatTemplate) -> ModelFileInfo {
+    pub fn read(model: &Model, path: &Path) -> ModelFileInfo {
         let file = &model.file;
         let stat = std::fs::metadata(path).ok();
         let size = stat.as_ref().map_or(file.file_size(), |m| m.len());
@@ -49,10 +47,6 @@ impl ModelFileInfo {
             .and_then(|m| m.modified().ok())
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_secs());
-        let digest = digest(path, size).unwrap_or_else(|e| {
-            tracing::warn!("cannot read {} for its digest: {e}", path.display());
-            String::new()
-        });
         let file_type = file
             .get("general.file_type")
             .and_then(MetaValue::as_u64)
@@ -66,7 +60,7 @@ impl ModelFileInfo {
             path: path.to_path_buf(),
             size,
             modified,
-            digest,
+            digest: std::sync::OnceLock::new(),
             architecture: file.get("general.architecture").and_then(MetaValue::as_str).unwrap_or_default().to_string(),
             file_type,
             parameter_count,
@@ -74,11 +68,20 @@ impl ModelFileInfo {
             embedding_length: model.config.d_model,
             metadata: file.metadata().to_vec(),
             tensors: file.tensors().iter().map(|t| (t.name.clone(), t.ggml_type.name(), t.dims.clone())).collect(),
-            template: chat.template_text().to_string(),
         }
     }
 
     /// ollama's `parameter_size`: "268.10M", "1B", "7.6B" (its `format.HumanNumber`).
+    /// The file's identifying digest (read once, on first use; empty if the file cannot be read).
+    pub fn digest(&self) -> &str {
+        self.digest.get_or_init(|| {
+            digest(&self.path, self.size).unwrap_or_else(|e| {
+                tracing::warn!("cannot read {} for its digest: {e}", self.path.display());
+                String::new()
+            })
+        })
+    }
+
     pub fn parameter_size(&self) -> String {
         human_number(self.parameter_count)
     }

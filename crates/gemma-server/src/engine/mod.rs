@@ -372,7 +372,7 @@ fn load(config: &EngineConfig) -> Result<(Model, LoadedModel), LoadError> {
         config.model.clone()
     };
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let file_info = Arc::new(crate::model_info::ModelFileInfo::read(&model, &path, &chat));
+    let file_info = Arc::new(crate::model_info::ModelFileInfo::read(&model, &path));
     let loaded = LoadedModel {
         id,
         ctx: config.ctx.min(model.config.context_length),
