@@ -314,30 +314,11 @@ impl Summary {
     /// The settings the request ran with, under llama-server's names.
     fn settings(&self) -> Value {
         let p = &self.plan.sampling;
-        json!({
-            "seed": p.seed.unwrap_or(u32::MAX as u64),
-            "temperature": p.temperature,
-            "dynatemp_range": p.dynatemp_range,
-            "dynatemp_exponent": p.dynatemp_exponent,
-            "top_k": p.top_k,
-            "top_p": p.top_p,
-            "min_p": p.min_p,
-            "top_n_sigma": p.top_n_sigma,
-            "xtc_probability": p.xtc_probability,
-            "xtc_threshold": p.xtc_threshold,
-            "typical_p": p.typical_p,
-            "repeat_last_n": if p.penalty_last_n == usize::MAX { -1 } else { p.penalty_last_n as i64 },
-            "repeat_penalty": p.repeat_penalty,
-            "presence_penalty": p.presence_penalty,
-            "frequency_penalty": p.frequency_penalty,
-            "dry_multiplier": p.dry_multiplier,
-            "dry_base": p.dry_base,
-            "dry_allowed_length": p.dry_allowed_length,
-            "dry_penalty_last_n": p.dry_penalty_last_n,
-            "dry_sequence_breakers": p.dry_sequence_breakers,
-            "mirostat": u8::from(p.mirostat),
-            "mirostat_tau": p.mirostat_tau,
-            "mirostat_eta": p.mirostat_eta,
+        let mut v = sampler_settings(p);
+        // where llama-server puts it: after the other DRY settings
+        let at = v.keys().position(|k| k == "dry_penalty_last_n").map_or(v.len(), |i| i + 1);
+        v.shift_insert(at, "dry_sequence_breakers".into(), json!(p.dry_sequence_breakers));
+        let rest = json!({
             "stop": self.plan.stop,
             "n_predict": self.native.n_predict,
             "max_tokens": self.native.n_predict,
@@ -346,7 +327,11 @@ impl Summary {
             "min_keep": p.min_keep,
             "grammar": p.grammar.clone().unwrap_or_default(),
             "logit_bias": p.logit_bias.iter().map(|(id, b)| json!([id, if b.is_finite() { json!(b) } else { json!(false) }])).collect::<Vec<_>>(),
-        })
+        });
+        if let Value::Object(rest) = rest {
+            v.extend(rest);
+        }
+        Value::Object(v)
     }
 }
 
@@ -423,5 +408,39 @@ impl StreamState {
                 Some(vec![data(ApiError::invalid(m).body())])
             }
         }
+    }
+}
+
+/// The sampler settings llama-server reports (in `/completion`'s `generation_settings` and `/props`), under
+/// its names and in its order, from `seed` to `mirostat_eta` (without the DRY breakers, which only
+/// `/completion` shows).
+pub(crate) fn sampler_settings(p: &SamplingParams) -> serde_json::Map<String, Value> {
+    let v = json!({
+        "seed": p.seed.unwrap_or(u32::MAX as u64),
+        "temperature": p.temperature,
+        "dynatemp_range": p.dynatemp_range,
+        "dynatemp_exponent": p.dynatemp_exponent,
+        "top_k": p.top_k,
+        "top_p": p.top_p,
+        "min_p": p.min_p,
+        "top_n_sigma": p.top_n_sigma,
+        "xtc_probability": p.xtc_probability,
+        "xtc_threshold": p.xtc_threshold,
+        "typical_p": p.typical_p,
+        "repeat_last_n": if p.penalty_last_n == usize::MAX { -1 } else { p.penalty_last_n as i64 },
+        "repeat_penalty": p.repeat_penalty,
+        "presence_penalty": p.presence_penalty,
+        "frequency_penalty": p.frequency_penalty,
+        "dry_multiplier": p.dry_multiplier,
+        "dry_base": p.dry_base,
+        "dry_allowed_length": p.dry_allowed_length,
+        "dry_penalty_last_n": p.dry_penalty_last_n,
+        "mirostat": u8::from(p.mirostat),
+        "mirostat_tau": p.mirostat_tau,
+        "mirostat_eta": p.mirostat_eta,
+    });
+    match v {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
     }
 }

@@ -128,30 +128,7 @@ fn params_json(tok: &Tokenizer, p: &SamplingParams, n_predict: i64, n_probs: usi
     let eog: Vec<u32> = tok.end_of_generation_ids().collect();
     let ignore_eos =
         !eog.is_empty() && eog.iter().all(|id| p.logit_bias.iter().any(|(b, v)| b == id && *v == f32::NEG_INFINITY));
-    let mut v = json!({
-        "seed": p.seed.unwrap_or(u32::MAX as u64),
-        "temperature": p.temperature,
-        "dynatemp_range": p.dynatemp_range,
-        "dynatemp_exponent": p.dynatemp_exponent,
-        "top_k": p.top_k,
-        "top_p": p.top_p,
-        "min_p": p.min_p,
-        "top_n_sigma": p.top_n_sigma,
-        "xtc_probability": p.xtc_probability,
-        "xtc_threshold": p.xtc_threshold,
-        "typical_p": p.typical_p,
-        "repeat_last_n": if p.penalty_last_n == usize::MAX { -1 } else { p.penalty_last_n as i64 },
-        "repeat_penalty": p.repeat_penalty,
-        "presence_penalty": p.presence_penalty,
-        "frequency_penalty": p.frequency_penalty,
-        "dry_multiplier": p.dry_multiplier,
-        "dry_base": p.dry_base,
-        "dry_allowed_length": p.dry_allowed_length,
-        "dry_penalty_last_n": p.dry_penalty_last_n,
-        "mirostat": u8::from(p.mirostat),
-        "mirostat_tau": p.mirostat_tau,
-        "mirostat_eta": p.mirostat_eta,
-    });
+    let mut v = crate::llama_native::sampler_settings(p);
     // In two parts: one `json!` this long outgrows the macro's recursion limit.
     let rest = json!({
         // llama-server's adaptive-p sampler, which this server does not have: its "off" values.
@@ -177,13 +154,13 @@ fn params_json(tok: &Tokenizer, p: &SamplingParams, n_predict: i64, n_probs: usi
         "backend_sampling": false,
         "lora": [],
     });
-    if let (Some(o), Value::Object(rest)) = (v.as_object_mut(), rest) {
-        o.extend(rest);
-        if stream.is_none() {
-            o.shift_remove("stream");
-        }
+    if let Value::Object(rest) = rest {
+        v.extend(rest);
     }
-    v
+    if stream.is_none() {
+        v.shift_remove("stream");
+    }
+    Value::Object(v)
 }
 
 /// What the template can do, under llama.cpp's names, found by rendering probes as llama.cpp does. Message
