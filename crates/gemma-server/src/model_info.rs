@@ -4,17 +4,17 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use gemma_core::quantize::FileType;
 use gemma_core::Model;
-use gemma_io::MetaValue;
+use gemma_io::{GgufFile, MetaValue, TensorInfo};
 use sha2::{Digest, Sha256};
 
 /// How much of the file the digest reads: the GGUF header (metadata, vocabulary, tensor table) and the first
 /// weights, without reading gigabytes at start-up.
 const DIGEST_BYTES: u64 = 16 << 20;
 
-#[derive(Debug, Default)]
 pub struct ModelFileInfo {
     pub path: PathBuf,
     /// Bytes on disk.
@@ -33,9 +33,9 @@ pub struct ModelFileInfo {
     /// The context the model was trained for, and its hidden width.
     pub context_length: usize,
     pub embedding_length: usize,
-    pub metadata: Vec<(String, MetaValue)>,
-    /// (name, GGML type, dimensions) of each tensor.
-    pub tensors: Vec<(String, &'static str, Vec<u64>)>,
+    /// The model's own file header (metadata and tensor table), shared with the model rather than copied:
+    /// its vocabulary arrays alone are megabytes.
+    file: Arc<GgufFile>,
 }
 
 impl ModelFileInfo {
@@ -66,9 +66,18 @@ impl ModelFileInfo {
             parameter_count,
             context_length: model.config.context_length,
             embedding_length: model.config.d_model,
-            metadata: file.metadata().to_vec(),
-            tensors: file.tensors().iter().map(|t| (t.name.clone(), t.ggml_type.name(), t.dims.clone())).collect(),
+            file: Arc::clone(file),
         }
+    }
+
+    /// The file's metadata, in its order.
+    pub fn metadata(&self) -> &[(String, MetaValue)] {
+        self.file.metadata()
+    }
+
+    /// The file's tensor table.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        self.file.tensors()
     }
 
     /// ollama's `parameter_size`: "268.10M", "1B", "7.6B" (its `format.HumanNumber`).

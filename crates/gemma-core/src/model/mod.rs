@@ -7,6 +7,7 @@ pub mod llama;
 mod output;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use gemma_io::sbs::blob_store::BLOB_MAGIC;
 use gemma_io::sbs::SbsFile;
@@ -26,8 +27,9 @@ use crate::weights::{Matrix, WeightFile};
 pub struct Model {
     /// The GGUF file. For an SBS checkpoint, a metadata-only GGUF naming the architecture and the model, so
     /// that code reading GGUF metadata (the chat template's choice) sees the model it is; the weights and
-    /// the tokenizer then come from [`Model::sbs`].
-    pub file: GgufFile,
+    /// the tokenizer then come from [`Model::sbs`]. Shared, so a front end can keep reading the metadata
+    /// (vocabulary included) without a copy.
+    pub file: Arc<GgufFile>,
     /// The gemma.cpp checkpoint, when the model was opened from an SBS file.
     sbs: Option<SbsFile>,
     pub config: ModelConfig,
@@ -97,7 +99,7 @@ impl Model {
         };
         let embedding_head = config.pooling.map(|p| embedding::EmbeddingHead::load(&file, &config, p)).transpose()?;
         crate::weights::settle_resident_pages(&file);
-        Ok(Model { file, sbs: None, config, weights, embedding_head })
+        Ok(Model { file: Arc::new(file), sbs: None, config, weights, embedding_head })
     }
 
     /// A model from a gemma.cpp checkpoint (Gemma 3 family), run with the SBS codec kernels.
@@ -117,7 +119,7 @@ impl Model {
         meta.add_metadata("general.architecture", text(config.arch.name()))?;
         meta.add_metadata("general.name", text(&config.name))?;
         let view = GgufFile::from_bytes(meta.to_bytes(), file.path())?;
-        Ok(Model { file: view, sbs: Some(file), config, weights, embedding_head: None })
+        Ok(Model { file: Arc::new(view), sbs: Some(file), config, weights, embedding_head: None })
     }
 
     /// The SBS checkpoint the model was opened from, if it was.
