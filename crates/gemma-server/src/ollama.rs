@@ -220,8 +220,10 @@ pub(crate) fn parse_generation(bytes: &[u8], loaded: &LoadedModel, kind: Kind) -
         })? as usize,
     };
     let options = f.object("options")?.unwrap_or_default();
-    let (sampling, max_tokens, stop, window) = parse_options(&options, loaded)?;
+    let Options { sampling, max_tokens, stop, window, num_keep } = parse_options(&options, loaded)?;
     let sampling = validated(SamplingParams { grammar: parse_format(&f)?, ..sampling })?;
+    let truncate = f.get::<bool>("truncate")?.unwrap_or(true);
+    let shift = f.get::<bool>("shift")?.unwrap_or(true);
     let tok = &loaded.tokenizer;
 
     let (ids, with_context) = match kind {
@@ -268,6 +270,7 @@ pub(crate) fn parse_generation(bytes: &[u8], loaded: &LoadedModel, kind: Kind) -
                     ids
                 }
             };
+            let ids = if truncate { truncated_prompt(ids, window, num_keep, shift, tok.add_bos())? } else { ids };
             (ids, !raw)
         }
         Kind::Chat => {
@@ -279,7 +282,12 @@ pub(crate) fn parse_generation(bytes: &[u8], loaded: &LoadedModel, kind: Kind) -
             if messages.is_empty() {
                 return load_request(unload, kind);
             }
-            (loaded.chat.encode(tok, &messages, true).map_err(template_error)?, false)
+            let ids = if truncate {
+                fitting_conversation(&messages, window, |m| loaded.chat.encode(tok, m, true))?
+            } else {
+                loaded.chat.encode(tok, &messages, true).map_err(template_error)?
+            };
+            (ids, false)
         }
     };
     if ids.len() >= window {
@@ -306,6 +314,57 @@ pub(crate) fn parse_generation(bytes: &[u8], loaded: &LoadedModel, kind: Kind) -
         logprobs: logprobs.then_some(top_logprobs),
     };
     Ok(Generation { kind, plan: Some(plan), with_context })
+}
+
+/// The tokens of the longest tail of the conversation that fits the context, as ollama's `truncate` chooses
+/// it: the oldest messages are dropped one by one (the system messages among them kept, in front) until the
+/// prompt has at most `window` tokens; the last message always stays, fitting or not.
+fn fitting_conversation(
+    messages: &[ChatMessage],
+    window: usize,
+    encode: impl Fn(&[ChatMessage]) -> Result<Vec<u32>, gemma_core::chat::ChatTemplateError>,
+) -> Result<Vec<u32>, ApiError> {
+    let last = messages.len().saturating_sub(1);
+    let mut start = 0;
+    loop {
+        let mut kept: Vec<ChatMessage> = messages[..start].iter().filter(|m| m.role == "system").cloned().collect();
+        kept.extend_from_slice(&messages[start..]);
+        match encode(&kept) {
+            Ok(ids) if ids.len() <= window || start >= last => {
+                if start > 0 {
+                    tracing::debug!(dropped = start, "truncating input messages which exceed context length");
+                }
+                return Ok(ids);
+            }
+            // A tail the template refuses (one that starts with the model's turn, where the template wants
+            // turns to alternate from the user's) is passed over; the whole conversation must render.
+            Err(e) if start == 0 || start >= last => return Err(template_error(e)),
+            _ => start += 1,
+        }
+    }
+}
+
+/// A prompt longer than the context cut as ollama cuts it before handing it to llama-server with context
+/// shift on: the first `num_keep` tokens (and BOS) stay, then as many of the last tokens as leave half of the
+/// rest of the context free. With `shift: false` such a prompt is ollama's 400.
+fn truncated_prompt(ids: Vec<u32>, window: usize, num_keep: i64, shift: bool, bos: bool) -> Result<Vec<u32>, ApiError> {
+    if window <= 1 || ids.len() < window {
+        return Ok(ids);
+    }
+    if !shift {
+        return Err(ApiError::invalid_param(
+            "prompt",
+            "the prompt is longer than the context length currently available to the model; shorten the prompt, \
+             adjust the context length in settings, or use a model with a longer context length",
+        )
+        .with_code("context_length_exceeded"));
+    }
+    let keep = if num_keep < 0 { ids.len() } else { usize::try_from(num_keep).unwrap_or(usize::MAX) };
+    let keep = keep.saturating_add(usize::from(bos)).min(window - 1);
+    let limit = window - ((window - keep) / 2).max(1);
+    let discard = ids.len() - limit;
+    tracing::warn!(limit, prompt = ids.len(), keep, "truncating input prompt");
+    Ok(ids[..keep].iter().chain(&ids[keep + discard..]).copied().collect())
 }
 
 /// An empty prompt (or no messages) loads the model in ollama; here it is loaded already. `keep_alive: 0`
@@ -387,9 +446,20 @@ fn parse_format(f: &Fields) -> Result<Option<String>, ApiError> {
     })
 }
 
-/// What `options` decides: the sampling settings, the most tokens to generate (`None`: until the end of the
-/// turn or the context), the stop strings, and the context window (`num_ctx`, at most the server's).
-type Options = (SamplingParams, Option<usize>, Vec<String>, usize);
+/// What `options` decides.
+struct Options {
+    sampling: SamplingParams,
+    /// The most tokens to generate (`None`: until the end of the turn or the context).
+    max_tokens: Option<usize>,
+    stop: Vec<String>,
+    /// The context window (`num_ctx`, at most the server's).
+    window: usize,
+    /// `num_keep`: the prompt tokens (after BOS) a truncated prompt keeps from its start; -1 keeps all.
+    num_keep: i64,
+}
+
+/// ollama's default `num_keep`.
+const DEFAULT_NUM_KEEP: i64 = 4;
 
 /// ollama's `options` with its defaults (`api.DefaultOptions`): temperature 0.8, top-k 40, top-p 0.9, min-p 0,
 /// typical-p 1, repeat_last_n 64, repeat_penalty 1, no presence or frequency penalty, seed -1 (random),
@@ -448,7 +518,17 @@ fn parse_options(o: &Fields, loaded: &LoadedModel) -> Result<Options, ApiError> 
             return Err(ApiError::invalid_param("num_ctx", format!("option \"num_ctx\" must be 1 or more, got {n}")))
         }
     };
-    Ok((sampling, max_tokens, stop, window))
+    let num_keep = match int("num_keep")? {
+        None => DEFAULT_NUM_KEEP,
+        Some(n) if n >= -1 => n,
+        Some(n) => {
+            return Err(ApiError::invalid_param(
+                "num_keep",
+                format!("option \"num_keep\" must be -1 (the whole prompt) or more, got {n}"),
+            ))
+        }
+    };
+    Ok(Options { sampling, max_tokens, stop, window, num_keep })
 }
 
 /// `messages`: `{role, content, images?, tool_calls?, thinking?, tool_name?}`; the role is read in lower

@@ -317,13 +317,15 @@ async fn ollama_endpoints_refuse_hostile_bodies() {
     ));
     bodies.extend(with_each(&generate, "format", &[json!(5), json!("xml"), json!(["json"]), json!({"type": 5})]));
     bodies.extend(with_each(&generate, "raw", &[json!("yes"), json!(1)]));
+    bodies.extend(with_each(&generate, "truncate", &[json!("yes"), json!(1)]));
+    bodies.extend(with_each(&generate, "shift", &[json!("no"), json!(0)]));
     bodies.extend(with_each(&generate, "system", &[json!(5)]));
     bodies.extend(with_each(&generate, "stream", &[json!("no")]));
     bodies.extend(with_each(&generate, "think", &[json!(true), json!("deep"), json!(5)]));
     bodies.extend(with_each(&generate, "keep_alive", &[json!([]), json!({})]));
     bodies.extend(with_each(&generate, "top_logprobs", &[json!(21), json!(-1), json!(1e300), json!("2")]));
     bodies.extend(with_each(&generate, "options", &[json!(5), json!("hot"), json!([1])]));
-    for field in ["num_predict", "top_k", "seed", "repeat_last_n", "num_ctx", "mirostat"] {
+    for field in ["num_predict", "top_k", "seed", "repeat_last_n", "num_ctx", "mirostat", "num_keep"] {
         let mut values = bad_numbers();
         values.push(json!(3.5));
         // ollama takes -1 for these (seed: random; repeat_last_n: the whole context; num_predict: no limit;
