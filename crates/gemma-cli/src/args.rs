@@ -444,9 +444,12 @@ pub struct BenchArgs {
     /// Timed repetitions of each test (after one untimed warm-up).
     #[arg(short = 'r', long = "repetitions", default_value_t = 5, value_name = "N")]
     pub repetitions: usize,
-    /// Tokens already in the context before each test starts.
-    #[arg(short = 'd', long, default_value_t = 0, value_name = "D")]
-    pub depth: usize,
+    /// Tokens already in the context before each test starts; each test runs at each depth.
+    #[arg(short = 'd', long = "n-depth", visible_alias = "depth", value_delimiter = ',', default_values_t = [0usize], value_name = "D,..")]
+    pub depths: Vec<usize>,
+    /// A prompt of PP tokens then TG generated ones, timed together (llama-bench's `-pg`; repeatable).
+    #[arg(long = "pg", value_name = "PP,TG", value_parser = parse_pp_tg)]
+    pub prompt_gen: Vec<(usize, usize)>,
     /// Sequences decoded together in the generation tests (one token each per step, as the server batches
     /// its streams); tokens/s counts all of them.
     #[arg(short = 's', long = "sequences", value_delimiter = ',', default_values_t = [1usize], value_name = "N,..")]
@@ -454,6 +457,26 @@ pub struct BenchArgs {
     /// Write the results as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Print the results in llama-bench's format instead of this command's table: its markdown table
+    /// (`md`), `csv`, `json` or `jsonl`, with its field names.
+    #[arg(short = 'o', long = "output", value_name = "md|csv|json|jsonl")]
+    pub output: Option<BenchOutput>,
+}
+
+/// llama-bench's output formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchOutput {
+    Md,
+    Csv,
+    Json,
+    Jsonl,
+}
+
+/// `PP,TG`: two token counts.
+fn parse_pp_tg(s: &str) -> Result<(usize, usize), String> {
+    let (pp, tg) = s.split_once(',').ok_or_else(|| format!("'{s}' is not PP,TG (two numbers with a comma)"))?;
+    let number = |v: &str| v.trim().parse::<usize>().map_err(|_| format!("'{v}' in '{s}' is not a token count"));
+    Ok((number(pp)?, number(tg)?))
 }
 
 /// A seed as llama.cpp reads one: any 64-bit integer, negative ones wrapping (so -1 is `0xFFFF...`, which

@@ -4,11 +4,14 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use gemma_core::generate::PREFILL_CHUNK;
+use gemma_core::kv_cache::MAX_UBATCH;
+use gemma_core::quantize::FileType;
 use gemma_core::{Batch, BatchToken, KvCache, Model, Scratch, Session};
+use gemma_io::MetaValue;
 use gemma_ops::ThreadPool;
 use serde_json::{json, Value};
 
-use crate::args::{BenchArgs, Cli};
+use crate::args::{BenchArgs, BenchOutput, Cli};
 use crate::commands::{read_prompt, usage, Common};
 
 /// Summary of repeated measurements.
@@ -88,36 +91,93 @@ fn prefill(model: &Model, cache: &mut KvCache, ids: &[u32], pool: &ThreadPool) -
     Ok(())
 }
 
-/// One timed run of test `pp` (prompt processing of `n` tokens), `tg` (`n` steps of one token for each of
-/// `seqs` sequences decoded together, as a server batches its streams), after `depth` untimed tokens, or `embd`
-/// (embeddings of `seqs` inputs of `n` tokens, run together).
-/// Returns (tokens/s over all sequences, seconds).
-fn run_test(
-    model: &Model,
-    pool: &ThreadPool,
-    kind: &str,
-    n: usize,
-    depth: usize,
-    seqs: usize,
-    rep: u64,
-) -> Result<(f64, f64)> {
+/// One of llama-bench's tests.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Test {
+    /// A prompt of n tokens in one go.
+    Prompt(usize),
+    /// n steps of one token for each of `seqs` sequences decoded together, as a server batches its streams.
+    Gen { n: usize, seqs: usize },
+    /// A prompt of `pp` tokens, then `tg` steps of one token, timed together (`-pg`).
+    PromptGen { pp: usize, tg: usize },
+    /// Embeddings of `seqs` inputs of n tokens, run together (an embedding model's only test).
+    Embed { n: usize, seqs: usize },
+}
+
+impl Test {
+    /// (prompt tokens, generated tokens), as llama-bench's `n_prompt` and `n_gen`.
+    fn counts(self) -> (usize, usize) {
+        match self {
+            Test::Prompt(n) | Test::Embed { n, .. } => (n, 0),
+            Test::Gen { n, .. } => (0, n),
+            Test::PromptGen { pp, tg } => (pp, tg),
+        }
+    }
+
+    fn sequences(self) -> usize {
+        match self {
+            Test::Gen { seqs, .. } | Test::Embed { seqs, .. } => seqs,
+            _ => 1,
+        }
+    }
+
+    /// Tokens the timed run processes, over all sequences.
+    fn tokens(self) -> usize {
+        match self {
+            Test::Prompt(n) => n,
+            Test::Gen { n, seqs } | Test::Embed { n, seqs } => n * seqs,
+            Test::PromptGen { pp, tg } => pp + tg,
+        }
+    }
+
+    /// llama-bench's name for it (`pp512`, `tg128`, `pp512+tg128`, `... @ d4096`), and ` xN` for N sequences.
+    fn name(self, depth: usize) -> String {
+        let mut name = match self {
+            Test::Prompt(n) => format!("pp{n}"),
+            Test::Gen { n, .. } => format!("tg{n}"),
+            Test::PromptGen { pp, tg } => format!("pp{pp}+tg{tg}"),
+            Test::Embed { n, .. } => format!("embd{n}"),
+        };
+        if depth > 0 {
+            name = format!("{name} @ d{depth}");
+        }
+        if self.sequences() > 1 {
+            name = format!("{name} x{}", self.sequences());
+        }
+        name
+    }
+
+    fn kind(self) -> &'static str {
+        match self {
+            Test::Prompt(_) => "pp",
+            Test::Gen { .. } => "tg",
+            Test::PromptGen { .. } => "pg",
+            Test::Embed { .. } => "embd",
+        }
+    }
+}
+
+/// One timed run of `test` after `depth` untimed tokens. Returns (tokens/s over all sequences, seconds).
+fn run_test(model: &Model, pool: &ThreadPool, test: Test, depth: usize, rep: u64) -> Result<(f64, f64)> {
     let vocab = model.config.vocab_size;
-    let mut caches: Vec<KvCache> = (0..seqs).map(|_| model.new_cache(depth + n + 1)).collect();
+    let seqs = test.sequences();
+    let (n_prompt, n_gen) = test.counts();
+    let mut caches: Vec<KvCache> = (0..seqs).map(|_| model.new_cache(depth + n_prompt + n_gen + 1)).collect();
     if depth > 0 {
         for (s, cache) in caches.iter_mut().enumerate() {
             prefill(model, cache, &bench_tokens(depth, vocab, 7 + rep + 100 * s as u64), pool)?;
         }
     }
-    let ids: Vec<Vec<u32>> = (0..seqs).map(|s| bench_tokens(n, vocab, 1000 + rep + 100 * s as u64)).collect();
+    let ids: Vec<Vec<u32>> =
+        (0..seqs).map(|s| bench_tokens(n_prompt + n_gen, vocab, 1000 + rep + 100 * s as u64)).collect();
     let mut scratch = Scratch::default();
     let t0 = Instant::now();
-    if kind == "embd" {
+    if let Test::Embed { .. } = test {
         let inputs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
         model.embed(&inputs, pool)?;
-    } else if kind == "pp" {
-        prefill(model, &mut caches[0], &ids[0], pool)?;
     } else {
-        for step in 0..n {
+        prefill(model, &mut caches[0], &ids[0][..n_prompt], pool)?;
+        for step in n_prompt..n_prompt + n_gen {
             let mut batch = Batch::default();
             for (s, (cache, seq_ids)) in caches.iter().zip(&ids).enumerate() {
                 batch.push(BatchToken { token: seq_ids[step], pos: cache.len(), seq: s, logits: true });
@@ -126,7 +186,144 @@ fn run_test(
         }
     }
     let secs = t0.elapsed().as_secs_f64();
-    Ok(((n * if kind == "pp" { 1 } else { seqs }) as f64 / secs, secs))
+    Ok((test.tokens() as f64 / secs, secs))
+}
+
+/// What llama-bench's outputs say about the model: (file name as given, type, size in bytes, parameters).
+struct ModelFacts {
+    filename: String,
+    kind: String,
+    size: u64,
+    params: u64,
+}
+
+impl ModelFacts {
+    fn of(model: &Model, path: &std::path::Path) -> ModelFacts {
+        let file = &model.file;
+        let arch = file.get("general.architecture").and_then(MetaValue::as_str).unwrap_or("unknown");
+        let file_type = file
+            .get("general.file_type")
+            .and_then(MetaValue::as_u64)
+            .and_then(|id| FileType::ALL.iter().find(|t| u64::from(t.id()) == id))
+            .map_or("", |t| t.name());
+        let tensors = file.tensors();
+        ModelFacts {
+            filename: path.display().to_string(),
+            kind: format!("{arch} {file_type}").trim_end().to_string(),
+            size: if tensors.is_empty() { file.file_size() } else { tensors.iter().map(|t| t.n_bytes).sum() },
+            params: tensors.iter().map(|t| t.n_elements).sum(),
+        }
+    }
+}
+
+/// One test's samples, for llama-bench's formats.
+struct Record {
+    threads: usize,
+    test: Test,
+    depth: usize,
+    time: String,
+    samples_ns: Vec<u64>,
+    samples_ts: Vec<f64>,
+}
+
+impl Record {
+    /// llama-bench's fields that mean something here, in its order, as (name, JSON value); `samples_*` only
+    /// in JSON.
+    fn fields(&self, facts: &ModelFacts) -> Vec<(&'static str, Value)> {
+        let ns = Stats::of(&self.samples_ns.iter().map(|&v| v as f64).collect::<Vec<_>>());
+        let ts = Stats::of(&self.samples_ts);
+        let (n_prompt, n_gen) = self.test.counts();
+        vec![
+            ("build_commit", json!(env!("GEMMA_COMMIT"))),
+            ("cpu_info", machine()["cpu_model"].clone()),
+            ("backends", json!("CPU")),
+            ("model_filename", json!(facts.filename)),
+            ("model_type", json!(facts.kind)),
+            ("model_size", json!(facts.size)),
+            ("model_n_params", json!(facts.params)),
+            ("n_batch", json!(PREFILL_CHUNK)),
+            ("n_ubatch", json!(MAX_UBATCH)),
+            ("n_threads", json!(self.threads)),
+            ("n_sequences", json!(self.test.sequences())),
+            ("n_prompt", json!(n_prompt)),
+            ("n_gen", json!(n_gen)),
+            ("n_depth", json!(self.depth)),
+            ("test_time", json!(self.time)),
+            ("avg_ns", json!(ns.mean.round() as u64)),
+            ("stddev_ns", json!(ns.sd.round() as u64)),
+            ("avg_ts", json!(ts.mean)),
+            ("stddev_ts", json!(ts.sd)),
+        ]
+    }
+
+    fn json(&self, facts: &ModelFacts) -> Value {
+        let mut map: serde_json::Map<String, Value> =
+            self.fields(facts).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        map.insert("samples_ns".into(), json!(self.samples_ns));
+        map.insert("samples_ts".into(), json!(self.samples_ts));
+        Value::Object(map)
+    }
+}
+
+/// Formats a value for llama-bench's CSV and markdown: strings bare, numbers as C's `%f` for floats.
+fn plain(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) if n.is_f64() => format!("{:.6}", n.as_f64().unwrap_or(0.0)),
+        other => other.to_string(),
+    }
+}
+
+/// The table header of `-o md`, llama-bench's columns.
+const MD_HEADER: &str =
+    "| model | size | params | backend | threads | test | t/s |\n| --- | ---: | ---: | --- | ---: | ---: | ---: |";
+
+fn print_record(format: BenchOutput, record: &Record, facts: &ModelFacts, first: bool) -> Result<()> {
+    match format {
+        BenchOutput::Md => {
+            let ts = Stats::of(&record.samples_ts);
+            outln!(
+                "| {} | {:.2} MiB | {:.2} M | CPU | {} | {} | {:.2} ± {:.2} |",
+                facts.kind,
+                facts.size as f64 / (1u64 << 20) as f64,
+                facts.params as f64 / 1e6,
+                record.threads,
+                record.test.name(record.depth),
+                ts.mean,
+                ts.sd
+            )?;
+        }
+        BenchOutput::Csv => {
+            let fields = record.fields(facts);
+            if first {
+                outln!("{}", fields.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(","))?;
+            }
+            let quoted: Vec<String> =
+                fields.iter().map(|(_, v)| format!("\"{}\"", plain(v).replace('"', "\"\""))).collect();
+            outln!("{}", quoted.join(","))?;
+        }
+        // The array is printed whole at the end.
+        BenchOutput::Json => {}
+        BenchOutput::Jsonl => outln!("{}", record.json(facts))?,
+    }
+    Ok(())
+}
+
+/// The current time as RFC 3339 (UTC, seconds), as llama-bench stamps each test.
+fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3_600, rem % 3_600 / 60, rem % 60)
 }
 
 pub fn bench(common: &Common, args: &BenchArgs) -> Result<()> {
@@ -145,61 +342,105 @@ pub fn bench(common: &Common, args: &BenchArgs) -> Result<()> {
         return Err(usage("sequence counts must be at least 1"));
     }
     let ctx = model.config.context_length;
-    if model.is_embedding_model() && args.depth > 0 {
-        return Err(usage("an embedding model reads whole inputs: -d (depth) does not apply"));
+    let deepest = args.depths.iter().max().copied().unwrap_or(0);
+    if model.is_embedding_model() && (deepest > 0 || !args.prompt_gen.is_empty()) {
+        return Err(usage("an embedding model reads whole inputs: -d (depth) and -pg do not apply"));
     }
-    let longest = args.n_prompt.iter().chain(&args.n_gen).max().copied().unwrap_or(0);
-    if args.depth + longest + 1 > ctx {
-        return Err(usage(format!("depth {} + {longest} tokens exceed the model's context of {ctx}", args.depth)));
+    let longest = args
+        .n_prompt
+        .iter()
+        .chain(&args.n_gen)
+        .copied()
+        .chain(args.prompt_gen.iter().map(|&(pp, tg)| pp + tg))
+        .max()
+        .unwrap_or(0);
+    if deepest + longest + 1 > ctx {
+        return Err(usage(format!("depth {deepest} + {longest} tokens exceed the model's context of {ctx}")));
     }
+    // An embedding model only reads: `embd{n}` embeds inputs of n tokens (`-s`: that many at once).
+    let tests: Vec<Test> = if model.is_embedding_model() {
+        args.n_prompt.iter().flat_map(|&n| args.sequences.iter().map(move |&seqs| Test::Embed { n, seqs })).collect()
+    } else {
+        let gens = args.n_gen.iter().flat_map(|&n| args.sequences.iter().map(move |&seqs| Test::Gen { n, seqs }));
+        let pgs = args.prompt_gen.iter().map(|&(pp, tg)| Test::PromptGen { pp, tg });
+        args.n_prompt.iter().map(|&n| Test::Prompt(n)).chain(gens).chain(pgs).collect()
+    };
+    let tests: Vec<Test> = tests.into_iter().filter(|t| t.tokens() > 0).collect();
+    let facts = ModelFacts::of(&model, &path);
     let name = path.file_name().map_or("model".into(), |n| n.to_string_lossy().to_string());
-    outln!("model: {name} (loaded in {:.0} ms)   commit: {}", load_secs * 1e3, env!("GEMMA_COMMIT"))?;
-    outln!("| threads | test | t/s (mean ± sd) | p50 | p90 | ttft ms |")?;
-    outln!("|---|---|---|---|---|---|")?;
-    let mut results = Vec::new();
-    for &t in &threads {
-        let pool = crate::commands::thread_pool(t)?;
-        // An embedding model only reads: `embd{n}` embeds inputs of n tokens (`-s`: that many at once).
-        let tests: Vec<(&str, usize, usize)> = if model.is_embedding_model() {
-            args.n_prompt.iter().flat_map(|&n| args.sequences.iter().map(move |&seqs| ("embd", n, seqs))).collect()
-        } else {
-            args.n_prompt
-                .iter()
-                .map(|&n| ("pp", n, 1))
-                .chain(args.n_gen.iter().flat_map(|&n| args.sequences.iter().map(move |&seqs| ("tg", n, seqs))))
-                .collect()
-        };
-        for (kind, n, seqs) in tests.into_iter().filter(|&(_, n, _)| n > 0) {
-            run_test(&model, &pool, kind, n, args.depth, seqs, 0)?; // warm-up
-            let mut rates = Vec::new();
-            let mut secs = Vec::new();
-            for rep in 0..args.repetitions {
-                let (r, s) = run_test(&model, &pool, kind, n, args.depth, seqs, rep as u64 + 1)?;
-                rates.push(r);
-                secs.push(s);
+    let header = format!("model: {name} (loaded in {:.0} ms)   commit: {}", load_secs * 1e3, env!("GEMMA_COMMIT"));
+    match args.output {
+        // llama-bench's formats own stdout; this command's own lines go to stderr.
+        Some(format) => {
+            eprintln!("{header}");
+            if format == BenchOutput::Md {
+                outln!("{MD_HEADER}")?;
             }
-            let st = Stats::of(&rates);
-            let ttft = (kind != "tg").then(|| Stats::of(&secs).mean * 1e3);
-            let mut test = if args.depth > 0 { format!("{kind}{n} @ d{}", args.depth) } else { format!("{kind}{n}") };
-            if seqs > 1 {
-                test = format!("{test} x{seqs}");
-            }
-            outln!(
-                "| {t} | {test} | {:.2} ± {:.2} | {:.2} | {:.2} | {} |",
-                st.mean,
-                st.sd,
-                st.p50,
-                st.p90,
-                ttft.map_or("-".into(), |v| format!("{v:.1}"))
-            )?;
-            results.push(json!({
-                "threads": t, "test": test, "kind": kind, "n": n, "depth": args.depth, "sequences": seqs,
-                "tokens_per_second": st.json(), "samples": rates, "ttft_ms": ttft,
-            }));
+        }
+        None => {
+            outln!("{header}")?;
+            outln!("| threads | test | t/s (mean ± sd) | p50 | p90 | ttft ms |")?;
+            outln!("|---|---|---|---|---|---|")?;
         }
     }
+    let mut results = Vec::new();
+    let mut records = Vec::new();
+    for &t in &threads {
+        let pool = crate::commands::thread_pool(t)?;
+        for &depth in &args.depths {
+            for &test in &tests {
+                let time = now_rfc3339();
+                run_test(&model, &pool, test, depth, 0)?; // warm-up
+                let mut rates = Vec::new();
+                let mut secs = Vec::new();
+                for rep in 0..args.repetitions {
+                    let (r, s) = run_test(&model, &pool, test, depth, rep as u64 + 1)?;
+                    rates.push(r);
+                    secs.push(s);
+                }
+                let st = Stats::of(&rates);
+                let ttft = matches!(test, Test::Prompt(_) | Test::Embed { .. }).then(|| Stats::of(&secs).mean * 1e3);
+                let name = test.name(depth);
+                let record = Record {
+                    threads: t,
+                    test,
+                    depth,
+                    time,
+                    samples_ns: secs.iter().map(|s| (s * 1e9).round() as u64).collect(),
+                    samples_ts: rates.clone(),
+                };
+                match args.output {
+                    Some(format) => print_record(format, &record, &facts, records.is_empty())?,
+                    None => outln!(
+                        "| {t} | {name} | {:.2} ± {:.2} | {:.2} | {:.2} | {} |",
+                        st.mean,
+                        st.sd,
+                        st.p50,
+                        st.p90,
+                        ttft.map_or("-".into(), |v| format!("{v:.1}"))
+                    )?,
+                }
+                let (n_prompt, n_gen) = test.counts();
+                results.push(json!({
+                    "threads": t, "test": name, "kind": test.kind(), "n": n_prompt.max(n_gen),
+                    "n_prompt": n_prompt, "n_gen": n_gen, "depth": depth, "sequences": test.sequences(),
+                    "tokens_per_second": st.json(), "samples": rates, "ttft_ms": ttft,
+                }));
+                records.push(record);
+            }
+        }
+    }
+    if args.output == Some(BenchOutput::Json) {
+        outln!("{}", serde_json::to_string_pretty(&records.iter().map(|r| r.json(&facts)).collect::<Vec<_>>())?)?;
+    }
     let rss = peak_rss_bytes();
-    outln!("peak RSS: {}", rss.map_or("unknown".into(), |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)))?;
+    let rss_line =
+        format!("peak RSS: {}", rss.map_or("unknown".into(), |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)));
+    if args.output.is_some() {
+        eprintln!("{rss_line}");
+    } else {
+        outln!("{rss_line}")?;
+    }
     if let Some(file) = &args.json {
         let report = json!({
             "model": path.display().to_string(), "commit": env!("GEMMA_COMMIT"), "machine": machine(),

@@ -40,7 +40,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = match args::Cli::try_parse() {
+    let cli = match args::Cli::try_parse_from(llama_bench_spelling(std::env::args_os())) {
         Ok(cli) => cli,
         Err(e) => {
             // clap prints help/version to stdout with success, usage errors to stderr with code 2.
@@ -62,6 +62,21 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The arguments with llama-bench's two-letter `-pg` read as `--pg` in `gemma bench` (clap's short flags are one
+/// letter).
+fn llama_bench_spelling(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut in_bench = false;
+    args.map(|a| {
+        in_bench |= a == "bench";
+        if in_bench && a == "-pg" {
+            "--pg".into()
+        } else {
+            a
+        }
+    })
+    .collect()
 }
 
 /// Whether `e` comes from writing to a stdout whose reader has gone.

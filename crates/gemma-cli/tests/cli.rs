@@ -192,6 +192,38 @@ fn bench_reports_pp_tg_and_machine() {
     let o = gemma(&["bench", "-m", &m, "-s", "0"]);
     assert_eq!(o.status.code(), Some(2));
 
+    // llama-bench's -pg and depth lists: every test at every depth, in its order and names.
+    let out = ok(&["bench", "-m", &m, "-p", "8", "-n", "2", "-pg", "8,2", "-d", "0,16", "-t", "1", "-r", "1"]);
+    let tests: Vec<&str> = out.lines().filter_map(|l| l.split(" | ").nth(1)).skip(1).collect();
+    assert_eq!(tests, ["pp8", "tg2", "pp8+tg2", "pp8 @ d16", "tg2 @ d16", "pp8+tg2 @ d16"], "{out}");
+    for bad in [&["-pg", "8"][..], &["-pg", "8,x"], &["-d", "40000"], &["-o", "xml"]] {
+        let o = gemma(&[&["bench", "-m", &m, "-r", "1"][..], bad].concat());
+        assert_eq!(o.status.code(), Some(2), "{bad:?}");
+    }
+    // llama-bench's output formats, with its field names; only the results on stdout.
+    let fields = |v: &serde_json::Value| {
+        assert!(v["avg_ts"].as_f64().unwrap() > 0.0 && v["avg_ns"].as_u64().unwrap() > 0, "{v}");
+        assert_eq!(v["samples_ns"].as_array().unwrap().len(), 2);
+        assert_eq!(v["backends"], "CPU");
+        assert_eq!(v["model_n_params"], 268_098_176);
+        (v["n_prompt"].as_u64().unwrap(), v["n_gen"].as_u64().unwrap(), v["n_depth"].as_u64().unwrap())
+    };
+    let args = ["bench", "-m", &m, "-p", "8", "-n", "2", "-pg", "8,2", "-d", "4", "-t", "1", "-r", "2", "-o"];
+    let json: serde_json::Value = serde_json::from_str(&ok(&[&args[..], &["json"]].concat())).unwrap();
+    let counts: Vec<_> = json.as_array().unwrap().iter().map(fields).collect();
+    assert_eq!(counts, [(8, 0, 4), (0, 2, 4), (8, 2, 4)]);
+    let jsonl = ok(&[&args[..], &["jsonl"]].concat());
+    let counts: Vec<_> = jsonl.lines().map(|l| fields(&serde_json::from_str(l).unwrap())).collect();
+    assert_eq!(counts, [(8, 0, 4), (0, 2, 4), (8, 2, 4)]);
+    let csv = ok(&[&args[..], &["csv"]].concat());
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 4, "{csv}");
+    assert!(lines[0].starts_with("build_commit,") && lines[0].contains(",n_prompt,n_gen,n_depth,"), "{csv}");
+    assert!(lines[3].contains(",\"8\",\"2\",\"4\","), "{csv}");
+    let md = ok(&[&args[..], &["md"]].concat());
+    assert!(md.starts_with("| model | size | params | backend | threads | test | t/s |"), "{md}");
+    assert!(md.contains("| gemma3 Q4_K_M | 235.16 MiB | 268.10 M | CPU | 1 | pp8+tg2 @ d4 |"), "{md}");
+
     // The user guide's form.
     let guide = dir.path().join("guide.json");
     let out = ok(&[
