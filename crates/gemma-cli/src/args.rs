@@ -142,6 +142,19 @@ pub struct GenerateArgs {
     /// With --json: the log-probability of each generated token and the N most likely alternatives.
     #[arg(long, value_name = "N", requires = "json")]
     pub logprobs: Option<usize>,
+
+    /// Keep the prompt's evaluated state (its KV cache) in FILE and start from it next time: the part of a
+    /// new prompt that begins as the saved one did is not evaluated again (llama.cpp's --prompt-cache).
+    #[arg(long, value_name = "FILE")]
+    pub prompt_cache: Option<PathBuf>,
+
+    /// With --prompt-cache: save the generated tokens too, not only the prompt.
+    #[arg(long, requires = "prompt_cache")]
+    pub prompt_cache_all: bool,
+
+    /// With --prompt-cache: use the file but never write it.
+    #[arg(long, requires = "prompt_cache", conflicts_with = "prompt_cache_all")]
+    pub prompt_cache_ro: bool,
 }
 
 /// The `--help` section of llama.cpp's sampling flags.

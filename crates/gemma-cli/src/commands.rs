@@ -4,9 +4,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use gemma_core::sampling::{parse_logit_bias, Mirostat, SamplerStage, SamplingError, TokenLogprob};
+use gemma_core::sampling::{parse_logit_bias, Mirostat, Sampler, SamplerStage, SamplingError, TokenLogprob};
 use gemma_core::{GenerationOptions, LoadOptions, Model, SamplingParams, Session, Tokenizer};
 use gemma_ops::ThreadPool;
 
@@ -388,10 +389,50 @@ fn generate(common: &Common, args: &GenerateArgs) -> Result<()> {
             }
         }
     };
-    let out = session.generate(&m.tokenizer, &prompt_ids, &opts, &m.pool, &mut on_text)?;
+    let cache =
+        args.prompt_cache.as_deref().map(|path| PromptCache::open(path, &mut session, &prompt_ids)).transpose()?;
+    let out = match &cache {
+        None => session.generate(&m.tokenizer, &prompt_ids, &opts, &m.pool, &mut on_text)?,
+        Some(cache) => {
+            // The prompt but its last token is evaluated and saved first (the last one is always run again:
+            // its logits choose the first token), as llama.cpp saves its session once the prompt is in.
+            let last = prompt_ids.len() - 1;
+            let t0 = Instant::now();
+            if cache.reused < last {
+                session.prefill(&prompt_ids[cache.reused..last], &m.pool)?;
+            }
+            let pre_secs = t0.elapsed().as_secs_f64();
+            if !args.prompt_cache_ro && !args.prompt_cache_all && cache.reused < last {
+                cache.save(&session, &prompt_ids[..last])?;
+            }
+            let mut sampler = Sampler::for_model(opts.sampling.clone(), &m.tokenizer, session.context_len());
+            sampler.accept_all(&prompt_ids[..last]);
+            let mut out = session.generate_streaming_with(
+                &mut sampler,
+                &m.tokenizer,
+                &prompt_ids[last..],
+                &opts,
+                &m.pool,
+                &mut |event| {
+                    if !event.text.is_empty() {
+                        on_text(event.text)
+                    }
+                },
+            )?;
+            out.prompt_ids = prompt_ids.clone();
+            out.prefill_secs += pre_secs;
+            if args.prompt_cache_all {
+                let tokens: Vec<u32> = prompt_ids.iter().chain(&out.gen_ids).copied().take(session.len()).collect();
+                cache.save(&session, &tokens)?;
+            }
+            out
+        }
+    };
     if let Some(e) = write_error {
         return Err(e.into());
     }
+    // Prompt tokens evaluated in this run (the rest came from the prompt cache).
+    let evaluated = out.prompt_ids.len() - cache.as_ref().map_or(0, |c| c.reused);
     if args.json {
         let mut obj = serde_json::json!({
             "prompt_ids": out.prompt_ids,
@@ -399,9 +440,12 @@ fn generate(common: &Common, args: &GenerateArgs) -> Result<()> {
             "text": out.text,
             "stop_reason": out.stop_reason.as_str(),
             "stop_string": out.stop_string,
-            "prefill_tok_s": out.prefill_tok_s(),
+            "prefill_tok_s": rate(evaluated, out.prefill_secs),
             "decode_tok_s": out.decode_tok_s(),
         });
+        if let Some(cache) = &cache {
+            obj["prompt_cached"] = cache.reused.into();
+        }
         if opts.logprobs.is_some() {
             let entry = |lp: &TokenLogprob| {
                 let piece = m.tokenizer.token_piece_bytes(lp.id, true).unwrap_or_default();
@@ -429,16 +473,70 @@ fn generate(common: &Common, args: &GenerateArgs) -> Result<()> {
             stdout.write_all(out.text.as_bytes())?;
         }
         writeln!(stdout)?;
+        let cached = cache.as_ref().map_or(String::new(), |c| format!(" ({} from the prompt cache)", c.reused));
         eprintln!(
-            "[prompt: {} tokens, {:.1} tok/s | generated: {} tokens, {:.1} tok/s | stop: {}]",
+            "[prompt: {} tokens{cached}, {:.1} tok/s | generated: {} tokens, {:.1} tok/s | stop: {}]",
             out.prompt_ids.len(),
-            out.prefill_tok_s(),
+            rate(evaluated, out.prefill_secs),
             out.gen_ids.len(),
             out.decode_tok_s(),
             out.stop_reason.as_str()
         );
     }
     Ok(())
+}
+
+/// Tokens per second (0 for no time).
+fn rate(tokens: usize, secs: f64) -> f64 {
+    if secs > 0.0 {
+        tokens as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+/// `--prompt-cache FILE`: a session's KV cache and token ids kept between runs.
+struct PromptCache {
+    path: std::path::PathBuf,
+    /// Positions of the prompt taken from the file.
+    reused: usize,
+}
+
+impl PromptCache {
+    /// Loads FILE into `session` when it exists and keeps the part that begins the prompt (never the prompt's
+    /// last token). A missing file is no error: it is written later.
+    fn open(path: &std::path::Path, session: &mut Session, prompt_ids: &[u32]) -> Result<PromptCache> {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                eprintln!("prompt cache {} does not exist yet", path.display());
+                return Ok(PromptCache { path: path.to_path_buf(), reused: 0 });
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read the prompt cache {}", path.display())),
+        };
+        let saved = session.load_state(&bytes).with_context(|| {
+            format!("cannot use the prompt cache {} (another model's or a damaged file?)", path.display())
+        })?;
+        let common = saved.iter().zip(prompt_ids).take_while(|(a, b)| a == b).count();
+        let reused = session.truncate(common.min(prompt_ids.len() - 1));
+        eprintln!(
+            "prompt cache {}: {} saved tokens, {reused} of the prompt's {} reused",
+            path.display(),
+            saved.len(),
+            prompt_ids.len()
+        );
+        Ok(PromptCache { path: path.to_path_buf(), reused })
+    }
+
+    /// Writes the session's cache, whose positions hold `tokens`, aside and renames it into place.
+    fn save(&self, session: &Session, tokens: &[u32]) -> Result<()> {
+        let bytes = session.save_state(tokens)?;
+        let mut partial = self.path.clone().into_os_string();
+        partial.push(".partial");
+        std::fs::write(&partial, &bytes)
+            .and_then(|()| std::fs::rename(&partial, &self.path))
+            .with_context(|| format!("cannot write the prompt cache {}", self.path.display()))
+    }
 }
 
 fn tokenize(common: &Common, args: &TokenizeArgs) -> Result<()> {

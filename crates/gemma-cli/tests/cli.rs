@@ -349,3 +349,54 @@ fn an_interrupted_conversion_leaves_nothing_behind() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("interrupted"));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing left in the folder");
 }
+
+#[test]
+fn a_prompt_cache_skips_the_saved_prompt_and_changes_no_token() {
+    let m = model();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prompt.cache");
+    let cache = file.to_str().unwrap();
+    let prompt = "The history of lighthouses goes back to ancient times, when fires were lit on hilltops. Today";
+    let run = |prompt: &str, extra: &[&str]| -> serde_json::Value {
+        let args = [&["run", "-m", &m, "--prompt", prompt, "-n", "8", "--temperature", "0", "--json"][..], extra];
+        serde_json::from_str(&ok(&args.concat())).unwrap()
+    };
+    let fresh = run(prompt, &[]);
+    let n = fresh["prompt_ids"].as_array().unwrap().len() as u64;
+
+    // The first run writes the prompt (but its last token); the next one evaluates only that token.
+    let first = run(prompt, &["--prompt-cache", cache]);
+    assert_eq!(first["prompt_cached"], 0);
+    let again = run(prompt, &["--prompt-cache", cache]);
+    assert_eq!(again["prompt_cached"], n - 1);
+    for v in [&first, &again] {
+        assert_eq!(v["gen_ids"], fresh["gen_ids"]);
+        assert_eq!(v["prompt_ids"], fresh["prompt_ids"]);
+    }
+
+    // A longer prompt reuses the saved start; read-only leaves the file as it was.
+    let saved = std::fs::read(&file).unwrap();
+    let longer = format!("{prompt}, most");
+    let reused = run(&longer, &["--prompt-cache", cache, "--prompt-cache-ro"]);
+    assert_eq!(reused["prompt_cached"], n - 1);
+    assert_eq!(reused["gen_ids"], run(&longer, &[])["gen_ids"]);
+    assert_eq!(std::fs::read(&file).unwrap(), saved);
+
+    // --prompt-cache-all keeps the answer too: a prompt that goes on with it reuses all of that.
+    let all = run(prompt, &["--prompt-cache", cache, "--prompt-cache-all"]);
+    let text = all["text"].as_str().unwrap();
+    let follow = run(&format!("{prompt}{text}"), &["--prompt-cache", cache, "--prompt-cache-ro"]);
+    assert!(follow["prompt_cached"].as_u64().unwrap() > n, "{follow}");
+    assert_eq!(follow["gen_ids"], run(&format!("{prompt}{text}"), &[])["gen_ids"]);
+
+    // Another model's cache or a damaged file: a clear error, exit 1; the flags need --prompt-cache.
+    let o = gemma(&["run", "-m", "smollm2-135m-instruct", "--prompt", "hi", "-n", "1", "--prompt-cache", cache]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(common::stderr(&o).contains("does not fit this model"), "{}", common::stderr(&o));
+    std::fs::write(&file, &saved[..saved.len() / 2]).unwrap();
+    let o = gemma(&["run", "-m", &m, "--prompt", "hi", "-n", "1", "--prompt-cache", cache]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(common::stderr(&o).contains("cut short"), "{}", common::stderr(&o));
+    let o = gemma(&["run", "-m", &m, "--prompt", "hi", "-n", "1", "--prompt-cache-all"]);
+    assert_eq!(o.status.code(), Some(2));
+}

@@ -8,7 +8,7 @@ use gemma_ops::ThreadPool;
 
 use crate::batch::Batch;
 use crate::error::ModelError;
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvFileError};
 use crate::model::{Model, Scratch};
 use crate::sampling::{Sampler, SamplingParams, TokenLogprobs};
 use crate::stop::StopMatcher;
@@ -149,6 +149,19 @@ impl<'m> Session<'m> {
     /// what that position needs.
     pub fn truncate(&mut self, len: usize) -> usize {
         self.cache.truncate(len)
+    }
+
+    /// The cache as a file's bytes ([`KvCache::to_bytes`]), with `tokens`, the ids of its positions.
+    pub fn save_state(&self, tokens: &[u32]) -> Result<Vec<u8>, KvFileError> {
+        self.cache.to_bytes(tokens)
+    }
+
+    /// Replaces the cache with one written by [`Session::save_state`] for this model and returns the token
+    /// ids of its positions. On an error the session is left as it was.
+    pub fn load_state(&mut self, bytes: &[u8]) -> Result<Vec<u32>, KvFileError> {
+        let (tokens, cache) = KvCache::from_bytes(bytes, &self.cache)?;
+        self.cache = cache;
+        Ok(tokens)
     }
 
     /// Appends `ids` to the sequence and returns the logits after the last one.
