@@ -502,7 +502,13 @@ fn info(common: &Common) -> Result<()> {
         )?;
     } else if file.parts().len() > 1 {
         let n = file.parts().len();
-        writeln!(out, "file: {} (GGUF v{}, split model: {n} files, {} bytes)", path.display(), file.version(), file.file_size())?;
+        writeln!(
+            out,
+            "file: {} (GGUF v{}, split model: {n} files, {} bytes)",
+            path.display(),
+            file.version(),
+            file.file_size()
+        )?;
         for (no, part) in file.parts().iter().enumerate() {
             let (p, bytes, tensors) = (part.path.display(), part.file_size, part.n_tensors);
             writeln!(out, "  part {}/{n}: {p} ({bytes} bytes, {tensors} tensors)", no + 1)?;

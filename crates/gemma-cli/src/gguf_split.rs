@@ -47,7 +47,9 @@ fn parse_size(text: &str) -> Result<u64> {
     let (digits, unit) = match text.char_indices().last() {
         Some((i, c @ ('M' | 'G'))) => (&text[..i], c),
         Some((_, c)) => {
-            return Err(usage(format!("--split-max-size: supported units are M (megabytes) or G (gigabytes), but got: {c}")))
+            return Err(usage(format!(
+                "--split-max-size: supported units are M (megabytes) or G (gigabytes), but got: {c}"
+            )))
         }
         None => return Err(usage("--split-max-size: give a size such as 500M or 2G")),
     };
@@ -87,8 +89,7 @@ pub fn gguf_split(args: &GgufSplitArgs) -> Result<()> {
         (None, Some(size)) => SplitLimit::Bytes(parse_size(size)?),
         (None, None) => SplitLimit::Tensors(128),
     };
-    let file =
-        GgufFile::open(&args.input).with_context(|| format!("cannot read model {}", args.input.display()))?;
+    let file = GgufFile::open(&args.input).with_context(|| format!("cannot read model {}", args.input.display()))?;
     let plan = SplitPlan::new(&file, limit, args.no_tensor_first_split)
         .with_context(|| format!("cannot split {}", args.input.display()))?;
     outln!("n_split: {}", plan.parts().len())?;

@@ -45,7 +45,10 @@ fn quantizing_a_split_model_gives_the_single_files_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let parts = {
         let file = GgufFile::open(&source).unwrap();
-        SplitPlan::new(&file, SplitLimit::Tensors(100), false).unwrap().write(&file, &dir.path().join("s"), |_| {}).unwrap()
+        SplitPlan::new(&file, SplitLimit::Tensors(100), false)
+            .unwrap()
+            .write(&file, &dir.path().join("s"), |_| {})
+            .unwrap()
     };
     let mut options = gemma_core::quantize::QuantizeOptions::new(gemma_core::quantize::FileType::MostlyQ8_0);
     options.allow_requantize = true;

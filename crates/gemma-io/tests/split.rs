@@ -200,3 +200,35 @@ fn bad_splits_are_errors_naming_the_file() {
     assert!(err.contains("not a split model"), "{err}");
     assert!(!dir.path().join("out.gguf").exists());
 }
+
+/// Every truncation and every single-byte change of a later part's header: an error or a model, never a panic;
+/// a truncation into the tensor data is always an error naming that part.
+#[test]
+fn every_cut_and_byte_flip_of_a_part_is_handled() {
+    let dir = tempfile::tempdir().unwrap();
+    let single = GgufFile::open(model(dir.path(), 5)).unwrap();
+    let parts = split(&single, SplitLimit::Tensors(4), &dir.path().join("m"));
+    let original = std::fs::read(&parts[1]).unwrap();
+    let alone = GgufFile::open_single(&parts[1]).unwrap();
+    let data_start = alone.data_offset() as usize;
+    let last = alone.tensors().last().unwrap();
+    // The padding after the last tensor is not required.
+    let data_end = data_start + (last.offset + last.n_bytes) as usize;
+    assert!(data_end < original.len());
+    for len in 0..data_end {
+        std::fs::write(&parts[1], &original[..len]).unwrap();
+        let err = GgufFile::open(&parts[0]).expect_err("a cut part").to_string();
+        assert!(err.contains(&parts[1].display().to_string()), "cut at {len}: {err}");
+    }
+    // Flips in the header (the data bytes are opaque).
+    for at in 0..data_start {
+        let mut bytes = original.clone();
+        bytes[at] ^= 0x5A;
+        std::fs::write(&parts[1], &bytes).unwrap();
+        if let Ok(file) = GgufFile::open(&parts[0]) {
+            for t in file.tensors() {
+                assert_eq!(file.tensor_data(t).len() as u64, t.n_bytes);
+            }
+        }
+    }
+}

@@ -243,7 +243,9 @@ impl GgufFile {
             let first = u32::try_from(no)
                 .ok()
                 .and_then(|no| super::split::split_prefix(&self.path, no, count))
-                .map(|prefix| format!(": open the first part, {}", super::split::split_path(&prefix, 0, count).display()))
+                .map(|prefix| {
+                    format!(": open the first part, {}", super::split::split_path(&prefix, 0, count).display())
+                })
                 .unwrap_or_default();
             return Err(split_err(
                 &self.path,

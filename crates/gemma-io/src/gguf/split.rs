@@ -244,18 +244,17 @@ pub fn merge(first: &Path, output: &Path, dry_run: bool) -> Result<MergeSummary,
 fn ggml_dims<'a>(file: &GgufFile, name: &str, dims: &'a [u64]) -> Result<&'a [u64], GgufError> {
     let n = dims.iter().rposition(|&d| d > 1).map_or(1, |i| i + 1).max(1).min(dims.len());
     if dims[n..].iter().any(|&d| d != 1) {
-        return Err(split_error(file, format!("tensor '{name}' has a zero dimension ({dims:?}), which ggml cannot copy")));
+        return Err(split_error(
+            file,
+            format!("tensor '{name}' has a zero dimension ({dims:?}), which ggml cannot copy"),
+        ));
     }
     Ok(&dims[..n])
 }
 
 /// Header, metadata, tensor table and padding, as ggml's `gguf_get_meta_data` writes them for a fresh context
 /// (version 3, alignment 32).
-fn encode_header(
-    file: &GgufFile,
-    metadata: &[(String, MetaValue)],
-    tensors: &[usize],
-) -> Result<Vec<u8>, GgufError> {
+fn encode_header(file: &GgufFile, metadata: &[(String, MetaValue)], tensors: &[usize]) -> Result<Vec<u8>, GgufError> {
     let mut b = Vec::new();
     b.extend_from_slice(&GGUF_MAGIC);
     b.extend_from_slice(&3u32.to_le_bytes());
