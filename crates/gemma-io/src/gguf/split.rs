@@ -60,6 +60,8 @@ pub struct PlannedPart {
 #[derive(Clone, Debug)]
 pub struct SplitPlan {
     parts: Vec<PlannedPart>,
+    /// The input's tensor count: a plan is only written with the file it was made for.
+    n_tensors: usize,
 }
 
 /// ggml's `gguf_set_val_*`: an existing key is removed and the new value appended.
@@ -149,7 +151,14 @@ impl SplitPlan {
                 PlannedPart { metadata, tensors }
             })
             .collect();
-        Ok(SplitPlan { parts })
+        Ok(SplitPlan { parts, n_tensors })
+    }
+
+    fn check_file(&self, file: &GgufFile) -> Result<(), GgufError> {
+        if file.tensors().len() != self.n_tensors {
+            return Err(split_error(file, format!("the plan was made for a model of {} tensors", self.n_tensors)));
+        }
+        Ok(())
     }
 
     pub fn parts(&self) -> &[PlannedPart] {
@@ -164,6 +173,7 @@ impl SplitPlan {
 
     /// What llama-gguf-split prints as a part's size: its header plus the unpadded tensor bytes.
     pub fn part_size(&self, file: &GgufFile, no: usize) -> Result<u64, GgufError> {
+        self.check_file(file)?;
         let part = self.parts.get(no).ok_or_else(|| split_error(file, format!("no part {no}")))?;
         let header = encode_header(file, &part.metadata, &part.tensors)?;
         Ok(header.len() as u64 + part.tensors.iter().map(|&i| file.tensors()[i].n_bytes).sum::<u64>())
@@ -178,6 +188,7 @@ impl SplitPlan {
         prefix: &Path,
         mut progress: impl FnMut(&Path),
     ) -> Result<Vec<PathBuf>, GgufError> {
+        self.check_file(file)?;
         let paths = self.paths(prefix);
         let mut temps = Vec::with_capacity(paths.len());
         for (part, path) in self.parts.iter().zip(&paths) {
