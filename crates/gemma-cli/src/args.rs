@@ -116,6 +116,9 @@ pub enum Command {
     Quantize(crate::quantize::QuantizeArgs),
     /// Compute an importance matrix over a text, as llama.cpp's llama-imatrix does, for `quantize --imatrix`.
     Imatrix(crate::imatrix::ImatrixArgs),
+    /// Split a GGUF model into parts, or merge the parts back, as llama.cpp's llama-gguf-split does, to the same
+    /// bytes.
+    GgufSplit(crate::gguf_split::GgufSplitArgs),
 }
 
 #[derive(Args, Debug, Clone, Default)]

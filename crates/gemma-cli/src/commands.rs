@@ -120,6 +120,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::BlobCompare(args)) => crate::convert::blob_compare_command(&args),
         Some(Command::Quantize(args)) => crate::quantize::quantize(&common, &args),
         Some(Command::Imatrix(args)) => crate::imatrix::imatrix(&common, &args),
+        Some(Command::GgufSplit(args)) => crate::gguf_split::gguf_split(&args),
         None => {
             if cli.chat {
                 let args = ChatArgs { system: cli.system.clone(), sampling: cli.generate.sampling.clone() };
@@ -597,6 +598,19 @@ fn info(common: &Common) -> Result<()> {
             path.display(),
             file.file_size()
         )?;
+    } else if file.parts().len() > 1 {
+        let n = file.parts().len();
+        writeln!(
+            out,
+            "file: {} (GGUF v{}, split model: {n} files, {} bytes)",
+            path.display(),
+            file.version(),
+            file.file_size()
+        )?;
+        for (no, part) in file.parts().iter().enumerate() {
+            let (p, bytes, tensors) = (part.path.display(), part.file_size, part.n_tensors);
+            writeln!(out, "  part {}/{n}: {p} ({bytes} bytes, {tensors} tensors)", no + 1)?;
+        }
     } else {
         writeln!(out, "file: {} (GGUF v{}, {} bytes)", path.display(), file.version(), file.file_size())?;
     }

@@ -2,7 +2,7 @@
 //! the output's folder and rename it when complete; an interrupted command removes that temporary file before
 //! exiting (130, as a shell reports SIGINT), so it leaves nothing behind.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -10,18 +10,31 @@ use anyhow::{Context, Result};
 
 /// Installs the Ctrl-C handler for a command writing `output`.
 pub(crate) fn remove_partial_output_on_ctrl_c(output: &Path) -> Result<()> {
-    let dir = match output.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => ".".into(),
-    };
-    let prefix = format!(".{}.", output.file_name().unwrap_or_default().to_string_lossy());
+    remove_partial_outputs_on_ctrl_c(std::slice::from_ref(&output.to_path_buf()))
+}
+
+/// Installs the Ctrl-C handler for a command writing several files (`gguf-split`'s parts): the temporary
+/// file of each is removed.
+pub(crate) fn remove_partial_outputs_on_ctrl_c(outputs: &[PathBuf]) -> Result<()> {
+    let targets: Vec<(PathBuf, String)> = outputs
+        .iter()
+        .map(|output| {
+            let dir = match output.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => ".".into(),
+            };
+            (dir, format!(".{}.", output.file_name().unwrap_or_default().to_string_lossy()))
+        })
+        .collect();
     ctrlc::set_handler(move || {
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                if name.starts_with(&prefix) && name.ends_with(".partial") {
-                    let _ = std::fs::remove_file(entry.path());
+        for (dir, prefix) in &targets {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for entry in entries.flatten() {
+                    let name = entry.file_name();
+                    let name = name.to_string_lossy();
+                    if name.starts_with(prefix.as_str()) && name.ends_with(".partial") {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
                 }
             }
         }

@@ -42,7 +42,11 @@ impl ModelFileInfo {
     pub fn read(model: &Model, path: &Path) -> ModelFileInfo {
         let file = &model.file;
         let stat = std::fs::metadata(path).ok();
-        let size = stat.as_ref().map_or(file.file_size(), |m| m.len());
+        // A split model's size is all its parts'.
+        let size = match &stat {
+            Some(m) if file.parts().len() == 1 => m.len(),
+            _ => file.file_size(),
+        };
         let modified = stat
             .and_then(|m| m.modified().ok())
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())

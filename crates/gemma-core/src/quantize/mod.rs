@@ -12,8 +12,11 @@
 //! `quantize.imatrix.*` keys are added, and the rules that depend on it apply (Q2_K_S; Q4_0/Q5_0's first
 //! FFN-down layers; IQ4_NL/IQ4_XS keep their first FFN-down layers in IQ4 rather than Q5_K).
 //!
+//! A split input (its first part) is read whole and written as one file, as llama-quantize does without
+//! `--keep-split`.
+//!
 //! Not implemented: the i-quants other than IQ4_NL and IQ4_XS, `--tensor-type` overrides, layer pruning, split
-//! files, mixture-of-experts models.
+//! output (`--keep-split`), mixture-of-experts models.
 
 pub mod rules;
 

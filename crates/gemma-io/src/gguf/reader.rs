@@ -54,6 +54,19 @@ pub enum GgufError {
     TensorOutOfBounds { path: PathBuf, tensor: String, start: u64, end: u64, len: u64 },
     #[error("{path}: malformed file: {what}")]
     Malformed { path: PathBuf, what: String },
+    /// A split model (`NAME-00001-of-0000N.gguf`, ...) whose parts do not fit together.
+    #[error("{path}: split model: {what}")]
+    Split { path: PathBuf, what: String },
+    /// A part of a split model is not where llama.cpp's naming rule puts it.
+    #[error("{path}: part {no} of {count} of the split model {first} is missing: {source}")]
+    SplitPartMissing {
+        path: PathBuf,
+        first: String,
+        no: u32,
+        count: u32,
+        #[source]
+        source: std::io::Error,
+    },
     /// The writer was asked for something a GGUF file cannot hold (or this reader would reject).
     #[error("cannot write GGUF: {what}")]
     InvalidWrite { what: String },
@@ -72,7 +85,7 @@ pub struct TensorInfo {
     /// GGML order: `dims[0]` is the row length (contiguous), `dims[1]` the number of rows, ...
     pub dims: Vec<u64>,
     pub ggml_type: GgmlType,
-    /// Offset from the start of the data section.
+    /// Offset from the start of the data section (of the part holding it, in a split model).
     pub offset: u64,
     pub n_elements: u64,
     pub n_bytes: u64,
@@ -130,10 +143,28 @@ pub(crate) fn align_up(n: u64, alignment: u64) -> Option<u64> {
     n.checked_add(alignment - 1).map(|v| v & !(alignment - 1))
 }
 
-/// A parsed GGUF file. Tensor data stays in the memory map and is handed out as borrowed slices.
+/// One file of a GGUF model: the only one, or one part of a split model.
+#[derive(Clone, Debug)]
+pub struct GgufPart {
+    pub path: PathBuf,
+    pub file_size: u64,
+    /// Start of this file's tensor data section.
+    pub data_offset: u64,
+    /// How many of the model's tensors this file holds (they follow those of the parts before it).
+    pub n_tensors: usize,
+}
+
+/// A parsed GGUF model. Tensor data stays in the memory map(s) and is handed out as borrowed slices.
+///
+/// A split model (llama.cpp's `llama-gguf-split`) opened by its first file is one `GgufFile` with one tensor
+/// table: metadata from the first file, each tensor's bytes from the file that holds it (see [`GgufFile::open`]).
 pub struct GgufFile {
     path: PathBuf,
-    storage: FileBytes,
+    /// Part 0 is the file at `path`; split models add the others in order.
+    parts: Vec<GgufPart>,
+    storages: Vec<FileBytes>,
+    /// For each tensor, the index of the part holding its bytes.
+    tensor_part: Vec<usize>,
     version: u32,
     alignment: u64,
     metadata: Vec<(String, MetaValue)>,
@@ -150,20 +181,152 @@ impl std::fmt::Debug for GgufFile {
             .field("version", &self.version)
             .field("metadata", &self.metadata.len())
             .field("tensors", &self.tensors.len())
+            .field("parts", &self.parts.len())
             .finish()
     }
 }
 
 impl GgufFile {
-    /// Memory-maps and parses a file.
+    /// Memory-maps and parses a model file. When it is the first part of a split model (`split.count` above 1,
+    /// `split.no` 0), the other parts are found by llama.cpp's naming rule (`PREFIX-0000K-of-0000N.gguf`, see
+    /// [`crate::gguf::split_path`]), each mapped and checked: its `split.no`, `split.count` and
+    /// `split.tensors.count`, no tensor twice, and the total tensor count. A missing, foreign or damaged part is
+    /// an error naming that file.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile, GgufError> {
+        let mut file = Self::open_single(path)?;
+        file.attach_split_parts()?;
+        Ok(file)
+    }
+
+    /// Memory-maps and parses exactly one file, ignoring any split metadata (a split part alone).
+    pub fn open_single(path: impl AsRef<Path>) -> Result<GgufFile, GgufError> {
         let path = path.as_ref().to_path_buf();
         let storage = FileBytes::open(&path).map_err(|source| GgufError::Io { path: path.clone(), source })?;
         let file = Self::parse(path, storage)?;
         // The metadata and tensor table are parsed into owned values: their pages are not read again.
-        let header = usize::try_from(file.data_offset).unwrap_or(0).min(file.storage.bytes().len());
-        file.release_pages(&file.storage.bytes()[..header]);
+        let bytes = file.storages[0].bytes();
+        let header = usize::try_from(file.data_offset).unwrap_or(0).min(bytes.len());
+        file.release_pages(&bytes[..header]);
         Ok(file)
+    }
+
+    /// A non-negative integer split key (`split.*`), `None` when absent; anything else is an error.
+    fn split_key(&self, key: &str) -> Result<Option<u64>, GgufError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(n) => Ok(Some(n)),
+                None => Err(GgufError::Split {
+                    path: self.path.clone(),
+                    what: format!("{key} must be a non-negative integer, found {} {v}", v.value_type().name()),
+                }),
+            },
+        }
+    }
+
+    /// llama.cpp's rule (`llama_model_loader`): a file with `split.count` above 1 must be part 0, and the
+    /// others are `PREFIX-0000K-of-0000N.gguf` next to it.
+    fn attach_split_parts(&mut self) -> Result<(), GgufError> {
+        let count = match self.split_key(super::split::KEY_COUNT)? {
+            Some(n) if n > 1 => n,
+            _ => return Ok(()),
+        };
+        let split_err = |path: &Path, what: String| GgufError::Split { path: path.to_path_buf(), what };
+        let count = u32::try_from(count)
+            .ok()
+            .filter(|&c| c <= u32::from(u16::MAX))
+            .ok_or_else(|| split_err(&self.path, format!("split.count {count} is above llama.cpp's limit of 65535")))?;
+        let no = self.split_key(super::split::KEY_NO)?.ok_or_else(|| {
+            split_err(&self.path, format!("the file says it is one of {count} parts (split.count) but has no split.no"))
+        })?;
+        if no != 0 {
+            let first = u32::try_from(no)
+                .ok()
+                .and_then(|no| super::split::split_prefix(&self.path, no, count))
+                .map(|prefix| {
+                    format!(": open the first part, {}", super::split::split_path(&prefix, 0, count).display())
+                })
+                .unwrap_or_default();
+            return Err(split_err(
+                &self.path,
+                format!("this is part {} of {count}; a split model is opened by its first part{first}", no + 1),
+            ));
+        }
+        let prefix = super::split::split_prefix(&self.path, 0, count).ok_or_else(|| {
+            split_err(
+                &self.path,
+                format!(
+                    "the first of {count} parts must be named PREFIX-00001-of-{count:05}.gguf (llama.cpp's rule), \
+                     or the other parts cannot be found"
+                ),
+            )
+        })?;
+        let expected = self.split_key(super::split::KEY_TENSORS_COUNT)?.ok_or_else(|| {
+            split_err(&self.path, format!("the first of {count} parts has no {}", super::split::KEY_TENSORS_COUNT))
+        })?;
+        for no in 1..count {
+            let part_path = super::split::split_path(&prefix, no, count);
+            let part = match GgufFile::open_single(&part_path) {
+                Ok(part) => part,
+                Err(GgufError::Io { path, source }) => {
+                    let first = self.path.display().to_string();
+                    return Err(GgufError::SplitPartMissing { path, first, no: no + 1, count, source });
+                }
+                Err(e) => return Err(e),
+            };
+            let foreign = |what: String| {
+                split_err(&part_path, format!("{what}: it is not part {} of {}", no + 1, self.path.display()))
+            };
+            let keys = [
+                (super::split::KEY_NO, Some(u64::from(no))),
+                (super::split::KEY_COUNT, Some(u64::from(count))),
+                (super::split::KEY_TENSORS_COUNT, Some(expected)),
+            ];
+            for (key, want) in keys {
+                let found = part.split_key(key)?;
+                if found != want {
+                    let found = found.map_or("no such key".to_string(), |n| n.to_string());
+                    let want = want.map_or(String::new(), |n| n.to_string());
+                    return Err(foreign(format!("{key} is {found}, expected {want}")));
+                }
+            }
+            self.append_part(part)?;
+        }
+        if self.tensors.len() as u64 != expected {
+            return Err(split_err(
+                &self.path,
+                format!(
+                    "{} says the model has {expected} tensors, but its {count} parts hold {}",
+                    super::split::KEY_TENSORS_COUNT,
+                    self.tensors.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Takes over `part`'s tensors (its metadata, only `split.*` keys as llama-gguf-split writes them, is not
+    /// used, as in llama.cpp).
+    fn append_part(&mut self, part: GgufFile) -> Result<(), GgufError> {
+        let index = self.parts.len();
+        for t in &part.tensors {
+            if let Some(&i) = self.tensor_index.get(&t.name) {
+                let other = &self.parts[self.tensor_part[i]].path;
+                return Err(GgufError::Split {
+                    path: part.path.clone(),
+                    what: format!("tensor '{}' is also in {}", t.name, other.display()),
+                });
+            }
+        }
+        let GgufFile { parts, storages, tensors, .. } = part;
+        for t in tensors {
+            self.tensor_index.insert(t.name.clone(), self.tensors.len());
+            self.tensors.push(t);
+            self.tensor_part.push(index);
+        }
+        self.parts.extend(parts);
+        self.storages.extend(storages);
+        Ok(())
     }
 
     /// Parses a GGUF image held in memory (`name` is used in error messages).
@@ -312,11 +475,33 @@ impl GgufFile {
             }
         }
 
-        Ok(GgufFile { path, storage, version, alignment, metadata, meta_index, tensors, tensor_index, data_offset })
+        let part = GgufPart { path: path.clone(), file_size: len, data_offset, n_tensors: tensors.len() };
+        Ok(GgufFile {
+            path,
+            parts: vec![part],
+            storages: vec![storage],
+            tensor_part: vec![0; tensors.len()],
+            version,
+            alignment,
+            metadata,
+            meta_index,
+            tensors,
+            tensor_index,
+            data_offset,
+        })
     }
 
+    /// The file opened (the first part of a split model).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+    /// The files the model is read from: one, or the parts of a split model in order.
+    pub fn parts(&self) -> &[GgufPart] {
+        &self.parts
+    }
+    /// Which of [`GgufFile::parts`] holds the tensor called `name`.
+    pub fn tensor_part(&self, name: &str) -> Option<usize> {
+        self.tensor_index.get(name).and_then(|&i| self.tensor_part.get(i).copied())
     }
     pub fn version(&self) -> u32 {
         self.version
@@ -324,12 +509,14 @@ impl GgufFile {
     pub fn alignment(&self) -> u64 {
         self.alignment
     }
-    /// Start of the tensor data section, in bytes from the start of the file.
+    /// Start of the tensor data section, in bytes from the start of the file (of the first part; see
+    /// [`GgufFile::parts`] for the others).
     pub fn data_offset(&self) -> u64 {
         self.data_offset
     }
+    /// Bytes on disk, all parts together.
     pub fn file_size(&self) -> u64 {
-        self.storage.bytes().len() as u64
+        self.parts.iter().map(|p| p.file_size).sum()
     }
     /// Metadata in file order.
     pub fn metadata(&self) -> &[(String, MetaValue)] {
@@ -369,7 +556,10 @@ impl GgufFile {
     /// touched again, they are read back from the file. A no-op for files held in memory and for slices
     /// outside the mapping; a refusal from the kernel is ignored (it only means the pages stay).
     pub fn release_pages(&self, bytes: &[u8]) {
-        self.storage.release_pages(bytes);
+        // Each mapping ignores slices outside itself.
+        for storage in &self.storages {
+            storage.release_pages(bytes);
+        }
     }
 
     /// The bytes of the tensor called `name`, if the file has one.
@@ -378,9 +568,11 @@ impl GgufFile {
     }
 
     fn data_range(&self, t: &TensorInfo) -> Option<&[u8]> {
-        let start = self.data_offset.checked_add(t.offset)?;
+        // Offsets are relative to the data section of the part holding the tensor.
+        let part = if self.parts.len() == 1 { 0 } else { self.tensor_part(&t.name)? };
+        let start = self.parts.get(part)?.data_offset.checked_add(t.offset)?;
         let end = start.checked_add(t.n_bytes)?;
-        self.storage.bytes().get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
+        self.storages.get(part)?.bytes().get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
     }
 }
 

@@ -279,12 +279,12 @@ fn check_array(key: &str, items: &MetaArray, depth: u32) -> Result<(), GgufError
     Ok(())
 }
 
-fn put_string(b: &mut Vec<u8>, s: &str) {
+pub(crate) fn put_string(b: &mut Vec<u8>, s: &str) {
     b.extend_from_slice(&(s.len() as u64).to_le_bytes());
     b.extend_from_slice(s.as_bytes());
 }
 
-fn put_value(b: &mut Vec<u8>, value: &MetaValue) {
+pub(crate) fn put_value(b: &mut Vec<u8>, value: &MetaValue) {
     match value {
         MetaValue::U8(v) => b.extend_from_slice(&v.to_le_bytes()),
         MetaValue::I8(v) => b.extend_from_slice(&v.to_le_bytes()),
