@@ -1,5 +1,6 @@
-//! `gemma perplexity`: llama.cpp's `llama-perplexity` (perplexity over a text, saving log-probabilities as a
-//! base, KL divergence from a base), with the same chunking, the same numbers and the same base files.
+//! `gemma perplexity`: llama.cpp's `llama-perplexity` (perplexity over a text, chunked or strided, saving
+//! log-probabilities as a base, KL divergence from a base, its task scores), with the same chunking, the same
+//! numbers and the same base files.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
