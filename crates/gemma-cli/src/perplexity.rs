@@ -128,25 +128,20 @@ pub(crate) fn perplexity(common: &Common, args: &PerplexityArgs) -> Result<()> {
         None => ChunkPlan::new(tokens.len(), n_ctx, args.chunks, args.batch_size / n_ctx)?,
     };
     let bos = m.tokenizer.bos_id().filter(|_| m.tokenizer.add_bos());
-    match stride {
-        Some(stride) => eprintln!(
-            "perplexity: {} tokens, {} windows of {} (--ctx-size {n_ctx} + {stride}/2, rounded up to 256 as \
-             llama.cpp does) {stride} apart, the last {stride} of each scored, {} at a time, {} threads",
-            tokens.len(),
-            plan.n_chunks,
-            plan.n_ctx,
-            plan.n_seq,
-            m.pool.n_threads()
+    let layout = match stride {
+        Some(stride) => format!(
+            "{} windows of {} (--ctx-size {n_ctx} + {stride}/2, rounded up to 256 as llama.cpp does) {stride} \
+             apart, the last {stride} of each scored",
+            plan.n_chunks, plan.n_ctx
         ),
-        None => eprintln!(
-            "perplexity: {} tokens, {} chunks of {}, {} at a time, {} threads",
-            tokens.len(),
-            plan.n_chunks,
-            plan.n_ctx,
-            plan.n_seq,
-            m.pool.n_threads()
-        ),
-    }
+        None => format!("{} chunks of {}", plan.n_chunks, plan.n_ctx),
+    };
+    eprintln!(
+        "perplexity: {} tokens, {layout}, {} at a time, {} threads",
+        tokens.len(),
+        plan.n_seq,
+        m.pool.n_threads()
+    );
     let mut writer = match &args.kl_divergence_base {
         Some(path) => Some(
             LogProbWriter::create(path, &plan, m.model.config.vocab_size, &tokens)
