@@ -1,5 +1,6 @@
-//! `gemma perplexity`: llama.cpp's `llama-perplexity` (perplexity over a text, saving log-probabilities as a
-//! base, KL divergence from a base), with the same chunking, the same numbers and the same base files.
+//! `gemma perplexity`: llama.cpp's `llama-perplexity` (perplexity over a text, chunked or strided, saving
+//! log-probabilities as a base, KL divergence from a base, its task scores), with the same chunking, the same
+//! numbers and the same base files.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -64,6 +65,25 @@ pub struct PerplexityArgs {
     /// With --multiple-choice: score N tasks taken in llama-perplexity's random order (0: all, in file order).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub multiple_choice_tasks: usize,
+    /// Strided perplexity (llama.cpp's): windows of --ctx-size + N/2 tokens rounded up to a multiple of 256,
+    /// one every N tokens, the last N of each scored (0: the usual chunks).
+    #[arg(
+        long,
+        default_value_t = 0,
+        value_name = "N",
+        conflicts_with_all = ["kl_divergence", "kl_divergence_base", "hellaswag", "winogrande", "multiple_choice"]
+    )]
+    pub ppl_stride: usize,
+    /// 0: the running perplexity as `[chunk]ppl,`; 1: a line per chunk (its first token's place in the text,
+    /// the perplexity, and without --ppl-stride the mean and standard error of -ln p), as llama.cpp prints.
+    #[arg(
+        long,
+        default_value_t = 0,
+        value_name = "0|1",
+        value_parser = clap::value_parser!(u8).range(0..=1),
+        conflicts_with_all = ["json", "kl_divergence", "hellaswag", "winogrande", "multiple_choice"]
+    )]
+    pub ppl_output_type: u8,
 }
 
 pub(crate) fn perplexity(common: &Common, args: &PerplexityArgs) -> Result<()> {
@@ -96,15 +116,29 @@ pub(crate) fn perplexity(common: &Common, args: &PerplexityArgs) -> Result<()> {
     if n_ctx < 4 {
         return Err(usage(format!("--ctx-size {n_ctx} scores nothing: use at least 4")));
     }
+    let stride = (args.ppl_stride > 0).then_some(args.ppl_stride);
+    if let Some(stride) = stride {
+        // a stride the window cannot hold is known before the model loads
+        perplexity::strided_window(n_ctx, stride).map_err(|e| usage(format!("--ppl-stride {stride}: {e}")))?;
+    }
     let m = common.load()?;
     let tokens = m.tokenizer.encode(&text, m.tokenizer.add_bos(), false);
-    let plan = ChunkPlan::new(tokens.len(), n_ctx, args.chunks, args.batch_size / n_ctx)?;
+    let plan = match stride {
+        Some(stride) => ChunkPlan::strided(tokens.len(), n_ctx, stride, args.chunks, args.batch_size / n_ctx)?,
+        None => ChunkPlan::new(tokens.len(), n_ctx, args.chunks, args.batch_size / n_ctx)?,
+    };
     let bos = m.tokenizer.bos_id().filter(|_| m.tokenizer.add_bos());
+    let layout = match stride {
+        Some(stride) => format!(
+            "{} windows of {} (--ctx-size {n_ctx} + {stride}/2, rounded up to 256 as llama.cpp does) {stride} \
+             apart, the last {stride} of each scored",
+            plan.n_chunks, plan.n_ctx
+        ),
+        None => format!("{} chunks of {}", plan.n_chunks, plan.n_ctx),
+    };
     eprintln!(
-        "perplexity: {} tokens, {} chunks of {}, {} at a time, {} threads",
+        "perplexity: {} tokens, {layout}, {} at a time, {} threads",
         tokens.len(),
-        plan.n_chunks,
-        plan.n_ctx,
         plan.n_seq,
         m.pool.n_threads()
     );
@@ -135,7 +169,7 @@ pub(crate) fn perplexity(common: &Common, args: &PerplexityArgs) -> Result<()> {
             }
             running.push(stats.perplexity());
             if !json && out_err.is_none() {
-                out_err = out!("[{}]{:.4},", chunk + 1, stats.perplexity()).err();
+                out_err = print_running(&plan, args.ppl_output_type, chunk, stats).err();
             }
         },
         Some(&*cancel),
@@ -153,7 +187,7 @@ pub(crate) fn perplexity(common: &Common, args: &PerplexityArgs) -> Result<()> {
     }
     let seconds = start.elapsed().as_secs_f64();
     if json {
-        let report = serde_json::json!({
+        let mut report = serde_json::json!({
             "n_ctx": plan.n_ctx,
             "chunks": plan.n_chunks,
             "tokens": tokens.len(),
@@ -163,16 +197,24 @@ pub(crate) fn perplexity(common: &Common, args: &PerplexityArgs) -> Result<()> {
             "running_ppl": running,
             "seconds": seconds,
         });
+        if let Some(stride) = stride {
+            report["stride"] = stride.into();
+        }
         outln!("{report}")?;
     } else {
+        // llama.cpp ends the running values with an empty line (a line break after `[n]ppl,`)
         outln!()?;
-        match stats.perplexity_error() {
-            Some(e) => outln!("Final estimate: PPL = {:.4} +/- {:.5}", stats.perplexity(), e)?,
-            None => outln!("Final estimate: PPL = {:.4}", stats.perplexity())?,
+        match (stride, stats.perplexity_error()) {
+            // its strided mode prints no final estimate (the last running value is the perplexity), then the
+            // empty line its `main` prints before the timings
+            (Some(_), _) => outln!()?,
+            (None, Some(e)) => outln!("Final estimate: PPL = {:.4} +/- {:.5}", stats.perplexity(), e)?,
+            (None, None) => outln!("Final estimate: PPL = {:.4}", stats.perplexity())?,
         }
     }
     eprintln!(
-        "perplexity: {} positions scored in {:.2} s ({:.1} tokens/s)",
+        "perplexity: PPL = {:.4}, {} positions scored in {:.2} s ({:.1} tokens/s)",
+        stats.perplexity(),
         stats.count,
         seconds,
         (plan.n_chunks * plan.n_ctx) as f64 / seconds
@@ -181,6 +223,21 @@ pub(crate) fn perplexity(common: &Common, args: &PerplexityArgs) -> Result<()> {
         eprintln!("perplexity: log-probabilities saved to {}", path.display());
     }
     Ok(())
+}
+
+/// llama-perplexity's line after each chunk: `[chunk]ppl,` (output type 0), or for output type 1 a line with the
+/// chunk's first token's place in the text and the running perplexity, plus the mean and standard error of
+/// -ln p without a stride. llama.cpp gives every chunk of a group run side by side the group's place.
+fn print_running(plan: &ChunkPlan, output_type: u8, chunk: usize, stats: &NllStats) -> std::io::Result<()> {
+    let ppl = stats.perplexity();
+    match (output_type, plan.stride) {
+        (0, _) => out!("[{}]{ppl:.4},", chunk + 1),
+        (_, Some(stride)) => outln!("{:8}  {ppl:.4}", chunk * stride),
+        (_, None) => {
+            let (mean, error) = stats.mean_nll_and_error();
+            outln!("{:8}  {ppl:.4}  {mean:.6}  {error:.6}", chunk / plan.n_seq * plan.n_seq * plan.n_ctx)
+        }
+    }
 }
 
 fn divergence(common: &Common, args: &PerplexityArgs) -> Result<()> {
@@ -197,7 +254,7 @@ fn divergence(common: &Common, args: &PerplexityArgs) -> Result<()> {
         );
     }
     let n_chunks = args.chunks.map_or(base.n_chunks, |c| c.min(base.n_chunks));
-    let plan = ChunkPlan { n_ctx: base.n_ctx, n_chunks, n_seq: (args.batch_size / base.n_ctx).max(1) };
+    let plan = ChunkPlan { n_ctx: base.n_ctx, n_chunks, n_seq: (args.batch_size / base.n_ctx).max(1), stride: None };
     let tokens = base.tokens.clone();
     let bos = m.tokenizer.bos_id().filter(|_| m.tokenizer.add_bos());
     eprintln!(

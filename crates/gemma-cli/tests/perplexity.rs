@@ -33,6 +33,16 @@ fn fails(o: Output) -> (i32, String) {
     (o.status.code().expect("an exit code"), String::from_utf8_lossy(&o.stderr).into_owned())
 }
 
+/// `gemma perplexity ARGS` fails with exit code `code`, its error naming every piece of `wanted`, no panic.
+fn expect_error(args: &[&str], code: i32, wanted: &[&str]) {
+    let (got, err) = fails(gemma(args));
+    assert_eq!(got, code, "{args:?}: {err}");
+    for w in wanted {
+        assert!(err.contains(w), "{args:?}: no '{w}' in {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 #[test]
 fn prints_llama_cpp_lines_and_json() {
     let text = ok(gemma(&["-f", TEXT, "-c", "64", "--chunks", "3"]));
@@ -188,12 +198,7 @@ fn hellaswag_bad_input_gives_clear_errors() {
         (&["-p", "text", "--hellaswag"], 2, &["--prompt"]),
     ];
     for (args, code, wanted) in cases {
-        let (got, err) = fails(gemma(args));
-        assert_eq!(got, code, "{args:?}: {err}");
-        for w in wanted {
-            assert!(err.contains(w), "{args:?}: no '{w}' in {err}");
-        }
-        assert!(!err.contains("panicked"), "{err}");
+        expect_error(args, code, wanted);
     }
 }
 
@@ -294,11 +299,102 @@ fn multiple_choice_bad_input_gives_clear_errors() {
     ];
     for (args, code, wanted) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (got, err) = fails(gemma(&args));
-        assert_eq!(got, code, "{args:?}: {err}");
-        for w in wanted {
-            assert!(err.contains(w), "{args:?}: no '{w}' in {err}");
-        }
-        assert!(!err.contains("panicked"), "{err}");
+        expect_error(&args, code, wanted);
     }
+}
+
+/// `text` with every decimal number replaced by `#`, and the numbers: two outputs that differ only in their
+/// values give the same mask.
+fn mask_decimals(text: &str) -> (String, Vec<f64>) {
+    let (mut masked, mut values, mut run) = (String::new(), Vec::new(), String::new());
+    for c in text.chars().chain(std::iter::once('\n')) {
+        if c.is_ascii_digit() || c == '.' || (c == '-' && run.is_empty()) {
+            run.push(c);
+            continue;
+        }
+        if run.contains('.') {
+            masked.push('#');
+            values.push(run.parse().unwrap_or_else(|_| panic!("{run} in {text}")));
+        } else {
+            masked.push_str(&run);
+        }
+        run.clear();
+        masked.push(c);
+    }
+    masked.pop();
+    (masked, values)
+}
+
+/// `--ppl-stride` and `--ppl-output-type 1` print what llama-perplexity printed on stdout for the same settings
+/// (`testdata/perplexity/stride/`, recorded by `scripts/llama_perplexity_stride_goldens.py`, flash attention on
+/// and off): character for character but for the values, which land inside the range llama.cpp's two
+/// attention paths span, widened by as much as those two differ at most in the run (at least 2%; few tokens
+/// per window, see `gemma-core/tests/perplexity.rs`). Without a stride, output type 1's lines end with the mean and standard
+/// error of -ln p, and every chunk of a group run side by side shows the group's first token (`-b 128`: two
+/// chunks of 64 per group), as llama.cpp's do; our final estimate follows its empty line.
+#[test]
+fn output_types_print_llama_perplexity_lines() {
+    let settings: [(&str, &[&str]); 3] = [
+        ("c128-stride32", &["-c", "128", "--ppl-stride", "32", "--chunks", "6"]),
+        ("c64-stride16-type1", &["-c", "64", "--ppl-stride", "16", "--chunks", "8", "--ppl-output-type", "1"]),
+        ("c64-type1", &["-c", "64", "-b", "128", "--chunks", "4", "--ppl-output-type", "1"]),
+    ];
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/perplexity/stride");
+    for (name, args) in settings {
+        let mut cmd = vec!["-f", TEXT];
+        cmd.extend_from_slice(args);
+        let ours = ok(gemma(&cmd));
+        let read = |fa: &str| std::fs::read_to_string(format!("{dir}/{name}.fa-{fa}.txt")).unwrap();
+        let (on, off) = (read("on"), read("off"));
+        let (mut ours_mask, ours_values) = mask_decimals(&ours);
+        if !args.contains(&"--ppl-stride") {
+            // llama-perplexity's final estimate goes to stderr, ours after its empty line on stdout
+            let (lines, last) = ours_mask.trim_end().rsplit_once('\n').unwrap();
+            assert_eq!(last, "Final estimate: PPL = # +/- #", "{ours}");
+            ours_mask = format!("{lines}\n\n");
+        }
+        let (on_mask, on_values) = mask_decimals(&on);
+        let (off_mask, off_values) = mask_decimals(&off);
+        assert_eq!(on_mask, off_mask, "{name}: llama's two runs print alike");
+        assert_eq!(ours_mask, on_mask, "{name}: ours\n{ours}\nllama.cpp's\n{on}");
+        assert_eq!(ours_values.len() - on_values.len(), usize::from(!args.contains(&"--ppl-stride")) * 2);
+        let slack =
+            1.0 + on_values.iter().zip(&off_values).map(|(a, b)| a.max(*b) / a.min(*b) - 1.0).fold(0.02, f64::max);
+        for (i, (&v, (&a, &b))) in ours_values.iter().zip(on_values.iter().zip(&off_values)).enumerate() {
+            let (lo, hi) = (a.min(b) / slack, a.max(b) * slack);
+            assert!((lo..=hi).contains(&v), "{name} value {i}: {v} outside {lo}..{hi}\n{ours}");
+        }
+    }
+}
+
+#[test]
+fn strided_bad_input_gives_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.kld");
+    let base = base.to_str().unwrap();
+    let cases: [(&[&str], i32, &[&str]); 7] = [
+        (
+            &["-f", TEXT, "-c", "64", "--ppl-stride", "600"],
+            2,
+            &["--ppl-stride 600", "window of 512 tokens", "1 to 511"],
+        ),
+        (&["-f", TEXT, "-c", "64", "--ppl-stride", "16", "--hellaswag"], 2, &["--hellaswag"]),
+        (&["-f", TEXT, "--ppl-stride", "16", "--kl-divergence-base", base], 2, &["--kl-divergence-base"]),
+        (&["-p", "Too short.", "-c", "64", "--ppl-stride", "16"], 1, &["windows of 256 tokens", "at least 512"]),
+        (&["-f", TEXT, "--ppl-output-type", "2"], 2, &["--ppl-output-type"]),
+        (&["-f", TEXT, "--ppl-output-type", "1", "--json"], 2, &["--json"]),
+        (&["-f", TEXT, "-c", "2", "--ppl-stride", "1"], 2, &["scores nothing"]),
+    ];
+    for (args, code, wanted) in cases {
+        expect_error(args, code, wanted);
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    // --json reports the stride and the window
+    let json: Value =
+        serde_json::from_str(&ok(gemma(&["-f", TEXT, "-c", "64", "--ppl-stride", "16", "--chunks", "2", "--json"])))
+            .unwrap();
+    assert_eq!(
+        (json["n_ctx"].as_u64(), json["stride"].as_u64(), json["scored"].as_u64()),
+        (Some(256), Some(16), Some(32))
+    );
 }

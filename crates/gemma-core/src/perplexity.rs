@@ -2,7 +2,8 @@
 //!
 //! The text's tokens are cut into chunks of `n_ctx`. Each chunk starts from an empty cache, its first token
 //! replaced by BOS when the model adds one, and only its second half is scored, so every scored token has at
-//! least `n_ctx / 2` tokens before it. `--kl-divergence-base` files ([`LogProbWriter`], [`LogProbReader`]) are
+//! least `n_ctx / 2` tokens before it. Strided perplexity (`--ppl-stride`, [`ChunkPlan::strided`]) slides a
+//! window over the text instead and scores the last `stride` tokens of each. `--kl-divergence-base` files ([`LogProbWriter`], [`LogProbReader`]) are
 //! llama.cpp's: the tokens, then each scored row's log-probabilities quantized to 16 bits; either tool reads
 //! the other's. See `docs/perplexity.md`.
 
@@ -35,6 +36,20 @@ pub enum PerplexityError {
     ContextTooLarge { n_ctx: usize, max: usize },
     #[error("the text is {tokens} tokens long; a context of {n_ctx} needs at least {} (two chunks)", 2 * n_ctx)]
     TooFewTokens { tokens: usize, n_ctx: usize },
+    #[error(
+        "strided perplexity over windows of {window} tokens (context {n_ctx} + stride {stride} / 2, rounded up to \
+         a multiple of 256 as llama.cpp sizes it) needs at least {} tokens (two windows); the text is {tokens} tokens long",
+        2 * window
+    )]
+    TooFewTokensForStride { tokens: usize, n_ctx: usize, stride: usize, window: usize },
+    #[error(
+        "a stride of {stride} does not fit the window of {window} tokens it makes with a context of {n_ctx} (the \
+         context + stride / 2, rounded up to a multiple of 256 as llama.cpp sizes it): use 1 to {}",
+        window.saturating_sub(1)
+    )]
+    BadStride { stride: usize, n_ctx: usize, window: usize },
+    #[error("strided perplexity neither saves log-probabilities nor compares with a base (nor does llama.cpp's)")]
+    StridedLogProbs,
     #[error("{0} is an embedding model: it gives no next-token probabilities")]
     EmbeddingModel(String),
     #[error("{path}: {message}")]
@@ -56,6 +71,25 @@ pub struct ChunkPlan {
     pub n_chunks: usize,
     /// Chunks run side by side in one batch (llama.cpp's `n_batch / n_ctx`); the results do not depend on it.
     pub n_seq: usize,
+    /// Strided perplexity (llama-perplexity's `--ppl-stride`): chunk `i` starts at token `i * stride`, keeps
+    /// its first token (no BOS put in) and has its last `stride` tokens scored. `None`: chunks one after the
+    /// other, BOS first, second half scored.
+    pub stride: Option<usize>,
+}
+
+/// The window of a strided run: the context llama.cpp gives it, `n_ctx + stride / 2` rounded up to a multiple
+/// of 256 as every llama.cpp context is (its strided mode takes the whole context as its window). Errors when
+/// the context is under 4 tokens or the stride is 0 or not shorter than the window (where llama.cpp reads
+/// outside its logits).
+pub fn strided_window(n_ctx: usize, stride: usize) -> Result<usize, PerplexityError> {
+    if n_ctx < 4 {
+        return Err(PerplexityError::ContextTooSmall(n_ctx));
+    }
+    let window = n_ctx.saturating_add(stride / 2).div_ceil(256).saturating_mul(256);
+    if stride == 0 || stride >= window {
+        return Err(PerplexityError::BadStride { stride, n_ctx, window });
+    }
+    Ok(window)
 }
 
 impl ChunkPlan {
@@ -74,12 +108,44 @@ impl ChunkPlan {
             return Err(PerplexityError::TooFewTokens { tokens: n_tokens, n_ctx });
         }
         let all = n_tokens / n_ctx;
-        Ok(ChunkPlan { n_ctx, n_chunks: max_chunks.map_or(all, |m| m.min(all)), n_seq: n_seq.max(1) })
+        Ok(ChunkPlan { n_ctx, n_chunks: max_chunks.map_or(all, |m| m.min(all)), n_seq: n_seq.max(1), stride: None })
+    }
+
+    /// The plan of llama-perplexity's strided perplexity for a context of `n_ctx` and `stride`: windows of
+    /// [`strided_window`] tokens, one every `stride` tokens while a whole window fits (or the first
+    /// `max_chunks`). Errors as [`strided_window`] does, and as llama.cpp's tool does when the text is shorter
+    /// than two windows.
+    pub fn strided(
+        n_tokens: usize,
+        n_ctx: usize,
+        stride: usize,
+        max_chunks: Option<usize>,
+        n_seq: usize,
+    ) -> Result<ChunkPlan, PerplexityError> {
+        let window = strided_window(n_ctx, stride)?;
+        if n_tokens < 2 * window {
+            return Err(PerplexityError::TooFewTokensForStride { tokens: n_tokens, n_ctx, stride, window });
+        }
+        let all = (n_tokens - window).div_ceil(stride);
+        Ok(ChunkPlan {
+            n_ctx: window,
+            n_chunks: max_chunks.map_or(all, |m| m.min(all)),
+            n_seq: n_seq.max(1),
+            stride: Some(stride),
+        })
+    }
+
+    /// Where chunk `c` starts in the text.
+    pub fn start(&self, c: usize) -> usize {
+        c * self.stride.unwrap_or(self.n_ctx)
     }
 
     /// The first scored position of a chunk.
     pub fn first(&self) -> usize {
-        self.n_ctx / 2
+        match self.stride {
+            Some(s) => self.n_ctx.saturating_sub(s + 1),
+            None => self.n_ctx / 2,
+        }
     }
 
     /// The last scored position of a chunk (it predicts the chunk's last token).
@@ -109,7 +175,12 @@ impl ChunkPlan {
         if self.n_ctx < 4 {
             return Err(PerplexityError::ContextTooSmall(self.n_ctx));
         }
-        if n_tokens < self.n_chunks * self.n_ctx {
+        if let Some(stride) = self.stride {
+            if stride == 0 || stride >= self.n_ctx {
+                return Err(PerplexityError::BadStride { stride, n_ctx: self.n_ctx, window: self.n_ctx });
+            }
+        }
+        if self.n_chunks > 0 && n_tokens < self.start(self.n_chunks - 1) + self.n_ctx {
             return Err(PerplexityError::TooFewTokens { tokens: n_tokens, n_ctx: self.n_ctx });
         }
         Ok(())
@@ -121,8 +192,9 @@ impl ChunkPlan {
     }
 
     /// One group's tokens as a batch, chunk `chunks[i]` as sequence `i`, its first token replaced by `bos` when
-    /// given (llama.cpp's tools do so when the model adds a BOS token); `logits(pos)` says which positions'
-    /// logits are wanted.
+    /// given (llama.cpp's tools do so when the model adds a BOS token) unless the plan is strided (llama.cpp's
+    /// strided mode puts its BOS in after the tokens went to the model, so it never counts); `logits(pos)` says
+    /// which positions' logits are wanted.
     pub fn group_tokens(
         &self,
         tokens: &[u32],
@@ -130,9 +202,10 @@ impl ChunkPlan {
         chunks: &[usize],
         logits: impl Fn(usize) -> bool,
     ) -> Vec<BatchToken> {
+        let bos = bos.filter(|_| self.stride.is_none());
         let mut all = Vec::with_capacity(chunks.len() * self.n_ctx);
         for (seq, &c) in chunks.iter().enumerate() {
-            let start = c * self.n_ctx;
+            let start = self.start(c);
             for pos in 0..self.n_ctx {
                 let token = match (pos, bos) {
                     (0, Some(b)) => b,
@@ -163,6 +236,14 @@ impl NllStats {
     /// `e^(mean nll)`.
     pub fn perplexity(&self) -> f64 {
         (self.sum / self.count as f64).exp()
+    }
+
+    /// llama-perplexity's `--ppl-output-type 1` columns: the mean nll and its standard error (the variance
+    /// itself, unscaled, when it is not positive, as llama.cpp prints it).
+    pub fn mean_nll_and_error(&self) -> (f64, f64) {
+        let mean = self.sum / self.count as f64;
+        let var = self.sum_sq / self.count as f64 - mean * mean;
+        (mean, if var > 0.0 { (var / (self.count as f64 - 1.0)).sqrt() } else { var })
     }
 
     /// llama.cpp's `+/-`: the perplexity times the standard error of the mean nll; `None` before two values.
@@ -485,6 +566,9 @@ impl LogProbWriter {
         let mut name = path.file_name().unwrap_or_default().to_os_string();
         name.push(format!(".partial-{}", std::process::id()));
         let tmp = path.with_file_name(name);
+        if plan.stride.is_some() {
+            return Err(PerplexityError::StridedLogProbs);
+        }
         let io = |source| PerplexityError::Io { path: path.to_path_buf(), source };
         let file = File::create(&tmp).map_err(io)?;
         let mut w = LogProbWriter { out: BufWriter::new(file), tmp, path: path.to_path_buf(), n_vocab, done: false };
@@ -559,7 +643,7 @@ impl LogProbReader {
             return Err(bad(format!("impossible header: n_ctx {n_ctx}, vocabulary {n_vocab}, {n_chunks} chunks")));
         }
         let (n_vocab, n_chunks) = (n_vocab as usize, n_chunks as usize);
-        let plan = ChunkPlan { n_ctx, n_chunks, n_seq: 1 };
+        let plan = ChunkPlan { n_ctx, n_chunks, n_seq: 1, stride: None };
         let expected = (n_chunks as u128) * (n_ctx as u128) * 4
             + (n_chunks as u128) * (plan.scored_per_chunk() as u128) * (log_prob_row_len(n_vocab) as u128) * 2
             + 20;
@@ -605,7 +689,7 @@ pub enum Scoring<'a> {
 
 /// Runs the chunks of `tokens` laid out by `plan` and scores every row, calling `on_chunk(chunk)` once a
 /// chunk's rows are all counted. `bos` replaces each chunk's first token, as llama.cpp does when the model
-/// adds a BOS token. Setting `cancel` stops the run between two forward passes with
+/// adds a BOS token (not in a strided plan, which saves no log-probabilities and reads no base either). Setting `cancel` stops the run between two forward passes with
 /// [`PerplexityError::Cancelled`] (a base file being written is then dropped unfinished, so it leaves nothing).
 #[allow(clippy::too_many_arguments)]
 pub fn run(
@@ -619,6 +703,9 @@ pub fn run(
     cancel: Option<&AtomicBool>,
 ) -> Result<(), PerplexityError> {
     plan.check(model, tokens.len())?;
+    if plan.stride.is_some() && !matches!(scoring, Scoring::Perplexity { save: None, .. }) {
+        return Err(PerplexityError::StridedLogProbs);
+    }
     let n_vocab = model.config.vocab_size;
     let row_len = log_prob_row_len(n_vocab);
     let mut scratch = Scratch::default();
@@ -652,7 +739,7 @@ pub fn run(
                 .map(|&b| {
                     let t = pass.tokens[b];
                     let c = chunks[t.seq];
-                    (c, t.pos, tokens[c * plan.n_ctx + t.pos + 1] as usize)
+                    (c, t.pos, tokens[plan.start(c) + t.pos + 1] as usize)
                 })
                 .collect();
             let n_rows = places.len();
@@ -816,13 +903,58 @@ mod tests {
         ));
         let p = ChunkPlan::new(1000, 128, None, 4).unwrap();
         assert_eq!((p.n_chunks, p.first(), p.scored_per_chunk()), (7, 64, 63));
-        assert_eq!(ChunkPlan::new(1000, 128, Some(2), 0).unwrap(), ChunkPlan { n_ctx: 128, n_chunks: 2, n_seq: 1 });
+        assert_eq!(
+            ChunkPlan::new(1000, 128, Some(2), 0).unwrap(),
+            ChunkPlan { n_ctx: 128, n_chunks: 2, n_seq: 1, stride: None }
+        );
+    }
+
+    /// llama-perplexity's strided windows: its context rounded up to 256, one window per stride while a whole
+    /// window fits (the last may end short of the text), the last `stride` positions scored, BOS never put in.
+    #[test]
+    fn strided_plans_are_llama_cpp_windows() {
+        let window = |c, s| strided_window(c, s).unwrap();
+        assert_eq!((window(128, 32), window(64, 16), window(250, 20), window(64, 255)), (256, 256, 512, 256));
+        let p = ChunkPlan::strided(700, 128, 32, None, 1).unwrap();
+        assert_eq!((p.n_ctx, p.n_chunks, p.stride), (256, 14, Some(32)));
+        assert_eq!((p.start(13), p.first(), p.last_scored(), p.scored_per_chunk()), (416, 223, 254, 32));
+        assert!(p.start(13) + p.n_ctx <= 700 && p.start(14) + p.n_ctx > 700);
+        assert_eq!(ChunkPlan::strided(512, 128, 32, Some(3), 1).unwrap().n_chunks, 3);
+        assert_eq!(ChunkPlan::strided(512, 128, 32, None, 1).unwrap().n_chunks, 8);
+        let batch = p.group_tokens(&(0..700).collect::<Vec<u32>>(), Some(2), &[0, 2], |pos| p.is_scored(pos));
+        assert_eq!((batch[0].token, batch[256].token, batch[256].pos), (0, 64, 0), "no BOS put in");
+        assert_eq!(batch.iter().filter(|t| t.logits).count(), 64);
+        assert!(matches!(
+            ChunkPlan::strided(511, 128, 32, None, 1),
+            Err(PerplexityError::TooFewTokensForStride { tokens: 511, window: 256, .. })
+        ));
+        for stride in [0, 600] {
+            let err = ChunkPlan::strided(5000, 64, stride, None, 1).unwrap_err();
+            assert!(matches!(err, PerplexityError::BadStride { .. }), "{err}");
+        }
+        assert!(ChunkPlan::strided(5000, usize::MAX, usize::MAX, None, 1).is_err(), "no overflow");
+        let dir = tempfile::tempdir().unwrap();
+        let err = LogProbWriter::create(&dir.path().join("x"), &p, 20, &[0; 700]).err().unwrap();
+        assert!(matches!(err, PerplexityError::StridedLogProbs));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn output_type_1_columns_are_llama_cpp_mean_and_error() {
+        let mut s = NllStats::default();
+        for v in [1.0, 2.0, 3.0, 4.0] {
+            s.add(v);
+        }
+        assert_eq!(s.mean_nll_and_error(), (2.5, (1.25f64 / 3.0).sqrt()));
+        let mut one = NllStats::default();
+        one.add(2.0);
+        assert_eq!(one.mean_nll_and_error(), (2.0, 0.0), "no spread: the variance itself");
     }
 
     #[test]
     fn damaged_log_prob_files_are_errors() {
         let dir = tempfile::tempdir().unwrap();
-        let plan = ChunkPlan { n_ctx: 8, n_chunks: 2, n_seq: 1 };
+        let plan = ChunkPlan { n_ctx: 8, n_chunks: 2, n_seq: 1, stride: None };
         let tokens: Vec<u32> = (0..16).collect();
         let path = dir.path().join("base.bin");
         let mut w = LogProbWriter::create(&path, &plan, 20, &tokens).unwrap();

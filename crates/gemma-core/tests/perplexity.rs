@@ -180,7 +180,7 @@ fn short_texts_and_small_contexts_are_errors() {
     let err = ChunkPlan::new(tokens.len(), 512, None, 1).unwrap_err();
     assert!(err.to_string().contains("needs at least 1024"), "{err}");
     assert!(ChunkPlan::new(tokens.len(), 2, None, 1).is_err());
-    let too_long = ChunkPlan { n_ctx: m.model.config.context_length + 1, n_chunks: 1, n_seq: 1 };
+    let too_long = ChunkPlan { n_ctx: m.model.config.context_length + 1, n_chunks: 1, n_seq: 1, stride: None };
     let mut stats = NllStats::default();
     let long_tokens = vec![2u32; too_long.n_ctx];
     let err = perplexity::run(
@@ -229,4 +229,88 @@ fn a_cancelled_run_stops_and_leaves_no_base_file() {
     assert_eq!(chunks_done, 1);
     drop(writer);
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+/// The running perplexities llama-perplexity printed with `--ppl-stride` (`testdata/perplexity/stride/`,
+/// recorded by `scripts/llama_perplexity_stride_goldens.py`): `[n]ppl,` or, with `--ppl-output-type 1`, the
+/// second column of each line.
+fn strided_golden(name: &str, flash: &str) -> Vec<f64> {
+    let path = format!("{}/../../testdata/perplexity/stride/{name}.fa-{flash}.txt", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let values: Vec<f64> = if text.starts_with('[') {
+        text.trim()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.split_once(']').unwrap().1.parse().unwrap())
+            .collect()
+    } else {
+        text.lines().filter(|l| !l.is_empty()).map(|l| l.split_whitespace().nth(1).unwrap().parse().unwrap()).collect()
+    };
+    assert!(!values.is_empty(), "{path}");
+    values
+}
+
+/// How far ours may land outside the range llama.cpp's two attention paths span: as far as those two land
+/// from each other at most in the same run, and at least 2% (the chunked perplexity's allowance). A strided run
+/// scores few tokens per window (16 or 32 here), where the two engines' per-token differences (mean |Δ ln p|
+/// 0.09 for ours against llama.cpp's default, 0.10 for its two paths, on the first window) do not average out:
+/// llama.cpp's own paths land 5% apart on a window.
+fn slack(on: &[f64], off: &[f64]) -> f64 {
+    on.iter().zip(off).map(|(a, b)| a.max(*b) / a.min(*b) - 1.0).fold(0.02, f64::max)
+}
+
+/// Strided perplexity: windows of llama.cpp's padded context, one every `stride` tokens, the last `stride`
+/// positions scored. Every running value lands inside the range llama.cpp's two attention paths span,
+/// widened by [`slack`]; the last (the perplexity over all the windows) within 1% of that range.
+#[test]
+fn strided_perplexity_lands_where_llama_cpp_does() {
+    let m = default_model();
+    let tokens = text_tokens();
+    for (name, n_ctx, stride, chunks) in [("c128-stride32", 128, 32, 6), ("c64-stride16-type1", 64, 16, 8)] {
+        let (on, off) = (strided_golden(name, "on"), strided_golden(name, "off"));
+        let plan = ChunkPlan::strided(tokens.len(), n_ctx, stride, Some(chunks), 2).unwrap();
+        assert_eq!(plan.n_ctx, 256, "{name}: llama.cpp's window");
+        let (stats, running) = run_perplexity(&m.model, &m.pool, &tokens, &plan);
+        assert_eq!((running.len(), on.len(), off.len()), (chunks, chunks, chunks), "{name}");
+        assert_eq!(stats.count, chunks * stride);
+        let slack = 1.0 + slack(&on, &off);
+        for (i, ours) in running.iter().enumerate() {
+            let (lo, hi) = (on[i].min(off[i]) / slack, on[i].max(off[i]) * slack);
+            assert!((lo..=hi).contains(ours), "{name} window {}: {ours} outside {lo}..{hi}", i + 1);
+        }
+        let (a, b) = (on[chunks - 1], off[chunks - 1]);
+        let (lo, hi) = (a.min(b) * 0.99, a.max(b) * 1.01);
+        assert!((lo..=hi).contains(&stats.perplexity()), "{name}: {} outside {lo}..{hi}", stats.perplexity());
+        println!("{name}: {running:?} (llama.cpp {on:?} / {off:?})");
+    }
+}
+
+/// A strided window is a plain forward pass over `tokens[i * stride ..]` as they are (the first window starts
+/// with the text's BOS, the others with no BOS), scoring positions `window - stride - 1 .. window - 1`.
+#[test]
+fn strided_scoring_is_the_log_softmax_of_plain_forward_passes() {
+    let m = default_model();
+    let tokens = text_tokens();
+    let plan = ChunkPlan::strided(tokens.len(), 64, 24, Some(2), 2).unwrap();
+    assert_eq!((plan.n_ctx, plan.first()), (256, 231));
+    let (stats, _) = run_perplexity(&m.model, &m.pool, &tokens, &plan);
+    let mut expected = 0f64;
+    for w in 0..2 {
+        let ids = &tokens[w * 24..w * 24 + 256];
+        let mut cache = m.model.new_cache(256);
+        let logits = m.model.forward(&Batch::sequence(ids, 0, 0, true), std::slice::from_mut(&mut cache), &m.pool);
+        let logits = logits.unwrap();
+        for pos in 231..255 {
+            let row = logits.row(pos);
+            let max = row.iter().fold(f64::MIN, |a, &b| a.max(b as f64));
+            let lse = max + row.iter().map(|&l| (l as f64 - max).exp()).sum::<f64>().ln();
+            expected += lse - row[ids[pos + 1] as usize] as f64;
+        }
+    }
+    assert_eq!(stats.count, 2 * 24);
+    assert!((stats.sum - expected).abs() < 1e-4 * expected, "{} vs {expected}", stats.sum);
+    // a strided run neither saves log-probabilities nor reads a base
+    let dir = tempfile::tempdir().unwrap();
+    let err = LogProbWriter::create(&dir.path().join("b"), &plan, m.model.config.vocab_size, &tokens).err();
+    assert!(matches!(err, Some(perplexity::PerplexityError::StridedLogProbs)));
 }
