@@ -4,8 +4,9 @@
 //! - `sbs_matmul`: SBS products (the BF16 output head and an SFP FFN matrix, gemma.cpp's formats) through
 //!   `matmul_sbs`, which takes bf16 activations for them, next to the same rows dotted one at a time by the
 //!   codecs' f32-activation kernels;
-//! - `attention`: one decode step over 1,024 cached positions, a 256-token causal prefill, and EmbeddingGemma's
-//!   512-token bidirectional pass (3 heads on 1 KV head, windows of ±256 centred on each token);
+//! - `attention`: one decode step over 1,024 cached positions, a 256-token causal prefill, a 512-token one after
+//!   4,096 cached positions, and EmbeddingGemma's 512-token bidirectional pass (3 heads on 1 KV head, windows
+//!   of ±256 centred on each token);
 //! - `pool_vs_rayon`: the same decode-shaped work (many small parallel regions, as a decode step runs about 250)
 //!   and prefill-shaped work (few large regions) on our pool and on rayon, to keep the faster.
 //!
@@ -171,6 +172,25 @@ fn attention(c: &mut Criterion) {
                 })
                 .collect();
             grouped_query_attention(&pool, &qp, &spans, n_heads, 1, hd, &mut outp);
+        })
+    });
+    // A 512-token causal prefill with 4,096 positions already cached (`gemma bench -p 512 -d 4096`'s global
+    // layers): every key and value block is shared by all 512 tokens.
+    let (depth, n) = (4096, 512);
+    let kd = pseudo_random((depth + n) * hd, 8);
+    let vd = pseudo_random((depth + n) * hd, 9);
+    let qd = pseudo_random(n * n_heads * hd, 10);
+    let mut outd = vec![0f32; n * n_heads * hd];
+    g.throughput(Throughput::Elements(((depth * n + n * (n + 1) / 2) * n_heads * hd * 2) as u64));
+    g.bench_function("prefill_4heads_512_at_depth4096", |b| {
+        b.iter(|| {
+            let spans: Vec<AttnSpan> = (0..n)
+                .map(|i| AttnSpan {
+                    kv: KvView { keys: &kd, values: &vd, row_len: hd, ring: 0 },
+                    positions: 0..depth + i + 1,
+                })
+                .collect();
+            grouped_query_attention(&pool, &qd, &spans, n_heads, 1, hd, &mut outd);
         })
     });
     // EmbeddingGemma's bidirectional pass: 3 query heads on 1 KV head, each of 512 tokens sees a window

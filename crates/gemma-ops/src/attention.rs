@@ -1,6 +1,8 @@
-//! Scaled dot-product attention over cached keys and values, tiled: each task takes a tile of up to
-//! [`TILE_ROWS`] query rows (a few consecutive tokens of one sequence, each with all the query heads that share
-//! one KV head) and one block of positions, so a key or value row is read once for the whole tile.
+//! Scaled dot-product attention over cached keys and values, tiled: each task takes up to [`TASK_ROWS`] query
+//! rows (consecutive tokens of one sequence, each with all the query heads that share one KV head) and one
+//! block of positions, and works through them in register tiles of [`TILE_ROWS`], so a key or value row is
+//! loaded once per tile and comes from memory once per task. Tasks run block by block, so in a long prefill
+//! the threads keep one block in their caches for all the tokens that see it.
 //!
 //! Blocks are fixed by absolute position (block `b` holds positions `b * ATTENTION_BLOCK..(b + 1) *
 //! ATTENTION_BLOCK`), so neighbouring tokens share them. Each block gives a partial softmax (running max, sum,
@@ -21,6 +23,11 @@ pub const ATTENTION_BLOCK: usize = 256;
 /// Query rows a tile aims for (tokens times heads per KV head): the register budget of the kernels' score and
 /// value loops.
 const TILE_ROWS: usize = 12;
+
+/// Query rows a task aims for (tokens times heads per KV head): the kernels take them [`TILE_ROWS`] at a time
+/// against one block, whose keys and values thus come from memory once for all of them and stay in the core's
+/// cache between tiles (a block of Gemma 3's 256-wide heads is 512 KiB).
+const TASK_ROWS: usize = 48;
 
 /// Keys and values of one layer for one sequence: position-major rows of `row_len` floats
 /// (all KV heads of a position side by side).
@@ -302,7 +309,15 @@ mod x86 {
         let k: [*const f32; P] = std::array::from_fn(|i| unsafe { job.kv.keys.as_ptr().add(offs[idx + i]) });
         // SAFETY: register set-up; this function runs only with V's target features (its callers').
         let mut acc = [[unsafe { V::zero() }; R]; P];
+        // The next keys, fetched into L1 while these are reduced (an address only: never read here).
+        let next: [*const f32; P] =
+            std::array::from_fn(|i| job.kv.keys.as_ptr().wrapping_add(offs[(idx + P + i).min(ATTENTION_BLOCK - 1)]));
         for c in (0..job.d).step_by(V::N) {
+            if c % 16 == 0 {
+                for n in next {
+                    prefetch(n.wrapping_add(c));
+                }
+            }
             // SAFETY: c + N <= d (d is a multiple of 2N); each q[j] and k[i] cover d floats.
             unsafe {
                 let kc: [V; P] = std::array::from_fn(|i| V::load(k[i].add(c)));
@@ -322,6 +337,13 @@ mod x86 {
                 unsafe { a.store(raw.as_mut_ptr().add(at)) };
             }
         }
+    }
+
+    /// Asks for the cache line holding `p` (a hint: any address is allowed).
+    #[inline(always)]
+    fn prefetch(p: *const f32) {
+        // SAFETY: a prefetch never faults and reads nothing into the program; SSE is part of x86_64.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
     }
 
     /// Per position of a block (in the job's range): the start of its key and value rows, checked.
@@ -381,6 +403,10 @@ mod x86 {
             for idx in range.clone() {
                 // SAFETY: `offs` holds checked offsets of d floats inside the values (and keys).
                 let v = unsafe { job.kv.values.as_ptr().add(offs[idx]) };
+                let ahead = job.kv.values.as_ptr().wrapping_add(offs[(idx + 8).min(range.end - 1)] + c);
+                for line in (0..C * V::N).step_by(16) {
+                    prefetch(ahead.wrapping_add(line));
+                }
                 // SAFETY: c + C * N <= d (d is a multiple of 2N, C is 1 or 2).
                 let vc: [V; C] = std::array::from_fn(|h| unsafe { V::load(v.add(c + h * V::N)) });
                 for (j, a) in acc.iter_mut().enumerate() {
@@ -527,8 +553,11 @@ struct BlockScratch {
 /// A batch's layout: tiles of consecutive tokens and where each token's partial results go.
 #[derive(Default)]
 struct Plan {
-    /// Per tile: first token, end token, first absolute block, first task (of `n_kv_heads` each per block).
-    tiles: Vec<[usize; 4]>,
+    /// Per tile: first token, end token.
+    tiles: Vec<[usize; 2]>,
+    /// `(absolute block, tile)` of every task of one KV head, block by block: the threads work through a
+    /// block's tiles one after another, so the block stays in their caches.
+    tasks: Vec<(usize, usize)>,
     /// `first_slot[i]`: token `i`'s first partial slot (one per block of its span); one entry past the end.
     first_slot: Vec<usize>,
     partials: Vec<f32>,
@@ -546,7 +575,12 @@ thread_local! {
     };
     /// The calling thread's plan and partial results, kept so decoding allocates nothing once warm.
     static PLAN: std::cell::RefCell<Plan> = const {
-        std::cell::RefCell::new(Plan { tiles: Vec::new(), first_slot: Vec::new(), partials: Vec::new() })
+        std::cell::RefCell::new(Plan {
+            tiles: Vec::new(),
+            tasks: Vec::new(),
+            first_slot: Vec::new(),
+            partials: Vec::new(),
+        })
     };
 }
 
@@ -608,13 +642,14 @@ pub fn grouped_query_attention_with(
     let g = n_heads / n_kv_heads;
     let d = head_dim;
     let block_fn = kernel.block_fn();
-    let tile_tokens = (TILE_ROWS / g).max(1);
+    let tile_tokens = (TASK_ROWS / g).max(1);
 
     PLAN.with_borrow_mut(|plan| {
-        let Plan { tiles, first_slot, partials } = plan;
+        let Plan { tiles, tasks, first_slot, partials } = plan;
         tiles.clear();
+        tasks.clear();
         first_slot.clear();
-        let (mut n_tasks, mut n_slots, mut multi) = (0, 0, false);
+        let (mut n_slots, mut multi) = (0, false);
         let mut i = 0;
         while i < spans.len() {
             let mut end = i + 1;
@@ -623,8 +658,8 @@ pub fn grouped_query_attention_with(
             }
             let b0 = spans[i..end].iter().map(|s| blocks_of(&s.positions).start).min().unwrap_or(0);
             let b1 = spans[i..end].iter().map(|s| blocks_of(&s.positions).end).max().unwrap_or(0);
-            tiles.push([i, end, b0, n_tasks]);
-            n_tasks += b1.saturating_sub(b0) * n_kv_heads;
+            tasks.extend((b0..b1).map(|b| (b, tiles.len())));
+            tiles.push([i, end]);
             for span in &spans[i..end] {
                 first_slot.push(n_slots);
                 n_slots += blocks_of(&span.positions).len();
@@ -637,6 +672,8 @@ pub fn grouped_query_attention_with(
             i = end;
         }
         first_slot.push(n_slots);
+        tasks.sort_unstable();
+        let n_tasks = tasks.len() * n_kv_heads;
         // One partial per (block, KV head) of tokens that span several blocks: per head max, sum, output.
         let part_len = g * (2 + d);
         if multi {
@@ -644,12 +681,11 @@ pub fn grouped_query_attention_with(
         }
         let out_shared = SharedMut::new(out);
         let part_shared = SharedMut::new(partials.as_mut_slice());
-        let (tiles, first_slot) = (&*tiles, &*first_slot);
+        let (tiles, tasks, first_slot) = (&*tiles, &*tasks, &*first_slot);
 
         pool.run(n_tasks, &|task| {
-            let ti = tiles.partition_point(|t| t[3] <= task) - 1;
-            let [t0, t1, b0, task0] = tiles[ti];
-            let (b, kvh) = (b0 + (task - task0) / n_kv_heads, (task - task0) % n_kv_heads);
+            let (kvh, (b, ti)) = (task / tasks.len(), tasks[task % tasks.len()]);
+            let [t0, t1] = tiles[ti];
             let base = b * ATTENTION_BLOCK;
             let block = base..base + ATTENTION_BLOCK;
             // The tile's tokens that see this block (consecutive, as spans move forward).
