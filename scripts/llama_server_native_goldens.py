@@ -27,7 +27,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 
@@ -53,26 +52,12 @@ def call(port, method, path, body=None):
         return {"status": e.code, "body": json.load(e)}
 
 
-def wait_ready(port, proc):
-    for _ in range(600):
-        if proc.poll() is not None:
-            raise RuntimeError(f"llama-server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("llama-server did not become ready")
-
-
 def run(server_bin, model_path, flags, port, record):
     cmd = [server_bin, "-m", model_path, *flags, "--host", "127.0.0.1", "--port", str(port), "-c", "2048", "-t", "2",
            "-np", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_ready(port, proc)
+        chat_goldens_module().wait_ready(port, proc)  # the same readiness loop
         return record(port)
     finally:
         proc.terminate()

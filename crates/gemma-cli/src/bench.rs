@@ -189,8 +189,10 @@ fn run_test(model: &Model, pool: &ThreadPool, test: Test, depth: usize, rep: u64
     Ok((test.tokens() as f64 / secs, secs))
 }
 
-/// What llama-bench's outputs say about the model: (file name as given, type, size in bytes, parameters).
+/// What llama-bench's outputs say about the machine and the model: the CPU, the file name as given, its type,
+/// size in bytes and parameters.
 struct ModelFacts {
+    cpu_info: Value,
     filename: String,
     kind: String,
     size: u64,
@@ -208,6 +210,7 @@ impl ModelFacts {
             .map_or("", |t| t.name());
         let tensors = file.tensors();
         ModelFacts {
+            cpu_info: machine()["cpu_model"].clone(),
             filename: path.display().to_string(),
             kind: format!("{arch} {file_type}").trim_end().to_string(),
             size: if tensors.is_empty() { file.file_size() } else { tensors.iter().map(|t| t.n_bytes).sum() },
@@ -235,7 +238,7 @@ impl Record {
         let (n_prompt, n_gen) = self.test.counts();
         vec![
             ("build_commit", json!(env!("GEMMA_COMMIT"))),
-            ("cpu_info", machine()["cpu_model"].clone()),
+            ("cpu_info", facts.cpu_info.clone()),
             ("backends", json!("CPU")),
             ("model_filename", json!(facts.filename)),
             ("model_type", json!(facts.kind)),

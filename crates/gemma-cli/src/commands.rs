@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use gemma_core::generate::tokens_per_second;
 use gemma_core::sampling::{parse_logit_bias, Mirostat, Sampler, SamplerStage, SamplingError, TokenLogprob};
 use gemma_core::{GenerationOptions, LoadOptions, Model, SamplingParams, Session, Tokenizer};
 use gemma_ops::ThreadPool;
@@ -441,7 +442,7 @@ fn generate(common: &Common, args: &GenerateArgs) -> Result<()> {
             "text": out.text,
             "stop_reason": out.stop_reason.as_str(),
             "stop_string": out.stop_string,
-            "prefill_tok_s": rate(evaluated, out.prefill_secs),
+            "prefill_tok_s": tokens_per_second(evaluated, out.prefill_secs),
             "decode_tok_s": out.decode_tok_s(),
         });
         if let Some(cache) = &cache {
@@ -478,22 +479,13 @@ fn generate(common: &Common, args: &GenerateArgs) -> Result<()> {
         eprintln!(
             "[prompt: {} tokens{cached}, {:.1} tok/s | generated: {} tokens, {:.1} tok/s | stop: {}]",
             out.prompt_ids.len(),
-            rate(evaluated, out.prefill_secs),
+            tokens_per_second(evaluated, out.prefill_secs),
             out.gen_ids.len(),
             out.decode_tok_s(),
             out.stop_reason.as_str()
         );
     }
     Ok(())
-}
-
-/// Tokens per second (0 for no time).
-fn rate(tokens: usize, secs: f64) -> f64 {
-    if secs > 0.0 {
-        tokens as f64 / secs
-    } else {
-        0.0
-    }
 }
 
 /// `--prompt-cache FILE`: a session's KV cache and token ids kept between runs.

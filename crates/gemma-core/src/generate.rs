@@ -102,15 +102,16 @@ pub struct GenerationOutput {
 
 impl GenerationOutput {
     pub fn prefill_tok_s(&self) -> f64 {
-        rate(self.prompt_ids.len(), self.prefill_secs)
+        tokens_per_second(self.prompt_ids.len(), self.prefill_secs)
     }
     /// Decode speed over the tokens after the first (the first comes out of the prefill).
     pub fn decode_tok_s(&self) -> f64 {
-        rate(self.gen_ids.len().saturating_sub(1), self.decode_secs)
+        tokens_per_second(self.gen_ids.len().saturating_sub(1), self.decode_secs)
     }
 }
 
-fn rate(n: usize, secs: f64) -> f64 {
+/// Tokens per second (0 when no time was measured).
+pub fn tokens_per_second(n: usize, secs: f64) -> f64 {
     if secs > 0.0 {
         n as f64 / secs
     } else {
