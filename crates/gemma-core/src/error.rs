@@ -31,6 +31,8 @@ pub enum ModelError {
     TokenOutOfRange { id: u32, vocab: usize },
     #[error("the context is full: position {pos} does not fit in a context of {ctx} tokens")]
     ContextFull { pos: usize, ctx: usize },
+    #[error("the context cannot be shifted: {0}")]
+    ContextShift(String),
     #[error(
         "{0} is not an embedding model (its file names no pooling); embeddings come from models such as EmbeddingGemma"
     )]

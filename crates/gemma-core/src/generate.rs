@@ -29,6 +29,30 @@ pub struct GenerationOptions {
     /// `Some(n)`: report each generated token's log-probability and the `n` most likely alternatives
     /// (see [`TokenLogprobs`]: raw model logits, before any sampling stage).
     pub logprobs: Option<usize>,
+    /// `Some`: when the context is full, make room as llama.cpp's `--context-shift` does and go on; `None`:
+    /// stop there ([`StopReason::ContextFull`]).
+    pub context_shift: Option<ContextShift>,
+}
+
+/// llama.cpp's context shift. When a sequence's cache holds `ctx - 1` tokens and another must go in, the
+/// `discard` tokens after the first `keep` are forgotten and the rest move back (their keys re-rotated, not
+/// recomputed): by default half of what follows `keep`, so generation can go on past the context's end.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ContextShift {
+    /// Tokens at the start that are never dropped, BOS included (llama.cpp's `n_keep` after it adds BOS).
+    pub keep: usize,
+    /// Tokens dropped at a time; `None`: half of those after `keep` (llama-server's `n_discard` 0).
+    pub discard: Option<usize>,
+}
+
+impl ContextShift {
+    /// The `(keep, discard)` of a shift of a cache holding `len` of `ctx` tokens, as llama-server clamps them:
+    /// `keep` at most `ctx - 4`, at least one token left after the dropped ones. `discard` 0: nothing can go.
+    pub fn plan(&self, len: usize, ctx: usize) -> (usize, usize) {
+        let keep = self.keep.min(ctx.saturating_sub(4)).min(len);
+        let left = len - keep;
+        (keep, self.discard.unwrap_or(left / 2).min(left.saturating_sub(1)))
+    }
 }
 
 impl Default for GenerationOptions {
@@ -39,6 +63,7 @@ impl Default for GenerationOptions {
             cancel: None,
             stop: Vec::new(),
             logprobs: None,
+            context_shift: None,
         }
     }
 }
@@ -96,6 +121,8 @@ pub struct GenerationOutput {
     pub stop_string: Option<String>,
     /// One entry per id of `gen_ids` when [`GenerationOptions::logprobs`] was set, else empty.
     pub logprobs: Vec<TokenLogprobs>,
+    /// Context shifts made on the way ([`GenerationOptions::context_shift`]).
+    pub context_shifts: usize,
     pub prefill_secs: f64,
     pub decode_secs: f64,
 }
@@ -150,6 +177,11 @@ impl<'m> Session<'m> {
     /// what that position needs.
     pub fn truncate(&mut self, len: usize) -> usize {
         self.cache.truncate(len)
+    }
+
+    /// A context shift ([`Model::shift_context`]): forgets `discard` tokens after the first `keep`.
+    pub fn shift_context(&mut self, keep: usize, discard: usize) -> Result<(), ModelError> {
+        self.model.shift_context(&mut self.cache, keep, discard)
     }
 
     /// The cache as a file's bytes ([`KvCache::to_bytes`]), with `tokens`, the ids of its positions.
@@ -243,6 +275,7 @@ impl<'m> Session<'m> {
         let t1 = Instant::now();
         let mut gen_ids = Vec::new();
         let mut end_token = None;
+        let mut context_shifts = 0;
         let stop_reason = loop {
             if gen_ids.len() >= opts.max_tokens {
                 break StopReason::MaxTokens;
@@ -265,6 +298,16 @@ impl<'m> Session<'m> {
             }
             if gen_ids.len() >= opts.max_tokens {
                 break StopReason::MaxTokens;
+            }
+            // llama.cpp shifts when the token would fill the last position; without a shift it goes on
+            // until the cache is full.
+            if let Some(shift) = opts.context_shift.filter(|_| self.cache.len() + 1 >= ctx) {
+                let (keep, discard) = shift.plan(self.cache.len(), ctx);
+                if discard == 0 {
+                    break StopReason::ContextFull;
+                }
+                self.shift_context(keep, discard)?;
+                context_shifts += 1;
             }
             if self.cache.len() >= ctx {
                 break StopReason::ContextFull;
@@ -291,6 +334,7 @@ impl<'m> Session<'m> {
             end_token,
             stop_string,
             logprobs,
+            context_shifts,
             prefill_secs,
             decode_secs: t1.elapsed().as_secs_f64(),
         })

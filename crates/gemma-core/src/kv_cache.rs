@@ -33,6 +33,9 @@ pub struct KvCache {
     row_len: usize,
     len: usize,
     capacity: usize,
+    /// After a context shift ([`KvCache::shift`]): ring layers have no rows for positions below this one
+    /// (kept tokens the ring had already overwritten before the shift). 0 otherwise.
+    lost_below: usize,
 }
 
 impl KvCache {
@@ -49,7 +52,7 @@ impl KvCache {
                 LayerKv { keys: Vec::new(), values: Vec::new(), ring, window }
             })
             .collect();
-        KvCache { layers, row_len, len: 0, capacity }
+        KvCache { layers, row_len, len: 0, capacity, lost_below: 0 }
     }
 
     /// Positions filled so far.
@@ -76,6 +79,9 @@ impl KvCache {
     pub fn truncate(&mut self, len: usize) -> usize {
         let len = len.min(self.len);
         self.len = if self.prefix_lost(len) { 0 } else { len };
+        if self.len == 0 {
+            self.lost_below = 0;
+        }
         for l in &mut self.layers {
             let rows = if l.ring == 0 { self.len } else { self.len.min(l.ring) };
             l.keys.truncate(rows * self.row_len);
@@ -102,12 +108,96 @@ impl KvCache {
                 LayerKv { keys: l.keys[..n].to_vec(), values: l.values[..n].to_vec(), ring: l.ring, window: l.window }
             })
             .collect();
-        KvCache { layers, row_len: self.row_len, len, capacity: self.capacity }
+        let lost_below = if len == 0 { 0 } else { self.lost_below };
+        KvCache { layers, row_len: self.row_len, len, capacity: self.capacity, lost_below }
     }
 
-    /// Whether going back to `len` positions (`len <= self.len`) would need ring rows already overwritten.
+    /// Whether going back to `len` positions (`len <= self.len`) would need ring rows already overwritten (or
+    /// lost in a context shift).
     fn prefix_lost(&self, len: usize) -> bool {
-        self.layers.iter().any(|l| l.ring != 0 && self.len - len > l.ring - l.window.min(l.ring))
+        self.layers.iter().any(|l| {
+            l.ring != 0
+                && (self.len - len > l.ring - l.window.min(l.ring)
+                    || (len > 0 && (len + 1).saturating_sub(l.window) < self.lost_below))
+        })
+    }
+
+    /// Context shift (llama.cpp's `seq_rm` + `seq_add`): forgets the `discard` positions after the first `keep`
+    /// and moves every later one back by `discard`. `rotate_back(layer, key_row)` must re-rotate one moved key
+    /// row of `layer` by `-discard` positions (the model knows its RoPE); values move unchanged.
+    ///
+    /// Sliding-window layers keep only a ring of recent rows, so a kept token the ring has already
+    /// overwritten is gone; the shift is refused (nothing changes) when the next position's window would
+    /// need such a token.
+    pub fn shift(
+        &mut self,
+        keep: usize,
+        discard: usize,
+        rotate_back: &mut dyn FnMut(usize, &mut [f32]),
+    ) -> Result<(), ModelError> {
+        let len = self.len;
+        if discard == 0 {
+            return Ok(());
+        }
+        if keep + discard > len {
+            return Err(ModelError::BadBatch(format!(
+                "a context shift cannot drop positions {keep}..{} of {len}",
+                keep + discard
+            )));
+        }
+        let new_len = len - discard;
+        // Ring layers: the oldest position that still has a row, before and after the shift.
+        let mut plans = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            if l.ring == 0 {
+                plans.push(None);
+                continue;
+            }
+            let valid_from = len.saturating_sub(l.ring).max(self.lost_below);
+            let new_valid_from =
+                if valid_from <= keep { valid_from } else { keep.max(valid_from.saturating_sub(discard)) }.max(new_len.saturating_sub(l.ring));
+            if (new_len + 1).saturating_sub(l.window) < new_valid_from {
+                return Err(ModelError::ContextShift(format!(
+                    "the sliding window of position {new_len} would need kept positions below {new_valid_from}, \
+                     which its ring already overwrote"
+                )));
+            }
+            plans.push(Some(new_valid_from));
+        }
+        let r = self.row_len;
+        let mut new_lost_below = 0;
+        for (li, (l, plan)) in self.layers.iter_mut().zip(plans).enumerate() {
+            match plan {
+                None => {
+                    l.keys.copy_within((keep + discard) * r..len * r, keep * r);
+                    l.values.copy_within((keep + discard) * r..len * r, keep * r);
+                    l.keys.truncate(new_len * r);
+                    l.values.truncate(new_len * r);
+                    for row in l.keys[keep * r..new_len * r].chunks_exact_mut(r) {
+                        rotate_back(li, row);
+                    }
+                }
+                Some(valid_from) => {
+                    let (old_keys, old_values) = (l.keys.clone(), l.values.clone());
+                    let rows = new_len.min(l.ring);
+                    l.keys.truncate(rows * r);
+                    l.values.truncate(rows * r);
+                    for q in valid_from..new_len {
+                        let src = if q < keep { q } else { q + discard };
+                        let (from, to) = (l.slot(src) * r, l.slot(q) * r);
+                        l.keys[to..to + r].copy_from_slice(&old_keys[from..from + r]);
+                        l.values[to..to + r].copy_from_slice(&old_values[from..from + r]);
+                        if q >= keep {
+                            rotate_back(li, &mut l.keys[to..to + r]);
+                        }
+                    }
+                    new_lost_below = new_lost_below.max(valid_from);
+                }
+            }
+        }
+        self.len = new_len;
+        self.lost_below = new_lost_below;
+        Ok(())
     }
 
     pub fn clear(&mut self) {
@@ -152,7 +242,7 @@ impl KvCache {
         let mut out = Vec::with_capacity(32 + tokens.len() * 4 + self.layers.len() * 24 + floats * 4);
         out.extend_from_slice(KV_MAGIC);
         out.extend_from_slice(&KV_VERSION.to_le_bytes());
-        for n in [self.layers.len(), self.row_len, self.len] {
+        for n in [self.layers.len(), self.row_len, self.len, self.lost_below] {
             out.extend_from_slice(&(n as u64).to_le_bytes());
         }
         tokens.iter().for_each(|t| out.extend_from_slice(&t.to_le_bytes()));
@@ -178,10 +268,12 @@ impl KvCache {
             return Err(KvFileError::NotKvCache);
         }
         let version = u32::from_le_bytes(r.array()?);
-        if version != KV_VERSION {
+        if version != KV_VERSION && version != 1 {
             return Err(KvFileError::Version(version));
         }
         let (layers, row_len, len) = (r.u64()?, r.u64()?, r.u64()?);
+        // Version 2 adds the positions a context shift lost (version 1 files were never shifted).
+        let lost_below = if version == 1 { 0 } else { r.u64()? };
         if layers != like.layers.len() as u64 || row_len != like.row_len as u64 {
             return Err(KvFileError::Mismatch(format!(
                 "{layers} layers of {row_len} values per position; this model has {} of {}",
@@ -192,7 +284,10 @@ impl KvCache {
         if len > like.capacity as u64 {
             return Err(KvFileError::Mismatch(format!("{len} positions; the context holds {}", like.capacity)));
         }
-        let len = len as usize;
+        if lost_below > len {
+            return Err(KvFileError::Mismatch(format!("{lost_below} positions lost of {len}")));
+        }
+        let (len, lost_below) = (len as usize, lost_below as usize);
         let tokens: Vec<u32> = r
             .take(len.checked_mul(4).ok_or(KvFileError::Truncated)?)?
             .chunks_exact(4)
@@ -203,6 +298,7 @@ impl KvCache {
             row_len: like.row_len,
             len,
             capacity: like.capacity,
+            lost_below,
         };
         for (i, shape) in like.layers.iter().enumerate() {
             let (ring, window) = (r.u64()?, r.u64()?);
@@ -235,14 +331,14 @@ impl KvCache {
 }
 
 const KV_MAGIC: &[u8; 4] = b"GKVC";
-const KV_VERSION: u32 = 1;
+const KV_VERSION: u32 = 2;
 
 /// Why KV cache bytes cannot be read back.
 #[derive(Debug, thiserror::Error)]
 pub enum KvFileError {
     #[error("not a gemma-rs KV cache file")]
     NotKvCache,
-    #[error("KV cache file version {0} is not supported (this build reads version 1)")]
+    #[error("KV cache file version {0} is not supported (this build reads versions 1 and 2)")]
     Version(u32),
     #[error("the KV cache file is cut short")]
     Truncated,
@@ -276,6 +372,8 @@ impl<'a> Reader<'a> {
 
 #[cfg(test)]
 mod tests {
+    use std::ops::Range;
+
     use super::*;
 
     #[test]
@@ -317,6 +415,89 @@ mod tests {
         let layer = c.layer(l);
         let row = layer.slot(pos) * c.row_len();
         (layer.keys[row..row + c.row_len()].to_vec(), layer.values[row..row + c.row_len()].to_vec())
+    }
+
+    /// Shifts `c` with a rotation that negates a moved key, so the test can tell it was applied once.
+    fn shift(c: &mut KvCache, keep: usize, discard: usize) -> Result<(), ModelError> {
+        c.shift(keep, discard, &mut |_, row| row.iter_mut().for_each(|x| *x = -*x))
+    }
+
+    /// After a shift of `discard` positions after `keep`, position `q` holds what position `q + discard`
+    /// held, its key rotated; the first `keep` positions are untouched.
+    fn assert_shifted(c: &KvCache, before: &KvCache, keep: usize, discard: usize, layer: usize, positions: Range<usize>) {
+        for q in positions {
+            let (src, sign) = if q < keep { (q, 1.0) } else { (q + discard, -1.0) };
+            let (k, v) = at(before, layer, src);
+            let k: Vec<f32> = k.iter().map(|x| x * sign).collect();
+            assert_eq!(at(c, layer, q), (k, v), "layer {layer} position {q}");
+        }
+    }
+
+    #[test]
+    fn a_context_shift_drops_positions_and_moves_the_rest_back() {
+        // Layer 0 keeps every position; layer 1 a ring of 8 + MAX_UBATCH rows, not yet wrapped.
+        let mut c = KvCache::new(&[None, Some(8)], 3, 2_000);
+        fill(&mut c, 300);
+        let before = c.copy_prefix(300);
+        shift(&mut c, 5, 147).unwrap();
+        assert_eq!(c.len(), 153);
+        for l in 0..2 {
+            assert_shifted(&c, &before, 5, 147, l, 0..153);
+        }
+        // New positions go on from the shortened length.
+        fill(&mut c, 160);
+        assert_eq!(at(&c, 0, 159), at(&before, 0, 159));
+        assert!(shift(&mut c, 0, 0).is_ok() && c.len() == 160);
+        assert!(matches!(shift(&mut c, 100, 61), Err(ModelError::BadBatch(_))), "more than the cache holds");
+    }
+
+    #[test]
+    fn a_wrapped_ring_shifts_what_it_still_holds_and_remembers_what_it_lost() {
+        let ring = 8 + MAX_UBATCH;
+        let mut c = KvCache::new(&[None, Some(8)], 3, 2_000);
+        fill(&mut c, 1_000);
+        let before = c.copy_prefix(1_000);
+        // The ring holds positions 480..1000: the kept 0..4 are gone from it, the moved ones are there.
+        shift(&mut c, 4, 498).unwrap();
+        assert_eq!(c.len(), 502);
+        assert_shifted(&c, &before, 4, 498, 0, 0..502);
+        assert_shifted(&c, &before, 4, 498, 1, 4..502);
+        assert_eq!(c.lost_below, 4);
+        // Going back to where a window would need a lost kept row clears the cache; not so far back keeps it.
+        assert_eq!(c.copy_prefix(10).len(), 0);
+        assert_eq!(c.copy_prefix(100).len(), 100);
+        // The file keeps what was lost.
+        let bytes = c.to_bytes(&[7; 502]).unwrap();
+        let (_, back) = KvCache::from_bytes(&bytes, &KvCache::new(&[None, Some(8)], 3, 2_000)).unwrap();
+        assert_eq!(back.lost_below, 4);
+        assert_eq!(c.truncate(10), 0);
+        assert_eq!(c.lost_below, 0, "an empty cache has lost nothing");
+
+        // A shift whose next window needs kept rows the ring already overwrote is refused, and changes nothing.
+        let mut c = KvCache::new(&[None, Some(8)], 3, 2_000);
+        fill(&mut c, 2_000);
+        let before = c.copy_prefix(2_000);
+        assert!(matches!(shift(&mut c, 1_395, 600), Err(ModelError::ContextShift(_))));
+        assert_eq!(c.len(), 2_000);
+        assert_shifted(&c, &before, 2_000, 0, 1, 2_000 - ring..2_000);
+        // With the kept rows still in the ring it goes through.
+        shift(&mut c, 1_495, 500).unwrap();
+        assert_shifted(&c, &before, 1_495, 500, 1, 1_480..1_500);
+    }
+
+    #[test]
+    fn a_version_1_file_still_reads() {
+        let mut c = KvCache::new(&[None, Some(8)], 3, 2_000);
+        fill(&mut c, 20);
+        let v2 = c.to_bytes(&[1; 20]).unwrap();
+        // Version 1 is version 2 without the lost-positions word after the length.
+        let mut v1 = v2[..4].to_vec();
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        v1.extend_from_slice(&v2[8..32]);
+        v1.extend_from_slice(&v2[40..]);
+        let (tokens, back) = KvCache::from_bytes(&v1, &KvCache::new(&[None, Some(8)], 3, 2_000)).unwrap();
+        assert_eq!((tokens.len(), back.len(), back.lost_below), (20, 20, 0));
+        assert_shifted(&back, &c, 20, 0, 1, 0..20);
     }
 
     #[test]
@@ -410,9 +591,13 @@ mod tests {
         longer.push(0);
         assert!(matches!(KvCache::from_bytes(&longer, &like), Err(KvFileError::Mismatch(_))));
         assert!(matches!(KvCache::from_bytes(b"GGUF\x03\0\0\0", &like), Err(KvFileError::NotKvCache)));
-        let mut v2 = bytes.clone();
-        v2[4] = 2;
-        assert!(matches!(KvCache::from_bytes(&v2, &like), Err(KvFileError::Version(2))));
+        let mut v3 = bytes.clone();
+        v3[4] = 3;
+        assert!(matches!(KvCache::from_bytes(&v3, &like), Err(KvFileError::Version(3))));
+        // Lost positions beyond the length are refused.
+        let mut lost = bytes.clone();
+        lost[32..40].copy_from_slice(&21u64.to_le_bytes());
+        assert!(matches!(KvCache::from_bytes(&lost, &like), Err(KvFileError::Mismatch(_))));
         // A huge declared length is refused before anything is allocated for it.
         let mut huge = bytes[..24].to_vec();
         huge.extend_from_slice(&u64::MAX.to_le_bytes());

@@ -28,7 +28,7 @@ pub use batch::{Batch, BatchToken, Logits};
 pub use config::{Architecture, ModelConfig};
 pub use conversation::{Conversation, ConversationError, Turn};
 pub use error::ModelError;
-pub use generate::{GenerationOptions, GenerationOutput, Session, StopReason};
+pub use generate::{ContextShift, GenerationOptions, GenerationOutput, Session, StopReason};
 pub use kv_cache::{KvCache, KvFileError};
 pub use model::{LoadOptions, Model, Scratch};
 pub use sampling::{Sampler, SamplingParams};

@@ -28,6 +28,14 @@ impl RopeAngles {
         RopeAngles { half, cos_sin }
     }
 
+    /// The angles that move a rotated head `distance` positions back (`RoPE(p)` to `RoPE(p - distance)`):
+    /// a context shift re-rotates the keys it keeps this way instead of recomputing them.
+    pub fn backward(distance: usize, inv_freq: &[f32]) -> RopeAngles {
+        let mut angles = RopeAngles::new([distance], inv_freq);
+        angles.cos_sin[inv_freq.len()..].iter_mut().for_each(|s| *s = -*s);
+        angles
+    }
+
     fn at(&self, i: usize) -> (&[f32], &[f32]) {
         self.cos_sin[2 * self.half * i..2 * self.half * (i + 1)].split_at(self.half)
     }
@@ -77,6 +85,17 @@ mod tests {
         let n0: f32 = q0.iter().map(|v| v * v).sum();
         let n1: f32 = q.iter().map(|v| v * v).sum();
         assert!((n0 - n1).abs() < 1e-4);
+        // Going back `d` positions is the rotation at `p - d`.
+        let mut k = k0.clone();
+        RopeAngles::new([103], &inv).neox(&mut k, 0);
+        RopeAngles::backward(100, &inv).neox(&mut k, 0);
+        let mut k3 = k0.clone();
+        RopeAngles::new([3], &inv).neox(&mut k3, 0);
+        assert!(k.iter().zip(&k3).all(|(a, b)| (a - b).abs() < 1e-4), "{k:?} {k3:?}");
+        let mut k = k0.clone();
+        RopeAngles::new([9], &inv).adjacent(&mut k, 0);
+        RopeAngles::backward(9, &inv).adjacent(&mut k, 0);
+        assert!(k.iter().zip(&k0).all(|(a, b)| (a - b).abs() < 1e-5));
         // Position 0 is the identity.
         let mut z = q0.clone();
         RopeAngles::new([0], &inv).neox(&mut z, 0);

@@ -126,6 +126,13 @@ impl Gemma3Weights {
     }
 }
 
+impl Gemma3Weights {
+    /// The rotations that move a key `distance` positions back on the global and on the local layers.
+    pub(super) fn rotations_back(&self, distance: usize) -> (RopeAngles, RopeAngles) {
+        (RopeAngles::backward(distance, &self.inv_freq_global), RopeAngles::backward(distance, &self.inv_freq_local))
+    }
+}
+
 /// Runs the decoder layers over `batch`, leaving the final hidden states in `s.x` (the caller applies the
 /// output head). The caches must already have room for the batch's positions.
 pub(crate) fn forward(

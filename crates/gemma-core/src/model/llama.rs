@@ -118,6 +118,13 @@ impl LlamaWeights {
     }
 }
 
+impl LlamaWeights {
+    /// The rotation that moves a key `distance` positions back.
+    pub(super) fn rotation_back(&self, distance: usize) -> RopeAngles {
+        RopeAngles::backward(distance, &self.inv_freq)
+    }
+}
+
 /// Runs the decoder layers over `batch`, leaving the final hidden states in `s.x` (the caller applies the
 /// output head). The caches must already have room for the batch's positions.
 pub(crate) fn forward(

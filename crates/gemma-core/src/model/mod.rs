@@ -188,6 +188,32 @@ impl Model {
         )
     }
 
+    /// Context shift, as llama.cpp's: forgets the `discard` positions of `cache` after the first `keep` and
+    /// moves the later ones back, their keys rotated by `-discard` positions with this model's RoPE. The
+    /// moved keys and values are not recomputed, so they still carry what the forgotten tokens told them.
+    /// An embedding model's cache is never shifted.
+    pub fn shift_context(&self, cache: &mut KvCache, keep: usize, discard: usize) -> Result<(), ModelError> {
+        if self.is_embedding_model() {
+            return Err(ModelError::ContextShift("an embedding model reads its whole input at once".into()));
+        }
+        let c = &self.config;
+        match &self.weights {
+            Weights::Gemma3(w) => {
+                let (global, local) = w.rotations_back(discard);
+                cache.shift(keep, discard, &mut |layer, keys| {
+                    let rope = if c.layer_is_local[layer] { &local } else { &global };
+                    keys.chunks_exact_mut(c.head_dim).for_each(|head| rope.neox(head, 0));
+                })
+            }
+            Weights::Llama(w) => {
+                let rope = w.rotation_back(discard);
+                cache.shift(keep, discard, &mut |_, keys| {
+                    keys.chunks_exact_mut(c.head_dim).for_each(|head| rope.adjacent(head, 0));
+                })
+            }
+        }
+    }
+
     /// Runs `batch` through the model. Token `t` reads and extends `caches[t.seq]`; each sequence's tokens
     /// must continue its cache at consecutive positions. Returns the logits of the tokens that asked for them.
     pub fn forward(&self, batch: &Batch, caches: &mut [KvCache], pool: &ThreadPool) -> Result<Logits, ModelError> {
