@@ -158,6 +158,15 @@ pub struct GenerateArgs {
     /// With --prompt-cache: use the file but never write it.
     #[arg(long, requires = "prompt_cache", conflicts_with = "prompt_cache_all")]
     pub prompt_cache_ro: bool,
+
+    /// When the context is full, forget half of the tokens after the first --keep and go on generating
+    /// (llama.cpp's --context-shift) instead of stopping.
+    #[arg(long)]
+    pub context_shift: bool,
+
+    /// With --context-shift: how many prompt tokens after BOS are never forgotten; -1 keeps the whole prompt.
+    #[arg(long, value_name = "N", default_value_t = 0, allow_negative_numbers = true, requires = "context_shift")]
+    pub keep: i64,
 }
 
 /// The `--help` section of llama.cpp's sampling flags.
@@ -166,8 +175,9 @@ const EXTRAS: &str = "Sampling extras (llama.cpp's flags)";
 /// How tokens are chosen (shared by `run`, `chat` and the guide's flags).
 #[derive(Args, Debug, Clone)]
 pub struct SamplingArgs {
-    /// Tokens to generate at most.
-    #[arg(long, short = 'n', default_value_t = 256, value_name = "N")]
+    /// Tokens to generate at most; -1: no limit (until an end-of-generation token or the context's end, or
+    /// for ever with --context-shift).
+    #[arg(long, short = 'n', default_value_t = 256, value_name = "N", allow_negative_numbers = true, value_parser = parse_max_tokens)]
     pub max_tokens: usize,
 
     /// Sampling temperature; 0 is greedy.
@@ -497,6 +507,14 @@ fn parse_pp_tg(s: &str) -> Result<(usize, usize), String> {
 
 /// A seed as llama.cpp reads one: any 64-bit integer, negative ones wrapping (so -1 is `0xFFFF...`, which
 /// the sampler takes as "random", like llama.cpp's `LLAMA_DEFAULT_SEED`).
+fn parse_max_tokens(s: &str) -> Result<usize, String> {
+    match s.parse::<i64>() {
+        Ok(-1) => Ok(usize::MAX),
+        Ok(n) => usize::try_from(n).map_err(|_| format!("'{s}' must be -1 (no limit) or a count of tokens")),
+        Err(_) => Err(format!("'{s}' is not an integer")),
+    }
+}
+
 fn parse_seed(s: &str) -> Result<u64, String> {
     s.parse::<u64>().or_else(|_| s.parse::<i64>().map(|v| v as u64)).map_err(|_| format!("'{s}' is not an integer"))
 }

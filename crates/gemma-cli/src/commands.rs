@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use gemma_core::generate::tokens_per_second;
 use gemma_core::sampling::{parse_logit_bias, Mirostat, Sampler, SamplerStage, SamplingError, TokenLogprob};
-use gemma_core::{GenerationOptions, LoadOptions, Model, SamplingParams, Session, Tokenizer};
+use gemma_core::{ContextShift, GenerationOptions, LoadOptions, Model, SamplingParams, Session, Tokenizer};
 use gemma_ops::ThreadPool;
 
 use crate::args::{
@@ -368,6 +368,12 @@ fn generate(common: &Common, args: &GenerateArgs) -> Result<()> {
     if prompt_ids.is_empty() {
         bail!("the prompt is empty and the model adds no BOS token: nothing to continue from");
     }
+    if args.context_shift {
+        // llama-completion's --keep: -1 or more than the prompt keeps the prompt; BOS is always kept.
+        let bos = usize::from(m.tokenizer.add_bos());
+        let keep = usize::try_from(args.keep).map_or(prompt_ids.len(), |k| (k + bos).min(prompt_ids.len()));
+        opts.context_shift = Some(ContextShift { keep, discard: None });
+    }
     if prompt_ids.len() >= m.ctx {
         bail!(
             "the prompt is {} tokens long but the context holds {} (raise --ctx, up to the model's {})",
@@ -424,7 +430,11 @@ fn generate(common: &Common, args: &GenerateArgs) -> Result<()> {
             out.prompt_ids = prompt_ids.clone();
             out.prefill_secs += pre_secs;
             if args.prompt_cache_all {
-                let tokens: Vec<u32> = prompt_ids.iter().chain(&out.gen_ids).copied().take(session.len()).collect();
+                let mut tokens: Vec<u32> = prompt_ids.iter().chain(&out.gen_ids).copied().collect();
+                for &(keep, discard) in &out.context_shifts {
+                    tokens.drain(keep..keep + discard);
+                }
+                tokens.truncate(session.len());
                 cache.save(&session, &tokens)?;
             }
             out
@@ -447,6 +457,9 @@ fn generate(common: &Common, args: &GenerateArgs) -> Result<()> {
         });
         if let Some(cache) = &cache {
             obj["prompt_cached"] = cache.reused.into();
+        }
+        if args.context_shift {
+            obj["context_shifts"] = out.context_shifts.len().into();
         }
         if opts.logprobs.is_some() {
             let entry = |lp: &TokenLogprob| {
@@ -476,8 +489,12 @@ fn generate(common: &Common, args: &GenerateArgs) -> Result<()> {
         }
         writeln!(stdout)?;
         let cached = cache.as_ref().map_or(String::new(), |c| format!(" ({} from the prompt cache)", c.reused));
+        let shifts = match out.context_shifts.len() {
+            0 => String::new(),
+            n => format!(" | context shifts: {n}"),
+        };
         eprintln!(
-            "[prompt: {} tokens{cached}, {:.1} tok/s | generated: {} tokens, {:.1} tok/s | stop: {}]",
+            "[prompt: {} tokens{cached}, {:.1} tok/s | generated: {} tokens, {:.1} tok/s{shifts} | stop: {}]",
             out.prompt_ids.len(),
             tokens_per_second(evaluated, out.prefill_secs),
             out.gen_ids.len(),

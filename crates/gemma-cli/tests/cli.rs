@@ -400,3 +400,51 @@ fn a_prompt_cache_skips_the_saved_prompt_and_changes_no_token() {
     let o = gemma(&["run", "-m", &m, "--prompt", "hi", "-n", "1", "--prompt-cache-all"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// `--context-shift` (llama-completion's flag, with `--keep`): generation goes on past the context, shifting
+/// where llama.cpp shifts, with llama.cpp's tokens (`testdata/goldens/gemma3_270m_llama_context_shift.json`,
+/// up to its first near-tie); without it, it stops at the context's end. `-n -1` is no limit.
+#[test]
+fn context_shift_generates_past_the_context_as_llama_cpp_does() {
+    let m = model();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/goldens/gemma3_270m_llama_context_shift.json");
+    let golden: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let case = &golden["cases"][0];
+    let prompt = case["prompt"].as_str().unwrap();
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let args = [&["run", "-m", &m, "--prompt", prompt, "--ctx", "256", "--temperature", "0", "--json"][..], extra];
+        serde_json::from_str(&ok(&args.concat())).unwrap()
+    };
+    let shifted = run(&["-n", "640", "--context-shift"]);
+    assert_eq!((shifted["stop_reason"].as_str(), shifted["context_shifts"].as_u64()), (Some("length"), Some(4)));
+    let ours: Vec<u64> = serde_json::from_value(shifted["gen_ids"].clone()).unwrap();
+    let llama: Vec<u64> = serde_json::from_value(case["gen_ids"].clone()).unwrap();
+    let margins: Vec<f64> = serde_json::from_value(case["gen_top1_top2_margin"].clone()).unwrap();
+    let first_tie = margins.iter().position(|&x| x < 0.1).unwrap_or(margins.len());
+    assert_eq!(ours.len(), 640);
+    assert_eq!(ours[..first_tie], llama[..first_tie]);
+
+    let plain = run(&["-n", "-1"]);
+    assert_eq!(plain["stop_reason"], "context_full");
+    // Every position filled, and one more token sampled from the last.
+    assert_eq!(plain["gen_ids"].as_array().unwrap().len(), 256 + 1 - case["prompt_ids"].as_array().unwrap().len());
+    assert!(plain.get("context_shifts").is_none());
+
+    // The whole prompt kept (--keep -1) and the shifted cache saved: the next run reuses the whole prompt and
+    // generates what a fresh run does.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("shifted.cache");
+    let cache = cache.to_str().unwrap();
+    let saved = run(&["-n", "300", "--context-shift", "--keep", "-1", "--prompt-cache", cache, "--prompt-cache-all"]);
+    assert_eq!(saved["context_shifts"], 1);
+    let again = run(&["-n", "8", "--prompt-cache", cache, "--prompt-cache-ro"]);
+    let n = case["prompt_ids"].as_array().unwrap().len() as u64;
+    assert_eq!(again["prompt_cached"], n - 1);
+    assert_eq!(again["gen_ids"], run(&["-n", "8"])["gen_ids"]);
+
+    // --keep needs --context-shift; a count below -1 is refused.
+    for bad in [&["--keep", "3"][..], &["--context-shift", "-n", "-2"]] {
+        let o = gemma(&[&["run", "-m", &m, "--prompt", "hi"][..], bad].concat());
+        assert_eq!(o.status.code(), Some(2), "{bad:?}");
+    }
+}

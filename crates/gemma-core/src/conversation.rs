@@ -176,6 +176,9 @@ impl<'m> Conversation<'m> {
         // The cache holds the prompt and the generated tokens that were fed back (not the last one).
         self.cached = ids;
         self.cached.extend_from_slice(&output.gen_ids);
+        for &(keep, discard) in &output.context_shifts {
+            self.cached.drain(keep..keep + discard);
+        }
         self.cached.truncate(self.session.len());
         messages.push(ChatMessage::assistant(output.text.clone()));
         self.messages = messages;

@@ -121,8 +121,10 @@ pub struct GenerationOutput {
     pub stop_string: Option<String>,
     /// One entry per id of `gen_ids` when [`GenerationOptions::logprobs`] was set, else empty.
     pub logprobs: Vec<TokenLogprobs>,
-    /// Context shifts made on the way ([`GenerationOptions::context_shift`]).
-    pub context_shifts: usize,
+    /// The context shifts made on the way, in order, as `(keep, discard)` ([`GenerationOptions::context_shift`]):
+    /// the cache's tokens are the prompt and the generated tokens with `discard` tokens after the first
+    /// `keep` removed at each.
+    pub context_shifts: Vec<(usize, usize)>,
     pub prefill_secs: f64,
     pub decode_secs: f64,
 }
@@ -275,7 +277,7 @@ impl<'m> Session<'m> {
         let t1 = Instant::now();
         let mut gen_ids = Vec::new();
         let mut end_token = None;
-        let mut context_shifts = 0;
+        let mut context_shifts = Vec::new();
         let stop_reason = loop {
             if gen_ids.len() >= opts.max_tokens {
                 break StopReason::MaxTokens;
@@ -307,7 +309,7 @@ impl<'m> Session<'m> {
                     break StopReason::ContextFull;
                 }
                 self.shift_context(keep, discard)?;
-                context_shifts += 1;
+                context_shifts.push((keep, discard));
             }
             if self.cache.len() >= ctx {
                 break StopReason::ContextFull;

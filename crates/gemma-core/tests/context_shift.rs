@@ -140,7 +140,7 @@ fn generation_goes_on_past_the_context_with_a_shift_and_stops_without() {
         .expect("generation");
     assert_eq!(out.stop_reason, StopReason::MaxTokens);
     assert_eq!(out.gen_ids.len(), case.gen_ids.len());
-    assert_eq!(out.context_shifts, 4);
+    assert_eq!(out.context_shifts.len(), 4);
     let first_tie = case.margins.iter().position(|&x| x < 0.1).unwrap_or(case.margins.len());
     assert_eq!(out.gen_ids[..first_tie], case.gen_ids[..first_tie]);
 
@@ -149,7 +149,7 @@ fn generation_goes_on_past_the_context_with_a_shift_and_stops_without() {
         .generate(&m.tokenizer, &case.prompt_ids, &greedy_params(opts(None)), &m.pool, &mut |_| {})
         .expect("generation");
     assert_eq!(out.stop_reason, StopReason::ContextFull);
-    assert_eq!(out.context_shifts, 0);
+    assert!(out.context_shifts.is_empty());
     // llama.cpp stops one token earlier: it never fills the context's last position.
     assert_eq!(out.gen_ids.len(), case.no_shift_gen_ids.len() + 1);
 }
