@@ -50,9 +50,9 @@ fn top_margin(logits: &[f32]) -> f32 {
     a - b
 }
 
-/// llama-server's `n_keep`: the whole prompt for -1, else the tokens asked for after BOS.
+/// llama-server's `n_keep`: the prompt's tokens for -1, else the tokens asked for, and then one more for BOS.
 fn shift_of(case: &Case) -> ContextShift {
-    let keep = if case.n_keep < 0 { case.prompt_ids.len() } else { case.n_keep as usize + 1 };
+    let keep = if case.n_keep < 0 { case.prompt_ids.len() } else { case.n_keep as usize } + 1;
     ContextShift { keep, discard: None }
 }
 

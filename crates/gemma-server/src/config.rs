@@ -46,6 +46,15 @@ pub struct ServeArgs {
     /// without it those actions are refused).
     #[arg(long, value_name = "DIR")]
     pub slot_save_path: Option<PathBuf>,
+    /// When a sequence's context is full, forget half of its tokens after the first `n_keep` and go on
+    /// generating (llama-server's `--context-shift`; off by default, as there). ollama's API shifts unless a
+    /// request says `shift: false`.
+    #[arg(long)]
+    pub context_shift: bool,
+    /// The `n_keep` of requests that give none: prompt tokens after BOS a context shift never drops (-1: the
+    /// whole prompt).
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
+    pub keep: Option<i64>,
 }
 
 /// The TOML file. Every table rejects unknown keys so that a typo is a startup error, not a silent default.
@@ -135,6 +144,10 @@ pub struct ServerConfig {
     pub endpoint_slots: bool,
     /// The directory of slot files (`--slot-save-path`); `None`: slot actions are refused.
     pub slot_save_path: Option<PathBuf>,
+    /// Requests' contexts are shifted when full (`--context-shift`).
+    pub context_shift: bool,
+    /// The default `n_keep` of a context shift (`--keep`).
+    pub n_keep: i64,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -161,6 +174,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("endpoint_props", &self.endpoint_props)
             .field("endpoint_slots", &self.endpoint_slots)
             .field("slot_save_path", &self.slot_save_path)
+            .field("context_shift", &self.context_shift)
+            .field("n_keep", &self.n_keep)
             .finish()
     }
 }
@@ -189,6 +204,8 @@ impl Default for ServerConfig {
             endpoint_props: false,
             endpoint_slots: true,
             slot_save_path: None,
+            context_shift: false,
+            n_keep: 0,
         }
     }
 }
@@ -274,6 +291,8 @@ impl ServerConfig {
             endpoint_props: args.props || d.endpoint_props,
             endpoint_slots: d.endpoint_slots && !args.no_slots,
             slot_save_path: args.slot_save_path.clone(),
+            context_shift: args.context_shift,
+            n_keep: args.keep.unwrap_or(d.n_keep),
         };
         c.validate()?;
         Ok(c)

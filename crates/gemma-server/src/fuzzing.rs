@@ -99,8 +99,10 @@ pub fn parse_request(endpoint: usize, body: &[u8], loaded: &LoadedModel) -> Resu
         for (p, prompt) in plan.prompts.iter().enumerate() {
             assert!(prompt.len() < loaded.ctx, "a prompt the context cannot hold was accepted");
             assert!(prompt.iter().all(|&id| (id as usize) < loaded.vocab_size));
-            let (_, max_tokens, sampling) = engine_settings(plan, p, prompt.len(), loaded.ctx);
+            let (_, max_tokens, sampling) = engine_settings(plan, p, prompt.len(), loaded.ctx, false);
             assert!(max_tokens >= 1 && max_tokens <= loaded.ctx - prompt.len());
+            let (_, shifted_max, _) = engine_settings(plan, p, prompt.len(), loaded.ctx, true);
+            assert!(shifted_max >= 1);
             if let Err(e) = sampling.validate() {
                 panic!("accepted sampling settings the engine refuses: {e}");
             }

@@ -284,5 +284,6 @@ pub(crate) fn parse_plan(f: &Fields, loaded: &LoadedModel, stream: bool) -> Resu
         stream,
         include_usage: false,
         logprobs: None,
+        shift: Default::default(),
     })
 }

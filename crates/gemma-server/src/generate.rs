@@ -40,7 +40,10 @@ pub async fn generate(State(state): State<AppState>, headers: HeaderMap, body: B
     let (stream, session, plan, prompt_ids, session_ref) = off_runtime(move || parse_body(&bytes, &parsing)).await?;
     let (tx, rx) = unbounded_channel();
     // A session's whole history is checked against the context by the engine, which knows it.
-    let room = loaded.ctx.saturating_sub(prompt_ids.len()).max(1);
+    let (server_on, server_keep) = state.context_shift();
+    let context_shift =
+        plan.shift.resolve(server_on, server_keep, prompt_ids.len(), loaded.tokenizer.add_bos(), loaded.ctx);
+    let room = if context_shift.is_some() { usize::MAX } else { loaded.ctx.saturating_sub(prompt_ids.len()).max(1) };
     let req = GenerationRequest {
         prompt_ids,
         max_tokens: plan.max_tokens.unwrap_or(room).min(room),
@@ -52,6 +55,7 @@ pub async fn generate(State(state): State<AppState>, headers: HeaderMap, body: B
         session: session_ref,
         events: tx,
         submitted: received,
+        context_shift,
     };
     state.engine().submit(req).map_err(submit_error)?;
     if stream {

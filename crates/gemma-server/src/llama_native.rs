@@ -186,6 +186,7 @@ pub(crate) fn parse(f: &Fields, loaded: &LoadedModel) -> Result<(Plan, Native), 
         stream: f.get::<bool>("stream")?.unwrap_or(false),
         include_usage: false,
         logprobs: (n_probs > 0).then_some(n_probs),
+        shift: crate::openai::ShiftRequest::parse(f)?,
     };
     let return_tokens = f.get::<bool>("return_tokens")?.unwrap_or(false);
     Ok((plan, Native { many, n_predict, n_probs, return_tokens }))
@@ -260,6 +261,7 @@ impl Summary {
                 completion_tokens: 0,
                 cached_tokens: 0,
                 stop_word: None,
+                context_shifts: 0,
             },
             Instant::now(),
         ));
@@ -288,7 +290,7 @@ impl Summary {
             "generation_settings": self.settings(),
             "prompt": tok.decode(prompt, true),
             "has_new_line": r.content.contains('\n'),
-            "truncated": false,
+            "truncated": finish.context_shifts > 0,
             "stop_type": stop_type,
             "stopping_word": word.unwrap_or_default(),
             "tokens_cached": (finish.prompt_tokens + finish.completion_tokens).saturating_sub(1),

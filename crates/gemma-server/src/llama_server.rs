@@ -40,6 +40,8 @@ pub struct Options {
     endpoint_props: bool,
     endpoint_slots: bool,
     slot_save_path: Option<std::path::PathBuf>,
+    /// `--keep`: the `n_keep` of requests that give none.
+    n_keep: i64,
     /// `model_path` and `model_ftype`, read from the file once.
     file_facts: OnceLock<(String, String)>,
 }
@@ -52,6 +54,7 @@ impl Options {
             endpoint_props: config.endpoint_props,
             endpoint_slots: config.endpoint_slots,
             slot_save_path: config.slot_save_path.clone(),
+            n_keep: config.n_keep,
             file_facts: OnceLock::new(),
         }
     }
@@ -124,7 +127,14 @@ fn ftype_name(ftype: Option<u64>) -> &'static str {
 
 /// A task's settings under llama-server's names, in its order (the form `/props` and `/slots` show).
 /// `stream` is what the request asked for when known (the engine does not know it: `/slots` leaves it out).
-fn params_json(tok: &Tokenizer, p: &SamplingParams, n_predict: i64, n_probs: usize, stream: Option<bool>) -> Value {
+fn params_json(
+    tok: &Tokenizer,
+    p: &SamplingParams,
+    n_predict: i64,
+    n_probs: usize,
+    stream: Option<bool>,
+    n_keep: i64,
+) -> Value {
     let eog: Vec<u32> = tok.end_of_generation_ids().collect();
     let ignore_eos =
         !eog.is_empty() && eog.iter().all(|id| p.logit_bias.iter().any(|(b, v)| b == id && *v == f32::NEG_INFINITY));
@@ -136,8 +146,8 @@ fn params_json(tok: &Tokenizer, p: &SamplingParams, n_predict: i64, n_probs: usi
         "adaptive_decay": 0.9_f32,
         "max_tokens": n_predict,
         "n_predict": n_predict,
-        // No context shift here: nothing is kept or discarded.
-        "n_keep": 0,
+        // The server's `--keep` (a request's own `n_keep` is not kept with its slot); `n_discard` 0 is half.
+        "n_keep": n_keep,
         "n_discard": 0,
         "ignore_eos": ignore_eos,
         "stream": stream.unwrap_or(false),
@@ -201,7 +211,7 @@ pub async fn get_props(State(state): State<AppState>) -> Result<Json<Value>, Api
     let tok = &m.tokenizer;
     Ok(Json(json!({
         "default_generation_settings": {
-            "params": params_json(tok, &plan.sampling, native.n_predict, native.n_probs, Some(plan.stream)),
+            "params": params_json(tok, &plan.sampling, native.n_predict, native.n_probs, Some(plan.stream), opts.n_keep),
             "n_ctx": m.ctx,
         },
         "total_slots": opts.parallel,
@@ -238,14 +248,14 @@ pub async fn post_props(State(state): State<AppState>, headers: HeaderMap, body:
 }
 
 /// One slot under llama-server's names (the form it shows without `--slots-debug`).
-fn slot_json(s: &SlotState, m: &LoadedModel) -> Value {
+fn slot_json(s: &SlotState, m: &LoadedModel, n_keep: i64) -> Value {
     let mut v = json!({"id": s.id, "n_ctx": m.ctx, "speculative": false, "is_processing": s.processing});
     if let Some(t) = &s.task {
         v["id_task"] = json!(t.id_task);
         v["n_prompt_tokens"] = json!(t.n_prompt_tokens);
         v["n_prompt_tokens_processed"] = json!(t.n_prompt_tokens_processed);
         v["n_prompt_tokens_cache"] = json!(t.n_prompt_tokens_cache);
-        v["params"] = params_json(&m.tokenizer, &t.sampling, t.max_tokens as i64, t.n_probs, None);
+        v["params"] = params_json(&m.tokenizer, &t.sampling, t.max_tokens as i64, t.n_probs, None, n_keep);
         v["next_token"] = json!([{
             "has_next_token": t.has_next_token,
             "has_new_line": t.has_new_line,
@@ -270,7 +280,7 @@ pub async fn get_slots(State(state): State<AppState>, Query(query): Query<HashMa
     if query.get("fail_on_no_slot").is_some_and(|v| !v.is_empty()) && table.slots().iter().all(|s| s.processing) {
         return llama_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable_error", "no slot available");
     }
-    Json(table.slots().iter().map(|s| slot_json(s, &m)).collect::<Vec<_>>()).into_response()
+    Json(table.slots().iter().map(|s| slot_json(s, &m, state.llama_options().n_keep)).collect::<Vec<_>>()).into_response()
 }
 
 /// `POST /slots/{id}?action=save|restore|erase` (save and restore with `{"filename"}`), with

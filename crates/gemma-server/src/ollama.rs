@@ -306,12 +306,21 @@ pub(crate) fn parse_generation(bytes: &[u8], loaded: &LoadedModel, kind: Kind) -
         dialect: if kind == Kind::Chat { Dialect::Chat } else { Dialect::Completion },
         prompts: vec![ids],
         n: 1,
-        max_tokens: Some(max_tokens.map_or(room, |m| m.min(room))),
+        // A shifted context has room for any number of tokens (ollama's num_predict -1 is no limit then).
+        max_tokens: if shift { max_tokens } else { Some(max_tokens.map_or(room, |m| m.min(room))) },
         sampling,
         stop,
         stream,
         include_usage: false,
         logprobs: logprobs.then_some(top_logprobs),
+        // ollama shifts the context while it generates unless `shift` is false, keeping `num_keep` tokens
+        // after BOS (it hands llama-server `--keep` only when `num_keep` is above 0).
+        shift: crate::openai::ShiftRequest {
+            on: Some(shift),
+            n_keep: Some(num_keep.max(0)),
+            n_discard: 0,
+            ctx: Some(window),
+        },
     };
     Ok(Generation { kind, plan: Some(plan), with_context })
 }

@@ -13,12 +13,12 @@ use axum::Json;
 use futures_util::stream::{self, Stream, StreamExt};
 use gemma_core::chat::ChatMessage;
 use gemma_core::sampling::{seed_for_choice, Mirostat, SamplerStage, SamplingError, TokenLogprobs};
-use gemma_core::{SamplingParams, Tokenizer};
+use gemma_core::{ContextShift, SamplingParams, Tokenizer};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::api_error::ApiError;
-use crate::engine::{Event, Finish, GenerationRequest, LoadedModel, SubmitError};
+use crate::engine::{Event, Finish, GenerationRequest, LoadedModel, RequestShift, SubmitError};
 use crate::fields::Fields;
 use crate::server::{off_runtime, read_body, AppState};
 
@@ -51,6 +51,55 @@ pub(crate) struct Plan {
     pub(crate) include_usage: bool,
     /// `Some(k)`: log-probabilities of the chosen tokens and the `k` best alternatives.
     pub(crate) logprobs: Option<usize>,
+    pub(crate) shift: ShiftRequest,
+}
+
+/// What a request says of context shift: llama-server's `n_keep` and `n_discard` (on every completion
+/// endpoint), and for ollama's API whether to shift at all (`shift`) within which context (`num_ctx`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ShiftRequest {
+    /// `None`: as the server's `--context-shift` says.
+    pub(crate) on: Option<bool>,
+    /// Prompt tokens never dropped, BOS not counted (-1: the whole prompt); `None`: the server's `--keep`.
+    pub(crate) n_keep: Option<i64>,
+    /// Tokens dropped at a time (0: half of those after the kept ones).
+    pub(crate) n_discard: usize,
+    /// The request's context when smaller than the server's (ollama's `num_ctx`).
+    pub(crate) ctx: Option<usize>,
+}
+
+impl ShiftRequest {
+    /// llama-server's fields `n_keep` (an integer, -1 or more) and `n_discard` (0 or more).
+    pub(crate) fn parse(f: &Fields) -> Result<ShiftRequest, ApiError> {
+        let n_keep = match f.raw("n_keep") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_i64().filter(|&k| k >= -1).ok_or_else(|| {
+                ApiError::invalid_param("n_keep", "'n_keep' must be an integer, -1 or more").with_code("invalid_type")
+            })?),
+        };
+        let n_discard = f.integer_in("n_discard", 0..=u32::MAX as u64)?.unwrap_or(0) as usize;
+        Ok(ShiftRequest { on: None, n_keep, n_discard, ctx: None })
+    }
+
+    /// The engine's settings for a prompt of `prompt_len` tokens on a server whose context shift is
+    /// `server_on` with `server_keep` (`--keep`), as llama-server resolves them: `n_keep` -1 is the prompt,
+    /// BOS is added to the count.
+    pub(crate) fn resolve(
+        &self,
+        server_on: bool,
+        server_keep: i64,
+        prompt_len: usize,
+        bos: bool,
+        ctx: usize,
+    ) -> Option<RequestShift> {
+        if !self.on.unwrap_or(server_on) {
+            return None;
+        }
+        let n_keep = self.n_keep.unwrap_or(server_keep);
+        let keep = usize::try_from(n_keep).unwrap_or(prompt_len).saturating_add(usize::from(bos));
+        let discard = (self.n_discard > 0).then_some(self.n_discard);
+        Some(RequestShift { rule: ContextShift { keep, discard }, ctx: self.ctx.unwrap_or(ctx).min(ctx) })
+    }
 }
 
 pub async fn completions(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
@@ -182,7 +231,8 @@ pub(crate) fn parse_plan(f: &Fields, loaded: &LoadedModel, dialect: Dialect) -> 
         }
     };
     reject_unsupported(f, dialect)?;
-    Ok(Plan { dialect, prompts, n, max_tokens, sampling, stop, stream, include_usage, logprobs })
+    let shift = ShiftRequest::parse(f)?;
+    Ok(Plan { dialect, prompts, n, max_tokens, sampling, stop, stream, include_usage, logprobs, shift })
 }
 
 /// Builds what a request's sampling needs from the vocabulary (grammar texts, DRY breakers) on the parsing
@@ -507,8 +557,11 @@ pub(crate) fn submit(
     received: Instant,
 ) -> Result<UnboundedReceiver<(usize, Event)>, ApiError> {
     let (tx, rx) = unbounded_channel();
+    let (server_on, server_keep) = state.context_shift();
     for (p, prompt) in plan.prompts.iter().enumerate() {
-        let (choice, max_tokens, sampling) = engine_settings(plan, p, prompt.len(), loaded.ctx);
+        let context_shift =
+            plan.shift.resolve(server_on, server_keep, prompt.len(), loaded.tokenizer.add_bos(), loaded.ctx);
+        let (choice, max_tokens, sampling) = engine_settings(plan, p, prompt.len(), loaded.ctx, context_shift.is_some());
         let req = GenerationRequest {
             prompt_ids: prompt.clone(),
             max_tokens,
@@ -520,6 +573,7 @@ pub(crate) fn submit(
             session: None,
             events: tx.clone(),
             submitted: received,
+            context_shift,
         };
         state.engine().submit(req).map_err(submit_error)?;
     }
@@ -527,9 +581,16 @@ pub(crate) fn submit(
 }
 
 /// What the engine gets for prompt `p` (of `prompt_len` tokens) of a plan: its first choice's number, the
-/// most tokens it may generate (what the context leaves, at most) and its sampling settings.
-pub(crate) fn engine_settings(plan: &Plan, p: usize, prompt_len: usize, ctx: usize) -> (usize, usize, SamplingParams) {
-    let room = ctx.saturating_sub(prompt_len);
+/// most tokens it may generate (what the context leaves, at most, unless it is shifted: then what was asked,
+/// or no limit, as in llama-server) and its sampling settings.
+pub(crate) fn engine_settings(
+    plan: &Plan,
+    p: usize,
+    prompt_len: usize,
+    ctx: usize,
+    shifted: bool,
+) -> (usize, usize, SamplingParams) {
+    let room = if shifted { usize::MAX } else { ctx.saturating_sub(prompt_len) };
     let choice = p * plan.n;
     let mut sampling = plan.sampling.clone();
     // Each choice draws differently, but reproducibly for a given seed (the engine adds the choice's

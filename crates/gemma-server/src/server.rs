@@ -35,6 +35,8 @@ struct Inner {
     in_flight: Arc<Semaphore>,
     max_body_bytes: usize,
     llama: llama_server::Options,
+    /// `--context-shift` and `--keep`.
+    context_shift: (bool, i64),
 }
 
 impl AppState {
@@ -48,6 +50,7 @@ impl AppState {
                 in_flight: Arc::new(Semaphore::new(config.max_connections)),
                 max_body_bytes: config.max_body_bytes,
                 llama: llama_server::Options::new(config),
+                context_shift: (config.context_shift, config.n_keep),
             }),
         }
     }
@@ -58,6 +61,11 @@ impl AppState {
 
     pub fn max_body_bytes(&self) -> usize {
         self.inner.max_body_bytes
+    }
+
+    /// Whether requests' contexts are shifted when full (`--context-shift`), and the default `n_keep`.
+    pub(crate) fn context_shift(&self) -> (bool, i64) {
+        self.inner.context_shift
     }
 
     pub(crate) fn llama_options(&self) -> &llama_server::Options {

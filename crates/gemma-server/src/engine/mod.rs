@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use gemma_core::chat::ChatTemplate;
 use gemma_core::sampling::{DryBreakers, TokenLogprobs};
-use gemma_core::{Batch, BatchToken, KvCache, Model, SamplingParams, Scratch, Tokenizer};
+use gemma_core::{Batch, BatchToken, ContextShift, KvCache, Model, SamplingParams, Scratch, Tokenizer};
 use gemma_ops::ThreadPool;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -52,6 +52,16 @@ pub struct GenerationRequest {
     /// Shared by the choices of one request; dropping the receiver cancels them all.
     pub events: UnboundedSender<(usize, Event)>,
     pub submitted: Instant,
+    /// `Some`: when the sequence's context is full, shift it (llama-server's `--context-shift`) and go on.
+    pub context_shift: Option<RequestShift>,
+}
+
+/// A request's context shift: llama.cpp's rule, applied when the sequence holds `ctx - 1` tokens (`ctx`: the
+/// request's context, at most the server's; ollama's `num_ctx`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestShift {
+    pub rule: ContextShift,
+    pub ctx: usize,
 }
 
 /// Embeddings of whole inputs (token ids with their BOS/EOS), computed on the engine thread between steps.
@@ -167,6 +177,8 @@ pub struct Finish {
     /// Which of the request's stop strings ended it, if one did (a `Stop` without one is an end-of-generation
     /// token).
     pub stop_word: Option<usize>,
+    /// Context shifts made on the way (llama-server reports `truncated` then).
+    pub context_shifts: usize,
 }
 
 /// The model facts the HTTP side needs once loading is done.
@@ -647,6 +659,7 @@ impl<'a> Engine<'a> {
                 session: None,
                 events: req.events.clone(),
                 submitted: req.submitted,
+                context_shift: req.context_shift,
             };
             follower.sampling.seed = gemma_core::sampling::seed_for_choice(base_seed, k);
             let slot = self.slot_table().acquire(slot_task(&follower, group, reused));
@@ -684,6 +697,11 @@ impl<'a> Engine<'a> {
                 self.finish(i, done);
             }
         }
+        if self.seqs.is_empty() {
+            return;
+        }
+
+        self.shift_full_contexts();
         if self.seqs.is_empty() {
             return;
         }
@@ -775,6 +793,31 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// Shifts the context of every decoding sequence whose next token would fill its last position (those
+    /// that asked for it); one whose context cannot be shifted ends there.
+    fn shift_full_contexts(&mut self) {
+        for i in (0..self.seqs.len()).rev() {
+            let Some(shift) = self.seqs[i].context_shift() else { continue };
+            let cache = &mut self.caches[i];
+            let ctx = shift.ctx.min(cache.capacity());
+            if self.seqs[i].pending_token().is_none() || cache.len() + 1 < ctx {
+                continue;
+            }
+            let (keep, discard) = shift.rule.plan(cache.len(), ctx);
+            match (discard > 0).then(|| self.model.shift_context(cache, keep, discard)) {
+                Some(Ok(())) => {
+                    tracing::debug!(keep, discard, "context shift");
+                    self.seqs[i].shifted(keep, discard);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!("context shift refused: {e}");
+                    self.finish(i, Some(FinishReason::Length));
+                }
+                None => self.finish(i, Some(FinishReason::Length)),
+            }
+        }
+    }
+
     /// Ends sequence `i`: reports the finish (unless the client is gone) and hands its cache to its session or
     /// the prefix cache.
     fn finish(&mut self, i: usize, reason: Option<FinishReason>) {
@@ -863,7 +906,9 @@ impl<'a> Engine<'a> {
                 .unwrap_or_default()
                 .iter()
                 .any(|&id| self.tokenizer.token_piece_bytes(id, false).is_some_and(|b| b.contains(&b'\n')));
-            let processed = cache.len().min(s.prompt().len()).saturating_sub(s.reused());
+            // A shifted cache holds fewer tokens than the prompt it has processed.
+            let processed = if s.context_shifts() > 0 { s.prompt().len() } else { cache.len().min(s.prompt().len()) }
+                .saturating_sub(s.reused());
             table.update(slot, processed, generated.len(), new_line);
         }
     }

@@ -11,7 +11,7 @@ use gemma_core::tokenizer::StreamDecoder;
 use gemma_core::{Sampler, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::{Chunk, Event, Finish, FinishReason, GenerationRequest};
+use super::{Chunk, Event, Finish, FinishReason, GenerationRequest, RequestShift};
 use crate::metrics::Metrics;
 
 /// What a step did to a sequence.
@@ -46,6 +46,9 @@ pub(super) struct Sequence<'t> {
     session: Option<String>,
     /// Its place in the slot table.
     slot: usize,
+    context_shift: Option<RequestShift>,
+    /// The context shifts made, as `(keep, discard)`.
+    shifts: Vec<(usize, usize)>,
 }
 
 impl<'t> Sequence<'t> {
@@ -85,6 +88,8 @@ impl<'t> Sequence<'t> {
             awaiting_fork,
             session: req.session.map(|s| s.id),
             slot: 0,
+            context_shift: req.context_shift,
+            shifts: Vec::new(),
             prompt: req.prompt_ids,
             choice: req.choice,
             events: req.events,
@@ -127,6 +132,19 @@ impl<'t> Sequence<'t> {
 
     pub(super) fn session(&self) -> Option<&str> {
         self.session.as_deref()
+    }
+
+    pub(super) fn context_shift(&self) -> Option<RequestShift> {
+        self.context_shift
+    }
+
+    /// Its cache forgot `discard` tokens after the first `keep`.
+    pub(super) fn shifted(&mut self, keep: usize, discard: usize) {
+        self.shifts.push((keep, discard));
+    }
+
+    pub(super) fn context_shifts(&self) -> usize {
+        self.shifts.len()
     }
 
     /// The token to run next when the sequence is decoding.
@@ -180,7 +198,8 @@ impl<'t> Sequence<'t> {
         if stopped {
             return StepResult::Finished(Some(FinishReason::Stop));
         }
-        if self.generated.len() >= self.max_tokens || cache_len >= capacity {
+        // With a context shift the engine makes room before the next pass.
+        if self.generated.len() >= self.max_tokens || (self.context_shift.is_none() && cache_len >= capacity) {
             return StepResult::Finished(Some(FinishReason::Length));
         }
         self.pending = Some(id);
@@ -188,7 +207,8 @@ impl<'t> Sequence<'t> {
     }
 
     /// Sends what is left and the finish (nothing when `reason` is `None`: the client is gone). Returns the
-    /// tokens the sequence's cache covers (a prefix of prompt + generated; the prefix cache trims the rest).
+    /// tokens the sequence's cache covers (a prefix of prompt + generated less what context shifts dropped;
+    /// the prefix cache trims the rest).
     pub(super) fn finish(mut self, reason: Option<FinishReason>) -> Vec<u32> {
         if let Some(mut reason) = reason {
             let tail = self.decoder.finish();
@@ -211,11 +231,15 @@ impl<'t> Sequence<'t> {
                     completion_tokens: self.generated.len(),
                     cached_tokens: self.reused,
                     stop_word,
+                    context_shifts: self.shifts.len(),
                 }),
             ));
         }
         let mut tokens = self.prompt;
         tokens.extend_from_slice(&self.generated);
+        for (keep, discard) in self.shifts {
+            tokens.drain(keep..keep + discard);
+        }
         tokens
     }
 
