@@ -376,6 +376,15 @@ pub struct ChatArgs {
 
     #[command(flatten)]
     pub sampling: SamplingArgs,
+
+    /// When an answer fills the context, forget half of the tokens after the first --keep and go on
+    /// (llama.cpp's --context-shift) instead of stopping.
+    #[arg(long)]
+    pub context_shift: bool,
+
+    /// With --context-shift: how many tokens after BOS are never forgotten (the system prompt's, say).
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "context_shift")]
+    pub keep: usize,
 }
 
 #[derive(Args, Debug)]

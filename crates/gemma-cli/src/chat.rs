@@ -58,6 +58,11 @@ pub fn chat(common: &Common, args: &ChatArgs) -> Result<()> {
     let mut opts = generation_options(&args.sampling)?;
     let m = common.load()?;
     fit_options_to_model(&mut opts, &args.sampling, &m.tokenizer)?;
+    if args.context_shift {
+        // llama-server's rule (llama-cli runs on it): BOS is kept on top of --keep.
+        let keep = args.keep.saturating_add(usize::from(m.tokenizer.add_bos()));
+        opts.context_shift = Some(gemma_core::ContextShift { keep, discard: None });
+    }
     let template = ChatTemplate::from_gguf(&m.model.file, &m.tokenizer).context("cannot set up the chat template")?;
     let interactive = std::io::stdin().is_terminal();
 

@@ -124,7 +124,13 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::GgufSplit(args)) => crate::gguf_split::gguf_split(&args),
         None => {
             if cli.chat {
-                let args = ChatArgs { system: cli.system.clone(), sampling: cli.generate.sampling.clone() };
+                let args = ChatArgs {
+                    system: cli.system.clone(),
+                    sampling: cli.generate.sampling.clone(),
+                    context_shift: cli.generate.context_shift,
+                    // A chat keeps no whole prompt: -1 keeps BOS only.
+                    keep: usize::try_from(cli.generate.keep).unwrap_or(0),
+                };
                 crate::chat::chat(&common, &args)
             } else if let Some(text) = &cli.encode {
                 let tok = common.load_tokenizer()?;

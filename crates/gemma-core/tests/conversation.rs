@@ -4,7 +4,7 @@
 
 use gemma_core::chat::{ChatMessage, ChatTemplate};
 use gemma_core::generate::TokenEvent;
-use gemma_core::{Conversation, ConversationError, GenerationOptions, SamplingParams, Session};
+use gemma_core::{ContextShift, Conversation, ConversationError, GenerationOptions, SamplingParams, Session};
 
 mod common;
 
@@ -82,6 +82,34 @@ fn a_full_context_drops_the_oldest_exchanges_and_keeps_the_system_prompt() {
     assert!(!messages.iter().any(|m| m.content == "Hello there."), "{messages:?}");
     assert_eq!(messages[messages.len() - 2], ChatMessage::user("And a vegetable?"));
     assert_eq!(messages.len(), 1 + 2 * 4 - dropped);
+}
+
+/// With a context shift an answer goes on past the context; the conversation then knows which tokens its
+/// shifted cache holds, so the next turn reuses only what is really there and answers as a fresh session
+/// given the same messages.
+#[test]
+fn a_shifted_answer_goes_past_the_context_and_the_next_turn_reuses_only_what_is_there() {
+    let f = common::default_model();
+    let template = template();
+    let mut opts = greedy(200);
+    // Never end the turn, so the answer reaches the context's end.
+    opts.sampling.logit_bias = f.tokenizer.end_of_generation_ids().map(|id| (id, f32::NEG_INFINITY)).collect();
+    opts.context_shift = Some(ContextShift { keep: 4, discard: None });
+    let mut conv = Conversation::new(&f.model, &f.tokenizer, &template, 128, opts.clone()).unwrap();
+    let turn = conv.send("Tell me a long story about a dragon.", &f.pool, &mut |_| {}).unwrap();
+    assert_eq!(turn.output.gen_ids.len(), 200);
+    assert!(turn.output.context_shifts.len() >= 2, "{:?}", turn.output.context_shifts);
+    assert!(conv.context_used() < 128);
+
+    let turn = conv.send("Thanks. Now a short poem.", &f.pool, &mut |_| {}).unwrap();
+    assert!(turn.dropped_messages >= 2, "the long exchange no longer fits");
+    assert!(turn.reused <= 4, "only the kept start is shared: {}", turn.reused);
+    let messages = conv.messages();
+    let ids = template.encode(&f.tokenizer, &messages[..messages.len() - 1], true).unwrap();
+    let mut session = Session::new(&f.model, 128);
+    let fresh = session.generate(&f.tokenizer, &ids, &opts, &f.pool, &mut |_| {}).unwrap();
+    assert_eq!(turn.output.gen_ids, fresh.gen_ids);
+    assert_eq!(turn.output.context_shifts, fresh.context_shifts);
 }
 
 #[test]
