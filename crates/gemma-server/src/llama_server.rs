@@ -280,7 +280,8 @@ pub async fn get_slots(State(state): State<AppState>, Query(query): Query<HashMa
     if query.get("fail_on_no_slot").is_some_and(|v| !v.is_empty()) && table.slots().iter().all(|s| s.processing) {
         return llama_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable_error", "no slot available");
     }
-    Json(table.slots().iter().map(|s| slot_json(s, &m, state.llama_options().n_keep)).collect::<Vec<_>>()).into_response()
+    Json(table.slots().iter().map(|s| slot_json(s, &m, state.llama_options().n_keep)).collect::<Vec<_>>())
+        .into_response()
 }
 
 /// `POST /slots/{id}?action=save|restore|erase` (save and restore with `{"filename"}`), with

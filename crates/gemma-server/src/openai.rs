@@ -561,7 +561,8 @@ pub(crate) fn submit(
     for (p, prompt) in plan.prompts.iter().enumerate() {
         let context_shift =
             plan.shift.resolve(server_on, server_keep, prompt.len(), loaded.tokenizer.add_bos(), loaded.ctx);
-        let (choice, max_tokens, sampling) = engine_settings(plan, p, prompt.len(), loaded.ctx, context_shift.is_some());
+        let (choice, max_tokens, sampling) =
+            engine_settings(plan, p, prompt.len(), loaded.ctx, context_shift.is_some());
         let req = GenerationRequest {
             prompt_ids: prompt.clone(),
             max_tokens,

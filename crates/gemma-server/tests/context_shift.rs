@@ -28,12 +28,8 @@ fn base(shift: bool) -> &'static str {
     static OFF: OnceLock<String> = OnceLock::new();
     let cell = if shift { &ON } else { &OFF };
     cell.get_or_init(|| {
-        let config = gemma_server::ServerConfig {
-            ctx: CTX,
-            parallel: 4,
-            context_shift: shift,
-            ..common::test_config()
-        };
+        let config =
+            gemma_server::ServerConfig { ctx: CTX, parallel: 4, context_shift: shift, ..common::test_config() };
         common::start(config)
     })
 }
@@ -99,7 +95,10 @@ async fn openai_completions_go_past_the_context_with_the_server_flag() {
     let body = json!({"prompt": case["prompt"], "max_tokens": 400, "temperature": 0});
     let (status, v) = post(&format!("{}/v1/completions", base(true)), body.clone()).await;
     assert_eq!(status, 200, "{v}");
-    assert_eq!((v["usage"]["completion_tokens"].as_u64(), v["choices"][0]["finish_reason"].as_str()), (Some(400), Some("length")));
+    assert_eq!(
+        (v["usage"]["completion_tokens"].as_u64(), v["choices"][0]["finish_reason"].as_str()),
+        (Some(400), Some("length"))
+    );
     let (status, v) = post(&format!("{}/v1/completions", base(false)), body).await;
     assert_eq!(status, 200, "{v}");
     let prompt = v["usage"]["prompt_tokens"].as_u64().unwrap() as usize;
