@@ -447,3 +447,88 @@ impl StreamState {
         Some(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(body: Value) -> Result<Value, ApiError> {
+        let Value::Object(map) = body else { panic!("an object") };
+        let f = to_chat(map)?;
+        Ok(json!({
+            "messages": f.raw("messages").cloned(),
+            "max_tokens": f.raw("max_tokens").cloned(),
+            "response_format": f.raw("response_format").cloned(),
+        }))
+    }
+
+    #[test]
+    fn instructions_and_items_become_chat_messages() {
+        let v = chat(json!({
+            "instructions": "Be brief.",
+            "input": [
+                {"role": "user", "content": [{"type": "input_text", "text": "a"}, {"type": "input_text", "text": "b"}]},
+                {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "c"}]},
+                {"role": "assistant", "content": "d"},
+                {"role": "developer", "content": "e"},
+            ],
+            "max_output_tokens": 7,
+            "max_tokens": 99,
+        }))
+        .unwrap();
+        let text = |t: &str| json!({"type": "text", "text": t});
+        assert_eq!(
+            v["messages"],
+            json!([
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [text("a"), text("b")]},
+                {"role": "assistant", "content": [text("c"), text("d")]},
+                {"role": "developer", "content": [text("e")]},
+            ])
+        );
+        assert_eq!(v["max_tokens"], 7);
+        let v = chat(json!({"input": "hi", "max_tokens": 99})).unwrap();
+        assert_eq!((&v["messages"], &v["max_tokens"]), (&json!([{"role": "user", "content": "hi"}]), &Value::Null));
+    }
+
+    #[test]
+    fn text_format_becomes_response_format() {
+        let schema = json!({"type": "object"});
+        let v = chat(json!({"input": "x", "text": {"format": {"type": "json_schema", "name": "n", "schema": schema}}}));
+        assert_eq!(v.unwrap()["response_format"], json!({"type": "json_schema", "json_schema": {"schema": schema}}));
+        let v = chat(json!({"input": "x", "text": {"format": {"type": "text"}, "verbosity": "low"}})).unwrap();
+        assert_eq!(v["response_format"], Value::Null);
+        let e = chat(json!({"input": "x", "text": {"format": {"type": "json_object"}}, "response_format": {}}));
+        assert_eq!(e.unwrap_err().param.as_deref(), Some("text"));
+    }
+
+    #[test]
+    fn what_cannot_be_honoured_is_refused_naming_the_field() {
+        let cases = [
+            (json!({}), "input"),
+            (json!({"input": null}), "input"),
+            (json!({"input": 1}), "input"),
+            (json!({"input": []}), "input"),
+            (json!({"input": [1]}), "input"),
+            (json!({"instructions": "x", "input": [{"role": "system", "content": "y"}]}), "input"),
+            (json!({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "u"}]}]}), "input"),
+            (json!({"input": [{"type": "function_call", "name": "f", "arguments": "{}", "call_id": "c"}]}), "input"),
+            (json!({"input": [{"type": "message", "role": "assistant", "content": [{"type": "refusal"}]}]}), "input"),
+            (json!({"input": [{"type": "message", "role": "tool", "content": "x"}]}), "input"),
+            (json!({"input": "x", "previous_response_id": "resp_1"}), "previous_response_id"),
+            (json!({"input": "x", "instructions": 1}), "instructions"),
+            (json!({"input": "x", "tools": [{"type": "function", "name": "f"}]}), "tools"),
+            (json!({"input": "x", "tools": {}}), "tools"),
+            (json!({"input": "x", "n": 3}), "n"),
+            (json!({"input": "x", "background": true}), "background"),
+            (json!({"input": "x", "text": 5}), "text"),
+        ];
+        for (body, param) in cases {
+            let e = chat(body.clone()).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);
+            assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
+        }
+        // Empty ones mean nothing.
+        chat(json!({"input": "x", "previous_response_id": "", "tools": [], "n": 1, "background": false})).unwrap();
+    }
+}
