@@ -155,7 +155,8 @@ impl KvCache {
             }
             let valid_from = len.saturating_sub(l.ring).max(self.lost_below);
             let new_valid_from =
-                if valid_from <= keep { valid_from } else { keep.max(valid_from.saturating_sub(discard)) }.max(new_len.saturating_sub(l.ring));
+                if valid_from <= keep { valid_from } else { keep.max(valid_from.saturating_sub(discard)) }
+                    .max(new_len.saturating_sub(l.ring));
             if (new_len + 1).saturating_sub(l.window) < new_valid_from {
                 return Err(ModelError::ContextShift(format!(
                     "the sliding window of position {new_len} would need kept positions below {new_valid_from}, \
@@ -424,7 +425,14 @@ mod tests {
 
     /// After a shift of `discard` positions after `keep`, position `q` holds what position `q + discard`
     /// held, its key rotated; the first `keep` positions are untouched.
-    fn assert_shifted(c: &KvCache, before: &KvCache, keep: usize, discard: usize, layer: usize, positions: Range<usize>) {
+    fn assert_shifted(
+        c: &KvCache,
+        before: &KvCache,
+        keep: usize,
+        discard: usize,
+        layer: usize,
+        positions: Range<usize>,
+    ) {
         for q in positions {
             let (src, sign) = if q < keep { (q, 1.0) } else { (q + discard, -1.0) };
             let (k, v) = at(before, layer, src);

@@ -18,7 +18,8 @@ struct Case {
 
 fn goldens() -> (usize, Vec<Case>) {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/goldens/gemma3_270m_llama_context_shift.json");
-    let g: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).expect("golden file")).expect("JSON");
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("golden file")).expect("JSON");
     fn field<T: serde::de::DeserializeOwned>(c: &serde_json::Value, k: &str) -> T {
         serde_json::from_value(c[k].clone()).expect(k)
     }
@@ -129,7 +130,8 @@ fn generation_goes_on_past_the_context_with_a_shift_and_stops_without() {
     let m = default_model();
     let (ctx, cases) = goldens();
     let case = &cases[0];
-    let opts = |context_shift| GenerationOptions { max_tokens: case.gen_ids.len(), context_shift, ..Default::default() };
+    let opts =
+        |context_shift| GenerationOptions { max_tokens: case.gen_ids.len(), context_shift, ..Default::default() };
     let greedy_params = |mut o: GenerationOptions| {
         o.sampling.temperature = 0.0;
         o
