@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod model_info;
 pub mod ollama;
 pub mod openai;
+pub mod responses;
 pub mod server;
 pub mod websocket;
 

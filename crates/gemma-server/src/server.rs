@@ -20,7 +20,7 @@ use crate::auth::{Authenticator, RateLimiter};
 use crate::config::ServerConfig;
 use crate::engine::{EngineHandle, LoadedModel};
 use crate::metrics::Metrics;
-use crate::{embeddings, gemini, generate, llama_native, llama_server, ollama, openai, websocket};
+use crate::{embeddings, gemini, generate, llama_native, llama_server, ollama, openai, responses, websocket};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -115,6 +115,11 @@ pub fn router(state: AppState) -> Router {
         .route("/reranking", post(llama_server::rerank))
         .route("/v1/rerank", post(llama_server::rerank))
         .route("/v1/reranking", post(llama_server::rerank))
+        // OpenAI's Responses API (responses.rs).
+        .route("/v1/responses", post(responses::create))
+        .route("/responses", post(responses::create))
+        .route("/v1/responses/input_tokens", post(responses::input_tokens))
+        .route("/responses/input_tokens", post(responses::input_tokens))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(protected)
