@@ -9,7 +9,7 @@ use crate::ollama::Kind;
 use crate::openai::{engine_settings, Dialect, Plan};
 
 /// The endpoints [`parse_request`] reads bodies for, by number.
-pub const ENDPOINTS: [&str; 17] = [
+pub const ENDPOINTS: [&str; 19] = [
     "/v1/completions",
     "/v1/chat/completions",
     "/completion",
@@ -27,6 +27,8 @@ pub const ENDPOINTS: [&str; 17] = [
     "/tokenize",
     "/detokenize",
     "/embedding",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
 ];
 
 /// Parses `body` as endpoint `ENDPOINTS[endpoint % ENDPOINTS.len()]` would, then works out what the engine would
@@ -86,6 +88,11 @@ pub fn parse_request(endpoint: usize, body: &[u8], loaded: &LoadedModel) -> Resu
         }
         15 => {
             crate::llama_server::detokenize_body(body, loaded)?;
+            Vec::new()
+        }
+        17 => vec![crate::anthropic::parse_plan(&Fields::parse(body)?, loaded)?],
+        18 => {
+            assert!(crate::anthropic::parse_count_tokens(body, loaded)? >= 1);
             Vec::new()
         }
         _ => {
