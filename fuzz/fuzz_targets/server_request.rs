@@ -4,7 +4,7 @@
 //! A refusal must be a 4xx; a panic (or a failed check of what was accepted) is a finding.
 //!
 //! The tokenizer and chat template come from a real GGUF (`GEMMA_FUZZ_MODEL`, default Gemma 3 270M in the
-//! model cache); no weights are read.
+//! model cache); the model is loaded once for its file facts and never run.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
@@ -24,7 +24,7 @@ fn loaded() -> &'static LoadedModel {
             format!("{home}/.cache/gemma-rs/models/gemma-3-270m-q4_k_m.gguf")
         });
         let file = GgufFile::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        // `/api/show`'s file facts; the weights are mapped, not read.
+        // `/api/show`'s file facts are read from a model: loaded once (270M: a second), never run.
         let model = gemma_core::Model::open(std::path::Path::new(&path)).unwrap_or_else(|e| panic!("{path}: {e}"));
         let config = ModelConfig::from_gguf(&file).expect("model config");
         let tokenizer = Tokenizer::from_gguf(&file).expect("tokenizer");
