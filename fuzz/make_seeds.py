@@ -47,7 +47,7 @@ def server_request_seeds():
     """The request bodies of gemma-server's tests (the `json!` literals that are plain JSON), each sent to the
     endpoints that read its kind of body. The first byte is the endpoint's number in
     `gemma_server::fuzzing::ENDPOINTS`."""
-    endpoints = {"prompt": [0, 2, 5, 9, 12], "messages": [1, 10, 13], "contents": [3, 4],
+    endpoints = {"prompt": [0, 2, 5, 9, 12], "messages": [1, 10, 13, 19, 20], "contents": [3, 4],
                  "input": [6, 11, 16, 17, 18], "content": [7, 14, 16], "requests": [8], "tokens": [15]}
     tests = "crates/gemma-server/tests"
     count = 0

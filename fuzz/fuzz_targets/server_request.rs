@@ -4,7 +4,7 @@
 //! A refusal must be a 4xx; a panic (or a failed check of what was accepted) is a finding.
 //!
 //! The tokenizer and chat template come from a real GGUF (`GEMMA_FUZZ_MODEL`, default Gemma 3 270M in the
-//! model cache); no weights are read.
+//! model cache); the model is loaded once for its file facts and never run.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
@@ -13,6 +13,7 @@ use gemma_core::chat::ChatTemplate;
 use gemma_core::{ModelConfig, Tokenizer};
 use gemma_io::GgufFile;
 use gemma_server::engine::LoadedModel;
+use gemma_server::model_info::ModelFileInfo;
 use libfuzzer_sys::fuzz_target;
 
 fn loaded() -> &'static LoadedModel {
@@ -23,6 +24,8 @@ fn loaded() -> &'static LoadedModel {
             format!("{home}/.cache/gemma-rs/models/gemma-3-270m-q4_k_m.gguf")
         });
         let file = GgufFile::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // `/api/show`'s file facts are read from a model: loaded once (270M: a second), never run.
+        let model = gemma_core::Model::open(std::path::Path::new(&path)).unwrap_or_else(|e| panic!("{path}: {e}"));
         let config = ModelConfig::from_gguf(&file).expect("model config");
         let tokenizer = Tokenizer::from_gguf(&file).expect("tokenizer");
         let chat = ChatTemplate::from_gguf(&file, &tokenizer).expect("chat template");
@@ -37,7 +40,7 @@ fn loaded() -> &'static LoadedModel {
             // The parsers of the embedding endpoints run too (the server checks the model kind first).
             embedding_dim: Some(768),
             dry_tables: Arc::default(),
-            file_info: Arc::default(),
+            file_info: Arc::new(ModelFileInfo::read(&model, std::path::Path::new(&path))),
         }
     })
 }

@@ -89,10 +89,13 @@ impl ApiError {
         self.respond(body)
     }
 
-    /// The error in the shape the route's clients read: ollama's under `/api/`, OpenAI's elsewhere.
+    /// The error in the shape the route's clients read: ollama's under `/api/`, Anthropic's under
+    /// `/v1/messages`, OpenAI's elsewhere.
     pub fn into_response_for(self, path: &str) -> Response {
         if crate::ollama::is_ollama_path(path) {
             self.into_ollama_response()
+        } else if crate::anthropic::is_anthropic_path(path) {
+            crate::anthropic::error_response(self)
         } else {
             self.into_response()
         }

@@ -9,7 +9,7 @@ use crate::ollama::Kind;
 use crate::openai::{engine_settings, Dialect, Plan};
 
 /// The endpoints [`parse_request`] reads bodies for, by number.
-pub const ENDPOINTS: [&str; 19] = [
+pub const ENDPOINTS: [&str; 21] = [
     "/v1/completions",
     "/v1/chat/completions",
     "/completion",
@@ -29,6 +29,8 @@ pub const ENDPOINTS: [&str; 19] = [
     "/embedding",
     "/v1/responses",
     "/v1/responses/input_tokens",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
 ];
 
 /// Parses `body` as endpoint `ENDPOINTS[endpoint % ENDPOINTS.len()]` would, then works out what the engine would
@@ -94,6 +96,11 @@ pub fn parse_request(endpoint: usize, body: &[u8], loaded: &LoadedModel) -> Resu
         18 => {
             let n = crate::responses::count_input_tokens(body, loaded)?;
             assert!(n >= 1);
+            Vec::new()
+        }
+        19 => vec![crate::anthropic::parse_plan(&Fields::parse(body)?, loaded)?],
+        20 => {
+            assert!(crate::anthropic::parse_count_tokens(body, loaded)? >= 1);
             Vec::new()
         }
         _ => {

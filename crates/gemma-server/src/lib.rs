@@ -3,6 +3,7 @@
 //!
 //! [`serve`] runs until SIGINT/SIGTERM; [`start`] is the same server as a handle (tests, embedding).
 
+pub mod anthropic;
 pub mod api_error;
 pub mod auth;
 pub mod client;

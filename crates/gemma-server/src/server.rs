@@ -20,7 +20,7 @@ use crate::auth::{Authenticator, RateLimiter};
 use crate::config::ServerConfig;
 use crate::engine::{EngineHandle, LoadedModel};
 use crate::metrics::Metrics;
-use crate::{embeddings, gemini, generate, llama_native, llama_server, ollama, openai, responses, websocket};
+use crate::{anthropic, embeddings, gemini, generate, llama_native, llama_server, ollama, openai, responses, websocket};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -92,6 +92,8 @@ pub fn router(state: AppState) -> Router {
         .route("/completion", post(llama_native::completion))
         .route("/completions", post(llama_native::completion))
         .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route("/v1/models", get(models))
         .route("/v1/embeddings", post(embeddings::openai_embeddings))
         .route("/embeddings", post(embeddings::openai_embeddings))
@@ -167,9 +169,11 @@ async fn track(State(state): State<AppState>, mut req: Request, next: Next) -> R
 
 /// Checks the API key or token and the caller's rate limit. Keys are never logged.
 async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    // Gemini clients send the key as `x-goog-api-key`.
-    let goog = req.headers().get("x-goog-api-key").map(|v| [b"Bearer ".as_slice(), v.as_bytes()].concat());
-    let header = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()).or(goog.as_deref());
+    // Gemini clients send the key as `x-goog-api-key`, Anthropic's as `x-api-key` (llama-server reads it too).
+    let headers = req.headers();
+    let bearer = |name: &str| headers.get(name).map(|v| [b"Bearer ".as_slice(), v.as_bytes()].concat());
+    let (goog, anthropic) = (bearer("x-goog-api-key"), bearer("x-api-key"));
+    let header = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()).or(goog.as_deref()).or(anthropic.as_deref());
     let caller = match state.inner.auth.check(header) {
         Ok(c) => c,
         Err(e) => {
