@@ -113,6 +113,17 @@ CONVERSATIONS = [
             {"role": "user", "content": "Merci !\n"},
         ],
     ),
+    (
+        # OpenAI's content parts (Anthropic's text blocks): llama.cpp hands them to a template that reads typed
+        # content as a list, and joins them with newlines for one that reads strings only.
+        "text_parts",
+        [
+            {"role": "system", "content": [{"type": "text", "text": "Be brief."}, {"type": "text", "text": " Answer in French."}]},
+            {"role": "user", "content": [{"type": "text", "text": "  Hello. "}, {"type": "text", "text": "Can you count?\n"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "Un, deux."}]},
+            {"role": "user", "content": [{"type": "text", "text": "Encore"}, {"type": "text", "text": "trois"}]},
+        ],
+    ),
 ]
 
 

@@ -37,15 +37,99 @@ use serde::{Deserialize, Serialize};
 use crate::tokenizer::Tokenizer;
 
 /// One message of a conversation. `role` is `system`, `user` or `assistant` (templates may know others).
+/// A message sent as a list of text parts (OpenAI's content parts, Anthropic's text blocks) keeps them in
+/// `parts`, and `content` holds them joined with newlines: llama.cpp hands the list to a template that reads
+/// typed content, and the joined text to one that reads strings only. Read from JSON, `content` may be a
+/// string or such a list (`[{"type": "text", "text": ...}]`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawMessage")]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<String>,
+}
+
+/// A message as a template sees it (fields in the order llama.cpp gives them, which `tojson` shows).
+#[derive(Serialize)]
+struct TemplateMessage<'a> {
+    role: &'a str,
+    content: TemplateContent<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum TemplateContent<'a> {
+    Text(&'a str),
+    Parts(Vec<TextPart<'a>>),
+}
+
+#[derive(Serialize)]
+struct TextPart<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    text: &'a str,
+}
+
+impl<'a> TextPart<'a> {
+    fn new(text: &'a str) -> TextPart<'a> {
+        TextPart { kind: "text", text }
+    }
+}
+
+/// What JSON may hold for a [`ChatMessage`].
+#[derive(Deserialize)]
+struct RawMessage {
+    role: String,
+    content: RawContent,
+    #[serde(default)]
+    parts: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawContent {
+    Text(String),
+    Parts(Vec<RawPart>),
+}
+
+#[derive(Deserialize)]
+struct RawPart {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+}
+
+impl TryFrom<RawMessage> for ChatMessage {
+    type Error = String;
+
+    fn try_from(raw: RawMessage) -> Result<ChatMessage, String> {
+        match raw.content {
+            RawContent::Text(content) => Ok(ChatMessage { role: raw.role, content, parts: raw.parts }),
+            RawContent::Parts(parts) => {
+                let texts = parts
+                    .into_iter()
+                    .map(|p| match (p.kind.as_str(), p.text) {
+                        ("text", Some(text)) => Ok(text),
+                        (kind, _) => {
+                            Err(format!("a content part must be {{\"type\": \"text\", \"text\": ...}}, not '{kind}'"))
+                        }
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(ChatMessage::with_parts(raw.role, texts))
+            }
+        }
+    }
 }
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> ChatMessage {
-        ChatMessage { role: role.into(), content: content.into() }
+        ChatMessage { role: role.into(), content: content.into(), parts: Vec::new() }
+    }
+    /// A message given as text parts; its `content` is them joined with newlines (llama.cpp's join for
+    /// templates that read strings only).
+    pub fn with_parts(role: impl Into<String>, parts: Vec<String>) -> ChatMessage {
+        ChatMessage { role: role.into(), content: parts.join("\n"), parts }
     }
     pub fn system(content: impl Into<String>) -> ChatMessage {
         ChatMessage::new("system", content)
@@ -105,7 +189,9 @@ const GEMMA_TEMPLATE: &str = r#"{{- bos_token -}}
 {%- set loop_messages = messages -%}
 {%- set first_user_prefix = "" -%}
 {%- if messages and messages[0].role == "system" -%}
-    {%- set first_user_prefix = messages[0].content ~ "\n\n" -%}
+    {#- A system message given as text parts gives its first part, as Google's template. -#}
+    {%- set system = messages[0].content if messages[0].content is string else messages[0].content[0].text -%}
+    {%- set first_user_prefix = system ~ "\n\n" -%}
     {%- set loop_messages = messages[1:] -%}
 {%- endif -%}
 {%- for message in loop_messages -%}
@@ -113,7 +199,14 @@ const GEMMA_TEMPLATE: &str = r#"{{- bos_token -}}
         {{- raise_exception("Gemma conversations alternate user and assistant turns, starting with the user (after an optional system message)") -}}
     {%- endif -%}
     {{- "<start_of_turn>" ~ ("model" if message.role == "assistant" else message.role) ~ "\n" -}}
-    {{- (first_user_prefix if loop.first else "") ~ (message.content | trim) -}}
+    {{- first_user_prefix if loop.first else "" -}}
+    {%- if message.content is string -%}
+        {{- message.content | trim -}}
+    {%- else -%}
+        {%- for part in message.content if part.type == "text" -%}
+            {{- part.text | trim -}}
+        {%- endfor -%}
+    {%- endif -%}
     {{- "<end_of_turn>\n" -}}
 {%- endfor -%}
 {%- if add_generation_prompt -%}
@@ -142,6 +235,15 @@ pub struct ChatTemplate {
     eos_token: String,
     strip_bos: bool,
     strip_eos: bool,
+    content: ContentForms,
+}
+
+/// Which forms of a message's `content` a template renders, found by trying it as llama.cpp does: a string,
+/// and a list of typed parts (`[{"type": "text", "text": ...}]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContentForms {
+    pub string: bool,
+    pub typed: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -152,6 +254,7 @@ impl std::fmt::Debug for ChatTemplate {
             .field("eos_token", &self.eos_token)
             .field("strip_bos", &self.strip_bos)
             .field("strip_eos", &self.strip_eos)
+            .field("content", &self.content)
             .finish()
     }
 }
@@ -269,7 +372,38 @@ impl ChatTemplate {
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE_NAME, src.clone()).map_err(ChatTemplateError::Compile)?;
-        Ok(ChatTemplate { env, source, text: src, bos_token: bos, eos_token: eos, strip_bos: false, strip_eos: false })
+        let mut t = ChatTemplate {
+            env,
+            source,
+            text: src,
+            bos_token: bos,
+            eos_token: eos,
+            strip_bos: false,
+            strip_eos: false,
+            content: ContentForms { string: true, typed: false },
+        };
+        t.content = t.probe_content_forms();
+        Ok(t)
+    }
+
+    /// Renders one user message with its content as a string, then as one typed text part, and sees which
+    /// renders show the text. A list printed as a list (its `type` key in the output) does not count as
+    /// read. A template that shows neither is taken to read strings.
+    fn probe_content_forms(&self) -> ContentForms {
+        const MARKER: &str = "CONTENT_MARKER_4e1f";
+        let render = |content: TemplateContent<'_>| {
+            let messages = [TemplateMessage { role: "user", content }];
+            self.render_values(Value::from_serialize(messages), false).ok()
+        };
+        let string = render(TemplateContent::Text(MARKER)).is_some_and(|text| text.contains(MARKER));
+        let typed = render(TemplateContent::Parts(vec![TextPart::new(MARKER)]))
+            .is_some_and(|text| text.contains(MARKER) && !text.contains("'type'") && !text.contains("\"type\""));
+        ContentForms { string: string || !typed, typed }
+    }
+
+    /// The content forms this template renders.
+    pub fn content_forms(&self) -> ContentForms {
+        self.content
     }
 
     /// Sets llama.cpp's rule: when the tokenizer adds BOS (`add_bos`), one leading BOS text is removed from
@@ -297,9 +431,28 @@ impl ChatTemplate {
     /// Renders the conversation; with `add_generation_prompt` the text ends with the opening of an
     /// assistant turn. The BOS/EOS rule of the module docs is applied.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, ChatTemplateError> {
+        // As llama.cpp: text parts go to a template as a list when it reads typed content; a template that
+        // reads only typed content gets every message as a list.
+        let as_list = |m: &ChatMessage| self.content.typed && (!m.parts.is_empty() || !self.content.string);
+        let messages: Vec<TemplateMessage<'_>> = messages
+            .iter()
+            .map(|m| {
+                let content = if as_list(m) {
+                    let parts = if m.parts.is_empty() { std::slice::from_ref(&m.content) } else { &m.parts[..] };
+                    TemplateContent::Parts(parts.iter().map(|p| TextPart::new(p)).collect())
+                } else {
+                    TemplateContent::Text(&m.content)
+                };
+                TemplateMessage { role: &m.role, content }
+            })
+            .collect();
+        self.render_values(Value::from_serialize(&messages), add_generation_prompt)
+    }
+
+    fn render_values(&self, messages: Value, add_generation_prompt: bool) -> Result<String, ChatTemplateError> {
         let template = self.env.get_template(TEMPLATE_NAME).map_err(ChatTemplateError::Compile)?;
         let ctx = minijinja::context! {
-            messages => Value::from_serialize(messages),
+            messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.as_str(),
             eos_token => self.eos_token.as_str(),
@@ -577,6 +730,39 @@ pub fn reusable_prefix_len(cached: &[u32], new: &[u32]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_parts_reach_a_template_in_the_form_it_reads() {
+        let parts = || ChatMessage::with_parts("user", vec![" a ".into(), "b".into()]);
+        assert_eq!(parts().content, " a \nb");
+        let gemma = ChatTemplate::builtin_gemma();
+        assert_eq!(gemma.content_forms(), ContentForms { string: true, typed: true });
+        assert_eq!(gemma.render(&[parts()], false).unwrap(), "<start_of_turn>user\nab<end_of_turn>\n");
+        // ChatML prints whatever `content` is: a list would show as a list, so it gets the joined text.
+        let chatml = ChatTemplate::builtin_chatml("", "");
+        assert_eq!(chatml.content_forms(), ContentForms { string: true, typed: false });
+        assert_eq!(chatml.render(&[parts()], false).unwrap(), "<|im_start|>user\n a \nb<|im_end|>\n");
+        // A template that reads only lists gets every message as one.
+        let lists = ChatTemplate::from_source(
+            "{% for m in messages %}[{% for p in m.content %}{{ p.text }};{% endfor %}]{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
+        assert_eq!(lists.content_forms(), ContentForms { string: false, typed: true });
+        assert_eq!(lists.render(&[ChatMessage::user("x"), parts()], false).unwrap(), "[x;][ a ;b;]");
+        // From JSON: a string or a list of text parts; another part is an error.
+        let m: ChatMessage = serde_json::from_str(
+            r#"{"role": "user", "content": [{"type": "text", "text": "p"}, {"type": "text", "text": "q"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(m, ChatMessage::with_parts("user", vec!["p".into(), "q".into()]));
+        assert!(serde_json::from_str::<ChatMessage>(r#"{"role": "user", "content": [{"type": "image"}]}"#).is_err());
+        assert_eq!(
+            serde_json::from_str::<ChatMessage>(r#"{"role": "user", "content": "s"}"#).unwrap(),
+            ChatMessage::user("s")
+        );
+    }
 
     #[test]
     fn strftime_matches_known_dates() {

@@ -147,9 +147,10 @@ fn parse_prompt(f: &Fields, loaded: &LoadedModel) -> Result<Vec<u32>, ApiError> 
     reject_unsupported(f)?;
     let mut messages = Vec::new();
     if let Some(system) = f.raw("system") {
-        let mut text = text_of(system, "system")?;
-        normalize_billing_header(&mut text);
-        messages.push(ChatMessage::system(text));
+        // As llama-server: the blocks of `system` are joined into one text, each stamp normalized.
+        let mut blocks = text_of(system, "system")?;
+        blocks.iter_mut().for_each(normalize_billing_header);
+        messages.push(ChatMessage::system(blocks.concat()));
     }
     let items =
         match f.raw("messages") {
@@ -178,7 +179,12 @@ fn parse_prompt(f: &Fields, loaded: &LoadedModel) -> Result<Vec<u32>, ApiError> 
         if content.as_array().is_some_and(Vec::is_empty) {
             continue;
         }
-        messages.push(ChatMessage::new(role, text_of(content, &format!("messages[{i}].content"))?));
+        // A list of text blocks stays a list of parts, as llama-server hands it to the template.
+        let blocks = text_of(content, &format!("messages[{i}].content"))?;
+        messages.push(match content {
+            Value::Array(_) => ChatMessage::with_parts(role, blocks),
+            _ => ChatMessage::new(role, blocks.concat()),
+        });
     }
     if messages.iter().all(|m| m.role == "system") {
         return Err(ApiError::invalid_param("messages", "'messages' holds no content"));
@@ -193,19 +199,19 @@ fn parse_prompt(f: &Fields, loaded: &LoadedModel) -> Result<Vec<u32>, ApiError> 
     Ok(prompt)
 }
 
-/// A `system` or message `content`: a string, or a list of `text` blocks, concatenated (as Gemma's template
-/// renders a list of text parts). Any other block would change the answer if dropped, so it is refused.
-fn text_of(content: &Value, name: &str) -> Result<String, ApiError> {
+/// The texts of a `system` or message `content`: a string, or a list of `text` blocks. Any other block would
+/// change the answer if dropped, so it is refused.
+fn text_of(content: &Value, name: &str) -> Result<Vec<String>, ApiError> {
     let param = if name == "system" { "system" } else { "messages" };
     let bad = |m: String| ApiError::invalid_param(param, m).with_code("invalid_type");
     match content {
-        Value::String(s) => Ok(s.clone()),
+        Value::String(s) => Ok(vec![s.clone()]),
         Value::Array(blocks) => {
-            let mut text = String::new();
+            let mut texts = Vec::with_capacity(blocks.len());
             for (j, block) in blocks.iter().enumerate() {
                 match block.get("type").and_then(Value::as_str) {
                     Some("text") => match block.get("text").and_then(Value::as_str) {
-                        Some(t) => text.push_str(t),
+                        Some(t) => texts.push(t.to_string()),
                         None => return Err(bad(format!("{name}[{j}]: a text block needs a string 'text'"))),
                     },
                     Some(kind @ ("tool_use" | "tool_result" | "server_tool_use" | "web_search_tool_result")) => {
@@ -234,7 +240,7 @@ fn text_of(content: &Value, name: &str) -> Result<String, ApiError> {
                     None => return Err(bad(format!("{name}[{j}]: each block needs a string 'type'"))),
                 }
             }
-            Ok(text)
+            Ok(texts)
         }
         _ => Err(bad(format!("'{name}' must be a string or a list of text blocks"))),
     }
@@ -459,7 +465,7 @@ mod tests {
         assert_eq!(e.param.as_deref(), Some("system"));
         assert_eq!(
             text_of(&json!([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]), "system").unwrap(),
-            "ab"
+            ["a", "b"]
         );
         let f = Fields::parse(br#"{"tools": [{"name": "f"}]}"#).unwrap();
         assert_eq!(reject_unsupported(&f).unwrap_err().param.as_deref(), Some("tools"));

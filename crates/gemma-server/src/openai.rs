@@ -528,22 +528,22 @@ pub(crate) fn parse_messages(f: &Fields) -> Result<Vec<ChatMessage>, ApiError> {
                 "system" | "user" | "assistant" | "tool" => role,
                 other => return Err(bad(&format!("unknown role '{other}'"))),
             };
-            let content = match m.get("content") {
-                None | Some(Value::Null) => String::new(),
-                Some(Value::String(s)) => s.clone(),
+            match m.get("content") {
+                None | Some(Value::Null) => Ok(ChatMessage::new(role, "")),
+                Some(Value::String(s)) => Ok(ChatMessage::new(role, s.as_str())),
+                // Text parts stay parts: llama-server hands them to a template that reads them as a list.
                 Some(Value::Array(parts)) => {
-                    let texts: Result<Vec<&str>, ApiError> = parts
+                    let texts: Result<Vec<String>, ApiError> = parts
                         .iter()
                         .map(|p| match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
-                            (Some("text"), Some(t)) => Ok(t),
+                            (Some("text"), Some(t)) => Ok(t.to_string()),
                             _ => Err(bad("only text content parts are supported")),
                         })
                         .collect();
-                    texts?.join("\n")
+                    Ok(ChatMessage::with_parts(role, texts?))
                 }
-                Some(_) => return Err(bad("'content' must be a string or a list of text parts")),
-            };
-            Ok(ChatMessage::new(role, content))
+                Some(_) => Err(bad("'content' must be a string or a list of text parts")),
+            }
         })
         .collect()
 }

@@ -20,7 +20,9 @@ use crate::auth::{Authenticator, RateLimiter};
 use crate::config::ServerConfig;
 use crate::engine::{EngineHandle, LoadedModel};
 use crate::metrics::Metrics;
-use crate::{anthropic, embeddings, gemini, generate, llama_native, llama_server, ollama, openai, responses, websocket};
+use crate::{
+    anthropic, embeddings, gemini, generate, llama_native, llama_server, ollama, openai, responses, websocket,
+};
 
 #[derive(Clone)]
 pub struct AppState {
