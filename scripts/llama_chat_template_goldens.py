@@ -149,6 +149,34 @@ def wait_ready(port, proc):
     raise RuntimeError("llama-server did not become ready")
 
 
+def llama_cpp_version(server_bin, llama_dir):
+    """The llama.cpp build the goldens come from: `llama-server --version`'s line and the source's commit."""
+    version = subprocess.run([server_bin, "--version"], capture_output=True, text=True)
+    version_line = next(
+        (l.strip() for l in (version.stdout + version.stderr).splitlines() if l.startswith("version:")), "unknown"
+    )
+    commit = subprocess.run(["git", "-C", llama_dir, "rev-parse", "HEAD"], capture_output=True, text=True)
+    return {"version": version_line, "commit": commit.stdout.strip() or "unknown"}
+
+
+def with_gemma3_template_server(server_bin, model_path, port, record_fn):
+    """Starts llama-server on loopback with Google's Gemma 3 template (`--chat-template-file`), one slot and
+    a 2048-token context, returns `record_fn(port)` and stops the server."""
+    with tempfile.TemporaryDirectory() as tmp:
+        template = os.path.join(tmp, "gemma3_official.jinja")
+        with open(template, "w", encoding="utf-8") as f:
+            f.write(GEMMA3_OFFICIAL_TEMPLATE)
+        cmd = [server_bin, "-m", model_path, "--chat-template-file", template, "--host", "127.0.0.1",
+               "--port", str(port), "-c", "2048", "-t", "2", "-np", "1"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_ready(port, proc)
+            return record_fn(port)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
 def record(server_bin, model_path, template_args, port):
     cmd = [server_bin, "-m", model_path, *template_args, "--no-prefill-assistant", "--host", "127.0.0.1",
            "--port", str(port), "-c", "2048", "-t", "2", "-np", "1"]
@@ -183,13 +211,8 @@ def main():
     args = ap.parse_args()
 
     server_bin = os.path.join(args.llama_dir, "build", "bin", "llama-server")
-    version = subprocess.run([server_bin, "--version"], capture_output=True, text=True)
-    version_line = next(
-        (l.strip() for l in (version.stdout + version.stderr).splitlines() if l.startswith("version:")), "unknown"
-    )
-    commit = subprocess.run(["git", "-C", args.llama_dir, "rev-parse", "HEAD"], capture_output=True, text=True)
     out = {
-        "llama_cpp": {"version": version_line, "commit": commit.stdout.strip() or "unknown"},
+        "llama_cpp": llama_cpp_version(server_bin, args.llama_dir),
         "how": "llama-server --no-prefill-assistant (plus each render's template flags); POST /apply-template, "
                "then POST /tokenize with add_special and parse_special",
         "renders": [],

@@ -17,9 +17,7 @@ import argparse
 import importlib.util
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 
@@ -120,29 +118,12 @@ def main():
     chat = chat_goldens_module()
     server_bin = os.path.join(args.llama_dir, "build", "bin", "llama-server")
     model = os.path.join(args.models_dir, GEMMA)
-    version = subprocess.run([server_bin, "--version"], capture_output=True, text=True)
-    version_line = next(
-        (l.strip() for l in (version.stdout + version.stderr).splitlines() if l.startswith("version:")), "unknown"
-    )
-    commit = subprocess.run(["git", "-C", args.llama_dir, "rev-parse", "HEAD"], capture_output=True, text=True)
     out = {
-        "llama_cpp": {"version": version_line, "commit": commit.stdout.strip() or "unknown"},
+        "llama_cpp": chat.llama_cpp_version(server_bin, args.llama_dir),
         "how": "llama-server -m gemma-3-270m-q4_k_m.gguf --chat-template-file <Gemma 3 template> -c 2048 -np 1; "
                "see scripts/llama_responses_goldens.py",
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        template = os.path.join(tmp, "gemma3_official.jinja")
-        with open(template, "w", encoding="utf-8") as f:
-            f.write(chat.GEMMA3_OFFICIAL_TEMPLATE)
-        cmd = [server_bin, "-m", model, "--chat-template-file", template, "--host", "127.0.0.1",
-               "--port", str(args.port), "-c", "2048", "-t", "2", "-np", "1"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            chat.wait_ready(args.port, proc)
-            out.update(record(args.port))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    out.update(chat.with_gemma3_template_server(server_bin, model, args.port, record))
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(out, f, ensure_ascii=False, indent=1)
         f.write("\n")

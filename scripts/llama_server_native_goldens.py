@@ -162,13 +162,8 @@ def main():
     chat = chat_goldens_module()
     server_bin = os.path.join(args.llama_dir, "build", "bin", "llama-server")
     model = os.path.join(args.models_dir, GEMMA)
-    version = subprocess.run([server_bin, "--version"], capture_output=True, text=True)
-    version_line = next(
-        (l.strip() for l in (version.stdout + version.stderr).splitlines() if l.startswith("version:")), "unknown"
-    )
-    commit = subprocess.run(["git", "-C", args.llama_dir, "rev-parse", "HEAD"], capture_output=True, text=True)
     out = {
-        "llama_cpp": {"version": version_line, "commit": commit.stdout.strip() or "unknown"},
+        "llama_cpp": chat.llama_cpp_version(server_bin, args.llama_dir),
         "how": "llama-server -m gemma-3-270m-q4_k_m.gguf -c 2048 -np 1 plus each run's flags; see "
                "scripts/llama_server_native_goldens.py",
     }
