@@ -177,6 +177,25 @@ def with_gemma3_template_server(server_bin, model_path, port, record_fn):
             proc.wait(timeout=30)
 
 
+def record_with_gemma3_template(default_out, default_port, how, record_fn):
+    """The main of a goldens script whose answers come from one llama-server with Google's Gemma 3 template:
+    reads `--llama-dir`, `--models-dir`, `--out`, `--port`, runs `record_fn(port)` and writes its answers (a dict)
+    with the llama.cpp version and `how` to the output file."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--llama-dir", default=os.path.expanduser("~/.cache/gemma-anchors/llama.cpp"))
+    ap.add_argument("--models-dir", default=os.path.expanduser("~/.cache/gemma-rs/models"))
+    ap.add_argument("--out", default=default_out)
+    ap.add_argument("--port", type=int, default=default_port)
+    args = ap.parse_args()
+    server_bin = os.path.join(args.llama_dir, "build", "bin", "llama-server")
+    out = {"llama_cpp": llama_cpp_version(server_bin, args.llama_dir), "how": how}
+    out.update(with_gemma3_template_server(server_bin, os.path.join(args.models_dir, GEMMA), args.port, record_fn))
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(out, f, ensure_ascii=False, indent=1)
+        f.write("\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
 def record(server_bin, model_path, template_args, port):
     cmd = [server_bin, "-m", model_path, *template_args, "--no-prefill-assistant", "--host", "127.0.0.1",
            "--port", str(port), "-c", "2048", "-t", "2", "-np", "1"]

@@ -13,15 +13,12 @@ content), a developer message, the same streamed (the SSE `event:`/`data:` lines
         [--llama-dir ~/.cache/gemma-anchors/llama.cpp] [--models-dir ~/.cache/gemma-rs/models] \
         [--out testdata/goldens/llama_responses.json]
 """
-import argparse
 import importlib.util
 import json
 import os
-import sys
 import urllib.error
 import urllib.request
 
-GEMMA = "gemma-3-270m-q4_k_m.gguf"
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -108,26 +105,13 @@ def record(port):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--llama-dir", default=os.path.expanduser("~/.cache/gemma-anchors/llama.cpp"))
-    ap.add_argument("--models-dir", default=os.path.expanduser("~/.cache/gemma-rs/models"))
-    ap.add_argument("--out", default="testdata/goldens/llama_responses.json")
-    ap.add_argument("--port", type=int, default=18095)
-    args = ap.parse_args()
-
-    chat = chat_goldens_module()
-    server_bin = os.path.join(args.llama_dir, "build", "bin", "llama-server")
-    model = os.path.join(args.models_dir, GEMMA)
-    out = {
-        "llama_cpp": chat.llama_cpp_version(server_bin, args.llama_dir),
-        "how": "llama-server -m gemma-3-270m-q4_k_m.gguf --chat-template-file <Gemma 3 template> -c 2048 -np 1; "
-               "see scripts/llama_responses_goldens.py",
-    }
-    out.update(chat.with_gemma3_template_server(server_bin, model, args.port, record))
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(out, f, ensure_ascii=False, indent=1)
-        f.write("\n")
-    print(f"wrote {args.out}", file=sys.stderr)
+    chat_goldens_module().record_with_gemma3_template(
+        "testdata/goldens/llama_responses.json",
+        18095,
+        "llama-server -m gemma-3-270m-q4_k_m.gguf --chat-template-file <Gemma 3 template> -c 2048 -np 1; "
+        "see scripts/llama_responses_goldens.py",
+        record,
+    )
 
 
 if __name__ == "__main__":

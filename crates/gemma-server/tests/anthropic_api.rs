@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
-use common::{client, post};
+use common::{client, post, post_bytes};
 use serde_json::{json, Value};
 
 fn goldens() -> &'static Value {
@@ -320,15 +320,7 @@ async fn hostile_bodies_are_4xx_in_anthropics_envelope() {
     for path in ["/v1/messages", "/v1/messages/count_tokens"] {
         for body in &bodies {
             let shown = String::from_utf8_lossy(&body[..body.len().min(120)]).into_owned();
-            let r = client()
-                .post(format!("{}{path}", base()))
-                .header("content-type", "application/json")
-                .body(body.clone())
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("{path}: the connection failed: {e}"));
-            let status = r.status().as_u16();
-            let v: Value = r.json().await.unwrap_or(Value::Null);
+            let (status, v) = post_bytes(&format!("{}{path}", base()), body.clone()).await;
             // count_tokens reads only the prompt's fields: a bad `max_tokens` or sampling field is not its concern.
             if path.ends_with("count_tokens") && status == 200 {
                 assert!(v["input_tokens"].as_u64().is_some_and(|n| n > 0), "{path} {shown} → {v}");

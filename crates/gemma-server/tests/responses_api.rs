@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::{client, post};
+use common::{client, post, post_bytes};
 use serde_json::{json, Value};
 
 fn goldens() -> &'static Value {
@@ -254,15 +254,7 @@ async fn hostile_bodies_are_a_4xx_with_a_message() {
     for path in ["/v1/responses", "/v1/responses/input_tokens"] {
         for body in &bodies {
             let shown = String::from_utf8_lossy(&body[..body.len().min(120)]).into_owned();
-            let r = client()
-                .post(format!("{}{path}", base()))
-                .header("content-type", "application/json")
-                .body(body.clone())
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("{path}: the connection failed: {e}"));
-            let status = r.status().as_u16();
-            let v: Value = r.json().await.unwrap_or(Value::Null);
+            let (status, v) = post_bytes(&format!("{}{path}", base()), body.clone()).await;
             if path.ends_with("input_tokens") && (200..300).contains(&status) {
                 // The count reads only what shapes the prompt; sampling fields are the generation's.
                 assert!(v["input_tokens"].as_u64().is_some_and(|n| n > 0), "{path} {shown} → {v}");

@@ -48,6 +48,20 @@ pub async fn post(url: &str, body: Value) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// Posts `body` as it is (it may not even be JSON) with a JSON content type; returns the status and the
+/// answer's JSON (`Null` when it is none). A failed connection panics, naming the URL.
+pub async fn post_bytes(url: &str, body: Vec<u8>) -> (u16, Value) {
+    let r = client()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{url}: the connection failed: {e}"));
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
 /// Reads a whole SSE response and returns the `data:` payloads in order.
 pub async fn sse_events(r: reqwest::Response) -> Vec<String> {
     let body = r.text().await.expect("stream read");
