@@ -506,3 +506,58 @@ fn declared_too_large(addr: &str, path: &str, key: &str) -> (u16, Value) {
     };
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
+
+#[tokio::test]
+async fn prompts_longer_than_the_context_are_cut_as_ollama_cuts_them() {
+    // /api/generate keeps BOS and `num_keep` (4) tokens, then the end of the prompt that leaves half of the
+    // rest of the context free: what ollama hands llama-server.
+    let prompt = "Lighthouses guide ships along dangerous coasts at night. ".repeat(60);
+    let ids = tokenize(&prompt, true).await;
+    let (window, keep) = (512, 5);
+    assert!(ids.len() > window, "{} tokens", ids.len());
+    let limit = window - (window - keep) / 2;
+    let mut cut = ids[..keep].to_vec();
+    cut.extend_from_slice(&ids[ids.len() - (limit - keep)..]);
+    let (status, native) = post(&url("/completion"), json!({"prompt": cut, "n_predict": 8, "temperature": 0})).await;
+    assert_eq!(status, 200, "{native}");
+    let options = json!({"temperature": 0, "num_predict": 8});
+    let v = ask("/api/generate", json!({"prompt": prompt, "raw": true, "options": options})).await;
+    assert_eq!(v["prompt_eval_count"], limit);
+    assert_eq!(v["response"], native["content"]);
+
+    // `num_keep` and `num_ctx` set the cut: 1 kept token (BOS) in 64 leaves 33; -1 keeps the whole start.
+    let small = json!({"num_ctx": 64, "num_keep": 0, "num_predict": 1});
+    assert_eq!(ask("/api/generate", json!({"prompt": prompt, "options": small})).await["prompt_eval_count"], 33);
+    let all = json!({"num_ctx": 64, "num_keep": -1, "num_predict": 1});
+    assert_eq!(ask("/api/generate", json!({"prompt": prompt, "options": all})).await["prompt_eval_count"], 63);
+
+    // Without context shift ollama refuses such a prompt; without truncation so does this server.
+    let message = refused("/api/generate", json!({"prompt": prompt, "shift": false}), 400).await;
+    assert!(message.contains("the prompt is longer than the context length"), "{message}");
+    let message = refused("/api/generate", json!({"prompt": prompt, "truncate": false}), 400).await;
+    assert!(message.contains("context holds 512"), "{message}");
+
+    // /api/chat drops the oldest messages until the conversation fits, keeping the system message in front
+    // (a tail that would open with the model's turn is passed over: Gemma's turns alternate from the user's).
+    let long = "Tell me everything about lighthouses, their keepers and their lamps. ".repeat(30);
+    let question = "What is the capital of France?";
+    let history = json!([
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": long},
+        {"role": "assistant", "content": long},
+        {"role": "user", "content": question},
+    ]);
+    let options = json!({"temperature": 0, "num_predict": 10});
+    let chat = ask("/api/chat", json!({"messages": history, "options": options})).await;
+    let kept = json!([{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": question}]);
+    let (status, openai) =
+        post(&url("/v1/chat/completions"), json!({"messages": kept, "max_tokens": 10, "temperature": 0})).await;
+    assert_eq!(status, 200, "{openai}");
+    assert_eq!(chat["message"]["content"], openai["choices"][0]["message"]["content"]);
+    assert_eq!(chat["prompt_eval_count"], openai["usage"]["prompt_tokens"]);
+    let message = refused("/api/chat", json!({"messages": history, "truncate": false}), 400).await;
+    assert!(message.contains("context holds 512"), "{message}");
+    // The last message always stays: alone too long, it is refused.
+    let message = refused("/api/chat", json!({"messages": [{"role": "user", "content": long.repeat(2)}]}), 400).await;
+    assert!(message.contains("context holds 512"), "{message}");
+}
