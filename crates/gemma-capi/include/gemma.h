@@ -84,6 +84,13 @@ typedef struct gemma_params {
     int32_t repeat_last_n;  /* tokens the penalty looks back over (default 64); -1: the whole context */
     uint32_t seed;          /* sampler seed, as llama.cpp's; GEMMA_SEED_RANDOM (default): from the clock */
     int32_t chat;           /* non-zero: the prompt is a user turn in the model's chat template (default 0) */
+    int32_t n_ctx;          /* gemma_generate's context in tokens; 0 (default) or more than the model's: the
+                               model's context length. A chat takes gemma_chat_new's n_ctx instead. */
+    int32_t context_shift;  /* non-zero: when the context is full, forget half of the tokens after the first
+                               n_keep and go on generating, as llama.cpp's --context-shift (default 0: stop,
+                               GEMMA_STOP_CONTEXT_FULL) */
+    int32_t n_keep;         /* with context_shift: tokens after BOS never forgotten (default 0); -1: the whole
+                               prompt (gemma_generate only). In a chat they count from the conversation's start. */
 } gemma_params;
 
 /* What a generation did (optional output of gemma_generate). */
@@ -93,6 +100,7 @@ typedef struct gemma_generation_info {
     int32_t stop_reason;              /* a gemma_stop_reason */
     double prefill_tokens_per_second;
     double decode_tokens_per_second;
+    int32_t n_context_shifts;         /* context shifts made (gemma_params.context_shift) */
 } gemma_generation_info;
 
 /*
@@ -213,7 +221,9 @@ void gemma_chat_free(gemma_chat *chat);
  * cut short by max_tokens or the callback). `callback`, `user_data`, `out_text` are as in gemma_generate.
  * When the conversation and room for an answer (max_tokens, at most half the context) no longer fit in the
  * context, the oldest user/answer pairs are dropped; the system prompt stays. A message that does not fit
- * even alone is GEMMA_ERR_CONTEXT_FULL. On any failure the conversation's messages are as before the call.
+ * even alone is GEMMA_ERR_CONTEXT_FULL. With params->context_shift, an answer that fills the context goes on
+ * after a context shift (the forgotten tokens leave the KV cache, not the messages; the next turn renders the
+ * messages again). On any failure the conversation's messages are as before the call.
  * out_info: may be NULL; on GEMMA_OK it receives the turn's figures (zeroed on failure).
  */
 int gemma_chat_send(gemma_chat *chat, const char *message, gemma_token_callback callback, void *user_data,

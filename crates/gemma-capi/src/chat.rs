@@ -10,8 +10,8 @@ use gemma_core::{Conversation, ConversationError, ModelError};
 use crate::c_str::{read_str, write_opt};
 use crate::error::{code_call, value_call, CapiError};
 use crate::generate::{
-    c_token_handler, defaults, event_handler, hand_out_text, options_with_stop, template, GemmaGenerationInfo,
-    GemmaParams, GemmaTokenCallback,
+    c_token_handler, context_shift, defaults, event_handler, hand_out_text, options_with_stop, template,
+    GemmaGenerationInfo, GemmaParams, GemmaTokenCallback,
 };
 use crate::model::{model_ref, saturating_c_int, GemmaModel};
 
@@ -63,7 +63,14 @@ impl GemmaChat {
         }
         let template = template(m)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let options = options_with_stop(&params, &stop)?;
+        let mut options = options_with_stop(&params, &stop)?;
+        if params.context_shift != 0 && params.n_keep < 0 {
+            return Err(CapiError::InvalidArgument(
+                "n_keep -1 (the whole prompt) has no meaning in a chat: give the tokens to keep after BOS".into(),
+            ));
+        }
+        // The kept tokens are counted from the conversation's start, BOS added as llama-server adds it.
+        options.context_shift = context_shift(&params, m.tokenizer.add_bos(), usize::MAX);
         let ctx = if n_ctx == 0 { m.context_length() } else { n_ctx.min(m.context_length()) };
         let mut conversation =
             Conversation::new(&m.model, &m.tokenizer, template, ctx, options).map_err(CapiError::Generation)?;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use gemma_core::chat::{ChatMessage, ChatTemplate};
 use gemma_core::generate::TokenEvent;
-use gemma_core::{GenerationOptions, GenerationOutput, ModelError, SamplingParams, Session, StopReason};
+use gemma_core::{ContextShift, GenerationOptions, GenerationOutput, ModelError, SamplingParams, Session, StopReason};
 
 use crate::c_str::{read_str, to_malloced, write_opt};
 use crate::error::{code_call, value_call, CapiError};
@@ -31,6 +31,9 @@ pub struct GemmaParams {
     pub repeat_last_n: i32,
     pub seed: u32,
     pub chat: i32,
+    pub n_ctx: i32,
+    pub context_shift: i32,
+    pub n_keep: i32,
 }
 
 /// `gemma_stop_reason` of the C API.
@@ -77,6 +80,7 @@ pub struct GemmaGenerationInfo {
     pub stop_reason: i32,
     pub prefill_tokens_per_second: f64,
     pub decode_tokens_per_second: f64,
+    pub n_context_shifts: i32,
 }
 
 /// `gemma_token_callback` of the C API: the token id (or [`GEMMA_NO_TOKEN`]), its text (`piece_len` bytes of
@@ -102,6 +106,9 @@ pub(crate) fn defaults() -> GemmaParams {
         repeat_last_n: saturating_i32(sampling.penalty_last_n),
         seed: sampling.seed.map_or(GEMMA_SEED_RANDOM, |s| s as u32),
         chat: 0,
+        n_ctx: 0,
+        context_shift: 0,
+        n_keep: 0,
     }
 }
 
@@ -129,7 +136,20 @@ fn generation_options(params: &GemmaParams) -> Result<GenerationOptions, CapiErr
         ..Default::default()
     };
     sampling.validate()?;
+    if params.n_keep < -1 {
+        return Err(CapiError::InvalidArgument(format!("n_keep must be -1 or more, got {}", params.n_keep)));
+    }
     Ok(GenerationOptions { max_tokens, sampling, ..Default::default() })
+}
+
+/// The context shift `params` ask for (llama-completion's `--context-shift --keep`): `n_keep` tokens after BOS
+/// are never dropped, -1 keeps `whole_prompt` tokens; no more than `whole_prompt` are kept.
+pub(crate) fn context_shift(params: &GemmaParams, add_bos: bool, whole_prompt: usize) -> Option<ContextShift> {
+    (params.context_shift != 0).then(|| {
+        let keep = usize::try_from(params.n_keep)
+            .map_or(whole_prompt, |n| n.saturating_add(usize::from(add_bos)).min(whole_prompt));
+        ContextShift { keep, discard: None }
+    })
 }
 
 /// The default parameters (the library's: greedy, because top_k is 1; 256 tokens at most).
@@ -146,6 +166,9 @@ pub extern "C" fn gemma_params_default() -> GemmaParams {
         repeat_last_n: 0,
         seed: 0,
         chat: 0,
+        n_ctx: 0,
+        context_shift: 0,
+        n_keep: 0,
     };
     value_call(zero, || Ok(defaults()))
 }
@@ -164,6 +187,7 @@ impl GemmaGenerationInfo {
             stop_reason: GemmaStopReason::from_library(out.stop_reason) as i32,
             prefill_tokens_per_second: out.prefill_tok_s(),
             decode_tokens_per_second: out.decode_tok_s(),
+            n_context_shifts: saturating_i32(out.context_shifts.len()),
         }
     }
 }
@@ -203,7 +227,14 @@ pub fn generate(
         return Err(CapiError::EmbeddingModel(ModelError::EmbeddingModel(m.model.config.name.clone())));
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let options = options_with_stop(params, &stop)?;
+    let mut options = options_with_stop(params, &stop)?;
+    let context = match usize::try_from(params.n_ctx) {
+        Ok(0) => m.context_length(),
+        Ok(n) => n.min(m.context_length()),
+        Err(_) => {
+            return Err(CapiError::InvalidArgument(format!("n_ctx must be 0 or more, got {}", params.n_ctx)));
+        }
+    };
     let mut on_event = event_handler(&stop, on_token);
     let tokenizer = &m.tokenizer;
     let prompt_ids = if params.chat != 0 {
@@ -218,11 +249,11 @@ pub fn generate(
             "the prompt is empty and the model adds no BOS token: nothing to continue from".into(),
         ));
     }
-    let context = m.context_length();
     // Room for at least one generated token.
     if prompt_ids.len() >= context {
         return Err(CapiError::PromptTooLong { prompt: prompt_ids.len(), context });
     }
+    options.context_shift = context_shift(params, tokenizer.add_bos(), prompt_ids.len());
     let mut session = Session::new(&m.model, context);
     let out = session
         .generate_streaming(tokenizer, &prompt_ids, &options, &m.pool, &mut on_event)

@@ -384,3 +384,44 @@ fn a_prompt_longer_than_the_context_is_context_full() {
     assert!(last_error().contains("context holds"), "{}", last_error());
     assert!(run.text.is_none() && run.streamed.tokens.is_empty());
 }
+
+/// `context_shift` (llama.cpp's `--context-shift`): with a context of 256, generation goes on past it with
+/// llama.cpp's tokens (`testdata/goldens/gemma3_270m_llama_context_shift.json`, up to its first near-tie), as
+/// `gemma run --context-shift` does; without it, it stops when the context is full.
+#[test]
+fn a_context_shift_generates_past_the_context_as_llama_cpp_does() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/goldens/gemma3_270m_llama_context_shift.json");
+    let golden: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let case = &golden["cases"][0];
+    let prompt = c_string(case["prompt"].as_str().unwrap());
+    let params = GemmaParams { n_ctx: 256, context_shift: 1, ..greedy_params(640) };
+    let run = generate_on(generator(), &prompt, &params, 0);
+    assert_eq!(run.code, OK, "{}", last_error());
+    assert_eq!((run.info.n_context_shifts, run.info.stop_reason), (4, GemmaStopReason::MaxTokens as i32));
+    let ours: Vec<u64> = run.streamed.tokens.iter().map(|&t| t as u64).collect();
+    let llama: Vec<u64> = serde_json::from_value(case["gen_ids"].clone()).unwrap();
+    let margins: Vec<f64> = serde_json::from_value(case["gen_top1_top2_margin"].clone()).unwrap();
+    let first_tie = margins.iter().position(|&x| x < 0.1).unwrap_or(margins.len());
+    assert_eq!(ours.len(), 640);
+    assert_eq!(ours[..first_tie], llama[..first_tie]);
+
+    // Without a shift the 256 positions fill up, and one more token is sampled from the last.
+    let plain = generate_on(generator(), &prompt, &GemmaParams { context_shift: 0, ..params }, 0);
+    assert_eq!((plain.code, plain.info.stop_reason), (OK, GemmaStopReason::ContextFull as i32));
+    assert_eq!(plain.info.n_generated_tokens as usize, 256 + 1 - case["prompt_ids"].as_array().unwrap().len());
+    assert_eq!(plain.info.n_context_shifts, 0);
+
+    // The whole prompt kept (-1): one shift in 300 tokens, the prompt's tokens never forgotten.
+    let kept = generate_on(generator(), &prompt, &GemmaParams { n_keep: -1, max_tokens: 300, ..params }, 0);
+    assert_eq!((kept.code, kept.info.n_context_shifts), (OK, 1), "{}", last_error());
+
+    // A context below the prompt is the prompt too long; bad counts are invalid arguments.
+    let small = generate_on(generator(), &prompt, &GemmaParams { n_ctx: 8, ..params }, 0);
+    assert_eq!(small.code, Status::ContextFull as c_int);
+    for (bad, field) in
+        [(GemmaParams { n_keep: -2, ..params }, "n_keep"), (GemmaParams { n_ctx: -1, ..params }, "n_ctx")]
+    {
+        assert_eq!(generate_on(generator(), &prompt, &bad, 0).code, Status::InvalidArgument as c_int);
+        assert!(last_error().contains(field), "{field}: {}", last_error());
+    }
+}

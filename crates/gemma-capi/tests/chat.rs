@@ -238,3 +238,46 @@ fn an_embedding_model_holds_no_chat() {
     assert!(chat.is_null());
     assert!(last_error().contains("is an embedding model"), "{}", last_error());
 }
+
+/// `params.context_shift` in a chat (`gemma chat --context-shift`): an answer goes on past a small context, as
+/// the library's conversation with the same context shift (BOS and `n_keep` tokens kept) answers; the next
+/// turn still works. `n_keep` -1 (the whole prompt) is refused in a chat.
+#[test]
+fn an_answer_goes_on_past_the_context_with_a_context_shift() {
+    let library = Library::get();
+    let params = GemmaParams { context_shift: 1, n_keep: 4, ..greedy_params(120) };
+    let chat = Chat::new(None, &params, 64);
+    let question = "Count from one to one hundred in words, one number per line.";
+    let sent = send(&chat, question, 0);
+    assert_eq!(sent.code, OK, "{}", last_error());
+    let info = sent.info.generation;
+    eprintln!("{} tokens, {} shifts: {:?}", info.n_generated_tokens, info.n_context_shifts, sent.text);
+    assert!(info.n_context_shifts >= 1, "{info:?}");
+    assert!(sent.info.n_context_tokens < 64);
+
+    let template = template();
+    let mut conversation = gemma_core::Conversation::new(
+        &library.model,
+        &library.tokenizer,
+        &template,
+        64,
+        gemma_core::GenerationOptions {
+            max_tokens: 120,
+            sampling: gemma_core::SamplingParams::greedy(),
+            context_shift: Some(gemma_core::ContextShift { keep: 4 + 1, discard: None }),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let turn = conversation.send(question, &library.pool, &mut |_| {}).unwrap();
+    assert_eq!(sent.text.as_deref(), Some(turn.output.text.as_str()));
+    assert_eq!(info.n_context_shifts as usize, turn.output.context_shifts.len());
+    let next = send(&chat, "Thanks.", 0);
+    assert_eq!(next.code, OK, "{}", last_error());
+
+    let bad = GemmaParams { n_keep: -1, ..params };
+    // SAFETY: a live model handle, no system prompt, valid params.
+    let refused = unsafe { gemma_chat_new(generator(), std::ptr::null(), &bad, 64) };
+    assert!(refused.is_null());
+    assert!(last_error().contains("n_keep"), "{}", last_error());
+}
