@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::OnceLock;
 
 use base64::Engine as _;
@@ -489,17 +488,7 @@ async fn a_generative_model_refuses_embeddings() {
 
 #[test]
 fn the_official_openai_package_gets_the_reference_embeddings() {
-    let probe = Command::new("python3").args(["-c", "import openai"]).output().expect("python3 runs");
-    assert!(
-        probe.status.success(),
-        "the `openai` Python package is needed for this test: run `python3 -m pip install openai` ({})",
-        String::from_utf8_lossy(&probe.stderr).trim()
-    );
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_embeddings_client.py");
-    let out = Command::new("python3").args([script, base(), HELLO, QUERY, PARIS]).output().expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the openai client failed:\n{stdout}\n{stderr}");
+    let stdout = common::run_python_client("openai", "openai_embeddings_client.py", &[base(), HELLO, QUERY, PARIS]);
     let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: not JSON:\n{stdout}"));
     let vectors = v["embeddings"].as_array().unwrap();
     assert_eq!(vectors.len(), 3);

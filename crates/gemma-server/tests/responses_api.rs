@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::sync::OnceLock;
 
 use common::{client, post, post_bytes};
@@ -289,22 +288,6 @@ async fn aliases_answer_as_the_v1_routes() {
 
 #[test]
 fn the_official_openai_package_uses_the_responses_api() {
-    let probe = Command::new("python3").args(["-c", "import openai"]).output().expect("python3 runs");
-    assert!(
-        probe.status.success(),
-        "the `openai` Python package is needed for this test: run `python3 -m pip install openai` ({})",
-        String::from_utf8_lossy(&probe.stderr).trim()
-    );
-    let key = "responses-test-key";
-    let mut config = common::test_config();
-    config.api_keys = vec![key.to_string()];
-    let base = common::start(config);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/responses_client.py");
-    let out = Command::new("python3").args([script, &base, key]).output().expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the openai client failed:\n{stdout}\n{stderr}");
-    for check in ["create ok", "stream ok", "items ok", "400 ok", "401 ok", "all ok"] {
-        assert!(stdout.contains(check), "missing '{check}' in:\n{stdout}");
-    }
+    let checks = ["create ok", "stream ok", "items ok", "400 ok", "401 ok", "all ok"];
+    common::python_client_passes("openai", "responses_client.py", &checks);
 }

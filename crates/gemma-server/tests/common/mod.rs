@@ -2,6 +2,7 @@
 //! helpers to talk to it.
 #![allow(dead_code)]
 
+use std::process::Command;
 use std::time::Duration;
 
 use gemma_server::ServerConfig;
@@ -74,4 +75,35 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("metric {name} missing from:\n{text}"))
+}
+
+/// Runs the Python client `tests/SCRIPT` with `args` and returns what it printed, after checking that it
+/// succeeded. The Python `package` it drives must be installed (`.ci/run` installs it); if not, the test
+/// fails saying how to install it.
+pub fn run_python_client(package: &str, script: &str, args: &[&str]) -> String {
+    let probe = Command::new("python3").args(["-c", &format!("import {package}")]).output().expect("python3 runs");
+    assert!(
+        probe.status.success(),
+        "the `{package}` Python package is needed for this test: run `python3 -m pip install {package}` ({})",
+        String::from_utf8_lossy(&probe.stderr).trim()
+    );
+    let script = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("python3").arg(&script).args(args).output().expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the {package} client {script} failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+/// Starts a server that asks for an API key, runs `script` (a client of the Python `package`) against it with
+/// its URL and the key, and checks that it printed each of `checks`.
+pub fn python_client_passes(package: &str, script: &str, checks: &[&str]) {
+    let key = format!("{package}-python-test-key");
+    let mut config = test_config();
+    config.api_keys = vec![key.clone()];
+    let base = start(config);
+    let stdout = run_python_client(package, script, &[&base, &key]);
+    for check in checks {
+        assert!(stdout.contains(check), "missing '{check}' in:\n{stdout}");
+    }
 }
