@@ -8,10 +8,10 @@ use gemma_ops::ThreadPool;
 
 use crate::batch::Batch;
 use crate::error::ModelError;
-use crate::kv_cache::{KvCache, KvFileError, MAX_UBATCH};
+use crate::kv_cache::{KvCache, KvFileError};
 use crate::model::{Model, Scratch};
 use crate::sampling::{Sampler, SamplingParams, TokenLogprobs};
-use crate::speculative::{Drafter, SpecStats, SpeculativeParams};
+use crate::speculative::{draft_room, Drafter, SpecStats, SpeculativeParams};
 use crate::stop::StopMatcher;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
@@ -390,15 +390,11 @@ impl<'m> Session<'m> {
             }
             if let (Some(d), Some(params)) = (drafter.as_mut(), &opts.speculative) {
                 draft = d.draft(&history[..history.len() - 1], id);
-                // As llama-server: no token past `max_tokens` and one free position left for a context shift;
-                // besides, a forward pass holds at most MAX_UBATCH tokens and every drafted position must be
-                // one the cache can forget again (checked, as a sliding-window ring can only go back so far).
+                // No token past `max_tokens`, one free position left for a context shift (as llama-server), at
+                // most one forward pass; and every drafted position must be one the cache can forget again
+                // (checked, as a sliding-window ring can only go back so far).
                 let len = self.cache.len();
-                let room = (opts.max_tokens - gen_ids.len() - 1)
-                    .min(ctx.saturating_sub(len + 2))
-                    .min(params.max_draft())
-                    .min(MAX_UBATCH - 1);
-                draft.truncate(room);
+                draft.truncate(draft_room(params, opts.max_tokens - gen_ids.len() - 1, len, ctx));
                 if !draft.is_empty() && !self.cache.can_go_back(len + 1 + draft.len(), len + 1) {
                     draft.clear();
                 }

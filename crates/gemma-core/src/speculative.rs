@@ -268,14 +268,23 @@ impl NgramMod {
     }
 }
 
-/// The drafter of one generation.
-pub(crate) enum Drafter {
+/// How many drafted tokens may follow the token just sampled, as llama-server allows: none past `max_tokens`
+/// (`tokens_left`: what may still be generated after that token), the context's last position left free for a
+/// context shift, at most `MAX_UBATCH - 1` (one forward pass) and the type's own cap. Check
+/// [`crate::KvCache::can_go_back`] too before running them.
+pub fn draft_room(params: &SpeculativeParams, tokens_left: usize, cache_len: usize, ctx: usize) -> usize {
+    tokens_left.min(ctx.saturating_sub(cache_len + 2)).min(params.max_draft()).min(crate::kv_cache::MAX_UBATCH - 1)
+}
+
+/// The drafter of one generation (one sequence).
+pub enum Drafter {
     Simple { n: usize, m: usize },
     Mod { table: Box<NgramMod>, n_min: usize, n_max: usize },
 }
 
 impl Drafter {
-    pub(crate) fn new(params: &SpeculativeParams, prompt: &[u32]) -> Drafter {
+    /// A drafter for a sequence whose context starts with `prompt`.
+    pub fn new(params: &SpeculativeParams, prompt: &[u32]) -> Drafter {
         match params.kind {
             SpecType::NgramSimple => Drafter::Simple { n: params.simple_size_n, m: params.simple_size_m },
             SpecType::NgramMod => {
@@ -286,14 +295,17 @@ impl Drafter {
         }
     }
 
-    pub(crate) fn draft(&mut self, history: &[u32], last: u32) -> Vec<u32> {
+    /// A draft to follow `history` (the tokens in the cache) and `last` (the token just sampled, not yet run);
+    /// empty when there is none. Cut it with [`draft_room`].
+    pub fn draft(&mut self, history: &[u32], last: u32) -> Vec<u32> {
         match self {
             Drafter::Simple { n, m } => ngram_simple_draft(history, last, *n, *m),
             Drafter::Mod { table, n_min, n_max } => table.draft(history, last, *n_min, *n_max),
         }
     }
 
-    pub(crate) fn accept(&mut self, accepted: usize) {
+    /// How many tokens of the last draft the sampler kept.
+    pub fn accept(&mut self, accepted: usize) {
         if let Drafter::Mod { table, .. } = self {
             table.accept(accepted);
         }
