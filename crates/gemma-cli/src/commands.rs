@@ -9,11 +9,14 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use gemma_core::generate::tokens_per_second;
 use gemma_core::sampling::{parse_logit_bias, Mirostat, Sampler, SamplerStage, SamplingError, TokenLogprob};
-use gemma_core::{ContextShift, GenerationOptions, LoadOptions, Model, SamplingParams, Session, Tokenizer};
+use gemma_core::{
+    ContextShift, GenerationOptions, LoadOptions, Model, SamplingParams, Session, SpecType, SpeculativeParams,
+    Tokenizer,
+};
 use gemma_ops::ThreadPool;
 
 use crate::args::{
-    ChatArgs, Cli, Command, DetokenizeArgs, GenerateArgs, LogitsArgs, PullArgs, SamplingArgs, TokenizeArgs,
+    ChatArgs, Cli, Command, DetokenizeArgs, GenerateArgs, LogitsArgs, PullArgs, SamplingArgs, SpecArgs, TokenizeArgs,
 };
 
 /// A mistake in how the command was called (exit code 2).
@@ -364,10 +367,30 @@ pub(crate) fn fit_options_to_model(
     Ok(())
 }
 
+/// `--spec-type` and its settings; `None` without speculation.
+pub(crate) fn speculative_params(args: &SpecArgs) -> Result<Option<SpeculativeParams>> {
+    let Some(name) = &args.spec_type else { return Ok(None) };
+    let Some(kind) = SpecType::parse(name).map_err(|e| usage(format!("--spec-type: {e}")))? else {
+        return Ok(None);
+    };
+    let params = SpeculativeParams {
+        simple_size_n: args.spec_ngram_simple_size_n,
+        simple_size_m: args.spec_ngram_simple_size_m,
+        mod_n_match: args.spec_ngram_mod_n_match,
+        mod_n_min: args.spec_ngram_mod_n_min,
+        mod_n_max: args.spec_ngram_mod_n_max,
+        draft_n_max: args.spec_draft_n_max,
+        ..SpeculativeParams::new(kind)
+    };
+    params.validate().map_err(|e| usage(e.to_string()))?;
+    Ok(Some(params))
+}
+
 fn generate(common: &Common, args: &GenerateArgs) -> Result<()> {
     let prompt = read_prompt(args)?;
     let mut opts = generation_options(&args.sampling)?;
     opts.logprobs = args.logprobs;
+    opts.speculative = speculative_params(&args.spec)?;
     let m = common.load()?;
     fit_options_to_model(&mut opts, &args.sampling, &m.tokenizer)?;
     let prompt_ids = m.tokenizer.encode(&prompt, m.tokenizer.add_bos(), true);
@@ -421,9 +444,10 @@ fn generate(common: &Common, args: &GenerateArgs) -> Result<()> {
             }
             let mut sampler = Sampler::for_model(opts.sampling.clone(), &m.tokenizer, session.context_len());
             sampler.accept_all(&prompt_ids[..last]);
-            let mut out = session.generate_streaming_with(
+            let mut out = session.generate_streaming_after(
                 &mut sampler,
                 &m.tokenizer,
+                &prompt_ids[..last],
                 &prompt_ids[last..],
                 &opts,
                 &m.pool,
@@ -467,6 +491,11 @@ fn generate(common: &Common, args: &GenerateArgs) -> Result<()> {
         if args.context_shift {
             obj["context_shifts"] = out.context_shifts.len().into();
         }
+        if opts.speculative.is_some() {
+            // llama-server's timings names.
+            obj["draft_n"] = out.speculative.draft_n.into();
+            obj["draft_n_accepted"] = out.speculative.draft_n_accepted.into();
+        }
         if opts.logprobs.is_some() {
             let entry = |lp: &TokenLogprob| {
                 let piece = m.tokenizer.token_piece_bytes(lp.id, true).unwrap_or_default();
@@ -499,8 +528,19 @@ fn generate(common: &Common, args: &GenerateArgs) -> Result<()> {
             0 => String::new(),
             n => format!(" | context shifts: {n}"),
         };
+        let spec = match (&opts.speculative, out.speculative) {
+            (Some(p), st) => format!(
+                " | {}: {} drafts, {}/{} drafted tokens accepted ({:.1}%)",
+                p.kind,
+                st.drafts,
+                st.draft_n_accepted,
+                st.draft_n,
+                100.0 * st.acceptance()
+            ),
+            (None, _) => String::new(),
+        };
         eprintln!(
-            "[prompt: {} tokens{cached}, {:.1} tok/s | generated: {} tokens, {:.1} tok/s{shifts} | stop: {}]",
+            "[prompt: {} tokens{cached}, {:.1} tok/s | generated: {} tokens, {:.1} tok/s{shifts}{spec} | stop: {}]",
             out.prompt_ids.len(),
             tokens_per_second(evaluated, out.prefill_secs),
             out.gen_ids.len(),

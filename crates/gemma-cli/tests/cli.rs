@@ -448,3 +448,40 @@ fn context_shift_generates_past_the_context_as_llama_cpp_does() {
         assert_eq!(o.status.code(), Some(2), "{bad:?}");
     }
 }
+
+#[test]
+fn spec_type_gives_the_same_tokens_and_reports_its_drafts() {
+    let m = model();
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["run", "-m", &m, "--prompt", "The capital of France is", "-n", "60", "--json"];
+        args.extend_from_slice(extra);
+        serde_json::from_str(ok(&args).trim()).expect("one JSON object")
+    };
+    let plain = run(&[]);
+    assert!(plain.get("draft_n").is_none());
+    for t in ["ngram-simple", "ngram-mod"] {
+        let sp = run(&["--spec-type", t]);
+        assert_eq!(sp["gen_ids"], plain["gen_ids"], "{t}");
+        assert_eq!(sp["text"], plain["text"], "{t}");
+        // The greedy continuation loops: drafts are made and kept.
+        assert!(sp["draft_n_accepted"].as_u64().unwrap() > 0, "{t}: {sp}");
+    }
+    // Streamed text and the summary line.
+    let o =
+        gemma(&["run", "-m", &m, "--prompt", "The capital of France is", "-n", "60", "--spec-type", "ngram-simple"]);
+    assert!(o.status.success());
+    assert_eq!(stdout(&o).trim_end(), plain["text"].as_str().unwrap().trim_end());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("drafted tokens accepted"));
+    // Unknown, unimplemented or out-of-range settings: usage errors naming the flag.
+    for bad in [
+        &["--spec-type", "bogus"][..],
+        &["--spec-type", "ngram-map-k"],
+        &["--spec-type", "ngram-simple", "--spec-ngram-simple-size-n", "0"],
+    ] {
+        let mut args = vec!["run", "-m", &m, "--prompt", "hi", "-n", "1"];
+        args.extend_from_slice(bad);
+        let o = gemma(&args);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("--spec"), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+}

@@ -11,6 +11,7 @@ use crate::error::ModelError;
 use crate::kv_cache::{KvCache, KvFileError};
 use crate::model::{Model, Scratch};
 use crate::sampling::{Sampler, SamplingParams, TokenLogprobs};
+use crate::speculative::{draft_room, Drafter, SpecStats, SpeculativeParams};
 use crate::stop::StopMatcher;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
@@ -32,6 +33,9 @@ pub struct GenerationOptions {
     /// `Some`: when the context is full, make room as llama.cpp's `--context-shift` does and go on; `None`:
     /// stop there ([`StopReason::ContextFull`]).
     pub context_shift: Option<ContextShift>,
+    /// `Some`: self-speculative decoding with n-grams (llama.cpp's `--spec-type ngram-*`, `docs/speculative.md`):
+    /// tokens guessed from the context are checked in one forward pass. The tokens are the same as without it.
+    pub speculative: Option<SpeculativeParams>,
 }
 
 /// llama.cpp's context shift. When a sequence's cache holds `ctx - 1` tokens and another must go in, the
@@ -64,6 +68,7 @@ impl Default for GenerationOptions {
             stop: Vec::new(),
             logprobs: None,
             context_shift: None,
+            speculative: None,
         }
     }
 }
@@ -125,6 +130,8 @@ pub struct GenerationOutput {
     /// the cache's tokens are the prompt and the generated tokens with `discard` tokens after the first
     /// `keep` removed at each.
     pub context_shifts: Vec<(usize, usize)>,
+    /// Drafts made and tokens accepted with [`GenerationOptions::speculative`] (zeros without it).
+    pub speculative: SpecStats,
     pub prefill_secs: f64,
     pub decode_secs: f64,
 }
@@ -184,6 +191,15 @@ impl<'m> Session<'m> {
     /// A context shift ([`Model::shift_context`]): forgets `discard` tokens after the first `keep`.
     pub fn shift_context(&mut self, keep: usize, discard: usize) -> Result<(), ModelError> {
         self.model.shift_context(&mut self.cache, keep, discard)
+    }
+
+    /// Forgets the positions from `len` on (drafted tokens the model did not choose). The caller checked with
+    /// [`KvCache::can_go_back`] that it is possible.
+    fn rewind(&mut self, len: usize) -> Result<(), ModelError> {
+        if self.cache.truncate(len) != len {
+            return Err(ModelError::BadBatch(format!("the KV cache could not go back to {len} positions")));
+        }
+        Ok(())
     }
 
     /// The cache as a file's bytes ([`KvCache::to_bytes`]), with `tokens`, the ids of its positions.
@@ -259,6 +275,23 @@ impl<'m> Session<'m> {
         pool: &ThreadPool,
         on_token: &mut dyn FnMut(&TokenEvent<'_>),
     ) -> Result<GenerationOutput, ModelError> {
+        self.generate_streaming_after(sampler, tokenizer, &[], prompt_ids, opts, pool, on_token)
+    }
+
+    /// [`Session::generate_streaming_with`] told which tokens the cache already holds (`earlier`, one per
+    /// position): speculative decoding looks for its n-grams there too, as llama.cpp looks in the whole context.
+    /// Nothing else changes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate_streaming_after(
+        &mut self,
+        sampler: &mut Sampler,
+        tokenizer: &Tokenizer,
+        earlier: &[u32],
+        prompt_ids: &[u32],
+        opts: &GenerationOptions,
+        pool: &ThreadPool,
+        on_token: &mut dyn FnMut(&TokenEvent<'_>),
+    ) -> Result<GenerationOutput, ModelError> {
         let ctx = self.cache.capacity();
         if self.cache.len() + prompt_ids.len() > ctx {
             return Err(ModelError::ContextFull { pos: self.cache.len() + prompt_ids.len() - 1, ctx });
@@ -278,11 +311,28 @@ impl<'m> Session<'m> {
         let mut gen_ids = Vec::new();
         let mut end_token = None;
         let mut context_shifts = Vec::new();
+        let cancelled = || opts.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed));
+
+        // Speculation: the tokens of the cache (the n-grams are looked for there), the drafter, and the draft
+        // being checked. The last forward pass ran `[x, draft...]` from position `batch_start`; logits row `row`
+        // follows `x` and the first `row` drafted tokens, all of which the sampler chose.
+        let mut history: Vec<u32> = Vec::new();
+        let mut drafter = None;
+        if let Some(params) = &opts.speculative {
+            history.extend_from_slice(earlier);
+            history.extend_from_slice(prompt_ids);
+            drafter = Some(Drafter::new(params, &history));
+        }
+        let mut stats = SpecStats::default();
+        let mut draft: Vec<u32> = Vec::new();
+        let mut row = 0;
+        let mut batch_start = 0;
+
         let stop_reason = loop {
             if gen_ids.len() >= opts.max_tokens {
                 break StopReason::MaxTokens;
             }
-            let logits = self.scratch.logits.row(0);
+            let logits = self.scratch.logits.row(row);
             let id = sampler.sample(logits);
             if tokenizer.is_end_of_generation(id) {
                 end_token = Some(id);
@@ -291,6 +341,9 @@ impl<'m> Session<'m> {
             let token_logprobs = opts.logprobs.map(|n| sampler.logprobs(logits, id, n));
             sampler.accept_generated(id);
             gen_ids.push(id);
+            if drafter.is_some() {
+                history.push(id);
+            }
             let step = stops.push(&decoder.push(id));
             text.push_str(step.text);
             on_token(&TokenEvent { id: Some(id), text: step.text, logprobs: token_logprobs.as_ref() });
@@ -300,6 +353,24 @@ impl<'m> Session<'m> {
             }
             if gen_ids.len() >= opts.max_tokens {
                 break StopReason::MaxTokens;
+            }
+            if row < draft.len() && draft[row] == id {
+                // The sampler chose the drafted token: it is in the cache already and the next row follows it.
+                if cancelled() {
+                    break StopReason::Cancelled;
+                }
+                row += 1;
+                stats.draft_n_accepted += 1;
+                continue;
+            }
+            if !draft.is_empty() {
+                // Another token (or the one after a fully accepted draft): forget the drafted positions not chosen.
+                if let Some(d) = drafter.as_mut() {
+                    d.accept(row);
+                }
+                self.rewind(batch_start + 1 + row)?;
+                draft.clear();
+                row = 0;
             }
             // llama.cpp shifts when the token would fill the last position; without a shift it goes on
             // until the cache is full.
@@ -314,12 +385,39 @@ impl<'m> Session<'m> {
             if self.cache.len() >= ctx {
                 break StopReason::ContextFull;
             }
-            if opts.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+            if cancelled() {
                 break StopReason::Cancelled;
             }
-            let batch = Batch::sequence(&[id], self.cache.len(), 0, true);
+            if let (Some(d), Some(params)) = (drafter.as_mut(), &opts.speculative) {
+                draft = d.draft(&history[..history.len() - 1], id);
+                // No token past `max_tokens`, one free position left for a context shift (as llama-server), at
+                // most one forward pass; and every drafted position must be one the cache can forget again
+                // (checked, as a sliding-window ring can only go back so far).
+                let len = self.cache.len();
+                draft.truncate(draft_room(params, opts.max_tokens - gen_ids.len() - 1, len, ctx));
+                if !draft.is_empty() && !self.cache.can_go_back(len + 1 + draft.len(), len + 1) {
+                    draft.clear();
+                }
+            }
+            batch_start = self.cache.len();
+            let batch = if draft.is_empty() {
+                Batch::sequence(&[id], batch_start, 0, true)
+            } else {
+                stats.drafts += 1;
+                stats.draft_n += draft.len();
+                let ids: Vec<u32> = std::iter::once(id).chain(draft.iter().copied()).collect();
+                Batch::sequence(&ids, batch_start, 0, true)
+            };
             self.model.forward_with(&batch, std::slice::from_mut(&mut self.cache), pool, &mut self.scratch)?;
         };
+        if !draft.is_empty() {
+            // Stopped inside a draft: the cache keeps what it would hold without speculation (the tokens before
+            // the last one sampled).
+            if let Some(d) = drafter.as_mut() {
+                d.accept(row);
+            }
+            self.rewind(batch_start + 1 + row)?;
+        }
         // Bytes of an unfinished character and text held back for a stop string that never came.
         let tail_piece = decoder.finish();
         let mut tail = stops.push(&tail_piece).text.to_string();
@@ -337,6 +435,7 @@ impl<'m> Session<'m> {
             stop_string,
             logprobs,
             context_shifts,
+            speculative: stats,
             prefill_secs,
             decode_secs: t1.elapsed().as_secs_f64(),
         })

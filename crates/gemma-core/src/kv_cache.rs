@@ -115,10 +115,19 @@ impl KvCache {
     /// Whether going back to `len` positions (`len <= self.len`) would need ring rows already overwritten (or
     /// lost in a context shift).
     fn prefix_lost(&self, len: usize) -> bool {
-        self.layers.iter().any(|l| {
+        !self.can_go_back(self.len, len)
+    }
+
+    /// Whether a cache holding `from` positions (this one, or this one after more positions are appended)
+    /// could go back to `to` with [`KvCache::truncate`]: a ring layer keeps `MAX_UBATCH` rows beyond its window,
+    /// so positions written over the last `MAX_UBATCH` can be forgotten, no more. Speculative decoding asks
+    /// before it writes a draft it may have to take back.
+    pub fn can_go_back(&self, from: usize, to: usize) -> bool {
+        let to = to.min(from);
+        !self.layers.iter().any(|l| {
             l.ring != 0
-                && (self.len - len > l.ring - l.window.min(l.ring)
-                    || (len > 0 && (len + 1).saturating_sub(l.window) < self.lost_below))
+                && (from - to > l.ring - l.window.min(l.ring)
+                    || (to > 0 && (to + 1).saturating_sub(l.window) < self.lost_below))
         })
     }
 
@@ -391,6 +400,20 @@ mod tests {
         assert_eq!(c.truncate(4_000), 0);
         assert!(c.is_empty());
         assert!(matches!(c.reserve_to(10_001), Err(ModelError::ContextFull { .. })));
+    }
+
+    #[test]
+    fn can_go_back_allows_the_ring_slack_and_no_more() {
+        let mut c = KvCache::new(&[Some(4), None], 2, 10_000);
+        c.reserve_to(5_000).unwrap();
+        c.set_len(5_000);
+        // A draft written from position 5 000 can be taken back while it is at most MAX_UBATCH long.
+        assert!(c.can_go_back(5_000 + MAX_UBATCH, 5_000));
+        assert!(!c.can_go_back(5_001 + MAX_UBATCH, 5_000));
+        assert!(c.can_go_back(5_000, 5_000));
+        // Without ring layers any prefix can come back.
+        let c = KvCache::new(&[None], 2, 10_000);
+        assert!(c.can_go_back(9_000, 1));
     }
 
     /// Fills positions `0..end` with values that name their layer, position and lane, writing each

@@ -18,6 +18,7 @@ pub mod perplexity;
 pub mod quantize;
 pub mod random;
 pub mod sampling;
+pub mod speculative;
 pub mod stop;
 pub mod task_scoring;
 pub mod tokenizer;
@@ -32,4 +33,5 @@ pub use generate::{ContextShift, GenerationOptions, GenerationOutput, Session, S
 pub use kv_cache::{KvCache, KvFileError};
 pub use model::{LoadOptions, Model, Scratch};
 pub use sampling::{Sampler, SamplingParams};
+pub use speculative::{SpecStats, SpecType, SpeculativeParams};
 pub use tokenizer::Tokenizer;

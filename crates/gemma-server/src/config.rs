@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use gemma_core::{SpecType, SpeculativeParams};
 use serde::Deserialize;
 
 /// The flags of `gemma-server` (and `gemma serve`).
@@ -55,6 +56,49 @@ pub struct ServeArgs {
     /// whole prompt).
     #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
     pub keep: Option<i64>,
+    /// Self-speculative decoding for every request: none, ngram-simple or ngram-mod (llama-server's
+    /// `--spec-type`; the output is the same, faster where it repeats the context; docs/speculative.md).
+    #[arg(long, value_name = "TYPE")]
+    pub spec_type: Option<String>,
+    /// Most tokens per draft (llama.cpp reads it for draft models only; here it caps n-gram drafts too).
+    #[arg(long, value_name = "N")]
+    pub spec_draft_n_max: Option<usize>,
+    /// ngram-simple: tokens that must match (default 12).
+    #[arg(long, value_name = "N")]
+    pub spec_ngram_simple_size_n: Option<usize>,
+    /// ngram-simple: tokens drafted after a match (default 48).
+    #[arg(long, value_name = "N")]
+    pub spec_ngram_simple_size_m: Option<usize>,
+    /// ngram-mod: tokens hashed per lookup (default 24).
+    #[arg(long, value_name = "N")]
+    pub spec_ngram_mod_n_match: Option<usize>,
+    /// ngram-mod: a shorter draft is dropped (default 48).
+    #[arg(long, value_name = "N")]
+    pub spec_ngram_mod_n_min: Option<usize>,
+    /// ngram-mod: most tokens per draft (default 64).
+    #[arg(long, value_name = "N")]
+    pub spec_ngram_mod_n_max: Option<usize>,
+}
+
+impl ServeArgs {
+    /// `--spec-type` and its settings (`None`: no speculation).
+    fn speculative(&self) -> Result<Option<SpeculativeParams>, ConfigError> {
+        let invalid = |why: String| ConfigError::Invalid { key: "--spec-type", why };
+        let Some(name) = &self.spec_type else { return Ok(None) };
+        let Some(kind) = SpecType::parse(name).map_err(|e| invalid(e.to_string()))? else { return Ok(None) };
+        let d = SpeculativeParams::new(kind);
+        let p = SpeculativeParams {
+            simple_size_n: self.spec_ngram_simple_size_n.unwrap_or(d.simple_size_n),
+            simple_size_m: self.spec_ngram_simple_size_m.unwrap_or(d.simple_size_m),
+            mod_n_match: self.spec_ngram_mod_n_match.unwrap_or(d.mod_n_match),
+            mod_n_min: self.spec_ngram_mod_n_min.unwrap_or(d.mod_n_min),
+            mod_n_max: self.spec_ngram_mod_n_max.unwrap_or(d.mod_n_max),
+            draft_n_max: self.spec_draft_n_max,
+            kind,
+        };
+        p.validate().map_err(|e| invalid(e.to_string()))?;
+        Ok(Some(p))
+    }
 }
 
 /// The TOML file. Every table rejects unknown keys so that a typo is a startup error, not a silent default.
@@ -148,6 +192,8 @@ pub struct ServerConfig {
     pub context_shift: bool,
     /// The default `n_keep` of a context shift (`--keep`).
     pub n_keep: i64,
+    /// Self-speculative decoding (`--spec-type`); `None`: off.
+    pub speculative: Option<SpeculativeParams>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -176,6 +222,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("slot_save_path", &self.slot_save_path)
             .field("context_shift", &self.context_shift)
             .field("n_keep", &self.n_keep)
+            .field("speculative", &self.speculative)
             .finish()
     }
 }
@@ -206,6 +253,7 @@ impl Default for ServerConfig {
             slot_save_path: None,
             context_shift: false,
             n_keep: 0,
+            speculative: None,
         }
     }
 }
@@ -293,6 +341,7 @@ impl ServerConfig {
             slot_save_path: args.slot_save_path.clone(),
             context_shift: args.context_shift,
             n_keep: args.keep.unwrap_or(d.n_keep),
+            speculative: args.speculative()?,
         };
         c.validate()?;
         Ok(c)

@@ -106,6 +106,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             prefill_chunk: config.prefill_chunk,
             request_timeout: Duration::from_secs(config.timeout_seconds),
             max_sessions: config.max_sessions,
+            speculative: config.speculative.clone(),
         },
         metrics.clone(),
     )

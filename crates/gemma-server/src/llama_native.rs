@@ -262,6 +262,7 @@ impl Summary {
                 cached_tokens: 0,
                 stop_word: None,
                 context_shifts: 0,
+                speculative: None,
             },
             Instant::now(),
         ));
@@ -307,6 +308,11 @@ impl Summary {
                     if predicted_ms > 0.0 { finish.completion_tokens as f64 * 1e3 / predicted_ms } else { 0.0 },
             },
         });
+        // As llama-server: the draft counts when a draft ran.
+        if let Some(st) = finish.speculative.filter(|st| st.draft_n > 0) {
+            v["timings"]["draft_n"] = json!(st.draft_n);
+            v["timings"]["draft_n_accepted"] = json!(st.draft_n_accepted);
+        }
         if self.native.n_probs > 0 && with_content {
             v["completion_probabilities"] = probabilities_json(tok, &r.probs);
         }

@@ -128,14 +128,14 @@ fn ftype_name(ftype: Option<u64>) -> &'static str {
 /// A task's settings under llama-server's names, in its order (the form `/props` and `/slots` show).
 /// `stream` is what the request asked for when known (the engine does not know it: `/slots` leaves it out).
 fn params_json(
-    tok: &Tokenizer,
+    m: &LoadedModel,
     p: &SamplingParams,
     n_predict: i64,
     n_probs: usize,
     stream: Option<bool>,
     n_keep: i64,
 ) -> Value {
-    let eog: Vec<u32> = tok.end_of_generation_ids().collect();
+    let eog: Vec<u32> = m.tokenizer.end_of_generation_ids().collect();
     let ignore_eos =
         !eog.is_empty() && eog.iter().all(|id| p.logit_bias.iter().any(|(b, v)| b == id && *v == f32::NEG_INFINITY));
     let mut v = crate::llama_native::sampler_settings(p);
@@ -158,7 +158,7 @@ fn params_json(
         "reasoning_in_content": false,
         "generation_prompt": "",
         "samplers": p.samplers.iter().map(|s| s.name()).collect::<Vec<_>>(),
-        "speculative.types": "none",
+        "speculative.types": m.speculative.map_or("none", |t| t.name()),
         "timings_per_token": false,
         "post_sampling_probs": false,
         "backend_sampling": false,
@@ -208,10 +208,9 @@ pub async fn get_props(State(state): State<AppState>) -> Result<Json<Value>, Api
         let state = state.clone();
         off_runtime(move || Ok(state.llama_options().file_facts())).await?
     };
-    let tok = &m.tokenizer;
     Ok(Json(json!({
         "default_generation_settings": {
-            "params": params_json(tok, &plan.sampling, native.n_predict, native.n_probs, Some(plan.stream), opts.n_keep),
+            "params": params_json(&m, &plan.sampling, native.n_predict, native.n_probs, Some(plan.stream), opts.n_keep),
             "n_ctx": m.ctx,
         },
         "total_slots": opts.parallel,
@@ -249,13 +248,14 @@ pub async fn post_props(State(state): State<AppState>, headers: HeaderMap, body:
 
 /// One slot under llama-server's names (the form it shows without `--slots-debug`).
 fn slot_json(s: &SlotState, m: &LoadedModel, n_keep: i64) -> Value {
-    let mut v = json!({"id": s.id, "n_ctx": m.ctx, "speculative": false, "is_processing": s.processing});
+    let mut v =
+        json!({"id": s.id, "n_ctx": m.ctx, "speculative": m.speculative.is_some(), "is_processing": s.processing});
     if let Some(t) = &s.task {
         v["id_task"] = json!(t.id_task);
         v["n_prompt_tokens"] = json!(t.n_prompt_tokens);
         v["n_prompt_tokens_processed"] = json!(t.n_prompt_tokens_processed);
         v["n_prompt_tokens_cache"] = json!(t.n_prompt_tokens_cache);
-        v["params"] = params_json(&m.tokenizer, &t.sampling, t.max_tokens as i64, t.n_probs, None, n_keep);
+        v["params"] = params_json(m, &t.sampling, t.max_tokens as i64, t.n_probs, None, n_keep);
         v["next_token"] = json!([{
             "has_next_token": t.has_next_token,
             "has_new_line": t.has_new_line,

@@ -22,7 +22,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::error::LoadError;
 use crate::metrics::Metrics;
 use prefix_cache::PrefixCache;
-use sequence::{Sequence, StepResult};
+use sequence::{Sequence, StepResult, Verified};
 use sessions::{SessionBusy, Sessions};
 use slots::{SlotTable, SlotTask};
 
@@ -179,6 +179,8 @@ pub struct Finish {
     pub stop_word: Option<usize>,
     /// Context shifts made on the way (llama-server reports `truncated` then).
     pub context_shifts: usize,
+    /// With speculative decoding, its drafts (llama-server's `timings.draft_n` / `draft_n_accepted`).
+    pub speculative: Option<gemma_core::SpecStats>,
 }
 
 /// The model facts the HTTP side needs once loading is done.
@@ -199,6 +201,8 @@ pub struct LoadedModel {
     pub dry_tables: Arc<DryTables>,
     /// The file's facts for the model-listing endpoints.
     pub file_info: Arc<crate::model_info::ModelFileInfo>,
+    /// The n-gram drafts sequences decode with (`--spec-type`; `/slots` and `/props` show it).
+    pub speculative: Option<gemma_core::SpecType>,
 }
 
 /// DRY's breakers for the breaker lists used last, newest first. Matching a list against the vocabulary
@@ -331,6 +335,8 @@ pub struct EngineConfig {
     pub request_timeout: Duration,
     /// Sessions (`POST /generate`) kept at most; the least recently used goes first.
     pub max_sessions: usize,
+    /// Self-speculative decoding of every sequence (`--spec-type`).
+    pub speculative: Option<gemma_core::SpeculativeParams>,
 }
 
 /// A started engine: its handle, its thread, and the outcome of loading the model (`Err` with the reason).
@@ -395,6 +401,7 @@ fn load(config: &EngineConfig) -> Result<(Model, LoadedModel), LoadError> {
         embedding_dim: model.embedding_dim(),
         dry_tables: Arc::default(),
         file_info,
+        speculative: config.speculative.as_ref().map(|p| p.kind),
     };
     Ok((model, loaded))
 }
@@ -665,12 +672,18 @@ impl<'a> Engine<'a> {
             let slot = self.slot_table().acquire(slot_task(&follower, group, reused));
             let mut seq = Sequence::new(follower, self.tokenizer, dry.clone(), ctx, reused, deadline, group, true);
             seq.set_slot(slot);
+            if let Some(params) = &self.config.speculative {
+                seq.speculate(params);
+            }
             self.seqs.push(seq);
             self.caches.push(self.model.new_cache(0));
         }
         let slot = self.slot_table().acquire(slot_task(&req, group, reused));
         let mut seq = Sequence::new(req, self.tokenizer, dry, ctx, reused, deadline, group, false);
         seq.set_slot(slot);
+        if let Some(params) = &self.config.speculative {
+            seq.speculate(params);
+        }
         self.seqs.push(seq);
         self.caches.push(cache);
         self.update_gauges();
@@ -708,9 +721,14 @@ impl<'a> Engine<'a> {
 
         let mut batch = Batch::default();
         let mut decoding = 0;
-        for (i, s) in self.seqs.iter().enumerate() {
+        for (i, s) in self.seqs.iter_mut().enumerate() {
             if let Some(token) = s.pending_token() {
-                batch.push(BatchToken { token, pos: self.caches[i].len(), seq: i, logits: true });
+                let pos = self.caches[i].len();
+                batch.push(BatchToken { token, pos, seq: i, logits: true });
+                // Speculation: drafted tokens ride along, each with its logits (docs/speculative.md).
+                for (k, &token) in s.make_draft(&self.caches[i]).iter().enumerate() {
+                    batch.push(BatchToken { token, pos: pos + 1 + k, seq: i, logits: true });
+                }
                 decoding += 1;
             }
         }
@@ -758,10 +776,15 @@ impl<'a> Engine<'a> {
 
         let logits = &self.scratch.logits;
         let mut finished = Vec::new();
+        // Sequences whose part of the pass is over (speculation: the rows after a drafted token not chosen).
+        let mut done = vec![false; self.seqs.len()];
         for row in 0..logits.len() {
             let Some(seq) = logits.batch_index.get(row).and_then(|&b| batch.tokens.get(b)).map(|t| t.seq) else {
                 continue;
             };
+            if done[seq] {
+                continue;
+            }
             // The prompt is done: the request's other choices copy its cache and sample from the same logits.
             if self.seqs[seq].pending_token().is_none() {
                 let group = self.seqs[seq].group();
@@ -779,11 +802,27 @@ impl<'a> Engine<'a> {
                     }
                 }
             }
-            let cache_len = self.caches[seq].len();
+            let cache_len = self.seqs[seq].cache_len_for_row(self.caches[seq].len());
             let capacity = self.caches[seq].capacity();
-            match self.seqs[seq].on_logits(logits.row(row), cache_len, capacity, self.metrics) {
-                StepResult::Continue => {}
-                StepResult::Finished(reason) => finished.push((seq, reason)),
+            let result = self.seqs[seq].on_logits(logits.row(row), cache_len, capacity, self.metrics);
+            let ended = matches!(result, StepResult::Finished(_));
+            match self.seqs[seq].verified(ended) {
+                Verified::NextRow => {}
+                Verified::Done(keep) => {
+                    done[seq] = true;
+                    if let Some(keep) = keep {
+                        // Checked before the pass (`KvCache::can_go_back`); a refusal would be a bug.
+                        if self.caches[seq].truncate(keep) != keep && !ended {
+                            tracing::error!("a sequence's KV cache could not drop its rejected draft");
+                            self.seqs[seq].send_error("inference failed: the KV cache could not go back");
+                            finished.push((seq, None));
+                            continue;
+                        }
+                    }
+                }
+            }
+            if let StepResult::Finished(reason) = result {
+                finished.push((seq, reason));
             }
         }
         self.update_slots();

@@ -6,13 +6,37 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use gemma_core::sampling::{token_logprobs, DryBreakers};
+use gemma_core::speculative::{draft_room, Drafter, SpecStats};
 use gemma_core::stop::StopMatcher;
 use gemma_core::tokenizer::StreamDecoder;
+use gemma_core::{KvCache, SpeculativeParams};
 use gemma_core::{Sampler, Tokenizer};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::{Chunk, Event, Finish, FinishReason, GenerationRequest, RequestShift};
 use crate::metrics::Metrics;
+
+/// After a row of a pass was sampled: whether the sequence's next row (a drafted token the sampler chose) is to
+/// be sampled too, or its part of the pass is over.
+pub(super) enum Verified {
+    NextRow,
+    /// Over; `Some(len)`: the cache must go back to `len` positions (drafted tokens not chosen).
+    Done(Option<usize>),
+}
+
+/// Self-speculative decoding of one sequence (`docs/speculative.md`).
+struct Speculation {
+    params: SpeculativeParams,
+    drafter: Drafter,
+    /// The tokens of the sequence: prompt and generated (the n-grams are looked for there).
+    history: Vec<u32>,
+    /// The tokens run after the pending one in the last pass, the cache length before that pass, and how many
+    /// of that pass's rows were sampled.
+    draft: Vec<u32>,
+    start: usize,
+    row: usize,
+    stats: SpecStats,
+}
 
 /// What a step did to a sequence.
 pub(super) enum StepResult {
@@ -49,6 +73,7 @@ pub(super) struct Sequence<'t> {
     context_shift: Option<RequestShift>,
     /// The context shifts made, as `(keep, discard)`.
     shifts: Vec<(usize, usize)>,
+    speculation: Option<Box<Speculation>>,
 }
 
 impl<'t> Sequence<'t> {
@@ -90,10 +115,78 @@ impl<'t> Sequence<'t> {
             slot: 0,
             context_shift: req.context_shift,
             shifts: Vec::new(),
+            speculation: None,
             prompt: req.prompt_ids,
             choice: req.choice,
             events: req.events,
         }
+    }
+
+    /// Decodes with n-gram drafts from now on.
+    pub(super) fn speculate(&mut self, params: &SpeculativeParams) {
+        let drafter = Drafter::new(params, &self.prompt);
+        self.speculation = Some(Box::new(Speculation {
+            params: params.clone(),
+            drafter,
+            history: self.prompt.clone(),
+            draft: Vec::new(),
+            start: 0,
+            row: 0,
+            stats: SpecStats::default(),
+        }));
+    }
+
+    /// The tokens to run after the pending one in the next pass (empty: none), for a cache holding `cache`:
+    /// no token past `max_tokens`, the context's last position left free, and only positions the cache can
+    /// forget again.
+    pub(super) fn make_draft(&mut self, cache: &KvCache) -> &[u32] {
+        let (Some(sp), Some(pending)) = (self.speculation.as_deref_mut(), self.pending) else { return &[] };
+        let len = cache.len();
+        let ctx = self.context_shift.map_or(cache.capacity(), |s| s.ctx.min(cache.capacity()));
+        let left = self.max_tokens.saturating_sub(self.generated.len() + 1);
+        let mut draft = sp.drafter.draft(&sp.history[..sp.history.len() - 1], pending);
+        draft.truncate(draft_room(&sp.params, left, len, ctx));
+        if !draft.is_empty() && !cache.can_go_back(len + 1 + draft.len(), len + 1) {
+            draft.clear();
+        }
+        if !draft.is_empty() {
+            sp.stats.drafts += 1;
+            sp.stats.draft_n += draft.len();
+        }
+        sp.draft = draft;
+        sp.start = len;
+        sp.row = 0;
+        &sp.draft
+    }
+
+    /// The positions its cache holds for the row about to be sampled: those of the pass up to that row's token
+    /// (the drafted tokens after it may still be dropped).
+    pub(super) fn cache_len_for_row(&self, cache_len: usize) -> usize {
+        match self.speculation.as_deref() {
+            Some(sp) if !sp.draft.is_empty() => sp.start + 1 + sp.row,
+            _ => cache_len,
+        }
+    }
+
+    /// After [`Sequence::on_logits`] sampled a row (`finished`: the sequence ended there): a drafted token that
+    /// the sampler chose means the next row follows it; otherwise the pass is over for this sequence, and the
+    /// drafted positions after the chosen ones are to be forgotten.
+    pub(super) fn verified(&mut self, finished: bool) -> Verified {
+        let pending = self.pending;
+        let Some(sp) = self.speculation.as_deref_mut() else { return Verified::Done(None) };
+        if sp.draft.is_empty() {
+            return Verified::Done(None);
+        }
+        let k = sp.row;
+        if !finished && k < sp.draft.len() && pending == Some(sp.draft[k]) {
+            sp.row += 1;
+            sp.stats.draft_n_accepted += 1;
+            return Verified::NextRow;
+        }
+        sp.drafter.accept(k);
+        sp.draft.clear();
+        sp.row = 0;
+        Verified::Done(Some(sp.start + 1 + k))
     }
 
     pub(super) fn prompt(&self) -> &[u32] {
@@ -188,6 +281,9 @@ impl<'t> Sequence<'t> {
         }
         metrics.generated_tokens.fetch_add(1, Ordering::Relaxed);
         self.generated.push(id);
+        if let Some(sp) = self.speculation.as_deref_mut() {
+            sp.history.push(id);
+        }
 
         let piece = self.decoder.push(id);
         let step = self.stop.push(&piece);
@@ -232,6 +328,7 @@ impl<'t> Sequence<'t> {
                     cached_tokens: self.reused,
                     stop_word,
                     context_shifts: self.shifts.len(),
+                    speculative: self.speculation.as_deref().map(|sp| sp.stats),
                 }),
             ));
         }
