@@ -22,6 +22,11 @@ engines differ:
     LD_LIBRARY_PATH=~/.cache/gemma-anchors/llama.cpp/build/bin \
         python3 scripts/llama_lora_goldens.py ~/.cache/gemma-rs/models/gemma-3-270m-q4_k_m.gguf \
         testdata/goldens/gemma3_270m_llama_lora.json
+    LD_LIBRARY_PATH=... python3 scripts/llama_lora_goldens.py \
+        ~/.cache/gemma-rs/models/SmolLM2-135M-Instruct.Q4_1.gguf testdata/goldens/smollm2_llama_lora.json smollm2
+
+The goldens committed were made with the llama.cpp at ~/.cache/gemma-anchors/llama.cpp (`llama-server --version`
+is recorded in the file).
 """
 import hashlib
 import json
@@ -41,8 +46,6 @@ RANK = 8
 ALPHA = 16.0
 A_SHIFT = 3
 B_SHIFT = 7
-TARGETS = [("attn_q", 640, 1024), ("attn_v", 640, 256), ("ffn_down", 2048, 640)]  # (name, d_in, d_out)
-N_LAYERS = 18
 N_PREDICT = 32
 SCALES = [1.0, 0.5, 0.0]
 PROMPTS = [
@@ -50,6 +53,14 @@ PROMPTS = [
     "Once upon a time, in a small village by the sea,",
     "def fibonacci(n):",
 ]
+# Per model: architecture, layers, and the adapted matrices as (name, d_in, d_out). The Llama adapter (SmolLM2
+# 135M) takes the matrices the Gemma one leaves out, so the two cover every kind of product between them.
+MODELS = {
+    "gemma3": ("gemma3", 18, [("attn_q", 640, 1024), ("attn_v", 640, 256), ("ffn_down", 2048, 640)]),
+    "smollm2": ("llama", 30, [("attn_k", 576, 192), ("attn_output", 576, 576), ("ffn_gate", 576, 1536),
+                              ("ffn_up", 576, 1536)]),
+}
+ARCH, N_LAYERS, TARGETS = MODELS["gemma3"]
 PORT = 18093
 M = (1 << 32) - 1
 
@@ -67,7 +78,7 @@ def values(t, n, shift):
 
 
 def write_adapter(path):
-    w = gguf.GGUFWriter(path, "gemma3")
+    w = gguf.GGUFWriter(path, ARCH)
     w.add_type(gguf.GGUFType.ADAPTER)
     w.add_string(gguf.Keys.Adapter.TYPE, "lora")
     w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, ALPHA)
@@ -115,7 +126,10 @@ def margin(ids, scale):
 
 
 def main():
+    global ARCH, N_LAYERS, TARGETS
     model, out_path = sys.argv[1:3]
+    kind = sys.argv[3] if len(sys.argv) > 3 else "gemma3"
+    ARCH, N_LAYERS, TARGETS = MODELS[kind]
     bin_dir = os.path.expanduser("~/.cache/gemma-anchors/llama.cpp/build/bin")
     with tempfile.TemporaryDirectory() as tmp:
         adapter = os.path.join(tmp, "lora.gguf")
@@ -124,9 +138,6 @@ def main():
             data = f.read()
         sha = hashlib.sha256(data).hexdigest()
         print(f"adapter: {len(data)} bytes, sha256 {sha}", file=sys.stderr)
-        if len(sys.argv) > 3 and sys.argv[3] == "--keep":
-            with open(os.path.join(os.path.dirname(out_path) or ".", "lora-adapter.gguf"), "wb") as f:
-                f.write(data)
         server = subprocess.Popen(
             [os.path.join(bin_dir, "llama-server"), "-m", model, "--lora", adapter, "--host", "127.0.0.1",
              "--port", str(PORT), "-t", "2", "-c", "1024", "-fa", "on", "-np", "1"],
@@ -162,8 +173,11 @@ def main():
         finally:
             server.terminate()
             server.wait()
+    version = subprocess.run([os.path.join(bin_dir, "llama-server"), "--version"], capture_output=True,
+                             text=True).stderr.strip().splitlines()[0]
     out = {
-        "adapter": {"seed": SEED, "rank": RANK, "alpha": ALPHA, "a_shift": A_SHIFT, "b_shift": B_SHIFT,
+        "llama_cpp_version": version,
+        "adapter": {"architecture": ARCH, "seed": SEED, "rank": RANK, "alpha": ALPHA, "a_shift": A_SHIFT, "b_shift": B_SHIFT,
                     "targets": [t[0] for t in TARGETS], "n_layers": N_LAYERS, "bytes": len(data), "sha256": sha},
         "llama_server_lora_adapters": [{k: v for k, v in a.items() if k != "path"} for a in adapters],
         "cases": cases,

@@ -123,6 +123,9 @@ pub enum Command {
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct GenerateArgs {
+    #[command(flatten)]
+    pub lora: gemma_server::LoraArgs,
+
     /// The prompt.
     #[arg(long, short = 'p', value_name = "TEXT")]
     pub prompt: Option<String>,
@@ -370,6 +373,9 @@ impl Default for SamplingArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct ChatArgs {
+    #[command(flatten)]
+    pub lora: gemma_server::LoraArgs,
+
     /// System prompt (for Gemma it is put before the first user message).
     #[arg(long, short = 's', value_name = "TEXT")]
     pub system: Option<String>,
@@ -454,6 +460,9 @@ pub struct PullArgs {
 
 #[derive(Args, Debug)]
 pub struct LogitsArgs {
+    #[command(flatten)]
+    pub lora: gemma_server::LoraArgs,
+
     /// Input token ids, comma separated (e.g. 2,651,...).
     #[arg(long, value_name = "IDS", required_unless_present = "prompt", conflicts_with = "prompt")]
     pub ids: Option<String>,
@@ -467,6 +476,9 @@ pub struct LogitsArgs {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
+    #[command(flatten)]
+    pub lora: gemma_server::LoraArgs,
+
     /// Prompt lengths to time (prompt processing, "pp").
     #[arg(short = 'p', long = "n-prompt", value_delimiter = ',', default_values_t = [256usize], value_name = "N,..")]
     pub n_prompt: Vec<usize>,

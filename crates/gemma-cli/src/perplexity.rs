@@ -18,6 +18,9 @@ use crate::commands::{usage, Common};
 
 #[derive(Args, Debug)]
 pub struct PerplexityArgs {
+    #[command(flatten)]
+    pub lora: gemma_server::LoraArgs,
+
     /// The text to score (`-` reads standard input); one trailing newline is dropped, as llama.cpp does.
     #[arg(long, short = 'f', value_name = "FILE", conflicts_with = "prompt")]
     pub file: Option<PathBuf>,

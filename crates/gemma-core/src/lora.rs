@@ -333,6 +333,22 @@ pub mod synthetic {
             }
         }
 
+        /// The adapter of `scripts/llama_lora_goldens.py ... smollm2` for SmolLM2 135M (llama architecture): the
+        /// matrices the Gemma one leaves out.
+        pub fn smollm2_135m() -> Spec {
+            Spec {
+                architecture: "llama",
+                n_layers: 30,
+                targets: vec![
+                    ("attn_k", 576, 192),
+                    ("attn_output", 576, 576),
+                    ("ffn_gate", 576, 1536),
+                    ("ffn_up", 576, 1536),
+                ],
+                ..Spec::gemma3_270m()
+            }
+        }
+
         /// The adapter as a GGUF writer (metadata as gguf-py and convert_lora_to_gguf.py write it).
         pub fn writer(&self) -> Result<GgufWriter, GgufError> {
             let mut w = GgufWriter::new();

@@ -1,6 +1,6 @@
-//! LoRA adapters on the real Gemma 3 270M against llama.cpp (`testdata/goldens/gemma3_270m_llama_lora.json`,
-//! from `scripts/llama_lora_goldens.py`: llama-server `--lora` with the per-request `lora` field), and every
-//! kind of bad adapter file.
+//! LoRA adapters on the real Gemma 3 270M and SmolLM2 135M (llama architecture) against llama.cpp
+//! (`testdata/goldens/{gemma3_270m,smollm2}_llama_lora.json`, from `scripts/llama_lora_goldens.py`: llama-server
+//! `--lora` with the per-request `lora` field), and every kind of bad adapter file.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -11,12 +11,30 @@ use gemma_core::sampling::greedy;
 use gemma_core::{Batch, BatchToken, Model, Scratch};
 use gemma_io::gguf::lora::LoraFileError;
 use gemma_io::{GgmlType, GgufWriter, MetaValue};
+use gemma_ops::ThreadPool;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 mod common;
 
-const GOLDENS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/goldens/gemma3_270m_llama_lora.json");
+/// A model, its adapter and llama.cpp's goldens with it.
+struct Kind {
+    model: &'static str,
+    goldens: &'static str,
+    spec: fn() -> Spec,
+}
+
+const GEMMA: Kind = Kind {
+    model: gemma_fetch::DEFAULT_MODEL,
+    goldens: concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/goldens/gemma3_270m_llama_lora.json"),
+    spec: Spec::gemma3_270m,
+};
+
+const SMOLLM2: Kind = Kind {
+    model: "smollm2-135m-instruct",
+    goldens: concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/goldens/smollm2_llama_lora.json"),
+    spec: Spec::smollm2_135m,
+};
 
 /// Below this margin between llama.cpp's best two logits the engines may pick differently (llama.cpp itself
 /// picks differently prefilling and decoding at margins up to 0.47 on these runs).
@@ -48,31 +66,42 @@ struct Run {
     top1_top2_margin: Vec<f32>,
 }
 
+fn read_goldens(kind: &Kind) -> Goldens {
+    serde_json::from_str(&std::fs::read_to_string(kind.goldens).expect("goldens")).expect("parse")
+}
+
 fn goldens() -> &'static Goldens {
     static G: OnceLock<Goldens> = OnceLock::new();
-    G.get_or_init(|| serde_json::from_str(&std::fs::read_to_string(GOLDENS).expect("goldens")).expect("parse"))
+    G.get_or_init(|| read_goldens(&GEMMA))
 }
 
 fn model_path() -> PathBuf {
     gemma_fetch::resolve_model(gemma_fetch::DEFAULT_MODEL).expect("default model available")
 }
 
-/// The default model with the script's adapter loaded (default scale 1), and the adapter file's folder.
+/// `kind`'s model with its adapter loaded (default scale 1), and the adapter file's folder.
+fn load_adapted(kind: &Kind) -> (Model, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("lora.gguf");
+    (kind.spec)().writer().expect("adapter").write_file(&path).expect("written");
+    let mut model = Model::open(gemma_fetch::resolve_model(kind.model).expect("model available")).expect("model");
+    assert_eq!(model.load_lora(&path, 1.0).expect("adapter loads"), 0);
+    (model, dir)
+}
+
 fn adapted() -> &'static (Model, tempfile::TempDir) {
     static M: OnceLock<(Model, tempfile::TempDir)> = OnceLock::new();
-    M.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("lora.gguf");
-        Spec::gemma3_270m().writer().expect("adapter").write_file(&path).expect("written");
-        let mut model = Model::open(model_path()).expect("model");
-        assert_eq!(model.load_lora(&path, 1.0).expect("adapter loads"), 0);
-        (model, dir)
-    })
+    M.get_or_init(|| load_adapted(&GEMMA))
+}
+
+fn pool() -> &'static ThreadPool {
+    static P: OnceLock<ThreadPool> = OnceLock::new();
+    P.get_or_init(|| ThreadPool::new(2))
 }
 
 /// Greedy tokens from `prompt` with adapter scales `scales`, one token per pass after the prompt.
 fn greedy_run(model: &Model, prompt: &[u32], n: usize, scales: &[f32]) -> Vec<u32> {
-    let pool = &common::default_model().pool;
+    let pool = pool();
     let scales = vec![scales.to_vec()];
     let mut cache = model.new_cache(prompt.len() + n);
     let mut scratch = Scratch::default();
@@ -88,16 +117,18 @@ fn greedy_run(model: &Model, prompt: &[u32], n: usize, scales: &[f32]) -> Vec<u3
 }
 
 #[test]
-fn the_synthetic_adapter_is_the_scripts_file_byte_for_byte() {
-    let bytes = Spec::gemma3_270m().writer().expect("adapter").to_bytes();
-    let want = &goldens().adapter;
-    assert_eq!(bytes.len(), want.bytes);
-    assert_eq!(format!("{:x}", Sha256::digest(&bytes)), want.sha256);
+fn the_synthetic_adapters_are_the_scripts_files_byte_for_byte() {
+    for kind in [GEMMA, SMOLLM2] {
+        let bytes = (kind.spec)().writer().expect("adapter").to_bytes();
+        let want = read_goldens(&kind).adapter;
+        assert_eq!(bytes.len(), want.bytes);
+        assert_eq!(format!("{:x}", Sha256::digest(&bytes)), want.sha256, "{}", kind.goldens);
+    }
 }
 
 /// Our argmax at each step of llama.cpp's greedy text (the whole text in one pass, adapter scales `scales`).
 fn teacher_forced_argmax(model: &Model, prompt: &[u32], gen: &[u32], scales: &[f32]) -> Vec<u32> {
-    let pool = &common::default_model().pool;
+    let pool = pool();
     let ids: Vec<u32> = prompt.iter().chain(&gen[..gen.len() - 1]).copied().collect();
     let batch = Batch {
         tokens: ids
@@ -115,10 +146,19 @@ fn teacher_forced_argmax(model: &Model, prompt: &[u32], gen: &[u32], scales: &[f
 }
 
 #[test]
-fn greedy_tokens_follow_llama_cpp_at_every_scale() {
-    let (model, _) = adapted();
-    let (mut free, mut whole, mut confident, mut failures) = (0, 0, 0, Vec::new());
-    for case in &goldens().cases {
+fn gemma3_greedy_tokens_follow_llama_cpp_at_every_scale() {
+    follows_llama_cpp(&adapted().0, goldens(), 150);
+}
+
+#[test]
+fn llama_architecture_greedy_tokens_follow_llama_cpp_at_every_scale() {
+    let (model, _dir) = load_adapted(&SMOLLM2);
+    follows_llama_cpp(&model, &read_goldens(&SMOLLM2), 150);
+}
+
+fn follows_llama_cpp(model: &Model, goldens: &Goldens, min_confident: usize) {
+    let (mut free, mut whole, mut confident, mut changed, mut failures) = (0, 0, 0, 0, Vec::new());
+    for case in &goldens.cases {
         let mut ours_by_scale = Vec::new();
         for run in &case.runs {
             let what = format!("{:?} at scale {}", case.prompt, run.scale);
@@ -139,18 +179,24 @@ fn greedy_tokens_follow_llama_cpp_at_every_scale() {
                 let m = run.top1_top2_margin[first_diff];
                 assert!(m < NEAR_TIE, "{what}: the texts part at step {first_diff}, margin {m}: {ours:?}");
             }
+            eprintln!("{what}: {first_diff} equal");
             free += first_diff;
             whole += usize::from(ours == run.gen_ids);
             ours_by_scale.push((run.scale, ours));
         }
-        // The adapter changes the text, and llama.cpp's text changes the same way.
-        let (base, full) = (&ours_by_scale.iter().find(|r| r.0 == 0.0).expect("scale 0").1, &ours_by_scale[0].1);
-        assert_ne!(base, full, "{:?}: the adapter at scale 1 changes nothing", case.prompt);
+        // Where the adapter changes llama.cpp's text, it changes ours.
+        let at = |scale: f32| case.runs.iter().position(|r| r.scale == scale).expect("scale in goldens");
+        let (base, full) = (at(0.0), at(1.0));
+        if case.runs[base].gen_ids != case.runs[full].gen_ids {
+            changed += 1;
+            assert_ne!(ours_by_scale[base].1, ours_by_scale[full].1, "{:?}: the adapter changes nothing", case.prompt);
+        }
     }
-    let runs: usize = goldens().cases.iter().map(|c| c.runs.len()).sum();
+    let runs: usize = goldens.cases.iter().map(|c| c.runs.len()).sum();
     eprintln!("teacher-forced: {confident} steps with a margin >= {NEAR_TIE}, {} differ; free-running: {free} tokens equal before the texts part, {whole} of {runs} runs equal whole", failures.len());
     assert!(failures.is_empty(), "{failures:#?}");
-    assert!(confident >= 150, "only {confident} steps with a clear choice");
+    assert!(confident >= min_confident, "only {confident} steps with a clear choice");
+    assert!(changed >= 2, "the adapter changes llama.cpp's text in only {changed} cases");
 }
 
 #[test]
@@ -179,7 +225,7 @@ fn scale_zero_is_the_base_model_bit_for_bit() {
 #[test]
 fn sequences_of_one_batch_take_their_own_scales() {
     let (model, _) = adapted();
-    let pool = &common::default_model().pool;
+    let pool = pool();
     let (a, b) = (&goldens().cases[0].prompt_ids, &goldens().cases[2].prompt_ids);
     let scales = [vec![1.0], vec![0.0], vec![0.5]];
     let alone = |ids: &[u32], s: &Vec<f32>| {

@@ -49,6 +49,8 @@ pub(super) struct Sequence<'t> {
     context_shift: Option<RequestShift>,
     /// The context shifts made, as `(keep, discard)`.
     shifts: Vec<(usize, usize)>,
+    /// LoRA scales by adapter id.
+    lora: Vec<f32>,
 }
 
 impl<'t> Sequence<'t> {
@@ -90,6 +92,7 @@ impl<'t> Sequence<'t> {
             slot: 0,
             context_shift: req.context_shift,
             shifts: Vec::new(),
+            lora: req.lora,
             prompt: req.prompt_ids,
             choice: req.choice,
             events: req.events,
@@ -128,6 +131,11 @@ impl<'t> Sequence<'t> {
     /// Its cache now holds the whole prompt, copied from the request's first choice.
     pub(super) fn forked(&mut self) {
         self.awaiting_fork = false;
+    }
+
+    /// The scale of each LoRA adapter for this sequence, by id.
+    pub(super) fn lora(&self) -> &[f32] {
+        &self.lora
     }
 
     pub(super) fn session(&self) -> Option<&str> {
