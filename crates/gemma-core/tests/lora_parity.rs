@@ -232,7 +232,8 @@ fn sequences_of_one_batch_take_their_own_scales() {
         let mut cache = model.new_cache(ids.len());
         let mut scratch = Scratch::default();
         let batch = Batch::sequence(ids, 0, 0, true);
-        let l = model.forward_lora(&batch, std::slice::from_mut(&mut cache), pool, &mut scratch, &[s.clone()]);
+        let l =
+            model.forward_lora(&batch, std::slice::from_mut(&mut cache), pool, &mut scratch, std::slice::from_ref(s));
         l.expect("forward").data.clone()
     };
     let mut batch = Batch::default();

@@ -30,7 +30,7 @@ pub enum LoadError {
     Lora {
         path: PathBuf,
         #[source]
-        source: gemma_core::lora::LoraError,
+        source: Box<gemma_core::lora::LoraError>,
     },
 }
 

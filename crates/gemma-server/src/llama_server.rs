@@ -561,7 +561,7 @@ pub async fn get_lora_adapters(State(state): State<AppState>) -> Response {
 }
 
 /// `POST /lora-adapters`: `[{"id", "scale"}]` sets the global scales, llama-server's way: an adapter the list
-/// does not name goes to 0. Unlike llama-server, an id it does not have is an error, not ignored.
+/// does not name goes to 0, an id that names no adapter is ignored.
 pub async fn post_lora_adapters(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let bytes = match read_body(body, &headers, state.max_body_bytes()).await {
         Ok(b) => b,
@@ -599,25 +599,31 @@ pub(crate) fn parse_lora(f: &crate::fields::Fields, loaded: &LoadedModel) -> Res
     }
 }
 
-/// The scales `[{"id", "scale"}]` give `count` adapters (unnamed ones 0).
+/// The scales `[{"id", "scale"}]` give `count` adapters: unnamed ones 0, and, as llama-server's
+/// `parse_lora_request`, an entry whose id names no adapter (or that has none) changes nothing. An entry that
+/// is not an object, an id that is not an integer or a scale that is not a number is a 400.
 fn lora_scales(entries: &[Value], count: usize, what: &str) -> Result<Vec<f32>, ApiError> {
     let bad = |m: String| ApiError::invalid_param(what, m);
     let mut scales = vec![0.0f32; count];
     for e in entries {
-        let id = e.get("id").and_then(Value::as_u64).ok_or_else(|| bad(format!("entry {e} has no integer 'id'")))?;
-        let slot = usize::try_from(id)
-            .ok()
-            .and_then(|i| scales.get_mut(i))
-            .ok_or_else(|| bad(format!("there is no LoRA adapter {id} ({count} loaded)")))?;
+        if !e.is_object() {
+            return Err(bad(format!("entry {e} is not an object with 'id' and 'scale'")));
+        }
+        let id = match e.get("id") {
+            None => None,
+            Some(v) => Some(v.as_i64().ok_or_else(|| bad(format!("entry {e}: 'id' must be an integer")))?),
+        };
         let scale = match e.get("scale") {
             None => 0.0,
             Some(v) => v
                 .as_f64()
                 .map(|s| s as f32)
                 .filter(|s| s.is_finite())
-                .ok_or_else(|| bad(format!("the scale of adapter {id} is not a number")))?,
+                .ok_or_else(|| bad(format!("entry {e}: 'scale' must be a number")))?,
         };
-        *slot = scale;
+        if let Some(slot) = id.and_then(|i| usize::try_from(i).ok()).and_then(|i| scales.get_mut(i)) {
+            *slot = scale;
+        }
     }
     Ok(scales)
 }

@@ -122,14 +122,19 @@ async fn the_request_lora_field_follows_llama_server() {
     assert_ne!(on, off, "the adapter changes the chat answer");
     assert_eq!(chat(Value::Null).await, on, "no field: the global scale");
 
+    // Entries naming no adapter change nothing, as in llama-server: the list turns the others off.
+    let case = &goldens()["cases"][0];
+    let off = completion(&base, case, json!({"lora": [{"id": 0, "scale": 0.0}]})).await;
+    for ignored in [json!([{"id": 1, "scale": 1.0}]), json!([{"id": -1, "scale": 1.0}]), json!([{"scale": 1.0}])] {
+        assert_eq!(completion(&base, case, json!({"lora": ignored})).await, off, "lora {ignored}");
+    }
     // Bad fields are 400s naming the field.
     for bad in [
         json!("x"),
         json!({"id": 0}),
-        json!([{"id": 1, "scale": 1.0}]),
-        json!([{"id": -1}]),
+        json!(["x"]),
+        json!([{"id": "0", "scale": 1.0}]),
         json!([{"id": 0, "scale": "big"}]),
-        json!([{"scale": 1.0}]),
     ] {
         let body = json!({"prompt": "Hi", "n_predict": 2, "lora": bad});
         let (status, v) = post(&format!("{base}/completion"), body).await;
@@ -160,11 +165,15 @@ async fn post_lora_adapters_sets_the_global_scales() {
     // A request can still turn it on.
     assert_eq!(completion(&base, case, json!({"lora": [{"id": 0, "scale": 1.0}]})).await, on);
 
-    for bad in [json!({"id": 0, "scale": 1}), json!([{"id": 3, "scale": 1}]), json!([{"id": 0, "scale": "x"}])] {
+    for bad in [json!({"id": 0, "scale": 1}), json!([{"id": 0, "scale": "x"}]), json!([7])] {
         let (status, v) = post(&url, bad.clone()).await;
         assert_eq!(status, 400, "{bad}: {v}");
     }
     assert_eq!(get(&url).await[0]["scale"], 0.0, "a refused body changes nothing");
+    // An id that names no adapter is ignored, as llama-server ignores it.
+    let (status, _) = post(&url, json!([{"id": 0, "scale": 1.0}, {"id": 3, "scale": 1.0}])).await;
+    assert_eq!(status, 200);
+    assert_eq!(get(&url).await[0]["scale"], 1.0);
 }
 
 #[tokio::test]

@@ -400,7 +400,9 @@ fn load(config: &EngineConfig) -> Result<(Model, LoadedModel), LoadError> {
     let mut model =
         Model::open(&path).map_err(|source| LoadError::Model { path: path.clone(), source: Box::new(source) })?;
     for (adapter, scale) in &config.loras {
-        model.load_lora(adapter, *scale).map_err(|source| LoadError::Lora { path: adapter.clone(), source })?;
+        model
+            .load_lora(adapter, *scale)
+            .map_err(|source| LoadError::Lora { path: adapter.clone(), source: Box::new(source) })?;
     }
     let loras = model
         .loras()
