@@ -21,7 +21,7 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(__file__))
 import llama_lora_goldens as goldens  # noqa: E402
 
-PP, TG, REPS, THREADS, PORT = 256, 64, 5, 2, 18095
+PP, TG, REPS, ROUNDS, THREADS, PORT = 256, 64, 3, 2, 2, 18095
 
 
 def gemma_bench(gemma, model, extra):
@@ -69,24 +69,29 @@ def llama_server(model, extra):
 
 def main():
     gemma, model = sys.argv[1:3]
+    print(f"| round | engine | adapter | pp{PP} t/s | tg{TG} t/s |")
+    print("|---|---|---|---|---|")
+    ratios = []
     with tempfile.TemporaryDirectory() as tmp:
         adapter = os.path.join(tmp, "lora.gguf")
         goldens.write_adapter(adapter)
-        rows = [
-            ("gemma", "base", gemma_bench(gemma, model, [])),
-            ("gemma", "lora", gemma_bench(gemma, model, ["--lora", adapter])),
-            ("llama.cpp", "base", llama_server(model, [])),
-            ("llama.cpp", "lora", llama_server(model, ["--lora", adapter])),
-        ]
-    print(f"| engine | adapter | pp{PP} t/s | tg{TG} t/s |")
-    print("|---|---|---|---|")
-    for engine, kind, (pp, tg) in rows:
-        print(f"| {engine} | {kind} | {pp:.1f} | {tg:.1f} |")
-    for engine in ("gemma", "llama.cpp"):
-        (bpp, btg), (lpp, ltg) = [r[2] for r in rows if r[0] == engine]
-        print(f"{engine}: with the adapter pp x{lpp / bpp:.3f}, tg x{ltg / btg:.3f}")
-    (gpp, gtg), (lpp, ltg) = rows[1][2], rows[3][2]
-    print(f"with the adapter, gemma / llama.cpp: pp {gpp / lpp:.2f}x, tg {gtg / ltg:.2f}x")
+        # Rounds of all four, so that a busy spell of the machine shows up as a round apart.
+        for r in range(ROUNDS):
+            rows = [
+                ("gemma", "base", gemma_bench(gemma, model, [])),
+                ("gemma", "lora", gemma_bench(gemma, model, ["--lora", adapter])),
+                ("llama.cpp", "base", llama_server(model, [])),
+                ("llama.cpp", "lora", llama_server(model, ["--lora", adapter])),
+            ]
+            for engine, kind, (pp, tg) in rows:
+                print(f"| {r + 1} | {engine} | {kind} | {pp:.1f} | {tg:.1f} |", flush=True)
+            ratios.append(rows)
+    for r, rows in enumerate(ratios):
+        for engine in ("gemma", "llama.cpp"):
+            (bpp, btg), (lpp, ltg) = [x[2] for x in rows if x[0] == engine]
+            print(f"round {r + 1} {engine}: with the adapter pp x{lpp / bpp:.3f}, tg x{ltg / btg:.3f}")
+        (gpp, gtg), (lpp, ltg) = rows[1][2], rows[3][2]
+        print(f"round {r + 1} with the adapter, gemma / llama.cpp: pp {gpp / lpp:.2f}x, tg {gtg / ltg:.2f}x")
 
 
 if __name__ == "__main__":
