@@ -123,9 +123,6 @@ pub enum Command {
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct GenerateArgs {
-    #[command(flatten)]
-    pub lora: gemma_server::LoraArgs,
-
     /// The prompt.
     #[arg(long, short = 'p', value_name = "TEXT")]
     pub prompt: Option<String>,
@@ -170,6 +167,9 @@ pub struct GenerateArgs {
     /// With --context-shift: how many prompt tokens after BOS are never forgotten; -1 keeps the whole prompt.
     #[arg(long, value_name = "N", default_value_t = 0, allow_negative_numbers = true, requires = "context_shift")]
     pub keep: i64,
+
+    #[command(flatten)]
+    pub lora: gemma_server::LoraArgs,
 }
 
 /// The `--help` section of llama.cpp's sampling flags.
@@ -373,9 +373,6 @@ impl Default for SamplingArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct ChatArgs {
-    #[command(flatten)]
-    pub lora: gemma_server::LoraArgs,
-
     /// System prompt (for Gemma it is put before the first user message).
     #[arg(long, short = 's', value_name = "TEXT")]
     pub system: Option<String>,
@@ -391,6 +388,9 @@ pub struct ChatArgs {
     /// With --context-shift: how many tokens after BOS are never forgotten (the system prompt's, say).
     #[arg(long, value_name = "N", default_value_t = 0, requires = "context_shift")]
     pub keep: usize,
+
+    #[command(flatten)]
+    pub lora: gemma_server::LoraArgs,
 }
 
 #[derive(Args, Debug)]
@@ -460,9 +460,6 @@ pub struct PullArgs {
 
 #[derive(Args, Debug)]
 pub struct LogitsArgs {
-    #[command(flatten)]
-    pub lora: gemma_server::LoraArgs,
-
     /// Input token ids, comma separated (e.g. 2,651,...).
     #[arg(long, value_name = "IDS", required_unless_present = "prompt", conflicts_with = "prompt")]
     pub ids: Option<String>,
@@ -472,13 +469,13 @@ pub struct LogitsArgs {
     /// Logits to print per position.
     #[arg(long, default_value_t = 10, value_name = "K")]
     pub top_k: usize,
+
+    #[command(flatten)]
+    pub lora: gemma_server::LoraArgs,
 }
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    #[command(flatten)]
-    pub lora: gemma_server::LoraArgs,
-
     /// Prompt lengths to time (prompt processing, "pp").
     #[arg(short = 'p', long = "n-prompt", value_delimiter = ',', default_values_t = [256usize], value_name = "N,..")]
     pub n_prompt: Vec<usize>,
@@ -508,6 +505,9 @@ pub struct BenchArgs {
     /// (`md`), `csv`, `json` or `jsonl`, with its field names.
     #[arg(short = 'o', long = "output", value_name = "md|csv|json|jsonl")]
     pub output: Option<BenchOutput>,
+
+    #[command(flatten)]
+    pub lora: gemma_server::LoraArgs,
 }
 
 /// llama-bench's output formats.

@@ -18,9 +18,6 @@ use crate::commands::{usage, Common};
 
 #[derive(Args, Debug)]
 pub struct PerplexityArgs {
-    #[command(flatten)]
-    pub lora: gemma_server::LoraArgs,
-
     /// The text to score (`-` reads standard input); one trailing newline is dropped, as llama.cpp does.
     #[arg(long, short = 'f', value_name = "FILE", conflicts_with = "prompt")]
     pub file: Option<PathBuf>,
@@ -87,6 +84,9 @@ pub struct PerplexityArgs {
         conflicts_with_all = ["json", "kl_divergence", "hellaswag", "winogrande", "multiple_choice"]
     )]
     pub ppl_output_type: u8,
+
+    #[command(flatten)]
+    pub lora: gemma_server::LoraArgs,
 }
 
 pub(crate) fn perplexity(common: &Common, args: &PerplexityArgs) -> Result<()> {
