@@ -402,3 +402,42 @@ fn a_scale_that_is_not_a_number_is_refused() {
     let e = Model::open(model_path()).map(|mut m| m.load_lora(dir.path().join("x.gguf"), f32::INFINITY));
     assert!(matches!(e, Ok(Err(LoraError::BadScale(_)))));
 }
+
+#[test]
+fn a_token_embedding_pair_adapts_the_lookup_of_each_token() {
+    // llama.cpp aborts on this file with a tied Gemma 3 (it also multiplies the pair as the tied output head's,
+    // GGML_ASSERT(ggml_can_mul_mat)); here the pair adapts the lookup only (docs/lora.md).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (rank, vocab, d) = (4usize, 262_144usize, 640usize);
+    let bos = 2usize;
+    let mut a = gemma_core::lora::synthetic::values(7, 0, vocab * rank, 0);
+    a[bos * rank..(bos + 1) * rank].fill(0.0); // BOS's row adds nothing
+    let b = gemma_core::lora::synthetic::values(7, 1, d * rank, 2);
+    let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let mut w = GgufWriter::new();
+    w.add_metadata("general.architecture", text("gemma3")).expect("meta");
+    w.add_metadata("general.type", text("adapter")).expect("meta");
+    w.add_metadata("adapter.type", text("lora")).expect("meta");
+    w.add_tensor("token_embd.weight.lora_a", &[rank as u64, vocab as u64], GgmlType::F32, f32_bytes(&a)).expect("a");
+    w.add_tensor("token_embd.weight.lora_b", &[rank as u64, d as u64], GgmlType::F32, f32_bytes(&b)).expect("b");
+    let path = dir.path().join("embd.gguf");
+    w.write_file(&path).expect("written");
+    let mut model = Model::open(model_path()).expect("model");
+    model.load_lora(&path, 1.0).expect("an embedding pair loads");
+    assert_eq!(model.loras()[0].n_adapted(), 1);
+
+    let base = common::default_model();
+    let ids = &goldens().cases[0].prompt_ids;
+    assert_eq!(ids[0] as usize, bos);
+    let batch = Batch::sequence(ids, 0, 0, true);
+    let logits = |m: &Model| {
+        let mut cache = m.new_cache(ids.len());
+        m.forward(&batch, std::slice::from_mut(&mut cache), pool()).expect("forward")
+    };
+    let (plain, adapted) = (logits(&base.model), logits(&model));
+    // The first position sees BOS alone, whose row is zero: the base model's logits exactly. Later ones differ.
+    assert_eq!(adapted.row(0), plain.row(0));
+    for i in 1..ids.len() {
+        assert_ne!(adapted.row(i), plain.row(i), "position {i}");
+    }
+}
