@@ -170,6 +170,9 @@ pub struct GenerateArgs {
 
     #[command(flatten)]
     pub spec: SpecArgs,
+
+    #[command(flatten)]
+    pub lora: gemma_server::LoraArgs,
 }
 
 /// The `--help` section of the speculative decoding flags.
@@ -424,6 +427,9 @@ pub struct ChatArgs {
     /// With --context-shift: how many tokens after BOS are never forgotten (the system prompt's, say).
     #[arg(long, value_name = "N", default_value_t = 0, requires = "context_shift")]
     pub keep: usize,
+
+    #[command(flatten)]
+    pub lora: gemma_server::LoraArgs,
 }
 
 #[derive(Args, Debug)]
@@ -502,6 +508,9 @@ pub struct LogitsArgs {
     /// Logits to print per position.
     #[arg(long, default_value_t = 10, value_name = "K")]
     pub top_k: usize,
+
+    #[command(flatten)]
+    pub lora: gemma_server::LoraArgs,
 }
 
 #[derive(Args, Debug)]
@@ -535,6 +544,9 @@ pub struct BenchArgs {
     /// (`md`), `csv`, `json` or `jsonl`, with its field names.
     #[arg(short = 'o', long = "output", value_name = "md|csv|json|jsonl")]
     pub output: Option<BenchOutput>,
+
+    #[command(flatten)]
+    pub lora: gemma_server::LoraArgs,
 }
 
 /// llama-bench's output formats.

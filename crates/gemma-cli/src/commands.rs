@@ -41,12 +41,21 @@ pub(crate) struct Common {
     pub threads: Option<usize>,
     pub ctx: Option<usize>,
     pub load_options: LoadOptions,
+    /// LoRA adapters to load with the model, and their scales (`--lora`, `--lora-scaled`).
+    pub loras: Vec<(PathBuf, f32)>,
 }
 
 impl Common {
     /// Opens the model at `path` with the configuration flags applied.
     pub(crate) fn open_model(&self, path: &std::path::Path) -> Result<Model> {
-        Model::open_with(path, &self.load_options).with_context(|| format!("cannot load model {}", path.display()))
+        let mut model = Model::open_with(path, &self.load_options)
+            .with_context(|| format!("cannot load model {}", path.display()))?;
+        for (adapter, scale) in &self.loras {
+            model
+                .load_lora(adapter, *scale)
+                .with_context(|| format!("cannot load LoRA adapter {}", adapter.display()))?;
+        }
+        Ok(model)
     }
 
     pub(crate) fn model_path(&self) -> Result<PathBuf> {
@@ -99,11 +108,22 @@ impl Common {
 }
 
 pub fn dispatch(cli: Cli) -> Result<()> {
+    let lora = match &cli.command {
+        Some(Command::Run(a)) => Some(&a.lora),
+        Some(Command::Chat(a)) => Some(&a.lora),
+        Some(Command::Logits(a)) => Some(&a.lora),
+        Some(Command::Bench(a)) => Some(&a.lora),
+        Some(Command::Perplexity(a)) => Some(&a.lora),
+        None => Some(&cli.generate.lora),
+        _ => None,
+    };
+    let loras = lora.map(|l| l.adapters()).transpose().map_err(usage)?.unwrap_or_default();
     let common = Common {
         model: cli.model.clone(),
         threads: cli.threads,
         ctx: cli.ctx,
         load_options: LoadOptions { rope_freq_base: cli.rope_freq_base },
+        loras,
     };
     match cli.command {
         Some(Command::Run(args)) => generate(&common, &args),
@@ -128,6 +148,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         None => {
             if cli.chat {
                 let args = ChatArgs {
+                    lora: cli.generate.lora.clone(),
                     system: cli.system.clone(),
                     sampling: cli.generate.sampling.clone(),
                     context_shift: cli.generate.context_shift,

@@ -128,8 +128,13 @@ pub(crate) fn imatrix(common: &Common, args: &ImatrixArgs) -> Result<()> {
         return Ok(());
     };
     let text = crate::perplexity::read_text_file(file)?;
-    let common =
-        Common { model: common.model.clone(), threads, ctx: common.ctx, load_options: common.load_options.clone() };
+    let common = Common {
+        model: common.model.clone(),
+        threads,
+        ctx: common.ctx,
+        load_options: common.load_options.clone(),
+        loras: common.loras.clone(),
+    };
     let m = common.load()?;
     let mut tokens = m.tokenizer.encode(&text, m.tokenizer.add_bos(), args.parse_special);
     if args.from_chunk > 0 {

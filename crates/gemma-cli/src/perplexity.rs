@@ -84,6 +84,9 @@ pub struct PerplexityArgs {
         conflicts_with_all = ["json", "kl_divergence", "hellaswag", "winogrande", "multiple_choice"]
     )]
     pub ppl_output_type: u8,
+
+    #[command(flatten)]
+    pub lora: gemma_server::LoraArgs,
 }
 
 pub(crate) fn perplexity(common: &Common, args: &PerplexityArgs) -> Result<()> {

@@ -12,6 +12,7 @@ pub mod grammar;
 pub mod hellaswag;
 pub mod imatrix;
 pub mod kv_cache;
+pub mod lora;
 pub mod model;
 pub mod multiple_choice;
 pub mod perplexity;

@@ -132,6 +132,7 @@ pub(crate) fn parse_plan(f: &Fields, loaded: &LoadedModel) -> Result<Plan, ApiEr
         include_usage: false,
         logprobs: None,
         shift: Default::default(),
+        lora: None,
     })
 }
 

@@ -78,6 +78,12 @@ pub struct ServeArgs {
     /// ngram-mod: most tokens per draft (default 64).
     #[arg(long, value_name = "N")]
     pub spec_ngram_mod_n_max: Option<usize>,
+    #[command(flatten)]
+    pub lora: LoraArgs,
+    /// Load the LoRA adapters at scale 0 (llama-server's `--lora-init-without-apply`): they act once
+    /// `POST /lora-adapters` or a request's `lora` field gives them a scale.
+    #[arg(long)]
+    pub lora_init_without_apply: bool,
 }
 
 impl ServeArgs {
@@ -98,6 +104,57 @@ impl ServeArgs {
         };
         p.validate().map_err(|e| invalid(e.to_string()))?;
         Ok(Some(p))
+    }
+}
+
+/// llama.cpp's LoRA flags, shared by the server and the CLI's `run`, `chat`, `logits`, `bench`, `perplexity`.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct LoraArgs {
+    /// LoRA adapter (GGUF) applied at scale 1; repeat the flag or separate files with commas for several.
+    #[arg(long = "lora", value_name = "FNAME", action = clap::ArgAction::Append)]
+    pub lora: Vec<String>,
+    /// LoRA adapter at a scale: `FNAME:SCALE[,FNAME:SCALE...]` (llama.cpp's form) or `FNAME SCALE`; repeatable.
+    #[arg(long = "lora-scaled", value_name = "FNAME:SCALE", num_args = 1..=2, action = clap::ArgAction::Append, allow_negative_numbers = true)]
+    pub lora_scaled: Vec<String>,
+}
+
+impl LoraArgs {
+    /// The adapters with their scales, in id order: the `--lora` files, then the `--lora-scaled` ones, each in
+    /// command-line order.
+    pub fn adapters(&self) -> Result<Vec<(PathBuf, f32)>, String> {
+        let mut out: Vec<(PathBuf, f32)> = Vec::new();
+        for item in self.lora.iter().flat_map(|v| v.split(',')) {
+            if item.is_empty() {
+                return Err("--lora: empty file name".into());
+            }
+            out.push((PathBuf::from(item), 1.0));
+        }
+        let scale = |s: &str, file: &str| -> Result<f32, String> {
+            s.trim()
+                .parse::<f32>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| format!("--lora-scaled: scale '{s}' of {file} is not a number"))
+        };
+        let mut items = self.lora_scaled.iter();
+        while let Some(item) = items.next() {
+            if item.contains(':') {
+                for pair in item.split(',') {
+                    let parts: Vec<&str> = pair.split(':').collect();
+                    let [file, s] = parts[..] else {
+                        return Err(format!("--lora-scaled format: FNAME:SCALE (got '{pair}')"));
+                    };
+                    if file.is_empty() {
+                        return Err("--lora-scaled: empty file name".into());
+                    }
+                    out.push((PathBuf::from(file), scale(s, file)?));
+                }
+            } else {
+                let s = items.next().ok_or_else(|| format!("--lora-scaled: '{item}' needs a scale (FNAME:SCALE)"))?;
+                out.push((PathBuf::from(item), scale(s, item)?));
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -194,6 +251,8 @@ pub struct ServerConfig {
     pub n_keep: i64,
     /// Self-speculative decoding (`--spec-type`); `None`: off.
     pub speculative: Option<SpeculativeParams>,
+    /// LoRA adapters and their scales at start (`--lora`, `--lora-scaled`; 0 with `--lora-init-without-apply`).
+    pub loras: Vec<(PathBuf, f32)>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -223,6 +282,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("context_shift", &self.context_shift)
             .field("n_keep", &self.n_keep)
             .field("speculative", &self.speculative)
+            .field("loras", &self.loras)
             .finish()
     }
 }
@@ -254,6 +314,7 @@ impl Default for ServerConfig {
             context_shift: false,
             n_keep: 0,
             speculative: None,
+            loras: Vec::new(),
         }
     }
 }
@@ -342,6 +403,13 @@ impl ServerConfig {
             context_shift: args.context_shift,
             n_keep: args.keep.unwrap_or(d.n_keep),
             speculative: args.speculative()?,
+            loras: args
+                .lora
+                .adapters()
+                .map_err(|why| ConfigError::Invalid { key: "lora", why })?
+                .into_iter()
+                .map(|(path, scale)| (path, if args.lora_init_without_apply { 0.0 } else { scale }))
+                .collect(),
         };
         c.validate()?;
         Ok(c)

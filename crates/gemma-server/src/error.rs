@@ -26,6 +26,12 @@ pub enum LoadError {
     Tokenizer(#[source] Box<gemma_core::ModelError>),
     #[error("cannot load the chat template")]
     ChatTemplate(#[source] gemma_core::chat::ChatTemplateError),
+    #[error("cannot load LoRA adapter {}", path.display())]
+    Lora {
+        path: PathBuf,
+        #[source]
+        source: Box<gemma_core::lora::LoraError>,
+    },
 }
 
 /// Why the server could not start, or stopped with an error.

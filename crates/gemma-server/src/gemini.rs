@@ -285,5 +285,6 @@ pub(crate) fn parse_plan(f: &Fields, loaded: &LoadedModel, stream: bool) -> Resu
         include_usage: false,
         logprobs: None,
         shift: Default::default(),
+        lora: None,
     })
 }

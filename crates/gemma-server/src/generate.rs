@@ -53,6 +53,7 @@ pub async fn generate(State(state): State<AppState>, headers: HeaderMap, body: B
         choice: 0,
         n: 1,
         session: session_ref,
+        lora: loaded.lora_scales(),
         events: tx,
         submitted: received,
         context_shift,

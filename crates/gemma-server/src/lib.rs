@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
-pub use config::{ServeArgs, ServerConfig};
+pub use config::{LoraArgs, ServeArgs, ServerConfig};
 pub use error::{ClientError, LoadError, ServerError};
 
 /// An error and its causes on one line (the front ends' shared report; re-exported for the `gemma` binary).
@@ -107,6 +107,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             request_timeout: Duration::from_secs(config.timeout_seconds),
             max_sessions: config.max_sessions,
             speculative: config.speculative.clone(),
+            loras: config.loras.clone(),
         },
         metrics.clone(),
     )

@@ -187,6 +187,7 @@ pub(crate) fn parse(f: &Fields, loaded: &LoadedModel) -> Result<(Plan, Native), 
         include_usage: false,
         logprobs: (n_probs > 0).then_some(n_probs),
         shift: crate::openai::ShiftRequest::parse(f)?,
+        lora: crate::llama_server::parse_lora(f, loaded)?,
     };
     let return_tokens = f.get::<bool>("return_tokens")?.unwrap_or(false);
     Ok((plan, Native { many, n_predict, n_probs, return_tokens }))

@@ -535,25 +535,97 @@ pub(crate) fn detokenize_body(body: &[u8], m: &LoadedModel) -> Result<Value, Api
     Ok(json!({"content": String::from_utf8_lossy(&text)}))
 }
 
-/// `GET /lora-adapters`: this server loads no LoRA adapters.
-pub async fn get_lora_adapters() -> Json<Value> {
-    Json(json!([]))
+/// `GET /lora-adapters`: the adapters loaded (`--lora`, `--lora-scaled`) with their global scales, in
+/// llama-server's form.
+pub async fn get_lora_adapters(State(state): State<AppState>) -> Response {
+    let m = match state.loaded() {
+        Ok(m) => m,
+        Err(e) => return e.into_response(),
+    };
+    let scales = m.lora_scales();
+    let list: Vec<Value> = m
+        .loras
+        .iter()
+        .enumerate()
+        .map(|(id, l)| {
+            json!({
+                "id": id,
+                "path": l.path.display().to_string(),
+                "scale": scales.get(id).copied().unwrap_or(0.0),
+                "task_name": l.task_name,
+                "prompt_prefix": l.prompt_prefix,
+            })
+        })
+        .collect();
+    Json(Value::Array(list)).into_response()
 }
 
-/// `POST /lora-adapters`: `[{"id", "scale"}]`. With no adapters loaded there is nothing to set; llama-server
-/// answers success for ids it does not have.
+/// `POST /lora-adapters`: `[{"id", "scale"}]` sets the global scales, llama-server's way: an adapter the list
+/// does not name goes to 0, an id that names no adapter is ignored.
 pub async fn post_lora_adapters(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let bytes = match read_body(body, &headers, state.max_body_bytes()).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
+    let m = match state.loaded() {
+        Ok(m) => m,
+        Err(e) => return e.into_response(),
+    };
     match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Array(_)) => Json(json!({"success": true})).into_response(),
+        Ok(Value::Array(entries)) => match lora_scales(&entries, m.loras.len(), "the body") {
+            Ok(scales) => {
+                *m.lora_scales.lock().unwrap_or_else(|p| p.into_inner()) = scales;
+                Json(json!({"success": true})).into_response()
+            }
+            Err(e) => e.into_response(),
+        },
         Ok(_) => llama_error(StatusCode::BAD_REQUEST, "invalid_request_error", "Request body must be an array"),
         Err(e) => {
             ApiError::invalid(format!("the body is not valid JSON: {e}")).with_code("invalid_json").into_response()
         }
     }
+}
+
+/// A request's `lora` field (`/completion`, `/v1/completions`, `/v1/chat/completions`): `[{"id", "scale"}]`,
+/// the scale of every adapter for this request, unnamed ones 0. Absent, null or empty: the global scales.
+pub(crate) fn parse_lora(f: &crate::fields::Fields, loaded: &LoadedModel) -> Result<Option<Vec<f32>>, ApiError> {
+    match f.raw("lora") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(entries)) if entries.is_empty() => Ok(None),
+        Some(Value::Array(entries)) => lora_scales(entries, loaded.loras.len(), "lora").map(Some),
+        Some(_) => {
+            Err(ApiError::invalid_param("lora", "'lora' must be an array of objects with 'id' and 'scale' fields"))
+        }
+    }
+}
+
+/// The scales `[{"id", "scale"}]` give `count` adapters: unnamed ones 0, and, as llama-server's
+/// `parse_lora_request`, an entry whose id names no adapter (or that has none) changes nothing. An entry that
+/// is not an object, an id that is not an integer or a scale that is not a number is a 400.
+fn lora_scales(entries: &[Value], count: usize, what: &str) -> Result<Vec<f32>, ApiError> {
+    let bad = |m: String| ApiError::invalid_param(what, m);
+    let mut scales = vec![0.0f32; count];
+    for e in entries {
+        if !e.is_object() {
+            return Err(bad(format!("entry {e} is not an object with 'id' and 'scale'")));
+        }
+        let id = match e.get("id") {
+            None => None,
+            Some(v) => Some(v.as_i64().ok_or_else(|| bad(format!("entry {e}: 'id' must be an integer")))?),
+        };
+        let scale = match e.get("scale") {
+            None => 0.0,
+            Some(v) => v
+                .as_f64()
+                .map(|s| s as f32)
+                .filter(|s| s.is_finite())
+                .ok_or_else(|| bad(format!("entry {e}: 'scale' must be a number")))?,
+        };
+        if let Some(slot) = id.and_then(|i| usize::try_from(i).ok()).and_then(|i| scales.get_mut(i)) {
+            *slot = scale;
+        }
+    }
+    Ok(scales)
 }
 
 /// `POST /infill`: fill-in-the-middle needs the model's FIM prefix, suffix and middle tokens.

@@ -321,6 +321,7 @@ pub(crate) fn parse_generation(bytes: &[u8], loaded: &LoadedModel, kind: Kind) -
             n_discard: 0,
             ctx: Some(window),
         },
+        lora: None,
     };
     Ok(Generation { kind, plan: Some(plan), with_context })
 }

@@ -52,6 +52,8 @@ pub(crate) struct Plan {
     /// `Some(k)`: log-probabilities of the chosen tokens and the `k` best alternatives.
     pub(crate) logprobs: Option<usize>,
     pub(crate) shift: ShiftRequest,
+    /// The LoRA scales a request's `lora` field asks for (by id); `None`: the server's global scales.
+    pub(crate) lora: Option<Vec<f32>>,
 }
 
 /// What a request says of context shift: llama-server's `n_keep` and `n_discard` (on every completion
@@ -232,7 +234,8 @@ pub(crate) fn parse_plan(f: &Fields, loaded: &LoadedModel, dialect: Dialect) -> 
     };
     reject_unsupported(f, dialect)?;
     let shift = ShiftRequest::parse(f)?;
-    Ok(Plan { dialect, prompts, n, max_tokens, sampling, stop, stream, include_usage, logprobs, shift })
+    let lora = crate::llama_server::parse_lora(f, loaded)?;
+    Ok(Plan { dialect, prompts, n, max_tokens, sampling, stop, stream, include_usage, logprobs, shift, lora })
 }
 
 /// Builds what a request's sampling needs from the vocabulary (grammar texts, DRY breakers) on the parsing
@@ -572,6 +575,7 @@ pub(crate) fn submit(
             choice,
             n: plan.n,
             session: None,
+            lora: plan.lora.clone().unwrap_or_else(|| loaded.lora_scales()),
             events: tx.clone(),
             submitted: received,
             context_shift,

@@ -21,7 +21,7 @@ use gemma_ops::vector::{add_assign, gelu_mul, rms_norm, scale};
 
 use super::attention::{attention, AttentionShape};
 use super::output::OutputHead;
-use super::{embed_tokens, rms_norm_rows, sized, Products, Scratch, WeightName};
+use super::{rms_norm_rows, sized, Products, Scratch, WeightName};
 use crate::batch::Batch;
 use crate::config::ModelConfig;
 use crate::error::ModelError;
@@ -143,7 +143,7 @@ pub(crate) fn forward(
     caches: &mut [KvCache],
     s: &mut Scratch,
 ) -> Result<(), ModelError> {
-    let (file, pool) = (mm.file, mm.pool);
+    let pool = mm.pool;
     let n = batch.len();
     let (d, hd, ff) = (c.d_model, c.head_dim, c.ffn_dim);
     let (q_width, kv_width) = (c.n_heads * hd, c.n_kv_heads * hd);
@@ -153,7 +153,7 @@ pub(crate) fn forward(
     let (attn, proj, gate, up) = (sized(attn, n * q_width), sized(proj, n * d), sized(gate, n * ff), sized(up, n * ff));
 
     // Embedding, scaled by sqrt(d_model).
-    embed_tokens(file, &w.embedding, batch, x, c.embedding_scale);
+    mm.embed_tokens(&w.embedding, batch, x, c.embedding_scale, acts)?;
 
     let positions = || batch.tokens.iter().map(|t| t.pos);
     let (rope_global, rope_local) =

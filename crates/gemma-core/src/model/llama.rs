@@ -20,7 +20,7 @@ use gemma_ops::QuantizedActs;
 
 use super::attention::{attention, AttentionShape};
 use super::output::OutputHead;
-use super::{embed_tokens, rms_norm_rows, sized, Products, Scratch, WeightName};
+use super::{rms_norm_rows, sized, Products, Scratch, WeightName};
 use crate::batch::Batch;
 use crate::config::ModelConfig;
 use crate::error::ModelError;
@@ -135,7 +135,7 @@ pub(crate) fn forward(
     caches: &mut [KvCache],
     s: &mut Scratch,
 ) -> Result<(), ModelError> {
-    let (file, pool) = (mm.file, mm.pool);
+    let pool = mm.pool;
     let n = batch.len();
     let (d, hd, ff) = (c.d_model, c.head_dim, c.ffn_dim);
     let (q_width, kv_width) = (c.n_heads * hd, c.n_kv_heads * hd);
@@ -146,7 +146,7 @@ pub(crate) fn forward(
     let shape =
         AttentionShape { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: hd, window: None, causal: true };
 
-    embed_tokens(file, &w.embedding, batch, x, c.embedding_scale);
+    mm.embed_tokens(&w.embedding, batch, x, c.embedding_scale, acts)?;
     let rope = RopeAngles::new(batch.tokens.iter().map(|t| t.pos), &w.inv_freq);
 
     let name = WeightName::block;

@@ -20,6 +20,7 @@ use crate::batch::{Batch, Logits};
 use crate::config::{Architecture, ModelConfig};
 use crate::error::ModelError;
 use crate::kv_cache::{KvCache, MAX_UBATCH};
+use crate::lora::{LoraAdapter, LoraError, LoraPass};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 use crate::weights::{Matrix, WeightFile};
 
@@ -36,6 +37,9 @@ pub struct Model {
     weights: Weights,
     /// Pooling and projections, for embedding models.
     embedding_head: Option<embedding::EmbeddingHead>,
+    /// LoRA adapters ([`Model::load_lora`]) and the scale each runs at when a pass names none.
+    loras: Vec<LoraAdapter>,
+    lora_scales: Vec<f32>,
 }
 
 enum Weights {
@@ -99,7 +103,15 @@ impl Model {
         };
         let embedding_head = config.pooling.map(|p| embedding::EmbeddingHead::load(&file, &config, p)).transpose()?;
         crate::weights::settle_resident_pages(&file);
-        Ok(Model { file: Arc::new(file), sbs: None, config, weights, embedding_head })
+        Ok(Model {
+            file: Arc::new(file),
+            sbs: None,
+            config,
+            weights,
+            embedding_head,
+            loras: Vec::new(),
+            lora_scales: Vec::new(),
+        })
     }
 
     /// A model from a gemma.cpp checkpoint (Gemma 3 family), run with the SBS codec kernels.
@@ -119,7 +131,51 @@ impl Model {
         meta.add_metadata("general.architecture", text(config.arch.name()))?;
         meta.add_metadata("general.name", text(&config.name))?;
         let view = GgufFile::from_bytes(meta.to_bytes(), file.path())?;
-        Ok(Model { file: Arc::new(view), sbs: Some(file), config, weights, embedding_head: None })
+        Ok(Model {
+            file: Arc::new(view),
+            sbs: Some(file),
+            config,
+            weights,
+            embedding_head: None,
+            loras: Vec::new(),
+            lora_scales: Vec::new(),
+        })
+    }
+
+    /// Loads the LoRA adapter at `path` (llama.cpp's `--lora-scaled FILE SCALE`; `--lora FILE` is scale 1) and
+    /// returns its id, its index in [`Model::loras`]. `scale` is its default scale, used by every pass that
+    /// names no scales ([`Model::forward_with`]); [`Model::forward_lora`] takes scales per sequence.
+    pub fn load_lora(&mut self, path: impl AsRef<Path>, scale: f32) -> Result<usize, LoraError> {
+        if self.sbs.is_some() {
+            return Err(LoraError::SbsModel);
+        }
+        if !scale.is_finite() {
+            return Err(LoraError::BadScale(scale));
+        }
+        let adapter = LoraAdapter::load(path.as_ref(), &self.file, &self.config)?;
+        self.loras.push(adapter);
+        self.lora_scales.push(scale);
+        Ok(self.loras.len() - 1)
+    }
+
+    /// The loaded LoRA adapters, by id.
+    pub fn loras(&self) -> &[LoraAdapter] {
+        &self.loras
+    }
+
+    /// The default scale of each adapter, by id.
+    pub fn lora_scales(&self) -> &[f32] {
+        &self.lora_scales
+    }
+
+    /// Sets the default scale of adapter `id` (0 turns it off).
+    pub fn set_lora_scale(&mut self, id: usize, scale: f32) -> Result<(), LoraError> {
+        if !scale.is_finite() {
+            return Err(LoraError::BadScale(scale));
+        }
+        let count = self.loras.len();
+        *self.lora_scales.get_mut(id).ok_or(LoraError::NoAdapter { id, count })? = scale;
+        Ok(())
     }
 
     /// The SBS checkpoint the model was opened from, if it was.
@@ -183,7 +239,7 @@ impl Model {
             &mut |batch, group, scratch| {
                 let mut caches: Vec<KvCache> = group.iter().map(|ids| self.new_cache(ids.len())).collect();
                 validate_batch(batch, &caches, self.config.vocab_size)?;
-                self.forward_ubatch(batch, &mut caches, pool, scratch, None)
+                self.forward_ubatch(batch, &mut caches, pool, scratch, None, None)
             },
         )
     }
@@ -231,7 +287,21 @@ impl Model {
         pool: &ThreadPool,
         scratch: &'s mut Scratch,
     ) -> Result<&'s Logits, ModelError> {
-        self.forward_passes(batch, caches, pool, scratch, None)
+        self.forward_passes(batch, caches, pool, scratch, None, None)
+    }
+
+    /// [`Model::forward_with`] with LoRA scales per sequence: `lora_scales[seq][id]` is the scale of adapter
+    /// `id` for the tokens of sequence `seq` (a missing entry is 0), so sequences with different adapters or
+    /// scales share one pass. The model's default scales ([`Model::lora_scales`]) are not used.
+    pub fn forward_lora<'s>(
+        &self,
+        batch: &Batch,
+        caches: &mut [KvCache],
+        pool: &ThreadPool,
+        scratch: &'s mut Scratch,
+        lora_scales: &[Vec<f32>],
+    ) -> Result<&'s Logits, ModelError> {
+        self.forward_passes(batch, caches, pool, scratch, None, Some(lora_scales))
     }
 
     /// [`Model::forward_with`] showing `observer` the input of every product with a weight matrix, as
@@ -244,7 +314,7 @@ impl Model {
         scratch: &'s mut Scratch,
         observer: &mut dyn MatmulObserver,
     ) -> Result<&'s Logits, ModelError> {
-        self.forward_passes(batch, caches, pool, scratch, Some(observer))
+        self.forward_passes(batch, caches, pool, scratch, Some(observer), None)
     }
 
     fn forward_passes<'s>(
@@ -254,10 +324,21 @@ impl Model {
         pool: &ThreadPool,
         scratch: &'s mut Scratch,
         mut observer: Option<&mut dyn MatmulObserver>,
+        lora_scales: Option<&[Vec<f32>]>,
     ) -> Result<&'s Logits, ModelError> {
         validate_batch(batch, caches, self.config.vocab_size)?;
+        // Without scales of its own, every sequence runs at the defaults.
+        let defaults;
+        let lora_scales = match lora_scales {
+            Some(s) => Some(s),
+            None if self.loras.is_empty() => None,
+            None => {
+                defaults = vec![self.lora_scales.clone(); caches.len()];
+                Some(&defaults[..])
+            }
+        };
         if batch.len() <= MAX_UBATCH {
-            self.forward_ubatch(batch, caches, pool, scratch, observer)?;
+            self.forward_ubatch(batch, caches, pool, scratch, observer, lora_scales)?;
             return Ok(&scratch.logits);
         }
         // Bounded passes keep activation memory small and let sliding-window layers use a fixed ring.
@@ -265,7 +346,7 @@ impl Model {
         for (k, chunk) in batch.tokens.chunks(MAX_UBATCH).enumerate() {
             let pass = Batch { tokens: chunk.to_vec() };
             let observer = observer.as_mut().map(|o| &mut **o as &mut dyn MatmulObserver);
-            self.forward_ubatch(&pass, caches, pool, scratch, observer)?;
+            self.forward_ubatch(&pass, caches, pool, scratch, observer, lora_scales)?;
             all.batch_index.extend(scratch.logits.batch_index.iter().map(|i| i + k * MAX_UBATCH));
             all.data.extend_from_slice(&scratch.logits.data);
         }
@@ -280,12 +361,14 @@ impl Model {
         pool: &ThreadPool,
         scratch: &mut Scratch,
         observer: Option<&mut dyn MatmulObserver>,
+        lora_scales: Option<&[Vec<f32>]>,
     ) -> Result<(), ModelError> {
         for t in &batch.tokens {
             caches[t.seq].reserve_to(t.pos + 1)?;
         }
         let c = &self.config;
-        let mut products = Products { file: self.weight_file(), pool, observer };
+        let lora = lora_scales.and_then(|s| LoraPass::new(&self.loras, s, batch.tokens.iter().map(|t| t.seq)));
+        let mut products = Products { file: self.weight_file(), pool, observer, lora };
         let head = match &self.weights {
             Weights::Gemma3(w) => {
                 gemma3::forward(&mut products, c, w, batch, caches, scratch)?;
@@ -335,12 +418,14 @@ pub trait MatmulObserver {
     fn observe(&mut self, weight: WeightName, input: &[f32], cols: usize);
 }
 
-/// The weight products of one forward pass: the kernels, and the observer when there is one, so the
-/// architecture files name each product once and stay free of observing code.
+/// The weight products of one forward pass: the kernels, the observer when there is one, and the LoRA
+/// adapters' products when any is on, so the architecture files name each product once and stay free of
+/// observing and adapter code.
 pub(crate) struct Products<'a, 'o> {
     pub(crate) file: WeightFile<'a>,
     pub(crate) pool: &'a ThreadPool,
     observer: Option<&'o mut dyn MatmulObserver>,
+    lora: Option<LoraPass<'a>>,
 }
 
 impl Products<'_, '_> {
@@ -357,6 +442,43 @@ impl Products<'_, '_> {
             o.observe(name, x, w.cols);
         }
         matmul_view(self.pool, &w.view(self.file), x, out, acts)?;
+        // The token embedding's adapter is a lookup's (`Products::embed_tokens`), never a tied head's product.
+        if let Some(lora) = self.lora.as_mut().filter(|_| name.tensor != "token_embd") {
+            lora.add_products(self.pool, &name.to_string(), x, out, acts)?;
+        }
+        Ok(())
+    }
+
+    /// The next products read only the batch rows `rows` (the output head's), in that order.
+    pub(crate) fn select_rows(&mut self, rows: &[usize]) {
+        if let Some(lora) = self.lora.as_mut() {
+            lora.select_rows(rows);
+        }
+    }
+
+    /// Looks up the embedding of every batch token into `x` (one row of `d_model` each), adds the adapters'
+    /// embedding terms, then multiplies by `factor` (and the table's own scale, folded into one multiplier as
+    /// gemma.cpp does).
+    pub(crate) fn embed_tokens(
+        &mut self,
+        embedding: &Matrix,
+        batch: &Batch,
+        x: &mut [f32],
+        factor: f32,
+        acts: &mut QuantizedActs,
+    ) -> Result<(), ModelError> {
+        let table = embedding.view(self.file);
+        let factor = factor * table.scale();
+        for (t, row) in batch.tokens.iter().zip(x.chunks_exact_mut(embedding.cols)) {
+            table.decode_row(t.token as usize, row);
+        }
+        if let Some(lora) = self.lora.as_mut() {
+            let tokens: Vec<u32> = batch.tokens.iter().map(|t| t.token).collect();
+            lora.add_embeddings(self.pool, &tokens, x, acts)?;
+        }
+        if factor != 1.0 {
+            x.chunks_exact_mut(embedding.cols).for_each(|row| scale(row, factor));
+        }
         Ok(())
     }
 }
@@ -388,19 +510,6 @@ fn rms_norm_rows(pool: &ThreadPool, x: &mut [f32], w: &[f32], eps: f32) {
 fn sized(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
     buf.resize(n, 0.0);
     buf
-}
-
-/// Looks up the embedding of every batch token into `x` (one row of `d_model` each), times `factor` (and
-/// the table's own scale, folded into one multiplier as gemma.cpp does).
-fn embed_tokens(file: WeightFile<'_>, embedding: &Matrix, batch: &Batch, x: &mut [f32], factor: f32) {
-    let table = embedding.view(file);
-    let factor = factor * table.scale();
-    for (t, row) in batch.tokens.iter().zip(x.chunks_exact_mut(embedding.cols)) {
-        table.decode_row(t.token as usize, row);
-        if factor != 1.0 {
-            scale(row, factor);
-        }
-    }
 }
 
 /// Whether the file at `path` starts with the SBS blob-store magic (a file that cannot be read is left

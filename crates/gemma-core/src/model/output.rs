@@ -66,6 +66,7 @@ impl OutputHead {
         }
         rms_norm_rows(mm.pool, rows, &self.norm, c.rms_eps);
         let data = sized(&mut logits.data, logits.batch_index.len() * c.vocab_size);
+        mm.select_rows(&logits.batch_index);
         mm.matmul(self.name, &self.projection, rows, data, acts)?;
         if let Some(cap) = c.final_logit_softcap {
             data.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);

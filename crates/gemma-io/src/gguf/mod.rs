@@ -4,6 +4,7 @@
 //! Every length, count and offset read from the file is checked before use, so a damaged file is a
 //! [`GgufError`] naming the file and the problem, never a panic or an out-of-bounds read.
 
+pub mod lora;
 mod reader;
 pub mod split;
 mod types;

@@ -49,6 +49,8 @@ pub struct GenerationRequest {
     pub n: usize,
     /// Keep this sequence's KV cache and tokens under a session id between calls (`POST /generate`).
     pub session: Option<SessionRef>,
+    /// The scale of each LoRA adapter for this request (by id; missing ones are 0).
+    pub lora: Vec<f32>,
     /// Shared by the choices of one request; dropping the receiver cancels them all.
     pub events: UnboundedSender<(usize, Event)>,
     pub submitted: Instant,
@@ -203,6 +205,25 @@ pub struct LoadedModel {
     pub file_info: Arc<crate::model_info::ModelFileInfo>,
     /// The n-gram drafts sequences decode with (`--spec-type`; `/slots` and `/props` show it).
     pub speculative: Option<gemma_core::SpecType>,
+    /// The LoRA adapters loaded, by id, and the scales requests get when they name none (llama-server's
+    /// global scales: `POST /lora-adapters` sets them).
+    pub loras: Vec<LoraInfo>,
+    pub lora_scales: Mutex<Vec<f32>>,
+}
+
+/// What `GET /lora-adapters` says of an adapter.
+#[derive(Clone, Debug)]
+pub struct LoraInfo {
+    pub path: std::path::PathBuf,
+    pub task_name: String,
+    pub prompt_prefix: String,
+}
+
+impl LoadedModel {
+    /// The global LoRA scales now.
+    pub fn lora_scales(&self) -> Vec<f32> {
+        self.lora_scales.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// DRY's breakers for the breaker lists used last, newest first. Matching a list against the vocabulary
@@ -337,6 +358,8 @@ pub struct EngineConfig {
     pub max_sessions: usize,
     /// Self-speculative decoding of every sequence (`--spec-type`).
     pub speculative: Option<gemma_core::SpeculativeParams>,
+    /// LoRA adapters to load, with their starting scales.
+    pub loras: Vec<(std::path::PathBuf, f32)>,
 }
 
 /// A started engine: its handle, its thread, and the outcome of loading the model (`Err` with the reason).
@@ -380,8 +403,22 @@ pub fn spawn(config: EngineConfig, metrics: Arc<Metrics>) -> std::io::Result<Spa
 
 fn load(config: &EngineConfig) -> Result<(Model, LoadedModel), LoadError> {
     let path = gemma_fetch::resolve_model(&config.model)?;
-    let model =
+    let mut model =
         Model::open(&path).map_err(|source| LoadError::Model { path: path.clone(), source: Box::new(source) })?;
+    for (adapter, scale) in &config.loras {
+        model
+            .load_lora(adapter, *scale)
+            .map_err(|source| LoadError::Lora { path: adapter.clone(), source: Box::new(source) })?;
+    }
+    let loras = model
+        .loras()
+        .iter()
+        .map(|l| LoraInfo {
+            path: l.path().to_path_buf(),
+            task_name: l.task_name().to_string(),
+            prompt_prefix: l.prompt_prefix().to_string(),
+        })
+        .collect();
     let tokenizer = model.tokenizer().map_err(|e| LoadError::Tokenizer(Box::new(e)))?;
     let chat = ChatTemplate::from_gguf(&model.file, &tokenizer).map_err(LoadError::ChatTemplate)?;
     let id = if std::path::Path::new(&config.model).exists() {
@@ -402,6 +439,8 @@ fn load(config: &EngineConfig) -> Result<(Model, LoadedModel), LoadError> {
         dry_tables: Arc::default(),
         file_info,
         speculative: config.speculative.as_ref().map(|p| p.kind),
+        loras,
+        lora_scales: Mutex::new(model.lora_scales().to_vec()),
     };
     Ok((model, loaded))
 }
@@ -422,6 +461,9 @@ struct Engine<'a> {
     /// Numbers the requests, so that the choices of one can find each other.
     next_group: u64,
     scratch: Scratch,
+    /// The LoRA scales the prefix cache's entries were computed with ([`lora_key`]): a request with other
+    /// scales empties it, as llama-server clears a slot's cache when its adapters change.
+    prefix_lora: Vec<u32>,
     /// Shared with the request parsers, which have usually built a request's table already.
     dry_tables: Arc<DryTables>,
     /// Where the slot table lives (read by `GET /slots`).
@@ -451,6 +493,7 @@ impl<'a> Engine<'a> {
             held: None,
             next_group: 0,
             scratch: Scratch::default(),
+            prefix_lora: lora_key(model.lora_scales()),
             dry_tables,
             state,
         }
@@ -637,7 +680,7 @@ impl<'a> Engine<'a> {
                 }
                 (cache, kept)
             }
-            None => match self.prefix_cache.copy_longest_prefix(&req.prompt_ids) {
+            None => match self.prefix_cache_for(&req.lora).copy_longest_prefix(&req.prompt_ids) {
                 Some(r) => {
                     self.metrics.prefix_cache_hits.fetch_add(1, Ordering::Relaxed);
                     self.metrics.prefix_cache_reused_tokens.fetch_add(r.reused_tokens as u64, Ordering::Relaxed);
@@ -664,6 +707,7 @@ impl<'a> Engine<'a> {
                 choice: req.choice + k,
                 n: 1,
                 session: None,
+                lora: req.lora.clone(),
                 events: req.events.clone(),
                 submitted: req.submitted,
                 context_shift: req.context_shift,
@@ -687,6 +731,16 @@ impl<'a> Engine<'a> {
         self.seqs.push(seq);
         self.caches.push(cache);
         self.update_gauges();
+    }
+
+    /// The prefix cache, emptied first when its entries were computed with LoRA scales other than `lora`.
+    fn prefix_cache_for(&mut self, lora: &[f32]) -> &mut PrefixCache<KvCache> {
+        let key = lora_key(lora);
+        if key != self.prefix_lora {
+            self.prefix_cache = PrefixCache::new(self.prefix_cache.budget());
+            self.prefix_lora = key;
+        }
+        &mut self.prefix_cache
     }
 
     /// A refused request leaves its session as it was (or frees the id of a session it would have started).
@@ -759,7 +813,13 @@ impl<'a> Engine<'a> {
         self.metrics.engine_step_tokens.fetch_add(batch.len() as u64, Ordering::Relaxed);
         self.metrics.engine_step_sequences_max.fetch_max(served.len() as u64, Ordering::Relaxed);
 
-        if let Err(e) = self.model.forward_with(&batch, &mut self.caches, self.pool, &mut self.scratch) {
+        let pass = if self.model.loras().is_empty() {
+            self.model.forward_with(&batch, &mut self.caches, self.pool, &mut self.scratch)
+        } else {
+            let scales: Vec<Vec<f32>> = self.seqs.iter().map(|s| s.lora().to_vec()).collect();
+            self.model.forward_lora(&batch, &mut self.caches, self.pool, &mut self.scratch, &scales)
+        };
+        if let Err(e) = pass {
             tracing::error!("forward pass failed: {e}");
             let message = format!("inference failed: {e}");
             self.slot_table().release_all();
@@ -870,11 +930,13 @@ impl<'a> Engine<'a> {
         }
         let session = seq.session().map(str::to_string);
         let slot = seq.slot();
+        let seq_lora = seq.lora().to_vec();
         let tokens = seq.finish(reason);
         self.slot_table().set_tokens(slot, tokens.clone());
         match session {
             Some(id) => self.sessions.put(id, tokens, cache),
-            None => self.prefix_cache.insert(tokens, cache),
+            None if lora_key(seq_lora.as_slice()) == self.prefix_lora => self.prefix_cache.insert(tokens, cache),
+            None => {}
         }
     }
 
@@ -983,4 +1045,14 @@ fn slot_task(req: &GenerationRequest, group: u64, reused: usize) -> SlotTask {
 /// exactly the session's tokens, which `prompt` starts with).
 fn common_prefix_len(prompt: &[u32], cached: usize) -> usize {
     cached.min(prompt.len())
+}
+
+/// LoRA scales compared as the pass sees them: bit patterns, every zero alike, trailing zeros dropped (an
+/// adapter at scale 0 and a missing one are the same).
+fn lora_key(scales: &[f32]) -> Vec<u32> {
+    let mut key: Vec<u32> = scales.iter().map(|&s| if s == 0.0 { 0 } else { s.to_bits() }).collect();
+    while key.last() == Some(&0) {
+        key.pop();
+    }
+    key
 }

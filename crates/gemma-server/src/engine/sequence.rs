@@ -74,6 +74,8 @@ pub(super) struct Sequence<'t> {
     /// The context shifts made, as `(keep, discard)`.
     shifts: Vec<(usize, usize)>,
     speculation: Option<Box<Speculation>>,
+    /// LoRA scales by adapter id.
+    lora: Vec<f32>,
 }
 
 impl<'t> Sequence<'t> {
@@ -116,6 +118,7 @@ impl<'t> Sequence<'t> {
             context_shift: req.context_shift,
             shifts: Vec::new(),
             speculation: None,
+            lora: req.lora,
             prompt: req.prompt_ids,
             choice: req.choice,
             events: req.events,
@@ -221,6 +224,11 @@ impl<'t> Sequence<'t> {
     /// Its cache now holds the whole prompt, copied from the request's first choice.
     pub(super) fn forked(&mut self) {
         self.awaiting_fork = false;
+    }
+
+    /// The scale of each LoRA adapter for this sequence, by id.
+    pub(super) fn lora(&self) -> &[f32] {
+        &self.lora
     }
 
     pub(super) fn session(&self) -> Option<&str> {
