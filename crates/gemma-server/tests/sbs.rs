@@ -29,8 +29,13 @@ async fn an_sfp_checkpoint_serves_completions_and_chat() {
     // the first three greedy tokens have margins of 0.6 to 2.5 on every SIMD level; later ones sit on near-ties
     assert!(v["choices"][0]["text"].as_str().is_some_and(|t| t.starts_with(" the capital of")), "{v}");
 
-    let body = json!({"messages": [{"role": "user", "content": "Name three colors."}], "max_tokens": 8});
+    // Greedy: a sampled answer may end its turn before 8 tokens, which made this check flaky.
+    let body =
+        json!({"messages": [{"role": "user", "content": "Name three colors."}], "max_tokens": 8, "temperature": 0});
     let (status, v) = post(&format!("{base}/v1/chat/completions"), body).await;
     assert_eq!(status, 200, "{v}");
-    assert_eq!(v["usage"]["completion_tokens"].as_u64(), Some(8), "{v}");
+    let tokens = v["usage"]["completion_tokens"].as_u64().unwrap_or(0);
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+    assert!((1..=8).contains(&tokens) && !content.is_empty(), "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"] == "length", tokens == 8, "{v}");
 }
