@@ -2,17 +2,16 @@
 //! deterministic adapter of `scripts/llama_lora_goldens.py` on the real default model.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
+use common::gemma;
 use gemma_core::lora::synthetic::Spec;
 use gemma_core::{GenerationOptions, Model, SamplingParams, Session};
 use serde_json::Value;
 
-const PROMPT: &str = "Once upon a time, in a small village by the sea,";
+mod common;
 
-fn gemma(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gemma")).args(args).output().expect("run gemma")
-}
+const PROMPT: &str = "Once upon a time, in a small village by the sea,";
 
 fn ok(args: &[&str]) -> String {
     let o = gemma(args);
