@@ -169,46 +169,10 @@ pub struct GenerateArgs {
     pub keep: i64,
 
     #[command(flatten)]
-    pub spec: SpecArgs,
+    pub spec: gemma_server::SpecArgs,
 
     #[command(flatten)]
     pub lora: gemma_server::LoraArgs,
-}
-
-/// The `--help` section of the speculative decoding flags.
-const SPEC: &str = "Speculative decoding (llama.cpp's flags, docs/speculative.md)";
-
-/// Self-speculative decoding with n-grams, with llama.cpp's flag names and defaults.
-#[derive(Args, Debug, Clone, Default)]
-pub struct SpecArgs {
-    /// Guess tokens from the context and check them in one pass: none, ngram-simple or ngram-mod (the
-    /// output is the same, faster where the text repeats the context).
-    #[arg(long, value_name = "TYPE", help_heading = SPEC)]
-    pub spec_type: Option<String>,
-
-    /// Most tokens per draft (llama.cpp uses this flag for draft models only; here it caps n-gram drafts too).
-    #[arg(long, value_name = "N", help_heading = SPEC)]
-    pub spec_draft_n_max: Option<usize>,
-
-    /// ngram-simple: tokens that must match (default 12).
-    #[arg(long, value_name = "N", default_value_t = 12, help_heading = SPEC)]
-    pub spec_ngram_simple_size_n: usize,
-
-    /// ngram-simple: tokens drafted after a match (default 48).
-    #[arg(long, value_name = "N", default_value_t = 48, help_heading = SPEC)]
-    pub spec_ngram_simple_size_m: usize,
-
-    /// ngram-mod: tokens hashed per lookup (default 24).
-    #[arg(long, value_name = "N", default_value_t = 24, help_heading = SPEC)]
-    pub spec_ngram_mod_n_match: usize,
-
-    /// ngram-mod: a shorter draft is dropped (default 48).
-    #[arg(long, value_name = "N", default_value_t = 48, help_heading = SPEC)]
-    pub spec_ngram_mod_n_min: usize,
-
-    /// ngram-mod: most tokens per draft (default 64).
-    #[arg(long, value_name = "N", default_value_t = 64, help_heading = SPEC)]
-    pub spec_ngram_mod_n_max: usize,
 }
 
 /// The `--help` section of llama.cpp's sampling flags.

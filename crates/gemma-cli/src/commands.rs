@@ -9,14 +9,11 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use gemma_core::generate::tokens_per_second;
 use gemma_core::sampling::{parse_logit_bias, Mirostat, Sampler, SamplerStage, SamplingError, TokenLogprob};
-use gemma_core::{
-    ContextShift, GenerationOptions, LoadOptions, Model, SamplingParams, Session, SpecType, SpeculativeParams,
-    Tokenizer,
-};
+use gemma_core::{ContextShift, GenerationOptions, LoadOptions, Model, SamplingParams, Session, Tokenizer};
 use gemma_ops::ThreadPool;
 
 use crate::args::{
-    ChatArgs, Cli, Command, DetokenizeArgs, GenerateArgs, LogitsArgs, PullArgs, SamplingArgs, SpecArgs, TokenizeArgs,
+    ChatArgs, Cli, Command, DetokenizeArgs, GenerateArgs, LogitsArgs, PullArgs, SamplingArgs, TokenizeArgs,
 };
 
 /// A mistake in how the command was called (exit code 2).
@@ -388,30 +385,11 @@ pub(crate) fn fit_options_to_model(
     Ok(())
 }
 
-/// `--spec-type` and its settings; `None` without speculation.
-pub(crate) fn speculative_params(args: &SpecArgs) -> Result<Option<SpeculativeParams>> {
-    let Some(name) = &args.spec_type else { return Ok(None) };
-    let Some(kind) = SpecType::parse(name).map_err(|e| usage(format!("--spec-type: {e}")))? else {
-        return Ok(None);
-    };
-    let params = SpeculativeParams {
-        simple_size_n: args.spec_ngram_simple_size_n,
-        simple_size_m: args.spec_ngram_simple_size_m,
-        mod_n_match: args.spec_ngram_mod_n_match,
-        mod_n_min: args.spec_ngram_mod_n_min,
-        mod_n_max: args.spec_ngram_mod_n_max,
-        draft_n_max: args.spec_draft_n_max,
-        ..SpeculativeParams::new(kind)
-    };
-    params.validate().map_err(|e| usage(e.to_string()))?;
-    Ok(Some(params))
-}
-
 fn generate(common: &Common, args: &GenerateArgs) -> Result<()> {
     let prompt = read_prompt(args)?;
     let mut opts = generation_options(&args.sampling)?;
     opts.logprobs = args.logprobs;
-    opts.speculative = speculative_params(&args.spec)?;
+    opts.speculative = args.spec.params().map_err(|e| usage(format!("--spec-type: {e}")))?;
     let m = common.load()?;
     fit_options_to_model(&mut opts, &args.sampling, &m.tokenizer)?;
     let prompt_ids = m.tokenizer.encode(&prompt, m.tokenizer.add_bos(), true);

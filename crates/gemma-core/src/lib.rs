@@ -34,5 +34,5 @@ pub use generate::{ContextShift, GenerationOptions, GenerationOutput, Session, S
 pub use kv_cache::{KvCache, KvFileError};
 pub use model::{LoadOptions, Model, Scratch};
 pub use sampling::{Sampler, SamplingParams};
-pub use speculative::{SpecStats, SpecType, SpeculativeParams};
+pub use speculative::{SpecError, SpecStats, SpecType, SpeculativeParams};
 pub use tokenizer::Tokenizer;

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use gemma_core::{SpecType, SpeculativeParams};
+use gemma_core::{SpecError, SpecType, SpeculativeParams};
 use serde::Deserialize;
 
 /// The flags of `gemma-server` (and `gemma serve`).
@@ -56,28 +56,8 @@ pub struct ServeArgs {
     /// whole prompt).
     #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = clap::value_parser!(i64).range(-1..))]
     pub keep: Option<i64>,
-    /// Self-speculative decoding for every request: none, ngram-simple or ngram-mod (llama-server's
-    /// `--spec-type`; the output is the same, faster where it repeats the context; docs/speculative.md).
-    #[arg(long, value_name = "TYPE")]
-    pub spec_type: Option<String>,
-    /// Most tokens per draft (llama.cpp reads it for draft models only; here it caps n-gram drafts too).
-    #[arg(long, value_name = "N")]
-    pub spec_draft_n_max: Option<usize>,
-    /// ngram-simple: tokens that must match (default 12).
-    #[arg(long, value_name = "N")]
-    pub spec_ngram_simple_size_n: Option<usize>,
-    /// ngram-simple: tokens drafted after a match (default 48).
-    #[arg(long, value_name = "N")]
-    pub spec_ngram_simple_size_m: Option<usize>,
-    /// ngram-mod: tokens hashed per lookup (default 24).
-    #[arg(long, value_name = "N")]
-    pub spec_ngram_mod_n_match: Option<usize>,
-    /// ngram-mod: a shorter draft is dropped (default 48).
-    #[arg(long, value_name = "N")]
-    pub spec_ngram_mod_n_min: Option<usize>,
-    /// ngram-mod: most tokens per draft (default 64).
-    #[arg(long, value_name = "N")]
-    pub spec_ngram_mod_n_max: Option<usize>,
+    #[command(flatten)]
+    pub spec: SpecArgs,
     #[command(flatten)]
     pub lora: LoraArgs,
     /// Load the LoRA adapters at scale 0 (llama-server's `--lora-init-without-apply`): they act once
@@ -86,12 +66,42 @@ pub struct ServeArgs {
     pub lora_init_without_apply: bool,
 }
 
-impl ServeArgs {
-    /// `--spec-type` and its settings (`None`: no speculation).
-    fn speculative(&self) -> Result<Option<SpeculativeParams>, ConfigError> {
-        let invalid = |why: String| ConfigError::Invalid { key: "--spec-type", why };
+/// The `--help` section of the speculative decoding flags.
+const SPEC: &str = "Speculative decoding (llama.cpp's flags, docs/speculative.md)";
+
+/// Self-speculative decoding with n-grams, with llama.cpp's flag names and defaults; shared by the server and
+/// the CLI's `run`.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct SpecArgs {
+    /// Guess tokens from the context and check them in one pass: none, ngram-simple or ngram-mod (the
+    /// output is the same, faster where the text repeats the context).
+    #[arg(long, value_name = "TYPE", help_heading = SPEC)]
+    pub spec_type: Option<String>,
+    /// Most tokens per draft (llama.cpp reads it for draft models only; here it caps n-gram drafts too).
+    #[arg(long, value_name = "N", help_heading = SPEC)]
+    pub spec_draft_n_max: Option<usize>,
+    /// ngram-simple: tokens that must match (default 12).
+    #[arg(long, value_name = "N", help_heading = SPEC)]
+    pub spec_ngram_simple_size_n: Option<usize>,
+    /// ngram-simple: tokens drafted after a match (default 48).
+    #[arg(long, value_name = "N", help_heading = SPEC)]
+    pub spec_ngram_simple_size_m: Option<usize>,
+    /// ngram-mod: tokens hashed per lookup (default 24).
+    #[arg(long, value_name = "N", help_heading = SPEC)]
+    pub spec_ngram_mod_n_match: Option<usize>,
+    /// ngram-mod: a shorter draft is dropped (default 48).
+    #[arg(long, value_name = "N", help_heading = SPEC)]
+    pub spec_ngram_mod_n_min: Option<usize>,
+    /// ngram-mod: most tokens per draft (default 64).
+    #[arg(long, value_name = "N", help_heading = SPEC)]
+    pub spec_ngram_mod_n_max: Option<usize>,
+}
+
+impl SpecArgs {
+    /// `--spec-type` and its settings (`None`: no speculation), checked as llama.cpp checks them.
+    pub fn params(&self) -> Result<Option<SpeculativeParams>, SpecError> {
         let Some(name) = &self.spec_type else { return Ok(None) };
-        let Some(kind) = SpecType::parse(name).map_err(|e| invalid(e.to_string()))? else { return Ok(None) };
+        let Some(kind) = SpecType::parse(name)? else { return Ok(None) };
         let d = SpeculativeParams::new(kind);
         let p = SpeculativeParams {
             simple_size_n: self.spec_ngram_simple_size_n.unwrap_or(d.simple_size_n),
@@ -102,7 +112,7 @@ impl ServeArgs {
             draft_n_max: self.spec_draft_n_max,
             kind,
         };
-        p.validate().map_err(|e| invalid(e.to_string()))?;
+        p.validate()?;
         Ok(Some(p))
     }
 }
@@ -402,7 +412,10 @@ impl ServerConfig {
             slot_save_path: args.slot_save_path.clone(),
             context_shift: args.context_shift,
             n_keep: args.keep.unwrap_or(d.n_keep),
-            speculative: args.speculative()?,
+            speculative: args
+                .spec
+                .params()
+                .map_err(|e| ConfigError::Invalid { key: "--spec-type", why: e.to_string() })?,
             loras: args
                 .lora
                 .adapters()

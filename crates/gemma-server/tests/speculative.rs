@@ -85,7 +85,10 @@ async fn concurrent_speculative_sequences_give_the_plain_servers_tokens() {
 
 #[test]
 fn an_unknown_or_missing_spec_type_is_a_config_error() {
-    let args = |t: &str| gemma_server::ServeArgs { spec_type: Some(t.into()), ..Default::default() };
+    let args = |t: &str| gemma_server::ServeArgs {
+        spec: gemma_server::SpecArgs { spec_type: Some(t.into()), ..Default::default() },
+        ..Default::default()
+    };
     for bad in ["ngram-map-k", "bogus"] {
         let err = gemma_server::ServerConfig::from_args(&args(bad)).unwrap_err().to_string();
         assert!(err.contains("--spec-type"), "{err}");
