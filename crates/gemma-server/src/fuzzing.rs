@@ -1,9 +1,12 @@
 //! The request parsing of every endpoint as one function, for the `server_request` fuzz target
 //! (`fuzz/fuzz_targets/server_request.rs`, docs/fuzzing.md): everything a body goes through before the model,
-//! with a [`LoadedModel`] built from a GGUF's tokenizer and chat template alone.
+//! with a [`LoadedModel`] built by [`model`] as the server builds it, never run.
+
+use std::time::Duration;
 
 use crate::api_error::ApiError;
-use crate::engine::LoadedModel;
+use crate::engine::{EngineConfig, LoadedModel};
+use crate::error::LoadError;
 use crate::fields::Fields;
 use crate::ollama::Kind;
 use crate::openai::{engine_settings, Dialect, Plan};
@@ -32,6 +35,29 @@ pub const ENDPOINTS: [&str; 21] = [
     "/v1/messages",
     "/v1/messages/count_tokens",
 ];
+
+/// What the requests are parsed for: the model at `path` loaded as the server loads it (tokenizer, chat
+/// template, `/api/show`'s file facts), with a small context so that its limits are reachable, and an
+/// embedding width so that the embedding endpoints' parsers run too (the server checks the model kind before
+/// them). Built here, not in the fuzz target, so that it follows every change to [`LoadedModel`].
+pub fn model(path: &str) -> Result<LoadedModel, LoadError> {
+    let config = EngineConfig {
+        model: path.to_string(),
+        parallel: 1,
+        ctx: 256,
+        threads: 1,
+        queue_size: 1,
+        prefix_cache_tokens: 0,
+        prefill_chunk: 512,
+        request_timeout: Duration::from_secs(60),
+        max_sessions: 1,
+        speculative: None,
+        loras: Vec::new(),
+    };
+    let (_, mut loaded) = crate::engine::load(&config)?;
+    loaded.embedding_dim = Some(768);
+    Ok(loaded)
+}
 
 /// Parses `body` as endpoint `ENDPOINTS[endpoint % ENDPOINTS.len()]` would, then works out what the engine would
 /// be given. `Err` is the client's error; a panic, or an error that is not a 4xx, is a bug the fuzz target

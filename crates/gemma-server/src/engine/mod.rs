@@ -401,7 +401,7 @@ pub fn spawn(config: EngineConfig, metrics: Arc<Metrics>) -> std::io::Result<Spa
     Ok(SpawnedEngine { handle, thread, loaded: loaded_rx })
 }
 
-fn load(config: &EngineConfig) -> Result<(Model, LoadedModel), LoadError> {
+pub(crate) fn load(config: &EngineConfig) -> Result<(Model, LoadedModel), LoadError> {
     let path = gemma_fetch::resolve_model(&config.model)?;
     let mut model =
         Model::open(&path).map_err(|source| LoadError::Model { path: path.clone(), source: Box::new(source) })?;
