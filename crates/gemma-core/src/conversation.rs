@@ -3,7 +3,9 @@
 //! Each turn renders the whole conversation with the model's chat template and tokenizes it, keeps the part of
 //! the cache that agrees with those ids and prefills only the rest, so a turn costs its own new tokens, not the
 //! whole history. When the conversation and room for an answer no longer fit in the context, the oldest
-//! exchanges are dropped (the system prompt stays), as llama.cpp's and ollama's chats do.
+//! exchanges are dropped (the system prompt stays), as llama.cpp's and ollama's chats do. With
+//! `GenerationOptions::speculative` set, answers are decoded with n-gram drafts taken from the whole
+//! conversation; they are the answers plain decoding gives (`docs/speculative.md`).
 
 use gemma_ops::ThreadPool;
 
@@ -156,9 +158,12 @@ impl<'m> Conversation<'m> {
         // those): exact even when the cache was cut back to a shorter shared prefix.
         self.sampler.forget_tokens();
         self.sampler.accept_all(&ids[..reused]);
-        let result = self.session.generate_streaming_with(
+        // Speculative decoding (`options.speculative`) looks for its n-grams in the whole conversation the cache
+        // holds (earlier turns, this prompt, the answer so far), as llama-server's slot does in its whole prompt.
+        let result = self.session.generate_streaming_after(
             &mut self.sampler,
             self.tokenizer,
+            &ids[..reused],
             &ids[reused..],
             &self.options,
             pool,
