@@ -14,6 +14,7 @@ use crate::error::ModelError;
 use crate::generate::{GenerationOptions, GenerationOutput, Session, TokenEvent};
 use crate::model::Model;
 use crate::sampling::Sampler;
+use crate::speculative::SpeculativeParams;
 use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +115,12 @@ impl<'m> Conversation<'m> {
         self.session.reset();
         self.cached.clear();
         self.sampler.reset();
+    }
+
+    /// Turns speculative decoding with n-grams on (or off with `None`) from the next turn on; the answers stay
+    /// the same.
+    pub fn set_speculative(&mut self, params: Option<SpeculativeParams>) {
+        self.options.speculative = params;
     }
 
     /// Index of the first message after the system prompt.
