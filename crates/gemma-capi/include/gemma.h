@@ -258,6 +258,18 @@ int gemma_chat_message(const gemma_chat *chat, size_t index, const char **role, 
 int gemma_chat_context_used(const gemma_chat *chat);
 
 /*
+ * Speculative decoding with n-grams from the next turn on, as `gemma chat --spec-type`: "ngram-simple" or
+ * "ngram-mod" with llama.cpp's default settings; NULL or "none" turns it off (the default). Drafts are looked up
+ * in the whole conversation the KV cache holds; the answers are the same as without it, faster where they repeat
+ * earlier text. Any other name is GEMMA_ERR_INVALID_ARGUMENT and changes nothing.
+ */
+int gemma_chat_set_speculative(gemma_chat *chat, const char *spec_type);
+
+/* The last turn's drafted tokens (*n_drafted) and how many of them the sampler kept (*n_accepted); both 0 without
+ * speculation. Either pointer may be NULL. */
+int gemma_chat_speculative_stats(const gemma_chat *chat, int32_t *n_drafted, int32_t *n_accepted);
+
+/*
  * The embedding of `text` from an embedding model: gemma_model_embedding_dim(model) floats, L2-normalised (unit
  * length, so the dot product of two embeddings is their cosine similarity). The text is encoded as a whole
  * input, with the model's BOS and EOS; special tokens written in it are recognised. EmbeddingGemma expects a task

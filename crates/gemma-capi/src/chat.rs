@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use gemma_core::chat::ChatMessage;
-use gemma_core::{Conversation, ConversationError, ModelError};
+use gemma_core::{Conversation, ConversationError, ModelError, SpecStats, SpecType, SpeculativeParams};
 
 use crate::c_str::{read_str, write_opt};
 use crate::error::{code_call, value_call, CapiError};
@@ -42,6 +42,8 @@ pub struct GemmaChat {
     stop: Arc<AtomicBool>,
     /// The conversation's messages for `gemma_chat_message`, remade whenever the conversation changes.
     c_messages: Vec<CMessage>,
+    /// Speculative decoding's counts of the last turn (`gemma_chat_speculative_stats`).
+    last_spec: SpecStats,
 }
 
 // The C header lets a chat move between threads (used by one at a time).
@@ -75,7 +77,8 @@ impl GemmaChat {
         let mut conversation =
             Conversation::new(&m.model, &m.tokenizer, template, ctx, options).map_err(CapiError::Generation)?;
         conversation.set_system(system);
-        let mut chat = GemmaChat { model: m, conversation, stop, c_messages: Vec::new() };
+        let mut chat =
+            GemmaChat { model: m, conversation, stop, c_messages: Vec::new(), last_spec: SpecStats::default() };
         chat.remake_c_messages();
         Ok(chat)
     }
@@ -113,6 +116,7 @@ impl GemmaChat {
         });
         self.remake_c_messages();
         let turn = turn?;
+        self.last_spec = turn.output.speculative;
         let info = GemmaChatInfo {
             generation: GemmaGenerationInfo::of(&turn.output),
             n_reused_tokens: saturating_c_int(turn.reused),
@@ -142,6 +146,16 @@ impl GemmaChat {
 
     pub fn context_used(&self) -> usize {
         self.conversation.context_used()
+    }
+
+    /// `gemma chat --spec-type NAME` with llama.cpp's default settings; `None` or "none" turns it off.
+    pub fn set_speculative(&mut self, name: Option<&str>) -> Result<(), CapiError> {
+        let kind = match name {
+            None => None,
+            Some(name) => SpecType::parse(name).map_err(|e| CapiError::InvalidArgument(e.to_string()))?,
+        };
+        self.conversation.set_speculative(kind.map(SpeculativeParams::new));
+        Ok(())
     }
 }
 
@@ -300,6 +314,43 @@ pub unsafe extern "C" fn gemma_chat_clear(chat: *mut GemmaChat) -> c_int {
 pub unsafe extern "C" fn gemma_chat_n_messages(chat: *const GemmaChat) -> c_int {
     // SAFETY: NULL or a live handle by the contract.
     unsafe { chat_info(chat, |c| c.c_messages.len()) }
+}
+
+/// Speculative decoding for the next turns; see `gemma.h`.
+///
+/// # Safety
+/// `chat` is NULL or a live handle used by no other thread; `spec_type` is NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn gemma_chat_set_speculative(chat: *mut GemmaChat, spec_type: *const c_char) -> c_int {
+    code_call(|| {
+        // SAFETY: NULL or a live handle used only by this call, by the contract.
+        let chat = unsafe { chat_mut(chat) }?;
+        // SAFETY: NULL or NUL-terminated by the contract; read during the call only.
+        let name = unsafe { optional_str(spec_type, "spec_type") }?;
+        chat.set_speculative(name)
+    })
+}
+
+/// The last turn's drafted and accepted token counts; see `gemma.h`.
+///
+/// # Safety
+/// `chat` is NULL or a live handle; `n_drafted` and `n_accepted` are NULL or valid for one write.
+#[no_mangle]
+pub unsafe extern "C" fn gemma_chat_speculative_stats(
+    chat: *const GemmaChat,
+    n_drafted: *mut i32,
+    n_accepted: *mut i32,
+) -> c_int {
+    code_call(|| {
+        // SAFETY: NULL or a live handle by the contract.
+        let st = unsafe { chat_ref(chat) }?.last_spec;
+        // SAFETY: NULL or valid for a write by the contract.
+        unsafe {
+            write_opt(n_drafted, saturating_c_int(st.draft_n));
+            write_opt(n_accepted, saturating_c_int(st.draft_n_accepted));
+        }
+        Ok(())
+    })
 }
 
 /// Tokens the chat's KV cache holds now; a negative status if `chat` is NULL.

@@ -20,7 +20,8 @@ use std::ffi::{c_char, c_int};
 
 pub use chat::{
     gemma_chat_add_message, gemma_chat_clear, gemma_chat_context_used, gemma_chat_free, gemma_chat_message,
-    gemma_chat_n_messages, gemma_chat_new, gemma_chat_send, gemma_chat_set_system, GemmaChat, GemmaChatInfo,
+    gemma_chat_n_messages, gemma_chat_new, gemma_chat_send, gemma_chat_set_speculative, gemma_chat_set_system,
+    gemma_chat_speculative_stats, GemmaChat, GemmaChatInfo,
 };
 pub use embed::{gemma_embed, gemma_embed_batch, gemma_model_embedding_dim};
 pub use error::{CapiError, Status};

@@ -281,3 +281,68 @@ fn an_answer_goes_on_past_the_context_with_a_context_shift() {
     assert!(refused.is_null());
     assert!(last_error().contains("n_keep"), "{}", last_error());
 }
+
+/// `gemma_chat_set_speculative` (`gemma chat --spec-type`): a repeat-after-me chat answers as a plain chat, and
+/// the turns that repeat the first have drafted tokens kept; an unknown type is refused and changes nothing.
+#[test]
+fn speculative_decoding_in_a_chat_changes_no_answer() {
+    let turns = [
+        "Repeat the following text exactly, word for word:\n\nThe quick brown fox jumps over the lazy dog. Rust is \
+         a systems programming language that runs blazingly fast, prevents segfaults, and guarantees thread safety.",
+        "Repeat that same text once more, exactly.",
+    ];
+    let params = greedy_params(60);
+    let plain = Chat::new(None, &params, 0);
+    let answers: Vec<Sent> = turns.iter().map(|t| send(&plain, t, 0)).collect();
+    for kind in ["ngram-simple", "ngram-mod"] {
+        let chat = Chat::new(None, &params, 0);
+        let name = c_string(kind);
+        // SAFETY: a live chat and a NUL-terminated name.
+        assert_eq!(unsafe { gemma_chat_set_speculative(chat.0, name.as_ptr()) }, OK, "{}", last_error());
+        let mut accepted = Vec::new();
+        for (turn, plain) in turns.iter().zip(&answers) {
+            let sent = send(&chat, turn, 0);
+            assert_eq!(sent.code, OK, "{}", last_error());
+            assert_eq!(sent.text, plain.text, "{kind}");
+            assert_eq!(sent.streamed.tokens, plain.streamed.tokens, "{kind}");
+            assert_eq!(counts(&sent.info), counts(&plain.info), "{kind}");
+            let (mut drafted, mut kept) = (-1, -1);
+            // SAFETY: a live chat and two writable counts.
+            assert_eq!(unsafe { gemma_chat_speculative_stats(chat.0, &mut drafted, &mut kept) }, OK);
+            assert!(0 <= kept && kept <= drafted, "{kind}: {kept}/{drafted}");
+            accepted.push((kept, drafted));
+        }
+        eprintln!("{kind}: accepted/drafted per turn {accepted:?}");
+        assert!(accepted[1].0 > 0, "{kind}: the second turn kept no drafted token");
+    }
+
+    let bogus = c_string("ngram-cache");
+    // SAFETY: a live chat and a NUL-terminated name.
+    assert_eq!(unsafe { gemma_chat_set_speculative(plain.0, bogus.as_ptr()) }, Status::InvalidArgument as c_int);
+    assert!(last_error().contains("ngram-cache"), "{}", last_error());
+    // SAFETY: a live chat; NULL turns speculation off. NULL chats are checked.
+    unsafe {
+        assert_eq!(gemma_chat_set_speculative(plain.0, std::ptr::null()), OK);
+        assert_eq!(
+            gemma_chat_set_speculative(std::ptr::null_mut(), std::ptr::null()),
+            Status::InvalidArgument as c_int
+        );
+        let (mut drafted, mut kept) = (-1, -1);
+        assert_eq!(gemma_chat_speculative_stats(plain.0, &mut drafted, &mut kept), OK);
+        assert_eq!((drafted, kept), (0, 0), "a plain chat drafts nothing");
+    }
+}
+
+/// A turn's figures but its speeds.
+fn counts(info: &GemmaChatInfo) -> [i32; 7] {
+    let g = &info.generation;
+    [
+        g.n_prompt_tokens,
+        g.n_generated_tokens,
+        g.stop_reason,
+        g.n_context_shifts,
+        info.n_reused_tokens,
+        info.n_dropped_messages,
+        info.n_context_tokens,
+    ]
+}

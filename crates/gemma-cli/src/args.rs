@@ -393,6 +393,9 @@ pub struct ChatArgs {
     pub keep: usize,
 
     #[command(flatten)]
+    pub spec: gemma_server::SpecArgs,
+
+    #[command(flatten)]
     pub lora: gemma_server::LoraArgs,
 }
 

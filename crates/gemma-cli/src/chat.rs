@@ -12,11 +12,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use gemma_core::chat::{ChatMessage, ChatTemplate};
 use gemma_core::generate::TokenEvent;
-use gemma_core::{Conversation, ConversationError, ModelError, StopReason};
+use gemma_core::{Conversation, ConversationError, ModelError, SpecStats, StopReason};
 use gemma_ops::ThreadPool;
 
 use crate::args::ChatArgs;
-use crate::commands::{fit_options_to_model, generation_options, Common};
+use crate::commands::{fit_options_to_model, generation_options, usage, Common};
 
 const HELP: &str = "\
 commands:
@@ -45,6 +45,8 @@ struct TurnStats {
     prefill_tok_s: f64,
     decode_tok_s: f64,
     generated: usize,
+    /// Speculative decoding's counts (`--spec-type`).
+    speculative: Option<SpecStats>,
 }
 
 struct Chat<'m> {
@@ -52,10 +54,13 @@ struct Chat<'m> {
     pool: &'m ThreadPool,
     last: TurnStats,
     interactive: bool,
+    /// `--spec-type` is on: `/stats` shows the drafts.
+    speculating: bool,
 }
 
 pub fn chat(common: &Common, args: &ChatArgs) -> Result<()> {
     let mut opts = generation_options(&args.sampling)?;
+    opts.speculative = args.spec.params().map_err(|e| usage(format!("--spec-type: {e}")))?;
     let m = common.load()?;
     fit_options_to_model(&mut opts, &args.sampling, &m.tokenizer)?;
     if args.context_shift {
@@ -85,9 +90,10 @@ pub fn chat(common: &Common, args: &ChatArgs) -> Result<()> {
     })
     .context("cannot install the Ctrl-C handler")?;
 
+    let speculating = opts.speculative.is_some();
     let mut conversation = Conversation::new(&m.model, &m.tokenizer, &template, m.ctx, opts)?;
     conversation.set_system(args.system.as_deref());
-    let mut chat = Chat { conversation, pool: &m.pool, last: TurnStats::default(), interactive };
+    let mut chat = Chat { conversation, pool: &m.pool, last: TurnStats::default(), interactive, speculating };
     if interactive {
         eprintln!(
             "chatting with {} (template: {}, context: {} tokens); /help lists the commands",
@@ -186,6 +192,11 @@ impl Chat<'_> {
                 writeln!(out, "generated_last_turn: {}", self.last.generated)?;
                 writeln!(out, "prefill_tok_s: {:.1}", self.last.prefill_tok_s)?;
                 writeln!(out, "decode_tok_s: {:.1}", self.last.decode_tok_s)?;
+                if let Some(st) = self.last.speculative {
+                    writeln!(out, "drafts_last_turn: {}", st.drafts)?;
+                    writeln!(out, "draft_n_last_turn: {}", st.draft_n)?;
+                    writeln!(out, "draft_n_accepted_last_turn: {}", st.draft_n_accepted)?;
+                }
             }
             other => anyhow::bail!("unknown command /{other}; /help lists them"),
         }
@@ -229,6 +240,7 @@ impl Chat<'_> {
             prefill_tok_s: out.prefill_tok_s(),
             decode_tok_s: out.decode_tok_s(),
             generated: out.gen_ids.len(),
+            speculative: self.speculating.then_some(out.speculative),
         };
         match out.stop_reason {
             StopReason::Cancelled => self.notice("answer stopped"),

@@ -151,6 +151,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                     context_shift: cli.generate.context_shift,
                     // A chat keeps no whole prompt: -1 keeps BOS only.
                     keep: usize::try_from(cli.generate.keep).unwrap_or(0),
+                    spec: cli.generate.spec.clone(),
                 };
                 crate::chat::chat(&common, &args)
             } else if let Some(text) = &cli.encode {

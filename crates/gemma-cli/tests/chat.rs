@@ -32,7 +32,9 @@ fn stats_blocks(stdout: &str) -> Vec<HashMap<String, f64>> {
     let mut blocks = Vec::new();
     for (i, l) in lines.iter().enumerate() {
         if l.starts_with("turns: ") && lines.get(i + 1).is_some_and(|n| n.starts_with("context_tokens: ")) {
-            let block = lines[i..i + 8]
+            // Eight lines, then the drafts' three with --spec-type.
+            let n = 8 + lines[i + 8..].iter().take(3).take_while(|l| l.starts_with("draft")).count();
+            let block = lines[i..i + n]
                 .iter()
                 .map(|kv| {
                     let (k, v) = kv.split_once(": ").expect("key: value");
@@ -178,4 +180,71 @@ fn a_message_may_span_lines_after_a_backslash_or_between_triple_quotes() {
     let users: Vec<String> =
         load_conversation(&saved).into_iter().filter(|m| m.role == "user").map(|m| m.content).collect();
     assert_eq!(users, ["What is \nthe capital of France?", "Name\na color.\n"]);
+}
+
+/// `--spec-type` on `gemma chat` and on the guide's `--chat`: every answer and the context's use are those of a
+/// plain chat, and the turns that repeat an earlier turn's text get drafts accepted (`/stats` counts them).
+#[test]
+fn speculative_chat_answers_as_a_plain_chat_and_drafts_from_earlier_turns() {
+    let m = model();
+    let dir = tempfile::tempdir().unwrap();
+    let paragraph = "The quick brown fox jumps over the lazy dog. Rust is a systems programming language that runs \
+                     blazingly fast, prevents segfaults, and guarantees thread safety.";
+    let chat = |args: &[&str], guide: bool, name: &str| {
+        let saved = dir.path().join(name);
+        let script = format!(
+            "Repeat the following text exactly, word for word:\\\n\\\n{paragraph}\n/stats\n\
+             Repeat that same text once more, exactly.\n/stats\nThanks! One last time, exactly as before.\n/stats\n\
+             /save {}\n",
+            saved.display()
+        );
+        let out = if guide {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_gemma"))
+                .args(["--chat", "--weights", &m, "--max-tokens", "60"])
+                .args(args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            out
+        } else {
+            let mut all = vec!["-m", m.as_str(), "-n", "60"];
+            all.extend_from_slice(args);
+            run_chat(&all, &script)
+        };
+        (load_conversation(&saved), stats_blocks(&String::from_utf8(out.stdout).unwrap()))
+    };
+    let (plain, plain_stats) = chat(&[], false, "plain.json");
+    assert_eq!(plain.len(), 6);
+    assert!(plain_stats.iter().all(|s| !s.contains_key("draft_n_last_turn")), "no draft counts without the flag");
+    for (kind, guide) in [("ngram-simple", false), ("ngram-mod", true)] {
+        let (conv, stats) = chat(&["--spec-type", kind], guide, &format!("{kind}.json"));
+        assert_eq!(conv, plain, "{kind}: the answers are a plain chat's");
+        assert_eq!(stats.len(), 3);
+        for (turn, (s, p)) in stats.iter().zip(&plain_stats).enumerate() {
+            for key in ["context_tokens", "reused_last_turn", "prefilled_last_turn", "generated_last_turn"] {
+                assert_eq!(s[key], p[key], "{kind}, turn {turn}: {key}");
+            }
+            eprintln!(
+                "{kind}, turn {turn}: {} drafts, {}/{} drafted tokens accepted",
+                s["drafts_last_turn"], s["draft_n_accepted_last_turn"], s["draft_n_last_turn"]
+            );
+            assert!(s["draft_n_accepted_last_turn"] <= s["draft_n_last_turn"]);
+        }
+        let later: f64 = stats[1..].iter().map(|s| s["draft_n_accepted_last_turn"]).sum();
+        assert!(later > 0.0, "{kind}: no draft accepted in the turns that repeat the first: {stats:?}");
+    }
+
+    // A type this engine lacks is a usage error, before any model is loaded.
+    let out = Command::new(env!("CARGO_BIN_EXE_gemma"))
+        .args(["chat", "-m", "/no/such/model.gguf", "--spec-type", "ngram-cache"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ngram-cache"), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -3,7 +3,9 @@
 //! Each turn renders the whole conversation with the model's chat template and tokenizes it, keeps the part of
 //! the cache that agrees with those ids and prefills only the rest, so a turn costs its own new tokens, not the
 //! whole history. When the conversation and room for an answer no longer fit in the context, the oldest
-//! exchanges are dropped (the system prompt stays), as llama.cpp's and ollama's chats do.
+//! exchanges are dropped (the system prompt stays), as llama.cpp's and ollama's chats do. With
+//! `GenerationOptions::speculative` set, answers are decoded with n-gram drafts taken from the whole
+//! conversation; they are the answers plain decoding gives (`docs/speculative.md`).
 
 use gemma_ops::ThreadPool;
 
@@ -12,6 +14,7 @@ use crate::error::ModelError;
 use crate::generate::{GenerationOptions, GenerationOutput, Session, TokenEvent};
 use crate::model::Model;
 use crate::sampling::Sampler;
+use crate::speculative::SpeculativeParams;
 use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +117,12 @@ impl<'m> Conversation<'m> {
         self.sampler.reset();
     }
 
+    /// Turns speculative decoding with n-grams on (or off with `None`) from the next turn on; the answers stay
+    /// the same.
+    pub fn set_speculative(&mut self, params: Option<SpeculativeParams>) {
+        self.options.speculative = params;
+    }
+
     /// Index of the first message after the system prompt.
     fn history_start(&self) -> usize {
         usize::from(self.messages.first().is_some_and(|m| m.role == "system"))
@@ -156,9 +165,12 @@ impl<'m> Conversation<'m> {
         // those): exact even when the cache was cut back to a shorter shared prefix.
         self.sampler.forget_tokens();
         self.sampler.accept_all(&ids[..reused]);
-        let result = self.session.generate_streaming_with(
+        // Speculative decoding (`options.speculative`) looks for its n-grams in the whole conversation the cache
+        // holds (earlier turns, this prompt, the answer so far), as llama-server's slot does in its whole prompt.
+        let result = self.session.generate_streaming_after(
             &mut self.sampler,
             self.tokenizer,
+            &ids[..reused],
             &ids[reused..],
             &self.options,
             pool,

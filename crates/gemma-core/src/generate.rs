@@ -11,7 +11,7 @@ use crate::error::ModelError;
 use crate::kv_cache::{KvCache, KvFileError};
 use crate::model::{Model, Scratch};
 use crate::sampling::{Sampler, SamplingParams, TokenLogprobs};
-use crate::speculative::{draft_room, Drafter, SpecStats, SpeculativeParams};
+use crate::speculative::{prepare_draft, Drafter, SpecStats, SpeculativeParams};
 use crate::stop::StopMatcher;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
@@ -389,15 +389,8 @@ impl<'m> Session<'m> {
                 break StopReason::Cancelled;
             }
             if let (Some(d), Some(params)) = (drafter.as_mut(), &opts.speculative) {
-                draft = d.draft(&history[..history.len() - 1], id);
-                // No token past `max_tokens`, one free position left for a context shift (as llama-server), at
-                // most one forward pass; and every drafted position must be one the cache can forget again
-                // (checked, as a sliding-window ring can only go back so far).
-                let len = self.cache.len();
-                draft.truncate(draft_room(params, opts.max_tokens - gen_ids.len() - 1, len, ctx));
-                if !draft.is_empty() && !self.cache.can_go_back(len + 1 + draft.len(), len + 1) {
-                    draft.clear();
-                }
+                let left = opts.max_tokens - gen_ids.len() - 1;
+                draft = prepare_draft(d, params, &history[..history.len() - 1], id, left, &self.cache, ctx);
             }
             batch_start = self.cache.len();
             let batch = if draft.is_empty() {

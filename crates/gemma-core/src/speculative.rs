@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use crate::kv_cache::KvCache;
+
 /// Which drafter guesses the tokens (llama.cpp's `--spec-type` names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpecType {
@@ -271,9 +273,34 @@ impl NgramMod {
 /// How many drafted tokens may follow the token just sampled, as llama-server allows: none past `max_tokens`
 /// (`tokens_left`: what may still be generated after that token), the context's last position left free for a
 /// context shift, at most `MAX_UBATCH - 1` (one forward pass) and the type's own cap. Check
-/// [`crate::KvCache::can_go_back`] too before running them.
+/// [`KvCache::can_go_back`] too before running them ([`prepare_draft`] does both).
 pub fn draft_room(params: &SpeculativeParams, tokens_left: usize, cache_len: usize, ctx: usize) -> usize {
     tokens_left.min(ctx.saturating_sub(cache_len + 2)).min(params.max_draft()).min(crate::kv_cache::MAX_UBATCH - 1)
+}
+
+/// The draft to run after `last` (the token just sampled, not yet run) in the next forward pass, for a
+/// sequence whose cache `cache` holds `history` (one token per position, or more after a context shift, as the
+/// n-grams are looked for there) and which may still generate `tokens_left` tokens after `last`, in a context
+/// of `ctx` positions: the drafter's guess cut by [`draft_room`] (no token past `max_tokens`, the context's last
+/// position left free for a context shift, one forward pass), and none at all unless the cache can forget every
+/// drafted position again ([`KvCache::can_go_back`]: a sliding-window ring can only go back so far). Empty when
+/// there is no draft. `Session`'s generation and the server's sequences both draft through it.
+pub fn prepare_draft(
+    drafter: &mut Drafter,
+    params: &SpeculativeParams,
+    history: &[u32],
+    last: u32,
+    tokens_left: usize,
+    cache: &KvCache,
+    ctx: usize,
+) -> Vec<u32> {
+    let len = cache.len();
+    let mut draft = drafter.draft(history, last);
+    draft.truncate(draft_room(params, tokens_left, len, ctx));
+    if !draft.is_empty() && !cache.can_go_back(len + 1 + draft.len(), len + 1) {
+        draft.clear();
+    }
+    draft
 }
 
 /// The drafter of one generation (one sequence).
@@ -296,7 +323,7 @@ impl Drafter {
     }
 
     /// A draft to follow `history` (the tokens in the cache) and `last` (the token just sampled, not yet run);
-    /// empty when there is none. Cut it with [`draft_room`].
+    /// empty when there is none. [`prepare_draft`] cuts it to what may run.
     pub fn draft(&mut self, history: &[u32], last: u32) -> Vec<u32> {
         match self {
             Drafter::Simple { n, m } => ngram_simple_draft(history, last, *n, *m),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use gemma_core::sampling::{token_logprobs, DryBreakers};
-use gemma_core::speculative::{draft_room, Drafter, SpecStats};
+use gemma_core::speculative::{prepare_draft, Drafter, SpecStats};
 use gemma_core::stop::StopMatcher;
 use gemma_core::tokenizer::StreamDecoder;
 use gemma_core::{KvCache, SpeculativeParams};
@@ -147,11 +147,8 @@ impl<'t> Sequence<'t> {
         let len = cache.len();
         let ctx = self.context_shift.map_or(cache.capacity(), |s| s.ctx.min(cache.capacity()));
         let left = self.max_tokens.saturating_sub(self.generated.len() + 1);
-        let mut draft = sp.drafter.draft(&sp.history[..sp.history.len() - 1], pending);
-        draft.truncate(draft_room(&sp.params, left, len, ctx));
-        if !draft.is_empty() && !cache.can_go_back(len + 1 + draft.len(), len + 1) {
-            draft.clear();
-        }
+        let history = &sp.history[..sp.history.len() - 1];
+        let draft = prepare_draft(&mut sp.drafter, &sp.params, history, pending, left, cache, ctx);
         if !draft.is_empty() {
             sp.stats.drafts += 1;
             sp.stats.draft_n += draft.len();
