@@ -17,7 +17,8 @@
  *   gemma_chat_free (before the model it was made from); the text gemma_generate and gemma_chat_send hand out
  *   is freed with gemma_string_free. Every other returned string belongs to the library (static, or owned by
  *   the model handle as stated) and must not be freed.
- * - Threads: a gemma_model may be used from several threads at once: every call only reads it, and each
+ * - Threads: a gemma_model may be used from several threads at once: every call but gemma_lora_load only reads
+ *   it (gemma_lora_load waits for running generations and is refused while a chat is open), and each
  *   gemma_generate call keeps its own session (KV cache, sampler) for the length of the call, as each
  *   gemma_embed call its own buffers. Concurrent calls on one handle share its thread pool and take turns in
  *   each parallel step; for independent
@@ -50,7 +51,8 @@ typedef enum gemma_status {
     GEMMA_ERR_CHAT_TEMPLATE = -7,    /* the model's chat template cannot render the prompt */
     GEMMA_ERR_GENERATION = -8,       /* the forward pass failed (of a generation or an embedding) */
     GEMMA_ERR_INTERNAL = -9,         /* a bug in gemma-rs (caught; the process goes on) */
-    GEMMA_ERR_WRONG_MODEL_KIND = -10 /* gemma_embed on a generative model, gemma_generate on an embedding one */
+    GEMMA_ERR_WRONG_MODEL_KIND = -10, /* gemma_embed on a generative model, gemma_generate on an embedding one */
+    GEMMA_ERR_LORA = -11              /* the LoRA adapter file cannot be read or does not fit the model */
 } gemma_status;
 
 /* Why a generation ended (gemma_generation_info.stop_reason). */
@@ -208,7 +210,8 @@ typedef struct gemma_chat_info {
  * - n_ctx: the context in tokens; <= 0 (or more than the model's) means the model's context length.
  * Returns NULL on failure (see gemma_last_error()): an embedding model (GEMMA_ERR_WRONG_MODEL_KIND), a model
  * whose chat template cannot be used (GEMMA_ERR_CHAT_TEMPLATE), bad parameters. The chat borrows `model`: free
- * the chat before the model.
+ * the chat before the model. The chat runs at the model's default LoRA scales as they are now, and keeps its
+ * own from then on (gemma_chat_set_lora_scale).
  */
 gemma_chat *gemma_chat_new(const gemma_model *model, const char *system_prompt, const gemma_params *params,
                            int n_ctx);
@@ -290,6 +293,56 @@ int gemma_embed(const gemma_model *model, const char *text, float *out, size_t c
  */
 int gemma_embed_batch(const gemma_model *model, const char *const *texts, size_t n_texts, float *out, size_t cap,
                       size_t *n_out);
+
+/*
+ * LoRA adapters (GGUF files as llama.cpp's convert_lora_to_gguf.py writes them), applied as llama.cpp applies
+ * them: each adapted product becomes W x + s * (B (A x)) with s = scale * alpha / rank. Adapters are loaded
+ * onto an open model and stay until it is freed; each has a model-wide default scale, which every
+ * gemma_generate call uses (as it is when the call starts), and which a new chat copies: a chat then has scales
+ * of its own (gemma_chat_set_lora_scale). Scale 0 turns an adapter off (the base model's outputs, bit for bit).
+ * Adapter indexes count from 0 in the order of loading.
+ */
+
+/*
+ * Loads the LoRA adapter at `path` onto `model` with the default scale `scale` (1.0f: llama.cpp's --lora;
+ * 0: loaded but off). Returns the adapter's index (>= 0), or a negative gemma_status: GEMMA_ERR_LORA when the
+ * file cannot be read, is not a LoRA adapter (general.type / adapter.type), is for another architecture, or its
+ * tensors do not fit the model (the message says which, in llama.cpp's words); GEMMA_ERR_INVALID_ARGUMENT for
+ * a scale that is not a finite number, or while a chat is open on the model (load adapters before starting
+ * chats), or from a token callback (the running generation reads the model). The call waits for
+ * gemma_generate calls running on the model on other threads to end.
+ */
+int gemma_lora_load(gemma_model *model, const char *path, float scale);
+
+/* Adapters loaded onto `model`, or a negative gemma_status. */
+int gemma_lora_count(const gemma_model *model);
+
+/*
+ * Adapter `index`'s path as given to gemma_lora_load, its adapter.lora.task_name and adapter.lora.prompt_prefix
+ * ("" when the file has none). Owned by the model; NULL for a bad index (GEMMA_ERR_INVALID_ARGUMENT in
+ * gemma_last_error()).
+ */
+const char *gemma_lora_path(const gemma_model *model, int index);
+const char *gemma_lora_task_name(const gemma_model *model, int index);
+const char *gemma_lora_prompt_prefix(const gemma_model *model, int index);
+
+/*
+ * The model-wide default scale of adapter `index`: read into *scale, or set (any finite number; 0 turns the
+ * adapter off). A new default applies to the next gemma_generate calls and the chats started after it, not to
+ * chats already open. A bad index or a scale that is not finite is GEMMA_ERR_INVALID_ARGUMENT.
+ */
+int gemma_lora_get_scale(const gemma_model *model, int index, float *scale);
+int gemma_lora_set_scale(gemma_model *model, int index, float scale);
+
+/*
+ * The chat's own scale of adapter `index` (a chat starts with the model's default scales). Setting a scale
+ * that differs from the chat's empties the chat's KV cache: entries computed at other scales are never reused,
+ * so the next gemma_chat_send prefills the whole conversation again (n_reused_tokens 0) and answers as a new
+ * chat with the same messages at the new scales would. Setting the same scale again changes nothing. A bad
+ * index or a scale that is not finite is GEMMA_ERR_INVALID_ARGUMENT.
+ */
+int gemma_chat_set_lora_scale(gemma_chat *chat, int index, float scale);
+int gemma_chat_get_lora_scale(const gemma_chat *chat, int index, float *scale);
 
 #ifdef __cplusplus
 }

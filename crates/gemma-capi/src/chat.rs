@@ -13,6 +13,7 @@ use crate::generate::{
     c_token_handler, context_shift, defaults, event_handler, hand_out_text, options_with_stop, template,
     GemmaGenerationInfo, GemmaParams, GemmaTokenCallback,
 };
+use crate::lora::{check_index, check_scale, ChatHold};
 use crate::model::{model_ref, saturating_c_int, GemmaModel};
 
 /// `gemma_chat_info` of the C API.
@@ -44,6 +45,8 @@ pub struct GemmaChat {
     c_messages: Vec<CMessage>,
     /// Speculative decoding's counts of the last turn (`gemma_chat_speculative_stats`).
     last_spec: SpecStats,
+    /// Keeps `gemma_lora_load` off the model while `conversation` borrows it; last, so dropped after it.
+    _hold: ChatHold,
 }
 
 // The C header lets a chat move between threads (used by one at a time).
@@ -60,8 +63,8 @@ impl GemmaChat {
         params: GemmaParams,
         n_ctx: usize,
     ) -> Result<GemmaChat, CapiError> {
-        if m.model.is_embedding_model() {
-            return Err(CapiError::EmbeddingModel(ModelError::EmbeddingModel(m.model.config.name.clone())));
+        if m.is_embedding_model() {
+            return Err(CapiError::EmbeddingModel(ModelError::EmbeddingModel(m.model_name().to_string())));
         }
         let template = template(m)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -74,11 +77,20 @@ impl GemmaChat {
         // The kept tokens are counted from the conversation's start, BOS added as llama-server adds it.
         options.context_shift = context_shift(&params, m.tokenizer.add_bos(), usize::MAX);
         let ctx = if n_ctx == 0 { m.context_length() } else { n_ctx.min(m.context_length()) };
+        let (model, hold, lora_scales) = m.hold_for_chat();
         let mut conversation =
-            Conversation::new(&m.model, &m.tokenizer, template, ctx, options).map_err(CapiError::Generation)?;
+            Conversation::new(model, &m.tokenizer, template, ctx, options).map_err(CapiError::Generation)?;
+        // The chat starts at the model-wide default scales and keeps its own from then on.
+        conversation.set_lora_scales(Some(lora_scales)).map_err(CapiError::Lora)?;
         conversation.set_system(system);
-        let mut chat =
-            GemmaChat { model: m, conversation, stop, c_messages: Vec::new(), last_spec: SpecStats::default() };
+        let mut chat = GemmaChat {
+            model: m,
+            conversation,
+            stop,
+            c_messages: Vec::new(),
+            last_spec: SpecStats::default(),
+            _hold: hold,
+        };
         chat.remake_c_messages();
         Ok(chat)
     }
@@ -156,6 +168,25 @@ impl GemmaChat {
         };
         self.conversation.set_speculative(kind.map(SpeculativeParams::new));
         Ok(())
+    }
+
+    /// The chat's scale of adapter `index`.
+    pub fn lora_scale(&self, index: i32) -> Result<f32, CapiError> {
+        let scales = self.conversation.lora_scales();
+        let i = check_index(index, self.model.lora_count())?;
+        Ok(scales.get(i).copied().unwrap_or(0.0))
+    }
+
+    /// Sets the chat's scale of adapter `index`; a change empties the KV cache (the next turn prefills the
+    /// whole conversation at the new scales).
+    pub fn set_lora_scale(&mut self, index: i32, scale: f32) -> Result<(), CapiError> {
+        check_scale(scale)?;
+        let count = self.model.lora_count();
+        let i = check_index(index, count)?;
+        let mut scales = self.conversation.lora_scales().to_vec();
+        scales.resize(count.max(scales.len()), 0.0);
+        scales[i] = scale;
+        self.conversation.set_lora_scales(Some(scales)).map_err(CapiError::Lora)
     }
 }
 
@@ -406,6 +437,36 @@ pub unsafe extern "C" fn gemma_chat_message(
             write_opt(content, m.content.as_ptr().cast());
             write_opt(content_len, m.content.len() - 1);
         }
+        Ok(())
+    })
+}
+
+/// Sets the chat's own scale of LoRA adapter `index`; see `gemma.h`.
+///
+/// # Safety
+/// `chat` is NULL or a live handle used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn gemma_chat_set_lora_scale(chat: *mut GemmaChat, index: i32, scale: f32) -> c_int {
+    code_call(|| {
+        // SAFETY: NULL or a live handle used only by this call, by the contract.
+        unsafe { chat_mut(chat) }?.set_lora_scale(index, scale)
+    })
+}
+
+/// The chat's scale of LoRA adapter `index` into `*scale`; see `gemma.h`.
+///
+/// # Safety
+/// `chat` is NULL or a live handle; `scale` is NULL or valid for one write.
+#[no_mangle]
+pub unsafe extern "C" fn gemma_chat_get_lora_scale(chat: *const GemmaChat, index: i32, scale: *mut f32) -> c_int {
+    code_call(|| {
+        if scale.is_null() {
+            return Err(CapiError::NullPointer("scale"));
+        }
+        // SAFETY: NULL or a live handle by the contract.
+        let value = unsafe { chat_ref(chat) }?.lora_scale(index)?;
+        // SAFETY: not NULL, so valid for a write by the contract.
+        unsafe { write_opt(scale, value) };
         Ok(())
     })
 }

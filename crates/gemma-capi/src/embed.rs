@@ -14,9 +14,8 @@ use crate::model::{model_ref, GemmaModel};
 impl GemmaModel {
     /// The width of the model's embeddings, or why it makes none.
     fn embedding_width(&self) -> Result<usize, CapiError> {
-        self.model
-            .embedding_dim()
-            .ok_or_else(|| CapiError::NotEmbeddingModel(ModelError::NotEmbeddingModel(self.model.config.name.clone())))
+        self.embedding_dim()
+            .ok_or_else(|| CapiError::NotEmbeddingModel(ModelError::NotEmbeddingModel(self.model_name().to_string())))
     }
 
     /// The embeddings of `texts` (each encoded as a whole input: BOS, text, EOS), one after the other in `out`
@@ -63,7 +62,7 @@ impl GemmaModel {
             return Ok(());
         }
         let refs: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
-        let vectors = self.model.embed(&refs, &self.pool).map_err(CapiError::Embedding)?;
+        let vectors = self.model().embed(&refs, &self.pool).map_err(CapiError::Embedding)?;
         if vectors.len() != texts.len() || vectors.iter().any(|v| v.len() != width) {
             return Err(CapiError::Internal(format!(
                 "the library returned {} embeddings for {} texts, not all of width {width}",
@@ -105,7 +104,7 @@ unsafe fn check_outputs(out: *mut f32, cap: usize, n_out: *mut usize) -> Result<
 #[no_mangle]
 pub unsafe extern "C" fn gemma_model_embedding_dim(model: *const GemmaModel) -> c_int {
     // SAFETY: `model` is NULL or live by the contract.
-    unsafe { crate::model::model_info(model, |m| crate::model::saturating_c_int(m.model.embedding_dim().unwrap_or(0))) }
+    unsafe { crate::model::model_info(model, |m| crate::model::saturating_c_int(m.embedding_dim().unwrap_or(0))) }
 }
 
 /// The L2-normalised embedding of `text` (with the model's BOS and EOS; special tokens recognised).

@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use gemma_core::lora::LoraError;
 use gemma_core::sampling::SamplingError;
 use gemma_core::ModelError;
 
@@ -25,10 +26,11 @@ pub enum Status {
     Generation = -8,
     Internal = -9,
     WrongModelKind = -10,
+    Lora = -11,
 }
 
 impl Status {
-    pub const ALL: [Status; 11] = [
+    pub const ALL: [Status; 12] = [
         Status::Ok,
         Status::InvalidArgument,
         Status::InvalidUtf8,
@@ -40,6 +42,7 @@ impl Status {
         Status::Generation,
         Status::Internal,
         Status::WrongModelKind,
+        Status::Lora,
     ];
 
     /// The enumerator's name in `gemma.h`.
@@ -56,6 +59,7 @@ impl Status {
             Status::Generation => "GEMMA_ERR_GENERATION",
             Status::Internal => "GEMMA_ERR_INTERNAL",
             Status::WrongModelKind => "GEMMA_ERR_WRONG_MODEL_KIND",
+            Status::Lora => "GEMMA_ERR_LORA",
         }
     }
 
@@ -73,6 +77,7 @@ impl Status {
             Status::Generation => c"generation failed",
             Status::Internal => c"internal error",
             Status::WrongModelKind => c"wrong kind of model for this call (generative or embedding)",
+            Status::Lora => c"the LoRA adapter cannot be loaded",
         }
     }
 
@@ -94,6 +99,8 @@ pub enum CapiError {
     BufferTooSmall { needed: usize, capacity: usize, unit: &'static str },
     #[error("cannot load the model: {}", gemma_core::error::error_report(.0))]
     ModelLoad(#[source] ModelError),
+    #[error("cannot load the LoRA adapter: {}", gemma_core::error::error_report(.0))]
+    Lora(#[source] LoraError),
     #[error("cannot start {threads} threads: {source}")]
     Threads {
         threads: usize,
@@ -147,6 +154,8 @@ impl CapiError {
             | CapiError::EmbeddingModel(_)
             | CapiError::Embedding(ModelError::NotEmbeddingModel(_)) => Status::WrongModelKind,
             CapiError::ChatTemplate(_) => Status::ChatTemplate,
+            CapiError::Lora(LoraError::BadScale(_) | LoraError::NoAdapter { .. }) => Status::InvalidArgument,
+            CapiError::Lora(_) => Status::Lora,
             CapiError::Generation(_) | CapiError::Embedding(_) => Status::Generation,
             CapiError::OutOfMemory(_) | CapiError::Panic(_) | CapiError::Internal(_) => Status::Internal,
         }

@@ -222,9 +222,9 @@ pub fn generate(
     params: &GemmaParams,
     on_token: &mut dyn FnMut(Option<u32>, &str) -> bool,
 ) -> Result<Generated, CapiError> {
-    if m.model.is_embedding_model() {
+    if m.is_embedding_model() {
         // Its output layer pools states into a vector; there are no logits to sample from.
-        return Err(CapiError::EmbeddingModel(ModelError::EmbeddingModel(m.model.config.name.clone())));
+        return Err(CapiError::EmbeddingModel(ModelError::EmbeddingModel(m.model_name().to_string())));
     }
     let stop = Arc::new(AtomicBool::new(false));
     let mut options = options_with_stop(params, &stop)?;
@@ -254,7 +254,11 @@ pub fn generate(
         return Err(CapiError::PromptTooLong { prompt: prompt_ids.len(), context });
     }
     options.context_shift = context_shift(params, tokenizer.add_bos(), prompt_ids.len());
-    let mut session = Session::new(&m.model, context);
+    // The read lock keeps `gemma_lora_load` out for the length of the generation.
+    let model = m.model();
+    let mut session = Session::new(&model, context);
+    // The model-wide default scales as they are now (`gemma_lora_set_scale`).
+    session.set_lora_scales(Some(m.loras().scales.clone())).map_err(CapiError::Lora)?;
     let out = session
         .generate_streaming(tokenizer, &prompt_ids, &options, &m.pool, &mut on_event)
         .map_err(CapiError::Generation)?;

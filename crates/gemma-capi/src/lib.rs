@@ -1,5 +1,5 @@
 //! The C API of gemma-rs (`include/gemma.h`): open a model, tokenize, detokenize, generate text, hold a
-//! conversation over a kept KV cache and (with an embedding model) embed text, through opaque handles and plain C types. Every entry point is a thin layer over `gemma-core`.
+//! conversation over a kept KV cache, apply LoRA adapters and (with an embedding model) embed text, through opaque handles and plain C types. Every entry point is a thin layer over `gemma-core`.
 //!
 //! Rules every entry point keeps: pointers are checked for NULL, strings for UTF-8, and no panic crosses into
 //! C (each body runs under `catch_unwind`, a panic becomes `GEMMA_ERR_INTERNAL`). A failure returns an error
@@ -13,21 +13,26 @@ mod chat;
 mod embed;
 mod error;
 mod generate;
+mod lora;
 mod model;
 mod tokenize;
 
 use std::ffi::{c_char, c_int};
 
 pub use chat::{
-    gemma_chat_add_message, gemma_chat_clear, gemma_chat_context_used, gemma_chat_free, gemma_chat_message,
-    gemma_chat_n_messages, gemma_chat_new, gemma_chat_send, gemma_chat_set_speculative, gemma_chat_set_system,
-    gemma_chat_speculative_stats, GemmaChat, GemmaChatInfo,
+    gemma_chat_add_message, gemma_chat_clear, gemma_chat_context_used, gemma_chat_free, gemma_chat_get_lora_scale,
+    gemma_chat_message, gemma_chat_n_messages, gemma_chat_new, gemma_chat_send, gemma_chat_set_lora_scale,
+    gemma_chat_set_speculative, gemma_chat_set_system, gemma_chat_speculative_stats, GemmaChat, GemmaChatInfo,
 };
 pub use embed::{gemma_embed, gemma_embed_batch, gemma_model_embedding_dim};
 pub use error::{CapiError, Status};
 pub use generate::{
     gemma_generate, gemma_params_default, GemmaGenerationInfo, GemmaParams, GemmaStopReason, GemmaTokenCallback,
     GEMMA_NO_TOKEN, GEMMA_SEED_RANDOM,
+};
+pub use lora::{
+    gemma_lora_count, gemma_lora_get_scale, gemma_lora_load, gemma_lora_path, gemma_lora_prompt_prefix,
+    gemma_lora_set_scale, gemma_lora_task_name,
 };
 pub use model::{
     gemma_model_context_length, gemma_model_free, gemma_model_name, gemma_model_open, gemma_model_vocab_size,

@@ -1,6 +1,8 @@
 //! The model handle: a loaded model with its tokenizer, chat template and thread pool.
 
+use std::cell::Cell;
 use std::ffi::{c_char, c_int, CString};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use gemma_core::chat::ChatTemplate;
 use gemma_core::{Model, Tokenizer};
@@ -9,16 +11,23 @@ use gemma_ops::ThreadPool;
 use crate::c_str::read_str;
 use crate::error::{value_call, CapiError};
 
-/// `gemma_model` of the C API. Every call on it only reads it (generation keeps its state in the call), so
-/// one handle serves several threads at once.
+/// `gemma_model` of the C API. Generation and embedding keep their state in the call and only read the
+/// model, so one handle serves several threads at once. The one writer is `gemma_lora_load`, which adds an
+/// adapter under the write lock of `model`, and only while no chat borrows the model (`lora.rs`).
 pub struct GemmaModel {
-    pub(crate) model: Model,
+    model: RwLock<Model>,
+    /// The LoRA adapters' default scales, their facts, and the chats that borrow `model`.
+    pub(crate) loras: Mutex<crate::lora::Loras>,
     pub(crate) tokenizer: Tokenizer,
     pub(crate) pool: ThreadPool,
     /// The model's chat template, or why it cannot be used: a model with a broken template still generates
     /// plain text, so the error waits for a call that asks for the template.
     pub(crate) chat_template: Result<ChatTemplate, String>,
     name: CString,
+    /// Facts fixed at open, read without the lock.
+    context_length: usize,
+    embedding_dim: Option<usize>,
+    model_name: String,
 }
 
 // The C header promises that a handle may be shared between threads.
@@ -41,7 +50,17 @@ impl GemmaModel {
         // A name is metadata text; one with a NUL in it is cut there.
         let name = model.config.name.split('\0').next().unwrap_or_default();
         let name = CString::new(name).unwrap_or_default();
-        Ok(GemmaModel { model, tokenizer, pool, chat_template, name })
+        Ok(GemmaModel {
+            context_length: model.config.context_length,
+            embedding_dim: model.embedding_dim(),
+            model_name: model.config.name.clone(),
+            model: RwLock::new(model),
+            loras: Mutex::default(),
+            tokenizer,
+            pool,
+            chat_template,
+            name,
+        })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -49,7 +68,66 @@ impl GemmaModel {
     }
 
     pub fn context_length(&self) -> usize {
-        self.model.config.context_length
+        self.context_length
+    }
+
+    /// The width of an embedding model's vectors; `None` for a generative model.
+    pub fn embedding_dim(&self) -> Option<usize> {
+        self.embedding_dim
+    }
+
+    pub fn is_embedding_model(&self) -> bool {
+        self.embedding_dim.is_some()
+    }
+
+    /// The model's name from its metadata, as the library's errors name it.
+    pub fn model_name(&self) -> &str {
+        &self.model_name
+    }
+
+    /// The model, for reading. A panic never leaves it half-changed (an adapter is pushed whole), so a
+    /// poisoned lock is still good.
+    pub(crate) fn model(&self) -> ModelRead<'_> {
+        let guard = self.model.read().unwrap_or_else(|p| p.into_inner());
+        READING.with(|n| n.set(n.get() + 1));
+        ModelRead(guard)
+    }
+
+    /// The model, for `gemma_lora_load` only. Refused on a thread that is reading a model (a token callback of
+    /// `gemma_generate` calling `gemma_lora_load`), which would otherwise wait for itself forever.
+    pub(crate) fn model_mut(&self) -> Result<std::sync::RwLockWriteGuard<'_, Model>, CapiError> {
+        if READING.with(Cell::get) > 0 {
+            return Err(CapiError::InvalidArgument(
+                "gemma_lora_load cannot run inside a token callback (the generation reads the model)".into(),
+            ));
+        }
+        Ok(self.model.write().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The adapters' state (scales, facts, open chats).
+    pub(crate) fn loras(&self) -> MutexGuard<'_, crate::lora::Loras> {
+        self.loras.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+thread_local! {
+    /// Read locks of a model this thread holds (a generation whose token callback is running, say).
+    static READING: Cell<usize> = const { Cell::new(0) };
+}
+
+/// A read lock on a handle's model, counted in [`READING`] while held.
+pub(crate) struct ModelRead<'a>(RwLockReadGuard<'a, Model>);
+
+impl std::ops::Deref for ModelRead<'_> {
+    type Target = Model;
+    fn deref(&self) -> &Model {
+        &self.0
+    }
+}
+
+impl Drop for ModelRead<'_> {
+    fn drop(&mut self) {
+        READING.with(|n| n.set(n.get().saturating_sub(1)));
     }
 }
 

@@ -1,7 +1,7 @@
 //! Real C programs compiled with the system C compiler against `include/gemma.h` and the crate's shared
 //! library: `tests/c/smoke.c` on the default model (its checks must hold, its struct layouts must be Rust's,
 //! and its greedy text must be the library's), `tests/c/embed.c` on EmbeddingGemma (its vectors must be the
-//! float64 reference's), and the guide's three example programs.
+//! float64 reference's), and the guide's four example programs.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -159,6 +159,38 @@ fn the_guides_chat_example_answers_as_the_library_does_and_reuses_the_cache() {
     assert_eq!(stdout, expected);
     let second = stdout.lines().filter(|l| l.starts_with('[')).nth(1).unwrap();
     assert!(!second.ends_with(" 0 reused]"), "the second turn reuses the first's cache: {second}");
+}
+
+#[test]
+fn the_guides_lora_example_generates_the_librarys_text_with_and_without_the_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = guide_program(dir.path(), "gemma_lora_load");
+    let adapter = dir.path().join("lora.gguf");
+    gemma_core::lora::synthetic::Spec::gemma3_270m().writer().unwrap().write_file(&adapter).unwrap();
+    let stdout = run(&exe, &[common::model_path().as_os_str(), adapter.as_os_str()]);
+
+    let library = common::Library::get();
+    let prompt_ids = library.tokenizer.encode("The capital of France is", true, true);
+    let base = library.greedy(&prompt_ids, 16).text;
+    // The library's own model with the adapter loaded at scale 1.
+    let mut model = gemma_core::Model::open(common::model_path()).unwrap();
+    model.load_lora(&adapter, 1.0).unwrap();
+    let options = gemma_core::GenerationOptions {
+        max_tokens: 16,
+        sampling: gemma_core::SamplingParams::greedy(),
+        ..Default::default()
+    };
+    let with = gemma_core::Session::new(&model, model.config.context_length)
+        .generate(&library.tokenizer, &prompt_ids, &options, &library.pool, &mut |_| {})
+        .unwrap()
+        .text;
+    assert_ne!(with, base);
+    assert_eq!(stdout, format!("[scale 1.0] {with}\n[scale 0.0] {base}\n"));
+    // A file that is not an adapter: the program's error, from the library's message.
+    let output = Command::new(&exe).arg(common::model_path()).arg(common::model_path()).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("error -11 (the LoRA adapter cannot be loaded): "), "{stderr}");
 }
 
 #[test]

@@ -12,6 +12,7 @@ use gemma_ops::ThreadPool;
 use crate::chat::{reusable_prefix_len, ChatMessage, ChatTemplate, ChatTemplateError};
 use crate::error::ModelError;
 use crate::generate::{GenerationOptions, GenerationOutput, Session, TokenEvent};
+use crate::lora::LoraError;
 use crate::model::Model;
 use crate::sampling::Sampler;
 use crate::speculative::SpeculativeParams;
@@ -121,6 +122,23 @@ impl<'m> Conversation<'m> {
     /// the same.
     pub fn set_speculative(&mut self, params: Option<SpeculativeParams>) {
         self.options.speculative = params;
+    }
+
+    /// Runs the conversation's passes at its own LoRA scales (`None`: the model's defaults, as
+    /// [`Session::set_lora_scales`]). When the scales change, the cache is emptied: keys and values computed at
+    /// the old scales are not reused, so the next turn prefills the whole conversation again (llama-server
+    /// clears a slot's cache when its adapters change). Messages and the sampler stay.
+    pub fn set_lora_scales(&mut self, scales: Option<Vec<f32>>) -> Result<(), LoraError> {
+        if self.session.set_lora_scales(scales)? {
+            self.session.reset();
+            self.cached.clear();
+        }
+        Ok(())
+    }
+
+    /// The scales the conversation's passes run at (its own, else the model's defaults).
+    pub fn lora_scales(&self) -> &[f32] {
+        self.session.effective_lora_scales()
     }
 
     /// Index of the first message after the system prompt.

@@ -9,6 +9,7 @@ use gemma_ops::ThreadPool;
 use crate::batch::Batch;
 use crate::error::ModelError;
 use crate::kv_cache::{KvCache, KvFileError};
+use crate::lora::LoraError;
 use crate::model::{Model, Scratch};
 use crate::sampling::{Sampler, SamplingParams, TokenLogprobs};
 use crate::speculative::{prepare_draft, Drafter, SpecStats, SpeculativeParams};
@@ -155,17 +156,60 @@ pub fn tokens_per_second(n: usize, secs: f64) -> f64 {
     }
 }
 
+/// Whether two sets of LoRA scales make the same passes: a missing entry is 0, and 0 equals -0.
+pub fn same_lora_scales(a: &[f32], b: &[f32]) -> bool {
+    (0..a.len().max(b.len())).all(|i| a.get(i).copied().unwrap_or(0.0) == b.get(i).copied().unwrap_or(0.0))
+}
+
 /// One sequence being generated.
 pub struct Session<'m> {
     model: &'m Model,
     cache: KvCache,
     scratch: Scratch,
+    /// LoRA scales of this session's passes (by adapter id); `None`: the model's defaults.
+    lora_scales: Option<Vec<f32>>,
 }
 
 impl<'m> Session<'m> {
     /// A session whose context holds up to `ctx` tokens (capped at the model's context length).
     pub fn new(model: &'m Model, ctx: usize) -> Session<'m> {
-        Session { model, cache: model.new_cache(ctx), scratch: Scratch::default() }
+        Session { model, cache: model.new_cache(ctx), scratch: Scratch::default(), lora_scales: None }
+    }
+
+    /// Runs this session's passes with its own LoRA scales (`scales[id]` for adapter `id`, a missing entry is 0)
+    /// instead of the model's defaults ([`Model::lora_scales`]); `None` goes back to the defaults. Returns
+    /// whether the scales the passes use changed. The cache is left alone: keys and values computed at other
+    /// scales stay in it (clear it with [`Session::reset`] to recompute them, as
+    /// [`crate::Conversation::set_lora_scales`] does).
+    pub fn set_lora_scales(&mut self, scales: Option<Vec<f32>>) -> Result<bool, LoraError> {
+        if let Some(&bad) = scales.iter().flatten().find(|s| !s.is_finite()) {
+            return Err(LoraError::BadScale(bad));
+        }
+        let before = self.effective_lora_scales().to_vec();
+        self.lora_scales = scales;
+        Ok(!same_lora_scales(&before, self.effective_lora_scales()))
+    }
+
+    /// The session's own LoRA scales, if it has any.
+    pub fn lora_scales(&self) -> Option<&[f32]> {
+        self.lora_scales.as_deref()
+    }
+
+    /// The LoRA scales the session's passes run at: its own, else the model's defaults.
+    pub fn effective_lora_scales(&self) -> &[f32] {
+        self.lora_scales.as_deref().unwrap_or(self.model.lora_scales())
+    }
+
+    /// One forward pass of `batch` at the session's LoRA scales; the logits are in `self.scratch`.
+    fn forward(&mut self, batch: &Batch, pool: &ThreadPool) -> Result<(), ModelError> {
+        let cache = std::slice::from_mut(&mut self.cache);
+        match &self.lora_scales {
+            Some(scales) => {
+                self.model.forward_lora(batch, cache, pool, &mut self.scratch, std::slice::from_ref(scales))?
+            }
+            None => self.model.forward_with(batch, cache, pool, &mut self.scratch)?,
+        };
+        Ok(())
     }
 
     pub fn context_len(&self) -> usize {
@@ -226,7 +270,7 @@ impl<'m> Session<'m> {
         }
         for chunk in ids.chunks(PREFILL_CHUNK) {
             let batch = Batch::sequence(chunk, self.cache.len(), 0, false);
-            self.model.forward_with(&batch, std::slice::from_mut(&mut self.cache), pool, &mut self.scratch)?;
+            self.forward(&batch, pool)?;
         }
         Ok(self.scratch.logits.row(0))
     }
@@ -401,7 +445,7 @@ impl<'m> Session<'m> {
                 let ids: Vec<u32> = std::iter::once(id).chain(draft.iter().copied()).collect();
                 Batch::sequence(&ids, batch_start, 0, true)
             };
-            self.model.forward_with(&batch, std::slice::from_mut(&mut self.cache), pool, &mut self.scratch)?;
+            self.forward(&batch, pool)?;
         };
         if !draft.is_empty() {
             // Stopped inside a draft: the cache keeps what it would hold without speculation (the tokens before

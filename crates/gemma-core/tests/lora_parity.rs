@@ -5,10 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use gemma_core::chat::{ChatMessage, ChatTemplate};
 use gemma_core::lora::synthetic::Spec;
 use gemma_core::lora::LoraError;
 use gemma_core::sampling::greedy;
-use gemma_core::{Batch, BatchToken, Model, Scratch};
+use gemma_core::{Batch, BatchToken, Conversation, Model, SamplingParams, Scratch, Session};
 use gemma_io::gguf::lora::LoraFileError;
 use gemma_io::{GgmlType, GgufWriter, MetaValue};
 use gemma_ops::ThreadPool;
@@ -440,4 +441,52 @@ fn a_token_embedding_pair_adapts_the_lookup_of_each_token() {
     for i in 1..ids.len() {
         assert_ne!(adapted.row(i), plain.row(i), "position {i}");
     }
+}
+
+#[test]
+fn a_session_runs_at_its_own_scales_and_a_conversation_recomputes_on_a_change() {
+    let (model, _) = adapted();
+    let tokenizer = model.tokenizer().expect("tokenizer");
+    let prompt = tokenizer.encode("Once upon a time, in a small village by the sea,", true, true);
+    let options =
+        gemma_core::GenerationOptions { max_tokens: 12, sampling: SamplingParams::greedy(), ..Default::default() };
+    let run = |scales: Option<Vec<f32>>| {
+        let mut session = Session::new(model, 256);
+        session.set_lora_scales(scales).expect("finite scales");
+        session.generate(&tokenizer, &prompt, &options, pool(), &mut |_| {}).expect("generates").gen_ids
+    };
+    // A session's own scales are forward_lora's with the same scales; none: the model's default (1).
+    assert_eq!(run(Some(vec![0.5])), greedy_run(model, &prompt, 12, &[0.5]));
+    assert_eq!(run(None), greedy_run(model, &prompt, 12, &[1.0]));
+    assert_eq!(run(Some(vec![])), greedy_run(model, &prompt, 12, &[0.0]), "a missing scale is 0");
+    let mut session = Session::new(model, 64);
+    assert!(matches!(session.set_lora_scales(Some(vec![f32::NAN])), Err(LoraError::BadScale(_))));
+    assert_eq!(session.set_lora_scales(Some(vec![1.0])).ok(), Some(false), "the default already");
+    assert_eq!(session.set_lora_scales(Some(vec![1.0, -0.0])).ok(), Some(false), "a trailing 0 is no change");
+    assert_eq!(session.set_lora_scales(Some(vec![0.25])).ok(), Some(true));
+
+    // A conversation whose scales change answers as a new one at the new scales, prefilling everything.
+    let template = ChatTemplate::from_gguf(&model.file, &tokenizer).expect("template");
+    let new_conversation = || Conversation::new(model, &tokenizer, &template, 512, options.clone()).expect("chat");
+    let mut chat = new_conversation();
+    let first = chat.send("Tell me about the sea.", pool(), &mut |_| {}).expect("turn");
+    chat.set_lora_scales(Some(vec![1.0])).expect("scales");
+    let same = chat.send("And the sky?", pool(), &mut |_| {}).expect("turn");
+    assert!(same.reused > 0, "unchanged scales keep the cache");
+    chat.set_lora_scales(Some(vec![0.5])).expect("scales");
+    assert_eq!(chat.context_used(), 0, "a change empties the cache");
+    let changed = chat.send("And the stars?", pool(), &mut |_| {}).expect("turn");
+    assert_eq!(changed.reused, 0);
+    let mut fresh = new_conversation();
+    fresh.set_lora_scales(Some(vec![0.5])).expect("scales");
+    let history = vec![
+        ChatMessage::user("Tell me about the sea."),
+        ChatMessage::assistant(first.output.text.clone()),
+        ChatMessage::user("And the sky?"),
+        ChatMessage::assistant(same.output.text.clone()),
+    ];
+    fresh.set_messages(history).expect("messages");
+    let expected = fresh.send("And the stars?", pool(), &mut |_| {}).expect("turn");
+    assert_eq!(changed.output.gen_ids, expected.output.gen_ids);
+    assert_eq!(chat.lora_scales(), [0.5]);
 }

@@ -2,7 +2,8 @@
 //! "stream"?}` → `{"text", "finish_reason", "session", "usage"}`. With a `session` id the prompt continues
 //! what the session holds (earlier prompts and answers), and the session's KV cache is kept between calls, so
 //! a call prefills only its new tokens. Sessions are bounded (`inference.max_sessions`); the least recently
-//! used is evicted first.
+//! used is evicted first. A call runs at the LoRA scales of its `lora` field (else the global ones, as
+//! `/completion`); a session whose cache was computed at other scales prefills its whole history again.
 //!
 //! With `"stream": true` the answer comes as newline-delimited JSON (`application/x-ndjson`, as ollama's
 //! `/api/generate` streams): `{"text": "...", "done": false}` per piece of text, then one last line with
@@ -53,7 +54,7 @@ pub async fn generate(State(state): State<AppState>, headers: HeaderMap, body: B
         choice: 0,
         n: 1,
         session: session_ref,
-        lora: loaded.lora_scales(),
+        lora: plan.lora.clone().unwrap_or_else(|| loaded.lora_scales()),
         events: tx,
         submitted: received,
         context_shift,

@@ -215,3 +215,112 @@ async fn init_without_apply_loads_the_adapters_at_scale_zero() {
     let e = server.wait_loaded().await.expect_err("the adapter is missing");
     assert!(e.to_string().contains("missing.gguf"), "{e}");
 }
+
+/// `/completion`'s greedy `n` tokens after the prompt `ids` at scale `scale` of adapter 0, and their text.
+async fn completion_ids(base: &str, ids: &[u64], n: usize, scale: f32) -> (Vec<u64>, String) {
+    let body = json!({"prompt": ids, "n_predict": n, "temperature": 0, "return_tokens": true,
+                      "lora": [{"id": 0, "scale": scale}]});
+    let (status, v) = post(&format!("{base}/completion"), body).await;
+    assert_eq!(status, 200, "{v}");
+    let tokens = v["tokens"].as_array().expect("tokens").iter().map(|t| t.as_u64().expect("id")).collect();
+    (tokens, v["content"].as_str().expect("content").to_string())
+}
+
+async fn tokenize(base: &str, text: &str, add_special: bool) -> Vec<u64> {
+    let (status, v) = post(&format!("{base}/tokenize"), json!({"content": text, "add_special": add_special})).await;
+    assert_eq!(status, 200, "{v}");
+    v["tokens"].as_array().expect("tokens").iter().map(|t| t.as_u64().expect("id")).collect()
+}
+
+#[tokio::test]
+async fn a_generate_session_recomputes_its_cache_when_the_scales_change() {
+    let (base, _) = server(1.0);
+    let generate = |body: Value| {
+        let url = format!("{base}/generate");
+        async move {
+            let (status, v) = post(&url, body).await;
+            assert_eq!(status, 200, "{v}");
+            v
+        }
+    };
+    let turn = |prompt: &str, max_tokens: usize, extra: Value| {
+        let mut body = json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "session": "s"});
+        body.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
+        body
+    };
+    // Two one-token turns at the global scale 1: the second reuses the first's cache.
+    let (p1, p2, p3) = ("My name is Ada.", " What is my name?", " Tell me a story about the sea.");
+    generate(turn(p1, 1, json!({}))).await;
+    let second = generate(turn(p2, 1, json!({}))).await;
+    assert!(second["usage"]["cached_tokens"].as_u64().expect("cached") > 0, "{second}");
+
+    // The session's history as ids, its answers as /completion gives them at scale 1.
+    let mut history = tokenize(&base, p1, true).await;
+    history.extend(completion_ids(&base, &history, 1, 1.0).await.0);
+    history.extend(tokenize(&base, p2, false).await);
+    history.extend(completion_ids(&base, &history, 1, 1.0).await.0);
+    history.extend(tokenize(&base, p3, false).await);
+
+    // The global scale goes to 0: the session's cache (computed at 1) is not reused, and the answer is that of
+    // the whole history at scale 0.
+    let (status, _) = post(&format!("{base}/lora-adapters"), json!([{"id": 0, "scale": 0.0}])).await;
+    assert_eq!(status, 200);
+    let third = generate(turn(p3, 12, json!({}))).await;
+    assert_eq!(third["usage"]["cached_tokens"], 0, "{third}");
+    assert_eq!(third["usage"]["prompt_tokens"].as_u64(), Some(history.len() as u64), "{third}");
+    let (at_zero, text_at_zero) = completion_ids(&base, &history, 12, 0.0).await;
+    assert_eq!(third["text"], text_at_zero.as_str(), "the whole history at scale 0");
+    assert_ne!(text_at_zero, completion_ids(&base, &history, 12, 1.0).await.1, "the scale matters here");
+    history.extend(at_zero);
+
+    // A request's own `lora` field counts too: scale 1 again recomputes, the same scale then reuses.
+    let p4 = " And then?";
+    history.extend(tokenize(&base, p4, false).await);
+    let fourth = generate(turn(p4, 6, json!({"lora": [{"id": 0, "scale": 1.0}]}))).await;
+    assert_eq!(fourth["usage"]["cached_tokens"], 0, "{fourth}");
+    assert_eq!(fourth["text"], completion_ids(&base, &history, 6, 1.0).await.1.as_str(), "the `lora` field");
+    let fifth = generate(turn(" Go on.", 2, json!({"lora": [{"id": 0, "scale": 1.0}]}))).await;
+    assert!(fifth["usage"]["cached_tokens"].as_u64().expect("cached") > 0, "same scales: reused: {fifth}");
+}
+
+#[tokio::test]
+async fn responses_take_the_lora_field_as_llama_server_and_messages_do_not() {
+    let (base, _) = server(0.0);
+    let question = "Write a line about the sea.";
+    let chat = |lora: Value| {
+        let body = json!({"messages": [{"role": "user", "content": question}], "max_tokens": 16, "temperature": 0,
+                          "lora": lora});
+        let url = format!("{base}/v1/chat/completions");
+        async move {
+            let (status, v) = post(&url, body).await;
+            assert_eq!(status, 200, "{v}");
+            v["choices"][0]["message"]["content"].as_str().expect("content").to_string()
+        }
+    };
+    let response = |lora: Value| {
+        let body = json!({"input": question, "max_output_tokens": 16, "temperature": 0, "lora": lora});
+        let url = format!("{base}/v1/responses");
+        async move {
+            let (status, v) = post(&url, body).await;
+            assert_eq!(status, 200, "{v}");
+            v["output"][0]["content"][0]["text"].as_str().expect("text").to_string()
+        }
+    };
+    let on = json!([{"id": 0, "scale": 1.0}]);
+    let (chat_on, chat_off) = (chat(on.clone()).await, chat(Value::Null).await);
+    assert_ne!(chat_on, chat_off, "the adapter changes the answer");
+    // llama-server's Responses route copies the body into a chat completion, `lora` included.
+    assert_eq!(response(on.clone()).await, chat_on, "/v1/responses honours `lora`");
+    assert_eq!(response(Value::Null).await, chat_off, "no field: the global scale");
+    let (status, v) = post(&format!("{base}/v1/responses"), json!({"input": "Hi", "lora": "x"})).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v.to_string().contains("lora"), "{v}");
+
+    // llama-server's Anthropic conversion keeps only the fields it knows: `lora` is not among them, so
+    // /v1/messages runs at the global scales.
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": question}], "max_tokens": 16,
+                      "temperature": 0, "lora": on});
+    let (status, v) = post(&format!("{base}/v1/messages"), body).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["content"][0]["text"].as_str(), Some(chat_off.as_str()), "/v1/messages ignores `lora`");
+}

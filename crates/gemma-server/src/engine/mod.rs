@@ -628,8 +628,10 @@ impl<'a> Engine<'a> {
         let ctx = self.config.ctx.min(self.model.config.context_length);
         // A session's request continues what the session holds; its KV cache is moved out while it runs.
         let mut session_cache = None;
-        // Tokens the session held before this request (to put it back when the request is refused).
+        // Tokens the session held before this request (to put it back when the request is refused), and the
+        // LoRA scales its cache was computed with.
         let mut session_len = 0;
+        let mut session_lora = Vec::new();
         if let Some(session) = &req.session {
             match self.sessions.take(&session.id) {
                 Err(SessionBusy) => {
@@ -642,7 +644,15 @@ impl<'a> Engine<'a> {
                     session_len = tokens.len();
                     tokens.extend_from_slice(&req.prompt_ids);
                     req.prompt_ids = tokens;
-                    session_cache = Some(held.cache);
+                    // Keys and values computed at other LoRA scales are not reused: the whole history is
+                    // prefilled again at this request's (llama-server clears a slot's cache when its adapters
+                    // change).
+                    session_cache = Some(if lora_key(&held.lora) == lora_key(&req.lora) {
+                        held.cache
+                    } else {
+                        self.model.new_cache(self.config.ctx)
+                    });
+                    session_lora = held.lora;
                 }
                 Ok(None) => {
                     if let Some(first) = session.first_token {
@@ -658,13 +668,13 @@ impl<'a> Engine<'a> {
                 req.prompt_ids.len(),
                 ctx - 1
             );
-            self.refuse_session(&mut req, session_cache, session_len);
+            self.refuse_session(&mut req, session_cache, session_len, session_lora);
             let _ = req.events.send((req.choice, Event::Rejected(message)));
             return;
         }
         if let Some(bad) = req.prompt_ids.iter().find(|&&id| id as usize >= self.model.config.vocab_size) {
             let message = format!("token id {bad} is outside the vocabulary");
-            self.refuse_session(&mut req, session_cache, session_len);
+            self.refuse_session(&mut req, session_cache, session_len, session_lora);
             let _ = req.events.send((req.choice, Event::Rejected(message)));
             return;
         }
@@ -744,12 +754,18 @@ impl<'a> Engine<'a> {
     }
 
     /// A refused request leaves its session as it was (or frees the id of a session it would have started).
-    fn refuse_session(&mut self, req: &mut GenerationRequest, cache: Option<KvCache>, session_len: usize) {
+    fn refuse_session(
+        &mut self,
+        req: &mut GenerationRequest,
+        cache: Option<KvCache>,
+        session_len: usize,
+        lora: Vec<f32>,
+    ) {
         let Some(session) = &req.session else { return };
         match cache {
             Some(cache) => {
                 req.prompt_ids.truncate(session_len);
-                self.sessions.put(session.id.clone(), std::mem::take(&mut req.prompt_ids), cache);
+                self.sessions.put(session.id.clone(), std::mem::take(&mut req.prompt_ids), cache, lora);
             }
             None => self.sessions.release(&session.id),
         }
@@ -934,7 +950,7 @@ impl<'a> Engine<'a> {
         let tokens = seq.finish(reason);
         self.slot_table().set_tokens(slot, tokens.clone());
         match session {
-            Some(id) => self.sessions.put(id, tokens, cache),
+            Some(id) => self.sessions.put(id, tokens, cache, seq_lora),
             None if lora_key(seq_lora.as_slice()) == self.prefix_lora => self.prefix_cache.insert(tokens, cache),
             None => {}
         }

@@ -12,6 +12,8 @@ pub struct Session<C> {
     /// Everything said so far (prompts and answers); the cache holds a prefix of it.
     pub tokens: Vec<u32>,
     pub cache: C,
+    /// The LoRA scales the cache was computed with (the last request's).
+    pub lora: Vec<f32>,
     last_used: u64,
 }
 
@@ -63,8 +65,9 @@ impl<C: CachedKv> Sessions<C> {
         self.busy.remove(id);
     }
 
-    /// Stores the session after a request, evicting the least recently used ones beyond the limit.
-    pub fn put(&mut self, id: String, tokens: Vec<u32>, cache: C) {
+    /// Stores the session after a request (its cache computed at LoRA scales `lora`), evicting the least
+    /// recently used ones beyond the limit.
+    pub fn put(&mut self, id: String, tokens: Vec<u32>, cache: C, lora: Vec<f32>) {
         self.busy.remove(&id);
         if self.limit == 0 {
             return;
@@ -76,7 +79,7 @@ impl<C: CachedKv> Sessions<C> {
             self.stored.remove(&oldest);
         }
         self.clock += 1;
-        self.stored.insert(id, Session { tokens, cache, last_used: self.clock });
+        self.stored.insert(id, Session { tokens, cache, lora, last_used: self.clock });
     }
 }
 
@@ -91,7 +94,7 @@ mod tests {
         assert!(s.take("a").unwrap().is_none());
         s.mark_busy("a");
         assert_eq!(s.take("a").err(), Some(SessionBusy));
-        s.put("a".into(), vec![1, 2, 3], Positions(2));
+        s.put("a".into(), vec![1, 2, 3], Positions(2), vec![]);
         assert_eq!((s.len(), s.tokens()), (1, 2));
         let back = s.take("a").unwrap().unwrap();
         assert_eq!((back.tokens, back.cache.0), (vec![1, 2, 3], 2));
@@ -105,18 +108,18 @@ mod tests {
     #[test]
     fn the_least_recently_used_session_is_evicted_at_the_limit() {
         let mut s = Sessions::new(2);
-        s.put("a".into(), vec![1], Positions(1));
-        s.put("b".into(), vec![2], Positions(1));
+        s.put("a".into(), vec![1], Positions(1), vec![]);
+        s.put("b".into(), vec![2], Positions(1), vec![]);
         // Using "a" makes it the most recent.
         let a = s.take("a").unwrap().unwrap();
-        s.put("a".into(), a.tokens, a.cache);
-        s.put("c".into(), vec![3], Positions(1));
+        s.put("a".into(), a.tokens, a.cache, vec![]);
+        s.put("c".into(), vec![3], Positions(1), vec![]);
         assert_eq!(s.len(), 2);
         assert!(s.take("b").unwrap().is_none(), "b was least recently used");
         assert!(s.take("a").unwrap().is_some());
         assert!(s.take("c").unwrap().is_some());
         let mut none = Sessions::new(0);
-        none.put("x".into(), vec![1], Positions(1));
+        none.put("x".into(), vec![1], Positions(1), vec![]);
         assert!(none.is_empty(), "a limit of 0 keeps no sessions");
     }
 }
