@@ -155,7 +155,7 @@ fn attention(c: &mut Criterion) {
     g.bench_function("decode_4heads_ctx1024", |b| {
         b.iter(|| {
             let spans =
-                [AttnSpan { kv: KvView { keys: &keys, values: &values, row_len: hd, ring: 0 }, positions: 0..ctx }];
+                [AttnSpan { kv: KvView::f32(&keys, &values, hd, 0), positions: 0..ctx }];
             grouped_query_attention(&pool, &q, &spans, n_heads, 1, hd, &mut out);
         })
     });
@@ -167,7 +167,7 @@ fn attention(c: &mut Criterion) {
         b.iter(|| {
             let spans: Vec<AttnSpan> = (0..n)
                 .map(|i| AttnSpan {
-                    kv: KvView { keys: &keys, values: &values, row_len: hd, ring: 0 },
+                    kv: KvView::f32(&keys, &values, hd, 0),
                     positions: 0..i + 1,
                 })
                 .collect();
@@ -186,7 +186,7 @@ fn attention(c: &mut Criterion) {
         b.iter(|| {
             let spans: Vec<AttnSpan> = (0..n)
                 .map(|i| AttnSpan {
-                    kv: KvView { keys: &kd, values: &vd, row_len: hd, ring: 0 },
+                    kv: KvView::f32(&kd, &vd, hd, 0),
                     positions: 0..depth + i + 1,
                 })
                 .collect();
@@ -206,7 +206,7 @@ fn attention(c: &mut Criterion) {
     g.bench_function("embedding_3heads_512_window", |b| {
         b.iter(|| {
             let spans: Vec<AttnSpan> = (0..n)
-                .map(|i| AttnSpan { kv: KvView { keys: &ke, values: &ve, row_len: hd, ring: 0 }, positions: window(i) })
+                .map(|i| AttnSpan { kv: KvView::f32(&ke, &ve, hd, 0), positions: window(i) })
                 .collect();
             grouped_query_attention(&pool, &qe, &spans, heads3, 1, hd, &mut oute);
         })

@@ -1,0 +1,168 @@
+//! Number formats of the KV cache (llama.cpp's `--cache-type-k` / `--cache-type-v`): rows are stored in one of
+//! GGML's formats and decoded by the attention kernels block by block (`docs/kv-cache.md`).
+
+use gemma_compression::{quant_format, GgmlType};
+
+/// The format of cached keys or values. llama.cpp's default is `f16`; ours is `f32` (our parity goldens were
+/// recorded with it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum KvType {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+    Q8_0,
+    Q4_0,
+    Q4_1,
+    Iq4Nl,
+    Q5_0,
+    Q5_1,
+}
+
+/// An unknown cache type name.
+#[derive(Debug, thiserror::Error)]
+#[error("unsupported cache type '{0}': allowed are {allowed}", allowed = KvType::allowed())]
+pub struct KvTypeError(pub String);
+
+impl KvType {
+    /// Every type, in llama.cpp's order of `--cache-type-k`'s help.
+    pub const ALL: [KvType; 9] = [
+        KvType::F32,
+        KvType::F16,
+        KvType::Bf16,
+        KvType::Q8_0,
+        KvType::Q4_0,
+        KvType::Q4_1,
+        KvType::Iq4Nl,
+        KvType::Q5_0,
+        KvType::Q5_1,
+    ];
+
+    /// llama.cpp's spelling (`f16`, `q8_0`, ...).
+    pub fn name(self) -> &'static str {
+        self.ggml_type().name()
+    }
+
+    /// The allowed names, comma-separated (for help and errors).
+    pub fn allowed() -> String {
+        KvType::ALL.map(KvType::name).join(", ")
+    }
+
+    pub fn ggml_type(self) -> GgmlType {
+        match self {
+            KvType::F32 => GgmlType::F32,
+            KvType::F16 => GgmlType::F16,
+            KvType::Bf16 => GgmlType::BF16,
+            KvType::Q8_0 => GgmlType::Q8_0,
+            KvType::Q4_0 => GgmlType::Q4_0,
+            KvType::Q4_1 => GgmlType::Q4_1,
+            KvType::Iq4Nl => GgmlType::IQ4_NL,
+            KvType::Q5_0 => GgmlType::Q5_0,
+            KvType::Q5_1 => GgmlType::Q5_1,
+        }
+    }
+
+    /// The type with this GGML type, if the cache can hold it.
+    pub fn from_ggml(t: GgmlType) -> Option<KvType> {
+        KvType::ALL.into_iter().find(|k| k.ggml_type() == t)
+    }
+
+    /// Elements per encoded block (1 for the float types).
+    pub fn block_size(self) -> usize {
+        self.ggml_type().block_size()
+    }
+
+    /// Bytes of a row of `n` elements, or `None` when `n` is not a whole number of blocks.
+    pub fn row_bytes(self, n: usize) -> Option<usize> {
+        self.ggml_type().row_bytes(n)
+    }
+
+    /// The format queries are rounded to before their dot with keys of this type, as llama.cpp's flash
+    /// attention converts Q to the K type's `vec_dot_type` (`None`: queries stay f32). For f16 keys llama.cpp
+    /// rounds Q only in its one-query-at-a-time path, not in its tiled prefill; we keep Q in f32 there, which
+    /// its prefill (the teacher-forced goldens) does.
+    pub fn query_type(self) -> Option<GgmlType> {
+        match self {
+            KvType::F32 | KvType::F16 => None,
+            KvType::Bf16 => Some(GgmlType::BF16),
+            KvType::Q8_0 | KvType::Q4_0 | KvType::Iq4Nl | KvType::Q5_0 => Some(GgmlType::Q8_0),
+            KvType::Q4_1 | KvType::Q5_1 => Some(GgmlType::Q8_1),
+        }
+    }
+
+    /// Encodes `src` (a whole number of blocks) into `dst` (`row_bytes(src.len())` bytes), with the same rounding
+    /// as llama.cpp's CPU `set_rows` (f16/bf16: to nearest even; q8_0: `quantize_row_q8_0`).
+    pub fn encode(self, src: &[f32], dst: &mut [u8]) {
+        let f = quant_format(self.ggml_type()).expect("every KV type has a format");
+        f.quantize_row(src, dst).expect("KV rows are whole blocks of the right length");
+    }
+
+    /// Decodes `src` (`row_bytes(dst.len())` bytes) into `dst`.
+    pub fn decode(self, src: &[u8], dst: &mut [f32]) {
+        quant_format(self.ggml_type()).expect("every KV type has a format").dequantize_row(src, dst);
+    }
+}
+
+impl std::fmt::Display for KvType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for KvType {
+    type Err = KvTypeError;
+    fn from_str(s: &str) -> Result<KvType, KvTypeError> {
+        let lower = s.to_ascii_lowercase();
+        KvType::ALL.into_iter().find(|k| k.name() == lower).ok_or_else(|| KvTypeError(s.to_string()))
+    }
+}
+
+/// Rounds each `d`-long row of `q` in place to `ty` and back (what llama.cpp's dot with a quantized key sees).
+pub fn round_queries(ty: GgmlType, q: &mut [f32], d: usize, scratch: &mut Vec<u8>) {
+    let f = quant_format(ty).expect("query types have formats");
+    let bytes = ty.row_bytes(d).expect("head width is whole blocks of the query type");
+    scratch.resize(bytes, 0);
+    for row in q.chunks_exact_mut(d) {
+        f.quantize_row(row, scratch).expect("lengths checked above");
+        f.dequantize_row(scratch, row);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_as_llama_spells_them() {
+        for t in KvType::ALL {
+            assert_eq!(t.name().parse::<KvType>().unwrap(), t);
+        }
+        assert_eq!("Q8_0".parse::<KvType>().unwrap(), KvType::Q8_0);
+        let e = "q3_k".parse::<KvType>().unwrap_err().to_string();
+        assert!(e.contains("'q3_k'") && e.contains("f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1"), "{e}");
+    }
+
+    #[test]
+    fn rows_round_trip_with_llama_rounding() {
+        let x: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        for t in KvType::ALL {
+            let mut bytes = vec![0u8; t.row_bytes(64).unwrap()];
+            t.encode(&x, &mut bytes);
+            let mut back = vec![0f32; 64];
+            t.decode(&bytes, &mut back);
+            let err = x.iter().zip(&back).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let bound = match t {
+                KvType::F32 => 0.0,
+                KvType::F16 => 3.0 / 2048.0,
+                KvType::Bf16 => 3.0 / 256.0,
+                KvType::Q8_0 => 3.0 / 127.0,
+                _ => 3.0 / 7.0,
+            };
+            assert!(err <= bound, "{t}: {err}");
+        }
+        // f16: ties to even (1 + 2^-11 lies halfway between 1 and 1 + 2^-10).
+        let mut b = [0u8; 2];
+        KvType::F16.encode(&[1.0 + 2f32.powi(-11)], &mut b);
+        assert_eq!(u16::from_le_bytes(b), 0x3c00);
+    }
+}
