@@ -97,9 +97,20 @@ impl KvType {
         f.quantize_row(src, dst).expect("KV rows are whole blocks of the right length");
     }
 
-    /// Decodes `src` (`row_bytes(dst.len())` bytes) into `dst`.
+    /// Decodes `src` (`row_bytes(dst.len())` bytes) into `dst`. f16 and bf16 have their own loops here (the
+    /// float formats' `dequantize_row` converts one element at a time); the block formats use
+    /// gemma-compression's decoders (SIMD where it has them).
     pub fn decode(self, src: &[u8], dst: &mut [f32]) {
-        quant_format(self.ggml_type()).expect("every KV type has a format").dequantize_row(src, dst);
+        match self {
+            KvType::F16 => decode_f16(src, dst),
+            KvType::Bf16 => {
+                assert_eq!(src.len(), 2 * dst.len(), "bf16 row length");
+                for (o, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                    *o = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
+                }
+            }
+            t => quant_format(t.ggml_type()).expect("every KV type has a format").dequantize_row(src, dst),
+        }
     }
 }
 
@@ -115,6 +126,46 @@ impl std::str::FromStr for KvType {
         let lower = s.to_ascii_lowercase();
         KvType::ALL.into_iter().find(|k| k.name() == lower).ok_or_else(|| KvTypeError(s.to_string()))
     }
+}
+
+/// f16 little-endian values to f32: F16C eight at a time where the CPU has it (and `GEMMA_SIMD` allows AVX2),
+/// else [`decode_f16_scalar`]. Both are exact conversions, so they agree bit for bit.
+pub fn decode_f16(src: &[u8], dst: &mut [f32]) {
+    assert_eq!(src.len(), 2 * dst.len(), "f16 row length");
+    #[cfg(target_arch = "x86_64")]
+    if gemma_compression::simd_level() >= gemma_compression::SimdLevel::Avx2
+        && is_x86_feature_detected!("f16c")
+        && is_x86_feature_detected!("avx")
+    {
+        // SAFETY: the CPU has F16C and AVX (checked above); lengths are checked above.
+        unsafe { decode_f16_f16c(src, dst) };
+        return;
+    }
+    decode_f16_scalar(src, dst);
+}
+
+/// The portable twin of [`decode_f16`].
+pub fn decode_f16_scalar(src: &[u8], dst: &mut [f32]) {
+    for (o, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+        *o = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn decode_f16_f16c(src: &[u8], dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = dst.len();
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: 16 bytes from byte 2i and 8 floats from i are inside `src` and `dst` (src holds 2n bytes).
+        unsafe {
+            let h = _mm_loadu_si128(src.as_ptr().add(2 * i).cast());
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        }
+        i += 8;
+    }
+    decode_f16_scalar(&src[2 * i..], &mut dst[i..]);
 }
 
 /// Rounds each `d`-long row of `q` in place to `ty` and back (what llama.cpp's dot with a quantized key sees).
@@ -140,6 +191,16 @@ mod tests {
         assert_eq!("Q8_0".parse::<KvType>().unwrap(), KvType::Q8_0);
         let e = "q3_k".parse::<KvType>().unwrap_err().to_string();
         assert!(e.contains("'q3_k'") && e.contains("f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1"), "{e}");
+    }
+
+    #[test]
+    fn simd_f16_decoding_equals_the_scalar_twin() {
+        // Every f16 bit pattern (NaNs included: compared by bits), in a row whose length is not a multiple of 8.
+        let src: Vec<u8> = (0..=u16::MAX).chain([1, 2, 3]).flat_map(|h| h.to_le_bytes()).collect();
+        let (mut a, mut b) = (vec![0f32; src.len() / 2], vec![1f32; src.len() / 2]);
+        decode_f16(&src, &mut a);
+        decode_f16_scalar(&src, &mut b);
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
     }
 
     #[test]
