@@ -395,57 +395,58 @@ pub fn bench(common: &Common, args: &BenchArgs) -> Result<()> {
     for &types in &type_pairs {
         model.set_cache_types(types.0, types.1)?;
         for &t in &threads {
-        let pool = crate::commands::thread_pool(t)?;
-        for &depth in &args.depths {
-            for &test in &tests {
-                let time = now_rfc3339();
-                run_test(&model, &pool, test, depth, 0)?; // warm-up
-                let mut rates = Vec::new();
-                let mut secs = Vec::new();
-                let mut kv_bytes = 0;
-                for rep in 0..args.repetitions {
-                    let (r, s, b) = run_test(&model, &pool, test, depth, rep as u64 + 1)?;
-                    rates.push(r);
-                    secs.push(s);
-                    kv_bytes = b;
+            let pool = crate::commands::thread_pool(t)?;
+            for &depth in &args.depths {
+                for &test in &tests {
+                    let time = now_rfc3339();
+                    run_test(&model, &pool, test, depth, 0)?; // warm-up
+                    let mut rates = Vec::new();
+                    let mut secs = Vec::new();
+                    let mut kv_bytes = 0;
+                    for rep in 0..args.repetitions {
+                        let (r, s, b) = run_test(&model, &pool, test, depth, rep as u64 + 1)?;
+                        rates.push(r);
+                        secs.push(s);
+                        kv_bytes = b;
+                    }
+                    let st = Stats::of(&rates);
+                    let ttft =
+                        matches!(test, Test::Prompt(_) | Test::Embed { .. }).then(|| Stats::of(&secs).mean * 1e3);
+                    let name = test.name(depth);
+                    let record = Record {
+                        threads: t,
+                        types,
+                        kv_bytes,
+                        test,
+                        depth,
+                        time,
+                        samples_ns: secs.iter().map(|s| (s * 1e9).round() as u64).collect(),
+                        samples_ts: rates.clone(),
+                    };
+                    match args.output {
+                        Some(format) => print_record(format, &record, &facts, records.is_empty(), typed)?,
+                        None => outln!(
+                            "| {t} | {}/{} | {name} | {:.2} ± {:.2} | {:.2} | {:.2} | {} | {:.2} |",
+                            types.0,
+                            types.1,
+                            st.mean,
+                            st.sd,
+                            st.p50,
+                            st.p90,
+                            ttft.map_or("-".into(), |v| format!("{v:.1}")),
+                            kv_bytes as f64 / (1u64 << 20) as f64
+                        )?,
+                    }
+                    let (n_prompt, n_gen) = test.counts();
+                    results.push(json!({
+                        "threads": t, "test": name, "kind": test.kind(), "n": n_prompt.max(n_gen),
+                        "n_prompt": n_prompt, "n_gen": n_gen, "depth": depth, "sequences": test.sequences(),
+                        "tokens_per_second": st.json(), "samples": rates, "ttft_ms": ttft,
+                        "type_k": types.0.name(), "type_v": types.1.name(), "kv_bytes": kv_bytes,
+                    }));
+                    records.push(record);
                 }
-                let st = Stats::of(&rates);
-                let ttft = matches!(test, Test::Prompt(_) | Test::Embed { .. }).then(|| Stats::of(&secs).mean * 1e3);
-                let name = test.name(depth);
-                let record = Record {
-                    threads: t,
-                    types,
-                    kv_bytes,
-                    test,
-                    depth,
-                    time,
-                    samples_ns: secs.iter().map(|s| (s * 1e9).round() as u64).collect(),
-                    samples_ts: rates.clone(),
-                };
-                match args.output {
-                    Some(format) => print_record(format, &record, &facts, records.is_empty(), typed)?,
-                    None => outln!(
-                        "| {t} | {}/{} | {name} | {:.2} ± {:.2} | {:.2} | {:.2} | {} | {:.2} |",
-                        types.0,
-                        types.1,
-                        st.mean,
-                        st.sd,
-                        st.p50,
-                        st.p90,
-                        ttft.map_or("-".into(), |v| format!("{v:.1}")),
-                        kv_bytes as f64 / (1u64 << 20) as f64
-                    )?,
-                }
-                let (n_prompt, n_gen) = test.counts();
-                results.push(json!({
-                    "threads": t, "test": name, "kind": test.kind(), "n": n_prompt.max(n_gen),
-                    "n_prompt": n_prompt, "n_gen": n_gen, "depth": depth, "sequences": test.sequences(),
-                    "tokens_per_second": st.json(), "samples": rates, "ttft_ms": ttft,
-                    "type_k": types.0.name(), "type_v": types.1.name(), "kv_bytes": kv_bytes,
-                }));
-                records.push(record);
             }
-        }
         }
     }
     if args.output == Some(BenchOutput::Json) {

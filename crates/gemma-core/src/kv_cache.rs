@@ -194,12 +194,7 @@ impl KvCache {
 
     /// [`KvCache::new`] storing keys and values in `types` (`row_len` must be whole blocks of both; the model
     /// checks its heads are).
-    pub fn with_types(
-        windows: &[Option<usize>],
-        row_len: usize,
-        capacity: usize,
-        types: (KvType, KvType),
-    ) -> KvCache {
+    pub fn with_types(windows: &[Option<usize>], row_len: usize, capacity: usize, types: (KvType, KvType)) -> KvCache {
         let layers = windows
             .iter()
             .map(|w| {

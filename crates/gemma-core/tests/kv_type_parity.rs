@@ -81,13 +81,15 @@ fn every_cache_type_follows_llama_cpp_with_that_type_and_stays_close_to_f32() {
         let (mut kl_sum, mut kl_max, mut top_diff, mut n) = (0f64, 0f64, 0f32, 0);
         for (ci, case) in run.cases.iter().enumerate() {
             let ours = teacher_forced(&model, &case.prompt_ids, &case.gen_ids);
-            for (i, (logits, (&want, &m))) in ours.iter().zip(case.gen_ids.iter().zip(&case.top1_top2_margin)).enumerate()
+            for (i, (logits, (&want, &m))) in
+                ours.iter().zip(case.gen_ids.iter().zip(&case.top1_top2_margin)).enumerate()
             {
                 if m >= NEAR_TIE {
                     confident += 1;
-                    let got = greedy(logits) as u32;
+                    let got = greedy(logits);
                     if got != want {
-                        failures.push(format!("{}/{} case {ci} step {i}: {got} != {want} (margin {m})", types.0, types.1));
+                        failures
+                            .push(format!("{}/{} case {ci} step {i}: {got} != {want} (margin {m})", types.0, types.1));
                     }
                 }
             }
@@ -98,7 +100,7 @@ fn every_cache_type_follows_llama_cpp_with_that_type_and_stays_close_to_f32() {
                 let kl: f64 = p.iter().zip(&q).map(|(lp, lq)| lp.exp() * (lp - lq)).sum();
                 kl_sum += kl;
                 kl_max = kl_max.max(kl);
-                let top = greedy(a);
+                let top = greedy(a) as usize;
                 top_diff = top_diff.max((a[top] - b[top]).abs());
                 n += 1;
             }

@@ -1157,7 +1157,9 @@ mod tests {
         let cases = [0..1, 0..3, 17..300, 0..600, 250..520];
         let q: Vec<f32> = (0..cases.len() * n_heads * d).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
         let q_row = n_heads * d;
-        for (kt, vt) in KvType::ALL.iter().map(|t| (*t, *t)).chain([(KvType::Q8_0, KvType::F16), (KvType::F32, KvType::Q4_0)]) {
+        for (kt, vt) in
+            KvType::ALL.iter().map(|t| (*t, *t)).chain([(KvType::Q8_0, KvType::F16), (KvType::F32, KvType::Q4_0)])
+        {
             let encode = |t: KvType, x: &[f32]| {
                 let mut b = vec![0u8; t.row_bytes(x.len()).unwrap()];
                 for (src, dst) in x.chunks_exact(row).zip(b.chunks_exact_mut(t.row_bytes(row).unwrap())) {

@@ -9,8 +9,7 @@ pub mod rope;
 pub mod vector;
 
 pub use attention::{
-    grouped_query_attention, grouped_query_attention_with, AttentionKernel, AttnSpan, KvRows, KvView,
-    ATTENTION_BLOCK,
+    grouped_query_attention, grouped_query_attention_with, AttentionKernel, AttnSpan, KvRows, KvView, ATTENTION_BLOCK,
 };
 pub use kv_type::{round_queries, KvType, KvTypeError};
 pub use matmul::{matmul, MatrixError, QMatrix, QuantizedActs};

@@ -32,9 +32,7 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
-pub use config::{
-    llama_short_flags, parse_cache_type, CacheTypeArgs, LoraArgs, ServeArgs, ServerConfig, SpecArgs,
-};
+pub use config::{llama_short_flags, parse_cache_type, CacheTypeArgs, LoraArgs, ServeArgs, ServerConfig, SpecArgs};
 pub use error::{ClientError, LoadError, ServerError};
 
 /// An error and its causes on one line (the front ends' shared report; re-exported for the `gemma` binary).
