@@ -173,6 +173,9 @@ pub struct GenerateArgs {
 
     #[command(flatten)]
     pub lora: gemma_server::LoraArgs,
+
+    #[command(flatten)]
+    pub cache_types: gemma_server::CacheTypeArgs,
 }
 
 /// The `--help` section of llama.cpp's sampling flags.
@@ -397,6 +400,9 @@ pub struct ChatArgs {
 
     #[command(flatten)]
     pub lora: gemma_server::LoraArgs,
+
+    #[command(flatten)]
+    pub cache_types: gemma_server::CacheTypeArgs,
 }
 
 #[derive(Args, Debug)]
@@ -478,6 +484,9 @@ pub struct LogitsArgs {
 
     #[command(flatten)]
     pub lora: gemma_server::LoraArgs,
+
+    #[command(flatten)]
+    pub cache_types: gemma_server::CacheTypeArgs,
 }
 
 #[derive(Args, Debug)]
@@ -514,6 +523,13 @@ pub struct BenchArgs {
 
     #[command(flatten)]
     pub lora: gemma_server::LoraArgs,
+
+    /// Types of the KV cache's keys to bench (llama-bench's -ctk; several run one after another).
+    #[arg(long = "cache-type-k", visible_alias = "ctk", value_delimiter = ',', default_values = ["f32"], value_name = "TYPE,..", value_parser = gemma_server::parse_cache_type)]
+    pub cache_type_k: Vec<gemma_core::KvType>,
+    /// Types of the KV cache's values to bench (llama-bench's -ctv).
+    #[arg(long = "cache-type-v", visible_alias = "ctv", value_delimiter = ',', default_values = ["f32"], value_name = "TYPE,..", value_parser = gemma_server::parse_cache_type)]
+    pub cache_type_v: Vec<gemma_core::KvType>,
 }
 
 /// llama-bench's output formats.

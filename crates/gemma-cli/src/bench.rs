@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use gemma_core::generate::PREFILL_CHUNK;
 use gemma_core::kv_cache::MAX_UBATCH;
 use gemma_core::quantize::FileType;
-use gemma_core::{Batch, BatchToken, KvCache, Model, Scratch, Session};
+use gemma_core::{Batch, BatchToken, KvCache, KvType, Model, Scratch, Session};
 use gemma_io::MetaValue;
 use gemma_ops::ThreadPool;
 use serde_json::{json, Value};
@@ -157,8 +157,9 @@ impl Test {
     }
 }
 
-/// One timed run of `test` after `depth` untimed tokens. Returns (tokens/s over all sequences, seconds).
-fn run_test(model: &Model, pool: &ThreadPool, test: Test, depth: usize, rep: u64) -> Result<(f64, f64)> {
+/// One timed run of `test` after `depth` untimed tokens. Returns (tokens/s over all sequences, seconds, bytes
+/// the KV caches hold at the end).
+fn run_test(model: &Model, pool: &ThreadPool, test: Test, depth: usize, rep: u64) -> Result<(f64, f64, usize)> {
     let vocab = model.config.vocab_size;
     let seqs = test.sequences();
     let (n_prompt, n_gen) = test.counts();
@@ -186,7 +187,7 @@ fn run_test(model: &Model, pool: &ThreadPool, test: Test, depth: usize, rep: u64
         }
     }
     let secs = t0.elapsed().as_secs_f64();
-    Ok((test.tokens() as f64 / secs, secs))
+    Ok((test.tokens() as f64 / secs, secs, caches.iter().map(KvCache::bytes).sum()))
 }
 
 /// What llama-bench's outputs say about the machine and the model: the CPU, the file name as given, its type,
@@ -222,6 +223,8 @@ impl ModelFacts {
 /// One test's samples, for llama-bench's formats.
 struct Record {
     threads: usize,
+    types: (KvType, KvType),
+    kv_bytes: usize,
     test: Test,
     depth: usize,
     time: String,
@@ -247,6 +250,9 @@ impl Record {
             ("n_batch", json!(PREFILL_CHUNK)),
             ("n_ubatch", json!(MAX_UBATCH)),
             ("n_threads", json!(self.threads)),
+            ("type_k", json!(self.types.0.name())),
+            ("type_v", json!(self.types.1.name())),
+            ("kv_bytes", json!(self.kv_bytes)),
             ("n_sequences", json!(self.test.sequences())),
             ("n_prompt", json!(n_prompt)),
             ("n_gen", json!(n_gen)),
@@ -280,13 +286,18 @@ fn plain(v: &Value) -> String {
 /// The table header of `-o md`, llama-bench's columns.
 const MD_HEADER: &str =
     "| model | size | params | backend | threads | test | t/s |\n| --- | ---: | ---: | --- | ---: | ---: | ---: |";
+/// The same with llama-bench's cache type columns, shown (as llama-bench shows them) when a type is not the default.
+const MD_HEADER_TYPES: &str = "| model | size | params | backend | threads | type_k | type_v | test | t/s |\n\
+     | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |";
 
-fn print_record(format: BenchOutput, record: &Record, facts: &ModelFacts, first: bool) -> Result<()> {
+fn print_record(format: BenchOutput, record: &Record, facts: &ModelFacts, first: bool, typed: bool) -> Result<()> {
     match format {
         BenchOutput::Md => {
             let ts = Stats::of(&record.samples_ts);
+            let types =
+                if typed { format!("{} | {} | ", record.types.0.name(), record.types.1.name()) } else { String::new() };
             outln!(
-                "| {} | {:.2} MiB | {:.2} M | CPU | {} | {} | {:.2} ± {:.2} |",
+                "| {} | {:.2} MiB | {:.2} M | CPU | {} | {types}{} | {:.2} ± {:.2} |",
                 facts.kind,
                 facts.size as f64 / (1u64 << 20) as f64,
                 facts.params as f64 / 1e6,
@@ -324,7 +335,7 @@ pub fn bench(common: &Common, args: &BenchArgs) -> Result<()> {
     }
     let path = common.model_path()?;
     let t0 = Instant::now();
-    let model = common.open_model(&path)?;
+    let mut model = common.open_model(&path)?;
     let load_secs = t0.elapsed().as_secs_f64();
     let threads = if args.thread_counts.is_empty() { vec![common.threads()?] } else { args.thread_counts.clone() };
     if threads.contains(&0) {
@@ -358,6 +369,10 @@ pub fn bench(common: &Common, args: &BenchArgs) -> Result<()> {
         args.n_prompt.iter().map(|&n| Test::Prompt(n)).chain(gens).chain(pgs).collect()
     };
     let tests: Vec<Test> = tests.into_iter().filter(|t| t.tokens() > 0).collect();
+    // Every key type with every value type, as llama-bench combines its -ctk and -ctv lists.
+    let type_pairs: Vec<(KvType, KvType)> =
+        args.cache_type_k.iter().flat_map(|&k| args.cache_type_v.iter().map(move |&v| (k, v))).collect();
+    let typed = type_pairs.iter().any(|&p| p != (KvType::F32, KvType::F32));
     let facts = ModelFacts::of(&model, &path);
     let name = path.file_name().map_or("model".into(), |n| n.to_string_lossy().to_string());
     let header = format!("model: {name} (loaded in {:.0} ms)   commit: {}", load_secs * 1e3, env!("GEMMA_COMMIT"));
@@ -366,59 +381,71 @@ pub fn bench(common: &Common, args: &BenchArgs) -> Result<()> {
         Some(format) => {
             eprintln!("{header}");
             if format == BenchOutput::Md {
-                outln!("{MD_HEADER}")?;
+                outln!("{}", if typed { MD_HEADER_TYPES } else { MD_HEADER })?;
             }
         }
         None => {
             outln!("{header}")?;
-            outln!("| threads | test | t/s (mean ± sd) | p50 | p90 | ttft ms |")?;
-            outln!("|---|---|---|---|---|---|")?;
+            outln!("| threads | cache k/v | test | t/s (mean ± sd) | p50 | p90 | ttft ms | KV MiB |")?;
+            outln!("|---|---|---|---|---|---|---|---|")?;
         }
     }
     let mut results = Vec::new();
     let mut records = Vec::new();
-    for &t in &threads {
-        let pool = crate::commands::thread_pool(t)?;
-        for &depth in &args.depths {
-            for &test in &tests {
-                let time = now_rfc3339();
-                run_test(&model, &pool, test, depth, 0)?; // warm-up
-                let mut rates = Vec::new();
-                let mut secs = Vec::new();
-                for rep in 0..args.repetitions {
-                    let (r, s) = run_test(&model, &pool, test, depth, rep as u64 + 1)?;
-                    rates.push(r);
-                    secs.push(s);
+    for &types in &type_pairs {
+        model.set_cache_types(types.0, types.1)?;
+        for &t in &threads {
+            let pool = crate::commands::thread_pool(t)?;
+            for &depth in &args.depths {
+                for &test in &tests {
+                    let time = now_rfc3339();
+                    run_test(&model, &pool, test, depth, 0)?; // warm-up
+                    let mut rates = Vec::new();
+                    let mut secs = Vec::new();
+                    let mut kv_bytes = 0;
+                    for rep in 0..args.repetitions {
+                        let (r, s, b) = run_test(&model, &pool, test, depth, rep as u64 + 1)?;
+                        rates.push(r);
+                        secs.push(s);
+                        kv_bytes = b;
+                    }
+                    let st = Stats::of(&rates);
+                    let ttft =
+                        matches!(test, Test::Prompt(_) | Test::Embed { .. }).then(|| Stats::of(&secs).mean * 1e3);
+                    let name = test.name(depth);
+                    let record = Record {
+                        threads: t,
+                        types,
+                        kv_bytes,
+                        test,
+                        depth,
+                        time,
+                        samples_ns: secs.iter().map(|s| (s * 1e9).round() as u64).collect(),
+                        samples_ts: rates.clone(),
+                    };
+                    match args.output {
+                        Some(format) => print_record(format, &record, &facts, records.is_empty(), typed)?,
+                        None => outln!(
+                            "| {t} | {}/{} | {name} | {:.2} ± {:.2} | {:.2} | {:.2} | {} | {:.2} |",
+                            types.0,
+                            types.1,
+                            st.mean,
+                            st.sd,
+                            st.p50,
+                            st.p90,
+                            ttft.map_or("-".into(), |v| format!("{v:.1}")),
+                            kv_bytes as f64 / (1u64 << 20) as f64
+                        )?,
+                    }
+                    let (n_prompt, n_gen) = test.counts();
+                    results.push(json!({
+                        "threads": t, "test": name, "kind": test.kind(), "n": n_prompt.max(n_gen),
+                        "n_prompt": n_prompt, "n_gen": n_gen, "depth": depth, "sequences": test.sequences(),
+                        "tokens_per_second": st.json(), "samples": rates, "ttft_ms": ttft,
+                        "type_k": types.0.name(), "type_v": types.1.name(), "kv_bytes": kv_bytes,
+                    }));
+                    records.push(record);
                 }
-                let st = Stats::of(&rates);
-                let ttft = matches!(test, Test::Prompt(_) | Test::Embed { .. }).then(|| Stats::of(&secs).mean * 1e3);
-                let name = test.name(depth);
-                let record = Record {
-                    threads: t,
-                    test,
-                    depth,
-                    time,
-                    samples_ns: secs.iter().map(|s| (s * 1e9).round() as u64).collect(),
-                    samples_ts: rates.clone(),
-                };
-                match args.output {
-                    Some(format) => print_record(format, &record, &facts, records.is_empty())?,
-                    None => outln!(
-                        "| {t} | {name} | {:.2} ± {:.2} | {:.2} | {:.2} | {} |",
-                        st.mean,
-                        st.sd,
-                        st.p50,
-                        st.p90,
-                        ttft.map_or("-".into(), |v| format!("{v:.1}"))
-                    )?,
-                }
-                let (n_prompt, n_gen) = test.counts();
-                results.push(json!({
-                    "threads": t, "test": name, "kind": test.kind(), "n": n_prompt.max(n_gen),
-                    "n_prompt": n_prompt, "n_gen": n_gen, "depth": depth, "sequences": test.sequences(),
-                    "tokens_per_second": st.json(), "samples": rates, "ttft_ms": ttft,
-                }));
-                records.push(record);
             }
         }
     }

@@ -40,6 +40,8 @@ pub(crate) struct Common {
     pub load_options: LoadOptions,
     /// LoRA adapters to load with the model, and their scales (`--lora`, `--lora-scaled`).
     pub loras: Vec<(PathBuf, f32)>,
+    /// Types of the KV cache's keys and values (`--cache-type-k`, `--cache-type-v`).
+    pub cache_types: (gemma_core::KvType, gemma_core::KvType),
 }
 
 impl Common {
@@ -47,6 +49,7 @@ impl Common {
     pub(crate) fn open_model(&self, path: &std::path::Path) -> Result<Model> {
         let mut model = Model::open_with(path, &self.load_options)
             .with_context(|| format!("cannot load model {}", path.display()))?;
+        model.set_cache_types(self.cache_types.0, self.cache_types.1)?;
         for (adapter, scale) in &self.loras {
             model
                 .load_lora(adapter, *scale)
@@ -115,12 +118,21 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         _ => None,
     };
     let loras = lora.map(|l| l.adapters()).transpose().map_err(usage)?.unwrap_or_default();
+    let cache_types = match &cli.command {
+        Some(Command::Run(a)) => a.cache_types.types(),
+        Some(Command::Chat(a)) => a.cache_types.types(),
+        Some(Command::Logits(a)) => a.cache_types.types(),
+        Some(Command::Perplexity(a)) => a.cache_types.types(),
+        None => cli.generate.cache_types.types(),
+        _ => Default::default(),
+    };
     let common = Common {
         model: cli.model.clone(),
         threads: cli.threads,
         ctx: cli.ctx,
         load_options: LoadOptions { rope_freq_base: cli.rope_freq_base },
         loras,
+        cache_types,
     };
     match cli.command {
         Some(Command::Run(args)) => generate(&common, &args),
@@ -146,6 +158,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             if cli.chat {
                 let args = ChatArgs {
                     lora: cli.generate.lora.clone(),
+                    cache_types: cli.generate.cache_types,
                     system: cli.system.clone(),
                     sampling: cli.generate.sampling.clone(),
                     context_shift: cli.generate.context_shift,

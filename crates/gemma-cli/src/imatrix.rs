@@ -134,6 +134,7 @@ pub(crate) fn imatrix(common: &Common, args: &ImatrixArgs) -> Result<()> {
         ctx: common.ctx,
         load_options: common.load_options.clone(),
         loras: common.loras.clone(),
+        cache_types: common.cache_types,
     };
     let m = common.load()?;
     let mut tokens = m.tokenizer.encode(&text, m.tokenizer.add_bos(), args.parse_special);

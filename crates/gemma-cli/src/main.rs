@@ -73,6 +73,10 @@ fn llama_bench_spelling(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<s
         in_bench |= a == "bench";
         if in_bench && a == "-pg" {
             "--pg".into()
+        } else if a == "-ctk" {
+            "--cache-type-k".into()
+        } else if a == "-ctv" {
+            "--cache-type-v".into()
         } else {
             a
         }

@@ -87,6 +87,9 @@ pub struct PerplexityArgs {
 
     #[command(flatten)]
     pub lora: gemma_server::LoraArgs,
+
+    #[command(flatten)]
+    pub cache_types: gemma_server::CacheTypeArgs,
 }
 
 pub(crate) fn perplexity(common: &Common, args: &PerplexityArgs) -> Result<()> {

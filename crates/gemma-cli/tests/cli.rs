@@ -485,3 +485,27 @@ fn spec_type_gives_the_same_tokens_and_reports_its_drafts() {
         assert!(String::from_utf8_lossy(&o.stderr).contains("--spec"), "{}", String::from_utf8_lossy(&o.stderr));
     }
 }
+
+/// `-ctk`/`-ctv` (llama.cpp's spellings, long forms too) store the cache in the type: the text runs, an unknown
+/// type is a usage error naming the allowed ones, and a prompt cache saved with one type is refused by another.
+#[test]
+fn cache_types_run_and_their_files_keep_the_type() {
+    let m = model();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prompt.cache");
+    let cache = file.to_str().unwrap();
+    let prompt = "The capital of France is";
+    let base = ["run", "-m", &m, "--prompt", prompt, "-n", "6", "--temperature", "0", "--json"];
+    let run =
+        |extra: &[&str]| -> serde_json::Value { serde_json::from_str(&ok(&[&base[..], extra].concat())).unwrap() };
+    let q8 = run(&["-ctk", "q8_0", "-ctv", "q8_0", "--prompt-cache", cache]);
+    assert_eq!(q8["gen_ids"].as_array().unwrap().len(), 6);
+    let again = run(&["--cache-type-k", "q8_0", "--cache-type-v", "q8_0", "--prompt-cache", cache]);
+    assert_eq!(again["gen_ids"], q8["gen_ids"]);
+    assert!(again["prompt_cached"].as_u64().unwrap() > 0, "{again}");
+    let o = gemma(&[&base[..], &["--prompt-cache", cache]].concat());
+    assert_eq!(o.status.code(), Some(1));
+    let err = common::stderr(&o);
+    assert!(err.contains("q8_0/q8_0") && err.contains("f32/f32"), "{err}");
+    common::fails_clearly(&[&base[..], &["-ctk", "q3_k"]].concat(), 2, &["q3_k", "f32, f16, bf16, q8_0"]);
+}

@@ -33,6 +33,8 @@ pub enum ModelError {
     ContextFull { pos: usize, ctx: usize },
     #[error("the context cannot be shifted: {0}")]
     ContextShift(String),
+    #[error("cache type: {0}")]
+    CacheType(String),
     #[error(
         "{0} is not an embedding model (its file names no pooling); embeddings come from models such as EmbeddingGemma"
     )]

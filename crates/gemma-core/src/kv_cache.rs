@@ -3,14 +3,159 @@
 //! actually used); sliding-window layers keep a ring of `window + MAX_UBATCH` rows, enough for every query of
 //! a forward pass to still find its whole window.
 
+use std::ops::Range;
+
+use gemma_ops::{KvRows, KvType};
+
 use crate::error::ModelError;
 
 /// Most tokens one forward pass runs at once; larger batches are split (llama.cpp's n_ubatch).
 pub const MAX_UBATCH: usize = 512;
 
+/// One layer's keys or values: rows of `row_len` elements stored in a [`KvType`] (f32 rows as floats, the
+/// others as their GGML blocks).
+#[derive(Clone)]
+pub struct KvBuf {
+    ty: KvType,
+    row_len: usize,
+    floats: Vec<f32>,
+    bytes: Vec<u8>,
+}
+
+impl KvBuf {
+    fn new(ty: KvType, row_len: usize) -> KvBuf {
+        KvBuf { ty, row_len, floats: Vec::new(), bytes: Vec::new() }
+    }
+    /// Backing elements per row: floats for f32, bytes otherwise.
+    fn unit(&self) -> usize {
+        match self.ty {
+            KvType::F32 => self.row_len,
+            t => t.row_bytes(self.row_len).unwrap_or(0),
+        }
+    }
+    pub fn ty(&self) -> KvType {
+        self.ty
+    }
+    /// Rows held.
+    pub fn rows(&self) -> usize {
+        match self.ty {
+            KvType::F32 => self.floats.len() / self.row_len.max(1),
+            _ => self.bytes.len() / self.unit().max(1),
+        }
+    }
+    /// Bytes allocated.
+    pub fn bytes(&self) -> usize {
+        self.floats.capacity() * 4 + self.bytes.capacity()
+    }
+    fn truncate(&mut self, rows: usize) {
+        let n = rows * self.unit();
+        self.floats.truncate(n);
+        self.bytes.truncate(n);
+    }
+    /// Grows to `rows` rows (new rows zero).
+    fn grow(&mut self, rows: usize) {
+        let n = rows * self.unit();
+        match self.ty {
+            KvType::F32 if self.floats.len() < n => self.floats.resize(n, 0.0),
+            KvType::F32 => {}
+            _ if self.bytes.len() < n => self.bytes.resize(n, 0),
+            _ => {}
+        }
+    }
+    /// Moves rows `src` to start at row `dst`.
+    fn copy_within(&mut self, src: Range<usize>, dst: usize) {
+        let u = self.unit();
+        match self.ty {
+            KvType::F32 => self.floats.copy_within(src.start * u..src.end * u, dst * u),
+            _ => self.bytes.copy_within(src.start * u..src.end * u, dst * u),
+        }
+    }
+    /// The first `rows` rows (fewer when fewer are held).
+    fn prefix(&self, rows: usize) -> KvBuf {
+        let n = rows * self.unit();
+        KvBuf {
+            ty: self.ty,
+            row_len: self.row_len,
+            floats: self.floats[..n.min(self.floats.len())].to_vec(),
+            bytes: self.bytes[..n.min(self.bytes.len())].to_vec(),
+        }
+    }
+    /// Row `dst` becomes row `src` of `from` (a buffer of the same type and width).
+    fn copy_row_from(&mut self, dst: usize, from: &KvBuf, src: usize) {
+        let u = self.unit();
+        match self.ty {
+            KvType::F32 => self.floats[dst * u..(dst + 1) * u].copy_from_slice(&from.floats[src * u..(src + 1) * u]),
+            _ => self.bytes[dst * u..(dst + 1) * u].copy_from_slice(&from.bytes[src * u..(src + 1) * u]),
+        }
+    }
+    /// Stores `x` (`row_len` floats) as row `r`, rounded to the buffer's type as llama.cpp rounds it.
+    pub fn set_row(&mut self, r: usize, x: &[f32]) {
+        let u = self.unit();
+        match self.ty {
+            KvType::F32 => self.floats[r * u..(r + 1) * u].copy_from_slice(x),
+            t => t.encode(x, &mut self.bytes[r * u..(r + 1) * u]),
+        }
+    }
+    /// Row `r` as floats.
+    pub fn row(&self, r: usize) -> Vec<f32> {
+        let u = self.unit();
+        match self.ty {
+            KvType::F32 => self.floats[r * u..(r + 1) * u].to_vec(),
+            t => {
+                let mut x = vec![0.0; self.row_len];
+                t.decode(&self.bytes[r * u..(r + 1) * u], &mut x);
+                x
+            }
+        }
+    }
+    /// Applies `f` to row `r` as floats (decoded and encoded again for an encoded type, as llama.cpp's K-shift
+    /// converts a quantized cache to f32, rotates and copies it back).
+    fn update_row(&mut self, r: usize, f: &mut dyn FnMut(&mut [f32])) {
+        let u = self.unit();
+        match self.ty {
+            KvType::F32 => f(&mut self.floats[r * u..(r + 1) * u]),
+            _ => {
+                let mut x = self.row(r);
+                f(&mut x);
+                self.set_row(r, &x);
+            }
+        }
+    }
+    /// The rows for the attention kernels.
+    pub fn view(&self) -> KvRows<'_> {
+        match self.ty {
+            KvType::F32 => KvRows::F32(&self.floats),
+            t => KvRows::Encoded(t, &self.bytes),
+        }
+    }
+    /// Appends the first `rows` rows to `out`, little-endian.
+    fn write(&self, rows: usize, out: &mut Vec<u8>) {
+        let n = rows * self.unit();
+        match self.ty {
+            KvType::F32 => self.floats[..n].iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            _ => out.extend_from_slice(&self.bytes[..n]),
+        }
+    }
+    /// Bytes [`KvBuf::write`] gives for `rows` rows.
+    fn file_bytes(ty: KvType, row_len: usize, rows: usize) -> Option<usize> {
+        ty.row_bytes(row_len)?.checked_mul(rows)
+    }
+    /// Reads rows written by [`KvBuf::write`] (exactly `file_bytes` long).
+    fn read(ty: KvType, row_len: usize, bytes: &[u8]) -> KvBuf {
+        let mut b = KvBuf::new(ty, row_len);
+        match ty {
+            KvType::F32 => {
+                b.floats = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+            }
+            _ => b.bytes = bytes.to_vec(),
+        }
+        b
+    }
+}
+
 pub struct LayerKv {
-    pub keys: Vec<f32>,
-    pub values: Vec<f32>,
+    pub keys: KvBuf,
+    pub values: KvBuf,
     /// Rows in the ring (`0`: one row per position, no wrap-around).
     pub ring: usize,
     /// Positions a query sees on this layer (`usize::MAX`: all).
@@ -31,6 +176,8 @@ impl LayerKv {
 pub struct KvCache {
     layers: Vec<LayerKv>,
     row_len: usize,
+    /// The types of keys and values (llama.cpp's `--cache-type-k`, `--cache-type-v`).
+    types: (KvType, KvType),
     len: usize,
     capacity: usize,
     /// After a context shift ([`KvCache::shift`]): ring layers have no rows for positions below this one
@@ -42,6 +189,12 @@ impl KvCache {
     /// A cache for up to `capacity` positions of `row_len` KV values per layer; `windows[l]` is layer `l`'s
     /// sliding window (`None`: full attention).
     pub fn new(windows: &[Option<usize>], row_len: usize, capacity: usize) -> KvCache {
+        KvCache::with_types(windows, row_len, capacity, (KvType::F32, KvType::F32))
+    }
+
+    /// [`KvCache::new`] storing keys and values in `types` (`row_len` must be whole blocks of both; the model
+    /// checks its heads are).
+    pub fn with_types(windows: &[Option<usize>], row_len: usize, capacity: usize, types: (KvType, KvType)) -> KvCache {
         let layers = windows
             .iter()
             .map(|w| {
@@ -49,10 +202,10 @@ impl KvCache {
                     Some(w) if w + MAX_UBATCH < capacity => (w + MAX_UBATCH, w),
                     _ => (0, usize::MAX),
                 };
-                LayerKv { keys: Vec::new(), values: Vec::new(), ring, window }
+                LayerKv { keys: KvBuf::new(types.0, row_len), values: KvBuf::new(types.1, row_len), ring, window }
             })
             .collect();
-        KvCache { layers, row_len, len: 0, capacity, lost_below: 0 }
+        KvCache { layers, row_len, types, len: 0, capacity, lost_below: 0 }
     }
 
     /// Positions filled so far.
@@ -68,9 +221,13 @@ impl KvCache {
     pub fn row_len(&self) -> usize {
         self.row_len
     }
+    /// The types keys and values are stored in.
+    pub fn types(&self) -> (KvType, KvType) {
+        self.types
+    }
     /// Bytes held by keys and values.
     pub fn bytes(&self) -> usize {
-        self.layers.iter().map(|l| (l.keys.capacity() + l.values.capacity()) * 4).sum()
+        self.layers.iter().map(|l| l.keys.bytes() + l.values.bytes()).sum()
     }
 
     /// Forgets every position from `len` on and returns the length kept. A ring layer that has already
@@ -84,8 +241,8 @@ impl KvCache {
         }
         for l in &mut self.layers {
             let rows = if l.ring == 0 { self.len } else { self.len.min(l.ring) };
-            l.keys.truncate(rows * self.row_len);
-            l.values.truncate(rows * self.row_len);
+            l.keys.truncate(rows);
+            l.values.truncate(rows);
         }
         self.len
     }
@@ -104,12 +261,11 @@ impl KvCache {
                 // The rows `truncate` would keep: position p lives in row `slot(p)`, and a prefix of a ring
                 // longer than the ring needs every row.
                 let rows = if l.ring == 0 { len } else { len.min(l.ring) };
-                let n = (rows * self.row_len).min(l.keys.len());
-                LayerKv { keys: l.keys[..n].to_vec(), values: l.values[..n].to_vec(), ring: l.ring, window: l.window }
+                LayerKv { keys: l.keys.prefix(rows), values: l.values.prefix(rows), ring: l.ring, window: l.window }
             })
             .collect();
         let lost_below = if len == 0 { 0 } else { self.lost_below };
-        KvCache { layers, row_len: self.row_len, len, capacity: self.capacity, lost_below }
+        KvCache { layers, row_len: self.row_len, types: self.types, len, capacity: self.capacity, lost_below }
     }
 
     /// Whether going back to `len` positions (`len <= self.len`) would need ring rows already overwritten (or
@@ -174,31 +330,31 @@ impl KvCache {
             }
             plans.push(Some(new_valid_from));
         }
-        let r = self.row_len;
         let mut new_lost_below = 0;
         for (li, (l, plan)) in self.layers.iter_mut().zip(plans).enumerate() {
+            let mut rotate = |row: &mut [f32]| rotate_back(li, row);
             match plan {
                 None => {
-                    l.keys.copy_within((keep + discard) * r..len * r, keep * r);
-                    l.values.copy_within((keep + discard) * r..len * r, keep * r);
-                    l.keys.truncate(new_len * r);
-                    l.values.truncate(new_len * r);
-                    for row in l.keys[keep * r..new_len * r].chunks_exact_mut(r) {
-                        rotate_back(li, row);
+                    l.keys.copy_within(keep + discard..len, keep);
+                    l.values.copy_within(keep + discard..len, keep);
+                    l.keys.truncate(new_len);
+                    l.values.truncate(new_len);
+                    for row in keep..new_len {
+                        l.keys.update_row(row, &mut rotate);
                     }
                 }
                 Some(valid_from) => {
                     let (old_keys, old_values) = (l.keys.clone(), l.values.clone());
                     let rows = new_len.min(l.ring);
-                    l.keys.truncate(rows * r);
-                    l.values.truncate(rows * r);
+                    l.keys.truncate(rows);
+                    l.values.truncate(rows);
                     for q in valid_from..new_len {
                         let src = if q < keep { q } else { q + discard };
-                        let (from, to) = (l.slot(src) * r, l.slot(q) * r);
-                        l.keys[to..to + r].copy_from_slice(&old_keys[from..from + r]);
-                        l.values[to..to + r].copy_from_slice(&old_values[from..from + r]);
+                        let (from, to) = (l.slot(src), l.slot(q));
+                        l.keys.copy_row_from(to, &old_keys, from);
+                        l.values.copy_row_from(to, &old_values, from);
                         if q >= keep {
-                            rotate_back(li, &mut l.keys[to..to + r]);
+                            l.keys.update_row(to, &mut rotate);
                         }
                     }
                     new_lost_below = new_lost_below.max(valid_from);
@@ -221,10 +377,8 @@ impl KvCache {
         }
         for l in &mut self.layers {
             let rows = if l.ring == 0 { end } else { end.min(l.ring) };
-            if l.keys.len() < rows * self.row_len {
-                l.keys.resize(rows * self.row_len, 0.0);
-                l.values.resize(rows * self.row_len, 0.0);
-            }
+            l.keys.grow(rows);
+            l.values.grow(rows);
         }
         Ok(())
     }
@@ -243,53 +397,73 @@ impl KvCache {
     }
 
     /// The cache as a file's bytes (`docs/openai-compatibility.md`, slot saving): its positions with the
-    /// token ids they hold (`tokens`, one per position), every layer's rows, little-endian.
+    /// token ids they hold (`tokens`, one per position), the key and value types, every layer's rows in those
+    /// types, little-endian (`docs/kv-cache.md`).
     pub fn to_bytes(&self, tokens: &[u32]) -> Result<Vec<u8>, KvFileError> {
         if tokens.len() != self.len {
             return Err(KvFileError::Mismatch(format!("{} token ids for {} positions", tokens.len(), self.len)));
         }
-        let floats: usize = self.layers.iter().map(|l| 2 * self.rows(l, self.len)).sum::<usize>() * self.row_len;
-        let mut out = Vec::with_capacity(32 + tokens.len() * 4 + self.layers.len() * 24 + floats * 4);
+        let mut out = Vec::with_capacity(48 + tokens.len() * 4 + self.layers.len() * 16 + self.bytes());
         out.extend_from_slice(KV_MAGIC);
         out.extend_from_slice(&KV_VERSION.to_le_bytes());
         for n in [self.layers.len(), self.row_len, self.len, self.lost_below] {
             out.extend_from_slice(&(n as u64).to_le_bytes());
         }
+        for t in [self.types.0, self.types.1] {
+            out.extend_from_slice(&t.ggml_type().id().to_le_bytes());
+        }
         tokens.iter().for_each(|t| out.extend_from_slice(&t.to_le_bytes()));
         for l in &self.layers {
-            let n = self.rows(l, self.len) * self.row_len;
-            if l.keys.len() < n || l.values.len() < n {
+            let rows = self.rows(l, self.len);
+            if l.keys.rows() < rows || l.values.rows() < rows {
                 return Err(KvFileError::Mismatch("a layer holds fewer rows than its positions".into()));
             }
             for v in [l.ring as u64, l.window as u64] {
                 out.extend_from_slice(&v.to_le_bytes());
             }
-            l.keys[..n].iter().chain(&l.values[..n]).for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+            l.keys.write(rows, &mut out);
+            l.values.write(rows, &mut out);
         }
         Ok(out)
     }
 
     /// Reads a cache written by [`KvCache::to_bytes`] into the shape of `like` (an empty cache of the running
-    /// model, with its capacity): the token ids and the cache. A file of another model, another layout or
-    /// more positions than the capacity is refused; nothing is allocated beyond what the bytes hold.
+    /// model, with its capacity and cache types): the token ids and the cache. A file of another model, another
+    /// layout, other cache types or more positions than the capacity is refused; nothing is allocated beyond
+    /// what the bytes hold.
     pub fn from_bytes(bytes: &[u8], like: &KvCache) -> Result<(Vec<u32>, KvCache), KvFileError> {
         let mut r = Reader(bytes);
         if r.take(KV_MAGIC.len())? != KV_MAGIC {
             return Err(KvFileError::NotKvCache);
         }
         let version = u32::from_le_bytes(r.array()?);
-        if version != KV_VERSION && version != 1 {
+        if !(1..=KV_VERSION).contains(&version) {
             return Err(KvFileError::Version(version));
         }
         let (layers, row_len, len) = (r.u64()?, r.u64()?, r.u64()?);
-        // Version 2 adds the positions a context shift lost (version 1 files were never shifted).
+        // Version 2 adds the positions a context shift lost (version 1 files were never shifted), version 3 the
+        // cache types (older files hold f32 rows).
         let lost_below = if version == 1 { 0 } else { r.u64()? };
+        let types = if version < 3 {
+            (KvType::F32, KvType::F32)
+        } else {
+            let mut ty = || -> Result<KvType, KvFileError> {
+                let id = u32::from_le_bytes(r.array()?);
+                gemma_io::GgmlType::from_id(id)
+                    .and_then(KvType::from_ggml)
+                    .ok_or_else(|| KvFileError::Mismatch(format!("unknown cache type id {id}")))
+            };
+            (ty()?, ty()?)
+        };
         if layers != like.layers.len() as u64 || row_len != like.row_len as u64 {
             return Err(KvFileError::Mismatch(format!(
                 "{layers} layers of {row_len} values per position; this model has {} of {}",
                 like.layers.len(),
                 like.row_len
             )));
+        }
+        if types != like.types {
+            return Err(KvFileError::Types { file: types, cache: like.types });
         }
         if len > like.capacity as u64 {
             return Err(KvFileError::Mismatch(format!("{len} positions; the context holds {}", like.capacity)));
@@ -306,6 +480,7 @@ impl KvCache {
         let mut cache = KvCache {
             layers: Vec::with_capacity(like.layers.len()),
             row_len: like.row_len,
+            types,
             len,
             capacity: like.capacity,
             lost_below,
@@ -315,13 +490,12 @@ impl KvCache {
             if ring != shape.ring as u64 || window != shape.window as u64 {
                 return Err(KvFileError::Mismatch(format!("layer {i}'s attention window differs")));
             }
-            let n = like.rows(shape, len).checked_mul(like.row_len).ok_or(KvFileError::Truncated)?;
-            let mut floats = r
-                .take(n.checked_mul(8).ok_or(KvFileError::Truncated)?)?
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
-            let keys: Vec<f32> = floats.by_ref().take(n).collect();
-            let values: Vec<f32> = floats.collect();
+            let rows = like.rows(shape, len);
+            let mut buf = |ty: KvType| -> Result<KvBuf, KvFileError> {
+                let n = KvBuf::file_bytes(ty, like.row_len, rows).ok_or(KvFileError::Truncated)?;
+                Ok(KvBuf::read(ty, like.row_len, r.take(n)?))
+            };
+            let (keys, values) = (buf(types.0)?, buf(types.1)?);
             cache.layers.push(LayerKv { keys, values, ring: shape.ring, window: shape.window });
         }
         if !r.0.is_empty() {
@@ -341,15 +515,20 @@ impl KvCache {
 }
 
 const KV_MAGIC: &[u8; 4] = b"GKVC";
-const KV_VERSION: u32 = 2;
+const KV_VERSION: u32 = 3;
 
 /// Why KV cache bytes cannot be read back.
 #[derive(Debug, thiserror::Error)]
 pub enum KvFileError {
     #[error("not a gemma-rs KV cache file")]
     NotKvCache,
-    #[error("KV cache file version {0} is not supported (this build reads versions 1 and 2)")]
+    #[error("KV cache file version {0} is not supported (this build reads versions 1 to 3)")]
     Version(u32),
+    #[error(
+        "the KV cache file holds {}/{} keys/values; this context stores {}/{} (--cache-type-k/--cache-type-v)",
+        file.0, file.1, cache.0, cache.1
+    )]
+    Types { file: (KvType, KvType), cache: (KvType, KvType) },
     #[error("the KV cache file is cut short")]
     Truncated,
     #[error("the KV cache does not fit this model: {0}")]
@@ -391,8 +570,8 @@ mod tests {
         let mut c = KvCache::new(&[Some(4), None], 2, 10_000);
         c.reserve_to(5_000).unwrap();
         c.set_len(5_000);
-        assert_eq!(c.layer(0).keys.len(), (4 + MAX_UBATCH) * 2);
-        assert_eq!(c.layer(1).keys.len(), 5_000 * 2);
+        assert_eq!(c.layer(0).keys.rows(), 4 + MAX_UBATCH);
+        assert_eq!(c.layer(1).keys.rows(), 5_000);
         assert_eq!(c.layer(0).slot(4 + MAX_UBATCH + 3), 3);
         assert_eq!(c.layer(1).slot(4 + MAX_UBATCH + 3), 4 + MAX_UBATCH + 3);
         // Going back less than the ring's slack keeps the cache; further clears it.
@@ -425,10 +604,10 @@ mod tests {
             for pos in c.len()..end {
                 let layer = c.layer_mut(l);
                 let row = layer.slot(pos);
-                for j in 0..row_len {
-                    layer.keys[row * row_len + j] = (l * 1_000_000 + pos * 10 + j) as f32;
-                    layer.values[row * row_len + j] = -((l * 1_000_000 + pos * 10 + j) as f32);
-                }
+                let k: Vec<f32> = (0..row_len).map(|j| (l * 1_000_000 + pos * 10 + j) as f32).collect();
+                let v: Vec<f32> = k.iter().map(|x| -x).collect();
+                layer.keys.set_row(row, &k);
+                layer.values.set_row(row, &v);
             }
         }
         c.set_len(end);
@@ -437,8 +616,8 @@ mod tests {
     /// The key and value of `pos` in layer `l`, read through the ring.
     fn at(c: &KvCache, l: usize, pos: usize) -> (Vec<f32>, Vec<f32>) {
         let layer = c.layer(l);
-        let row = layer.slot(pos) * c.row_len();
-        (layer.keys[row..row + c.row_len()].to_vec(), layer.values[row..row + c.row_len()].to_vec())
+        let row = layer.slot(pos);
+        (layer.keys.row(row), layer.values.row(row))
     }
 
     /// Shifts `c` with a rotation that negates a moved key, so the test can tell it was applied once.
@@ -521,11 +700,11 @@ mod tests {
         let mut c = KvCache::new(&[None, Some(8)], 3, 2_000);
         fill(&mut c, 20);
         let v2 = c.to_bytes(&[1; 20]).unwrap();
-        // Version 1 is version 2 without the lost-positions word after the length.
+        // Version 1 is version 3 without the lost-positions word after the length and the two type words.
         let mut v1 = v2[..4].to_vec();
         v1.extend_from_slice(&1u32.to_le_bytes());
         v1.extend_from_slice(&v2[8..32]);
-        v1.extend_from_slice(&v2[40..]);
+        v1.extend_from_slice(&v2[48..]);
         let (tokens, back) = KvCache::from_bytes(&v1, &KvCache::new(&[None, Some(8)], 3, 2_000)).unwrap();
         assert_eq!((tokens.len(), back.len(), back.lost_below), (20, 20, 0));
         assert_shifted(&back, &c, 20, 0, 1, 0..20);
@@ -541,16 +720,15 @@ mod tests {
             for pos in 0..120 {
                 assert_eq!(at(&copy, l, pos), at(&c, l, pos), "layer {l} position {pos}");
             }
-            assert_eq!(copy.layer(l).keys.len(), 120 * 3, "only the prefix's rows are copied");
+            assert_eq!(copy.layer(l).keys.rows(), 120, "only the prefix's rows are copied");
         }
         // The copy is independent: extending it leaves the original alone.
         let mut copy = copy;
         let before = at(&c, 0, 130);
         for l in 0..2 {
             copy.reserve_to(200).unwrap();
-            let row_len = copy.row_len();
-            let row = copy.layer(l).slot(130) * row_len;
-            copy.layer_mut(l).keys[row] = 42.0;
+            let row = copy.layer(l).slot(130);
+            copy.layer_mut(l).keys.set_row(row, &[42.0; 3]);
         }
         assert_eq!(at(&c, 0, 130), before);
         // Asking for more than is held copies what is held.
@@ -567,7 +745,7 @@ mod tests {
         let keep = 3 * ring + 5 - 100;
         let copy = c.copy_prefix(keep);
         assert_eq!(copy.len(), keep);
-        assert_eq!(copy.layer(0).keys.len(), ring * 2, "a wrapped ring is copied whole");
+        assert_eq!(copy.layer(0).keys.rows(), ring, "a wrapped ring is copied whole");
         for pos in keep - 8..keep {
             assert_eq!(at(&copy, 0, pos), at(&c, 0, pos));
             let (k, _) = at(&copy, 0, pos);
@@ -595,8 +773,8 @@ mod tests {
             let (back_tokens, back) = KvCache::from_bytes(&bytes, &like).unwrap();
             assert_eq!((back_tokens, back.len(), back.capacity()), (tokens, len, 10_000));
             for l in 0..2 {
-                assert_eq!(back.layer(l).keys, c.layer(l).keys, "layer {l}");
-                assert_eq!(back.layer(l).values, c.layer(l).values, "layer {l}");
+                assert_eq!(back.layer(l).keys.floats, c.layer(l).keys.floats, "layer {l}");
+                assert_eq!(back.layer(l).values.floats, c.layer(l).values.floats, "layer {l}");
             }
             // Every cut is an error, never a panic.
             for cut in 0..bytes.len().min(200) {
@@ -622,9 +800,9 @@ mod tests {
         longer.push(0);
         assert!(matches!(KvCache::from_bytes(&longer, &like), Err(KvFileError::Mismatch(_))));
         assert!(matches!(KvCache::from_bytes(b"GGUF\x03\0\0\0", &like), Err(KvFileError::NotKvCache)));
-        let mut v3 = bytes.clone();
-        v3[4] = 3;
-        assert!(matches!(KvCache::from_bytes(&v3, &like), Err(KvFileError::Version(3))));
+        let mut v4 = bytes.clone();
+        v4[4] = 4;
+        assert!(matches!(KvCache::from_bytes(&v4, &like), Err(KvFileError::Version(4))));
         // Lost positions beyond the length are refused.
         let mut lost = bytes.clone();
         lost[32..40].copy_from_slice(&21u64.to_le_bytes());
@@ -639,5 +817,63 @@ mod tests {
     fn small_contexts_need_no_ring() {
         let c = KvCache::new(&[Some(512)], 2, 1000);
         assert_eq!(c.layer(0).ring, 0);
+    }
+
+    /// A cache of every type: rows are stored rounded to the type, a context shift decodes, rotates and encodes
+    /// the moved keys again, a copy and a saved file hold the same bytes, and a file of other types is refused.
+    #[test]
+    fn every_cache_type_stores_shifts_copies_and_saves() {
+        for t in KvType::ALL {
+            let types = (t, if t == KvType::F32 { KvType::Q8_0 } else { t });
+            let mut c = KvCache::with_types(&[None, Some(8)], 64, 2_000, types);
+            c.reserve_to(700).unwrap();
+            let x = |l: usize, pos: usize| -> Vec<f32> {
+                (0..64).map(|j| (((l * 7 + pos * 13 + j * 3) % 97) as f32 - 48.0) / 16.0).collect()
+            };
+            for l in 0..2 {
+                for pos in 0..700 {
+                    let layer = c.layer_mut(l);
+                    let row = layer.slot(pos);
+                    layer.keys.set_row(row, &x(l, pos));
+                    layer.values.set_row(row, &x(l + 5, pos));
+                }
+            }
+            c.set_len(700);
+            let rounded = |ty: KvType, v: Vec<f32>| {
+                let mut b = vec![0u8; ty.row_bytes(64).unwrap()];
+                ty.encode(&v, &mut b);
+                let mut out = vec![0.0; 64];
+                ty.decode(&b, &mut out);
+                out
+            };
+            assert_eq!(at(&c, 1, 650), (rounded(types.0, x(1, 650)), rounded(types.1, x(6, 650))), "{t}");
+            let per_row = types.0.row_bytes(64).unwrap() + types.1.row_bytes(64).unwrap();
+            assert!(c.bytes() >= (700 + 8 + MAX_UBATCH) * per_row, "{t}: {}", c.bytes());
+            // Save and read back: the same rows; another type's cache refuses the file.
+            let bytes = c.to_bytes(&[3; 700]).unwrap();
+            let like = KvCache::with_types(&[None, Some(8)], 64, 2_000, types);
+            let (_, back) = KvCache::from_bytes(&bytes, &like).unwrap();
+            for l in 0..2 {
+                for pos in [0, 100, 699] {
+                    if l == 0 || pos > 200 {
+                        assert_eq!(at(&back, l, pos), at(&c, l, pos), "{t} layer {l} position {pos}");
+                    }
+                }
+            }
+            let other = KvCache::with_types(&[None, Some(8)], 64, 2_000, (KvType::F16, KvType::Bf16));
+            let e = KvCache::from_bytes(&bytes, &other).err().unwrap();
+            assert!(matches!(e, KvFileError::Types { .. }) && e.to_string().contains("--cache-type-k"), "{e}");
+            // Shift: a moved key is decoded, negated and encoded again (exact for a sign flip).
+            let before = c.copy_prefix(700);
+            shift(&mut c, 4, 100).unwrap();
+            for (l, from) in [(0, 0), (1, 100)] {
+                for q in from..600 {
+                    let (src, sign) = if q < 4 { (q, 1.0) } else { (q + 100, -1.0) };
+                    let (k, v) = at(&before, l, src);
+                    let k = rounded(types.0, k.iter().map(|x| x * sign).collect());
+                    assert_eq!(at(&c, l, q), (k, v), "{t} layer {l} position {q}");
+                }
+            }
+        }
     }
 }

@@ -154,8 +154,7 @@ fn attention(c: &mut Criterion) {
     g.throughput(Throughput::Bytes((2 * ctx * hd * 4) as u64));
     g.bench_function("decode_4heads_ctx1024", |b| {
         b.iter(|| {
-            let spans =
-                [AttnSpan { kv: KvView { keys: &keys, values: &values, row_len: hd, ring: 0 }, positions: 0..ctx }];
+            let spans = [AttnSpan { kv: KvView::f32(&keys, &values, hd, 0), positions: 0..ctx }];
             grouped_query_attention(&pool, &q, &spans, n_heads, 1, hd, &mut out);
         })
     });
@@ -165,12 +164,8 @@ fn attention(c: &mut Criterion) {
     g.throughput(Throughput::Elements((n * (n + 1) / 2 * n_heads * hd * 2) as u64));
     g.bench_function("prefill_4heads_256_causal", |b| {
         b.iter(|| {
-            let spans: Vec<AttnSpan> = (0..n)
-                .map(|i| AttnSpan {
-                    kv: KvView { keys: &keys, values: &values, row_len: hd, ring: 0 },
-                    positions: 0..i + 1,
-                })
-                .collect();
+            let spans: Vec<AttnSpan> =
+                (0..n).map(|i| AttnSpan { kv: KvView::f32(&keys, &values, hd, 0), positions: 0..i + 1 }).collect();
             grouped_query_attention(&pool, &qp, &spans, n_heads, 1, hd, &mut outp);
         })
     });
@@ -184,12 +179,8 @@ fn attention(c: &mut Criterion) {
     g.throughput(Throughput::Elements(((depth * n + n * (n + 1) / 2) * n_heads * hd * 2) as u64));
     g.bench_function("prefill_4heads_512_at_depth4096", |b| {
         b.iter(|| {
-            let spans: Vec<AttnSpan> = (0..n)
-                .map(|i| AttnSpan {
-                    kv: KvView { keys: &kd, values: &vd, row_len: hd, ring: 0 },
-                    positions: 0..depth + i + 1,
-                })
-                .collect();
+            let spans: Vec<AttnSpan> =
+                (0..n).map(|i| AttnSpan { kv: KvView::f32(&kd, &vd, hd, 0), positions: 0..depth + i + 1 }).collect();
             grouped_query_attention(&pool, &qd, &spans, n_heads, 1, hd, &mut outd);
         })
     });
@@ -205,9 +196,8 @@ fn attention(c: &mut Criterion) {
     g.throughput(Throughput::Elements((pairs * heads3 * hd * 2) as u64));
     g.bench_function("embedding_3heads_512_window", |b| {
         b.iter(|| {
-            let spans: Vec<AttnSpan> = (0..n)
-                .map(|i| AttnSpan { kv: KvView { keys: &ke, values: &ve, row_len: hd, ring: 0 }, positions: window(i) })
-                .collect();
+            let spans: Vec<AttnSpan> =
+                (0..n).map(|i| AttnSpan { kv: KvView::f32(&ke, &ve, hd, 0), positions: window(i) }).collect();
             grouped_query_attention(&pool, &qe, &spans, heads3, 1, hd, &mut oute);
         })
     });

@@ -14,6 +14,7 @@
 
 use std::ops::Range;
 
+use crate::kv_type::{round_queries, KvType};
 use crate::pool::{SharedMut, ThreadPool};
 use crate::vector::{axpy, exp_fast};
 
@@ -29,18 +30,70 @@ const TILE_ROWS: usize = 12;
 /// cache between tiles (a block of Gemma 3's 256-wide heads is 512 KiB).
 const TASK_ROWS: usize = 48;
 
-/// Keys and values of one layer for one sequence: position-major rows of `row_len` floats
+/// Cached rows of keys or values: plain f32, or encoded in a [`KvType`] (decoded block by block as read).
+#[derive(Clone, Copy)]
+pub enum KvRows<'a> {
+    F32(&'a [f32]),
+    Encoded(KvType, &'a [u8]),
+}
+
+impl KvRows<'_> {
+    fn ty(&self) -> KvType {
+        match self {
+            KvRows::F32(_) => KvType::F32,
+            KvRows::Encoded(t, _) => *t,
+        }
+    }
+    /// Whether the rows are the same buffer.
+    fn same(&self, o: &KvRows) -> bool {
+        match (self, o) {
+            (KvRows::F32(a), KvRows::F32(b)) => std::ptr::eq(*a, *b),
+            (KvRows::Encoded(s, a), KvRows::Encoded(t, b)) => s == t && std::ptr::eq(*a, *b),
+            _ => false,
+        }
+    }
+    /// Writes elements `off..off + d` of the rows of positions `base + idx`, `idx` in `range`, to
+    /// `dst[idx * d..]` as f32.
+    fn decode_into(&self, kv: &KvView, base: usize, range: Range<usize>, off: usize, d: usize, dst: &mut [f32]) {
+        for idx in range {
+            let row = kv.row(base + idx);
+            let out = &mut dst[idx * d..(idx + 1) * d];
+            match self {
+                KvRows::F32(x) => {
+                    let at = row * kv.row_len + off;
+                    assert!(at + d <= x.len(), "position {} is outside the KV buffers", base + idx);
+                    out.copy_from_slice(&x[at..at + d]);
+                }
+                KvRows::Encoded(t, x) => {
+                    let (bs, ts) = (t.block_size(), t.ggml_type().type_size());
+                    assert!(off.is_multiple_of(bs) && d.is_multiple_of(bs), "KV heads must be whole {t} blocks");
+                    let row_bytes = kv.row_len / bs * ts;
+                    let at = row * row_bytes + off / bs * ts;
+                    let n = d / bs * ts;
+                    assert!(at + n <= x.len(), "position {} is outside the KV buffers", base + idx);
+                    t.decode(&x[at..at + n], out);
+                }
+            }
+        }
+    }
+}
+
+/// Keys and values of one layer for one sequence: position-major rows of `row_len` elements
 /// (all KV heads of a position side by side).
 #[derive(Clone, Copy)]
 pub struct KvView<'a> {
-    pub keys: &'a [f32],
-    pub values: &'a [f32],
+    pub keys: KvRows<'a>,
+    pub values: KvRows<'a>,
     pub row_len: usize,
     /// Rows in a ring buffer: position `p` lives in row `p % ring` (`0`: row `p`).
     pub ring: usize,
 }
 
-impl KvView<'_> {
+impl<'a> KvView<'a> {
+    /// A view of f32 rows.
+    pub fn f32(keys: &'a [f32], values: &'a [f32], row_len: usize, ring: usize) -> KvView<'a> {
+        KvView { keys: KvRows::F32(keys), values: KvRows::F32(values), row_len, ring }
+    }
     fn row(&self, p: usize) -> usize {
         if self.ring == 0 {
             p
@@ -48,18 +101,9 @@ impl KvView<'_> {
             p % self.ring
         }
     }
-    /// Start of KV head `off`'s slice of position `p`, checked against both buffers.
-    fn offset(&self, p: usize, off: usize, d: usize) -> usize {
-        let r = self.row(p) * self.row_len + off;
-        assert!(r + d <= self.keys.len() && r + d <= self.values.len(), "position {p} is outside the KV buffers");
-        r
-    }
     /// Whether two views are the same buffers, read the same way (tokens of one sequence).
     fn same(&self, o: &KvView) -> bool {
-        std::ptr::eq(self.keys, o.keys)
-            && std::ptr::eq(self.values, o.values)
-            && self.row_len == o.row_len
-            && self.ring == o.ring
+        self.keys.same(&o.keys) && self.values.same(&o.values) && self.row_len == o.row_len && self.ring == o.ring
     }
 }
 
@@ -70,11 +114,15 @@ pub struct AttnSpan<'a> {
 }
 
 /// One block's work: query rows of `d` floats side by side in `q`, each with its own positions `own[r]`
-/// (relative to the block's first position `base`), against KV head `off` of `kv`.
+/// (relative to the block's first position `base`), against the `d` floats from `off` of f32 rows of `row_len`
+/// (`ring` as in [`KvView`]).
 struct BlockJob<'a> {
     q: &'a [f32],
     own: &'a [Range<usize>],
-    kv: &'a KvView<'a>,
+    keys: &'a [f32],
+    values: &'a [f32],
+    row_len: usize,
+    ring: usize,
     off: usize,
     d: usize,
     base: usize,
@@ -87,12 +135,22 @@ impl BlockJob<'_> {
         let hi = self.own.iter().map(|r| r.end).max().unwrap_or(0);
         lo..hi.max(lo)
     }
+    /// Start of the head's slice of position `p`, checked against both buffers.
+    fn offset(&self, p: usize) -> usize {
+        let row = if self.ring == 0 { p } else { p % self.ring };
+        let r = row * self.row_len + self.off;
+        assert!(
+            r + self.d <= self.keys.len() && r + self.d <= self.values.len(),
+            "position {p} is outside the KV buffers"
+        );
+        r
+    }
     /// The row of key (or value) of position `base + idx`.
     fn key(&self, idx: usize) -> &[f32] {
-        &self.kv.keys[self.kv.offset(self.base + idx, self.off, self.d)..][..self.d]
+        &self.keys[self.offset(self.base + idx)..][..self.d]
     }
     fn value(&self, idx: usize) -> &[f32] {
-        &self.kv.values[self.kv.offset(self.base + idx, self.off, self.d)..][..self.d]
+        &self.values[self.offset(self.base + idx)..][..self.d]
     }
 }
 
@@ -306,12 +364,12 @@ mod x86 {
         raw: &mut [f32; RAW],
     ) {
         // SAFETY: `offs` holds checked offsets of d floats inside the keys (and values).
-        let k: [*const f32; P] = std::array::from_fn(|i| unsafe { job.kv.keys.as_ptr().add(offs[idx + i]) });
+        let k: [*const f32; P] = std::array::from_fn(|i| unsafe { job.keys.as_ptr().add(offs[idx + i]) });
         // SAFETY: register set-up; this function runs only with V's target features (its callers').
         let mut acc = [[unsafe { V::zero() }; R]; P];
         // The next keys, fetched into L1 while these are reduced (an address only: never read here).
         let next: [*const f32; P] =
-            std::array::from_fn(|i| job.kv.keys.as_ptr().wrapping_add(offs[(idx + P + i).min(ATTENTION_BLOCK - 1)]));
+            std::array::from_fn(|i| job.keys.as_ptr().wrapping_add(offs[(idx + P + i).min(ATTENTION_BLOCK - 1)]));
         for c in (0..job.d).step_by(V::N) {
             if c % 16 == 0 {
                 for n in next {
@@ -402,8 +460,8 @@ mod x86 {
             let mut acc = [[unsafe { V::zero() }; C]; R];
             for idx in range.clone() {
                 // SAFETY: `offs` holds checked offsets of d floats inside the values (and keys).
-                let v = unsafe { job.kv.values.as_ptr().add(offs[idx]) };
-                let ahead = job.kv.values.as_ptr().wrapping_add(offs[(idx + 8).min(range.end - 1)] + c);
+                let v = unsafe { job.values.as_ptr().add(offs[idx]) };
+                let ahead = job.values.as_ptr().wrapping_add(offs[(idx + 8).min(range.end - 1)] + c);
                 for line in (0..C * V::N).step_by(16) {
                     prefetch(ahead.wrapping_add(line));
                 }
@@ -458,7 +516,7 @@ mod x86 {
         // Where each position's key and value start, checked once here (`offset` asserts both buffers).
         let mut offs = [0usize; ATTENTION_BLOCK];
         for idx in job.range() {
-            offs[idx] = job.kv.offset(job.base + idx, job.off, d);
+            offs[idx] = job.offset(job.base + idx);
         }
         for r0 in (0..n).step_by(TILE_ROWS) {
             // SAFETY: the callers' contract (features present); bounds are checked inside.
@@ -548,6 +606,10 @@ struct BlockScratch {
     scores: Vec<f32>,
     stats: Vec<f32>,
     out: Vec<f32>,
+    /// The block's keys and values decoded to f32 (encoded caches only), and a query row's encoding.
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    q_bytes: Vec<u8>,
 }
 
 /// A batch's layout: tiles of consecutive tokens and where each token's partial results go.
@@ -571,6 +633,9 @@ thread_local! {
             scores: Vec::new(),
             stats: Vec::new(),
             out: Vec::new(),
+            keys: Vec::new(),
+            values: Vec::new(),
+            q_bytes: Vec::new(),
         })
     };
     /// The calling thread's plan and partial results, kept so decoding allocates nothing once warm.
@@ -710,7 +775,45 @@ pub fn grouped_query_attention_with(
                 s.scores.resize(n * ATTENTION_BLOCK, 0.0);
                 s.stats.resize(2 * n, 0.0);
                 s.out.resize(n * d, 0.0);
-                let job = BlockJob { q: &s.q, own: &s.own, kv: &spans[t0].kv, off: kvh * d, d, base };
+                let kv = &spans[t0].kv;
+                let job = match (kv.keys, kv.values) {
+                    (KvRows::F32(keys), KvRows::F32(values)) => BlockJob {
+                        q: &s.q,
+                        own: &s.own,
+                        keys,
+                        values,
+                        row_len: kv.row_len,
+                        ring: kv.ring,
+                        off: kvh * d,
+                        d,
+                        base,
+                    },
+                    _ => {
+                        // Encoded rows: this block's slice of the head decoded once for all the tile's rows
+                        // (a ring of one block, so position `base + idx` is row `idx`), and the queries rounded
+                        // to what llama.cpp dots with such keys.
+                        let lo = s.own.iter().map(|r| r.start).min().unwrap_or(0);
+                        let hi = s.own.iter().map(|r| r.end).max().unwrap_or(0).max(lo);
+                        s.keys.resize(ATTENTION_BLOCK * d, 0.0);
+                        s.values.resize(ATTENTION_BLOCK * d, 0.0);
+                        kv.keys.decode_into(kv, base, lo..hi, kvh * d, d, &mut s.keys);
+                        kv.values.decode_into(kv, base, lo..hi, kvh * d, d, &mut s.values);
+                        if let Some(qt) = kv.keys.ty().query_type() {
+                            round_queries(qt, &mut s.q, d, &mut s.q_bytes);
+                        }
+                        BlockJob {
+                            q: &s.q,
+                            own: &s.own,
+                            keys: &s.keys,
+                            values: &s.values,
+                            row_len: d,
+                            ring: ATTENTION_BLOCK,
+                            off: 0,
+                            d,
+                            base,
+                        }
+                    }
+                };
                 // SAFETY: `kernel` is only a SIMD kernel where the CPU supports it.
                 unsafe { block_fn(&job, &mut s.scores, &mut s.stats, &mut s.out) };
                 for (k, t) in tokens.enumerate() {
@@ -782,7 +885,7 @@ mod tests {
         // Two heads of width 2 per position; head 1 has one key aligned with the query.
         let keys = vec![0., 0., 1., 0., /* pos 1 */ 0., 0., 0., 1., /* pos 2 */ 0., 0., -1., 0.];
         let values = vec![0., 0., 10., 20., /* */ 0., 0., 30., 40., /* */ 0., 0., 50., 60.];
-        let kv = KvView { keys: &keys, values: &values, row_len: 4, ring: 0 };
+        let kv = KvView::f32(&keys, &values, 4, 0);
         for kernel in AttentionKernel::available() {
             let out = attend_one(kernel, &[0.0, 0.0, 0.0, 50.0], &kv, 2, 0..3);
             assert!((out[2] - 30.0).abs() < 1e-3 && (out[3] - 40.0).abs() < 1e-3, "{kernel:?}: {out:?}");
@@ -796,7 +899,7 @@ mod tests {
     fn ring_rows_wrap_around() {
         // A ring of 2 rows holding positions 2 (row 0) and 3 (row 1), one head of width 1.
         let (keys, values) = (vec![1.0, 1.0], vec![5.0, 7.0]);
-        let kv = KvView { keys: &keys, values: &values, row_len: 1, ring: 2 };
+        let kv = KvView::f32(&keys, &values, 1, 2);
         assert_eq!(attend_one(AttentionKernel::Scalar, &[0.0], &kv, 1, 3..4), [7.0]);
         assert!((attend_one(AttentionKernel::Scalar, &[0.0], &kv, 1, 2..4)[0] - 6.0).abs() < 1e-6);
     }
@@ -805,20 +908,21 @@ mod tests {
     fn reference(q: &[f32], kv: &KvView, kv_head: usize, positions: Range<usize>) -> Vec<f64> {
         let d = q.len();
         let off = kv_head * d;
+        let row = |rows: &KvRows, p: usize| {
+            let mut x = vec![0f32; d];
+            rows.decode_into(kv, p, 0..1, off, d, &mut x);
+            x
+        };
         let scores: Vec<f64> = positions
             .clone()
-            .map(|p| {
-                let r = kv.row(p) * kv.row_len + off;
-                q.iter().zip(&kv.keys[r..r + d]).map(|(a, b)| *a as f64 * *b as f64).sum()
-            })
+            .map(|p| q.iter().zip(&row(&kv.keys, p)).map(|(a, b)| *a as f64 * *b as f64).sum())
             .collect();
         let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let w: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
         let sum: f64 = w.iter().sum();
         let mut out = vec![0.0; d];
         for (p, wp) in positions.zip(&w) {
-            let r = kv.row(p) * kv.row_len + off;
-            for (o, v) in out.iter_mut().zip(&kv.values[r..r + d]) {
+            for (o, v) in out.iter_mut().zip(&row(&kv.values, p)) {
                 *o += wp / sum * *v as f64;
             }
         }
@@ -845,8 +949,8 @@ mod tests {
             let row = n_kv * d;
             let keys: Vec<f32> = (0..n * row).map(|i| ((i * 7919 % 1013) as f32 / 500.0 - 1.0) * 0.5).collect();
             let values: Vec<f32> = (0..n * row).map(|i| (i * 104_729 % 1000) as f32 / 500.0 - 1.0).collect();
-            let plain = KvView { keys: &keys, values: &values, row_len: row, ring: 0 };
-            let ring = KvView { keys: &keys, values: &values, row_len: row, ring: 600 };
+            let plain = KvView::f32(&keys, &values, row, 0);
+            let ring = KvView::f32(&keys, &values, row, 600);
             let cases: Vec<(KvView, Range<usize>)> =
                 vec![(plain, 0..1), (plain, 0..3), (plain, 17..200), (plain, 0..700), (ring, 150..690)];
             let qs: Vec<Vec<f32>> = (0..cases.len())
@@ -903,8 +1007,8 @@ mod tests {
             };
             let (ka, va) = (data(1, n * row), data(2, n * row));
             let (kb, vb) = (data(3, 512 * row), data(4, 512 * row));
-            let a = KvView { keys: &ka, values: &va, row_len: row, ring: 0 };
-            let b = KvView { keys: &kb, values: &vb, row_len: row, ring: 512 };
+            let a = KvView::f32(&ka, &va, row, 0);
+            let b = KvView::f32(&kb, &vb, row, 512);
             let mut spans: Vec<AttnSpan> =
                 (0..n).map(|i| AttnSpan { kv: a, positions: i.saturating_sub(half)..(i + half + 1).min(n) }).collect();
             spans.extend((600..900usize).map(|p| AttnSpan { kv: b, positions: (p + 1).saturating_sub(300)..p + 1 }));
@@ -1007,7 +1111,7 @@ mod tests {
         let d = 64;
         let keys: Vec<f32> = (0..400 * d).map(|i| ((i * 7919 % 1013) as f32 / 500.0 - 1.0) * 0.5).collect();
         let values: Vec<f32> = (0..400 * d).map(|i| (i * 104_729 % 1000) as f32 / 500.0 - 1.0).collect();
-        let kv = KvView { keys: &keys, values: &values, row_len: d, ring: 0 };
+        let kv = KvView::f32(&keys, &values, d, 0);
         let q: Vec<f32> = (0..2 * d).map(|i| (i as f32 * 0.37).sin()).collect();
         for kernel in AttentionKernel::available() {
             let spans = [AttnSpan { kv, positions: 5..5 }, AttnSpan { kv, positions: 200..300 }];
@@ -1025,7 +1129,7 @@ mod tests {
         let row = nkv * d;
         let keys: Vec<f32> = (0..1024 * row).map(|i| ((i * 7919 % 1013) as f32 / 500.0 - 1.0) * 0.5).collect();
         let values: Vec<f32> = (0..1024 * row).map(|i| (i * 104_729 % 1000) as f32 / 500.0 - 1.0).collect();
-        let kv = KvView { keys: &keys, values: &values, row_len: row, ring: 1024 };
+        let kv = KvView::f32(&keys, &values, row, 1024);
         let q: Vec<f32> = (0..n * nh * d).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
         let spans: Vec<AttnSpan> = (0..n).map(|i| AttnSpan { kv, positions: 0..i + 1 }).collect();
         let pool = ThreadPool::new(2);
@@ -1038,6 +1142,73 @@ mod tests {
         for o in &outs[1..] {
             let md = o.iter().zip(&outs[0]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(md < 1e-4, "max diff {md}");
+        }
+    }
+
+    /// Keys and values stored in every cache type: each kernel reads them as the f64 reference over the
+    /// decoded rows (queries rounded as llama.cpp rounds them for such keys) does, the SIMD kernels agree with
+    /// the scalar one, and a token's result is bitwise the same alone and in a batch on 2 threads.
+    #[test]
+    fn encoded_caches_match_the_reference_for_every_type() {
+        let (d, n_heads, n_kv, n) = (64, 4, 2, 600);
+        let row = n_kv * d;
+        let keys: Vec<f32> = (0..n * row).map(|i| ((i * 7919 % 1013) as f32 / 500.0 - 1.0) * 0.5).collect();
+        let values: Vec<f32> = (0..n * row).map(|i| (i * 104_729 % 1000) as f32 / 500.0 - 1.0).collect();
+        let cases = [0..1, 0..3, 17..300, 0..600, 250..520];
+        let q: Vec<f32> = (0..cases.len() * n_heads * d).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let q_row = n_heads * d;
+        for (kt, vt) in
+            KvType::ALL.iter().map(|t| (*t, *t)).chain([(KvType::Q8_0, KvType::F16), (KvType::F32, KvType::Q4_0)])
+        {
+            let encode = |t: KvType, x: &[f32]| {
+                let mut b = vec![0u8; t.row_bytes(x.len()).unwrap()];
+                for (src, dst) in x.chunks_exact(row).zip(b.chunks_exact_mut(t.row_bytes(row).unwrap())) {
+                    t.encode(src, dst);
+                }
+                b
+            };
+            let (kb, vb) = (encode(kt, &keys), encode(vt, &values));
+            fn rows<'a>(t: KvType, f: &'a [f32], b: &'a [u8]) -> KvRows<'a> {
+                if t == KvType::F32 {
+                    KvRows::F32(f)
+                } else {
+                    KvRows::Encoded(t, b)
+                }
+            }
+            let kv = KvView { keys: rows(kt, &keys, &kb), values: rows(vt, &values, &vb), row_len: row, ring: 0 };
+            let spans: Vec<AttnSpan> = cases.iter().map(|p| AttnSpan { kv, positions: p.clone() }).collect();
+            let mut results = Vec::new();
+            for kernel in AttentionKernel::available() {
+                let mut alone = Vec::new();
+                for (i, span) in spans.iter().enumerate() {
+                    let qi = &q[i * q_row..(i + 1) * q_row];
+                    let mut out = vec![0.0; q_row];
+                    let one = [AttnSpan { kv, positions: span.positions.clone() }];
+                    grouped_query_attention_with(kernel, &ThreadPool::new(1), qi, &one, n_heads, n_kv, d, &mut out);
+                    for h in 0..n_heads {
+                        let mut qh = qi[h * d..(h + 1) * d].to_vec();
+                        if let Some(qt) = kt.query_type() {
+                            round_queries(qt, &mut qh, d, &mut Vec::new());
+                        }
+                        let want = reference(&qh, &kv, h / (n_heads / n_kv), span.positions.clone());
+                        for (x, (g, w)) in out[h * d..(h + 1) * d].iter().zip(&want).enumerate() {
+                            assert!(
+                                (*g as f64 - w).abs() < 2e-4 * (1.0 + w.abs()),
+                                "{kernel:?} {kt}/{vt} token {i} h{h} [{x}]: {g} vs {w}"
+                            );
+                        }
+                    }
+                    alone.extend(out);
+                }
+                let mut out = vec![0.0; q.len()];
+                grouped_query_attention_with(kernel, &ThreadPool::new(2), &q, &spans, n_heads, n_kv, d, &mut out);
+                assert_eq!(out, alone, "{kernel:?} {kt}/{vt}: batching changed the result");
+                results.push(out);
+            }
+            for (k, r) in results.iter().enumerate().skip(1) {
+                let md = r.iter().zip(&results[0]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(md < 1e-4, "{kt}/{vt}: kernel {k} differs from the scalar one by {md}");
+            }
         }
     }
 }

@@ -60,6 +60,8 @@ pub struct ServeArgs {
     pub spec: SpecArgs,
     #[command(flatten)]
     pub lora: LoraArgs,
+    #[command(flatten)]
+    pub cache_types: CacheTypeArgs,
     /// Load the LoRA adapters at scale 0 (llama-server's `--lora-init-without-apply`): they act once
     /// `POST /lora-adapters` or a request's `lora` field gives them a scale.
     #[arg(long)]
@@ -115,6 +117,42 @@ impl SpecArgs {
         p.validate()?;
         Ok(Some(p))
     }
+}
+
+/// llama.cpp's KV cache type flags (`-ctk`/`--cache-type-k`, `-ctv`/`--cache-type-v`), shared by the server and the
+/// CLI's `run`, `chat`, `logits` and `perplexity` (`docs/kv-cache.md`).
+#[derive(Clone, Copy, Debug, Default, clap::Args)]
+pub struct CacheTypeArgs {
+    /// Type of the KV cache's keys (llama.cpp's -ctk): f32 (default here), f16 (llama.cpp's default), bf16,
+    /// q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1.
+    #[arg(long = "cache-type-k", visible_alias = "ctk", value_name = "TYPE", default_value = "f32", value_parser = parse_cache_type)]
+    pub cache_type_k: gemma_core::KvType,
+    /// Type of the KV cache's values (llama.cpp's -ctv); the same names as --cache-type-k.
+    #[arg(long = "cache-type-v", visible_alias = "ctv", value_name = "TYPE", default_value = "f32", value_parser = parse_cache_type)]
+    pub cache_type_v: gemma_core::KvType,
+}
+
+impl CacheTypeArgs {
+    /// The key and value types.
+    pub fn types(&self) -> (gemma_core::KvType, gemma_core::KvType) {
+        (self.cache_type_k, self.cache_type_v)
+    }
+}
+
+/// A cache type by llama.cpp's name (`f16`, `q8_0`, ...); an unknown one names the allowed ones.
+pub fn parse_cache_type(s: &str) -> Result<gemma_core::KvType, String> {
+    s.parse().map_err(|e: gemma_core::KvTypeError| e.to_string())
+}
+
+/// The arguments with llama.cpp's multi-letter short flags (`-ctk`, `-ctv`) read as their long forms (clap's short
+/// flags are one letter).
+pub fn llama_short_flags(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    args.map(|a| match a.to_str() {
+        Some("-ctk") => "--cache-type-k".into(),
+        Some("-ctv") => "--cache-type-v".into(),
+        _ => a,
+    })
+    .collect()
 }
 
 /// llama.cpp's LoRA flags, shared by the server and the CLI's `run`, `chat`, `logits`, `bench`, `perplexity`.
@@ -263,6 +301,8 @@ pub struct ServerConfig {
     pub speculative: Option<SpeculativeParams>,
     /// LoRA adapters and their scales at start (`--lora`, `--lora-scaled`; 0 with `--lora-init-without-apply`).
     pub loras: Vec<(PathBuf, f32)>,
+    /// Types of the KV cache's keys and values (`--cache-type-k`, `--cache-type-v`).
+    pub cache_types: (gemma_core::KvType, gemma_core::KvType),
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -293,6 +333,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("n_keep", &self.n_keep)
             .field("speculative", &self.speculative)
             .field("loras", &self.loras)
+            .field("cache_types", &self.cache_types)
             .finish()
     }
 }
@@ -325,6 +366,7 @@ impl Default for ServerConfig {
             n_keep: 0,
             speculative: None,
             loras: Vec::new(),
+            cache_types: Default::default(),
         }
     }
 }
@@ -423,6 +465,7 @@ impl ServerConfig {
                 .into_iter()
                 .map(|(path, scale)| (path, if args.lora_init_without_apply { 0.0 } else { scale }))
                 .collect(),
+            cache_types: args.cache_types.types(),
         };
         c.validate()?;
         Ok(c)

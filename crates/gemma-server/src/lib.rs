@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
-pub use config::{LoraArgs, ServeArgs, ServerConfig, SpecArgs};
+pub use config::{llama_short_flags, parse_cache_type, CacheTypeArgs, LoraArgs, ServeArgs, ServerConfig, SpecArgs};
 pub use error::{ClientError, LoadError, ServerError};
 
 /// An error and its causes on one line (the front ends' shared report; re-exported for the `gemma` binary).
@@ -108,6 +108,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             max_sessions: config.max_sessions,
             speculative: config.speculative.clone(),
             loras: config.loras.clone(),
+            cache_types: config.cache_types,
         },
         metrics.clone(),
     )

@@ -12,7 +12,7 @@ struct Cli {
 
 fn main() -> std::process::ExitCode {
     gemma_server::init_logging();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(gemma_server::llama_short_flags(std::env::args_os()));
     let config = match ServerConfig::from_args(&cli.args) {
         Ok(c) => c,
         Err(e) => {

@@ -38,9 +38,8 @@ pub(crate) fn attention(
     for (i, t) in batch.tokens.iter().enumerate() {
         let layer_kv = caches[t.seq].layer_mut(layer);
         let slot = layer_kv.slot(t.pos);
-        let dst = slot * kv_row..(slot + 1) * kv_row;
-        layer_kv.keys[dst.clone()].copy_from_slice(&k[i * kv_row..(i + 1) * kv_row]);
-        layer_kv.values[dst].copy_from_slice(&v[i * kv_row..(i + 1) * kv_row]);
+        layer_kv.keys.set_row(slot, &k[i * kv_row..(i + 1) * kv_row]);
+        layer_kv.values.set_row(slot, &v[i * kv_row..(i + 1) * kv_row]);
     }
     // Without causality a query sees up to its sequence's last position in this batch (decoders allocate
     // nothing here).
@@ -63,7 +62,8 @@ pub(crate) fn attention(
                 let end = half.map_or(seq_end[t.seq], |h| seq_end[t.seq].min(t.pos + h + 1));
                 half.map_or(0, |h| t.pos.saturating_sub(h))..end
             };
-            AttnSpan { kv: KvView { keys: &lkv.keys, values: &lkv.values, row_len: kv_row, ring: lkv.ring }, positions }
+            let kv = KvView { keys: lkv.keys.view(), values: lkv.values.view(), row_len: kv_row, ring: lkv.ring };
+            AttnSpan { kv, positions }
         })
         .collect();
     grouped_query_attention(pool, q, &spans, shape.n_heads, shape.n_kv_heads, shape.head_dim, out);

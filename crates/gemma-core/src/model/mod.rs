@@ -14,7 +14,7 @@ use gemma_io::sbs::SbsFile;
 use gemma_io::{GgufFile, GgufWriter, MetaValue};
 use gemma_ops::matmul::matmul_view;
 use gemma_ops::vector::{rms_norm, scale};
-use gemma_ops::{QuantizedActs, ThreadPool};
+use gemma_ops::{KvType, QuantizedActs, ThreadPool};
 
 use crate::batch::{Batch, Logits};
 use crate::config::{Architecture, ModelConfig};
@@ -40,6 +40,8 @@ pub struct Model {
     /// LoRA adapters ([`Model::load_lora`]) and the scale each runs at when a pass names none.
     loras: Vec<LoraAdapter>,
     lora_scales: Vec<f32>,
+    /// The types [`Model::new_cache`] stores keys and values in ([`Model::set_cache_types`]).
+    cache_types: (KvType, KvType),
 }
 
 enum Weights {
@@ -111,6 +113,7 @@ impl Model {
             embedding_head,
             loras: Vec::new(),
             lora_scales: Vec::new(),
+            cache_types: (KvType::F32, KvType::F32),
         })
     }
 
@@ -139,6 +142,7 @@ impl Model {
             embedding_head: None,
             loras: Vec::new(),
             lora_scales: Vec::new(),
+            cache_types: (KvType::F32, KvType::F32),
         })
     }
 
@@ -207,7 +211,29 @@ impl Model {
         // A centred window looks ahead, so embedding models keep every position (their inputs are short).
         let windows: Vec<Option<usize>> =
             c.layer_is_local.iter().map(|&local| if local && c.causal { c.sliding_window } else { None }).collect();
-        KvCache::new(&windows, c.n_kv_heads * c.head_dim, capacity.min(c.context_length))
+        KvCache::with_types(&windows, c.n_kv_heads * c.head_dim, capacity.min(c.context_length), self.cache_types)
+    }
+
+    /// Stores keys and values of every cache made from now on in these types (llama.cpp's `--cache-type-k`
+    /// and `--cache-type-v`; default f32). A head width that is not a whole number of the type's blocks is
+    /// an error.
+    pub fn set_cache_types(&mut self, keys: KvType, values: KvType) -> Result<(), ModelError> {
+        for t in [keys, values] {
+            if !self.config.head_dim.is_multiple_of(t.block_size()) {
+                return Err(ModelError::CacheType(format!(
+                    "a {t} cache needs heads of a multiple of {} values; this model's are {}",
+                    t.block_size(),
+                    self.config.head_dim
+                )));
+            }
+        }
+        self.cache_types = (keys, values);
+        Ok(())
+    }
+
+    /// The types caches store keys and values in.
+    pub fn cache_types(&self) -> (KvType, KvType) {
+        self.cache_types
     }
 
     /// Whether the model makes embeddings (it pools its states into one vector per input) rather than text.

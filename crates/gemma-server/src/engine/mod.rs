@@ -360,6 +360,8 @@ pub struct EngineConfig {
     pub speculative: Option<gemma_core::SpeculativeParams>,
     /// LoRA adapters to load, with their starting scales.
     pub loras: Vec<(std::path::PathBuf, f32)>,
+    /// Types of the KV cache's keys and values.
+    pub cache_types: (gemma_core::KvType, gemma_core::KvType),
 }
 
 /// A started engine: its handle, its thread, and the outcome of loading the model (`Err` with the reason).
@@ -405,6 +407,9 @@ pub(crate) fn load(config: &EngineConfig) -> Result<(Model, LoadedModel), LoadEr
     let path = gemma_fetch::resolve_model(&config.model)?;
     let mut model =
         Model::open(&path).map_err(|source| LoadError::Model { path: path.clone(), source: Box::new(source) })?;
+    model
+        .set_cache_types(config.cache_types.0, config.cache_types.1)
+        .map_err(|source| LoadError::Model { path: path.clone(), source: Box::new(source) })?;
     for (adapter, scale) in &config.loras {
         model
             .load_lora(adapter, *scale)
