@@ -53,6 +53,7 @@ pub fn model(path: &str) -> Result<LoadedModel, LoadError> {
         max_sessions: 1,
         speculative: None,
         loras: Vec::new(),
+        cache_types: Default::default(),
     };
     let (_, mut loaded) = crate::engine::load(&config)?;
     loaded.embedding_dim = Some(768);
