@@ -386,8 +386,10 @@ pub fn bench(common: &Common, args: &BenchArgs) -> Result<()> {
         }
         None => {
             outln!("{header}")?;
-            outln!("| threads | cache k/v | test | t/s (mean ± sd) | p50 | p90 | ttft ms | KV MiB |")?;
-            outln!("|---|---|---|---|---|---|---|---|")?;
+            // The cache types get a column only when one is not the default, as llama-bench shows `type_k`.
+            let types_column = if typed { " cache k/v |" } else { "" };
+            outln!("| threads |{types_column} test | t/s (mean ± sd) | p50 | p90 | ttft ms | KV MiB |")?;
+            outln!("|---|{}---|---|---|---|---|---|", if typed { "---|" } else { "" })?;
         }
     }
     let mut results = Vec::new();
@@ -426,9 +428,8 @@ pub fn bench(common: &Common, args: &BenchArgs) -> Result<()> {
                     match args.output {
                         Some(format) => print_record(format, &record, &facts, records.is_empty(), typed)?,
                         None => outln!(
-                            "| {t} | {}/{} | {name} | {:.2} ± {:.2} | {:.2} | {:.2} | {} | {:.2} |",
-                            types.0,
-                            types.1,
+                            "| {t} |{} {name} | {:.2} ± {:.2} | {:.2} | {:.2} | {} | {:.2} |",
+                            if typed { format!(" {}/{} |", types.0, types.1) } else { String::new() },
                             st.mean,
                             st.sd,
                             st.p50,
