@@ -22,6 +22,11 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "N")]
     pub ctx: Option<usize>,
 
+    /// Where the model runs: `cpu` (the default and, in this build, the only backend). `cuda[:ORDINAL]`, the user
+    /// guide's GPU device, is recognised and refused with a clear error: the CUDA backend is not built yet.
+    #[arg(long, global = true, value_name = "cpu|cuda[:N]", value_parser = parse_device)]
+    pub device: Option<Device>,
+
     /// RoPE base of the global-attention layers (default: the model's own). `10000` reproduces gemma.cpp,
     /// which runs Gemma 3 270M and 1B with that base where the models were trained with 1000000.
     #[arg(long, global = true, value_name = "F")]
@@ -73,6 +78,25 @@ pub struct Cli {
     /// Also write the --bench report as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub bench_json: Option<PathBuf>,
+}
+
+/// A compute device as the user guide names it (`--device cpu`, `--device cuda`, `--device cuda:1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda { ordinal: u32 },
+}
+
+fn parse_device(s: &str) -> Result<Device, String> {
+    match s.split_once(':') {
+        None if s == "cpu" => Ok(Device::Cpu),
+        None if s == "cuda" => Ok(Device::Cuda { ordinal: 0 }),
+        Some(("cuda", n)) => n
+            .parse()
+            .map(|ordinal| Device::Cuda { ordinal })
+            .map_err(|_| format!("'{n}' is not a device ordinal (cuda:0, cuda:1, ...)")),
+        _ => Err("expected cpu, cuda or cuda:N".to_string()),
+    }
 }
 
 #[derive(Subcommand, Debug)]

@@ -108,6 +108,12 @@ impl Common {
 }
 
 pub fn dispatch(cli: Cli) -> Result<()> {
+    if let Some(crate::args::Device::Cuda { ordinal }) = cli.device {
+        return Err(usage(format!(
+            "--device cuda:{ordinal}: this gemma has no GPU backend (the CUDA backend is not built yet, see \
+             docs/STATUS.md); leave --device out or give --device cpu"
+        )));
+    }
     let lora = match &cli.command {
         Some(Command::Run(a)) => Some(&a.lora),
         Some(Command::Chat(a)) => Some(&a.lora),

@@ -105,6 +105,22 @@ fn print_config_backend_and_info() {
         backend.contains("device: cpu") && backend.contains("threads: 2") && backend.contains("simd: "),
         "{backend}"
     );
+    // The guide's `--device cpu` is the default; `--device cuda` is refused as a usage error, before any
+    // model is loaded, and a device that does not exist is clap's error.
+    let on_cpu = ok(&["--weights", &m, "--print-backend", "--threads", "2", "--device", "cpu"]);
+    assert_eq!(on_cpu, backend);
+    for (device, says) in [("cuda", "--device cuda:0: this gemma has no GPU backend"), ("cuda:1", "--device cuda:1:")] {
+        let out = gemma(&["--weights", "/no/such/model.gguf", "--device", device, "--prompt", "hi"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(says) && err.contains("--device cpu"), "{err}");
+    }
+    for bad in ["tpu", "cuda:x"] {
+        let out = gemma(&["run", "--device", bad, "--prompt", "hi"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("--device"), "{err}");
+    }
     let info = ok(&["info", "-m", &m]);
     assert!(info.contains("token_embd.weight") && info.contains("q8_0") && info.contains("262144 string items"));
     assert!(info.contains("tensors (236)"));
