@@ -63,6 +63,23 @@ typedef enum gemma_stop_reason {
     GEMMA_STOP_CALLBACK = 3           /* the token callback returned non-zero */
 } gemma_stop_reason;
 
+/*
+ * Types the KV cache stores keys and values in (gemma_params.type_k / type_v): the GGML type ids, as llama.cpp's
+ * llama_context_params.type_k / type_v. F32 is the default here (llama.cpp's is F16); smaller types take less
+ * memory and move the logits a little (F16, Q8_0) or more (the 4- and 5-bit ones): see docs/kv-cache.md.
+ */
+typedef enum gemma_cache_type {
+    GEMMA_CACHE_F32 = 0,
+    GEMMA_CACHE_F16 = 1,
+    GEMMA_CACHE_Q4_0 = 2,
+    GEMMA_CACHE_Q4_1 = 3,
+    GEMMA_CACHE_Q5_0 = 6,
+    GEMMA_CACHE_Q5_1 = 7,
+    GEMMA_CACHE_Q8_0 = 8,
+    GEMMA_CACHE_IQ4_NL = 20,
+    GEMMA_CACHE_BF16 = 30
+} gemma_cache_type;
+
 /* gemma_params.seed that seeds the sampler from the clock. */
 #define GEMMA_SEED_RANDOM 0xFFFFFFFFu
 
@@ -93,6 +110,9 @@ typedef struct gemma_params {
                                GEMMA_STOP_CONTEXT_FULL) */
     int32_t n_keep;         /* with context_shift: tokens after BOS never forgotten (default 0); -1: the whole
                                prompt (gemma_generate only). In a chat they count from the conversation's start. */
+    int32_t type_k;         /* a gemma_cache_type for the KV cache's keys (default GEMMA_CACHE_F32); a chat takes
+                               gemma_chat_new's params' types for its whole life */
+    int32_t type_v;         /* a gemma_cache_type for its values (default GEMMA_CACHE_F32) */
 } gemma_params;
 
 /* What a generation did (optional output of gemma_generate). */

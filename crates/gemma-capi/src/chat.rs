@@ -10,7 +10,7 @@ use gemma_core::{Conversation, ConversationError, ModelError, SpecStats, SpecTyp
 use crate::c_str::{read_str, write_opt};
 use crate::error::{code_call, value_call, CapiError};
 use crate::generate::{
-    c_token_handler, context_shift, defaults, event_handler, hand_out_text, options_with_stop, template,
+    c_token_handler, cache_types, context_shift, defaults, event_handler, hand_out_text, options_with_stop, template,
     GemmaGenerationInfo, GemmaParams, GemmaTokenCallback,
 };
 use crate::lora::{check_index, check_scale, ChatHold};
@@ -79,7 +79,8 @@ impl GemmaChat {
         let ctx = if n_ctx == 0 { m.context_length() } else { n_ctx.min(m.context_length()) };
         let (model, hold, lora_scales) = m.hold_for_chat();
         let mut conversation =
-            Conversation::new(model, &m.tokenizer, template, ctx, options).map_err(CapiError::Generation)?;
+            Conversation::with_cache_types(model, &m.tokenizer, template, ctx, cache_types(&params)?, options)
+                .map_err(CapiError::Generation)?;
         // The chat starts at the model-wide default scales and keeps its own from then on.
         conversation.set_lora_scales(Some(lora_scales)).map_err(CapiError::Lora)?;
         conversation.set_system(system);

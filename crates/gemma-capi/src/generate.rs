@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use gemma_core::chat::{ChatMessage, ChatTemplate};
 use gemma_core::generate::TokenEvent;
-use gemma_core::{ContextShift, GenerationOptions, GenerationOutput, ModelError, SamplingParams, Session, StopReason};
+use gemma_core::{
+    ContextShift, GenerationOptions, GenerationOutput, KvType, ModelError, SamplingParams, Session, StopReason,
+};
 
 use crate::c_str::{read_str, to_malloced, write_opt};
 use crate::error::{code_call, value_call, CapiError};
@@ -34,6 +36,36 @@ pub struct GemmaParams {
     pub n_ctx: i32,
     pub context_shift: i32,
     pub n_keep: i32,
+    /// A `gemma_cache_type` (GGML type id) for the keys of the KV cache.
+    pub type_k: i32,
+    /// A `gemma_cache_type` for the values.
+    pub type_v: i32,
+}
+
+/// The `gemma_cache_type` enumerators of `gemma.h` (`GEMMA_CACHE_Q8_0`, ...): every KV cache type by its GGML
+/// type id, the values llama.cpp's `llama_context_params.type_k` / `type_v` take.
+pub fn cache_type_enumerators() -> Vec<(String, i32)> {
+    KvType::ALL.iter().map(|t| (format!("GEMMA_CACHE_{}", t.name().to_uppercase()), ggml_id(*t))).collect()
+}
+
+fn ggml_id(t: KvType) -> i32 {
+    // GGML type ids are small (under 64).
+    i32::try_from(t.ggml_type().id()).unwrap_or(i32::MAX)
+}
+
+/// The KV cache types `params` asks for (keys, values).
+pub(crate) fn cache_types(params: &GemmaParams) -> Result<(KvType, KvType), CapiError> {
+    let one = |field: &str, id: i32| {
+        KvType::ALL.into_iter().find(|&t| ggml_id(t) == id).ok_or_else(|| {
+            let allowed: Vec<String> =
+                cache_type_enumerators().into_iter().map(|(n, v)| format!("{n} ({v})")).collect();
+            CapiError::InvalidArgument(format!(
+                "{field} {id} is not a KV cache type: allowed are {}",
+                allowed.join(", ")
+            ))
+        })
+    };
+    Ok((one("type_k", params.type_k)?, one("type_v", params.type_v)?))
 }
 
 /// `gemma_stop_reason` of the C API.
@@ -109,6 +141,8 @@ pub(crate) fn defaults() -> GemmaParams {
         n_ctx: 0,
         context_shift: 0,
         n_keep: 0,
+        type_k: ggml_id(KvType::F32),
+        type_v: ggml_id(KvType::F32),
     }
 }
 
@@ -169,6 +203,8 @@ pub extern "C" fn gemma_params_default() -> GemmaParams {
         n_ctx: 0,
         context_shift: 0,
         n_keep: 0,
+        type_k: 0,
+        type_v: 0,
     };
     value_call(zero, || Ok(defaults()))
 }
@@ -256,7 +292,8 @@ pub fn generate(
     options.context_shift = context_shift(params, tokenizer.add_bos(), prompt_ids.len());
     // The read lock keeps `gemma_lora_load` out for the length of the generation.
     let model = m.model();
-    let mut session = Session::new(&model, context);
+    let mut session =
+        Session::with_cache_types(&model, context, cache_types(params)?).map_err(CapiError::Generation)?;
     // The model-wide default scales as they are now (`gemma_lora_set_scale`).
     session.set_lora_scales(Some(m.loras().scales.clone())).map_err(CapiError::Lora)?;
     let out = session

@@ -27,8 +27,8 @@ pub use chat::{
 pub use embed::{gemma_embed, gemma_embed_batch, gemma_model_embedding_dim};
 pub use error::{CapiError, Status};
 pub use generate::{
-    gemma_generate, gemma_params_default, GemmaGenerationInfo, GemmaParams, GemmaStopReason, GemmaTokenCallback,
-    GEMMA_NO_TOKEN, GEMMA_SEED_RANDOM,
+    cache_type_enumerators, gemma_generate, gemma_params_default, GemmaGenerationInfo, GemmaParams, GemmaStopReason,
+    GemmaTokenCallback, GEMMA_NO_TOKEN, GEMMA_SEED_RANDOM,
 };
 pub use lora::{
     gemma_lora_count, gemma_lora_get_scale, gemma_lora_load, gemma_lora_path, gemma_lora_prompt_prefix,

@@ -11,6 +11,7 @@ use common::{
 };
 use gemma_capi::*;
 use gemma_core::chat::{ChatMessage, ChatTemplate};
+use gemma_core::KvType;
 
 mod common;
 
@@ -211,6 +212,31 @@ fn greedy_generation_is_the_librarys_and_llama_cpps() {
 }
 
 #[test]
+fn kv_cache_types_are_the_librarys() {
+    let library = Library::get();
+    let golden = &goldens()[3];
+    let types = |k: KvType, v: KvType| (k, v);
+    let mut texts = Vec::new();
+    for (keys, values) in
+        [types(KvType::F32, KvType::F32), types(KvType::F16, KvType::Q8_0), types(KvType::Q4_0, KvType::Q4_0)]
+    {
+        let id = |t: KvType| t.ggml_type().id() as i32;
+        let params = GemmaParams { type_k: id(keys), type_v: id(values), ..greedy_params(MAX_TOKENS) };
+        let run = generate_on(generator(), &c_string(&golden.prompt), &params, 0);
+        assert_eq!(run.code, OK, "{keys}/{values}: {}", last_error());
+        let expected = library.greedy_with_cache_types(&golden.prompt_ids, MAX_TOKENS, (keys, values));
+        let ids: Vec<u32> = run.streamed.tokens.iter().map(|&t| t as u32).collect();
+        assert_eq!(ids, expected.gen_ids, "{keys}/{values}: the library's greedy tokens with these cache types");
+        assert_eq!(run.text.as_deref(), Some(expected.text.as_str()), "{keys}/{values}");
+        texts.push(expected.text);
+    }
+    assert_eq!(texts[0], library.greedy(&golden.prompt_ids, MAX_TOKENS).text, "f32 is the default");
+    // The types take effect: this prompt's greedy answer changes with a 4-bit cache (q4_0 moves this model's
+    // logits far, docs/kv-cache.md).
+    assert_ne!(texts[2], texts[0], "a q4_0 cache gives another answer on this prompt");
+}
+
+#[test]
 fn the_callback_stops_generation_after_the_token_it_returns_non_zero_for() {
     let golden = &goldens()[3];
     let run = generate_on(generator(), &c_string(&golden.prompt), &greedy_params(MAX_TOKENS), 3);
@@ -340,6 +366,10 @@ fn null_pointers_bad_strings_and_bad_values_are_error_codes() {
             (GemmaParams { repeat_penalty: -1.0, ..params }, "repeat_penalty"),
             (GemmaParams { repeat_last_n: -5, ..params }, "repeat_last_n"),
             (GemmaParams { temperature: f32::INFINITY, ..params }, "temperature"),
+            // GGML type 4 (the old Q4_2) and F64 (28) are no KV cache types.
+            (GemmaParams { type_k: 4, ..params }, "type_k 4 is not a KV cache type"),
+            (GemmaParams { type_v: 28, ..params }, "type_v 28 is not a KV cache type"),
+            (GemmaParams { type_v: -1, ..params }, "type_v -1"),
         ] {
             assert_eq!(generate(generator(), c"x".as_ptr(), &bad, &mut out), invalid, "{field}");
             assert!(last_error().contains(field), "{field}: {}", last_error());

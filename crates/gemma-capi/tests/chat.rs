@@ -9,6 +9,7 @@ use std::ffi::{c_char, c_int, CStr};
 use common::{c_string, collect, generator, greedy_params, last_error, take_text, Library, Streamed};
 use gemma_capi::*;
 use gemma_core::chat::{ChatMessage, ChatTemplate};
+use gemma_core::KvType;
 
 mod common;
 
@@ -150,6 +151,30 @@ fn turns_keep_the_cache_and_answer_as_the_library_does_on_the_whole_conversation
     // SAFETY: a live chat; NULL removes the system prompt.
     assert_eq!(unsafe { gemma_chat_set_system(chat.0, std::ptr::null()) }, OK);
     assert!(chat.messages().is_empty());
+}
+
+#[test]
+fn a_chat_keeps_its_kv_cache_types_for_every_turn() {
+    let library = Library::get();
+    let template = template();
+    let types = (KvType::Q8_0, KvType::F16);
+    let id = |t: KvType| t.ggml_type().id() as i32;
+    let params = GemmaParams { type_k: id(types.0), type_v: id(types.1), ..greedy_params(12) };
+    let chat = Chat::new(Some("Answer in one short sentence."), &params, 0);
+    for (i, question) in ["What is the capital of France?", "And of Italy?"].into_iter().enumerate() {
+        let sent = send(&chat, question, 0);
+        assert_eq!(sent.code, OK, "{}", last_error());
+        let messages = chat.messages();
+        let ids = template.encode(&library.tokenizer, &messages[..messages.len() - 1], true).unwrap();
+        let fresh = library.greedy_with_cache_types(&ids, 12, types);
+        assert_eq!(sent.text.unwrap(), fresh.text, "turn {i}: a fresh run of the conversation with a q8_0/f16 cache");
+    }
+    // A type the cache cannot hold is refused when the chat is made.
+    let bad = GemmaParams { type_k: 99, ..greedy_params(12) };
+    // SAFETY: a live model handle, no system prompt, valid params.
+    let chat = unsafe { gemma_chat_new(generator(), std::ptr::null(), &bad, 0) };
+    assert!(chat.is_null());
+    assert!(last_error().contains("type_k 99 is not a KV cache type"), "{}", last_error());
 }
 
 #[test]

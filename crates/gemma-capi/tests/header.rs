@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use gemma_capi::{GemmaStopReason, Status, GEMMA_NO_TOKEN, GEMMA_SEED_RANDOM};
+use gemma_capi::{cache_type_enumerators, GemmaStopReason, Status, GEMMA_NO_TOKEN, GEMMA_SEED_RANDOM};
 
 fn crate_file(path: &str) -> String {
     let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
@@ -97,6 +97,7 @@ fn header_codes_and_constants_are_the_crates() {
     let mut expected: BTreeMap<String, i32> =
         Status::ALL.into_iter().map(|s| (s.c_name().to_string(), s as i32)).collect();
     expected.extend(GemmaStopReason::ALL.into_iter().map(|r| (r.c_name().to_string(), r as i32)));
+    expected.extend(cache_type_enumerators());
     assert_eq!(enumerators(&code), expected, "enumerators of gemma.h");
     assert_eq!(GEMMA_SEED_RANDOM, 0xFFFF_FFFF);
     assert!(code.contains("#define GEMMA_SEED_RANDOM 0xFFFFFFFFu"));

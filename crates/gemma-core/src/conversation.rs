@@ -7,7 +7,7 @@
 //! `GenerationOptions::speculative` set, answers are decoded with n-gram drafts taken from the whole
 //! conversation; they are the answers plain decoding gives (`docs/speculative.md`).
 
-use gemma_ops::ThreadPool;
+use gemma_ops::{KvType, ThreadPool};
 
 use crate::chat::{reusable_prefix_len, ChatMessage, ChatTemplate, ChatTemplateError};
 use crate::error::ModelError;
@@ -67,10 +67,23 @@ impl<'m> Conversation<'m> {
         ctx: usize,
         options: GenerationOptions,
     ) -> Result<Conversation<'m>, ModelError> {
+        Self::with_cache_types(model, tokenizer, template, ctx, model.cache_types(), options)
+    }
+
+    /// A conversation as [`Conversation::new`] whose KV cache stores keys and values in `cache_types` (keys,
+    /// values) rather than the model's [`Model::cache_types`].
+    pub fn with_cache_types(
+        model: &'m Model,
+        tokenizer: &'m Tokenizer,
+        template: &'m ChatTemplate,
+        ctx: usize,
+        cache_types: (KvType, KvType),
+        options: GenerationOptions,
+    ) -> Result<Conversation<'m>, ModelError> {
         if model.is_embedding_model() {
             return Err(ModelError::EmbeddingModel(model.config.name.clone()));
         }
-        let session = Session::new(model, ctx);
+        let session = Session::with_cache_types(model, ctx, cache_types)?;
         let sampler = Sampler::for_model(options.sampling.clone(), tokenizer, session.context_len());
         Ok(Conversation { tokenizer, template, session, messages: Vec::new(), cached: Vec::new(), options, sampler })
     }

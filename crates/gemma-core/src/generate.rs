@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use gemma_ops::ThreadPool;
+use gemma_ops::{KvType, ThreadPool};
 
 use crate::batch::Batch;
 use crate::error::ModelError;
@@ -174,6 +174,17 @@ impl<'m> Session<'m> {
     /// A session whose context holds up to `ctx` tokens (capped at the model's context length).
     pub fn new(model: &'m Model, ctx: usize) -> Session<'m> {
         Session { model, cache: model.new_cache(ctx), scratch: Scratch::default(), lora_scales: None }
+    }
+
+    /// A session as [`Session::new`] whose KV cache stores keys and values in `types` (keys, values) rather
+    /// than the model's [`Model::cache_types`].
+    pub fn with_cache_types(model: &'m Model, ctx: usize, types: (KvType, KvType)) -> Result<Session<'m>, ModelError> {
+        Ok(Session {
+            model,
+            cache: model.new_cache_of_types(ctx, types)?,
+            scratch: Scratch::default(),
+            lora_scales: None,
+        })
     }
 
     /// Runs this session's passes with its own LoRA scales (`scales[id]` for adapter `id`, a missing entry is 0)

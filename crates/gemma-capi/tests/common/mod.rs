@@ -11,7 +11,7 @@ use gemma_capi::{
     gemma_last_error, gemma_model_open, gemma_params_default, gemma_string_free, GemmaModel, GemmaParams,
 };
 
-use gemma_core::{GenerationOptions, GenerationOutput, Model, SamplingParams, Session, Tokenizer};
+use gemma_core::{GenerationOptions, GenerationOutput, KvType, Model, SamplingParams, Session, Tokenizer};
 use gemma_ops::ThreadPool;
 
 /// Greedy continuations in the tests are this long: enough to pass several certain golden steps, and fast.
@@ -105,7 +105,18 @@ impl Library {
     /// The library's greedy generation from `prompt_ids`, in a context as long as the model's (as the C API
     /// runs it).
     pub fn greedy(&self, prompt_ids: &[u32], max_tokens: usize) -> GenerationOutput {
-        let mut session = Session::new(&self.model, self.model.config.context_length);
+        self.greedy_with_cache_types(prompt_ids, max_tokens, self.model.cache_types())
+    }
+
+    /// [`Library::greedy`] with a KV cache of these types (keys, values).
+    pub fn greedy_with_cache_types(
+        &self,
+        prompt_ids: &[u32],
+        max_tokens: usize,
+        types: (KvType, KvType),
+    ) -> GenerationOutput {
+        let mut session =
+            Session::with_cache_types(&self.model, self.model.config.context_length, types).expect("cache types fit");
         let opts = GenerationOptions { max_tokens, sampling: SamplingParams::greedy(), ..Default::default() };
         session.generate(&self.tokenizer, prompt_ids, &opts, &self.pool, &mut |_| {}).expect("library generates")
     }

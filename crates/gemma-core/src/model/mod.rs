@@ -207,17 +207,34 @@ impl Model {
 
     /// A KV cache for one sequence of up to `capacity` tokens (capped at the model's context length).
     pub fn new_cache(&self, capacity: usize) -> KvCache {
+        self.cache_of_types(capacity, self.cache_types)
+    }
+
+    /// A KV cache as [`Model::new_cache`] whose keys and values are stored in `types` instead of the model's
+    /// [`Model::cache_types`] (a caller with its own setting, as a C API call's parameters).
+    pub fn new_cache_of_types(&self, capacity: usize, types: (KvType, KvType)) -> Result<KvCache, ModelError> {
+        self.check_cache_types(types)?;
+        Ok(self.cache_of_types(capacity, types))
+    }
+
+    fn cache_of_types(&self, capacity: usize, types: (KvType, KvType)) -> KvCache {
         let c = &self.config;
         // A centred window looks ahead, so embedding models keep every position (their inputs are short).
         let windows: Vec<Option<usize>> =
             c.layer_is_local.iter().map(|&local| if local && c.causal { c.sliding_window } else { None }).collect();
-        KvCache::with_types(&windows, c.n_kv_heads * c.head_dim, capacity.min(c.context_length), self.cache_types)
+        KvCache::with_types(&windows, c.n_kv_heads * c.head_dim, capacity.min(c.context_length), types)
     }
 
     /// Stores keys and values of every cache made from now on in these types (llama.cpp's `--cache-type-k`
     /// and `--cache-type-v`; default f32). A head width that is not a whole number of the type's blocks is
     /// an error.
     pub fn set_cache_types(&mut self, keys: KvType, values: KvType) -> Result<(), ModelError> {
+        self.check_cache_types((keys, values))?;
+        self.cache_types = (keys, values);
+        Ok(())
+    }
+
+    fn check_cache_types(&self, (keys, values): (KvType, KvType)) -> Result<(), ModelError> {
         for t in [keys, values] {
             if !self.config.head_dim.is_multiple_of(t.block_size()) {
                 return Err(ModelError::CacheType(format!(
@@ -227,7 +244,6 @@ impl Model {
                 )));
             }
         }
-        self.cache_types = (keys, values);
         Ok(())
     }
 
