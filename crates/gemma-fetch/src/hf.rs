@@ -97,7 +97,7 @@ impl HfClient {
         let target = out_dir.join(name);
 
         if let (Some(expected), Ok(existing)) = (&sha256, fs::metadata(&target)) {
-            if existing.is_file() && meta.size.map_or(true, |s| s == existing.len()) {
+            if existing.is_file() && !matches!(meta.size, Some(s) if s != existing.len()) {
                 progress
                     .bytes_phase(&format!("checking the {} already in {}", name, out_dir.display()), existing.len());
                 if &http::sha256_of(&target)? == expected {
@@ -113,16 +113,15 @@ impl HfClient {
             progress.note(&format!("resuming {} from {}", name, part.display()));
         }
         let label = format!("downloading {what}");
-        let got = match http::download(
-            &self.client,
-            HUB,
-            &meta.location,
-            self.auth_for(&meta.location),
-            &part,
-            meta.size,
-            progress,
-            &label,
-        )? {
+        let job = http::Job {
+            hub: HUB,
+            url: &meta.location,
+            auth: self.auth_for(&meta.location),
+            part: &part,
+            expected_size: meta.size,
+            label: &label,
+        };
+        let got = match http::download(&self.client, &job, progress)? {
             Ok(got) => got,
             Err(f) => return Err(self.explain(f, &meta.location, repo, &what)),
         };

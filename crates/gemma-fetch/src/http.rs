@@ -93,8 +93,10 @@ pub struct Credential {
 
 /// Where settings are looked up: the process environment first, then a `.env` file in `cwd` (as python-dotenv
 /// does by default, a variable already set wins). Tests build one with their own variables.
+type Lookup = dyn Fn(&str) -> Option<String>;
+
 pub struct Settings {
-    vars: Box<dyn Fn(&str) -> Option<String>>,
+    vars: Box<Lookup>,
     pub cwd: PathBuf,
     pub home: Option<PathBuf>,
 }
@@ -307,20 +309,28 @@ pub(crate) struct Downloaded {
     pub goog_hash: Option<String>,
 }
 
-/// Downloads `url` into `part`, resuming from `part`'s current length with a `Range` request when it has one.
-/// When `expected_size` is known and `part` already has it all, nothing is requested. A server that ignores
-/// the range (200) restarts the file; one that refuses it (416) gets one fresh request. On a network error the
-/// part file is kept for the next attempt. Hashes (sha256 and md5) cover the whole file.
+/// One download for [`download`].
+pub(crate) struct Job<'a> {
+    pub hub: &'static str,
+    pub url: &'a str,
+    /// Sent to `url` only; ureq drops it on a redirect to another host.
+    pub auth: Option<&'a Auth>,
+    pub part: &'a Path,
+    pub expected_size: Option<u64>,
+    /// The progress line.
+    pub label: &'a str,
+}
+
+/// Downloads `job.url` into `job.part`, resuming from the part's current length with a `Range` request when it
+/// has one. When the expected size is known and the part already has it all, nothing is requested. A server
+/// that ignores the range (200) restarts the file; one that refuses it (416) gets one fresh request. On a network
+/// error the part file is kept for the next attempt. Hashes (sha256 and md5) cover the whole file.
 pub(crate) fn download(
     client: &Client,
-    hub: &'static str,
-    url: &str,
-    auth: Option<&Auth>,
-    part: &Path,
-    expected_size: Option<u64>,
+    job: &Job,
     progress: &Progress,
-    label: &str,
 ) -> Result<Result<Downloaded, Failure>, HubError> {
+    let Job { hub, url, auth, part, expected_size, label } = *job;
     let mut have = fs::metadata(part).map(|m| m.len()).unwrap_or(0);
     if expected_size.is_some_and(|e| have > e) {
         have = 0; // longer than the file: not a prefix of it

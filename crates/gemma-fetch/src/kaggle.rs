@@ -208,16 +208,9 @@ impl KaggleClient {
         if fs::metadata(&part).is_ok_and(|m| m.len() > 0) {
             progress.note(&format!("resuming the download in {}", part.display()));
         }
-        let got = match http::download(
-            &self.client,
-            HUB,
-            &url,
-            self.auth(),
-            &part,
-            None,
-            progress,
-            &format!("downloading {what}"),
-        )? {
+        let label = format!("downloading {what}");
+        let job = http::Job { hub: HUB, url: &url, auth: self.auth(), part: &part, expected_size: None, label: &label };
+        let got = match http::download(&self.client, &job, progress)? {
             Ok(got) => got,
             Err(f) => return Err(self.explain(f, &url, &what)),
         };
