@@ -9,13 +9,20 @@
 //! assemble into a zip archive ([`Assembled::ZipArchive`]), verified the same way, whose listed members are then
 //! unpacked into a hidden work folder, each checked for its size and sha256 as it is written; only a folder whose
 //! every member passed is renamed into the cache, and the archive is removed either way.
+//!
+//! [`hf`] and [`kaggle`] are clients of the Hugging Face and Kaggle hubs (the `gemma-fetch` binary's
+//! `--hf-repo` and `--kaggle`), with resumable, checked downloads; see `docs/fetch.md`.
 
+pub mod hf;
+mod http;
+pub mod kaggle;
 mod pip_source;
 mod progress;
 mod pull;
 
 use std::path::{Path, PathBuf};
 
+pub use http::{dotenv_value, Auth, Credential, HubError, Settings};
 pub use pip_source::PipSource;
 pub use progress::Progress;
 pub use pull::{pull, pull_model, sha256_file, ChunkSource, PullOptions};

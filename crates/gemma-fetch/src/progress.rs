@@ -19,22 +19,29 @@ enum Mode {
 pub struct Progress {
     mode: Mode,
     bar: RefCell<Option<ProgressBar>>,
+    /// Starts every line, naming the command (`gemma pull`, `gemma-fetch`).
+    prefix: &'static str,
 }
 
 impl Progress {
     /// Progress on stderr when `enabled`: bars if stderr is a terminal, plain lines if not.
     pub fn stderr(enabled: bool) -> Progress {
+        Progress::stderr_as(enabled, "gemma pull")
+    }
+
+    /// [`Progress::stderr`] with lines that start with `prefix` instead of `gemma pull`.
+    pub fn stderr_as(enabled: bool, prefix: &'static str) -> Progress {
         let mode = match (enabled, std::io::stderr().is_terminal()) {
             (false, _) => Mode::Silent,
             (true, false) => Mode::Lines,
             (true, true) => Mode::Bars,
         };
-        Progress { mode, bar: RefCell::new(None) }
+        Progress { mode, bar: RefCell::new(None), prefix }
     }
 
     /// No output at all.
     pub fn silent() -> Progress {
-        Progress { mode: Mode::Silent, bar: RefCell::new(None) }
+        Progress { mode: Mode::Silent, bar: RefCell::new(None), prefix: "" }
     }
 
     /// Starts a phase of unknown length: its line, then a spinner with the phase's details on a terminal.
@@ -83,7 +90,7 @@ impl Progress {
     pub fn note(&self, line: &str) {
         self.finish();
         if self.mode != Mode::Silent {
-            eprintln!("gemma pull: {line}");
+            eprintln!("{}: {line}", self.prefix);
         }
     }
 
