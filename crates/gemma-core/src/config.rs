@@ -6,6 +6,11 @@ use crate::error::ModelError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Architecture {
+    /// Gemma 1 (GGUF architecture `gemma`): every layer global, no post norms, no soft-capping.
+    Gemma,
+    /// Gemma 2 (GGUF `gemma2`): alternating sliding-window and global layers, post-attention and post-FFN
+    /// norms, attention and final logit soft-capping.
+    Gemma2,
     Gemma3,
     /// EmbeddingGemma: Gemma 3 layers with bidirectional attention, read out by pooling (GGUF architecture
     /// `gemma-embedding`, as llama.cpp names it).
@@ -17,6 +22,8 @@ pub enum Architecture {
 impl Architecture {
     pub fn name(self) -> &'static str {
         match self {
+            Architecture::Gemma => "gemma",
+            Architecture::Gemma2 => "gemma2",
             Architecture::Gemma3 => "gemma3",
             Architecture::GemmaEmbedding => "gemma-embedding",
             Architecture::Llama => "llama",
@@ -57,6 +64,9 @@ pub struct ModelConfig {
     pub embedding_scale: f32,
     /// `tanh` soft-capping of the final logits, when the model uses it.
     pub final_logit_softcap: Option<f32>,
+    /// `tanh` soft-capping of the attention scores (after the query scaling, before the mask and softmax),
+    /// when the model uses it (Gemma 2).
+    pub attn_logit_softcap: Option<f32>,
     /// Whether a token sees only earlier positions (decoders) or the whole input (embedding models; their
     /// sliding window is then centred on the token: it sees `sliding_window / 2` positions either side).
     pub causal: bool,
@@ -178,6 +188,22 @@ fn round_to_bf16(v: f32) -> f32 {
     f32::from_bits(bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) & 0xffff_0000)
 }
 
+/// Which layers use the sliding window, as llama.cpp's `load_swa_pattern` reads
+/// `attention.sliding_window_pattern`: a list of one flag per layer, or a period `n` (layer `l` is local unless
+/// `l % n == n - 1`; 0: every layer local), `default_period` when the key is absent.
+fn sliding_layers(m: &Meta, n_layers: usize, default_period: usize) -> Result<Vec<bool>, ModelError> {
+    const KEY: &str = "attention.sliding_window_pattern";
+    if let Some(list) = m.get(KEY).and_then(|v| v.as_array()) {
+        let flags: Option<Vec<bool>> = list.iter().map(|v| v.as_bool()).collect();
+        return match flags {
+            Some(flags) if flags.len() == n_layers => Ok(flags),
+            _ => Err(m.unsupported(KEY, format!("expected {n_layers} booleans, found {}", list.len()))),
+        };
+    }
+    let period = m.opt_usize(KEY)?.unwrap_or(default_period);
+    Ok((0..n_layers).map(|l| period == 0 || l % period < period - 1).collect())
+}
+
 /// Most layers, most heads and widest head a GGUF file may declare (gemma.cpp caps `qkv_dim` at 1024 too).
 const MAX_LAYERS: usize = 1024;
 const MAX_HEADS: usize = 1024;
@@ -189,6 +215,8 @@ impl ModelConfig {
             .and_then(|v| v.as_str())
             .ok_or_else(|| ModelError::MissingMetadata("general.architecture".into()))?;
         let arch = match arch_name {
+            "gemma" => Architecture::Gemma,
+            "gemma2" => Architecture::Gemma2,
             "gemma3" => Architecture::Gemma3,
             "gemma-embedding" => Architecture::GemmaEmbedding,
             "llama" => Architecture::Llama,
@@ -282,10 +310,13 @@ impl ModelConfig {
             query_scale: 1.0 / (head_dim as f32).sqrt(),
             embedding_scale: 1.0,
             final_logit_softcap: None,
+            attn_logit_softcap: None,
             causal: true,
             pooling: None,
         };
         match arch {
+            Architecture::Gemma => Ok(ModelConfig { embedding_scale: (d_model as f32).sqrt(), ..common }),
+            Architecture::Gemma2 => Self::gemma2(&m, common),
             Architecture::Gemma3 => Self::gemma3(&m, common),
             Architecture::GemmaEmbedding => Self::gemma_embedding(&m, Self::gemma3(&m, common)?),
             Architecture::Llama => Ok(common),
@@ -296,9 +327,10 @@ impl ModelConfig {
     fn gemma3(m: &Meta, c: ModelConfig) -> Result<ModelConfig, ModelError> {
         let sliding_window = m.opt_usize("attention.sliding_window")?.filter(|&w| w > 0);
         // Five sliding-window layers, then one global (llama.cpp's default pattern of 6).
-        let pattern = m.opt_usize("attention.sliding_window_pattern")?.unwrap_or(6);
-        let layer_is_local =
-            (0..c.n_layers).map(|l| sliding_window.is_some() && (pattern == 0 || l % pattern < pattern - 1)).collect();
+        let layer_is_local = match sliding_window {
+            Some(_) => sliding_layers(m, c.n_layers, 6)?,
+            None => vec![false; c.n_layers],
+        };
         Ok(ModelConfig {
             rope_base_local: sliding_window
                 .map(|_| m.opt_f32("rope.freq_base_swa"))
@@ -310,6 +342,36 @@ impl ModelConfig {
             query_scale: if c.n_layers == 62 { 1.0 / ((c.d_model / c.n_heads) as f32).sqrt() } else { c.query_scale },
             embedding_scale: (c.d_model as f32).sqrt(),
             final_logit_softcap: m.opt_f32("final_logit_softcapping")?.filter(|&cap| cap > 0.0),
+            ..c
+        })
+    }
+
+    /// Gemma 2, read as llama.cpp reads it: a sliding window (default 4096) on every other layer starting with
+    /// the first (layers 0, 2, 4, ... local; no pattern key), one RoPE base for all layers, soft-caps of the
+    /// attention scores (default 50) and of the final logits (default 30), and the query scale by model size:
+    /// the 27B (46 layers) scales by (d_model / n_heads)^-1/2, the others by head_dim^-1/2.
+    fn gemma2(m: &Meta, c: ModelConfig) -> Result<ModelConfig, ModelError> {
+        let window = m.opt_usize("attention.sliding_window")?.unwrap_or(4096);
+        if window == 0 {
+            return Err(m.unsupported("attention.sliding_window", "zero".into()));
+        }
+        let cap = |key: &str, default: f32| -> Result<f32, ModelError> {
+            let cap = m.opt_f32(key)?.unwrap_or(default);
+            // llama.cpp divides by the cap unconditionally, so a cap that is not positive is no model's.
+            if cap > 0.0 && cap.is_finite() {
+                Ok(cap)
+            } else {
+                Err(m.unsupported(key, format!("soft-cap {cap} is not a positive number")))
+            }
+        };
+        Ok(ModelConfig {
+            rope_base_local: Some(m.opt_f32("rope.freq_base_swa")?.unwrap_or(c.rope_base)),
+            sliding_window: Some(window),
+            layer_is_local: sliding_layers(m, c.n_layers, 2)?,
+            query_scale: if c.n_layers == 46 { 1.0 / ((c.d_model / c.n_heads) as f32).sqrt() } else { c.query_scale },
+            embedding_scale: (c.d_model as f32).sqrt(),
+            final_logit_softcap: Some(cap("final_logit_softcapping", 30.0)?),
+            attn_logit_softcap: Some(cap("attn_logit_softcapping", 50.0)?),
             ..c
         })
     }
@@ -431,6 +493,7 @@ impl ModelConfig {
             query_scale,
             embedding_scale,
             final_logit_softcap: Some(c.final_cap).filter(|&cap| cap > 0.0),
+            attn_logit_softcap: None,
             causal: true,
             pooling: None,
         })
@@ -468,6 +531,9 @@ impl ModelConfig {
             s += ", per-frequency factors";
         }
         s += &format!(")\nquery_scale: {}\nembedding_scale: {}", self.query_scale, self.embedding_scale);
+        if let Some(cap) = self.attn_logit_softcap {
+            s += &format!("\nattn_logit_softcap: {cap}");
+        }
         if let Some(cap) = self.final_logit_softcap {
             s += &format!("\nfinal_logit_softcap: {cap}");
         }
@@ -490,17 +556,22 @@ mod tests {
     /// A metadata-only GGUF of a small Llama, with `extra` keys added (`llama.` prefixed unless they hold a dot
     /// already at the front, like `general.architecture`).
     fn llama_file(extra: &[(&str, MetaValue)]) -> GgufFile {
+        file_of("llama", extra)
+    }
+
+    /// [`llama_file`] for architecture `arch` (keys prefixed with it).
+    fn file_of(arch: &str, extra: &[(&str, MetaValue)]) -> GgufFile {
         let mut w = GgufWriter::new();
         let mut keys: Vec<(String, MetaValue)> = vec![
-            ("general.architecture".into(), MetaValue::String("llama".into())),
-            ("llama.block_count".into(), MetaValue::U32(2)),
-            ("llama.embedding_length".into(), MetaValue::U32(64)),
-            ("llama.feed_forward_length".into(), MetaValue::U32(128)),
-            ("llama.attention.head_count".into(), MetaValue::U32(4)),
-            ("llama.vocab_size".into(), MetaValue::U32(100)),
+            ("general.architecture".into(), MetaValue::String(arch.into())),
+            (format!("{arch}.block_count"), MetaValue::U32(2)),
+            (format!("{arch}.embedding_length"), MetaValue::U32(64)),
+            (format!("{arch}.feed_forward_length"), MetaValue::U32(128)),
+            (format!("{arch}.attention.head_count"), MetaValue::U32(4)),
+            (format!("{arch}.vocab_size"), MetaValue::U32(100)),
         ];
         for (k, v) in extra {
-            let key = if k.starts_with("general.") { k.to_string() } else { format!("llama.{k}") };
+            let key = if k.starts_with("general.") { k.to_string() } else { format!("{arch}.{k}") };
             keys.retain(|(existing, _)| *existing != key);
             keys.push((key, v.clone()));
         }
@@ -544,6 +615,65 @@ mod tests {
         assert_eq!((c.sliding_window, c.rope_base_local, c.final_logit_softcap), (None, None, None));
         assert_eq!(c.layer_is_local, vec![false, false]);
         assert!(c.summary().contains("layers: 2\n"), "{}", c.summary());
+    }
+
+    /// Gemma 2 and Gemma 1 read as llama.cpp's `llama_model_gemma2` / `llama_model_gemma` read them.
+    #[test]
+    fn gemma2_and_gemma1_follow_llama_cpp() {
+        let gemma2 = |extra: &[(&str, MetaValue)]| ModelConfig::from_gguf(&file_of("gemma2", extra));
+        let six = [("block_count", MetaValue::U32(6))];
+        let c = gemma2(&six).unwrap();
+        assert_eq!(c.arch, Architecture::Gemma2);
+        // Defaults: window 4096 on layers 0, 2, 4; caps 50 and 30; one RoPE base; head_dim^-1/2.
+        assert_eq!(c.layer_is_local, [true, false, true, false, true, false]);
+        assert_eq!(
+            (c.sliding_window, c.attn_logit_softcap, c.final_logit_softcap),
+            (Some(4096), Some(50.0), Some(30.0))
+        );
+        assert_eq!(
+            (c.rope_base, c.rope_base_local, c.query_scale, c.embedding_scale),
+            (10_000.0, Some(10_000.0), 0.25, 8.0)
+        );
+        let c = gemma2(&[
+            ("block_count", MetaValue::U32(6)),
+            ("attention.sliding_window", MetaValue::U32(512)),
+            ("attention.sliding_window_pattern", MetaValue::U32(3)),
+            ("attn_logit_softcapping", MetaValue::F32(20.0)),
+            ("final_logit_softcapping", MetaValue::F32(10.0)),
+            ("rope.freq_base", MetaValue::F32(1e6)),
+            ("rope.freq_base_swa", MetaValue::F32(1e4)),
+        ])
+        .unwrap();
+        assert_eq!(c.layer_is_local, [true, true, false, true, true, false]);
+        assert_eq!(
+            (c.sliding_window, c.attn_logit_softcap, c.final_logit_softcap),
+            (Some(512), Some(20.0), Some(10.0))
+        );
+        assert_eq!((c.rope_base, c.rope_base_local), (1e6, Some(1e4)));
+        let flags = MetaValue::Array(
+            gemma_io::MetaArray::from_values(gemma_io::gguf::ValueType::Bool, [true, true].map(MetaValue::Bool))
+                .unwrap(),
+        );
+        let listed = gemma2(&[("attention.sliding_window_pattern", flags.clone())]).unwrap();
+        assert_eq!(listed.layer_is_local, [true, true]);
+        let short = gemma2(&[("block_count", MetaValue::U32(3)), ("attention.sliding_window_pattern", flags)]);
+        assert!(short.unwrap_err().to_string().contains("expected 3 booleans"));
+        // The 27B (46 layers) scales queries by (d_model / n_heads)^-1/2 = 1/4 here, not head_dim^-1/2 = 1/8.
+        let big = [("block_count", MetaValue::U32(46)), ("attention.key_length", MetaValue::U32(64))];
+        assert_eq!(gemma2(&big).unwrap().query_scale, 0.25);
+        let small = [("block_count", MetaValue::U32(26)), ("attention.key_length", MetaValue::U32(64))];
+        assert_eq!(gemma2(&small).unwrap().query_scale, 0.125);
+        let zero_cap = gemma2(&[("attn_logit_softcapping", MetaValue::F32(0.0))]).unwrap_err().to_string();
+        assert!(
+            zero_cap.contains("gemma2.attn_logit_softcapping") && zero_cap.contains("not a positive"),
+            "{zero_cap}"
+        );
+
+        let c = ModelConfig::from_gguf(&file_of("gemma", &[("attention.sliding_window", MetaValue::U32(8))])).unwrap();
+        assert_eq!(c.arch, Architecture::Gemma);
+        // Gemma 1 reads no window, no caps: every layer global, as llama.cpp's graph for it.
+        assert_eq!((c.sliding_window, c.attn_logit_softcap, c.final_logit_softcap), (None, None, None));
+        assert_eq!((c.layer_is_local.clone(), c.query_scale, c.embedding_scale), (vec![false, false], 0.25, 8.0));
     }
 
     #[test]

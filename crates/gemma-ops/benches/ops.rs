@@ -155,7 +155,7 @@ fn attention(c: &mut Criterion) {
     g.bench_function("decode_4heads_ctx1024", |b| {
         b.iter(|| {
             let spans = [AttnSpan { kv: KvView::f32(&keys, &values, hd, 0), positions: 0..ctx }];
-            grouped_query_attention(&pool, &q, &spans, n_heads, 1, hd, &mut out);
+            grouped_query_attention(&pool, &q, &spans, n_heads, 1, hd, None, &mut out);
         })
     });
     let n = 256;
@@ -166,7 +166,7 @@ fn attention(c: &mut Criterion) {
         b.iter(|| {
             let spans: Vec<AttnSpan> =
                 (0..n).map(|i| AttnSpan { kv: KvView::f32(&keys, &values, hd, 0), positions: 0..i + 1 }).collect();
-            grouped_query_attention(&pool, &qp, &spans, n_heads, 1, hd, &mut outp);
+            grouped_query_attention(&pool, &qp, &spans, n_heads, 1, hd, None, &mut outp);
         })
     });
     // A 512-token causal prefill with 4,096 positions already cached (`gemma bench -p 512 -d 4096`'s global
@@ -181,7 +181,7 @@ fn attention(c: &mut Criterion) {
         b.iter(|| {
             let spans: Vec<AttnSpan> =
                 (0..n).map(|i| AttnSpan { kv: KvView::f32(&kd, &vd, hd, 0), positions: 0..depth + i + 1 }).collect();
-            grouped_query_attention(&pool, &qd, &spans, n_heads, 1, hd, &mut outd);
+            grouped_query_attention(&pool, &qd, &spans, n_heads, 1, hd, None, &mut outd);
         })
     });
     // EmbeddingGemma's bidirectional pass: 3 query heads on 1 KV head, each of 512 tokens sees a window
@@ -198,7 +198,7 @@ fn attention(c: &mut Criterion) {
         b.iter(|| {
             let spans: Vec<AttnSpan> =
                 (0..n).map(|i| AttnSpan { kv: KvView::f32(&ke, &ve, hd, 0), positions: window(i) }).collect();
-            grouped_query_attention(&pool, &qe, &spans, heads3, 1, hd, &mut oute);
+            grouped_query_attention(&pool, &qe, &spans, heads3, 1, hd, None, &mut oute);
         })
     });
     g.finish();

@@ -126,6 +126,8 @@ struct BlockJob<'a> {
     off: usize,
     d: usize,
     base: usize,
+    /// `cap * tanh(score / cap)` on every score before the softmax, when set.
+    softcap: Option<f32>,
 }
 
 impl BlockJob<'_> {
@@ -183,15 +185,28 @@ fn block_scalar(job: &BlockJob, scores: &mut [f32], stats: &mut [f32], out: &mut
 }
 
 /// Replaces each row's scores in `range` by its weights `exp(score - max)` (exactly 0 outside the row's own
-/// positions), recording max and sum in `stats`.
+/// positions), recording max and sum in `stats`. Soft-capping happens here, so every kernel (and every KV
+/// cache type, decoded before the kernels) caps the same way.
 #[inline(always)]
 fn softmax_stats(job: &BlockJob, range: Range<usize>, scores: &mut [f32], stats: &mut [f32]) {
     for (r, own) in job.own.iter().enumerate() {
         let row = &mut scores[r * ATTENTION_BLOCK..(r + 1) * ATTENTION_BLOCK];
+        if let Some(cap) = job.softcap {
+            soft_cap(&mut row[own.clone()], cap);
+        }
         let max = row[own.clone()].iter().copied().fold(f32::NEG_INFINITY, f32::max);
         stats[2 * r] = max;
         stats[2 * r + 1] = exp_masked_sum(row, range.clone(), own.clone(), max);
     }
+}
+
+/// `x = cap * tanh(x / cap)` for each score: a plain loop over libm's `tanh` (one per score a query sees,
+/// small beside the score's `head_dim` multiply-adds: see `softcap_costs_little` in the benches' numbers in
+/// `docs/architectures.md`).
+#[inline(always)]
+fn soft_cap(scores: &mut [f32], cap: f32) {
+    let inv = 1.0 / cap;
+    scores.iter_mut().for_each(|s| *s = cap * (*s * inv).tanh());
 }
 
 /// [`exp_fast`], bit for bit, with the exponent taken from the rounding constant's bits rather than a
@@ -672,7 +687,10 @@ fn tiles_with(a: &AttnSpan, b: &AttnSpan) -> bool {
 
 /// Grouped-query attention for a batch: `q` holds one row of `n_heads * head_dim` per token (pre-scaled),
 /// `spans[i]` says what token `i` sees; query head `h` reads KV head `h / (n_heads / n_kv_heads)`.
-/// Writes `out`, one row of `n_heads * head_dim` per token (zeros for a token that sees no position).
+/// With `softcap = Some(cap)` each score `s` becomes `cap * tanh(s / cap)` before the softmax (Gemma 2's
+/// attention logit soft-capping). Writes `out`, one row of `n_heads * head_dim` per token (zeros for a token
+/// that sees no position).
+#[allow(clippy::too_many_arguments)]
 pub fn grouped_query_attention(
     pool: &ThreadPool,
     q: &[f32],
@@ -680,9 +698,11 @@ pub fn grouped_query_attention(
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
+    softcap: Option<f32>,
     out: &mut [f32],
 ) {
-    grouped_query_attention_with(AttentionKernel::detect(), pool, q, spans, n_heads, n_kv_heads, head_dim, out)
+    let kernel = AttentionKernel::detect();
+    grouped_query_attention_with(kernel, pool, q, spans, n_heads, n_kv_heads, head_dim, softcap, out)
 }
 
 /// [`grouped_query_attention`] with the kernel chosen by the caller (tests compare them).
@@ -695,8 +715,12 @@ pub fn grouped_query_attention_with(
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
+    softcap: Option<f32>,
     out: &mut [f32],
 ) {
+    if let Some(cap) = softcap {
+        assert!(cap > 0.0 && cap.is_finite(), "attention soft-cap {cap} is not a positive number");
+    }
     let q_row = n_heads * head_dim;
     assert_eq!(q.len(), spans.len() * q_row, "query rows do not match the spans");
     assert_eq!(out.len(), q.len(), "output rows do not match the queries");
@@ -787,6 +811,7 @@ pub fn grouped_query_attention_with(
                         off: kvh * d,
                         d,
                         base,
+                        softcap,
                     },
                     _ => {
                         // Encoded rows: this block's slice of the head decoded once for all the tile's rows
@@ -811,6 +836,7 @@ pub fn grouped_query_attention_with(
                             off: 0,
                             d,
                             base,
+                            softcap,
                         }
                     }
                 };
@@ -876,7 +902,7 @@ mod tests {
         let pool = ThreadPool::new(1);
         let mut out = vec![0.0; q.len()];
         let spans = [AttnSpan { kv: *kv, positions }];
-        grouped_query_attention_with(kernel, &pool, q, &spans, n_kv, n_kv, q.len() / n_kv, &mut out);
+        grouped_query_attention_with(kernel, &pool, q, &spans, n_kv, n_kv, q.len() / n_kv, None, &mut out);
         out
     }
 
@@ -906,6 +932,11 @@ mod tests {
 
     /// Plain two-pass softmax attention in f64: the reference for every kernel and block split.
     fn reference(q: &[f32], kv: &KvView, kv_head: usize, positions: Range<usize>) -> Vec<f64> {
+        reference_capped(q, kv, kv_head, positions, None)
+    }
+
+    /// [`reference`] with the scores soft-capped (`cap * tanh(s / cap)`) before the softmax.
+    fn reference_capped(q: &[f32], kv: &KvView, kv_head: usize, positions: Range<usize>, cap: Option<f64>) -> Vec<f64> {
         let d = q.len();
         let off = kv_head * d;
         let row = |rows: &KvRows, p: usize| {
@@ -916,6 +947,7 @@ mod tests {
         let scores: Vec<f64> = positions
             .clone()
             .map(|p| q.iter().zip(&row(&kv.keys, p)).map(|(a, b)| *a as f64 * *b as f64).sum())
+            .map(|s: f64| cap.map_or(s, |c| c * (s / c).tanh()))
             .collect();
         let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let w: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
@@ -962,7 +994,7 @@ mod tests {
                     let pool = ThreadPool::new(1);
                     let mut out = vec![0.0; q.len()];
                     let spans = [AttnSpan { kv: *kv, positions: pos.clone() }];
-                    grouped_query_attention_with(*kernel, &pool, q, &spans, n_heads, n_kv, d, &mut out);
+                    grouped_query_attention_with(*kernel, &pool, q, &spans, n_heads, n_kv, d, None, &mut out);
                     for h in 0..n_heads {
                         let want = reference(&q[h * d..(h + 1) * d], kv, h / (n_heads / n_kv), pos.clone());
                         for (x, (g, w)) in out[h * d..(h + 1) * d].iter().zip(&want).enumerate() {
@@ -980,7 +1012,7 @@ mod tests {
                 let spans: Vec<AttnSpan> =
                     cases.iter().map(|(kv, pos)| AttnSpan { kv: *kv, positions: pos.clone() }).collect();
                 let mut out = vec![0.0; q_all.len()];
-                grouped_query_attention_with(*kernel, &pool, &q_all, &spans, n_heads, n_kv, d, &mut out);
+                grouped_query_attention_with(*kernel, &pool, &q_all, &spans, n_heads, n_kv, d, None, &mut out);
                 assert_eq!(out, alone.concat(), "{kernel:?} d{d}: batching changed the result");
             }
         }
@@ -1026,14 +1058,14 @@ mod tests {
                         let mut out = vec![0.0; q_row];
                         let one = [AttnSpan { kv: span.kv, positions: span.positions.clone() }];
                         let qi = &q[i * q_row..(i + 1) * q_row];
-                        grouped_query_attention_with(kernel, &pool, qi, &one, n_heads, n_kv, d, &mut out);
+                        grouped_query_attention_with(kernel, &pool, qi, &one, n_heads, n_kv, d, None, &mut out);
                         out
                     })
                     .collect();
                 for threads in [1, 2] {
                     let pool = ThreadPool::new(threads);
                     let mut out = vec![f32::NAN; q.len()];
-                    grouped_query_attention_with(kernel, &pool, &q, &spans, n_heads, n_kv, d, &mut out);
+                    grouped_query_attention_with(kernel, &pool, &q, &spans, n_heads, n_kv, d, None, &mut out);
                     for (i, (got, want)) in out.chunks_exact(q_row).zip(alone.chunks_exact(q_row)).enumerate() {
                         assert!(
                             got.iter().zip(want).all(|(x, y)| x.to_bits() == y.to_bits()),
@@ -1116,7 +1148,7 @@ mod tests {
         for kernel in AttentionKernel::available() {
             let spans = [AttnSpan { kv, positions: 5..5 }, AttnSpan { kv, positions: 200..300 }];
             let mut out = vec![f32::NAN; 2 * d];
-            grouped_query_attention_with(kernel, &ThreadPool::new(1), &q, &spans, 1, 1, d, &mut out);
+            grouped_query_attention_with(kernel, &ThreadPool::new(1), &q, &spans, 1, 1, d, None, &mut out);
             assert!(out[..d].iter().all(|x| *x == 0.0));
             assert_eq!(out[d..], attend_one(kernel, &q[d..], &kv, 1, 200..300)[..], "{kernel:?}");
         }
@@ -1136,7 +1168,7 @@ mod tests {
         let mut outs = Vec::new();
         for k in AttentionKernel::available() {
             let mut out = vec![0.0; q.len()];
-            grouped_query_attention_with(k, &pool, &q, &spans, nh, nkv, d, &mut out);
+            grouped_query_attention_with(k, &pool, &q, &spans, nh, nkv, d, None, &mut out);
             outs.push(out);
         }
         for o in &outs[1..] {
@@ -1184,7 +1216,17 @@ mod tests {
                     let qi = &q[i * q_row..(i + 1) * q_row];
                     let mut out = vec![0.0; q_row];
                     let one = [AttnSpan { kv, positions: span.positions.clone() }];
-                    grouped_query_attention_with(kernel, &ThreadPool::new(1), qi, &one, n_heads, n_kv, d, &mut out);
+                    grouped_query_attention_with(
+                        kernel,
+                        &ThreadPool::new(1),
+                        qi,
+                        &one,
+                        n_heads,
+                        n_kv,
+                        d,
+                        None,
+                        &mut out,
+                    );
                     for h in 0..n_heads {
                         let mut qh = qi[h * d..(h + 1) * d].to_vec();
                         if let Some(qt) = kt.query_type() {
@@ -1201,13 +1243,94 @@ mod tests {
                     alone.extend(out);
                 }
                 let mut out = vec![0.0; q.len()];
-                grouped_query_attention_with(kernel, &ThreadPool::new(2), &q, &spans, n_heads, n_kv, d, &mut out);
+                grouped_query_attention_with(kernel, &ThreadPool::new(2), &q, &spans, n_heads, n_kv, d, None, &mut out);
                 assert_eq!(out, alone, "{kernel:?} {kt}/{vt}: batching changed the result");
                 results.push(out);
             }
             for (k, r) in results.iter().enumerate().skip(1) {
                 let md = r.iter().zip(&results[0]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 assert!(md < 1e-4, "{kt}/{vt}: kernel {k} differs from the scalar one by {md}");
+            }
+        }
+    }
+
+    /// Soft-capped scores (Gemma 2's attention logit cap) in every kernel and cache type: one token's span of
+    /// one block and of several (merged), in a ring, alone and in a batch on 2 threads, all as the f64
+    /// reference that caps before the softmax; the cap changes the result (the scores reach well past it).
+    #[test]
+    fn soft_capped_scores_match_the_reference_in_every_kernel_and_cache_type() {
+        let (d, n_heads, n_kv, n) = (64, 4, 2, 600);
+        let row = n_kv * d;
+        let keys: Vec<f32> = (0..n * row).map(|i| ((i * 7919 % 1013) as f32 / 500.0 - 1.0) * 0.5).collect();
+        let values: Vec<f32> = (0..n * row).map(|i| (i * 104_729 % 1000) as f32 / 500.0 - 1.0).collect();
+        let cases = [(0, 0..1), (0, 17..300), (0, 0..600), (300, 250..520)];
+        let q: Vec<f32> = (0..cases.len() * n_heads * d).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let q_row = n_heads * d;
+        let cap = 5.0f32;
+        for t in [KvType::F32, KvType::F16, KvType::Q8_0, KvType::Q4_0] {
+            let enc = |x: &[f32]| {
+                let mut b = vec![0u8; t.row_bytes(x.len()).unwrap()];
+                for (src, dst) in x.chunks_exact(row).zip(b.chunks_exact_mut(t.row_bytes(row).unwrap())) {
+                    t.encode(src, dst);
+                }
+                b
+            };
+            let (kb, vb) = (enc(&keys), enc(&values));
+            let view = |ring| match t {
+                KvType::F32 => KvView::f32(&keys, &values, row, ring),
+                _ => KvView { keys: KvRows::Encoded(t, &kb), values: KvRows::Encoded(t, &vb), row_len: row, ring },
+            };
+            let spans: Vec<AttnSpan> =
+                cases.iter().map(|(ring, p)| AttnSpan { kv: view(*ring), positions: p.clone() }).collect();
+            let mut scalar = None;
+            for kernel in AttentionKernel::available() {
+                let mut alone = Vec::new();
+                for (i, span) in spans.iter().enumerate() {
+                    let qi = &q[i * q_row..(i + 1) * q_row];
+                    let one = [AttnSpan { kv: span.kv, positions: span.positions.clone() }];
+                    let (mut capped, mut plain) = (vec![0.0; q_row], vec![0.0; q_row]);
+                    let pool = ThreadPool::new(1);
+                    grouped_query_attention_with(kernel, &pool, qi, &one, n_heads, n_kv, d, Some(cap), &mut capped);
+                    grouped_query_attention_with(kernel, &pool, qi, &one, n_heads, n_kv, d, None, &mut plain);
+                    if span.positions.len() > 1 {
+                        assert_ne!(capped, plain, "{kernel:?} {t} token {i}: the cap changed nothing");
+                    }
+                    for h in 0..n_heads {
+                        let mut qh = qi[h * d..(h + 1) * d].to_vec();
+                        if let Some(qt) = t.query_type() {
+                            round_queries(qt, &mut qh, d, &mut Vec::new());
+                        }
+                        let kvh = h / (n_heads / n_kv);
+                        let want = reference_capped(&qh, &span.kv, kvh, span.positions.clone(), Some(cap as f64));
+                        for (x, (g, w)) in capped[h * d..(h + 1) * d].iter().zip(&want).enumerate() {
+                            assert!(
+                                (*g as f64 - w).abs() < 2e-4 * (1.0 + w.abs()),
+                                "{kernel:?} {t} token {i} h{h} [{x}]: {g} vs {w}"
+                            );
+                        }
+                    }
+                    alone.extend(capped);
+                }
+                let mut out = vec![0.0; q.len()];
+                grouped_query_attention_with(
+                    kernel,
+                    &ThreadPool::new(2),
+                    &q,
+                    &spans,
+                    n_heads,
+                    n_kv,
+                    d,
+                    Some(cap),
+                    &mut out,
+                );
+                assert_eq!(out, alone, "{kernel:?} {t}: batching changed the capped result");
+                match &scalar {
+                    None => scalar = Some(out),
+                    Some(s) => {
+                        let md = out.iter().zip(s).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                        assert!(md < 1e-4, "{t}: {kernel:?} differs from the scalar kernel by {md}");
+                    }
+                }
             }
         }
     }

@@ -18,6 +18,8 @@ pub(crate) struct AttentionShape {
     /// Whether a query sees only earlier positions. Without it, every token of a sequence must be in the
     /// batch (a query sees the positions up to the last one of its sequence here).
     pub causal: bool,
+    /// Gemma 2's attention logit soft-cap: scores become `cap * tanh(score / cap)` before the softmax.
+    pub softcap: Option<f32>,
 }
 
 /// `q`: batch rows of `n_heads * head_dim` (already rotated and scaled); `k`, `v`: batch rows of
@@ -66,5 +68,5 @@ pub(crate) fn attention(
             AttnSpan { kv, positions }
         })
         .collect();
-    grouped_query_attention(pool, q, &spans, shape.n_heads, shape.n_kv_heads, shape.head_dim, out);
+    grouped_query_attention(pool, q, &spans, shape.n_heads, shape.n_kv_heads, shape.head_dim, shape.softcap, out);
 }

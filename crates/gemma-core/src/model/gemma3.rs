@@ -187,6 +187,7 @@ pub(crate) fn forward(
             head_dim: hd,
             window: if c.layer_is_local[l] { c.sliding_window } else { None },
             causal: c.causal,
+            softcap: None,
         };
         attention(pool, l, &shape, batch, caches, q, k, v, attn);
         mm.matmul(name(l, "attn_output"), &lw.wo, attn, proj, acts)?;

@@ -143,8 +143,14 @@ pub(crate) fn forward(
     let (x, h, q, k, v) =
         (sized(x, n * d), sized(h, n * d), sized(q, n * q_width), sized(k, n * kv_width), sized(v, n * kv_width));
     let (attn, proj, gate, up) = (sized(attn, n * q_width), sized(proj, n * d), sized(gate, n * ff), sized(up, n * ff));
-    let shape =
-        AttentionShape { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: hd, window: None, causal: true };
+    let shape = AttentionShape {
+        n_heads: c.n_heads,
+        n_kv_heads: c.n_kv_heads,
+        head_dim: hd,
+        window: None,
+        causal: true,
+        softcap: None,
+    };
 
     mm.embed_tokens(&w.embedding, batch, x, c.embedding_scale, acts)?;
     let rope = RopeAngles::new(batch.tokens.iter().map(|t| t.pos), &w.inv_freq);

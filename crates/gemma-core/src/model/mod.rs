@@ -2,6 +2,7 @@
 
 mod attention;
 pub mod embedding;
+pub mod gemma2;
 pub mod gemma3;
 pub mod llama;
 mod output;
@@ -45,6 +46,8 @@ pub struct Model {
 }
 
 enum Weights {
+    /// Gemma 1 and Gemma 2.
+    Gemma2(gemma2::Gemma2Weights),
     Gemma3(gemma3::Gemma3Weights),
     Llama(llama::LlamaWeights),
 }
@@ -98,6 +101,7 @@ impl Model {
         let mut config = ModelConfig::from_gguf(&file)?;
         options.apply(&mut config)?;
         let weights = match config.arch {
+            Architecture::Gemma | Architecture::Gemma2 => Weights::Gemma2(gemma2::Gemma2Weights::load(&file, &config)?),
             Architecture::Gemma3 | Architecture::GemmaEmbedding => {
                 Weights::Gemma3(gemma3::Gemma3Weights::load(&file, &config)?)
             }
@@ -296,6 +300,13 @@ impl Model {
         }
         let c = &self.config;
         match &self.weights {
+            Weights::Gemma2(w) => {
+                let (global, local) = w.rotations_back(discard);
+                cache.shift(keep, discard, &mut |layer, keys| {
+                    let rope = if c.layer_is_local[layer] { &local } else { &global };
+                    keys.chunks_exact_mut(c.head_dim).for_each(|head| rope.neox(head, 0));
+                })
+            }
             Weights::Gemma3(w) => {
                 let (global, local) = w.rotations_back(discard);
                 cache.shift(keep, discard, &mut |layer, keys| {
@@ -412,6 +423,10 @@ impl Model {
         let lora = lora_scales.and_then(|s| LoraPass::new(&self.loras, s, batch.tokens.iter().map(|t| t.seq)));
         let mut products = Products { file: self.weight_file(), pool, observer, lora };
         let head = match &self.weights {
+            Weights::Gemma2(w) => {
+                gemma2::forward(&mut products, c, w, batch, caches, scratch)?;
+                &w.head
+            }
             Weights::Gemma3(w) => {
                 gemma3::forward(&mut products, c, w, batch, caches, scratch)?;
                 &w.head

@@ -1,0 +1,364 @@
+//! Gemma 2 (GGUF `gemma2`) and Gemma 1 (`gemma`) forward passes against llama.cpp's.
+//!
+//! No Gemma 1 or 2 weights can be downloaded here, so the files are made from the default model: Gemma 3 270M's
+//! real weights rewritten as a `gemma2` GGUF (keys renamed, attention and final soft-caps 50 / 30, the 512
+//! sliding window kept on every other layer, RoPE base left to the default 10,000, no QK-norm tensors) and as a
+//! `gemma` GGUF (no post norms, no window either). No one would use them as models; they run the same weights
+//! through llama.cpp's Gemma 2 and Gemma 1 graphs and through ours. llama.cpp's answers on these very bytes are
+//! in `testdata/goldens/gemma{2,1}_llama.json`, from `scripts/llama_gemma2_goldens.py` (its docstring says how
+//! to write the files with this test's builder: `write_test_files`).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use gemma_core::config::Architecture;
+use gemma_core::sampling::greedy;
+use gemma_core::{Batch, BatchToken, KvType, Model, Scratch};
+use gemma_io::{GgufFile, GgufWriter, MetaValue};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+mod common;
+
+/// Below this margin between llama.cpp's best two log-probabilities the engines may pick differently (llama.cpp
+/// keeps an f16 KV cache, ours f32).
+const NEAR_TIE: f64 = 0.5;
+
+/// Largest difference allowed between our log-probability of one of llama.cpp's five best tokens and llama.cpp's
+/// at a teacher-forced step (measured: see `docs/architectures.md`).
+const LOGPROB_TOLERANCE: f64 = 0.25;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Variant {
+    Gemma2,
+    Gemma1,
+}
+
+impl Variant {
+    fn arch(self) -> &'static str {
+        match self {
+            Variant::Gemma2 => "gemma2",
+            Variant::Gemma1 => "gemma",
+        }
+    }
+    fn file_name(self) -> &'static str {
+        match self {
+            Variant::Gemma2 => "gemma2-test.gguf",
+            Variant::Gemma1 => "gemma1-test.gguf",
+        }
+    }
+    fn goldens(self) -> &'static str {
+        match self {
+            Variant::Gemma2 => concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/goldens/gemma2_llama.json"),
+            Variant::Gemma1 => concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/goldens/gemma1_llama.json"),
+        }
+    }
+}
+
+/// Writes Gemma 3 270M (`source`) rewritten as `variant` to `out`: metadata keys `gemma3.*` renamed to the new
+/// architecture's, the global RoPE base dropped (both variants then use llama.cpp's default 10,000 on every
+/// layer), Gemma 2's soft-caps added, and the tensors the architecture lacks left out: the QK norms, and for
+/// Gemma 1 the post norms (its layers are all global: the window key goes too). Tensor bytes are copied as
+/// they are.
+fn write_variant(source: &Path, variant: Variant, out: &Path) {
+    let file = GgufFile::open(source).expect("Gemma 3 270M");
+    let arch = variant.arch();
+    let mut w = GgufWriter::new();
+    for (key, value) in file.metadata() {
+        let key = match key.strip_prefix("gemma3.") {
+            Some("rope.freq_base") => continue,
+            Some("attention.sliding_window") if variant == Variant::Gemma1 => continue,
+            Some(rest) => format!("{arch}.{rest}"),
+            None => key.clone(),
+        };
+        let value = match key.as_str() {
+            "general.architecture" => MetaValue::String(arch.into()),
+            "general.name" => MetaValue::String(format!("Gemma 3 270m weights as {arch} (test file)")),
+            _ => value.clone(),
+        };
+        w.add_metadata(key, value).expect("metadata");
+    }
+    if variant == Variant::Gemma2 {
+        w.add_metadata("gemma2.attn_logit_softcapping", MetaValue::F32(50.0)).expect("metadata");
+        w.add_metadata("gemma2.final_logit_softcapping", MetaValue::F32(30.0)).expect("metadata");
+    }
+    for t in file.tensors() {
+        let dropped = t.name.ends_with("attn_q_norm.weight")
+            || t.name.ends_with("attn_k_norm.weight")
+            || (variant == Variant::Gemma1
+                && (t.name.ends_with("post_attention_norm.weight") || t.name.ends_with("post_ffw_norm.weight")));
+        if !dropped {
+            w.add_tensor(t.name.clone(), &t.dims, t.ggml_type, file.tensor_data(t).to_vec()).expect("tensor");
+        }
+    }
+    w.write_file(out).expect("write");
+}
+
+/// Writes both test files into `$GEMMA2_TEST_FILES` for `scripts/llama_gemma2_goldens.py`.
+#[test]
+#[ignore = "writes the test files for the goldens script"]
+fn write_test_files() {
+    let dir = PathBuf::from(std::env::var("GEMMA2_TEST_FILES").expect("GEMMA2_TEST_FILES names a folder"));
+    std::fs::create_dir_all(&dir).expect("folder");
+    let source = gemma_fetch::resolve_model(gemma_fetch::DEFAULT_MODEL).expect("default model");
+    for v in [Variant::Gemma2, Variant::Gemma1] {
+        write_variant(&source, v, &dir.join(v.file_name()));
+        eprintln!("{}", dir.join(v.file_name()).display());
+    }
+}
+
+struct TestModel {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    model: Model,
+}
+
+fn test_model(variant: Variant) -> &'static TestModel {
+    static G2: OnceLock<TestModel> = OnceLock::new();
+    static G1: OnceLock<TestModel> = OnceLock::new();
+    let cell = if variant == Variant::Gemma2 { &G2 } else { &G1 };
+    cell.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join(variant.file_name());
+        let source = gemma_fetch::resolve_model(gemma_fetch::DEFAULT_MODEL).expect("default model");
+        write_variant(&source, variant, &path);
+        let model = Model::open(&path).expect("test model loads");
+        TestModel { _dir: dir, path, model }
+    })
+}
+
+#[derive(Deserialize)]
+struct Goldens {
+    model_sha256: String,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    prompt_ids: Vec<u32>,
+    gen_ids: Vec<u32>,
+    /// Per step, llama.cpp's five best (token, log-probability), teacher-forced.
+    top_logprobs: Vec<Vec<(u32, f64)>>,
+}
+
+impl Case {
+    /// llama.cpp's margin between its best two tokens at `step`; 0 where its teacher-forced best is not its
+    /// greedy token (its two paths round differently there: a near-tie).
+    fn margin(&self, step: usize) -> f64 {
+        let top = &self.top_logprobs[step];
+        if top[0].0 != self.gen_ids[step] {
+            return 0.0;
+        }
+        top[0].1 - top[1].1
+    }
+}
+
+fn goldens(variant: Variant) -> Goldens {
+    let text = std::fs::read_to_string(variant.goldens()).expect("goldens");
+    serde_json::from_str(&text).expect("parse goldens")
+}
+
+fn log_softmax(x: &[f32]) -> Vec<f64> {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = x.iter().map(|v| (*v as f64 - max).exp()).sum();
+    x.iter().map(|v| *v as f64 - max - sum.ln()).collect()
+}
+
+/// Logits at each position from the prompt's last on, in prefill chunks of 128 (a long prompt's windows slide
+/// across chunk boundaries).
+fn teacher_forced(model: &Model, prompt: &[u32], gen: &[u32]) -> Vec<Vec<f32>> {
+    let pool = &common::default_model().pool;
+    let ids: Vec<u32> = prompt.iter().chain(gen).copied().collect();
+    let mut cache = model.new_cache(ids.len());
+    let mut scratch = Scratch::default();
+    let mut out = Vec::new();
+    for (c, chunk) in ids.chunks(128).enumerate() {
+        let mut batch = Batch::default();
+        for (i, &token) in chunk.iter().enumerate() {
+            let pos = c * 128 + i;
+            batch.push(BatchToken { token, pos, seq: 0, logits: pos + 1 >= prompt.len() && pos < ids.len() - 1 });
+        }
+        let logits = model.forward_with(&batch, std::slice::from_mut(&mut cache), pool, &mut scratch).expect("forward");
+        out.extend((0..logits.len()).map(|i| logits.row(i).to_vec()));
+    }
+    out
+}
+
+/// Our greedy continuation of `prompt`: one prefill, then one token per pass.
+fn generate(model: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
+    let pool = &common::default_model().pool;
+    let mut cache = model.new_cache(prompt.len() + n);
+    let mut scratch = Scratch::default();
+    let logits =
+        model.forward_with(&Batch::sequence(prompt, 0, 0, false), std::slice::from_mut(&mut cache), pool, &mut scratch);
+    let mut next = greedy(logits.expect("prefill").row(0));
+    let mut out = vec![next];
+    while out.len() < n {
+        let batch = Batch::sequence(&[next], prompt.len() + out.len() - 1, 0, true);
+        let logits = model.forward_with(&batch, std::slice::from_mut(&mut cache), pool, &mut scratch);
+        next = greedy(logits.expect("decode").row(0));
+        out.push(next);
+    }
+    out
+}
+
+fn sha256(path: &Path) -> String {
+    let bytes = std::fs::read(path).expect("test file");
+    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The configurations read as llama.cpp reads these files.
+#[test]
+fn configurations_are_llama_cpps() {
+    let c = &test_model(Variant::Gemma2).model.config;
+    assert_eq!(c.arch, Architecture::Gemma2);
+    assert_eq!((c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.head_dim), (18, 640, 4, 1, 256));
+    // Every other layer local, the first one included (llama.cpp's pattern of 2).
+    assert_eq!(c.layer_is_local, (0..18).map(|l| l % 2 == 0).collect::<Vec<_>>());
+    assert_eq!((c.sliding_window, c.rope_base, c.rope_base_local), (Some(512), 10_000.0, Some(10_000.0)));
+    assert_eq!((c.attn_logit_softcap, c.final_logit_softcap), (Some(50.0), Some(30.0)));
+    assert_eq!((c.query_scale, c.embedding_scale), (1.0 / 16.0, (640f32).sqrt()));
+    let summary = c.summary();
+    assert!(summary.contains("architecture: gemma2") && summary.contains("attn_logit_softcap: 50"), "{summary}");
+    assert!(summary.contains("layers: 18 (9 sliding-window, 9 global)"), "{summary}");
+
+    let c = &test_model(Variant::Gemma1).model.config;
+    assert_eq!(c.arch, Architecture::Gemma);
+    assert_eq!((c.sliding_window, c.attn_logit_softcap, c.final_logit_softcap), (None, None, None));
+    assert!(c.layer_is_local.iter().all(|l| !l));
+    assert_eq!((c.rope_base, c.query_scale, c.embedding_scale), (10_000.0, 1.0 / 16.0, (640f32).sqrt()));
+}
+
+/// The goldens were recorded on the bytes this test's builder writes.
+#[test]
+fn the_test_files_are_the_ones_llama_cpp_ran() {
+    for v in [Variant::Gemma2, Variant::Gemma1] {
+        assert_eq!(sha256(&test_model(v).path), goldens(v).model_sha256, "{v:?}: rerun the goldens script");
+    }
+}
+
+/// Teacher-forced, at every step of the three prompts: our best token is llama.cpp's wherever its margin is at
+/// least 0.5, and our log-probabilities of its five best tokens are within [`LOGPROB_TOLERANCE`] of its own.
+/// Free-running, our greedy tokens are llama.cpp's up to its first near-tie, and there ours is one of its tied.
+fn follows_llama_cpp(variant: Variant) {
+    let g = goldens(variant);
+    let model = &test_model(variant).model;
+    let (mut confident, mut failures, mut max_diff, mut steps) = (0, Vec::new(), 0f64, 0);
+    for (ci, case) in g.cases.iter().enumerate() {
+        let ours = teacher_forced(model, &case.prompt_ids, &case.gen_ids);
+        assert_eq!(ours.len(), case.gen_ids.len());
+        for (i, logits) in ours.iter().enumerate() {
+            steps += 1;
+            let lp = log_softmax(logits);
+            for &(id, want) in &case.top_logprobs[i] {
+                max_diff = max_diff.max((lp[id as usize] - want).abs());
+            }
+            if case.margin(i) >= NEAR_TIE {
+                confident += 1;
+                let got = greedy(logits);
+                if got != case.gen_ids[i] {
+                    failures.push(format!("case {ci} step {i}: ours {got}, llama.cpp {}", case.gen_ids[i]));
+                }
+            }
+        }
+        let gen = generate(model, &case.prompt_ids, case.gen_ids.len());
+        let first_tie = (0..case.gen_ids.len()).find(|&i| case.margin(i) < NEAR_TIE).unwrap_or(case.gen_ids.len());
+        assert_eq!(gen[..first_tie], case.gen_ids[..first_tie], "{variant:?} case {ci}: greedy text differs");
+        if first_tie < gen.len() {
+            let top = &case.top_logprobs[first_tie];
+            let tied: Vec<u32> =
+                top.iter().enumerate().filter(|(k, t)| *k == 1 || t.1 >= top[0].1 - 0.75).map(|(_, t)| t.0).collect();
+            let ours = gen[first_tie];
+            assert!(
+                ours == case.gen_ids[first_tie] || tied.contains(&ours),
+                "{variant:?} case {ci} step {first_tie}: ours {ours}, llama.cpp's near-tie {top:?}"
+            );
+        }
+        eprintln!("{variant:?} case {ci}: {} prompt tokens, greedy equal for {first_tie} steps", case.prompt_ids.len());
+    }
+    eprintln!(
+        "{variant:?}: {steps} steps, {confident} with margin >= {NEAR_TIE}, {} differ; max log-probability \
+         difference over llama.cpp's top 5: {max_diff:.4}",
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{variant:?}: {failures:#?}");
+    assert!(confident >= 40, "{variant:?}: only {confident} steps with a clear choice");
+    assert!(max_diff < LOGPROB_TOLERANCE, "{variant:?}: log-probabilities differ by {max_diff}");
+}
+
+#[test]
+fn gemma2_follows_llama_cpp() {
+    follows_llama_cpp(Variant::Gemma2);
+}
+
+#[test]
+fn gemma1_follows_llama_cpp() {
+    follows_llama_cpp(Variant::Gemma1);
+}
+
+/// The long prompt is past the window, so the window and the attention soft-cap both change its last logits:
+/// the checks above do exercise them.
+#[test]
+fn window_and_attention_cap_matter_on_the_long_prompt() {
+    let g = goldens(Variant::Gemma2);
+    let long = g.cases.iter().max_by_key(|c| c.prompt_ids.len()).expect("cases");
+    assert!(long.prompt_ids.len() > 2 * 512, "{} tokens", long.prompt_ids.len());
+    let path = &test_model(Variant::Gemma2).path;
+    let last = |m: &Model| teacher_forced(m, &long.prompt_ids, &long.gen_ids[..1]).remove(0);
+    let base = last(&test_model(Variant::Gemma2).model);
+    for change in ["no window", "no attention cap"] {
+        let mut m = Model::open(path).expect("model");
+        match change {
+            "no window" => m.config.sliding_window = None,
+            _ => m.config.attn_logit_softcap = None,
+        }
+        let d = common::max_abs_diff(&last(&m), &base);
+        assert!(d > 0.05, "{change}: logits moved only {d}");
+    }
+}
+
+/// Prefill batches, decode steps and two sequences in one batch give the same logits; a q8_0 KV cache (its
+/// queries rounded as llama.cpp rounds them) still picks llama.cpp's confident tokens on the short prompts.
+#[test]
+fn gemma2_batches_and_cache_types() {
+    let m = &test_model(Variant::Gemma2).model;
+    let pool = &common::default_model().pool;
+    let g = goldens(Variant::Gemma2);
+    common::two_prompts_in_one_batch_match_each_alone(m, pool, &g.cases[0].prompt_ids, &g.cases[1].prompt_ids);
+    let mut q8 = Model::open(&test_model(Variant::Gemma2).path).expect("model");
+    q8.set_cache_types(KvType::Q8_0, KvType::Q8_0).expect("q8_0 cache");
+    for case in &g.cases[..2] {
+        for (i, logits) in teacher_forced(&q8, &case.prompt_ids, &case.gen_ids).iter().enumerate() {
+            if case.margin(i) >= 1.0 {
+                assert_eq!(greedy(logits), case.gen_ids[i], "q8_0 cache, step {i}");
+            }
+        }
+    }
+}
+
+/// What the attention soft-cap costs (a `tanh` per score): the long prompt's prefill and 64 decode steps after
+/// it, with and without the cap, best of 3 (numbers in `docs/architectures.md`). A measurement, not a check.
+#[test]
+#[ignore = "timing"]
+fn measure_attention_cap_cost() {
+    let g = goldens(Variant::Gemma2);
+    let long = g.cases.iter().max_by_key(|c| c.prompt_ids.len()).expect("cases");
+    let path = &test_model(Variant::Gemma2).path;
+    for cap in [true, false] {
+        let mut m = Model::open(path).expect("model");
+        if !cap {
+            m.config.attn_logit_softcap = None;
+        }
+        let (mut prefill, mut decode) = (f64::MAX, f64::MAX);
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            teacher_forced(&m, &long.prompt_ids, &long.gen_ids[..1]);
+            prefill = prefill.min(t.elapsed().as_secs_f64());
+            let t = std::time::Instant::now();
+            generate(&m, &long.prompt_ids, 65);
+            decode = decode.min(t.elapsed().as_secs_f64());
+        }
+        let per_token = (decode - prefill) / 64.0 * 1e3;
+        eprintln!("cap {cap}: prefill {} tokens {prefill:.3} s, decode ~{per_token:.2} ms/token", long.prompt_ids.len());
+    }
+}
