@@ -3,9 +3,10 @@
 
 The test files are Gemma 3 270M's real weights (the default model) rewritten as a `gemma2` GGUF (keys renamed,
 soft-caps 50 / 30 added, sliding window 512 kept, RoPE base left to the default 10,000, the QK-norm tensors
-dropped) and as a `gemma` GGUF (the post norms and the window dropped too). They are no models anyone would use:
-they exist to run the same weights through llama.cpp's Gemma 2 and Gemma 1 graphs and through ours. The test's
-own builder writes them; make them with
+dropped and folded into the query/key projections as far as a linear map can) and as a `gemma` GGUF (the post
+norms, folded the same way into the output projections, and the window dropped too); `docs/architectures.md`
+says why the folding. They are no models anyone would use: they exist to run the same weights through
+llama.cpp's Gemma 2 and Gemma 1 graphs and through ours. The test's own builder writes them; make them with
 
     GEMMA2_TEST_FILES=/tmp/g2 cargo test --release -p gemma-core --test gemma2_parity -- --ignored write_test_files
 

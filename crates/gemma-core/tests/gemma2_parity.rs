@@ -3,8 +3,10 @@
 //! No Gemma 1 or 2 weights can be downloaded here, so the files are made from the default model: Gemma 3 270M's
 //! real weights rewritten as a `gemma2` GGUF (keys renamed, attention and final soft-caps 50 / 30, the 512
 //! sliding window kept on every other layer, RoPE base left to the default 10,000, no QK-norm tensors) and as a
-//! `gemma` GGUF (no post norms, no window either). No one would use them as models; they run the same weights
-//! through llama.cpp's Gemma 2 and Gemma 1 graphs and through ours. llama.cpp's answers on these very bytes are
+//! `gemma` GGUF (no post norms, no window either); the norms left out are folded into the neighbouring
+//! projections as far as a linear map can, or the models would be too chaotic to compare engines on
+//! (`docs/architectures.md`). No one would use them as models; they run the same weights through llama.cpp's
+//! Gemma 2 and Gemma 1 graphs and through ours. llama.cpp's answers on these very bytes are
 //! in `testdata/goldens/gemma{2,1}_llama.json`, from `scripts/llama_gemma2_goldens.py` (its docstring says how
 //! to write the files with this test's builder: `write_test_files`).
 
@@ -12,6 +14,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use gemma_core::chat::{ChatTemplate, TemplateSource};
 use gemma_core::config::Architecture;
 use gemma_core::model::{MatmulObserver, WeightName};
 use gemma_core::sampling::greedy;
@@ -355,6 +358,12 @@ fn configurations_are_llama_cpps() {
     assert_eq!((c.sliding_window, c.attn_logit_softcap, c.final_logit_softcap), (None, None, None));
     assert!(c.layer_is_local.iter().all(|l| !l));
     assert_eq!((c.rope_base, c.query_scale, c.embedding_scale), (10_000.0, 1.0 / 16.0, (640f32).sqrt()));
+
+    // Without a template in the file, chats use Gemma's turn markers, as for every Gemma architecture.
+    for v in [Variant::Gemma2, Variant::Gemma1] {
+        let template = ChatTemplate::from_gguf_metadata(&test_model(v).model.file).expect("template");
+        assert_eq!(template.source(), TemplateSource::BuiltinGemma, "{v:?}");
+    }
 }
 
 /// The goldens were recorded on the bytes this test's builder writes.
