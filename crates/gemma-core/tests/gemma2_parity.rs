@@ -239,7 +239,6 @@ fn write_test_files() {
 }
 
 struct TestModel {
-    _dir: tempfile::TempDir,
     path: PathBuf,
     model: Model,
 }
@@ -249,12 +248,17 @@ fn test_model(variant: Variant) -> &'static TestModel {
     static G1: OnceLock<TestModel> = OnceLock::new();
     let cell = if variant == Variant::Gemma2 { &G2 } else { &G1 };
     cell.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join(variant.file_name());
-        let source = gemma_fetch::resolve_model(gemma_fetch::DEFAULT_MODEL).expect("default model");
-        write_variant(&source, variant, &path);
+        // Kept beside the models (not in a temp folder: a static is never dropped, so it would never be removed)
+        // and made again when missing or not the goldens' file; the GGUF writer renames only a whole file.
+        let dir = gemma_fetch::models_dir().join("test-files");
+        std::fs::create_dir_all(&dir).expect("test files folder");
+        let path = dir.join(variant.file_name());
+        if !path.exists() || sha256(&path) != goldens(variant).model_sha256 {
+            let source = gemma_fetch::resolve_model(gemma_fetch::DEFAULT_MODEL).expect("default model");
+            write_variant(&source, variant, &path);
+        }
         let model = Model::open(&path).expect("test model loads");
-        TestModel { _dir: dir, path, model }
+        TestModel { path, model }
     })
 }
 
