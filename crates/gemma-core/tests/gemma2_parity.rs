@@ -18,7 +18,7 @@ use gemma_core::chat::{ChatTemplate, TemplateSource};
 use gemma_core::config::Architecture;
 use gemma_core::model::{MatmulObserver, WeightName};
 use gemma_core::sampling::greedy;
-use gemma_core::{Batch, BatchToken, KvType, Model, Scratch};
+use gemma_core::{Batch, KvType, Model, Scratch};
 use gemma_io::{GgmlType, GgufFile, GgufWriter, MetaValue};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -293,32 +293,6 @@ fn goldens(variant: Variant) -> Goldens {
     serde_json::from_str(&text).expect("parse goldens")
 }
 
-fn log_softmax(x: &[f32]) -> Vec<f64> {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let sum: f64 = x.iter().map(|v| (*v as f64 - max).exp()).sum();
-    x.iter().map(|v| *v as f64 - max - sum.ln()).collect()
-}
-
-/// Logits at each position from the prompt's last on, in prefill chunks of 128 (a long prompt's windows slide
-/// across chunk boundaries).
-fn teacher_forced(model: &Model, prompt: &[u32], gen: &[u32]) -> Vec<Vec<f32>> {
-    let pool = &common::default_model().pool;
-    let ids: Vec<u32> = prompt.iter().chain(gen).copied().collect();
-    let mut cache = model.new_cache(ids.len());
-    let mut scratch = Scratch::default();
-    let mut out = Vec::new();
-    for (c, chunk) in ids.chunks(128).enumerate() {
-        let mut batch = Batch::default();
-        for (i, &token) in chunk.iter().enumerate() {
-            let pos = c * 128 + i;
-            batch.push(BatchToken { token, pos, seq: 0, logits: pos + 1 >= prompt.len() && pos < ids.len() - 1 });
-        }
-        let logits = model.forward_with(&batch, std::slice::from_mut(&mut cache), pool, &mut scratch).expect("forward");
-        out.extend((0..logits.len()).map(|i| logits.row(i).to_vec()));
-    }
-    out
-}
-
 /// Our greedy continuation of `prompt`: one prefill, then one token per pass.
 fn generate(model: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
     let pool = &common::default_model().pool;
@@ -388,11 +362,11 @@ fn follows_llama_cpp(variant: Variant) {
     let (mut confident, mut failures, mut max_diff, mut steps) = (0, Vec::new(), 0f64, 0);
     let (mut worst, mut unstable) = (String::new(), 0);
     for (ci, case) in g.cases.iter().enumerate() {
-        let ours = teacher_forced(model, &case.prompt_ids, &case.gen_ids);
+        let ours = common::teacher_forced_in_chunks(model, &case.prompt_ids, &case.gen_ids);
         assert_eq!(ours.len(), case.gen_ids.len());
         for (i, logits) in ours.iter().enumerate() {
             steps += 1;
-            let lp = log_softmax(logits);
+            let lp = common::log_softmax(logits);
             if case.top_logprobs[i][0].0 != case.gen_ids[i] {
                 // llama.cpp's own prefill and decode disagree on the best token here: its distribution at this
                 // step is not stable enough to hold ours to.
@@ -464,7 +438,7 @@ fn window_and_attention_cap_matter_on_the_long_prompt() {
     let long = g.cases.iter().max_by_key(|c| c.prompt_ids.len()).expect("cases");
     assert!(long.prompt_ids.len() > 2 * 512, "{} tokens", long.prompt_ids.len());
     let path = &test_model(Variant::Gemma2).path;
-    let last = |m: &Model| teacher_forced(m, &long.prompt_ids, &long.gen_ids[..1]).remove(0);
+    let last = |m: &Model| common::teacher_forced_in_chunks(m, &long.prompt_ids, &long.gen_ids[..1]).remove(0);
     let base = last(&test_model(Variant::Gemma2).model);
     for change in ["no window", "no attention cap"] {
         let mut m = Model::open(path).expect("model");
@@ -488,7 +462,7 @@ fn gemma2_batches_and_cache_types() {
     let mut q8 = Model::open(&test_model(Variant::Gemma2).path).expect("model");
     q8.set_cache_types(KvType::Q8_0, KvType::Q8_0).expect("q8_0 cache");
     for case in &g.cases[..2] {
-        for (i, logits) in teacher_forced(&q8, &case.prompt_ids, &case.gen_ids).iter().enumerate() {
+        for (i, logits) in common::teacher_forced_in_chunks(&q8, &case.prompt_ids, &case.gen_ids).iter().enumerate() {
             if case.margin(i) >= 1.0 {
                 assert_eq!(greedy(logits), case.gen_ids[i], "q8_0 cache, step {i}");
             }
@@ -512,7 +486,7 @@ fn measure_attention_cap_cost() {
     for _ in 0..3 {
         for (m, best) in [&capped, &plain].into_iter().zip(best.iter_mut()) {
             let t = std::time::Instant::now();
-            teacher_forced(m, &long.prompt_ids, &long.gen_ids[..1]);
+            common::teacher_forced_in_chunks(m, &long.prompt_ids, &long.gen_ids[..1]);
             let prefill = t.elapsed().as_secs_f64();
             let t = std::time::Instant::now();
             generate(m, &long.prompt_ids, 65);

@@ -3,7 +3,7 @@
 //! own f32 cache: how far each type moves the logits, pinned.
 
 use gemma_core::sampling::greedy;
-use gemma_core::{Batch, BatchToken, KvCache, KvFileError, KvType, Model, Scratch};
+use gemma_core::{Batch, KvCache, KvFileError, KvType, Model};
 use serde::Deserialize;
 
 mod common;
@@ -54,33 +54,6 @@ fn model_with(types: (KvType, KvType)) -> Model {
     model
 }
 
-/// Logits at each position from the prompt's last on, the whole text in one prefill (teacher-forced).
-fn teacher_forced(model: &Model, prompt: &[u32], gen: &[u32]) -> Vec<Vec<f32>> {
-    let pool = &common::default_model().pool;
-    let ids: Vec<u32> = prompt.iter().chain(gen).copied().collect();
-    let mut cache = model.new_cache(ids.len());
-    let mut scratch = Scratch::default();
-    let mut out = Vec::new();
-    // In chunks of 128, as a prefill of a long prompt runs.
-    for (c, chunk) in ids.chunks(128).enumerate() {
-        let base = c * 128;
-        let mut batch = Batch::default();
-        for (i, &token) in chunk.iter().enumerate() {
-            let pos = base + i;
-            batch.push(BatchToken { token, pos, seq: 0, logits: pos + 1 >= prompt.len() && pos < ids.len() - 1 });
-        }
-        let logits = model.forward_with(&batch, std::slice::from_mut(&mut cache), pool, &mut scratch).expect("forward");
-        out.extend((0..logits.len()).map(|i| logits.row(i).to_vec()));
-    }
-    out
-}
-
-fn log_softmax(x: &[f32]) -> Vec<f64> {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let sum: f64 = x.iter().map(|v| (*v as f64 - max).exp()).sum();
-    x.iter().map(|v| *v as f64 - max - sum.ln()).collect()
-}
-
 #[test]
 fn every_cache_type_follows_llama_cpp_with_that_type_and_stays_close_to_f32() {
     let goldens = goldens();
@@ -92,7 +65,7 @@ fn every_cache_type_follows_llama_cpp_with_that_type_and_stays_close_to_f32() {
         let (mut confident, mut failures) = (0, Vec::new());
         let (mut kl_sum, mut kl_max, mut top_diff, mut n) = (0f64, 0f64, 0f32, 0);
         for (ci, case) in run.cases.iter().enumerate() {
-            let ours = teacher_forced(&model, &case.prompt_ids, &case.gen_ids);
+            let ours = common::teacher_forced_in_chunks(&model, &case.prompt_ids, &case.gen_ids);
             for (i, (logits, (&want, &m))) in
                 ours.iter().zip(case.gen_ids.iter().zip(&case.top1_top2_margin)).enumerate()
             {
@@ -106,9 +79,9 @@ fn every_cache_type_follows_llama_cpp_with_that_type_and_stays_close_to_f32() {
                 }
             }
             // Against our own f32 cache on the same text.
-            let base = teacher_forced(f32_model, &case.prompt_ids, &case.gen_ids);
+            let base = common::teacher_forced_in_chunks(f32_model, &case.prompt_ids, &case.gen_ids);
             for (a, b) in base.iter().zip(&ours) {
-                let (p, q) = (log_softmax(a), log_softmax(b));
+                let (p, q) = (common::log_softmax(a), common::log_softmax(b));
                 let kl: f64 = p.iter().zip(&q).map(|(lp, lq)| lp.exp() * (lp - lq)).sum();
                 kl_sum += kl;
                 kl_max = kl_max.max(kl);

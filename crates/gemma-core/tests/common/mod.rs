@@ -56,6 +56,33 @@ pub fn teacher_forced(model: &Model, pool: &ThreadPool, prompt_ids: &[u32], gen_
     (0..n_gen).map(|i| logits.row(i).to_vec()).collect()
 }
 
+/// [`teacher_forced`] in prefill chunks of 128, as a long prompt's prefill runs (sliding windows then move
+/// across chunk boundaries): logits at each position from the prompt's last on.
+pub fn teacher_forced_in_chunks(model: &Model, prompt: &[u32], gen: &[u32]) -> Vec<Vec<f32>> {
+    let pool = &default_model().pool;
+    let ids: Vec<u32> = prompt.iter().chain(gen).copied().collect();
+    let mut cache = model.new_cache(ids.len());
+    let mut scratch = gemma_core::Scratch::default();
+    let mut out = Vec::new();
+    for (c, chunk) in ids.chunks(128).enumerate() {
+        let mut batch = Batch::default();
+        for (i, &token) in chunk.iter().enumerate() {
+            let pos = c * 128 + i;
+            batch.push(BatchToken { token, pos, seq: 0, logits: pos + 1 >= prompt.len() && pos < ids.len() - 1 });
+        }
+        let logits = model.forward_with(&batch, std::slice::from_mut(&mut cache), pool, &mut scratch).expect("forward");
+        out.extend((0..logits.len()).map(|i| logits.row(i).to_vec()));
+    }
+    out
+}
+
+/// Log-probabilities of a logit row, in f64.
+pub fn log_softmax(x: &[f32]) -> Vec<f64> {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = x.iter().map(|v| (*v as f64 - max).exp()).sum();
+    x.iter().map(|v| *v as f64 - max - sum.ln()).collect()
+}
+
 /// Teacher-forced argmax against llama.cpp's greedy tokens over goldens given as (prompt ids, generated ids,
 /// llama.cpp's top-1 / top-2 margins): the steps where they differ although the margin is at least 1.0, and
 /// (steps with a margin of at least 0.5, how many of those agree).
