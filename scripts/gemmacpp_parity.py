@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Greedy tokens of gemma.cpp against gemma-rs on the same SBS file, for the shared golden prompts.
 
-    scripts/gemmacpp_parity.py GEMMACPP_BIN FILE.sbs [--gemma target/release/gemma] [-n 24]
+    scripts/gemmacpp_parity.py GEMMACPP_BIN FILE.sbs [--gemma target/release/gemma] [-n 24] [--rope-freq-base B]
 
 gemma.cpp (built from source outside the repository, see docs/sbs.md) prints only text, so the two are compared
 as text: gemma-rs's tokens are joined one by one until the joined text leaves gemma.cpp's. A divergence at a
 step where gemma-rs's two best tokens are within NEAR_TIE logits of each other is a near-tie (either engine's
-rounding can tip it); any other divergence is a failure. gemma-rs runs with `--rope-freq-base 10000`, the base
-gemma.cpp uses on the global layers of Gemma 3 270M and 1B (it uses 1e6 only for the models it counts as
-multimodal). Exit status 1 when some prompt fails.
+rounding can tip it); any other divergence is a failure. Both engines take the global layers' RoPE base from
+the file's config (`use_global_timescale`, which `gemma convert` writes); for a Gemma 3 file whose config
+predates that field gemma.cpp uses 10,000 where gemma-rs uses 1,000,000, so pass `--rope-freq-base 10000`
+to compare on such a file. Exit status 1 when some prompt fails.
 """
 
 import argparse
@@ -30,9 +31,10 @@ def gemmacpp_text(binary, sbs, prompt, n):
     return out.stdout.strip()
 
 
-def gemma_rs_steps(gemma, sbs, prompt, n):
+def gemma_rs_steps(gemma, sbs, prompt, n, rope_freq_base):
+    base = ["--rope-freq-base", str(rope_freq_base)] if rope_freq_base else []
     out = subprocess.run(
-        [gemma, "-m", sbs, "--rope-freq-base", "10000", "run", "-p", prompt, "-n", str(n),
+        [gemma, "-m", sbs, *base, "run", "-p", prompt, "-n", str(n),
          "--temperature", "0", "--ignore-eos", "--logprobs", "2", "--json"],
         capture_output=True, text=True, check=True)
     steps = []
@@ -64,12 +66,13 @@ def main():
     ap.add_argument("sbs")
     ap.add_argument("--gemma", default=str(ROOT / "target/release/gemma"))
     ap.add_argument("-n", type=int, default=24)
+    ap.add_argument("--rope-freq-base", type=float, help="gemma-rs's global RoPE base, for files without the flag")
     args = ap.parse_args()
     failures = 0
     for gi, g in enumerate(json.load(open(GOLDENS))):
         prompt = g["prompt"]
         ref = gemmacpp_text(args.gemmacpp, args.sbs, prompt, args.n)
-        steps = gemma_rs_steps(args.gemma, args.sbs, prompt, args.n)
+        steps = gemma_rs_steps(args.gemma, args.sbs, prompt, args.n, args.rope_freq_base)
         agree, margin = compare(ref, steps)
         if margin is None:
             verdict = f"same {agree} tokens"

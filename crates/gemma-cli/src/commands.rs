@@ -727,6 +727,11 @@ fn info_sbs(path: &std::path::Path) -> Result<()> {
     writeln!(out, "  num_layers = {}, model_dim = {}, vocab_size = {}", c.num_layers, c.model_dim, c.vocab_size)?;
     writeln!(out, "  max_seq_len = {}, query_scale = {:?}", c.max_seq_len, c.query_scale)?;
     writeln!(out, "  att_cap = {}, final_cap = {}", c.att_cap, c.final_cap)?;
+    let timescale = match c.use_global_timescale {
+        Some(flag) => flag.to_string(),
+        None => "absent (written before gemma.cpp had the field)".into(),
+    };
+    writeln!(out, "  use_global_timescale = {timescale}")?;
     writeln!(out, "  attention_window_sizes = {:?}", c.attention_window_sizes)?;
     if let Some(first) = c.layer_configs.first() {
         let alike = c.layer_configs.iter().all(|l| l == first);

@@ -389,13 +389,16 @@ impl ModelConfig {
         Ok(ModelConfig { causal: false, pooling: Some(pooling), ..c })
     }
 
-    /// The configuration of a gemma.cpp SBS checkpoint, from its `config` blob. Only the Gemma 3 family runs
-    /// here (QK norm, post norms, no attention soft-cap). Things gemma.cpp hard-codes rather than stores: RMS
-    /// eps 1e-6, RoPE base 10,000 on sliding-window layers and 1,000,000 on global ones (gemma.cpp itself
-    /// uses the 1M base only for the models it deems multimodal, 1B and up; Gemma 3 270M was trained with
-    /// it too, and its GGUF conversion says so), and the embedding scale sqrt(d_model) rounded to bf16.
+    /// The configuration of a gemma.cpp SBS checkpoint, from its `config` blob: Gemma 3 layers (QK norm, post
+    /// norms), Gemma 2 layers (post norms, attention and final soft-caps) or Gemma 1 layers (neither), as
+    /// gemma.cpp's layer fields say. Things gemma.cpp hard-codes rather than stores: RMS eps 1e-6, RoPE base
+    /// 10,000 except on the global layers of a config with `use_global_timescale`, which take 1,000,000, and
+    /// the embedding scale sqrt(d_model) rounded to bf16. A Gemma 3 config written before gemma.cpp had that
+    /// field gets 1,000,000 on its global layers: every Gemma 3 was trained with it (gemma.cpp then used it
+    /// only for 1B and up; its table still leaves the 270M at 10,000, `docs/sbs.md`).
     pub fn from_sbs(c: &gemma_io::sbs::ModelConfig) -> Result<ModelConfig, ModelError> {
-        use gemma_io::sbs::config::{LayerAttentionType, PostNormType, PostQKType, QueryScaleType};
+        use gemma_io::sbs::config::{ActivationType, LayerAttentionType, PostNormType, PostQKType, QueryScaleType};
+        use gemma_io::sbs::PromptWrapping;
         let bad = |key: &str, why: String| ModelError::BadMetadata { key: format!("config.{key}"), why };
         let first = c.layer_configs.first().ok_or_else(|| bad("layer_configs", "the model has no layers".into()))?;
         let n_layers = c.layer_configs.len();
@@ -410,16 +413,30 @@ impl ModelConfig {
                 ),
             ));
         }
-        for (i, l) in c.layer_configs.iter().enumerate() {
-            let gemma3_layer = l.attention_type == LayerAttentionType::Gemma
-                && l.post_norm == PostNormType::Scale
+        if c.wrapping == PromptWrapping::PaliGemma {
+            return Err(ModelError::UnsupportedArchitecture(format!(
+                "{} (PaliGemma reads images; only text models run here)",
+                c.model.prefix()
+            )));
+        }
+        // Which Gemma generation a layer belongs to, from the fields that tell them apart.
+        let generation = |l: &gemma_io::sbs::config::LayerConfig| {
+            let gemma_layer = l.attention_type == LayerAttentionType::Gemma
                 && l.post_qk == PostQKType::Rope
-                && l.use_qk_norm
-                && l.optimized_gating
+                && l.activation == ActivationType::Gelu
                 && !l.ff_biases;
-            if !gemma3_layer {
+            match (gemma_layer, l.use_qk_norm, l.post_norm) {
+                (true, true, PostNormType::Scale) => Some(Architecture::Gemma3),
+                (true, false, PostNormType::Scale) => Some(Architecture::Gemma2),
+                (true, false, PostNormType::None) => Some(Architecture::Gemma),
+                _ => None,
+            }
+        };
+        let arch = generation(first);
+        for (i, l) in c.layer_configs.iter().enumerate() {
+            if arch.is_none() || generation(l) != arch {
                 return Err(ModelError::UnsupportedArchitecture(format!(
-                    "{} (SBS layer {i} is not a Gemma 3 layer: {l:?})",
+                    "{} (SBS layer {i} is not a Gemma 1, 2 or 3 layer like layer 0: {l:?})",
                     c.model.prefix()
                 )));
             }
@@ -429,12 +446,16 @@ impl ModelConfig {
                 return Err(bad("layer_configs", format!("layer {i} differs in shape from layer 0")));
             }
         }
-        if c.att_cap != 0.0 {
+        let arch = arch.unwrap_or(Architecture::Gemma3);
+        if arch == Architecture::Gemma3 && c.att_cap != 0.0 {
             return Err(ModelError::UnsupportedArchitecture(format!(
-                "{} (attention soft-capping at {} is not implemented)",
+                "{} (attention soft-capping at {} on Gemma 3 layers)",
                 c.model.prefix(),
                 c.att_cap
             )));
+        }
+        if !(c.att_cap >= 0.0 && c.final_cap >= 0.0) {
+            return Err(bad("att_cap", format!("soft-caps {} / {} (0 means none)", c.att_cap, c.final_cap)));
         }
         let (d_model, n_heads, n_kv_heads, head_dim) =
             (c.model_dim as usize, first.heads as usize, first.kv_heads as usize, first.qkv_dim as usize);
@@ -472,8 +493,9 @@ impl ModelConfig {
         };
         // gemma.cpp rounds sqrt(d_model) to bf16, as Gemma's embedder casts before multiplying.
         let embedding_scale = round_to_bf16((d_model as f32).sqrt());
+        let global_timescale = c.use_global_timescale.unwrap_or(arch == Architecture::Gemma3);
         Ok(ModelConfig {
-            arch: Architecture::Gemma3,
+            arch,
             name: if c.display_name.is_empty() { c.model.prefix().to_string() } else { c.display_name.clone() },
             n_layers,
             d_model,
@@ -484,7 +506,7 @@ impl ModelConfig {
             vocab_size: c.vocab_size as usize,
             context_length: c.max_seq_len as usize,
             rms_eps: 1e-6,
-            rope_base: 1_000_000.0,
+            rope_base: if global_timescale { 1_000_000.0 } else { 10_000.0 },
             rope_freq_scale: 1.0,
             rope_freq_factors: false,
             rope_base_local: sliding_window.map(|_| 10_000.0),
@@ -493,7 +515,7 @@ impl ModelConfig {
             query_scale,
             embedding_scale,
             final_logit_softcap: Some(c.final_cap).filter(|&cap| cap > 0.0),
-            attn_logit_softcap: None,
+            attn_logit_softcap: Some(c.att_cap).filter(|&cap| cap > 0.0),
             causal: true,
             pooling: None,
         })
@@ -585,23 +607,71 @@ mod tests {
     fn sbs_configs_map_onto_gemma3_with_gemma_cpp_constants() {
         use gemma_io::sbs::config::{Model as SbsModel, QueryScaleType};
         use gemma_io::sbs::ModelConfig as SbsConfig;
-        let small = SbsConfig::canonical(SbsModel::Gemma3_270M).unwrap();
+        let mut small = SbsConfig::canonical(SbsModel::Gemma3_270M).unwrap();
+        // A config from before gemma.cpp's `use_global_timescale`: the base Gemma 3 was trained with.
+        small.use_global_timescale = None;
         let c = ModelConfig::from_sbs(&small).unwrap();
+        assert_eq!(c.arch, Architecture::Gemma3);
         assert_eq!((c.n_layers, c.d_model, c.ffn_dim, c.n_heads, c.n_kv_heads, c.head_dim), (18, 640, 2048, 4, 1, 256));
         assert_eq!((c.vocab_size, c.context_length, c.sliding_window), (262_144, 32_768, Some(512)));
         assert_eq!(c.layer_is_local.iter().filter(|&&l| !l).count(), 3);
         assert!(!c.layer_is_local[5] && c.layer_is_local[6]);
         assert_eq!((c.rope_base, c.rope_base_local, c.rms_eps), (1_000_000.0, Some(10_000.0), 1e-6));
         assert_eq!((c.query_scale, c.embedding_scale, c.final_logit_softcap), (1.0 / 16.0, 25.25, None));
+        // The field, where the config has it, decides: gemma.cpp's own table leaves the 270M at 10,000.
+        let table = SbsConfig::canonical(SbsModel::Gemma3_270M).unwrap();
+        assert_eq!(table.use_global_timescale, Some(false));
+        assert_eq!(ModelConfig::from_sbs(&table).unwrap().rope_base, 10_000.0);
         // The query scale is the file's: gemma.cpp's own 27B config says 1/sqrt(head_dim = 128).
         let mut big = SbsConfig::canonical(SbsModel::Gemma3_27B).unwrap();
         assert_eq!(ModelConfig::from_sbs(&big).unwrap().query_scale, 1.0 / (128f32).sqrt());
+        assert_eq!(ModelConfig::from_sbs(&big).unwrap().rope_base, 1_000_000.0);
         big.query_scale = QueryScaleType::SqrtModelDimDivNumHeads;
         assert_eq!(ModelConfig::from_sbs(&big).unwrap().query_scale, 1.0 / (168f32).sqrt());
         big.attention_window_sizes[0] = 7;
         assert!(ModelConfig::from_sbs(&big).unwrap_err().to_string().contains("attention_window_sizes"));
-        let gemma2 = ModelConfig::from_sbs(&SbsConfig::canonical(SbsModel::Gemma2_2B).unwrap()).unwrap_err();
-        assert!(matches!(gemma2, ModelError::UnsupportedArchitecture(_)), "{gemma2}");
+    }
+
+    /// gemma.cpp's Gemma 2 entries: post norms without QK norm, soft-caps 50 / 30, windows of 4096 on every
+    /// other layer from layer 0, RoPE base 10,000 everywhere; PaliGemma (images) and mixed layers refused.
+    #[test]
+    fn sbs_gemma2_configs_map_onto_gemma2() {
+        use gemma_io::sbs::config::{Model as SbsModel, PostNormType};
+        use gemma_io::sbs::ModelConfig as SbsConfig;
+        let c = ModelConfig::from_sbs(&SbsConfig::canonical(SbsModel::Gemma2_2B).unwrap()).unwrap();
+        assert_eq!(c.arch, Architecture::Gemma2);
+        assert_eq!(
+            (c.n_layers, c.d_model, c.ffn_dim, c.n_heads, c.n_kv_heads, c.head_dim),
+            (26, 2304, 9216, 8, 4, 256)
+        );
+        assert_eq!(
+            (c.attn_logit_softcap, c.final_logit_softcap, c.sliding_window),
+            (Some(50.0), Some(30.0), Some(4096))
+        );
+        assert_eq!(c.layer_is_local[..3], [true, false, true]);
+        assert_eq!(
+            (c.rope_base, c.rope_base_local, c.query_scale, c.embedding_scale),
+            (10_000.0, Some(10_000.0), 1.0 / 16.0, 48.0)
+        );
+        // The 27B scales queries by (d_model / heads)^-1/2 = 144^-1/2.
+        let c = ModelConfig::from_sbs(&SbsConfig::canonical(SbsModel::Gemma2_27B).unwrap()).unwrap();
+        assert_eq!(c.query_scale, 1.0 / 12.0);
+        // Without post norms (and caps): Gemma 1 layers.
+        let mut g1 = SbsConfig::canonical(SbsModel::Gemma2_2B).unwrap();
+        g1.layer_configs.iter_mut().for_each(|l| l.post_norm = PostNormType::None);
+        (g1.att_cap, g1.final_cap) = (0.0, 0.0);
+        let c = ModelConfig::from_sbs(&g1).unwrap();
+        assert_eq!((c.arch, c.attn_logit_softcap, c.final_logit_softcap), (Architecture::Gemma, None, None));
+        // One Gemma 3 layer among Gemma 2 ones.
+        let mut mixed = SbsConfig::canonical(SbsModel::Gemma2_2B).unwrap();
+        mixed.layer_configs[3].use_qk_norm = true;
+        let e = ModelConfig::from_sbs(&mixed).unwrap_err();
+        assert!(matches!(e, ModelError::UnsupportedArchitecture(_)) && e.to_string().contains("layer 3"), "{e}");
+        let e = ModelConfig::from_sbs(&SbsConfig::canonical(SbsModel::PaliGemma2_3B_224).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("PaliGemma"), "{e}");
+        let mut negative = SbsConfig::canonical(SbsModel::Gemma2_2B).unwrap();
+        negative.att_cap = -1.0;
+        assert!(ModelConfig::from_sbs(&negative).unwrap_err().to_string().contains("soft-caps"));
     }
 
     #[test]

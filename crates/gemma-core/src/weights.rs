@@ -12,6 +12,7 @@ use gemma_io::{GgufFile, TensorInfo};
 use gemma_ops::matmul::{RowBlocks, SbsMatrix, WeightView};
 use gemma_ops::QMatrix;
 
+use crate::config::ModelConfig;
 use crate::error::ModelError;
 
 /// The file a model's weights are read from. Matrices made from one kind are viewed through the same kind.
@@ -237,6 +238,60 @@ pub fn sbs_matrix(
     SbsMatrix::new(data, t.ty, stream_rows, rows, cols, map, t.scale)
         .map_err(|source| ModelError::TensorFormat { name: name.into(), source })?;
     Ok(Matrix { rows, cols, storage: Storage::Sbs { tensor: t.index, ty: t.ty, stream_rows, map, scale: t.scale } })
+}
+
+/// The seven matrices of one SBS decoder layer, in whichever of gemma.cpp's alternative forms the file holds
+/// them (its `weights.cc` accepts each pair): Q, K, V from `qkv_ein_{l}` (all Q heads' rows, then per KV
+/// head its K rows and its V rows) or from `qkv1_w_{l}` (Q) and `qkv2_w_{l}` (K and V per KV head); the
+/// output projection from `att_ein_{l}` (rebuilt, [`sbs_attention_output`]) or `att_w_{l}`; gate and up from
+/// `gating_ein_{l}` (gate rows, then up rows) or `gating1_w_{l}` and `gating2_w_{l}`; down from `linear_w_{l}`.
+pub struct SbsBlockMatrices {
+    pub wq: Matrix,
+    pub wk: Matrix,
+    pub wv: Matrix,
+    pub wo: Matrix,
+    pub w_gate: Matrix,
+    pub w_up: Matrix,
+    pub w_down: Matrix,
+}
+
+impl SbsBlockMatrices {
+    pub fn load(file: &SbsFile, c: &ModelConfig, layer: usize) -> Result<SbsBlockMatrices, ModelError> {
+        let (d, hd, ff) = (c.d_model, c.head_dim, c.ffn_dim);
+        let (q_rows, kv_rows) = (c.n_heads * hd, c.n_kv_heads * hd);
+        let n = |s: &str| format!("{s}_{layer}");
+        let has = |s: &str| file.tensor(&n(s)).is_some();
+        let all = |rows: usize| RowBlocks::contiguous(0, rows);
+        // K and V alternate per KV head, `head_dim` rows each, from stream row `first` on.
+        let kv_head_rows = |first| RowBlocks { first, block: hd, stride: 2 * hd };
+        let (wq, wk, wv) = if has("qkv_ein") || !has("qkv1_w") {
+            let qkv = |rows, map| sbs_matrix(file, &n("qkv_ein"), q_rows + 2 * kv_rows, d, rows, map);
+            (qkv(q_rows, all(q_rows))?, qkv(kv_rows, kv_head_rows(q_rows))?, qkv(kv_rows, kv_head_rows(q_rows + hd))?)
+        } else {
+            let kv = |map| sbs_matrix(file, &n("qkv2_w"), 2 * kv_rows, d, kv_rows, map);
+            (
+                sbs_matrix(file, &n("qkv1_w"), q_rows, d, q_rows, all(q_rows))?,
+                kv(kv_head_rows(0))?,
+                kv(kv_head_rows(hd))?,
+            )
+        };
+        let wo = if has("att_ein") || !has("att_w") {
+            sbs_attention_output(file, &n("att_ein"), c.n_heads, d, hd)?
+        } else {
+            sbs_matrix(file, &n("att_w"), d, q_rows, d, all(d))?
+        };
+        let (w_gate, w_up) = if has("gating_ein") || !has("gating1_w") {
+            let half = |first| sbs_matrix(file, &n("gating_ein"), 2 * ff, d, ff, RowBlocks::contiguous(first, ff));
+            (half(0)?, half(ff)?)
+        } else {
+            (
+                sbs_matrix(file, &n("gating1_w"), ff, d, ff, all(ff))?,
+                sbs_matrix(file, &n("gating2_w"), ff, d, ff, all(ff))?,
+            )
+        };
+        let w_down = sbs_matrix(file, &n("linear_w"), d, ff, d, all(d))?;
+        Ok(SbsBlockMatrices { wq, wk, wv, wo, w_gate, w_up, w_down })
+    }
 }
 
 /// The SBS norm weight `name` (`len` raw values `w`, times the tensor's scale) as the `1 + w` the kernels

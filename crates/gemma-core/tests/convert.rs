@@ -126,6 +126,8 @@ fn round_trip(ty: SbsCodecType) -> RoundTrip {
     let options = GgufToSbsOptions { weight_type: ty, ..GgufToSbsOptions::default() };
     let config = gguf_to_sbs(&default_model(), &sbs, &options, &mut count).unwrap();
     assert_eq!(config.model, Model::Gemma3_270M);
+    // The GGUF's global RoPE base is 1,000,000: the config tells gemma.cpp (its table says 10,000 for the 270M).
+    assert_eq!(config.use_global_timescale, Some(true));
     // The default model is the base model (no chat template).
     assert_eq!(config.wrapping, PromptWrapping::GemmaPt);
     // c_embedding, c_final_norm, then 10 tensors per layer (att_ein qkv_ein gating_ein linear_w + 6 norms).
@@ -405,6 +407,8 @@ fn migrate_writes_a_single_file_with_the_same_tensors() {
     let new = dir.path().join("new.sbs");
     let config = migrate(&old, &new, Some(&tok), None, &mut no_progress).unwrap();
     assert_eq!(config.model, Model::Gemma3_270M);
+    // A deduced config is gemma.cpp's table entry, global timescale flag included.
+    assert_eq!(config.use_global_timescale, Some(false));
     let options = SbsOpenOptions { tokenizer_path: Some(tok.clone()), pretrained: None };
     let before = SbsFile::open_with(&old, &options).unwrap();
     let after = SbsFile::open(&new).unwrap();

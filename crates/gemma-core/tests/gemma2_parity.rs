@@ -14,11 +14,15 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use gemma_compression::SbsCodecType;
 use gemma_core::chat::{ChatTemplate, TemplateSource};
 use gemma_core::config::Architecture;
+use gemma_core::convert::gguf_to_sbs::{check_gguf_settings, sbs_type_of, write_sbs_as};
+use gemma_core::convert::{no_progress, sbs_config_for_gguf, sbs_to_gguf, GgufToSbsOptions, SbsToGgufOptions};
 use gemma_core::model::{MatmulObserver, WeightName};
 use gemma_core::sampling::greedy;
 use gemma_core::{Batch, KvType, Model, Scratch};
+use gemma_io::sbs::{Model as SbsModel, ModelConfig as SbsConfig, PromptWrapping, SbsFile, SbsType, SbsWriter};
 use gemma_io::{GgmlType, GgufFile, GgufWriter, MetaValue};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -186,7 +190,7 @@ fn fold_output_norm(file: &GgufFile, t: &gemma_io::TensorInfo, norm: &str, input
 
 /// Tensor `t` decoded to f32, row-major.
 fn dequantized(file: &GgufFile, t: &gemma_io::TensorInfo) -> Vec<f32> {
-    let (cols, rows) = (t.dims[0] as usize, t.dims[1] as usize);
+    let (cols, rows) = (t.row_len(), t.n_rows());
     let format = gemma_compression::quant_format(t.ggml_type).expect("weight type");
     let data = file.tensor_data(t);
     let row_bytes = data.len() / rows;
@@ -357,8 +361,12 @@ fn the_test_files_are_the_ones_llama_cpp_ran() {
 /// (except where llama.cpp's teacher-forced best is not its greedy token: its own two paths disagree there).
 /// Free-running, our greedy tokens are llama.cpp's up to its first near-tie, and there ours is one of its tied.
 fn follows_llama_cpp(variant: Variant) {
+    follows_llama_cpp_on(variant, &test_model(variant).model, LOGPROB_TOLERANCE);
+}
+
+/// [`follows_llama_cpp`] for `model`, a file made from `variant`'s test file.
+fn follows_llama_cpp_on(variant: Variant, model: &Model, logprob_tolerance: f64) {
     let g = goldens(variant);
-    let model = &test_model(variant).model;
     let (mut confident, mut failures, mut max_diff, mut steps) = (0, Vec::new(), 0f64, 0);
     let (mut worst, mut unstable) = (String::new(), 0);
     for (ci, case) in g.cases.iter().enumerate() {
@@ -417,7 +425,7 @@ fn follows_llama_cpp(variant: Variant) {
     );
     assert!(failures.is_empty(), "{variant:?}: {failures:#?}");
     assert!(confident >= 40, "{variant:?}: only {confident} steps with a clear choice");
-    assert!(max_diff < LOGPROB_TOLERANCE, "{variant:?}: log-probabilities differ by {max_diff}");
+    assert!(max_diff < logprob_tolerance, "{variant:?}: log-probabilities differ by {max_diff}");
 }
 
 #[test]
@@ -500,5 +508,157 @@ fn measure_attention_cap_cost() {
             long.prompt_ids.len(),
             decode * 1e3
         );
+    }
+}
+
+/// gemma.cpp's config for the Gemma 2 test file: its Gemma 2 2B entry (post norms, no QK norm, soft-caps
+/// 50 / 30, every other layer local from layer 0, `head_dim^-1/2`) with the file's dimensions and window, and
+/// the file's settings checked against it as `gemma convert` checks a real Gemma 2 file. gemma.cpp has no
+/// model of these dimensions, so `gemma convert` itself refuses the file (`UnknownModel`).
+fn sbs_config_of_test_file(gguf: &GgufFile, weight: SbsType) -> SbsConfig {
+    let c = &test_model(Variant::Gemma2).model.config;
+    let mut config = SbsConfig::new(SbsModel::Gemma2_2B, weight, PromptWrapping::GemmaPt);
+    config.display_name = "Gemma 3 270m weights as gemma2 (test file)".into();
+    let layer = gemma_io::sbs::config::LayerConfig {
+        model_dim: c.d_model as u32,
+        ff_hidden_dim: c.ffn_dim as u32,
+        heads: c.n_heads as u32,
+        kv_heads: c.n_kv_heads as u32,
+        qkv_dim: c.head_dim as u32,
+        ..config.layer_configs[0].clone()
+    };
+    config.num_layers = c.n_layers as u32;
+    config.model_dim = c.d_model as u32;
+    config.vocab_size = c.vocab_size as u32;
+    config.max_seq_len = c.context_length as u32;
+    config.layer_configs = vec![layer; c.n_layers];
+    let window = c.sliding_window.expect("window") as u32;
+    config.attention_window_sizes =
+        (0..c.n_layers).map(|l| if l % 2 == 0 { window } else { config.max_seq_len }).collect();
+    check_gguf_settings(gguf, "gemma2", &mut config).expect("the test file's settings are gemma.cpp's");
+    config
+}
+
+/// The Gemma 2 test file written as a gemma.cpp SBS file of `ty` at `path`.
+fn write_gemma2_sbs(ty: SbsCodecType, path: &Path) -> SbsConfig {
+    let gguf = GgufFile::open(&test_model(Variant::Gemma2).path).expect("test file");
+    let config = sbs_config_of_test_file(&gguf, sbs_type_of(ty));
+    let options = GgufToSbsOptions { weight_type: ty, wrapping: None, threads: 2 };
+    let writer = SbsWriter::create(path).expect("SBS writer");
+    write_sbs_as(&gguf, config, &options, writer, &mut no_progress).expect("convert").0
+}
+
+/// A gemma.cpp checkpoint with Gemma 2 layers runs as the Gemma 2 GGUF does: F32 weights follow llama.cpp as
+/// closely as the GGUF itself (gemma.cpp's bf16-rounded embedding scale, 25.25 for sqrt(640), is the only
+/// change), and SFP weights (8 bits, lossy) pick llama.cpp's token wherever its margin is at least 1.5, as for
+/// Gemma 3 SBS files.
+#[test]
+fn gemma2_sbs_files_follow_llama_cpp() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let f32_path = dir.path().join("gemma2-f32.sbs");
+    let written = write_gemma2_sbs(SbsCodecType::F32, &f32_path);
+    let f32_model = Model::open(&f32_path).expect("SBS model");
+    let c = &f32_model.config;
+    let gguf_config = &test_model(Variant::Gemma2).model.config;
+    assert_eq!(c.arch, Architecture::Gemma2);
+    assert_eq!(c.layer_is_local, gguf_config.layer_is_local);
+    assert_eq!(
+        (c.sliding_window, c.attn_logit_softcap, c.final_logit_softcap, c.rope_base, c.query_scale),
+        (Some(512), Some(50.0), Some(30.0), 10_000.0, 1.0 / 16.0)
+    );
+    assert_eq!(c.embedding_scale, 25.25);
+    // The file records RoPE base 10,000 for the global layers (gemma.cpp's `use_global_timescale`).
+    assert_eq!(SbsFile::open(&f32_path).expect("SBS").config(), &written);
+    assert_eq!(written.use_global_timescale, Some(false));
+    follows_llama_cpp_on(Variant::Gemma2, &f32_model, LOGPROB_TOLERANCE);
+    drop(f32_model);
+
+    let sfp_path = dir.path().join("gemma2-sfp.sbs");
+    write_gemma2_sbs(SbsCodecType::Sfp, &sfp_path);
+    let sfp = Model::open(&sfp_path).expect("SFP model");
+    let (mut confident, mut failures, mut clear, mut clear_ok) = (0, Vec::new(), 0, 0);
+    for (ci, case) in goldens(Variant::Gemma2).cases.iter().enumerate() {
+        for (i, logits) in common::teacher_forced_in_chunks(&sfp, &case.prompt_ids, &case.gen_ids).iter().enumerate() {
+            let same = greedy(logits) == case.gen_ids[i];
+            if case.margin(i) >= 1.5 {
+                confident += 1;
+                if !same {
+                    failures.push(format!(
+                        "case {ci} step {i}: ours {}, llama.cpp {}",
+                        greedy(logits),
+                        case.gen_ids[i]
+                    ));
+                }
+            }
+            if case.margin(i) >= NEAR_TIE {
+                clear += 1;
+                clear_ok += same as usize;
+            }
+        }
+    }
+    eprintln!(
+        "Gemma 2 SFP: {confident} steps with margin >= 1.5, {} differ; {clear_ok} of {clear} with margin >= \
+         {NEAR_TIE} agree",
+        failures.len()
+    );
+    // This test file is less decided than a real model: few of its steps have a margin of 1.5.
+    assert!(confident >= 5 && failures.is_empty(), "{confident} steps: {failures:#?}");
+}
+
+/// GGUF -> SBS (F32) -> GGUF gives back every tensor of the Gemma 2 test file bit for bit, without QK norms,
+/// and a `gemma2` file that reads as the original does.
+#[test]
+fn gemma2_gguf_to_sbs_to_gguf_is_exact() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (sbs, back_path) = (dir.path().join("gemma2.sbs"), dir.path().join("gemma2-back.gguf"));
+    write_gemma2_sbs(SbsCodecType::F32, &sbs);
+    let sbs_file = SbsFile::open(&sbs).expect("SBS");
+    assert!(sbs_file.tensor("query_norm_0").is_none() && sbs_file.tensor("post_att_ns_0").is_some());
+    sbs_to_gguf(&sbs, &back_path, &SbsToGgufOptions::default(), &mut no_progress).expect("SBS -> GGUF");
+    let source = GgufFile::open(&test_model(Variant::Gemma2).path).expect("test file");
+    let back = GgufFile::open(&back_path).expect("GGUF");
+    let names = |f: &GgufFile| {
+        let mut n: Vec<String> = f.tensors().iter().map(|t| t.name.clone()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&source), names(&back));
+    for t in source.tensors() {
+        let b = back.tensor(&t.name).expect("tensor");
+        assert_eq!(t.dims, b.dims, "{}", t.name);
+        let (x, y) = (dequantized(&source, t), dequantized(&back, b));
+        let differing = x.iter().zip(&y).filter(|(p, q)| p.to_bits() != q.to_bits()).count();
+        assert_eq!(differing, 0, "{}: {differing} of {} values differ", t.name, x.len());
+    }
+    let (a, b) = (&test_model(Variant::Gemma2).model.config, Model::open(&back_path).expect("model").config);
+    assert_eq!(b.arch, Architecture::Gemma2);
+    assert_eq!(
+        (a.n_layers, a.d_model, a.ffn_dim, a.n_heads, a.n_kv_heads, a.head_dim, a.vocab_size),
+        (b.n_layers, b.d_model, b.ffn_dim, b.n_heads, b.n_kv_heads, b.head_dim, b.vocab_size)
+    );
+    assert_eq!(
+        (&a.layer_is_local, a.sliding_window, a.attn_logit_softcap, a.final_logit_softcap, a.rope_base),
+        (&b.layer_is_local, b.sliding_window, b.attn_logit_softcap, b.final_logit_softcap, b.rope_base)
+    );
+    assert_eq!((a.query_scale, a.embedding_scale, a.rms_eps), (b.query_scale, b.embedding_scale, b.rms_eps));
+    // gemma.cpp's table has no model of these dimensions: the converter says so rather than guess.
+    let err = sbs_config_for_gguf(&source, SbsType::F32, None).expect_err("unknown shape");
+    assert!(err.to_string().contains("gemma2: 18 layers"), "{err}");
+    // Gemma 1 has no gemma.cpp model id left.
+    let gemma1 = GgufFile::open(&test_model(Variant::Gemma1).path).expect("test file");
+    let err = sbs_config_for_gguf(&gemma1, SbsType::F32, None).expect_err("Gemma 1");
+    assert!(err.to_string().contains("no longer has Gemma 1"), "{err}");
+}
+
+/// Writes the Gemma 2 test file as F32 and SFP SBS files into `$GEMMA2_TEST_FILES`, for gemma.cpp
+/// (`scripts/gemmacpp_parity.py`, `docs/sbs.md`).
+#[test]
+#[ignore = "writes SBS test files for gemma.cpp"]
+fn write_gemma2_sbs_test_files() {
+    let dir = PathBuf::from(std::env::var("GEMMA2_TEST_FILES").expect("GEMMA2_TEST_FILES names a folder"));
+    std::fs::create_dir_all(&dir).expect("folder");
+    for (ty, name) in [(SbsCodecType::F32, "gemma2-test-f32.sbs"), (SbsCodecType::Sfp, "gemma2-test-sfp.sbs")] {
+        write_gemma2_sbs(ty, &dir.join(name));
+        eprintln!("{}", dir.join(name).display());
     }
 }

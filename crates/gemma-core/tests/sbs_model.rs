@@ -465,3 +465,71 @@ fn compressed_files_diverge_from_f32_as_measured() {
     assert!(i8.kld_mean.value < 0.01, "{:?}", i8.kld_mean);
     assert!(sfp.ppl_ratio.value < 1.06 && sfp.same_top.value > 0.8, "{sfp:?}");
 }
+
+/// gemma.cpp accepts each fused matrix in another form too (its `weights.cc`): Q in `qkv1_w` and K/V in
+/// `qkv2_w` instead of `qkv_ein`, the output projection as `att_w` (`[d_model, heads * head_dim]`) instead of
+/// `att_ein`, gate and up as `gating1_w` / `gating2_w` instead of `gating_ein`. The SFP file rewritten in those
+/// forms (the same encoded bytes moved, SFP being one byte a value) gives bitwise the same logits.
+#[test]
+fn split_tensor_forms_give_the_same_logits() {
+    let sfp = sfp_model().sbs().expect("an SBS model");
+    let c = &sfp_model().config;
+    let (d, hd, heads, ff) = (c.d_model, c.head_dim, c.n_heads, c.ffn_dim);
+    let out = std::env::temp_dir().join(format!("gemma-sbs-model-{}-sfp-split.sbs", std::process::id()));
+    let mut writer = SbsWriter::create(&out).expect("writer");
+    let mut add = |name: String, r: &TensorRecord, rows: usize, cols: usize, bytes: &[u8]| {
+        let mut record = TensorRecord::new(&name, r.ty, rows as u64, cols as u64).expect("record");
+        record.scale = r.scale;
+        writer.add_tensor(&record, bytes).expect("add");
+    };
+    let mut rewritten = 0;
+    for t in sfp.tensors() {
+        let (r, data) = (&t.record, sfp.tensor_data(t));
+        let (base, layer) = r.name.rsplit_once('_').expect("name");
+        match base {
+            "qkv_ein" | "gating_ein" | "att_ein" => assert_eq!(r.ty, SbsType::SFP, "{}", r.name),
+            _ => {
+                add(r.name.clone(), r, r.rows as usize, r.cols as usize, data);
+                continue;
+            }
+        }
+        rewritten += 1;
+        match base {
+            "qkv_ein" => {
+                let q = heads * hd * d;
+                add(format!("qkv1_w_{layer}"), r, heads * hd, d, &data[..q]);
+                add(format!("qkv2_w_{layer}"), r, r.rows as usize - heads * hd, d, &data[q..]);
+            }
+            "gating_ein" => {
+                add(format!("gating1_w_{layer}"), r, ff, d, &data[..ff * d]);
+                add(format!("gating2_w_{layer}"), r, ff, d, &data[ff * d..]);
+            }
+            _ => {
+                // att_ein[h][m][j] -> att_w[m][h * head_dim + j]
+                let mut att_w = vec![0u8; data.len()];
+                for h in 0..heads {
+                    for m in 0..d {
+                        let (from, to) = ((h * d + m) * hd, m * heads * hd + h * hd);
+                        att_w[to..to + hd].copy_from_slice(&data[from..from + hd]);
+                    }
+                }
+                add(format!("att_w_{layer}"), r, d, heads * hd, &att_w);
+            }
+        }
+    }
+    assert_eq!(rewritten, 3 * c.n_layers);
+    writer.finish(sfp.config(), sfp.tokenizer_bytes()).expect("finish");
+    let split = Model::open(&out).expect("the split model loads");
+    std::fs::remove_file(&out).expect("remove the temporary file");
+    let split_file = split.sbs().expect("SBS");
+    assert!(split_file.tensor("qkv_ein_0").is_none() && split_file.tensor("att_w_17").is_some());
+    for g in goldens().iter().take(3) {
+        let (a, b) = (
+            teacher_forced(sfp_model(), pool(), &g.prompt_ids, &g.gen_ids),
+            teacher_forced(&split, pool(), &g.prompt_ids, &g.gen_ids),
+        );
+        for (x, y) in a.iter().zip(&b) {
+            assert!(x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()), "logits differ");
+        }
+    }
+}

@@ -34,6 +34,32 @@ fn every_known_model_round_trips_and_is_recognised() {
     }
 }
 
+/// `use_global_timescale`, the field gemma.cpp appended last (October 2025): its table sets it for Gemma 3
+/// 1B and up only; a config written before it reads as `None` (one missing field), not as `false`.
+#[test]
+fn global_timescale_field_is_read_written_and_told_apart_when_absent() {
+    for model in Model::known() {
+        let c = ModelConfig::canonical(model).unwrap();
+        let big_gemma3 = matches!(model, Model::Gemma3_1B | Model::Gemma3_4B | Model::Gemma3_12B | Model::Gemma3_27B);
+        assert_eq!(c.use_global_timescale, Some(big_gemma3), "{model:?}");
+    }
+    let mut c = ModelConfig::new(Model::Gemma3_270M, SbsType::SFP, PromptWrapping::GemmaIt);
+    c.use_global_timescale = Some(true);
+    let words = write_fields(&c).unwrap();
+    // The flag is the last word; without it (and with the struct's leading length one less) the data is a
+    // config from before the field.
+    assert_eq!((words.last(), words[0] as usize), (Some(&1), words.len() - 1));
+    let mut old_words = words[..words.len() - 1].to_vec();
+    old_words[0] -= 1;
+    let mut old = ModelConfig::default();
+    let r = read_fields(&mut old, &old_words, 0).unwrap();
+    assert_eq!((r.missing_fields, old.use_global_timescale), (1, None));
+    let mut back = ModelConfig::default();
+    read_fields(&mut back, &words, 0).unwrap();
+    assert_eq!(back.use_global_timescale, Some(true));
+    assert_eq!(back, c);
+}
+
 #[test]
 fn model_table_facts() {
     let c = ModelConfig::canonical(Model::Gemma3_270M).unwrap();

@@ -1,4 +1,4 @@
-//! GGUF (llama.cpp) to SBS (gemma.cpp) for Gemma 3 models.
+//! GGUF (llama.cpp) to SBS (gemma.cpp) for Gemma 3 and Gemma 2 models.
 
 use std::path::Path;
 
@@ -13,9 +13,10 @@ use super::parallel_encode::{default_threads, encode_sbs_tensor};
 use super::tokenizer_proto::model_proto_from_gguf;
 use super::{ConvertError, ConvertProgress};
 
-/// gemma.cpp's RoPE bases for Gemma 3 (fixed in its code, not in the config): global and sliding-window layers.
+/// gemma.cpp's RoPE base on the global layers of configs with `use_global_timescale` (Gemma 3).
 pub const GEMMA3_ROPE_BASE_GLOBAL: f64 = 1_000_000.0;
-pub const GEMMA3_ROPE_BASE_LOCAL: f64 = 10_000.0;
+/// gemma.cpp's RoPE base everywhere else (Gemma 3's sliding-window layers, every Gemma 2 layer).
+pub const ROPE_BASE_LOCAL: f64 = 10_000.0;
 
 /// How to write the SBS file.
 #[derive(Clone, Debug)]
@@ -78,18 +79,32 @@ fn require_u64(gguf: &GgufFile, key: &str) -> Result<u64, ConvertError> {
     meta_u64(gguf, key)?.ok_or_else(|| ConvertError::BadMetadata { key: key.into(), what: "missing".into() })
 }
 
-/// The gemma.cpp config for a GGUF file: the known model whose dimensions match, with `weight` as its weight
-/// type. Checks that the file's RoPE bases and sliding window are those gemma.cpp uses for that model.
+/// The gemma.cpp config for a GGUF file (`gemma3` or `gemma2`): the known model whose dimensions match, with
+/// `weight` as its weight type. Checks that the file's RoPE bases, sliding window and soft-caps are those
+/// gemma.cpp runs that model with. The config says whether the global layers use RoPE base 1,000,000
+/// (`use_global_timescale`): the file's base decides, so gemma.cpp runs Gemma 3 270M as llama.cpp does
+/// although its own table leaves that model at 10,000.
 pub fn sbs_config_for_gguf(
     gguf: &GgufFile,
     weight: SbsType,
     wrapping: Option<PromptWrapping>,
 ) -> Result<ModelConfig, ConvertError> {
     let arch = gguf.get("general.architecture").and_then(MetaValue::as_str).unwrap_or("");
-    if arch != "gemma3" {
-        return Err(ConvertError::Unsupported(format!("architecture '{arch}': only gemma3 GGUF files convert to SBS")));
-    }
-    let k = |s: &str| format!("gemma3.{s}");
+    let gemma2 = match arch {
+        "gemma3" => false,
+        "gemma2" => true,
+        "gemma" => {
+            return Err(ConvertError::Unsupported(
+                "architecture 'gemma': gemma.cpp no longer has Gemma 1 models, so no SBS config can name one".into(),
+            ))
+        }
+        _ => {
+            return Err(ConvertError::Unsupported(format!(
+                "architecture '{arch}': only gemma3 and gemma2 GGUF files convert to SBS"
+            )))
+        }
+    };
+    let k = |s: &str| format!("{arch}.{s}");
     let layers = require_u64(gguf, &k("block_count"))?;
     let model_dim = require_u64(gguf, &k("embedding_length"))?;
     let ff = require_u64(gguf, &k("feed_forward_length"))?;
@@ -104,8 +119,8 @@ pub fn sbs_config_for_gguf(
         None => gguf.tensor("token_embd.weight").and_then(|t| t.dims.get(1).copied()).unwrap_or(0),
     };
     let described = format!(
-        "{layers} layers, model_dim {model_dim}, ff {ff}, {heads} heads, {kv_heads} KV heads, qkv_dim {qkv_dim}, \
-         vocab {vocab}"
+        "{arch}: {layers} layers, model_dim {model_dim}, ff {ff}, {heads} heads, {kv_heads} KV heads, \
+         qkv_dim {qkv_dim}, vocab {vocab}"
     );
     let matches = |c: &ModelConfig| {
         let Some(l) = c.layer_configs.first() else { return false };
@@ -116,45 +131,91 @@ pub fn sbs_config_for_gguf(
             && u64::from(l.heads) == heads
             && u64::from(l.kv_heads) == kv_heads
             && u64::from(l.qkv_dim) == qkv_dim
+            // Gemma 3 layers have QK norms, Gemma 2's do not.
+            && l.use_qk_norm != gemma2
+            && c.wrapping != PromptWrapping::PaliGemma
     };
     let model = Model::known()
-        .find(|&m| ModelConfig::canonical(m).is_some_and(|c| matches(&c) && m.prefix().starts_with("gemma3")))
+        .find(|&m| ModelConfig::canonical(m).is_some_and(|c| matches(&c)))
         .ok_or_else(|| ConvertError::UnknownModel(described.clone()))?;
     let pretrained = gguf.get("tokenizer.chat_template").is_none();
-    let config = ModelConfig::new(model, weight, wrapping.unwrap_or_else(|| model.choose_wrapping(Some(pretrained))));
+    let mut config =
+        ModelConfig::new(model, weight, wrapping.unwrap_or_else(|| model.choose_wrapping(Some(pretrained))));
     if !config.vit_config.layer_configs.is_empty() {
         return Err(ConvertError::Unsupported(format!(
             "{} has an image encoder that a GGUF language model file does not hold",
             model.prefix()
         )));
     }
-    // gemma.cpp hard-codes these; a file with others would silently run differently.
-    let rope_checks = [
-        (k("rope.freq_base"), GEMMA3_ROPE_BASE_GLOBAL),
-        (k("rope.freq_base_swa"), GEMMA3_ROPE_BASE_LOCAL),
-        (k("rope.local.freq_base"), GEMMA3_ROPE_BASE_LOCAL),
-    ];
-    for (key, want) in rope_checks {
-        if let Some(v) = gguf.get(&key) {
-            let got = v.as_f64().unwrap_or(f64::NAN);
-            if got != want {
-                return Err(ConvertError::BadMetadata {
-                    key,
-                    what: format!("{got}, but gemma.cpp runs {} with {want}", model.prefix()),
-                });
+    check_gguf_settings(gguf, arch, &mut config)?;
+    Ok(config)
+}
+
+/// Checks that a GGUF file's RoPE bases, sliding window and soft-caps are the ones `config` (gemma.cpp's
+/// model) runs with, and records the global RoPE base in `config.use_global_timescale`. gemma.cpp hard-codes
+/// these, so a file with others would silently run differently.
+pub fn check_gguf_settings(gguf: &GgufFile, arch: &str, config: &mut ModelConfig) -> Result<(), ConvertError> {
+    let k = |s: &str| format!("{arch}.{s}");
+    let name = config.model.prefix();
+    let mismatch = |key: String, got: f64, want: String| ConvertError::BadMetadata {
+        key,
+        what: format!("{got}, but gemma.cpp runs {name} with {want}"),
+    };
+    let f64_of = |key: &str| gguf.get(key).map(|v| v.as_f64().unwrap_or(f64::NAN));
+    // llama.cpp's default when the key is absent.
+    let global = f64_of(&k("rope.freq_base")).unwrap_or(ROPE_BASE_LOCAL);
+    let gemma3 = arch == "gemma3";
+    // Gemma 2's sliding-window layers share the global base unless the file gives them their own.
+    if global == GEMMA3_ROPE_BASE_GLOBAL && gemma3 {
+        config.use_global_timescale = Some(true);
+    } else if global == ROPE_BASE_LOCAL {
+        config.use_global_timescale = Some(false);
+    } else {
+        let want = if gemma3 {
+            format!("{ROPE_BASE_LOCAL} or {GEMMA3_ROPE_BASE_GLOBAL}")
+        } else {
+            ROPE_BASE_LOCAL.to_string()
+        };
+        return Err(mismatch(k("rope.freq_base"), global, want));
+    }
+    for key in [k("rope.freq_base_swa"), k("rope.local.freq_base")] {
+        if let Some(got) = f64_of(&key) {
+            if got != ROPE_BASE_LOCAL {
+                return Err(mismatch(key, got, ROPE_BASE_LOCAL.to_string()));
             }
         }
     }
     let window = config.attention_window_sizes.iter().copied().min().unwrap_or(0);
-    if let Some(w) = meta_u64(gguf, &k("attention.sliding_window"))? {
+    // llama.cpp's Gemma 2 default window; Gemma 3 files always say.
+    let file_window = meta_u64(gguf, &k("attention.sliding_window"))?.or((!gemma3).then_some(4096));
+    if let Some(w) = file_window {
         if w != u64::from(window) {
             return Err(ConvertError::BadMetadata {
                 key: k("attention.sliding_window"),
-                what: format!("{w}, but gemma.cpp's {} uses {window}", model.prefix()),
+                what: format!("{w}, but gemma.cpp's {name} uses {window}"),
             });
         }
     }
-    Ok(config)
+    if !gemma3 {
+        if let Some(p) = meta_u64(gguf, &k("attention.sliding_window_pattern"))? {
+            if p != 2 {
+                return Err(ConvertError::BadMetadata {
+                    key: k("attention.sliding_window_pattern"),
+                    what: format!("{p}, but gemma.cpp's {name} alternates local and global layers"),
+                });
+            }
+        }
+        // llama.cpp's defaults: 50 and 30.
+        let caps =
+            [("attn_logit_softcapping", 50.0, config.att_cap), ("final_logit_softcapping", 30.0, config.final_cap)];
+        for (key, default, want) in caps {
+            let got = f64_of(&k(key)).unwrap_or(default);
+            if got != f64::from(want) {
+                return Err(mismatch(k(key), got, want.to_string()));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_rows(name: &str, rows: usize, row_len: usize, want_rows: usize, want_len: usize) -> Result<(), ConvertError> {
@@ -235,11 +296,22 @@ pub fn sbs_layout_values(gguf: &GgufFile, config: &ModelConfig, name: &str) -> R
 pub fn write_sbs<S: BlobSink>(
     gguf: &GgufFile,
     options: &GgufToSbsOptions,
+    writer: SbsWriter<S>,
+    progress: &mut dyn FnMut(ConvertProgress<'_>),
+) -> Result<(ModelConfig, S::Output), ConvertError> {
+    let config = sbs_config_for_gguf(gguf, sbs_type_of(options.weight_type), options.wrapping)?;
+    write_sbs_as(gguf, config, options, writer, progress)
+}
+
+/// [`write_sbs`] with the config given rather than looked up among gemma.cpp's known models (its dimensions
+/// must be the file's).
+pub fn write_sbs_as<S: BlobSink>(
+    gguf: &GgufFile,
+    config: ModelConfig,
+    options: &GgufToSbsOptions,
     mut writer: SbsWriter<S>,
     progress: &mut dyn FnMut(ConvertProgress<'_>),
 ) -> Result<(ModelConfig, S::Output), ConvertError> {
-    let weight = sbs_type_of(options.weight_type);
-    let config = sbs_config_for_gguf(gguf, weight, options.wrapping)?;
     let tokenizer = model_proto_from_gguf(gguf)?.encode_bytes();
     let tensors = exported_tensors(&config);
     let total = tensors.len();
@@ -273,4 +345,79 @@ pub fn gguf_to_sbs(
     let gguf = GgufFile::open(input)?;
     let (config, ()) = write_sbs(&gguf, options, SbsWriter::create(output)?, progress)?;
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gemma_io::GgufWriter;
+
+    /// A metadata-only GGUF of `arch` with Gemma 2 2B's dimensions (what llama.cpp's converter writes for
+    /// it), `extra` keys added or replacing.
+    fn gemma2_2b_metadata(arch: &str, extra: &[(&str, MetaValue)]) -> GgufFile {
+        let mut keys: Vec<(String, MetaValue)> = vec![
+            ("general.architecture".into(), MetaValue::String(arch.into())),
+            (format!("{arch}.block_count"), MetaValue::U32(26)),
+            (format!("{arch}.embedding_length"), MetaValue::U32(2304)),
+            (format!("{arch}.feed_forward_length"), MetaValue::U32(9216)),
+            (format!("{arch}.attention.head_count"), MetaValue::U32(8)),
+            (format!("{arch}.attention.head_count_kv"), MetaValue::U32(4)),
+            (format!("{arch}.attention.key_length"), MetaValue::U32(256)),
+            (format!("{arch}.attention.sliding_window"), MetaValue::U32(4096)),
+            (format!("{arch}.attn_logit_softcapping"), MetaValue::F32(50.0)),
+            (format!("{arch}.final_logit_softcapping"), MetaValue::F32(30.0)),
+            ("tokenizer.ggml.tokens".into(), MetaValue::strings((0..256_000).map(|i| format!("t{i}")))),
+        ];
+        for (k, v) in extra {
+            let k = format!("{arch}.{k}");
+            keys.retain(|(existing, _)| *existing != k);
+            keys.push((k, v.clone()));
+        }
+        let mut w = GgufWriter::new();
+        for (k, v) in keys {
+            w.add_metadata(k, v).expect("metadata");
+        }
+        GgufFile::from_bytes(w.to_bytes(), "gemma2-2b.gguf").expect("GGUF")
+    }
+
+    #[test]
+    fn gemma2_files_map_onto_gemma_cpps_gemma2_2b() {
+        let c = sbs_config_for_gguf(&gemma2_2b_metadata("gemma2", &[]), SbsType::SFP, None).unwrap();
+        assert_eq!((c.model, c.weight, c.wrapping), (Model::Gemma2_2B, SbsType::SFP, PromptWrapping::GemmaPt));
+        assert_eq!(c.use_global_timescale, Some(false));
+        // llama.cpp's defaults (window 4096, caps 50 / 30, base 10,000) are gemma.cpp's.
+        let defaults = GgufFile::from_bytes(
+            {
+                let f = gemma2_2b_metadata("gemma2", &[]);
+                let mut w = GgufWriter::new();
+                for (k, v) in f.metadata() {
+                    if !k.contains("softcapping") && !k.contains("sliding_window") {
+                        w.add_metadata(k.clone(), v.clone()).unwrap();
+                    }
+                }
+                w.to_bytes()
+            },
+            "defaults.gguf",
+        )
+        .unwrap();
+        assert_eq!(sbs_config_for_gguf(&defaults, SbsType::SFP, None).unwrap().model, Model::Gemma2_2B);
+        // Settings gemma.cpp would silently run differently are refused, naming the key.
+        for (key, value) in [
+            ("attn_logit_softcapping", MetaValue::F32(40.0)),
+            ("final_logit_softcapping", MetaValue::F32(0.0)),
+            ("attention.sliding_window", MetaValue::U32(512)),
+            ("attention.sliding_window_pattern", MetaValue::U32(3)),
+            ("rope.freq_base", MetaValue::F32(1e6)),
+        ] {
+            let e = sbs_config_for_gguf(&gemma2_2b_metadata("gemma2", &[(key, value)]), SbsType::SFP, None);
+            let e = e.expect_err(key).to_string();
+            assert!(e.contains(key) && e.contains("gemma2-2b"), "{e}");
+        }
+        // The same dimensions under the Gemma 3 architecture are no known model (Gemma 3 1B has 26 layers but
+        // other widths), and Gemma 1 has no gemma.cpp model left.
+        let e = sbs_config_for_gguf(&gemma2_2b_metadata("gemma3", &[]), SbsType::SFP, None).unwrap_err();
+        assert!(matches!(e, ConvertError::UnknownModel(_)), "{e}");
+        let e = sbs_config_for_gguf(&gemma2_2b_metadata("gemma", &[]), SbsType::SFP, None).unwrap_err();
+        assert!(e.to_string().contains("Gemma 1"), "{e}");
+    }
 }

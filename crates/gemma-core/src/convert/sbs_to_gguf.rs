@@ -1,4 +1,5 @@
-//! SBS (gemma.cpp) to GGUF (llama.cpp) for Gemma 3 checkpoints, so llama.cpp users can run gemma.cpp files.
+//! SBS (gemma.cpp) to GGUF (llama.cpp) for Gemma 3 and Gemma 2 checkpoints, so llama.cpp users can run gemma.cpp
+//! files.
 
 use std::path::{Path, PathBuf};
 
@@ -7,9 +8,9 @@ use gemma_io::sbs::{ModelConfig, SbsFile, SbsOpenOptions, SbsTensor, SbsType};
 use gemma_io::{GgmlType, GgufWriter, MetaValue};
 
 use super::gguf_names::gguf_name_of;
-use super::gguf_to_sbs::GEMMA3_ROPE_BASE_GLOBAL;
 use super::tokenizer_proto::gguf_vocab_metadata;
 use super::{ConvertError, ConvertProgress};
+use crate::config::Architecture;
 
 /// The type of the GGUF weight matrices (norms are always F32, as llama.cpp's converter writes them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,7 +126,12 @@ struct Pending {
 }
 
 /// The GGUF tensors of one layer, in the order llama.cpp's converter writes them.
-fn layer_tensors(file: &SbsFile, config: &ModelConfig, layer: usize) -> Result<Vec<Pending>, ConvertError> {
+fn layer_tensors(
+    file: &SbsFile,
+    config: &ModelConfig,
+    layer: usize,
+    arch: Architecture,
+) -> Result<Vec<Pending>, ConvertError> {
     let l = config
         .layer_configs
         .get(layer)
@@ -213,13 +219,18 @@ fn layer_tensors(file: &SbsFile, config: &ModelConfig, layer: usize) -> Result<V
         values,
         norm: false,
     };
-    Ok(vec![
-        matrix("attn_k", k, d, kv * qkv),
-        norm("key_norm", qkv)?,
-        norm("pre_att_ns", d)?,
-        matrix("attn_output", attn_output, heads * qkv, d),
-        matrix("attn_q", q, d, heads * qkv),
-        norm("query_norm", qkv)?,
+    let qk_norm = arch == Architecture::Gemma3;
+    let mut out = vec![matrix("attn_k", k, d, kv * qkv)];
+    if qk_norm {
+        out.push(norm("key_norm", qkv)?);
+    }
+    out.push(norm("pre_att_ns", d)?);
+    out.push(matrix("attn_output", attn_output, heads * qkv, d));
+    out.push(matrix("attn_q", q, d, heads * qkv));
+    if qk_norm {
+        out.push(norm("query_norm", qkv)?);
+    }
+    out.extend([
         matrix("attn_v", v, d, kv * qkv),
         matrix("ffn_down", down, ff, d),
         matrix("ffn_gate", gate, d, ff),
@@ -227,7 +238,8 @@ fn layer_tensors(file: &SbsFile, config: &ModelConfig, layer: usize) -> Result<V
         matrix("ffn_up", up, d, ff),
         norm("post_att_ns", d)?,
         norm("post_ff_ns", d)?,
-    ])
+    ]);
+    Ok(out)
 }
 
 /// `general.size_label` from gemma.cpp's model prefix, e.g. `gemma3-270m` -> `270M`.
@@ -235,45 +247,67 @@ fn size_label(config: &ModelConfig) -> String {
     config.model.prefix().rsplit('-').next().unwrap_or("").to_ascii_uppercase()
 }
 
-/// The GGUF metadata of a Gemma 3 model, with the key set (and order) of llama.cpp's own Gemma 3 files.
-fn gemma3_metadata(
+/// The GGUF metadata of a Gemma 3 or Gemma 2 model, with the key set (and order) of llama.cpp's own files of
+/// that architecture; RoPE base and soft-caps as `run` (gemma-rs's reading of the SBS config) has them.
+fn gguf_metadata(
     config: &ModelConfig,
+    run: &crate::config::ModelConfig,
     vocab: Vec<(String, MetaValue)>,
     out: GgufOutputType,
 ) -> Result<Vec<(String, MetaValue)>, ConvertError> {
     let l = config.layer_configs.first().ok_or_else(|| ConvertError::Unsupported("the config has no layers".into()))?;
     let window = config.attention_window_sizes.iter().copied().min().unwrap_or(config.max_seq_len);
     let s = |v: &str| MetaValue::String(v.into());
-    let tags = MetaValue::strings(["gemma3", "gemma", "google", "text-generation"]);
+    let (arch, family, basename) = match run.arch {
+        Architecture::Gemma2 => ("gemma2", "Gemma 2", "gemma-2"),
+        _ => ("gemma3", "Gemma 3", "gemma-3"),
+    };
+    let k = |key: &str| format!("{arch}.{key}");
+    let tags = MetaValue::strings([arch, "gemma", "google", "text-generation"]);
     let mut m = vec![
-        ("general.architecture", s("gemma3")),
-        ("general.type", s("model")),
-        ("general.name", s(&format!("Gemma 3 {}", size_label(config).to_ascii_lowercase()))),
-        ("general.basename", s("gemma-3")),
-        ("general.size_label", s(&size_label(config))),
-        ("general.license", s("gemma")),
-        ("general.tags", tags),
-        ("gemma3.context_length", MetaValue::U32(config.max_seq_len)),
-        ("gemma3.embedding_length", MetaValue::U32(config.model_dim)),
-        ("gemma3.block_count", MetaValue::U32(config.num_layers)),
-        ("gemma3.feed_forward_length", MetaValue::U32(l.ff_hidden_dim)),
-        ("gemma3.attention.head_count", MetaValue::U32(l.heads)),
-        // gemma.cpp's RMSNorm epsilon.
-        ("gemma3.attention.layer_norm_rms_epsilon", MetaValue::F32(1e-6)),
-        ("gemma3.attention.key_length", MetaValue::U32(l.qkv_dim)),
-        ("gemma3.attention.value_length", MetaValue::U32(l.qkv_dim)),
-        ("gemma3.rope.freq_base", MetaValue::F32(GEMMA3_ROPE_BASE_GLOBAL as f32)),
-        ("gemma3.attention.sliding_window", MetaValue::U32(window)),
-        ("gemma3.attention.head_count_kv", MetaValue::U32(l.kv_heads)),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect::<Vec<_>>();
-    // llama.cpp runs the sliding-window layers at 10k (GEMMA3_ROPE_BASE_LOCAL) itself; the larger Gemma 3
-    // models scale global RoPE by 8.
-    if !config.vit_config.layer_configs.is_empty() {
-        m.push(("gemma3.rope.scaling.type".into(), s("linear")));
-        m.push(("gemma3.rope.scaling.factor".into(), MetaValue::F32(8.0)));
+        ("general.architecture".to_string(), s(arch)),
+        ("general.type".into(), s("model")),
+        ("general.name".into(), s(&format!("{family} {}", size_label(config).to_ascii_lowercase()))),
+        ("general.basename".into(), s(basename)),
+        ("general.size_label".into(), s(&size_label(config))),
+        ("general.license".into(), s("gemma")),
+        ("general.tags".into(), tags),
+        (k("context_length"), MetaValue::U32(config.max_seq_len)),
+        (k("embedding_length"), MetaValue::U32(config.model_dim)),
+        (k("block_count"), MetaValue::U32(config.num_layers)),
+        (k("feed_forward_length"), MetaValue::U32(l.ff_hidden_dim)),
+        (k("attention.head_count"), MetaValue::U32(l.heads)),
+    ];
+    if run.arch == Architecture::Gemma2 {
+        m.extend([
+            (k("attention.head_count_kv"), MetaValue::U32(l.kv_heads)),
+            // gemma.cpp's RMSNorm epsilon.
+            (k("attention.layer_norm_rms_epsilon"), MetaValue::F32(1e-6)),
+            (k("attention.key_length"), MetaValue::U32(l.qkv_dim)),
+            (k("attention.value_length"), MetaValue::U32(l.qkv_dim)),
+            (k("attn_logit_softcapping"), MetaValue::F32(config.att_cap)),
+            (k("final_logit_softcapping"), MetaValue::F32(config.final_cap)),
+            (k("attention.sliding_window"), MetaValue::U32(window)),
+        ]);
+        // llama.cpp's default base is gemma.cpp's for Gemma 2 (10,000); a config asking for another says so.
+        if run.rope_base != 10_000.0 {
+            m.push((k("rope.freq_base"), MetaValue::F32(run.rope_base)));
+        }
+    } else {
+        m.extend([
+            (k("attention.layer_norm_rms_epsilon"), MetaValue::F32(1e-6)),
+            (k("attention.key_length"), MetaValue::U32(l.qkv_dim)),
+            (k("attention.value_length"), MetaValue::U32(l.qkv_dim)),
+            (k("rope.freq_base"), MetaValue::F32(run.rope_base)),
+            (k("attention.sliding_window"), MetaValue::U32(window)),
+            (k("attention.head_count_kv"), MetaValue::U32(l.kv_heads)),
+        ]);
+        // llama.cpp runs the sliding-window layers at 10k itself; the larger Gemma 3 models scale global RoPE
+        // by 8.
+        if !config.vit_config.layer_configs.is_empty() {
+            m.push((k("rope.scaling.type"), s("linear")));
+            m.push((k("rope.scaling.factor"), MetaValue::F32(8.0)));
+        }
     }
     m.extend(vocab);
     m.push(("general.quantization_version".into(), MetaValue::U32(2)));
@@ -333,9 +367,11 @@ pub fn build_gguf(
     progress: &mut dyn FnMut(ConvertProgress<'_>),
 ) -> Result<GgufWriter, ConvertError> {
     let config = file.config();
-    if !config.model.prefix().starts_with("gemma3") {
+    let run = crate::config::ModelConfig::from_sbs(config)
+        .map_err(|e| ConvertError::Unsupported(format!("{}: {e}", config.model.prefix())))?;
+    if !matches!(run.arch, Architecture::Gemma3 | Architecture::Gemma2) {
         return Err(ConvertError::Unsupported(format!(
-            "{}: only Gemma 3 checkpoints convert to GGUF",
+            "{}: only Gemma 3 and Gemma 2 checkpoints convert to GGUF",
             config.model.prefix()
         )));
     }
@@ -343,7 +379,7 @@ pub fn build_gguf(
         .tokenizer()?
         .ok_or_else(|| ConvertError::Tokenizer("the file has no tokenizer; pass a tokenizer.model file".into()))?;
     let mut writer = GgufWriter::new();
-    for (k, v) in gemma3_metadata(config, gguf_vocab_metadata(&proto)?, options.out_type)? {
+    for (k, v) in gguf_metadata(config, &run, gguf_vocab_metadata(&proto)?, options.out_type)? {
         writer.add_metadata(k, v)?;
     }
     let total = 2 + config.num_layers as usize;
@@ -361,7 +397,7 @@ pub fn build_gguf(
         progress(ConvertProgress { done: i + 1, total, tensor: if i == 0 { "c_final_norm" } else { "c_embedding" } });
     }
     for layer in 0..config.num_layers as usize {
-        for p in layer_tensors(file, config, layer)? {
+        for p in layer_tensors(file, config, layer, run.arch)? {
             add_pending(&mut writer, p, options.out_type)?;
         }
         progress(ConvertProgress { done: 3 + layer, total, tensor: &format!("layer {layer}") });

@@ -16,9 +16,11 @@
 //! ```
 //! Gemma 2 is Gemma 1 with the sliding window, the two post norms and the two soft-caps added; both scale the
 //! queries by `head_dim^-1/2` except Gemma 2 27B (`(d_model / n_heads)^-1/2`). Unlike Gemma 3 there is no
-//! QK-norm. GGUF norms hold `1 + w` already (llama.cpp's converter adds the 1), so they load as they are.
+//! QK-norm. GGUF norms hold `1 + w` already (llama.cpp's converter adds the 1), so they load as they are;
+//! gemma.cpp's SBS files hold `w`.
 
 use gemma_io::GgufFile;
+use gemma_ops::matmul::RowBlocks;
 use gemma_ops::rope::{rope_inv_freq, RopeAngles};
 use gemma_ops::vector::{add_assign, gelu_mul, scale};
 
@@ -29,7 +31,7 @@ use crate::batch::Batch;
 use crate::config::{Architecture, ModelConfig};
 use crate::error::ModelError;
 use crate::kv_cache::KvCache;
-use crate::weights::{matrix, vector, Matrix};
+use crate::weights::{matrix, sbs_matrix, sbs_norm, vector, Matrix, SbsBlockMatrices};
 
 /// Gemma 2's norms of each block's output, before it joins the residual stream.
 struct PostNorms {
@@ -93,6 +95,46 @@ impl Gemma2Weights {
                     w_gate: matrix(file, &n("ffn_gate"), ff, d)?,
                     w_up: matrix(file, &n("ffn_up"), ff, d)?,
                     w_down: matrix(file, &n("ffn_down"), d, ff)?,
+                    post_norms,
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        Ok(Gemma2Weights { embedding, head, layers, inv_freq_global, inv_freq_local })
+    }
+
+    /// The weights of a gemma.cpp SBS checkpoint of Gemma 2 (or Gemma 1: no post norms), laid out as for
+    /// Gemma 3 ([`SbsBlockMatrices`]); norms are raw `w`, loaded as `1 + w`; the output projection is the
+    /// embedding (tied).
+    pub fn load_sbs(file: &gemma_io::sbs::SbsFile, c: &ModelConfig) -> Result<Gemma2Weights, ModelError> {
+        let (d, hd) = (c.d_model, c.head_dim);
+        let embedding =
+            sbs_matrix(file, "c_embedding", c.vocab_size, d, c.vocab_size, RowBlocks::contiguous(0, c.vocab_size))?;
+        let head = OutputHead::new(sbs_norm(file, "c_final_norm", d)?, embedding.clone());
+        let inv_freq_local = rope_inv_freq(hd, c.rope_base_local.unwrap_or(c.rope_base), 1.0);
+        let inv_freq_global = rope_inv_freq(hd, c.rope_base, c.rope_freq_scale);
+        let with_post_norms = c.arch == Architecture::Gemma2;
+        let layers = (0..c.n_layers)
+            .map(|l| {
+                let n = |s: &str| format!("{s}_{l}");
+                let m = SbsBlockMatrices::load(file, c, l)?;
+                let post_norms = with_post_norms
+                    .then(|| -> Result<PostNorms, ModelError> {
+                        Ok(PostNorms {
+                            attention: sbs_norm(file, &n("post_att_ns"), d)?,
+                            ffn: sbs_norm(file, &n("post_ff_ns"), d)?,
+                        })
+                    })
+                    .transpose()?;
+                Ok(Gemma2Layer {
+                    attn_norm: sbs_norm(file, &n("pre_att_ns"), d)?,
+                    wq: m.wq,
+                    wk: m.wk,
+                    wv: m.wv,
+                    wo: m.wo,
+                    ffn_norm: sbs_norm(file, &n("pre_ff_ns"), d)?,
+                    w_gate: m.w_gate,
+                    w_up: m.w_up,
+                    w_down: m.w_down,
                     post_norms,
                 })
             })

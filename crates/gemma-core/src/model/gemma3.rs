@@ -26,7 +26,7 @@ use crate::batch::Batch;
 use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::kv_cache::KvCache;
-use crate::weights::{matrix, sbs_attention_output, sbs_matrix, sbs_norm, vector, Matrix};
+use crate::weights::{matrix, sbs_matrix, sbs_norm, vector, Matrix, SbsBlockMatrices};
 
 pub struct Gemma3Layer {
     attn_norm: Vec<f32>,
@@ -86,38 +86,33 @@ impl Gemma3Weights {
 }
 
 impl Gemma3Weights {
-    /// The weights of a gemma.cpp SBS checkpoint (tensor layouts in `gemma_io::sbs::tensor_info`):
-    /// `qkv_ein_{l}` holds all Q heads' rows, then per KV head its K rows and its V rows, so Q is one block
-    /// and K and V are blocks of `head_dim` rows every `2 * head_dim`; `gating_ein_{l}` holds the gate rows
-    /// then the up rows; `linear_w_{l}` is the down projection; `att_ein_{l}` is rebuilt as the output
-    /// projection; norms are raw `w`, loaded as `1 + w`. The output projection is the embedding (tied).
+    /// The weights of a gemma.cpp SBS checkpoint (tensor layouts in `gemma_io::sbs::tensor_info`; the fused
+    /// matrices in [`SbsBlockMatrices`]): norms are raw `w`, loaded as `1 + w`; the output projection is the
+    /// embedding (tied).
     pub fn load_sbs(file: &gemma_io::sbs::SbsFile, c: &ModelConfig) -> Result<Gemma3Weights, ModelError> {
-        let (d, hd, ff) = (c.d_model, c.head_dim, c.ffn_dim);
-        let (q_rows, kv_rows) = (c.n_heads * hd, c.n_kv_heads * hd);
-        let qkv_rows = q_rows + 2 * kv_rows;
-        let all = |rows: usize| RowBlocks::contiguous(0, rows);
-        let embedding = sbs_matrix(file, "c_embedding", c.vocab_size, d, c.vocab_size, all(c.vocab_size))?;
+        let (d, hd) = (c.d_model, c.head_dim);
+        let embedding =
+            sbs_matrix(file, "c_embedding", c.vocab_size, d, c.vocab_size, RowBlocks::contiguous(0, c.vocab_size))?;
         let head = OutputHead::new(sbs_norm(file, "c_final_norm", d)?, embedding.clone());
         let inv_local = rope_inv_freq(hd, c.rope_base_local.unwrap_or(c.rope_base), 1.0);
         let inv_global = rope_inv_freq(hd, c.rope_base, c.rope_freq_scale);
         let layers = (0..c.n_layers)
             .map(|l| {
                 let n = |s: &str| format!("{s}_{l}");
-                let qkv = |rows, map| sbs_matrix(file, &n("qkv_ein"), qkv_rows, d, rows, map);
-                let kv_head_rows = |first| RowBlocks { first, block: hd, stride: 2 * hd };
+                let m = SbsBlockMatrices::load(file, c, l)?;
                 Ok(Gemma3Layer {
                     attn_norm: sbs_norm(file, &n("pre_att_ns"), d)?,
-                    wq: qkv(q_rows, RowBlocks::contiguous(0, q_rows))?,
-                    wk: qkv(kv_rows, kv_head_rows(q_rows))?,
-                    wv: qkv(kv_rows, kv_head_rows(q_rows + hd))?,
-                    wo: sbs_attention_output(file, &n("att_ein"), c.n_heads, d, hd)?,
+                    wq: m.wq,
+                    wk: m.wk,
+                    wv: m.wv,
+                    wo: m.wo,
                     q_norm: sbs_norm(file, &n("query_norm"), hd)?,
                     k_norm: sbs_norm(file, &n("key_norm"), hd)?,
                     post_attn_norm: sbs_norm(file, &n("post_att_ns"), d)?,
                     ffn_norm: sbs_norm(file, &n("pre_ff_ns"), d)?,
-                    w_gate: sbs_matrix(file, &n("gating_ein"), 2 * ff, d, ff, RowBlocks::contiguous(0, ff))?,
-                    w_up: sbs_matrix(file, &n("gating_ein"), 2 * ff, d, ff, RowBlocks::contiguous(ff, ff))?,
-                    w_down: sbs_matrix(file, &n("linear_w"), d, ff, d, all(d))?,
+                    w_gate: m.w_gate,
+                    w_up: m.w_up,
+                    w_down: m.w_down,
                     post_ffn_norm: sbs_norm(file, &n("post_ff_ns"), d)?,
                 })
             })

@@ -121,7 +121,7 @@ impl Model {
         })
     }
 
-    /// A model from a gemma.cpp checkpoint (Gemma 3 family), run with the SBS codec kernels.
+    /// A model from a gemma.cpp checkpoint (Gemma 3, Gemma 2 or Gemma 1 layers), run with the SBS codec kernels.
     pub fn from_sbs(file: SbsFile) -> Result<Model, ModelError> {
         Self::from_sbs_with(file, &LoadOptions::default())
     }
@@ -129,7 +129,12 @@ impl Model {
     pub fn from_sbs_with(file: SbsFile, options: &LoadOptions) -> Result<Model, ModelError> {
         let mut config = ModelConfig::from_sbs(file.config())?;
         options.apply(&mut config)?;
-        let weights = Weights::Gemma3(gemma3::Gemma3Weights::load_sbs(&file, &config)?);
+        let weights = match config.arch {
+            Architecture::Gemma | Architecture::Gemma2 => {
+                Weights::Gemma2(gemma2::Gemma2Weights::load_sbs(&file, &config)?)
+            }
+            _ => Weights::Gemma3(gemma3::Gemma3Weights::load_sbs(&file, &config)?),
+        };
         // The SBS kernels read the mapped tensors in place, so without this the first prompt pays a page
         // fault per 4 KiB of weights (the GGUF path touches its weights while repacking them).
         file.blobs().prefetch();

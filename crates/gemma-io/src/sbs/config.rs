@@ -314,6 +314,9 @@ pub struct ModelConfig {
     pub secondary_eos_id: i32,
     /// Tensor base names that take a scale from the `Fscales` blob of pre-2025 files.
     pub scale_base_names: Vec<String>,
+    /// Whether the global (non-sliding-window) layers rotate with RoPE base 1,000,000 rather than 10,000
+    /// (gemma.cpp's field since October 2025; `None`: the config predates it).
+    pub use_global_timescale: Option<bool>,
 }
 
 impl Default for ModelConfig {
@@ -341,6 +344,7 @@ impl Default for ModelConfig {
             eos_id: 1,
             secondary_eos_id: 1,
             scale_base_names: Vec::new(),
+            use_global_timescale: None,
         }
     }
 }
@@ -376,6 +380,7 @@ impl Fields for ModelConfig {
         v.visit(&mut self.secondary_eos_id);
         v.visit(&mut self.scale_base_names);
         // gemma.cpp's (empty) `InternalModelConfig` is visited inline.
+        v.visit(&mut self.use_global_timescale);
     }
 }
 
@@ -441,6 +446,7 @@ fn gemma2(model: Model, name: &str, d: Dims, query_scale: QueryScaleType) -> Mod
         final_cap: 30.0,
         eos_id: 1,
         secondary_eos_id: 107,
+        use_global_timescale: Some(false),
         ..base_config()
     }
 }
@@ -474,6 +480,9 @@ fn gemma3(model: Model, name: &str, d: Dims, window: u32, wrapping: PromptWrappi
         final_cap: 0.0,
         eos_id: 1,
         secondary_eos_id: 106,
+        // gemma.cpp's table gives the 270M RoPE base 10,000 on its global layers too (the model was trained
+        // with 1,000,000; see docs/sbs.md).
+        use_global_timescale: Some(model != Model::Gemma3_270M),
         ..base_config()
     }
 }

@@ -406,6 +406,20 @@ impl_field!(f32, visit_f32);
 impl_field!(bool, visit_bool);
 impl_field!(String, visit_string);
 
+/// A field appended to a struct after files were written without it: `None` when reading data that ends
+/// before it (old data), so the caller can tell "absent" from the default. Written as the value, `false` for
+/// `None`.
+impl Field for Option<bool> {
+    fn visit(&mut self, v: &mut FieldVisitor<'_>) {
+        let present = !v.is_reading() || (v.error.is_none() && v.pos() < v.read_end());
+        let mut value = self.unwrap_or(false);
+        v.visit_bool(&mut value);
+        if v.is_reading() {
+            *self = (present && v.error.is_none()).then_some(value);
+        }
+    }
+}
+
 impl<T: Field + Default> Field for Vec<T> {
     fn visit(&mut self, v: &mut FieldVisitor<'_>) {
         v.visit_vec(self)
