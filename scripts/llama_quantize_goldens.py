@@ -10,7 +10,13 @@ Jobs whose input is another job's output (`"from"`) chain: the F32 file made fro
 quantized the ordinary way (no requantizing), which is the path a user with an F32/F16 model takes.
 
     LLAMA_BIN=~/.cache/gemma-anchors/llama.cpp/build/bin \\
-        python3 scripts/llama_quantize_goldens.py testdata/goldens/llama_quantize.json
+        python3 scripts/llama_quantize_goldens.py testdata/goldens/llama_quantize.json [PREFIX,...]
+
+With PREFIXes only the jobs whose names start with one of them run, and their results replace those jobs in
+the existing file (the others are kept).
+
+The Gemma 2 and Gemma 1 test files (Gemma 3 270M's weights rewritten as `gemma2` / `gemma` GGUF files,
+docs/architectures.md) are read from $GEMMA_MODELS/test-files/, where `gemma-core`'s tests write them.
 
 Models are read from $GEMMA_MODELS (default ~/.cache/gemma-rs/models); a model that is not there is skipped
 (with a note), so the goldens for SmolLM2 are only written where it has been pulled.
@@ -25,6 +31,8 @@ import tempfile
 
 GEMMA = "gemma-3-270m-q4_k_m.gguf"
 SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA2 = "test-files/gemma2-test.gguf"
+GEMMA1 = "test-files/gemma1-test.gguf"
 IMATRIX = "testdata/imatrix/gemma3-270m-lighthouses.imatrix.gguf"
 IMATRIX_DAT = "testdata/imatrix/gemma3-270m-lighthouses.imatrix.dat"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,6 +103,14 @@ JOBS = [
     ("gemma_imatrix_iq4_xs", GEMMA, ["--allow-requantize", "--imatrix", IMATRIX], "IQ4_XS"),
     ("gemma_imatrix_pure_iq4_xs", GEMMA, ["--allow-requantize", "--pure", "--imatrix", IMATRIX], "IQ4_XS"),
     ("gemma_f32_imatrix_iq4_xs", {"from": "gemma_f32"}, ["--imatrix", IMATRIX_DAT], "IQ4_XS"),
+    # llama-quantize's rules name no Gemma architecture: Gemma 2 and Gemma 1 files follow the same ones (tied
+    # output through token_embd, the attn_v / ffn_down mixtures); these check that ours do too.
+    ("gemma2_q4_k_m", GEMMA2, ["--allow-requantize"], "Q4_K_M"),
+    ("gemma2_q3_k_s", GEMMA2, ["--allow-requantize"], "Q3_K_S"),
+    ("gemma2_q8_0", GEMMA2, ["--allow-requantize"], "Q8_0"),
+    ("gemma2_iq4_xs", GEMMA2, ["--allow-requantize"], "IQ4_XS"),
+    ("gemma1_q4_k_m", GEMMA1, ["--allow-requantize"], "Q4_K_M"),
+    ("gemma1_q5_k_s", GEMMA1, ["--allow-requantize"], "Q5_K_S"),
 ]
 
 GGML_TYPES = {0: "f32", 1: "f16", 2: "q4_0", 3: "q4_1", 6: "q5_0", 7: "q5_1", 8: "q8_0", 9: "q8_1", 10: "q2_K",
@@ -175,8 +191,9 @@ def tensor_table(path):
 
 
 def main():
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3):
         sys.exit(__doc__)
+    prefixes = sys.argv[2].split(",") if len(sys.argv) == 3 else None
     bin_dir = os.path.expanduser(os.environ.get("LLAMA_BIN", "~/.cache/gemma-anchors/llama.cpp/build/bin"))
     models = os.path.expanduser(os.environ.get("GEMMA_MODELS", "~/.cache/gemma-rs/models"))
     env = dict(os.environ, LD_LIBRARY_PATH=bin_dir)
@@ -185,6 +202,8 @@ def main():
     outputs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, source, options, ftype in JOBS:
+            if prefixes and not any(name.startswith(p) for p in prefixes):
+                continue
             if isinstance(source, dict):
                 if source["from"] not in outputs:
                     print(f"skipping {name}: {source['from']} was not made", file=sys.stderr)
@@ -213,6 +232,15 @@ def main():
                              "file_sha256": file_sha, "file_size": os.path.getsize(out), "metadata_keys": keys,
                              "tensors": tensors}
             print(f"{name}: {os.path.getsize(out)} bytes, {file_sha[:16]}", file=sys.stderr)
+    if prefixes and os.path.exists(sys.argv[1]):
+        with open(sys.argv[1]) as f:
+            old = json.load(f)
+        if commit and old["llama_cpp"] != commit.strip():
+            sys.exit(f"the file was recorded with {old['llama_cpp']!r}, this llama-quantize is {commit.strip()!r}")
+        commit = old["llama_cpp"]
+        merged = {k: v for k, v in old["jobs"].items() if k not in results}
+        merged.update(results)
+        results = merged
     # one tensor per line keeps the file small and its diffs readable
     lines = ["{", f' "llama_cpp": {json.dumps((commit or "unknown").strip())},', ' "threads": 2,', ' "jobs": {']
     for i, (name, job) in enumerate(results.items()):

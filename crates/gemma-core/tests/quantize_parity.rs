@@ -19,6 +19,8 @@ use gemma_ops::ThreadPool;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+mod common;
+
 /// Every codec (Q8_0, Q4_0, Q5_1, Q2_K..Q6_K; Q5_0 and Q4_1 through fallbacks and overrides), every mixture rule
 /// the Gemma file reaches, requantizing from K-quants and quantizing from F32, and SmolLM2's llama rules.
 const CI_JOBS: &[&str] = &[
@@ -47,6 +49,9 @@ const CI_JOBS: &[&str] = &[
     "gemma_imatrix_dat_q3_k_s",
     // IQ4_XS and its IQ4_NL fallback weighted by the matrix, the first FFN-down layers kept in IQ4_XS.
     "gemma_imatrix_iq4_xs",
+    // The Gemma 2 and Gemma 1 test files (gemma2 / gemma architectures; F32 matrices among the K-quants).
+    "gemma2_q4_k_m",
+    "gemma1_q5_k_s",
 ];
 
 #[derive(Deserialize)]
@@ -92,6 +97,11 @@ fn goldens() -> &'static Goldens {
 }
 
 fn model_path(file_name: &str) -> PathBuf {
+    match file_name {
+        "test-files/gemma2-test.gguf" => return common::gemma2_files::test_file(common::gemma2_files::Variant::Gemma2),
+        "test-files/gemma1-test.gguf" => return common::gemma2_files::test_file(common::gemma2_files::Variant::Gemma1),
+        _ => {}
+    }
     let name = match file_name {
         "gemma-3-270m-q4_k_m.gguf" => gemma_fetch::DEFAULT_MODEL,
         "SmolLM2-135M-Instruct.Q4_1.gguf" => "smollm2-135m-instruct",

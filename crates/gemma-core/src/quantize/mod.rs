@@ -40,7 +40,7 @@ pub use rules::{
 pub const QUANTIZATION_VERSION: u32 = 2;
 
 /// Architectures whose tensor names and hyperparameters the rules were checked on.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["gemma3", "gemma-embedding", "llama"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["gemma3", "gemma2", "gemma", "gemma-embedding", "llama"];
 
 /// Elements handed to one thread at a time (llama.cpp's chunk size; any size gives the same bytes).
 const CHUNK_ELEMENTS: usize = 32 * 512;

@@ -1,6 +1,8 @@
 //! Helpers shared by the model parity tests (`mod common;` in each: every test file is its own crate).
 #![allow(dead_code)]
 
+pub mod gemma2_files;
+
 use std::sync::OnceLock;
 
 use gemma_core::sampling::greedy;
