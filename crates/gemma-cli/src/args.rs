@@ -27,8 +27,8 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "cpu|cuda[:N]", value_parser = parse_device)]
     pub device: Option<Device>,
 
-    /// RoPE base of the global-attention layers (default: the model's own). `10000` reproduces gemma.cpp,
-    /// which runs Gemma 3 270M and 1B with that base where the models were trained with 1000000.
+    /// RoPE base of the global-attention layers (default: the model's own). `10000` reproduces gemma.cpp on a
+    /// Gemma 3 SBS file whose config predates its `use_global_timescale` flag.
     #[arg(long, global = true, value_name = "F")]
     pub rope_freq_base: Option<f32>,
 
@@ -143,6 +143,9 @@ pub enum Command {
     /// Split a GGUF model into parts, or merge the parts back, as llama.cpp's llama-gguf-split does, to the same
     /// bytes.
     GgufSplit(crate::gguf_split::GgufSplitArgs),
+    /// Merge LoRA adapters into the model's weights and write the result as a new GGUF, as llama.cpp's
+    /// llama-export-lora does (-m BASE --lora ADAPTER -o OUT).
+    ExportLora(crate::export_lora::ExportLoraArgs),
 }
 
 #[derive(Args, Debug, Clone, Default)]

@@ -160,6 +160,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Quantize(args)) => crate::quantize::quantize(&common, &args),
         Some(Command::Imatrix(args)) => crate::imatrix::imatrix(&common, &args),
         Some(Command::GgufSplit(args)) => crate::gguf_split::gguf_split(&args),
+        Some(Command::ExportLora(args)) => crate::export_lora::export_lora(&common, &args),
         None => {
             if cli.chat {
                 let args = ChatArgs {

@@ -28,6 +28,7 @@ mod chat;
 mod commands;
 mod convert;
 mod embed;
+mod export_lora;
 mod gguf_split;
 mod imatrix;
 mod interrupt;

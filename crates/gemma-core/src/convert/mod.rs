@@ -6,12 +6,14 @@
 //! - [`sbs_to_gguf`]: the reverse, so llama.cpp can run gemma.cpp checkpoints (F32, F16, BF16 or Q8_0 weights).
 //! - [`migrate`]: gemma.cpp's `migrate_weights` (pre-2025 multi-file layout to one file).
 //! - [`blob_compare`]: gemma.cpp's `blob_compare`, with per-tensor difference statistics.
+//! - [`merge_lora`]: llama.cpp's `llama-export-lora`, LoRA adapters merged into a GGUF model's weights.
 //!
 //! The conversion knows the models' layouts, so it lives in the model layer rather than with the file formats.
 
 pub mod blob_compare;
 mod gguf_names;
 pub mod gguf_to_sbs;
+pub mod merge_lora;
 pub mod migrate;
 mod parallel_encode;
 pub mod sbs_to_gguf;
@@ -26,6 +28,7 @@ use gemma_io::GgufError;
 
 pub use blob_compare::{blob_compare, BlobComparison, BlobDifference, TensorDifference};
 pub use gguf_to_sbs::{gguf_to_sbs, sbs_config_for_gguf, sbs_layout_values, tensor_codec, write_sbs, GgufToSbsOptions};
+pub use merge_lora::{merge_lora, MergeAdapter, MergeSummary};
 pub use migrate::migrate;
 pub use migrate::migrate_into;
 pub use parallel_encode::encode_sbs_tensor;
@@ -38,6 +41,8 @@ pub use tokenizer_proto::{gguf_vocab_metadata, model_proto_from_gguf};
 pub enum ConvertError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Lora(#[from] gemma_io::gguf::lora::LoraFileError),
     #[error(transparent)]
     Sbs(#[from] SbsError),
     #[error(transparent)]
