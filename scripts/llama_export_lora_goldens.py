@@ -31,7 +31,7 @@ import gguf
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import llama_lora_goldens as lora  # noqa: E402
-from llama_quantize_goldens import tensor_table  # noqa: E402
+from llama_quantize_goldens import tensor_table, write_jobs  # noqa: E402
 
 GEMMA = "gemma-3-270m-q4_k_m.gguf"
 SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -116,16 +116,7 @@ def main():
             }
             print(f"{name}: {os.path.getsize(out)} bytes, {results[name]['file_sha256'][:16]}", file=sys.stderr)
             os.remove(out)
-    lines = ["{", f' "llama_cpp": {json.dumps(version.strip())},', ' "jobs": {']
-    for i, (name, job) in enumerate(results.items()):
-        head = {k: v for k, v in job.items() if k != "tensors"}
-        lines.append(f"  {json.dumps(name)}: {json.dumps(head)[:-1]}, \"tensors\": [")
-        lines.extend(f"   {json.dumps(t)}" + ("," if j + 1 < len(job["tensors"]) else "")
-                     for j, t in enumerate(job["tensors"]))
-        lines.append("  ]}" + ("," if i + 1 < len(results) else ""))
-    lines += [" }", "}"]
-    with open(sys.argv[1], "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_jobs(sys.argv[1], [f' "llama_cpp": {json.dumps(version.strip())},'], results)
 
 
 if __name__ == "__main__":

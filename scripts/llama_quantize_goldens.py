@@ -241,16 +241,22 @@ def main():
         merged = {k: v for k, v in old["jobs"].items() if k not in results}
         merged.update(results)
         results = merged
-    # one tensor per line keeps the file small and its diffs readable
-    lines = ["{", f' "llama_cpp": {json.dumps((commit or "unknown").strip())},', ' "threads": 2,', ' "jobs": {']
-    for i, (name, job) in enumerate(results.items()):
+    write_jobs(sys.argv[1], [f' "llama_cpp": {json.dumps((commit or "unknown").strip())},', ' "threads": 2,'],
+               results)
+
+
+def write_jobs(path, header, jobs):
+    """Writes {header..., "jobs": {...}} with one tensor per line, which keeps the file small and its diffs
+    readable (also used by llama_export_lora_goldens.py)."""
+    lines = ["{", *header, ' "jobs": {']
+    for i, (name, job) in enumerate(jobs.items()):
         head = {k: v for k, v in job.items() if k != "tensors"}
         lines.append(f"  {json.dumps(name)}: {json.dumps(head)[:-1]}, \"tensors\": [")
         lines.extend(f"   {json.dumps(t)}" + ("," if j + 1 < len(job["tensors"]) else "")
                      for j, t in enumerate(job["tensors"]))
-        lines.append("  ]}" + ("," if i + 1 < len(results) else ""))
+        lines.append("  ]}" + ("," if i + 1 < len(jobs) else ""))
     lines += [" }", "}"]
-    with open(sys.argv[1], "w") as f:
+    with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
 

@@ -167,6 +167,13 @@ impl GemmaChat {
             None => None,
             Some(name) => SpecType::parse(name).map_err(|e| CapiError::InvalidArgument(e.to_string()))?,
         };
+        if kind == Some(SpecType::DraftSimple) {
+            return Err(CapiError::InvalidArgument(
+                "spec_type: draft-simple needs a draft model, which the C API does not load (use ngram-simple or \
+                 ngram-mod)"
+                    .into(),
+            ));
+        }
         self.conversation.set_speculative(kind.map(SpeculativeParams::new));
         Ok(())
     }

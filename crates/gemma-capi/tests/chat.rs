@@ -345,6 +345,11 @@ fn speculative_decoding_in_a_chat_changes_no_answer() {
     // SAFETY: a live chat and a NUL-terminated name.
     assert_eq!(unsafe { gemma_chat_set_speculative(plain.0, bogus.as_ptr()) }, Status::InvalidArgument as c_int);
     assert!(last_error().contains("ngram-cache"), "{}", last_error());
+    // A draft model cannot be given through the C API: draft-simple is refused rather than silently off.
+    let draft = c_string("draft-simple");
+    // SAFETY: a live chat and a NUL-terminated name.
+    assert_eq!(unsafe { gemma_chat_set_speculative(plain.0, draft.as_ptr()) }, Status::InvalidArgument as c_int);
+    assert!(last_error().contains("draft model"), "{}", last_error());
     // SAFETY: a live chat; NULL turns speculation off. NULL chats are checked.
     unsafe {
         assert_eq!(gemma_chat_set_speculative(plain.0, std::ptr::null()), OK);

@@ -62,6 +62,7 @@ pub fn chat(common: &Common, args: &ChatArgs) -> Result<()> {
     let mut opts = generation_options(&args.sampling)?;
     opts.speculative = args.spec.params().map_err(|e| usage(format!("--spec-type: {e}")))?;
     let m = common.load()?;
+    crate::commands::attach_draft_model(&mut opts, &args.spec, &m.model)?;
     fit_options_to_model(&mut opts, &args.sampling, &m.tokenizer)?;
     if args.context_shift {
         // llama-server's rule (llama-cli runs on it): BOS is kept on top of --keep.

@@ -406,12 +406,29 @@ pub(crate) fn fit_options_to_model(
     Ok(())
 }
 
+/// Loads the draft model of `--spec-draft-model` into the speculative settings, checked against `target`.
+pub(crate) fn attach_draft_model(
+    opts: &mut GenerationOptions,
+    spec: &gemma_server::SpecArgs,
+    target: &Model,
+) -> Result<()> {
+    let (Some(params), Some(name)) = (opts.speculative.as_mut(), spec.spec_draft_model.as_ref()) else { return Ok(()) };
+    let path = gemma_fetch::resolve_model(&name.to_string_lossy())
+        .with_context(|| format!("cannot find draft model '{}'", name.display()))?;
+    let draft = Model::open(&path).with_context(|| format!("cannot load draft model {}", path.display()))?;
+    let draft = gemma_core::speculative::DraftModel::new(target, std::sync::Arc::new(draft))
+        .with_context(|| format!("--spec-draft-model {}", path.display()))?;
+    params.draft_model = Some(draft);
+    Ok(())
+}
+
 fn generate(common: &Common, args: &GenerateArgs) -> Result<()> {
     let prompt = read_prompt(args)?;
     let mut opts = generation_options(&args.sampling)?;
     opts.logprobs = args.logprobs;
     opts.speculative = args.spec.params().map_err(|e| usage(format!("--spec-type: {e}")))?;
     let m = common.load()?;
+    attach_draft_model(&mut opts, &args.spec, &m.model)?;
     fit_options_to_model(&mut opts, &args.sampling, &m.tokenizer)?;
     let prompt_ids = m.tokenizer.encode(&prompt, m.tokenizer.add_bos(), true);
     if prompt_ids.is_empty() {

@@ -58,8 +58,9 @@ pub struct BlobCompareArgs {
     pub all: bool,
 }
 
-/// A progress bar driven by the conversion's callback.
-fn progress_bar(what: &str) -> (ProgressBar, impl FnMut(ConvertProgress<'_>)) {
+/// A progress bar driven by a file-writing command's per-tensor callback (`convert`, `quantize`,
+/// `export-lora`); it says "writing" once every tensor is done.
+pub(crate) fn progress_bar(what: &str) -> (ProgressBar, impl FnMut(ConvertProgress<'_>)) {
     let bar = ProgressBar::new(0);
     let style = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {wide_msg:.dim}")
         .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -70,6 +71,9 @@ fn progress_bar(what: &str) -> (ProgressBar, impl FnMut(ConvertProgress<'_>)) {
     let callback = move |p: ConvertProgress<'_>| {
         b.set_length(p.total as u64);
         b.set_position(p.done as u64);
+        if p.done == p.total {
+            b.set_message("writing");
+        }
     };
     (bar, callback)
 }

@@ -5,10 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use gemma_core::convert::{merge_lora, ConvertError, ConvertProgress, MergeAdapter};
+use gemma_core::convert::{merge_lora, ConvertError, MergeAdapter};
 use gemma_io::gguf::lora::LoraFile;
 use gemma_io::GgufFile;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::commands::{usage, Common};
 
@@ -46,21 +45,7 @@ pub fn export_lora(common: &Common, args: &ExportLoraArgs) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let pool = crate::commands::thread_pool(common.threads()?)?;
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {wide_msg:.dim}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_message("merging");
-    let b = bar.clone();
-    let mut progress = move |p: ConvertProgress<'_>| {
-        b.set_length(p.total as u64);
-        b.set_position(p.done as u64);
-        if p.done == p.total {
-            b.set_message("writing");
-        }
-    };
+    let (bar, mut progress) = crate::convert::progress_bar("merging");
     crate::interrupt::remove_partial_output_on_ctrl_c(&args.output)?;
     let merged = merge_lora(&base, &adapters, &pool, &mut progress);
     let result = merged.and_then(|(writer, summary)| {

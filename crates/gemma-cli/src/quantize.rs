@@ -4,12 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use gemma_core::convert::ConvertProgress;
 use gemma_core::quantize::{
     parse_tensor_type, quantize_file, FileType, ImatrixInput, QuantizeError, QuantizeOptions, TENSOR_TYPES,
 };
 use gemma_io::GgmlType;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::commands::{usage, Common};
 
@@ -91,21 +89,7 @@ pub fn quantize(common: &Common, args: &QuantizeArgs) -> Result<()> {
             None => None,
         },
     };
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {wide_msg:.dim}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_message(format!("quantizing to {file_type}"));
-    let b = bar.clone();
-    let mut progress = move |p: ConvertProgress<'_>| {
-        b.set_length(p.total as u64);
-        b.set_position(p.done as u64);
-        if p.done == p.total {
-            b.set_message("writing");
-        }
-    };
+    let (bar, mut progress) = crate::convert::progress_bar(&format!("quantizing to {file_type}"));
     crate::interrupt::remove_partial_output_on_ctrl_c(&args.output)?;
     let result = quantize_file(&args.input, &args.output, &options, &mut progress);
     bar.finish_and_clear();

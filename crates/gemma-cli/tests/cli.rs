@@ -502,6 +502,44 @@ fn spec_type_gives_the_same_tokens_and_reports_its_drafts() {
     }
 }
 
+/// `--spec-draft-model` (llama.cpp's flag, alias `--model-draft`): a draft model guesses, the output is the
+/// model's own; the settings that cannot work are refused, as the server refuses a draft model.
+#[test]
+fn a_draft_model_gives_the_same_tokens() {
+    let m = model();
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["run", "-m", &m, "--prompt", "Once upon a time", "-n", "40", "--json"];
+        args.extend_from_slice(extra);
+        serde_json::from_str(ok(&args).trim()).expect("one JSON object")
+    };
+    let plain = run(&[]);
+    // The model drafting for itself: every greedy draft is kept.
+    for flag in ["--spec-draft-model", "--model-draft"] {
+        let sp = run(&[flag, &m, "--spec-draft-n-max", "5"]);
+        assert_eq!(sp["gen_ids"], plain["gen_ids"], "{flag}");
+        let (n, kept) = (sp["draft_n"].as_u64().unwrap(), sp["draft_n_accepted"].as_u64().unwrap());
+        assert!(n > 20 && kept == n, "{flag}: {sp}");
+    }
+    let smollm2 = gemma_fetch::resolve_model("smollm2-135m-instruct").unwrap().display().to_string();
+    for (bad, code, wanted) in [
+        (vec!["--spec-type", "draft-simple"], 2, "--spec-draft-model"),
+        (vec!["--spec-type", "ngram-simple", "--spec-draft-model", m.as_str()], 2, "leave --spec-type out"),
+        (vec!["--spec-draft-model", m.as_str(), "--spec-draft-p-min", "1.5"], 2, "--spec-draft-p-min"),
+        (vec!["--spec-draft-model", "missing-draft.gguf"], 1, "missing-draft.gguf"),
+        (vec!["--spec-draft-model", smollm2.as_str()], 1, "cannot draft"),
+    ] {
+        let mut args = vec!["run", "-m", &m, "--prompt", "hi", "-n", "1"];
+        args.extend_from_slice(&bad);
+        let o = gemma(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(code), "{bad:?}: {err}");
+        assert!(err.contains(wanted) && !err.contains("panicked"), "{bad:?}: {err}");
+    }
+    let o = gemma(&["serve", "-m", &m, "--spec-draft-model", &m, "--port", "0"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("n-grams only"), "{err}");
+}
+
 /// `-ctk`/`-ctv` (llama.cpp's spellings, long forms too) store the cache in the type: the text runs, an unknown
 /// type is a usage error naming the allowed ones, and a prompt cache saved with one type is refused by another.
 #[test]

@@ -376,7 +376,7 @@ impl<'m> Session<'m> {
         if let Some(params) = &opts.speculative {
             history.extend_from_slice(earlier);
             history.extend_from_slice(prompt_ids);
-            drafter = Some(Drafter::new(params, &history));
+            drafter = Some(Drafter::new(params, &history, ctx));
         }
         let mut stats = SpecStats::default();
         let mut draft: Vec<u32> = Vec::new();
@@ -445,7 +445,8 @@ impl<'m> Session<'m> {
             }
             if let (Some(d), Some(params)) = (drafter.as_mut(), &opts.speculative) {
                 let left = opts.max_tokens - gen_ids.len() - 1;
-                draft = prepare_draft(d, params, &history[..history.len() - 1], id, left, &self.cache, ctx);
+                let history = &history[..history.len() - 1];
+                draft = prepare_draft(d, params, history, id, left, &self.cache, ctx, Some(pool));
             }
             batch_start = self.cache.len();
             let batch = if draft.is_empty() {

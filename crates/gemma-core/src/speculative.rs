@@ -1,11 +1,18 @@
-//! Self-speculative decoding with n-grams (llama.cpp's `--spec-type ngram-simple` / `ngram-mod`): the next
-//! tokens are guessed by finding the last few tokens earlier in the context and copying what followed them;
-//! the guesses are then checked in one forward pass and kept while the model's own sampler picks the same
-//! tokens. The output is the same as without speculation; see `docs/speculative.md`.
+//! Speculative decoding: the next tokens are guessed, then checked in one forward pass and kept while the
+//! model's own sampler picks the same tokens, so the output is the same as without speculation
+//! (`docs/speculative.md`). The guesses come from n-grams of the context (llama.cpp's `--spec-type
+//! ngram-simple` / `ngram-mod`: the last few tokens found earlier, and what followed them copied) or from a
+//! smaller draft model with the same vocabulary (`draft-simple`, llama.cpp's `--spec-draft-model`), which
+//! generates them greedily.
 
 use std::fmt;
+use std::sync::Arc;
 
+use gemma_ops::ThreadPool;
+
+use crate::batch::Batch;
 use crate::kv_cache::KvCache;
+use crate::model::{Model, Scratch};
 
 /// Which drafter guesses the tokens (llama.cpp's `--spec-type` names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,16 +22,19 @@ pub enum SpecType {
     /// A table from the hash of every `n_match` tokens of the context to the token after them, followed token
     /// by token.
     NgramMod,
+    /// A draft model's greedy continuation ([`SpeculativeParams::draft_model`]).
+    DraftSimple,
 }
 
 impl SpecType {
     /// Names as llama.cpp spells them.
-    pub const NAMES: &'static [&'static str] = &["ngram-simple", "ngram-mod"];
+    pub const NAMES: &'static [&'static str] = &["ngram-simple", "ngram-mod", "draft-simple"];
 
     pub fn name(self) -> &'static str {
         match self {
             SpecType::NgramSimple => "ngram-simple",
             SpecType::NgramMod => "ngram-mod",
+            SpecType::DraftSimple => "draft-simple",
         }
     }
 
@@ -35,8 +45,9 @@ impl SpecType {
             "none" => Ok(None),
             "ngram-simple" => Ok(Some(SpecType::NgramSimple)),
             "ngram-mod" => Ok(Some(SpecType::NgramMod)),
-            other @ ("ngram-map-k" | "ngram-map-k4v" | "ngram-cache" | "draft-simple" | "draft-eagle3"
-            | "draft-dflash" | "draft-dspark" | "draft-mtp") => Err(SpecError::Unsupported(other.to_string())),
+            "draft-simple" => Ok(Some(SpecType::DraftSimple)),
+            other @ ("ngram-map-k" | "ngram-map-k4v" | "ngram-cache" | "draft-eagle3" | "draft-dflash"
+            | "draft-dspark" | "draft-mtp") => Err(SpecError::Unsupported(other.to_string())),
             other => Err(SpecError::Unknown(other.to_string())),
         }
     }
@@ -50,10 +61,15 @@ impl fmt::Display for SpecType {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
-    #[error("unknown speculative type `{0}` (known: none, ngram-simple, ngram-mod)")]
+    #[error("unknown speculative type `{0}` (known: none, ngram-simple, ngram-mod, draft-simple)")]
     Unknown(String),
-    #[error("speculative type `{0}` is llama.cpp's but not implemented here (use ngram-simple or ngram-mod)")]
+    #[error(
+        "speculative type `{0}` is llama.cpp's but not implemented here (use ngram-simple, ngram-mod or \
+         draft-simple)"
+    )]
     Unsupported(String),
+    #[error("the draft model cannot draft for this model: {0}")]
+    IncompatibleDraft(String),
     #[error("{0}")]
     Invalid(String),
 }
@@ -73,8 +89,85 @@ pub struct SpeculativeParams {
     /// ngram-mod: most tokens of a draft (`--spec-ngram-mod-n-max`, 64).
     pub mod_n_max: usize,
     /// An extra cap on a draft's length (`--spec-draft-n-max`). llama.cpp applies that flag only to draft
-    /// models, so `None` (the default) reproduces its n-gram drafts.
+    /// models (3 when absent), so `None` (the default) reproduces its n-gram drafts.
     pub draft_n_max: Option<usize>,
+    /// draft-simple: a shorter draft is dropped (`--spec-draft-n-min`, 0).
+    pub draft_n_min: usize,
+    /// draft-simple: the draft stops before a token whose probability among the draft model's ten best is
+    /// below this (`--spec-draft-p-min`, 0: never).
+    pub draft_p_min: f32,
+    /// draft-simple: the draft model (`--spec-draft-model`).
+    pub draft_model: Option<DraftModel>,
+}
+
+/// llama.cpp's default `--spec-draft-n-max` for draft models.
+pub const DRAFT_N_MAX: usize = 3;
+
+/// A draft model checked against the model it drafts for ([`DraftModel::new`]). Compared by identity.
+#[derive(Clone)]
+pub struct DraftModel(Arc<Model>);
+
+impl fmt::Debug for DraftModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DraftModel({})", self.0.config.name)
+    }
+}
+
+impl PartialEq for DraftModel {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// llama.cpp's `SPEC_VOCAB_MAX_SIZE_DIFFERENCE`.
+const VOCAB_MAX_SIZE_DIFFERENCE: usize = 128;
+/// llama.cpp's `SPEC_VOCAB_CHECK_START_TOKEN_ID`: the token texts compared start here.
+const VOCAB_CHECK_START: usize = 5;
+
+impl DraftModel {
+    /// `draft` as the draft model of `target`, if their vocabularies agree as llama.cpp requires
+    /// (`common_speculative_are_compatible`): the same BOS rule and BOS/EOS ids, at most 128 tokens more or
+    /// fewer, and the same text for every token both have from id 5 on.
+    pub fn new(target: &Model, draft: Arc<Model>) -> Result<DraftModel, SpecError> {
+        let bad = |why: String| SpecError::IncompatibleDraft(why);
+        if draft.is_embedding_model() {
+            return Err(bad(format!("{} is an embedding model", draft.config.name)));
+        }
+        let (t, d) =
+            (target.tokenizer().map_err(|e| bad(e.to_string()))?, draft.tokenizer().map_err(|e| bad(e.to_string()))?);
+        if (t.add_bos(), t.bos_id(), t.eos_id()) != (d.add_bos(), d.bos_id(), d.eos_id()) {
+            return Err(bad(format!(
+                "BOS/EOS differ (target: add BOS {}, BOS {:?}, EOS {:?}; draft: {}, {:?}, {:?})",
+                t.add_bos(),
+                t.bos_id(),
+                t.eos_id(),
+                d.add_bos(),
+                d.bos_id(),
+                d.eos_id()
+            )));
+        }
+        let (nt, nd) = (t.vocab_size(), d.vocab_size());
+        if nt.abs_diff(nd) > VOCAB_MAX_SIZE_DIFFERENCE {
+            return Err(bad(format!(
+                "vocabularies of {nt} and {nd} tokens differ by more than {VOCAB_MAX_SIZE_DIFFERENCE}"
+            )));
+        }
+        for id in VOCAB_CHECK_START..nt.min(nd) {
+            let id = id as u32;
+            if t.piece(id) != d.piece(id) {
+                return Err(bad(format!(
+                    "token {id} is {:?} in the target, {:?} in the draft",
+                    t.piece(id),
+                    d.piece(id)
+                )));
+            }
+        }
+        Ok(DraftModel(draft))
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.0
+    }
 }
 
 impl SpeculativeParams {
@@ -87,6 +180,9 @@ impl SpeculativeParams {
             mod_n_min: 48,
             mod_n_max: 64,
             draft_n_max: None,
+            draft_n_min: 0,
+            draft_p_min: 0.0,
+            draft_model: None,
         }
     }
 
@@ -104,6 +200,15 @@ impl SpeculativeParams {
         check("--spec-ngram-mod-n-match", self.mod_n_match, 1)?;
         check("--spec-ngram-mod-n-min", self.mod_n_min, 0)?;
         check("--spec-ngram-mod-n-max", self.mod_n_max, 0)?;
+        if self.kind == SpecType::DraftSimple {
+            if !(0.0..=1.0).contains(&self.draft_p_min) {
+                return Err(SpecError::Invalid(format!(
+                    "--spec-draft-p-min must be between 0 and 1, got {}",
+                    self.draft_p_min
+                )));
+            }
+            check("--spec-draft-n-min", self.draft_n_min, 0)?;
+        }
         Ok(())
     }
 
@@ -112,6 +217,7 @@ impl SpeculativeParams {
         let n = match self.kind {
             SpecType::NgramSimple => self.simple_size_m,
             SpecType::NgramMod => self.mod_n_max,
+            SpecType::DraftSimple => return self.draft_n_max.unwrap_or(DRAFT_N_MAX),
         };
         self.draft_n_max.map_or(n, |cap| cap.min(n))
     }
@@ -284,7 +390,9 @@ pub fn draft_room(params: &SpeculativeParams, tokens_left: usize, cache_len: usi
 /// of `ctx` positions: the drafter's guess cut by [`draft_room`] (no token past `max_tokens`, the context's last
 /// position left free for a context shift, one forward pass), and none at all unless the cache can forget every
 /// drafted position again ([`KvCache::can_go_back`]: a sliding-window ring can only go back so far). Empty when
-/// there is no draft. `Session`'s generation and the server's sequences both draft through it.
+/// there is no draft. `Session`'s generation and the server's sequences both draft through it; a draft model
+/// runs on `pool` (without one, or after a context shift, a draft model makes no draft).
+#[allow(clippy::too_many_arguments)]
 pub fn prepare_draft(
     drafter: &mut Drafter,
     params: &SpeculativeParams,
@@ -293,10 +401,19 @@ pub fn prepare_draft(
     tokens_left: usize,
     cache: &KvCache,
     ctx: usize,
+    pool: Option<&ThreadPool>,
 ) -> Vec<u32> {
     let len = cache.len();
-    let mut draft = drafter.draft(history, last);
-    draft.truncate(draft_room(params, tokens_left, len, ctx));
+    let room = draft_room(params, tokens_left, len, ctx);
+    let mut draft = match drafter {
+        Drafter::Model(m) => match pool {
+            // A context shift leaves the cache holding fewer positions than the history has tokens.
+            Some(pool) if history.len() == len && room > 0 => m.draft(history, last, room, pool),
+            _ => Vec::new(),
+        },
+        _ => drafter.draft(history, last),
+    };
+    draft.truncate(room);
     if !draft.is_empty() && !cache.can_go_back(len + 1 + draft.len(), len + 1) {
         draft.clear();
     }
@@ -307,12 +424,124 @@ pub fn prepare_draft(
 pub enum Drafter {
     Simple { n: usize, m: usize },
     Mod { table: Box<NgramMod>, n_min: usize, n_max: usize },
+    Model(Box<ModelDrafter>),
+}
+
+/// A draft model drafting for one sequence: its own KV cache, kept holding a prefix of the target's tokens.
+pub struct ModelDrafter {
+    model: DraftModel,
+    cache: KvCache,
+    /// The token of each position of `cache`.
+    tokens: Vec<u32>,
+    scratch: Scratch,
+    n_min: usize,
+    p_min: f32,
+}
+
+/// Tokens per prefill pass of the draft model.
+const DRAFT_PREFILL_CHUNK: usize = 512;
+
+impl ModelDrafter {
+    fn new(model: DraftModel, params: &SpeculativeParams, ctx: usize) -> ModelDrafter {
+        let cache = model.model().new_cache(ctx);
+        ModelDrafter {
+            model,
+            cache,
+            tokens: Vec::new(),
+            scratch: Scratch::default(),
+            n_min: params.draft_n_min,
+            p_min: params.draft_p_min,
+        }
+    }
+
+    /// Up to `n_max` tokens to follow `history` (the target's cache, one token per position) and `last`, as
+    /// llama.cpp's draft-simple makes them: the draft model's best token each step, stopping before one whose
+    /// probability among its ten best is below `p_min`; none if fewer than `n_min`. The draft cache first drops
+    /// what the target did not keep and runs what it has not seen.
+    fn draft(&mut self, history: &[u32], last: u32, n_max: usize, pool: &ThreadPool) -> Vec<u32> {
+        match self.try_draft(history, last, n_max, pool) {
+            Ok(d) if d.len() >= self.n_min => d,
+            Ok(_) => Vec::new(),
+            Err(_) => {
+                // The draft model failed (out of room): no draft; the target goes on alone.
+                self.cache.clear();
+                self.tokens.clear();
+                Vec::new()
+            }
+        }
+    }
+
+    fn try_draft(
+        &mut self,
+        history: &[u32],
+        last: u32,
+        n_max: usize,
+        pool: &ThreadPool,
+    ) -> Result<Vec<u32>, crate::error::ModelError> {
+        let model = self.model.model();
+        if history.len() + 1 + n_max > self.cache.capacity() {
+            return Ok(Vec::new());
+        }
+        let common = self.tokens.iter().zip(history).take_while(|(a, b)| a == b).count();
+        if self.cache.truncate(common) != common {
+            // A sliding-window layer cannot go back that far: start again.
+            self.cache.clear();
+        }
+        self.tokens.truncate(self.cache.len());
+        let mut fed: Vec<u32> = history[self.tokens.len()..].to_vec();
+        fed.push(last);
+        let mut logits = Vec::new();
+        for chunk in fed.chunks(DRAFT_PREFILL_CHUNK) {
+            let batch = Batch::sequence(chunk, self.tokens.len(), 0, false);
+            let out = model.forward_with(&batch, std::slice::from_mut(&mut self.cache), pool, &mut self.scratch)?;
+            logits = out.row(0).to_vec();
+            self.tokens.extend_from_slice(chunk);
+        }
+        let mut draft = Vec::with_capacity(n_max);
+        loop {
+            let (best, p) = best_of_ten(&logits);
+            if p < self.p_min {
+                break;
+            }
+            draft.push(best);
+            if draft.len() >= n_max {
+                break;
+            }
+            let batch = Batch::sequence(&[best], self.tokens.len(), 0, true);
+            let out = model.forward_with(&batch, std::slice::from_mut(&mut self.cache), pool, &mut self.scratch)?;
+            logits = out.row(0).to_vec();
+            self.tokens.push(best);
+        }
+        Ok(draft)
+    }
+}
+
+/// The most likely token and its probability among the ten most likely (llama.cpp's draft sampler: top-k 10,
+/// then the softmax of what is left); ties go to the lower id.
+fn best_of_ten(logits: &[f32]) -> (u32, f32) {
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(11);
+    for (i, &l) in logits.iter().enumerate() {
+        if top.len() < 10 || l > top[top.len() - 1].1 {
+            let at = top.iter().position(|&(_, x)| l > x).unwrap_or(top.len());
+            top.insert(at, (i as u32, l));
+            top.truncate(10);
+        }
+    }
+    let Some(&(best, max)) = top.first() else { return (0, 0.0) };
+    let sum: f32 = top.iter().map(|&(_, l)| (l - max).exp()).sum();
+    (best, 1.0 / sum)
 }
 
 impl Drafter {
-    /// A drafter for a sequence whose context starts with `prompt`.
-    pub fn new(params: &SpeculativeParams, prompt: &[u32]) -> Drafter {
+    /// A drafter for a sequence whose context starts with `prompt`, in a context of `ctx` positions (the size of
+    /// a draft model's cache).
+    pub fn new(params: &SpeculativeParams, prompt: &[u32], ctx: usize) -> Drafter {
         match params.kind {
+            SpecType::DraftSimple => match &params.draft_model {
+                Some(m) => Drafter::Model(Box::new(ModelDrafter::new(m.clone(), params, ctx))),
+                // `validate` refuses this; without a model there is nothing to draft with.
+                None => Drafter::Simple { n: 0, m: 0 },
+            },
             SpecType::NgramSimple => Drafter::Simple { n: params.simple_size_n, m: params.simple_size_m },
             SpecType::NgramMod => {
                 let mut table = Box::new(NgramMod::new(params.mod_n_match));
@@ -328,6 +557,8 @@ impl Drafter {
         match self {
             Drafter::Simple { n, m } => ngram_simple_draft(history, last, *n, *m),
             Drafter::Mod { table, n_min, n_max } => table.draft(history, last, *n_min, *n_max),
+            // Needs a thread pool: [`prepare_draft`] runs it.
+            Drafter::Model(_) => Vec::new(),
         }
     }
 
@@ -380,9 +611,35 @@ mod tests {
         assert!(m.draft(&[9, 9], 9, 0, 10).is_empty());
     }
 
+    /// The draft sampler's probability is the softmax over the ten best logits only; ties go to the lower id.
+    #[test]
+    fn best_of_ten_is_the_top_token_and_its_share_of_the_top_ten() {
+        let mut logits = vec![-100.0f32; 50];
+        logits[7] = 2.0;
+        for (i, l) in logits.iter_mut().enumerate().skip(20).take(9) {
+            *l = (i as f32 - 30.0) * 0.1;
+        }
+        logits[40] = 2.0; // a tie with id 7
+        let (best, p) = best_of_ten(&logits);
+        assert_eq!(best, 7);
+        let top: Vec<f32> = {
+            let mut v = logits.clone();
+            v.sort_by(|a, b| b.total_cmp(a));
+            v.truncate(10);
+            v
+        };
+        let want = 1.0 / top.iter().map(|l| (l - 2.0).exp()).sum::<f32>();
+        assert!((p - want).abs() < 1e-6, "{p} vs {want}");
+        // The eleventh best and below play no part: lowering them changes nothing.
+        logits[0] = -1e9;
+        assert_eq!(best_of_ten(&logits), (7, p));
+        assert_eq!(best_of_ten(&[0.5]), (0, 1.0));
+    }
+
     #[test]
     fn parse_names() {
         assert_eq!(SpecType::parse("ngram-simple"), Ok(Some(SpecType::NgramSimple)));
+        assert_eq!(SpecType::parse("draft-simple"), Ok(Some(SpecType::DraftSimple)));
         assert_eq!(SpecType::parse("none"), Ok(None));
         assert!(matches!(SpecType::parse("ngram-map-k"), Err(SpecError::Unsupported(_))));
         assert!(matches!(SpecType::parse("bogus"), Err(SpecError::Unknown(_))));

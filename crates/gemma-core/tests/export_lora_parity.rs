@@ -15,7 +15,6 @@ use gemma_io::gguf::lora::LoraFile;
 use gemma_io::{GgmlType, GgufFile, GgufWriter, MetaValue};
 use gemma_ops::ThreadPool;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 mod common;
 
@@ -47,19 +46,8 @@ struct UsedAdapter {
 struct Job {
     base: Base,
     adapters: Vec<UsedAdapter>,
-    file_sha256: String,
-    file_size: u64,
-    metadata_keys: Vec<String>,
-    tensors: Vec<GoldenTensor>,
-}
-
-#[derive(Deserialize)]
-struct GoldenTensor {
-    name: String,
-    #[serde(rename = "type")]
-    ggml_type: String,
-    dims: Vec<u64>,
-    sha256: String,
+    #[serde(flatten)]
+    golden: common::GoldenFile,
 }
 
 fn goldens() -> Goldens {
@@ -67,9 +55,7 @@ fn goldens() -> Goldens {
     serde_json::from_str(&std::fs::read_to_string(path).expect("goldens")).expect("goldens parse")
 }
 
-fn sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
+use common::sha256_hex as sha256;
 
 /// The adapter of the script's token-embedding job: `token_embd.weight` alone, its `lora_a` one rank-wide row
 /// per token, as gguf-py writes it.
@@ -136,32 +122,13 @@ fn run_job(name: &str, job: &Job, pool: &ThreadPool) -> Vec<String> {
         .collect();
     let (writer, summary) = merge_lora(&base, &adapters, pool, &mut no_progress).expect("merges");
     let bytes = writer.into_bytes();
-    let out = GgufFile::from_bytes(bytes.clone(), format!("{name}.gguf")).expect("output parses");
-    let mut problems = Vec::new();
-    let keys: Vec<&str> = out.metadata().iter().map(|(k, _)| k.as_str()).collect();
-    if keys != job.metadata_keys.iter().map(String::as_str).collect::<Vec<_>>() {
-        problems.push(format!("metadata keys differ: {keys:?}"));
-    }
+    let mut problems = common::differences_from_golden(&bytes, &job.golden, "llama-export-lora");
+    let out = GgufFile::from_bytes(bytes, format!("{name}.gguf")).expect("output parses");
     if out.get("general.file_type") != Some(&MetaValue::U32(1)) {
         problems.push("general.file_type is not F16 (1)".into());
     }
-    if out.tensors().len() != job.tensors.len() {
-        problems.push(format!("{} tensors, llama-export-lora wrote {}", out.tensors().len(), job.tensors.len()));
-    }
-    let mut merged = 0;
-    for (ours, theirs) in out.tensors().iter().zip(&job.tensors) {
-        let ours_desc = (ours.name.as_str(), ours.ggml_type.name(), ours.dims.as_slice());
-        let theirs_desc = (theirs.name.as_str(), theirs.ggml_type.as_str(), theirs.dims.as_slice());
-        merged += (base.tensor(&ours.name).map(|t| t.ggml_type) != Some(ours.ggml_type)) as usize;
-        if ours_desc != theirs_desc {
-            problems.push(format!("tensor {ours_desc:?}, llama-export-lora {theirs_desc:?}"));
-        } else if sha256(out.tensor_data(ours)) != theirs.sha256 {
-            problems.push(format!("tensor {} ({}) data differs", ours.name, ours.ggml_type));
-        }
-    }
-    if problems.is_empty() && (bytes.len() as u64 != job.file_size || sha256(&bytes) != job.file_sha256) {
-        problems.push(format!("tensors equal, but the file differs ({} bytes, llama {})", bytes.len(), job.file_size));
-    }
+    let merged =
+        out.tensors().iter().filter(|t| base.tensor(&t.name).map(|b| b.ggml_type) != Some(t.ggml_type)).count();
     println!(
         "{name}: {} merged, {} copied ({merged} changed type), {} problems",
         summary.merged,

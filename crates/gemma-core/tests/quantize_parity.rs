@@ -17,7 +17,6 @@ use gemma_core::{Batch, BatchToken, Model, Tokenizer};
 use gemma_io::GgufFile;
 use gemma_ops::ThreadPool;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 mod common;
 
@@ -72,19 +71,8 @@ struct Job {
     options: Vec<String>,
     #[serde(rename = "type")]
     file_type: String,
-    file_sha256: String,
-    file_size: u64,
-    metadata_keys: Vec<String>,
-    tensors: Vec<GoldenTensor>,
-}
-
-#[derive(Deserialize)]
-struct GoldenTensor {
-    name: String,
-    #[serde(rename = "type")]
-    ggml_type: String,
-    dims: Vec<u64>,
-    sha256: String,
+    #[serde(flatten)]
+    golden: common::GoldenFile,
 }
 
 fn goldens() -> &'static Goldens {
@@ -140,10 +128,6 @@ fn options(job: &Job) -> QuantizeOptions {
     o
 }
 
-fn sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Runs one job (and the job it reads from, when it chains) in `dir`; returns the output path and the problems.
 fn run_job(name: &str, dir: &Path, made: &mut HashMap<String, PathBuf>) -> Vec<String> {
     let job = &goldens().jobs[name];
@@ -160,28 +144,7 @@ fn run_job(name: &str, dir: &Path, made: &mut HashMap<String, PathBuf>) -> Vec<S
     let file = GgufFile::open(&input).expect("input opens");
     let quantized = quantize_gguf(&file, &options(job), &mut no_progress).expect("quantizes");
     let bytes = quantized.writer.into_bytes();
-    let mut problems = Vec::new();
-    let out = GgufFile::from_bytes(bytes.clone(), format!("{name}.gguf")).expect("output parses");
-    let keys: Vec<&str> = out.metadata().iter().map(|(k, _)| k.as_str()).collect();
-    if keys != job.metadata_keys.iter().map(String::as_str).collect::<Vec<_>>() {
-        problems.push(format!("metadata keys differ: {keys:?}"));
-    }
-    if out.tensors().len() != job.tensors.len() {
-        problems.push(format!("{} tensors, llama-quantize wrote {}", out.tensors().len(), job.tensors.len()));
-    }
-    for (ours, theirs) in out.tensors().iter().zip(&job.tensors) {
-        let data = out.tensor_data(ours);
-        let ours_desc = (ours.name.as_str(), ours.ggml_type.name(), ours.dims.as_slice());
-        let theirs_desc = (theirs.name.as_str(), theirs.ggml_type.as_str(), theirs.dims.as_slice());
-        if ours_desc != theirs_desc {
-            problems.push(format!("tensor {ours_desc:?}, llama-quantize {theirs_desc:?}"));
-        } else if sha256(data) != theirs.sha256 {
-            problems.push(format!("tensor {} ({}) data differs", ours.name, ours.ggml_type));
-        }
-    }
-    if problems.is_empty() && (bytes.len() as u64 != job.file_size || sha256(&bytes) != job.file_sha256) {
-        problems.push(format!("tensors equal, but the file differs ({} bytes, llama {})", bytes.len(), job.file_size));
-    }
+    let problems = common::differences_from_golden(&bytes, &job.golden, "llama-quantize");
     let path = dir.join(format!("{name}.gguf"));
     std::fs::write(&path, &bytes).expect("output written");
     made.insert(name.to_string(), path);

@@ -1,9 +1,14 @@
-//! Self-speculative decoding (n-gram drafts checked in one forward pass) on the real Gemma 3 270M model: the
-//! tokens, text, streamed pieces, stop handling and the KV cache left behind are those of plain decoding.
+//! Speculative decoding (n-gram drafts, and a draft model's, checked in one forward pass) on the real Gemma 3
+//! 270M model: the tokens, text, streamed pieces, stop handling and the KV cache left behind are those of plain
+//! decoding.
+
+use std::sync::{Arc, OnceLock};
 
 use gemma_core::generate::{ContextShift, GenerationOptions, GenerationOutput, StopReason};
+use gemma_core::quantize::{quantize_file, FileType, QuantizeOptions};
 use gemma_core::sampling::Mirostat;
-use gemma_core::{SamplingParams, Session, SpecType, SpeculativeParams};
+use gemma_core::speculative::DraftModel;
+use gemma_core::{Model, SamplingParams, Session, SpecType, SpeculativeParams};
 
 mod common;
 use common::DefaultModel;
@@ -41,11 +46,36 @@ fn encode(prompt: &str) -> Vec<u32> {
     f.tokenizer.encode(prompt, f.tokenizer.add_bos(), true)
 }
 
-fn spec(kind: SpecType) -> SpeculativeParams {
-    SpeculativeParams::new(kind)
+/// The draft model of the draft-simple runs: the default model requantized to Q8_0 (so it sometimes guesses
+/// what the Q4_K_M target does not pick), kept in the models folder's `test-files/` (made once; the quantizer
+/// renames only a whole file).
+fn draft_model() -> &'static DraftModel {
+    static D: OnceLock<DraftModel> = OnceLock::new();
+    D.get_or_init(|| {
+        let dir = gemma_fetch::models_dir().join("test-files");
+        std::fs::create_dir_all(&dir).expect("test files folder");
+        let path = dir.join("gemma-3-270m-q8_0.gguf");
+        if !path.exists() {
+            let source = gemma_fetch::resolve_model(gemma_fetch::DEFAULT_MODEL).expect("default model");
+            let mut options = QuantizeOptions::new(FileType::parse("Q8_0").expect("type"));
+            options.allow_requantize = true;
+            options.threads = 2;
+            quantize_file(&source, &path, &options, &mut |_| {}).expect("Q8_0 draft model");
+        }
+        let draft = Model::open(&path).expect("draft model loads");
+        DraftModel::new(&fixture().model, Arc::new(draft)).expect("the same vocabulary")
+    })
 }
 
-const KINDS: [SpecType; 2] = [SpecType::NgramSimple, SpecType::NgramMod];
+fn spec(kind: SpecType) -> SpeculativeParams {
+    let mut p = SpeculativeParams::new(kind);
+    if kind == SpecType::DraftSimple {
+        p.draft_model = Some(draft_model().clone());
+    }
+    p
+}
+
+const KINDS: [SpecType; 3] = [SpecType::NgramSimple, SpecType::NgramMod, SpecType::DraftSimple];
 
 /// Runs `opts` with and without each speculation type and checks they agree; returns the speculative runs.
 /// Exact equality holds because a batch gives each token the logits a one-token pass gives it, bit for bit
@@ -238,4 +268,43 @@ fn batch_and_single_token_logits_differ_by_rounding_only() {
     eprintln!("largest |batch - single| logit difference: {worst:e}; smallest top-2 margin: {margin}");
     // 0 on the machines measured so far (docs/speculative.md); anything beyond rounding would be a bug.
     assert!(worst < 1e-3, "{worst}");
+}
+
+/// A draft model's drafts follow llama.cpp's draft-simple settings: at most `--spec-draft-n-max` tokens (3 by
+/// default), none shorter than `--spec-draft-n-min`, cut before a token below `--spec-draft-p-min`; and the
+/// output never changes.
+#[test]
+fn draft_model_settings_shape_the_drafts() {
+    let ids = encode("Once upon a time");
+    let opts = greedy(80);
+    let run = |p: SpeculativeParams| run_ids(&ids, &GenerationOptions { speculative: Some(p), ..opts.clone() }, 512);
+    let plain = run_ids(&ids, &opts, 512);
+    let default = run(spec(SpecType::DraftSimple));
+    let st = default.out.speculative;
+    assert!(st.drafts > 0 && st.draft_n <= 3 * st.drafts, "{st:?}");
+    assert!(st.draft_n_accepted * 2 > st.draft_n, "a Q8_0 draft of the same model mostly agrees: {st:?}");
+    let long = run(SpeculativeParams { draft_n_max: Some(8), ..spec(SpecType::DraftSimple) });
+    assert!(long.out.speculative.draft_n > 3 * long.out.speculative.drafts, "{:?}", long.out.speculative);
+    // No draft is ever as long as 9 tokens when n_max is 8: --spec-draft-n-min 9 drops them all.
+    let none = run(SpeculativeParams { draft_n_max: Some(8), draft_n_min: 9, ..spec(SpecType::DraftSimple) });
+    assert_eq!(none.out.speculative.draft_n, 0);
+    // A probability of 1 among the ten best never happens: p-min 1 stops every draft before its first token.
+    let sure = run(SpeculativeParams { draft_p_min: 1.0, ..spec(SpecType::DraftSimple) });
+    assert_eq!(sure.out.speculative.draft_n, 0);
+    let half = run(SpeculativeParams { draft_p_min: 0.5, ..spec(SpecType::DraftSimple) });
+    let st_half = half.out.speculative;
+    assert!(st_half.draft_n < st.draft_n && st_half.draft_n_accepted * 10 >= st_half.draft_n * 8, "{st_half:?}");
+    for r in [&default, &long, &none, &sure, &half] {
+        assert_eq!(r.out.gen_ids, plain.out.gen_ids);
+    }
+}
+
+/// A draft model must share the target's vocabulary, as llama.cpp checks it: SmolLM2's is refused, naming
+/// what differs.
+#[test]
+fn a_draft_model_with_another_vocabulary_is_refused() {
+    let smollm2 = gemma_fetch::resolve_model("smollm2-135m-instruct").expect("SmolLM2");
+    let other = Arc::new(Model::open(smollm2).expect("SmolLM2 loads"));
+    let e = DraftModel::new(&fixture().model, other).expect_err("another vocabulary").to_string();
+    assert!(e.contains("cannot draft") && (e.contains("BOS") || e.contains("token")), "{e}");
 }

@@ -97,13 +97,43 @@ pub struct SpecArgs {
     /// ngram-mod: most tokens per draft (default 64).
     #[arg(long, value_name = "N", help_heading = SPEC)]
     pub spec_ngram_mod_n_max: Option<usize>,
+    /// A draft model (same vocabulary) that guesses the next tokens greedily; implies --spec-type
+    /// draft-simple. `gemma run` and `gemma chat` only.
+    #[arg(long, visible_alias = "model-draft", value_name = "FNAME", help_heading = SPEC)]
+    pub spec_draft_model: Option<PathBuf>,
+    /// draft-simple: a shorter draft is dropped (default 0).
+    #[arg(long, value_name = "N", help_heading = SPEC)]
+    pub spec_draft_n_min: Option<usize>,
+    /// draft-simple: stop a draft before a token whose probability among the draft model's ten best is below
+    /// P (default 0: never).
+    #[arg(long, visible_alias = "draft-p-min", value_name = "P", help_heading = SPEC)]
+    pub spec_draft_p_min: Option<f32>,
 }
 
 impl SpecArgs {
-    /// `--spec-type` and its settings (`None`: no speculation), checked as llama.cpp checks them.
+    /// `--spec-type` and its settings (`None`: no speculation), checked as llama.cpp checks them. A draft
+    /// model (`--spec-draft-model`, which implies draft-simple) is the caller's to load and attach
+    /// ([`SpeculativeParams::draft_model`]).
     pub fn params(&self) -> Result<Option<SpeculativeParams>, SpecError> {
-        let Some(name) = &self.spec_type else { return Ok(None) };
-        let Some(kind) = SpecType::parse(name)? else { return Ok(None) };
+        let kind = match &self.spec_type {
+            None if self.spec_draft_model.is_some() => SpecType::DraftSimple,
+            None => return Ok(None),
+            Some(name) => match SpecType::parse(name)? {
+                Some(kind) => kind,
+                None => return Ok(None),
+            },
+        };
+        match (kind, self.spec_draft_model.is_some()) {
+            (SpecType::DraftSimple, false) => {
+                return Err(SpecError::Invalid("draft-simple needs a draft model: --spec-draft-model FNAME".into()))
+            }
+            (other, true) if other != SpecType::DraftSimple => {
+                return Err(SpecError::Invalid(format!(
+                    "--spec-draft-model drafts with the draft model (draft-simple), not {other}: leave --spec-type out"
+                )))
+            }
+            _ => {}
+        }
         let d = SpeculativeParams::new(kind);
         let p = SpeculativeParams {
             simple_size_n: self.spec_ngram_simple_size_n.unwrap_or(d.simple_size_n),
@@ -112,6 +142,9 @@ impl SpecArgs {
             mod_n_min: self.spec_ngram_mod_n_min.unwrap_or(d.mod_n_min),
             mod_n_max: self.spec_ngram_mod_n_max.unwrap_or(d.mod_n_max),
             draft_n_max: self.spec_draft_n_max,
+            draft_n_min: self.spec_draft_n_min.unwrap_or(d.draft_n_min),
+            draft_p_min: self.spec_draft_p_min.unwrap_or(d.draft_p_min),
+            draft_model: None,
             kind,
         };
         p.validate()?;
@@ -454,10 +487,17 @@ impl ServerConfig {
             slot_save_path: args.slot_save_path.clone(),
             context_shift: args.context_shift,
             n_keep: args.keep.unwrap_or(d.n_keep),
-            speculative: args
-                .spec
-                .params()
-                .map_err(|e| ConfigError::Invalid { key: "--spec-type", why: e.to_string() })?,
+            speculative: match args.spec.params() {
+                Ok(Some(p)) if p.kind == SpecType::DraftSimple => {
+                    return Err(ConfigError::Invalid {
+                        key: "--spec-draft-model",
+                        why: "the server drafts with n-grams only (ngram-simple, ngram-mod); draft models run in \
+                              `gemma run` and `gemma chat`"
+                            .into(),
+                    })
+                }
+                other => other.map_err(|e| ConfigError::Invalid { key: "--spec-type", why: e.to_string() })?,
+            },
             loras: args
                 .lora
                 .adapters()

@@ -189,3 +189,60 @@ pub fn two_prompts_in_one_batch_match_each_alone(model: &Model, pool: &ThreadPoo
         assert!(d < 1e-3, "decode step of seq {s}: max diff {d}");
     }
 }
+
+/// What llama.cpp's file tools wrote (`llama-quantize`, `llama-export-lora`), as their goldens scripts record
+/// it: the file's size and sha256, its metadata keys in order, and each tensor's name, type, dims and data sha256.
+#[derive(serde::Deserialize)]
+pub struct GoldenFile {
+    pub file_sha256: String,
+    pub file_size: u64,
+    pub metadata_keys: Vec<String>,
+    pub tensors: Vec<GoldenTensor>,
+}
+
+#[derive(serde::Deserialize)]
+pub struct GoldenTensor {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ggml_type: String,
+    pub dims: Vec<u64>,
+    pub sha256: String,
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// How the GGUF file `bytes` differs from what `tool` wrote (`golden`): empty when it is the same file.
+pub fn differences_from_golden(bytes: &[u8], golden: &GoldenFile, tool: &str) -> Vec<String> {
+    let out = match gemma_io::GgufFile::from_bytes(bytes.to_vec(), "output.gguf") {
+        Ok(f) => f,
+        Err(e) => return vec![format!("the output does not parse: {e}")],
+    };
+    let mut problems = Vec::new();
+    let keys: Vec<&str> = out.metadata().iter().map(|(k, _)| k.as_str()).collect();
+    if keys != golden.metadata_keys.iter().map(String::as_str).collect::<Vec<_>>() {
+        problems.push(format!("metadata keys differ: {keys:?}"));
+    }
+    if out.tensors().len() != golden.tensors.len() {
+        problems.push(format!("{} tensors, {tool} wrote {}", out.tensors().len(), golden.tensors.len()));
+    }
+    for (ours, theirs) in out.tensors().iter().zip(&golden.tensors) {
+        let ours_desc = (ours.name.as_str(), ours.ggml_type.name(), ours.dims.as_slice());
+        let theirs_desc = (theirs.name.as_str(), theirs.ggml_type.as_str(), theirs.dims.as_slice());
+        if ours_desc != theirs_desc {
+            problems.push(format!("tensor {ours_desc:?}, {tool} {theirs_desc:?}"));
+        } else if sha256_hex(out.tensor_data(ours)) != theirs.sha256 {
+            problems.push(format!("tensor {} ({}) data differs", ours.name, ours.ggml_type));
+        }
+    }
+    if problems.is_empty() && (bytes.len() as u64 != golden.file_size || sha256_hex(bytes) != golden.file_sha256) {
+        problems.push(format!(
+            "tensors equal, but the file differs ({} bytes, {tool} {})",
+            bytes.len(),
+            golden.file_size
+        ));
+    }
+    problems
+}

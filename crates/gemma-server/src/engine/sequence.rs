@@ -127,7 +127,8 @@ impl<'t> Sequence<'t> {
 
     /// Decodes with n-gram drafts from now on.
     pub(super) fn speculate(&mut self, params: &SpeculativeParams) {
-        let drafter = Drafter::new(params, &self.prompt);
+        let ctx = self.context_shift.map_or(usize::MAX, |s| s.ctx);
+        let drafter = Drafter::new(params, &self.prompt, ctx);
         self.speculation = Some(Box::new(Speculation {
             params: params.clone(),
             drafter,
@@ -148,7 +149,8 @@ impl<'t> Sequence<'t> {
         let ctx = self.context_shift.map_or(cache.capacity(), |s| s.ctx.min(cache.capacity()));
         let left = self.max_tokens.saturating_sub(self.generated.len() + 1);
         let history = &sp.history[..sp.history.len() - 1];
-        let draft = prepare_draft(&mut sp.drafter, &sp.params, history, pending, left, cache, ctx);
+        // The server drafts with n-grams only (it refuses draft models at start-up): no thread pool here.
+        let draft = prepare_draft(&mut sp.drafter, &sp.params, history, pending, left, cache, ctx, None);
         if !draft.is_empty() {
             sp.stats.drafts += 1;
             sp.stats.draft_n += draft.len();
