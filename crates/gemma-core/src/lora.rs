@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use gemma_io::gguf::lora::{LoraFile, LoraFileError, LoraPair};
+use gemma_io::gguf::lora::{lora_scale, LoraFile, LoraFileError, LoraPair};
 use gemma_io::GgufFile;
 use gemma_ops::matmul::matmul_view;
 use gemma_ops::{QuantizedActs, ThreadPool};
@@ -23,9 +23,6 @@ use gemma_ops::{QuantizedActs, ThreadPool};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::weights::{matrix, Matrix, WeightFile};
-
-/// The base tensor llama.cpp adapts by lookup rather than by product.
-const TOKEN_EMBEDDING: &str = "token_embd.weight";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoraError {
@@ -91,27 +88,17 @@ impl LoraAdapter {
             let Some(info) = info else {
                 return Err(LoraError::UnknownTensor { path, name: pair.base.clone() });
             };
-            let (d_in, d_out) = (info.dims[0], info.dims[1]);
-            let (a, b) = (&pair.a.dims, &pair.b.dims);
-            let bad_shape = || LoraError::Shape {
-                path: path.clone(),
-                name: pair.base.clone(),
-                a: a.clone(),
-                b: b.clone(),
-                base: info.dims.clone(),
-            };
-            let is_embedding = pair.base == TOKEN_EMBEDDING;
-            // The base tensor's width and height must be the factors' outer sides, and the inner sides agree.
-            let fits = if is_embedding {
-                d_in == b[1] && d_out == a[1] && a[0] == b[0]
-            } else {
-                d_in == a[0] && d_out == b[1] && a[1] == b[0]
-            };
-            if !fits || b[0] == 0 {
-                return Err(bad_shape());
+            if !pair.fits(&info.dims) {
+                return Err(LoraError::Shape {
+                    path,
+                    name: pair.base.clone(),
+                    a: pair.a.dims.clone(),
+                    b: pair.b.dims.clone(),
+                    base: info.dims.clone(),
+                });
             }
             let factors = factors(&lora, pair, &path)?;
-            if is_embedding {
+            if pair.is_token_embedding() {
                 embedding = Some(factors);
             } else {
                 products.insert(pair.base.clone(), factors);
@@ -153,11 +140,7 @@ impl LoraAdapter {
 
     /// llama.cpp's scale of one adapted matrix at `user_scale`.
     fn scale(&self, rank: usize, user_scale: f32) -> f32 {
-        if self.alpha != 0.0 {
-            user_scale * self.alpha / rank as f32
-        } else {
-            user_scale
-        }
+        lora_scale(self.alpha, rank, user_scale)
     }
 }
 

@@ -405,14 +405,7 @@ pub fn prepare_draft(
 ) -> Vec<u32> {
     let len = cache.len();
     let room = draft_room(params, tokens_left, len, ctx);
-    let mut draft = match drafter {
-        Drafter::Model(m) => match pool {
-            // A context shift leaves the cache holding fewer positions than the history has tokens.
-            Some(pool) if history.len() == len && room > 0 => m.draft(history, last, room, pool),
-            _ => Vec::new(),
-        },
-        _ => drafter.draft(history, last),
-    };
+    let mut draft = drafter.draft(history, last, len, room, pool);
     draft.truncate(room);
     if !draft.is_empty() && !cache.can_go_back(len + 1 + draft.len(), len + 1) {
         draft.clear();
@@ -463,7 +456,8 @@ impl ModelDrafter {
             Ok(d) if d.len() >= self.n_min => d,
             Ok(_) => Vec::new(),
             Err(_) => {
-                // The draft model failed (out of room): no draft; the target goes on alone.
+                // A failed draft pass costs only the speed-up: the target goes on alone (its own passes report
+                // their errors), and the draft model starts again next time.
                 self.cache.clear();
                 self.tokens.clear();
                 Vec::new()
@@ -490,16 +484,17 @@ impl ModelDrafter {
         self.tokens.truncate(self.cache.len());
         let mut fed: Vec<u32> = history[self.tokens.len()..].to_vec();
         fed.push(last);
-        let mut logits = Vec::new();
+        // The best next token and its probability after the last token run.
+        let mut next = (0, 0.0);
         for chunk in fed.chunks(DRAFT_PREFILL_CHUNK) {
             let batch = Batch::sequence(chunk, self.tokens.len(), 0, false);
             let out = model.forward_with(&batch, std::slice::from_mut(&mut self.cache), pool, &mut self.scratch)?;
-            logits = out.row(0).to_vec();
+            next = best_of_ten(out.row(0));
             self.tokens.extend_from_slice(chunk);
         }
         let mut draft = Vec::with_capacity(n_max);
         loop {
-            let (best, p) = best_of_ten(&logits);
+            let (best, p) = next;
             if p < self.p_min {
                 break;
             }
@@ -509,7 +504,7 @@ impl ModelDrafter {
             }
             let batch = Batch::sequence(&[best], self.tokens.len(), 0, true);
             let out = model.forward_with(&batch, std::slice::from_mut(&mut self.cache), pool, &mut self.scratch)?;
-            logits = out.row(0).to_vec();
+            next = best_of_ten(out.row(0));
             self.tokens.push(best);
         }
         Ok(draft)
@@ -551,14 +546,25 @@ impl Drafter {
         }
     }
 
-    /// A draft to follow `history` (the tokens in the cache) and `last` (the token just sampled, not yet run);
-    /// empty when there is none. [`prepare_draft`] cuts it to what may run.
-    pub fn draft(&mut self, history: &[u32], last: u32) -> Vec<u32> {
+    /// A draft to follow `history` (the tokens of the cache, which holds `cache_len` positions) and `last` (the
+    /// token just sampled, not yet run); empty when there is none. A draft model makes at most `room` tokens,
+    /// on `pool`, and none without one or after a context shift (the cache then holds fewer positions than
+    /// the history has tokens). [`prepare_draft`] cuts every draft to what may run.
+    fn draft(
+        &mut self,
+        history: &[u32],
+        last: u32,
+        cache_len: usize,
+        room: usize,
+        pool: Option<&ThreadPool>,
+    ) -> Vec<u32> {
         match self {
             Drafter::Simple { n, m } => ngram_simple_draft(history, last, *n, *m),
             Drafter::Mod { table, n_min, n_max } => table.draft(history, last, *n_min, *n_max),
-            // Needs a thread pool: [`prepare_draft`] runs it.
-            Drafter::Model(_) => Vec::new(),
+            Drafter::Model(m) => match pool {
+                Some(pool) if history.len() == cache_len && room > 0 => m.draft(history, last, room, pool),
+                _ => Vec::new(),
+            },
         }
     }
 

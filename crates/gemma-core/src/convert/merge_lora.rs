@@ -14,15 +14,12 @@
 
 use std::collections::BTreeSet;
 
-use gemma_compression::quant_format;
-use gemma_io::gguf::lora::{LoraFile, LoraPair};
+use gemma_io::gguf::lora::{lora_scale, LoraFile, LoraPair};
 use gemma_io::{GgmlType, GgufFile, GgufWriter, MetaValue, TensorInfo};
 use gemma_ops::ThreadPool;
 
+use super::gguf_names::dequantize;
 use super::{ConvertError, ConvertProgress};
-
-/// The base tensor llama.cpp adapts by lookup rather than by product: its factors are the other way round.
-const TOKEN_EMBEDDING: &str = "token_embd.weight";
 
 /// `general.file_type` llama-export-lora writes: `LLAMA_FTYPE_MOSTLY_F16`.
 const FILE_TYPE_F16: u32 = 1;
@@ -40,40 +37,22 @@ pub struct MergeSummary {
     pub copied: usize,
 }
 
-/// A matrix of `rows` rows of `cols` f32 values.
+/// A matrix of f32 values, row-major, `cols` to a row.
 struct Rows {
     values: Vec<f32>,
     cols: usize,
 }
 
 impl Rows {
+    /// Tensor `name` of `file`, dequantized.
+    fn of(file: &GgufFile, name: &str) -> Result<Rows, ConvertError> {
+        let (values, _, cols) = dequantize(file, name)?;
+        Ok(Rows { values, cols })
+    }
+
     fn row(&self, r: usize) -> &[f32] {
         &self.values[r * self.cols..(r + 1) * self.cols]
     }
-}
-
-fn decode(file: &GgufFile, t: &TensorInfo) -> Result<Rows, ConvertError> {
-    let quant = |source| ConvertError::Quant { tensor: t.name.clone(), source };
-    let format = quant_format(t.ggml_type).map_err(quant)?;
-    let (cols, rows) = (t.row_len(), t.n_rows());
-    let row_bytes = t.ggml_type.row_bytes(cols).ok_or_else(|| ConvertError::BadTensor {
-        tensor: t.name.clone(),
-        what: format!("rows of {cols} do not fit {} blocks", t.ggml_type.name()),
-    })?;
-    let data = file.tensor_data(t);
-    if data.len() != row_bytes * rows {
-        return Err(ConvertError::BadTensor {
-            tensor: t.name.clone(),
-            what: format!("{} bytes of data, {} expected", data.len(), row_bytes * rows),
-        });
-    }
-    let mut values = vec![0f32; rows * cols];
-    if cols > 0 {
-        for (src, dst) in data.chunks_exact(row_bytes).zip(values.chunks_exact_mut(cols)) {
-            format.dequantize_row(src, dst);
-        }
-    }
-    Ok(Rows { values, cols })
 }
 
 /// Checks adapter `a` against the base model as llama-export-lora and llama.cpp's loader do: a LoRA adapter of
@@ -106,20 +85,13 @@ fn check_adapter(base: &GgufFile, arch: &str, a: &MergeAdapter) -> Result<(), Co
                 pair.base
             )));
         };
-        let (d_in, d_out) = (info.dims[0], info.dims[1]);
-        let (ad, bd) = (&pair.a.dims, &pair.b.dims);
-        let fits = if pair.base == TOKEN_EMBEDDING {
-            d_in == bd[1] && d_out == ad[1] && ad[0] == bd[0]
-        } else {
-            d_in == ad[0] && d_out == bd[1] && ad[1] == bd[0]
-        };
-        if !fits || bd[0] == 0 {
+        if !pair.fits(&info.dims) {
             return Err(ConvertError::BadTensor {
                 tensor: pair.base.clone(),
                 what: format!(
-                    "{path}: lora_a {ad:?} and lora_b {bd:?} do not fit a base tensor of {:?} (hint: maybe wrong \
-                     base model?)",
-                    info.dims
+                    "{path}: lora_a {:?} and lora_b {:?} do not fit a base tensor of {:?} (hint: maybe wrong base \
+                     model?)",
+                    pair.a.dims, pair.b.dims, info.dims
                 ),
             });
         }
@@ -135,9 +107,9 @@ fn add_product(
     w: &mut Rows,
     pool: &ThreadPool,
 ) -> Result<(), ConvertError> {
-    let (a, b) = (decode(&lora.file, &pair.a)?, decode(&lora.file, &pair.b)?);
+    let (a, b) = (Rows::of(&lora.file, &pair.a.name)?, Rows::of(&lora.file, &pair.b.name)?);
     let cols = w.cols;
-    let embedding = pair.base == TOKEN_EMBEDDING;
+    let embedding = pair.is_token_embedding();
     pool.for_chunks_mut(&mut w.values, cols, &|r, row| {
         for (c, x) in row.iter_mut().enumerate() {
             let product: f64 = if embedding {
@@ -201,15 +173,12 @@ pub fn merge_lora(
             writer.add_tensor(t.name.clone(), &t.dims, t.ggml_type, base.tensor_data(t).to_vec())?;
             summary.copied += 1;
         } else {
-            let mut w = decode(base, t)?;
+            let mut w = Rows::of(base, &t.name)?;
             for a in adapters {
                 let pair = a.lora.pairs.iter().find(|p| p.base == t.name).ok_or_else(|| {
                     ConvertError::MissingTensor(format!("{}.lora_a (in {})", t.name, a.lora.file.path().display()))
                 })?;
-                let rank = pair.b.dims[0] as f32;
-                let alpha = a.lora.alpha;
-                let scale = if alpha != 0.0 { a.scale * alpha / rank } else { a.scale };
-                add_product(&a.lora, pair, scale, &mut w, pool)?;
+                add_product(&a.lora, pair, lora_scale(a.lora.alpha, pair.rank(), a.scale), &mut w, pool)?;
             }
             let (ty, bytes) = if t.ggml_type == GgmlType::F32 {
                 (GgmlType::F32, w.values.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())

@@ -19,6 +19,43 @@ pub struct LoraPair {
     pub b: TensorInfo,
 }
 
+/// The base tensor llama.cpp adapts by lookup rather than by product: its factors are the other way round.
+pub const TOKEN_EMBEDDING: &str = "token_embd.weight";
+
+impl LoraPair {
+    /// Whether this pair adapts the token embedding (a lookup: `A` holds a rank-wide row per token).
+    pub fn is_token_embedding(&self) -> bool {
+        self.base == TOKEN_EMBEDDING
+    }
+
+    /// The rank: `lora_b`'s first GGUF dimension, as llama.cpp reads it.
+    pub fn rank(&self) -> usize {
+        self.b.dims[0] as usize
+    }
+
+    /// Whether the factors fit a base matrix of GGUF dims `base` (`[d_in, d_out]`) as llama.cpp's loader
+    /// checks them: the base's width and height are the factors' outer sides, their inner sides agree and the
+    /// rank is not 0.
+    pub fn fits(&self, base: &[u64]) -> bool {
+        let ([d_in, d_out], (a, b)) = (base, (&self.a.dims, &self.b.dims)) else { return false };
+        let fits = if self.is_token_embedding() {
+            *d_in == b[1] && *d_out == a[1] && a[0] == b[0]
+        } else {
+            *d_in == a[0] && *d_out == b[1] && a[1] == b[0]
+        };
+        fits && b[0] != 0
+    }
+}
+
+/// llama.cpp's scale of an adapted matrix: `user_scale * alpha / rank`, or `user_scale` when alpha is 0.
+pub fn lora_scale(alpha: f32, rank: usize, user_scale: f32) -> f32 {
+    if alpha != 0.0 {
+        user_scale * alpha / rank as f32
+    } else {
+        user_scale
+    }
+}
+
 /// A LoRA adapter file, read and paired, not yet checked against a model.
 pub struct LoraFile {
     pub file: GgufFile,
